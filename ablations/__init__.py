@@ -1,0 +1,1 @@
+"""The ablation harness: `python -m ablations.run` sweeps RegularizationSpecs and reports mean +- std."""

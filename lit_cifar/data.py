@@ -1,0 +1,344 @@
+"""CIFAR-10 as in-memory uint8 tensors, and a `LightningDataModule` with train-fit normalization.
+
+Images stay uint8 (N, 3, 32, 32) from disk to the training device. Batches are taken by index from a per-epoch
+seeded permutation (`TensorBatches`) and turned into float inputs on the device, per batch, by
+`CIFAR10DataModule.on_after_batch_transfer`: augmentation (training batches only), then
+``(x - mean) / std`` with statistics fitted on the training split alone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lit_cifar.spec import NORMALIZATIONS, Normalization, RegularizationSpec
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+DATA_ENV = "LIT_CIFAR_DATA"
+
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+PY_LAYOUT = "cifar-10-batches-py"  # the Python pickles that torchvision downloads
+BIN_LAYOUT = "cifar-10-batches-bin"  # the "binary version": records of 1 label byte + 3072 pixel bytes
+IMAGE_SHAPE = (3, 32, 32)
+RECORD_BYTES = 1 + 3 * 32 * 32
+AUGMENT_PADDING = 4  # pixels of zero padding around the image before the random 32x32 crop
+
+
+class DatasetError(RuntimeError):
+    """CIFAR-10 files are missing, truncated or corrupt; the message names the file or directory."""
+
+
+def default_data_dir() -> Path:
+    """``$LIT_CIFAR_DATA`` if set, else ``./data``."""
+    return Path(os.environ.get(DATA_ENV, "data"))
+
+
+def find_layout(data_dir: Path) -> Optional[Path]:
+    """The folder of the first official layout present in `data_dir` (pickles first), or None."""
+    for layout in (PY_LAYOUT, BIN_LAYOUT):
+        if (data_dir / layout).is_dir():
+            return data_dir / layout
+    return None
+
+
+def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data, labels = entry["data"], entry.get("labels", entry.get("fine_labels"))
+        images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+    except FileNotFoundError:
+        raise DatasetError(f"missing CIFAR-10 file {path}") from None
+    except Exception as error:  # truncated pickles raise EOFError, UnpicklingError, KeyError, ValueError...
+        raise DatasetError(f"corrupt CIFAR-10 file {path}: {type(error).__name__}: {error}") from None
+    if len(images) != len(labels):
+        raise DatasetError(f"corrupt CIFAR-10 file {path}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"missing CIFAR-10 file {path}") from None
+    if not raw or len(raw) % RECORD_BYTES:
+        raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {len(raw)} bytes is not a whole number of "
+                           f"{RECORD_BYTES}-byte records")
+    records = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, RECORD_BYTES)
+    return records[:, 1:].reshape(-1, *IMAGE_SHAPE).clone(), records[:, 0].long()
+
+
+def read_split(layout_dir: Path, train: bool) -> tuple[Tensor, Tensor]:
+    """Read the training batches (``train=True``) or the test batch from one official layout folder.
+
+    Returns uint8 images (N, 3, 32, 32) and int64 labels (N,). Every file may hold any number of records.
+
+    Raises:
+        DatasetError: naming the file that is missing, truncated or corrupt.
+    """
+    binary = layout_dir.name == BIN_LAYOUT
+    names = TRAIN_FILES if train else (TEST_FILE,)
+    parts = [(_read_binary_batch(layout_dir / f"{name}.bin") if binary else _read_pickle_batch(layout_dir / name))
+             for name in names]
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    bad = (labels < 0) | (labels >= len(CLASSES))
+    if bad.any():
+        raise DatasetError(f"corrupt CIFAR-10 data in {layout_dir}: label {int(labels[bad][0])} is outside 0-9")
+    return images, labels
+
+
+def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean and std (float32, 0-255 units) of uint8 `images`, per pixel (3x32x32) or per channel (3x1x1).
+
+    The std is the population std (``np.std``, ddof=0), as the notebook computes it. ``"none"`` gives mean 0 and
+    std 1, which feeds raw 0-255 pixels. Sums are accumulated in float64 over chunks, so memory stays small.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if normalize == "none":
+        return torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    dims = (0,) if normalize == "pixel" else (0, 2, 3)
+    total = torch.zeros((), dtype=torch.float64)
+    total_sq = torch.zeros((), dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].double()
+        total = total + x.sum(dims, keepdim=True)
+        total_sq = total_sq + x.square().sum(dims, keepdim=True)
+    count = len(images) * (1 if normalize == "pixel" else 32 * 32)
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant pixel would otherwise divide by zero
+    return mean.squeeze(0).float(), std.squeeze(0).float()
+
+
+def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Random 32x32 crop of each image zero-padded by 4 pixels, then a horizontal flip with probability 1/2.
+
+    Works on a whole (B, C, H, W) batch at once on its device, any dtype.
+    """
+    b, c, h, w = images.shape
+    p = AUGMENT_PADDING
+    padded = torch.nn.functional.pad(images, (p, p, p, p))
+    shifts = torch.randint(0, 2 * p + 1, (2, b, 1), device=images.device, generator=generator)
+    rows = (shifts[0] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (shifts[1] + torch.arange(w, device=images.device))[:, None, None, :]
+    flip = torch.rand(b, device=images.device, generator=generator) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The training order of epoch `epoch`: a permutation of ``range(n)`` that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices of one rank's shard, in a new seeded order each epoch when shuffling.
+
+    With ``shuffle`` the order is `epoch_permutation(n, seed, epoch)`; like ``DistributedSampler``, the epoch is
+    set by `set_epoch`, which Lightning calls at the start of every training epoch. With
+    ``world_size > 1`` rank ``r`` takes every ``world_size``-th index starting at ``r``: disjoint shards that
+    together cover the data. Shuffled (training) shards are cut to equal length so every rank runs the same
+    number of steps; unshuffled (evaluation) shards keep every image, so each is counted exactly once.
+    """
+
+    def __init__(self, n: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> Tensor:
+        """This rank's indices for the current epoch."""
+        if not self.shuffle:
+            return torch.arange(self.rank, self.n, self.world_size)
+        order = epoch_permutation(self.n, self.seed, self.epoch)
+        return order[self.rank::self.world_size][: self.n // self.world_size]
+
+    def __len__(self) -> int:
+        return self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+
+class TensorBatches:
+    """Batches of ``(uint8 images, int64 labels)`` cut by index from tensors, in the order of an `EpochSampler`.
+
+    The tensors are moved to `device` once, on first use, so batches are cut where the model runs: no worker
+    processes, no per-image Python.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: EpochSampler,
+                 device: Optional[torch.device] = None) -> None:
+        self.images, self.labels, self.batch_size, self.sampler, self.device = images, labels, batch_size, sampler, device
+        self.batch_sampler = None  # read by Lightning, which then calls `sampler.set_epoch` each epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.device is not None and self.images.device != self.device:
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        indices = self.sampler.indices().to(self.labels.device)
+        for start in range(0, len(indices), self.batch_size):
+            index = indices[start:start + self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
+class CIFAR10DataModule(pl.LightningDataModule):
+    """CIFAR-10 with a held-out validation split and normalization fitted on the training split only.
+
+    Args:
+        data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's pickles) or ``cifar-10-batches-bin/``
+            (the official binary version). ``None``: ``$LIT_CIFAR_DATA``, else ``./data``.
+        normalize: ``"none"`` (raw 0-255 pixels), ``"pixel"`` (per-pixel mean/std) or ``"channel"``.
+        val_size: training images held out for validation (the test set is never used for validation).
+        split_seed: seed of the permutation that picks the validation images; the same on every process and run.
+        batch_size: images per batch, for training and evaluation.
+        limit_train: keep only the first N of the remaining training images (``None``: all of them).
+        augment: random crop (4-pixel padding) and horizontal flip on training batches.
+        download: let `prepare_data` download the official archive through torchvision (checksum-verified)
+            when neither layout is in `data_dir`.
+        num_workers: 0 (default) serves batches from tensors on the training device; > 0 uses a
+            ``torch.utils.data.DataLoader`` with that many worker processes (same order, slower).
+        seed: seed of the per-epoch training order; ``None`` takes ``torch.initial_seed()`` at `setup`, which
+            ``lightning.seed_everything(s)`` sets to ``s``.
+    """
+
+    def __init__(self, data_dir: Optional[str] = None, normalize: Normalization = "pixel", val_size: int = 5000,
+                 split_seed: int = 0, batch_size: int = 128, limit_train: Optional[int] = None,
+                 augment: bool = False, download: bool = True, num_workers: int = 0,
+                 seed: Optional[int] = None) -> None:
+        super().__init__()
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+        for name, value, low in (("val_size", val_size, 0), ("batch_size", batch_size, 1), ("num_workers",
+                                                                                              num_workers, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if limit_train is not None and (not isinstance(limit_train, int) or limit_train < 1):
+            raise ValueError(f"limit_train={limit_train!r} must be a positive integer or None")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.normalize, self.val_size, self.split_seed = normalize, val_size, split_seed
+        self.batch_size, self.limit_train, self.augment = batch_size, limit_train, augment
+        self.download, self.num_workers, self.seed = download, num_workers, seed
+        self.classes: tuple[str, ...] = CLASSES
+        self.mean: Optional[Tensor] = None
+        self.std: Optional[Tensor] = None
+        self.train_images = self.val_images = self.test_images = None
+        self.train_labels = self.val_labels = self.test_labels = None
+
+    @classmethod
+    def from_spec(cls, spec: RegularizationSpec | str, **kwargs: Any) -> CIFAR10DataModule:
+        """A data module whose normalization and augmentation are those of `spec`."""
+        spec = RegularizationSpec.coerce(spec)
+        return cls(normalize=spec.normalize, augment=spec.augment, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- loading
+    def missing_data_message(self) -> str:
+        return (f"CIFAR-10 not found in {self.data_dir}: expected {self.data_dir / PY_LAYOUT} (Python version) or "
+                f"{self.data_dir / BIN_LAYOUT} (binary version), from {OFFICIAL_URL}. "
+                f"download={self.download}: " + ("the download failed (see the error above)." if self.download
+                                                 else "pass download=True, or point data_dir (or $LIT_CIFAR_DATA) "
+                                                      "at a folder holding either layout."))
+
+    def prepare_data(self) -> None:
+        """Download and extract the official archive (checksum-verified) if neither layout is present."""
+        if find_layout(self.data_dir) is not None:
+            return
+        if not self.download:
+            raise DatasetError(self.missing_data_message())
+        from torchvision.datasets import CIFAR10
+
+        try:
+            CIFAR10(str(self.data_dir), train=True, download=True)
+        except Exception as error:
+            raise DatasetError(self.missing_data_message()) from error
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Load the images, hold out the validation split and fit the normalization on the training split."""
+        if self.train_images is not None:
+            return
+        layout = find_layout(self.data_dir)
+        if layout is None:
+            raise DatasetError(self.missing_data_message())
+        images, labels = read_split(layout, train=True)
+        if self.val_size >= len(labels):
+            raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {len(labels)}")
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+        val_index, train_index = order[: self.val_size], order[self.val_size:]
+        if self.limit_train is not None:
+            if self.limit_train > len(train_index):
+                raise ValueError(f"limit_train={self.limit_train} is larger than the training split: "
+                                 f"{len(labels)} images - val_size {self.val_size} = {len(train_index)}")
+            train_index = train_index[: self.limit_train]
+        self.train_images, self.train_labels = images[train_index], labels[train_index]
+        self.val_images, self.val_labels = images[val_index], labels[val_index]
+        self.test_images, self.test_labels = read_split(layout, train=False)
+        if self.mean is None:  # statistics restored from a checkpoint win over a refit
+            self.mean, self.std = fit_normalization(self.train_images, self.normalize)
+        if self.seed is None:
+            self.seed = torch.initial_seed() % 2**31
+
+    # -------------------------------------------------------------------------------------------- batches
+    def _batches(self, images: Tensor, labels: Tensor, train: bool) -> Any:
+        """Device-resident `TensorBatches` (``num_workers == 0``) or a plain worker `DataLoader` in the same
+        order. Either way this module shards across ranks itself: use ``Trainer(use_distributed_sampler=False)``
+        under DDP."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(len(labels), shuffle=train, seed=self.seed, rank=rank, world_size=world)
+        if self.num_workers == 0:
+            device = trainer.strategy.root_device if trainer is not None else None
+            return TensorBatches(images, labels, self.batch_size, sampler, device=device)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), self.batch_size,
+                                           sampler=sampler, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> Any:
+        return self._batches(self.train_images, self.train_labels, train=True)
+
+    def val_dataloader(self) -> Any:
+        return self._batches(self.val_images, self.val_labels, train=False)
+
+    def test_dataloader(self) -> Any:
+        return self._batches(self.test_images, self.test_labels, train=False)
+
+    def preprocess(self, images: Tensor, train: bool) -> Tensor:
+        """uint8 images on any device -> float inputs: augmentation if training and asked for, then
+        ``(x - mean) / std`` with the training-split statistics."""
+        if train and self.augment:
+            images = random_crop_flip(images)
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.float() - mean) / std
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(images, train=training), labels
+
+    # --------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The normalization a checkpoint needs to reproduce this model's inputs."""
+        return {"normalize": self.normalize, "mean": self.mean, "std": self.std, "split_seed": self.split_seed,
+                "val_size": self.val_size, "limit_train": self.limit_train}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.normalize = state_dict["normalize"]
+        self.mean, self.std = state_dict["mean"], state_dict["std"]
