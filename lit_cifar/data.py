@@ -53,7 +53,8 @@ def find_layout(data_dir: Path) -> Optional[Path]:
 def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         data, labels = entry["data"], entry.get("labels", entry.get("fine_labels"))
         images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
         labels = torch.as_tensor(labels, dtype=torch.int64)
