@@ -1,0 +1,386 @@
+"""CIFAR-10 reading (both official layouts), the train/val split, train-only normalization, batching, sharding
+and augmentation of `lit_cifar.data`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lit_cifar.data import (AUGMENT_PADDING, BIN_LAYOUT, CLASSES, OFFICIAL_URL, PY_LAYOUT, RECORD_BYTES, TEST_FILE,
+                            TRAIN_FILES, CIFAR10DataModule, DatasetError, EpochSampler, _read_binary_batch,
+                            epoch_permutation, find_layout, random_crop_flip, read_split)
+from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
+
+N_TRAIN, N_TEST, VAL_SIZE = 630, 200, 100  # sizes of the `cifar_dir` fixture's splits
+
+
+def make_datamodule(data_dir: Path, **kwargs) -> CIFAR10DataModule:
+    """A set-up data module on `data_dir`, small validation split unless told otherwise."""
+    kwargs = {"val_size": VAL_SIZE, "batch_size": 64, "download": False, **kwargs}
+    dm = CIFAR10DataModule(str(data_dir), **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+# --------------------------------------------------------------------------------------------- reading files
+def indexed_parts(sizes: tuple[int, ...] = (120, 123, 126, 129, 132), n_test: int = 50, seed: int = 0) -> dict:
+    """Training files whose image number i (counted over all files) stores i in pixels [0, 0, 0] and [0, 0, 1]
+    (low and high byte), with random bytes elsewhere, so any image can be traced back to its position."""
+    rng = np.random.default_rng(seed)
+    parts, start = {}, 0
+    for name, size in zip(TRAIN_FILES, sizes):
+        index = np.arange(start, start + size)
+        images = rng.integers(0, 256, size=(size, 3072), dtype=np.uint8)
+        images[:, 0], images[:, 1] = index % 256, index // 256
+        parts[name] = (images, (index % len(CLASSES)).astype(np.uint8))
+        start += size
+    parts[TEST_FILE] = (rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8),
+                        (np.arange(n_test) % len(CLASSES)).astype(np.uint8))
+    return parts
+
+
+def image_ids(images: torch.Tensor) -> list[int]:
+    """The positions stored by `indexed_parts` in each image."""
+    return (images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()).tolist()
+
+
+@pytest.fixture(scope="module")
+def indexed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("indexed")
+    write_binary_layout(root, indexed_parts())
+    return root
+
+
+def test_binary_records_decode_label_then_rgb_planes(tmp_path: Path) -> None:
+    planes = [np.full(1024, 10, np.uint8), np.full(1024, 20, np.uint8), np.arange(1024, dtype=np.uint8)]
+    first = bytes([7]) + b"".join(p.tobytes() for p in planes)
+    second = bytes([2]) + bytes(range(256)) * 12
+    path = tmp_path / "two.bin"
+    path.write_bytes(first + second)
+
+    images, labels = _read_binary_batch(path)
+
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.tolist() == [7, 2] and labels.dtype == torch.int64
+    assert (images[0, 0] == 10).all() and (images[0, 1] == 20).all()
+    assert images[0, 2].flatten().tolist() == [i % 256 for i in range(1024)]  # row-major 32x32 plane
+    assert images[0, 2, 1, 0] == 32  # second row starts at byte 32 of the plane
+    assert images[1].flatten().tolist() == list(range(256)) * 12
+
+
+def test_read_split_reads_files_of_any_size(cifar_dir: Path) -> None:
+    """The synthetic training files hold 120, 123, ... 132 records: all are read, in file order."""
+    parts = synthetic_parts()
+    images, labels = read_split(cifar_dir / BIN_LAYOUT, train=True)
+    expected_images = np.concatenate([parts[name][0] for name in TRAIN_FILES]).reshape(-1, 3, 32, 32)
+    expected_labels = np.concatenate([parts[name][1] for name in TRAIN_FILES])
+    assert len(images) == N_TRAIN
+    np.testing.assert_array_equal(images.numpy(), expected_images)
+    np.testing.assert_array_equal(labels.numpy(), expected_labels)
+
+    test_images, test_labels = read_split(cifar_dir / BIN_LAYOUT, train=False)
+    np.testing.assert_array_equal(test_images.numpy(), parts[TEST_FILE][0].reshape(-1, 3, 32, 32))
+    np.testing.assert_array_equal(test_labels.numpy(), parts[TEST_FILE][1])
+
+
+@pytest.mark.parametrize("layout", [PY_LAYOUT, BIN_LAYOUT])
+def test_read_split_single_record_files(tmp_path: Path, layout: str) -> None:
+    parts = {name: (np.full((1, 3072), i, np.uint8), np.array([i], np.uint8))
+             for i, name in enumerate((*TRAIN_FILES, TEST_FILE))}
+    folder = (write_python_layout if layout == PY_LAYOUT else write_binary_layout)(tmp_path, parts)
+    images, labels = read_split(folder, train=True)
+    assert labels.tolist() == [0, 1, 2, 3, 4]
+    assert images[:, :, 5, 5].tolist() == [[i] * 3 for i in range(5)]
+
+
+def test_both_layouts_load_identical_tensors(cifar_dir: Path, cifar_py_dir: Path) -> None:
+    binary, pickled = make_datamodule(cifar_dir), make_datamodule(cifar_py_dir)
+    for name in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels",
+                 "mean", "std"):
+        a, b = getattr(binary, name), getattr(pickled, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert binary.train_images.dtype == torch.uint8 and binary.train_labels.dtype == torch.int64
+
+
+def test_find_layout_prefers_pickles(tmp_path: Path) -> None:
+    assert find_layout(tmp_path) is None
+    (tmp_path / BIN_LAYOUT).mkdir()
+    assert find_layout(tmp_path) == tmp_path / BIN_LAYOUT
+    (tmp_path / PY_LAYOUT).mkdir()
+    assert find_layout(tmp_path) == tmp_path / PY_LAYOUT
+
+
+def test_classes() -> None:
+    dm = CIFAR10DataModule("unused")
+    assert len(dm.classes) == 10 and dm.classes[0] == "airplane" and dm.classes[-1] == "truck"
+
+
+# ------------------------------------------------------------------------------------------- broken datasets
+def test_missing_data_without_download_names_everything(tmp_path: Path) -> None:
+    dm = CIFAR10DataModule(str(tmp_path), download=False)
+    with pytest.raises(DatasetError) as error:
+        dm.prepare_data()
+    message = str(error.value)
+    for part in (str(tmp_path), PY_LAYOUT, BIN_LAYOUT, OFFICIAL_URL, "download=False"):
+        assert part in message
+    assert OFFICIAL_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    with pytest.raises(DatasetError, match="cifar-10-batches-bin"):
+        dm.setup("fit")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-5])
+
+
+def garble(path: Path) -> None:
+    path.write_bytes(b"this is not a pickle at all" * 10)
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize(("layout", "name", "damage"), [
+    (BIN_LAYOUT, "data_batch_3.bin", truncate),
+    (BIN_LAYOUT, "test_batch.bin", truncate),
+    (BIN_LAYOUT, "data_batch_5.bin", remove),
+    (PY_LAYOUT, "data_batch_2", garble),
+    (PY_LAYOUT, "data_batch_4", truncate),
+    (PY_LAYOUT, "test_batch", garble),
+    (PY_LAYOUT, "data_batch_1", remove),
+])
+def test_damaged_file_raises_dataset_error_naming_it(tmp_path: Path, cifar_dir: Path, cifar_py_dir: Path,
+                                                     layout: str, name: str, damage) -> None:
+    source = cifar_dir if layout == BIN_LAYOUT else cifar_py_dir
+    shutil.copytree(source / layout, tmp_path / layout)
+    damage(tmp_path / layout / name)
+    with pytest.raises(DatasetError, match=name):
+        read_split(tmp_path / layout, train=name.startswith("data_batch"))
+    with pytest.raises(DatasetError, match=name):
+        make_datamodule(tmp_path)
+
+
+def test_out_of_range_label_raises_dataset_error(tmp_path: Path) -> None:
+    parts = synthetic_parts(per_train_file=5, n_test=5)
+    parts["data_batch_2"][1][0] = 10
+    folder = write_binary_layout(tmp_path, parts)
+    with pytest.raises(DatasetError, match="label 10"):
+        read_split(folder, train=True)
+
+
+# -------------------------------------------------------------------------------------------------- split
+def test_val_and_train_are_disjoint_and_cover_the_training_files(indexed_dir: Path) -> None:
+    dm = make_datamodule(indexed_dir)
+    train, val = image_ids(dm.train_images), image_ids(dm.val_images)
+    assert len(val) == VAL_SIZE and len(train) == N_TRAIN - VAL_SIZE
+    assert not set(train) & set(val)
+    assert sorted(train + val) == list(range(N_TRAIN))
+    assert dm.train_labels.tolist() == [i % 10 for i in train]  # labels travel with their images
+    assert dm.val_labels.tolist() == [i % 10 for i in val]
+
+
+def test_split_is_deterministic_per_split_seed(indexed_dir: Path) -> None:
+    first, again = make_datamodule(indexed_dir, split_seed=3), make_datamodule(indexed_dir, split_seed=3)
+    other = make_datamodule(indexed_dir, split_seed=4)
+    assert torch.equal(first.val_images, again.val_images)
+    assert torch.equal(first.train_images, again.train_images)
+    assert set(image_ids(first.val_images)) != set(image_ids(other.val_images))
+
+
+def test_limit_train_keeps_the_first_images(indexed_dir: Path) -> None:
+    full, limited = make_datamodule(indexed_dir), make_datamodule(indexed_dir, limit_train=50)
+    assert image_ids(limited.train_images) == image_ids(full.train_images)[:50]
+    assert torch.equal(limited.val_images, full.val_images)
+    assert torch.equal(limited.test_images, full.test_images)
+
+
+def test_limit_train_larger_than_split_names_the_numbers(cifar_dir: Path) -> None:
+    with pytest.raises(ValueError) as error:
+        make_datamodule(cifar_dir, limit_train=1000)
+    message = str(error.value)
+    for number in ("limit_train=1000", str(N_TRAIN), str(VAL_SIZE), str(N_TRAIN - VAL_SIZE)):
+        assert number in message
+
+
+def test_val_size_must_leave_training_images(cifar_dir: Path) -> None:
+    with pytest.raises(ValueError, match="val_size=630"):
+        make_datamodule(cifar_dir, val_size=N_TRAIN)
+
+
+@pytest.mark.parametrize("kwargs", [{"normalize": "global"}, {"val_size": -1}, {"batch_size": 0},
+                                    {"limit_train": 0}, {"num_workers": -1}])
+def test_constructor_rejects_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        CIFAR10DataModule("unused", **kwargs)
+
+
+@pytest.mark.parametrize(("spec", "normalize", "augment"), [
+    ("pixel+augment", "pixel", True), ("channel+bn", "channel", False), ("baseline", "none", False)])
+def test_from_spec_sets_normalize_and_augment(spec: str, normalize: str, augment: bool) -> None:
+    dm = CIFAR10DataModule.from_spec(spec, data_dir="somewhere", val_size=7)
+    assert (dm.normalize, dm.augment, dm.val_size, dm.data_dir) == (normalize, augment, 7, Path("somewhere"))
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def numpy_statistics(images: torch.Tensor, normalize: str) -> tuple[np.ndarray, np.ndarray]:
+    """The notebook's statistics: np.mean / np.std (population) per pixel, or per channel."""
+    x = images.numpy().astype(np.float64)
+    axis = (0,) if normalize == "pixel" else (0, 2, 3)
+    return x.mean(axis=axis, keepdims=True)[0], x.std(axis=axis, keepdims=True)[0]
+
+
+@pytest.mark.parametrize(("normalize", "shape"), [("pixel", (3, 32, 32)), ("channel", (3, 1, 1))])
+def test_statistics_equal_numpy_on_the_training_split_only(cifar_dir: Path, normalize: str, shape: tuple) -> None:
+    dm = make_datamodule(cifar_dir, normalize=normalize)
+    assert dm.mean.shape == dm.std.shape == shape
+    mean, std = numpy_statistics(dm.train_images, normalize)
+    np.testing.assert_allclose(dm.mean.numpy(), mean, rtol=1e-4)
+    np.testing.assert_allclose(dm.std.numpy(), std, rtol=1e-4)
+    # Including the validation images gives other statistics: the test above can tell them apart.
+    mean_all, std_all = numpy_statistics(torch.cat([dm.train_images, dm.val_images]), normalize)
+    assert not np.allclose(dm.mean.numpy(), mean_all, rtol=1e-4)
+    assert not np.allclose(dm.std.numpy(), std_all, rtol=1e-4)
+
+
+def test_no_normalization_feeds_raw_pixels(cifar_dir: Path) -> None:
+    dm = make_datamodule(cifar_dir, normalize="none")
+    assert torch.equal(dm.mean, torch.zeros(3, 1, 1)) and torch.equal(dm.std, torch.ones(3, 1, 1))
+    images = dm.test_images[:4]
+    assert torch.equal(dm.preprocess(images, train=False), images.float())
+
+
+def test_statistics_ignore_val_and_test_images(tmp_path: Path, indexed_dir: Path) -> None:
+    """Overwrite every validation image and the test file: the fitted statistics stay the same."""
+    original = make_datamodule(indexed_dir)
+    val_ids = image_ids(original.val_images)
+    parts = indexed_parts()
+    images = np.concatenate([parts[name][0] for name in TRAIN_FILES])
+    images[val_ids, 2:] = 255  # keep the two id pixels
+    start = 0
+    for name in TRAIN_FILES:
+        size = len(parts[name][0])
+        parts[name] = (images[start:start + size], parts[name][1])
+        start += size
+    parts[TEST_FILE] = (np.zeros_like(parts[TEST_FILE][0]), parts[TEST_FILE][1])
+    write_binary_layout(tmp_path, parts)
+
+    changed = make_datamodule(tmp_path)
+    assert image_ids(changed.val_images) == val_ids
+    assert not torch.equal(changed.val_images, original.val_images)
+    assert not torch.equal(changed.test_images, original.test_images)
+    assert torch.equal(changed.train_images, original.train_images)
+    assert torch.equal(changed.mean, original.mean) and torch.equal(changed.std, original.std)
+
+
+def test_preprocess_standardizes_with_training_statistics(cifar_dir: Path) -> None:
+    dm = make_datamodule(cifar_dir, normalize="pixel")
+    x = dm.preprocess(dm.train_images, train=True)
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x.mean(0), torch.zeros(3, 32, 32), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std(0, unbiased=False), torch.ones(3, 32, 32), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------- batches
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_eval_loader_counts_every_image_once(cifar_dir: Path, split: str) -> None:
+    dm = make_datamodule(cifar_dir, batch_size=64)  # 200 test images: 3 full batches and one of 8
+    loader = getattr(dm, f"{split}_dataloader")()
+    batches = list(loader)
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    assert len(batches) == len(loader)
+    assert len(labels) == {"val": VAL_SIZE, "test": N_TEST}[split]
+    assert torch.equal(labels, getattr(dm, f"{split}_labels"))
+    assert torch.equal(images, getattr(dm, f"{split}_images"))
+
+
+def test_train_loader_visits_every_training_image_in_a_shuffled_order(indexed_dir: Path) -> None:
+    dm = make_datamodule(indexed_dir, batch_size=64, seed=5)
+    loader = dm.train_dataloader()
+    ids = [i for images, _ in loader for i in image_ids(images)]
+    assert sorted(ids) == sorted(image_ids(dm.train_images))
+    assert ids != image_ids(dm.train_images)
+    loader.sampler.set_epoch(1)
+    assert [i for images, _ in loader for i in image_ids(images)] != ids
+
+
+@pytest.mark.parametrize("n", [200, 201])
+def test_unshuffled_shards_cover_each_index_once(n: int) -> None:
+    shards = [list(EpochSampler(n, shuffle=False, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(n))
+    assert [len(EpochSampler(n, shuffle=False, rank=r, world_size=2)) for r in range(2)] == [len(s) for s in shards]
+
+
+@pytest.mark.parametrize("n", [200, 201])
+def test_shuffled_shards_are_disjoint_and_equal_length(n: int) -> None:
+    samplers = [EpochSampler(n, shuffle=True, seed=1, rank=r, world_size=2) for r in range(2)]
+    shards = [list(s) for s in samplers]
+    assert len(shards[0]) == len(shards[1]) == n // 2 == len(samplers[0])
+    assert not set(shards[0]) & set(shards[1])
+    assert all(0 <= i < n for shard in shards for i in shard)
+    for sampler in samplers:
+        sampler.set_epoch(1)
+    assert [list(s) for s in samplers] != shards
+
+
+def test_epoch_permutation_is_reproducible_and_changes_per_epoch() -> None:
+    first = epoch_permutation(100, seed=7, epoch=0)
+    assert sorted(first.tolist()) == list(range(100))
+    assert torch.equal(first, epoch_permutation(100, seed=7, epoch=0))
+    assert not torch.equal(first, epoch_permutation(100, seed=7, epoch=1))
+    assert not torch.equal(first, epoch_permutation(100, seed=8, epoch=0))
+
+
+# ------------------------------------------------------------------------------------------------ augmentation
+def crop_windows(image: torch.Tensor) -> list[torch.Tensor]:
+    """Every 32x32 window of `image` zero-padded by AUGMENT_PADDING, unflipped and flipped horizontally."""
+    p = AUGMENT_PADDING
+    padded = torch.nn.functional.pad(image, (p, p, p, p))
+    windows = [padded[:, y:y + 32, x:x + 32] for y in range(2 * p + 1) for x in range(2 * p + 1)]
+    return windows + [w.flip(-1) for w in windows]
+
+
+def test_random_crop_flip_outputs_shifted_or_flipped_windows() -> None:
+    # Every pixel value is distinct and nonzero, so a window matches in exactly one place.
+    images = (torch.arange(16 * 3 * 32 * 32) + 1).reshape(16, 3, 32, 32)
+    out = random_crop_flip(images, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    matches = []
+    for image, crop in zip(images, out):
+        found = [k for k, window in enumerate(crop_windows(image)) if torch.equal(window, crop)]
+        assert len(found) == 1
+        matches.append(found[0])
+    identity = (2 * AUGMENT_PADDING + 1) ** 2 // 2  # the centred, unflipped window
+    assert len(set(matches)) > 1 and any(k != identity for k in matches)
+    assert any(k >= (2 * AUGMENT_PADDING + 1) ** 2 for k in matches)  # some flipped
+
+
+def test_random_crop_flip_is_seeded_and_keeps_uint8() -> None:
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    first = random_crop_flip(images, generator=torch.Generator().manual_seed(1))
+    again = random_crop_flip(images, generator=torch.Generator().manual_seed(1))
+    assert first.dtype == torch.uint8 and torch.equal(first, again)
+    assert not torch.equal(first, images)
+
+
+def test_preprocess_augments_only_training_batches(cifar_dir: Path) -> None:
+    dm = make_datamodule(cifar_dir, normalize="channel", augment=True)
+    images = dm.train_images[:32]
+    plain = (images.float() - dm.mean) / dm.std
+    for _ in range(3):
+        assert torch.equal(dm.preprocess(images, train=False), plain)
+    assert not torch.equal(dm.preprocess(images, train=True), plain)
+    dm.augment = False
+    assert torch.equal(dm.preprocess(images, train=True), plain)
+
+
+def test_batches_without_trainer_are_not_augmented(cifar_dir: Path) -> None:
+    """`on_after_batch_transfer` outside a training loop (no trainer) is evaluation: no augmentation."""
+    dm = make_datamodule(cifar_dir, augment=True)
+    images, labels = next(iter(dm.train_dataloader()))
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(x, (images.float() - dm.mean) / dm.std) and torch.equal(y, labels)
