@@ -1,0 +1,173 @@
+"""The ablation harness end to end on synthetic data: dry runs, sweeps, resume, failures, shards, DDP, bad args."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from ablations.run import main
+from ablations.trial import ERROR_FILE, RESULT_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]
+
+
+def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Run `python -m ablations.run ARGS` in-process; returns (exit status, stdout, stderr)."""
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def result_files(logdir: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
+
+
+@pytest.mark.parametrize("suite, seeds, expected", [("seed", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96),
+                                                    ("full", "0,1", 192)])
+def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
+    status, out, _ = sweep(capsys, "--suite", suite, "--seeds", seeds, "--dry-run")
+    lines = out.splitlines()
+    assert status == 0
+    assert len(lines) == expected == len(set(lines))
+    assert all(line.rsplit(" seed=", 1)[1].isdigit() for line in lines)
+
+
+def test_dry_run_lists_the_notebook_experiments_in_order(capsys):
+    _, out, _ = sweep(capsys, "--seeds", "0", "--dry-run")
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "baseline", "pixel", "pixel+bn", "pixel+l2=0.01", "pixel+l1=0.01", "pixel+l1=0.01+l2=0.01",
+        "pixel+maxnorm=3", "pixel+dropout=0.25", "pixel+maxnorm=3+dropout=0.5"]
+
+
+def test_shards_cover_the_suite_exactly_once(capsys):
+    _, everything, _ = sweep(capsys, "--suite", "full", "--seeds", "0,1", "--dry-run")
+    parts = [sweep(capsys, "--suite", "full", "--seeds", "0,1", "--dry-run", "--shard", f"{k}/3")[1].splitlines()
+             for k in (1, 2, 3)]
+    assert all(parts)
+    assert sorted(sum(parts, [])) == sorted(everything.splitlines())
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, cifar_dir):
+    """One 2-spec x 2-seed sweep with two worker processes, shared by the tests that inspect its output."""
+    logdir = tmp_path_factory.mktemp("logs")
+    args = ["--data-dir", str(cifar_dir), "--logdir", str(logdir), "--only", "baseline", "pixel+dropout=0.25",
+            "--seeds", "0,1", "--parallel", "2", *TINY]
+    assert main(args) == 0
+    return logdir, args
+
+
+def test_parallel_sweep_writes_results_and_report(swept):
+    logdir, _ = swept
+    results = result_files(logdir)
+    assert sorted(results) == ["seed/baseline/seed=0", "seed/baseline/seed=1", "seed/pixel+dropout=0.25/seed=0",
+                               "seed/pixel+dropout=0.25/seed=1"]
+    for result in results.values():
+        assert set(result["metrics"]) >= {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
+        assert result["test_images"] == 200 and result["val_images"] == 100
+        assert len(result["history"]) == 1 and result["train_images_per_s"] > 0
+        assert result["settings"]["epochs"] == 1 and len(result["settings_hash"]) == 16
+    for name in ("results.md", "results.csv", "results.png", "curves.png"):
+        assert (logdir / "seed" / name).stat().st_size > 0
+    table = (logdir / "seed" / "results.md").read_text()
+    dropout = [r for k, r in results.items() if "dropout" in k]
+    mean = sum(r["metrics"]["test/acc"] for r in dropout) / 2
+    assert f"| pixel+dropout=0.25 | 2 | {mean:.4f} ± " in table
+    assert "| baseline | 2 |" in table and "0.643" in table and "0.702" in table
+
+
+def test_tensorboard_hparams_carry_the_real_test_accuracy(swept):
+    logdir, _ = swept
+    run = logdir / "seed" / "pixel+dropout=0.25" / "seed=0"
+    result = json.loads((run / RESULT_FILE).read_text())
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0, "images": 0, "histograms": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["spec/dropout"].number_value == 0.25 and hparams["spec_name"].string_value == "pixel+dropout=0.25"
+    assert hparams["seed"].number_value == 0
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "test/acc", "test/loss"}
+    assert "hp_metric" not in events.Tags()["scalars"]
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(result["metrics"]["test/acc"])
+    assert len(events.Scalars("val/acc")) == 1 and len(events.Scalars("train/loss")) == 1
+    assert events.Tags()["images"] == ["data/one_training_image_per_class"]
+    assert events.Tags()["histograms"] == ["weights/backbone.hidden"]
+
+
+def test_rerun_trains_nothing_and_force_retrains(swept, capsys):
+    logdir, args = swept
+    before = result_files(logdir)
+    status, out, err = sweep(capsys, *args)
+    assert status == 0 and "0 trained, 4 already done" in err
+    assert result_files(logdir) == before
+    status, _, err = sweep(capsys, *args[:-len(TINY) - 4], "--seeds", "0", "--parallel", "1", *TINY, "--force")
+    assert status == 0 and "2 trained, 0 already done" in err
+
+
+def test_changed_settings_retrain(swept, capsys, tmp_path):
+    logdir, args = swept
+    status, _, err = sweep(capsys, *args[:-len(TINY)], "--only", "baseline", "--seeds", "0", "--epochs", "2",
+                           "--val-size", "100", "--batch-size", "64")
+    assert status == 0 and "1 trained" in err
+    assert len(result_files(logdir)["seed/baseline/seed=0"]["history"]) == 2
+
+
+def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
+    suite = tmp_path / "diverge.yaml"
+    suite.write_text("name: diverge\nspecs: [baseline, l1=1e38]\nsettings: {seeds: [0]}\n")
+    status, out, err = sweep(capsys, "--suite", str(suite), "--data-dir", str(cifar_dir), "--logdir",
+                             str(tmp_path / "logs"), *TINY)
+    assert status == 1
+    assert "FAILED l1=1e+38/seed=0: NonFiniteLossError" in err
+    error = json.loads((tmp_path / "logs/diverge/l1=1e+38/seed=0" / ERROR_FILE).read_text())
+    assert "train/loss became" in error["error"] and "Traceback" in error["traceback"]
+    assert not (tmp_path / "logs/diverge/l1=1e+38/seed=0" / RESULT_FILE).exists()
+    assert (tmp_path / "logs/diverge/baseline/seed=0" / RESULT_FILE).exists()
+    assert "| baseline | 1 |" in out and "failed l1=1e+38/seed=0" in (tmp_path / "logs/diverge/results.md").read_text()
+
+
+def test_ddp_on_two_cpu_processes_counts_the_test_set_once(tmp_path, cifar_dir):
+    cmd = [sys.executable, "-m", "ablations.run", "--data-dir", str(cifar_dir), "--logdir", str(tmp_path),
+           "--only", "pixel+bn", "--seeds", "0", "--accelerator", "cpu", "--strategy", "ddp", "--devices", "2", *TINY]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "seed/pixel+bn/seed=0" / RESULT_FILE).read_text())
+    assert result["world_size"] == 2 and result["settings"]["data_parallel"] == 2
+    assert result["test_images"] == 200
+    # test/acc is a multiple of 1/200: all 200 test images counted once across the two ranks, none twice
+    assert result["metrics"]["test/acc"] * 200 == pytest.approx(round(result["metrics"]["test/acc"] * 200), abs=1e-3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "nope"], "unknown suite 'nope'"),
+    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'seed'"),
+    (["--only", "pixle"], "unknown token 'pixle'"),
+    (["--shard", "3/2"], "K must be between 1 and N"),
+    (["--parallel", "0"], "--parallel: 0 must be >= 1"),
+    (["--epochs", "-1"], "--epochs: -1 must be >= 1"),
+    (["--seeds", "a,b"], "not a comma-separated list"),
+    (["--strategy", "ddp", "--parallel", "2"], "trials run one at a time"),
+])
+def test_bad_arguments_exit_2_with_a_message(capsys, args, message):
+    status, _, err = sweep(capsys, *args, "--dry-run")
+    assert status == 2
+    assert message in err
+
+
+def test_malformed_suite_yaml_exits_2(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nspecs: [baseline\n")
+    status, _, err = sweep(capsys, "--suite", str(bad), "--dry-run")
+    assert status == 2 and f"malformed YAML in suite file {bad}" in err

@@ -1,0 +1,300 @@
+"""`RegularizedClassifier`: Keras-style penalties, max-norm, learning-rate decay, logging and checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from lit_cifar.data import CIFAR10DataModule
+from lit_cifar.models import SeedCNN
+from lit_cifar.module import RegularizedClassifier
+from lit_cifar.spec import RegularizationSpec
+
+METRICS_FIT = ("train/loss", "train/penalty", "train/acc", "val/loss", "val/acc")
+METRICS_TEST = ("test/loss", "test/acc")
+
+
+def make_trainer(**kwargs: Any) -> pl.Trainer:
+    """A quiet one-epoch CPU trainer; `kwargs` override the defaults."""
+    options = dict(max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False,
+                   enable_model_summary=False, logger=False, enable_checkpointing=False,
+                   use_distributed_sampler=False, num_sanity_val_steps=0)
+    return pl.Trainer(**{**options, **kwargs})
+
+
+def make_datamodule(data_dir: Path, **kwargs: Any) -> CIFAR10DataModule:
+    return CIFAR10DataModule(str(data_dir), **{"val_size": 100, "batch_size": 32, "download": False, **kwargs})
+
+
+def small_mlp() -> nn.Sequential:
+    """A backbone without `regularized_layers()`: penalties fall on its first two Linear layers."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
+                         nn.Linear(12, 10))
+
+
+def fill_biases(module: nn.Module, value: float = 1.0) -> None:
+    """Nonzero biases, so a penalty that wrongly includes them shows."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                layer.bias.fill_(value)
+
+
+# --------------------------------------------------------------------------------------------------- penalty
+@pytest.mark.parametrize(("spec", "l1", "l2"), [
+    ("l1=0.001", 0.001, 0.0), ("l2=0.01", 0.0, 0.01), ("l1=0.001+l2=0.01", 0.001, 0.01)])
+def test_penalty_is_keras_l1_l2_of_hidden_kernel_only(spec: str, l1: float, l2: float) -> None:
+    torch.manual_seed(0)
+    module = RegularizedClassifier(spec, backbone=SeedCNN(spec, width=4, hidden_units=16))
+    fill_biases(module)
+    weight = module.backbone.hidden.weight.detach().double()
+    expected = l1 * weight.abs().sum() + l2 * weight.square().sum()
+    assert module.penalty().item() == pytest.approx(expected.item(), rel=1e-5)
+    everything = sum(l1 * p.double().abs().sum() + l2 * p.double().square().sum() for p in module.parameters())
+    assert module.penalty().item() != pytest.approx(everything.item(), rel=1e-3)
+
+
+def test_penalty_is_zero_for_baseline() -> None:
+    module = RegularizedClassifier("baseline", backbone=small_mlp())
+    assert module.penalty().item() == 0.0
+
+
+def test_penalty_gradient_reaches_only_regularized_weights() -> None:
+    module = RegularizedClassifier("l2=0.1", backbone=small_mlp())
+    module.penalty().backward()
+    linears = [m for m in module.backbone if isinstance(m, nn.Linear)]
+    for layer in linears[:2]:
+        torch.testing.assert_close(layer.weight.grad, 0.2 * layer.weight.detach())
+        assert layer.bias.grad is None
+    assert linears[2].weight.grad is None
+
+
+def test_training_loss_is_cross_entropy_plus_penalty() -> None:
+    torch.manual_seed(0)
+    module = RegularizedClassifier("l1=0.001+l2=0.01", backbone=small_mlp())
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a trainer
+        loss = module.training_step((images, labels), 0)
+    expected = F.cross_entropy(module(images), labels) + module.penalty()
+    assert module.penalty().item() > 0.01
+    torch.testing.assert_close(loss, expected)
+
+
+# ------------------------------------------------------------------------------------------- regularized layers
+def test_default_regularized_layers_are_all_linears_but_the_last() -> None:
+    backbone = small_mlp()
+    module = RegularizedClassifier("l1=0.001+l2=0.01", backbone=backbone)
+    assert [id(m) for m in module.regularized] == [id(backbone[1]), id(backbone[3])]
+    fill_biases(backbone)
+    expected = sum(0.001 * backbone[i].weight.abs().sum() + 0.01 * backbone[i].weight.square().sum()
+                   for i in (1, 3))
+    torch.testing.assert_close(module.penalty(), expected)
+
+
+class TwoHeads(nn.Module):
+    """A backbone that names its own regularized layer (the second of three Linear layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second, self.out = nn.Linear(3072, 8), nn.Linear(8, 8), nn.Linear(8, 10)
+
+    def regularized_layers(self) -> list[nn.Module]:
+        return [self.second]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.second(torch.relu(self.first(x.flatten(1))))))
+
+
+def test_backbone_regularized_layers_are_used() -> None:
+    backbone = TwoHeads()
+    module = RegularizedClassifier("l2=0.5", backbone=backbone)
+    assert len(module.regularized) == 1 and module.regularized[0] is backbone.second
+    torch.testing.assert_close(module.penalty(), 0.5 * backbone.second.weight.square().sum())
+
+
+def test_seed_cnn_regularizes_its_hidden_layer() -> None:
+    module = RegularizedClassifier("l2=0.01")
+    assert isinstance(module.backbone, SeedCNN)
+    assert len(module.regularized) == 1 and module.regularized[0] is module.backbone.hidden
+
+
+def test_apply_max_norm_clips_only_long_rows_of_regularized_layers() -> None:
+    backbone = small_mlp()
+    module = RegularizedClassifier("maxnorm=2", backbone=backbone)
+    with torch.no_grad():
+        for layer in (backbone[1], backbone[3], backbone[5]):
+            layer.weight.fill_(1.0)
+        backbone[1].weight[0] = 0.01  # a row well under the limit
+    short_row = backbone[1].weight[0].clone()
+    module.apply_max_norm()
+    for layer in (backbone[1], backbone[3]):
+        norms = layer.weight.norm(dim=1)
+        torch.testing.assert_close(norms[1:], torch.full_like(norms[1:], 2.0))
+    assert torch.equal(backbone[1].weight[0], short_row)
+    assert (backbone[5].weight == 1.0).all()  # the output layer is not constrained
+
+
+# --------------------------------------------------------------------------------------------- optimization
+def test_optimizer_is_adam_with_keras_epsilon() -> None:
+    module = RegularizedClassifier("baseline", lr=0.003, backbone=small_mlp())
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    assert isinstance(optimizer, torch.optim.Adam)
+    group = optimizer.param_groups[0]
+    assert group["eps"] == 1e-7 and group["lr"] == 0.003 and group["weight_decay"] == 0
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
+    assert config["lr_scheduler"]["interval"] == "step"
+
+
+class LrRecorder(Callback):
+    """Records the learning rate each training step runs with."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_learning_rate_decays_per_step_like_keras(cifar_dir: Path) -> None:
+    steps, lr, decay = 5, 0.01, 0.1
+    module = RegularizedClassifier("baseline", lr=lr, lr_decay=decay, backbone=small_mlp())
+    recorder = LrRecorder()
+    trainer = make_trainer(limit_train_batches=steps, limit_val_batches=0, callbacks=[recorder])
+    trainer.fit(module, make_datamodule(cifar_dir, batch_size=16))
+    assert trainer.global_step == steps
+    assert recorder.rates == pytest.approx([lr / (1 + decay * t) for t in range(steps)], rel=1e-6)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(lr / (1 + decay * steps), rel=1e-6)
+
+
+def test_max_norm_constrains_hidden_rows_after_each_step(cifar_dir: Path) -> None:
+    """Rows of norm ~7 are brought to norm 3 after one training step; rows of norm ~1.5 are left alone
+    (the learning rate is tiny so that Adam itself hardly moves them)."""
+    torch.manual_seed(0)
+    module = RegularizedClassifier("pixel+maxnorm=3", lr=1e-9)
+    hidden = module.backbone.hidden
+    with torch.no_grad():
+        hidden.weight[:512] = 0.05  # norm 0.05 * sqrt(21632) = 7.35
+        hidden.weight[512:] = 0.01  # norm 1.47
+    before = hidden.weight.detach().norm(dim=1)
+    assert (before[:512] > 3).all() and (before[512:] < 3).all()
+    short_rows = hidden.weight[512:].detach().clone()
+
+    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, make_datamodule(cifar_dir, batch_size=8))
+
+    assert trainer.global_step == 1
+    after = hidden.weight.detach().norm(dim=1)
+    assert (after <= 3 + 1e-5).all()
+    torch.testing.assert_close(after[:512], torch.full((512,), 3.0), rtol=1e-4, atol=0)
+    torch.testing.assert_close(hidden.weight[512:].detach(), short_rows, rtol=0, atol=1e-6)
+
+
+def test_hparams_store_spec_as_dict() -> None:
+    spec = RegularizationSpec.parse("pixel+bn+l2=0.01+maxnorm=3+dropout=0.5")
+    module = RegularizedClassifier(spec, lr=0.002, backbone=small_mlp())
+    assert module.hparams["spec"] == spec.to_dict() and isinstance(module.hparams["spec"], dict)
+    assert module.hparams["lr"] == 0.002 and module.hparams["adam_eps"] == 1e-7
+    assert "backbone" not in module.hparams
+    assert RegularizedClassifier(module.hparams["spec"], backbone=small_mlp()).spec == spec
+
+
+# ----------------------------------------------------------------------------------------- one real training
+@dataclass
+class TrainedRun:
+    module: RegularizedClassifier
+    datamodule: CIFAR10DataModule
+    fit_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    log_dir: Path
+    checkpoint: Path
+
+
+SPEC = "pixel+l2=0.0001"
+
+
+@pytest.fixture(scope="module")
+def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """SeedCNN fitted for 2 short epochs (10 steps) on the synthetic data, then tested; logs and checkpoint
+    in a temporary folder."""
+    root = tmp_path_factory.mktemp("run")
+    pl.seed_everything(0, verbose=False)
+    module = RegularizedClassifier(SPEC)
+    datamodule = make_datamodule(cifar_dir, normalize="pixel", batch_size=64, limit_train=320)
+    checkpoints = ModelCheckpoint(dirpath=root / "checkpoints")
+    trainer = make_trainer(max_epochs=2, logger=TensorBoardLogger(root, name="tb"), enable_checkpointing=True,
+                           callbacks=[checkpoints], log_every_n_steps=1)
+    trainer.fit(module, datamodule)
+    fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    (test_metrics,) = trainer.test(module, datamodule, verbose=False)
+    return TrainedRun(module, datamodule, fit_metrics, test_metrics, Path(trainer.logger.log_dir),
+                      Path(checkpoints.best_model_path))
+
+
+def test_fit_logs_train_and_val_metrics(trained: TrainedRun) -> None:
+    metrics = trained.fit_metrics
+    assert set(METRICS_FIT) <= set(metrics)
+    assert metrics["train/penalty"] > 0  # l2 on the hidden layer
+    assert metrics["train/loss"] > metrics["train/penalty"]  # the objective includes the penalty
+    for stage in ("train", "val"):
+        assert 0 <= metrics[f"{stage}/acc"] <= 1 and metrics[f"{stage}/loss"] > 0
+
+
+def test_test_returns_loss_and_accuracy_above_chance(trained: TrainedRun) -> None:
+    """The synthetic classes differ by colour: 2 short epochs are far above chance (10%)."""
+    assert set(trained.test_metrics) == set(METRICS_TEST)
+    assert trained.test_metrics["test/acc"] > 0.4  # measured 0.70-1.0 over seeds 0-5
+    assert 0 < trained.test_metrics["test/loss"] < 2.0
+
+
+def test_tensorboard_event_file_has_every_metric(trained: TrainedRun) -> None:
+    events = EventAccumulator(str(trained.log_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert set(METRICS_FIT + METRICS_TEST) <= tags
+    assert len(events.Scalars("val/acc")) == 2  # once per epoch
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(trained.test_metrics["test/acc"])
+
+
+def test_checkpoint_restores_spec_and_weights(trained: TrainedRun) -> None:
+    restored = RegularizedClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu")
+    assert restored.spec == RegularizationSpec.parse(SPEC)
+    expected = trained.module.state_dict()
+    weights = restored.state_dict()
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(weights[name], tensor), name
+
+
+def test_checkpoint_restores_normalization_statistics(trained: TrainedRun, cifar_dir: Path) -> None:
+    checkpoint = torch.load(trained.checkpoint, weights_only=False, map_location="cpu")
+    assert checkpoint["hyper_parameters"]["spec"] == RegularizationSpec.parse(SPEC).to_dict()
+    state = checkpoint[CIFAR10DataModule.__qualname__]  # Lightning keys the datamodule state by class name
+    fresh = make_datamodule(cifar_dir, normalize="pixel")
+    fresh.load_state_dict(state)
+    assert fresh.normalize == "pixel"
+    assert torch.equal(fresh.mean, trained.datamodule.mean) and torch.equal(fresh.std, trained.datamodule.std)
+
+
+def test_restored_statistics_survive_setup(trained: TrainedRun, cifar_dir: Path) -> None:
+    """A data module on another training subset would fit other statistics; restored ones must win."""
+    refit = make_datamodule(cifar_dir, normalize="pixel", limit_train=50)
+    refit.setup("fit")
+    assert not torch.equal(refit.mean, trained.datamodule.mean)
+
+    restored = make_datamodule(cifar_dir, normalize="pixel", limit_train=50)
+    restored.load_state_dict(trained.datamodule.state_dict())
+    restored.setup("test")
+    assert torch.equal(restored.mean, trained.datamodule.mean) and torch.equal(restored.std, trained.datamodule.std)
