@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="train on the first N images of the training split")
     settings.add_argument("--lr", type=float, help="Adam learning rate")
     settings.add_argument("--lr-decay", type=float, help="Keras time decay: lr / (1 + decay * step)")
+    settings.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
     where = parser.add_argument_group("data and output")
     where.add_argument("--data-dir", default=os.environ.get("LIT_CIFAR_DATA", "data"),
                        help="folder with cifar-10-batches-py/ or cifar-10-batches-bin/ (default: $LIT_CIFAR_DATA "
@@ -195,7 +196,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         suite = load_suite(args.suite)
         settings = suite.settings.override(epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
                                            val_size=args.val_size, split_seed=args.split_seed,
-                                           limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay)
+                                           limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
+                                           precision=args.precision)
         data_parallel = (args.devices if isinstance(args.devices, int) else 1) * args.num_nodes \
             if args.strategy else 1
         trials = expand_trials(suite, settings, only=args.only, data_parallel=data_parallel)

@@ -39,6 +39,7 @@ class TrainSettings:
         limit_train: train on only the first N images of the training split (None: all of them).
         lr: Adam's learning rate at step 0.
         lr_decay: Keras's legacy decay: step t uses ``lr / (1 + lr_decay * t)``.
+        precision: Lightning precision, e.g. ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (GPU).
     """
 
     epochs: int = 5
@@ -49,6 +50,7 @@ class TrainSettings:
     limit_train: Optional[int] = None
     lr: float = 1e-3
     lr_decay: float = 1e-6
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))

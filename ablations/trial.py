@@ -199,7 +199,7 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
     model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay)
     logger = TrialLogger(run_dir)
     monitor = TrialMonitor()
-    trainer = pl.Trainer(max_epochs=s.epochs, accelerator=options.accelerator, devices=options.devices,
+    trainer = pl.Trainer(max_epochs=s.epochs, precision=s.precision, accelerator=options.accelerator, devices=options.devices,
                          strategy=options.strategy, num_nodes=options.num_nodes, logger=logger, callbacks=[monitor],
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                          enable_progress_bar=options.progress_bar, use_distributed_sampler=False)

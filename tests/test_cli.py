@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch import nn
 
@@ -53,16 +54,28 @@ def test_fit_runs_one_batch(cifar_dir: Path, in_tmp_path: Path) -> None:
     assert cli.config["fit"]["seed_everything"] == 0
 
 
-def test_fit_links_channel_and_augment_and_saves_config(cifar_dir: Path, in_tmp_path: Path) -> None:
-    """Without fast_dev_run the default logger writes to ./lightning_logs, with the resolved config.yaml."""
-    cli = main(args=cli_args("fit", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
-                             "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))
-    assert cli.trainer.state.finished and cli.trainer.global_step == 1
-    assert cli.datamodule.normalize == "channel" and cli.datamodule.augment is True
-    assert cli.datamodule.mean.shape == (3, 1, 1)
-    config = yaml.safe_load((in_tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
+def test_fit_saves_config_and_checkpoint_that_test_restores(cifar_dir: Path, in_tmp_path: Path) -> None:
+    """The documented workflow: ``fit`` (the default logger writes ./lightning_logs/version_0 with config.yaml
+    and a checkpoint), then ``test --ckpt_path``, which must evaluate with the statistics fitted in training
+    (here on a 64-image subset) rather than those of its own data module. The linked data.normalize and
+    data.augment are not written to config.yaml: they are recomputed from model.spec."""
+    fit = main(args=cli_args("fit", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
+                             "--trainer.max_steps", "1", "--trainer.log_every_n_steps", "1",
+                             "--data.limit_train", "64"))
+    assert fit.trainer.state.finished and fit.trainer.global_step == 1
+    assert fit.datamodule.normalize == "channel" and fit.datamodule.augment is True
+    assert fit.datamodule.mean.shape == (3, 1, 1)
+    run_dir = in_tmp_path / "lightning_logs" / "version_0"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"]["spec"] == "channel+augment"
-    assert config["data"]["normalize"] == "channel" and config["data"]["augment"] is True
+    assert config["data"]["data_dir"] == str(cifar_dir) and config["trainer"]["use_distributed_sampler"] is False
+
+    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
+    test = main(args=cli_args("test", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
+                              "--ckpt_path", str(checkpoint)))
+    assert test.trainer.state.finished and "test/acc" in test.trainer.callback_metrics
+    assert torch.equal(test.datamodule.mean, fit.datamodule.mean)
+    assert torch.equal(test.datamodule.std, fit.datamodule.std)
 
 
 def test_test_subcommand_reports_test_metrics(cifar_dir: Path) -> None:
