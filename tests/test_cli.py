@@ -1,8 +1,9 @@
 """`python -m lit_cifar`: Lightning's CLI with the data module's normalization and augmentation linked to
-``--model.spec``. Runs in-process, in a temporary working directory (the CLI writes config.yaml there)."""
+``--model.spec``. Runs in-process, in a temporary working directory (logged runs write lightning_logs/ there)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,10 @@ def cli_args(command: str, spec: str, data_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Work in `tmp_path`, with a command line that holds only the program name (not pytest's arguments)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["lit_cifar"])
-    return tmp_path
 
 
 @pytest.mark.parametrize(("spec", "normalize", "augment"), [
@@ -43,7 +43,7 @@ def test_spec_sets_data_normalize_and_augment(cifar_dir: Path, spec: str, normal
     assert cli.config["trainer"]["use_distributed_sampler"] is False  # the data module shards by itself
 
 
-def test_fit_runs_one_batch(cifar_dir: Path, in_tmp_path: Path) -> None:
+def test_fit_runs_one_batch(cifar_dir: Path) -> None:
     cli = main(args=cli_args("fit", "pixel+bn", cifar_dir))
     assert cli.trainer.state.finished and cli.trainer.state.fn == "fit"
     assert cli.trainer.global_step == 1
@@ -54,28 +54,54 @@ def test_fit_runs_one_batch(cifar_dir: Path, in_tmp_path: Path) -> None:
     assert cli.config["fit"]["seed_everything"] == 0
 
 
-def test_fit_saves_config_and_checkpoint_that_test_restores(cifar_dir: Path, in_tmp_path: Path) -> None:
-    """The documented workflow: ``fit`` (the default logger writes ./lightning_logs/version_0 with config.yaml
-    and a checkpoint), then ``test --ckpt_path``, which must evaluate with the statistics fitted in training
-    (here on a 64-image subset) rather than those of its own data module. The linked data.normalize and
-    data.augment are not written to config.yaml: they are recomputed from model.spec."""
-    fit = main(args=cli_args("fit", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
-                             "--trainer.max_steps", "1", "--trainer.log_every_n_steps", "1",
-                             "--data.limit_train", "64"))
-    assert fit.trainer.state.finished and fit.trainer.global_step == 1
-    assert fit.datamodule.normalize == "channel" and fit.datamodule.augment is True
-    assert fit.datamodule.mean.shape == (3, 1, 1)
-    run_dir = in_tmp_path / "lightning_logs" / "version_0"
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["model"]["spec"] == "channel+augment"
-    assert config["data"]["data_dir"] == str(cifar_dir) and config["trainer"]["use_distributed_sampler"] is False
+@dataclass
+class FitRun:
+    cli: LitCifarCLI
+    run_dir: Path
 
-    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
+
+@pytest.fixture(scope="module")
+def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitRun:
+    """``fit`` for one step without fast_dev_run, so the default logger writes ./lightning_logs/version_0 with
+    config.yaml and a checkpoint. Training statistics come from a 64-image subset."""
+    workdir = tmp_path_factory.mktemp("cli_fit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setattr("sys.argv", ["lit_cifar"])
+        cli = main(args=cli_args("fit", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
+                                 "--trainer.max_steps", "1", "--trainer.log_every_n_steps", "1",
+                                 "--data.limit_train", "64"))
+    return FitRun(cli, workdir / "lightning_logs" / "version_0")
+
+
+def test_fit_links_channel_and_augment(fitted: FitRun) -> None:
+    assert fitted.cli.trainer.state.finished and fitted.cli.trainer.global_step == 1
+    assert fitted.cli.datamodule.normalize == "channel" and fitted.cli.datamodule.augment is True
+    assert fitted.cli.datamodule.mean.shape == (3, 1, 1)
+
+
+def test_fit_saves_config_and_checkpoint(fitted: FitRun, cifar_dir: Path) -> None:
+    """The linked data.normalize and data.augment are not written: they are recomputed from model.spec."""
+    config = yaml.safe_load((fitted.run_dir / "config.yaml").read_text())
+    assert config["model"]["spec"] == "channel+augment"
+    assert config["data"]["data_dir"] == str(cifar_dir) and config["data"]["limit_train"] == 64
+    assert config["trainer"]["use_distributed_sampler"] is False
+    assert len(list((fitted.run_dir / "checkpoints").glob("*.ckpt"))) == 1
+
+
+@pytest.mark.xfail(strict=True, raises=SystemExit,
+                   reason="BUG __main__.py spec_normalize/spec_augment: LightningCLI parses the checkpoint's "
+                          "hyper_parameters, jsonargparse turns the stored spec dict into a Namespace, and "
+                          "RegularizationSpec.coerce raises TypeError on it, so `test --ckpt_path` exits with 2")
+def test_test_from_checkpoint_uses_training_statistics(fitted: FitRun, cifar_dir: Path) -> None:
+    """The documented ``test --ckpt_path`` evaluates with the statistics fitted in training (on 64 images),
+    not with those of its own data module (on 530)."""
+    (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
     test = main(args=cli_args("test", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
                               "--ckpt_path", str(checkpoint)))
     assert test.trainer.state.finished and "test/acc" in test.trainer.callback_metrics
-    assert torch.equal(test.datamodule.mean, fit.datamodule.mean)
-    assert torch.equal(test.datamodule.std, fit.datamodule.std)
+    assert torch.equal(test.datamodule.mean, fitted.cli.datamodule.mean)
+    assert torch.equal(test.datamodule.std, fitted.cli.datamodule.std)
 
 
 def test_test_subcommand_reports_test_metrics(cifar_dir: Path) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_cifar.data import (AUGMENT_PADDING, BIN_LAYOUT, CLASSES, OFFICIAL_URL, PY_LAYOUT, RECORD_BYTES, TEST_FILE,
+from lit_cifar.data import (AUGMENT_PADDING, BIN_LAYOUT, CLASSES, DATA_ENV, OFFICIAL_URL, PY_LAYOUT, TEST_FILE,
                             TRAIN_FILES, CIFAR10DataModule, DatasetError, EpochSampler, _read_binary_batch,
-                            epoch_permutation, find_layout, random_crop_flip, read_split)
+                            epoch_permutation, find_layout, fit_normalization, random_crop_flip, read_split)
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
 
 N_TRAIN, N_TEST, VAL_SIZE = 630, 200, 100  # sizes of the `cifar_dir` fixture's splits
@@ -132,6 +132,34 @@ def test_missing_data_without_download_names_everything(tmp_path: Path) -> None:
         dm.setup("fit")
 
 
+def test_failed_download_names_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network here: torchvision's downloader is replaced by one that fails."""
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DatasetError) as error:
+        CIFAR10DataModule(str(tmp_path), download=True).prepare_data()
+    message = str(error.value)
+    for part in (str(tmp_path), PY_LAYOUT, BIN_LAYOUT, OFFICIAL_URL, "download=True", "download failed"):
+        assert part in message
+    assert "network unreachable" in str(error.value.__cause__)
+
+
+def test_prepare_data_accepts_either_layout(cifar_dir: Path, cifar_py_dir: Path) -> None:
+    for data_dir in (cifar_dir, cifar_py_dir):
+        CIFAR10DataModule(str(data_dir), download=False).prepare_data()  # no error, no download
+
+
+def test_data_dir_defaults_to_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    assert CIFAR10DataModule().data_dir == tmp_path
+    monkeypatch.delenv(DATA_ENV)
+    assert CIFAR10DataModule().data_dir == Path("data")
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-5])
 
@@ -246,6 +274,15 @@ def test_statistics_equal_numpy_on_the_training_split_only(cifar_dir: Path, norm
     assert not np.allclose(dm.std.numpy(), std_all, rtol=1e-4)
 
 
+@pytest.mark.parametrize("normalize", ["pixel", "channel"])
+def test_statistics_do_not_depend_on_chunk_size(cifar_dir: Path, normalize: str) -> None:
+    images, _ = read_split(cifar_dir / BIN_LAYOUT, train=True)
+    whole = fit_normalization(images, normalize)
+    chunked = fit_normalization(images, normalize, chunk=7)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
 def test_no_normalization_feeds_raw_pixels(cifar_dir: Path) -> None:
     dm = make_datamodule(cifar_dir, normalize="none")
     assert torch.equal(dm.mean, torch.zeros(3, 1, 1)) and torch.equal(dm.std, torch.ones(3, 1, 1))
@@ -306,6 +343,18 @@ def test_train_loader_visits_every_training_image_in_a_shuffled_order(indexed_di
     assert ids != image_ids(dm.train_images)
     loader.sampler.set_epoch(1)
     assert [i for images, _ in loader for i in image_ids(images)] != ids
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_worker_loader_gives_the_same_batches(cifar_dir: Path, split: str) -> None:
+    """num_workers > 0 uses a torch DataLoader: same batches, same order as the in-memory batches."""
+    in_memory = make_datamodule(cifar_dir, batch_size=64, seed=2)
+    workers = make_datamodule(cifar_dir, batch_size=64, seed=2, num_workers=1)
+    expected = list(getattr(in_memory, f"{split}_dataloader")())
+    loader = getattr(workers, f"{split}_dataloader")()
+    assert isinstance(loader, torch.utils.data.DataLoader) and len(loader) == len(expected)
+    for (images, labels), (want_images, want_labels) in zip(loader, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
 
 
 @pytest.mark.parametrize("n", [200, 201])
