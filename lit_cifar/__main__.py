@@ -8,6 +8,7 @@ The data module's ``normalize`` and ``augment`` follow ``--model.spec``, so one 
 
 from __future__ import annotations
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from lit_cifar.data import CIFAR10DataModule
@@ -15,12 +16,21 @@ from lit_cifar.module import RegularizedClassifier
 from lit_cifar.spec import RegularizationSpec
 
 
+def as_spec(value: object) -> RegularizationSpec:
+    """The spec jsonargparse hands a link: text, a spec, or (from a checkpoint's hyperparameters, where the spec
+    is stored as a dict) a Namespace with ``init_args``."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+        value = value.get("init_args", value)
+    return RegularizationSpec.coerce(value)
+
+
 def spec_normalize(spec: object) -> str:
-    return RegularizationSpec.coerce(spec).normalize
+    return as_spec(spec).normalize
 
 
 def spec_augment(spec: object) -> bool:
-    return RegularizationSpec.coerce(spec).augment
+    return as_spec(spec).augment
 
 
 class LitCifarCLI(LightningCLI):

@@ -97,7 +97,9 @@ class RegularizedClassifier(pl.LightningModule):
         logits = self(images)
         penalty = self.penalty()
         loss = F.cross_entropy(logits, labels) + penalty
-        updates = {f"{stage}/loss": (loss.detach(), len(labels)), f"{stage}/acc": (logits.detach(), labels)}
+        # One loss value per image, so the epoch mean is over images even with a short last batch (MeanMetric
+        # ignores `weight` under nan_strategy="disable", which we need so that no step syncs with the host).
+        updates = {f"{stage}/loss": (loss.detach().expand(len(labels)),), f"{stage}/acc": (logits.detach(), labels)}
         if stage == "train":
             updates["train/penalty"] = (penalty.detach(),)
         for name, args in updates.items():

@@ -21,8 +21,11 @@ VALID_TOKENS = ("baseline", "pixel", "channel", "bn", "l1=<float>=0>", "l2=<floa
 
 
 def _number(value: float) -> str:
-    """Shortest text that parses back to exactly `value`: 3.0 -> '3', 0.01 -> '0.01'."""
-    text = repr(value)
+    """Shortest text that parses back to exactly `value`: 3.0 -> '3', 0.01 -> '0.01', 1e16 -> '1e16'.
+
+    The exponent's ``+`` is dropped because ``+`` joins tokens.
+    """
+    text = repr(value).replace("e+", "e")
     return text[:-2] if text.endswith(".0") else text
 
 

@@ -89,10 +89,6 @@ def test_fit_saves_config_and_checkpoint(fitted: FitRun, cifar_dir: Path) -> Non
     assert len(list((fitted.run_dir / "checkpoints").glob("*.ckpt"))) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="BUG __main__.py spec_normalize/spec_augment: LightningCLI parses the checkpoint's "
-                          "hyper_parameters, jsonargparse turns the stored spec dict into a Namespace, and "
-                          "RegularizationSpec.coerce raises TypeError on it, so `test --ckpt_path` exits with 2")
 def test_test_from_checkpoint_uses_training_statistics(fitted: FitRun, cifar_dir: Path) -> None:
     """The documented ``test --ckpt_path`` evaluates with the statistics fitted in training (on 64 images),
     not with those of its own data module (on 530)."""

@@ -236,9 +236,6 @@ def test_val_metrics_cover_the_val_split_once_after_sanity_check(cifar_dir: Path
     assert trainer.callback_metrics["val/acc"].item() == pytest.approx(accuracy, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG module.py: MeanMetric(nan_strategy='disable') ignores the weight "
-                                       "len(labels) (torchmetrics#3434), so */loss is the plain mean of batch means "
-                                       "and over-weights a short last batch")
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_logged_loss_is_the_mean_over_images_with_a_short_last_batch(cifar_dir: Path, split: str) -> None:
     """100 val / 200 test images in batches of 32: the last batch holds 4 / 8 images and must weigh that much."""

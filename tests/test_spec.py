@@ -36,8 +36,6 @@ def test_parse_of_str_round_trips(spec: Spec) -> None:
     assert spec.name == str(spec)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG spec.py _number/__str__: floats >= 1e16 print as '1e+16', whose '+' is "
-                                       "the token separator, so parse(str(spec)) fails")
 @pytest.mark.parametrize("spec", [Spec(l1=1e16), Spec(max_norm=1e20)], ids=str)
 def test_parse_of_str_round_trips_for_huge_numbers(spec: Spec) -> None:
     assert Spec.parse(str(spec)) == spec
