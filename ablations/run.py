@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="devices per trial with --strategy, else devices to spread trials over")
     hardware.add_argument("--parallel", type=_positive_int, help="trials at once (default: one per GPU, 1 on CPU)")
     hardware.add_argument("--strategy", default=None, help="Lightning strategy per trial, e.g. ddp")
+    hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
     hardware.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes per trial (Lightning DDP)")
     return parser
 
@@ -221,7 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator,
                          devices=args.devices if args.strategy else 1, strategy=args.strategy or "auto",
                          num_nodes=args.num_nodes, progress_bar=parallel == 1 and sys.stderr.isatty(),
-                         force=args.force)
+                         force=args.force, compile=args.compile)
     start = time.perf_counter()
     print(f"suite {suite.name}: {len(trials)} trials, {parallel} at a time, logs in {args.logdir}/{suite.name}",
           file=sys.stderr)

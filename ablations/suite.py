@@ -20,6 +20,7 @@ import yaml
 from lit_cifar import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
+PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 
 
 class SuiteError(ValueError):
@@ -66,6 +67,8 @@ class TrainSettings:
             raise ValueError(f"val_size={self.val_size!r} must be an integer >= 0")
         if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
             raise ValueError(f"limit_train={self.limit_train!r} must be a positive integer")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r} must be a number > 0")
         if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay >= 0):

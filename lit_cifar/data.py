@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,37 +70,49 @@ def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
 
 def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
     try:
-        raw = path.read_bytes()
+        raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
     except FileNotFoundError:
         raise DatasetError(f"missing CIFAR-10 file {path}") from None
-    if not raw or len(raw) % RECORD_BYTES:
+    if not len(raw) or len(raw) % RECORD_BYTES:
         raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {len(raw)} bytes is not a whole number of "
                            f"{RECORD_BYTES}-byte records")
-    records = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, RECORD_BYTES)
-    return records[:, 1:].reshape(-1, *IMAGE_SHAPE).clone(), records[:, 0].long()
+    records = raw.view(-1, RECORD_BYTES)
+    return records[:, 1:].reshape(-1, *IMAGE_SHAPE), records[:, 0].long()
 
 
 def read_split(layout_dir: Path, train: bool) -> tuple[Tensor, Tensor]:
     """Read the training batches (``train=True``) or the test batch from one official layout folder.
 
     Returns uint8 images (N, 3, 32, 32) and int64 labels (N,). Every file may hold any number of records.
+    The files are copied straight into one preallocated tensor, so reading costs one file's size on top.
 
     Raises:
         DatasetError: naming the file that is missing, truncated or corrupt.
     """
     binary = layout_dir.name == BIN_LAYOUT
     names = TRAIN_FILES if train else (TEST_FILE,)
-    parts = [(_read_binary_batch(layout_dir / f"{name}.bin") if binary else _read_pickle_batch(layout_dir / name))
-             for name in names]
-    images = torch.cat([p[0] for p in parts])
-    labels = torch.cat([p[1] for p in parts])
+    read = (lambda name: _read_binary_batch(layout_dir / f"{name}.bin")) if binary else \
+        (lambda name: _read_pickle_batch(layout_dir / name))
+    images, labels, count = torch.empty(0, *IMAGE_SHAPE, dtype=torch.uint8), [], 0
+    for name in names:
+        part_images, part_labels = read(name)
+        end = count + len(part_labels)
+        if end > len(images):  # sized from the first file (the official ones are equal), grown if one is larger
+            grown = torch.empty(count + len(part_labels) * (len(names) - len(labels)), *IMAGE_SHAPE,
+                                dtype=torch.uint8)
+            grown[:count] = images[:count]
+            images = grown
+        images[count:end] = part_images
+        labels.append(part_labels)
+        count = end
+    images, labels = images[:count], torch.cat(labels)
     bad = (labels < 0) | (labels >= len(CLASSES))
     if bad.any():
         raise DatasetError(f"corrupt CIFAR-10 data in {layout_dir}: label {int(labels[bad][0])} is outside 0-9")
     return images, labels
 
 
-def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """Mean and std (float32, 0-255 units) of uint8 `images`, per pixel (3x32x32) or per channel (3x1x1).
 
     The std is the population std (``np.std``, ddof=0), as the notebook computes it. ``"none"`` gives mean 0 and
