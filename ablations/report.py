@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ablations.trial import ERROR_FILE, RESULT_FILE, read_result
+from ablations.trial import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_text_atomic
 
 REPORT_RUN = "_report"  # TensorBoard run (sub-folder of the suite) that holds the suite's table and chart
 
@@ -167,6 +167,11 @@ def write_report(suite_dir: Path) -> str:
     Problems (failed or unreadable trials) are listed on stderr and at the end of results.md.
     """
     suite_dir = Path(suite_dir)
+    with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
+        return _write_report(suite_dir)
+
+
+def _write_report(suite_dir: Path) -> str:
     results, problems = load_results(suite_dir)
     rows = summarize(results)
     seeds = sorted({r["seed"] for r in results})
@@ -178,7 +183,8 @@ def write_report(suite_dir: Path) -> str:
     header = (f"# {suite_dir.name}: {len(rows)} specs, {len(results)} trials (seeds {seeds})\n\n"
               + (f"Settings: `{next(iter(settings))}`\n\n" if len(settings) == 1 else ""))
     footer = "".join(f"\n- {p}" for p in problems)
-    (suite_dir / "results.md").write_text(header + table + "\n" + ("\nProblems:" + footer + "\n" if problems else ""))
+    write_text_atomic(suite_dir / "results.md", header + table + "\n" + ("\nProblems:" + footer + "\n"
+                                                                         if problems else ""))
     write_csv(rows, suite_dir / "results.csv")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)

@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--lr-decay", type=float, help="Keras time decay: lr / (1 + decay * step)")
     settings.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
     where = parser.add_argument_group("data and output")
-    where.add_argument("--data-dir", default=os.environ.get("LIT_CIFAR_DATA", "data"),
-                       help="folder with cifar-10-batches-py/ or cifar-10-batches-bin/ (default: $LIT_CIFAR_DATA "
-                            "or ./data; downloaded there if absent)")
+    where.add_argument("--data-dir", help="an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ "
+                                          "(default: $LIT_CIFAR_DATA or ./data); CIFAR-10 is downloaded into it "
+                                          "(checksum-verified) if it holds neither")
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     hardware = parser.add_argument_group("devices and scheduling")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: auto)")
@@ -129,6 +129,7 @@ def _gpu_count(accelerator: str) -> int:
 def _check_inputs(args: argparse.Namespace, trials: list[Trial]) -> None:
     """Fail fast, before any training, on data or output problems (raises ValueError / DatasetError)."""
     from lit_cifar import CIFAR10DataModule
+    from lit_cifar.data import default_data_dir
 
     logdir = Path(args.logdir)
     try:
@@ -138,7 +139,9 @@ def _check_inputs(args: argparse.Namespace, trials: list[Trial]) -> None:
         probe.unlink()
     except OSError as error:
         raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
-    data_dir = Path(args.data_dir)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir {args.data_dir} is not an existing folder")
+    data_dir = Path(args.data_dir) if args.data_dir is not None else default_data_dir()
     if data_dir.exists() and not os.access(data_dir, os.R_OK | os.X_OK):
         raise ValueError(f"--data-dir {data_dir} is not readable")
     s = trials[0].settings
@@ -160,33 +163,44 @@ def _init_worker(slots: Any, threads: int) -> None:
 
 
 def run_trials(trials: list[Trial], options: RunOptions, parallel: int, gpus: int) -> list[dict[str, Any]]:
-    """Run `trials` one at a time in this process, or `parallel` at once in worker processes."""
+    """Run `trials` one at a time in this process, or `parallel` at once in worker processes.
+
+    Trials that another sweep is running ("busy") are retried at the end, waiting for their lock: each ends up
+    done here or there, and no trial ever runs twice at the same time.
+    """
     from tqdm import tqdm
 
-    statuses = []
     bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
                disable=parallel == 1 and len(trials) <= 1)
-    if parallel == 1:
-        for trial in trials:
-            bar.set_postfix_str(trial.name)
-            statuses.append(run_trial(trial, options))
-            bar.update()
+    statuses: dict[int, dict[str, Any]] = {}
+    pending, wait = list(range(len(trials))), False
+    pool = None
+    if parallel > 1:
+        context = get_context("spawn")
+        slots = context.Manager().Queue()
+        for i in range(parallel):
+            slots.put(i % gpus if gpus else None)
+        pool = ProcessPoolExecutor(parallel, mp_context=context, initializer=_init_worker,
+                                   initargs=(slots, max(1, (os.cpu_count() or 1) // parallel)))
+    try:
+        while pending:
+            if pool is None:
+                outcomes = ((i, run_trial(trials[i], options, wait)) for i in pending)
+            else:
+                futures = {pool.submit(run_trial, trials[i], options, wait): i for i in pending}
+                outcomes = ((futures[f], f.result()) for f in as_completed(futures))
+            for i, status in outcomes:
+                statuses[i] = status
+                if status["status"] != "busy":
+                    bar.update()
+                bar.set_postfix_str(status["trial"])
+            pending = [i for i in pending if statuses[i]["status"] == "busy"]
+            wait = True
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         bar.close()
-        return statuses
-    context = get_context("spawn")
-    slots = context.Manager().Queue()
-    for i in range(parallel):
-        slots.put(i % gpus if gpus else None)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_init_worker,
-                             initargs=(slots, threads)) as pool:
-        futures = [pool.submit(run_trial, trial, options) for trial in trials]
-        for future in as_completed(futures):
-            statuses.append(future.result())
-            bar.set_postfix_str(statuses[-1]["trial"])
-            bar.update()
-    bar.close()
-    return statuses
+    return [statuses[i] for i in range(len(trials))]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -235,9 +249,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     table = write_report(Path(args.logdir) / suite.name)
     print(table)
-    counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "busy", "failed")}
-    print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['busy']} running elsewhere, "
-          f"{counts['failed']} failed in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
+    print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['failed']} failed in "
+          f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
     failed = [s for s in statuses if s["status"] == "failed"]
     for status in failed:
         print(f"FAILED {status['trial']}: {status['error']}", file=sys.stderr)

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -61,14 +62,18 @@ class RunOptions:
     compile: bool = False  # torch.compile the backbone (same math, different kernels)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one, never a part."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
@@ -86,21 +91,25 @@ def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def is_finished(trial: Trial, logdir: Path) -> bool:
-    """True if the trial has a readable result.json for exactly its settings; unreadable ones count as not."""
+    """True if the trial has a readable result.json for exactly its settings. An unreadable (e.g. truncated)
+    one is reported on stderr and counts as not finished, so the trial is rerun rather than silently counted."""
     try:
         result = read_result(trial.run_dir(logdir))
-    except ValueError:
+    except ValueError as error:
+        print(f"warning: {error}; rerunning {trial.name}", file=sys.stderr)
         return False
     return result is not None and result["settings_hash"] == trial.settings_hash
 
 
 @contextmanager
-def trial_lock(run_dir: Path) -> Iterator[bool]:
-    """Hold the trial's lock while the block runs; yields False (and holds nothing) if another process has it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "w") as handle:
+def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold `folder`'s lock (a trial's, or a suite's while its report is written) while the block runs. If
+    another process holds it, wait for it (``wait``) or yield False at once, holding nothing. The lock is an
+    ``flock`` on ``folder/.lock``: the kernel releases it when its holder dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -246,10 +255,12 @@ def _clear(run_dir: Path) -> None:
             entry.unlink()
 
 
-def run_trial(trial: Trial, options: RunOptions) -> dict[str, Any]:
+def run_trial(trial: Trial, options: RunOptions, wait: bool = False) -> dict[str, Any]:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
-    Returns ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed", "error": reason or None}``.
+    Returns ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed", "error": reason or None}``:
+    ``busy`` when another process holds the trial's lock and not ``wait``; with ``wait`` it waits for that
+    process, then skips the trial if it finished or runs it if its holder died.
     Under DDP, processes other than global rank 0 only train: rank 0 decides, locks and writes.
     """
     logdir = Path(options.logdir)
@@ -260,7 +271,7 @@ def run_trial(trial: Trial, options: RunOptions) -> dict[str, Any]:
         return {**status, "status": "done"}
     if not options.force and is_finished(trial, logdir):
         return status
-    with trial_lock(run_dir) as locked:
+    with folder_lock(run_dir, wait) as locked:
         if not locked:
             return {**status, "status": "busy"}
         if not options.force and is_finished(trial, logdir):  # finished by another sweep meanwhile

@@ -34,7 +34,7 @@ RECORD_BYTES = 1 + 3 * 32 * 32
 AUGMENT_PADDING = 4  # pixels of zero padding around the image before the random 32x32 crop
 
 
-class DatasetError(RuntimeError):
+class DatasetError(ValueError):
     """CIFAR-10 files are missing, truncated or corrupt; the message names the file or directory."""
 
 
@@ -61,6 +61,8 @@ def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
         labels = torch.as_tensor(labels, dtype=torch.int64)
     except FileNotFoundError:
         raise DatasetError(f"missing CIFAR-10 file {path}") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read CIFAR-10 file {path}: {error.strerror}") from None
     except Exception as error:  # truncated pickles raise EOFError, UnpicklingError, KeyError, ValueError...
         raise DatasetError(f"corrupt CIFAR-10 file {path}: {type(error).__name__}: {error}") from None
     if len(images) != len(labels):
@@ -73,6 +75,8 @@ def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
         raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
     except FileNotFoundError:
         raise DatasetError(f"missing CIFAR-10 file {path}") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read CIFAR-10 file {path}: {error.strerror}") from None
     if not len(raw) or len(raw) % RECORD_BYTES:
         raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {len(raw)} bytes is not a whole number of "
                            f"{RECORD_BYTES}-byte records")

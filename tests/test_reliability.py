@@ -1,0 +1,283 @@
+"""Reliability: kill -9 and resume, concurrent sweeps, unreadable results, determinism, bad input, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from urllib.parse import urlencode
+from pathlib import Path
+
+import pytest
+
+from ablations.run import main
+from ablations.suite import TrainSettings, load_suite
+from ablations.trial import RESULT_FILE, folder_lock
+from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
+from tests.synthetic import write_synthetic_cifar
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]
+
+
+def sweep_command(data_dir: Path, logdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir", str(logdir), *TINY,
+            *args]
+
+
+def results(logdir: Path) -> dict[str, dict]:
+    """{trial dir: result.json} under a logdir."""
+    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
+
+
+def numbers(result: dict) -> tuple:
+    """The parts of a result that training determines (not timings or the environment)."""
+    return result["metrics"], result["history"], result["settings_hash"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cifar_dir):
+    """An uninterrupted 3-trial sweep (dropout, so the RNG matters) to compare the other sweeps with."""
+    logdir = tmp_path_factory.mktemp("reference")
+    args = ["--only", "pixel+dropout=0.25", "--seeds", "0,1,2"]
+    done = subprocess.run(sweep_command(cifar_dir, logdir, *args), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return logdir, args
+
+
+def test_same_seed_gives_identical_metrics(reference, cifar_dir, tmp_path):
+    """Determinism on CPU: the same command twice gives the same numbers in result.json, to the last bit."""
+    logdir, args = reference
+    again = subprocess.run(sweep_command(cifar_dir, tmp_path, *args), cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    first, second = results(logdir), results(tmp_path)
+    assert sorted(first) == sorted(second) and len(first) == 3
+    assert all(numbers(first[k]) == numbers(second[k]) for k in first)
+    assert len({json.dumps(r["metrics"]) for r in first.values()}) == 3  # the seeds do differ
+
+
+def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir, tmp_path):
+    logdir, args = reference
+    command = sweep_command(cifar_dir, tmp_path, *args, "--parallel", "1")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    second = tmp_path / "seed/pixel+dropout=0.25/seed=1"
+    deadline = time.monotonic() + 180
+    while not (any(second.glob("events.out.tfevents.*")) and results(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until trial 1 is finished and trial 2 is training
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    finished = results(tmp_path)
+    assert list(finished) == ["seed/pixel+dropout=0.25/seed=0"], "kill came too late or too early"
+    assert not (second / RESULT_FILE).exists()  # the interrupted trial left no result
+    kept = (tmp_path / "seed/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text()
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "2 trained, 1 already done" in rerun.stderr
+    assert (tmp_path / "seed/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text() == kept  # not retrained
+    resumed, uninterrupted = results(tmp_path), results(logdir)
+    assert sorted(resumed) == sorted(uninterrupted)
+    assert all(numbers(resumed[k]) == numbers(uninterrupted[k]) for k in resumed)
+    table = lambda d: [line.rsplit("|", 2)[0] for line in (d / "seed/results.md").read_text().splitlines()]  # noqa: E731
+    assert table(tmp_path) == table(logdir)  # the same table, wall times aside
+
+
+def test_concurrent_sweeps_run_each_trial_once(cifar_dir, tmp_path):
+    command = sweep_command(cifar_dir, tmp_path, "--only", "baseline", "pixel", "--seeds", "0,1")
+    sweeps = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outputs = [s.communicate(timeout=300) for s in sweeps]
+    assert all(s.returncode == 0 for s in sweeps), [err[-2000:] for _, err in outputs]
+    trained = [int(re.search(r"(\d+) trained, \d+ already done", err).group(1)) for _, err in outputs]
+    assert sum(trained) == 4  # every trial trained exactly once, by one sweep or the other
+    assert len(results(tmp_path)) == 4
+    for out, _ in outputs:  # each sweep waited for the other's trials and reports the whole table
+        assert "| baseline | 2 |" in out and "| pixel | 2 |" in out
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_lock_is_released_when_its_holder_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from pathlib import Path
+from ablations.trial import folder_lock
+with folder_lock(Path({str(tmp_path)!r})) as locked:
+    print(locked, flush=True)
+    time.sleep(60)
+"""], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "True"
+    with folder_lock(tmp_path) as locked:
+        assert locked is False
+    holder.kill()
+    holder.wait()
+    with folder_lock(tmp_path) as locked:
+        assert locked is True
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_unreadable_result_is_reported_and_rerun(reference, cifar_dir, tmp_path, damage):
+    logdir, args = reference
+    shutil.copytree(logdir, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "seed/pixel+dropout=0.25/seed=1" / RESULT_FILE
+    text = path.read_text()
+    path.write_text({"truncate": text[: len(text) // 2], "garbage": "\x00\x01not json", "empty": ""}[damage])
+    rerun = subprocess.run(sweep_command(cifar_dir, tmp_path, *args), cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"unreadable {path}" in rerun.stderr and "1 trained, 2 already done" in rerun.stderr
+    assert numbers(json.loads(path.read_text())) == numbers(results(logdir)["seed/pixel+dropout=0.25/seed=1"])
+
+
+@pytest.fixture(scope="module")
+def broken_data(tmp_path_factory) -> dict[str, Path]:
+    """Data dirs with one problem each."""
+    root = tmp_path_factory.mktemp("broken")
+    missing = write_synthetic_cifar(root / "missing", layouts=("bin",))
+    (missing / "cifar-10-batches-bin/data_batch_3.bin").unlink()
+    truncated = write_synthetic_cifar(root / "truncated", layouts=("bin",))
+    with open(truncated / "cifar-10-batches-bin/test_batch.bin", "r+b") as f:
+        f.truncate(3073 * 10 - 7)
+    (root / "a_file").write_text("not a folder")
+    return {"missing": missing, "truncated": truncated, "file": root / "a_file", "absent": root / "absent"}
+
+
+BAD_CLI_INPUT = [  # (arguments, what the message must say); every one exits 2 before any trial directory exists
+    (["--only", "pixel+bogus"], "unknown token 'bogus'"),
+    (["--only", "l2=abc"], "'abc' is not a number"),
+    (["--only", "l2=-0.1"], "l2=-0.1 must be a finite number >= 0"),
+    (["--only", "dropout=1"], "dropout=1.0 must be in [0, 1)"),
+    (["--only", "maxnorm=0"], "max_norm=0.0 must be a finite number > 0"),
+    (["--only", "pixel+channel"], "two normalizations"),
+    (["--only", "bn+bn"], "repeated token 'bn'"),
+    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'seed'"),
+    (["--suite", "nope"], "unknown suite 'nope'"),
+    (["--suite", "{bad_yaml}"], "malformed YAML in suite file"),
+    (["--suite", "{bad_spec_yaml}"], "unknown token 'pixle'"),
+    (["--data-dir", "{absent}"], "is not an existing folder"),
+    (["--data-dir", "{file}"], "is not an existing folder"),
+    (["--data-dir", "{missing}"], "missing CIFAR-10 file"),
+    (["--data-dir", "{truncated}"], "truncated or corrupt CIFAR-10 file"),
+    (["--logdir", "{file}/logs"], "is not writable"),
+    (["--shard", "3/2"], "K must be between 1 and N"),
+    (["--shard", "0/2"], "K must be between 1 and N"),
+    (["--shard", "x"], "not of the form K/N"),
+    (["--parallel", "0"], "--parallel: 0 must be >= 1"),
+    (["--parallel", "-2"], "--parallel: -2 must be >= 1"),
+    (["--devices", "0"], "--devices: 0 must be >= 1"),
+    (["--epochs", "0"], "--epochs: 0 must be >= 1"),
+    (["--epochs", "-3"], "--epochs: -3 must be >= 1"),
+    (["--batch-size", "0"], "--batch-size: 0 must be >= 1"),
+    (["--batch-size", "-64"], "--batch-size: -64 must be >= 1"),
+    (["--limit-train", "100000"], "limit_train=100000 is larger than the training split"),
+    (["--precision", "8-bit"], "precision='8-bit' is not one of"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_CLI_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_exits_2_with_a_message_and_writes_no_trial(args, message, broken_data, cifar_dir, tmp_path,
+                                                              capsys):
+    suites = {"bad_yaml": tmp_path / "bad.yaml", "bad_spec_yaml": tmp_path / "bad_spec.yaml"}
+    suites["bad_yaml"].write_text("name: x\nspecs: [baseline\n")
+    suites["bad_spec_yaml"].write_text("name: x\nspecs: [pixle]\n")
+    places = {**{k: str(v) for k, v in broken_data.items()}, **{k: str(v) for k, v in suites.items()}}
+    args = [a.format(**places) for a in args]
+    logdir = tmp_path / "logs"
+    defaults = ["--data-dir", str(cifar_dir), "--logdir", str(logdir), "--seeds", "0", "--val-size", "100"]
+    with pytest.raises(SystemExit) as exit_:
+        main(defaults + args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not [p for p in logdir.rglob("*") if p.is_dir()] if logdir.exists() else True
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RegularizationSpec.parse("l1=x"),
+    lambda: RegularizationSpec(dropout=1.0),
+    lambda: RegularizationSpec(normalize="zca"),
+    lambda: RegularizedClassifier("pixel+pixel"),
+    lambda: CIFAR10DataModule("x", batch_size=0),
+    lambda: CIFAR10DataModule("x", limit_train=-1),
+    lambda: CIFAR10DataModule("x", normalize="global"),
+    lambda: TrainSettings(epochs=0),
+    lambda: TrainSettings(seeds=()),
+    lambda: load_suite("nope"),
+], ids=["spec-number", "dropout", "normalize", "module-spec", "batch-size", "limit-train", "dm-normalize",
+        "epochs", "seeds", "suite"])
+def test_bad_input_from_the_api_is_a_value_error(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_data_errors_from_the_api_are_value_errors(broken_data):
+    with pytest.raises(ValueError, match="truncated or corrupt CIFAR-10 file .*test_batch.bin"):
+        CIFAR10DataModule(str(broken_data["truncated"]), val_size=100).setup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+    return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
+
+
+def test_tensorboard_serves_scalars_hparams_and_images(reference):
+    logdir, _ = reference
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
+                               "127.0.0.1", "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data"
+    run = "seed/pixel+dropout=0.25/seed=0"
+    expected = results(logdir)[run]
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                scalars = _get(f"{base}/plugin/scalars/tags")
+                if run in scalars and "test/acc" in scalars[run]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "tensorboard did not serve the runs in time"
+            time.sleep(0.5)
+        points = _get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "test/acc"}))
+        assert points[-1][2] == pytest.approx(expected["metrics"]["test/acc"])
+        assert len(_get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "val/acc"}))) == 1
+        assert "seed/_report" in scalars or "seed/_report" in _get(f"{base}/runs")
+
+        groups = _get(f"{base}/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                      "STATUS_RUNNING"],
+            "colParams": [{"metric": {"tag": "test/acc"}}, {"hparam": "spec_name"}, {"hparam": "seed"}],
+            "startIndex": 0, "sliceSize": 100})
+        sessions = {g["name"]: g for g in groups["sessionGroups"]}
+        assert len(sessions) == 3
+        session = next(g for g in sessions.values() if g["sessions"][0]["name"] == run)
+        assert session["hparams"]["spec_name"] == "pixel+dropout=0.25" and session["hparams"]["seed"] == 0
+        value = {m["name"]["tag"]: m["value"] for m in session["metricValues"]}["test/acc"]
+        assert value == pytest.approx(expected["metrics"]["test/acc"]) and value != -1
+
+        images = _get(f"{base}/plugin/images/tags")
+        assert "data/one_training_image_per_class" in images[run]
+        listing = _get(f"{base}/plugin/images/images?" + urlencode({"run": run,
+                                                                    "tag": "data/one_training_image_per_class"}))
+        png = _get(f"{base}/plugin/images/individualImage?{listing[0]['query']}")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "results/test_accuracy" in images["seed/_report"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
