@@ -285,8 +285,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     report["peak_rss_gb"] = peak_memory_gb(data_dir, epochs=1, limit_train=limit)
     report["peak_rss_trial"] = f"{SPEC}, 1 epoch, {'700' if args.quick else 'all'} training images"
     print("5. sweep throughput", file=sys.stderr)
-    sweep_args = ["--only", "baseline", "pixel", "--seeds", "0,1", "--epochs", "1", "--limit-train",
-                  "300" if args.quick else "2000", "--val-size", "100" if args.quick else "1000"]
+    sweep_args = (["--only", "baseline", "--seeds", "0,1", "--epochs", "1", "--limit-train", "200", "--val-size",
+                   "100"] if args.quick else ["--only", "baseline", "pixel", "--seeds", "0,1", "--epochs", "1",
+                                              "--limit-train", "2000", "--val-size", "1000"])
     report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep_args) for p in (1, 2)}
     report["sweep"] = " ".join(sweep_args)
     print("6. GPU seed suite", file=sys.stderr)

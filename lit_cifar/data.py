@@ -326,8 +326,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.num_workers == 0:
             device = trainer.strategy.root_device if trainer is not None else None
             return TensorBatches(images, labels, self.batch_size, sampler, device=device)
+        # Its own generator: seeding the workers must not draw from the global RNG that dropout and augmentation
+        # use, so both paths train identically.
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), self.batch_size,
-                                           sampler=sampler, num_workers=self.num_workers)
+                                           sampler=sampler, num_workers=self.num_workers,
+                                           generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> Any:
         return self._batches(self.train_images, self.train_labels, train=True)
