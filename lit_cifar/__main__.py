@@ -4,6 +4,7 @@
     python -m lit_cifar test --model.spec pixel+bn --data.data_dir DIR --ckpt_path PATH
 
 The data module's ``normalize`` and ``augment`` follow ``--model.spec``, so one spec describes the experiment.
+Runs log to TensorBoard under ``logs/lit_cifar/version_N/`` (config, checkpoints and events).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class LitCifarCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.link_arguments("model.spec", "data.normalize", compute_fn=spec_normalize)
         parser.link_arguments("model.spec", "data.augment", compute_fn=spec_augment)
-        parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.set_defaults({
+            "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": "logs", "name": "lit_cifar"}},  # beside the sweeps
+        })
 
 
 def main(args: list[str] | None = None) -> LitCifarCLI:

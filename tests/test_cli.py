@@ -1,5 +1,5 @@
 """`python -m lit_cifar`: Lightning's CLI with the data module's normalization and augmentation linked to
-``--model.spec``. Runs in-process, in a temporary working directory (logged runs write lightning_logs/ there)."""
+``--model.spec``. Runs in-process, in a temporary working directory (logged runs write logs/lit_cifar/ there)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class FitRun:
 
 @pytest.fixture(scope="module")
 def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitRun:
-    """``fit`` for one step without fast_dev_run, so the default logger writes ./lightning_logs/version_0 with
+    """``fit`` for one step without fast_dev_run, so the default logger writes ./logs/lit_cifar/version_0 with
     config.yaml and a checkpoint. Training statistics come from a 64-image subset."""
     workdir = tmp_path_factory.mktemp("cli_fit")
     with pytest.MonkeyPatch.context() as patch:
@@ -71,7 +71,7 @@ def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitRun:
         cli = main(args=cli_args("fit", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
                                  "--trainer.max_steps", "1", "--trainer.log_every_n_steps", "1",
                                  "--data.limit_train", "64"))
-    return FitRun(cli, workdir / "lightning_logs" / "version_0")
+    return FitRun(cli, workdir / "logs" / "lit_cifar" / "version_0")
 
 
 def test_fit_links_channel_and_augment(fitted: FitRun) -> None:
