@@ -239,7 +239,8 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
     metrics = {**monitor.history[-1], **{k: float(v) for k, v in tested.items()}}
     metrics.pop("epoch", None)
     if trainer.is_global_zero:
-        logger.log_final_hparams({"spec_name": str(trial.spec), "seed": trial.seed})
+        settings = trial.hashed_settings()
+        logger.log_final_hparams({"spec_name": settings.pop("spec"), **settings})
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
             "train_images": len(dm.train_labels), "val_images": len(dm.val_labels),
