@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -229,6 +229,8 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
         model.backbone = torch.compile(model.backbone)
     trainer = pl.Trainer(max_epochs=s.epochs, precision=s.precision, accelerator=options.accelerator,
                          devices=options.devices, strategy=options.strategy, num_nodes=options.num_nodes,
+                         sync_batchnorm=options.strategy != "auto" and torch.cuda.is_available()
+                         and options.accelerator in ("auto", "gpu", "cuda"),
                          logger=logger, callbacks=[monitor],
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                          enable_progress_bar=options.progress_bar, use_distributed_sampler=False)

@@ -204,7 +204,8 @@ class TensorBatches:
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: EpochSampler,
                  device: Optional[torch.device] = None) -> None:
-        self.images, self.labels, self.batch_size, self.sampler, self.device = images, labels, batch_size, sampler, device
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler, self.device = sampler, device
         self.batch_sampler = None  # read by Lightning, which then calls `sampler.set_epoch` each epoch
 
     def __len__(self) -> int:
@@ -246,8 +247,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-        for name, value, low in (("val_size", val_size, 0), ("batch_size", batch_size, 1), ("num_workers",
-                                                                                              num_workers, 0)):
+        for name, value, low in (("val_size", val_size, 0), ("batch_size", batch_size, 1),
+                                 ("num_workers", num_workers, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
         if limit_train is not None and (not isinstance(limit_train, int) or limit_train < 1):

@@ -26,7 +26,8 @@ def fit_metrics(data_dir: Path, num_workers: int) -> dict[str, float]:
     model = RegularizedClassifier(SPEC)
     trainer.fit(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return {**metrics, **trainer.test(model, dm, verbose=False)[0], "weight_sum": float(model.backbone.hidden.weight.sum())}
+    tested = trainer.test(model, dm, verbose=False)[0]
+    return {**metrics, **tested, "weight_sum": float(model.backbone.hidden.weight.sum())}
 
 
 def test_fast_path_trains_exactly_like_the_plain_dataloader_path(cifar_dir):
@@ -56,7 +57,8 @@ def test_bench_quick_runs_every_row(tmp_path, capsys):
     assert bench.main(["--quick", "--data-dir", str(tmp_path / "no-data"), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["data"] == "synthetic"
-    assert set(report["images_per_s"]) == {"lightning", "pytorch_loop", "textbook_pipeline"}
+    assert set(report["images_per_s"]) == {"lightning", "pytorch_loop", "pytorch_loop_channels_last",
+                                           "textbook_pipeline"}
     assert all(v > 0 for v in report["images_per_s"].values())
     assert report["fixed_cost"]["to_first_step_s"] > 0 and report["peak_rss_gb"] > 0.1
     assert set(report["sweep_trials_per_hour"]) == {"parallel=1", "parallel=2"}
