@@ -17,17 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = [Path(p) for p in (os.environ.get("LIT_CIFAR_DATA"), REPO.parent / "shared" / "data") if p]
 DATA_DIR = next((p for p in CANDIDATES if find_layout(p) is not None), None)
 
-# Measured on the JPEG-decoded copy in ../shared/data (2 CPU cores, torch 2.14): test accuracy after one epoch
-# of `baseline` on 2,000 images was 0.20-0.26 over seeds 0-4; chance is 0.10. The bound leaves room for other
-# machines and library versions while still failing a model that does not learn.
-MIN_TEST_ACC = 0.15
+# One epoch of `baseline` (raw 0-255 pixels, as the notebook) on 2,000 images, in batches of 32 so that the epoch
+# takes 63 Adam steps: measured on the JPEG-decoded copy in ../shared/data (2 CPU cores, torch 2.14.1), test
+# accuracy 0.188 / 0.136 / 0.273 for seeds 0 / 1 / 2 (with batches of 128, only 16 steps, 0.110-0.164 over seeds
+# 0-4: raw pixels start with losses in the hundreds). Chance is 0.100, and so is a collapsed network that predicts
+# one class of the balanced test set. The bound sits below every seed measured, for other machines' kernels.
+MIN_TEST_ACC = 0.12
 
 
 @pytest.mark.realdata
 @pytest.mark.skipif(DATA_DIR is None, reason="real CIFAR-10 not found in ../shared/data or $LIT_CIFAR_DATA")
 def test_one_epoch_of_baseline_on_2000_real_images_beats_chance(tmp_path):
     trial = Trial("realdata", RegularizationSpec.parse("baseline"), seed=0, order=0,
-                  settings=TrainSettings(epochs=1, seeds=(0,), limit_train=2000))
+                  settings=TrainSettings(epochs=1, batch_size=32, seeds=(0,), limit_train=2000))
     start = time.perf_counter()
     status = run_trial(trial, RunOptions(data_dir=str(DATA_DIR), logdir=str(tmp_path), download=False))
     seconds = time.perf_counter() - start
