@@ -217,6 +217,7 @@ def environment() -> dict[str, Any]:
 
 
 def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
     s = trial.settings
     pl.seed_everything(trial.seed, workers=True, verbose=False)
     dm = CIFAR10DataModule.from_spec(trial.spec, data_dir=options.data_dir, val_size=s.val_size,
@@ -234,7 +235,6 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
                          logger=logger, callbacks=[monitor],
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                          enable_progress_bar=options.progress_bar, use_distributed_sampler=False)
-    start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
     wall = time.perf_counter() - start
