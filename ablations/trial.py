@@ -10,6 +10,7 @@ releases it when its holder dies.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import math
 import os
@@ -271,6 +272,7 @@ def run_trial(trial: Trial, options: RunOptions, wait: bool = False) -> dict[str
     status = {"trial": trial.name, "status": "skipped", "error": None}
     if rank_zero_only.rank != 0:
         _train_and_test(trial, options, run_dir)
+        gc.collect()
         return {**status, "status": "done"}
     if not options.force and is_finished(trial, logdir):
         return status
@@ -291,5 +293,9 @@ def run_trial(trial: Trial, options: RunOptions, wait: bool = False) -> dict[str
             write_json_atomic(run_dir / ERROR_FILE, {**record, "error": reason,
                                                      "traceback": traceback.format_exc()})
             return {**status, "status": "failed", "error": reason}
+        finally:
+            # Trainer and module reference each other: without a collection now, every finished trial's model,
+            # gradients and Adam state (~0.3 GB here) would stay in memory until Python's gc happened to run.
+            gc.collect()
         write_json_atomic(run_dir / RESULT_FILE, {**record, **outcome})
         return {**status, "status": "done"}
