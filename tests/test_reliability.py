@@ -284,3 +284,21 @@ def test_tensorboard_serves_scalars_hparams_and_images(reference):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
+    """Long in-process sweeps must not accumulate models: Lightning's reference cycles are collected per trial."""
+    import gc
+
+    from ablations.trial import RunOptions, run_trial
+    from ablations.suite import Trial
+
+    gc.disable()  # only run_trial's own collection may free the cycles
+    try:
+        for seed in (0, 1):
+            trial = Trial("mem", RegularizationSpec.parse("pixel"), seed, TrainSettings(
+                epochs=1, seeds=(seed,), val_size=100, batch_size=64), order=0)
+            assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"
+            assert not [o for o in gc.get_objects() if isinstance(o, RegularizedClassifier)]
+    finally:
+        gc.enable()
