@@ -142,9 +142,8 @@ class TrialLogger(TensorBoardLogger):
         writer = self.experiment._get_file_writer()
         for summary in hparams_summary(values, {name: 0.0 for name in HPARAM_METRICS}):
             writer.add_summary(summary)
-        self.experiment.flush()
         self.hparams.update(values)
-        self.save()  # hparams.yaml beside the events
+        self.finalize("success")  # flush and close the event file (the test pass had reopened it), hparams.yaml
 
 
 @torch.no_grad()
