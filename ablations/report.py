@@ -121,21 +121,26 @@ def plot_results(rows: list[SpecSummary], path: Path, title: str) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.32 * len(rows)))
+    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.32 * len(rows)))
     y = list(range(len(rows)))[::-1]
-    ax.barh(y, [r.test_acc for r in rows], xerr=[0 if r.seeds < 2 else r.test_acc_std for r in rows],
-            color="tab:blue", alpha=0.8, capsize=3, label="ours: test acc, mean ± std over seeds")
+    errors = [0.0 if r.seeds < 2 else r.test_acc_std for r in rows]
+    ax.barh(y, [r.test_acc for r in rows], xerr=errors, color="tab:blue", alpha=0.8, capsize=3,
+            label="ours: test accuracy, mean ± std over seeds")
+    for yy, r, err in zip(y, rows, errors):
+        ax.text(r.test_acc + err + 0.005, yy, f"{r.test_acc:.3f}", va="center", fontsize=7)
     marked = [(yy, r.notebook) for yy, r in zip(y, rows) if r.notebook is not None]
     if marked:
         ax.scatter([m[1] for m in marked], [m[0] for m in marked], marker="|", s=300, color="tab:red", zorder=3,
-                   label="notebook (1 run, validated on test)")
+                   label="notebook (one run, validated on the test set)")
     ax.set_yticks(y, [f"{r.spec}  (n={r.seeds})" for r in rows])
-    low = min([r.test_acc for r in rows] + [m[1] for m in marked])
-    ax.set_xlim(max(0.0, low - 0.1), 1.0 if low > 0.5 else max(r.test_acc for r in rows) + 0.1)
+    values = [r.test_acc for r in rows] + [m[1] for m in marked]
+    high = max(r.test_acc + e for r, e in zip(rows, errors))
+    ax.set_xlim(max(0.0, min(values) - 0.1), min(1.0, max(high + 0.06, *values) + 0.02))
     ax.set_xlabel("test accuracy")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / (1 + 0.25 * len(rows))), ncol=2, fontsize=8,
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -148,9 +153,12 @@ def plot_curves(rows: list[SpecSummary], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(9, 5))
     for r in rows:
         ax.plot(range(1, len(r.val_acc_curve) + 1), r.val_acc_curve, marker="o", markersize=3, label=r.spec)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (mean over seeds)")
     ax.set_title(title)
