@@ -198,9 +198,13 @@ def run_child(code: str, timeout: float) -> str:
 
 
 def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> float:
-    """Peak RSS (GB) of a process that runs one trial exactly as a sweep does."""
+    """Peak RSS (GB) of a process that runs one trial exactly as a sweep does.
+
+    Read from the process's own ``VmHWM``: ``getrusage``'s ``ru_maxrss`` would also count this (large) benchmark
+    process, whose pages the child shared between fork and exec.
+    """
     code = f"""
-import resource, tempfile
+import tempfile
 from ablations.run import quiet_lightning
 from ablations.suite import TrainSettings, Trial
 from ablations.trial import RunOptions, run_trial
@@ -210,7 +214,7 @@ trial = Trial("bench", RegularizationSpec.parse({SPEC!r}), 0, TrainSettings(epoc
               limit_train={limit_train!r}), 0)
 status = run_trial(trial, RunOptions(data_dir={str(data_dir)!r}, logdir=tempfile.mkdtemp(), download=False))
 assert status["status"] == "done", status
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1e6)
 """
     return float(run_child(code, timeout=3600))
 
