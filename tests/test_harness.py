@@ -130,12 +130,12 @@ def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
     status, out, err = sweep(capsys, "--suite", str(suite), "--data-dir", str(cifar_dir), "--logdir",
                              str(tmp_path / "logs"), *TINY)
     assert status == 1
-    assert "FAILED l1=1e+38/seed=0: NonFiniteLossError" in err
-    error = json.loads((tmp_path / "logs/diverge/l1=1e+38/seed=0" / ERROR_FILE).read_text())
+    assert "FAILED l1=1e38/seed=0: NonFiniteLossError" in err
+    error = json.loads((tmp_path / "logs/diverge/l1=1e38/seed=0" / ERROR_FILE).read_text())
     assert "train/loss became" in error["error"] and "Traceback" in error["traceback"]
-    assert not (tmp_path / "logs/diverge/l1=1e+38/seed=0" / RESULT_FILE).exists()
+    assert not (tmp_path / "logs/diverge/l1=1e38/seed=0" / RESULT_FILE).exists()
     assert (tmp_path / "logs/diverge/baseline/seed=0" / RESULT_FILE).exists()
-    assert "| baseline | 1 |" in out and "failed l1=1e+38/seed=0" in (tmp_path / "logs/diverge/results.md").read_text()
+    assert "| baseline | 1 |" in out and "failed l1=1e38/seed=0" in (tmp_path / "logs/diverge/results.md").read_text()
 
 
 def test_ddp_on_two_cpu_processes_counts_the_test_set_once(tmp_path, cifar_dir):

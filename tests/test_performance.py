@@ -27,7 +27,7 @@ def fit_metrics(data_dir: Path, num_workers: int) -> dict[str, float]:
     trainer.fit(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     tested = trainer.test(model, dm, verbose=False)[0]
-    return {**metrics, **tested, "weight_sum": float(model.backbone.hidden.weight.sum())}
+    return {**metrics, **tested, "weight_sum": float(model.backbone.hidden.weight.detach().sum())}
 
 
 def test_fast_path_trains_exactly_like_the_plain_dataloader_path(cifar_dir):
