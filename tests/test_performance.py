@@ -63,3 +63,15 @@ def test_bench_quick_runs_every_row(tmp_path, capsys):
     assert report["fixed_cost"]["to_first_step_s"] > 0 and report["peak_rss_gb"] > 0.1
     assert set(report["sweep_trials_per_hour"]) == {"parallel=1", "parallel=2"}
     assert "| 1. Trainer.fit vs hand-written loop |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_trial_runs_and_is_recorded(cifar_dir, tmp_path):
+    """`--compile` (torch.compile of the network) trains and tests like any trial."""
+    from ablations.run import main
+
+    args = ["--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--only", "pixel", "--seeds", "0", "--epochs",
+            "1", "--val-size", "100", "--batch-size", "64", "--compile"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "seed/pixel/seed=0/result.json").read_text())
+    assert result["metrics"]["test/acc"] > 0.1 and result["test_images"] == 200
