@@ -271,12 +271,17 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return cls(normalize=spec.normalize, augment=spec.augment, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- loading
-    def missing_data_message(self) -> str:
+    def missing_data_message(self, download_error: Optional[BaseException] = None) -> str:
+        """What is missing, where we looked, where it comes from, and what `download` did about it."""
+        if download_error is not None:
+            what = f"the download failed: {type(download_error).__name__}: {download_error}"
+        elif self.download:
+            what = "call prepare_data() to download it"
+        else:
+            what = "pass download=True, or point data_dir (or $LIT_CIFAR_DATA) at a folder holding either layout"
         return (f"CIFAR-10 not found in {self.data_dir}: expected {self.data_dir / PY_LAYOUT} (Python version) or "
-                f"{self.data_dir / BIN_LAYOUT} (binary version), from {OFFICIAL_URL}. "
-                f"download={self.download}: " + ("the download failed (see the error above)." if self.download
-                                                 else "pass download=True, or point data_dir (or $LIT_CIFAR_DATA) "
-                                                      "at a folder holding either layout."))
+                f"{self.data_dir / BIN_LAYOUT} (binary version), from {OFFICIAL_URL}. download={self.download}: "
+                f"{what}.")
 
     def prepare_data(self) -> None:
         """Download and extract the official archive (checksum-verified) if neither layout is present."""
@@ -289,7 +294,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         try:
             CIFAR10(str(self.data_dir), train=True, download=True)
         except Exception as error:
-            raise DatasetError(self.missing_data_message()) from error
+            raise DatasetError(self.missing_data_message(error)) from error
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Load the images, hold out the validation split and fit the normalization on the training split."""
