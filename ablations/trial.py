@@ -208,8 +208,9 @@ class TrialMonitor(pl.Callback):
                                      "diverged (too strong a penalty or learning rate?)")
         self.history.append({"epoch": trainer.current_epoch, **metrics})
         if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
+            regularized = {id(layer) for layer in getattr(module, "regularized", [])}
             for name, layer in module.named_modules():
-                if any(layer is r for r in getattr(module, "regularized", [])):
+                if id(layer) in regularized:
                     log_weight_histogram(trainer.logger.experiment, f"weights/{name}", layer.weight,
                                          trainer.current_epoch)
 

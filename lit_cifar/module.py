@@ -95,7 +95,7 @@ class RegularizedClassifier(pl.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, labels = batch
         logits = self(images)
-        penalty = self.penalty()
+        penalty = self.penalty() if stage == "train" else self._eval_penalty
         loss = F.cross_entropy(logits, labels) + penalty
         # One loss value per image, so the epoch mean is over images even with a short last batch (MeanMetric
         # ignores `weight` under nan_strategy="disable", which we need so that no step syncs with the host).
@@ -107,6 +107,12 @@ class RegularizedClassifier(pl.LightningModule):
             metric.update(*args)
             self.log(name, metric, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_penalty = self.penalty().detach()  # weights are fixed while evaluating: compute it once
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_penalty = self.penalty().detach()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
