@@ -239,7 +239,7 @@ def gpu_seed_suite_seconds(data_dir: Path) -> Optional[float]:
         return None
     with tempfile.TemporaryDirectory() as logdir:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ablations.run", "--suite", "seed", "--seeds", "0", "--data-dir",
+        subprocess.run([sys.executable, "-m", "ablations.run", "--suite", "notebook", "--seeds", "0", "--data-dir",
                         str(data_dir), "--logdir", logdir], check=True)
         return time.perf_counter() - start
 

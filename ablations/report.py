@@ -1,6 +1,6 @@
 """The results of a suite, rebuilt from its trial directories: table, CSV, plots, and a TensorBoard summary.
 
-    python -m ablations.report logs/seed
+    python -m ablations.report logs/notebook
 
 reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all shards of a job array finish)
 and writes ``results.md``, ``results.csv``, ``results.png`` (test accuracy, mean +- std over seeds, with the
@@ -219,10 +219,10 @@ def _log_to_tensorboard(run_dir: Path, text: str, figure: Any) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/seed")
+    parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/notebook")
     args = parser.parse_args(argv)
     if not args.suite_dir.is_dir():
-        parser.error(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/seed")
+        parser.error(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")
     print(write_report(args.suite_dir))
     return 0
 

@@ -1,7 +1,7 @@
 """``python -m ablations.run``: run every trial of a suite, resumably, and report mean +- std over seeds.
 
-With no arguments it runs the notebook's study (suite ``seed``: nine specs, 5 epochs, batch 128, seeds 0,1,2) on
-the machine's devices and leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/seed/``.
+With no arguments it runs the notebook's study (suite ``notebook``: nine specs, 5 epochs, batch 128, seeds 0,1,2) on
+the machine's devices and leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/notebook/``.
 
 Scheduling: with ``--parallel N`` (default: one per GPU, 1 on CPU) N worker processes take trials from a queue,
 each pinned to its own device (``CUDA_VISIBLE_DEVICES``; on CPU, torch threads = cores / N). With
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Shipped suites: {', '.join(available_suites())}. Exit status: 0 all done, 1 a trial failed, "
                "2 bad arguments.")
     what = parser.add_argument_group("what to run")
-    what.add_argument("--suite", default="seed", help="shipped suite name or path of a suite .yaml (default: seed)")
+    what.add_argument("--suite", default="notebook",
+                      help="shipped suite name or path of a suite .yaml (default: notebook; seed is an alias)")
     what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
     what.add_argument("--dry-run", action="store_true", help="print one line per trial (spec, seed); train nothing")

@@ -3,7 +3,8 @@
 A suite file has a ``name``, optional ``description``, ``settings`` (any field of `TrainSettings`) and either
 ``specs`` (a list of ``{spec: TEXT, notebook: ACCURACY}`` or plain spec strings), ``factors`` (a mapping from factor
 name to a list of levels, each level spec tokens or ``baseline`` for off, whose cartesian product gives the specs),
-or both (explicit specs first). ``seed.yaml`` and ``full.yaml`` ship in ``ablations/suites/``.
+or both (explicit specs first). ``notebook.yaml`` and ``full.yaml`` ship in ``ablations/suites/``; ``seed`` is
+an alias of ``notebook`` (its old name, which read like a random seed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from lit_cifar import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
+SUITE_ALIASES = {"seed": "notebook"}  # old name -> shipped suite
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 
 
@@ -167,11 +169,12 @@ def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """A shipped suite by name (``seed``, ``full``) or a suite YAML file by path.
+    """A shipped suite by name (``notebook``, its alias ``seed``, ``full``) or a suite YAML file by path.
 
     Raises:
         SuiteError: naming the suite or file and what is wrong with it.
     """
+    name_or_path = SUITE_ALIASES.get(name_or_path, name_or_path)
     path = Path(name_or_path)
     if not (name_or_path.endswith((".yaml", ".yml")) or path.exists()):
         path = SUITES_DIR / f"{name_or_path}.yaml"

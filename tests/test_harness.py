@@ -32,7 +32,7 @@ def result_files(logdir: Path) -> dict[str, dict]:
     return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
 
 
-@pytest.mark.parametrize("suite, seeds, expected", [("seed", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96),
+@pytest.mark.parametrize("suite, seeds, expected", [("notebook", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96),
                                                     ("full", "0,1", 192)])
 def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
     status, out, _ = sweep(capsys, "--suite", suite, "--seeds", seeds, "--dry-run")
@@ -70,16 +70,16 @@ def swept(tmp_path_factory, cifar_dir):
 def test_parallel_sweep_writes_results_and_report(swept):
     logdir, _ = swept
     results = result_files(logdir)
-    assert sorted(results) == ["seed/baseline/seed=0", "seed/baseline/seed=1", "seed/pixel+dropout=0.25/seed=0",
-                               "seed/pixel+dropout=0.25/seed=1"]
+    assert sorted(results) == ["notebook/baseline/seed=0", "notebook/baseline/seed=1",
+                               "notebook/pixel+dropout=0.25/seed=0", "notebook/pixel+dropout=0.25/seed=1"]
     for result in results.values():
         assert set(result["metrics"]) >= {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
         assert result["test_images"] == 200 and result["val_images"] == 100
         assert len(result["history"]) == 1 and result["train_images_per_s"] > 0
         assert result["settings"]["epochs"] == 1 and len(result["settings_hash"]) == 16
     for name in ("results.md", "results.csv", "results.png", "curves.png"):
-        assert (logdir / "seed" / name).stat().st_size > 0
-    table = (logdir / "seed" / "results.md").read_text()
+        assert (logdir / "notebook" / name).stat().st_size > 0
+    table = (logdir / "notebook" / "results.md").read_text()
     dropout = [r for k, r in results.items() if "dropout" in k]
     mean = sum(r["metrics"]["test/acc"] for r in dropout) / 2
     assert f"| pixel+dropout=0.25 | 2 | {mean:.4f} ± " in table
@@ -88,7 +88,7 @@ def test_parallel_sweep_writes_results_and_report(swept):
 
 def test_tensorboard_hparams_carry_the_real_test_accuracy(swept):
     logdir, _ = swept
-    run = logdir / "seed" / "pixel+dropout=0.25" / "seed=0"
+    run = logdir / "notebook" / "pixel+dropout=0.25" / "seed=0"
     result = json.loads((run / RESULT_FILE).read_text())
     events = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0, "images": 0, "histograms": 0})
     events.Reload()
@@ -121,7 +121,7 @@ def test_changed_settings_retrain(swept, capsys, tmp_path):
     status, _, err = sweep(capsys, *args[:-len(TINY)], "--only", "baseline", "--seeds", "0", "--epochs", "2",
                            "--val-size", "100", "--batch-size", "64")
     assert status == 0 and "1 trained" in err
-    assert len(result_files(logdir)["seed/baseline/seed=0"]["history"]) == 2
+    assert len(result_files(logdir)["notebook/baseline/seed=0"]["history"]) == 2
 
 
 def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
@@ -143,7 +143,7 @@ def test_ddp_on_two_cpu_processes_counts_the_test_set_once(tmp_path, cifar_dir):
            "--only", "pixel+bn", "--seeds", "0", "--accelerator", "cpu", "--strategy", "ddp", "--devices", "2", *TINY]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "seed/pixel+bn/seed=0" / RESULT_FILE).read_text())
+    result = json.loads((tmp_path / "notebook/pixel+bn/seed=0" / RESULT_FILE).read_text())
     assert result["world_size"] == 2 and result["settings"]["data_parallel"] == 2
     assert result["test_images"] == 200
     # test/acc is a multiple of 1/200: all 200 test images counted once across the two ranks, none twice
@@ -152,7 +152,7 @@ def test_ddp_on_two_cpu_processes_counts_the_test_set_once(tmp_path, cifar_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--suite", "nope"], "unknown suite 'nope'"),
-    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'seed'"),
+    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
     (["--only", "pixle"], "unknown token 'pixle'"),
     (["--shard", "3/2"], "K must be between 1 and N"),
     (["--parallel", "0"], "--parallel: 0 must be >= 1"),

@@ -73,5 +73,5 @@ def test_compiled_trial_runs_and_is_recorded(cifar_dir, tmp_path):
     args = ["--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--only", "pixel", "--seeds", "0", "--epochs",
             "1", "--val-size", "100", "--batch-size", "64", "--compile"]
     assert main(args) == 0
-    result = json.loads((tmp_path / "seed/pixel/seed=0/result.json").read_text())
+    result = json.loads((tmp_path / "notebook/pixel/seed=0/result.json").read_text())
     assert result["metrics"]["test/acc"] > 0.1 and result["test_images"] == 200

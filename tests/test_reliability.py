@@ -68,27 +68,27 @@ def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir,
     command = sweep_command(cifar_dir, tmp_path, *args, "--parallel", "1")
     sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    second = tmp_path / "seed/pixel+dropout=0.25/seed=1"
+    second = tmp_path / "notebook/pixel+dropout=0.25/seed=1"
     deadline = time.monotonic() + 180
     while not (any(second.glob("events.out.tfevents.*")) and results(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.05)  # wait until trial 1 is finished and trial 2 is training
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
     finished = results(tmp_path)
-    assert list(finished) == ["seed/pixel+dropout=0.25/seed=0"], "kill came too late or too early"
+    assert list(finished) == ["notebook/pixel+dropout=0.25/seed=0"], "kill came too late or too early"
     assert not (second / RESULT_FILE).exists()  # the interrupted trial left no result
-    kept = (tmp_path / "seed/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text()
+    kept = (tmp_path / "notebook/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text()
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "2 trained, 1 already done" in rerun.stderr
-    assert (tmp_path / "seed/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text() == kept  # not retrained
+    assert (tmp_path / "notebook/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text() == kept  # not retrained
     resumed, uninterrupted = results(tmp_path), results(logdir)
     assert sorted(resumed) == sorted(uninterrupted)
     assert all(numbers(resumed[k]) == numbers(uninterrupted[k]) for k in resumed)
 
     def table(logdir: Path) -> list[str]:  # results.md without its last column, the wall time
-        return [line.rsplit("|", 2)[0] for line in (logdir / "seed/results.md").read_text().splitlines()]
+        return [line.rsplit("|", 2)[0] for line in (logdir / "notebook/results.md").read_text().splitlines()]
 
     assert table(tmp_path) == table(logdir)
 
@@ -129,13 +129,13 @@ with folder_lock(Path({str(tmp_path)!r})) as locked:
 def test_unreadable_result_is_reported_and_rerun(reference, cifar_dir, tmp_path, damage):
     logdir, args = reference
     shutil.copytree(logdir, tmp_path, dirs_exist_ok=True)
-    path = tmp_path / "seed/pixel+dropout=0.25/seed=1" / RESULT_FILE
+    path = tmp_path / "notebook/pixel+dropout=0.25/seed=1" / RESULT_FILE
     text = path.read_text()
     path.write_text({"truncate": text[: len(text) // 2], "garbage": "\x00\x01not json", "empty": ""}[damage])
     rerun = subprocess.run(sweep_command(cifar_dir, tmp_path, *args), cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"unreadable {path}" in rerun.stderr and "1 trained, 2 already done" in rerun.stderr
-    assert numbers(json.loads(path.read_text())) == numbers(results(logdir)["seed/pixel+dropout=0.25/seed=1"])
+    assert numbers(json.loads(path.read_text())) == numbers(results(logdir)["notebook/pixel+dropout=0.25/seed=1"])
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ BAD_CLI_INPUT = [  # (arguments, what the message must say); every one exits 2 b
     (["--only", "maxnorm=0"], "max_norm=0.0 must be a finite number > 0"),
     (["--only", "pixel+channel"], "two normalizations"),
     (["--only", "bn+bn"], "repeated token 'bn'"),
-    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'seed'"),
+    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
     (["--suite", "nope"], "unknown suite 'nope'"),
     (["--suite", "{bad_yaml}"], "malformed YAML in suite file"),
     (["--suite", "{bad_spec_yaml}"], "unknown token 'pixle'"),
@@ -244,7 +244,7 @@ def test_tensorboard_serves_scalars_hparams_and_images(reference):
                                "127.0.0.1", "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/data"
-    run = "seed/pixel+dropout=0.25/seed=0"
+    run = "notebook/pixel+dropout=0.25/seed=0"
     expected = results(logdir)[run]
     try:
         deadline = time.monotonic() + 90
@@ -260,7 +260,7 @@ def test_tensorboard_serves_scalars_hparams_and_images(reference):
         points = _get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "test/acc"}))
         assert points[-1][2] == pytest.approx(expected["metrics"]["test/acc"])
         assert len(_get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "val/acc"}))) == 1
-        assert "seed/_report" in scalars or "seed/_report" in _get(f"{base}/runs")
+        assert "notebook/_report" in scalars or "notebook/_report" in _get(f"{base}/runs")
 
         groups = _get(f"{base}/plugin/hparams/session_groups", {
             "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
@@ -280,7 +280,7 @@ def test_tensorboard_serves_scalars_hparams_and_images(reference):
                                                                     "tag": "data/one_training_image_per_class"}))
         png = _get(f"{base}/plugin/images/individualImage?{listing[0]['query']}")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        assert "results/test_accuracy" in images["seed/_report"]
+        assert "results/test_accuracy" in images["notebook/_report"]
     finally:
         server.terminate()
         server.wait(timeout=30)
