@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ablations.trial import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_text_atomic
+from ablations.store import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_text_atomic
 
 REPORT_RUN = "_report"  # TensorBoard run (sub-folder of the suite) that holds the suite's table and chart
 

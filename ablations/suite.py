@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
-from lit_cifar import RegularizationSpec
+from lit_cifar.spec import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_ALIASES = {"seed": "notebook"}  # old name -> shipped suite

@@ -3,12 +3,33 @@
 Public API (other projects import these names)::
 
     from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier, SeedCNN
+
+The names are imported on first use, so ``lit_cifar.spec`` (pure Python) can be used without importing torch.
 """
 
-from lit_cifar.data import CIFAR10DataModule
-from lit_cifar.models import SeedCNN
-from lit_cifar.module import RegularizedClassifier
-from lit_cifar.spec import RegularizationSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["CIFAR10DataModule", "RegularizationSpec", "RegularizedClassifier", "SeedCNN"]
 __version__ = "0.1.0"
+
+_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models",
+          "RegularizedClassifier": "lit_cifar.module", "RegularizationSpec": "lit_cifar.spec"}
+
+if TYPE_CHECKING:
+    from lit_cifar.data import CIFAR10DataModule
+    from lit_cifar.models import SeedCNN
+    from lit_cifar.module import RegularizedClassifier
+    from lit_cifar.spec import RegularizationSpec
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'lit_cifar' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -321,6 +321,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.seed is None:
             self.seed = torch.initial_seed() % 2**31
 
+    def class_examples(self, per_class: int = 1) -> tuple[Tensor, list[str]]:
+        """The first `per_class` training images of every class (uint8, class by class) and their class names.
+
+        Call after `setup`. A class with fewer training images contributes what it has.
+        """
+        if self.train_labels is None:
+            raise RuntimeError("class_examples() needs the data: call setup() first")
+        if not isinstance(per_class, int) or per_class < 1:
+            raise ValueError(f"per_class={per_class!r} must be a positive integer")
+        picks = [(self.train_labels == c).nonzero().flatten()[:per_class] for c in range(len(self.classes))]
+        index = torch.cat(picks)
+        return self.train_images[index], [self.classes[int(c)] for c in self.train_labels[index]]
+
     # -------------------------------------------------------------------------------------------- batches
     def _batches(self, images: Tensor, labels: Tensor, train: bool) -> Any:
         """Device-resident `TensorBatches` (``num_workers == 0``) or a plain worker `DataLoader` in the same

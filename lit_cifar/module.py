@@ -81,6 +81,11 @@ class RegularizedClassifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
+    def named_regularized_layers(self) -> list[tuple[str, nn.Module]]:
+        """``(name, layer)`` of every layer penalties and max-norm act on, named as in ``named_modules()``."""
+        ids = {id(layer) for layer in self.regularized}
+        return [(name, layer) for name, layer in self.named_modules() if id(layer) in ids]
+
     def penalty(self) -> Tensor:
         """``l1 * sum(|W|) + l2 * sum(W**2)`` over the regularized layers' weights (not biases), as Keras adds
         ``kernel_regularizer`` losses: no 1/2 factor."""

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ablations.run import main
-from ablations.trial import ERROR_FILE, RESULT_FILE
+from ablations.store import ERROR_FILE, RESULT_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ablations.suite import TrainSettings, Trial
-from ablations.trial import RunOptions, read_result, run_trial
+from ablations.store import read_result
+from ablations.trial import RunOptions, run_trial
 from lit_cifar import RegularizationSpec
 from lit_cifar.data import find_layout
 

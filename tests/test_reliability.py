@@ -19,7 +19,7 @@ import pytest
 
 from ablations.run import main
 from ablations.suite import TrainSettings, load_suite
-from ablations.trial import RESULT_FILE, folder_lock
+from ablations.store import RESULT_FILE, folder_lock
 from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
 from tests.synthetic import write_synthetic_cifar
 
@@ -111,7 +111,7 @@ def test_lock_is_released_when_its_holder_dies(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
 from pathlib import Path
-from ablations.trial import folder_lock
+from ablations.store import folder_lock
 with folder_lock(Path({str(tmp_path)!r})) as locked:
     print(locked, flush=True)
     time.sleep(60)
