@@ -191,10 +191,11 @@ class _Worker:
     """One worker process and the end of its pipe; `job` is the trial index it runs, if any."""
 
     def __init__(self, slot: WorkerSlot, run: Runner) -> None:
-        here, there = get_context("spawn").Pipe()
+        context = get_context("spawn")  # a fresh interpreter: no CUDA state or threads inherited
+        here, there = context.Pipe()
         self.slot, self.conn, self.job = slot, here, None
-        self.process = get_context("spawn").Process(target=_serve, args=(slot, there, os.getpid(), run),
-                                                    name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}")
+        self.process = context.Process(target=_serve, args=(slot, there, os.getpid(), run),
+                                       name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}")
         self.process.start()
         there.close()
 
@@ -248,10 +249,13 @@ class WorkerPool:
         """Graceful: tell each worker to finish. Otherwise (interrupted): SIGTERM each, which stops its trial at
         once; either way, wait for them and kill any that do not end within `STOP_GRACE_S`."""
         for worker in self.workers:
-            if graceful:
-                worker.conn.send(None)
-            elif worker.process.is_alive():
-                worker.process.terminate()
+            try:
+                if graceful:
+                    worker.conn.send(None)
+                elif worker.process.is_alive():
+                    worker.process.terminate()
+            except OSError:  # it has just died: nothing to stop
+                pass
         for worker in self.workers:
             worker.process.join(STOP_GRACE_S)
             if worker.process.is_alive():

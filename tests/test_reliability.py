@@ -24,6 +24,7 @@ from ablations.store import LOCK_FILE, RESULT_FILE, atomic_output, folder_lock, 
 from ablations.suite import RunOptions, TrainSettings, Trial, load_suite
 from ablations.trial import run_trial
 from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
+from tests.processes import alive, children, wait_until
 from tests.synthetic import write_synthetic_cifar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,27 +39,6 @@ def sweep_command(data_dir: Path, logdir: Path, *args: str) -> list[str]:
 def results(logdir: Path) -> dict[str, dict]:
     """{trial dir: result.json} under a logdir."""
     return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
-
-
-def wait_for(condition, what: str, process: subprocess.Popen | None = None) -> None:
-    """Poll `condition` until it holds; fail if `process` ends first or nothing happens for 300 s."""
-    deadline = time.monotonic() + 300
-    while not condition():
-        assert process is None or process.poll() is None, f"the sweep ended before {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of `pid` (Linux /proc)."""
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def numbers(result: dict) -> tuple:
@@ -95,7 +75,7 @@ def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir,
     sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     second = tmp_path / "notebook/pixel+dropout=0.25/seed=1"
-    wait_for(lambda: any(second.glob("events.out.tfevents.*")) and results(tmp_path), "trial 2 to start", sweep)
+    wait_until(lambda: any(second.glob("events.out.tfevents.*")) and results(tmp_path), "trial 2 to start", sweep)
     os.killpg(sweep.pid, signal.SIGKILL)  # most likely while trial 2 trains; the checks hold wherever it lands
     sweep.wait()
     kept = {name: (tmp_path / name / RESULT_FILE).read_text() for name in results(tmp_path)}
@@ -128,7 +108,7 @@ def test_sigterm_stops_the_sweep_and_exits_143(cifar_dir, tmp_path, parallel):
     def started() -> list[str]:
         return sorted({p.parent.name for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*")})
 
-    wait_for(lambda: len(started()) == 2, "two trials to start", sweep)
+    wait_until(lambda: len(started()) == 2, "two trials to start", sweep)
     workers = children(sweep.pid)
     sweep.send_signal(signal.SIGTERM)
     _, err = sweep.communicate(timeout=300)
@@ -138,7 +118,7 @@ def test_sigterm_stops_the_sweep_and_exits_143(cifar_dir, tmp_path, parallel):
     assert all(name in err for name in finished)
     assert len(started()) <= len(finished) + int(parallel)  # at most the trials that were running; none after
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("error.json"))
-    wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
 
 
 def test_a_full_disk_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
@@ -192,7 +172,7 @@ from pathlib import Path
 from ablations.store import folder_lock
 with folder_lock(Path({str(tmp_path)!r})) as locked:
     print(locked, flush=True)
-    time.sleep(60)
+    time.sleep(3600)  # until killed
 """], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "True"
     with folder_lock(tmp_path) as locked:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -20,31 +19,14 @@ from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
 from tests import fakes
+from tests.processes import DEADLINE_S, alive, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]
-DEADLINE_S = 300  # generous bound for a condition we wait for; never a timing assertion
 
 
 def fake_trials(n: int = 3) -> list[Trial]:
     return [Trial("fake", RegularizationSpec(), seed, TrainSettings(seeds=(seed,)), 0) for seed in range(n)]
-
-
-def wait_until(condition, what: str, process: subprocess.Popen | None = None) -> None:
-    """Poll `condition` until it holds; fail if `process` ends first or nothing happens for DEADLINE_S."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert process is None or process.poll() is None, f"the process ended before {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
-def gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie that nobody reaps counts as exited)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
 
 
 # ------------------------------------------------------------------------------------------- slots, Ray seam
@@ -153,7 +135,7 @@ def test_stopping_the_main_process_stops_its_workers_and_starts_no_new_trial(tmp
     assert sweep.returncode == status
     if status > 0:
         assert f"interrupted by {'SIGTERM' if status == 143 else 'SIGINT'}: finished []" in out
-    wait_until(lambda: all(gone(pid) for pid in workers.values()), "the workers to end")
+    wait_until(lambda: not any(alive(pid) for pid in workers.values()), "the workers to end")
     assert sorted(started(tmp_path)) == [0, 1]  # the third trial never started
     assert not list(tmp_path.rglob(RESULT_FILE)) and not list(tmp_path.rglob("*.tmp"))
 
