@@ -3,38 +3,46 @@
 With no arguments it runs the notebook's study (suite ``notebook``: nine specs, 5 epochs, batch 128, seeds 0,1,2) on
 the machine's devices and leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/notebook/``.
 
-Scheduling: with ``--parallel N`` (default: one per GPU, 1 on CPU) N worker processes take trials from a queue,
+Scheduling: with ``--parallel N`` (default: one per GPU, 1 on CPU) N worker processes take trials one at a time,
 each pinned to its own device (``CUDA_VISIBLE_DEVICES``; on CPU, torch threads = cores / N). With
-``--strategy ddp --devices D`` each trial is data-parallel over D devices instead (one trial at a time; every
-process runs this same command, as Lightning's launcher does). ``--num-nodes`` passes through to Lightning
-multi-node DDP; ``--shard K/N`` runs the K-th of N disjoint parts of the trial list, for job arrays.
+``--strategy ddp --devices D`` each trial is data-parallel over D devices instead (one trial at a time; Lightning
+starts the other processes, which run this same command, and rank 0 decides for all). ``--num-nodes`` passes
+through to Lightning multi-node DDP; ``--shard K/N`` runs the K-th of N disjoint parts of the trial list, for job
+arrays; ``--engine ray`` runs the trials as Ray tasks, on this machine or on a Ray cluster.
 
-Exit status: 0 when every trial is done, 1 when any failed (listed at the end), 2 for bad arguments.
+Exit status: 0 when every trial is done (or there is nothing to do), 1 when any failed (listed at the end), 2 for
+bad arguments, 130 / 143 when stopped by SIGINT / SIGTERM (finished trials are kept and listed).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 import os
+import signal
 import sys
 import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from ablations.suite import SuiteError, Trial, available_suites, expand_trials, load_suite, shard
-from ablations.trial import RunOptions, run_trial
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
+                             run_local, worker_slots)
+from ablations.suite import (RunOptions, Suite, Trial, available_suites, expand_trials, load_suite, setting_problem,
+                             shard)
+from ablations.trial import Ranks, is_finished, run_trial, trainer_kwargs
+
+__all__ = ["bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources"]
+
+ENGINES = ("local", "ray")
+STRATEGIES = ("ddp",)  # per-trial data parallelism; Lightning's launcher re-runs this command on every rank
+RAY_ADVICE = 'pip install -e ".[ray]"'
 
 
-def quiet_lightning() -> None:
-    """Sweeps print their own progress: drop Lightning's per-Trainer banners and deprecation chatter."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
+# ------------------------------------------------------------------------------------------ argument types
 def _int_at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer >= `low`, with a message naming the bad value."""
 
@@ -51,8 +59,23 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+def _setting(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type for the `TrainSettings` field `name`: `convert` reads the text, and the field's own rule
+    (`ablations.suite.SETTING_RULES`) checks the value, so the flag and the suite file accept the same values."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if convert is int else 'a number'}") \
+                from None
+        problem = setting_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} {problem}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def _seeds(text: str) -> list[int]:
@@ -60,8 +83,9 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r} must list distinct integers >= 0, e.g. 0,1,2")
+    problem = setting_problem("seeds", seeds)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}, e.g. 0,1,2")
     return seeds
 
 
@@ -76,17 +100,28 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _devices(text: str) -> Any:
-    if text == "auto":
-        return text
-    return _positive_int(text)
+    return text if text == "auto" else _int_at_least(1)(text)
 
 
+# ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Shipped suites: {', '.join(available_suites())}. Exit status: 0 all done, 1 a trial failed, "
-               "2 bad arguments.")
+               "2 bad arguments, 130/143 stopped by SIGINT/SIGTERM.")
+    _what_arguments(parser)
+    _setting_arguments(parser)
+    where = parser.add_argument_group("data and output")
+    where.add_argument("--data-dir", help="an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ "
+                                          "(default: $LIT_CIFAR_DATA or ./data); CIFAR-10 is downloaded into it "
+                                          "(checksum-verified) if it holds neither")
+    where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
+    _hardware_arguments(parser)
+    return parser
+
+
+def _what_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to run")
     what.add_argument("--suite", default="notebook",
                       help="shipped suite name or path of a suite .yaml (default: notebook; seed is an alias)")
@@ -94,33 +129,56 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
     what.add_argument("--dry-run", action="store_true", help="print one line per trial (spec, seed); train nothing")
     what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
+
+
+def _setting_arguments(parser: argparse.ArgumentParser) -> None:
     settings = parser.add_argument_group("training settings (override the suite's)")
-    settings.add_argument("--epochs", type=_positive_int)
-    settings.add_argument("--batch-size", type=_positive_int, help="images per step (per device under DDP)")
+    settings.add_argument("--epochs", type=_setting("epochs", int))
+    settings.add_argument("--batch-size", type=_setting("batch_size", int),
+                          help="images per step (per device under DDP)")
     settings.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated seeds")
-    settings.add_argument("--val-size", type=_non_negative_int, help="training images held out for validation")
-    settings.add_argument("--split-seed", type=_non_negative_int, help="seed of the train/validation split")
-    settings.add_argument("--limit-train", type=_positive_int, metavar="N",
+    settings.add_argument("--val-size", type=_setting("val_size", int),
+                          help="training images held out for validation (at least 1)")
+    settings.add_argument("--split-seed", type=_setting("split_seed", int),
+                          help="seed of the train/validation split")
+    settings.add_argument("--limit-train", type=_setting("limit_train", int), metavar="N",
                           help="train on the first N images of the training split")
-    settings.add_argument("--lr", type=float, help="Adam learning rate")
-    settings.add_argument("--lr-decay", type=float, help="Keras time decay: lr / (1 + decay * step)")
+    settings.add_argument("--lr", type=_setting("lr", float), help="Adam learning rate")
+    settings.add_argument("--lr-decay", type=_setting("lr_decay", float),
+                          help="Keras time decay: lr / (1 + decay * step)")
     settings.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
-    where = parser.add_argument_group("data and output")
-    where.add_argument("--data-dir", help="an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ "
-                                          "(default: $LIT_CIFAR_DATA or ./data); CIFAR-10 is downloaded into it "
-                                          "(checksum-verified) if it holds neither")
-    where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
+
+
+def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
     hardware = parser.add_argument_group("devices and scheduling")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: auto)")
     hardware.add_argument("--devices", type=_devices, default=None,
-                          help="with --strategy: devices per trial; without: how many GPUs the trials are spread "
-                               "over (default: all)")
-    hardware.add_argument("--parallel", type=_positive_int,
+                          help="with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how "
+                               "many GPUs the trials are spread over (default: all)")
+    hardware.add_argument("--parallel", type=_int_at_least(1),
                           help="trials at once (default: one per GPU; 1 on CPU, measured fastest on 2 cores)")
-    hardware.add_argument("--strategy", default=None, help="Lightning strategy per trial, e.g. ddp")
+    hardware.add_argument("--strategy", choices=STRATEGIES, help="data-parallel training of each trial")
     hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
-    hardware.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes per trial (Lightning DDP)")
-    return parser
+    hardware.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="nodes per trial (Lightning DDP)")
+    hardware.add_argument("--engine", choices=ENGINES, default="local",
+                          help=f"local: this machine's processes (default); ray: Ray tasks ({RAY_ADVICE})")
+    hardware.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                          help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    hardware.add_argument("--max-retries", type=_int_at_least(0), default=2,
+                          help="--engine ray: reruns of a trial whose worker or node died (default: 2)")
+
+
+# ------------------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Plan:
+    """What a command line asks for: the suite, the trials (after --only/--shard), how they run."""
+
+    suite: Suite
+    trials: list[Trial]
+    options: RunOptions
+    parallel: int  # trials at once on this machine (1 under DDP: a trial uses every device)
+    gpus: int  # GPUs the trials are spread over (0 on CPU)
+    unsharded: int  # trials before --shard
 
 
 def _gpu_count(accelerator: str) -> int:
@@ -129,12 +187,56 @@ def _gpu_count(accelerator: str) -> int:
     return torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
 
 
-def _check_inputs(args: argparse.Namespace, trials: list[Trial]) -> None:
-    """Fail fast, before any training, on data or output problems (raises ValueError / DatasetError)."""
-    from lit_cifar import CIFAR10DataModule
-    from lit_cifar.data import default_data_dir
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The plan of a parsed command line; raises ValueError (SuiteError) on a bad suite, spec or setting."""
+    suite = load_suite(args.suite)
+    settings = suite.settings.override(epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
+                                       val_size=args.val_size, split_seed=args.split_seed,
+                                       limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
+                                       precision=args.precision)
+    gpus = _gpu_count(args.accelerator)
+    devices = args.devices if isinstance(args.devices, int) else max(1, gpus)
+    if args.strategy and args.parallel not in (None, 1):
+        raise ValueError(f"--parallel {args.parallel} with --strategy {args.strategy}: a data-parallel trial uses "
+                         "all --devices, so trials run one at a time; drop --parallel or --strategy")
+    if not args.strategy and isinstance(args.devices, int) and args.devices > max(gpus, 1):
+        raise ValueError(f"--devices {args.devices}: without --strategy it is how many GPUs the trials are spread "
+                         f"over, and {gpus} GPU(s) are available; for {args.devices} processes per trial add "
+                         "--strategy ddp")
+    trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes
+                           if args.strategy else 1)
+    unsharded = len(trials)
+    trials = shard(trials, *args.shard) if args.shard else trials
+    parallel = 1 if args.strategy else (args.parallel or max(1, gpus))
+    options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator,
+                         devices=devices if args.strategy else 1, strategy=args.strategy or "auto",
+                         num_nodes=args.num_nodes, force=args.force, compile=args.compile)
+    gpus = min(gpus, args.devices) if not args.strategy and isinstance(args.devices, int) else gpus
+    return Plan(suite, trials, options, parallel, gpus, unsharded)
 
-    logdir = Path(args.logdir)
+
+def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
+    """Fail before any trial folder exists on devices, accelerator or engine flags this machine cannot honour:
+    a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
+    import lightning.pytorch as pl
+
+    if args.engine == "ray":
+        ray_engine()
+        if args.strategy:
+            raise ValueError(f"--strategy {args.strategy} with --engine ray: per-trial data parallelism is not "
+                             "supported on Ray; use --engine local (with --shard for several machines)")
+    try:
+        pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
+    except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
+        o = plan.options
+        raise ValueError(f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: "
+                         f"{error}") from None
+
+
+def check_inputs(plan: Plan) -> None:
+    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
+    checked only when some trial needs training: a finished sweep reruns (and reports) without it."""
+    logdir = Path(plan.options.logdir)
     try:
         logdir.mkdir(parents=True, exist_ok=True)
         probe = logdir / f".write-test-{os.getpid()}"
@@ -142,125 +244,164 @@ def _check_inputs(args: argparse.Namespace, trials: list[Trial]) -> None:
         probe.unlink()
     except OSError as error:
         raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ValueError(f"--data-dir {args.data_dir} is not an existing folder")
-    data_dir = Path(args.data_dir) if args.data_dir is not None else default_data_dir()
-    if data_dir.exists() and not os.access(data_dir, os.R_OK | os.X_OK):
-        raise ValueError(f"--data-dir {data_dir} is not readable")
-    s = trials[0].settings
-    dm = CIFAR10DataModule(str(data_dir), val_size=s.val_size, split_seed=s.split_seed, batch_size=s.batch_size,
-                           limit_train=s.limit_train, normalize="none")
+    if plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials):
+        _check_data(plan)
+
+
+def _check_data(plan: Plan) -> None:
+    from lit_cifar import CIFAR10DataModule
+    from lit_cifar.data import default_data_dir
+
+    data_dir = plan.options.data_dir
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir} is not an existing folder")
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
+        raise ValueError(f"--data-dir {folder} is not readable")
+    s = plan.trials[0].settings
+    dm = CIFAR10DataModule(str(folder), val_size=s.val_size, split_seed=s.split_seed, batch_size=s.batch_size,
+                           limit_train=s.limit_train, normalize="none", download=plan.options.download)
     dm.prepare_data()  # downloads once here, not in every worker
-    dm.setup()  # reads every file: a missing or truncated one, or a too-large --limit-train, stops us now
+    dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now
 
 
-def _init_worker(slots: Any, threads: int) -> None:
-    """Pin this worker process to one device: a GPU of its own, or its share of the CPU threads."""
-    quiet_lightning()
-    slot = slots.get()
-    if slot is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
-    import torch
+# ---------------------------------------------------------------------------------------------- engines
+def ray_engine() -> Callable[..., list[dict[str, Any]]]:
+    """`ablations.ray_engine.run_trials_ray`; ValueError with install advice when Ray is not installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError(f"--engine ray needs Ray, which is not installed: {RAY_ADVICE}") from None
+    from ablations.ray_engine import run_trials_ray
 
-    torch.set_num_threads(threads)
+    return run_trials_ray
 
 
-def run_trials(trials: list[Trial], options: RunOptions, parallel: int, gpus: int) -> list[dict[str, Any]]:
-    """Run `trials` one at a time in this process, or `parallel` at once in worker processes.
+def ray_resources(parallel: int, gpus: int, cpus: int) -> dict[str, float]:
+    """What each Ray task asks for: a GPU (a fraction when `parallel` packs several trials per GPU; none on CPU)
+    and an equal share of the cores."""
+    return {"gpus_per_trial": min(1.0, gpus / parallel) if gpus else 0.0, "cpus_per_trial": cpus / parallel}
 
-    Trials that another sweep is running ("busy") are retried at the end, waiting for their lock: each ends up
-    done here or there, and no trial ever runs twice at the same time.
+
+def ddp_ranks(options: RunOptions) -> Ranks:
+    """Start and connect the processes of a data-parallel sweep, once for all its trials: Lightning's launcher
+    re-runs this command for every other local rank (torchrun or SLURM start them themselves). Returns this
+    process's `Ranks`: rank 0 decides every trial, the others follow."""
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=options.accelerator, devices=options.devices, num_nodes=options.num_nodes,
+                    strategy=options.strategy)
+    fabric.launch()
+    return Ranks(fabric.global_rank, functools.partial(fabric.broadcast, src=0))
+
+
+def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[dict[str, Any]]:
+    """Run the plan's trials on the chosen engine; the statuses in trial order.
+
+    Trials already finished are skipped here, so no worker starts for them; under DDP every trial goes through
+    `run_trial`, where rank 0 decides for all ranks.
     """
-    from tqdm import tqdm
+    skip = ranks is None and not plan.options.force
+    done = {t.name for t in plan.trials if skip and is_finished(t, plan.options.logdir, warn=False)}
+    todo = [t for t in plan.trials if t.name not in done]
+    statuses = {name: {"trial": name, "status": "skipped", "error": None} for name in done}
+    if todo:
+        statuses.update((s["trial"], s) for s in _run_engine(todo, plan, args, ranks))
+    return [statuses[t.name] for t in plan.trials]
 
-    bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
-               disable=parallel == 1 and len(trials) <= 1)
-    statuses: dict[int, dict[str, Any]] = {}
-    pending, wait = list(range(len(trials))), False
-    pool = None
-    if parallel > 1:
-        context = get_context("spawn")
-        slots = context.Manager().Queue()
-        for i in range(parallel):
-            slots.put(i % gpus if gpus else None)
-        pool = ProcessPoolExecutor(parallel, mp_context=context, initializer=_init_worker,
-                                   initargs=(slots, max(1, (os.cpu_count() or 1) // parallel)))
+
+def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
+                ranks: Optional[Ranks]) -> list[dict[str, Any]]:
+    cpus = os.cpu_count() or 1
+    if args.engine == "ray":
+        return ray_engine()(trials, plan.options, address=args.ray_address, max_retries=args.max_retries,
+                            **ray_resources(plan.parallel, plan.gpus, cpus))
+    slots: Optional[list[WorkerSlot]] = None
+    if plan.parallel > 1:
+        slots = worker_slots(plan.parallel, plan.gpus, cpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    run = run_trial if ranks is None else functools.partial(run_trial, ranks=ranks)
+    sweep_bar, trial_bar = bars(len(trials), plan.parallel, ranks.rank if ranks else 0)
+    progress = Progress(trials, show=sweep_bar)
     try:
-        while pending:
-            if pool is None:
-                outcomes = ((i, run_trial(trials[i], options, wait)) for i in pending)
-            else:
-                futures = {pool.submit(run_trial, trials[i], options, wait): i for i in pending}
-                outcomes = ((futures[f], f.result()) for f in as_completed(futures))
-            for i, status in outcomes:
-                statuses[i] = status
-                if status["status"] != "busy":
-                    bar.update()
-                bar.set_postfix_str(status["trial"])
-            pending = [i for i in pending if statuses[i]["status"] == "busy"]
-            wait = True
+        return run_local(trials, replace(plan.options, progress_bar=trial_bar), run, progress, slots)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        bar.close()
-    return [statuses[i] for i in range(len(trials))]
+        progress.close()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    quiet_lightning()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        suite = load_suite(args.suite)
-        settings = suite.settings.override(epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
-                                           val_size=args.val_size, split_seed=args.split_seed,
-                                           limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
-                                           precision=args.precision)
-        devices = args.devices if isinstance(args.devices, int) else 1
-        data_parallel = devices * args.num_nodes if args.strategy else 1
-        trials = expand_trials(suite, settings, only=args.only, data_parallel=data_parallel)
-        if args.shard:
-            trials = shard(trials, *args.shard)
-    except (SuiteError, ValueError) as error:
-        parser.error(str(error))
-    gpus = _gpu_count(args.accelerator)
-    if not args.strategy and isinstance(args.devices, int) and gpus:
-        gpus = min(gpus, args.devices)  # spread the trials over the first --devices GPUs
-    if args.strategy and args.parallel not in (None, 1):
-        parser.error(f"--parallel {args.parallel} with --strategy {args.strategy}: a data-parallel trial uses "
-                     "all --devices, so trials run one at a time; drop --parallel or --strategy")
-    parallel = 1 if args.strategy else (args.parallel or max(1, gpus))
-    if args.dry_run:
-        for trial in trials:
-            print(f"{trial.spec} seed={trial.seed}")
-        return 0
-    try:
-        _check_inputs(args, trials)
-    except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
-        parser.error(str(error))
-    options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator,
-                         devices=args.devices if args.strategy else 1, strategy=args.strategy or "auto",
-                         num_nodes=args.num_nodes, progress_bar=parallel == 1 and sys.stderr.isatty(),
-                         force=args.force, compile=args.compile)
-    start = time.perf_counter()
-    print(f"suite {suite.name}: {len(trials)} trials, {parallel} at a time, logs in {args.logdir}/{suite.name}",
-          file=sys.stderr)
-    statuses = run_trials(trials, options, parallel, gpus)
-    from lightning.pytorch.utilities import rank_zero_only
+def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
+    """Which progress bar shows, one at most: the sweep's (trials done, naming the running ones) when several trials
+    train, Lightning's per-epoch bar when a single trial trains in this process; on rank 0, on a terminal only for
+    Lightning's."""
+    if rank != 0:
+        return False, False
+    return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
 
-    if rank_zero_only.rank != 0:
-        return 0
+
+# ------------------------------------------------------------------------------------------------ output
+def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int:
+    """Write and print the suite's report and the sweep's counts; 1 if a trial failed, else 0."""
     from ablations.report import write_report
 
-    table = write_report(Path(args.logdir) / suite.name)
-    print(table)
+    print(write_report(Path(plan.options.logdir) / plan.suite.name))
     counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
     print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['failed']} failed in "
-          f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+          f"{seconds:.0f} s", file=sys.stderr)
     failed = [s for s in statuses if s["status"] == "failed"]
     for status in failed:
         print(f"FAILED {status['trial']}: {status['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def report_interrupted(plan: Plan, stop: Interrupted) -> int:
+    """Say what a signal left behind (finished trials, read from disk) and return 130 / 143."""
+    finished = [t.name for t in plan.trials if is_finished(t, plan.options.logdir, warn=False)]
+    print(f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
+          f"{': ' + ', '.join(finished) if finished else ''}. No other trial left a result; rerun the same command "
+          f"to continue, or `python -m ablations.report {Path(plan.options.logdir) / plan.suite.name}` for the "
+          "table so far.", file=sys.stderr)
+    return stop.exit_status
+
+
+def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
+    """Plan and check everything that can be checked before training; bad arguments exit 2 here."""
+    try:
+        plan = make_plan(args)
+        if plan.trials:
+            check_hardware(plan, args)
+            if not args.dry_run:
+                check_inputs(plan)
+    except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
+        parser.error(str(error))
+    return plan
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    quiet_lightning()
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # another rank of a data-parallel sweep: end with its launcher
+        die_with_parent(os.getppid())
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    plan = _prepare(parser, args)
+    if not plan.trials:
+        print(f"nothing to do: part {args.shard[0]}/{args.shard[1]} of the {plan.unsharded} trials is empty "
+              "(more shards than trials)", file=sys.stderr)
+        return 0
+    if args.dry_run:
+        print("\n".join(f"{trial.spec} seed={trial.seed}" for trial in plan.trials))
+        return 0
+    ranks = ddp_ranks(plan.options) if plan.options.strategy != "auto" else None
+    rank = ranks.rank if ranks else 0
+    if rank == 0:
+        print(f"suite {plan.suite.name}: {len(plan.trials)} trials, {plan.parallel} at a time, logs in "
+              f"{plan.options.logdir}/{plan.suite.name}", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        with interrupts():
+            statuses = run_plan(plan, args, ranks)
+    except (Interrupted, SIGTERMException) as error:  # Lightning stops the other DDP ranks with SIGTERMException
+        stop = error if isinstance(error, Interrupted) else Interrupted(signal.SIGTERM)
+        return report_interrupted(plan, stop) if rank == 0 else stop.exit_status
+    return summarize(plan, statuses, time.perf_counter() - start) if rank == 0 else 0
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ The report, a dashboard or another engine can read and write these without impor
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +52,15 @@ class TrialPaths:
     def lock(self) -> Path:
         return self.folder / LOCK_FILE
 
+    def clear(self) -> None:
+        """Remove what a previous, partial or outdated run of the trial left (events, result, error), except the
+        lock, which the caller holds."""
+        for entry in self.folder.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != LOCK_FILE:
+                entry.unlink()
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one, never a part.
@@ -61,6 +73,22 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path in `path`'s folder for writers that need a file name (e.g. ``savefig``), renamed to `path`
+    when the block ends without error and removed otherwise: readers never see a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix: savefig reads it
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -107,3 +135,27 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=None)
+def code_provenance() -> dict[str, Optional[str]]:
+    """Which code produced a result: ``code_version`` (the version of the lit_cifar package that runs),
+    ``git_commit`` (the commit of the checkout it runs from; ``None`` outside a git checkout or without git) and
+    ``git_dirty`` (whether that checkout had uncommitted changes to tracked files)."""
+    from lit_cifar import __version__  # torch-free: the package imports its classes lazily
+
+    root = Path(__file__).resolve().parents[1]
+    commit = dirty = None
+    if (root / ".git").exists():  # only our own checkout: never report the commit of a repository we sit in
+        commit = _git(root, "rev-parse", "HEAD")
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        dirty = None if status is None else bool(status)
+    return {"code_version": __version__, "git_commit": commit, "git_dirty": dirty}
+
+
+def _git(root: Path, *args: str) -> Optional[str]:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None

@@ -12,21 +12,81 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_ALIASES = {"seed": "notebook"}  # old name -> shipped suite
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # one folder under --logdir, never a path out of it
 
 
 class SuiteError(ValueError):
     """A suite that cannot be read: unknown name, unreadable or malformed YAML, bad spec or setting."""
+
+
+Rule = Callable[[Any], Optional[str]]  # None when a value is allowed, else what it must be
+
+
+def _integer(low: int, why: str = "") -> Rule:
+    def check(value: Any) -> Optional[str]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer >= {low}{why}"
+        return None if value >= low else f"must be >= {low}{why}"
+
+    return check
+
+
+def _finite(low: float, inclusive: bool) -> Rule:
+    def check(value: Any) -> Optional[str]:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if number and (value >= low if inclusive else value > low):
+            return None
+        return f"must be a finite number {'>=' if inclusive else '>'} {low:g}"
+
+    return check
+
+
+def _optional(rule: Rule) -> Rule:
+    return lambda value: None if value is None else rule(value)
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return lambda value: None if value in choices else f"is not one of {', '.join(choices)}"
+
+
+def _seed_list(value: Any) -> Optional[str]:
+    seeds = list(value) if isinstance(value, (list, tuple)) else None
+    if seeds and all(_integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
+        return None
+    return "must be a non-empty list of distinct integers >= 0"
+
+
+SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the CLI checks its flags with these
+    "epochs": _integer(1),
+    "batch_size": _integer(1),
+    "seeds": _seed_list,
+    "val_size": _integer(1, ": every trial reports its accuracy on held-out training images"),
+    "split_seed": _integer(0),
+    "limit_train": _optional(_integer(1)),
+    "lr": _finite(0, inclusive=False),
+    "lr_decay": _finite(0, inclusive=True),
+    "precision": _one_of(PRECISIONS),
+}
+
+
+def setting_problem(name: str, value: Any) -> Optional[str]:
+    """What is wrong with `value` for the `TrainSettings` field `name` (e.g. ``"must be >= 1"``), or None."""
+    return SETTING_RULES[name](value)
 
 
 @dataclass(frozen=True)
@@ -37,12 +97,15 @@ class TrainSettings:
         epochs: passes over the training split.
         batch_size: images per optimizer step (per device under DDP).
         seeds: the seeds each spec is trained with; a seed fixes init, data order, dropout and augmentation.
-        val_size: training images held out for validation (never the test set).
+        val_size: training images held out for validation (never the test set); at least 1.
         split_seed: seed of the train/validation split, the same for every trial so all see the same data.
         limit_train: train on only the first N images of the training split (None: all of them).
         lr: Adam's learning rate at step 0.
         lr_decay: Keras's legacy decay: step t uses ``lr / (1 + lr_decay * t)``.
         precision: Lightning precision, e.g. ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (GPU).
+
+    Raises:
+        ValueError: naming the field, its value and what it must be (`SETTING_RULES`).
     """
 
     epochs: int = 5
@@ -56,25 +119,13 @@ class TrainSettings:
     precision: str = "32-true"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", tuple(self.seeds))
-        for name in ("epochs", "batch_size"):
+        for name in SETTING_RULES:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
-            raise ValueError(f"seeds={list(self.seeds)!r} must be a non-empty list of integers >= 0")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds={list(self.seeds)!r} has a repeated seed")
-        if not isinstance(self.val_size, int) or self.val_size < 0:
-            raise ValueError(f"val_size={self.val_size!r} must be an integer >= 0")
-        if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
-            raise ValueError(f"limit_train={self.limit_train!r} must be a positive integer")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} must be a number > 0")
-        if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay >= 0):
-            raise ValueError(f"lr_decay={self.lr_decay!r} must be a number >= 0")
+            problem = setting_problem(name, value)
+            if problem:
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ValueError(f"{name}={shown!r} {problem}")
+        object.__setattr__(self, "seeds", tuple(self.seeds))
 
     def override(self, **values: Any) -> TrainSettings:
         """A copy with the values that are not None replaced (command-line overrides)."""
@@ -115,8 +166,12 @@ class Trial:
     def name(self) -> str:
         return f"{self.spec}/seed={self.seed}"
 
-    def run_dir(self, logdir: Path) -> Path:
-        return Path(logdir) / self.suite / str(self.spec) / f"seed={self.seed}"
+    def paths(self, logdir: Path | str) -> TrialPaths:
+        """Every file of this trial under `logdir` (its folder is ``<logdir>/<suite>/<spec>/seed=<s>``)."""
+        return TrialPaths.of(logdir, self.suite, str(self.spec), self.seed)
+
+    def run_dir(self, logdir: Path | str) -> Path:
+        return self.paths(logdir).folder
 
     def hashed_settings(self) -> dict[str, Any]:
         """What determines this trial's result; a finished trial whose hash matches is not rerun."""
@@ -128,6 +183,38 @@ class Trial:
     def settings_hash(self) -> str:
         text = json.dumps(self.hashed_settings(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """What every result.json and error.json of this trial starts with: which trial, with which settings."""
+        return {"suite": self.suite, "spec": str(self.spec), "spec_fields": self.spec.to_dict(), "seed": self.seed,
+                "order": self.order, "notebook": self.notebook, "settings": self.hashed_settings(),
+                "settings_hash": self.settings_hash}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How and where trials run; none of it changes a trial's numbers except through ``Trial.data_parallel``.
+
+    Attributes:
+        data_dir: CIFAR-10 folder (None: ``$LIT_CIFAR_DATA``, else ``./data``).
+        logdir: root of the trial folders.
+        accelerator, devices, strategy, num_nodes: passed to each trial's ``Trainer``.
+        progress_bar: Lightning's per-epoch bar (only when a single trial runs).
+        force: retrain trials that already have a matching result.
+        download: let the data module download CIFAR-10 when ``data_dir`` lacks it.
+        compile: ``torch.compile`` the network (same math, different kernels).
+    """
+
+    data_dir: Optional[str] = None
+    logdir: str = "logs"
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    progress_bar: bool = False
+    force: bool = False
+    download: bool = True
+    compile: bool = False
 
 
 def available_suites() -> list[str]:
@@ -147,11 +234,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _listed_entry(item: Any, path: Path) -> SuiteEntry:
+    """One item of ``specs``: a spec string, or ``{spec: TEXT, notebook: ACCURACY}``."""
+    if isinstance(item, str):
+        return SuiteEntry(RegularizationSpec.parse(item))
+    if not isinstance(item, dict) or "spec" not in item or set(item) - {"spec", "notebook"}:
+        raise SuiteError(f"suite file {path}: spec entry {item!r} must be a spec string or a mapping with 'spec' "
+                         "and optionally 'notebook'")
+    notebook = item.get("notebook")
+    if notebook is not None and not (_finite(0, inclusive=True)(notebook) is None and notebook <= 1):
+        raise SuiteError(f"suite file {path}: notebook={notebook!r} for spec {item['spec']!r} must be a number in "
+                         "[0, 1] (the notebook's test accuracy) or absent")
+    return SuiteEntry(RegularizationSpec.parse(item["spec"]), notebook)
+
+
 def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
-    entries: list[SuiteEntry] = []
-    for item in data.get("specs") or []:
-        text, notebook = (item, None) if isinstance(item, str) else (item.get("spec"), item.get("notebook"))
-        entries.append(SuiteEntry(RegularizationSpec.parse(text), notebook))
+    entries = [_listed_entry(item, path) for item in data.get("specs") or []]
     factors = data.get("factors") or {}
     if not isinstance(factors, dict) or not all(isinstance(v, list) and v for v in factors.values()):
         raise SuiteError(f"suite file {path}: 'factors' must map each factor name to a non-empty list of levels")
@@ -190,8 +288,12 @@ def load_suite(name_or_path: str) -> Suite:
     valid = {f.name for f in fields(TrainSettings)}
     if not isinstance(settings_data, dict) or set(settings_data) - valid:
         raise SuiteError(f"suite file {path}: bad settings {settings_data!r}; allowed keys: {', '.join(sorted(valid))}")
+    name = str(data.get("name") or path.stem)
+    if not SUITE_NAME.fullmatch(name):
+        raise SuiteError(f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
+                         "not starting with '.'): the suite's trials are written under LOGDIR/NAME/")
     try:
-        return Suite(name=str(data.get("name") or path.stem), entries=tuple(_entries(data, path)),
+        return Suite(name=name, entries=tuple(_entries(data, path)),
                      settings=TrainSettings(**settings_data), description=str(data.get("description", "")))
     except (ValueError, TypeError, AttributeError) as error:
         if isinstance(error, SuiteError):

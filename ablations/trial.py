@@ -1,10 +1,13 @@
 """Run one trial: train a spec with one seed, test it once, and leave ``result.json`` or ``error.json``.
 
-A trial's directory ``<logdir>/<suite>/<spec>/seed=<s>/`` holds its TensorBoard events (scalars per epoch, the
-regularized layers' weight histograms, one training image per class, and an HParams entry with the real final
-metrics) and, written atomically at the end, either ``result.json`` or ``error.json``. A ``.lock`` file, held with
-``flock`` while the trial runs, keeps two sweeps on one logdir from running the same trial at once; the kernel
-releases it when its holder dies.
+A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` (`ablations.store.TrialPaths` names its files) holds its
+TensorBoard events (scalars per epoch, the regularized layers' weight histograms, one training image per class, and
+an HParams entry with the real final metrics) and, written atomically at the end, either ``result.json`` or
+``error.json``. A ``.lock`` file, held with ``flock`` while the trial runs, keeps two sweeps on one logdir from
+running the same trial at once; the kernel releases it when its holder dies.
+
+Under DDP every process of a trial runs this module: global rank 0 decides (finished? locked elsewhere?), takes the
+lock and writes the files, and broadcasts its decision, so all ranks train the same trial or none (`Ranks`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 import ctypes
 import gc
 import platform
-import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,12 +27,14 @@ import lightning
 import lightning.pytorch as pl
 import torch
 import torchmetrics
-from lightning.pytorch.utilities import rank_zero_only
 
+from ablations.local import raise_if_interrupted
 from ablations.monitor import TrialLogger, TrialMonitor
-from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, folder_lock, read_result, write_json_atomic
-from ablations.suite import Trial
+from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic
+from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
+
+__all__ = ["RunOptions", "Ranks", "environment", "is_finished", "run_trial", "trainer_kwargs"]
 
 try:
     LIBC: Optional[ctypes.CDLL] = ctypes.CDLL("libc.so.6")  # glibc, for malloc_trim
@@ -37,29 +42,61 @@ except OSError:  # not glibc (macOS, musl): nothing to trim
     LIBC = None
 
 
+def _unchanged(decision: Any) -> Any:
+    return decision
+
+
 @dataclass(frozen=True)
-class RunOptions:
-    """How and where trials run; none of it changes a trial's numbers except through ``Trial.data_parallel``."""
+class Ranks:
+    """This process's place among the processes that train each trial together (DDP), as `run_trial` needs it.
 
-    data_dir: Optional[str] = None
-    logdir: str = "logs"
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    progress_bar: bool = False
-    force: bool = False
-    download: bool = True
-    compile: bool = False  # torch.compile the backbone (same math, different kernels)
+    ``broadcast(decision)`` returns global rank 0's `decision` on every rank (other ranks pass None). One process,
+    the default, is rank 0 and broadcasts to nobody.
+    """
+
+    rank: int = 0
+    broadcast: Callable[[Any], Any] = _unchanged
 
 
-def is_finished(trial: Trial, logdir: Path) -> bool:
+class StopWhenInterrupted(pl.Callback):
+    """Stops a trial at its next batch once SIGTERM or SIGINT arrived (`ablations.local.interrupts`), in case the
+    signal handler's own exception was swallowed."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        raise_if_interrupted()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        raise_if_interrupted()
+
+    def on_test_batch_start(self, *args: Any) -> None:
+        raise_if_interrupted()
+
+
+def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, Any]:
+    """The keyword arguments of a sweep's ``Trainer`` for these options and settings; add ``logger`` and
+    ``callbacks`` (one of each per trial).
+
+    No checkpoints, model summary or sanity validation; metrics are logged once per epoch (``log_every_n_steps=0``:
+    the module logs nothing per step); the data module shards batches itself (``use_distributed_sampler=False``);
+    SyncBatchNorm under GPU DDP.
+    """
+    on_gpu = options.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    gpu_ddp = options.strategy != "auto" and on_gpu
+    return {"max_epochs": settings.epochs, "precision": settings.precision, "accelerator": options.accelerator,
+            "devices": options.devices, "strategy": options.strategy, "num_nodes": options.num_nodes,
+            "sync_batchnorm": gpu_ddp, "enable_checkpointing": False, "enable_model_summary": False,
+            "num_sanity_val_steps": 0, "log_every_n_steps": 0, "enable_progress_bar": options.progress_bar,
+            "use_distributed_sampler": False}
+
+
+def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
     """True if the trial has a readable result.json for exactly its settings. An unreadable (e.g. truncated)
-    one is reported on stderr and counts as not finished, so the trial is rerun rather than silently counted."""
+    one counts as not finished, so the trial is rerun rather than silently counted; ``warn`` reports it on stderr."""
     try:
-        result = read_result(trial.run_dir(logdir))
+        result = read_result(trial.paths(logdir).folder)
     except ValueError as error:
-        print(f"warning: {error}; rerunning {trial.name}", file=sys.stderr)
+        if warn:
+            print(f"warning: {error}; rerunning {trial.name}", file=sys.stderr)
         return False
     return result is not None and result["settings_hash"] == trial.settings_hash
 
@@ -77,13 +114,15 @@ def release_memory() -> None:
 
 
 def environment() -> dict[str, Any]:
-    """Device and library versions, recorded in every result."""
+    """Where and with which code a result was made: device, torch threads, library versions, lit-cifar's version
+    and git commit (`ablations.store.code_provenance`)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
     return {"device": device, "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__}
+            "torch": torch.__version__, "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__,
+            **code_provenance()}
 
 
-def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[str, Any]:
+def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:
     start = time.perf_counter()
     s = trial.settings
     pl.seed_everything(trial.seed, workers=True, verbose=False)
@@ -91,20 +130,14 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
                                      split_seed=s.split_seed, batch_size=s.batch_size, limit_train=s.limit_train,
                                      download=options.download, seed=trial.seed)
     dm.prepare_data()
+    sizes = dm.verify()
     dm.setup("fit")  # load before the model exists, so the memory reading freed is handed back first
     release_memory()
-    model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay)
-    logger = TrialLogger(run_dir)
-    monitor = TrialMonitor()
-    if options.compile:
-        model.backbone = torch.compile(model.backbone)
-    trainer = pl.Trainer(max_epochs=s.epochs, precision=s.precision, accelerator=options.accelerator,
-                         devices=options.devices, strategy=options.strategy, num_nodes=options.num_nodes,
-                         sync_batchnorm=options.strategy != "auto" and torch.cuda.is_available()
-                         and options.accelerator in ("auto", "gpu", "cuda"),
-                         logger=logger, callbacks=[monitor],
-                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         enable_progress_bar=options.progress_bar, use_distributed_sampler=False)
+    # RegularizedClassifier(compile=...) comes with the library's issue-14 change; until then only --compile needs it
+    model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay,
+                                  **({"compile": options.compile} if options.compile else {}))
+    logger, monitor = TrialLogger(paths.folder), TrialMonitor()
+    trainer = pl.Trainer(**trainer_kwargs(options, s), logger=logger, callbacks=[monitor, StopWhenInterrupted()])
     trainer.fit(model, datamodule=dm)
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
     wall = time.perf_counter() - start
@@ -115,54 +148,64 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
         logger.log_final_hparams({"spec_name": settings.pop("spec"), **settings})
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
-            "train_images": len(dm.train_labels), "val_images": len(dm.val_labels),
-            "test_images": len(dm.test_labels), "world_size": trainer.world_size}
+            "train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"],
+            "world_size": trainer.world_size}
 
 
-def _clear(run_dir: Path) -> None:
-    """Remove what a previous, partial or outdated run of this trial left, except the lock."""
-    for entry in run_dir.iterdir():
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        elif entry.name != LOCK_FILE:
-            entry.unlink()
+def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:
+    """Train the trial (its lock held) and write result.json, or error.json if it raised."""
+    paths.clear()
+    record = {**trial.record(), "environment": environment()}
+    try:
+        write_json_atomic(paths.result, {**record, **_train_and_test(trial, options, paths)})
+        return {"trial": trial.name, "status": "done", "error": None}
+    except Exception as error:  # isolate the failure: record it, let the sweep go on
+        reason = f"{type(error).__name__}: {error}"
+        try:
+            write_json_atomic(paths.error, {**record, "error": reason, "traceback": traceback.format_exc()})
+        except OSError as write_error:
+            reason += f" (and {paths.error} could not be written: {write_error.strerror})"
+        return {"trial": trial.name, "status": "failed", "error": reason}
+    finally:
+        release_memory()
 
 
-def run_trial(trial: Trial, options: RunOptions, wait: bool = False) -> dict[str, Any]:
+def _follow(trial: Trial, options: RunOptions, ranks: Ranks) -> dict[str, Any]:
+    """A rank other than 0: train when rank 0 says so; rank 0 records the outcome."""
+    status = {"trial": trial.name, "status": ranks.broadcast(None), "error": None}
+    if status["status"] != "run":
+        return status
+    try:
+        _train_and_test(trial, options, trial.paths(options.logdir))
+        return {**status, "status": "done"}
+    except Exception as error:
+        return {**status, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+    finally:
+        release_memory()
+
+
+def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> dict[str, Any]:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
     Returns ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed", "error": reason or None}``:
     ``busy`` when another process holds the trial's lock and not ``wait``; with ``wait`` it waits for that
-    process, then skips the trial if it finished or runs it if its holder died.
-    Under DDP, processes other than global rank 0 only train: rank 0 decides, locks and writes.
+    process, then skips the trial if it finished or runs it if its holder died. Under DDP (`ranks`), rank 0
+    decides, locks and writes, and every rank follows its decision.
     """
-    logdir = Path(options.logdir)
-    run_dir = trial.run_dir(logdir)
-    status = {"trial": trial.name, "status": "skipped", "error": None}
-    if rank_zero_only.rank != 0:
-        _train_and_test(trial, options, run_dir)
-        release_memory()
-        return {**status, "status": "done"}
-    if not options.force and is_finished(trial, logdir):
-        return status
-    with folder_lock(run_dir, wait) as locked:
+    if ranks.rank != 0:
+        return _follow(trial, options, ranks)
+    paths = trial.paths(options.logdir)
+
+    def decided(status: str) -> dict[str, Any]:
+        ranks.broadcast(status)
+        return {"trial": trial.name, "status": status, "error": None}
+
+    if not options.force and is_finished(trial, options.logdir):
+        return decided("skipped")
+    with folder_lock(paths.folder, wait) as locked:
         if not locked:
-            return {**status, "status": "busy"}
-        if not options.force and is_finished(trial, logdir):  # finished by another sweep meanwhile
-            return status
-        _clear(run_dir)
-        record = {"suite": trial.suite, "spec": str(trial.spec), "spec_fields": trial.spec.to_dict(),
-                  "seed": trial.seed, "order": trial.order, "notebook": trial.notebook,
-                  "settings": trial.hashed_settings(), "settings_hash": trial.settings_hash,
-                  "environment": environment()}
-        try:
-            outcome = _train_and_test(trial, options, run_dir)
-        except Exception as error:  # isolate the failure: record it, let the sweep go on
-            reason = f"{type(error).__name__}: {error}"
-            write_json_atomic(run_dir / ERROR_FILE, {**record, "error": reason,
-                                                     "traceback": traceback.format_exc()})
-            return {**status, "status": "failed", "error": reason}
-        finally:
-            release_memory()
-        write_json_atomic(run_dir / RESULT_FILE, {**record, **outcome})
-        return {**status, "status": "done"}
+            return decided("busy")
+        if not options.force and is_finished(trial, options.logdir):  # finished by another sweep meanwhile
+            return decided("skipped")
+        ranks.broadcast("run")
+        return _train_and_record(trial, options, paths)

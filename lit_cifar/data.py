@@ -334,6 +334,47 @@ class CIFAR10DataModule(pl.LightningDataModule):
         index = torch.cat(picks)
         return self.train_images[index], [self.classes[int(c)] for c in self.train_labels[index]]
 
+    def verify(self) -> dict[str, int]:
+        """Check the dataset files and the split sizes without loading the images; returns the image counts.
+
+        Cheap: the binary layout is checked by file sizes alone (whole records, every file present and readable);
+        the pickle layout has its counts only inside the pickles, so each file is read once (and dropped).
+
+        Returns:
+            ``{"train": N, "val": val_size, "test": N}``: the images `setup` will put in each split.
+
+        Raises:
+            DatasetError: no layout in `data_dir`, or a file missing, unreadable or truncated (named).
+            ValueError: a `val_size` that leaves no training images, or a `limit_train` larger than the split.
+        """
+        layout = find_layout(self.data_dir)
+        if layout is None:
+            raise DatasetError(self.missing_data_message())
+
+        def count(name: str) -> int:
+            if layout.name != BIN_LAYOUT:
+                return len(_read_pickle_batch(layout / name)[1])
+            path = layout / f"{name}.bin"
+            if not path.is_file():
+                raise DatasetError(f"missing CIFAR-10 file {path}")
+            if not os.access(path, os.R_OK):
+                raise DatasetError(f"cannot read CIFAR-10 file {path}: Permission denied")
+            size = path.stat().st_size
+            if not size or size % RECORD_BYTES:
+                raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {size} bytes is not a whole number "
+                                   f"of {RECORD_BYTES}-byte records")
+            return size // RECORD_BYTES
+
+        total, test = sum(count(name) for name in TRAIN_FILES), count(TEST_FILE)
+        if self.val_size >= total:
+            raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {total}")
+        train = total - self.val_size
+        if self.limit_train is not None and self.limit_train > train:
+            raise ValueError(f"limit_train={self.limit_train} is larger than the training split: {total} images - "
+                             f"val_size {self.val_size} = {train}")
+        return {"train": train if self.limit_train is None else self.limit_train, "val": self.val_size,
+                "test": test}
+
     # -------------------------------------------------------------------------------------------- batches
     def _batches(self, images: Tensor, labels: Tensor, train: bool) -> Any:
         """Device-resident `TensorBatches` (``num_workers == 0``) or a plain worker `DataLoader` in the same

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -16,11 +17,14 @@ from urllib.parse import urlencode
 from pathlib import Path
 
 import pytest
+import torch
 
 from ablations.run import main
-from ablations.suite import TrainSettings, load_suite
-from ablations.store import RESULT_FILE, folder_lock
+from ablations.store import LOCK_FILE, RESULT_FILE, atomic_output, folder_lock, write_json_atomic
+from ablations.suite import RunOptions, TrainSettings, Trial, load_suite
+from ablations.trial import run_trial
 from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
+from tests.processes import alive, children, wait_until
 from tests.synthetic import write_synthetic_cifar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +56,7 @@ def reference(tmp_path_factory, cifar_dir):
     return logdir, args
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(reference, cifar_dir, tmp_path):
     """Determinism on CPU: the same command twice gives the same numbers in result.json, to the last bit."""
     logdir, args = reference
@@ -63,26 +68,24 @@ def test_same_seed_gives_identical_metrics(reference, cifar_dir, tmp_path):
     assert len({json.dumps(r["metrics"]) for r in first.values()}) == 3  # the seeds do differ
 
 
+@pytest.mark.slow
 def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir, tmp_path):
     logdir, args = reference
     command = sweep_command(cifar_dir, tmp_path, *args, "--parallel", "1")
     sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     second = tmp_path / "notebook/pixel+dropout=0.25/seed=1"
-    deadline = time.monotonic() + 180
-    while not (any(second.glob("events.out.tfevents.*")) and results(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.05)  # wait until trial 1 is finished and trial 2 is training
-    os.killpg(sweep.pid, signal.SIGKILL)
+    wait_until(lambda: any(second.glob("events.out.tfevents.*")) and results(tmp_path), "trial 2 to start", sweep)
+    os.killpg(sweep.pid, signal.SIGKILL)  # most likely while trial 2 trains; the checks hold wherever it lands
     sweep.wait()
-    finished = results(tmp_path)
-    assert list(finished) == ["notebook/pixel+dropout=0.25/seed=0"], "kill came too late or too early"
-    assert not (second / RESULT_FILE).exists()  # the interrupted trial left no result
-    kept = (tmp_path / "notebook/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text()
+    kept = {name: (tmp_path / name / RESULT_FILE).read_text() for name in results(tmp_path)}
+    assert "notebook/pixel+dropout=0.25/seed=0" in kept
+    assert not list(tmp_path.rglob("*.tmp"))  # the interrupted trial left no partial result
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "2 trained, 1 already done" in rerun.stderr
-    assert (tmp_path / "notebook/pixel+dropout=0.25/seed=0" / RESULT_FILE).read_text() == kept  # not retrained
+    assert f"{3 - len(kept)} trained, {len(kept)} already done" in rerun.stderr
+    assert all((tmp_path / name / RESULT_FILE).read_text() == text for name, text in kept.items())  # not retrained
     resumed, uninterrupted = results(tmp_path), results(logdir)
     assert sorted(resumed) == sorted(uninterrupted)
     assert all(numbers(resumed[k]) == numbers(uninterrupted[k]) for k in resumed)
@@ -93,6 +96,61 @@ def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir,
     assert table(tmp_path) == table(logdir)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_sigterm_stops_the_sweep_and_exits_143(cifar_dir, tmp_path, parallel):
+    """SIGTERM (a SLURM time limit, `kill`) mid-trial: no new trial starts, no half-written result, the finished
+    trials are listed and the exit status is 143; with workers, none is left running."""
+    command = sweep_command(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1,2,3", "--parallel", parallel)
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+
+    def started() -> list[str]:
+        return sorted({p.parent.name for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*")})
+
+    wait_until(lambda: len(started()) == 2, "two trials to start", sweep)
+    workers = children(sweep.pid)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 143, err[-2000:]
+    finished = sorted(name.split("/", 1)[1] for name in results(tmp_path))
+    assert f"interrupted by SIGTERM: {len(finished)} of 4 trials finished" in err
+    assert all(name in err for name in finished)
+    assert len(started()) <= len(finished) + int(parallel)  # at most the trials that were running; none after
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("error.json"))
+    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+
+
+def test_a_full_disk_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
+    target = tmp_path / RESULT_FILE
+    target.write_text("old")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"metrics": {}})
+    with pytest.raises(OSError):
+        with atomic_output(tmp_path / "results.png") as path:
+            path.write_bytes(b"\x89PNG...")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == [RESULT_FILE]
+
+
+def test_a_trial_whose_result_cannot_be_written_fails_cleanly(tmp_path, monkeypatch):
+    """Training finished but the disk is full: the trial is failed (not counted), and leaves no file behind."""
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("ablations.trial._train_and_test", lambda *args: {"metrics": {}})
+    monkeypatch.setattr(os, "fsync", full_disk)
+    trial = Trial("disk", RegularizationSpec.parse("pixel"), 0, TrainSettings(seeds=(0,)), order=0)
+    status = run_trial(trial, RunOptions(logdir=str(tmp_path)))
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert [p.name for p in trial.paths(tmp_path).folder.iterdir()] == [LOCK_FILE]
+
+
+@pytest.mark.slow
 def test_concurrent_sweeps_run_each_trial_once(cifar_dir, tmp_path):
     command = sweep_command(cifar_dir, tmp_path, "--only", "baseline", "pixel", "--seeds", "0,1")
     sweeps = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,7 +172,7 @@ from pathlib import Path
 from ablations.store import folder_lock
 with folder_lock(Path({str(tmp_path)!r})) as locked:
     print(locked, flush=True)
-    time.sleep(60)
+    time.sleep(3600)  # until killed
 """], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "True"
     with folder_lock(tmp_path) as locked:
@@ -125,6 +183,7 @@ with folder_lock(Path({str(tmp_path)!r})) as locked:
         assert locked is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_unreadable_result_is_reported_and_rerun(reference, cifar_dir, tmp_path, damage):
     logdir, args = reference
@@ -150,6 +209,13 @@ def broken_data(tmp_path_factory) -> dict[str, Path]:
     (root / "a_file").write_text("not a folder")
     return {"missing": missing, "truncated": truncated, "file": root / "a_file", "absent": root / "absent"}
 
+
+SUITE_FILES = {  # suite files with one problem each, named in BAD_CLI_INPUT as {name}
+    "bad_yaml": "name: x\nspecs: [baseline\n",
+    "bad_spec_yaml": "name: x\nspecs: [pixle]\n",
+    "escaping_yaml": "name: ../../x\nspecs: [baseline]\n",
+    "wordy_notebook_yaml": "name: x\nspecs: [{spec: pixel, notebook: high}]\n",
+}
 
 BAD_CLI_INPUT = [  # (arguments, what the message must say); every one exits 2 before any trial directory exists
     (["--only", "pixel+bogus"], "unknown token 'bogus'"),
@@ -180,15 +246,30 @@ BAD_CLI_INPUT = [  # (arguments, what the message must say); every one exits 2 b
     (["--batch-size", "-64"], "--batch-size: -64 must be >= 1"),
     (["--limit-train", "100000"], "limit_train=100000 is larger than the training split"),
     (["--precision", "8-bit"], "precision='8-bit' is not one of"),
+    (["--lr", "inf"], "--lr: inf must be a finite number > 0"),
+    (["--lr", "nan"], "--lr: nan must be a finite number > 0"),
+    (["--lr-decay", "inf"], "--lr-decay: inf must be a finite number >= 0"),
+    (["--val-size", "0"], "--val-size: 0 must be >= 1: every trial reports its accuracy on held-out"),
+    (["--val-size", "100000"], "val_size=100000 leaves no training images"),
+    (["--accelerator", "nonsense"], "--accelerator nonsense --devices 1 --strategy auto: You selected an invalid "
+                                    "accelerator name"),
+    (["--strategy", "nonsense"], "--strategy: invalid choice: 'nonsense'"),
+    (["--suite", "{escaping_yaml}"], "name '../../x' must be one folder name"),
+    (["--suite", "{wordy_notebook_yaml}"], "notebook='high' for spec 'pixel' must be a number in [0, 1]"),
+    pytest.param(["--accelerator", "gpu"], "--accelerator gpu --devices 1 --strategy auto: ",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    pytest.param(["--devices", "4"], "--devices 4: without --strategy it is how many GPUs the trials are spread over",
+                 marks=pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has 4 GPUs")),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_CLI_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_exits_2_with_a_message_and_writes_no_trial(args, message, broken_data, cifar_dir, tmp_path,
                                                               capsys):
-    suites = {"bad_yaml": tmp_path / "bad.yaml", "bad_spec_yaml": tmp_path / "bad_spec.yaml"}
-    suites["bad_yaml"].write_text("name: x\nspecs: [baseline\n")
-    suites["bad_spec_yaml"].write_text("name: x\nspecs: [pixle]\n")
+    suites = {}
+    for name, text in SUITE_FILES.items():
+        suites[name] = tmp_path / f"{name}.yaml"
+        suites[name].write_text(text)
     places = {**{k: str(v) for k, v in broken_data.items()}, **{k: str(v) for k, v in suites.items()}}
     args = [a.format(**places) for a in args]
     logdir = tmp_path / "logs"
@@ -286,6 +367,7 @@ def test_tensorboard_serves_scalars_hparams_and_images(reference):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
     """Long in-process sweeps must not accumulate models: Lightning's reference cycles are collected per trial."""
     import gc

@@ -1,0 +1,71 @@
+"""Torch-free stand-ins for `ablations.trial.run_trial`, for testing the local engine's processes quickly.
+
+Worker processes import this module, so it imports nothing heavy. Each runner leaves a ``started-<seed>`` file
+(holding its pid) in the trial's folder, which tests synchronise on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ablations.store import folder_lock, write_json_atomic
+from ablations.suite import RunOptions, Trial
+
+
+def _start(trial: Trial, options: RunOptions) -> Path:
+    folder = trial.paths(options.logdir).folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"started-{trial.seed}").write_text(str(os.getpid()))
+    return folder
+
+
+def finish(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+    """Write a result at once, under the trial's lock."""
+    _start(trial, options)
+    paths = trial.paths(options.logdir)
+    with folder_lock(paths.folder, wait) as locked:
+        if not locked:
+            return {"trial": trial.name, "status": "busy", "error": None}
+        write_json_atomic(paths.result, {**trial.record(), "metrics": {}, "threads": os.environ.get("OMP_NUM_THREADS"),
+                                         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")})
+    return {"trial": trial.name, "status": "done", "error": None}
+
+
+def die_on_seed_1(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+    """Like `finish`, but the process running seed 1 is killed with SIGKILL, as the OOM killer would."""
+    if trial.seed == 1:
+        _start(trial, options)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return finish(trial, options, wait)
+
+
+def block(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+    """Hold the trial's lock and never finish (until a signal stops the process)."""
+    paths = trial.paths(options.logdir)
+    with folder_lock(paths.folder, wait):
+        _start(trial, options)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    # python -m tests.fakes LOGDIR PARALLEL: three trials in PARALLEL workers that block, stopped by signals as
+    # `python -m ablations.run` is (exit 128 + signal, naming the finished trials).
+    from ablations.local import Interrupted, Progress, interrupts, run_local, worker_slots
+    from lit_cifar.spec import RegularizationSpec
+    from ablations.suite import TrainSettings
+
+    logdir, parallel = sys.argv[1], int(sys.argv[2])
+    trials = [Trial("fake", RegularizationSpec(), seed, TrainSettings(seeds=(seed,)), 0) for seed in range(3)]
+    progress = Progress(trials, show=False)
+    try:
+        with interrupts():
+            run_local(trials, RunOptions(logdir=logdir), block, progress, worker_slots(parallel, 0, parallel))
+    except Interrupted as stop:
+        print(f"{stop}: finished {sorted(progress.statuses)}", flush=True)
+        sys.exit(stop.exit_status)
