@@ -94,15 +94,15 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
     dm.setup("fit")  # load before the model exists, so the memory reading freed is handed back first
     release_memory()
     model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay)
-    logger = TrialLogger(run_dir)
-    monitor = TrialMonitor()
+    logger = TrialLogger(run_dir, trial)
+    monitor = TrialMonitor(Path(options.logdir) / trial.suite)
     if options.compile:
         model.backbone = torch.compile(model.backbone)
     trainer = pl.Trainer(max_epochs=s.epochs, precision=s.precision, accelerator=options.accelerator,
                          devices=options.devices, strategy=options.strategy, num_nodes=options.num_nodes,
                          sync_batchnorm=options.strategy != "auto" and torch.cuda.is_available()
                          and options.accelerator in ("auto", "gpu", "cuda"),
-                         logger=logger, callbacks=[monitor],
+                         logger=logger, callbacks=monitor.callbacks,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                          enable_progress_bar=options.progress_bar, use_distributed_sampler=False)
     trainer.fit(model, datamodule=dm)
@@ -111,8 +111,7 @@ def _train_and_test(trial: Trial, options: RunOptions, run_dir: Path) -> dict[st
     metrics = {**monitor.history[-1], **{k: float(v) for k, v in tested.items()}}
     metrics.pop("epoch", None)
     if trainer.is_global_zero:
-        settings = trial.hashed_settings()
-        logger.log_final_hparams({"spec_name": settings.pop("spec"), **settings})
+        logger.log_trial()
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
             "train_images": len(dm.train_labels), "val_images": len(dm.val_labels),
