@@ -6,6 +6,7 @@ Every reader tolerates fields that older results lack. Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import statistics
@@ -86,7 +87,8 @@ def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFram
     """The trials as a table of their varying spec fields (as level names) and test accuracy, with the factors;
     None when fewer than two fields vary (nothing factorial to estimate)."""
     fields = [r.get("spec_fields") or {} for r in results]
-    names = list(dict.fromkeys(k for f in fields for k in f))
+    known = [f.name for f in dataclasses.fields(RegularizationSpec)]  # in the spec's canonical order
+    names = [n for n in dict.fromkeys(known + [k for f in fields for k in f]) if any(n in f for f in fields)]
     values = {n: sorted({f.get(n) for f in fields}, key=_sort_key) for n in names}
     varying = [n for n in names if len(values[n]) > 1]
     if len(varying) < 2:

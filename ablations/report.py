@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ablations import board, plots
-from ablations.stats import LEVEL, FactorialFit, Test, compare_with_reference, mean_ci
+from ablations.stats import LEVEL, FactorialFit, Contrast, compare_with_reference, mean_ci
 from ablations.store import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_bytes_atomic, write_text_atomic
 from ablations.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
 
@@ -374,7 +374,7 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
     if fit is not None and fit.effects:
         rows = [plots.EffectRow(t.name, t.effect.estimate, t.effect.low, t.effect.high, t.resolved)
                 for t in fit.effects]
-        pngs["effects.png"] = plots.effects_chart(rows, f"{suite}: effects on test accuracy",
+        pngs["effects.png"] = plots.effects_chart(rows, f"{suite}: main effects and two-factor interactions on test accuracy",
                                                   f"{settings} · 95% CIs", layout)
     return pngs
 

@@ -60,7 +60,7 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 
 @dataclass(frozen=True)
-class Test:
+class Contrast:
     """An effect or a difference with its confidence interval and p-values (raw and Holm-corrected)."""
 
     name: str
@@ -74,33 +74,33 @@ class Test:
         return self.p_holm < 1 - LEVEL
 
 
-def holm(tests: list[Test]) -> list[Test]:
+def holm(tests: list[Contrast]) -> list[Contrast]:
     """The same tests with Holm-corrected p-values over those that have a p-value (``nan`` ones stay ``nan``)."""
     tested = [i for i, t in enumerate(tests) if not math.isnan(t.p_value)]
     corrected = list(multipletests([tests[i].p_value for i in tested], method="holm")[1]) if tested else []
     adjusted = dict(zip(tested, corrected))
-    return [Test(t.name, t.effect, t.p_value, float(adjusted.get(i, NAN))) for i, t in enumerate(tests)]
+    return [Contrast(t.name, t.effect, t.p_value, float(adjusted.get(i, NAN))) for i, t in enumerate(tests)]
 
 
-def welch(values: Sequence[float], reference: Sequence[float], name: str, level: float = LEVEL) -> Test:
+def welch(values: Sequence[float], reference: Sequence[float], name: str, level: float = LEVEL) -> Contrast:
     """``mean(values) - mean(reference)`` with Welch's confidence interval and t-test p-value (scipy).
 
     Fewer than two values on either side, or two identical constant samples, give ``nan`` (nothing to test).
     """
     difference = statistics.fmean(values) - statistics.fmean(reference)
     if min(len(values), len(reference)) < 2:
-        return Test(name, Interval(difference, NAN, NAN), NAN)
+        return Contrast(name, Interval(difference, NAN, NAN), NAN)
     with warnings.catch_warnings():  # nearly constant samples (e.g. every seed at 100%) make scipy warn
         warnings.simplefilter("ignore", RuntimeWarning)
         result = scipy_stats.ttest_ind(values, reference, equal_var=False)
     if math.isnan(result.pvalue):
-        return Test(name, Interval(difference, NAN, NAN), NAN)
+        return Contrast(name, Interval(difference, NAN, NAN), NAN)
     low, high = result.confidence_interval(confidence_level=level)
-    return Test(name, Interval(difference, float(low), float(high)), float(result.pvalue))
+    return Contrast(name, Interval(difference, float(low), float(high)), float(result.pvalue))
 
 
 def compare_with_reference(groups: Mapping[str, Sequence[float]], reference: str,
-                           level: float = LEVEL) -> list[Test]:
+                           level: float = LEVEL) -> list[Contrast]:
     """Every group but `reference` against it (Welch), Holm-corrected over all of them, in `groups` order.
 
     Raises:
@@ -130,7 +130,7 @@ class Factor:
 class FactorialFit:
     """The effects of a factorial design, or why they could not be estimated (`problem`)."""
 
-    effects: list[Test]
+    effects: list[Contrast]
     interactions: bool  # whether two-factor interactions were estimated (else main effects only)
     residual_df: int
     problem: Optional[str] = None
@@ -183,7 +183,7 @@ def _fit(frame: pd.DataFrame, factors: Sequence[Factor], response: str, interact
     contrasts = _contrasts(factors, interactions)
     result = fit.t_test(np.vstack(list(contrasts.values())))
     bounds = result.conf_int(alpha=1 - level)
-    tests = [Test(name, Interval(float(e), float(lo), float(hi)), float(p))
+    tests = [Contrast(name, Interval(float(e), float(lo), float(hi)), float(p))
              for name, e, (lo, hi), p in zip(contrasts, np.atleast_1d(result.effect), bounds,
                                               np.atleast_1d(result.pvalue))]
     return FactorialFit(holm(tests), interactions, int(fit.df_resid))
