@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ablations import board, plots
-from ablations.stats import LEVEL, FactorialFit, Contrast, compare_with_reference, mean_ci
+from ablations.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
 from ablations.store import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_bytes_atomic, write_text_atomic
 from ablations.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
 
@@ -262,8 +262,9 @@ def comparison_table(report: SuiteReport) -> str:
         if r.spec == report.reference:
             continue
         resolved = "—" if r.resolved is None else ("yes" if r.resolved else "no")
-        lines.append(f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {_ci(r.vs_reference_ci_low, r.vs_reference_ci_high)}"
-                     f" | {_opt(r.p_value, '.3g')} | {_opt(r.p_holm, '.3g')} | {resolved} |")
+        interval = _ci(r.vs_reference_ci_low, r.vs_reference_ci_high)
+        lines.append(f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {interval} | {_opt(r.p_value, '.3g')} | "
+                     f"{_opt(r.p_holm, '.3g')} | {resolved} |")
     return "\n".join(lines)
 
 
@@ -305,23 +306,29 @@ def effects_section(fit: Optional[FactorialFit]) -> str:
             + effects_table(fit))
 
 
+def comparison_section(report: SuiteReport) -> str:
+    if len(report.rows) < 2:
+        return ""
+    return (f"Welch's t-test on test accuracy, p-values Holm-corrected over the {len(report.rows) - 1} "
+            f"comparisons.\n\n{comparison_table(report)}\n\n{verdict(report)}")
+
+
 def markdown(report: SuiteReport) -> str:
     """results.md: every section that has something to say."""
-    ref = report.reference
     sections = [
         (f"# Suite `{report.name}`: {len(report.rows)} specs, {len(report.results)} trials",
          settings_line(report)),
-        ("## Test accuracy per spec", "Mean ± std over seeds, and the 95% confidence interval of the mean "
-         f"(t-based); `vs {ref}` is the difference of means from the reference spec.\n\n" + spec_table(report)),
-        (f"## Each spec against `{ref}`", f"Welch's t-test on test accuracy, p-values Holm-corrected over the "
-         f"{max(len(report.rows) - 1, 0)} comparisons.\n\n{comparison_table(report)}\n\n{verdict(report)}"),
+        ("## Test accuracy per spec", report.rows and "Mean ± std over seeds, and the 95% confidence interval of the "
+         f"mean (t-based); `vs {report.reference}` is the difference of means from the reference spec.\n\n"
+         + spec_table(report)),
+        (f"## Each spec against `{report.reference}`", comparison_section(report)),
         ("## Identical results", identical_section(report)),
         ("## Diagnostics (last epoch, mean over seeds)", diagnostics_table(report)),
         ("## Factorial effects on test accuracy", effects_section(report.factorial)),
         ("## Notes", "\n".join(f"- {note}" for note in report.notes)),
         ("Problems:", "\n".join(f"- {problem}" for problem in report.problems)),
     ]
-    return "\n\n".join(f"{title}\n\n{body}" for title, body in sections if body and (ref or "vs" not in title)) + "\n"
+    return "\n\n".join(f"{title}\n\n{body}" for title, body in sections if body) + "\n"
 
 
 def csv_text(records: list[dict[str, Any]]) -> str:
@@ -374,8 +381,8 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
     if fit is not None and fit.effects:
         rows = [plots.EffectRow(t.name, t.effect.estimate, t.effect.low, t.effect.high, t.resolved)
                 for t in fit.effects]
-        pngs["effects.png"] = plots.effects_chart(rows, f"{suite}: main effects and two-factor interactions on test accuracy",
-                                                  f"{settings} · 95% CIs", layout)
+        title = f"{suite}: main effects and two-factor interactions on test accuracy"
+        pngs["effects.png"] = plots.effects_chart(rows, title, f"{settings} · 95% CIs", layout)
     return pngs
 
 

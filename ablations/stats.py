@@ -183,9 +183,9 @@ def _fit(frame: pd.DataFrame, factors: Sequence[Factor], response: str, interact
     contrasts = _contrasts(factors, interactions)
     result = fit.t_test(np.vstack(list(contrasts.values())))
     bounds = result.conf_int(alpha=1 - level)
+    estimates, p_values = np.atleast_1d(result.effect), np.atleast_1d(result.pvalue)
     tests = [Contrast(name, Interval(float(e), float(lo), float(hi)), float(p))
-             for name, e, (lo, hi), p in zip(contrasts, np.atleast_1d(result.effect), bounds,
-                                              np.atleast_1d(result.pvalue))]
+             for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)]
     return FactorialFit(holm(tests), interactions, int(fit.df_resid))
 
 
