@@ -81,11 +81,14 @@ def session_summary(hparams: Mapping[str, HParamValue], trial: str) -> summary_p
 
 
 def _levels(values: Iterable[HParamValue]) -> list[HParamValue]:
-    """The distinct values, sorted; integers mixed with floats become floats (one TensorBoard type)."""
+    """The distinct values, sorted, of one TensorBoard type: integers mixed with floats become floats, other
+    mixes text."""
     distinct = set(values)
     kinds = {type(v) for v in distinct}
     if kinds == {int, float}:
         distinct = {float(v) for v in distinct}
+    elif len(kinds) > 1:  # e.g. results from code that typed a field differently: compare as text
+        distinct = {str(v) for v in distinct}
     return sorted(distinct)
 
 

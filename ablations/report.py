@@ -219,6 +219,17 @@ def settings_line(report: SuiteReport) -> str:
     return " · ".join(parts)
 
 
+def constant_settings(report: SuiteReport) -> str:
+    """Every training setting the trials share (the HParams tab shows only what varies)."""
+    if not report.results:
+        return ""
+    shared = dict(report.results[0]["settings"])
+    for result in report.results[1:]:
+        shared = {k: v for k, v in shared.items() if result["settings"].get(k) == v}
+    shared = {k: v for k, v in shared.items() if k not in ("spec", "seed")}
+    return "\n\nSettings of every trial: " + ", ".join(f"`{k}={v}`" for k, v in sorted(shared.items()))
+
+
 def spec_table(report: SuiteReport) -> str:
     """The per-spec table (markdown)."""
     ref = report.reference or "reference"
@@ -317,7 +328,7 @@ def markdown(report: SuiteReport) -> str:
     """results.md: every section that has something to say."""
     sections = [
         (f"# Suite `{report.name}`: {len(report.rows)} specs, {len(report.results)} trials",
-         settings_line(report)),
+         settings_line(report) + constant_settings(report)),
         ("## Test accuracy per spec", report.rows and "Mean ± std over seeds, and the 95% confidence interval of the "
          f"mean (t-based); `vs {report.reference}` is the difference of means from the reference spec.\n\n"
          + spec_table(report)),

@@ -21,6 +21,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from ablations.run import main
 from ablations.store import RESULT_FILE
 
+pytestmark = pytest.mark.slow  # every test reads one small sweep (four trials)
+
 SPECS = ("pixel+bn", "pixel+maxnorm=3")  # the notebook suite's 3rd and 7th specs
 EPOCHS = 2
 
@@ -160,7 +162,6 @@ def _check_sessions(base: str, logdir: Path) -> None:
         assert value == pytest.approx(expected["metrics"]["test/acc"])
 
 
-@pytest.mark.slow
 def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path):
     server, base = _serve(logdir)
     try:
