@@ -133,19 +133,18 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     sizes = dm.verify()
     dm.setup("fit")  # load before the model exists, so the memory reading freed is handed back first
     release_memory()
-    # RegularizedClassifier(compile=...) comes with the library's issue-14 change; until then only --compile needs it
-    model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay,
-                                  **({"compile": options.compile} if options.compile else {}))
-    logger, monitor = TrialLogger(paths.folder), TrialMonitor()
-    trainer = pl.Trainer(**trainer_kwargs(options, s), logger=logger, callbacks=[monitor, StopWhenInterrupted()])
+    model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay, compile=options.compile)
+    logger = TrialLogger(paths.folder, trial)
+    monitor = TrialMonitor(Path(options.logdir) / trial.suite)
+    trainer = pl.Trainer(**trainer_kwargs(options, s), logger=logger,
+                         callbacks=[*monitor.callbacks, StopWhenInterrupted()])
     trainer.fit(model, datamodule=dm)
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
     wall = time.perf_counter() - start
     metrics = {**monitor.history[-1], **{k: float(v) for k, v in tested.items()}}
     metrics.pop("epoch", None)
     if trainer.is_global_zero:
-        settings = trial.hashed_settings()
-        logger.log_final_hparams({"spec_name": settings.pop("spec"), **settings})
+        logger.log_trial()
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
             "train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"],

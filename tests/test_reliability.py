@@ -8,12 +8,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from urllib.parse import urlencode
 from pathlib import Path
 
 import pytest
@@ -302,69 +298,6 @@ def test_bad_input_from_the_api_is_a_value_error(make):
 def test_data_errors_from_the_api_are_value_errors(broken_data):
     with pytest.raises(ValueError, match="truncated or corrupt CIFAR-10 file .*test_batch.bin"):
         CIFAR10DataModule(str(broken_data["truncated"]), val_size=100).setup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, body: dict | None = None) -> object:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        raw = response.read()
-    return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
-
-
-def test_tensorboard_serves_scalars_hparams_and_images(reference):
-    logdir, _ = reference
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
-                               "127.0.0.1", "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/data"
-    run = "notebook/pixel+dropout=0.25/seed=0"
-    expected = results(logdir)[run]
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                scalars = _get(f"{base}/plugin/scalars/tags")
-                if run in scalars and "test/acc" in scalars[run]:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "tensorboard did not serve the runs in time"
-            time.sleep(0.5)
-        points = _get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "test/acc"}))
-        assert points[-1][2] == pytest.approx(expected["metrics"]["test/acc"])
-        assert len(_get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "val/acc"}))) == 1
-        assert "notebook/_report" in scalars or "notebook/_report" in _get(f"{base}/runs")
-
-        groups = _get(f"{base}/plugin/hparams/session_groups", {
-            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                                      "STATUS_RUNNING"],
-            "colParams": [{"metric": {"tag": "test/acc"}}, {"hparam": "spec_name"}, {"hparam": "seed"}],
-            "startIndex": 0, "sliceSize": 100})
-        sessions = {g["name"]: g for g in groups["sessionGroups"]}
-        assert len(sessions) == 3
-        session = next(g for g in sessions.values() if g["sessions"][0]["name"] == run)
-        assert session["hparams"]["spec_name"] == "pixel+dropout=0.25" and session["hparams"]["seed"] == 0
-        value = {m["name"]["tag"]: m["value"] for m in session["metricValues"]}["test/acc"]
-        assert value == pytest.approx(expected["metrics"]["test/acc"]) and value != -1
-
-        images = _get(f"{base}/plugin/images/tags")
-        assert "data/one_training_image_per_class" in images[run]
-        listing = _get(f"{base}/plugin/images/images?" + urlencode({"run": run,
-                                                                    "tag": "data/one_training_image_per_class"}))
-        png = _get(f"{base}/plugin/images/individualImage?{listing[0]['query']}")
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        assert "results/test_accuracy" in images["notebook/_report"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow

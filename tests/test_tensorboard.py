@@ -1,0 +1,184 @@
+"""What TensorBoard shows after a sweep: typed HParams with the varying columns first, per-epoch scalars with the
+accuracy curves first, BatchNorm diagnostics, one sample grid per suite, and the report; read back from the event
+files and, in one test, from a real `tensorboard` server over its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from ablations.run import main
+from ablations.store import RESULT_FILE
+
+pytestmark = pytest.mark.slow  # every test reads one small sweep (four trials)
+
+SPECS = ("pixel+bn", "pixel+maxnorm=3")  # the notebook suite's 3rd and 7th specs
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
+    """Two specs x two seeds x two epochs of the notebook suite, with its report."""
+    logdir = tmp_path_factory.mktemp("board")
+    assert main(["--data-dir", str(cifar_dir), "--logdir", str(logdir), "--only", *SPECS, "--seeds", "0,1",
+                 "--epochs", str(EPOCHS), "--val-size", "100", "--batch-size", "64"]) == 0
+    return logdir
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0,
+                                                                "histograms": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def trial_dir(logdir: Path, spec: str, seed: int = 0) -> Path:
+    return logdir / "notebook" / spec / f"seed={seed}"
+
+
+def test_trial_hparams_are_typed_and_named_briefly(logdir: Path):
+    run = events(trial_dir(logdir, "pixel+bn", seed=1))
+    content = run.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" not in content  # the suite's _report run holds the one experiment record
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = start.hparams
+    assert values["spec/batchnorm"].WhichOneof("kind") == "bool_value" and values["spec/batchnorm"].bool_value
+    assert values["spec/max_norm"].number_value == 0.0  # off
+    assert values["seed"].number_value == 1 and values["spec"].string_value == "pixel+bn"
+    assert values["settings/epochs"].number_value == EPOCHS
+    assert not {"data_dir", "download", "num_workers", "spec_name", "augment"} & set(values)
+    assert start.group_name == "03 s1 notebook"
+    assert "trial/settings" in run.Tags()["tensors"]
+
+
+def test_scalars_are_per_epoch_and_accuracy_comes_first(logdir: Path):
+    run = events(trial_dir(logdir, "pixel+maxnorm=3"))
+    scalars = run.Tags()["scalars"]
+    assert [e.step for e in run.Scalars("val/acc")] == [1, 2] and [e.step for e in run.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in run.Scalars("test/acc")] == [EPOCHS]
+    assert [e.value for e in run.Scalars("accuracy/val")] == [e.value for e in run.Scalars("val/acc")]
+    assert {"accuracy/train", "accuracy/val", "accuracy/test"} <= set(scalars)
+    assert "epoch" not in scalars and "hp_metric" not in scalars
+    assert min(tag.split("/")[0] for tag in scalars) == "accuracy"  # Time Series opens the first groups by name
+    assert [e.step for e in run.Histograms("weights/backbone.hidden")] == [1, 2]
+
+
+def test_batchnorm_drift_is_logged_per_epoch_for_batchnorm_specs(logdir: Path):
+    bn = events(trial_dir(logdir, "pixel+bn"))
+    assert [e.step for e in bn.Scalars("val/bn_mean_gap")] == [1, 2]
+    assert all(e.value > 0 for e in bn.Scalars("val/bn_std_ratio"))
+    result = json.loads((trial_dir(logdir, "pixel+bn") / RESULT_FILE).read_text())
+    assert all("val/bn_mean_gap" in epoch for epoch in result["history"])
+    assert "val/bn_mean_gap" not in events(trial_dir(logdir, "pixel+maxnorm=3")).Tags()["scalars"]
+    assert "BN: mean gap (running σ)" in (logdir / "notebook" / "results.md").read_text()
+
+
+def test_one_sample_grid_per_suite(logdir: Path):
+    assert events(logdir / "notebook" / "_samples").Tags()["images"] == ["samples/one_training_image_per_class"]
+    assert all(not events(trial_dir(logdir, spec, seed)).Tags()["images"] for spec in SPECS for seed in (0, 1))
+
+
+def test_hparams_yaml_holds_the_real_hyperparameters(logdir: Path):
+    saved = yaml.safe_load((trial_dir(logdir, "pixel+bn") / "hparams.yaml").read_text())
+    assert saved["spec"]["batchnorm"] is True and saved["spec_name"] == "pixel+bn" and saved["seed"] == 0
+    assert saved["epochs"] == EPOCHS and saved["lr"] == 0.001 and saved["suite"] == "notebook"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+    return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
+
+
+def _serve(logdir: Path) -> tuple[subprocess.Popen, str]:
+    """A real tensorboard on 127.0.0.1, once it serves every trial's test/acc."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
+                               "127.0.0.1", "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data"
+    deadline = time.monotonic() + 120  # a start-up limit, not a speed assertion
+    while True:
+        try:
+            scalars = _get(f"{base}/plugin/scalars/tags")
+            if sum("test/acc" in tags for tags in scalars.values()) == 2 * len(SPECS):
+                return server, base
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            server.terminate()
+            pytest.fail("tensorboard did not serve the runs")
+        time.sleep(0.5)
+
+
+def _check_experiment(base: str) -> None:
+    """The columns in TensorBoard's order: what varies first (it ticks the first five), typed; then the metrics."""
+    experiment = _get(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
+    infos = experiment["hparamInfos"]
+    names = [info["name"] for info in infos]
+    assert names[:4] == ["seed", "spec", "spec/batchnorm", "spec/max_norm"]
+    assert [info.get("differs", False) for info in infos] == [True] * 4 + [False] * (len(infos) - 4)
+    types = {info["name"]: info["type"] for info in infos}
+    assert types["seed"] == types["spec/max_norm"] == types["spec/l2"] == "DATA_TYPE_FLOAT64"
+    assert types["spec"] == types["spec/normalize"] == "DATA_TYPE_STRING"
+    assert types["spec/batchnorm"] == types["spec/augment"] == "DATA_TYPE_BOOL"
+    assert not [n for n in names if n.startswith("settings/")]  # constant settings are in the report's text
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]][:3] == ["test/acc", "val/acc", "test/loss"]
+
+
+def _check_sessions(base: str, logdir: Path) -> None:
+    groups = _get(f"{base}/plugin/hparams/session_groups", {
+        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                  "STATUS_RUNNING"],
+        "colParams": [{"metric": {"tag": "test/acc"}}, {"hparam": "spec"}, {"hparam": "seed"},
+                      {"hparam": "spec/batchnorm"}], "startIndex": 0, "sliceSize": 100})["sessionGroups"]
+    names = [g["name"] for g in groups]
+    assert len(set(names)) == len(names) == 4 and all(len(name) <= 14 for name in names)
+    for group in groups:
+        session = group["sessions"][0]["name"]
+        expected = json.loads((logdir / session / RESULT_FILE).read_text())
+        assert group["hparams"]["spec"] == expected["spec"] and group["hparams"]["seed"] == expected["seed"]
+        assert group["hparams"]["spec/batchnorm"] is expected["spec_fields"]["batchnorm"]
+        value = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["test/acc"]
+        assert value == pytest.approx(expected["metrics"]["test/acc"])
+
+
+def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path):
+    server, base = _serve(logdir)
+    try:
+        _check_experiment(base)
+        _check_sessions(base, logdir)
+        run = "notebook/pixel+bn/seed=0"
+        points = _get(f"{base}/plugin/scalars/scalars?" + urlencode({"run": run, "tag": "val/acc"}))
+        assert [point[1] for point in points] == [1, 2]  # [wall time, step, value]: the step is the epoch
+        images = _get(f"{base}/plugin/images/tags")
+        assert list(images["notebook/_samples"]) == ["samples/one_training_image_per_class"]
+        assert {"report/test_accuracy", "report/val_accuracy"} <= set(images["notebook/_report"])
+        listing = _get(f"{base}/plugin/images/images?" + urlencode({"run": "notebook/_report",
+                                                                    "tag": "report/test_accuracy"}))
+        png = _get(f"{base}/plugin/images/individualImage?{listing[0]['query']}")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        text = _get(f"{base}/plugin/text/text?" + urlencode({"run": "notebook/_report", "tag": "report/results"}))
+        assert "95% CI" in text[0]["text"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
