@@ -56,10 +56,10 @@ TOKENS: tuple[Token, ...] = (
     Token("pixel", "normalize", flag="pixel"),
     Token("channel", "normalize", flag="channel"),
     Token("bn", "batchnorm", flag=True),
-    Token("l1", "l1", number="finite float >= 0", accepts=_non_negative),
-    Token("l2", "l2", number="finite float >= 0", accepts=_non_negative),
-    Token("maxnorm", "max_norm", number="finite float > 0", accepts=lambda x: math.isfinite(x) and x > 0),
-    Token("dropout", "dropout", number="float in [0, 1)", accepts=lambda x: 0 <= x < 1),
+    Token("l1", "l1", number="a finite number >= 0", accepts=_non_negative),
+    Token("l2", "l2", number="a finite number >= 0", accepts=_non_negative),
+    Token("maxnorm", "max_norm", number="a finite number > 0", accepts=lambda x: math.isfinite(x) and x > 0),
+    Token("dropout", "dropout", number="in [0, 1)", accepts=lambda x: 0 <= x < 1),
     Token("augment", "augment", flag=True),
 )
 TOKENS_BY_TEXT: dict[str, Token] = {token.text: token for token in TOKENS}
@@ -78,6 +78,14 @@ def _number(value: float) -> str:
 
 def _valid_tokens() -> str:
     return f"valid tokens: {' '.join(VALID_TOKENS)}"
+
+
+def _conflict(previous: str, token: str, text: str) -> str:
+    """The error message for two tokens of spec `text` that set one field."""
+    key = token.partition("=")[0]
+    if previous.partition("=")[0] == key:
+        return f"repeated token {key!r} in spec {text!r}"
+    return f"two normalizations ({previous!r} and {token!r}) in spec {text!r}; choose one"  # the one such field
 
 
 def _read_token(token: str, text: str) -> tuple[Token, Any]:
@@ -139,10 +147,10 @@ class RegularizationSpec:
         if value is None and _OFF[token.field] is None:
             return
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{token.field}={value!r} must be a number ({token.number})")
+            raise TypeError(f"{token.field}={value!r} must be a number, {token.number}")
         value = float(value)
         if value != _OFF[token.field] and not token.accepts(value):
-            raise ValueError(f"{token.field}={value} must be a {token.number}")
+            raise ValueError(f"{token.field}={value} must be {token.number}")
         object.__setattr__(self, token.field, value)
 
     def _check_flag(self, name: str) -> None:
@@ -172,8 +180,7 @@ class RegularizationSpec:
         for token in tokens:
             known, value = _read_token(token, text)
             if known.field in set_by:
-                raise ValueError(f"token {token!r} repeats or contradicts {set_by[known.field]!r} (both set "
-                                 f"{known.field}) in spec {text!r}; choose one")
+                raise ValueError(_conflict(set_by[known.field], token, text))
             set_by[known.field], values[known.field] = token, value
         try:
             return cls(**values)
