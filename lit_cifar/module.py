@@ -249,16 +249,25 @@ class RegularizedClassifier(pl.LightningModule):
             self.backbone.compile()  # in place: parameter names (and checkpoints) stay those of the plain backbone
             self._compiled = True
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Give a data module of another class than the one saved (e.g. your subclass) the checkpoint's data
-        state: Lightning restores it only into a class of the same name."""
-        dm = self._datamodule()
-        if not isinstance(dm, CIFAR10DataModule) or type(dm).__qualname__ in checkpoint:
-            return
+    @staticmethod
+    def saved_data_state(checkpoint: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The `CIFAR10DataModule.state_dict` a checkpoint holds, whatever the data module's class name."""
         for value in checkpoint.values():
             if isinstance(value, dict) and CIFAR10DataModule.STATE_KEYS <= value.keys():
-                dm.load_state_dict(value)
-                return
+                return value
+        return None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Give a data module of another class than the one saved (e.g. your subclass) the checkpoint's data state
+        (Lightning restores it only into a class of the same name). A checkpoint written before the model kept its
+        input statistics gets them from that data state."""
+        data = self.saved_data_state(checkpoint)
+        weights = checkpoint.get("state_dict", {})
+        if data is not None and "input_norm.mean" not in weights:
+            weights["input_norm.mean"], weights["input_norm.std"] = data["mean"], data["std"]
+        dm = self._datamodule()
+        if data is not None and isinstance(dm, CIFAR10DataModule) and type(dm).__qualname__ not in checkpoint:
+            dm.load_state_dict(data)
 
     def _sync_input_statistics(self) -> None:
         """An unfitted model takes the data module's statistics; a fitted one (trained, or loaded from a

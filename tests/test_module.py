@@ -457,7 +457,8 @@ def evaluate_logits(module: RegularizedClassifier, images: torch.Tensor) -> torc
 def test_trainer_predict_gives_test_probabilities(trained: TrainedRun, cifar_dir: Path) -> None:
     """``trainer.predict(model, dm)`` once raised "predict_dataloader must be implemented"."""
     dm = make_datamodule(cifar_dir, SPEC, batch_size=64)
-    batches = make_trainer().predict(trained.module, dm)
+    restored = RegularizedClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu")  # fixture untouched
+    batches = make_trainer().predict(restored, dm)
     probabilities = torch.cat(batches)
     assert probabilities.shape == (200, 10)
     torch.testing.assert_close(probabilities.sum(1), torch.ones(200))
@@ -577,3 +578,13 @@ def test_compile_keeps_plain_parameter_names(cifar_dir: Path, tmp_path: Path) ->
     assert not any("_orig_mod" in key for key in module.state_dict())
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(evaluate_logits(plain, images), evaluate_logits(module, images))
+
+
+def test_a_checkpoint_from_before_the_model_kept_statistics_loads(trained: TrainedRun, tmp_path: Path) -> None:
+    """Older checkpoints hold the statistics only in the data module's state: the model takes them from there."""
+    checkpoint = torch.load(trained.checkpoint, weights_only=False, map_location="cpu")
+    for key in ("input_norm.mean", "input_norm.std"):
+        del checkpoint["state_dict"][key]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    restored = RegularizedClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
+    assert restored.input_norm.fitted and torch.equal(restored.input_norm.mean, trained.datamodule.mean)
