@@ -3,6 +3,7 @@
 Public API (other projects import these names)::
 
     from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier, SeedCNN
+    from lit_cifar import LitCifarCLI  # Lightning's CLI with the data linked to the model's spec
 
 The names are imported on first use, so ``lit_cifar.spec`` (pure Python) can be used without importing torch.
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CIFAR10DataModule", "RegularizationSpec", "RegularizedClassifier", "SeedCNN"]
+__all__ = ["CIFAR10DataModule", "LitCifarCLI", "RegularizationSpec", "RegularizedClassifier", "SeedCNN"]
 __version__ = "0.1.0"
 
-_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models",
+_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models", "LitCifarCLI": "lit_cifar.cli",
           "RegularizedClassifier": "lit_cifar.module", "RegularizationSpec": "lit_cifar.spec"}
 
 if TYPE_CHECKING:
+    from lit_cifar.cli import LitCifarCLI
     from lit_cifar.data import CIFAR10DataModule
     from lit_cifar.models import SeedCNN
     from lit_cifar.module import RegularizedClassifier

@@ -1,9 +1,9 @@
-"""CIFAR-10 as in-memory uint8 tensors, and a `LightningDataModule` with train-fit normalization.
+"""CIFAR-10 as in-memory uint8 tensors, and a `LightningDataModule` with train-fit normalization statistics.
 
 Images stay uint8 (N, 3, 32, 32) from disk to the training device. Batches are taken by index from a per-epoch
-seeded permutation (`TensorBatches`) and turned into float inputs on the device, per batch, by
-`CIFAR10DataModule.on_after_batch_transfer`: augmentation (training batches only), then
-``(x - mean) / std`` with statistics fitted on the training split alone.
+seeded permutation (`TensorBatches`) and, on the device, `CIFAR10DataModule.preprocess` augments training batches.
+Standardization, ``(x - mean) / std`` with statistics fitted on the training split alone, is the model's job
+(`lit_cifar.module.InputNormalization`): the data module fits the statistics and the model keeps them.
 """
 
 from __future__ import annotations
@@ -164,18 +164,22 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=generator)
 
 
-class EpochSampler(torch.utils.data.Sampler):
+class EpochSampler(torch.utils.data.DistributedSampler):
     """Indices of one rank's shard, in a new seeded order each epoch when shuffling.
 
-    With ``shuffle`` the order is `epoch_permutation(n, seed, epoch)`; like ``DistributedSampler``, the epoch is
-    set by `set_epoch`, which Lightning calls at the start of every training epoch. With
-    ``world_size > 1`` rank ``r`` takes every ``world_size``-th index starting at ``r``: disjoint shards that
-    together cover the data. Shuffled (training) shards are cut to equal length so every rank runs the same
-    number of steps; unshuffled (evaluation) shards keep every image, so each is counted exactly once.
+    With ``shuffle`` the order is `epoch_permutation(n, seed, epoch)`; the epoch is set by `set_epoch`, which
+    Lightning calls at the start of every training epoch. With ``world_size > 1`` rank ``r`` takes every
+    ``world_size``-th index starting at ``r``: disjoint shards that together cover the data. Shuffled (training)
+    shards are cut to equal length so every rank runs the same number of steps; unshuffled (evaluation) shards
+    keep every image, so each is counted exactly once.
+
+    It is a ``DistributedSampler`` so that Lightning, even with ``use_distributed_sampler=True``, never wraps it in
+    a second one (which would shard the shards: each rank would see half of its part).
     """
 
     def __init__(self, n: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
+        self.n, self.world_size = n, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -220,8 +224,31 @@ class TensorBatches:
             yield self.images[index], self.labels[index]
 
 
+def check_integer(name: str, value: Any, low: int, optional: bool = False) -> None:
+    """`value` must be an integer >= `low` (or None if `optional`): TypeError / ValueError naming `name`."""
+    if optional and value is None:
+        return
+    wanted = f"an integer >= {low}{' or None' if optional else ''}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be {wanted}")
+    if value < low:
+        raise ValueError(f"{name}={value!r} must be {wanted}")
+
+
 class CIFAR10DataModule(pl.LightningDataModule):
-    """CIFAR-10 with a held-out validation split and normalization fitted on the training split only.
+    """CIFAR-10 with a held-out validation split and normalization statistics fitted on the training split only.
+
+    **Batches** are ``(uint8 images (B, 3, 32, 32), int64 labels (B,))``, cut from tensors on the training device
+    (``num_workers=0``) or served by a worker ``DataLoader`` in the same order. On the device,
+    `on_after_batch_transfer` applies `preprocess` (augmentation of training batches; override it to plug in your
+    own). Batches stay in 0-255 units: standardizing them with `mean` and `std` is the model's job
+    (`RegularizedClassifier` takes the statistics from this module when fitting starts and keeps them in its
+    checkpoints). Prediction batches are ``(uint8 images, index)``.
+
+    **Under DDP** every rank takes a disjoint shard of each split (evaluation counts each image exactly once),
+    whatever the Trainer's ``use_distributed_sampler``.
+
+    **Checkpoints** hold `state_dict`: the statistics and the split (``val_size``, ``split_seed``, ``limit_train``).
 
     Args:
         data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's pickles) or ``cifar-10-batches-bin/``
@@ -238,7 +265,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
             ``torch.utils.data.DataLoader`` with that many worker processes (same order, slower).
         seed: seed of the per-epoch training order; ``None`` takes ``torch.initial_seed()`` at `setup`, which
             ``lightning.seed_everything(s)`` sets to ``s``.
+
+    Raises:
+        ValueError, TypeError: naming the argument, for a value of the wrong type or out of range.
     """
+
+    STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
+    SPLIT_KEYS = ("val_size", "split_seed", "limit_train")
 
     def __init__(self, data_dir: Optional[str] = None, normalize: Normalization = "pixel", val_size: int = 5000,
                  split_seed: int = 0, batch_size: int = 128, limit_train: Optional[int] = None,
@@ -247,12 +280,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-        for name, value, low in (("val_size", val_size, 0), ("batch_size", batch_size, 1),
-                                 ("num_workers", num_workers, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-        if limit_train is not None and (not isinstance(limit_train, int) or limit_train < 1):
-            raise ValueError(f"limit_train={limit_train!r} must be a positive integer or None")
+        for name, value, low, optional in (("val_size", val_size, 0, False), ("batch_size", batch_size, 1, False),
+                                           ("num_workers", num_workers, 0, False), ("split_seed", split_seed, 0, False),
+                                           ("limit_train", limit_train, 1, True), ("seed", seed, 0, True)):
+            check_integer(name, value, low, optional)
+        for name, value in (("augment", augment), ("download", download)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}={value!r} must be True or False")
+        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir={data_dir!r} must be a path (str) or None")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.normalize, self.val_size, self.split_seed = normalize, val_size, split_seed
@@ -261,7 +297,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.classes: tuple[str, ...] = CLASSES
         self.mean: Optional[Tensor] = None
         self.std: Optional[Tensor] = None
-        self.train_images = self.val_images = self.test_images = None
+        self.train_images = self.val_images = self.test_images = self.predict_images = None
         self.train_labels = self.val_labels = self.test_labels = None
 
     @classmethod
@@ -378,8 +414,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
     # -------------------------------------------------------------------------------------------- batches
     def _batches(self, images: Tensor, labels: Tensor, train: bool) -> Any:
         """Device-resident `TensorBatches` (``num_workers == 0``) or a plain worker `DataLoader` in the same
-        order. Either way this module shards across ranks itself: use ``Trainer(use_distributed_sampler=False)``
-        under DDP."""
+        order, sharded across ranks by `EpochSampler` under DDP."""
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = EpochSampler(len(labels), shuffle=train, seed=self.seed, rank=rank, world_size=world)
@@ -393,33 +428,69 @@ class CIFAR10DataModule(pl.LightningDataModule):
                                            generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> Any:
+        """The training split's batches of ``(uint8 images, labels)``, reshuffled every epoch (seeded)."""
         return self._batches(self.train_images, self.train_labels, train=True)
 
     def val_dataloader(self) -> Any:
+        """The validation split's batches of ``(uint8 images, labels)``, in order, each image once."""
         return self._batches(self.val_images, self.val_labels, train=False)
 
     def test_dataloader(self) -> Any:
+        """The test split's batches of ``(uint8 images, labels)``, in order, each image once."""
         return self._batches(self.test_images, self.test_labels, train=False)
 
+    def set_predict_images(self, images: Optional[Tensor]) -> None:
+        """Predict on `images` (uint8, (N, 3, 32, 32)) instead of the test split; ``None`` goes back to it."""
+        if images is not None and (not isinstance(images, Tensor) or images.dtype != torch.uint8
+                                   or tuple(images.shape[1:]) != IMAGE_SHAPE):
+            raise ValueError(f"predict images must be a uint8 tensor of shape (N, {', '.join(map(str, IMAGE_SHAPE))})"
+                             f", got {getattr(images, 'dtype', type(images).__name__)} "
+                             f"{tuple(getattr(images, 'shape', ()))}")
+        self.predict_images = images
+
+    def predict_dataloader(self) -> Any:
+        """Batches of ``(uint8 images, index)`` for ``trainer.predict``: the test split, or the images given to
+        `set_predict_images`, in order, each image once; ``index`` is the image's position in them."""
+        images = self.predict_images if self.predict_images is not None else self.test_images
+        return self._batches(images, torch.arange(len(images)), train=False)
+
     def preprocess(self, images: Tensor, train: bool) -> Tensor:
-        """uint8 images on any device -> float inputs: augmentation if training and asked for, then
-        ``(x - mean) / std`` with the training-split statistics."""
+        """The batch transform, on the device the model runs on: uint8 images in, images in 0-255 units out.
+
+        The default augments training batches (`random_crop_flip`) when ``augment`` and leaves evaluation batches
+        as they are. Override it in a subclass to plug in your own augmentation; it may return uint8 or float
+        images, and the model standardizes whatever it returns.
+        """
         if train and self.augment:
-            images = random_crop_flip(images)
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float() - mean) / std
+            return random_crop_flip(images)
+        return images
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """`preprocess` every batch once it is on the device (training batches as such only while fitting)."""
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.preprocess(images, train=training), labels
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """The normalization a checkpoint needs to reproduce this model's inputs."""
+        """What a checkpoint needs to rebuild this data: the normalization statistics and the split."""
         return {"normalize": self.normalize, "mean": self.mean, "std": self.std, "split_seed": self.split_seed,
                 "val_size": self.val_size, "limit_train": self.limit_train}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.normalize = state_dict["normalize"]
+        """Restore a checkpoint's statistics and split; data already loaded with another split is split again.
+
+        Raises:
+            ValueError: the checkpoint's ``normalize`` is not this module's.
+        """
+        if state_dict["normalize"] != self.normalize:
+            raise ValueError(f"the checkpoint's data was normalized with normalize={state_dict['normalize']!r}, "
+                             f"this data module has normalize={self.normalize!r}")
+        split = {key: state_dict[key] for key in self.SPLIT_KEYS if key in state_dict}  # older checkpoints: none
+        changed = any(getattr(self, key) != value for key, value in split.items())
+        for key, value in split.items():
+            setattr(self, key, value)
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+        if changed and self.train_images is not None:
+            self.train_images = None
+            self.setup()

@@ -1,85 +1,218 @@
-"""`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would."""
+"""`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would.
+
+Batches are ``(images, labels)`` with images in 0-255 units, uint8 as `CIFAR10DataModule` serves them. The model
+standardizes them itself (`InputNormalization`), with the training split's statistics kept as buffers, so a
+checkpoint alone is enough to classify raw images.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Optional, Union
+import math
+import numbers
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, Optional, Union
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule
 from lit_cifar.models import SeedCNN
-from lit_cifar.spec import RegularizationSpec
+from lit_cifar.spec import Normalization, RegularizationSpec
+
+# A function from the model's parameters to an optimizer: Lightning's `lightning.pytorch.cli.OptimizerCallable`,
+# so LightningCLI fills it from ``--model.optimizer torch.optim.SGD --model.optimizer.lr 0.1``.
+OptimizerCallable = Callable[[Iterable], Optimizer]
 
 STAGES = ("train", "val", "test")
+PROGRESS_BAR = ("train/loss", "train/acc", "val/loss", "val/acc")  # the logged metrics the progress bar shows
+# Layer types that implement what the spec's `bn` and `dropout` ask for, in any backbone.
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d,
+              nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+# Constructor arguments that are how a model runs, not what it is: left out of the saved hyperparameters, so a
+# checkpoint loads without them and LightningCLI's --ckpt_path does not override them.
+RUNTIME_ARGUMENTS = ["backbone", "optimizer", "compile", "predict_logits"]
 
 
 def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
-    """The layers penalties and max-norm act on: those ``backbone.regularized_layers()`` names, or, if it names
-    none, every ``nn.Linear`` except the last one in module order (the output layer)."""
+    """The layers penalties and max-norm act on: those ``backbone.regularized_layers()`` names, or, if it has no
+    such method, every ``nn.Linear`` except the last one in module order (the output layer)."""
     named = getattr(backbone, "regularized_layers", None)
-    layers = list(named()) if callable(named) else []
-    if layers:
-        return layers
+    if callable(named):
+        return list(named())
     return [m for m in backbone.modules() if isinstance(m, nn.Linear)][:-1]
 
 
-def make_adam(params: Any, lr: float, eps: float) -> torch.optim.Adam:
-    """Adam with the fused kernel where the parameters' device supports it, else the default implementation."""
+def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
+    """Refuse a spec that `backbone` cannot honour, so that no technique is silently ignored.
+
+    Raises:
+        ValueError: the spec asks for l1, l2 or max-norm and no layer is regularized; asks for ``bn`` and the
+            backbone has no BatchNorm layer; asks for ``dropout=P`` and the backbone has no Dropout layer of
+            probability P.
+        TypeError: a regularized layer has no ``weight`` parameter.
+    """
+    name = type(backbone).__name__
+    if (spec.l1 or spec.l2 or spec.max_norm is not None) and not regularized:
+        raise ValueError(f"spec {spec.name!r} asks for l1/l2/max-norm but backbone {name} has no regularized layer: "
+                         "give it a regularized_layers() method that returns the layers to constrain")
+    for layer in regularized:
+        if not isinstance(getattr(layer, "weight", None), nn.Parameter):
+            raise TypeError(f"regularized layer {layer!r} of backbone {name} has no weight parameter")
+    if spec.batchnorm and not any(isinstance(m, BATCHNORMS) for m in backbone.modules()):
+        raise ValueError(f"spec {spec.name!r} asks for bn but backbone {name} has no BatchNorm layer")
+    rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS)})
+    if spec.dropout and rates != [spec.dropout]:
+        raise ValueError(f"spec {spec.name!r} asks for dropout={spec.dropout} but backbone {name} has Dropout "
+                         f"layers with p in {rates}: build the backbone from the spec")
+
+
+def check_number(name: str, value: Any, low: float, inclusive: bool) -> None:
+    """`value` must be a finite number above `low` (or equal to it when `inclusive`); names `name` otherwise."""
+    bound = f"{'>=' if inclusive else '>'} {low}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a number {bound}")
+    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+        raise ValueError(f"{name}={value!r} must be a finite number {bound}")
+
+
+def make_adam(params: Any, lr: float, eps: float, fused: bool = True) -> torch.optim.Adam:
+    """Adam with the fused kernel if `fused` and the parameters' device supports it, else the default one."""
     params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr, eps=eps)
+
+
+class InputNormalization(nn.Module):
+    """``(x - mean) / std`` of images in 0-255 units, with statistics fitted on the training split.
+
+    The statistics are buffers, so they travel in the model's ``state_dict`` and checkpoints: per pixel (3x32x32)
+    for ``"pixel"``, per channel (3x1x1) for ``"channel"``, fixed at 0 and 1 for ``"none"``. Until
+    `set_statistics` (or loading a checkpoint) fits them, images pass through unstandardized, with a warning.
+    """
+
+    def __init__(self, normalize: Normalization = "none") -> None:
+        super().__init__()
+        self.normalize = normalize
+        shape = IMAGE_SHAPE if normalize == "pixel" else (IMAGE_SHAPE[0], 1, 1)
+        unfitted = math.nan if normalize != "none" else None  # NaN marks statistics nobody has fitted
+        self.register_buffer("mean", torch.full(shape, unfitted if unfitted else 0.0))
+        self.register_buffer("std", torch.full(shape, unfitted if unfitted else 1.0))
+        self.fitted = unfitted is None
+        self._warned = False
+        self.register_load_state_dict_post_hook(InputNormalization._after_load)
+
+    @staticmethod
+    def _after_load(module: InputNormalization, incompatible_keys: Any) -> None:
+        module.fitted = bool(torch.isfinite(module.mean).all() and torch.isfinite(module.std).all())
+
+    @torch.no_grad()
+    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. ``CIFAR10DataModule.mean``/``std``."""
+        if tuple(mean.shape) != tuple(self.mean.shape) or tuple(std.shape) != tuple(self.std.shape):
+            raise ValueError(f"normalize={self.normalize!r} needs mean and std of shape {tuple(self.mean.shape)}, "
+                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+        self.fitted = True
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.to(self.mean.dtype)
+        if self.fitted:
+            return (x - self.mean) / self.std
+        if not self._warned:
+            warnings.warn(f"normalize={self.normalize!r} statistics are not fitted: images pass through "
+                          "unstandardized. Train with a CIFAR10DataModule or call set_input_statistics(mean, std).",
+                          RuntimeWarning, stacklevel=2)
+            self._warned = True
+        return x
 
 
 class RegularizedClassifier(pl.LightningModule):
     """Image classifier trained with the regularization a spec asks for, with the notebook's Keras semantics.
 
-    * Loss: cross-entropy on logits + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it
-      (``train/penalty`` is logged on its own, so the data term is ``loss - penalty``).
-    * Optimizer: Adam(lr, eps=adam_eps) with Keras's legacy time decay: optimizer step ``t`` (from 0) uses
-      ``lr / (1 + lr_decay * t)``.
+    * Inputs: ``(images, labels)`` batches, images (B, 3, 32, 32) in 0-255 units (uint8 from `CIFAR10DataModule`,
+      or float). ``model(images)`` standardizes them with the training split's statistics (taken from the data
+      module when fitting starts and saved in checkpoints; see `set_input_statistics`) and returns logits.
+    * Loss: cross-entropy on logits + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it,
+      and ``*/ce`` the cross-entropy alone (``train/penalty`` is logged on its own).
+    * Optimizer: Adam(lr, eps=adam_eps) (fused where it is safe), or the `optimizer` you inject, with Keras's
+      legacy time decay: optimizer step ``t`` (from 0) uses ``lr / (1 + lr_decay * t)``.
     * Max-norm: after every optimizer step, each row of every regularized layer's weight (one unit's incoming
-      weights; Keras ``MaxNorm(axis=0)`` on its (in, out) kernel) is rescaled to L2 norm ``<= max_norm``.
-    * Logged once per epoch: ``train/loss``, ``train/penalty``, ``train/acc``, ``val/loss``, ``val/acc``,
-      ``test/loss``, ``test/acc`` (accumulated on the device, no per-step host sync).
+      weights; Keras ``MaxNorm(axis=0)`` on its (in, out) kernel) is rescaled to L2 norm ``<= max_norm``;
+      ``train/maxnorm_rescaled`` is the fraction of rows rescaled, averaged over the epoch's steps.
+    * Logged once per epoch: ``{train,val,test}/{loss,ce,acc}`` and ``train/penalty`` (accumulated on the device,
+      no per-step host sync); loss and accuracy of train and val on the progress bar.
+    * Predict: `predict_step` returns class probabilities (logits with ``predict_logits=True``) for batches of
+      images or of ``(images, anything)``.
 
     Args:
         spec: a `RegularizationSpec`, its text form (``"pixel+bn+dropout=0.25"``) or its `to_dict()`.
-        lr: Adam learning rate at step 0.
-        lr_decay: Keras ``decay``: the rate at step t is ``lr / (1 + lr_decay * t)``.
-        adam_eps: Adam epsilon (Keras's default 1e-7).
+        lr: Adam learning rate at step 0 (finite, > 0).
+        lr_decay: Keras ``decay`` (finite, >= 0): the rate at step t is ``lr / (1 + lr_decay * t)``.
+        adam_eps: Adam epsilon (Keras's default 1e-7; finite, > 0).
         backbone: the network; ``None`` builds ``SeedCNN(spec)``. Penalties and max-norm act on the layers its
-            ``regularized_layers()`` returns, or, if it has none, on every ``nn.Linear`` but the last.
-            A backbone is not saved in the hyperparameters: pass it again to ``load_from_checkpoint``.
-        num_classes: number of classes (logits).
+            ``regularized_layers()`` returns, or, if it has no such method, on every ``nn.Linear`` but the last.
+            A spec it cannot honour is a ValueError (see `check_backbone`). Not saved in the hyperparameters:
+            pass it again to ``load_from_checkpoint``.
+        num_classes: number of classes (logits); must match the data module's classes.
+        optimizer: a callable ``params -> Optimizer`` replacing the default Adam (``lr`` and ``adam_eps`` then go
+            unused; the ``lr_decay`` schedule still applies), e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``.
+        compile: ``torch.compile`` the backbone in `configure_model` (same math, other kernels); checkpoints
+            keep the uncompiled parameter names.
+        predict_logits: `predict_step` returns logits instead of probabilities.
     """
 
     def __init__(self, spec: Union[RegularizationSpec, str, Mapping[str, Any]] = "baseline", lr: float = 1e-3,
                  lr_decay: float = 1e-6, adam_eps: float = 1e-7, backbone: Optional[nn.Module] = None,
-                 num_classes: int = 10) -> None:
+                 num_classes: int = 10, optimizer: Optional[OptimizerCallable] = None, compile: bool = False,
+                 predict_logits: bool = False) -> None:
         super().__init__()
         self.spec = RegularizationSpec.coerce(spec)
-        # The spec is stored as a dict: TensorBoard shows each field (spec/l2, spec/dropout, ...), and
-        # `load_from_checkpoint` passes it back to `spec`, which accepts that form.
-        self.save_hyperparameters({"spec": self.spec.to_dict(), "lr": lr, "lr_decay": lr_decay,
-                                   "adam_eps": adam_eps, "num_classes": num_classes})
+        for name, value, low, inclusive in (("lr", lr, 0, False), ("lr_decay", lr_decay, 0, True),
+                                            ("adam_eps", adam_eps, 0, False), ("num_classes", num_classes, 2, True)):
+            check_number(name, value, low, inclusive)
+        if not isinstance(num_classes, int):
+            raise TypeError(f"num_classes={num_classes!r} must be an integer >= 2")
+        spec = self.spec.to_dict()  # saved as plain data: TensorBoard shows each field, checkpoints load safely
+        self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
+        self.optimizer_factory, self.compile_backbone, self.predict_logits = optimizer, compile, predict_logits
+        self.input_norm = InputNormalization(self.spec.normalize)
         self.backbone = backbone if backbone is not None else SeedCNN(self.spec, num_classes=num_classes)
         self.regularized = default_regularized_layers(self.backbone)
-        # nan_strategy="disable": a NaN loss must show in the logs, not be dropped from the mean.
-        # Keyed "<stage>/<metric>" as logged ("train" alone would clash with nn.Module.train).
-        self.epoch_metrics = nn.ModuleDict({"train/penalty": MeanMetric(nan_strategy="disable")})
-        for stage in STAGES:
-            self.epoch_metrics[f"{stage}/loss"] = MeanMetric(nan_strategy="disable")
-            self.epoch_metrics[f"{stage}/acc"] = MulticlassAccuracy(num_classes, average="micro")
+        check_backbone(self.spec, self.backbone, self.regularized)
+        self.epoch_metrics = self._make_metrics(num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+    def _make_metrics(self, num_classes: int) -> nn.ModuleDict:
+        """One metric per logged name, keyed "<stage>/<metric>" ("train" alone would clash with nn.Module.train).
+        nan_strategy="disable": a NaN loss must show in the logs, not be dropped from the mean."""
+        metrics = nn.ModuleDict({"train/penalty": MeanMetric(nan_strategy="disable")})
+        for stage in STAGES:
+            metrics[f"{stage}/loss"] = MeanMetric(nan_strategy="disable")
+            metrics[f"{stage}/acc"] = MulticlassAccuracy(num_classes, average="micro")
+            metrics[f"{stage}/ce"] = MeanMetric(nan_strategy="disable")
+        if self.spec.max_norm is not None:
+            metrics["train/maxnorm_rescaled"] = MeanMetric(nan_strategy="disable")
+        return metrics
+
+    # ------------------------------------------------------------------------------------------- the network
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits of images in 0-255 units (uint8 or float), standardized with the model's statistics."""
+        return self.backbone(self.input_norm(images))
+
+    def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Standardize inputs with `mean` and `std` (0-255 units), as fitted by ``CIFAR10DataModule.setup``."""
+        self.input_norm.set_statistics(mean, std)
 
     def named_regularized_layers(self) -> list[tuple[str, nn.Module]]:
         """``(name, layer)`` of every layer penalties and max-norm act on, named as in ``named_modules()``."""
@@ -97,20 +230,94 @@ class RegularizedClassifier(pl.LightningModule):
                 total = total + self.spec.l2 * layer.weight.square().sum()
         return total
 
+    # -------------------------------------------------------------------------------------- data and set-up
+    def _datamodule(self) -> Optional[pl.LightningDataModule]:
+        """The data module of the Trainer this model is attached to, if any."""
+        try:
+            return self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer (e.g. inside load_from_checkpoint)
+            return None
+
+    def setup(self, stage: str) -> None:
+        classes = getattr(self._datamodule(), "classes", None)
+        if classes is not None and len(classes) != self.hparams.num_classes:
+            raise ValueError(f"num_classes={self.hparams.num_classes} but the data module has {len(classes)} "
+                             f"classes")
+
+    def configure_model(self) -> None:
+        if self.compile_backbone and not getattr(self, "_compiled", False):
+            self.backbone.compile()  # in place: parameter names (and checkpoints) stay those of the plain backbone
+            self._compiled = True
+
+    @staticmethod
+    def saved_data_state(checkpoint: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The `CIFAR10DataModule.state_dict` a checkpoint holds, whatever the data module's class name."""
+        for value in checkpoint.values():
+            if isinstance(value, dict) and CIFAR10DataModule.STATE_KEYS <= value.keys():
+                return value
+        return None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Give a data module of another class than the one saved (e.g. your subclass) the checkpoint's data state
+        (Lightning restores it only into a class of the same name). A checkpoint written before the model kept its
+        input statistics gets them from that data state."""
+        data = self.saved_data_state(checkpoint)
+        weights = checkpoint.get("state_dict", {})
+        if data is not None and "input_norm.mean" not in weights:
+            weights["input_norm.mean"], weights["input_norm.std"] = data["mean"], data["std"]
+        dm = self._datamodule()
+        if data is not None and isinstance(dm, CIFAR10DataModule) and type(dm).__qualname__ not in checkpoint:
+            dm.load_state_dict(data)
+
+    def _sync_input_statistics(self) -> None:
+        """An unfitted model takes the data module's statistics; a fitted one (trained, or loaded from a
+        checkpoint) gives its own to the data module, so `CIFAR10DataModule.mean`/``std`` describe the model."""
+        dm = self._datamodule()
+        if not isinstance(dm, CIFAR10DataModule) or dm.mean is None:
+            return
+        if dm.normalize != self.spec.normalize:
+            raise ValueError(f"the data module's normalize={dm.normalize!r} does not match the model's spec "
+                             f"{self.spec.name!r} (normalize={self.spec.normalize!r}): build it with "
+                             "CIFAR10DataModule.from_spec(spec, ...)")
+        if not self.input_norm.fitted:
+            self.set_input_statistics(dm.mean, dm.std)
+        elif not (torch.equal(dm.mean, self.input_norm.mean.cpu()) and torch.equal(dm.std, self.input_norm.std.cpu())):
+            dm.mean, dm.std = self.input_norm.mean.cpu().clone(), self.input_norm.std.cpu().clone()
+
+    def on_fit_start(self) -> None:
+        self._sync_input_statistics()
+
+    def on_validation_start(self) -> None:
+        self._sync_input_statistics()
+
+    def on_test_start(self) -> None:
+        self._sync_input_statistics()
+
+    def on_predict_start(self) -> None:
+        self._sync_input_statistics()
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def _log_metrics(self, stage: str, batch_size: int, updates: dict[str, tuple[Tensor, ...]]) -> None:
+        for name, args in updates.items():
+            key = f"{stage}/{name}"
+            metric = self.epoch_metrics[key]
+            metric.update(*args)
+            self.log(key, metric, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=key in PROGRESS_BAR)
+
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, labels = batch
         logits = self(images)
+        ce = F.cross_entropy(logits, labels)
         penalty = self.penalty() if stage == "train" else self._eval_penalty
-        loss = F.cross_entropy(logits, labels) + penalty
-        # One loss value per image, so the epoch mean is over images even with a short last batch (MeanMetric
-        # ignores `weight` under nan_strategy="disable", which we need so that no step syncs with the host).
-        updates = {f"{stage}/loss": (loss.detach().expand(len(labels)),), f"{stage}/acc": (logits.detach(), labels)}
+        loss = ce + penalty
+        # One value per image, so the epoch mean is over images even with a short last batch (MeanMetric ignores
+        # `weight` under nan_strategy="disable", which we need so that no step syncs with the host).
+        n = len(labels)
+        updates = {"loss": (loss.detach().expand(n),), "acc": (logits.detach(), labels),
+                   "ce": (ce.detach().expand(n),)}
         if stage == "train":
-            updates["train/penalty"] = (penalty.detach(),)
-        for name, args in updates.items():
-            metric = self.epoch_metrics[name]
-            metric.update(*args)
-            self.log(name, metric, on_step=False, on_epoch=True, batch_size=len(labels))
+            updates["penalty"] = (penalty.detach(),)
+        self._log_metrics(stage, n, updates)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -128,8 +335,28 @@ class RegularizedClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: Union[Tensor, tuple[Tensor, ...]], batch_idx: int,
+                     dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities (logits if ``predict_logits``) of a batch of images, or of ``(images, ...)``."""
+        images = batch if isinstance(batch, Tensor) else batch[0]
+        logits = self(images)
+        return logits if self.predict_logits else logits.softmax(dim=1)
+
+    # -------------------------------------------------------------------------------------------- optimizer
+    def _fused_is_safe(self) -> bool:
+        """Fused Adam unscales gradients itself, so Lightning cannot clip them under mixed precision."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:
+            return True
+        return not (str(trainer.precision).endswith("-mixed") and trainer.gradient_clip_val)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = make_adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(self.parameters())
+        else:
+            optimizer = make_adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps,
+                                  fused=self._fused_is_safe())
         decay = self.hparams.lr_decay
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -137,11 +364,22 @@ class RegularizedClassifier(pl.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.spec.max_norm is not None:
-            self.apply_max_norm()
+            rescaled = self.apply_max_norm()
+            self._log_metrics("train", 1, {"maxnorm_rescaled": (rescaled,)})
 
     @torch.no_grad()
-    def apply_max_norm(self) -> None:
+    def apply_max_norm(self) -> Tensor:
         """Rescale each row of each regularized weight to L2 norm ``<= max_norm`` (rows under it are untouched;
-        Keras also multiplies those by ``norm / (norm + 1e-7)``, a relative change below 1e-7)."""
+        Keras also multiplies those by ``norm / (norm + 1e-7)``, a relative change below 1e-7).
+
+        Returns the fraction of rows rescaled, as a tensor on the weights' device (no host sync). The row norms
+        are those ``renorm_`` compares with the bound; ``renorm_`` itself does the rescaling, unchanged.
+        """
+        rescaled, rows = torch.zeros((), device=self.device), 0
         for layer in self.regularized:
-            layer.weight.renorm_(p=2, dim=0, maxnorm=self.spec.max_norm)
+            weight = layer.weight
+            norms = torch.linalg.vector_norm(weight, ord=2, dim=tuple(range(1, weight.dim())))
+            rescaled += (norms > self.spec.max_norm).sum()
+            rows += len(norms)
+            weight.renorm_(p=2, dim=0, maxnorm=self.spec.max_norm)
+        return rescaled / max(rows, 1)

@@ -8,16 +8,63 @@ The text form names run directories, TensorBoard runs and result rows, so ``pars
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 Normalization = Literal["none", "pixel", "channel"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "pixel", "channel")
+BASELINE = "baseline"  # the text of the spec with everything off; it cannot be combined with other tokens
 
-# The tokens `parse` accepts, in canonical order. `str(spec)` writes them in this order.
-VALID_TOKENS = ("baseline", "pixel", "channel", "bn", "l1=<float>=0>", "l2=<float>=0>", "maxnorm=<float>0>",
-                "dropout=<float in [0,1)>", "augment")
+
+@dataclass(frozen=True)
+class Token:
+    """One spec token: its text and the field it sets.
+
+    A flag token (``pixel``, ``bn``, ...) sets `field` to `flag`. A numeric token (``l2=X``, ...) has no `flag`:
+    it sets `field` to the number X, which must satisfy `accepts`; `number` says so in words.
+    """
+
+    text: str
+    field: str
+    flag: Any = None
+    number: str = ""
+    accepts: Callable[[float], bool] = bool
+
+    @property
+    def numeric(self) -> bool:
+        return self.flag is None
+
+    def usage(self) -> str:
+        """How the token is written, as the valid-token message lists it."""
+        return f"{self.text}=<{self.number}>" if self.numeric else self.text
+
+    def render(self, value: Any, off: Any) -> str:
+        """The token's text for a field `value` ('' when the token is absent: its field is `off`)."""
+        if self.numeric:
+            return "" if value == off else f"{self.text}={_number(value)}"
+        return self.text if value == self.flag else ""
+
+
+def _non_negative(x: float) -> bool:
+    return math.isfinite(x) and x >= 0
+
+
+# Every token, in the canonical order `str(spec)` writes them: parsing, printing, the valid-token message and the
+# numbers' ranges all come from this table.
+TOKENS: tuple[Token, ...] = (
+    Token("pixel", "normalize", flag="pixel"),
+    Token("channel", "normalize", flag="channel"),
+    Token("bn", "batchnorm", flag=True),
+    Token("l1", "l1", number="a finite number >= 0", accepts=_non_negative),
+    Token("l2", "l2", number="a finite number >= 0", accepts=_non_negative),
+    Token("maxnorm", "max_norm", number="a finite number > 0", accepts=lambda x: math.isfinite(x) and x > 0),
+    Token("dropout", "dropout", number="in [0, 1)", accepts=lambda x: 0 <= x < 1),
+    Token("augment", "augment", flag=True),
+)
+TOKENS_BY_TEXT: dict[str, Token] = {token.text: token for token in TOKENS}
+VALID_TOKENS: tuple[str, ...] = (BASELINE, *(token.usage() for token in TOKENS))
+NORMALIZATIONS: tuple[str, ...] = ("none", *(t.flag for t in TOKENS if t.field == "normalize"))
 
 
 def _number(value: float) -> str:
@@ -27,6 +74,34 @@ def _number(value: float) -> str:
     """
     text = repr(value).replace("e+", "e")
     return text[:-2] if text.endswith(".0") else text
+
+
+def _valid_tokens() -> str:
+    return f"valid tokens: {' '.join(VALID_TOKENS)}"
+
+
+def _conflict(previous: str, token: str, text: str) -> str:
+    """The error message for two tokens of spec `text` that set one field."""
+    key = token.partition("=")[0]
+    if previous.partition("=")[0] == key:
+        return f"repeated token {key!r} in spec {text!r}"
+    return f"two normalizations ({previous!r} and {token!r}) in spec {text!r}; choose one"  # the one such field
+
+
+def _read_token(token: str, text: str) -> tuple[Token, Any]:
+    """The table entry of one token of spec `text` and the value it sets; ValueError naming it if it is bad."""
+    key, has_value, raw = token.partition("=")
+    if key == BASELINE and not has_value:
+        raise ValueError(f"'baseline' cannot be combined with other tokens in spec {text!r}")
+    known = TOKENS_BY_TEXT.get(key)
+    if known is None or bool(has_value) != known.numeric:
+        raise ValueError(f"unknown token {token!r} in spec {text!r}; {_valid_tokens()}")
+    if not known.numeric:
+        return known, known.flag
+    try:
+        return known, float(raw)
+    except ValueError:
+        raise ValueError(f"token {token!r} in spec {text!r}: {raw!r} is not a number; {_valid_tokens()}") from None
 
 
 @dataclass(frozen=True)
@@ -45,32 +120,47 @@ class RegularizationSpec:
             ``<= max_norm`` (Keras ``MaxNorm``); ``None`` is off.
         dropout: drop probability of the Dropout layer after the hidden dense layer; 0 is no Dropout layer.
         augment: random crop with 4-pixel zero padding plus horizontal flip, on training batches only.
+
+    Raises:
+        TypeError: a field of the wrong type (``batchnorm="no"``, ``l2="0.1"``), naming it.
+        ValueError: a value out of range (``dropout=1``, ``normalize="global"``), naming the field.
     """
 
     normalize: Normalization = "none"
     batchnorm: bool = False
     l1: float = 0.0
     l2: float = 0.0
-    max_norm: float | None = None
+    max_norm: Optional[float] = None
     dropout: float = 0.0
     augment: bool = False
 
     def __post_init__(self) -> None:
-        # Store numbers as floats so that `l2=1` and `l2=1.0` are one spec with one name.
-        for name in ("l1", "l2", "dropout"):
-            object.__setattr__(self, name, float(getattr(self, name)))
-        if self.max_norm is not None:
-            object.__setattr__(self, "max_norm", float(self.max_norm))
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize={self.normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-        for name in ("l1", "l2"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}={value} must be a finite number >= 0")
-        if self.max_norm is not None and not (math.isfinite(self.max_norm) and self.max_norm > 0):
-            raise ValueError(f"max_norm={self.max_norm} must be a finite number > 0 (or None for off)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        for token in TOKENS:
+            if token.numeric:
+                self._check_number(token)
+        for name in ("normalize", "batchnorm", "augment"):
+            self._check_flag(name)
+
+    def _check_number(self, token: Token) -> None:
+        """Store the number as a float (`l2=1` and `l2=1.0` are one spec with one name) after checking it."""
+        value = getattr(self, token.field)
+        if value is None and _OFF[token.field] is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{token.field}={value!r} must be a number, {token.number}")
+        value = float(value)
+        if value != _OFF[token.field] and not token.accepts(value):
+            raise ValueError(f"{token.field}={value} must be {token.number}")
+        object.__setattr__(self, token.field, value)
+
+    def _check_flag(self, name: str) -> None:
+        """A flag field holds its default or a value one of its tokens sets, of the same type."""
+        value, off = getattr(self, name), _OFF[name]
+        allowed = (off, *(t.flag for t in TOKENS if t.field == name))
+        if type(value) is not type(off):
+            raise TypeError(f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}")
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
 
     @classmethod
     def parse(cls, text: str) -> RegularizationSpec:
@@ -78,38 +168,20 @@ class RegularizationSpec:
 
         Raises:
             ValueError: naming the bad token and listing the valid ones, for an unknown token, a number that does
-                not parse or is out of range, two normalizations, or a repeated token.
+                not parse or is out of range, two tokens for one field (``pixel+channel``, ``bn+bn``).
         """
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"empty spec {text!r}; valid tokens: {' '.join(VALID_TOKENS)}")
+            raise ValueError(f"empty spec {text!r}; {_valid_tokens()}")
         tokens = [token.strip() for token in text.strip().split("+")]
-        if tokens == ["baseline"]:
+        if tokens == [BASELINE]:
             return cls()
         values: dict[str, Any] = {}
-        seen: set[str] = set()
+        set_by: dict[str, str] = {}
         for token in tokens:
-            key, has_value, raw = token.partition("=")
-            if key in seen:
-                raise ValueError(f"repeated token {key!r} in spec {text!r}")
-            seen.add(key)
-            if key in ("pixel", "channel", "bn", "augment", "baseline") and not has_value:
-                if key == "baseline":
-                    raise ValueError(f"'baseline' cannot be combined with other tokens in spec {text!r}")
-                if key in ("pixel", "channel"):
-                    if "normalize" in values:
-                        raise ValueError(f"two normalizations ({values['normalize']!r} and {key!r}) in spec "
-                                         f"{text!r}; choose one of pixel, channel")
-                    values["normalize"] = key
-                else:
-                    values["batchnorm" if key == "bn" else "augment"] = True
-            elif key in ("l1", "l2", "maxnorm", "dropout") and has_value:
-                try:
-                    number = float(raw)
-                except ValueError:
-                    raise ValueError(f"token {token!r} in spec {text!r}: {raw!r} is not a number") from None
-                values["max_norm" if key == "maxnorm" else key] = number
-            else:
-                raise ValueError(f"unknown token {token!r} in spec {text!r}; valid tokens: {' '.join(VALID_TOKENS)}")
+            known, value = _read_token(token, text)
+            if known.field in set_by:
+                raise ValueError(_conflict(set_by[known.field], token, text))
+            set_by[known.field], values[known.field] = token, value
         try:
             return cls(**values)
         except ValueError as error:
@@ -130,22 +202,8 @@ class RegularizationSpec:
         raise TypeError(f"expected a RegularizationSpec, its text form or a dict, got {type(spec).__name__}")
 
     def __str__(self) -> str:
-        tokens = []
-        if self.normalize != "none":
-            tokens.append(self.normalize)
-        if self.batchnorm:
-            tokens.append("bn")
-        if self.l1:
-            tokens.append(f"l1={_number(self.l1)}")
-        if self.l2:
-            tokens.append(f"l2={_number(self.l2)}")
-        if self.max_norm is not None:
-            tokens.append(f"maxnorm={_number(self.max_norm)}")
-        if self.dropout:
-            tokens.append(f"dropout={_number(self.dropout)}")
-        if self.augment:
-            tokens.append("augment")
-        return "+".join(tokens) or "baseline"
+        tokens = [token.render(getattr(self, token.field), _OFF[token.field]) for token in TOKENS]
+        return "+".join(filter(None, tokens)) or BASELINE
 
     @property
     def name(self) -> str:
@@ -155,3 +213,6 @@ class RegularizationSpec:
     def to_dict(self) -> dict[str, Any]:
         """Flat hyperparameters, one key per field (``max_norm`` is ``None`` when off)."""
         return asdict(self)
+
+
+_OFF: dict[str, Any] = {f.name: f.default for f in fields(RegularizationSpec)}  # every field's "off" value

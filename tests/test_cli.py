@@ -1,8 +1,10 @@
 """`python -m lit_cifar`: Lightning's CLI with the data module's normalization and augmentation linked to
-``--model.spec``. Runs in-process, in a temporary working directory (logged runs write logs/lit_cifar/ there)."""
+``--model.spec``, checkpoints that carry the spec, and bad arguments that exit 2 with one line. Runs in-process, in
+a temporary working directory (logged runs write logs/lit_cifar/ there)."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +13,8 @@ import torch
 import yaml
 from torch import nn
 
-from lit_cifar.__main__ import LitCifarCLI, main
-from lit_cifar.data import CIFAR10DataModule
-from lit_cifar.module import RegularizedClassifier
-from lit_cifar.spec import RegularizationSpec
+from lit_cifar import CIFAR10DataModule, LitCifarCLI, RegularizationSpec, RegularizedClassifier
+from lit_cifar.cli import main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -60,6 +60,14 @@ class FitRun:
     run_dir: Path
 
 
+def test_optimizer_is_injected_from_the_command_line(cifar_dir: Path) -> None:
+    cli = main(args=cli_args("fit", "pixel", cifar_dir, "--model.optimizer", "torch.optim.SGD",
+                             "--model.optimizer.lr", "0.05", "--model.optimizer.momentum", "0.9"))
+    (optimizer,) = cli.trainer.optimizers
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    assert cli.trainer.global_step == 1
+
+
 @pytest.fixture(scope="module")
 def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitRun:
     """``fit`` for one step without fast_dev_run, so the default logger writes ./logs/lit_cifar/version_0 with
@@ -100,10 +108,67 @@ def test_test_from_checkpoint_uses_training_statistics(fitted: FitRun, cifar_dir
     assert torch.equal(test.datamodule.std, fitted.cli.datamodule.std)
 
 
-def test_test_subcommand_reports_test_metrics(cifar_dir: Path) -> None:
-    cli = main(args=cli_args("test", "pixel", cifar_dir))
-    assert cli.trainer.state.finished and cli.trainer.state.fn == "test"
-    assert {"test/loss", "test/acc"} <= set(cli.trainer.callback_metrics)
+def test_test_from_checkpoint_takes_the_checkpoints_spec(fitted: FitRun, cifar_dir: Path) -> None:
+    """Without --model.spec the model and the linked data settings are the checkpoint's."""
+    (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
+    args = [arg for arg in cli_args("test", "channel+augment", cifar_dir, "--ckpt_path", str(checkpoint))
+            if arg not in ("--model.spec", "channel+augment")]
+    test = main(args=args)
+    assert test.model.spec == RegularizationSpec.parse("channel+augment")
+    assert test.datamodule.normalize == "channel" and test.trainer.state.finished
+
+
+def test_predict_writes_one_row_per_test_image(fitted: FitRun, cifar_dir: Path, tmp_path: Path) -> None:
+    (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
+    cli = main(args=cli_args("predict", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
+                             "--ckpt_path", str(checkpoint)))
+    with open(Path(cli.trainer.log_dir) / "predictions.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["index", "predicted", *cli.datamodule.classes]
+    assert [int(row[0]) for row in rows[1:]] == list(range(200))
+    probabilities = torch.tensor([[float(v) for v in row[2:]] for row in rows[1:]])
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(200))
+    assert all(row[1] == cli.datamodule.classes[int(p.argmax())] for row, p in zip(rows[1:], probabilities))
+
+
+def expect_usage_error(args: list[str], capsys: pytest.CaptureFixture, *words: str) -> None:
+    """The CLI exits with status 2, one line on stderr holding `words`, and no run folder."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args=args)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and all(word in lines[0] for word in words), lines
+    assert not Path("logs").exists()
+
+
+@pytest.mark.parametrize("command", ["test", "validate", "predict"])
+def test_evaluating_without_a_checkpoint_is_an_error(cifar_dir: Path, capsys: pytest.CaptureFixture,
+                                                     command: str) -> None:
+    """It once tested a freshly initialized model, silently."""
+    expect_usage_error(cli_args(command, "pixel", cifar_dir), capsys, "--ckpt_path")
+
+
+def test_a_spec_other_than_the_checkpoints_is_an_error(fitted: FitRun, cifar_dir: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """It was once silently replaced by the checkpoint's."""
+    (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
+    expect_usage_error(cli_args("test", "pixel+bn", cifar_dir, "--ckpt_path", str(checkpoint)), capsys,
+                       "pixel+bn", "channel+augment")
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--data.val_size", "-1"], ["val_size=-1"]),
+    (["--data.split_seed", "-3"], ["split_seed=-3"]),
+    (["--data.limit_train", "100000"], ["limit_train=100000"]),
+    (["--data.data_dir", "nowhere", "--data.download", "false"], ["nowhere"]),
+    (["--model.lr", "-1"], ["lr=-1"]),
+    (["--ckpt_path", "missing.ckpt"], ["missing.ckpt"]),
+])
+def test_bad_values_exit_2_with_one_line_and_no_run_folder(cifar_dir: Path, capsys: pytest.CaptureFixture,
+                                                           extra: list[str], words: list[str]) -> None:
+    """They once exited 1 with a traceback, after the logger had made logs/lit_cifar/version_0."""
+    expect_usage_error(cli_args("fit", "pixel", cifar_dir, "--trainer.fast_dev_run", "false", *extra), capsys,
+                       *words)
 
 
 def test_help_lists_the_spec_option(capsys: pytest.CaptureFixture) -> None:

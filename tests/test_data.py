@@ -13,6 +13,7 @@ import torch
 from lit_cifar.data import (AUGMENT_PADDING, BIN_LAYOUT, CLASSES, DATA_ENV, OFFICIAL_URL, PY_LAYOUT, TEST_FILE,
                             TRAIN_FILES, CIFAR10DataModule, DatasetError, EpochSampler, _read_binary_batch,
                             epoch_permutation, find_layout, fit_normalization, random_crop_flip, read_split)
+from lit_cifar.module import InputNormalization
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
 
 N_TRAIN, N_TEST, VAL_SIZE = 630, 200, 100  # sizes of the `cifar_dir` fixture's splits
@@ -240,10 +241,17 @@ def test_val_size_must_leave_training_images(cifar_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"normalize": "global"}, {"val_size": -1}, {"batch_size": 0},
-                                    {"limit_train": 0}, {"num_workers": -1}])
+                                    {"limit_train": 0}, {"num_workers": -1}, {"split_seed": -1}, {"seed": -2}])
 def test_constructor_rejects_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         CIFAR10DataModule("unused", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"split_seed": "x"}, {"seed": 1.5}, {"val_size": "100"}, {"batch_size": True},
+                                    {"limit_train": 2.0}, {"augment": "yes"}, {"download": 1}, {"data_dir": 3}])
+def test_constructor_rejects_arguments_of_the_wrong_type(kwargs: dict) -> None:
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        CIFAR10DataModule(**{"data_dir": "unused", **kwargs})
 
 
 @pytest.mark.parametrize(("spec", "normalize", "augment"), [
@@ -287,7 +295,8 @@ def test_no_normalization_feeds_raw_pixels(cifar_dir: Path) -> None:
     dm = make_datamodule(cifar_dir, normalize="none")
     assert torch.equal(dm.mean, torch.zeros(3, 1, 1)) and torch.equal(dm.std, torch.ones(3, 1, 1))
     images = dm.test_images[:4]
-    assert torch.equal(dm.preprocess(images, train=False), images.float())
+    assert torch.equal(dm.preprocess(images, train=False), images)
+    assert torch.equal(InputNormalization("none")(images), images.float())
 
 
 def test_statistics_ignore_val_and_test_images(tmp_path: Path, indexed_dir: Path) -> None:
@@ -313,9 +322,11 @@ def test_statistics_ignore_val_and_test_images(tmp_path: Path, indexed_dir: Path
     assert torch.equal(changed.mean, original.mean) and torch.equal(changed.std, original.std)
 
 
-def test_preprocess_standardizes_with_training_statistics(cifar_dir: Path) -> None:
+def test_model_standardizes_with_the_training_statistics(cifar_dir: Path) -> None:
     dm = make_datamodule(cifar_dir, normalize="pixel")
-    x = dm.preprocess(dm.train_images, train=True)
+    norm = InputNormalization("pixel")
+    norm.set_statistics(dm.mean, dm.std)
+    x = norm(dm.preprocess(dm.train_images, train=True))
     assert x.dtype == torch.float32
     torch.testing.assert_close(x.mean(0), torch.zeros(3, 32, 32), atol=1e-4, rtol=0)
     torch.testing.assert_close(x.std(0, unbiased=False), torch.ones(3, 32, 32), atol=1e-4, rtol=0)
@@ -417,14 +428,14 @@ def test_random_crop_flip_is_seeded_and_keeps_uint8() -> None:
 
 
 def test_preprocess_augments_only_training_batches(cifar_dir: Path) -> None:
-    dm = make_datamodule(cifar_dir, normalize="channel", augment=True)
-    images = dm.train_images[:32]
-    plain = (images.float() - dm.mean) / dm.std
+    """Batches stay uint8 images: augmentation changes training batches only, standardization is the model's."""
+    images = make_datamodule(cifar_dir, normalize="channel").train_images[:32]
+    augmenting = make_datamodule(cifar_dir, normalize="channel", augment=True)
     for _ in range(3):
-        assert torch.equal(dm.preprocess(images, train=False), plain)
-    assert not torch.equal(dm.preprocess(images, train=True), plain)
-    dm.augment = False
-    assert torch.equal(dm.preprocess(images, train=True), plain)
+        assert torch.equal(augmenting.preprocess(images, train=False), images)
+    augmented = augmenting.preprocess(images, train=True)
+    assert augmented.dtype == torch.uint8 and not torch.equal(augmented, images)
+    assert torch.equal(make_datamodule(cifar_dir, normalize="channel").preprocess(images, train=True), images)
 
 
 def test_batches_without_trainer_are_not_augmented(cifar_dir: Path) -> None:
@@ -432,4 +443,70 @@ def test_batches_without_trainer_are_not_augmented(cifar_dir: Path) -> None:
     dm = make_datamodule(cifar_dir, augment=True)
     images, labels = next(iter(dm.train_dataloader()))
     x, y = dm.on_after_batch_transfer((images, labels), 0)
-    assert torch.equal(x, (images.float() - dm.mean) / dm.std) and torch.equal(y, labels)
+    assert torch.equal(x, images) and torch.equal(y, labels)
+
+
+class Inverting(CIFAR10DataModule):
+    """A subclass with its own batch transform, as the class docstring documents."""
+
+    def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        return 255 - images if train else images
+
+
+def test_a_subclass_preprocess_is_the_batch_transform(cifar_dir: Path) -> None:
+    dm = Inverting(str(cifar_dir), val_size=VAL_SIZE, download=False)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    dm.trainer = type("Fitting", (), {"training": True})()  # what on_after_batch_transfer reads of a Trainer
+    x, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(x, 255 - images)
+
+
+# -------------------------------------------------------------------------------------------------- predict
+def test_predict_batches_are_the_test_images_with_their_index(cifar_dir: Path) -> None:
+    dm = make_datamodule(cifar_dir, batch_size=64)
+    batches = list(dm.predict_dataloader())
+    assert torch.equal(torch.cat([images for images, _ in batches]), dm.test_images)
+    assert torch.cat([index for _, index in batches]).tolist() == list(range(N_TEST))
+
+
+def test_predict_on_images_you_hand_it(cifar_dir: Path) -> None:
+    dm = make_datamodule(cifar_dir, batch_size=4)
+    images = dm.val_images[:10]
+    dm.set_predict_images(images)
+    batches = list(dm.predict_dataloader())
+    assert len(batches) == 3 and torch.equal(torch.cat([b[0] for b in batches]), images)
+    dm.set_predict_images(None)
+    assert sum(len(b[0]) for b in dm.predict_dataloader()) == N_TEST
+
+
+@pytest.mark.parametrize("images", [torch.zeros(2, 3, 32, 32), torch.zeros(2, 32, 32, 3, dtype=torch.uint8), [1]])
+def test_predict_images_must_be_uint8_cifar_images(images) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        CIFAR10DataModule("unused").set_predict_images(images)
+
+
+# --------------------------------------------------------------------------------------------------- state
+def test_load_state_dict_restores_the_split(indexed_dir: Path) -> None:
+    """A checkpoint's split wins over this module's arguments; data already loaded is split again."""
+    trained = make_datamodule(indexed_dir, split_seed=3, val_size=50, limit_train=200)
+    other = make_datamodule(indexed_dir, split_seed=4)
+    other.load_state_dict(trained.state_dict())
+    assert (other.split_seed, other.val_size, other.limit_train) == (3, 50, 200)
+    assert image_ids(other.train_images) == image_ids(trained.train_images)
+    assert image_ids(other.val_images) == image_ids(trained.val_images)
+    assert torch.equal(other.mean, trained.mean)
+
+
+def test_load_state_dict_refuses_another_normalization(cifar_dir: Path) -> None:
+    state = make_datamodule(cifar_dir, normalize="channel").state_dict()
+    with pytest.raises(ValueError, match="normalize='channel'"):
+        make_datamodule(cifar_dir, normalize="pixel").load_state_dict(state)
+
+
+def test_samplers_are_distributed_samplers_lightning_leaves_alone(cifar_dir: Path) -> None:
+    """Lightning wraps a DataLoader's sampler in a DistributedSampler under DDP unless it already is one; ours
+    shards by itself, so wrapping it would shard twice."""
+    dm = make_datamodule(cifar_dir, num_workers=1)
+    for loader in (dm.train_dataloader(), dm.test_dataloader(), make_datamodule(cifar_dir).val_dataloader()):
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,8 @@ from lit_cifar.models import SeedCNN
 from lit_cifar.module import RegularizedClassifier
 from lit_cifar.spec import RegularizationSpec
 
-METRICS_FIT = ("train/loss", "train/penalty", "train/acc", "val/loss", "val/acc")
-METRICS_TEST = ("test/loss", "test/acc")
+METRICS_FIT = ("train/loss", "train/ce", "train/penalty", "train/acc", "val/loss", "val/ce", "val/acc")
+METRICS_TEST = ("test/loss", "test/ce", "test/acc")
 
 
 def make_trainer(**kwargs: Any) -> pl.Trainer:
@@ -34,8 +35,10 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**{**options, **kwargs})
 
 
-def make_datamodule(data_dir: Path, **kwargs: Any) -> CIFAR10DataModule:
-    return CIFAR10DataModule(str(data_dir), **{"val_size": 100, "batch_size": 32, "download": False, **kwargs})
+def make_datamodule(data_dir: Path, spec: str = "baseline", **kwargs: Any) -> CIFAR10DataModule:
+    """A data module for `spec` (its normalization and augmentation) on the synthetic data."""
+    options = {"val_size": 100, "batch_size": 32, "download": False, **kwargs}
+    return CIFAR10DataModule.from_spec(spec, data_dir=str(data_dir), **options)
 
 
 def small_mlp() -> nn.Sequential:
@@ -132,6 +135,7 @@ def test_seed_cnn_regularizes_its_hidden_layer() -> None:
 
 
 def test_apply_max_norm_clips_only_long_rows_of_regularized_layers() -> None:
+    """Returns the fraction of rows it rescaled: 15 of the first layer's 16 rows and all 12 of the second's."""
     backbone = small_mlp()
     module = RegularizedClassifier("maxnorm=2", backbone=backbone)
     with torch.no_grad():
@@ -139,7 +143,7 @@ def test_apply_max_norm_clips_only_long_rows_of_regularized_layers() -> None:
             layer.weight.fill_(1.0)
         backbone[1].weight[0] = 0.01  # a row well under the limit
     short_row = backbone[1].weight[0].clone()
-    module.apply_max_norm()
+    assert module.apply_max_norm().item() == pytest.approx(27 / 28)
     for layer in (backbone[1], backbone[3]):
         norms = layer.weight.norm(dim=1)
         torch.testing.assert_close(norms[1:], torch.full_like(norms[1:], 2.0))
@@ -194,9 +198,10 @@ def test_max_norm_constrains_hidden_rows_after_each_step(cifar_dir: Path) -> Non
     short_rows = hidden.weight[512:].detach().clone()
 
     trainer = make_trainer(limit_train_batches=1, limit_val_batches=0)
-    trainer.fit(module, make_datamodule(cifar_dir, batch_size=8))
+    trainer.fit(module, make_datamodule(cifar_dir, "pixel+maxnorm=3", batch_size=8))
 
     assert trainer.global_step == 1
+    assert trainer.callback_metrics["train/maxnorm_rescaled"].item() == 0.5  # the 512 long rows of 1024
     after = hidden.weight.detach().norm(dim=1)
     assert (after <= 3 + 1e-5).all()
     torch.testing.assert_close(after[:512], torch.full((512,), 3.0), rtol=1e-4, atol=0)
@@ -205,30 +210,47 @@ def test_max_norm_constrains_hidden_rows_after_each_step(cifar_dir: Path) -> Non
 
 def test_hparams_store_spec_as_dict() -> None:
     spec = RegularizationSpec.parse("pixel+bn+l2=0.01+maxnorm=3+dropout=0.5")
-    module = RegularizedClassifier(spec, lr=0.002, backbone=small_mlp())
+    module = RegularizedClassifier(spec, lr=0.002, backbone=SeedCNN(spec, width=4, hidden_units=16))
     assert module.hparams["spec"] == spec.to_dict() and isinstance(module.hparams["spec"], dict)
     assert module.hparams["lr"] == 0.002 and module.hparams["adam_eps"] == 1e-7
     assert "backbone" not in module.hparams
-    assert RegularizedClassifier(module.hparams["spec"], backbone=small_mlp()).spec == spec
+    assert RegularizedClassifier(module.hparams["spec"], backbone=SeedCNN(spec, width=4, hidden_units=16)).spec == spec
+
+
+def test_hparams_are_the_constructor_arguments_but_the_runtime_ones() -> None:
+    """Lightning's standard ``save_hyperparameters(ignore=[...])``: every argument that defines the model, none of
+    those that say how it runs (a backbone, an optimizer, compile, predict_logits)."""
+    module = RegularizedClassifier("l2=0.01", lr_decay=0.0, backbone=small_mlp(), compile=True, predict_logits=True,
+                                   optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    assert dict(module.hparams) == {"spec": RegularizationSpec(l2=0.01).to_dict(), "lr": 1e-3, "lr_decay": 0.0,
+                                    "adam_eps": 1e-7, "num_classes": 10}
 
 
 # ------------------------------------------------------------------------------------ data in the training loop
+def frozen(params: Any) -> torch.optim.Optimizer:
+    """An injected optimizer that never moves the weights."""
+    return torch.optim.SGD(params, lr=0.0)
+
+
 @torch.no_grad()
 def evaluate_by_hand(module: RegularizedClassifier, datamodule: CIFAR10DataModule, split: str) -> tuple[float, float]:
-    """Mean cross-entropy over the whole split plus the penalty, and the accuracy, in one batch."""
+    """Mean cross-entropy over the whole split plus the penalty, and the accuracy, in one batch of raw images
+    (the model standardizes them). Leaves the module in the mode it found it in."""
+    training = module.training
     module.eval()
     images, labels = getattr(datamodule, f"{split}_images"), getattr(datamodule, f"{split}_labels")
-    logits = module(datamodule.preprocess(images, train=False))
+    logits = module(images)
+    module.train(training)
     loss = F.cross_entropy(logits, labels) + module.penalty()
     return loss.item(), (logits.argmax(1) == labels).float().mean().item()
 
 
 def test_val_metrics_cover_the_val_split_once_after_sanity_check(cifar_dir: Path) -> None:
-    """With lr=0 the weights never change, so epoch-end val metrics must equal one pass over the 100 val images
-    (4 full batches), unpolluted by the 2 sanity-check batches."""
+    """With a learning rate of 0 the weights never change, so epoch-end val metrics must equal one pass over the
+    100 val images (4 full batches), unpolluted by the 2 sanity-check batches."""
     torch.manual_seed(0)
-    module = RegularizedClassifier("pixel+l2=0.01", lr=0.0, backbone=small_mlp())
-    datamodule = make_datamodule(cifar_dir, normalize="pixel", batch_size=25)
+    module = RegularizedClassifier("pixel+l2=0.01", backbone=small_mlp(), optimizer=frozen)
+    datamodule = make_datamodule(cifar_dir, "pixel+l2=0.01", batch_size=25)
     trainer = make_trainer(limit_train_batches=1, num_sanity_val_steps=2)
     trainer.fit(module, datamodule)
     loss, accuracy = evaluate_by_hand(module, datamodule, "val")
@@ -241,7 +263,9 @@ def test_logged_loss_is_the_mean_over_images_with_a_short_last_batch(cifar_dir: 
     """100 val / 200 test images in batches of 32: the last batch holds 4 / 8 images and must weigh that much."""
     torch.manual_seed(0)
     module = RegularizedClassifier("pixel+l2=0.01", backbone=small_mlp())
-    datamodule = make_datamodule(cifar_dir, normalize="pixel", batch_size=32)
+    datamodule = make_datamodule(cifar_dir, "pixel+l2=0.01", batch_size=32)
+    datamodule.setup("fit")
+    module.set_input_statistics(datamodule.mean, datamodule.std)
     run = make_trainer().validate if split == "val" else make_trainer().test
     (logged,) = run(module, datamodule, verbose=False)
     loss, accuracy = evaluate_by_hand(module, datamodule, split)
@@ -288,7 +312,7 @@ def test_only_training_batches_are_augmented(cifar_dir: Path, monkeypatch: pytes
     monkeypatch.setattr(lit_cifar.data, "random_crop_flip", counting_crop_flip)
     module = RegularizedClassifier("augment", backbone=small_mlp())
     trainer = make_trainer(limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=1)
-    datamodule = make_datamodule(cifar_dir, augment=True, batch_size=16)
+    datamodule = make_datamodule(cifar_dir, "augment", batch_size=16)
     trainer.fit(module, datamodule)
     assert calls == [(16, 3, 32, 32)] * 2
     trainer.validate(module, datamodule, verbose=False)
@@ -305,6 +329,7 @@ class TrainedRun:
     test_metrics: dict[str, float]
     log_dir: Path
     checkpoint: Path
+    progress_bar: dict[str, float]
 
 
 SPEC = "pixel+l2=0.0001"
@@ -317,15 +342,16 @@ def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     root = tmp_path_factory.mktemp("run")
     pl.seed_everything(0, verbose=False)
     module = RegularizedClassifier(SPEC)
-    datamodule = make_datamodule(cifar_dir, normalize="pixel", batch_size=50, limit_train=320)
+    datamodule = make_datamodule(cifar_dir, SPEC, batch_size=50, limit_train=320)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints")
     trainer = make_trainer(max_epochs=2, logger=TensorBoardLogger(root, name="tb"), enable_checkpointing=True,
                            callbacks=[checkpoints], log_every_n_steps=1)
     trainer.fit(module, datamodule)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    progress_bar = {name: float(value) for name, value in trainer.progress_bar_metrics.items()}
     (test_metrics,) = trainer.test(module, datamodule, verbose=False)
     return TrainedRun(module, datamodule, fit_metrics, test_metrics, Path(trainer.logger.log_dir),
-                      Path(checkpoints.best_model_path))
+                      Path(checkpoints.best_model_path), progress_bar)
 
 
 def test_fit_logs_train_and_val_metrics(trained: TrainedRun) -> None:
@@ -373,7 +399,7 @@ def test_checkpoint_restores_normalization_statistics(trained: TrainedRun, cifar
     checkpoint = torch.load(trained.checkpoint, weights_only=False, map_location="cpu")
     assert checkpoint["hyper_parameters"]["spec"] == RegularizationSpec.parse(SPEC).to_dict()
     state = checkpoint["CIFAR10DataModule"]  # Lightning keys the data module's state by its class __qualname__
-    fresh = make_datamodule(cifar_dir, normalize="pixel")
+    fresh = make_datamodule(cifar_dir, SPEC)
     fresh.load_state_dict(state)
     assert fresh.normalize == "pixel"
     assert torch.equal(fresh.mean, trained.datamodule.mean) and torch.equal(fresh.std, trained.datamodule.std)
@@ -381,11 +407,184 @@ def test_checkpoint_restores_normalization_statistics(trained: TrainedRun, cifar
 
 def test_restored_statistics_survive_setup(trained: TrainedRun, cifar_dir: Path) -> None:
     """A data module on another training subset would fit other statistics; restored ones must win."""
-    refit = make_datamodule(cifar_dir, normalize="pixel", limit_train=50)
+    refit = make_datamodule(cifar_dir, SPEC, limit_train=50)
     refit.setup("fit")
     assert not torch.equal(refit.mean, trained.datamodule.mean)
 
-    restored = make_datamodule(cifar_dir, normalize="pixel", limit_train=50)
+    restored = make_datamodule(cifar_dir, SPEC, limit_train=50)
     restored.load_state_dict(trained.datamodule.state_dict())
     restored.setup("test")
     assert torch.equal(restored.mean, trained.datamodule.mean) and torch.equal(restored.std, trained.datamodule.std)
+
+
+def test_test_loss_is_cross_entropy_plus_penalty_and_ce_is_logged_apart(trained: TrainedRun) -> None:
+    metrics = trained.test_metrics
+    assert metrics["test/loss"] == pytest.approx(metrics["test/ce"] + trained.module.penalty().item(), rel=1e-5)
+    fit = trained.fit_metrics
+    assert fit["train/loss"] == pytest.approx(fit["train/ce"] + fit["train/penalty"], rel=1e-3)
+    assert "train/maxnorm_rescaled" not in fit  # no max-norm in this spec
+
+
+def test_progress_bar_shows_the_main_metrics(trained: TrainedRun) -> None:
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(trained.progress_bar)
+
+
+def test_model_keeps_the_training_statistics(trained: TrainedRun) -> None:
+    assert torch.equal(trained.module.input_norm.mean, trained.datamodule.mean)
+    assert torch.equal(trained.module.input_norm.std, trained.datamodule.std)
+
+
+def test_checkpoint_alone_predicts_on_raw_images(trained: TrainedRun) -> None:
+    """No data module: the loaded model standardizes uint8 images with the statistics it was trained with."""
+    restored = RegularizedClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu").eval()
+    images = trained.datamodule.test_images[:16]
+    expected = evaluate_logits(trained.module, images)
+    assert torch.equal(restored(images), expected)
+    probabilities = restored.predict_step(images, 0)
+    torch.testing.assert_close(probabilities, expected.softmax(1))
+    restored.predict_logits = True
+    assert torch.equal(restored.predict_step((images, torch.arange(16)), 0), expected)
+
+
+@torch.no_grad()
+def evaluate_logits(module: RegularizedClassifier, images: torch.Tensor) -> torch.Tensor:
+    training = module.training
+    logits = module.eval()(images)
+    module.train(training)
+    return logits
+
+
+def test_trainer_predict_gives_test_probabilities(trained: TrainedRun, cifar_dir: Path) -> None:
+    """``trainer.predict(model, dm)`` once raised "predict_dataloader must be implemented"."""
+    dm = make_datamodule(cifar_dir, SPEC, batch_size=64)
+    restored = RegularizedClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu")  # fixture untouched
+    batches = make_trainer().predict(restored, dm)
+    probabilities = torch.cat(batches)
+    assert probabilities.shape == (200, 10)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(200))
+    torch.testing.assert_close(probabilities, evaluate_logits(trained.module, dm.test_images).softmax(1))
+
+
+class Subclassed(CIFAR10DataModule):
+    """A subclass, as a user writes for custom augmentation: Lightning keys the data state by class name."""
+
+
+def test_a_subclassed_data_module_gets_the_checkpoint_state(trained: TrainedRun, cifar_dir: Path) -> None:
+    """Its statistics and split: Lightning alone would restore them only into a class named CIFAR10DataModule."""
+    dm = Subclassed.from_spec(SPEC, data_dir=str(cifar_dir), val_size=100, batch_size=50, limit_train=50,
+                              download=False)
+    model = RegularizedClassifier(SPEC)
+    (tested,) = make_trainer().test(model, dm, ckpt_path=trained.checkpoint, verbose=False)
+    assert torch.equal(dm.mean, trained.datamodule.mean) and dm.limit_train == 320
+    assert tested["test/acc"] == pytest.approx(trained.test_metrics["test/acc"], abs=1e-6)
+
+
+def test_a_data_module_with_another_normalization_is_refused(trained: TrainedRun, cifar_dir: Path) -> None:
+    with pytest.raises(ValueError, match="normalize"):
+        make_trainer().test(RegularizedClassifier(SPEC), make_datamodule(cifar_dir, "channel"),
+                            ckpt_path=trained.checkpoint, verbose=False)
+
+
+def test_unfitted_statistics_warn_and_pass_images_through() -> None:
+    module = RegularizedClassifier("pixel", backbone=small_mlp()).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.warns(RuntimeWarning, match="not fitted"):
+        logits = module(images)
+    torch.testing.assert_close(logits, module.backbone(images.float()))
+
+
+# ------------------------------------------------------------------------------------- argument validation
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"lr": -1}, ValueError), ({"lr": 0}, ValueError), ({"lr": float("nan")}, ValueError), ({"lr": "0.1"}, TypeError),
+    ({"lr_decay": -1}, ValueError), ({"lr_decay": float("inf")}, ValueError), ({"adam_eps": -1}, ValueError),
+    ({"adam_eps": 0}, ValueError), ({"num_classes": 1}, ValueError), ({"num_classes": 10.0}, TypeError),
+    ({"num_classes": True}, TypeError)])
+def test_constructor_rejects_bad_arguments(kwargs: dict, error: type) -> None:
+    with pytest.raises(error, match=next(iter(kwargs))):
+        RegularizedClassifier("baseline", backbone=small_mlp(), **kwargs)
+
+
+def test_num_classes_must_match_the_data(cifar_dir: Path) -> None:
+    module = RegularizedClassifier("baseline", backbone=small_mlp(), num_classes=5)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        make_trainer(limit_train_batches=1).fit(module, make_datamodule(cifar_dir))
+
+
+# ----------------------------------------------------------------------------------------- custom backbones
+class NoHidden(nn.Module):
+    """A backbone with a single Linear layer (the output): nothing to regularize by default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x)
+
+
+class NamesNone(TwoHeads):
+    def regularized_layers(self) -> list[nn.Module]:
+        return []
+
+
+@pytest.mark.parametrize(("spec", "backbone", "message"), [
+    ("l2=0.01", NoHidden, "no regularized layer"), ("maxnorm=3", NoHidden, "no regularized layer"),
+    ("l1=0.01", NamesNone, "no regularized layer"), ("bn", small_mlp, "no BatchNorm"),
+    ("dropout=0.5", small_mlp, "dropout=0.5"),
+    ("dropout=0.5", lambda: nn.Sequential(small_mlp(), nn.Dropout(0.25)), r"\[0.25\]")])
+def test_a_spec_the_backbone_cannot_honour_is_an_error(spec: str, backbone: Any, message: str) -> None:
+    """Such specs were once silently ignored (``train/penalty`` 0, no BatchNorm, no Dropout)."""
+    with pytest.raises(ValueError, match=message):
+        RegularizedClassifier(spec, backbone=backbone())
+
+
+def test_a_backbone_that_honours_the_spec_is_accepted() -> None:
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(3600, 8),
+                             nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 10))
+    module = RegularizedClassifier("pixel+bn+l2=0.01+maxnorm=3+dropout=0.5", backbone=backbone)
+    assert [layer for _, layer in module.named_regularized_layers()] == [backbone[4]]
+
+
+# ------------------------------------------------------------------------------------------------ optimizers
+def test_an_injected_optimizer_is_used_with_the_keras_decay() -> None:
+    module = RegularizedClassifier("baseline", lr_decay=0.5, backbone=small_mlp(),
+                                   optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    config = module.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD) and config["optimizer"].defaults["momentum"] == 0.9
+    config["optimizer"].step()
+    config["lr_scheduler"]["scheduler"].step()
+    assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(0.1 / 1.5)
+
+
+def test_bf16_mixed_with_gradient_clipping_trains(cifar_dir: Path) -> None:
+    """Fused Adam unscales gradients itself, which Lightning's mixed precision refuses to clip: the default Adam
+    is not fused there."""
+    module = RegularizedClassifier("pixel", backbone=small_mlp())
+    trainer = make_trainer(limit_train_batches=2, limit_val_batches=1, precision="bf16-mixed", gradient_clip_val=0.5)
+    trainer.fit(module, make_datamodule(cifar_dir, "pixel", batch_size=16))
+    assert trainer.global_step == 2 and not trainer.optimizers[0].defaults.get("fused")
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.slow
+def test_compile_keeps_plain_parameter_names(cifar_dir: Path, tmp_path: Path) -> None:
+    """A compiled model's checkpoint loads into an uncompiled one (no ``backbone._orig_mod.`` keys)."""
+    torch.manual_seed(0)
+    module = RegularizedClassifier("pixel", backbone=small_mlp(), compile=True)
+    trainer = make_trainer(limit_train_batches=2, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, make_datamodule(cifar_dir, "pixel", batch_size=16))
+    trainer.save_checkpoint(tmp_path / "compiled.ckpt")
+    plain = RegularizedClassifier.load_from_checkpoint(tmp_path / "compiled.ckpt", backbone=small_mlp())
+    assert not any("_orig_mod" in key for key in module.state_dict())
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(evaluate_logits(plain, images), evaluate_logits(module, images))
+
+
+def test_a_checkpoint_from_before_the_model_kept_statistics_loads(trained: TrainedRun, tmp_path: Path) -> None:
+    """Older checkpoints hold the statistics only in the data module's state: the model takes them from there."""
+    checkpoint = torch.load(trained.checkpoint, weights_only=False, map_location="cpu")
+    for key in ("input_norm.mean", "input_norm.std"):
+        del checkpoint["state_dict"][key]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    restored = RegularizedClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
+    assert restored.input_norm.fitted and torch.equal(restored.input_norm.mean, trained.datamodule.mean)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lit_cifar.spec import RegularizationSpec
+from lit_cifar.spec import TOKENS, RegularizationSpec, Token
 
 Spec = RegularizationSpec
 
@@ -148,3 +148,21 @@ def test_spec_is_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         spec.l2 = 0.1  # type: ignore[misc]
     assert {spec: 1}[Spec.parse("l2=0.01")] == 1
+
+
+@pytest.mark.parametrize("fields", [{"batchnorm": "no"}, {"augment": 1}, {"l2": "0.1"}, {"dropout": True},
+                                    {"max_norm": "3"}, {"normalize": 1}])
+def test_constructor_rejects_fields_of_the_wrong_type(fields: dict) -> None:
+    """``batchnorm="no"`` once turned BatchNorm on (a non-empty string is truthy)."""
+    with pytest.raises(TypeError, match=next(iter(fields))):
+        Spec(**fields)
+
+
+@pytest.mark.parametrize("token", TOKENS, ids=lambda token: token.text)
+def test_each_token_of_the_table_parses_prints_and_is_listed(token: Token) -> None:
+    text = f"{token.text}=0.5" if token.numeric else token.text
+    spec = Spec.parse(text)
+    assert str(spec) == text and getattr(spec, token.field) == (0.5 if token.numeric else token.flag)
+    with pytest.raises(ValueError) as error:
+        Spec.parse("nonsense")
+    assert token.usage() in str(error.value)

@@ -1,0 +1,167 @@
+"""`LitCifarCLI`: Lightning's CLI for one training run, with the data module linked to ``--model.spec``.
+
+    python -m lit_cifar fit --model.spec pixel+bn --data.data_dir DIR --trainer.max_epochs 5
+    python -m lit_cifar test --data.data_dir DIR --ckpt_path PATH
+    python -m lit_cifar predict --data.data_dir DIR --ckpt_path PATH     # writes predictions.csv
+
+The data module's ``normalize`` and ``augment`` follow ``--model.spec``, so one spec describes the experiment; with
+``--ckpt_path`` the spec is the checkpoint's. Runs log to TensorBoard under ``logs/lit_cifar/version_N/``
+(config, checkpoints, events, predictions). Bad arguments exit with status 2 and a one-line message, before any
+run folder is made.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
+from torch import Tensor
+
+from lit_cifar.data import CIFAR10DataModule
+from lit_cifar.module import RegularizedClassifier
+from lit_cifar.spec import RegularizationSpec
+
+EVALUATIONS = ("validate", "test", "predict")  # subcommands that need a trained model: --ckpt_path
+
+
+def as_spec(value: object) -> RegularizationSpec:
+    """The spec jsonargparse hands a link: text, a spec, or (from a checkpoint's hyperparameters, where the spec
+    is stored as a dict) a Namespace with ``init_args``."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+        value = value.get("init_args", value)
+    return RegularizationSpec.coerce(value)
+
+
+def spec_normalize(spec: object) -> str:
+    return as_spec(spec).normalize
+
+
+def spec_augment(spec: object) -> bool:
+    return as_spec(spec).augment
+
+
+def exit_with_error(message: str) -> None:
+    """Exit with status 2 and one line on stderr, as argparse does for bad arguments."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class PredictionWriter(pl.Callback):
+    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` on each
+    rank under DDP): one row per image with ``index`` (its position in the predicted images, from the batches'
+    second element), ``predicted`` (the class name) and one column per class holding the model's output."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / "predictions.csv"
+        self.rows: list[list[Any]] = []
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            self.path = self.folder / f"predictions-rank{trainer.global_rank}.csv"
+        self.rows = []
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Tensor,
+                             batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        indices = batch[1].tolist() if isinstance(batch, (tuple, list)) else [""] * len(outputs)
+        for index, scores, best in zip(indices, outputs.float().cpu().tolist(), outputs.argmax(1).tolist()):
+            self.rows.append([index, self.classes(trainer, len(scores))[best], *scores])
+
+    @staticmethod
+    def classes(trainer: pl.Trainer, count: int) -> list[str]:
+        """The data module's class names, or the class numbers."""
+        return list(getattr(trainer.datamodule, "classes", None) or map(str, range(count)))
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "predicted", *self.classes(trainer, len(self.rows[0]) - 2 if self.rows else 0)])
+            writer.writerows(self.rows)
+        print(f"predictions of {len(self.rows)} images written to {self.path}")
+
+
+class LitCifarCLI(LightningCLI):
+    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule`, with their data normalization and
+    augmentation linked to the model's spec, and arguments checked before anything runs.
+
+    * ``validate``, ``test`` and ``predict`` need ``--ckpt_path`` (a model that was never trained measures nothing).
+    * With ``--ckpt_path`` the model's hyperparameters are the checkpoint's: a ``--model.spec`` that disagrees is an
+      error, not silently replaced.
+    * A bad ``--data.*`` or ``--model.*`` value (one the classes reject, or data that is missing or too small for the
+      split) exits with status 2 and one line, before the logger makes a ``version_N`` folder.
+    * ``predict`` writes ``predictions.csv`` (see `PredictionWriter`) into the run's log folder.
+    """
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("model.spec", "data.normalize", compute_fn=spec_normalize)
+        parser.link_arguments("model.spec", "data.augment", compute_fn=spec_augment)
+        parser.set_defaults({
+            "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": "logs", "name": "lit_cifar"}},  # beside the sweeps
+        })
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse, and remember a ``--model.spec`` given on the command line (or in a config file), before a
+        checkpoint's hyperparameters replace it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        spec = as_spec((self.config[subcommand] if subcommand else self.config).model.spec)
+        default = inspect.signature(RegularizedClassifier).parameters["spec"].default
+        self.requested_spec = None if spec == as_spec(default) else spec
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        checkpoint = config.get("ckpt_path")
+        if self.subcommand in EVALUATIONS and not checkpoint:
+            exit_with_error(f"{self.subcommand} needs --ckpt_path: a model that was never trained measures nothing")
+        if checkpoint and not Path(checkpoint).is_file():
+            exit_with_error(f"--ckpt_path {checkpoint}: no such checkpoint file")
+        saved = as_spec(config.model.spec)
+        if checkpoint and self.requested_spec is not None and self.requested_spec != saved:
+            exit_with_error(f"--model.spec {self.requested_spec} disagrees with the checkpoint's spec {saved} "
+                            f"({checkpoint}); leave --model.spec out to use the checkpoint's")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            exit_with_error(str(error))
+
+    def _check_data(self) -> None:
+        """Load the data now, so that a missing dataset or an impossible split exits 2 before any folder exists
+        (the Trainer's own prepare_data and setup then find it loaded)."""
+        try:
+            self.datamodule.prepare_data()
+            self.datamodule.setup("fit")
+        except ValueError as error:  # lit_cifar.data.DatasetError is one
+            exit_with_error(str(error))
+
+    def before_fit(self) -> None:
+        self._check_data()
+
+    def before_validate(self) -> None:
+        self._check_data()
+
+    def before_test(self) -> None:
+        self._check_data()
+
+    def before_predict(self) -> None:
+        self._check_data()
+        self.trainer.callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
+
+
+def main(args: Optional[list[str]] = None) -> LitCifarCLI:
+    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI`."""
+    return LitCifarCLI(RegularizedClassifier, CIFAR10DataModule, args=args, seed_everything_default=0,
+                       save_config_kwargs={"overwrite": True})
