@@ -8,6 +8,8 @@ each pinned to its own device (``CUDA_VISIBLE_DEVICES``; on CPU, torch threads =
 ``--strategy ddp --devices D`` each trial is data-parallel over D devices instead (one trial at a time; every
 process runs this same command, as Lightning's launcher does). ``--num-nodes`` passes through to Lightning
 multi-node DDP; ``--shard K/N`` runs the K-th of N disjoint parts of the trial list, for job arrays.
+``--engine ray`` runs each trial as a Ray task instead, on a local Ray or the cluster at ``--ray-address``
+(`ablations.ray_engine`).
 
 Exit status: 0 when every trial is done, 1 when any failed (listed at the end), 2 for bad arguments.
 """
@@ -25,6 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ablations.ray_engine import TrialResources, check_supported, import_ray, run_trials_ray
 from ablations.suite import SuiteError, Trial, available_suites, expand_trials, load_suite, shard
 from ablations.trial import RunOptions, run_trial
 
@@ -120,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--strategy", default=None, help="Lightning strategy per trial, e.g. ddp")
     hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
     hardware.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes per trial (Lightning DDP)")
+    hardware.add_argument("--engine", choices=("local", "ray"), default="local",
+                          help="local: worker processes on this machine (default); ray: one Ray task per trial, "
+                               "each asking for the share of a machine --parallel implies")
+    hardware.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                          help="Ray cluster to join, host:port (default: $RAY_ADDRESS, else a local Ray)")
+    hardware.add_argument("--max-retries", type=_non_negative_int, default=2,
+                          help="--engine ray: times a trial whose worker or node died is run again (default: 2)")
     return parser
 
 
@@ -206,6 +216,12 @@ def run_trials(trials: list[Trial], options: RunOptions, parallel: int, gpus: in
     return [statuses[i] for i in range(len(trials))]
 
 
+def _ray_resources(gpus: int, parallel: int) -> dict[str, float]:
+    """The Ray resources of one trial: the share of this machine a local worker would get."""
+    share = TrialResources.share(gpus, parallel, os.cpu_count() or 1)
+    return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     quiet_lightning()
     parser = build_parser()
@@ -235,6 +251,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{trial.spec} seed={trial.seed}")
         return 0
     try:
+        if args.engine == "ray":
+            check_supported(trials, RunOptions(strategy=args.strategy or "auto", num_nodes=args.num_nodes))
+            import_ray()
         _check_inputs(args, trials)
     except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
         parser.error(str(error))
@@ -243,9 +262,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                          num_nodes=args.num_nodes, progress_bar=parallel == 1 and sys.stderr.isatty(),
                          force=args.force, compile=args.compile)
     start = time.perf_counter()
-    print(f"suite {suite.name}: {len(trials)} trials, {parallel} at a time, logs in {args.logdir}/{suite.name}",
-          file=sys.stderr)
-    statuses = run_trials(trials, options, parallel, gpus)
+    resources = _ray_resources(gpus, parallel)
+    how = (f"{parallel} at a time" if args.engine == "local" else "Ray tasks of {cpus_per_trial} CPUs and "
+           "{gpus_per_trial} GPUs".format(**resources))
+    print(f"suite {suite.name}: {len(trials)} trials, {how}, logs in {args.logdir}/{suite.name}", file=sys.stderr)
+    if args.engine == "ray":
+        statuses = run_trials_ray(trials, options, address=args.ray_address, max_retries=args.max_retries,
+                                  **resources)
+    else:
+        statuses = run_trials(trials, options, parallel, gpus)
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:
