@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import socket
 import sys
+import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -96,6 +101,21 @@ def check_supported(trials: list[Trial], options: RunOptions) -> None:
                          "over the Ray cluster")
 
 
+def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
+    """Raise ValueError, naming `address`, if nothing listens there (``ray.init`` would retry for minutes).
+    None (a local Ray) and ``auto`` (the cluster this machine is part of) are not probed."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ValueError(f"cannot reach the Ray cluster at {address} (--ray-address or $RAY_ADDRESS): "
+                         f"{error.strerror or error}") from None
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or a ValueError that says how to install it."""
     try:
@@ -130,6 +150,33 @@ def _connect(ray: Any, address: Optional[str]) -> bool:
     return True
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
+    """Be connected to Ray (`_connect`) while the block runs, which gets whether this call joined it; leave it
+    (shutting down a local Ray, ending the job and its tasks on a cluster) afterwards.
+
+    ``ray.init`` replaces the SIGTERM handler (Ray's exits with status 15, and its C++ handler can abort with a stack
+    dump): keep the caller's Python handler if it had one, else exit with status 143 through the sweep's cleanup
+    (tasks cancelled, a local Ray shut down); the original handler is put back at the end.
+    """
+    main = threading.current_thread() is threading.main_thread()  # only the main thread handles signals
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    started = _connect(ray, address)
+    if main:
+        signal.signal(signal.SIGTERM, previous if callable(previous) else _exit_on_sigterm)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> dict[str, Any]:
     """The body of a trial's Ray task, on a worker: `run_trial` with the task's CPU share as torch threads."""
     import torch
@@ -160,8 +207,13 @@ class _RaySweep:
         self.bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
                         disable=len(trials) <= 1)
 
-    def run(self, todo: list[int]) -> None:
-        """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them."""
+    def run(self, todo: list[int], cancel_on_exit: bool) -> None:
+        """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
+
+        If interrupted, nothing more is handed to Ray and, with `cancel_on_exit`, the running tasks are cancelled
+        (without: the caller ends its Ray job, which ends them). Cancelling raises KeyboardInterrupt in the task;
+        ``force=True`` is not used: in Ray 2.60 it can crash the driver when the task is finishing at that moment.
+        """
         self.pending.extend((i, False) for i in todo)
         if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
             self.bar.write(f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
@@ -174,9 +226,8 @@ class _RaySweep:
                 for ref in ready:
                     self._collect(ref, *self.in_flight.pop(ref))
         finally:
-            for ref in self.in_flight:  # interrupted: stop what runs; nothing else was handed to Ray
-                self.ray.cancel(ref, force=True)
-            self.bar.close()
+            for ref in self.in_flight if cancel_on_exit else ():
+                self.ray.cancel(ref)
 
     def finish(self, i: int, status: dict[str, Any]) -> None:
         self.statuses[i] = status
@@ -258,13 +309,12 @@ def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | N
     skipped = {i: {"trial": t.name, "status": "skipped", "error": None} for i, t in enumerate(trials)
                if not options.force and is_finished(t, Path(options.logdir))}
     todo = [i for i in range(len(trials)) if i not in skipped]
-    started = bool(todo) and _connect(ray, address)
+    sweep = _RaySweep(ray, trials, options, resources, max_retries)
+    for i, status in skipped.items():
+        sweep.finish(i, status)
     try:
-        sweep = _RaySweep(ray, trials, options, resources, max_retries)
-        for i, status in skipped.items():
-            sweep.finish(i, status)
-        sweep.run(todo)
+        with _joined(ray, address) if todo else nullcontext(False) as joined:
+            sweep.run(todo, cancel_on_exit=not joined)
     finally:
-        if started:
-            ray.shutdown()
+        sweep.bar.close()
     return [sweep.statuses[i] for i in range(len(trials))]

@@ -27,7 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ablations.ray_engine import TrialResources, check_supported, import_ray, run_trials_ray
+from ablations.ray_engine import TrialResources, check_address, check_supported, import_ray, run_trials_ray
 from ablations.suite import SuiteError, Trial, available_suites, expand_trials, load_suite, shard
 from ablations.trial import RunOptions, run_trial
 
@@ -254,6 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.engine == "ray":
             check_supported(trials, RunOptions(strategy=args.strategy or "auto", num_nodes=args.num_nodes))
             import_ray()
+            check_address(args.ray_address)
         _check_inputs(args, trials)
     except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
         parser.error(str(error))

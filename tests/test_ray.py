@@ -251,6 +251,8 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "ddp", "--devices", "2"], "per-trial DDP (--strategy ddp, 2 devices per trial) is not supported"),
     (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
+    (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["--ray-address", "headnode"], "Ray address 'headnode' is not HOST:PORT or ray://HOST:PORT"),
 ])
 def test_unsupported_ray_arguments_exit_2_before_any_trial(args, message, cifar_dir, tmp_path, capsys):
     status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--engine", "ray",
