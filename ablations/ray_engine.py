@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 # Ray errors that mean the task's worker process or node is gone, not that the trial failed: these are retried.
 WORKER_LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its error texts
 RESOURCE_UNITS = 10_000  # Ray counts resources in steps of 1/10,000: requests are rounded down to one
 
 
@@ -91,6 +93,14 @@ class TrialResources:
         return max(1, sum(self.fits_on(node) for node in nodes))
 
 
+def available_cpus() -> int:
+    """The cores this process may run on (its affinity: a SLURM or taskset allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 def check_supported(trials: list[Trial], options: RunOptions) -> None:
     """Raise ValueError if these trials need what the Ray engine does not do: per-trial DDP."""
     width = max([t.data_parallel for t in trials] + [options.num_nodes])
@@ -139,13 +149,13 @@ def _portable(options: RunOptions, resources: TrialResources) -> RunOptions:
 
 def _connect(ray: Any, address: Optional[str]) -> bool:
     """Join Ray: the instance this process already joined, the cluster at `address`, or a new local instance with
-    every core of this machine. True if this call started it (and so must shut it down)."""
+    the cores this process may use. True if this call started it (and so must shut it down)."""
     if ray.is_initialized():
         return False
     import logging
 
     local = address is None
-    ray.init(address="local" if local else address, num_cpus=os.cpu_count() if local else None,
+    ray.init(address="local" if local else address, num_cpus=available_cpus() if local else None,
              include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     return True
 
@@ -255,8 +265,9 @@ class _RaySweep:
             status = self.ray.get(ref)
         except self.lost_errors as error:
             self._lost(i, wait, error)
-        except self.ray.exceptions.RayError as error:  # e.g. run_trial itself raised: not a lost worker, no retry
-            self._fail(i, f"Ray task failed: {type(error).__name__}: {error}")
+        except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
+            text = ANSI_ESCAPE.sub("", str(error)).strip()
+            self._fail(i, f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}", text)
         else:
             if status["status"] == "busy":  # another sweep runs it: do the others first, then wait for it
                 self.attempts[i] -= 1
@@ -275,7 +286,7 @@ class _RaySweep:
         self._fail(i, f"the Ray worker running this trial died ({type(error).__name__}) in each of {attempts} "
                       f"attempts (1 + max_retries={self.max_retries})")
 
-    def _fail(self, i: int, reason: str) -> None:
+    def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
         """Record trial `i` as failed: an ``error.json`` in its folder (unless another sweep now holds it)."""
         trial = self.trials[i]
         run_dir = trial.run_dir(Path(self.options.logdir))
@@ -284,7 +295,7 @@ class _RaySweep:
                 write_json_atomic(run_dir / ERROR_FILE, {
                     "suite": trial.suite, "spec": str(trial.spec), "seed": trial.seed,
                     "settings": trial.hashed_settings(), "settings_hash": trial.settings_hash, "engine": "ray",
-                    "attempts": self.attempts[i], "error": reason, "traceback": None})
+                    "attempts": self.attempts[i], "error": reason, "traceback": traceback})
         self.finish(i, {"trial": trial.name, "status": "failed", "error": reason})
 
 
@@ -292,11 +303,11 @@ def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | N
                    cpus_per_trial: float, max_retries: int) -> list[dict]:
     """Run `trials` as Ray tasks; returns, in trial order, `run_trial`'s status dicts (done, skipped or failed).
 
-    `address`: a Ray cluster (``host:port`` or ``ray://host:port``), or None for a local instance with every core of
-    this machine; a process that already joined Ray keeps its instance. Each task asks for `gpus_per_trial` GPUs
-    (0 to 1; fractions pack trials onto a GPU) and `cpus_per_trial` CPUs (also its torch threads). A trial whose
-    worker or node dies is run again up to `max_retries` times. Finished trials are skipped without starting Ray.
-    Raises ValueError, before anything runs, for per-trial DDP, bad resources or a missing Ray.
+    `address`: a Ray cluster (``host:port`` or ``ray://host:port``), or None for a local instance with the cores
+    this process may use (`available_cpus`); a process that already joined Ray keeps its instance. Each task asks
+    for `gpus_per_trial` GPUs (0 to 1; fractions pack trials onto a GPU) and `cpus_per_trial` CPUs (also its torch
+    threads). A trial whose worker or node dies is run again up to `max_retries` times. Finished trials are skipped
+    without starting Ray. Raises ValueError, before anything runs, for per-trial DDP, bad resources or a missing Ray.
     """
     from ablations.trial import is_finished
 

@@ -27,7 +27,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ablations.ray_engine import TrialResources, check_address, check_supported, import_ray, run_trials_ray
+from ablations.ray_engine import (TrialResources, available_cpus, check_address, check_supported, import_ray,
+                                  run_trials_ray)
 from ablations.suite import SuiteError, Trial, available_suites, expand_trials, load_suite, shard
 from ablations.trial import RunOptions, run_trial
 
@@ -218,7 +219,7 @@ def run_trials(trials: list[Trial], options: RunOptions, parallel: int, gpus: in
 
 def _ray_resources(gpus: int, parallel: int) -> dict[str, float]:
     """The Ray resources of one trial: the share of this machine a local worker would get."""
-    share = TrialResources.share(gpus, parallel, os.cpu_count() or 1)
+    share = TrialResources.share(gpus, parallel, available_cpus())
     return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
 
 

@@ -22,14 +22,14 @@ import pytest
 import torch
 
 from ablations import run as run_module
-from ablations.ray_engine import TrialResources
+from ablations.ray_engine import TrialResources, available_cpus
 from ablations.run import main
 from ablations.store import ERROR_FILE, RESULT_FILE, TrialPaths, folder_lock
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--limit-train", "64", "--val-size", "32", "--batch-size", "32"]
 TRIALS = ["--only", "pixel+dropout=0.25", "--seeds", "0,1,2"]  # dropout: the seed's RNG streams matter
-ONE_CORE_EACH = ["--parallel", str(os.cpu_count())]  # every trial gets 1 CPU (and 1 torch thread) on any machine
+ONE_CORE_EACH = ["--parallel", str(available_cpus())]  # each trial: 1 CPU and 1 torch thread, on any machine
 SPEC = "pixel+dropout=0.25"
 DEADLINE_S = 300  # only to end a broken test instead of hanging; no assertion depends on it
 
@@ -239,7 +239,7 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
     """--parallel 8 on a machine with 4 GPUs and 16 cores: each Ray task asks for half a GPU and 2 CPUs."""
     calls = []
     monkeypatch.setattr(run_module, "_gpu_count", lambda accelerator: 4)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(run_module, "available_cpus", lambda: 16)
     monkeypatch.setattr(run_module, "run_trials_ray", lambda trials, options, **kwargs: calls.append(kwargs) or [])
     status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--only", "pixel",
                         "--seeds", "0", "--parallel", "8", "--engine", "ray", "--ray-address", "10.0.0.1:6379",
