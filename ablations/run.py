@@ -221,10 +221,11 @@ def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
     import lightning.pytorch as pl
 
     if args.engine == "ray":
-        ray_engine()
-        if args.strategy:
-            raise ValueError(f"--strategy {args.strategy} with --engine ray: per-trial data parallelism is not "
-                             "supported on Ray; use --engine local (with --shard for several machines)")
+        from ablations.ray_engine import check_address, check_supported, import_ray
+
+        import_ray()
+        check_supported(plan.trials, plan.options)
+        check_address(args.ray_address)
     try:
         pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
     except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
@@ -266,21 +267,13 @@ def _check_data(plan: Plan) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def ray_engine() -> Callable[..., list[dict[str, Any]]]:
-    """`ablations.ray_engine.run_trials_ray`; ValueError with install advice when Ray is not installed."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise ValueError(f"--engine ray needs Ray, which is not installed: {RAY_ADVICE}") from None
-    from ablations.ray_engine import run_trials_ray
-
-    return run_trials_ray
-
-
 def ray_resources(parallel: int, gpus: int, cpus: int) -> dict[str, float]:
-    """What each Ray task asks for: a GPU (a fraction when `parallel` packs several trials per GPU; none on CPU)
-    and an equal share of the cores."""
-    return {"gpus_per_trial": min(1.0, gpus / parallel) if gpus else 0.0, "cpus_per_trial": cpus / parallel}
+    """What each Ray task asks for: the share of a machine the local engine gives each of its `parallel` workers
+    (a GPU, or a fraction when several trials share one; none on CPU; an equal share of the cores)."""
+    from ablations.ray_engine import TrialResources
+
+    share = TrialResources.share(gpus, parallel, cpus)
+    return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
 
 
 def ddp_ranks(options: RunOptions) -> Ranks:
@@ -312,10 +305,12 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
 
 def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
                 ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    cpus = os.cpu_count() or 1
     if args.engine == "ray":
-        return ray_engine()(trials, plan.options, address=args.ray_address, max_retries=args.max_retries,
-                            **ray_resources(plan.parallel, plan.gpus, cpus))
+        from ablations.ray_engine import available_cpus, run_trials_ray
+
+        return run_trials_ray(trials, plan.options, address=args.ray_address, max_retries=args.max_retries,
+                              **ray_resources(plan.parallel, plan.gpus, available_cpus()))
+    cpus = os.cpu_count() or 1
     slots: Optional[list[WorkerSlot]] = None
     if plan.parallel > 1:
         slots = worker_slots(plan.parallel, plan.gpus, cpus, os.environ.get("CUDA_VISIBLE_DEVICES"))

@@ -1,0 +1,331 @@
+"""``--engine ray``: run a sweep's trials as Ray tasks, on a local Ray instance or on a Ray cluster.
+
+Each trial is one Ray task that asks for the trial's share of a machine (`TrialResources`: a GPU, or a fraction of
+one to pack several trials per GPU, and CPU cores, which the task also gives torch as threads) and calls
+`ablations.trial.run_trial`. The trial folders therefore follow the local engine's contract (``result.json`` /
+``error.json`` written atomically, the trial's ``flock``, the settings hash): local, Ray and job-array (``--shard``)
+runs on one shared ``--logdir`` resume each other, and a trial that another sweep is running is waited for.
+
+- **Worker loss.** A task whose Ray worker or node dies (a kill, the OOM killer, a lost node) is submitted again, up
+  to ``max_retries`` times, then recorded as failed with an ``error.json`` saying so. An exception inside a trial is
+  not retried: `run_trial` records it, as it does locally.
+- **Driver loss.** Ray ends a job's tasks when its driver dies, and a killed trial leaves no result (results are
+  written atomically): rerunning the command keeps every finished trial and runs the others.
+- **Per-trial DDP** (one trial over several devices or nodes) is not supported by this engine; `check_supported`
+  rejects it before anything starts. Use the local engine with ``--strategy ddp`` (one node, or torchrun / SLURM).
+
+Ray is an optional dependency (``pip install -e ".[ray]"``). This module imports Ray and torch only when a sweep
+starts, so importing it is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ablations.store import ERROR_FILE, folder_lock, write_json_atomic
+
+if TYPE_CHECKING:
+    from ablations.suite import Trial
+    from ablations.trial import RunOptions
+
+# Ray errors that mean the task's worker process or node is gone, not that the trial failed: these are retried.
+WORKER_LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its error texts
+RESOURCE_UNITS = 10_000  # Ray counts resources in steps of 1/10,000: requests are rounded down to one
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial's Ray task asks for: ``gpus`` (0, a fraction to pack trials onto a GPU, or 1) and ``cpus``."""
+
+    gpus: float = 0.0
+    cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gpus <= 1:
+            raise ValueError(f"gpus per trial = {self.gpus!r} must be between 0 and 1: a trial trains on one device "
+                             "(or a fraction of one) under --engine ray; several GPUs per trial (DDP) is not "
+                             "supported")
+        if not self.cpus > 0:
+            raise ValueError(f"cpus per trial = {self.cpus!r} must be > 0")
+
+    @classmethod
+    def share(cls, gpus: int, parallel: int, cpus: int) -> TrialResources:
+        """The share of a machine with `gpus` GPUs and `cpus` cores that the local engine gives each of its
+        `parallel` workers: a GPU each, or ``1/k`` of one when `parallel` packs k trials per GPU; ``cpus //
+        parallel`` cores (at least one)."""
+        if gpus < 0 or parallel < 1 or cpus < 1:
+            raise ValueError(f"gpus={gpus}, parallel={parallel}, cpus={cpus}: need gpus >= 0, parallel >= 1, "
+                             "cpus >= 1")
+        trials_per_gpu = math.ceil(parallel / gpus) if gpus else 0
+        gpu_share = math.floor(RESOURCE_UNITS / trials_per_gpu) / RESOURCE_UNITS if gpus else 0.0
+        return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
+
+    @property
+    def threads(self) -> int:
+        """The torch threads a trial uses: its whole CPU cores."""
+        return max(1, int(self.cpus))
+
+    def task_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``ray.remote(...).options``. Ray's own retries are off: the engine retries lost
+        workers itself, counting attempts, and never retries a trial's exception."""
+        return {"num_gpus": self.gpus, "num_cpus": self.cpus, "max_retries": 0, "retry_exceptions": False}
+
+    def fits_on(self, node: dict[str, float]) -> int:
+        """How many such tasks a node with the resources `node` (from ``ray.nodes()``) runs at once."""
+        needs = {"CPU": self.cpus, "GPU": self.gpus}
+        return min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in needs.items() if amount > 0)
+
+    def capacity(self, nodes: list[dict[str, float]]) -> int:
+        """How many such tasks a cluster of `nodes` runs at once (at least 1: an autoscaler may add nodes)."""
+        return max(1, sum(self.fits_on(node) for node in nodes))
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (its affinity: a SLURM or taskset allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def check_supported(trials: list[Trial], options: RunOptions) -> None:
+    """Raise ValueError if these trials need what the Ray engine does not do: per-trial DDP."""
+    width = max([t.data_parallel for t in trials] + [options.num_nodes])
+    if options.strategy not in ("auto", None) or width > 1:
+        raise ValueError(f"--engine ray runs each trial on one device; per-trial DDP (--strategy {options.strategy}, "
+                         f"{width} devices per trial) is not supported with it. Use --engine local with --strategy "
+                         "ddp (one node, or launched by torchrun / SLURM), or drop --strategy to spread whole trials "
+                         "over the Ray cluster")
+
+
+def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
+    """Raise ValueError, naming `address`, if nothing listens there (``ray.init`` would retry for minutes).
+    None (a local Ray) and ``auto`` (the cluster this machine is part of) are not probed."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ValueError(f"cannot reach the Ray cluster at {address} (--ray-address or $RAY_ADDRESS): "
+                         f"{error.strerror or error}") from None
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a ValueError that says how to install it."""
+    try:
+        import ray
+    except ImportError as error:
+        raise ValueError(f"--engine ray needs Ray ({error}): pip install -e \".[ray]\" "
+                         "(or pip install \"ray>=2.9\")") from None
+    return ray
+
+
+def _portable(options: RunOptions, resources: TrialResources) -> RunOptions:
+    """Options that mean the same on any Ray worker: absolute paths (a worker's working directory is not the
+    driver's), no per-trial progress bar (workers have no terminal), and the CPU when the task has no GPU."""
+    from lit_cifar.data import default_data_dir
+
+    data_dir = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
+    accelerator = "cpu" if resources.gpus == 0 and options.accelerator == "auto" else options.accelerator
+    return replace(options, logdir=str(Path(options.logdir).resolve()), data_dir=str(Path(data_dir).resolve()),
+                   progress_bar=False, accelerator=accelerator)
+
+
+def _connect(ray: Any, address: Optional[str]) -> bool:
+    """Join Ray: the instance this process already joined, the cluster at `address`, or a new local instance with
+    the cores this process may use. True if this call started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    import logging
+
+    local = address is None
+    ray.init(address="local" if local else address, num_cpus=available_cpus() if local else None,
+             include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    return True
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
+    """Be connected to Ray (`_connect`) while the block runs, which gets whether this call joined it; leave it
+    (shutting down a local Ray, ending the job and its tasks on a cluster) afterwards.
+
+    ``ray.init`` replaces the SIGTERM handler (Ray's exits with status 15, and its C++ handler can abort with a stack
+    dump): keep the caller's Python handler if it had one, else exit with status 143 through the sweep's cleanup
+    (tasks cancelled, a local Ray shut down); the original handler is put back at the end.
+    """
+    main = threading.current_thread() is threading.main_thread()  # only the main thread handles signals
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    started = _connect(ray, address)
+    if main:
+        signal.signal(signal.SIGTERM, previous if callable(previous) else _exit_on_sigterm)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> dict[str, Any]:
+    """The body of a trial's Ray task, on a worker: `run_trial` with the task's CPU share as torch threads."""
+    import torch
+
+    from ablations.run import quiet_lightning
+    from ablations.trial import run_trial
+
+    quiet_lightning()
+    torch.set_num_threads(threads)
+    return run_trial(trial, options, wait)
+
+
+class _RaySweep:
+    """One sweep on Ray: submits trials as the cluster has room, collects their statuses, retries lost workers."""
+
+    def __init__(self, ray: Any, trials: list[Trial], options: RunOptions, resources: TrialResources,
+                 max_retries: int) -> None:
+        from tqdm import tqdm
+
+        self.ray, self.trials, self.options, self.resources = ray, trials, options, resources
+        self.max_retries = max_retries
+        self.remote = ray.remote(_run_task).options(**resources.task_options())
+        self.lost_errors = tuple(getattr(ray.exceptions, name) for name in WORKER_LOST_ERRORS)
+        self.statuses: dict[int, dict[str, Any]] = {}
+        self.attempts = [0] * len(trials)
+        self.pending: deque[tuple[int, bool]] = deque()  # (trial index, wait for its lock)
+        self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
+        self.bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
+                        disable=len(trials) <= 1)
+
+    def run(self, todo: list[int], cancel_on_exit: bool) -> None:
+        """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
+
+        If interrupted, nothing more is handed to Ray and, with `cancel_on_exit`, the running tasks are cancelled
+        (without: the caller ends its Ray job, which ends them). Cancelling raises KeyboardInterrupt in the task;
+        ``force=True`` is not used: in Ray 2.60 it can crash the driver when the task is finishing at that moment.
+        """
+        self.pending.extend((i, False) for i in todo)
+        if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
+            self.bar.write(f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
+                           f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
+                           "(or use --parallel to ask for a smaller share)", file=sys.stderr)
+        try:
+            while self.pending or self.in_flight:
+                self._fill()
+                ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
+                for ref in ready:
+                    self._collect(ref, *self.in_flight.pop(ref))
+        finally:
+            for ref in self.in_flight if cancel_on_exit else ():
+                self.ray.cancel(ref)
+
+    def finish(self, i: int, status: dict[str, Any]) -> None:
+        self.statuses[i] = status
+        self._show_running()
+        self.bar.update()
+
+    def _show_running(self) -> None:
+        running = [self.trials[i].name for i, _ in self.in_flight.values()]
+        self.bar.set_postfix_str(f"running {', '.join(running)}" if running else "")
+
+    def _nodes(self) -> list[dict[str, float]]:
+        return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
+
+    def _fill(self) -> None:
+        """Hand Ray as many pending trials as the cluster can run now, so the bar names the running ones."""
+        room = self.resources.capacity(self._nodes()) - len(self.in_flight)
+        for _ in range(min(room, len(self.pending))):
+            i, wait = self.pending.popleft()
+            self.attempts[i] += 1
+            self.in_flight[self.remote.remote(self.trials[i], self.options, wait, self.resources.threads)] = (i, wait)
+        self._show_running()
+
+    def _collect(self, ref: Any, i: int, wait: bool) -> None:
+        try:
+            status = self.ray.get(ref)
+        except self.lost_errors as error:
+            self._lost(i, wait, error)
+        except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
+            text = ANSI_ESCAPE.sub("", str(error)).strip()
+            self._fail(i, f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}", text)
+        else:
+            if status["status"] == "busy":  # another sweep runs it: do the others first, then wait for it
+                self.attempts[i] -= 1
+                self.pending.append((i, True))
+            else:
+                self.finish(i, status)
+
+    def _lost(self, i: int, wait: bool, error: Exception) -> None:
+        """A trial's worker or node died: submit it again, or record it failed once `max_retries` are spent."""
+        name, attempts = self.trials[i].name, self.attempts[i]
+        if attempts <= self.max_retries:
+            self.bar.write(f"Ray worker lost running {name} ({type(error).__name__}); retry {attempts} of "
+                           f"{self.max_retries}", file=sys.stderr)
+            self.pending.appendleft((i, wait))
+            return
+        self._fail(i, f"the Ray worker running this trial died ({type(error).__name__}) in each of {attempts} "
+                      f"attempts (1 + max_retries={self.max_retries})")
+
+    def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
+        """Record trial `i` as failed: an ``error.json`` in its folder (unless another sweep now holds it)."""
+        trial = self.trials[i]
+        run_dir = trial.run_dir(Path(self.options.logdir))
+        with folder_lock(run_dir) as locked:
+            if locked:
+                write_json_atomic(run_dir / ERROR_FILE, {
+                    "suite": trial.suite, "spec": str(trial.spec), "seed": trial.seed,
+                    "settings": trial.hashed_settings(), "settings_hash": trial.settings_hash, "engine": "ray",
+                    "attempts": self.attempts[i], "error": reason, "traceback": traceback})
+        self.finish(i, {"trial": trial.name, "status": "failed", "error": reason})
+
+
+def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | None, gpus_per_trial: float,
+                   cpus_per_trial: float, max_retries: int) -> list[dict]:
+    """Run `trials` as Ray tasks; returns, in trial order, `run_trial`'s status dicts (done, skipped or failed).
+
+    `address`: a Ray cluster (``host:port`` or ``ray://host:port``), or None for a local instance with the cores
+    this process may use (`available_cpus`); a process that already joined Ray keeps its instance. Each task asks
+    for `gpus_per_trial` GPUs (0 to 1; fractions pack trials onto a GPU) and `cpus_per_trial` CPUs (also its torch
+    threads). A trial whose worker or node dies is run again up to `max_retries` times. Finished trials are skipped
+    without starting Ray. Raises ValueError, before anything runs, for per-trial DDP, bad resources or a missing Ray.
+    """
+    from ablations.trial import is_finished
+
+    if max_retries < 0:
+        raise ValueError(f"max_retries={max_retries} must be >= 0")
+    resources = TrialResources(gpus=gpus_per_trial, cpus=cpus_per_trial)
+    check_supported(trials, options)
+    ray = import_ray()
+    options = _portable(options, resources)
+    skipped = {i: {"trial": t.name, "status": "skipped", "error": None} for i, t in enumerate(trials)
+               if not options.force and is_finished(t, Path(options.logdir))}
+    todo = [i for i in range(len(trials)) if i not in skipped]
+    sweep = _RaySweep(ray, trials, options, resources, max_retries)
+    for i, status in skipped.items():
+        sweep.finish(i, status)
+    try:
+        with _joined(ray, address) if todo else nullcontext(False) as joined:
+            sweep.run(todo, cancel_on_exit=not joined)
+    finally:
+        sweep.bar.close()
+    return [sweep.statuses[i] for i in range(len(trials))]

@@ -1,0 +1,268 @@
+"""The Ray engine (``--engine ray``) on a local Ray: the local engine's results, waiting for busy trials, resume
+after a killed driver, retries after killed workers, and the resources each trial asks for.
+
+One local Ray instance (2 CPUs) serves the whole module; the in-process sweeps join it, the subprocess sweeps
+connect to it by address. Workers are killed the way the OOM killer would: SIGKILL to the process that holds the
+trial's lock (found in /proc/locks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablations import run as run_module
+from ablations.ray_engine import TrialResources, available_cpus
+from ablations.run import main
+from ablations.store import ERROR_FILE, RESULT_FILE, TrialPaths, folder_lock
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--limit-train", "64", "--val-size", "32", "--batch-size", "32"]
+TRIALS = ["--only", "pixel+dropout=0.25", "--seeds", "0,1,2"]  # dropout: the seed's RNG streams matter
+ONE_CORE_EACH = ["--parallel", str(available_cpus())]  # each trial: 1 CPU and 1 torch thread, on any machine
+SPEC = "pixel+dropout=0.25"
+DEADLINE_S = 300  # only to end a broken test instead of hanging; no assertion depends on it
+
+
+def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """Run ``python -m ablations.run ARGS`` in-process; returns (exit status, stderr)."""
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def results(logdir: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
+
+
+def numbers(result: dict) -> tuple:
+    """What training determines (not timings or the environment)."""
+    return result["metrics"], result["history"], result["settings_hash"]
+
+
+def lock_of(logdir: Path, seed: int, spec: str = SPEC) -> Path:
+    return TrialPaths.of(logdir, "notebook", spec, seed).lock
+
+
+def flock_pids(lock: Path) -> tuple[set[int], set[int]]:
+    """(pids holding, pids waiting for) an flock on `lock`, read from /proc/locks."""
+    try:
+        st = lock.stat()
+    except FileNotFoundError:
+        return set(), set()
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders, waiters = set(), set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        waiting = fields[1] == "->"
+        fields = fields[2:] if waiting else fields[1:]
+        if fields[0] == "FLOCK" and fields[4] == key:
+            (waiters if waiting else holders).add(int(fields[3]))
+    return holders, waiters
+
+
+class LockKiller(threading.Thread):
+    """SIGKILLs every new process (not this one) that takes one of some locks, up to a number of kills per lock."""
+
+    def __init__(self, kills: dict[Path, int]) -> None:
+        super().__init__(daemon=True)
+        self.kills = kills
+        self.killed: dict[Path, list[int]] = {lock: [] for lock in kills}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.01):
+            for lock, allowed in self.kills.items():
+                for pid in flock_pids(lock)[0] - {os.getpid(), *self.killed[lock]}:
+                    if len(self.killed[lock]) < allowed:
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed[lock].append(pid)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance with 2 CPUs for the module; yields its address."""
+    import ray
+
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                       log_to_driver=False)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cifar_dir):
+    """The local engine's results for TRIALS, in this process with 1 torch thread (as each Ray task here)."""
+    logdir = tmp_path_factory.mktemp("local")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["--data-dir", str(cifar_dir), "--logdir", str(logdir), *TINY, *TRIALS, "--parallel", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    found = results(logdir)
+    assert len(found) == 3 and all(r["environment"]["cpu_threads"] == 1 for r in found.values())
+    return found
+
+
+@pytest.mark.slow
+def test_ray_sweep_equals_the_local_engine_and_waits_for_a_busy_trial(ray_address, reference, cifar_dir,
+                                                                      tmp_path, capsys):
+    """Bit-identical results; a trial another sweep holds is done last, once its lock is released."""
+    busy = lock_of(tmp_path, seed=0)
+    held, waited_for, over = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_until_waited_for() -> None:
+        with folder_lock(busy.parent):
+            held.set()
+            while not over.wait(0.01):
+                if flock_pids(busy)[1]:  # a Ray task waits for this lock: let it go
+                    waited_for.set()
+                    return
+
+    holder = threading.Thread(target=hold_until_waited_for, daemon=True)
+    holder.start()
+    held.wait()
+    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, *TRIALS,
+                        *ONE_CORE_EACH, "--engine", "ray")
+    over.set()
+    holder.join()
+    assert waited_for.is_set(), "no task waited for the busy trial"
+    assert status == 0, err[-2000:]
+    found = results(tmp_path)
+    assert sorted(found) == sorted(reference)
+    assert all(numbers(found[k]) == numbers(reference[k]) for k in reference)
+    assert all(r["environment"]["cpu_threads"] == 1 for r in found.values())  # torch threads = the task's CPUs
+    assert "3 trained, 0 already done, 0 failed" in err
+    assert (tmp_path / "notebook" / "results.md").exists()
+
+
+def wait_for(condition, what: str) -> None:
+    """Poll `condition` until it holds; fail (not hang) if it never does."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < DEADLINE_S, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_killed_driver_then_rerun_keeps_finished_trials(ray_address, reference, cifar_dir, tmp_path, capsys):
+    """SIGKILL the driver once a trial has finished: the rerun keeps it and trains only the others."""
+    command = [sys.executable, "-m", "ablations.run", "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY,
+               *TRIALS, *ONE_CORE_EACH, "--engine", "ray", "--ray-address", ray_address]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_for(lambda: results(tmp_path) or driver.poll() is not None, "the first result.json")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    kept = {path: path.read_bytes() for path in tmp_path.glob(f"*/*/*/{RESULT_FILE}")}
+    assert 1 <= len(kept) < 3, "the driver finished before it was killed"
+    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, *TRIALS,
+                        *ONE_CORE_EACH, "--engine", "ray")
+    assert status == 0, err[-2000:]
+    assert f"{3 - len(kept)} trained, {len(kept)} already done, 0 failed" in err
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    found = results(tmp_path)
+    assert sorted(found) == sorted(reference)
+    assert all(numbers(found[k]) == numbers(reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_then_recorded_failed(ray_address, cifar_dir, tmp_path, capsys):
+    """--max-retries 1: a trial whose worker is killed once finishes on its retry; one whose worker is killed on
+    both attempts ends failed, with an error.json saying so."""
+    once, always = lock_of(tmp_path, 3, "pixel"), lock_of(tmp_path, 4, "pixel")
+    killer = LockKiller({once: 1, always: 2})
+    killer.start()
+    try:
+        status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--only",
+                            "pixel", "--seeds", "3,4", *ONE_CORE_EACH, "--engine", "ray", "--max-retries", "1")
+    finally:
+        killer.done.set()
+        killer.join()
+    assert [len(killer.killed[once]), len(killer.killed[always])] == [1, 2]
+    assert status == 1, err[-2000:]
+    assert (once.parent / RESULT_FILE).exists() and not (once.parent / ERROR_FILE).exists()
+    assert not (always.parent / RESULT_FILE).exists()
+    error = json.loads((always.parent / ERROR_FILE).read_text())
+    assert error["attempts"] == 2 and "worker running this trial died" in error["error"]
+    assert "1 trained, 0 already done, 1 failed" in err
+    assert "FAILED pixel/seed=4: the Ray worker running this trial died (WorkerCrashedError) in each of 2" in err
+    assert err.count("retry 1 of 1") == 2
+
+
+@pytest.mark.parametrize("gpus, parallel, cpus, expected", [
+    (0, 1, 16, TrialResources(gpus=0.0, cpus=16)),  # CPU: one trial with every core
+    (0, 4, 16, TrialResources(gpus=0.0, cpus=4)),
+    (4, 4, 16, TrialResources(gpus=1.0, cpus=4)),  # one trial per GPU
+    (4, 2, 16, TrialResources(gpus=1.0, cpus=8)),  # fewer trials than GPUs: still one GPU each
+    (4, 8, 16, TrialResources(gpus=0.5, cpus=2)),  # two trials per GPU
+    (2, 6, 8, TrialResources(gpus=0.3333, cpus=1)),  # three per GPU, rounded down to Ray's 1e-4 granularity
+])
+def test_trial_resources_are_the_local_engines_shares(gpus, parallel, cpus, expected):
+    assert TrialResources.share(gpus, parallel, cpus) == expected
+
+
+def test_task_options_and_capacity():
+    packed = TrialResources(gpus=0.3333, cpus=1)
+    assert packed.task_options() == {"num_gpus": 0.3333, "num_cpus": 1, "max_retries": 0, "retry_exceptions": False}
+    gpu_node, cpu_node = {"CPU": 16.0, "GPU": 2.0}, {"CPU": 16.0}
+    assert packed.capacity([gpu_node, gpu_node, cpu_node]) == 12  # 3 per GPU; the CPU node takes none
+    assert TrialResources(gpus=0.0, cpus=2).capacity([gpu_node, cpu_node]) == 16
+    assert TrialResources(gpus=0.0, cpus=3).capacity([{"CPU": 4.0}, {"CPU": 4.0}]) == 2  # per node, not 8 / 3
+    assert TrialResources(gpus=1.0, cpus=2).fits_on(cpu_node) == 0
+    assert TrialResources(gpus=1.0, cpus=2).capacity([cpu_node]) == 1  # no GPU node yet: one, for an autoscaler
+    assert TrialResources(gpus=0.0, cpus=2.5).threads == 2
+
+
+@pytest.mark.parametrize("gpus, cpus, message", [(2, 1, "DDP"), (-0.5, 1, "between 0 and 1"), (0, 0, "> 0")])
+def test_bad_trial_resources_are_rejected(gpus, cpus, message):
+    with pytest.raises(ValueError, match=message):
+        TrialResources(gpus=gpus, cpus=cpus)
+
+
+def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_path, capsys):
+    """--parallel 8 on a machine with 4 GPUs and 16 cores: each Ray task asks for half a GPU and 2 CPUs."""
+    calls = []
+    monkeypatch.setattr(run_module, "_gpu_count", lambda accelerator: 4)
+    monkeypatch.setattr(run_module, "available_cpus", lambda: 16)
+    monkeypatch.setattr(run_module, "run_trials_ray", lambda trials, options, **kwargs: calls.append(kwargs) or [])
+    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--only", "pixel",
+                        "--seeds", "0", "--parallel", "8", "--engine", "ray", "--ray-address", "10.0.0.1:6379",
+                        "--max-retries", "5")
+    assert status == 0, err
+    assert calls == [{"address": "10.0.0.1:6379", "gpus_per_trial": 0.5, "cpus_per_trial": 2, "max_retries": 5}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "ddp", "--devices", "2"], "per-trial DDP (--strategy ddp, 2 devices per trial) is not supported"),
+    (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
+    (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["--ray-address", "headnode"], "Ray address 'headnode' is not HOST:PORT or ray://HOST:PORT"),
+])
+def test_unsupported_ray_arguments_exit_2_before_any_trial(args, message, cifar_dir, tmp_path, capsys):
+    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--engine", "ray",
+                        *args)
+    assert status == 2 and message in err
+    assert not (tmp_path / "notebook").exists()
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(monkeypatch, cifar_dir, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--engine", "ray")
+    assert status == 2 and 'pip install -e ".[ray]"' in err
+    assert not (tmp_path / "notebook").exists()
