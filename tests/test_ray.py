@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablations import ray_engine
 from ablations import run as run_module
 from ablations.ray_engine import TrialResources, available_cpus
 from ablations.run import main
@@ -239,13 +240,19 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
     """--parallel 8 on a machine with 4 GPUs and 16 cores: each Ray task asks for half a GPU and 2 CPUs."""
     calls = []
     monkeypatch.setattr(run_module, "_gpu_count", lambda accelerator: 4)
-    monkeypatch.setattr(run_module, "available_cpus", lambda: 16)
-    monkeypatch.setattr(run_module, "run_trials_ray", lambda trials, options, **kwargs: calls.append(kwargs) or [])
+    monkeypatch.setattr(ray_engine, "available_cpus", lambda: 16)
+    monkeypatch.setattr(ray_engine, "check_address", lambda address: None)  # no cluster is contacted
+
+    def fake_engine(trials, options, **kwargs):
+        calls.append(kwargs)
+        return [{"trial": t.name, "status": "done", "error": None} for t in trials]
+
+    monkeypatch.setattr(ray_engine, "run_trials_ray", fake_engine)
     status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--only", "pixel",
-                        "--seeds", "0", "--parallel", "8", "--engine", "ray", "--ray-address", "10.0.0.1:6379",
+                        "--seeds", "0", "--parallel", "8", "--engine", "ray", "--ray-address", "127.0.0.1:6379",
                         "--max-retries", "5")
     assert status == 0, err
-    assert calls == [{"address": "10.0.0.1:6379", "gpus_per_trial": 0.5, "cpus_per_trial": 2, "max_retries": 5}]
+    assert calls == [{"address": "127.0.0.1:6379", "gpus_per_trial": 0.5, "cpus_per_trial": 2, "max_retries": 5}]
 
 
 @pytest.mark.parametrize("args, message", [
