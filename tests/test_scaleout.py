@@ -47,7 +47,8 @@ def test_ray_tasks_request_the_resources_the_flags_imply():
 
 @pytest.fixture
 def fake_ray(monkeypatch):
-    """A stand-in `ablations.ray_engine` (and `ray`) that records its calls and trains nothing."""
+    """`ablations.ray_engine.run_trials_ray` replaced by a recorder that trains nothing (and `ray` by an empty
+    module), with no cluster address contacted."""
     calls = []
 
     def run_trials_ray(trials, options, *, address, gpus_per_trial, cpus_per_trial, max_retries):
@@ -56,8 +57,11 @@ def fake_ray(monkeypatch):
                       "max_retries": max_retries})
         return [{"trial": t.name, "status": "failed", "error": "not really run"} for t in trials]
 
+    from ablations import ray_engine
+
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
-    monkeypatch.setitem(sys.modules, "ablations.ray_engine", types.SimpleNamespace(run_trials_ray=run_trials_ray))
+    monkeypatch.setattr(ray_engine, "run_trials_ray", run_trials_ray)
+    monkeypatch.setattr(ray_engine, "check_address", lambda address: None)  # no cluster is contacted
     return calls
 
 
@@ -73,7 +77,7 @@ def test_engine_ray_hands_the_trials_and_resources_to_run_trials_ray(fake_ray, m
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--strategy", "ddp"], "not supported on Ray; use --engine local"),
+    (["--strategy", "ddp"], "is not supported with it. Use --engine local"),
     (["--engine", "spark"], "invalid choice: 'spark'"),
     (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
 ])
