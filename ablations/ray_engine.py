@@ -252,7 +252,8 @@ class _RaySweep:
         return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
 
     def _fill(self) -> None:
-        """Hand Ray as many pending trials as the cluster can run now, so the bar names the running ones."""
+        """Hand Ray as many pending trials as the cluster can run at once, so the bar names the running ones (on a
+        cluster shared with other jobs, some of them may still wait in Ray's queue)."""
         room = self.resources.capacity(self._nodes()) - len(self.in_flight)
         for _ in range(min(room, len(self.pending))):
             i, wait = self.pending.popleft()
