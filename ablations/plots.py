@@ -44,10 +44,12 @@ class Layout:
     wrap: int  # characters per line of titles and axis labels
     font: float  # points
     legend_columns: int
+    labels_above: bool  # spec names above their bars (narrow charts) rather than on the left
+    row: float  # inches per bar
 
 
-PAGE = Layout(width=9.0, dpi=110, wrap=110, font=8, legend_columns=2)
-CARD = Layout(width=3.6, dpi=100, wrap=50, font=7, legend_columns=1)
+PAGE = Layout(width=9.0, dpi=110, wrap=110, font=8, legend_columns=2, labels_above=False, row=0.3)
+CARD = Layout(width=3.6, dpi=100, wrap=50, font=7, legend_columns=1, labels_above=True, row=0.36)
 
 
 @dataclass(frozen=True)
@@ -104,17 +106,22 @@ def _title(figure: Figure, title: str, subtitle: str, layout: Layout) -> None:
 
 
 def _draw_bars(ax: Any, bars: Sequence[Bar], layout: Layout) -> None:
-    y = np.arange(len(bars))[::-1]
+    y = np.arange(len(bars))[::-1] - (0.15 if layout.labels_above else 0.0)
     for yy, bar in zip(y, bars):
-        ax.barh(yy, bar.mean, color=VERDICTS[bar.verdict][0], alpha=0.75, height=0.7)
+        ax.barh(yy, bar.mean, color=VERDICTS[bar.verdict][0], alpha=0.75, height=0.45 if layout.labels_above else 0.7)
         if not math.isnan(bar.low):
             ax.errorbar(bar.mean, yy, xerr=[[bar.mean - bar.low], [bar.high - bar.mean]], color="black", capsize=3,
                         lw=1)
         ax.scatter(bar.values, [yy] * len(bar.values), s=10, color="black", zorder=3)
-        ax.text(0.01, yy, f"{bar.mean:.3f}", va="center", fontsize=layout.font - 0.5)
         if bar.notebook is not None:
             ax.scatter([bar.notebook], [yy], marker="|", s=250, color="tab:purple", zorder=4)
-    ax.set_yticks(y, [bar.label for bar in bars], fontsize=layout.font)
+    labels = [f"{bar.label}  {bar.mean:.3f}" for bar in bars]
+    if not layout.labels_above:
+        ax.set_yticks(y, labels, fontsize=layout.font)
+        return
+    ax.set_yticks([])
+    for yy, label in zip(y, labels):
+        ax.text(0.005, yy + 0.25, label, fontsize=layout.font, va="bottom")
 
 
 def _verdict_legend(bars: Sequence[Bar]) -> list[Any]:
@@ -131,12 +138,12 @@ def results_chart(bars: Sequence[Bar], title: str, subtitle: str, layout: Layout
     an empty band under the bars."""
     handles = _verdict_legend(bars)
     band = 0.2 + 0.55 * math.ceil(len(handles) / layout.legend_columns)  # in bar rows
-    figure = _figure(layout, 0.9 + 0.3 * (len(bars) + band))
+    figure = _figure(layout, 0.9 + layout.row * (len(bars) + band))
     ax = figure.add_subplot()
     _draw_bars(ax, bars, layout)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.5 - band, len(bars) - 0.5)
-    ax.set_xlabel("test accuracy: bar mean, whisker 95% CI, dots seeds", fontsize=layout.font)
+    ax.set_xlabel("test accuracy (bar: mean; whisker: 95% CI; dots: seeds)", fontsize=layout.font)
     ax.tick_params(axis="x", labelsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=handles, loc="lower right", ncol=layout.legend_columns, fontsize=layout.font - 1,

@@ -200,8 +200,8 @@ def factorial_effects(frame: pd.DataFrame, factors: Sequence[Factor], response: 
     combinations = math.prod(len(f.levels) for f in factors)
     present = len(frame[[f.name for f in factors]].drop_duplicates())
     if present < combinations:
-        return FactorialFit([], False, 0, f"not a full factorial design: the specs cover {present} of the "
-                                          f"{combinations} combinations of {', '.join(f.name for f in factors)}")
+        return FactorialFit([], False, 0, f"the specs cover {present} of the {combinations} combinations of "
+                                          f"{', '.join(f.name for f in factors)} (not a full factorial design)")
     for interactions in (True, False):
         parameters = _design(frame.head(1), factors, interactions).shape[1]
         if len(frame) > parameters:
