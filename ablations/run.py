@@ -129,6 +129,8 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
     what.add_argument("--dry-run", action="store_true", help="print one line per trial (spec, seed); train nothing")
     what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
+    what.add_argument("--reference", metavar="SPEC",
+                      help="spec every other is compared with in the report (default: pixel, else the first)")
 
 
 def _setting_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +181,7 @@ class Plan:
     parallel: int  # trials at once on this machine (1 under DDP: a trial uses every device)
     gpus: int  # GPUs the trials are spread over (0 on CPU)
     unsharded: int  # trials before --shard
+    reference: Optional[str] = None  # the report's reference spec (canonical name), None for its default
 
 
 def _gpu_count(accelerator: str) -> int:
@@ -212,7 +215,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                          devices=devices if args.strategy else 1, strategy=args.strategy or "auto",
                          num_nodes=args.num_nodes, force=args.force, compile=args.compile)
     gpus = min(gpus, args.devices) if not args.strategy and isinstance(args.devices, int) else gpus
-    return Plan(suite, trials, options, parallel, gpus, unsharded)
+    reference = expand_trials(suite, settings, only=[args.reference])[0].spec.name if args.reference else None
+    return Plan(suite, trials, options, parallel, gpus, unsharded, reference)
 
 
 def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
@@ -337,7 +341,7 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
     """Write and print the suite's report and the sweep's counts; 1 if a trial failed, else 0."""
     from ablations.report import write_report
 
-    print(write_report(Path(plan.options.logdir) / plan.suite.name))
+    print(write_report(Path(plan.options.logdir) / plan.suite.name, reference=plan.reference))
     counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
     print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['failed']} failed in "
           f"{seconds:.0f} s", file=sys.stderr)

@@ -173,6 +173,7 @@ def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
     (["--suite", "nope"], "unknown suite 'nope'"),
     (["--only", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
     (["--only", "pixle"], "unknown token 'pixle'"),
+    (["--reference", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
     (["--shard", "3/2"], "K must be between 1 and N"),
     (["--parallel", "0"], "--parallel: 0 must be >= 1"),
     (["--epochs", "-1"], "--epochs: -1 must be >= 1"),
@@ -238,3 +239,11 @@ def test_a_trial_does_not_warn_about_what_it_does_on_purpose(cifar_dir, tmp_path
         warnings.simplefilter("always")
         assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"
     assert not [w for w in caught if "log_every_n_steps" in str(w.message)]
+
+
+def test_reference_names_the_suites_spec_in_canonical_form():
+    from ablations.run import build_parser, make_plan
+
+    plan = make_plan(build_parser().parse_args(["--reference", "dropout=0.25+pixel", "--accelerator", "cpu"]))
+    assert plan.reference == "pixel+dropout=0.25"
+    assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).reference is None
