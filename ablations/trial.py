@@ -1,10 +1,10 @@
 """Run one trial: train a spec with one seed, test it once, and leave ``result.json`` or ``error.json``.
 
 A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` (`ablations.store.TrialPaths` names its files) holds its
-TensorBoard events (scalars per epoch, the regularized layers' weight histograms, one training image per class, and
-an HParams entry with the real final metrics) and, written atomically at the end, either ``result.json`` or
-``error.json``. A ``.lock`` file, held with ``flock`` while the trial runs, keeps two sweeps on one logdir from
-running the same trial at once; the kernel releases it when its holder dies.
+TensorBoard events (scalars per epoch, the regularized layers' weight histograms and an HParams entry with the real
+final metrics; the suite's sample images are logged once, under ``<suite>/_samples``) and, written atomically at the
+end, either ``result.json`` or ``error.json``. A ``.lock`` file, held with ``flock`` while the trial runs, keeps two
+sweeps on one logdir from running the same trial at once; the kernel releases it when its holder dies.
 
 Under DDP every process of a trial runs this module: global rank 0 decides (finished? locked elsewhere?), takes the
 lock and writes the files, and broadcasts its decision, so all ranks train the same trial or none (`Ranks`).
