@@ -218,10 +218,7 @@ def test_two_process_ddp_counts_each_test_image_once(cifar_dir: Path, tmp_path: 
     half of its half."""
     torch.manual_seed(0)
     model = RegularizedClassifier("pixel", backbone=TinyResNet())
-    dm = datamodule(cifar_dir, "pixel", num_workers=1)
-    dm.setup("test")
-    model.set_input_statistics(dm.mean, dm.std)
-    (alone,) = quiet_trainer().test(model, datamodule=dm, verbose=False)
+    (alone,) = quiet_trainer().test(model, datamodule=datamodule(cifar_dir, "pixel"), verbose=False)
     counted = tmp_path / "count"
     trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountImages(counted)])
     (together,) = trainer.test(model, datamodule=datamodule(cifar_dir, "pixel", num_workers=1), verbose=False)
