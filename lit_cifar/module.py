@@ -105,10 +105,10 @@ class InputNormalization(nn.Module):
         super().__init__()
         self.normalize = normalize
         shape = IMAGE_SHAPE if normalize == "pixel" else (IMAGE_SHAPE[0], 1, 1)
-        unfitted = math.nan if normalize != "none" else None  # NaN marks statistics nobody has fitted
-        self.register_buffer("mean", torch.full(shape, unfitted if unfitted else 0.0))
-        self.register_buffer("std", torch.full(shape, unfitted if unfitted else 1.0))
-        self.fitted = unfitted is None
+        fixed = normalize == "none"  # raw pixels: mean 0 and std 1, nothing to fit
+        self.register_buffer("mean", torch.full(shape, 0.0 if fixed else math.nan))  # NaN: not fitted yet
+        self.register_buffer("std", torch.full(shape, 1.0 if fixed else math.nan))
+        self.fitted = fixed
         self._warned = False
         self.register_load_state_dict_post_hook(InputNormalization._after_load)
 

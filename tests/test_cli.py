@@ -167,8 +167,8 @@ def test_a_spec_other_than_the_checkpoints_is_an_error(fitted: FitRun, cifar_dir
 def test_bad_values_exit_2_with_one_line_and_no_run_folder(cifar_dir: Path, capsys: pytest.CaptureFixture,
                                                            extra: list[str], words: list[str]) -> None:
     """They once exited 1 with a traceback, after the logger had made logs/lit_cifar/version_0."""
-    expect_usage_error(cli_args("fit", "pixel", cifar_dir, "--trainer.fast_dev_run", "false", *extra), capsys,
-                       *words)
+    expect_usage_error(cli_args("fit", "pixel", cifar_dir, "--trainer.fast_dev_run", "false", "--trainer.max_steps",
+                                "1", *extra), capsys, *words)
 
 
 def test_help_lists_the_spec_option(capsys: pytest.CaptureFixture) -> None:

@@ -32,6 +32,7 @@ def fit_metrics(data_dir: Path, num_workers: int) -> dict[str, float]:
     return {**metrics, **tested, "weight_sum": float(model.backbone.hidden.weight.detach().sum())}
 
 
+@pytest.mark.slow
 def test_fast_path_trains_exactly_like_the_plain_dataloader_path(cifar_dir):
     fast, plain = fit_metrics(cifar_dir, num_workers=0), fit_metrics(cifar_dir, num_workers=1)
     assert set(fast) >= {"train/loss", "val/acc", "test/acc", "weight_sum"}

@@ -105,6 +105,7 @@ class Fitted:
     checkpoints: ModelCheckpoint
     stopper: EarlyStopping
     loggers: tuple[TensorBoardLogger, CSVLogger]
+    final: Path  # a checkpoint of the model as fitted (ModelCheckpoint's last.ckpt is the last top-k save)
     images: torch.Tensor  # raw uint8 test images
     predictions: torch.Tensor  # the in-memory model's probabilities for them
 
@@ -121,13 +122,14 @@ def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     loggers = (TensorBoardLogger(root, name="tb"), CSVLogger(root, name="csv"))
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=list(loggers), log_every_n_steps=1,
                          callbacks=[checkpoints, stopper], enable_progress_bar=False, enable_model_summary=False)
-    dm = datamodule(cifar_dir, cls=NoisyCIFAR)
+    dm = datamodule(cifar_dir, cls=NoisyCIFAR, limit_train=128)
     trainer.fit(model, datamodule=dm)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    trainer.save_checkpoint(root / "final.ckpt")
     images = dm.test_images[:50]
     loader = DataLoader(TensorDataset(images), batch_size=20)
     predictions = torch.cat(quiet_trainer().predict(model, dataloaders=loader))
-    return Fitted(model, metrics, checkpoints, stopper, loggers, images, predictions)
+    return Fitted(model, metrics, checkpoints, stopper, loggers, root / "final.ckpt", images, predictions)
 
 
 def test_the_spec_acts_on_the_named_layers(fitted: Fitted) -> None:
@@ -157,8 +159,7 @@ def test_tensorboard_and_csv_loggers_both_record(fitted: Fitted) -> None:
 
 
 def test_a_checkpoint_alone_predicts_raw_images_as_the_model_in_memory(fitted: Fitted) -> None:
-    loaded = RegularizedClassifier.load_from_checkpoint(fitted.checkpoints.last_model_path,
-                                                        backbone=RegularizedResNet())
+    loaded = RegularizedClassifier.load_from_checkpoint(fitted.final, backbone=RegularizedResNet())
     loader = DataLoader(TensorDataset(fitted.images), batch_size=20)
     predictions = torch.cat(quiet_trainer().predict(loaded, dataloaders=loader))
     assert torch.equal(predictions, fitted.predictions)
@@ -218,10 +219,7 @@ def test_two_process_ddp_counts_each_test_image_once(cifar_dir: Path, tmp_path: 
     half of its half."""
     torch.manual_seed(0)
     model = RegularizedClassifier("pixel", backbone=TinyResNet())
-    dm = datamodule(cifar_dir, "pixel", num_workers=1)
-    dm.setup("test")
-    model.set_input_statistics(dm.mean, dm.std)
-    (alone,) = quiet_trainer().test(model, datamodule=dm, verbose=False)
+    (alone,) = quiet_trainer().test(model, datamodule=datamodule(cifar_dir, "pixel"), verbose=False)
     counted = tmp_path / "count"
     trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountImages(counted)])
     (together,) = trainer.test(model, datamodule=datamodule(cifar_dir, "pixel", num_workers=1), verbose=False)
