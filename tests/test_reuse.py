@@ -166,6 +166,7 @@ def test_a_checkpoint_alone_predicts_raw_images_as_the_model_in_memory(fitted: F
     torch.testing.assert_close(predictions.sum(1), torch.ones(len(predictions)))
 
 
+@pytest.mark.slow  # bf16 convolutions on a CPU
 def test_bf16_mixed_with_gradient_clipping(cifar_dir: Path) -> None:
     model = RegularizedClassifier(SPEC, backbone=RegularizedResNet())
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, precision="bf16-mixed",
