@@ -112,6 +112,7 @@ def pytorch_rate(dm: CIFAR10DataModule, warmup: int, steps: int, channels_last: 
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = RegularizedClassifier(SPEC).to(dm.train_images.device, memory_format=layout)
+    model.set_input_statistics(dm.mean, dm.std)  # the model standardizes its uint8 inputs, as under Trainer.fit
     config = model.configure_optimizers()
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
     model.train()
@@ -155,7 +156,8 @@ def textbook_rate(dm: CIFAR10DataModule, root: Path, warmup: int, steps: int) ->
                                          persistent_workers=True, drop_last=True)
     torch.manual_seed(0)
     clock = StepClock(warmup)
-    trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock]).fit(RegularizedClassifier(SPEC),
+    # The loader already standardizes (Normalize): the same network with an identity input layer ("baseline").
+    trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock]).fit(RegularizedClassifier("baseline"),
                                                                                   loader)
     return clock.steps * BATCH_SIZE / (clock.end - clock.start)
 

@@ -126,7 +126,7 @@ def test_tensorboard_hparams_carry_the_real_test_accuracy(swept):
     report.Reload()
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         report.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "test/acc", "test/loss"}
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "test/acc", "test/ce", "test/loss"}
     assert "hp_metric" not in events.Tags()["scalars"]
     assert events.Scalars("test/acc")[-1].value == pytest.approx(result["metrics"]["test/acc"])
     assert len(events.Scalars("val/acc")) == 1 and len(events.Scalars("train/loss")) == 1

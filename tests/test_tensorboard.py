@@ -142,7 +142,7 @@ def _check_experiment(base: str) -> None:
     assert types["spec"] == types["spec/normalize"] == "DATA_TYPE_STRING"
     assert types["spec/batchnorm"] == types["spec/augment"] == "DATA_TYPE_BOOL"
     assert not [n for n in names if n.startswith("settings/")]  # constant settings are in the report's text
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]][:3] == ["test/acc", "val/acc", "test/loss"]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["test/acc", "val/acc", "test/ce", "test/loss"]
 
 
 def _check_sessions(base: str, logdir: Path) -> None:
