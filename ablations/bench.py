@@ -257,7 +257,7 @@ def alternate(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIT_CIFAR_DATA", "data")),
                         help="real CIFAR-10 (either layout); synthetic data of the same size if absent")
@@ -265,44 +265,56 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions of the throughput rows")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per throughput measurement")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every row runs, in seconds")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def throughput_rows(dm: CIFAR10DataModule, textbook_root: Path, warmup: int, steps: int,
+                    reps: int) -> dict[str, Any]:
+    """Rows 1-2: training images/s of every variant, alternated over `reps` repetitions, and their ratios."""
+    rates = alternate({"lightning": lambda: lightning_rate(dm, warmup, steps),
+                       "pytorch_loop": lambda: pytorch_rate(dm, warmup, steps),
+                       "pytorch_loop_channels_last": lambda: pytorch_rate(dm, warmup, steps, channels_last=True),
+                       "textbook_pipeline": lambda: textbook_rate(dm, textbook_root, warmup, steps)}, reps)
+    return {"images_per_s": rates, "lightning_vs_pytorch": rates["lightning"] / rates["pytorch_loop"],
+            "ours_vs_textbook": rates["lightning"] / rates["textbook_pipeline"],
+            "channels_last_vs_contiguous": rates["pytorch_loop_channels_last"] / rates["pytorch_loop"]}
+
+
+def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, Any]:
+    """Rows 3-6: a trial's fixed cost and peak memory, sweep throughput, and the GPU suite time."""
+    print("3. fixed cost", file=sys.stderr)
+    report: dict[str, Any] = {"fixed_cost": fixed_cost(data_dir)}
+    print("4. peak memory of one trial", file=sys.stderr)
+    report["peak_rss_gb"] = peak_memory_gb(data_dir, epochs=1, limit_train=limit)
+    report["peak_rss_trial"] = f"{SPEC}, 1 epoch, {limit or 'all'} training images"
+    print("5. sweep throughput", file=sys.stderr)
+    sweep_args = (["--only", "baseline", "--seeds", "0,1", "--epochs", "1", "--limit-train", "200", "--val-size",
+                   "100"] if quick else ["--only", "baseline", "pixel", "--seeds", "0,1", "--epochs", "1",
+                                         "--limit-train", "2000", "--val-size", "1000"])
+    report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep_args) for p in (1, 2)}
+    report["sweep"] = " ".join(sweep_args)
+    print("6. GPU seed suite", file=sys.stderr)
+    report["gpu_seed_suite_s"] = None if quick else gpu_seed_suite_seconds(data_dir)
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     quiet_lightning()
     warnings.filterwarnings("ignore")
     scratch = Path(tempfile.mkdtemp(prefix="lit-cifar-bench-"))
     real = find_layout(args.data_dir) is not None
-    sizes = (6000, 200) if args.quick else (50000, 10000)
-    data_dir = args.data_dir if real else synthetic_data_dir(scratch / "synthetic", *sizes)
-    if args.quick:
-        args.reps, args.steps = 1, 2
-    warmup = 1 if args.quick else 5
+    data_dir = args.data_dir if real else synthetic_data_dir(scratch / "synthetic",
+                                                             *((6000, 200) if args.quick else (50000, 10000)))
+    reps, steps, warmup = (1, 2, 1) if args.quick else (args.reps, args.steps, 5)
     limit = 700 if args.quick else None
     dm = datamodule(data_dir, limit_train=limit)
-    textbook_root = write_python_layout(dm, scratch / "textbook")
     report: dict[str, Any] = {"machine": machine(), "data": "real CIFAR-10" if real else "synthetic",
                               "data_dir": str(data_dir), "train_images": len(dm.train_labels), "spec": SPEC,
-                              "batch_size": BATCH_SIZE, "reps": args.reps, "timed_steps": args.steps}
+                              "batch_size": BATCH_SIZE, "reps": reps, "timed_steps": steps}
     print("1-2. training throughput (images/s)", file=sys.stderr)
-    rates = alternate({"lightning": lambda: lightning_rate(dm, warmup, args.steps),
-                       "pytorch_loop": lambda: pytorch_rate(dm, warmup, args.steps),
-                       "pytorch_loop_channels_last": lambda: pytorch_rate(dm, warmup, args.steps, channels_last=True),
-                       "textbook_pipeline": lambda: textbook_rate(dm, textbook_root, warmup, args.steps)}, args.reps)
-    report["images_per_s"] = rates
-    report["lightning_vs_pytorch"] = rates["lightning"] / rates["pytorch_loop"]
-    report["ours_vs_textbook"] = rates["lightning"] / rates["textbook_pipeline"]
-    report["channels_last_vs_contiguous"] = rates["pytorch_loop_channels_last"] / rates["pytorch_loop"]
-    print("3. fixed cost", file=sys.stderr)
-    report["fixed_cost"] = fixed_cost(data_dir)
-    print("4. peak memory of one trial", file=sys.stderr)
-    report["peak_rss_gb"] = peak_memory_gb(data_dir, epochs=1, limit_train=limit)
-    report["peak_rss_trial"] = f"{SPEC}, 1 epoch, {'700' if args.quick else 'all'} training images"
-    print("5. sweep throughput", file=sys.stderr)
-    sweep_args = (["--only", "baseline", "--seeds", "0,1", "--epochs", "1", "--limit-train", "200", "--val-size",
-                   "100"] if args.quick else ["--only", "baseline", "pixel", "--seeds", "0,1", "--epochs", "1",
-                                              "--limit-train", "2000", "--val-size", "1000"])
-    report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep_args) for p in (1, 2)}
-    report["sweep"] = " ".join(sweep_args)
-    print("6. GPU seed suite", file=sys.stderr)
-    report["gpu_seed_suite_s"] = None if args.quick else gpu_seed_suite_seconds(data_dir)
+    report.update(throughput_rows(dm, write_python_layout(dm, scratch / "textbook"), warmup, steps, reps))
+    report.update(trial_rows(data_dir, args.quick, limit))
     print(format_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
