@@ -190,31 +190,41 @@ def _gpu_count(accelerator: str) -> int:
     return torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
 
 
+def _placement(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(devices per trial, GPUs the trials are spread over, trials at once) for the device flags; ValueError for
+    combinations that cannot work."""
+    gpus = _gpu_count(args.accelerator)
+    if args.strategy:
+        if args.parallel not in (None, 1):
+            raise ValueError(f"--parallel {args.parallel} with --strategy {args.strategy}: a data-parallel trial uses "
+                             "all --devices, so trials run one at a time; drop --parallel or --strategy")
+        return (args.devices if isinstance(args.devices, int) else max(1, gpus)), gpus, 1
+    if args.num_nodes > 1:
+        raise ValueError(f"--num-nodes {args.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
+    if isinstance(args.devices, int):
+        if args.devices > max(gpus, 1):
+            raise ValueError(f"--devices {args.devices}: without --strategy it is how many GPUs the trials are "
+                             f"spread over, and {gpus} GPU(s) are available; for {args.devices} processes per trial "
+                             "add --strategy ddp")
+        gpus = min(gpus, args.devices)
+    return 1, gpus, args.parallel or max(1, gpus)
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
-    """The plan of a parsed command line; raises ValueError (SuiteError) on a bad suite, spec or setting."""
+    """The plan of a parsed command line; raises ValueError (SuiteError) on a bad suite, spec, setting or device
+    combination."""
     suite = load_suite(args.suite)
     settings = suite.settings.override(epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
                                        val_size=args.val_size, split_seed=args.split_seed,
                                        limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
                                        precision=args.precision)
-    gpus = _gpu_count(args.accelerator)
-    devices = args.devices if isinstance(args.devices, int) else max(1, gpus)
-    if args.strategy and args.parallel not in (None, 1):
-        raise ValueError(f"--parallel {args.parallel} with --strategy {args.strategy}: a data-parallel trial uses "
-                         "all --devices, so trials run one at a time; drop --parallel or --strategy")
-    if not args.strategy and isinstance(args.devices, int) and args.devices > max(gpus, 1):
-        raise ValueError(f"--devices {args.devices}: without --strategy it is how many GPUs the trials are spread "
-                         f"over, and {gpus} GPU(s) are available; for {args.devices} processes per trial add "
-                         "--strategy ddp")
-    trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes
-                           if args.strategy else 1)
+    devices, gpus, parallel = _placement(args)
+    trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes)
     unsharded = len(trials)
     trials = shard(trials, *args.shard) if args.shard else trials
-    parallel = 1 if args.strategy else (args.parallel or max(1, gpus))
-    options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator,
-                         devices=devices if args.strategy else 1, strategy=args.strategy or "auto",
-                         num_nodes=args.num_nodes, force=args.force, compile=args.compile)
-    gpus = min(gpus, args.devices) if not args.strategy and isinstance(args.devices, int) else gpus
+    options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator, devices=devices,
+                         strategy=args.strategy or "auto", num_nodes=args.num_nodes, force=args.force,
+                         compile=args.compile)
     reference = expand_trials(suite, settings, only=[args.reference])[0].spec.name if args.reference else None
     return Plan(suite, trials, options, parallel, gpus, unsharded, reference)
 

@@ -250,6 +250,7 @@ BAD_CLI_INPUT = [  # (arguments, what the message must say); every one exits 2 b
     (["--accelerator", "nonsense"], "--accelerator nonsense --devices 1 --strategy auto: You selected an invalid "
                                     "accelerator name"),
     (["--strategy", "nonsense"], "--strategy: invalid choice: 'nonsense'"),
+    (["--num-nodes", "2"], "--num-nodes 2 needs --strategy ddp"),
     (["--suite", "{escaping_yaml}"], "name '../../x' must be one folder name"),
     (["--suite", "{wordy_notebook_yaml}"], "notebook='high' for spec 'pixel' must be a number in [0, 1]"),
     pytest.param(["--accelerator", "gpu"], "--accelerator gpu --devices 1 --strategy auto: ",
