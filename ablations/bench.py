@@ -1,8 +1,9 @@
 """``python -m ablations.bench``: how fast our training path is, measured side by side in one run.
 
     python -m ablations.bench --data-dir ../shared/data --json bench.json
+    python -m ablations.bench --data-dir ../shared/data --keras-python /path/to/venv-with-tensorflow/bin/python
 
-Rows (the issue's targets in brackets):
+Rows (the targets in brackets):
 1. steady-state training images/s of `RegularizedClassifier` under ``Trainer.fit`` vs a hand-written PyTorch loop
    over the same model, data tensors, optimizer and batch size [ratio >= 0.97];
 2. the same module fed by the textbook pipeline (``torchvision.datasets.CIFAR10`` + ``ToTensor`` + ``Normalize``,
@@ -11,10 +12,17 @@ Rows (the issue's targets in brackets):
    and the final test pass;
 4. peak resident memory of one full-data trial [<= 1.5 GB on CPU];
 5. sweep throughput in trials/hour with ``--parallel 1`` vs ``--parallel 2`` on a short suite;
-6. with a GPU, the ``seed`` suite (9 specs, 5 epochs, full data, one seed) wall time [<= 60 s on one H100].
+6. with a GPU, the ``notebook`` suite (9 specs, 5 epochs, full data, one seed) wall time [<= 60 s on one H100];
+7. the notebook's own Keras model (``model.fit``, same images, batch and step count), when an interpreter with
+   TensorFlow is given (``--keras-python``) or this one has it [``Trainer.fit`` >= 1.0x Keras in fp32, 1.2x aim];
+8. ``Trainer.fit`` with ``precision="bf16-mixed"`` vs fp32 [>= 2x Keras's fp32 on a CPU with bf16 units];
+9. the training step's achieved GFLOP/s (FLOPs per image counted by torch's ``FlopCounterMode``) against this
+   machine's own matrix-multiply throughput on the hidden layer's three GEMMs, measured in the same run;
+10. the hand-written loop in fresh processes with `lit_cifar.tune_allocator` vs glibc's default malloc settings.
 
-Throughput rows alternate the variants over ``--reps`` repetitions and report the median. Real CIFAR-10 is used
-when ``--data-dir`` has it, a synthetic set of the same size otherwise. The benchmark is not a test.
+The header names the CPU, its bf16 support, the threads and the allocator in use. Throughput rows alternate the
+variants over ``--reps`` repetitions and report the median. Real CIFAR-10 is used when ``--data-dir`` has it, a
+synthetic set of the same size otherwise. The benchmark is not a test.
 """
 
 from __future__ import annotations
@@ -39,20 +47,26 @@ import torch.nn.functional as F
 
 from ablations.run import quiet_lightning
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
-from lit_cifar.data import CLASSES, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
+from lit_cifar.data import CLASSES, IMAGE_SHAPE, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
+from lit_cifar.runtime import ENV as MALLOC_ENV
+from lit_cifar.runtime import allocator, cpu_model, tune_allocator
 
 SPEC = "pixel"  # the notebook's standard input pipeline, no extra regularizer
 BATCH_SIZE = 128
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
+def bf16_units() -> bool:
+    """Whether the CPU has bf16 matrix instructions (AVX512_BF16 or AMX-BF16), from ``/proc/cpuinfo``."""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_units": bf16_units(),
+            "torch_threads": torch.get_num_threads(), "allocator": allocator(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__}
 
@@ -98,11 +112,12 @@ class StepClock(pl.Callback):
         self.steps = trainer.global_step - self.warmup
 
 
-def lightning_rate(dm: CIFAR10DataModule, warmup: int, steps: int) -> float:
-    """Images/s of ``Trainer.fit`` on our data module."""
+def lightning_rate(dm: CIFAR10DataModule, warmup: int, steps: int, precision: str = "32-true") -> float:
+    """Images/s of ``Trainer.fit`` on our data module, at Lightning `precision`."""
     torch.manual_seed(0)
     clock = StepClock(warmup)
-    trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock]).fit(RegularizedClassifier(SPEC), dm)
+    trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock], precision=precision).fit(
+        RegularizedClassifier(SPEC), dm)
     return clock.steps * BATCH_SIZE / (clock.end - clock.start)
 
 
@@ -192,8 +207,9 @@ def fixed_cost(data_dir: Path) -> dict[str, float]:
     return {"to_first_step_s": first_step["t"] - start, "test_pass_s": time.perf_counter() - test_start}
 
 
-def run_child(code: str, timeout: float) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+def run_child(code: str, timeout: float, env: Optional[dict[str, str]] = None) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     if done.returncode:
         raise RuntimeError(f"benchmark child failed:\n{done.stderr[-2000:]}")
     return done.stdout.strip().splitlines()[-1]
@@ -246,6 +262,81 @@ def gpu_seed_suite_seconds(data_dir: Path) -> Optional[float]:
         return time.perf_counter() - start
 
 
+def flops_per_image(spec: str = SPEC) -> float:
+    """FLOPs of one training step (forward and backward) per image, as torch's ``FlopCounterMode`` counts them
+    (matrix multiplies and convolutions: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = RegularizedClassifier(spec)
+    model.set_input_statistics(torch.zeros(IMAGE_SHAPE), torch.ones(IMAGE_SHAPE))
+    images = torch.randint(0, 256, (BATCH_SIZE, *IMAGE_SHAPE), dtype=torch.uint8)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), torch.zeros(BATCH_SIZE, dtype=torch.long)).backward()
+    return counter.get_total_flops() / BATCH_SIZE
+
+
+def gemm_gflops(dtype: torch.dtype, reps: int = 10) -> dict[str, float]:
+    """This machine's GFLOP/s on the hidden layer's three matrix multiplies at batch 128 (forward, input gradient,
+    weight gradient: 128 x 21,632 x 1,024 each), the best of `reps` after 3 warm-ups."""
+    hidden = RegularizedClassifier(SPEC).backbone.hidden
+    x = torch.randn(BATCH_SIZE, hidden.in_features, dtype=dtype)
+    w = torch.randn(hidden.out_features, hidden.in_features, dtype=dtype)
+    g = torch.randn(BATCH_SIZE, hidden.out_features, dtype=dtype)
+    products = {"forward": lambda: x @ w.t(), "input_grad": lambda: g @ w, "weight_grad": lambda: g.t() @ x}
+    flops = 2 * BATCH_SIZE * hidden.in_features * hidden.out_features
+    best = {}
+    for name, product in products.items():
+        times = []
+        for rep in range(3 + reps):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        best[name] = flops / min(times[3:]) / 1e9
+    return best
+
+
+def loop_rate_in_child(data_dir: Path, limit: Optional[int], warmup: int, steps: int, tuned: bool) -> float:
+    """`pytorch_rate` in a fresh process, with `tune_allocator` (`tuned`) or with glibc's default settings."""
+    code = f"""
+from pathlib import Path
+from lit_cifar import tune_allocator
+tune_allocator()
+from ablations.bench import datamodule, pytorch_rate
+print(pytorch_rate(datamodule(Path({str(data_dir)!r}), {limit!r}), {warmup}, {steps}))
+"""
+    return float(run_child(code, timeout=900, env={MALLOC_ENV: "tuned" if tuned else "default"}))
+
+
+def keras_python(given: Optional[str]) -> Optional[str]:
+    """The interpreter that runs the Keras peer: `given`, else this one if it can import TensorFlow, else None."""
+    if given:
+        return given
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("tensorflow") else None
+
+
+def keras_rate(python: str, arrays: tuple[Path, Path], warmup: int, steps: int) -> float:
+    """Images/s of the notebook's Keras model under ``model.fit`` (`ablations.keras_peer`) on the same images."""
+    peer = Path(__file__).with_name("keras_peer.py")
+    done = subprocess.run([python, str(peer), *map(str, arrays), "--batch-size", str(BATCH_SIZE), "--warmup",
+                           str(warmup), "--steps", str(steps)], capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(f"Keras peer failed ({python}):\n{done.stderr[-2000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
+
+
+def keras_arrays(dm: CIFAR10DataModule, folder: Path, count: int) -> tuple[Path, Path]:
+    """The first `count` training images (uint8, N x 3 x 32 x 32) and labels as .npy files for the Keras peer."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = folder / "images.npy", folder / "labels.npy"
+    np.save(images, dm.train_images[:count].numpy())
+    np.save(labels, dm.train_labels[:count].numpy())
+    return images, labels
+
+
 def alternate(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, float]:
     """Median of each variant over `reps` rounds, the order of variants alternating between rounds."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -264,20 +355,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions of the throughput rows")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per throughput measurement")
+    parser.add_argument("--keras-python", help="a Python interpreter with TensorFlow, for the Keras peer row "
+                                               "(default: this one, if it has TensorFlow; else the row is skipped)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every row runs, in seconds")
     return parser
 
 
-def throughput_rows(dm: CIFAR10DataModule, textbook_root: Path, warmup: int, steps: int,
-                    reps: int) -> dict[str, Any]:
-    """Rows 1-2: training images/s of every variant, alternated over `reps` repetitions, and their ratios."""
-    rates = alternate({"lightning": lambda: lightning_rate(dm, warmup, steps),
-                       "pytorch_loop": lambda: pytorch_rate(dm, warmup, steps),
-                       "pytorch_loop_channels_last": lambda: pytorch_rate(dm, warmup, steps, channels_last=True),
-                       "textbook_pipeline": lambda: textbook_rate(dm, textbook_root, warmup, steps)}, reps)
-    return {"images_per_s": rates, "lightning_vs_pytorch": rates["lightning"] / rates["pytorch_loop"],
-            "ours_vs_textbook": rates["lightning"] / rates["textbook_pipeline"],
-            "channels_last_vs_contiguous": rates["pytorch_loop_channels_last"] / rates["pytorch_loop"]}
+def throughput_variants(dm: CIFAR10DataModule, data_dir: Path, scratch: Path, limit: Optional[int], warmup: int,
+                        steps: int, keras: Optional[str]) -> dict[str, Callable[[], float]]:
+    """Every training-throughput variant of rows 1, 2, 7, 8 and 10, by name."""
+    textbook_root = write_python_layout(dm, scratch / "textbook")
+    variants = {"lightning": lambda: lightning_rate(dm, warmup, steps),
+                "lightning_bf16": lambda: lightning_rate(dm, warmup, steps, precision="bf16-mixed"),
+                "pytorch_loop": lambda: pytorch_rate(dm, warmup, steps),
+                "pytorch_loop_channels_last": lambda: pytorch_rate(dm, warmup, steps, channels_last=True),
+                "textbook_pipeline": lambda: textbook_rate(dm, textbook_root, warmup, steps),
+                "loop_allocator_tuned": lambda: loop_rate_in_child(data_dir, limit, warmup, steps, tuned=True),
+                "loop_glibc_defaults": lambda: loop_rate_in_child(data_dir, limit, warmup, steps, tuned=False)}
+    if keras:
+        arrays = keras_arrays(dm, scratch / "keras", (warmup + steps) * BATCH_SIZE)
+        variants["keras"] = lambda: keras_rate(keras, arrays, warmup, steps)
+    return variants
+
+
+def throughput_rows(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, Any]:
+    """Training images/s of every variant, alternated over `reps` repetitions, their ratios, and row 9's GFLOP/s."""
+    rates = alternate(variants, reps)
+    ratios = {"lightning_vs_pytorch": rates["lightning"] / rates["pytorch_loop"],
+              "ours_vs_textbook": rates["lightning"] / rates["textbook_pipeline"],
+              "channels_last_vs_contiguous": rates["pytorch_loop_channels_last"] / rates["pytorch_loop"],
+              "bf16_vs_fp32": rates["lightning_bf16"] / rates["lightning"],
+              "allocator_tuned_vs_defaults": rates["loop_allocator_tuned"] / rates["loop_glibc_defaults"]}
+    if "keras" in rates:
+        ratios.update(lightning_vs_keras=rates["lightning"] / rates["keras"],
+                      bf16_vs_keras=rates["lightning_bf16"] / rates["keras"])
+    print("9. FLOPs and GEMM throughput", file=sys.stderr)
+    flops = flops_per_image()
+    compute = {"gflop_per_image": flops / 1e9, "gemm_gflops_fp32": gemm_gflops(torch.float32),
+               "gemm_gflops_bf16": gemm_gflops(torch.bfloat16),
+               "achieved_gflops": {"fp32": rates["lightning"] * flops / 1e9,
+                                   "bf16": rates["lightning_bf16"] * flops / 1e9}}
+    return {"images_per_s": rates, **ratios, "compute": compute}
 
 
 def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, Any]:
@@ -300,6 +418,7 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()  # as every trial process does
     quiet_lightning()
     warnings.filterwarnings("ignore")
     scratch = Path(tempfile.mkdtemp(prefix="lit-cifar-bench-"))
@@ -309,11 +428,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     reps, steps, warmup = (1, 2, 1) if args.quick else (args.reps, args.steps, 5)
     limit = 700 if args.quick else None
     dm = datamodule(data_dir, limit_train=limit)
+    keras = keras_python(args.keras_python)
     report: dict[str, Any] = {"machine": machine(), "data": "real CIFAR-10" if real else "synthetic",
                               "data_dir": str(data_dir), "train_images": len(dm.train_labels), "spec": SPEC,
-                              "batch_size": BATCH_SIZE, "reps": reps, "timed_steps": steps}
-    print("1-2. training throughput (images/s)", file=sys.stderr)
-    report.update(throughput_rows(dm, write_python_layout(dm, scratch / "textbook"), warmup, steps, reps))
+                              "batch_size": BATCH_SIZE, "reps": reps, "timed_steps": steps, "keras_python": keras}
+    print("1, 2, 7, 8, 10. training throughput (images/s)", file=sys.stderr)
+    report.update(throughput_rows(throughput_variants(dm, data_dir, scratch, limit, warmup, steps, keras), reps))
     report.update(trial_rows(data_dir, args.quick, limit))
     print(format_table(report))
     if args.json:
@@ -321,25 +441,54 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def _versus(a: float, b: float, ratio: float, digits: int = 2) -> str:
+    return f"{a:.0f} vs {b:.0f} img/s = {ratio:.{digits}f}x"
+
+
+def speed_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows 7-10: the Keras peer, bf16, achieved vs available GFLOP/s, the allocator."""
+    rates, compute = r["images_per_s"], r["compute"]
+    keras = ("7. Trainer.fit vs the notebook's Keras model.fit (fp32)",
+             _versus(rates["lightning"], rates["keras"], r["lightning_vs_keras"]) if "keras" in rates
+             else "TensorFlow not found: not measured (--keras-python)", ">= 1.0x (1.2x aim)")
+    bf16_vs_keras = f"; {r['bf16_vs_keras']:.2f}x Keras fp32" if "keras" in rates else ""
+    gemm = compute["gemm_gflops_fp32"]
+    return [keras,
+            ("8. bf16-mixed vs fp32 (Trainer.fit)",
+             _versus(rates["lightning_bf16"], rates["lightning"], r["bf16_vs_fp32"]) + bf16_vs_keras,
+             ">= 2x Keras fp32 (bf16 CPU)"),
+            ("9. achieved vs GEMM GFLOP/s", f"{compute['gflop_per_image']:.3f} GFLOP/image: fp32 step "
+             f"{compute['achieved_gflops']['fp32']:.0f} GFLOP/s vs GEMMs {gemm['forward']:.0f}/"
+             f"{gemm['input_grad']:.0f}/{gemm['weight_grad']:.0f} (fwd/dX/dW); bf16 step "
+             f"{compute['achieved_gflops']['bf16']:.0f} vs {max(compute['gemm_gflops_bf16'].values()):.0f}",
+             "near the GEMMs'"),
+            ("10. allocator tuned vs glibc defaults (hand loop)",
+             _versus(rates["loop_allocator_tuned"], rates["loop_glibc_defaults"], r["allocator_tuned_vs_defaults"]),
+             "faster")]
+
+
 def format_table(r: dict[str, Any]) -> str:
     rates, fixed, sweep = r["images_per_s"], r["fixed_cost"], r["sweep_trials_per_hour"]
     gpu = r["gpu_seed_suite_s"]
     rows = [
-        ("1. Trainer.fit vs hand-written loop", f"{rates['lightning']:.0f} vs {rates['pytorch_loop']:.0f} img/s "
-         f"= {r['lightning_vs_pytorch']:.3f}", ">= 0.97"),
-        ("2. ours vs textbook pipeline", f"{rates['lightning']:.0f} vs {rates['textbook_pipeline']:.0f} img/s = "
-         f"{r['ours_vs_textbook']:.2f}x", "faster"),
-        ("1b. channels_last vs contiguous (hand loop)", f"{rates['pytorch_loop_channels_last']:.0f} vs "
-         f"{rates['pytorch_loop']:.0f} img/s = {r['channels_last_vs_contiguous']:.2f}x", "use only if > 1"),
+        ("1. Trainer.fit vs hand-written loop", _versus(rates["lightning"], rates["pytorch_loop"],
+                                                        r["lightning_vs_pytorch"], 3), ">= 0.97"),
+        ("2. ours vs textbook pipeline", _versus(rates["lightning"], rates["textbook_pipeline"],
+                                                 r["ours_vs_textbook"]), "faster"),
+        ("1b. channels_last vs contiguous (hand loop)",
+         _versus(rates["pytorch_loop_channels_last"], rates["pytorch_loop"], r["channels_last_vs_contiguous"]),
+         "use only if > 1"),
         ("3. Trainer() to first step", f"{fixed['to_first_step_s']:.2f} s (test pass {fixed['test_pass_s']:.2f} s)",
          "<= 3 s"),
         ("4. peak RSS of one trial", f"{r['peak_rss_gb']:.2f} GB ({r['peak_rss_trial']})", "<= 1.5 GB"),
         ("5. sweep, parallel 1 vs 2", f"{sweep['parallel=1']:.0f} vs {sweep['parallel=2']:.0f} trials/h", "faster"),
-        ("6. GPU seed suite", "no GPU here: not measured" if gpu is None else f"{gpu:.0f} s", "<= 60 s (H100)"),
+        ("6. GPU notebook suite", "no GPU here: not measured" if gpu is None else f"{gpu:.0f} s", "<= 60 s (H100)"),
+        *speed_rows(r),
     ]
     m = r["machine"]
     lines = [f"{r['data']} ({r['train_images']} training images), spec {r['spec']}, batch {r['batch_size']}, "
-             f"median of {r['reps']}; {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}, torch {m['torch']}, "
+             f"median of {r['reps']}; {m['cpu']} ({m['cores']} cores, bf16 units: {'yes' if m['bf16_units'] else 'no'}"
+             f"), {m['torch_threads']} torch threads, allocator: {m['allocator']}; GPU {m['gpu']}, torch {m['torch']}, "
              f"lightning {m['lightning']}", "", "| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)

@@ -32,7 +32,8 @@ from ablations.local import raise_if_interrupted
 from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic
 from ablations.suite import RunOptions, TrainSettings, Trial
-from lit_cifar import CIFAR10DataModule, RegularizedClassifier
+from lit_cifar import CIFAR10DataModule, RegularizedClassifier, tune_allocator
+from lit_cifar.runtime import cpu_model
 
 __all__ = ["RunOptions", "Ranks", "environment", "is_finished", "run_trial", "trainer_kwargs"]
 
@@ -116,14 +117,15 @@ def release_memory() -> None:
 def environment() -> dict[str, Any]:
     """Where and with which code a result was made: device, torch threads, library versions, lit-cifar's version
     and git commit (`ablations.store.code_provenance`)."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model()
     return {"device": device, "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__,
-            **code_provenance()}
+            "allocator": tune_allocator(), **code_provenance()}
 
 
 def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:
     start = time.perf_counter()
+    tune_allocator()  # before the data and model exist: their big blocks come from the heap as well
     s = trial.settings
     pl.seed_everything(trial.seed, workers=True, verbose=False)
     dm = CIFAR10DataModule.from_spec(trial.spec, data_dir=options.data_dir, val_size=s.val_size,

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from lit_cifar.data import CIFAR10DataModule
 from lit_cifar.module import RegularizedClassifier
+from lit_cifar.runtime import tune_allocator
 from lit_cifar.spec import RegularizationSpec
 
 EVALUATIONS = ("validate", "test", "predict")  # subcommands that need a trained model: --ckpt_path
@@ -163,5 +164,6 @@ class LitCifarCLI(LightningCLI):
 
 def main(args: Optional[list[str]] = None) -> LitCifarCLI:
     """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI`."""
+    tune_allocator()
     return LitCifarCLI(RegularizedClassifier, CIFAR10DataModule, args=args, seed_everything_default=0,
                        save_config_kwargs={"overwrite": True})

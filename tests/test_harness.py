@@ -19,6 +19,7 @@ from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from ablations.trial import run_trial
 import lit_cifar
+from lit_cifar.runtime import cpu_model
 from lit_cifar import RegularizationSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +201,8 @@ def test_results_record_code_version_and_thread_count(swept):
         environment = result["environment"]
         assert environment["code_version"] == lit_cifar.__version__ and "git_commit" in environment
         assert environment["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2)  # --parallel 2: a share each
+        assert environment["allocator"] == lit_cifar.tune_allocator()  # what the worker's trial ran with
+        assert environment["device"] == cpu_model()  # the CPU named, not just "x86_64"
 
 
 @pytest.mark.slow

@@ -1,10 +1,15 @@
 """The fast training path gives the plain path's results, and today's fp32 numbers those of the code a long sweep
-started with; fused Adam where supported, with a clean fallback; the benchmark runs."""
+started with, with the allocator tuned or not; fused Adam where supported, with a clean fallback; the allocator
+tuning degrades to a no-op where it cannot apply; the benchmark runs every row, its FLOP count is right, and its
+Keras peer row runs the interpreter it is given."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,6 +18,7 @@ import torch
 
 from ablations import bench
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
+from lit_cifar import runtime
 from lit_cifar.module import make_adam
 
 SPEC = "pixel+bn+dropout=0.25+maxnorm=3+augment"  # every source of randomness and every hook
@@ -114,6 +120,7 @@ def test_fp32_training_is_bit_identical_to_the_reference(cifar_dir: Path, spec: 
     environment = {"torch": torch.__version__.split("+")[0], "cpu": cpu_model(), "threads": torch.get_num_threads()}
     if environment != REFERENCE_ENVIRONMENT:
         pytest.skip(f"reference numbers were taken on {REFERENCE_ENVIRONMENT}, this is {environment}")
+    assert runtime.tune_allocator().startswith("glibc")  # the path every trial takes: it must not change a number
     metrics = reference_run(cifar_dir, spec)  # the data the reference was computed on
     assert {k: metrics[k] for k in REFERENCE[spec]} == REFERENCE[spec]
 
@@ -124,9 +131,13 @@ def test_bench_quick_runs_every_row(tmp_path, capsys):
     assert bench.main(["--quick", "--data-dir", str(tmp_path / "no-data"), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["data"] == "synthetic"
-    assert set(report["images_per_s"]) == {"lightning", "pytorch_loop", "pytorch_loop_channels_last",
-                                           "textbook_pipeline"}
+    assert set(report["images_per_s"]) == {"lightning", "lightning_bf16", "pytorch_loop",
+                                           "pytorch_loop_channels_last", "textbook_pipeline", "loop_allocator_tuned",
+                                           "loop_glibc_defaults"} | ({"keras"} if report["keras_python"] else set())
     assert all(v > 0 for v in report["images_per_s"].values())
+    assert report["compute"]["gflop_per_image"] == pytest.approx(NOTEBOOK_TRAINING_FLOPS / 1e9)
+    assert all(v > 0 for v in report["compute"]["gemm_gflops_fp32"].values())
+    assert report["machine"]["allocator"] == runtime.tune_allocator() and report["machine"]["cpu"]
     assert report["fixed_cost"]["to_first_step_s"] > 0 and report["peak_rss_gb"] > 0.1
     assert set(report["sweep_trials_per_hour"]) == {"parallel=1", "parallel=2"}
     assert "| 1. Trainer.fit vs hand-written loop |" in capsys.readouterr().out
@@ -142,3 +153,99 @@ def test_compiled_trial_runs_and_is_recorded(cifar_dir, tmp_path):
     assert main(args) == 0
     result = json.loads((tmp_path / "notebook/pixel/seed=0/result.json").read_text())
     assert result["metrics"]["test/acc"] > 0.1 and result["test_images"] == 200
+
+
+def conv_flops(side_out: int, c_in: int, c_out: int) -> int:
+    return 2 * side_out * side_out * c_out * c_in * 9
+
+
+# The notebook's network per image, 2 FLOPs per multiply-add: forward = 3 convolutions + 2 dense layers; backward =
+# weight gradients of all five and input gradients of all but the first convolution (its input needs none).
+CONVS = [conv_flops(30, 3, 32), conv_flops(28, 32, 32), conv_flops(26, 32, 32)]
+DENSE = [2 * 26 * 26 * 32 * 1024, 2 * 1024 * 10]
+NOTEBOOK_TRAINING_FLOPS = sum(CONVS) + sum(DENSE) + (sum(CONVS) + sum(DENSE)) + (sum(CONVS[1:]) + sum(DENSE))
+
+
+def test_flops_per_image_counts_the_notebook_network_forward_and_backward():
+    assert bench.flops_per_image() == NOTEBOOK_TRAINING_FLOPS  # 216,811,008
+
+
+@pytest.fixture
+def fresh_allocator_state(monkeypatch):
+    monkeypatch.setattr(runtime, "_state", {})
+    monkeypatch.delenv(runtime.ENV, raising=False)
+
+
+def test_tune_allocator_sets_glibc_once_and_says_so(fresh_allocator_state):
+    assert runtime.allocator().endswith("(tune_allocator not called)")
+    text = runtime.tune_allocator()
+    assert text.startswith("glibc ") and "no mmap for large blocks" in text and "1024 MiB" in text
+    assert runtime.tune_allocator() == text == runtime.allocator()
+
+
+@pytest.mark.parametrize("case, expected", [("not glibc", "the C library's malloc, unchanged (not glibc)"),
+                                            ("preloaded", "tcmalloc (preloaded), left as it is"),
+                                            ("opted out", "glibc malloc, defaults (LIT_CIFAR_MALLOC=default)")])
+def test_tune_allocator_degrades_to_a_no_op(fresh_allocator_state, monkeypatch, case, expected):
+    if case == "not glibc":
+        monkeypatch.setattr(runtime, "_glibc", lambda: None)
+    elif case == "preloaded":
+        monkeypatch.setattr(runtime, "preloaded_allocator", lambda: "tcmalloc")
+        monkeypatch.setattr(runtime, "_glibc", lambda: pytest.fail("mallopt must not be called under tcmalloc"))
+    else:
+        monkeypatch.setenv(runtime.ENV, "default")
+    assert runtime.tune_allocator() == expected
+
+
+TRAIN_AND_PRINT = """
+import json, sys
+from lit_cifar import tune_allocator
+allocator = tune_allocator()
+sys.path.insert(0, {tests!r})
+from test_performance import reference_run
+metrics = reference_run(__import__("pathlib").Path({data!r}), "pixel+bn+l2=0.01+maxnorm=3+dropout=0.5")
+print(json.dumps({{"allocator": allocator, **metrics}}))
+"""
+
+
+@pytest.mark.slow
+def test_allocator_tuning_changes_no_number(cifar_dir: Path):
+    """A trial's numbers with `tune_allocator` equal those with glibc's defaults, bit for bit, on any machine."""
+    runs = {}
+    for setting in ("tuned", "default"):
+        code = TRAIN_AND_PRINT.format(tests=str(Path(__file__).parent), data=str(cifar_dir))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, runtime.ENV: setting})
+        runs[setting] = json.loads(done.stdout.strip().splitlines()[-1])
+    tuned_allocator, default_allocator = runs["tuned"].pop("allocator"), runs["default"].pop("allocator")
+    assert "no mmap" in tuned_allocator and default_allocator.endswith("(LIT_CIFAR_MALLOC=default)")
+    assert runs["tuned"] == runs["default"] and runs["tuned"]["train/penalty"] > 0
+
+
+FAKE_PYTHON = """#!{python}
+import json, sys
+from pathlib import Path
+peer, images, labels, *flags = sys.argv[1:]
+assert Path(peer).name == "keras_peer.py" and Path(images).exists() and Path(labels).exists(), sys.argv
+Path({log!r}).write_text(json.dumps(sys.argv[1:]))
+print("TensorFlow's start-up chatter")
+print(json.dumps({{"images_per_s": 123.0, "tensorflow": "fake"}}))
+"""
+
+
+def test_keras_peer_row_runs_the_given_interpreter_on_our_images(cifar_dir: Path, tmp_path: Path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable, log=str(tmp_path / "argv.json")))
+    fake.chmod(0o755)
+    dm = CIFAR10DataModule(str(cifar_dir), normalize="pixel", val_size=100, download=False)
+    dm.setup()
+    arrays = bench.keras_arrays(dm, tmp_path / "arrays", 2 * 128)
+    assert bench.keras_rate(str(fake), arrays, warmup=1, steps=1) == 123.0
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[3:] == ["--batch-size", "128", "--warmup", "1", "--steps", "1"]
+    import numpy as np
+
+    images = np.load(arrays[0])
+    assert images.dtype == np.uint8 and images.shape == (256, 3, 32, 32)
+    assert (images == dm.train_images[:256].numpy()).all()
+    assert bench.keras_python(None) in (None, sys.executable) and bench.keras_python("/x/python") == "/x/python"
