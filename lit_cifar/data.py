@@ -333,15 +333,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
             raise DatasetError(self.missing_data_message(error)) from error
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Load the images, hold out the validation split and fit the normalization on the training split."""
+        """Load the images, hold out the validation split and fit the normalization on the training split.
+
+        The test split is read when a stage needs it (``"test"``, ``"predict"``, or ``None``: every split), not for
+        ``"fit"`` or ``"validate"``: a trial trains with 31 MB less resident.
+        """
+        if stage in (None, "test", "predict") and self.test_images is None:
+            self.test_images, self.test_labels = read_split(self._layout(), train=False)
         if self.train_images is not None:
             return
-        layout = find_layout(self.data_dir)
-        if layout is None:
-            raise DatasetError(self.missing_data_message())
-        images, labels = read_split(layout, train=True)
+        images, labels = read_split(self._layout(), train=True)
         if self.val_size >= len(labels):
-            raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {len(labels)}")
+            raise ValueError(f"val_size={self.val_size} leaves no training images: {self._layout()} holds "
+                             f"{len(labels)}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         val_index, train_index = order[: self.val_size], order[self.val_size:]
         if self.limit_train is not None:
@@ -351,7 +355,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
             train_index = train_index[: self.limit_train]
         self.train_images, self.train_labels = images[train_index], labels[train_index]
         self.val_images, self.val_labels = images[val_index], labels[val_index]
-        self.test_images, self.test_labels = read_split(layout, train=False)
         if self.mean is None:  # statistics restored from a checkpoint win over a refit
             self.mean, self.std = fit_normalization(self.train_images, self.normalize)
         if self.seed is None:
@@ -435,8 +438,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         """The validation split's batches of ``(uint8 images, labels)``, in order, each image once."""
         return self._batches(self.val_images, self.val_labels, train=False)
 
+    def _layout(self) -> Path:
+        layout = find_layout(self.data_dir)
+        if layout is None:
+            raise DatasetError(self.missing_data_message())
+        return layout
+
     def test_dataloader(self) -> Any:
         """The test split's batches of ``(uint8 images, labels)``, in order, each image once."""
+        self.setup("test")
         return self._batches(self.test_images, self.test_labels, train=False)
 
     def set_predict_images(self, images: Optional[Tensor]) -> None:
@@ -451,6 +461,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> Any:
         """Batches of ``(uint8 images, index)`` for ``trainer.predict``: the test split, or the images given to
         `set_predict_images`, in order, each image once; ``index`` is the image's position in them."""
+        if self.predict_images is None:
+            self.setup("predict")
         images = self.predict_images if self.predict_images is not None else self.test_images
         return self._batches(images, torch.arange(len(images)), train=False)
 

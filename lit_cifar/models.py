@@ -28,7 +28,8 @@ class SeedCNN(nn.Module):
     Linear(1024, 10). BatchNorm follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's BN cell also
     dropped the first ReLU; we change one factor at a time). Dropout is present only when ``spec.dropout > 0``.
     Penalties and max-norm act on `hidden`, the 1024-unit layer, as the notebook's ``kernel_regularizer`` and
-    ``kernel_constraint`` do.
+    ``kernel_constraint`` do. The ReLUs work in place (no layer needs its input after them): the same numbers, and
+    ~40 MB fewer activations kept for the backward pass at batch 128.
     """
 
     def __init__(self, spec: RegularizationSpec | str = RegularizationSpec(), num_classes: int = 10,
@@ -38,14 +39,14 @@ class SeedCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(3):
-            layers += [nn.Conv2d(channels, width, kernel_size=3), nn.ReLU()]
+            layers += [nn.Conv2d(channels, width, kernel_size=3), nn.ReLU(inplace=True)]
             if spec.batchnorm:
                 layers.append(nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM))
             channels = width
         self.features = nn.Sequential(*layers, nn.Flatten())
         side = image_size - 3 * 2
         self.hidden = nn.Linear(width * side * side, hidden_units)
-        self.classifier = nn.Sequential(nn.ReLU(), *([nn.Dropout(spec.dropout)] if spec.dropout else []),
+        self.classifier = nn.Sequential(nn.ReLU(inplace=True), *([nn.Dropout(spec.dropout)] if spec.dropout else []),
                                         nn.Linear(hidden_units, num_classes))
         keras_init_(self)
 

@@ -23,7 +23,7 @@ def make_datamodule(data_dir: Path, **kwargs) -> CIFAR10DataModule:
     """A set-up data module on `data_dir`, small validation split unless told otherwise."""
     kwargs = {"val_size": VAL_SIZE, "batch_size": 64, "download": False, **kwargs}
     dm = CIFAR10DataModule(str(data_dir), **kwargs)
-    dm.setup("fit")
+    dm.setup()
     return dm
 
 
@@ -510,3 +510,18 @@ def test_samplers_are_distributed_samplers_lightning_leaves_alone(cifar_dir: Pat
     dm = make_datamodule(cifar_dir, num_workers=1)
     for loader in (dm.train_dataloader(), dm.test_dataloader(), make_datamodule(cifar_dir).val_dataloader()):
         assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+
+
+def test_fit_leaves_the_test_split_on_disk_until_a_stage_needs_it(cifar_dir: Path) -> None:
+    """setup("fit") reads the training file only; the test split is read by setup("test") or the test and
+    predict loaders themselves, and equals what setup() reads at once."""
+    dm = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
+    dm.setup("fit")
+    dm.setup("validate")
+    assert dm.train_images is not None and dm.test_images is None and dm.test_labels is None
+    tested = torch.cat([labels for _, labels in dm.test_dataloader()])
+    everything = make_datamodule(cifar_dir)
+    assert torch.equal(dm.test_images, everything.test_images) and torch.equal(tested, everything.test_labels)
+    predicting = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
+    predicting.setup("fit")
+    assert len(torch.cat([index for _, index in predicting.predict_dataloader()])) == len(everything.test_labels)
