@@ -297,8 +297,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.classes: tuple[str, ...] = CLASSES
         self.mean: Optional[Tensor] = None
         self.std: Optional[Tensor] = None
-        self.train_images = self.val_images = self.test_images = self.predict_images = None
-        self.train_labels = self.val_labels = self.test_labels = None
+        self.train_images = self.val_images = self.predict_images = None
+        self.train_labels = self.val_labels = None
+        self._test: Optional[tuple[Tensor, Tensor]] = None  # (images, labels), read when first needed
 
     @classmethod
     def from_spec(cls, spec: RegularizationSpec | str, **kwargs: Any) -> CIFAR10DataModule:
@@ -335,11 +336,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         """Load the images, hold out the validation split and fit the normalization on the training split.
 
-        The test split is read when a stage needs it (``"test"``, ``"predict"``, or ``None``: every split), not for
-        ``"fit"`` or ``"validate"``: a trial trains with 31 MB less resident.
+        The test split is read when a stage needs it (``"test"``, ``"predict"``, or ``None``: every split) or when
+        `test_images`/`test_labels` are first used, not for ``"fit"`` or ``"validate"``: a trial trains with 31 MB
+        less resident.
         """
-        if stage in (None, "test", "predict") and self.test_images is None:
-            self.test_images, self.test_labels = read_split(self._layout(), train=False)
+        if stage in (None, "test", "predict"):
+            self._read_test()
         if self.train_images is not None:
             return
         images, labels = read_split(self._layout(), train=True)
@@ -438,6 +440,21 @@ class CIFAR10DataModule(pl.LightningDataModule):
         """The validation split's batches of ``(uint8 images, labels)``, in order, each image once."""
         return self._batches(self.val_images, self.val_labels, train=False)
 
+    def _read_test(self) -> Optional[tuple[Tensor, Tensor]]:
+        if self._test is None:
+            self._test = read_split(self._layout(), train=False)
+        return self._test
+
+    @property
+    def test_images(self) -> Optional[Tensor]:
+        """The test split's uint8 images (N, 3, 32, 32), read from disk on first use once the module is set up."""
+        return self._read_test()[0] if self.train_images is not None or self._test is not None else None
+
+    @property
+    def test_labels(self) -> Optional[Tensor]:
+        """The test split's int64 labels, read with `test_images`."""
+        return self._read_test()[1] if self.train_images is not None or self._test is not None else None
+
     def _layout(self) -> Path:
         layout = find_layout(self.data_dir)
         if layout is None:
@@ -446,7 +463,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> Any:
         """The test split's batches of ``(uint8 images, labels)``, in order, each image once."""
-        self.setup("test")
         return self._batches(self.test_images, self.test_labels, train=False)
 
     def set_predict_images(self, images: Optional[Tensor]) -> None:
@@ -461,8 +477,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> Any:
         """Batches of ``(uint8 images, index)`` for ``trainer.predict``: the test split, or the images given to
         `set_predict_images`, in order, each image once; ``index`` is the image's position in them."""
-        if self.predict_images is None:
-            self.setup("predict")
         images = self.predict_images if self.predict_images is not None else self.test_images
         return self._batches(images, torch.arange(len(images)), train=False)
 

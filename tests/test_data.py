@@ -512,14 +512,21 @@ def test_samplers_are_distributed_samplers_lightning_leaves_alone(cifar_dir: Pat
         assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
 
 
-def test_fit_leaves_the_test_split_on_disk_until_a_stage_needs_it(cifar_dir: Path) -> None:
-    """setup("fit") reads the training file only; the test split is read by setup("test") or the test and
-    predict loaders themselves, and equals what setup() reads at once."""
+def test_fit_leaves_the_test_split_on_disk_until_it_is_used(cifar_dir: Path, monkeypatch) -> None:
+    """setup("fit") and setup("validate") read the training file only; the test split is read once, when
+    test_images/test_labels or the test and predict loaders first need it, and equals what setup() reads at once."""
+    import lit_cifar.data as data
+
+    reads = []
+    original = data.read_split
+    monkeypatch.setattr(data, "read_split", lambda layout, train: reads.append(train) or original(layout, train))
     dm = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
+    assert dm.test_images is None and dm.test_labels is None and reads == []  # not set up: nothing to read
     dm.setup("fit")
     dm.setup("validate")
-    assert dm.train_images is not None and dm.test_images is None and dm.test_labels is None
+    assert reads == [True]
     tested = torch.cat([labels for _, labels in dm.test_dataloader()])
+    assert reads == [True, False] and len(dm.test_images) == len(tested)
     everything = make_datamodule(cifar_dir)
     assert torch.equal(dm.test_images, everything.test_images) and torch.equal(tested, everything.test_labels)
     predicting = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
