@@ -80,8 +80,8 @@ def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str) -> str:
                      f"{'yes' if inside else 'no'} | {p.rate('a'):.0f} → {p.rate('b'):.0f} "
                      f"({p.rate('b') / p.rate('a'):.2f}x) |")
     interval, p_value, n = paired_difference(pairs)
-    lines += ["", f"Paired over {n} (spec, seed) trials: {b_name} − {a_name} = {interval.estimate:+.4f} test accuracy, "
-                  f"95% CI [{interval.low:+.4f}, {interval.high:+.4f}], paired t-test p = {p_value:.3f}."]
+    lines += ["", f"Paired over {n} (spec, seed) trials: {b_name} − {a_name} = {interval.estimate:+.4f} test "
+                  f"accuracy, 95% CI [{interval.low:+.4f}, {interval.high:+.4f}], paired t-test p = {p_value:.3f}."]
     return "\n".join(lines)
 
 

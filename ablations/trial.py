@@ -12,7 +12,6 @@ lock and writes the files, and broadcasts its decision, so all ranks train the s
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import platform
 import sys
@@ -21,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning
 import lightning.pytorch as pl
@@ -33,14 +32,9 @@ from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier, tune_allocator
-from lit_cifar.runtime import cpu_model
+from lit_cifar.runtime import cpu_model, trim_heap
 
 __all__ = ["RunOptions", "Ranks", "environment", "is_finished", "run_trial", "trainer_kwargs"]
-
-try:
-    LIBC: Optional[ctypes.CDLL] = ctypes.CDLL("libc.so.6")  # glibc, for malloc_trim
-except OSError:  # not glibc (macOS, musl): nothing to trim
-    LIBC = None
 
 
 def _unchanged(decision: Any) -> Any:
@@ -110,8 +104,7 @@ def release_memory() -> None:
     after reading the dataset file by file) unless asked to trim it.
     """
     gc.collect()
-    if LIBC is not None:
-        LIBC.malloc_trim(0)
+    trim_heap()
 
 
 def environment() -> dict[str, Any]:

@@ -344,10 +344,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
             self._read_test()
         if self.train_images is not None:
             return
-        images, labels = read_split(self._layout(), train=True)
+        layout = self._layout()
+        images, labels = read_split(layout, train=True)
         if self.val_size >= len(labels):
-            raise ValueError(f"val_size={self.val_size} leaves no training images: {self._layout()} holds "
-                             f"{len(labels)}")
+            raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {len(labels)}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         val_index, train_index = order[: self.val_size], order[self.val_size:]
         if self.limit_train is not None:
@@ -440,20 +440,24 @@ class CIFAR10DataModule(pl.LightningDataModule):
         """The validation split's batches of ``(uint8 images, labels)``, in order, each image once."""
         return self._batches(self.val_images, self.val_labels, train=False)
 
-    def _read_test(self) -> Optional[tuple[Tensor, Tensor]]:
+    def _read_test(self) -> tuple[Tensor, Tensor]:
         if self._test is None:
             self._test = read_split(self._layout(), train=False)
         return self._test
 
+    def _test_split(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The test split once the module is set up (read on first use), else ``(None, None)``."""
+        return self._read_test() if self.train_images is not None or self._test is not None else (None, None)
+
     @property
     def test_images(self) -> Optional[Tensor]:
         """The test split's uint8 images (N, 3, 32, 32), read from disk on first use once the module is set up."""
-        return self._read_test()[0] if self.train_images is not None or self._test is not None else None
+        return self._test_split()[0]
 
     @property
     def test_labels(self) -> Optional[Tensor]:
         """The test split's int64 labels, read with `test_images`."""
-        return self._read_test()[1] if self.train_images is not None or self._test is not None else None
+        return self._test_split()[1]
 
     def _layout(self) -> Path:
         layout = find_layout(self.data_dir)

@@ -56,6 +56,13 @@ def _glibc() -> Optional[ctypes.CDLL]:
         return None
 
 
+def trim_heap() -> None:
+    """Hand the heap's free memory back to the kernel (glibc ``malloc_trim(0)``); a no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def tune_allocator() -> str:
     """Keep large freed blocks in glibc's heap (no ``mmap`` for big blocks, trim only above 1 GiB); idempotent.
 

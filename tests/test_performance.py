@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from ablations import bench
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar import runtime
+from lit_cifar.runtime import cpu_model
 from lit_cifar.module import make_adam
 
 SPEC = "pixel+bn+dropout=0.25+maxnorm=3+augment"  # every source of randomness and every hook
@@ -86,13 +86,6 @@ REFERENCE = {
         "param_abs_sum": 187270.94244323653,
     },
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def reference_run(data_dir: Path, spec: str, seed: int = 7) -> dict[str, float]:
