@@ -45,6 +45,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from ablations import run as sweep_cli
 from ablations.run import quiet_lightning
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar.data import CLASSES, IMAGE_SHAPE, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
@@ -224,6 +225,7 @@ def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> d
     """
     code = f"""
 import tempfile
+from ablations import run as sweep_cli
 from ablations.run import quiet_lightning
 from ablations.suite import TrainSettings, Trial
 from ablations.trial import RunOptions, run_trial
@@ -251,8 +253,7 @@ def sweep_rate(data_dir: Path, parallel: int, args: list[str]) -> float:
         seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"sweep failed:\n{done.stderr[-2000:]}")
-    trials = len(subprocess.run([sys.executable, "-m", "ablations.run", "--dry-run", *args], capture_output=True,
-                                text=True).stdout.splitlines())
+    trials = len(sweep_cli.make_plan(sweep_cli.build_parser().parse_args(args)).trials)
     return trials * 3600 / seconds
 
 
