@@ -225,7 +225,6 @@ def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> d
     """
     code = f"""
 import tempfile
-from ablations import run as sweep_cli
 from ablations.run import quiet_lightning
 from ablations.suite import TrainSettings, Trial
 from ablations.trial import RunOptions, run_trial
