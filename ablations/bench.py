@@ -45,8 +45,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from ablations import run as sweep_cli
-from ablations.run import quiet_lightning
+from ablations.run import build_parser as sweep_parser
+from ablations.run import make_plan, quiet_lightning
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar.data import CLASSES, IMAGE_SHAPE, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
 from lit_cifar.runtime import ENV as MALLOC_ENV
@@ -252,7 +252,7 @@ def sweep_rate(data_dir: Path, parallel: int, args: list[str]) -> float:
         seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"sweep failed:\n{done.stderr[-2000:]}")
-    trials = len(sweep_cli.make_plan(sweep_cli.build_parser().parse_args(args)).trials)
+    trials = len(make_plan(sweep_parser().parse_args(args)).trials)
     return trials * 3600 / seconds
 
 

@@ -18,7 +18,6 @@ import torch
 from ablations import bench
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar import runtime
-from lit_cifar.runtime import cpu_model
 from lit_cifar.module import make_adam
 
 SPEC = "pixel+bn+dropout=0.25+maxnorm=3+augment"  # every source of randomness and every hook
@@ -110,7 +109,8 @@ def reference_run(data_dir: Path, spec: str, seed: int = 7) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", list(REFERENCE))
 def test_fp32_training_is_bit_identical_to_the_reference(cifar_dir: Path, spec: str) -> None:
-    environment = {"torch": torch.__version__.split("+")[0], "cpu": cpu_model(), "threads": torch.get_num_threads()}
+    environment = {"torch": torch.__version__.split("+")[0], "cpu": runtime.cpu_model(),
+                   "threads": torch.get_num_threads()}
     if environment != REFERENCE_ENVIRONMENT:
         pytest.skip(f"reference numbers were taken on {REFERENCE_ENVIRONMENT}, this is {environment}")
     assert runtime.tune_allocator().startswith("glibc")  # the path every trial takes: it must not change a number
