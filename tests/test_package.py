@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ablations import report
 from ablations.report import load_results
 from lit_cifar.cli import main as cli_main
 from tests.helpers import REPO
@@ -80,12 +81,14 @@ def test_cli_main_returns_an_exit_status(cifar_dir: Path, tmp_path: Path, monkey
     assert status == 0 and type(status) is int
 
 
-def test_a_result_that_vanishes_after_the_listing_is_not_counted(tmp_path: Path) -> None:
-    """A trial's result.json removed between the report's listing and its read (a trial being rerun) is skipped,
-    not counted as an empty result."""
+def test_a_result_that_vanishes_after_the_listing_is_not_counted(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's result.json removed between the report's listing and its read (a trial being rerun: `read_result`
+    then finds nothing and returns None) is skipped, not counted as an empty result."""
     folder = tmp_path / "suite" / "pixel" / "seed=0"
     folder.mkdir(parents=True)
-    (folder / "result.json").symlink_to(tmp_path / "gone.json")  # listed by glob, absent when read
+    (folder / "result.json").write_text("{}")  # listed by the glob
+    monkeypatch.setattr(report, "read_result", lambda run_dir: None)  # gone when read
     assert load_results(tmp_path / "suite") == ([], [])
 
 
