@@ -292,7 +292,7 @@ def gemm_gflops(dtype: torch.dtype, reps: int = 10) -> dict[str, float]:
     best = {}
     for name, product in products.items():
         times = []
-        for rep in range(3 + reps):
+        for _rep in range(3 + reps):
             start = time.perf_counter()
             product()
             times.append(time.perf_counter() - start)

@@ -193,7 +193,8 @@ class _Worker:
     def __init__(self, slot: WorkerSlot, run: Runner) -> None:
         context = get_context("spawn")  # a fresh interpreter: no CUDA state or threads inherited
         here, there = context.Pipe()
-        self.slot, self.conn, self.job = slot, here, None
+        self.slot, self.conn = slot, here
+        self.job: Optional[int] = None
         self.process = context.Process(target=_serve, args=(slot, there, os.getpid(), run),
                                        name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}")
         self.process.start()
@@ -225,7 +226,9 @@ class WorkerPool:
             busy = [w for w in self.workers if w.job is not None]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=1.0))
             for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                index, status = worker.job, self._collect(worker, trials[worker.job], options)
+                index = worker.job
+                assert index is not None  # busy workers have a job
+                status = self._collect(worker, trials[index], options)
                 progress.finished(index, status)
                 if status["status"] == "busy":
                     queue.append((index, True))

@@ -95,9 +95,12 @@ def load_results(suite_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     results, problems = [], []
     for path in sorted(suite_dir.glob(f"*/seed=*/{RESULT_FILE}")):
         try:
-            results.append(read_result(path.parent))
+            result = read_result(path.parent)
         except ValueError as error:
             problems.append(f"{error}: the trial will be rerun, it is not counted")
+            continue
+        if result is not None:  # None: the file went away after the listing (a trial being rerun)
+            results.append(result)
     for path in sorted(suite_dir.glob(f"*/seed=*/{ERROR_FILE}")):
         if not (path.parent / RESULT_FILE).exists():
             try:
@@ -367,7 +370,7 @@ def _verdict_key(row: SpecSummary, reference: Optional[str]) -> str:
         return "reference"
     if not row.resolved:
         return "unresolved"
-    return "better" if row.vs_reference > 0 else "worse"
+    return "better" if (row.vs_reference or 0.0) > 0 else "worse"
 
 
 CHARTS = {"results.png": "report/test_accuracy", "curves.png": "report/val_accuracy",

@@ -138,7 +138,7 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
 
 
 @functools.lru_cache(maxsize=None)
-def code_provenance() -> dict[str, Optional[str]]:
+def code_provenance() -> dict[str, Any]:
     """Which code produced a result: ``code_version`` (the version of the lit_cifar package that runs),
     ``git_commit`` (the commit of the checkout it runs from; ``None`` outside a git checkout or without git) and
     ``git_dirty`` (whether that checkout had uncommitted changes to tracked files)."""

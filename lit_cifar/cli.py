@@ -162,8 +162,16 @@ class LitCifarCLI(LightningCLI):
         self.trainer.callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
 
 
-def main(args: Optional[list[str]] = None) -> LitCifarCLI:
-    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI`."""
+def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
+    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI` (its trainer, model and
+    data module), for callers that look at the run afterwards."""
     tune_allocator()
     return LitCifarCLI(RegularizedClassifier, CIFAR10DataModule, args=args, seed_everything_default=0,
                        save_config_kwargs={"overwrite": True})
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """The ``lit-cifar`` command and ``python -m lit_cifar``: run the CLI on `args` (``None``: ``sys.argv``) and
+    return the exit status, 0 when the run finished (bad arguments exit 2 before it starts)."""
+    run_cli(args)
+    return 0

@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from lit_cifar import CIFAR10DataModule, LitCifarCLI, RegularizationSpec, RegularizedClassifier
-from lit_cifar.cli import main
+from lit_cifar.cli import run_cli as main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -21,9 +20,8 @@ from ablations.trial import run_trial
 import lit_cifar
 from lit_cifar.runtime import cpu_model
 from lit_cifar import RegularizationSpec
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]
+from tests.helpers import TINY
+from tests.helpers import results as result_files
 
 
 def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -34,10 +32,6 @@ def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
         status = exit_.code
     out, err = capsys.readouterr()
     return status, out, err
-
-
-def result_files(logdir: Path) -> dict[str, dict]:
-    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
 
 
 def moved(args: list[str], **flags: str) -> list[str]:

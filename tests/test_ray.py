@@ -26,8 +26,10 @@ from ablations import run as run_module
 from ablations.ray_engine import TrialResources, available_cpus
 from ablations.run import main
 from ablations.store import ERROR_FILE, RESULT_FILE, TrialPaths, folder_lock
+from tests.helpers import REPO, numbers, results
 
-REPO = Path(__file__).resolve().parents[1]
+pytest.importorskip("ray")  # the `ray` extra
+
 TINY = ["--epochs", "1", "--limit-train", "64", "--val-size", "32", "--batch-size", "32"]
 TRIALS = ["--only", "pixel+dropout=0.25", "--seeds", "0,1,2"]  # dropout: the seed's RNG streams matter
 ONE_CORE_EACH = ["--parallel", str(available_cpus())]  # each trial: 1 CPU and 1 torch thread, on any machine
@@ -42,15 +44,6 @@ def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     except SystemExit as exit_:
         status = exit_.code
     return status, capsys.readouterr().err
-
-
-def results(logdir: Path) -> dict[str, dict]:
-    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
-
-
-def numbers(result: dict) -> tuple:
-    """What training determines (not timings or the environment)."""
-    return result["metrics"], result["history"], result["settings_hash"]
 
 
 def lock_of(logdir: Path, seed: int, spec: str = SPEC) -> Path:

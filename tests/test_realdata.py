@@ -12,8 +12,8 @@ from ablations.suite import TrainSettings, Trial
 from ablations.trial import RunOptions, run_trial
 from lit_cifar import RegularizationSpec
 from lit_cifar.data import find_layout
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = [Path(p) for p in (os.environ.get("LIT_CIFAR_DATA"), REPO.parent / "shared" / "data") if p]
 DATA_DIR = next((p for p in CANDIDATES if find_layout(p) is not None), None)
 

@@ -20,26 +20,13 @@ from ablations.store import LOCK_FILE, RESULT_FILE, atomic_output, folder_lock, 
 from ablations.suite import RunOptions, TrainSettings, Trial, load_suite
 from ablations.trial import run_trial
 from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
-from tests.processes import alive, children, wait_until
+from tests.helpers import REPO, TINY, alive, children, numbers, results, wait_until
 from tests.synthetic import write_synthetic_cifar
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]
 
 
 def sweep_command(data_dir: Path, logdir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir", str(logdir), *TINY,
             *args]
-
-
-def results(logdir: Path) -> dict[str, dict]:
-    """{trial dir: result.json} under a logdir."""
-    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
-
-
-def numbers(result: dict) -> tuple:
-    """The parts of a result that training determines (not timings or the environment)."""
-    return result["metrics"], result["history"], result["settings_hash"]
 
 
 @pytest.fixture(scope="module")

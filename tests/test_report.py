@@ -16,8 +16,7 @@ import pytest
 from ablations.report import main, write_report
 from ablations.store import RESULT_FILE, TrialPaths, write_json_atomic
 from lit_cifar.spec import RegularizationSpec
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def fake_result(suite: str, spec: RegularizationSpec, seed: int, test_acc: float, order: int = 0,

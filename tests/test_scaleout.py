@@ -19,10 +19,7 @@ from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
 from tests import fakes
-from tests.processes import DEADLINE_S, alive, wait_until
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]
+from tests.helpers import DEADLINE_S, REPO, TINY, alive, results, wait_until
 
 
 def fake_trials(n: int = 3) -> list[Trial]:
@@ -148,10 +145,6 @@ def test_stopping_the_main_process_stops_its_workers_and_starts_no_new_trial(tmp
 def ddp_command(data_dir: Path, logdir: Path) -> list[str]:
     return [sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir", str(logdir), "--only",
             "pixel+bn", "--seeds", "0,1,2", "--accelerator", "cpu", "--strategy", "ddp", "--devices", "2", *TINY]
-
-
-def results(logdir: Path) -> dict[str, dict]:
-    return {str(p.parent.relative_to(logdir)): json.loads(p.read_text()) for p in logdir.glob(f"*/*/*/{RESULT_FILE}")}
 
 
 @pytest.fixture(scope="module")
