@@ -1,9 +1,9 @@
 """What a trial shows in TensorBoard and records about itself while it trains: its logger, and Lightning callbacks
 that do one job each, assembled by `TrialMonitor`.
 
-- `TrialLogger`: scalars against the number of epochs trained, accuracy and cross-entropy also under the groups
-  Time Series opens first, ``hparams.yaml`` with the real hyperparameters, and at the end the trial's HParams
-  record and settings text (`ablations.board` says what TensorBoard makes of them).
+- `TrialLogger`: the scalars of every epoch and of the test pass, ``hparams.yaml`` with the real hyperparameters,
+  and at the end the trial's HParams row and settings text and the suite's HParams record, all built by
+  `ablations.board` from the numbers result.json keeps, so that a rebuild from result.json writes the same.
 - `EpochHistory`: the metrics of every epoch, for result.json. `StopOnNonFiniteLoss`: stops a diverging trial.
 - `Throughput`: training images per second. `WeightHistograms`: the regularized layers' weights per epoch.
 - `BatchNormDrift`: how far BatchNorm's running statistics are from a real batch's, per epoch.
@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from ablations import board, plots
+from ablations.store import folder_lock
 from ablations.suite import Trial
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -33,21 +34,21 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the trial stops, with the epoch in the message."""
 
 
-def settings_markdown(hparams: Mapping[str, Any]) -> str:
-    """A trial's settings as a markdown table, for its Text tab."""
-    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
-
-
 class TrialLogger(TensorBoardLogger):
     """TensorBoard logger of one trial (see the module docstring).
 
-    Every scalar's step is the number of epochs trained when it was logged: Lightning reports ``epoch`` as the
-    epoch in progress during fitting and as the number of finished epochs when testing.
+    Its scalars are exactly those a rebuild writes from result.json (`ablations.board`): each epoch's ``train/*``
+    and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics with the HParams row
+    and settings text at the end (`log_trial`); what Lightning passes to `log_metrics` is not written twice. Its
+    ``experiment`` (Lightning's writer) holds the weight histograms.
     """
 
     def __init__(self, save_dir: Path, trial: Trial) -> None:
         super().__init__(save_dir=str(save_dir), name="", version="", default_hp_metric=False)
         self.trial = trial
+        self.suite_dir = Path(save_dir).parent.parent  # <logdir>/<suite>/<cell>/seed=<s>
+        self.started = time.time()
+        self._events = board.RunWriter(Path(save_dir))
         settings = trial.hashed_settings()
         self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings})
 
@@ -58,26 +59,23 @@ class TrialLogger(TensorBoardLogger):
         self.hparams.update(params if isinstance(params, Mapping) else vars(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        metrics = dict(metrics)
-        epoch = metrics.pop("epoch", None)
-        if epoch is not None:
-            testing = all(name.startswith("test/") for name in metrics)
-            step = int(epoch) if testing else int(epoch) + 1
-        copies = {}
-        for name, value in metrics.items():
-            stage, _, metric = name.partition("/")
-            if metric in board.EPOCH_CURVES:
-                copies[f"{board.EPOCH_CURVES[metric]}/{stage}"] = value
-        super().log_metrics({**metrics, **copies}, step)
+        """Nothing: `log_epoch` and `log_trial` write the same numbers, as result.json keeps them."""
 
-    def log_trial(self) -> None:
-        """Close the event file (the test pass reopened it) and write the trial's HParams record and settings."""
+    def log_epoch(self, epoch: Mapping[str, float], epochs_trained: int) -> None:
+        """One epoch's scalars (its entry of result.json's ``history``), at step `epochs_trained`."""
+        self._events.write([(epochs_trained, board.scalar_summary(board.epoch_scalars(epoch)))])
+
+    def log_trial(self, metrics: Mapping[str, float], history: list[dict[str, float]]) -> None:
+        """Write the test scalars, the trial's HParams row and settings text, and refresh the suite's HParams
+        record and spec-mean rows with this trial's result (the others read from their result.json)."""
         self.finalize("success")
-        trial = self.trial
-        hparams = board.trial_hparams(trial.spec.to_dict(), trial.hashed_settings())
-        board.write_events(Path(self.log_dir), [
-            board.session_summary(hparams, board.trial_id(trial.suite, trial.order, trial.seed)),
-            board.text_summary("trial/settings", settings_markdown(hparams))])
+        result = {**self.trial.record(), "metrics": dict(metrics), "history": history}
+        self._events.write([(len(history), board.scalar_summary(board.test_scalars(metrics))),
+                            *board.trial_records(result, self.started)])
+        self._events.close()
+        with folder_lock(self.suite_dir, wait=True):
+            others = board.suite_results(self.suite_dir, skip=Path(self.log_dir))
+            board.write_suite_runs(self.suite_dir, [*others, result])
 
 
 class EpochHistory(pl.Callback):
@@ -89,6 +87,8 @@ class EpochHistory(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         self.epochs.append({"epoch": trainer.current_epoch, **metrics})
+        if trainer.is_global_zero and isinstance(trainer.logger, TrialLogger):
+            trainer.logger.log_epoch(self.epochs[-1], len(self.epochs))
 
 
 class StopOnNonFiniteLoss(pl.Callback):
@@ -213,9 +213,8 @@ class SuiteSamples(pl.Callback):
         if not trainer.is_global_zero or self.run_dir.exists():
             return
         images, names = trainer.datamodule.class_examples()
-        png = plots.samples_chart(images.cpu().numpy(), names, "CIFAR-10: one training image per class")
-        board.write_run(self.run_dir, [board.image_summary("samples/one_training_image_per_class", png)],
-                        replace=False)
+        png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
+        board.write_run(self.run_dir, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)
 
 
 class TrialMonitor:

@@ -2,7 +2,8 @@
 
 - `results_chart`: test accuracy per spec (mean and 95% CI, every seed a dot), coloured by the comparison with the
   reference spec, the notebook's figures marked;
-- `curves_chart`: validation accuracy per epoch, one line per spec;
+- `curves_chart`: validation accuracy per epoch, per spec its mean over seeds and their range as a band, the
+  reference spec on top;
 - `effects_chart`: the main effects and two-factor interactions of a factorial suite with their CIs;
 - `samples_chart`: one training image per class, named.
 
@@ -48,8 +49,8 @@ class Layout:
     row: float  # inches per bar
 
 
-PAGE = Layout(width=9.0, dpi=110, wrap=110, font=8, legend_columns=2, labels_above=False, row=0.3)
-CARD = Layout(width=3.6, dpi=100, wrap=50, font=7, legend_columns=1, labels_above=True, row=0.36)
+PAGE = Layout(width=9.0, dpi=110, wrap=95, font=9.5, legend_columns=2, labels_above=False, row=0.32)
+CARD = Layout(width=3.6, dpi=100, wrap=50, font=7.5, legend_columns=1, labels_above=True, row=0.38)
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,11 @@ class Curve:
     """One spec in `curves_chart`."""
 
     label: str
-    values: Sequence[float]  # per epoch
+    values: Sequence[float]  # per epoch, mean over seeds
     same_as: Optional[str] = None  # another curve's label when the numbers are identical
+    low: Sequence[float] = ()  # per epoch, the lowest and highest seed (the band); empty: no band
+    high: Sequence[float] = ()
+    reference: bool = False  # drawn on top of every other curve, in black
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,30 @@ def _png(figure: Figure, layout: Layout) -> bytes:
     return buffer.getvalue()
 
 
+SEPARATORS = (" · ", ": ")  # where a title may break: between its parts, never inside one
+
+
+def _split_after(text: str, separator: str) -> list[str]:
+    pieces = text.split(separator)
+    return [piece + separator for piece in pieces[:-1]] + pieces[-1:]
+
+
 def _wrap(text: str, layout: Layout) -> str:
-    return "\n".join(textwrap.wrap(text, layout.wrap, break_on_hyphens=False))
+    """`text` in lines of at most `layout.wrap` characters, broken after a separator (`SEPARATORS`) where
+    possible, inside a part only when that part alone is too long."""
+    parts = [text]
+    for separator in SEPARATORS:  # the first separator first; the next only inside parts still too long
+        parts = [piece for part in parts
+                 for piece in (_split_after(part, separator) if len(part.rstrip()) > layout.wrap else [part])]
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + len(part.rstrip()) <= layout.wrap:
+            lines[-1] += part
+        elif len(part.rstrip()) <= layout.wrap:
+            lines.append(part)
+        else:
+            lines += [line + " " for line in textwrap.wrap(part, layout.wrap, break_on_hyphens=False)]
+    return "\n".join(line.rstrip().removesuffix(" ·") for line in lines)
 
 
 def _figure(layout: Layout, height: float) -> Figure:
@@ -152,24 +178,56 @@ def results_chart(bars: Sequence[Bar], title: str, subtitle: str, layout: Layout
     return _png(figure, layout)
 
 
+MAX_CURVES = 10  # more lines than this cannot be told apart
+
+
+def _legible(curves: Sequence[Curve], subtitle: str) -> tuple[list[Curve], str]:
+    """At most `MAX_CURVES` curves, in their order: the reference and those highest and lowest at the last epoch;
+    the subtitle says which when some are left out."""
+    if len(curves) <= MAX_CURVES:
+        return list(curves), subtitle
+    reference = [c for c in curves if c.reference][:1]
+    others = sorted((c for c in curves if not c.reference), key=lambda c: c.values[-1] if c.values else 0.0)
+    low = (MAX_CURVES - len(reference)) // 2
+    high = MAX_CURVES - len(reference) - low
+    kept = {id(c) for c in [*reference, *others[:low], *others[-high:]]}
+    note = (f"{MAX_CURVES} of {len(curves)} specs: " + ("the reference, " if reference else "")
+            + f"the {high} highest and {low} lowest at the last epoch")
+    return [c for c in curves if id(c) in kept], f"{subtitle} · {note}"
+
+
 def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
-    """Validation accuracy per epoch from 0, one line per spec; a spec identical to another is drawn dashed with
-    open markers over it, so both show."""
-    figure = _figure(layout, 5.0 if layout is PAGE else 3.2 + 0.12 * len(curves))
+    """Validation accuracy per epoch from 0: per spec its mean over seeds as a line and the range of its seeds as
+    a band; the reference spec in black on top of all; a spec identical to another dashed with open markers."""
+    curves, subtitle = _legible(curves, subtitle)
+    beside = layout is PAGE  # the legend, else below in two columns
+    figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2))
     ax = figure.add_subplot()
-    for i, curve in enumerate(curves):
+    others = [c for c in curves if not c.reference]
+    for i, curve in enumerate([*others, *[c for c in curves if c.reference]]):
+        epochs = range(1, len(curve.values) + 1)
         duplicate = curve.same_as is not None
-        ax.plot(range(1, len(curve.values) + 1), curve.values, marker="o", markersize=7 if duplicate else 3,
-                fillstyle="none" if duplicate else "full",
-                ls="--" if duplicate else LINE_STYLES[i // 10 % len(LINE_STYLES)],
-                label=curve.label + (f" (= {curve.same_as})" if duplicate else ""))
+        colour = "black" if curve.reference else f"C{i % 10}"
+        top = 10 if curve.reference else 2
+        if len(curve.low) == len(curve.values) and not duplicate:
+            ax.fill_between(epochs, curve.low, curve.high, color=colour, alpha=0.12 if curve.reference else 0.15,
+                            lw=0, zorder=top - 1)
+        label = curve.label + (" (reference)" if curve.reference else "") + (
+            f" (= {curve.same_as})" if duplicate else "")
+        ax.plot(epochs, curve.values, color=colour, marker="o", markersize=7 if duplicate else 3.5,
+                fillstyle="none" if duplicate else "full", lw=2.6 if curve.reference else 1.4, zorder=top,
+                ls="--" if duplicate else LINE_STYLES[i // 10 % len(LINE_STYLES)], label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1)
     ax.set_xlabel("epochs trained", fontsize=layout.font)
-    ax.set_ylabel("validation accuracy (mean over seeds)", fontsize=layout.font)
+    ax.set_ylabel("validation accuracy", fontsize=layout.font)
     ax.tick_params(labelsize=layout.font)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=layout.font - 1, ncol=1 + len(curves) // 12, framealpha=0.8)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: not labels[k].endswith("(reference)"))  # reference first
+    place = {"loc": "outside right lower"} if beside else {"loc": "outside lower center", "ncol": 2}
+    figure.legend([handles[k] for k in order], [labels[k] for k in order], frameon=False,  # never on a curve
+                  fontsize=layout.font - (1 if layout is PAGE else 1.5), **place)
     _title(figure, title, subtitle, layout)
     return _png(figure, layout)
 

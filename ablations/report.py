@@ -13,9 +13,10 @@ and writes, all atomically:
   combination of their varying fields, e.g. ``full``) the main effects and two-factor interactions on test
   accuracy with their CIs; notes when the results mix settings, code versions or thread counts;
 - ``results.csv`` (one row per spec) and, for a factorial suite, ``effects.csv``;
-- ``results.png`` (test accuracy per spec), ``curves.png`` (validation accuracy per epoch) and ``effects.png``;
-- the TensorBoard run ``<suite>/_report``: ``results.md`` as text, the charts as images, and the suite's HParams
-  record (which columns TensorBoard shows first; see `ablations.board`).
+- ``results.png`` (test accuracy per spec), ``curves.png`` (validation accuracy per epoch: mean and range over
+  seeds) and ``effects.png``, each title carrying the suite's ``caption.txt`` if it has one;
+- the TensorBoard run ``<suite>/_report``: ``results.md`` as text and the charts as images; and the suite's HParams
+  record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.board`).
 
 Imports no torch: it reads the files `ablations.store` names.
 """
@@ -39,6 +40,7 @@ from ablations.analysis import diagnostics, factorial_analysis, identical_specs,
 
 DEFAULT_REFERENCE = "pixel"
 REPORT_RUN = board.REPORT_RUN
+CAPTION_FILE = "caption.txt"  # one line every chart's title carries
 
 
 @dataclass
@@ -80,6 +82,7 @@ class SuiteReport:
     factorial: Optional[FactorialFit]
     notes: list[str]
     problems: list[str]
+    caption: str = ""  # said in every chart's title (`read_caption`)
 
     @property
     def seeds(self) -> list[int]:
@@ -377,6 +380,21 @@ CHARTS = {"results.png": "report/test_accuracy", "curves.png": "report/val_accur
           "effects.png": "report/effects"}  # file -> its TensorBoard image tag
 
 
+def _seed_range(report: SuiteReport, spec: str) -> tuple[list[float], list[float]]:
+    """Per epoch, the lowest and the highest validation accuracy over the spec's seeds (for the band)."""
+    runs = [r for r in report.results if r["spec"] == spec]
+    epochs = min(len(r.get("history", [])) for r in runs)
+    values = [[r["history"][e].get("val/acc", float("nan")) for r in runs] for e in range(epochs)]
+    return [min(v) for v in values], [max(v) for v in values]
+
+
+def read_caption(suite_dir: Path) -> str:
+    """The suite's chart caption: the first line of ``<suite>/caption.txt`` (e.g. that its data are synthetic),
+    or ""."""
+    path = Path(suite_dir) / CAPTION_FILE
+    return path.read_text().strip().splitlines()[0] if path.is_file() and path.read_text().strip() else ""
+
+
 def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
     """The report's charts by file name (`CHARTS`), drawn at `layout`'s size."""
     settings = settings_line(report)
@@ -385,28 +403,27 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
                       + (f" (= {r.identical_to})" if r.identical_to else ""),
                       r.test_acc_values, r.test_acc, r.test_acc_ci_low, r.test_acc_ci_high,
                       _verdict_key(r, report.reference), r.notebook) for r in report.rows]
-    curves = [plots.Curve(r.spec, r.val_acc_curve, r.identical_to) for r in report.rows]
-    suite = f"Suite '{report.name}'"
+    curves = [plots.Curve(r.spec, r.val_acc_curve, r.identical_to, *_seed_range(report, r.spec),
+                          reference=r.spec == report.reference) for r in report.rows]
+    suite = f"Suite '{report.name}'" + (f" ({report.caption})" if report.caption else "")
     pngs = {"results.png": plots.results_chart(bars, f"{suite}: test accuracy per spec vs {report.reference}",
                                                f"{settings} · mean and 95% CI over seeds", layout),
             "curves.png": plots.curves_chart(curves, f"{suite}: validation accuracy per epoch",
-                                             f"{settings} · mean over seeds", layout)}
+                                             f"{settings} · line: mean over seeds · band: lowest to highest seed",
+                                             layout)}
     fit = report.factorial
     if fit is not None and fit.effects:
         rows = [plots.EffectRow(t.name, t.effect.estimate, t.effect.low, t.effect.high, t.resolved)
                 for t in fit.effects]
-        title = f"{suite}: main effects and two-factor interactions on test accuracy"
+        title = f"{suite}: effects on test accuracy: main and two-factor interactions"
         pngs["effects.png"] = plots.effects_chart(rows, title, f"{settings} · 95% CIs", layout)
     return pngs
 
 
 def tensorboard_run(report: SuiteReport, text: str) -> list[Any]:
-    """The summaries of the suite's ``_report`` run: the text, the charts (card-sized) and the HParams
-    experiment record."""
-    trials = [board.trial_hparams(r.get("spec_fields", {}), r["settings"]) for r in report.results]
-    metrics = {name for r in report.results for name in r["metrics"]}
+    """The summaries of the suite's ``_report`` run: the text and the charts (card-sized)."""
     images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
-    return [board.text_summary("report/results", text), *images, board.experiment_summary(trials, metrics)]
+    return [board.text_summary("report/results", text), *images]
 
 
 def write_report(suite_dir: Path, reference: Optional[str] = None) -> str:
@@ -419,6 +436,7 @@ def write_report(suite_dir: Path, reference: Optional[str] = None) -> str:
     suite_dir = Path(suite_dir)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
         report = build_report(suite_dir, reference)
+        report.caption = read_caption(suite_dir)
         _write_files(suite_dir, report)
     return spec_table(report) + ("\n\n" + verdict(report) if report.reference else "")
 
@@ -436,6 +454,7 @@ def _write_files(suite_dir: Path, report: SuiteReport) -> None:
     for name, png in charts(report, plots.PAGE).items():
         write_bytes_atomic(suite_dir / name, png)
     board.write_run(suite_dir / REPORT_RUN, tensorboard_run(report, text), replace=True)
+    board.write_suite_runs(suite_dir, report.results)  # the HParams record and the spec-mean rows
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -141,7 +141,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     metrics = {**monitor.history[-1], **{k: float(v) for k, v in tested.items()}}
     metrics.pop("epoch", None)
     if trainer.is_global_zero:
-        logger.log_trial()
+        logger.log_trial(metrics, monitor.history)
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
             "train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"],

@@ -117,11 +117,12 @@ def test_tensorboard_hparams_carry_the_real_test_accuracy(swept):
     hparams = start.session_start_info.hparams
     assert hparams["spec/dropout"].number_value == 0.25 and hparams["spec"].string_value == "pixel+dropout=0.25"
     assert hparams["seed"].number_value == 0
-    report = EventAccumulator(str(logdir / "notebook" / "_report"), size_guidance={"tensors": 0})
-    report.Reload()
+    record = EventAccumulator(str(logdir / "notebook" / "_hparams"), size_guidance={"tensors": 0})
+    record.Reload()
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        report.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "test/acc", "test/ce", "test/loss"}
+        record.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "val/acc", "test/loss", "test/ce",
+                                                             "gap/train_val_acc"]
     assert "hp_metric" not in events.Tags()["scalars"]
     assert events.Scalars("test/acc")[-1].value == pytest.approx(result["metrics"]["test/acc"])
     assert len(events.Scalars("val/acc")) == 1 and len(events.Scalars("train/loss")) == 1

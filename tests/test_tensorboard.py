@@ -5,6 +5,7 @@ files and, in one test, from a real `tensorboard` server over its HTTP API."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def test_trial_hparams_are_typed_and_named_briefly(logdir: Path):
     assert values["spec/batchnorm"].WhichOneof("kind") == "bool_value" and values["spec/batchnorm"].bool_value
     assert values["spec/max_norm"].number_value == 0.0  # off
     assert values["seed"].number_value == 1 and values["spec"].string_value == "pixel+bn"
+    assert values["row"].string_value == "trial"
     assert values["settings/epochs"].number_value == EPOCHS
     assert not {"data_dir", "download", "num_workers", "spec_name", "augment"} & set(values)
     assert start.group_name == "03 s1 notebook"
@@ -120,7 +122,7 @@ def _serve(logdir: Path) -> tuple[subprocess.Popen, str]:
     while True:
         try:
             scalars = _get(f"{base}/plugin/scalars/tags")
-            if sum("test/acc" in tags for tags in scalars.values()) == 2 * len(SPECS):
+            if sum("test/acc" in tags for tags in scalars.values()) == 3 * len(SPECS):  # seeds 0 and 1, and the mean
                 return server, base
         except OSError:
             pass
@@ -131,35 +133,54 @@ def _serve(logdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def _check_experiment(base: str) -> None:
-    """The columns in TensorBoard's order: what varies first (it ticks the first five), typed; then the metrics."""
+    """The columns in TensorBoard's order: what varies first (it ticks the first five), typed; then the five
+    headline metrics, each once."""
     experiment = _get(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
     infos = experiment["hparamInfos"]
     names = [info["name"] for info in infos]
-    assert names[:4] == ["seed", "spec", "spec/batchnorm", "spec/max_norm"]
-    assert [info.get("differs", False) for info in infos] == [True] * 4 + [False] * (len(infos) - 4)
+    assert names[:5] == ["row", "seed", "spec", "spec/batchnorm", "spec/max_norm"]
+    assert [info.get("differs", False) for info in infos] == [True] * 5 + [False] * (len(infos) - 5)
     types = {info["name"]: info["type"] for info in infos}
     assert types["seed"] == types["spec/max_norm"] == types["spec/l2"] == "DATA_TYPE_FLOAT64"
-    assert types["spec"] == types["spec/normalize"] == "DATA_TYPE_STRING"
+    assert types["spec"] == types["spec/normalize"] == types["row"] == "DATA_TYPE_STRING"
     assert types["spec/batchnorm"] == types["spec/augment"] == "DATA_TYPE_BOOL"
     assert not [n for n in names if n.startswith("settings/")]  # constant settings are in the report's text
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["test/acc", "val/acc", "test/ce", "test/loss"]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["test/acc", "val/acc", "test/loss", "test/ce",
+                                                                      "gap/train_val_acc"]
+
+
+def _session_groups(base: str, row: str) -> list[dict]:
+    """The HParams table's rows of one kind, as the filter pane asks for them (one value of `row` ticked)."""
+    return _get(f"{base}/plugin/hparams/session_groups", {
+        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                  "STATUS_RUNNING"],
+        "colParams": [{"metric": {"tag": "test/acc"}}, {"metric": {"tag": "gap/train_val_acc"}},
+                      {"hparam": "row", "filterDiscrete": [row]}, {"hparam": "spec"}, {"hparam": "seed"},
+                      {"hparam": "spec/batchnorm"}], "startIndex": 0, "sliceSize": 100})["sessionGroups"]
 
 
 def _check_sessions(base: str, logdir: Path) -> None:
-    groups = _get(f"{base}/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                                  "STATUS_RUNNING"],
-        "colParams": [{"metric": {"tag": "test/acc"}}, {"hparam": "spec"}, {"hparam": "seed"},
-                      {"hparam": "spec/batchnorm"}], "startIndex": 0, "sliceSize": 100})["sessionGroups"]
+    groups = _session_groups(base, "trial")
     names = [g["name"] for g in groups]
     assert len(set(names)) == len(names) == 4 and all(len(name) <= 14 for name in names)
+    by_spec: dict[str, list[dict]] = {}
     for group in groups:
         session = group["sessions"][0]["name"]
         expected = json.loads((logdir / session / RESULT_FILE).read_text())
+        by_spec.setdefault(expected["spec"], []).append(expected)
         assert group["hparams"]["spec"] == expected["spec"] and group["hparams"]["seed"] == expected["seed"]
         assert group["hparams"]["spec/batchnorm"] is expected["spec_fields"]["batchnorm"]
-        value = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["test/acc"]
-        assert value == pytest.approx(expected["metrics"]["test/acc"])
+        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        assert values["test/acc"] == pytest.approx(expected["metrics"]["test/acc"])
+        gap = expected["metrics"]["train/acc"] - expected["metrics"]["val/acc"]
+        assert values["gap/train_val_acc"] == pytest.approx(gap, abs=1e-6)
+    means = _session_groups(base, "spec mean")  # one row per spec, the seed not among its columns
+    assert sorted(g["hparams"]["spec"] for g in means) == sorted(SPECS)
+    for group in means:
+        assert "seed" not in group["hparams"] and group["name"].split()[1] == "×2"
+        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        seeds = by_spec[group["hparams"]["spec"]]
+        assert values["test/acc"] == pytest.approx(sum(r["metrics"]["test/acc"] for r in seeds) / len(seeds))
 
 
 def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path):
@@ -182,3 +203,35 @@ def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _content(run_dir: Path) -> dict:
+    """What TensorBoard shows of a trial's run: scalars (step, value), histogram steps, HParams row, text."""
+    run = events(run_dir)
+    tags = run.Tags()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        run.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    return {"scalars": {tag: [(e.step, e.value) for e in run.Scalars(tag)] for tag in tags["scalars"]},
+            "histograms": {tag: [e.step for e in run.Histograms(tag)] for tag in tags["histograms"]},
+            "images": tags["images"], "hparams": dict(start.hparams), "name": start.group_name,
+            "text": run.Tensors("trial/settings")[0].tensor_proto.string_val[0]}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_rebuild_writes_what_the_live_trials_wrote_and_a_second_changes_nothing(logdir: Path, tmp_path: Path):
+    from ablations.board import main as board
+
+    copy = tmp_path / "copy"
+    shutil.copytree(logdir, copy)
+    trials = sorted(p.parent.relative_to(copy) for p in copy.glob(f"notebook/*/seed=*/{RESULT_FILE}"))
+    live = {trial: _content(copy / trial) for trial in trials}
+    assert board(["rebuild", str(copy / "notebook")]) == 0
+    for trial in trials:
+        assert _content(copy / trial) == live[trial]
+        assert sorted(p.name.rsplit(".", 1)[-1] for p in (copy / trial).glob("*tfevents*")) == ["histograms", "trial"]
+    first = _files(copy)
+    assert board(["rebuild", str(copy / "notebook")]) == 0
+    assert _files(copy) == first
