@@ -169,3 +169,79 @@ def test_a_full_disk_at_the_end_reports_what_finished_and_failed(cifar_dir, tmp_
     err = capsys.readouterr().err
     assert "1 trained, 0 already done, 1 failed" in err and "FAILED pixel/seed=1" in err
     assert "could not be written: the disk is full" in err and "python -m ablations.report" in err
+
+
+# ------------------------------------------------------------------------------- 8. errors in a second, clearly
+NO_TORCH = ("import sys\nfrom ablations.run import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as stop:\n"
+            "    heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
+            "    print('imported', heavy, 'exit', stop.code)\n")
+
+
+@pytest.mark.parametrize("args, exit_code, message", [
+    (["--help"], 0, "usage: python -m ablations.run"),
+    (["--epochs", "x"], 2, "argument --epochs: 'x' is not an integer"),
+    (["--lr", "-1"], 2, "argument --lr: -1 must be a finite number > 0"),
+    (["--only", "pixle"], 2, "unknown token 'pixle'"),
+    (["--suite", "nosuch"], 2, "unknown suite 'nosuch'"),
+    (["--bogus"], 2, "unrecognized arguments: --bogus"),
+])
+def test_arguments_are_checked_before_torch_is_imported(args, exit_code, message):
+    done = python(NO_TORCH, *args)
+    assert f"imported [] exit {exit_code}" in done.stdout, done.stdout + done.stderr
+    assert message in done.stdout + done.stderr
+    if exit_code:
+        assert "usage:" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_binary_suite_file_is_named_as_such(tmp_path, capsys):
+    binary = tmp_path / "suite.bin"
+    binary.write_bytes(b"\x92\x00\xff" * 100)
+    with pytest.raises(SystemExit) as stop:
+        main(["--suite", str(binary), "--dry-run"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"suite file {binary} is not a YAML text file (byte 0x92 at offset 0" in err
+
+
+@pytest.mark.parametrize("text", ["1e-3", "0.001", "1.0e-3"])
+def test_a_suite_file_accepts_the_numbers_a_flag_accepts(tmp_path, text):
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"name: mine\nsettings: {{lr: {text}, lr_decay: 1e-6}}\nspecs: [pixel]\n")
+    suite = load_suite(str(path))
+    assert suite.settings.lr == 0.001 and suite.settings.lr_decay == 1e-6
+    assert make_plan(build_parser().parse_args(["--suite", str(path), "--lr", text])).trials[0].settings.lr == 0.001
+
+
+def test_a_suite_file_still_refuses_what_is_not_a_number(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nsettings: {lr: fast}\nspecs: [pixel]\n")
+    with pytest.raises(ValueError, match="lr='fast' must be a finite number > 0"):
+        load_suite(str(path))
+
+
+def test_predict_with_a_file_that_is_not_a_checkpoint_is_one_line(cifar_dir, tmp_path):
+    junk = tmp_path / "model.ckpt"
+    junk.write_bytes(os.urandom(4096))
+    done = subprocess.run([sys.executable, "-m", "lit_cifar", "predict", "--ckpt_path", str(junk),
+                           "--data.data_dir", str(cifar_dir), "--trainer.logger", "false"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"error: --ckpt_path {junk} is not a checkpoint (not a file torch.save writes): "
+                                   "give a .ckpt file written by Lightning, e.g. "
+                                   "logs/lit_cifar/version_0/checkpoints/*.ckpt")
+
+
+@pytest.mark.parametrize("layout", ["bin", "py"])
+def test_a_label_outside_0_9_fails_the_data_check_naming_the_file(tmp_path, layout):
+    from lit_cifar import CIFAR10DataModule
+    from lit_cifar.data import DatasetError
+
+    parts = synthetic_parts(per_train_file=20, n_test=20)
+    images, labels = parts["data_batch_3"]
+    labels = labels.copy()
+    labels[7] = 99
+    parts["data_batch_3"] = images, labels
+    folder = (write_binary_layout if layout == "bin" else write_python_layout)(tmp_path, parts)
+    name = "data_batch_3.bin" if layout == "bin" else "data_batch_3"
+    dm = CIFAR10DataModule(str(tmp_path), val_size=10, download=False)
+    with pytest.raises(DatasetError, match=f"corrupt CIFAR-10 file {folder / name}: record 7 has label 99"):
+        dm.verify()
