@@ -259,7 +259,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
     **Under DDP** every rank takes a disjoint shard of each split (evaluation counts each image exactly once),
     whatever the Trainer's ``use_distributed_sampler``.
 
-    **Checkpoints** hold `state_dict`: the statistics and the split (``val_size``, ``split_seed``, ``limit_train``).
+    **Checkpoints** hold `state_dict`: the statistics, the split (``val_size``, ``split_seed``, ``limit_train``) and
+    the ``seed`` of the training order.
 
     Args:
         data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's pickles) or ``cifar-10-batches-bin/``
@@ -516,9 +517,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to rebuild this data: the normalization statistics and the split."""
+        """What a checkpoint needs to rebuild this data: the normalization statistics, the split and the seed of
+        the training order (so a resumed run draws the batches the uninterrupted one would)."""
         return {"normalize": self.normalize, "mean": self.mean, "std": self.std, "split_seed": self.split_seed,
-                "val_size": self.val_size, "limit_train": self.limit_train}
+                "val_size": self.val_size, "limit_train": self.limit_train, "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a checkpoint's statistics and split; data already loaded with another split is split again.
@@ -534,6 +536,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         for key, value in split.items():
             setattr(self, key, value)
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+        if state_dict.get("seed") is not None:  # older checkpoints: the seed this module was given
+            self.seed = state_dict["seed"]
         if changed and self.train_images is not None:
             self.train_images = None
             self.setup()

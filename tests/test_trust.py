@@ -245,3 +245,43 @@ def test_a_label_outside_0_9_fails_the_data_check_naming_the_file(tmp_path, layo
     dm = CIFAR10DataModule(str(tmp_path), val_size=10, download=False)
     with pytest.raises(DatasetError, match=f"corrupt CIFAR-10 file {folder / name}: record 7 has label 99"):
         dm.verify()
+
+
+# -------------------------------------------------------------------- 9. resuming from a checkpoint is exact
+def small_backbone() -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 32), nn.ReLU(), nn.Dropout(0.25), nn.Linear(32, 10))
+
+
+def fit(cifar_dir: Path, folder: Path, epochs: int, seed: int, ckpt_path: Any = None) -> dict[str, Any]:
+    """Train the small network with dropout and augmentation, checkpointing every epoch; its final weights."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_cifar import CIFAR10DataModule, RegularizedClassifier
+
+    pl.seed_everything(seed, verbose=False)
+    spec = "pixel+dropout=0.25+augment"
+    dm = CIFAR10DataModule.from_spec(spec, data_dir=str(cifar_dir), val_size=32, batch_size=16, limit_train=64,
+                                     download=False)
+    model = RegularizedClassifier(spec, backbone=small_backbone())
+    checkpoints = ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[checkpoints],
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         use_distributed_sampler=False)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resuming_with_dropout_and_augmentation_equals_the_uninterrupted_run(cifar_dir, tmp_path):
+    import torch
+
+    uninterrupted = fit(cifar_dir, tmp_path / "a", epochs=3, seed=0)
+    # a fresh start elsewhere: another global seed, so only the checkpoint can make the draws the same
+    resumed = fit(cifar_dir, tmp_path / "b", epochs=3, seed=12345, ckpt_path=tmp_path / "a" / "epoch=0.ckpt")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted), \
+        max(float((uninterrupted[k].float() - resumed[k].float()).abs().max()) for k in uninterrupted)
+    checkpoint = torch.load(tmp_path / "a" / "epoch=0.ckpt", weights_only=True)  # still loads safely
+    assert {"torch", "numpy", "python"} <= checkpoint["rng_states"].keys()
