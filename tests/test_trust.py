@@ -285,3 +285,29 @@ def test_resuming_with_dropout_and_augmentation_equals_the_uninterrupted_run(cif
         max(float((uninterrupted[k].float() - resumed[k].float()).abs().max()) for k in uninterrupted)
     checkpoint = torch.load(tmp_path / "a" / "epoch=0.ckpt", weights_only=True)  # still loads safely
     assert {"torch", "numpy", "python"} <= checkpoint["rng_states"].keys()
+
+
+# ------------------------------------------------------------------------ 10. provenance outside a git checkout
+PROVENANCE = "import json; from ablations.store import code_provenance; print(json.dumps(code_provenance()))"
+
+
+def provenance_of_a_copy(root: Path, change: str = "") -> dict[str, Any]:
+    """code_provenance() of a copy of the packages in `root` (no git there), with `change` appended to a module."""
+    for package in ("lit_cifar", "ablations"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(root / "ablations" / "stats.py", "a") as f:
+        f.write(change)
+    done = subprocess.run([sys.executable, "-c", PROVENANCE], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_two_installs_of_one_version_with_different_code_are_told_apart(tmp_path):
+    same = provenance_of_a_copy(tmp_path / "a")
+    again = provenance_of_a_copy(tmp_path / "b")
+    changed = provenance_of_a_copy(tmp_path / "c", change="\n# a local change\n")
+    assert same["git_commit"] is None and same["code_version"] == changed["code_version"]
+    assert {"code_version", "git_commit", "git_dirty"} <= same.keys()
+    assert len(same["source_sha256"]) == 64
+    assert same["source_sha256"] == again["source_sha256"] != changed["source_sha256"]
