@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -333,3 +334,57 @@ def test_the_bit_identity_reference_is_keyed_on_what_decides_the_kernels(monkeyp
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: REFERENCE_ENVIRONMENT["capability"])
     monkeypatch.setattr(torch, "__version__", REFERENCE_ENVIRONMENT["torch"] + "+cpu")
     assert kernel_environment(reference_cpu) == REFERENCE_ENVIRONMENT
+
+
+# ------------------------------------------------------------- 6. Ctrl-C on a parallel sweep stops it at once
+@pytest.mark.slow
+def test_ctrl_c_on_a_parallel_sweep_stops_it_at_once_without_a_traceback(cifar_dir, tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it, while two workers train: exit 130 well within
+    the grace period the workers get (no worker has to be killed), and no worker prints a traceback."""
+    import time
+
+    from ablations.local import STOP_GRACE_S
+    from tests.processes import alive, children, wait_until
+
+    command = [sys.executable, "-m", "ablations.run", *sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds",
+                                                                  "0,1,2", "--epochs", "50", "--parallel", "2")]
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    wait_until(lambda: len(list(tmp_path.glob("notebook/pixel/*/events.out.tfevents.*"))) == 2, "two trials to start",
+               sweep)
+    workers = children(sweep.pid)
+    time.sleep(1.0)  # well inside training
+    os.killpg(sweep.pid, signal.SIGINT)
+    start = time.monotonic()
+    _, err = sweep.communicate(timeout=300)
+    took = time.monotonic() - start
+    assert sweep.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Interrupted" not in err.replace("interrupted by SIGINT", ""), err[-3000:]
+    assert "interrupted by SIGINT: 0 of 3 trials finished" in err
+    assert took < STOP_GRACE_S / 2, f"{took:.0f} s to stop"
+    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+    assert not list(tmp_path.rglob(RESULT_FILE)) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_ctrl_c_stops_workers_at_once_even_if_a_thread_of_theirs_never_ends(tmp_path):
+    """Workers whose trial left a non-daemon thread running (a writer, say) still end at once on Ctrl-C: the
+    sweep exits 130 well within the workers' grace period, and no worker prints a traceback."""
+    import time
+
+    from ablations.local import STOP_GRACE_S
+    from tests.processes import alive, wait_until
+
+    sweep = subprocess.Popen([sys.executable, "-m", "tests.fakes", str(tmp_path), "2", "block_with_a_busy_thread"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    started = lambda: {int(p.read_text()) for p in tmp_path.glob("fake/*/*/started-*") if p.read_text()}  # noqa
+    wait_until(lambda: len(started()) == 2, "both workers started a trial", sweep)
+    workers = started()
+    os.killpg(sweep.pid, signal.SIGINT)
+    start = time.monotonic()
+    out, err = sweep.communicate(timeout=300)
+    took = time.monotonic() - start
+    assert sweep.returncode == 130 and "interrupted by SIGINT: finished []" in out, err[-3000:]
+    assert took < STOP_GRACE_S / 2, f"{took:.0f} s to stop"
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
