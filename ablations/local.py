@@ -87,6 +87,28 @@ def interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _note_signal(signum: int, frame: Any) -> None:
+    signal.signal(signum, _exit_at_once)  # a second one while stopping ends the process without cleanup
+    _received.append(signum)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM and SIGINT are only noted, and `raise_if_interrupted`
+    raises `Interrupted` at the next safe point; a second signal ends the process at once. For code that waits
+    inside C extensions (Ray's ``ray.wait``), where an exception raised by a signal handler turns into a
+    ``SystemError``: wait with a timeout and call `raise_if_interrupted` between waits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _note_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def die_with_parent(parent: int) -> None:
     """Have Linux send this process SIGTERM when its parent (pid `parent`) dies, even by SIGKILL; elsewhere a no-op."""
     if LIBC is None or not sys.platform.startswith("linux"):

@@ -388,3 +388,38 @@ def test_ctrl_c_stops_workers_at_once_even_if_a_thread_of_theirs_never_ends(tmp_
     assert took < STOP_GRACE_S / 2, f"{took:.0f} s to stop"
     assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
     wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+
+
+# --------------------------------------------------------------------- 3. Ray stops like the local engine
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_a_signal_stops_a_ray_sweep_like_the_local_engine(cifar_dir, tmp_path, signum):
+    """SIGTERM to ``--engine ray --parallel 2`` while two trials train: exit 143, the running tasks are cancelled
+    (their locks are free once the sweep has ended), no result is written after the signal, and the finished
+    trials (none here) are listed."""
+    import time
+
+    from ablations.store import folder_lock
+    from tests.processes import wait_until
+
+    command = [sys.executable, "-m", "ablations.run", *sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds",
+                                                                  "0,1,2", "--epochs", "40", "--engine", "ray",
+                                                                  "--parallel", "2")]
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    running = lambda: sorted(p.parent for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*"))  # noqa
+    wait_until(lambda: len(running()) == 2, "two Ray tasks to train", sweep)
+    sweep.send_signal(signum)
+    _, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 128 + signum, err[-3000:]
+    assert "SystemError" not in err and "Traceback" not in err, err[-3000:]
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}: 0 of 3 trials finished" in err, err[-3000:]
+
+    def unlocked(folder: Path) -> bool:
+        with folder_lock(folder) as locked:
+            return locked
+
+    wait_until(lambda: all(unlocked(folder) for folder in running()), "the cancelled tasks to end")
+    time.sleep(5.0)  # a task that went on would write its result now
+    assert not list(tmp_path.rglob(RESULT_FILE)) and not list(tmp_path.rglob("*.tmp"))
