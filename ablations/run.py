@@ -373,7 +373,8 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
     from ablations.store import settings_key
 
     suite_dir = Path(plan.options.logdir) / plan.suite.name
-    table, problem = write_report_or_say_why(suite_dir, plan.reference, settings_key(plan.trials[0].hashed_settings()))
+    table, problem, unwritten = write_report_or_say_why(suite_dir, plan.reference,
+                                                        settings_key(plan.trials[0].hashed_settings()))
     if table is not None:
         print(table)
     counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
@@ -383,8 +384,8 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
     for status in failed:
         print(f"FAILED {status['trial']}: {status['error']}", file=sys.stderr)
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-    return 1 if failed or problem else 0
+        print(f"{'error' if unwritten else 'note'}: {problem}", file=sys.stderr)
+    return 1 if failed or unwritten else 0
 
 
 def report_interrupted(plan: Plan, stop: Interrupted) -> int:

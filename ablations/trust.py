@@ -81,14 +81,14 @@ def report_problem(error: OSError, suite_dir: Path) -> str:
 
 
 def write_report_or_say_why(suite_dir: Path, reference: Optional[str],
-                            settings: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    """(the report's table, None), or (None, why it could not be written) for a full disk, an unwritable folder or
-    a folder with nothing to report."""
+                            settings: Optional[str]) -> tuple[Optional[str], Optional[str], bool]:
+    """(the report's table, None, False) when it was written; else (None, why not, whether that is an error): a
+    full disk or an unwritable folder is one (the sweep exits 1), a folder with nothing to report is not."""
     from ablations.report import write_report
 
     try:
-        return write_report(suite_dir, reference=reference, settings=settings), None
+        return write_report(suite_dir, reference=reference, settings=settings), None, False
     except OSError as error:
-        return None, report_problem(error, suite_dir)
-    except ValueError as error:  # e.g. no finished trial at all
-        return None, str(error)
+        return None, report_problem(error, suite_dir), True
+    except ValueError as error:  # e.g. no finished trial at all: nothing to tabulate
+        return None, f"no report: {error}", False
