@@ -24,7 +24,8 @@ MAXNORM_RESCALED = "train/maxnorm_rescaled"  # fraction of the regularized layer
 # Logged per epoch; the report shows the last epoch's mean over seeds.
 DIAGNOSTICS = {MAXNORM_RESCALED: "max-norm: fraction of rows rescaled",
                "val/bn_mean_gap": "BN: mean gap (running σ)", "val/bn_std_ratio": "BN: batch σ / running σ"}
-ENVIRONMENT_KEYS = {"code_version": "code versions", "git_commit": "git commits", "cpu_threads": "CPU thread counts"}
+ENVIRONMENT_KEYS = {"code_version": "code versions", "git_commit": "git commits", "source_sha256": "source code",
+                    "cpu_threads": "CPU thread counts"}
 RESPONSE = "test_acc"
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -79,6 +80,28 @@ def interrupts() -> Iterator[None]:
     process at once. Lightning keeps calling this handler from its own SIGTERM handler during ``fit``."""
     _received.clear()
     previous = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    signal.signal(signum, _exit_at_once)  # a second one while stopping ends the process without cleanup
+    _received.append(signum)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM and SIGINT are only noted, and `raise_if_interrupted`
+    raises `Interrupted` at the next safe point; a second signal ends the process at once. For code that waits
+    inside C extensions (Ray's ``ray.wait``), where an exception raised by a signal handler turns into a
+    ``SystemError``: wait with a timeout and call `raise_if_interrupted` between waits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _note_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
@@ -187,6 +210,20 @@ def run_local(trials: list[Trial], options: RunOptions, run: Runner, progress: P
     return [progress.statuses[index] for index in range(len(trials))]
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the block runs (in the main thread): a process started meanwhile inherits that, so a
+    worker never sees a terminal's Ctrl-C, even while it is still importing; the main process stops it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Worker:
     """One worker process and the end of its pipe; `job` is the trial index it runs, if any."""
 
@@ -197,7 +234,8 @@ class _Worker:
         self.job: Optional[int] = None
         self.process = context.Process(target=_serve, args=(slot, there, os.getpid(), run),
                                        name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}")
-        self.process.start()
+        with _sigint_ignored():
+            self.process.start()
         there.close()
 
 
@@ -285,18 +323,41 @@ def _record_death(trial: Trial, options: RunOptions, reason: str, signal_name: O
                                             "traceback": None})
 
 
+def _stop_worker(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM handler: stop the trial (`Interrupted`); a second SIGTERM ends the process at once."""
+    signal.signal(signal.SIGTERM, _exit_at_once)
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
-    """A worker process: pinned to `slot`, it runs the trials the main process sends until it sends None."""
+    """A worker process: pinned to `slot`, it runs the trials the main process sends until it sends None.
+
+    SIGINT is ignored (inherited from `_Worker`): a terminal's Ctrl-C goes to the whole process group, and the main
+    process answers it by sending each worker SIGTERM. On SIGTERM the trial stops and the worker ends at once
+    (``os._exit``), with no traceback and without waiting for threads a library left running: nothing it would
+    still write counts (results are written atomically, and the kernel releases the trial's lock).
+    """
     die_with_parent(parent)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _raise_interrupted)
-    slot.apply()
-    quiet_lightning()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
     try:
+        slot.apply()
+        quiet_lightning()
         while (job := conn.recv()) is not None:
             raise_if_interrupted()
             conn.send(run(*job))
     except Interrupted as stop:
-        sys.exit(stop.exit_status)
+        _exit_now(stop.exit_status)
     except EOFError:  # the main process is gone
-        sys.exit(1)
+        _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+    """End this worker process with `status` now: flush what it printed, skip the interpreter's shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

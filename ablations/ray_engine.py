@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ablations.local import deferred_interrupts, raise_if_interrupted
 from ablations.store import ERROR_FILE, folder_lock, write_json_atomic
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 WORKER_LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its error texts
 RESOURCE_UNITS = 10_000  # Ray counts resources in steps of 1/10,000: requests are rounded down to one
+POLL_S = 0.5  # how often the driver looks for a stop signal while it waits for tasks
+CANCEL_WAIT_S = 20.0  # how long a stopped sweep waits for its cancelled tasks to end
 
 
 @dataclass(frozen=True)
@@ -220,24 +223,40 @@ class _RaySweep:
     def run(self, todo: list[int], cancel_on_exit: bool) -> None:
         """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
 
-        If interrupted, nothing more is handed to Ray and, with `cancel_on_exit`, the running tasks are cancelled
-        (without: the caller ends its Ray job, which ends them). Cancelling raises KeyboardInterrupt in the task;
-        ``force=True`` is not used: in Ray 2.60 it can crash the driver when the task is finishing at that moment.
+        SIGTERM and SIGINT are noted while Ray waits (`ablations.local.deferred_interrupts`: an exception raised
+        inside ``ray.wait`` would become a SystemError) and raise `Interrupted` between waits. If interrupted (or
+        on any error), nothing more is handed to Ray, the running tasks are cancelled and waited for (up to
+        `CANCEL_WAIT_S`), so that none writes a result after the sweep has stopped. Cancelling raises
+        KeyboardInterrupt in the task, which stops the trial before it tests or writes anything; ``force=True`` is
+        not used: in Ray 2.60 it can crash the driver when the task is finishing at that moment. `cancel_on_exit`
+        False (the caller ends its own Ray, which ends the tasks) skips this when the sweep ends normally.
         """
         self.pending.extend((i, False) for i in todo)
         if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
             self.bar.write(f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
                            f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
                            "(or use --parallel to ask for a smaller share)", file=sys.stderr)
+        stopped = True
         try:
-            while self.pending or self.in_flight:
-                self._fill()
-                ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
-                for ref in ready:
-                    self._collect(ref, *self.in_flight.pop(ref))
+            with deferred_interrupts():
+                while self.pending or self.in_flight:
+                    raise_if_interrupted()
+                    self._fill()
+                    ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
+                    for ref in ready:
+                        self._collect(ref, *self.in_flight.pop(ref))
+                stopped = False
         finally:
-            for ref in self.in_flight if cancel_on_exit else ():
-                self.ray.cancel(ref)
+            if stopped or cancel_on_exit:
+                self._cancel()
+
+    def _cancel(self) -> None:
+        """Cancel every task still running and wait for them to end (each stops at its next batch)."""
+        refs = list(self.in_flight)
+        for ref in refs:
+            self.ray.cancel(ref)
+        if refs:
+            self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
 
     def finish(self, i: int, status: dict[str, Any]) -> None:
         self.statuses[i] = status

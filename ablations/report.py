@@ -31,11 +31,12 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from ablations import board, plots
 from ablations.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
-from ablations.store import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_bytes_atomic, write_text_atomic
+from ablations.store import (ERROR_FILE, RESULT_FILE, folder_lock, read_result, settings_key, write_bytes_atomic,
+                             write_text_atomic)
 from ablations.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
 
 DEFAULT_REFERENCE = "pixel"
@@ -170,17 +171,74 @@ def compare(rows: list[SpecSummary], reference: str) -> None:
             row.p_value, row.p_holm, row.resolved = test.p_value, test.p_holm, test.resolved
 
 
-def _settings_notes(results: list[dict[str, Any]]) -> list[str]:
-    settings = {json.dumps({k: v for k, v in r["settings"].items() if k not in ("spec", "seed")}, sort_keys=True)
-                for r in results}
-    if len(settings) > 1:
-        return [f"the results were trained with {len(settings)} different settings: {sorted(settings)}"]
-    return []
+class NothingToReport(ValueError):
+    """The folder holds no finished trial of the suite, or results of another suite."""
 
 
-def build_report(suite_dir: Path, reference: Optional[str] = None) -> SuiteReport:
-    """Read and analyse the suite's results (raises ValueError for an unknown `reference`)."""
+def _trial_name(result: dict[str, Any]) -> str:
+    return f"{result['spec']}/seed={result['seed']}"
+
+
+def check_suite_folder(suite_dir: Path, results: list[dict[str, Any]], problems: list[str]) -> None:
+    """Raise `NothingToReport` if `suite_dir` holds no result at all, or results of a suite of another name (a
+    suite's folder is ``LOGDIR/SUITE``: results of other suites are never merged into its table)."""
+    if not results:
+        inside = sorted({p.parents[2].relative_to(suite_dir).as_posix()
+                         for p in suite_dir.glob(f"*/*/seed=*/{RESULT_FILE}")})
+        hint = f"; it holds the suite folders {', '.join(inside)}: give one of them" if inside else ""
+        failed = f" ({len(problems)} problem(s): {'; '.join(problems[:3])})" if problems else ""
+        raise NothingToReport(f"{suite_dir} holds no finished trial (no <spec>/seed=<s>/{RESULT_FILE}){failed}"
+                              f"{hint}")
+    foreign = [r for r in results if r.get("suite", suite_dir.name) != suite_dir.name]
+    if foreign:
+        suites = sorted({str(r["suite"]) for r in foreign})
+        raise NothingToReport(f"{suite_dir} is the folder of suite {suite_dir.name!r}, but {len(foreign)} of its "
+                              f"{len(results)} results belong to suite(s) {', '.join(suites)} (e.g. "
+                              f"{_trial_name(foreign[0])}): they are not merged into one table; report each suite "
+                              "from its own folder, LOGDIR/SUITE")
+
+
+def select_settings(results: list[dict[str, Any]],
+                    settings: Optional[str] = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The results of one set of settings (`ablations.store.settings_key`), and a line for each other set, whose
+    trials are excluded: trials of different settings never enter one comparison.
+
+    `settings`: the key to keep (a sweep passes its own); None keeps the set with the most trials.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(settings_key(result.get("settings", {})), []).append(result)
+    if settings is None:
+        settings = max(groups, key=lambda key: (len(groups[key]), key)) if groups else ""
+    kept = groups.get(settings, [])
+    chosen = json.loads(settings) if settings else {}
+    lines = []
+    for key, excluded in groups.items():
+        if key == settings:
+            continue
+        other = json.loads(key)
+        changed = ", ".join(f"{k}={json.dumps(other.get(k))} (the table's: {json.dumps(chosen.get(k))})"
+                            for k in sorted(set(other) | set(chosen)) if other.get(k) != chosen.get(k))
+        names = ", ".join(_trial_name(r) for r in excluded[:5]) + (" ..." if len(excluded) > 5 else "")
+        lines.append(f"excluded {len(excluded)} trial(s) trained with other settings, {changed}: {names}; "
+                     "they are not compared with the table's trials")
+    return kept, lines
+
+
+def build_report(suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None) -> SuiteReport:
+    """Read and analyse the suite's results of one set of settings (`select_settings`).
+
+    Raises:
+        NothingToReport: `suite_dir` holds no finished trial, none of `settings`, or results of another suite.
+        ValueError: for an unknown `reference`.
+    """
     results, problems = load_results(suite_dir)
+    check_suite_folder(suite_dir, results, problems)
+    results, excluded = select_settings(results, settings)
+    if not results:
+        raise NothingToReport(f"{suite_dir} holds no finished trial of the settings asked for; "
+                              + "; ".join(excluded))
+    problems += excluded
     rows = summarize(results)
     reference, notes = choose_reference(rows, reference)
     if reference is not None:
@@ -189,7 +247,6 @@ def build_report(suite_dir: Path, reference: Optional[str] = None) -> SuiteRepor
     same_as = {spec: earlier for spec, earlier, _ in identical}
     for row in rows:
         row.identical_to = same_as.get(row.spec)
-    problems += _settings_notes(results)
     notes += mixed_environment(results)
     return SuiteReport(suite_dir.name, results, rows, reference, identical, factorial_analysis(results), notes,
                        problems)
@@ -426,16 +483,18 @@ def tensorboard_run(report: SuiteReport, text: str) -> list[Any]:
     return [board.text_summary("report/results", text), *images]
 
 
-def write_report(suite_dir: Path, reference: Optional[str] = None) -> str:
+def write_report(suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None) -> str:
     """Write results.md/.csv, effects.csv, the charts and the ``_report`` run for the suite in `suite_dir`;
     returns the per-spec table and the verdict on the comparisons (what a sweep prints).
 
-    Problems (failed or unreadable trials) are listed on stderr and at the end of results.md.
-    Raises ValueError if `reference` is given and is not a spec of the results.
+    Only trials of one set of settings are reported (`select_settings`; `settings` picks which). Problems (failed,
+    unreadable or excluded trials) are listed on stderr and at the end of results.md.
+    Raises `NothingToReport` (a ValueError) for a folder without results of its suite, ValueError if `reference`
+    is given and is not a spec of the results, OSError if a file cannot be written (e.g. a full disk).
     """
     suite_dir = Path(suite_dir)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
-        report = build_report(suite_dir, reference)
+        report = build_report(suite_dir, reference, settings)
         report.caption = read_caption(suite_dir)
         _write_files(suite_dir, report)
     return spec_table(report) + ("\n\n" + verdict(report) if report.reference else "")
@@ -465,12 +524,23 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "first spec if it has no pixel)")
     args = parser.parse_args(argv)
     if not args.suite_dir.is_dir():
-        parser.error(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")
+        return _fail(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")
     try:
         print(write_report(args.suite_dir, args.reference))
     except ValueError as error:
-        parser.error(str(error))
+        return _fail(str(error))
+    except OSError as error:
+        from ablations.trust import report_problem
+
+        print(f"error: {report_problem(error, args.suite_dir)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _fail(message: str) -> NoReturn:
+    """A bad folder or --reference: one line on stderr, exit status 2 (as argparse, without the usage block)."""
+    print(f"python -m ablations.report: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

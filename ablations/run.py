@@ -25,15 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
-
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
                              run_local, worker_slots)
-from ablations.suite import (RunOptions, Suite, Trial, available_suites, expand_trials, load_suite, setting_problem,
-                             shard)
-from ablations.trial import Ranks, is_finished, run_trial, trainer_kwargs
+from ablations.suite import (RunOptions, Suite, Trial, available_suites, coerce_setting, expand_trials, load_suite,
+                             setting_problem, shard)
+from ablations.trust import check_precision, refuse_other_settings, write_report_or_say_why
+
+if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
+    from ablations.trial import Ranks
 
 __all__ = ["bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources"]
 
@@ -65,7 +66,7 @@ def _setting(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
 
     def parse(text: str) -> Any:
         try:
-            value = convert(text)
+            value = convert(text) if convert is int else coerce_setting(name, text, strict=True)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if convert is int else 'a number'}") \
                 from None
@@ -104,8 +105,15 @@ def _devices(text: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the usage block is for ``--help``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Shipped suites: {', '.join(available_suites())}. Exit status: 0 all done, 1 a trial failed, "
@@ -218,14 +226,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                        val_size=args.val_size, split_seed=args.split_seed,
                                        limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
                                        precision=args.precision)
-    devices, gpus, parallel = _placement(args)
+    expand_trials(suite, settings, only=args.only)  # a bad --only or --reference fails before torch is imported
+    reference = expand_trials(suite, settings, only=[args.reference])[0].spec.name if args.reference else None
+    devices, gpus, parallel = _placement(args)  # the first step that imports torch
     trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes)
     unsharded = len(trials)
     trials = shard(trials, *args.shard) if args.shard else trials
     options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator, devices=devices,
                          strategy=args.strategy or "auto", num_nodes=args.num_nodes, force=args.force,
                          compile=args.compile)
-    reference = expand_trials(suite, settings, only=[args.reference])[0].spec.name if args.reference else None
     return Plan(suite, trials, options, parallel, gpus, unsharded, reference)
 
 
@@ -234,6 +243,8 @@ def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
     a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
     import lightning.pytorch as pl
 
+    from ablations.trial import trainer_kwargs
+
     if args.engine == "ray":
         from ablations.ray_engine import check_address, check_supported, import_ray
 
@@ -241,16 +252,20 @@ def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
         check_supported(plan.trials, plan.options)
         check_address(args.ray_address)
     try:
-        pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
+        trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
     except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
         o = plan.options
         raise ValueError(f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: "
                          f"{error}") from None
+    check_precision(plan.trials[0].settings.precision, trainer)
 
 
 def check_inputs(plan: Plan) -> None:
     """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
-    checked only when some trial needs training: a finished sweep reruns (and reports) without it."""
+    checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
+    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`)."""
+    from ablations.trial import is_finished
+
     logdir = Path(plan.options.logdir)
     try:
         logdir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +274,7 @@ def check_inputs(plan: Plan) -> None:
         probe.unlink()
     except OSError as error:
         raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
+    refuse_other_settings(plan.trials, logdir, plan.options.force)
     if plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials):
         _check_data(plan)
 
@@ -308,6 +324,8 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
     Trials already finished are skipped here, so no worker starts for them; under DDP every trial goes through
     `run_trial`, where rank 0 decides for all ranks.
     """
+    from ablations.trial import is_finished
+
     skip = ranks is None and not plan.options.force
     done = {t.name for t in plan.trials if skip and is_finished(t, plan.options.logdir, warn=False)}
     todo = [t for t in plan.trials if t.name not in done]
@@ -324,6 +342,8 @@ def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
 
         return run_trials_ray(trials, plan.options, address=args.ray_address, max_retries=args.max_retries,
                               **ray_resources(plan.parallel, plan.gpus, available_cpus()))
+    from ablations.trial import run_trial
+
     cpus = os.cpu_count() or 1
     slots: Optional[list[WorkerSlot]] = None
     if plan.parallel > 1:
@@ -348,21 +368,30 @@ def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
 
 # ------------------------------------------------------------------------------------------------ output
 def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int:
-    """Write and print the suite's report and the sweep's counts; 1 if a trial failed, else 0."""
-    from ablations.report import write_report
+    """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
+    the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
+    from ablations.store import settings_key
 
-    print(write_report(Path(plan.options.logdir) / plan.suite.name, reference=plan.reference))
+    suite_dir = Path(plan.options.logdir) / plan.suite.name
+    table, problem, unwritten = write_report_or_say_why(suite_dir, plan.reference,
+                                                        settings_key(plan.trials[0].hashed_settings()))
+    if table is not None:
+        print(table)
     counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
     print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['failed']} failed in "
           f"{seconds:.0f} s", file=sys.stderr)
     failed = [s for s in statuses if s["status"] == "failed"]
     for status in failed:
         print(f"FAILED {status['trial']}: {status['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    if problem is not None:
+        print(f"{'error' if unwritten else 'note'}: {problem}", file=sys.stderr)
+    return 1 if failed or unwritten else 0
 
 
 def report_interrupted(plan: Plan, stop: Interrupted) -> int:
     """Say what a signal left behind (finished trials, read from disk) and return 130 / 143."""
+    from ablations.trial import is_finished
+
     finished = [t.name for t in plan.trials if is_finished(t, plan.options.logdir, warn=False)]
     print(f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
           f"{': ' + ', '.join(finished) if finished else ''}. No other trial left a result; rerun the same command "
@@ -403,6 +432,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rank == 0:
         print(f"suite {plan.suite.name}: {len(plan.trials)} trials, {plan.parallel} at a time, logs in "
               f"{plan.options.logdir}/{plan.suite.name}", file=sys.stderr)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     start = time.perf_counter()
     try:
         with interrupts():

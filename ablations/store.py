@@ -2,11 +2,13 @@
 
 A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` holds (`TrialPaths` names each):
 
-- ``result.json``: written atomically once the trial has finished and been tested;
+- ``result.json``: written atomically once the trial has finished and been tested, with a ``checksum`` of its
+  content (`write_result`), verified whenever it is read (`read_result`);
 - ``error.json``: written atomically instead when it failed (reason and traceback);
 - ``.lock``: an ``flock`` held while the trial runs, so two sweeps never run it at once (the kernel releases it
   when its holder dies);
-- TensorBoard event files.
+- TensorBoard event files;
+- ``superseded/<settings hash>/``: what a run with other settings (``--force``) moved aside instead of deleting.
 
 The report, a dashboard or another engine can read and write these without importing torch or Lightning.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +31,10 @@ from typing import Any, Optional
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 LOCK_FILE = ".lock"
+SUPERSEDED_DIR = "superseded"
+CHECKSUM_KEY = "checksum"
+PER_TRIAL_SETTINGS = ("spec", "seed")  # hashed settings that differ from trial to trial within one comparison
+SOURCE_SUFFIXES = (".py", ".yaml")  # the files whose content `source_hash` covers
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,35 @@ class TrialPaths:
     def lock(self) -> Path:
         return self.folder / LOCK_FILE
 
+    @property
+    def superseded(self) -> Path:
+        return self.folder / SUPERSEDED_DIR
+
+    def supersede(self, settings_hash: str) -> Optional[Path]:
+        """If the folder holds a finished result of settings other than `settings_hash`, move it and everything
+        beside it (events, error) to ``superseded/<its settings hash>/`` and return that folder; else None.
+        A finished result is never deleted by a run of other settings."""
+        try:
+            old = read_result(self.folder)
+        except ValueError:  # unreadable or edited: not a result anyone can count
+            return None
+        if old is None or old["settings_hash"] == settings_hash:
+            return None
+        target = self.superseded / str(old["settings_hash"])
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for entry in list(self.folder.iterdir()):
+            if entry.name not in (LOCK_FILE, SUPERSEDED_DIR):
+                os.replace(entry, target / entry.name)
+        return target
+
     def clear(self) -> None:
         """Remove what a previous, partial or outdated run of the trial left (events, result, error), except the
-        lock, which the caller holds."""
+        lock, which the caller holds, and ``superseded/`` (see `supersede`)."""
         for entry in self.folder.iterdir():
+            if entry.name == SUPERSEDED_DIR:
+                continue
             if entry.is_dir():
                 shutil.rmtree(entry)
             elif entry.name != LOCK_FILE:
@@ -104,8 +136,24 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
+def content_checksum(result: dict[str, Any]) -> str:
+    """The SHA-256 of a result's content (every key but ``checksum``), in canonical JSON."""
+    content = {k: v for k, v in result.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a trial's result.json atomically, with the `content_checksum` that `read_result` verifies."""
+    write_json_atomic(path, {**result, CHECKSUM_KEY: content_checksum(result)})
+
+
 def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The trial's result.json, or None if it is absent. A truncated or unreadable one raises ValueError."""
+    """The trial's result.json, or None if it is absent.
+
+    A truncated or unreadable one, or one whose content no longer matches its ``checksum`` (edited by hand or
+    damaged), raises ValueError: it is not counted, and its trial is rerun. Results written before checksums
+    existed (no ``checksum`` key) are read as they are.
+    """
     path = Path(run_dir) / RESULT_FILE
     if not path.exists():
         return None
@@ -113,9 +161,18 @@ def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
         result = json.loads(path.read_text())
         if not isinstance(result, dict) or "settings_hash" not in result or "metrics" not in result:
             raise ValueError("missing settings_hash or metrics")
-        return result
     except (OSError, ValueError) as error:
         raise ValueError(f"unreadable {path}: {error}") from None
+    if CHECKSUM_KEY in result and result[CHECKSUM_KEY] != content_checksum(result):
+        raise ValueError(f"{path} does not match its checksum: it was changed after the trial wrote it")
+    return result
+
+
+def settings_key(settings: dict[str, Any], factors: tuple[str, ...] = ()) -> str:
+    """What trials compared in one table must share: their hashed settings without the per-trial ones (spec,
+    seed) and the suite's own `factors`, as canonical JSON."""
+    drop = set(PER_TRIAL_SETTINGS) | set(factors)
+    return json.dumps({k: v for k, v in settings.items() if k not in drop}, sort_keys=True)
 
 
 @contextmanager
@@ -140,8 +197,11 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
 @functools.lru_cache(maxsize=None)
 def code_provenance() -> dict[str, Any]:
     """Which code produced a result: ``code_version`` (the version of the lit_cifar package that runs),
-    ``git_commit`` (the commit of the checkout it runs from; ``None`` outside a git checkout or without git) and
-    ``git_dirty`` (whether that checkout had uncommitted changes to tracked files)."""
+    ``git_commit`` (the commit of the checkout it runs from; ``None`` outside a git checkout or without git),
+    ``git_dirty`` (whether that checkout had uncommitted changes to tracked files) and ``source_sha256`` (a hash
+    of the running packages' source, `source_hash`: it tells two installs of one version apart, git or not)."""
+    import ablations
+    import lit_cifar
     from lit_cifar import __version__  # torch-free: the package imports its classes lazily
 
     root = Path(__file__).resolve().parents[1]
@@ -150,7 +210,22 @@ def code_provenance() -> dict[str, Any]:
         commit = _git(root, "rev-parse", "HEAD")
         status = _git(root, "status", "--porcelain", "--untracked-files=no")
         dirty = None if status is None else bool(status)
-    return {"code_version": __version__, "git_commit": commit, "git_dirty": dirty}
+    packages = [Path(package.__file__).resolve().parent for package in (lit_cifar, ablations)]
+    return {"code_version": __version__, "git_commit": commit, "git_dirty": dirty,
+            "source_sha256": source_hash(packages)}
+
+
+def source_hash(folders: list[Path]) -> str:
+    """SHA-256 over every source file (`SOURCE_SUFFIXES`) under `folders`: each file's path relative to its
+    package's parent, then its bytes, in sorted order; caches (``__pycache__``) left out."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
+                       and "__pycache__" not in p.parts)
+        for path in files:
+            digest.update(path.relative_to(folder.parent).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _git(root: Path, *args: str) -> Optional[str]:

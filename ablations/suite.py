@@ -84,6 +84,23 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
 }
 
 
+FLOAT_SETTINGS = ("lr", "lr_decay")
+
+
+def coerce_setting(name: str, value: Any, strict: bool = False) -> Any:
+    """A `TrainSettings` value as a flag or a suite file gives it, converted where the two differ: the text of a
+    number for a float setting becomes that number (YAML reads ``1e-3`` as a string, the flag ``--lr 1e-3`` as
+    text). Other values are returned as they are, for `setting_problem` to judge; with `strict`, text that is not
+    a number raises ValueError instead."""
+    if name in FLOAT_SETTINGS and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            if strict:
+                raise
+    return value
+
+
 def setting_problem(name: str, value: Any) -> Optional[str]:
     """What is wrong with `value` for the `TrainSettings` field `name` (e.g. ``"must be >= 1"``), or None."""
     return SETTING_RULES[name](value)
@@ -223,9 +240,13 @@ def available_suites() -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise SuiteError(f"cannot read suite file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise SuiteError(f"suite file {path} is not a YAML text file (byte {error.object[error.start]:#04x} at "
+                         f"offset {error.start} is not UTF-8 text): give a shipped suite's name "
+                         f"({', '.join(available_suites())}) or a suite .yaml file") from None
     except yaml.YAMLError as error:
         raise SuiteError(f"malformed YAML in suite file {path}: {error}") from None
     if not isinstance(data, dict):
@@ -293,8 +314,8 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
                          "not starting with '.'): the suite's trials are written under LOGDIR/NAME/")
     try:
-        return Suite(name=name, entries=tuple(_entries(data, path)),
-                     settings=TrainSettings(**settings_data), description=str(data.get("description", "")))
+        settings = TrainSettings(**{k: coerce_setting(k, v) for k, v in settings_data.items()})
+        return Suite(name=name, entries=tuple(_entries(data, path)), settings=settings, description=str(data.get("description", "")))
     except (ValueError, TypeError, AttributeError) as error:
         if isinstance(error, SuiteError):
             raise

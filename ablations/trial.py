@@ -29,7 +29,7 @@ import torchmetrics
 
 from ablations.local import raise_if_interrupted
 from ablations.monitor import TrialLogger, TrialMonitor
-from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic
+from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier, tune_allocator
 from lit_cifar.runtime import cpu_model, trim_heap
@@ -65,6 +65,14 @@ class StopWhenInterrupted(pl.Callback):
 
     def on_test_batch_start(self, *args: Any) -> None:
         raise_if_interrupted()
+
+
+def stop_if_interrupted(trainer: pl.Trainer) -> None:
+    """Raise KeyboardInterrupt if Lightning stopped the run early (it turns a KeyboardInterrupt, e.g. a Ray task's
+    cancellation, into a graceful return): a stopped trial must not go on to test and write a result."""
+    raise_if_interrupted()
+    if trainer.interrupted:
+        raise KeyboardInterrupt("the trial was interrupted")
 
 
 def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, Any]:
@@ -134,9 +142,11 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     trainer = pl.Trainer(**trainer_kwargs(options, s), logger=logger,
                          callbacks=[*monitor.callbacks, StopWhenInterrupted()])
     trainer.fit(model, datamodule=dm)
+    stop_if_interrupted(trainer)
     model.zero_grad(set_to_none=True)  # testing needs no gradients: their 88 MB go back before the test split loads
     release_memory()
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
+    stop_if_interrupted(trainer)
     wall = time.perf_counter() - start
     metrics = {**monitor.history[-1], **{k: float(v) for k, v in tested.items()}}
     metrics.pop("epoch", None)
@@ -145,15 +155,16 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
             "train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"],
-            "world_size": trainer.world_size}
+            "world_size": trainer.world_size, "precision_ran": str(trainer.precision)}
 
 
 def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:
     """Train the trial (its lock held) and write result.json, or error.json if it raised."""
+    paths.supersede(trial.settings_hash)  # a result of other settings is kept aside, never deleted
     paths.clear()
     record = {**trial.record(), "environment": environment()}
     try:
-        write_json_atomic(paths.result, {**record, **_train_and_test(trial, options, paths)})
+        write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
         return {"trial": trial.name, "status": "done", "error": None}
     except Exception as error:  # isolate the failure: record it, let the sweep go on
         reason = f"{type(error).__name__}: {error}"

@@ -15,10 +15,12 @@ from __future__ import annotations
 import csv
 import inspect
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
@@ -52,6 +54,25 @@ def exit_with_error(message: str) -> None:
     """Exit with status 2 and one line on stderr, as argparse does for bad arguments."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def check_checkpoint(path: Optional[str]) -> None:
+    """Exit with status 2 and one line unless `path` (if given) is a file that holds a Lightning checkpoint
+    (a ``torch.save`` dict with a ``state_dict``); memory-mapped, so the check reads little of a large file."""
+    if not path:
+        return
+    if not Path(path).is_file():
+        exit_with_error(f"--ckpt_path {path}: no such checkpoint file")
+    advice = "give a .ckpt file written by Lightning, e.g. logs/lit_cifar/version_0/checkpoints/*.ckpt"
+    if not zipfile.is_zipfile(path):
+        exit_with_error(f"--ckpt_path {path} is not a checkpoint (not a file torch.save writes): {advice}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        exit_with_error(f"--ckpt_path {path} is not a checkpoint torch can read ({reason[:200]}): {advice}")
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        exit_with_error(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict in it)")
 
 
 class PredictionWriter(pl.Callback):
@@ -115,6 +136,8 @@ class LitCifarCLI(LightningCLI):
         checkpoint's hyperparameters replace it."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_checkpoint(self.config[subcommand].get("ckpt_path"))
         spec = as_spec((self.config[subcommand] if subcommand else self.config).model.spec)
         default = inspect.signature(RegularizedClassifier).parameters["spec"].default
         self.requested_spec = None if spec == as_spec(default) else spec

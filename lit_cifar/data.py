@@ -67,7 +67,17 @@ def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
         raise DatasetError(f"corrupt CIFAR-10 file {path}: {type(error).__name__}: {error}") from None
     if len(images) != len(labels):
         raise DatasetError(f"corrupt CIFAR-10 file {path}: {len(images)} images but {len(labels)} labels")
+    check_labels(labels, path)
     return images, labels
+
+
+def check_labels(labels: Tensor | np.ndarray, path: Path) -> None:
+    """Raise DatasetError, naming the file and the record, if a label is not a class number (0-9)."""
+    labels = torch.as_tensor(labels)
+    bad = ((labels < 0) | (labels >= len(CLASSES))).nonzero().flatten()
+    if len(bad):
+        raise DatasetError(f"corrupt CIFAR-10 file {path}: record {int(bad[0])} has label {int(labels[bad[0]])}, "
+                           f"outside 0-{len(CLASSES) - 1} ({len(bad)} such record(s))")
 
 
 def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
@@ -81,6 +91,7 @@ def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
         raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {len(raw)} bytes is not a whole number of "
                            f"{RECORD_BYTES}-byte records")
     records = raw.view(-1, RECORD_BYTES)
+    check_labels(records[:, 0], path)
     return records[:, 1:].reshape(-1, *IMAGE_SHAPE), records[:, 0].long()
 
 
@@ -248,7 +259,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
     **Under DDP** every rank takes a disjoint shard of each split (evaluation counts each image exactly once),
     whatever the Trainer's ``use_distributed_sampler``.
 
-    **Checkpoints** hold `state_dict`: the statistics and the split (``val_size``, ``split_seed``, ``limit_train``).
+    **Checkpoints** hold `state_dict`: the statistics, the split (``val_size``, ``split_seed``, ``limit_train``) and
+    the ``seed`` of the training order.
 
     Args:
         data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's pickles) or ``cifar-10-batches-bin/``
@@ -378,8 +390,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def verify(self) -> dict[str, int]:
         """Check the dataset files and the split sizes without loading the images; returns the image counts.
 
-        Cheap: the binary layout is checked by file sizes alone (whole records, every file present and readable);
-        the pickle layout has its counts only inside the pickles, so each file is read once (and dropped).
+        Cheap: the binary layout is checked by file sizes (whole records, every file present and readable) and its
+        label bytes (each a class number); the pickle layout has its counts only inside the pickles, so each file is
+        read once (and dropped).
 
         Returns:
             ``{"train": N, "val": val_size, "test": N}``: the images `setup` will put in each split.
@@ -404,6 +417,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
             if not size or size % RECORD_BYTES:
                 raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {size} bytes is not a whole number "
                                    f"of {RECORD_BYTES}-byte records")
+            check_labels(np.array(np.memmap(path, dtype=np.uint8, mode="r")[::RECORD_BYTES]), path)  # labels only
             return size // RECORD_BYTES
 
         total, test = sum(count(name) for name in TRAIN_FILES), count(TEST_FILE)
@@ -503,9 +517,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to rebuild this data: the normalization statistics and the split."""
+        """What a checkpoint needs to rebuild this data: the normalization statistics, the split and the seed of
+        the training order (so a resumed run draws the batches the uninterrupted one would)."""
         return {"normalize": self.normalize, "mean": self.mean, "std": self.std, "split_seed": self.split_seed,
-                "val_size": self.val_size, "limit_train": self.limit_train}
+                "val_size": self.val_size, "limit_train": self.limit_train, "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a checkpoint's statistics and split; data already loaded with another split is split again.
@@ -521,6 +536,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         for key, value in split.items():
             setattr(self, key, value)
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+        if state_dict.get("seed") is not None:  # older checkpoints: the seed this module was given
+            self.seed = state_dict["seed"]
         if changed and self.train_images is not None:
             self.train_images = None
             self.setup()

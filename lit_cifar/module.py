@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import random
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +40,36 @@ DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 # Constructor arguments that are how a model runs, not what it is: left out of the saved hyperparameters, so a
 # checkpoint loads without them and LightningCLI's --ckpt_path does not override them.
 RUNTIME_ARGUMENTS = ["backbone", "optimizer", "compile", "predict_logits"]
+RNG_KEY = "rng_states"  # the checkpoint entry with the random generators' states (see `rng_states`)
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of every random generator training draws from: torch's (CPU, and CUDA once initialized; dropout
+    and augmentation use them), NumPy's and Python's, as tensors and plain values (a checkpoint with them still
+    loads with ``torch.load(weights_only=True)``)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what `rng_states` took (a CUDA state only where this process has as many CUDA devices)."""
+    torch.set_rng_state(states["torch"])
+    numpy_state = states["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python_state = states["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
@@ -257,10 +289,18 @@ class RegularizedClassifier(pl.LightningModule):
                 return value
         return None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the random generators' states (`rng_states`), so that resuming from this checkpoint draws the same
+        dropout masks and augmentations as the run that wrote it would have."""
+        checkpoint[RNG_KEY] = rng_states()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Give a data module of another class than the one saved (e.g. your subclass) the checkpoint's data state
-        (Lightning restores it only into a class of the same name). A checkpoint written before the model kept its
-        input statistics gets them from that data state."""
+        """Restore the random generators' states when the checkpoint has them (`on_save_checkpoint`). Give a data
+        module of another class than the one saved (e.g. your subclass) the checkpoint's data state (Lightning
+        restores it only into a class of the same name). A checkpoint written before the model kept its input
+        statistics gets them from that data state."""
+        if checkpoint.get(RNG_KEY) is not None:
+            set_rng_states(checkpoint[RNG_KEY])
         data = self.saved_data_state(checkpoint)
         weights = checkpoint.get("state_dict", {})
         if data is not None and "input_norm.mean" not in weights:

@@ -53,19 +53,30 @@ def block(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
             time.sleep(3600)
 
 
+def block_with_a_busy_thread(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+    """Like `block`, with a non-daemon thread that never ends running beside it, as a library's writer thread may:
+    a worker that leaves through the interpreter's normal shutdown would wait for it forever."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,), name="busy-writer").start()
+    return block(trial, options, wait)
+
+
 if __name__ == "__main__":
-    # python -m tests.fakes LOGDIR PARALLEL: three trials in PARALLEL workers that block, stopped by signals as
-    # `python -m ablations.run` is (exit 128 + signal, naming the finished trials).
+    # python -m tests.fakes LOGDIR PARALLEL [RUNNER]: three trials in PARALLEL workers that block (RUNNER: a function
+    # of this module, default `block`), stopped by signals as `python -m ablations.run` is (exit 128 + signal,
+    # naming the finished trials).
     from ablations.local import Interrupted, Progress, interrupts, run_local, worker_slots
     from lit_cifar.spec import RegularizationSpec
     from ablations.suite import TrainSettings
 
     logdir, parallel = sys.argv[1], int(sys.argv[2])
+    runner = globals()[sys.argv[3]] if len(sys.argv) > 3 else block
     trials = [Trial("fake", RegularizationSpec(), seed, TrainSettings(seeds=(seed,)), 0) for seed in range(3)]
     progress = Progress(trials, show=False)
     try:
         with interrupts():
-            run_local(trials, RunOptions(logdir=logdir), block, progress, worker_slots(parallel, 0, parallel))
+            run_local(trials, RunOptions(logdir=logdir), runner, progress, worker_slots(parallel, 0, parallel))
     except Interrupted as stop:
         print(f"{stop}: finished {sorted(progress.statuses)}", flush=True)
         sys.exit(stop.exit_status)

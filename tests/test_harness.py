@@ -142,12 +142,19 @@ def test_rerun_trains_nothing_and_force_retrains(swept_copy, capsys):
 
 
 @pytest.mark.slow
-def test_changed_settings_retrain(swept_copy, capsys):
+def test_changed_settings_refuse_then_retrain_with_force_keeping_the_old_result(swept_copy, capsys):
     logdir, args = swept_copy
-    status, _, err = sweep(capsys, *args[:-len(TINY)], "--only", "baseline", "--seeds", "0", "--epochs", "2",
-                           "--val-size", "100", "--batch-size", "64")
+    changed = [*args[:-len(TINY)], "--only", "baseline", "--seeds", "0", "--epochs", "2", "--val-size", "100",
+               "--batch-size", "64"]
+    old = result_files(logdir)["notebook/baseline/seed=0"]
+    status, _, err = sweep(capsys, *changed)
+    assert status == 2 and "already finished with other settings" in err and "epochs 1 there, 2 here" in err
+    assert result_files(logdir)["notebook/baseline/seed=0"] == old
+    status, _, err = sweep(capsys, *changed, "--force")
     assert status == 0 and "1 trained" in err
     assert len(result_files(logdir)["notebook/baseline/seed=0"]["history"]) == 2
+    kept = logdir / "notebook/baseline/seed=0/superseded" / old["settings_hash"] / RESULT_FILE
+    assert json.loads(kept.read_text()) == old
 
 
 @pytest.mark.slow

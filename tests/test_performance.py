@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import pytest
@@ -61,11 +63,34 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
     assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
 
 
-# Metrics of `reference_run` computed by the ORIGINAL code (commit 8bd44c9, before the library changes of issue 10)
-# with torch 2.14.1 on 2 threads of an "AMD EPYC" CPU. A long real-data sweep was started with that code: fp32
-# training must stay bit-identical, so these are compared with ==. Other CPUs, thread counts or torch versions may
-# round differently in their kernels, so the comparison only runs where the reference was taken.
-REFERENCE_ENVIRONMENT = {"torch": "2.14.1", "cpu": "AMD EPYC", "threads": 2}
+# Metrics of `reference_run` computed by the code a long real-data sweep was started with, with torch 2.14.1 on 2
+# threads of an AMD EPYC with AVX-512. fp32 training must stay bit-identical, so these are compared with ==.
+# What decides the numbers is which kernels run, and that is decided by the torch build, the thread count, the CPU
+# vendor (oneDNN and MKL take vendor-specific paths) and its instruction sets (ATen's dispatch level and the ISA
+# extensions oneDNN uses), not by the CPU's marketing name: two "AMD EPYC" (Zen 3, AVX2 only; Zen 4, AVX-512) round
+# differently. The comparison runs only where all of those are the reference's (`kernel_environment`).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+REFERENCE_ENVIRONMENT = {"torch": "2.14.1", "threads": 2, "vendor": "AuthenticAMD", "capability": "AVX512",
+                         "isa": ["avx2", "avx512_bf16", "avx512_vnni", "avx512bw", "avx512dq", "avx512f", "avx512vl",
+                                 "avx_vnni", "fma"]}
+
+
+def kernel_environment(cpuinfo: Optional[str] = None) -> dict[str, Any]:
+    """What decides which CPU kernels train the network (see `REFERENCE_ENVIRONMENT`): torch's version, its
+    threads, the CPU vendor, ATen's dispatch level and the CPU's `KERNEL_FLAGS`, from `cpuinfo` (the text of
+    /proc/cpuinfo; read if None)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"torch": torch.__version__.split("+")[0], "threads": torch.get_num_threads(),
+            "vendor": fields.get("vendor_id", platform.machine()), "capability": torch.backends.cpu.get_cpu_capability(),
+            "isa": sorted(flags & set(KERNEL_FLAGS))}
 REFERENCE = {
     "pixel": {
         "val/loss": 0.4528583586215973, "val/acc": 0.9599999785423279, "train/loss": 1.6000640392303467,
@@ -109,8 +134,7 @@ def reference_run(data_dir: Path, spec: str, seed: int = 7) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", list(REFERENCE))
 def test_fp32_training_is_bit_identical_to_the_reference(cifar_dir: Path, spec: str) -> None:
-    environment = {"torch": torch.__version__.split("+")[0], "cpu": runtime.cpu_model(),
-                   "threads": torch.get_num_threads()}
+    environment = kernel_environment()
     if environment != REFERENCE_ENVIRONMENT:
         pytest.skip(f"reference numbers were taken on {REFERENCE_ENVIRONMENT}, this is {environment}")
     assert runtime.tune_allocator().startswith("glibc")  # the path every trial takes: it must not change a number

@@ -1,0 +1,94 @@
+"""Checks that keep a sweep's results trustworthy: nothing finished is lost, nothing is recorded as what did not run,
+and the end of a sweep always says what finished, even when its report cannot be written.
+
+- `refuse_other_settings`: a trial folder that holds a finished result of other settings (e.g. ``--epochs 1`` there,
+  ``--epochs 2`` now) stops the run before anything trains, unless ``--force``; with ``--force`` the old result is
+  moved to ``superseded/<its settings hash>/`` (`ablations.store.TrialPaths.supersede`), never deleted.
+- `check_precision`: a precision Lightning would replace on this machine (``16-mixed`` on a CPU runs as
+  ``bf16-mixed``) is refused, so that no result records a precision that did not run.
+- `write_report_or_say_why`: a report that cannot be written (a full disk) is a message, not a traceback.
+
+Imports neither torch nor Lightning (the Trainer to check is passed in).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from ablations.store import SUPERSEDED_DIR, read_result
+from ablations.suite import Trial
+
+SHOWN = 5  # trials named in a message; the rest are counted
+
+
+def finished_with_other_settings(trials: list[Trial], logdir: Path | str) -> list[tuple[Trial, dict[str, Any]]]:
+    """The trials whose folder holds a readable, finished result of other settings, with that result."""
+    clashes = []
+    for trial in trials:
+        try:
+            old = read_result(trial.paths(logdir).folder)
+        except ValueError:  # unreadable or edited: rerun like a trial that never finished
+            continue
+        if old is not None and old["settings_hash"] != trial.settings_hash:
+            clashes.append((trial, old))
+    return clashes
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``epochs 1 -> 2, lr 0.001 -> 0.01``: the settings that differ between two hashed-settings dicts."""
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} here" for k in keys
+               if old.get(k) != new.get(k)]
+    return ", ".join(changed) or "the settings hash"
+
+
+def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
+    """Raise ValueError, naming the trials and what differs, if any trial's folder holds a finished result of other
+    settings and not `force` (the run would replace it). With `force` the run goes on and each trial moves the old
+    result aside when it starts."""
+    clashes = finished_with_other_settings(trials, logdir)
+    if not clashes or force:
+        return
+    shown = "; ".join(f"{trial.name} ({differences(old.get('settings', {}), trial.hashed_settings())})"
+                      for trial, old in clashes[:SHOWN])
+    more = f"; and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""
+    raise ValueError(f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, which "
+                     f"this run would replace: {shown}{more}. Give another --logdir to keep both, or --force to "
+                     f"rerun them here (each old result is kept in its trial's {SUPERSEDED_DIR}/<settings hash>/)")
+
+
+def check_precision(requested: str, trainer: Any) -> None:
+    """Raise ValueError if the `trainer` built for `requested` precision would run another one (Lightning falls
+    back from ``16-mixed`` to ``bf16-mixed`` on a CPU, with a warning only)."""
+    ran = str(trainer.precision)
+    if ran != requested:
+        raise ValueError(f"--precision {requested}: on this accelerator Lightning would run {ran} instead, and the "
+                         f"results would say {requested}; pass --precision {ran} (or run on a GPU)")
+
+
+def disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def report_problem(error: OSError, suite_dir: Path) -> str:
+    """One line saying why the report of `suite_dir` could not be written."""
+    why = "the disk is full" if disk_full(error) else (error.strerror or str(error))
+    return (f"the report in {suite_dir} could not be written: {why} ({error.filename or suite_dir}). The trials' "
+            f"results are kept; free some space and run `python -m ablations.report {suite_dir}`")
+
+
+def write_report_or_say_why(suite_dir: Path, reference: Optional[str],
+                            settings: Optional[str]) -> tuple[Optional[str], Optional[str], bool]:
+    """(the report's table, None, False) when it was written; else (None, why not, whether that is an error): a
+    full disk or an unwritable folder is one (the sweep exits 1), a folder with nothing to report is not."""
+    from ablations.report import write_report
+
+    try:
+        return write_report(suite_dir, reference=reference, settings=settings), None, False
+    except OSError as error:
+        return None, report_problem(error, suite_dir), True
+    except ValueError as error:  # e.g. no finished trial at all: nothing to tabulate
+        return None, f"no report: {error}", False
