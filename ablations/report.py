@@ -35,6 +35,7 @@ from typing import Any, Optional
 from ablations import board, plots
 from ablations.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
 from ablations.store import ERROR_FILE, RESULT_FILE, folder_lock, read_result, write_bytes_atomic, write_text_atomic
+from ablations.identity import cell_view
 from ablations.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
 
 DEFAULT_REFERENCE = "pixel"
@@ -165,7 +166,8 @@ def compare(rows: list[SpecSummary], reference: str) -> None:
 
 
 def _settings_notes(results: list[dict[str, Any]]) -> list[str]:
-    settings = {json.dumps({k: v for k, v in r["settings"].items() if k not in ("spec", "seed")}, sort_keys=True)
+    settings = {json.dumps({k: v for k, v in r["settings"].items()
+                            if k not in ("spec", "seed", *(r.get("factors") or {}))}, sort_keys=True)
                 for r in results}
     if len(settings) > 1:
         return [f"the results were trained with {len(settings)} different settings: {sorted(settings)}"]
@@ -175,6 +177,7 @@ def _settings_notes(results: list[dict[str, Any]]) -> list[str]:
 def build_report(suite_dir: Path, reference: Optional[str] = None) -> SuiteReport:
     """Read and analyse the suite's results (raises ValueError for an unknown `reference`)."""
     results, problems = load_results(suite_dir)
+    results = [cell_view(r) for r in results]  # a setting factor is a row's field like a spec field
     rows = summarize(results)
     reference, notes = choose_reference(rows, reference)
     if reference is not None:
@@ -227,6 +230,7 @@ def constant_settings(report: SuiteReport) -> str:
     for result in report.results[1:]:
         shared = {k: v for k, v in shared.items() if result["settings"].get(k) == v}
     shared = {k: v for k, v in shared.items() if k not in ("spec", "seed")}
+    shared = {k: (v["class_path"] if isinstance(v, dict) and "class_path" in v else v) for k, v in shared.items()}
     return "\n\nSettings of every trial: " + ", ".join(f"`{k}={v}`" for k, v in sorted(shared.items()))
 
 

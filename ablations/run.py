@@ -29,11 +29,13 @@ from typing import Any, Optional
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ablations import custom
 from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
                              run_local, worker_slots)
 from ablations.suite import (RunOptions, Suite, Trial, available_suites, expand_trials, load_suite, setting_problem,
                              shard)
 from ablations.trial import Ranks, is_finished, run_trial, trainer_kwargs
+from lit_cifar.spec import RegularizationSpec
 
 __all__ = ["bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources"]
 
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(checksum-verified) if it holds neither")
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
+    custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
     return parser
 
 
@@ -218,14 +221,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                        val_size=args.val_size, split_seed=args.split_seed,
                                        limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
                                        precision=args.precision)
+    suite, settings, outputs = custom.apply_arguments(suite, settings, args)  # model, data, optimizer, outputs
     devices, gpus, parallel = _placement(args)
     trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes)
     unsharded = len(trials)
     trials = shard(trials, *args.shard) if args.shard else trials
     options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator, devices=devices,
                          strategy=args.strategy or "auto", num_nodes=args.num_nodes, force=args.force,
-                         compile=args.compile)
-    reference = expand_trials(suite, settings, only=[args.reference])[0].spec.name if args.reference else None
+                         compile=args.compile, save_model=outputs.save_model, loggers=outputs.loggers)
+    reference = expand_trials(suite, settings, only=[args.reference])[0].cell if args.reference else None
     return Plan(suite, trials, options, parallel, gpus, unsharded, reference)
 
 
@@ -259,12 +263,13 @@ def check_inputs(plan: Plan) -> None:
         probe.unlink()
     except OSError as error:
         raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
-    if plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials):
+    needs_data = plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials)
+    custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
+    if needs_data and isinstance(plan.trials[0].data, str):
         _check_data(plan)
 
 
 def _check_data(plan: Plan) -> None:
-    from lit_cifar import CIFAR10DataModule
     from lit_cifar.data import default_data_dir
 
     data_dir = plan.options.data_dir
@@ -274,8 +279,8 @@ def _check_data(plan: Plan) -> None:
     if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
         raise ValueError(f"--data-dir {folder} is not readable")
     s = plan.trials[0].settings
-    dm = CIFAR10DataModule(str(folder), val_size=s.val_size, split_seed=s.split_seed, batch_size=s.batch_size,
-                           limit_train=s.limit_train, normalize="none", download=plan.options.download)
+    dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder),
+                                plan.options.download)
     dm.prepare_data()  # downloads once here, not in every worker
     dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now
 
@@ -396,7 +401,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "(more shards than trials)", file=sys.stderr)
         return 0
     if args.dry_run:
-        print("\n".join(f"{trial.spec} seed={trial.seed}" for trial in plan.trials))
+        print("\n".join(f"{trial.cell} seed={trial.seed}" for trial in plan.trials))
         return 0
     ranks = ddp_ranks(plan.options) if plan.options.strategy != "auto" else None
     rank = ranks.rank if ranks else 0

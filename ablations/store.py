@@ -1,9 +1,12 @@
 """The on-disk contract of a sweep, torch-free: where every file of a trial lives, atomic writes, results, locks.
 
-A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` holds (`TrialPaths` names each):
+A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` (``<cell>``: its spec, then any setting-factor levels)
+holds (`TrialPaths` names each):
 
 - ``result.json``: written atomically once the trial has finished and been tested;
 - ``error.json``: written atomically instead when it failed (reason and traceback);
+- ``model.ckpt``: with ``--save-model``, the trained model's final checkpoint (written atomically before
+  result.json);
 - ``.lock``: an ``flock`` held while the trial runs, so two sweeps never run it at once (the kernel releases it
   when its holder dies);
 - TensorBoard event files.
@@ -28,6 +31,7 @@ from typing import Any, Optional
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 LOCK_FILE = ".lock"
+CHECKPOINT_FILE = "model.ckpt"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class TrialPaths:
     @property
     def lock(self) -> Path:
         return self.folder / LOCK_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        """The final checkpoint ``--save-model`` keeps (``RegularizedClassifier.load_from_checkpoint`` reads it)."""
+        return self.folder / CHECKPOINT_FILE
 
     def clear(self) -> None:
         """Remove what a previous, partial or outdated run of the trial left (events, result, error), except the
