@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -137,7 +139,8 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
         parser.error = refuse  # type: ignore[method-assign]
         args = parser.parse_args(["--suite", str(suite), *_flags(overrides)])
         plan = run._prepare(parser, args)
-        statuses = run.run_plan(plan, args, None) if plan.trials else []
+        with run.interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+            statuses = run.run_plan(plan, args, None) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     from ablations.report import write_report
 
