@@ -5,6 +5,10 @@ A suite file has a ``name``, optional ``description``, ``settings`` (any field o
 name to a list of levels, each level spec tokens or ``baseline`` for off, whose cartesian product gives the specs),
 or both (explicit specs first). ``notebook.yaml`` and ``full.yaml`` ship in ``ablations/suites/``; ``seed`` is
 an alias of ``notebook`` (its old name, which read like a random seed).
+
+A suite may also name its ``model`` and ``data`` by class path, and a factor named after a training setting
+(``lr``, ``lr_decay``, ``batch_size``, ``epochs``, ``precision``, ``limit_train``, ``optimizer``) varies that
+setting: every spec is crossed with every combination of their levels (`ablations.identity`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run one trial: train a spec with one seed, test it once, and leave ``result.json`` or ``error.json``.
 
-A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` (`ablations.store.TrialPaths` names its files) holds its
+A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` (`ablations.store.TrialPaths` names its files) holds its
 TensorBoard events (scalars per epoch, the regularized layers' weight histograms and an HParams entry with the real
 final metrics; the suite's sample images are logged once, under ``<suite>/_samples``) and, written atomically at the
 end, either ``result.json`` or ``error.json``. A ``.lock`` file, held with ``flock`` while the trial runs, keeps two
