@@ -210,9 +210,11 @@ class SuiteSamples(pl.Callback):
         self.run_dir = Path(suite_dir) / board.SAMPLES_RUN
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or self.run_dir.exists():
+        dm = trainer.datamodule
+        if not trainer.is_global_zero or self.run_dir.exists() or not hasattr(dm, "class_examples") \
+                or len(dm.classes) > 10:  # a data module of your own, or too many classes for one chart
             return
-        images, names = trainer.datamodule.class_examples()
+        images, names = dm.class_examples()
         png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
         board.write_run(self.run_dir, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)
 

@@ -35,6 +35,7 @@ from typing import Any, NoReturn, Optional
 
 from ablations import board, plots
 from ablations.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
+from ablations.identity import cell_view
 from ablations.store import (ERROR_FILE, RESULT_FILE, folder_lock, read_result, settings_key, write_bytes_atomic,
                              write_text_atomic)
 from ablations.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
@@ -207,7 +208,8 @@ def select_settings(results: list[dict[str, Any]],
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in results:
-        groups.setdefault(settings_key(result.get("settings", {})), []).append(result)
+        factors = tuple(result.get("factors") or {})  # a setting factor's levels differ within one comparison
+        groups.setdefault(settings_key(result.get("settings", {}), factors), []).append(result)
     if settings is None:
         settings = max(groups, key=lambda key: (len(groups[key]), key)) if groups else ""
     kept = groups.get(settings, [])
@@ -239,6 +241,7 @@ def build_report(suite_dir: Path, reference: Optional[str] = None, settings: Opt
         raise NothingToReport(f"{suite_dir} holds no finished trial of the settings asked for; "
                               + "; ".join(excluded))
     problems += excluded
+    results = [cell_view(r) for r in results]  # a setting factor is a row's field like a spec field
     rows = summarize(results)
     reference, notes = choose_reference(rows, reference)
     if reference is not None:
@@ -290,6 +293,7 @@ def constant_settings(report: SuiteReport) -> str:
     for result in report.results[1:]:
         shared = {k: v for k, v in shared.items() if result["settings"].get(k) == v}
     shared = {k: v for k, v in shared.items() if k not in ("spec", "seed")}
+    shared = {k: (v["class_path"] if isinstance(v, dict) and "class_path" in v else v) for k, v in shared.items()}
     return "\n\nSettings of every trial: " + ", ".join(f"`{k}={v}`" for k, v in sorted(shared.items()))
 
 

@@ -27,11 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
+from ablations import custom
 from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
                              run_local, worker_slots)
 from ablations.suite import (RunOptions, Suite, Trial, available_suites, coerce_setting, expand_trials, load_suite,
                              setting_problem, shard)
 from ablations.trust import check_precision, refuse_other_settings, write_report_or_say_why
+from lit_cifar.spec import RegularizationSpec
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(checksum-verified) if it holds neither")
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
+    custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
     return parser
 
 
@@ -226,15 +229,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                        val_size=args.val_size, split_seed=args.split_seed,
                                        limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
                                        precision=args.precision)
+    suite, settings, outputs = custom.apply_arguments(suite, settings, args)  # model, data, optimizer, outputs
     expand_trials(suite, settings, only=args.only)  # a bad --only or --reference fails before torch is imported
-    reference = expand_trials(suite, settings, only=[args.reference])[0].spec.name if args.reference else None
+    reference = expand_trials(suite, settings, only=[args.reference])[0].cell if args.reference else None
     devices, gpus, parallel = _placement(args)  # the first step that imports torch
     trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes)
     unsharded = len(trials)
     trials = shard(trials, *args.shard) if args.shard else trials
     options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator, devices=devices,
                          strategy=args.strategy or "auto", num_nodes=args.num_nodes, force=args.force,
-                         compile=args.compile)
+                         compile=args.compile, save_model=outputs.save_model, loggers=outputs.loggers)
     return Plan(suite, trials, options, parallel, gpus, unsharded, reference)
 
 
@@ -275,12 +279,13 @@ def check_inputs(plan: Plan) -> None:
     except OSError as error:
         raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
     refuse_other_settings(plan.trials, logdir, plan.options.force)
-    if plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials):
+    needs_data = plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials)
+    custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
+    if needs_data and isinstance(plan.trials[0].data, str):
         _check_data(plan)
 
 
 def _check_data(plan: Plan) -> None:
-    from lit_cifar import CIFAR10DataModule
     from lit_cifar.data import default_data_dir
 
     data_dir = plan.options.data_dir
@@ -290,8 +295,8 @@ def _check_data(plan: Plan) -> None:
     if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
         raise ValueError(f"--data-dir {folder} is not readable")
     s = plan.trials[0].settings
-    dm = CIFAR10DataModule(str(folder), val_size=s.val_size, split_seed=s.split_seed, batch_size=s.batch_size,
-                           limit_train=s.limit_train, normalize="none", download=plan.options.download)
+    dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder),
+                                plan.options.download)
     dm.prepare_data()  # downloads once here, not in every worker
     dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now
 
@@ -374,7 +379,8 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
 
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     table, problem, unwritten = write_report_or_say_why(suite_dir, plan.reference,
-                                                        settings_key(plan.trials[0].hashed_settings()))
+                                                        settings_key(plan.trials[0].hashed_settings(),
+                                                                     plan.trials[0].factors))
     if table is not None:
         print(table)
     counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
@@ -425,7 +431,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "(more shards than trials)", file=sys.stderr)
         return 0
     if args.dry_run:
-        print("\n".join(f"{trial.spec} seed={trial.seed}" for trial in plan.trials))
+        print("\n".join(f"{trial.cell} seed={trial.seed}" for trial in plan.trials))
         return 0
     ranks = ddp_ranks(plan.options) if plan.options.strategy != "auto" else None
     rank = ranks.rank if ranks else 0

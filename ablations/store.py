@@ -1,10 +1,13 @@
 """The on-disk contract of a sweep, torch-free: where every file of a trial lives, atomic writes, results, locks.
 
-A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` holds (`TrialPaths` names each):
+A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` (``<cell>``: its spec, then any setting-factor levels)
+holds (`TrialPaths` names each):
 
 - ``result.json``: written atomically once the trial has finished and been tested, with a ``checksum`` of its
   content (`write_result`), verified whenever it is read (`read_result`);
 - ``error.json``: written atomically instead when it failed (reason and traceback);
+- ``model.ckpt``: with ``--save-model``, the trained model's final checkpoint (written atomically before
+  result.json);
 - ``.lock``: an ``flock`` held while the trial runs, so two sweeps never run it at once (the kernel releases it
   when its holder dies);
 - TensorBoard event files;
@@ -35,6 +38,7 @@ SUPERSEDED_DIR = "superseded"
 CHECKSUM_KEY = "checksum"
 PER_TRIAL_SETTINGS = ("spec", "seed")  # hashed settings that differ from trial to trial within one comparison
 SOURCE_SUFFIXES = (".py", ".yaml")  # the files whose content `source_hash` covers
+CHECKPOINT_FILE = "model.ckpt"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ class TrialPaths:
             if entry.name not in (LOCK_FILE, SUPERSEDED_DIR):
                 os.replace(entry, target / entry.name)
         return target
+
+    @property
+    def checkpoint(self) -> Path:
+        """The final checkpoint ``--save-model`` keeps (``RegularizedClassifier.load_from_checkpoint`` reads it)."""
+        return self.folder / CHECKPOINT_FILE
 
     def clear(self) -> None:
         """Remove what a previous, partial or outdated run of the trial left (events, result, error), except the

@@ -5,6 +5,10 @@ A suite file has a ``name``, optional ``description``, ``settings`` (any field o
 name to a list of levels, each level spec tokens or ``baseline`` for off, whose cartesian product gives the specs),
 or both (explicit specs first). ``notebook.yaml`` and ``full.yaml`` ship in ``ablations/suites/``; ``seed`` is
 an alias of ``notebook`` (its old name, which read like a random seed).
+
+A suite may also name its ``model`` and ``data`` by class path, and a factor named after a training setting
+(``lr``, ``lr_decay``, ``batch_size``, ``epochs``, ``precision``, ``limit_train``, ``optimizer``) varies that
+setting: every spec is crossed with every combination of their levels (`ablations.identity`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Optional
 
 import yaml
 
+from ablations import identity
+from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef
 from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec
 
@@ -81,6 +87,7 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
     "lr": _finite(0, inclusive=False),
     "lr_decay": _finite(0, inclusive=True),
     "precision": _one_of(PRECISIONS),
+    "optimizer": identity.optimizer_problem,
 }
 
 
@@ -120,6 +127,8 @@ class TrainSettings:
         lr: Adam's learning rate at step 0.
         lr_decay: Keras's legacy decay: step t uses ``lr / (1 + lr_decay * t)``.
         precision: Lightning precision, e.g. ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (GPU).
+        optimizer: None for the built-in Adam, else the optimizer's class and init args (``lr`` defaults to the
+            ``lr`` setting when the class takes one; the ``lr_decay`` schedule applies to it too).
 
     Raises:
         ValueError: naming the field, its value and what it must be (`SETTING_RULES`).
@@ -134,6 +143,7 @@ class TrainSettings:
     lr: float = 1e-3
     lr_decay: float = 1e-6
     precision: str = "32-true"
+    optimizer: Optional[ClassRef] = None
 
     def __post_init__(self) -> None:
         for name in SETTING_RULES:
@@ -161,6 +171,9 @@ class Suite:
     entries: tuple[SuiteEntry, ...]
     settings: TrainSettings = field(default_factory=TrainSettings)
     description: str = ""
+    model: Optional[ClassRef] = None  # None: the notebook's CNN
+    data: DataRef = DEFAULT_DATA
+    setting_factors: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (setting, its levels), in the file's order
 
     @property
     def spec_names(self) -> list[str]:
@@ -178,14 +191,27 @@ class Trial:
     order: int  # the spec's position in its suite, so reports list specs in suite order
     notebook: Optional[float] = None
     data_parallel: int = 1  # devices x nodes one trial trains on (changes the global batch, so it is hashed)
+    model: Optional[ClassRef] = None  # None: the notebook's CNN
+    data: DataRef = DEFAULT_DATA
+    factors: tuple[str, ...] = ()  # the suite's setting factors; their levels are this trial's `settings`
+
+    @property
+    def cell(self) -> str:
+        """The trial's cell of the suite's grid: its spec, then its setting-factor levels (``pixel+bn,lr=0.0001``);
+        the spec alone for suites without setting factors."""
+        return ",".join([str(self.spec), *self.levels().values()])
+
+    def levels(self) -> dict[str, str]:
+        """{setting factor: its level's text}, e.g. ``{"lr": "lr=0.0001"}``."""
+        return {name: identity.level_text(name, getattr(self.settings, name)) for name in self.factors}
 
     @property
     def name(self) -> str:
-        return f"{self.spec}/seed={self.seed}"
+        return f"{self.cell}/seed={self.seed}"
 
     def paths(self, logdir: Path | str) -> TrialPaths:
-        """Every file of this trial under `logdir` (its folder is ``<logdir>/<suite>/<spec>/seed=<s>``)."""
-        return TrialPaths.of(logdir, self.suite, str(self.spec), self.seed)
+        """Every file of this trial under `logdir` (its folder is ``<logdir>/<suite>/<cell>/seed=<s>``)."""
+        return TrialPaths.of(logdir, self.suite, self.cell, self.seed)
 
     def run_dir(self, logdir: Path | str) -> Path:
         return self.paths(logdir).folder
@@ -194,7 +220,11 @@ class Trial:
         """What determines this trial's result; a finished trial whose hash matches is not rerun."""
         settings = asdict(self.settings)
         del settings["seeds"]
-        return {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
+        del settings["optimizer"]  # recorded only when it is not the built-in Adam: old hashes stay valid
+        hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
+        extra = {"optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
+                 "model": identity.model_identity(self.model), "data": identity.data_identity(self.data)}
+        return {**hashed, **{k: v for k, v in extra.items() if v is not None}}
 
     @property
     def settings_hash(self) -> str:
@@ -202,10 +232,15 @@ class Trial:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def record(self) -> dict[str, Any]:
-        """What every result.json and error.json of this trial starts with: which trial, with which settings."""
-        return {"suite": self.suite, "spec": str(self.spec), "spec_fields": self.spec.to_dict(), "seed": self.seed,
-                "order": self.order, "notebook": self.notebook, "settings": self.hashed_settings(),
-                "settings_hash": self.settings_hash}
+        """What every result.json and error.json of this trial starts with: which trial, with which settings.
+        A suite with setting factors adds ``cell`` (the folder's name) and ``factors`` ({setting: value})."""
+        record = {"suite": self.suite, "spec": str(self.spec), "spec_fields": self.spec.to_dict(), "seed": self.seed,
+                  "order": self.order, "notebook": self.notebook, "settings": self.hashed_settings(),
+                  "settings_hash": self.settings_hash}
+        if self.factors:
+            record["cell"] = self.cell
+            record["factors"] = {n: identity.json_value(getattr(self.settings, n)) for n in self.factors}
+        return record
 
 
 @dataclass(frozen=True)
@@ -220,6 +255,8 @@ class RunOptions:
         force: retrain trials that already have a matching result.
         download: let the data module download CIFAR-10 when ``data_dir`` lacks it.
         compile: ``torch.compile`` the network (same math, different kernels).
+        save_model: keep each trial's final checkpoint in its folder (``TrialPaths.checkpoint``).
+        loggers: Lightning loggers written beside TensorBoard (``csv``, ``mlflow``, ``wandb``).
     """
 
     data_dir: Optional[str] = None
@@ -232,6 +269,8 @@ class RunOptions:
     force: bool = False
     download: bool = True
     compile: bool = False
+    save_model: bool = False
+    loggers: tuple[str, ...] = ()
 
 
 def available_suites() -> list[str]:
@@ -274,6 +313,7 @@ def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
     factors = data.get("factors") or {}
     if not isinstance(factors, dict) or not all(isinstance(v, list) and v for v in factors.values()):
         raise SuiteError(f"suite file {path}: 'factors' must map each factor name to a non-empty list of levels")
+    factors = {name: levels for name, levels in factors.items() if name not in SETTING_FACTORS}
     if factors:
         for levels in itertools.product(*factors.values()):
             tokens = [str(level) for level in levels if str(level) != "baseline"]
@@ -285,6 +325,32 @@ def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
     if repeated:
         raise SuiteError(f"suite file {path} lists these specs more than once: {', '.join(repeated)}")
     return entries
+
+
+def _setting_factors(data: dict[str, Any], path: Path) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """The suite's factors that vary a training setting, each with its levels parsed and checked."""
+    found = []
+    for name, levels in (data.get("factors") or {}).items():
+        if name not in SETTING_FACTORS:
+            continue
+        parsed = tuple(identity.parse_level(name, level) for level in levels)
+        for level, value in zip(levels, parsed):
+            problem = setting_problem(name, value)
+            if problem:
+                raise SuiteError(f"suite file {path}: factor {name} level {level!r} {problem}")
+        texts = [identity.level_text(name, v) for v in parsed]
+        if len(set(texts)) < len(texts):
+            raise SuiteError(f"suite file {path}: factor {name} lists a level more than once: {levels}")
+        found.append((name, parsed))
+    return tuple(found)
+
+
+def _check_cells(suite: Suite, path: Path) -> None:
+    """Every trial folder name of the grid must be one shell-friendly folder name."""
+    for trial in expand_trials(suite, replace(suite.settings, seeds=(0,))):
+        if not identity.CELL.fullmatch(trial.cell):
+            raise SuiteError(f"suite file {path}: trial folder name {trial.cell!r} is not one folder name of "
+                             "letters, digits and . _ + = , -: simplify the factor's levels")
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -301,10 +367,10 @@ def load_suite(name_or_path: str) -> Suite:
             raise SuiteError(f"unknown suite {name_or_path!r}: choose one of {', '.join(available_suites())} "
                              "or give the path of a suite .yaml file")
     data = _read_yaml(path)
-    unknown = set(data) - {"name", "description", "settings", "specs", "factors"}
+    unknown = set(data) - {"name", "description", "settings", "specs", "factors", "model", "data"}
     if unknown:
         raise SuiteError(f"suite file {path}: unknown keys {sorted(unknown)}; allowed: name, description, "
-                         "settings, specs, factors")
+                         "settings, specs, factors, model, data")
     settings_data = data.get("settings") or {}
     valid = {f.name for f in fields(TrainSettings)}
     if not isinstance(settings_data, dict) or set(settings_data) - valid:
@@ -314,33 +380,50 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
                          "not starting with '.'): the suite's trials are written under LOGDIR/NAME/")
     try:
-        settings = TrainSettings(**{k: coerce_setting(k, v) for k, v in settings_data.items()})
-        return Suite(name=name, entries=tuple(_entries(data, path)), settings=settings, description=str(data.get("description", "")))
+        settings_data = {**{k: coerce_setting(k, v) for k, v in settings_data.items()},
+                         "optimizer": identity.parse_level("optimizer", settings_data.get("optimizer"))}
+        suite = Suite(name=name, entries=tuple(_entries(data, path)), settings=TrainSettings(**settings_data),
+                      description=str(data.get("description", "")), model=identity.parse_model(data.get("model")),
+                      data=identity.parse_data(data.get("data")), setting_factors=_setting_factors(data, path))
+        _check_cells(suite, path)
+        return suite
     except (ValueError, TypeError, AttributeError) as error:
         if isinstance(error, SuiteError):
             raise
         raise SuiteError(f"suite file {path}: {error}") from None
 
 
+def _grid(suite: Suite, settings: TrainSettings) -> list[tuple[SuiteEntry, TrainSettings]]:
+    """Every (spec, settings) cell of the suite: specs in suite order, each with every combination of the
+    setting factors' levels (the last factor varying fastest)."""
+    names = [name for name, _ in suite.setting_factors]
+    combos = list(itertools.product(*(levels for _, levels in suite.setting_factors)))
+    return [(entry, replace(settings, **dict(zip(names, combo)))) for entry in suite.entries for combo in combos]
+
+
 def expand_trials(suite: Suite, settings: TrainSettings, only: Optional[list[str]] = None,
                   data_parallel: int = 1) -> list[Trial]:
-    """The suite's trials in a fixed order: specs in suite order, each with every seed.
+    """The suite's trials in a fixed order: cells in suite order (`_grid`), each with every seed.
 
     Raises:
-        SuiteError: if a name in `only` is not a spec of the suite.
+        SuiteError: if a name in `only` is neither a spec nor a cell (``SPEC,lr=X``) of the suite.
     """
-    wanted = set(suite.spec_names)
+    factors = tuple(name for name, _ in suite.setting_factors)
+    cells = [Trial(suite.name, entry.spec, 0, cell_settings, order, entry.notebook, data_parallel, suite.model,
+                   suite.data, factors) for order, (entry, cell_settings) in enumerate(_grid(suite, settings))]
+    wanted = {trial.cell for trial in cells}
     if only:
         wanted = set()
         for text in only:
-            name = str(RegularizationSpec.parse(text))
-            if name not in suite.spec_names:
+            matching = {t.cell for t in cells if text == t.cell}
+            if not matching:
+                name = str(RegularizationSpec.parse(text.split(",")[0])) if "," not in text else None
+                matching = {t.cell for t in cells if name is not None and str(t.spec) == name}
+            if not matching:
                 raise SuiteError(f"spec {text!r} is not in suite {suite.name!r}; its specs: "
-                                 f"{', '.join(suite.spec_names)}")
-            wanted.add(name)
-    return [Trial(suite.name, entry.spec, seed, settings, order, entry.notebook, data_parallel)
-            for order, entry in enumerate(suite.entries) if str(entry.spec) in wanted
-            for seed in settings.seeds]
+                                 f"{', '.join(dict.fromkeys(t.cell for t in cells))}")
+            wanted |= matching
+    return [replace(trial, seed=seed) for trial in cells if trial.cell in wanted for seed in settings.seeds]
 
 
 def shard(trials: list[Trial], k: int, n: int) -> list[Trial]:

@@ -1,6 +1,6 @@
 """Run one trial: train a spec with one seed, test it once, and leave ``result.json`` or ``error.json``.
 
-A trial's folder ``<logdir>/<suite>/<spec>/seed=<s>/`` (`ablations.store.TrialPaths` names its files) holds its
+A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` (`ablations.store.TrialPaths` names its files) holds its
 TensorBoard events (scalars per epoch, the regularized layers' weight histograms and an HParams entry with the real
 final metrics; the suite's sample images are logged once, under ``<suite>/_samples``) and, written atomically at the
 end, either ``result.json`` or ``error.json``. A ``.lock`` file, held with ``flock`` while the trial runs, keeps two
@@ -27,11 +27,12 @@ import lightning.pytorch as pl
 import torch
 import torchmetrics
 
+from ablations import custom
 from ablations.local import raise_if_interrupted
 from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
-from lit_cifar import CIFAR10DataModule, RegularizedClassifier, tune_allocator
+from lit_cifar import CIFAR10DataModule, tune_allocator
 from lit_cifar.runtime import cpu_model, trim_heap
 
 __all__ = ["RunOptions", "Ranks", "environment", "is_finished", "run_trial", "trainer_kwargs"]
@@ -129,17 +130,16 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     tune_allocator()  # before the data and model exist: their big blocks come from the heap as well
     s = trial.settings
     pl.seed_everything(trial.seed, workers=True, verbose=False)
-    dm = CIFAR10DataModule.from_spec(trial.spec, data_dir=options.data_dir, val_size=s.val_size,
-                                     split_seed=s.split_seed, batch_size=s.batch_size, limit_train=s.limit_train,
-                                     download=options.download, seed=trial.seed)
+    dm = custom.make_datamodule(trial, options.data_dir, options.download)
     dm.prepare_data()
-    sizes = dm.verify()
+    sizes = dm.verify() if isinstance(dm, CIFAR10DataModule) else None
     dm.setup("fit")  # load before the model exists, so the memory reading freed is handed back first
     release_memory()
-    model = RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay, compile=options.compile)
+    model = custom.make_model(trial, custom.class_count(dm) or 10, compile=options.compile)
+    custom.give_statistics(model, dm)
     logger = TrialLogger(paths.folder, trial)
     monitor = TrialMonitor(Path(options.logdir) / trial.suite)
-    trainer = pl.Trainer(**trainer_kwargs(options, s), logger=logger,
+    trainer = pl.Trainer(**trainer_kwargs(options, s), logger=[logger, *custom.loggers(trial, options)],
                          callbacks=[*monitor.callbacks, StopWhenInterrupted()])
     trainer.fit(model, datamodule=dm)
     stop_if_interrupted(trainer)
@@ -147,6 +147,8 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     release_memory()
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
     stop_if_interrupted(trainer)
+    if options.save_model:
+        custom.save_model(trainer, paths)
     wall = time.perf_counter() - start
     metrics = {**monitor.history[-1], **{k: float(v) for k, v in tested.items()}}
     metrics.pop("epoch", None)
@@ -154,8 +156,21 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
         logger.log_trial(metrics, monitor.history)
     return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
             "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
-            "train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"],
+            **_sizes(sizes, dm),
             "world_size": trainer.world_size, "precision_ran": str(trainer.precision)}
+
+
+def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
+    """Images per split, from `CIFAR10DataModule.verify` or, for another data module, its dataloaders' lengths
+    where they have one."""
+    if sizes is None:
+        sizes = {}
+        for split in ("train", "val", "test"):
+            try:
+                sizes[split] = len(getattr(dm, f"{split}_dataloader")().dataset)
+            except Exception:  # noqa: BLE001 - a loader without a sized dataset: the count is unknown
+                sizes[split] = None
+    return {"train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"]}
 
 
 def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:

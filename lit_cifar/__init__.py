@@ -3,6 +3,7 @@
 Public API (other projects import these names)::
 
     from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier, SeedCNN
+    from lit_cifar import CIFAR100DataModule  # the same, for CIFAR-100's official Python layout (100 classes)
     from lit_cifar import LitCifarCLI  # Lightning's CLI with the data linked to the model's spec
     from lit_cifar import tune_allocator  # call once per CPU training process: ~25% faster steps, same numbers
 
@@ -14,17 +15,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CIFAR10DataModule", "LitCifarCLI", "RegularizationSpec", "RegularizedClassifier", "SeedCNN",
+__all__ = ["CIFAR100DataModule", "CIFAR10DataModule", "LitCifarCLI", "RegularizationSpec", "RegularizedClassifier", "SeedCNN",
            "tune_allocator"]
 __version__ = "0.1.0"
 
-_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models", "LitCifarCLI": "lit_cifar.cli",
+_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "CIFAR100DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models", "LitCifarCLI": "lit_cifar.cli",
           "RegularizedClassifier": "lit_cifar.module", "RegularizationSpec": "lit_cifar.spec",
           "tune_allocator": "lit_cifar.runtime"}
 
 if TYPE_CHECKING:
     from lit_cifar.cli import LitCifarCLI
-    from lit_cifar.data import CIFAR10DataModule
+    from lit_cifar.data import CIFAR10DataModule, CIFAR100DataModule
     from lit_cifar.models import SeedCNN
     from lit_cifar.module import RegularizedClassifier
     from lit_cifar.runtime import tune_allocator

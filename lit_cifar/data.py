@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,8 +35,28 @@ RECORD_BYTES = 1 + 3 * 32 * 32
 AUGMENT_PADDING = 4  # pixels of zero padding around the image before the random 32x32 crop
 
 
+@dataclass(frozen=True)
+class CifarFormat:
+    """How one CIFAR dataset lies on disk: its official layouts, files, label key, classes and download."""
+
+    name: str  # as messages name it, e.g. "CIFAR-10"
+    layouts: tuple[str, ...]  # folder names under data_dir, in the order they are looked for
+    train_files: tuple[str, ...]
+    test_file: str
+    num_classes: int
+    url: str
+    torchvision: str  # the torchvision.datasets class that downloads and checksum-verifies the archive
+
+
+CIFAR10 = CifarFormat("CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FILE, len(CLASSES), OFFICIAL_URL,
+                      "CIFAR10")
+CIFAR100_LAYOUT = "cifar-100-python"  # the official Python version: train, test and meta pickles, fine labels
+CIFAR100 = CifarFormat("CIFAR-100", (CIFAR100_LAYOUT,), ("train",), "test", 100,
+                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100")
+
+
 class DatasetError(ValueError):
-    """CIFAR-10 files are missing, truncated or corrupt; the message names the file or directory."""
+    """CIFAR-10 (or CIFAR-100) files are missing, truncated or corrupt; the message names the file or directory."""
 
 
 def default_data_dir() -> Path:
@@ -43,15 +64,16 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_ENV, "data"))
 
 
-def find_layout(data_dir: Path) -> Optional[Path]:
-    """The folder of the first official layout present in `data_dir` (pickles first), or None."""
-    for layout in (PY_LAYOUT, BIN_LAYOUT):
+def find_layout(data_dir: Path, fmt: CifarFormat = CIFAR10) -> Optional[Path]:
+    """The folder of the first official layout of `fmt` present in `data_dir` (pickles first), or None."""
+    for layout in fmt.layouts:
         if (data_dir / layout).is_dir():
             return data_dir / layout
     return None
 
 
-def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
+def _read_pickle_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
+    name = fmt.name
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
@@ -60,24 +82,24 @@ def _read_pickle_batch(path: Path) -> tuple[Tensor, Tensor]:
         images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
         labels = torch.as_tensor(labels, dtype=torch.int64)
     except FileNotFoundError:
-        raise DatasetError(f"missing CIFAR-10 file {path}") from None
+        raise DatasetError(f"missing {name} file {path}") from None
     except OSError as error:
-        raise DatasetError(f"cannot read CIFAR-10 file {path}: {error.strerror}") from None
+        raise DatasetError(f"cannot read {name} file {path}: {error.strerror}") from None
     except Exception as error:  # truncated pickles raise EOFError, UnpicklingError, KeyError, ValueError...
-        raise DatasetError(f"corrupt CIFAR-10 file {path}: {type(error).__name__}: {error}") from None
+        raise DatasetError(f"corrupt {name} file {path}: {type(error).__name__}: {error}") from None
     if len(images) != len(labels):
-        raise DatasetError(f"corrupt CIFAR-10 file {path}: {len(images)} images but {len(labels)} labels")
-    check_labels(labels, path)
+        raise DatasetError(f"corrupt {name} file {path}: {len(images)} images but {len(labels)} labels")
+    check_labels(labels, path, fmt)
     return images, labels
 
 
-def check_labels(labels: Tensor | np.ndarray, path: Path) -> None:
-    """Raise DatasetError, naming the file and the record, if a label is not a class number (0-9)."""
+def check_labels(labels: Tensor | np.ndarray, path: Path, fmt: CifarFormat = CIFAR10) -> None:
+    """Raise DatasetError, naming the file and the record, if a label is not a class number of `fmt`."""
     labels = torch.as_tensor(labels)
-    bad = ((labels < 0) | (labels >= len(CLASSES))).nonzero().flatten()
+    bad = ((labels < 0) | (labels >= fmt.num_classes)).nonzero().flatten()
     if len(bad):
-        raise DatasetError(f"corrupt CIFAR-10 file {path}: record {int(bad[0])} has label {int(labels[bad[0]])}, "
-                           f"outside 0-{len(CLASSES) - 1} ({len(bad)} such record(s))")
+        raise DatasetError(f"corrupt {fmt.name} file {path}: record {int(bad[0])} has label {int(labels[bad[0]])}, "
+                           f"outside 0-{fmt.num_classes - 1} ({len(bad)} such record(s))")
 
 
 def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
@@ -95,7 +117,7 @@ def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
     return records[:, 1:].reshape(-1, *IMAGE_SHAPE), records[:, 0].long()
 
 
-def read_split(layout_dir: Path, train: bool) -> tuple[Tensor, Tensor]:
+def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
     """Read the training batches (``train=True``) or the test batch from one official layout folder.
 
     Returns uint8 images (N, 3, 32, 32) and int64 labels (N,). Every file may hold any number of records.
@@ -105,9 +127,9 @@ def read_split(layout_dir: Path, train: bool) -> tuple[Tensor, Tensor]:
         DatasetError: naming the file that is missing, truncated or corrupt.
     """
     binary = layout_dir.name == BIN_LAYOUT
-    names = TRAIN_FILES if train else (TEST_FILE,)
+    names = fmt.train_files if train else (fmt.test_file,)
     read = (lambda name: _read_binary_batch(layout_dir / f"{name}.bin")) if binary else \
-        (lambda name: _read_pickle_batch(layout_dir / name))
+        (lambda name: _read_pickle_batch(layout_dir / name, fmt))
     images, labels, count = torch.empty(0, *IMAGE_SHAPE, dtype=torch.uint8), [], 0
     for name in names:
         part_images, part_labels = read(name)
@@ -121,9 +143,10 @@ def read_split(layout_dir: Path, train: bool) -> tuple[Tensor, Tensor]:
         labels.append(part_labels)
         count = end
     images, labels = images[:count], torch.cat(labels)
-    bad = (labels < 0) | (labels >= len(CLASSES))
+    bad = (labels < 0) | (labels >= fmt.num_classes)
     if bad.any():
-        raise DatasetError(f"corrupt CIFAR-10 data in {layout_dir}: label {int(labels[bad][0])} is outside 0-9")
+        raise DatasetError(f"corrupt {fmt.name} data in {layout_dir}: label {int(labels[bad][0])} is outside "
+                           f"0-{fmt.num_classes - 1}")
     return images, labels
 
 
@@ -282,6 +305,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         ValueError, TypeError: naming the argument, for a value of the wrong type or out of range.
     """
 
+    FORMAT: CifarFormat = CIFAR10  # which dataset, and how it lies on disk
     STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
     SPLIT_KEYS = ("val_size", "split_seed", "limit_train")
 
@@ -306,12 +330,20 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.normalize, self.val_size, self.split_seed = normalize, val_size, split_seed
         self.batch_size, self.limit_train, self.augment = batch_size, limit_train, augment
         self.download, self.num_workers, self.seed = download, num_workers, seed
-        self.classes: tuple[str, ...] = CLASSES
+        self.classes: tuple[str, ...] = self.default_classes()
         self.mean: Optional[Tensor] = None
         self.std: Optional[Tensor] = None
         self.train_images = self.val_images = self.predict_images = None
         self.train_labels = self.val_labels = None
         self._test: Optional[tuple[Tensor, Tensor]] = None  # (images, labels), read when first needed
+
+    def default_classes(self) -> tuple[str, ...]:
+        """The class names, index by index (CIFAR-10's ten)."""
+        return CLASSES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     @classmethod
     def from_spec(cls, spec: RegularizationSpec | str, **kwargs: Any) -> CIFAR10DataModule:
@@ -328,20 +360,23 @@ class CIFAR10DataModule(pl.LightningDataModule):
             what = "call prepare_data() to download it"
         else:
             what = "pass download=True, or point data_dir (or $LIT_CIFAR_DATA) at a folder holding either layout"
-        return (f"CIFAR-10 not found in {self.data_dir}: expected {self.data_dir / PY_LAYOUT} (Python version) or "
-                f"{self.data_dir / BIN_LAYOUT} (binary version), from {OFFICIAL_URL}. download={self.download}: "
+        fmt = self.FORMAT
+        expected = " or ".join(f"{self.data_dir / layout} ({'binary' if layout == BIN_LAYOUT else 'Python'} version)"
+                               for layout in fmt.layouts)
+        return (f"{fmt.name} not found in {self.data_dir}: expected {expected}, from {fmt.url}. "
+                f"download={self.download}: "
                 f"{what}.")
 
     def prepare_data(self) -> None:
         """Download and extract the official archive (checksum-verified) if neither layout is present."""
-        if find_layout(self.data_dir) is not None:
+        if find_layout(self.data_dir, self.FORMAT) is not None:
             return
         if not self.download:
             raise DatasetError(self.missing_data_message())
-        from torchvision.datasets import CIFAR10
+        import torchvision.datasets
 
         try:
-            CIFAR10(str(self.data_dir), train=True, download=True)
+            getattr(torchvision.datasets, self.FORMAT.torchvision)(str(self.data_dir), train=True, download=True)
         except Exception as error:
             raise DatasetError(self.missing_data_message(error)) from error
 
@@ -357,7 +392,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.train_images is not None:
             return
         layout = self._layout()
-        images, labels = read_split(layout, train=True)
+        images, labels = read_split(layout, train=True, fmt=self.FORMAT)
         if self.val_size >= len(labels):
             raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {len(labels)}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
@@ -401,13 +436,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
             DatasetError: no layout in `data_dir`, or a file missing, unreadable or truncated (named).
             ValueError: a `val_size` that leaves no training images, or a `limit_train` larger than the split.
         """
-        layout = find_layout(self.data_dir)
+        layout = find_layout(self.data_dir, self.FORMAT)
         if layout is None:
             raise DatasetError(self.missing_data_message())
+        fmt = self.FORMAT
 
         def count(name: str) -> int:
             if layout.name != BIN_LAYOUT:
-                return len(_read_pickle_batch(layout / name)[1])
+                return len(_read_pickle_batch(layout / name, fmt)[1])
             path = layout / f"{name}.bin"
             if not path.is_file():
                 raise DatasetError(f"missing CIFAR-10 file {path}")
@@ -420,7 +456,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
             check_labels(np.array(np.memmap(path, dtype=np.uint8, mode="r")[::RECORD_BYTES]), path)  # labels only
             return size // RECORD_BYTES
 
-        total, test = sum(count(name) for name in TRAIN_FILES), count(TEST_FILE)
+        total, test = sum(count(name) for name in fmt.train_files), count(fmt.test_file)
         if self.val_size >= total:
             raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {total}")
         train = total - self.val_size
@@ -456,7 +492,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def _read_test(self) -> tuple[Tensor, Tensor]:
         if self._test is None:
-            self._test = read_split(self._layout(), train=False)
+            self._test = read_split(self._layout(), train=False, fmt=self.FORMAT)
         return self._test
 
     def _test_split(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -474,7 +510,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._test_split()[1]
 
     def _layout(self) -> Path:
-        layout = find_layout(self.data_dir)
+        layout = find_layout(self.data_dir, self.FORMAT)
         if layout is None:
             raise DatasetError(self.missing_data_message())
         return layout
@@ -541,3 +577,22 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if changed and self.train_images is not None:
             self.train_images = None
             self.setup()
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (100 fine classes) in its official Python layout, ``cifar-100-python/`` (``train``, ``test`` and
+    ``meta`` pickles): everything else (split, statistics fitted on the training split, batches, download through
+    torchvision, checksum-verified) as `CIFAR10DataModule`. The class names come from ``meta`` when it is there."""
+
+    FORMAT = CIFAR100
+
+    def default_classes(self) -> tuple[str, ...]:
+        meta = self.data_dir / CIFAR100_LAYOUT / "meta"
+        try:
+            with open(meta, "rb") as f:
+                names = pickle.load(f, encoding="latin1")["fine_label_names"]
+            if len(names) == CIFAR100.num_classes:
+                return tuple(str(n) for n in names)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
+            pass
+        return tuple(f"class_{i}" for i in range(CIFAR100.num_classes))

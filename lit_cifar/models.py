@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
 
 from lit_cifar.spec import RegularizationSpec
@@ -56,3 +58,54 @@ class SeedCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.hidden(self.features(x)))
+
+
+def resolve_class(class_path: str, what: str = "class") -> type:
+    """The class named by a dotted path (``package.module.Class``), as LightningCLI's ``class_path`` names it.
+
+    Raises:
+        ValueError: naming the path and why it does not resolve (no module, no such attribute, not a class).
+    """
+    import importlib
+
+    if not isinstance(class_path, str) or "." not in class_path.strip("."):
+        raise ValueError(f"{what} class_path {class_path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"{what} class_path {class_path!r}: cannot import {module_name!r} ({error})") from None
+    found = getattr(module, name, None)
+    if not isinstance(found, type):
+        raise ValueError(f"{what} class_path {class_path!r}: module {module_name!r} has no class {name!r}")
+    return found
+
+
+def build_backbone(class_path: str, init_args: Optional[dict] = None, spec: RegularizationSpec | str = "baseline",
+                   num_classes: int = 10) -> nn.Module:
+    """The backbone ``class_path(**init_args)``; ``spec`` and ``num_classes`` are passed too when its constructor
+    takes arguments of those names and `init_args` does not set them (as `SeedCNN` does).
+
+    Raises:
+        ValueError: an unresolvable class path, a class that is not an ``nn.Module``, or init args it refuses.
+    """
+    import inspect
+
+    cls = resolve_class(class_path, "model")
+    if not issubclass(cls, nn.Module):
+        raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
+    kwargs = dict(init_args or {})
+    parameters = inspect.signature(cls).parameters
+    if "spec" in parameters and "spec" not in kwargs:
+        kwargs["spec"] = RegularizationSpec.coerce(spec)
+    if "num_classes" in parameters and "num_classes" not in kwargs:
+        kwargs["num_classes"] = num_classes
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"model {class_path} init_args {init_args or {}}: {error}") from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") \
+            from None

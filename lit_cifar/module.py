@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule
-from lit_cifar.models import SeedCNN
+from lit_cifar.models import SeedCNN, build_backbone
 from lit_cifar.spec import Normalization, RegularizationSpec
 
 # A function from the model's parameters to an optimizer: Lightning's `lightning.pytorch.cli.OptimizerCallable`,
@@ -203,12 +203,16 @@ class RegularizedClassifier(pl.LightningModule):
         compile: ``torch.compile`` the backbone in `configure_model` (same math, other kernels); checkpoints
             keep the uncompiled parameter names.
         predict_logits: `predict_step` returns logits instead of probabilities.
+        backbone_class_path, backbone_init_args: build the backbone as ``build_backbone(class_path, init_args,
+            spec, num_classes)`` when `backbone` is None. Saved in the hyperparameters, so
+            ``load_from_checkpoint(path)`` rebuilds the same network without being handed it.
     """
 
     def __init__(self, spec: Union[RegularizationSpec, str, Mapping[str, Any]] = "baseline", lr: float = 1e-3,
                  lr_decay: float = 1e-6, adam_eps: float = 1e-7, backbone: Optional[nn.Module] = None,
                  num_classes: int = 10, optimizer: Optional[OptimizerCallable] = None, compile: bool = False,
-                 predict_logits: bool = False) -> None:
+                 predict_logits: bool = False, backbone_class_path: Optional[str] = None,
+                 backbone_init_args: Optional[dict[str, Any]] = None) -> None:
         super().__init__()
         self.spec = RegularizationSpec.coerce(spec)
         for name, value, low, inclusive in (("lr", lr, 0, False), ("lr_decay", lr_decay, 0, True),
@@ -220,6 +224,8 @@ class RegularizedClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
         self.optimizer_factory, self.compile_backbone, self.predict_logits = optimizer, compile, predict_logits
         self.input_norm = InputNormalization(self.spec.normalize)
+        if backbone is None and backbone_class_path is not None:
+            backbone = build_backbone(backbone_class_path, backbone_init_args, self.spec, num_classes)
         self.backbone = backbone if backbone is not None else SeedCNN(self.spec, num_classes=num_classes)
         self.regularized = default_regularized_layers(self.backbone)
         check_backbone(self.spec, self.backbone, self.regularized)

@@ -60,3 +60,22 @@ def write_synthetic_cifar(root: Path, layouts: tuple[str, ...] = ("py", "bin"), 
     if "bin" in layouts:
         write_binary_layout(root, parts)
     return root
+
+
+def write_synthetic_cifar100(root: Path, n_train: int = 700, n_test: int = 200, seed: int = 0) -> Path:
+    """A synthetic CIFAR-100 in its official Python layout: ``cifar-100-python/{train,test,meta}`` with 100 fine
+    classes (and 20 coarse ones); class-dependent colours as in `synthetic_arrays`. Returns `root`."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = np.random.default_rng(4321).integers(0, 256, size=(100, 3, 1))
+    for name, n, part_seed in (("train", n_train, seed), ("test", n_test, seed + 100)):
+        rng = np.random.default_rng(part_seed)
+        labels = rng.permutation(np.arange(n) % 100)
+        images = np.clip(colours[labels] + rng.normal(0, 20, size=(n, 3, 1024)), 0, 255).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"filenames": ["x.png"] * n, "batch_label": name, "fine_labels": labels.tolist(),
+                         "coarse_labels": (labels // 5).tolist(), "data": images.reshape(n, 3072)}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
+                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f)
+    return root

@@ -223,7 +223,8 @@ def test_hparams_are_the_constructor_arguments_but_the_runtime_ones() -> None:
     module = RegularizedClassifier("l2=0.01", lr_decay=0.0, backbone=small_mlp(), compile=True, predict_logits=True,
                                    optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     assert dict(module.hparams) == {"spec": RegularizationSpec(l2=0.01).to_dict(), "lr": 1e-3, "lr_decay": 0.0,
-                                    "adam_eps": 1e-7, "num_classes": 10}
+                                    "adam_eps": 1e-7, "num_classes": 10, "backbone_class_path": None,
+                                    "backbone_init_args": None}
 
 
 # ------------------------------------------------------------------------------------ data in the training loop

@@ -1,0 +1,153 @@
+"""The harness from Python: `load_results` reads finished trials into a pandas DataFrame (without importing torch),
+`run_suite` runs a suite as ``python -m ablations.run`` does and returns that DataFrame.
+
+    import ablations
+    df = ablations.run_suite("my_suite.yaml", logdir="logs", data_dir="data", seeds=[0, 1])
+    df.groupby(["spec", "lr"]).test_acc.agg(["mean", "std"])
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ablations.identity import data_label
+from ablations.store import RESULT_FILE, read_result
+
+__all__ = ["SweepError", "TrialsFailed", "load_results", "run_suite"]
+
+
+class SweepError(ValueError):
+    """What ``python -m ablations.run`` exits with status 2 for: a bad suite, argument, model, data or device."""
+
+
+class TrialsFailed(RuntimeError):
+    """Some trials failed (exit status 1); the others are kept. `statuses` lists every trial's outcome and
+    `results` holds the finished trials' DataFrame."""
+
+    def __init__(self, message: str, statuses: list[dict[str, Any]], results: Any) -> None:
+        super().__init__(message)
+        self.statuses, self.results = statuses, results
+
+
+def _metric_column(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+    settings = result.get("settings") or {}
+    model = settings.get("model")
+    row: dict[str, Any] = {"suite": result.get("suite"), "cell": result.get("cell", result["spec"]),
+                           "spec": result["spec"]}
+    row.update(result.get("spec_fields") or {})
+    row.update(result.get("factors") or {})
+    row.update({"seed": result["seed"],
+                "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.SeedCNN",
+                "data": data_label(settings["data"]) if isinstance(settings.get("data"), str) else
+                (settings["data"]["class_path"] if settings.get("data") else "cifar10")})
+    row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
+    row.update({"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"),
+                "folder": str(folder)})
+    return row
+
+
+def load_results(path: Union[str, Path]) -> Any:
+    """Every finished trial under `path` (a logdir holding suite folders, or one suite's folder) as a pandas
+    DataFrame: one row per result.json, with ``suite``, ``cell`` (the trial folder's name), ``spec``, every spec
+    field, every setting factor, ``seed``, ``model``, ``data``, the final metrics (``test_acc``, ``val_acc``,
+    ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and ``folder``. Unreadable results are skipped with a
+    warning on stderr. Imports no torch.
+
+    Raises:
+        ValueError: `path` is not a folder.
+    """
+    import pandas as pd
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: give a logdir or a suite's folder under it, e.g. logs/notebook")
+    files = sorted(root.glob(f"*/seed=*/{RESULT_FILE}")) or sorted(root.glob(f"*/*/seed=*/{RESULT_FILE}"))
+    rows = []
+    for file in files:
+        try:
+            result = read_result(file.parent)
+        except ValueError as error:
+            print(f"warning: {error}: not loaded", file=sys.stderr)
+            continue
+        if result is not None:
+            rows.append(_row(result, file.parent))
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
+
+
+def _flags(overrides: Mapping[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif name == "logger":
+            for logger in ([value] if isinstance(value, str) else value):
+                argv += [flag, logger]
+        elif name == "only":
+            argv += [flag, *([value] if isinstance(value, str) else value)]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, ",".join(map(str, value))]
+        elif isinstance(value, Mapping):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
+    """Run a suite (a shipped name, a suite file, or the suite file's content as a mapping) with the local engine,
+    resuming as ``python -m ablations.run`` does (finished trials are skipped), and return `load_results` of its
+    folder. Keyword arguments are the command's flags: ``logdir="logs", data_dir="data", seeds=[0, 1],
+    epochs=1, model={"class_path": ..., "init_args": {...}}, save_model=True, logger="csv", force=True``...
+
+    Raises:
+        SweepError: what the command exits with status 2 for (raised before any trial trains).
+        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results``.
+        ablations.local.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
+    """
+    from ablations import run
+
+    if overrides.get("engine", "local") != "local":
+        raise SweepError("run_suite runs the local engine; for Ray use python -m ablations.run --engine ray")
+    overrides.pop("engine", None)
+    with tempfile.TemporaryDirectory() as scratch:
+        if isinstance(suite, Mapping):
+            import yaml
+
+            path = Path(scratch) / f"{suite.get('name', 'suite')}.yaml"
+            path.write_text(yaml.safe_dump(dict(suite), sort_keys=False))
+            suite = path
+        parser = run.build_parser()
+
+        def refuse(message: str) -> None:
+            raise SweepError(message)
+
+        parser.error = refuse  # type: ignore[method-assign]
+        args = parser.parse_args(["--suite", str(suite), *_flags(overrides)])
+        plan = run._prepare(parser, args)
+        with run.interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+            statuses = run.run_plan(plan, args, None) if plan.trials else []
+    suite_dir = Path(plan.options.logdir) / plan.suite.name
+    from ablations.report import write_report
+
+    write_report(suite_dir, reference=plan.reference)
+    frame = load_results(suite_dir)
+    failed = [s for s in statuses if s["status"] == "failed"]
+    if failed:
+        raise TrialsFailed(f"{len(failed)} of {len(statuses)} trials failed: "
+                           + "; ".join(f"{s['trial']}: {s['error']}" for s in failed), statuses, frame)
+    return frame

@@ -1,0 +1,329 @@
+"""Building what a trial trains from its suite's model, data and optimizer, and checking them before any trial
+trains: the run's ``--model``, ``--data``, ``--optimizer``, ``--save-model`` and ``--logger`` flags.
+
+**The model** is ``class_path(**init_args)``, passed ``spec`` and ``num_classes`` when its constructor takes them
+(as `lit_cifar.SeedCNN` does), trained by `lit_cifar.RegularizedClassifier` under the library's backbone contract:
+penalties and max-norm act on ``regularized_layers()``; ``bn`` needs a BatchNorm layer and ``dropout=P`` Dropout
+layers of probability P. Each distinct (model, spec) is built once at planning time, on the meta device (no
+memory, no weights), and run on a meta batch, so a spec it cannot honour, bad init args or an output that does not
+have the data's number of classes stop the run (exit 2) before any trial folder exists.
+
+**A custom data module** (``data: {class_path: ..., init_args: ...}``) is a ``LightningDataModule`` built with its
+init args plus whichever of ``data_dir, normalize, augment, val_size, split_seed, batch_size, limit_train,
+download, seed`` its constructor takes and the init args do not set. Its contract, checked on its first training
+batch before anything trains: batches are ``(uint8 images (B, 3, 32, 32) in 0-255, int64 labels (B,))``; after
+``setup("fit")`` it has ``num_classes`` (or ``classes``) and, for a spec that standardizes (``pixel``,
+``channel``), ``mean`` and ``std`` fitted on its training split (shaped (3, 32, 32) or (3, 1, 1), 0-255 units).
+Subclassing `lit_cifar.CIFAR10DataModule` gives all of this.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any, Optional
+
+from ablations import identity
+from ablations.identity import BUILTIN_DATA, DEFAULT_DATA, ClassRef
+from ablations.store import TrialPaths, atomic_output
+from ablations.suite import RunOptions, Suite, TrainSettings, Trial
+
+LOGGERS = ("csv", "mlflow", "wandb")
+LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
+DATA_KWARGS = ("data_dir", "normalize", "augment", "val_size", "split_seed", "batch_size", "limit_train", "download",
+               "seed")
+BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+# ------------------------------------------------------------------------------------------- the command line
+def add_arguments(parser: Any) -> None:
+    """The flags of this module, in one group of `ablations.run`'s parser."""
+    group = parser.add_argument_group("model, data and outputs (override the suite's)")
+    group.add_argument("--model", metavar="CLASS_PATH|JSON",
+                       help="the network: a class path (mypkg.nets.ResNet18) or JSON {\"class_path\": ..., "
+                            "\"init_args\": {...}} (default: the suite's, else the notebook's CNN)")
+    group.add_argument("--data", metavar="NAME|CLASS_PATH|JSON",
+                       help=f"{' or '.join(BUILTIN_DATA)} (official layouts, downloaded if absent), or a "
+                            "LightningDataModule's class path / JSON (default: the suite's, else cifar10)")
+    group.add_argument("--optimizer", metavar="CLASS_PATH|JSON",
+                       help="optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args "
+                            "(lr defaults to --lr)")
+    group.add_argument("--save-model", action="store_true",
+                       help="keep each trial's final checkpoint as model.ckpt in its folder")
+    group.add_argument("--logger", action="append", choices=LOGGERS, default=None,
+                       help="also log to this Lightning logger (repeatable); TensorBoard is always written")
+
+
+def _json_or_text(value: Optional[str]) -> Any:
+    import json
+
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not valid JSON: {error}") from None
+
+
+def apply_arguments(suite: Suite, settings: TrainSettings, args: Any) -> tuple[Suite, TrainSettings, RunOptions]:
+    """The suite and settings with ``--model/--data/--optimizer`` applied, and the options of the output flags;
+    ValueError for a flag that overrides one of the suite's setting factors, or a malformed value."""
+    from dataclasses import replace
+
+    factors = {name for name, _ in suite.setting_factors}
+    flagged = [name for name in factors if getattr(args, name, None) is not None]
+    if flagged:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(flagged))
+        raise ValueError(f"{flags}: a factor of suite {suite.name!r} (its levels come from the suite file); drop "
+                         "the flag or remove the factor")
+    if getattr(args, "model", None) is not None:
+        suite = replace(suite, model=identity.parse_model(_json_or_text(args.model)))
+    if getattr(args, "data", None) is not None:
+        suite = replace(suite, data=identity.parse_data(_json_or_text(args.data)))
+    if getattr(args, "optimizer", None) is not None:
+        settings = replace(settings, optimizer=identity.parse_level("optimizer", _json_or_text(args.optimizer)))
+    loggers = tuple(dict.fromkeys(getattr(args, "logger", None) or ()))
+    for name in loggers:
+        package = LOGGER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise ValueError(f"--logger {name} needs the {package} package, which is not installed "
+                             f"(pip install {package}); csv needs nothing")
+    return suite, settings, RunOptions(save_model=bool(getattr(args, "save_model", False)), loggers=loggers)
+
+
+# ------------------------------------------------------------------------------------------------ building
+def _resolve(ref: ClassRef, what: str) -> type:
+    from lit_cifar.models import resolve_class
+
+    return resolve_class(ref.class_path, what)
+
+
+def _accepted(cls: type, names: tuple[str, ...], given: dict[str, Any]) -> set[str]:
+    parameters = inspect.signature(cls).parameters
+    return {n for n in names if n not in given and n in parameters}
+
+
+def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True) -> Any:
+    """The trial's data module: a built-in one from its spec, or the suite's class with its init args."""
+    s = trial.settings
+    standard = {"data_dir": data_dir, "normalize": trial.spec.normalize, "augment": trial.spec.augment,
+                "val_size": s.val_size, "split_seed": s.split_seed, "batch_size": s.batch_size,
+                "limit_train": s.limit_train, "download": download, "seed": trial.seed}
+    if isinstance(trial.data, str):
+        import lit_cifar.data
+
+        cls = getattr(lit_cifar.data, BUILTIN_DATA[trial.data].rpartition(".")[2])
+        return cls(**standard)
+    cls = _resolve(trial.data, "data")
+    import lightning.pytorch as pl
+
+    if not issubclass(cls, pl.LightningDataModule):
+        raise ValueError(f"data class_path {trial.data.class_path!r} is not a LightningDataModule")
+    args = trial.data.init_args
+    kwargs = {**args, **{n: standard[n] for n in _accepted(cls, DATA_KWARGS, args)}}
+    try:
+        inspect.signature(cls).bind(**kwargs)
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"data {trial.data.class_path} init_args {args}: {type(error).__name__}: {error}") from None
+
+
+def class_count(dm: Any) -> Optional[int]:
+    """The data module's number of classes (``num_classes``, else ``len(classes)``), None if it tells neither."""
+    count = getattr(dm, "num_classes", None)
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    classes = getattr(dm, "classes", None)
+    return len(classes) if classes is not None else None
+
+
+def make_optimizer(settings: TrainSettings) -> Optional[functools.partial]:
+    """``params -> Optimizer`` for a suite's optimizer (``lr`` from the settings unless its init args set it);
+    None for the built-in Adam."""
+    ref = settings.optimizer
+    if ref is None:
+        return None
+    cls = _resolve(ref, "optimizer")
+    args = ref.init_args
+    if "lr" in inspect.signature(cls).parameters and "lr" not in args:
+        args["lr"] = settings.lr
+    return functools.partial(cls, **args)
+
+
+def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
+    """The trial's `RegularizedClassifier`: the notebook's CNN or the suite's backbone (its class path saved in
+    the hyperparameters, so a checkpoint loads on its own)."""
+    from lit_cifar import RegularizedClassifier
+
+    s = trial.settings
+    backbone = {} if trial.model is None else {"backbone_class_path": trial.model.class_path,
+                                               "backbone_init_args": trial.model.init_args}
+    return RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay, compile=compile, num_classes=num_classes,
+                                 optimizer=make_optimizer(s), **backbone)
+
+
+def give_statistics(model: Any, dm: Any) -> None:
+    """A custom data module's ``mean``/``std`` to a model whose spec standardizes (built-in ones give their own
+    when fitting starts)."""
+    from lit_cifar import CIFAR10DataModule
+
+    if isinstance(dm, CIFAR10DataModule) or model.spec.normalize == "none":
+        return
+    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+    if mean is None or std is None:
+        raise ValueError(f"spec {model.spec.name!r} standardizes inputs ({model.spec.normalize}) but data module "
+                         f"{type(dm).__name__} has no mean and std after setup('fit'): see ablations.custom")
+    model.set_input_statistics(mean, std)
+
+
+def loggers(trial: Trial, options: RunOptions) -> list[Any]:
+    """The Lightning loggers `options.loggers` asks for, each run named as in TensorBoard
+    (``<suite>/<cell>/seed=<s>``): CSV into the trial's ``csv/`` folder, MLflow into ``<logdir>/mlruns``."""
+    from lightning.pytorch import loggers as pl_loggers
+
+    folder = trial.paths(options.logdir).folder
+    run = f"{trial.suite}/{trial.name}"
+    made = []
+    for name in options.loggers:
+        if name == "csv":
+            made.append(pl_loggers.CSVLogger(save_dir=str(folder), name="", version="csv"))
+        elif name == "mlflow":
+            uri = (Path(options.logdir) / "mlruns").resolve().as_uri()
+            made.append(pl_loggers.MLFlowLogger(experiment_name=trial.suite, run_name=run, tracking_uri=uri))
+        elif name == "wandb":
+            made.append(pl_loggers.WandbLogger(project=trial.suite, name=run, save_dir=str(folder)))
+    return made
+
+
+def save_model(trainer: Any, paths: TrialPaths) -> None:
+    """The trained model's checkpoint (weights, hyperparameters, data state; no optimizer state), atomically."""
+    if trainer.is_global_zero:
+        with atomic_output(paths.checkpoint) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=True)
+    else:
+        trainer.save_checkpoint(paths.checkpoint, weights_only=True)  # rank 0 writes; the others take part
+
+
+# ------------------------------------------------------------------------------------------------ checking
+def _check_one_model(trial: Trial, num_classes: Optional[int]) -> None:
+    import torch
+
+    from lit_cifar.models import SeedCNN, build_backbone
+    from lit_cifar.module import check_backbone, default_regularized_layers
+
+    def build() -> Any:
+        if trial.model is None:
+            return SeedCNN(trial.spec, num_classes=num_classes or 10)
+        return build_backbone(trial.model.class_path, trial.model.init_args, trial.spec, num_classes or 10)
+
+    try:
+        with torch.device("meta"):  # no memory and no initialization: only the layers are looked at
+            backbone = build()
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - some constructors cannot run on the meta device: build it for real
+        backbone = build()
+    check_backbone(trial.spec, backbone, default_regularized_layers(backbone))
+    if num_classes is None:
+        return
+    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            out = backbone.eval()(torch.zeros(2, 3, 32, 32, device=device))
+    except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
+        raise ValueError(f"its forward pass on a (2, 3, 32, 32) batch fails: {type(error).__name__}: {error}") \
+            from None
+    if tuple(out.shape) != (2, num_classes):
+        raise ValueError(f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
+                         f"{num_classes} classes (num_classes mismatch)")
+
+
+def check_models(trials: list[Trial], num_classes: Optional[int] = None) -> None:
+    """Build every distinct (model, spec) of `trials` once, cheaply, and check it honours the spec and returns
+    the data's number of classes (`num_classes`: None to skip that check).
+
+    Raises:
+        ValueError: one line naming the model, the spec and the reason.
+    """
+    if num_classes is None and trials and isinstance(trials[0].data, str):
+        num_classes = BUILTIN_CLASSES[trials[0].data]
+    seen: set[tuple[Any, str]] = set()
+    for trial in trials:
+        key = (trial.model, str(trial.spec))
+        if key in seen:
+            continue
+        seen.add(key)
+        model = "SeedCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
+        try:
+            _check_one_model(trial, num_classes)
+        except (ValueError, TypeError) as error:
+            text = str(error)
+            prefix = "" if text.startswith("model ") else f"model {model} cannot train spec {trial.spec}: "
+            raise ValueError(f"{prefix}{text}") from None
+    optimizers = {t.settings.optimizer for t in trials if t.settings.optimizer is not None}
+    for ref in optimizers:
+        _check_optimizer(ref)
+
+
+def _check_optimizer(ref: ClassRef) -> None:
+    import torch
+
+    cls = _resolve(ref, "optimizer")
+    if not issubclass(cls, torch.optim.Optimizer):
+        raise ValueError(f"optimizer class_path {ref.class_path!r} is not a torch.optim.Optimizer")
+    try:
+        cls([torch.nn.Parameter(torch.zeros(1))], **{"lr": 1e-3, **ref.init_args})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"optimizer {ref}: {type(error).__name__}: {error}") from None
+
+
+def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> int:
+    """Build the custom data module of `trial`, set it up and check its first training batch against the
+    contract (module docstring); returns its number of classes.
+
+    Raises:
+        ValueError: one line naming the data module and what breaks the contract.
+    """
+    import torch
+
+    dm = make_datamodule(trial, data_dir, download)
+    name = f"data module {trial.data}"
+    try:
+        dm.prepare_data()
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+    except Exception as error:  # noqa: BLE001 - it cannot serve data: say why, before anything trains
+        raise ValueError(f"{name} cannot serve a training batch: {type(error).__name__}: {error}") from None
+    count = class_count(dm)
+    if count is None or count < 2:
+        raise ValueError(f"{name} breaks the batch contract: it needs num_classes (or classes) >= 2 after setup")
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError(f"{name} breaks the batch contract: a batch must be (images, labels), got "
+                         f"{type(batch).__name__}")
+    images, labels = batch
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+            and tuple(images.shape[1:]) == (3, 32, 32)):
+        raise ValueError(f"{name} breaks the batch contract: images must be uint8 (B, 3, 32, 32) in 0-255, got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+    if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) ==
+            (len(images),)):
+        raise ValueError(f"{name} breaks the batch contract: labels must be int64 (B,), got "
+                         f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= count):
+        raise ValueError(f"{name} breaks the batch contract: labels must lie in 0-{count - 1} (num_classes "
+                         f"{count}), got {int(labels.min())}-{int(labels.max())}")
+    return count
+
+
+def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
+    """Everything about the model, data and optimizer that can fail, checked before any trial trains."""
+    if not trials:
+        return
+    custom_data = not isinstance(trials[0].data, str)
+    if trials[0].model is None and not custom_data and trials[0].data == DEFAULT_DATA and \
+            all(t.settings.optimizer is None for t in trials):
+        return  # the notebook's model and data: checked by the library as before
+    num_classes = check_data(trials[0], options.data_dir, options.download) if custom_data and needs_data else None
+    check_models(trials, num_classes)
