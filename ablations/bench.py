@@ -18,7 +18,9 @@ Rows (the targets in brackets):
 8. ``Trainer.fit`` with ``precision="bf16-mixed"`` vs fp32 [>= 2x Keras's fp32 on a CPU with bf16 units];
 9. the training step's achieved GFLOP/s (FLOPs per image counted by torch's ``FlopCounterMode``) against this
    machine's own matrix-multiply throughput on the hidden layer's three GEMMs, measured in the same run;
-10. the hand-written loop in fresh processes with `lit_cifar.tune_allocator` vs glibc's default malloc settings.
+10. the hand-written loop in fresh processes with `lit_cifar.tune_allocator` vs glibc's default malloc settings;
+11. a pack of four trials (``--pack 4``, one batched model) vs the same four trials one after another, in trials/hour
+    (``--rows pack`` runs this row alone).
 
 The header names the CPU, its bf16 support, the threads and the allocator in use. Throughput rows alternate the
 variants over ``--reps`` repetitions and report the median. Real CIFAR-10 is used when ``--data-dir`` has it, a
@@ -363,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keras-python", help="a Python interpreter with TensorFlow, for the Keras peer row "
                                                "(default: this one, if it has TensorFlow; else the row is skipped)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every row runs, in seconds")
+    parser.add_argument("--rows", choices=("all", "pack"), default="all",
+                        help="all rows (default), or only row 11 (a pack of 4 against the same 4 trials in turn)")
     return parser
 
 
@@ -417,9 +421,26 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
                                          "--limit-train", "2000", "--val-size", "1000"])
     report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep_args) for p in (1, 2)}
     report["sweep"] = " ".join(sweep_args)
+    report.update(pack_rows(data_dir, quick))
     print("6. GPU seed suite", file=sys.stderr)
     report["gpu_seed_suite_s"] = None if quick else gpu_seed_suite_seconds(data_dir)
     return report
+
+
+def pack_rows(data_dir: Path, quick: bool) -> dict[str, Any]:
+    """Row 11: four trials of one architecture as one pack (``--pack 4``) against the same four one after another,
+    in trials per hour of ``python -m ablations.run``."""
+    print("11. pack of 4 vs 4 trials in turn", file=sys.stderr)
+    args = ["--only", "baseline", "pixel+dropout=0.25", "--seeds", "0,1", "--epochs", "1", "--val-size", "100" if quick
+            else "1000", "--limit-train", "200" if quick else "2000"]
+    return {"pack_trials_per_hour": {"pack=4": sweep_rate(data_dir, 1, [*args, "--pack", "4"]),
+                                     "in turn": sweep_rate(data_dir, 1, args)}, "pack_sweep": " ".join(args)}
+
+
+def pack_row(r: dict[str, Any]) -> tuple[str, str, str]:
+    rates = r["pack_trials_per_hour"]
+    return ("11. pack of 4 vs the same 4 in turn", f"{rates['pack=4']:.0f} vs {rates['in turn']:.0f} trials/h = "
+            f"{rates['pack=4'] / rates['in turn']:.2f}x", "CPU default: the faster")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -431,6 +452,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     real = find_layout(args.data_dir) is not None
     data_dir = args.data_dir if real else synthetic_data_dir(scratch / "synthetic",
                                                              *((6000, 200) if args.quick else (50000, 10000)))
+    if args.rows == "pack":
+        report = {"machine": machine(), **pack_rows(data_dir, args.quick)}
+        m = report["machine"]
+        print(f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads; sweep: {report['pack_sweep']}"
+              f"\n\n| measure | result | target |\n|---|---|---|\n| {' | '.join(pack_row(report))} |")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return 0
     reps, steps, warmup = (1, 2, 1) if args.quick else (args.reps, args.steps, 5)
     limit = 700 if args.quick else None
     dm = datamodule(data_dir, limit_train=limit)
@@ -489,6 +518,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("4. peak RSS of one trial", f"{r['peak_rss_gb']:.2f} GB ({r['peak_rss_trial']}; "
          f"{r['imports_rss_gb']:.2f} GB of it the imports)", "<= 1.5 GB"),
         ("5. sweep, parallel 1 vs 2", f"{sweep['parallel=1']:.0f} vs {sweep['parallel=2']:.0f} trials/h", "faster"),
+        pack_row(r),
         ("6. GPU notebook suite", "no GPU here: not measured" if gpu is None else f"{gpu:.0f} s", "<= 60 s (H100)"),
         *speed_rows(r),
     ]

@@ -188,13 +188,16 @@ class BatchNormDrift(pl.Callback):
         self._remove_hooks()
         if not self._batch or trainer.sanity_checking:
             return
-        gaps, ratios = [], []
-        for layer, (mean, var) in self._batch.items():
-            running_std = (layer.running_var.float() + layer.eps).sqrt()
-            gaps.append((mean - layer.running_mean.float()).abs() / running_std)
-            ratios.append((var + layer.eps).sqrt() / running_std)
+        gaps, ratios = zip(*(self.channel_drift(layer, *batch) for layer, batch in self._batch.items()))
         module.log("val/bn_mean_gap", torch.cat(gaps).mean(), sync_dist=True)
         module.log("val/bn_std_ratio", torch.cat(ratios).mean(), sync_dist=True)
+
+    @staticmethod
+    def channel_drift(layer: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel of `layer`: ``|batch mean - running mean| / running std`` and ``batch std / running std``
+        for a batch's per-channel `mean` and `var`."""
+        running_std = (layer.running_var.float() + layer.eps).sqrt()
+        return (mean - layer.running_mean.float()).abs() / running_std, (var + layer.eps).sqrt() / running_std
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:

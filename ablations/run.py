@@ -129,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
+    _pack_arguments(parser)
     return parser
+
+
+def _pack_arguments(parser: argparse.ArgumentParser) -> None:
+    packs = parser.add_argument_group("packs (docs/packs.md)")
+    packs.add_argument("--pack", metavar="K|auto", help="train up to K trials of one architecture together as one "
+                                                        "batched model (auto: as many as fit on a GPU; 1 on CPU)")
 
 
 def _what_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,6 +349,8 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
 
 def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
                 ranks: Optional[Ranks]) -> list[dict[str, Any]]:
+    if getattr(args, "pack_size", 1) > 1:
+        return _run_packed(trials, plan, args)
     if args.engine == "ray":
         from ablations.ray_engine import available_cpus, run_trials_ray
 
@@ -358,6 +367,16 @@ def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
     progress = Progress(trials, show=sweep_bar)
     try:
         return run_local(trials, replace(plan.options, progress_bar=trial_bar), run, progress, slots)
+    finally:
+        progress.close()
+
+
+def _run_packed(trials: list[Trial], plan: Plan, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ablations.packs import run_packed
+
+    progress = Progress(trials, show=len(trials) > 1)
+    try:
+        return run_packed(trials, plan.options, args.pack_size, progress)
     finally:
         progress.close()
 
@@ -410,6 +429,7 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     """Plan and check everything that can be checked before training; bad arguments exit 2 here."""
     try:
         plan = make_plan(args)
+        _plan_packs(plan, args)
         if plan.trials:
             check_hardware(plan, args)
             if not args.dry_run:
@@ -417,6 +437,19 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
         parser.error(str(error))
     return plan
+
+
+def _plan_packs(plan: Plan, args: argparse.Namespace) -> None:
+    """Read --pack into ``args.pack_size`` (1: no packs); ValueError for what packs do not support."""
+    args.pack_size = 1
+    if args.pack is not None:
+        from ablations.packs import check_pack, check_packable, pack_value, resolve_pack
+
+        pack = pack_value(args.pack)
+        check_pack(pack, args.engine, plan.parallel, plan.options.strategy, plan.options.compile)
+        if pack not in (None, 1):
+            check_packable(plan.trials)
+        args.pack_size = resolve_pack(pack, plan.trials, plan.options.accelerator)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

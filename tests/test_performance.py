@@ -157,6 +157,8 @@ def test_bench_quick_runs_every_row(tmp_path, capsys):
     assert report["machine"]["allocator"] == runtime.tune_allocator() and report["machine"]["cpu"]
     assert report["fixed_cost"]["to_first_step_s"] > 0
     assert report["peak_rss_gb"] > report["imports_rss_gb"] > 0.1  # training adds to what the imports hold
+    assert set(report["pack_trials_per_hour"]) == {"pack=4", "in turn"}
+    assert all(v > 0 for v in report["pack_trials_per_hour"].values())
     assert set(report["sweep_trials_per_hour"]) == {"parallel=1", "parallel=2"}
     assert "| 1. Trainer.fit vs hand-written loop |" in capsys.readouterr().out
 

@@ -193,7 +193,9 @@ def test_gpucheck_plans_trial_parallel_and_ddp_runs_for_the_gpus_it_finds():
     planned = {row.name: (row.flags, row.trials, row.world_size) for row in gpucheck.rows(gpus=4, tiny=False)}
     assert planned == {"one at a time": (("--parallel", "1"), 9, 1), "one per GPU": (("--parallel", "4"), 9, 1),
                        "two per GPU": (("--parallel", "8"), 9, 1),
-                       "DDP, 2 GPUs": (("--only", "pixel", "--strategy", "ddp", "--devices", "2"), 1, 2)}
+                       "DDP, 2 GPUs": (("--only", "pixel", "--strategy", "ddp", "--devices", "2"), 1, 2),
+                       "packed notebook suite": (("--seeds", "0,1,2", "--pack", "auto"), 27, 1),
+                       "packed full grid": (("--suite", "full", "--seeds", "0,1,2", "--pack", "auto"), 288, 1)}
 
 
 @pytest.mark.slow
@@ -201,6 +203,8 @@ def test_gpucheck_runs_tiny_on_cpu(capsys):
     assert gpucheck.main(["--tiny", "--accelerator", "cpu"]) == 0
     table = capsys.readouterr().out
     for row in ("| one at a time | `--only baseline pixel --parallel 1` | 2 |",
-                "| two at a time | `--only baseline pixel --parallel 2` | 2 |", "| DDP, 2 processes |"):
+                "| two at a time | `--only baseline pixel --parallel 2` | 2 |", "| DDP, 2 processes |",
+                "| packed notebook suite | `--only baseline pixel --seeds 0,1 --pack 4` | 4 | 4 |",
+                "| packed full grid | `--suite full --only baseline pixel bn pixel+bn --seeds 0,1 --pack 4` | 8 | 4 |"):
         assert row in table
     assert "NO:" not in table
