@@ -269,6 +269,68 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------- ablations.run
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--target-ci`` flags of ``python -m ablations.run``."""
+    group = parser.add_argument_group("seeds by target precision")
+    group.add_argument("--target-ci", type=float, metavar="W",
+                       help="run in rounds, adding seeds only to specs whose 95%% CI of the difference from the "
+                            "reference is wider than W (seeds 0, 1, 2, ...; replaces --seeds)")
+    group.add_argument("--min-seeds", type=int, default=3, help="--target-ci: seeds of the first round (default 3)")
+    group.add_argument("--max-seeds", type=int, default=10, help="--target-ci: most seeds per spec (default 10)")
+
+
+def target_of(args: argparse.Namespace) -> Optional[Target]:
+    """The command line's `Target`, or None without ``--target-ci`` (ValueError for bad values or --shard)."""
+    if args.target_ci is None:
+        return None
+    if args.shard:
+        raise ValueError("--target-ci with --shard: the rounds depend on every shard's results; run one sweep per "
+                         "round without --target-ci, or run --target-ci from a single process (any --engine)")
+    if args.strategy:
+        raise ValueError("--target-ci with --strategy: run the rounds with one process per trial (--parallel, "
+                         "--engine ray) or one --target-ci sweep per round is not supported under DDP yet")
+    if args.seeds:
+        raise ValueError("--target-ci chooses the seeds (0, 1, 2, ...): drop --seeds")
+    return Target(args.target_ci, args.min_seeds, args.max_seeds)
+
+
+def run_cli(args: argparse.Namespace, target: Target, plan_of: Callable[[list[int]], Any],
+            run_plan: Callable[[Any], list[dict[str, Any]]]) -> int:
+    """``ablations.run --target-ci``: `plan_of(seeds)` makes the run's plan for those seeds, `run_plan(plan)` runs
+    its unfinished trials with the chosen engine (once per round) and returns their statuses."""
+    from ablations.report import load_results
+
+    full = plan_of(list(range(target.max_seeds)))
+    specs = list(dict.fromkeys(str(t.spec) for t in full.trials))
+    reference = full.reference or ("pixel" if "pixel" in specs else specs[0])
+    suite_dir = Path(full.options.logdir) / full.suite.name
+    hashes = {(str(t.spec), t.seed): t.settings_hash for t in full.trials}
+
+    def read() -> dict[str, dict[int, float]]:
+        results = [r for r in load_results(suite_dir)[0] if hashes.get((r["spec"], r["seed"])) == r["settings_hash"]]
+        return finished_values(results)
+
+    def run_round(missing: dict[str, list[int]]) -> bool:
+        names = {f"{spec}/seed={k}" for spec, seeds in missing.items() for k in seeds}
+        todo = [t for t in full.trials if t.name in names]
+        if args.dry_run:
+            print("next round:\n" + "\n".join(f"{t.spec} seed={t.seed}" for t in todo))
+            return False
+        statuses = run_plan(type(full)(**{**full.__dict__, "trials": todo}))
+        return not any(s["status"] == "failed" for s in statuses)
+
+    rounds = run_rounds(specs, reference, target, read, run_round)
+    if not args.dry_run:
+        from ablations.report import write_report
+
+        print(write_report(suite_dir, reference=full.reference))
+    print(status_table(rounds))
+    if args.dry_run or not rounds.done:
+        return 0 if args.dry_run else 1
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.adaptive", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

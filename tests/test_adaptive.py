@@ -108,3 +108,26 @@ def test_rounds_resume_from_finished_results_and_stop_on_width_or_cap():
     partial = {s: {k: v for k, v in seeds.items() if k < 4} for s, seeds in finished.items()}
     resumed = plan_rounds(specs, "ref", partial, target)
     assert not resumed.done and resumed.missing(partial) == {"noisy": [4]} or resumed.missing(partial)["noisy"][0] == 4
+
+
+@pytest.mark.parametrize("flags", [["--shard", "1/2"], ["--seeds", "0,1"], ["--target-ci", "0"]])
+def test_run_refuses_target_ci_with_shard_or_seeds_or_bad_width(flags, tmp_path, capsys):
+    from ablations.run import main
+
+    argv = ["--suite", "notebook", "--logdir", str(tmp_path), "--dry-run"]
+    argv += flags if flags[0] == "--target-ci" else ["--target-ci", "0.03", *flags]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert "target" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_next_round_of_the_committed_replication(capsys):
+    from pathlib import Path
+
+    from ablations.run import main
+
+    logdir = Path(__file__).resolve().parents[1] / "logs" / "replication"
+    assert main(["--suite", "notebook", "--logdir", str(logdir), "--target-ci", "0.03", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline seed=3" in out and "pixel seed=3" not in out.split("Target:")[0]
