@@ -266,6 +266,30 @@ def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
     return entries
 
 
+def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> list[SuiteEntry]:
+    """The entries a suite's ``design`` keeps: all for ``full`` (or none given), else the listed specs and the
+    factor combinations `ablations.designs.select` chooses (rows of the full grid, so the same trials)."""
+    from ablations.designs import fraction_of, select
+
+    try:
+        reduction = fraction_of(data.get("design"))
+    except ValueError as error:
+        raise SuiteError(f"suite file {path}: {error}") from None
+    if reduction == 1:
+        return entries
+    factors = data.get("factors") or {}
+    if not factors:
+        raise SuiteError(f"suite file {path}: a fractional design needs 'factors'")
+    levels = [len(v) for v in factors.values()]
+    grid = list(itertools.product(*(range(k) for k in levels)))
+    grid_entries = entries[len(entries) - len(grid):]
+    try:
+        keep = {grid.index(run) for run in select(levels, reduction)}
+    except (ValueError, ImportError) as error:
+        raise SuiteError(f"suite file {path}: {error}") from None
+    return entries[:len(entries) - len(grid)] + [e for i, e in enumerate(grid_entries) if i in keep]
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A shipped suite by name (``notebook``, its alias ``seed``, ``full``) or a suite YAML file by path.
 
@@ -280,7 +304,7 @@ def load_suite(name_or_path: str) -> Suite:
             raise SuiteError(f"unknown suite {name_or_path!r}: choose one of {', '.join(available_suites())} "
                              "or give the path of a suite .yaml file")
     data = _read_yaml(path)
-    unknown = set(data) - {"name", "description", "settings", "specs", "factors"}
+    unknown = set(data) - {"name", "description", "settings", "specs", "factors", "design"}
     if unknown:
         raise SuiteError(f"suite file {path}: unknown keys {sorted(unknown)}; allowed: name, description, "
                          "settings, specs, factors")
@@ -293,7 +317,7 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
                          "not starting with '.'): the suite's trials are written under LOGDIR/NAME/")
     try:
-        return Suite(name=name, entries=tuple(_entries(data, path)),
+        return Suite(name=name, entries=tuple(_designed(data, path, _entries(data, path))),
                      settings=TrainSettings(**settings_data), description=str(data.get("description", "")))
     except (ValueError, TypeError, AttributeError) as error:
         if isinstance(error, SuiteError):

@@ -1,0 +1,64 @@
+"""Fractional designs (ablations.designs): what they select, their aliasing, and recovering known main effects
+from synthetic results."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from ablations.designs import aliased, fraction_of, model_matrix, select
+
+pytest.importorskip("pydoe")
+FULL = [2, 2, 4, 2, 3]  # the `full` suite's levels
+
+
+def test_design_values():
+    assert fraction_of(None) == fraction_of("full") == 1 and fraction_of({"fraction": 4}) == 4
+    for bad in ("half", {"fraction": 0}, {"fraction": 2, "x": 1}, {"fraction": True}):
+        with pytest.raises(ValueError):
+            fraction_of(bad)
+
+
+def test_fractions_select_rows_of_the_full_grid():
+    grid = set(itertools.product(*(range(k) for k in FULL)))
+    for r in (2, 4):
+        runs = select(FULL, r)
+        assert set(runs) <= grid and abs(len(runs) - len(grid) / r) <= len(grid) / r / 4
+    assert len(select([2, 2, 2, 2], 2)) == 8
+    assert not aliased(select(FULL, 1), FULL)
+
+
+def test_half_fraction_of_two_level_factors_aliases_interactions_not_main_effects():
+    runs = select([2, 2, 2, 2], 2)  # d = abc: resolution IV
+    lost = aliased(runs, [2, 2, 2, 2])
+    assert len(lost) == 6 and all(len(key) == 4 for key in lost)  # every 2fi aliased, no main effect
+    assert not aliased(runs, [2, 2, 2, 2], interactions=False)
+
+
+@pytest.mark.parametrize("reduction", [2, 4])
+def test_fractional_design_recovers_known_main_effects(reduction):
+    rng = np.random.default_rng(reduction)
+    runs = select(FULL, reduction)
+    x = model_matrix(runs, FULL, interactions=False)
+    truth = rng.normal(0, 0.05, x.shape[1])
+    y = x @ truth + rng.normal(0, 0.002, len(runs))
+    estimate = np.linalg.lstsq(x, y, rcond=None)[0]
+    assert np.allclose(estimate, truth, atol=0.01)
+
+
+def test_suite_design_keeps_full_grid_trials_and_hashes(tmp_path):
+    from ablations.suite import SuiteError, expand_trials, load_suite, SUITES_DIR
+
+    text = (SUITES_DIR / "full.yaml").read_text()
+    half = tmp_path / "half.yaml"
+    half.write_text(text.replace("factors:", "design: {fraction: 2}\nfactors:"))
+    full, fraction = load_suite("full"), load_suite(str(half))
+    assert fraction.name == "full" and len(fraction.entries) == 48
+    hashes = {t.name: t.settings_hash for t in expand_trials(full, full.settings)}
+    for trial in expand_trials(fraction, fraction.settings):
+        assert hashes[trial.name] == trial.settings_hash
+    half.write_text(text.replace("factors:", "design: half\nfactors:"))
+    with pytest.raises(SuiteError, match="design"):
+        load_suite(str(half))
