@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from scipy import stats as scipy_stats
 
-from ablations.stats import LEVEL, compare_with_reference
+LEVEL = 0.95  # as ablations.stats.LEVEL; scipy and statsmodels are imported where used, so the CLI parses fast
 
 GUARD = 0.99  # the variance bound the stopping decision uses: its one-sided confidence level
 WIDTH = "width reached"
@@ -62,6 +61,8 @@ def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL
     """Width of Welch's `level` interval for mean(a) - mean(b) from sample sizes and variances (ddof=1);
     numpy-broadcast, so one call serves a suite or a thousand simulated studies. Equals the width of
     `ablations.stats.welch`'s interval."""
+    from scipy import stats as scipy_stats
+
     n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
     va, vb = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
     total = va + vb
@@ -73,6 +74,8 @@ def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL
 
 def _guarded(n: np.ndarray, var: np.ndarray) -> np.ndarray:
     """The variance's upper `GUARD` confidence bound: ``(n-1) s² / chi2_{1-GUARD}(n-1)``."""
+    from scipy import stats as scipy_stats
+
     return (n - 1) * var / scipy_stats.chi2.ppf(1 - GUARD, n - 1)
 
 
@@ -232,6 +235,7 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
            max_seeds: int = 10) -> str:
     """What the rule would have run on the finished results of `suite_dir` (markdown)."""
     from ablations.report import load_results
+    from ablations.stats import compare_with_reference
 
     results, _ = load_results(Path(suite_dir))
     finished = finished_values(results)

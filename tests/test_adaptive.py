@@ -131,3 +131,9 @@ def test_dry_run_lists_the_next_round_of_the_committed_replication(capsys):
     assert main(["--suite", "notebook", "--logdir", str(logdir), "--target-ci", "0.03", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "baseline seed=3" in out and "pixel seed=3" not in out.split("Target:")[0]
+
+
+def test_level_is_the_stats_level():
+    from ablations import adaptive, stats
+
+    assert adaptive.LEVEL == stats.LEVEL
