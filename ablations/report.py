@@ -381,7 +381,15 @@ def effects_section(fit: Optional[FactorialFit]) -> str:
             "freedom, higher interactions taken as noise). A main effect `X` is the mean change when X is switched "
             "on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
             "accuracy when Y is on. CIs are 95%; p-values Holm-corrected over all effects.\n\n"
-            + effects_table(fit))
+            + effects_table(fit) + aliased_note(fit))
+
+
+def aliased_note(fit: FactorialFit) -> str:
+    """For a fractional design: the effects it cannot separate, which the table leaves out."""
+    if not fit.aliased:
+        return ""
+    return (f"\n\nFractional design: these {len(fit.aliased)} effects are aliased with the model's (the trials "
+            "run cannot separate them) and are not estimated: " + ", ".join(f"`{n}`" for n in fit.aliased) + ".")
 
 
 def comparison_section(report: SuiteReport) -> str:

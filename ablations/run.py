@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from ablations import custom
+from ablations import adaptive, custom
 from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
                              run_local, worker_slots)
 from ablations.suite import (RunOptions, Suite, Trial, available_suites, coerce_setting, expand_trials, load_suite,
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
     _pack_arguments(parser)
+    adaptive.add_arguments(parser)  # --target-ci, --min-seeds, --max-seeds
     return parser
 
 
@@ -458,6 +459,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         die_with_parent(os.getppid())
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # seeds by target precision: rounds of this same run, see ablations.adaptive
+        target = adaptive.target_of(args)
+    except ValueError as error:
+        parser.error(str(error))
+    if target is not None:
+        with interrupts():
+            return adaptive.run_cli(args, target, lambda seeds: _prepare(parser, argparse.Namespace(
+                **{**vars(args), "seeds": seeds})), lambda plan: run_plan(plan, args, None))
     plan = _prepare(parser, args)
     if not plan.trials:
         print(f"nothing to do: part {args.shard[0]}/{args.shard[1]} of the {plan.unsharded} trials is empty "

@@ -134,6 +134,7 @@ class FactorialFit:
     interactions: bool  # whether two-factor interactions were estimated (else main effects only)
     residual_df: int
     problem: Optional[str] = None
+    aliased: tuple[str, ...] = ()  # effects a fractional design cannot separate: not estimated, not reported
 
 
 def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) -> pd.DataFrame:
@@ -189,6 +190,28 @@ def _fit(frame: pd.DataFrame, factors: Sequence[Factor], response: str, interact
     return FactorialFit(holm(tests), interactions, int(fit.df_resid))
 
 
+def _fractional_fit(frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float, present: int,
+                    combinations: int) -> FactorialFit:
+    """A fraction of the grid: the largest model (two-factor, else main effects) whose columns the runs separate
+    (full column rank) with residual degrees of freedom left; the effects outside it are aliased."""
+    combos = frame[[f.name for f in factors]].drop_duplicates()
+    counts = [combos[f.name].value_counts().reindex(list(f.levels), fill_value=0) for f in factors]
+    balanced = all(c.min() > 0 and c.max() <= 1.5 * c.min() for c in counts)
+    if not balanced:  # hand-picked specs, not a design: a design runs every level of a factor about equally often
+        return FactorialFit([], False, 0, f"the specs cover {present} of the {combinations} combinations of "
+                                          f"{', '.join(f.name for f in factors)} (not a full factorial design)")
+    every = list(_contrasts(factors, True))
+    for interactions in (True, False):
+        x = _design(frame, factors, interactions).to_numpy()
+        if np.linalg.matrix_rank(x) == x.shape[1] and len(frame) > x.shape[1]:
+            fit = _fit(frame, factors, response, interactions, level)
+            estimated = {t.name for t in fit.effects}
+            return FactorialFit(fit.effects, interactions, fit.residual_df,
+                                aliased=tuple(n for n in every if n not in estimated))
+    return FactorialFit([], False, 0, f"the specs cover {present} of the {combinations} combinations of "
+                                      f"{', '.join(f.name for f in factors)}, too few to separate the main effects")
+
+
 def factorial_effects(frame: pd.DataFrame, factors: Sequence[Factor], response: str,
                       level: float = LEVEL) -> FactorialFit:
     """Main effects and two-factor interactions of `factors` on `response` (one row of `frame` per trial).
@@ -200,8 +223,7 @@ def factorial_effects(frame: pd.DataFrame, factors: Sequence[Factor], response: 
     combinations = math.prod(len(f.levels) for f in factors)
     present = len(frame[[f.name for f in factors]].drop_duplicates())
     if present < combinations:
-        return FactorialFit([], False, 0, f"the specs cover {present} of the {combinations} combinations of "
-                                          f"{', '.join(f.name for f in factors)} (not a full factorial design)")
+        return _fractional_fit(frame, factors, response, level, present, combinations)
     for interactions in (True, False):
         parameters = _design(frame.head(1), factors, interactions).shape[1]
         if len(frame) > parameters:

@@ -353,6 +353,33 @@ def _check_cells(suite: Suite, path: Path) -> None:
                              "letters, digits and . _ + = , -: simplify the factor's levels")
 
 
+def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> list[SuiteEntry]:
+    """The entries a suite's ``design`` keeps: all for ``full`` (or none given), else the listed specs and the
+    factor combinations `ablations.designs.select` chooses (rows of the full grid, so the same trials)."""
+    from ablations.designs import fraction_of, select
+
+    try:
+        reduction = fraction_of(data.get("design"))
+    except ValueError as error:
+        raise SuiteError(f"suite file {path}: {error}") from None
+    if reduction == 1:
+        return entries
+    factors = {name: levels for name, levels in (data.get("factors") or {}).items() if name not in SETTING_FACTORS}
+    if not factors:
+        raise SuiteError(f"suite file {path}: a fractional design needs 'factors'")
+    if len(factors) < len(data.get("factors") or {}):
+        raise SuiteError(f"suite file {path}: a fractional design selects spec-factor combinations only; it cannot "
+                         f"be combined with setting factors ({', '.join(sorted(SETTING_FACTORS))}): use design: full")
+    levels = [len(v) for v in factors.values()]
+    grid = list(itertools.product(*(range(k) for k in levels)))
+    grid_entries = entries[len(entries) - len(grid):]
+    try:
+        keep = {grid.index(run) for run in select(levels, reduction)}
+    except (ValueError, ImportError) as error:
+        raise SuiteError(f"suite file {path}: {error}") from None
+    return entries[:len(entries) - len(grid)] + [e for i, e in enumerate(grid_entries) if i in keep]
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A shipped suite by name (``notebook``, its alias ``seed``, ``full``) or a suite YAML file by path.
 
@@ -367,7 +394,7 @@ def load_suite(name_or_path: str) -> Suite:
             raise SuiteError(f"unknown suite {name_or_path!r}: choose one of {', '.join(available_suites())} "
                              "or give the path of a suite .yaml file")
     data = _read_yaml(path)
-    unknown = set(data) - {"name", "description", "settings", "specs", "factors", "model", "data"}
+    unknown = set(data) - {"name", "description", "settings", "specs", "factors", "design", "model", "data"}
     if unknown:
         raise SuiteError(f"suite file {path}: unknown keys {sorted(unknown)}; allowed: name, description, "
                          "settings, specs, factors, model, data")
@@ -382,7 +409,8 @@ def load_suite(name_or_path: str) -> Suite:
     try:
         settings_data = {**{k: coerce_setting(k, v) for k, v in settings_data.items()},
                          "optimizer": identity.parse_level("optimizer", settings_data.get("optimizer"))}
-        suite = Suite(name=name, entries=tuple(_entries(data, path)), settings=TrainSettings(**settings_data),
+        suite = Suite(name=name, entries=tuple(_designed(data, path, _entries(data, path))),
+                      settings=TrainSettings(**settings_data),
                       description=str(data.get("description", "")), model=identity.parse_model(data.get("model")),
                       data=identity.parse_data(data.get("data")), setting_factors=_setting_factors(data, path))
         _check_cells(suite, path)
