@@ -25,7 +25,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 DISTRIBUTIONS = {"yaml": "pyyaml", "lightning": "lightning", "torch": "torch", "torchvision": "torchvision",
                  "torchmetrics": "torchmetrics", "tensorboard": "tensorboard", "jsonargparse": "jsonargparse",
                  "numpy": "numpy", "tqdm": "tqdm", "matplotlib": "matplotlib", "scipy": "scipy",
-                 "statsmodels": "statsmodels", "pandas": "pandas", "ray": "ray"}
+                 "statsmodels": "statsmodels", "pandas": "pandas", "ray": "ray", "pydoe": "pydoe",
+                 "pyDOE3": "pydoe3", "websocket": "websocket-client"}
 OUTSIDE = {"tensorflow"}  # ablations.keras_peer runs under another interpreter, with TensorFlow
 
 
@@ -65,9 +66,10 @@ def test_the_library_imports_only_its_core_requirements() -> None:
     assert not core & {"scipy", "statsmodels", "pandas", "matplotlib", "tqdm", "ray"}  # the harness's
 
 
-def test_the_harness_imports_only_core_harness_and_ray_requirements() -> None:
+def test_the_harness_imports_only_core_harness_ray_and_design_requirements() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    allowed = requirement_names(PYPROJECT["project"]["dependencies"] + extras["ablations"] + extras["ray"])
+    allowed = requirement_names(PYPROJECT["project"]["dependencies"] + extras["ablations"] + extras["ray"]
+                                + extras["design"] + extras["screenshots"])
     assert {DISTRIBUTIONS[name] for name in third_party_imports("ablations")} <= allowed
 
 
