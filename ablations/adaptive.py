@@ -152,7 +152,7 @@ def plan_rounds(specs: Sequence[str], reference: str, finished: Mapping[str, Map
         values = [[finished.get(s, {}).get(k) for k in range(n)] for s, n in zip(specs, wanted)]
         if any(v is None for row in values for v in row):
             return _rounds(specs, reference, wanted, values, target, rounds, done=False)
-        var = np.array([np.var(row, ddof=1) for row in values])
+        var = np.array([np.var(np.array(row, dtype=float), ddof=1) for row in values])
         add, _ = decide(wanted, var, index, target)
         if not add.any():
             return _rounds(specs, reference, wanted, values, target, rounds, done=True)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NoReturn, Union
 
 from ablations.identity import data_label
 from ablations.store import RESULT_FILE, read_result
@@ -133,7 +133,7 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
             suite = path
         parser = run.build_parser()
 
-        def refuse(message: str) -> None:
+        def refuse(message: str) -> NoReturn:
             raise SweepError(message)
 
         parser.error = refuse  # type: ignore[method-assign]

@@ -453,12 +453,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     data_dir = args.data_dir if real else synthetic_data_dir(scratch / "synthetic",
                                                              *((6000, 200) if args.quick else (50000, 10000)))
     if args.rows == "pack":
-        report = {"machine": machine(), **pack_rows(data_dir, args.quick)}
-        m = report["machine"]
-        print(f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads; sweep: {report['pack_sweep']}"
-              f"\n\n| measure | result | target |\n|---|---|---|\n| {' | '.join(pack_row(report))} |")
+        packed = {"machine": machine(), **pack_rows(data_dir, args.quick)}
+        m = packed["machine"]
+        print(f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads; sweep: {packed['pack_sweep']}"
+              f"\n\n| measure | result | target |\n|---|---|---|\n| {' | '.join(pack_row(packed))} |")
         if args.json:
-            args.json.write_text(json.dumps(report, indent=2))
+            args.json.write_text(json.dumps(packed, indent=2))
         return 0
     reps, steps, warmup = (1, 2, 1) if args.quick else (args.reps, args.steps, 5)
     limit = 700 if args.quick else None

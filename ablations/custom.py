@@ -158,7 +158,7 @@ def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
     from lit_cifar import RegularizedClassifier
 
     s = trial.settings
-    backbone = {} if trial.model is None else {"backbone_class_path": trial.model.class_path,
+    backbone: dict[str, Any] = {} if trial.model is None else {"backbone_class_path": trial.model.class_path,
                                                "backbone_init_args": trial.model.init_args}
     return RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay, compile=compile, num_classes=num_classes,
                                  optimizer=make_optimizer(s), **backbone)
@@ -185,7 +185,7 @@ def loggers(trial: Trial, options: RunOptions) -> list[Any]:
 
     folder = trial.paths(options.logdir).folder
     run = f"{trial.suite}/{trial.name}"
-    made = []
+    made: list[pl_loggers.Logger] = []
     for name in options.loggers:
         if name == "csv":
             made.append(pl_loggers.CSVLogger(save_dir=str(folder), name="", version="csv"))

@@ -70,12 +70,13 @@ def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:
     return sorted({tuple(int(v) for v in row) for row in np.atleast_2d(rows)})
 
 
-def model_matrix(runs: Sequence[Sequence[int]], levels: Sequence[int], interactions: bool = True) -> np.ndarray:
+def model_matrix(runs: Sequence[Sequence[int]] | np.ndarray, levels: Sequence[int],
+                 interactions: bool = True) -> np.ndarray:
     """Intercept, treatment dummies of every non-reference level and (with `interactions`) their pairwise
     products across factors: the columns `ablations.stats` fits, here on level indices."""
-    runs = np.asarray(runs)
-    blocks = [[(runs[:, f] == lv).astype(float) for lv in range(1, k)] for f, k in enumerate(levels)]
-    columns = [np.ones(len(runs))] + [c for b in blocks for c in b]
+    table = np.asarray(runs)
+    blocks = [[(table[:, f] == lv).astype(float) for lv in range(1, k)] for f, k in enumerate(levels)]
+    columns = [np.ones(len(table))] + [c for b in blocks for c in b]
     if interactions:
         for a, b in itertools.combinations(blocks, 2):
             columns += [x * y for x in a for y in b]

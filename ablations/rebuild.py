@@ -157,6 +157,8 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> Outcome:
             except ValueError as error:
                 outcome.left_alone.append(f"{name} ({error})")
                 continue
+            if result is None:  # removed since it was listed
+                continue
             changed, old = rebuild_trial(folder, result)
         settings = settings or result["settings"]
         old_png = old_png or old.sample_png

@@ -302,7 +302,6 @@ def _check_data(plan: Plan) -> None:
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
         raise ValueError(f"--data-dir {folder} is not readable")
-    s = plan.trials[0].settings
     dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder),
                                 plan.options.download)
     dm.prepare_data()  # downloads once here, not in every worker

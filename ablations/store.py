@@ -219,7 +219,7 @@ def code_provenance() -> dict[str, Any]:
         commit = _git(root, "rev-parse", "HEAD")
         status = _git(root, "status", "--porcelain", "--untracked-files=no")
         dirty = None if status is None else bool(status)
-    packages = [Path(package.__file__).resolve().parent for package in (lit_cifar, ablations)]
+    packages = [Path(str(package.__file__)).resolve().parent for package in (lit_cifar, ablations)]
     return {"code_version": __version__, "git_commit": commit, "git_dirty": dirty,
             "source_sha256": source_hash(packages)}
 

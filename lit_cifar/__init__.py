@@ -15,11 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CIFAR100DataModule", "CIFAR10DataModule", "LitCifarCLI", "RegularizationSpec", "RegularizedClassifier", "SeedCNN",
-           "tune_allocator"]
+__all__ = ["CIFAR100DataModule", "CIFAR10DataModule", "LitCifarCLI", "RegularizationSpec", "RegularizedClassifier",
+           "SeedCNN", "tune_allocator"]
 __version__ = "0.1.0"
 
-_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "CIFAR100DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models", "LitCifarCLI": "lit_cifar.cli",
+_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "CIFAR100DataModule": "lit_cifar.data", "SeedCNN": "lit_cifar.models",
+          "LitCifarCLI": "lit_cifar.cli",
           "RegularizedClassifier": "lit_cifar.module", "RegularizationSpec": "lit_cifar.spec",
           "tune_allocator": "lit_cifar.runtime"}
 

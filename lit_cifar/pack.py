@@ -335,7 +335,8 @@ class PackedClassifier(pl.LightningModule):
         penalty = self.penalty() if stage == "train" else self._eval_penalty
         loss = ce + penalty
         correct = (logits.argmax(-1) == labels).sum(1)
-        values = {"loss": loss * b, "ce": ce * b, "correct": correct, "images": torch.full((k,), b, device=logits.device)}
+        values = {"loss": loss * b, "ce": ce * b, "correct": correct,
+                  "images": torch.full((k,), b, device=logits.device)}
         if stage == "train":
             values.update(penalty=penalty, steps=torch.ones(k, device=logits.device))
         self._accumulate(stage, values)

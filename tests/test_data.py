@@ -519,7 +519,8 @@ def test_fit_leaves_the_test_split_on_disk_until_it_is_used(cifar_dir: Path, mon
 
     reads = []
     original = data.read_split
-    monkeypatch.setattr(data, "read_split", lambda layout, train, **kw: reads.append(train) or original(layout, train, **kw))
+    monkeypatch.setattr(data, "read_split",
+                        lambda layout, train, **kw: reads.append(train) or original(layout, train, **kw))
     dm = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
     assert dm.test_images is None and dm.test_labels is None and reads == []  # not set up: nothing to read
     dm.setup("fit")

@@ -6,7 +6,8 @@ its dense layers as batched matrix multiplies, which sum the same products in an
 by a few fp32 ulps (relative ~1e-7 to 1e-6); a few training steps amplify that, and the raw-pixel member (logits of
 order 100) most. Adam's first updates are about ``lr * sign(gradient)``, so a gradient at rounding level (e.g.
 from an augmented image's zero padding) can flip a whole ``lr`` step: measured, up to 2e-4 relative on the second
-step's objective of an augmented member, 1e-7 for the others, 0 to 1e-7 on the first step. Everything random (initialization, data order, augmentation, dropout masks) is drawn identically,
+step's objective of an augmented member, 1e-7 for the others, 0 to 1e-7 on the first step. Everything random
+(initialization, data order, augmentation, dropout masks) is drawn identically,
 so a wrong mask or order shows as a difference of order 1, far above the tolerance.
 """
 

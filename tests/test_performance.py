@@ -89,8 +89,10 @@ def kernel_environment(cpuinfo: Optional[str] = None) -> dict[str, Any]:
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     return {"torch": torch.__version__.split("+")[0], "threads": torch.get_num_threads(),
-            "vendor": fields.get("vendor_id", platform.machine()), "capability": torch.backends.cpu.get_cpu_capability(),
-            "isa": sorted(flags & set(KERNEL_FLAGS))}
+            "vendor": fields.get("vendor_id", platform.machine()),
+            "capability": torch.backends.cpu.get_cpu_capability(), "isa": sorted(flags & set(KERNEL_FLAGS))}
+
+
 REFERENCE = {
     "pixel": {
         "val/loss": 0.4528583586215973, "val/acc": 0.9599999785423279, "train/loss": 1.6000640392303467,
