@@ -203,9 +203,10 @@ class RegularizedClassifier(pl.LightningModule):
         compile: ``torch.compile`` the backbone in `configure_model` (same math, other kernels); checkpoints
             keep the uncompiled parameter names.
         predict_logits: `predict_step` returns logits instead of probabilities.
-        backbone_class_path, backbone_init_args: build the backbone as ``build_backbone(class_path, init_args,
-            spec, num_classes)`` when `backbone` is None. Saved in the hyperparameters, so
-            ``load_from_checkpoint(path)`` rebuilds the same network without being handed it.
+        backbone_class_path: with `backbone` None, build the backbone as ``build_backbone(class_path,
+            init_args, spec, num_classes)``. Saved in the hyperparameters, so ``load_from_checkpoint(path)``
+            rebuilds the same network without being handed it.
+        backbone_init_args: the keyword arguments of that class (with `backbone_class_path`).
     """
 
     def __init__(self, spec: Union[RegularizationSpec, str, Mapping[str, Any]] = "baseline", lr: float = 1e-3,
