@@ -60,6 +60,9 @@ def check_pack(pack: Union[int, str, None], engine: str, parallel: int, strategy
                              "engine, one pack at a time; drop --pack, or that flag")
 
 
+MAXNORM_RESCALED = "train/maxnorm_rescaled"
+
+
 def check_packable(trials: Sequence[Trial]) -> None:
     """Refuse trials a pack cannot train (ValueError): packs stack the notebook's CNN on CIFAR-10 with the built-in
     Adam; a suite that names another model, data or optimizer runs unpacked."""
@@ -178,16 +181,15 @@ def _pack_callbacks(trials: Sequence[Trial], options: RunOptions, histogram_tags
             values = module.epoch_values("val")
             self._val = [{**v, **(d if trials[k].spec.batchnorm else {})}
                          for k, (v, d) in enumerate(zip(values, self.drift.values))]
-            if trainer.state.fn == "fit":
-                for k in self._live():
-                    self.loggers[k].log_metrics({**self._val[k], "epoch": trainer.current_epoch})
 
         def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
             epoch, values = trainer.current_epoch, module.epoch_values("train")
+            values = [v if trials[k].spec.max_norm else {m: x for m, x in v.items() if m != MAXNORM_RESCALED}
+                      for k, v in enumerate(values)]  # as a single trial logs it: with max-norm only
             weight = module.network.hidden_weight
             for k in self._live():
                 self.histories[k].append({"epoch": epoch, **values[k], **self._val[k]})
-                self.loggers[k].log_metrics({**values[k], "epoch": epoch})
+                self.loggers[k].log_epoch(self.histories[k][-1], epoch + 1)  # as a single trial's EpochHistory
                 log_weight_histogram(self.loggers[k].experiment, f"weights/{histogram_tags[k]}", weight[k],
                                      epoch + 1)
                 loss = values[k].get("train/loss", 0.0)
@@ -200,9 +202,7 @@ def _pack_callbacks(trials: Sequence[Trial], options: RunOptions, histogram_tags
                 raise NonFiniteLossError(f"every member of the pack diverged: {self.failed[0]}")
 
         def on_test_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
-            self.tested = module.epoch_values("test")
-            for k in self._live():
-                self.loggers[k].log_metrics({**self.tested[k], "epoch": trainer.current_epoch})
+            self.tested = module.epoch_values("test")  # written with the HParams row by `log_trial`
 
     monitor = PackMonitor()
     callbacks = [monitor.drift, monitor, monitor.throughput, SuiteSamples(Path(options.logdir) / trials[0].suite),
@@ -281,16 +281,17 @@ def train_and_test_pack(trials: Sequence[Trial], options: RunOptions) -> list[di
             continue
         metrics = {**monitor.histories[k][-1], **monitor.tested[k]}
         metrics.pop("epoch", None)
-        logger.log_trial()
+        logger.log_trial(metrics, monitor.histories[k])
         outcomes.append({"result": {"metrics": metrics, "history": monitor.histories[k], "wall_time_s": wall,
                                     "train_images_per_s": rate, "train_images": sizes["train"],
-                                    "val_images": sizes["val"], "test_images": sizes["test"], "world_size": 1}})
+                                    "val_images": sizes["val"], "test_images": sizes["test"], "world_size": 1,
+                                    "precision_ran": str(trainer.precision)}})
     return outcomes
 
 
 def _record_pack(trials: Sequence[Trial], options: RunOptions) -> list[dict[str, Any]]:
     """Train the pack (its members' locks held) and write each member's result.json or error.json."""
-    from ablations.store import write_json_atomic
+    from ablations.store import write_json_atomic, write_result
     from ablations.trial import environment, release_memory
 
     for trial in trials:
@@ -311,7 +312,7 @@ def _record_pack(trials: Sequence[Trial], options: RunOptions) -> list[dict[str,
     for trial, record, outcome in zip(trials, records, outcomes):
         paths = trial.paths(options.logdir)
         if "result" in outcome:
-            write_json_atomic(paths.result, {**record, **outcome["result"]})
+            write_result(paths.result, {**record, **outcome["result"]})
             statuses.append({"trial": trial.name, "status": "done", "error": None})
         else:
             write_json_atomic(paths.error, {**record, "error": outcome["error"],

@@ -324,6 +324,8 @@ def ddp_ranks(options: RunOptions) -> Ranks:
     process's `Ranks`: rank 0 decides every trial, the others follow."""
     from lightning.fabric import Fabric
 
+    from ablations.trial import Ranks
+
     fabric = Fabric(accelerator=options.accelerator, devices=options.devices, num_nodes=options.num_nodes,
                     strategy=options.strategy)
     fabric.launch()

@@ -175,5 +175,19 @@ def test_partly_finished_pack_trains_only_the_others(tmp_path, cifar_dir):
         assert set(result["history"][0]) >= {"epoch", "train/loss", "train/acc", "val/loss", "val/acc"}
         folder = t.paths(tmp_path).folder
         assert (folder / "hparams.yaml").exists() and list(folder.glob("events.out.tfevents.*"))
+        maxnorm = {"train/maxnorm_rescaled": [1]} if t.spec.max_norm else {}  # logged with max-norm only
+        assert _scalar_steps(folder) == {**_scalar_steps(trials[1].paths(tmp_path).folder), **maxnorm}  # as single
     assert "train/maxnorm_rescaled" in json.loads(trials[3].paths(tmp_path).result.read_text())["metrics"]
     assert len(list(tmp_path.glob(f"packs/*/*/{RESULT_FILE}"))) == 4
+
+
+def _scalar_steps(folder) -> dict[str, list[int]]:
+    """Each scalar tag of a trial's TensorBoard run with its steps (epochs trained)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    return {tag: [e.step for e in (events.Scalars(tag) if tag in tags["scalars"] else events.Tensors(tag))]
+            for tag in [*tags["scalars"], *tags["tensors"]]
+            if "/" in tag and not tag.startswith(("_hparams_", "trial/"))}
