@@ -79,12 +79,19 @@ def interrupts() -> Iterator[None]:
     """While the block runs (in the main thread), SIGTERM and SIGINT raise `Interrupted`; a second signal ends the
     process at once. Lightning keeps calling this handler from its own SIGTERM handler during ``fit``."""
     _received.clear()
-    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGTERM, signal.SIGINT)}
+    with _handling(_raise_interrupted):
+        yield
+
+
+@contextmanager
+def _handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for SIGTERM and SIGINT while the block runs; the previous handlers afterwards."""
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _note_signal(signum: int, frame: Any) -> None:
@@ -101,12 +108,8 @@ def deferred_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _note_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _handling(_note_signal):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def die_with_parent(parent: int) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ablations.store import RESULT_FILE
 from tests.processes import DEADLINE_S, alive, children, wait_until
 
-__all__ = ["DEADLINE_S", "REPO", "TINY", "alive", "children", "numbers", "results", "wait_until"]
+__all__ = ["DEADLINE_S", "REPO", "TINY", "alive", "children", "numbers", "results", "sweep", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]  # a sweep on tests.synthetic's images
@@ -23,3 +24,15 @@ def results(logdir: Path) -> dict[str, dict]:
 def numbers(result: dict) -> tuple:
     """The parts of a result that training determines (not timings or the environment)."""
     return result["metrics"], result["history"], result["settings_hash"]
+
+
+def sweep(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run `python -m ablations.run ARGS` in-process; returns (exit status, stdout, stderr)."""
+    from ablations.run import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err

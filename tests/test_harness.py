@@ -20,18 +20,8 @@ from ablations.trial import run_trial
 import lit_cifar
 from lit_cifar.runtime import cpu_model
 from lit_cifar import RegularizationSpec
-from tests.helpers import TINY
+from tests.helpers import TINY, sweep
 from tests.helpers import results as result_files
-
-
-def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run `python -m ablations.run ARGS` in-process; returns (exit status, stdout, stderr)."""
-    try:
-        status = main(list(args))
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def moved(args: list[str], **flags: str) -> list[str]:

@@ -13,23 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablations.run import main
 from ablations.suite import expand_trials, load_suite
-from tests.processes import wait_until
+from tests.helpers import REPO, sweep, wait_until
 from tests.synthetic import write_synthetic_cifar100
 
-REPO = Path(__file__).resolve().parents[1]
 NET = "tests.thirdparty.nets.TinyResNet"
 TINY = {"epochs": 1, "batch_size": 32, "val_size": 64, "limit_train": 64, "seeds": [0]}
-
-
-def sweep(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        status = main(list(args))
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def suite_file(tmp_path: Path, name: str = "mine", **content) -> Path:
