@@ -149,6 +149,23 @@ def level_text(name: str, value: Any) -> str:
     return f"{name}={_text(value)}"
 
 
+FLOAT_SETTINGS = ("lr", "lr_decay")
+
+
+def coerce_setting(name: str, value: Any, strict: bool = False) -> Any:
+    """A `TrainSettings` value as a flag or a suite file gives it, converted where the two differ: the text of a
+    number for a float setting becomes that number (YAML reads ``1e-3`` as a string, the flag ``--lr 1e-3`` as
+    text). Other values are returned as they are, for `setting_problem` to judge; with `strict`, text that is not
+    a number raises ValueError instead."""
+    if name in FLOAT_SETTINGS and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            if strict:
+                raise
+    return value
+
+
 def parse_level(name: str, value: Any) -> Any:
     """One level of the setting factor `name` as the `TrainSettings` field holds it. YAML reads ``1e-4`` as text,
     so numeric settings accept numbers written as text; ``optimizer`` takes a class path, ``{class_path,
@@ -157,12 +174,8 @@ def parse_level(name: str, value: Any) -> Any:
         return None if value in (None, DEFAULT_OPTIMIZER) else ClassRef.parse(value, "optimizer")
     if name == "limit_train" and value in (None, "all"):
         return None
-    if name in ("lr", "lr_decay") and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if name in ("lr", "lr_decay") and isinstance(value, int) and not isinstance(value, bool):
+    value = coerce_setting(name, value)
+    if name in FLOAT_SETTINGS and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import yaml
 
 from ablations import identity
-from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef
+from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef, coerce_setting
 from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec
 
@@ -89,23 +89,6 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
     "precision": _one_of(PRECISIONS),
     "optimizer": identity.optimizer_problem,
 }
-
-
-FLOAT_SETTINGS = ("lr", "lr_decay")
-
-
-def coerce_setting(name: str, value: Any, strict: bool = False) -> Any:
-    """A `TrainSettings` value as a flag or a suite file gives it, converted where the two differ: the text of a
-    number for a float setting becomes that number (YAML reads ``1e-3`` as a string, the flag ``--lr 1e-3`` as
-    text). Other values are returned as they are, for `setting_problem` to judge; with `strict`, text that is not
-    a number raises ValueError instead."""
-    if name in FLOAT_SETTINGS and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            if strict:
-                raise
-    return value
 
 
 def setting_problem(name: str, value: Any) -> Optional[str]:
