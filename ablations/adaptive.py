@@ -4,18 +4,27 @@ Round 1 trains every spec with seeds ``0 .. min_seeds-1``. After each round, eve
 reference spec gets Welch's 95% confidence interval (as `ablations.stats.welch` computes it); a spec whose interval
 is wider than the target width ``W`` (high - low) gets its next seed, until it is within ``W`` or has ``max_seeds``.
 The rule stops on the interval's width, never on a p-value. Because the decision looks at the seeds' spread, a
-spread that is small by chance could stop a comparison too early and make its interval too short; the decision
-therefore uses the width the interval would have if each variance were at its upper ``GUARD`` confidence bound
-(chi-squared), which keeps the reported intervals' coverage at the nominal level (tests/test_adaptive.py
-simulates it). The reported intervals are the plain Welch intervals of every finished seed.
+spread that is small by chance would stop a comparison too early and make its reported interval too short, so
+the decision is guarded twice:
+
+- it uses the width the interval would have if each variance were at its upper ``GUARD`` confidence bound
+  (chi-squared);
+- it reads every spec's seeds but its newest one. The last seed of every spec is thus one that no stopping
+  decision saw, and the reported spread is not only the spread that made the rule stop.
+
+The reported intervals are the plain Welch intervals of every finished seed. `simulate` measures the rule's
+coverage and Holm-corrected false-positive rate for given noise levels (tests/test_adaptive.py runs it, and
+``python -m ablations.adaptive simulate`` prints it).
 
 The reference gets a seed in a round when some open comparison's uncertainty comes mostly from it (its variance
 of the mean is at least the spec's) or when that spec has reached the cap. Seeds are added in order (0, 1, 2, ...),
 so the rounds are a function of the finished results: a rerun recomputes them from disk and continues.
 
     python -m ablations.adaptive replay logs/replication/notebook --target-ci 0.03
+    python -m ablations.adaptive simulate --target-ci 0.02
 
-replays the rule on finished results (which trials it would have run, and how many seeds each spec needs).
+replay the rule on finished results (which trials it would have run, and how many seeds each spec needs) and
+simulate it on known truths.
 Torch-free.
 """
 
@@ -33,7 +42,7 @@ import numpy as np
 
 LEVEL = 0.95  # as ablations.stats.LEVEL; scipy and statsmodels are imported where used, so the CLI parses fast
 
-GUARD = 0.99  # the variance bound the stopping decision uses: its one-sided confidence level
+GUARD = 0.999  # the variance bound the stopping decision uses: its one-sided confidence level
 WIDTH = "width reached"
 CAP = "cap"
 OPEN = "open"
@@ -73,31 +82,48 @@ def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL
 
 
 def _guarded(n: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """The variance's upper `GUARD` confidence bound: ``(n-1) s² / chi2_{1-GUARD}(n-1)``."""
+    """The variance's upper `GUARD` confidence bound: ``(n-1) s² / chi2_{1-GUARD}(n-1)`` (nan for ``n < 2``)."""
     from scipy import stats as scipy_stats
 
-    return (n - 1) * var / scipy_stats.chi2.ppf(1 - GUARD, n - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n >= 2, (n - 1) * var / scipy_stats.chi2.ppf(1 - GUARD, np.maximum(n - 1, 1)), np.nan)
 
 
-def decide(n: np.ndarray, var: np.ndarray, reference: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
+def seen_variance(draws: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """What a decision reads: the variance (ddof=1) of seeds ``0 .. n-2`` of each spec, every seed but its newest
+    (nan with fewer than two). `draws` holds seed k of each spec at ``[..., k, spec]``, `n` the seed counts as
+    ``[..., spec]``; numpy-broadcast over leading axes."""
+    seen = np.asarray(n) - 1
+    mask = np.arange(draws.shape[-2])[:, None] < seen[..., None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (draws * mask).sum(-2) / seen
+        var = (((draws - mean[..., None, :]) * mask) ** 2).sum(-2) / (seen - 1)
+    return np.where(seen >= 2, var, np.nan)
+
+
+def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
     """One round's decision: ``(seeds to add, decision width)`` per spec.
 
-    `n` and `var` hold each spec's seed count and test-accuracy variance along their last axis (leading axes are
-    independent studies); `reference` is the reference spec's index. A spec is open while its guarded width is
-    over `target.width` and it has fewer than `target.max_seeds`; an open spec gets one seed, and the reference
-    gets one when some open comparison's uncertainty is mostly the reference's or that spec is at the cap.
+    `n` holds each spec's seed count along the last axis (leading axes are independent studies), `seen_var` the
+    test-accuracy variance of its seeds but the newest (`seen_variance`); `reference` is the reference spec's
+    index. A spec is open while the guarded width of its difference from the reference, from the seeds the
+    decision sees, is over `target.width` (or cannot be computed yet) and it has fewer than `target.max_seeds`;
+    an open spec gets one seed, and the reference gets one when some open comparison's uncertainty is mostly the
+    reference's or that spec is at the cap.
     """
-    n, var = np.asarray(n, float), np.asarray(var, float)
-    gv = _guarded(n, var)
-    ref_n, ref_v = n[..., reference:reference + 1], gv[..., reference:reference + 1]
-    width = welch_width(n, gv, ref_n, ref_v)
+    n = np.asarray(n, float)
+    seen = n - 1
+    gv = _guarded(seen, np.asarray(seen_var, float))
+    ref_n, ref_v = seen[..., reference:reference + 1], gv[..., reference:reference + 1]
+    width = welch_width(seen, gv, ref_n, ref_v)
     width[..., reference] = 0.0
-    wide = width > target.width
+    wide = ~(width <= target.width)  # nan (too few seeds seen) counts as wide
     room = n < target.max_seeds
     add = (wide & room).astype(int)
     add[..., reference] = 0
-    ref_heavy = ref_v / ref_n >= gv / n
-    ref_wanted = np.any(wide & (ref_heavy | ~room), axis=-1) & room[..., reference]
+    with np.errstate(invalid="ignore"):
+        ref_heavy = ~(ref_v / ref_n < gv / seen)
+    ref_wanted = np.any(wide & ref_heavy, axis=-1) & room[..., reference]
     add[..., reference] = ref_wanted.astype(int)
     return add, width
 
@@ -152,8 +178,7 @@ def plan_rounds(specs: Sequence[str], reference: str, finished: Mapping[str, Map
         values = [[finished.get(s, {}).get(k) for k in range(n)] for s, n in zip(specs, wanted)]
         if any(v is None for row in values for v in row):
             return _rounds(specs, reference, wanted, values, target, rounds, done=False)
-        var = np.array([np.var(np.array(row, dtype=float), ddof=1) for row in values])
-        add, _ = decide(wanted, var, index, target)
+        add, _ = decide(wanted, _seen_var(values), index, target)
         if not add.any():
             return _rounds(specs, reference, wanted, values, target, rounds, done=True)
         wanted = wanted + add
@@ -166,7 +191,6 @@ def _rounds(specs: Sequence[str], reference: str, wanted: np.ndarray, values: li
     known = {s: [v for v in row if v is not None] for s, row in zip(specs, values)}
     n = np.array([len(known[s]) for s in specs], float)
     var = np.array([np.var(known[s], ddof=1) if len(known[s]) > 1 else np.nan for s in specs])
-    add, _ = decide(n, var, index, target) if done else (np.zeros(len(specs), int), None)
     width = welch_width(n, var, n[index], var[index])
     states = []
     for i, spec in enumerate(specs):
@@ -176,15 +200,23 @@ def _rounds(specs: Sequence[str], reference: str, wanted: np.ndarray, values: li
         elif not done:
             status = OPEN
         else:
-            status = CAP if n[i] >= target.max_seeds and _wide(n, var, i, index, target) else WIDTH
+            status = CAP if n[i] >= target.max_seeds and _wide(n, list(known.values()), i, index, target) \
+                else WIDTH
         states.append(SpecState(spec, int(n[i]), float("nan") if i == index else float(width[i]), status,
                                 missing))
     return Rounds(target, reference, {s: int(k) for s, k in zip(specs, wanted)}, states, rounds, done)
 
 
-def _wide(n: np.ndarray, var: np.ndarray, i: int, ref: int, target: Target) -> bool:
-    gv = _guarded(n, var)
-    return bool(welch_width(n[i], gv[i], n[ref], gv[ref]) > target.width)
+def _seen_var(values: Sequence[Sequence[Optional[float]]]) -> np.ndarray:
+    """Per spec, the variance of its values but the newest (nan with fewer than two)."""
+    return np.array([np.var(np.array(row[:-1], dtype=float), ddof=1) if len(row) > 2 else np.nan for row in values])
+
+
+def _wide(n: np.ndarray, values: Sequence[Sequence[float]], i: int, ref: int, target: Target) -> bool:
+    """Whether spec `i`'s comparison is still wider than the target, as the decision sees it."""
+    seen = n - 1
+    gv = _guarded(seen, _seen_var(values))
+    return not bool(welch_width(seen[i], gv[i], seen[ref], gv[ref]) <= target.width)
 
 
 # ------------------------------------------------------------------------------------------- from disk
@@ -273,6 +305,94 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------------- simulate
+# Noise like the notebook study's (seed std 0.002 to 0.1) and known true accuracies; the reference is index 0 and
+# three specs (1, 5, 7) equal it, so their comparisons are the nulls.
+SIMULATED_STDS = (0.002, 0.002, 0.006, 0.01, 0.02, 0.05, 0.1, 0.006, 0.012)
+SIMULATED_TRUTHS = (0.64, 0.64, 0.645, 0.59, 0.44, 0.64, 0.40, 0.64, 0.655)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Simulated studies of the rule: per study (rows) and spec, what the rule ran and reported."""
+
+    truths: np.ndarray  # (specs,) true accuracy; the reference is spec 0
+    seeds: np.ndarray  # (studies, specs) seeds each spec got
+    low: np.ndarray  # (studies, specs - 1) Welch 95% CI of each spec's difference from the reference
+    high: np.ndarray
+    p: np.ndarray  # (studies, specs - 1) Welch p-values of those differences
+
+    @property
+    def differences(self) -> np.ndarray:
+        return self.truths[1:] - self.truths[0]
+
+    def covered(self) -> np.ndarray:
+        """(studies, specs - 1): whether each interval contains the true difference."""
+        return (self.low <= self.differences) & (self.differences <= self.high)
+
+    def holm_fwer(self, alpha: float = 0.05) -> float:
+        """Share of studies where Holm's correction rejects at least one true null (nan without nulls)."""
+        nulls = np.flatnonzero(self.differences == 0)
+        return float(holm_rejects(self.p, alpha)[:, nulls].any(1).mean()) if nulls.size else float("nan")
+
+
+def holm_rejects(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Holm's step-down rejections per row of p-values (statsmodels' rule, vectorized over studies)."""
+    order = np.argsort(p, axis=1)
+    ranked = np.take_along_axis(p, order, 1)
+    passes = np.cumprod(ranked <= alpha / (p.shape[1] - np.arange(p.shape[1])), axis=1).astype(bool)
+    reject = np.zeros_like(passes)
+    np.put_along_axis(reject, order, passes, 1)
+    return reject
+
+
+def simulate(stds: Sequence[float], truths: Sequence[float], target: Target, studies: int = 1000,
+             seed: int = 0) -> Simulation:
+    """Run the rule on `studies` simulated studies whose seed k of spec i scores ``N(truths[i], stds[i]²)``, the
+    reference being spec 0, and compute the report's Welch intervals and p-values on the seeds it ran."""
+    from scipy import stats as scipy_stats
+
+    truth, std = np.asarray(truths, float), np.asarray(stds, float)
+    if truth.shape != std.shape or truth.ndim != 1 or truth.size < 2:
+        raise ValueError(f"stds and truths must be two lists of the same length >= 2, not {std.size} and "
+                         f"{truth.size}")
+    if studies < 1:
+        raise ValueError(f"studies={studies!r} must be >= 1")
+    rng = np.random.default_rng(seed)
+    draws = rng.normal(truth, std, size=(studies, target.max_seeds, truth.size))  # seed k of each spec
+    n = np.full((studies, truth.size), target.min_seeds)
+    while True:
+        add, _ = decide(n, seen_variance(draws, n), 0, target)
+        if not add.any():
+            break
+        n = n + add
+    mask = np.arange(target.max_seeds)[:, None] < n[:, None, :]
+    mean = (draws * mask).sum(1) / n
+    var = (((draws - mean[:, None, :]) * mask) ** 2).sum(1) / (n - 1)
+    va, vb = var / n, (var / n)[:, :1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (va + vb) ** 2 / (va ** 2 / (n - 1) + vb ** 2 / (n[:, :1] - 1))
+        half = scipy_stats.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(va + vb)
+        diff = mean - mean[:, :1]
+        p = 2 * scipy_stats.t.sf(np.abs(diff) / np.sqrt(va + vb), df)
+    return Simulation(truth, n, (diff - half)[:, 1:], (diff + half)[:, 1:], p[:, 1:])
+
+
+def simulation_table(sim: Simulation, target: Target) -> str:
+    """Coverage, seeds and Holm's false-positive rate of a simulation (markdown)."""
+    covered = sim.covered()
+    lines = [f"{sim.seeds.shape[0]} simulated studies, target width {target.width:g} (seeds {target.min_seeds} to "
+             f"{target.max_seeds}); reference: spec 0, true accuracy {sim.truths[0]:g}, mean seeds "
+             f"{sim.seeds[:, 0].mean():.1f}.", "",
+             "| spec | true difference | mean seeds | CI covers the truth |", "|---:|---:|---:|---:|"]
+    for i, d in enumerate(sim.differences):
+        lines.append(f"| {i + 1} | {d:+.4f} | {sim.seeds[:, i + 1].mean():.1f} | {covered[:, i].mean():.3f} |")
+    lines += ["", f"All intervals: {covered.mean():.3f} contain the truth. Holm-corrected family-wise false-positive "
+              f"rate: {sim.holm_fwer():.3f}. Trials: {sim.seeds.sum(1).mean():.1f} per study, against "
+              f"{target.max_seeds * sim.truths.size} for every spec at {target.max_seeds} seeds."]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------- ablations.run
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--target-ci`` flags of ``python -m ablations.run``."""
@@ -335,19 +455,38 @@ def run_cli(args: argparse.Namespace, target: Target, plan_of: Callable[[list[in
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.adaptive", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("replay", help="what --target-ci would have run on finished results")
     rep.add_argument("suite_dir", type=Path)
-    rep.add_argument("--target-ci", type=float, default=0.03, metavar="W")
     rep.add_argument("--reference", default="pixel")
-    rep.add_argument("--min-seeds", type=int, default=3)
-    rep.add_argument("--max-seeds", type=int, default=10)
+    sim = sub.add_parser("simulate", help="the rule's coverage and false-positive rate on simulated studies")
+    sim.add_argument("--stds", type=_floats, default=list(SIMULATED_STDS),
+                     help="seed std of each spec, the reference first (default: noise like the notebook study's)")
+    sim.add_argument("--truths", type=_floats, default=list(SIMULATED_TRUTHS),
+                     help="true test accuracy of each spec, the reference first")
+    sim.add_argument("--studies", type=int, default=1000)
+    sim.add_argument("--seed", type=int, default=0)
+    for command in (rep, sim):
+        command.add_argument("--target-ci", type=float, default=0.03, metavar="W")
+        command.add_argument("--min-seeds", type=int, default=3)
+        command.add_argument("--max-seeds", type=int, default=10)
     args = parser.parse_args(argv)
-    if not args.suite_dir.is_dir():
-        parser.error(f"{args.suite_dir} is not a folder")
     try:
+        if args.command == "simulate":
+            target = Target(args.target_ci, args.min_seeds, args.max_seeds)
+            print(simulation_table(simulate(args.stds, args.truths, target, args.studies, args.seed), target), end="")
+            return 0
+        if not args.suite_dir.is_dir():
+            parser.error(f"{args.suite_dir} is not a folder")
         print(replay(args.suite_dir, args.target_ci, args.reference, args.min_seeds, args.max_seeds), end="")
     except ValueError as error:
         parser.error(str(error))
