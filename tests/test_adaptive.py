@@ -9,7 +9,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
 from ablations.adaptive import CAP, WIDTH, Target, decide, plan_rounds, welch_width
-from ablations.stats import welch
+from ablations.report.stats import welch
 
 STUDIES = 1000
 
@@ -134,6 +134,7 @@ def test_dry_run_lists_the_next_round_of_the_committed_replication(capsys):
 
 
 def test_level_is_the_stats_level():
-    from ablations import adaptive, stats
+    from ablations import adaptive
+    from ablations.report import stats
 
     assert adaptive.LEVEL == stats.LEVEL
