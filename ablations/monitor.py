@@ -132,8 +132,9 @@ class Throughput(pl.Callback):
 def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int, bins: int = 64) -> None:
     """A TensorBoard histogram of `weight` computed with torch ops on its device.
 
-    ``SummaryWriter.add_histogram`` converts a weight to float64 numpy first: for the 22M-entry hidden layer that
-    alone is 177 MB, several times over; this keeps a trial's peak memory down.
+    ``SummaryWriter.add_histogram`` converts a weight to float64 numpy first, eight bytes per entry and several
+    copies of it, which for the notebook CNN's hidden layer dominates a trial's peak memory; torch ops do not copy
+    it (docs/performance.md).
     """
     values = weight.detach().float().flatten()
     low, high = float(values.min()), float(values.max())

@@ -1,11 +1,11 @@
-"""Rewrite a suite's TensorBoard events from its result.json files, with today's layout:
+"""Rewrite a suite's TensorBoard events from its result.json files, in the current layout:
 
     python -m ablations.board rebuild LOGDIR/SUITE [LOGDIR/SUITE ...] [--data-dir DIR]
 
 For every finished trial (``<suite>/<cell>/seed=<s>/result.json``):
 
 - one event file (``*.trial``) with what `ablations.report.board.trial_events` makes of result.json, the same as a trial
-  of today's code writes while it trains: per-epoch scalars at steps 1..E, the test scalars at E, the HParams row
+  of the current code writes while it trains: per-epoch scalars at steps 1..E, the test scalars at E, the HParams row
   (typed values, short name) and the settings text;
 - the weight histograms, which result.json does not hold, carried over from the old event files into one file
   (``*.histograms``); the old code logged them at steps 0..E-1, which become 1..E like the scalars;
