@@ -1,7 +1,7 @@
 """Seeds by target precision: run a suite in rounds and add seeds only where a comparison is still too uncertain.
 
 Round 1 trains every spec with seeds ``0 .. min_seeds-1``. After each round, every spec's difference from the
-reference spec gets Welch's 95% confidence interval (as `ablations.stats.welch` computes it); a spec whose interval
+reference spec gets Welch's 95% confidence interval (as `ablations.report.stats.welch` computes it); a spec whose interval
 is wider than the target width ``W`` (high - low) gets its next seed, until it is within ``W`` or has ``max_seeds``.
 The rule stops on the interval's width, never on a p-value. Because the decision looks at the seeds' spread, a
 spread that is small by chance would stop a comparison too early and make its reported interval too short, so
@@ -17,8 +17,8 @@ coverage and Holm-corrected false-positive rate for given noise levels (tests/te
 ``python -m ablations.adaptive simulate`` prints it).
 
 The reference gets a seed in a round when some open comparison's uncertainty comes mostly from it (its variance
-of the mean is at least the spec's) or when that spec has reached the cap. Seeds are added in order (0, 1, 2, ...),
-so the rounds are a function of the finished results: a rerun recomputes them from disk and continues.
+of the mean is at least the spec's); a spec at the cap whose uncertainty is mostly its own gains nothing from
+reference seeds. Seeds are added in order (0, 1, 2, ...), so the rounds are a function of the finished results: a rerun recomputes them from disk and continues.
 
     python -m ablations.adaptive replay logs/replication/notebook --target-ci 0.03
     python -m ablations.adaptive simulate --target-ci 0.02
@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-LEVEL = 0.95  # as ablations.stats.LEVEL; scipy and statsmodels are imported where used, so the CLI parses fast
+LEVEL = 0.95  # as ablations.report.stats.LEVEL; scipy and statsmodels are imported where used, so the CLI parses fast
 
 GUARD = 0.999  # the variance bound the stopping decision uses: its one-sided confidence level
 WIDTH = "width reached"
@@ -69,7 +69,7 @@ class Target:
 def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL) -> np.ndarray:
     """Width of Welch's `level` interval for mean(a) - mean(b) from sample sizes and variances (ddof=1);
     numpy-broadcast, so one call serves a suite or a thousand simulated studies. Equals the width of
-    `ablations.stats.welch`'s interval."""
+    `ablations.report.stats.welch`'s interval."""
     from scipy import stats as scipy_stats
 
     n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
@@ -109,7 +109,7 @@ def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) 
     index. A spec is open while the guarded width of its difference from the reference, from the seeds the
     decision sees, is over `target.width` (or cannot be computed yet) and it has fewer than `target.max_seeds`;
     an open spec gets one seed, and the reference gets one when some open comparison's uncertainty is mostly the
-    reference's or that spec is at the cap.
+    reference's.
     """
     n = np.asarray(n, float)
     seen = n - 1
@@ -267,7 +267,7 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
            max_seeds: int = 10) -> str:
     """What the rule would have run on the finished results of `suite_dir` (markdown)."""
     from ablations.report import load_results
-    from ablations.stats import compare_with_reference
+    from ablations.report.stats import compare_with_reference
 
     results, _ = load_results(Path(suite_dir))
     finished = finished_values(results)

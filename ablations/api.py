@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
@@ -86,28 +85,6 @@ def load_results(path: Union[str, Path]) -> Any:
     return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
 
 
-def _flags(overrides: Mapping[str, Any]) -> list[str]:
-    argv: list[str] = []
-    for name, value in overrides.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif name == "logger":
-            for logger in ([value] if isinstance(value, str) else value):
-                argv += [flag, logger]
-        elif name == "only":
-            argv += [flag, *([value] if isinstance(value, str) else value)]
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, ",".join(map(str, value))]
-        elif isinstance(value, Mapping):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
 def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
     """Run a suite (a shipped name, a suite file, or the suite file's content as a mapping) with the local engine,
     resuming as ``python -m ablations.run`` does (finished trials are skipped), and return `load_results` of its
@@ -137,7 +114,7 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
             raise SweepError(message)
 
         parser.error = refuse  # type: ignore[method-assign]
-        args = parser.parse_args(["--suite", str(suite), *_flags(overrides)])
+        args = parser.parse_args(["--suite", str(suite), *run.argv_of(overrides)])
         plan = run._prepare(parser, args)
         with run.interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
             statuses = run.run_plan(plan, args, None) if plan.trials else []

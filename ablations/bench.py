@@ -47,8 +47,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from ablations.run import build_parser as sweep_parser
-from ablations.run import make_plan, quiet_lightning
+from ablations.plan import Request, count_trials
+from ablations.run import argv_of, quiet_lightning
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar.data import CLASSES, IMAGE_SHAPE, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
 from lit_cifar.runtime import ENV as MALLOC_ENV
@@ -245,8 +245,10 @@ print(status("VmHWM"), imports)
     return {"peak": peak, "imports": imports}
 
 
-def sweep_rate(data_dir: Path, parallel: int, args: list[str]) -> float:
-    """Trials/hour of ``python -m ablations.run`` over a short suite with ``--parallel``."""
+def sweep_rate(data_dir: Path, parallel: int, sweep: dict[str, Any]) -> float:
+    """Trials/hour of ``python -m ablations.run`` over a short suite with ``--parallel``; `sweep` holds the other
+    flags as values (`ablations.plan.Request`'s fields)."""
+    args = argv_of(sweep)
     with tempfile.TemporaryDirectory() as logdir:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir",
@@ -254,7 +256,7 @@ def sweep_rate(data_dir: Path, parallel: int, args: list[str]) -> float:
         seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"sweep failed:\n{done.stderr[-2000:]}")
-    trials = len(make_plan(sweep_parser().parse_args(args)).trials)
+    trials = count_trials(Request(**sweep))
     return trials * 3600 / seconds
 
 
@@ -416,11 +418,10 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
     report["peak_rss_gb"], report["imports_rss_gb"] = memory["peak"], memory["imports"]
     report["peak_rss_trial"] = f"{SPEC}, 1 epoch, {limit or 'all'} training images"
     print("5. sweep throughput", file=sys.stderr)
-    sweep_args = (["--only", "baseline", "--seeds", "0,1", "--epochs", "1", "--limit-train", "200", "--val-size",
-                   "100"] if quick else ["--only", "baseline", "pixel", "--seeds", "0,1", "--epochs", "1",
-                                         "--limit-train", "2000", "--val-size", "1000"])
-    report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep_args) for p in (1, 2)}
-    report["sweep"] = " ".join(sweep_args)
+    sweep = {"only": ["baseline"] if quick else ["baseline", "pixel"], "seeds": [0, 1], "epochs": 1,
+             "limit_train": 200 if quick else 2000, "val_size": 100 if quick else 1000}
+    report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep) for p in (1, 2)}
+    report["sweep"] = " ".join(argv_of(sweep))
     report.update(pack_rows(data_dir, quick))
     print("6. GPU seed suite", file=sys.stderr)
     report["gpu_seed_suite_s"] = None if quick else gpu_seed_suite_seconds(data_dir)
@@ -431,10 +432,10 @@ def pack_rows(data_dir: Path, quick: bool) -> dict[str, Any]:
     """Row 11: four trials of one architecture as one pack (``--pack 4``) against the same four one after another,
     in trials per hour of ``python -m ablations.run``."""
     print("11. pack of 4 vs 4 trials in turn", file=sys.stderr)
-    args = ["--only", "baseline", "pixel+dropout=0.25", "--seeds", "0,1", "--epochs", "1", "--val-size", "100" if quick
-            else "1000", "--limit-train", "200" if quick else "2000"]
-    return {"pack_trials_per_hour": {"pack=4": sweep_rate(data_dir, 1, [*args, "--pack", "4"]),
-                                     "in turn": sweep_rate(data_dir, 1, args)}, "pack_sweep": " ".join(args)}
+    sweep = {"only": ["baseline", "pixel+dropout=0.25"], "seeds": [0, 1], "epochs": 1, "val_size": 100 if quick
+             else 1000, "limit_train": 200 if quick else 2000}
+    return {"pack_trials_per_hour": {"pack=4": sweep_rate(data_dir, 1, {**sweep, "pack": 4}),
+                                     "in turn": sweep_rate(data_dir, 1, sweep)}, "pack_sweep": " ".join(argv_of(sweep))}
 
 
 def pack_row(r: dict[str, Any]) -> tuple[str, str, str]:

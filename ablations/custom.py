@@ -23,12 +23,15 @@ import functools
 import importlib.util
 import inspect
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ablations import identity
 from ablations.identity import BUILTIN_DATA, DEFAULT_DATA, ClassRef
 from ablations.store import TrialPaths, atomic_output
 from ablations.suite import RunOptions, Suite, TrainSettings, Trial
+
+if TYPE_CHECKING:
+    from ablations.plan import Request
 
 LOGGERS = ("csv", "mlflow", "wandb")
 LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
@@ -56,10 +59,11 @@ def add_arguments(parser: Any) -> None:
                        help="also log to this Lightning logger (repeatable); TensorBoard is always written")
 
 
-def _json_or_text(value: Optional[str]) -> Any:
+def _json_or_text(value: Any) -> Any:
+    """A flag's value: JSON text read into a mapping, anything else (a class path, a mapping, None) as given."""
     import json
 
-    if value is None or not value.lstrip().startswith("{"):
+    if not isinstance(value, str) or not value.lstrip().startswith("{"):
         return value
     try:
         return json.loads(value)
@@ -67,30 +71,32 @@ def _json_or_text(value: Optional[str]) -> Any:
         raise ValueError(f"{value!r} is not valid JSON: {error}") from None
 
 
-def apply_arguments(suite: Suite, settings: TrainSettings, args: Any) -> tuple[Suite, TrainSettings, RunOptions]:
-    """The suite and settings with ``--model/--data/--optimizer`` applied, and the options of the output flags;
-    ValueError for a flag that overrides one of the suite's setting factors, or a malformed value."""
+def apply_arguments(suite: Suite, settings: TrainSettings, request: Request) -> tuple[Suite, TrainSettings,
+                                                                                       RunOptions]:
+    """The suite and settings with the request's ``model``, ``data`` and ``optimizer`` applied, and the options of
+    its outputs (``save_model``, ``logger``); ValueError for a value that overrides one of the suite's setting
+    factors, or a malformed one."""
     from dataclasses import replace
 
     factors = {name for name, _ in suite.setting_factors}
-    flagged = [name for name in factors if getattr(args, name, None) is not None]
+    flagged = [name for name in factors if getattr(request, name, None) is not None]
     if flagged:
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(flagged))
         raise ValueError(f"{flags}: a factor of suite {suite.name!r} (its levels come from the suite file); drop "
                          "the flag or remove the factor")
-    if getattr(args, "model", None) is not None:
-        suite = replace(suite, model=identity.parse_model(_json_or_text(args.model)))
-    if getattr(args, "data", None) is not None:
-        suite = replace(suite, data=identity.parse_data(_json_or_text(args.data)))
-    if getattr(args, "optimizer", None) is not None:
-        settings = replace(settings, optimizer=identity.parse_level("optimizer", _json_or_text(args.optimizer)))
-    loggers = tuple(dict.fromkeys(getattr(args, "logger", None) or ()))
+    if request.model is not None:
+        suite = replace(suite, model=identity.parse_model(_json_or_text(request.model)))
+    if request.data is not None:
+        suite = replace(suite, data=identity.parse_data(_json_or_text(request.data)))
+    if request.optimizer is not None:
+        settings = replace(settings, optimizer=identity.parse_level("optimizer", _json_or_text(request.optimizer)))
+    loggers = tuple(dict.fromkeys(request.logger or ()))
     for name in loggers:
         package = LOGGER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:
             raise ValueError(f"--logger {name} needs the {package} package, which is not installed "
                              f"(pip install {package}); csv needs nothing")
-    return suite, settings, RunOptions(save_model=bool(getattr(args, "save_model", False)), loggers=loggers)
+    return suite, settings, RunOptions(save_model=bool(request.save_model), loggers=loggers)
 
 
 # ------------------------------------------------------------------------------------------------ building

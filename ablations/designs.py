@@ -73,7 +73,7 @@ def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:
 def model_matrix(runs: Sequence[Sequence[int]] | np.ndarray, levels: Sequence[int],
                  interactions: bool = True) -> np.ndarray:
     """Intercept, treatment dummies of every non-reference level and (with `interactions`) their pairwise
-    products across factors: the columns `ablations.stats` fits, here on level indices."""
+    products across factors: the columns `ablations.report.stats` fits, here on level indices."""
     table = np.asarray(runs)
     blocks = [[(table[:, f] == lv).astype(float) for lv in range(1, k)] for f, k in enumerate(levels)]
     columns = [np.ones(len(table))] + [c for b in blocks for c in b]
@@ -85,7 +85,8 @@ def model_matrix(runs: Sequence[Sequence[int]] | np.ndarray, levels: Sequence[in
 
 def contrasts(levels: Sequence[int], interactions: bool = True) -> dict[tuple[int, ...], np.ndarray]:
     """The report's effects as rows over `model_matrix`'s columns, averaged over the full grid (as
-    `ablations.stats` defines them): key ``(f, level)`` for a main effect, ``(f, a, g, b)`` for an interaction."""
+    `ablations.report.stats` defines them): key ``(f, level)`` for a main effect, ``(f, a, g, b)`` for an
+    interaction."""
     grid = np.array(list(itertools.product(*(range(k) for k in levels))))
     x = model_matrix(grid, levels, interactions)
 

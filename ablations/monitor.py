@@ -3,7 +3,7 @@ that do one job each, assembled by `TrialMonitor`.
 
 - `TrialLogger`: the scalars of every epoch and of the test pass, ``hparams.yaml`` with the real hyperparameters,
   and at the end the trial's HParams row and settings text and the suite's HParams record, all built by
-  `ablations.board` from the numbers result.json keeps, so that a rebuild from result.json writes the same.
+  `ablations.report.board` from the numbers result.json keeps, so that a rebuild from result.json writes the same.
 - `EpochHistory`: the metrics of every epoch, for result.json. `StopOnNonFiniteLoss`: stops a diverging trial.
 - `Throughput`: training images per second. `WeightHistograms`: the regularized layers' weights per epoch.
 - `BatchNormDrift`: how far BatchNorm's running statistics are from a real batch's, per epoch.
@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from ablations import board, plots
+from ablations.report import board, plots
 from ablations.store import folder_lock
 from ablations.suite import Trial
 
@@ -37,7 +37,7 @@ class NonFiniteLossError(RuntimeError):
 class TrialLogger(TensorBoardLogger):
     """TensorBoard logger of one trial (see the module docstring).
 
-    Its scalars are exactly those a rebuild writes from result.json (`ablations.board`): each epoch's ``train/*``
+    Its scalars are exactly those a rebuild writes from result.json (`ablations.report.board`): each epoch's ``train/*``
     and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics with the HParams row
     and settings text at the end (`log_trial`); what Lightning passes to `log_metrics` is not written twice. Its
     ``experiment`` (Lightning's writer) holds the weight histograms.
@@ -132,8 +132,9 @@ class Throughput(pl.Callback):
 def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int, bins: int = 64) -> None:
     """A TensorBoard histogram of `weight` computed with torch ops on its device.
 
-    ``SummaryWriter.add_histogram`` converts a weight to float64 numpy first: for the 22M-entry hidden layer that
-    alone is 177 MB, several times over; this keeps a trial's peak memory down.
+    ``SummaryWriter.add_histogram`` converts a weight to float64 numpy first, eight bytes per entry and several
+    copies of it, which for the notebook CNN's hidden layer dominates a trial's peak memory; torch ops do not copy
+    it (docs/performance.md).
     """
     values = weight.detach().float().flatten()
     low, high = float(values.min()), float(values.max())

@@ -10,6 +10,9 @@ starts the other processes, which run this same command, and rank 0 decides for 
 through to Lightning multi-node DDP; ``--shard K/N`` runs the K-th of N disjoint parts of the trial list, for job
 arrays; ``--engine ray`` runs the trials as Ray tasks, on this machine or on a Ray cluster.
 
+The command line is this module (the flags, read into an `ablations.plan.Request`); what the trials are and the
+checks before any trains are `ablations.plan`.
+
 Exit status: 0 when every trial is done (or there is nothing to do), 1 when any failed (listed at the end), 2 for
 bad arguments, 130 / 143 when stopped by SIGINT / SIGTERM (finished trials are kept and listed).
 """
@@ -18,27 +21,28 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ablations import adaptive, custom
+from ablations import plan as planning
 from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
                              run_local, worker_slots)
-from ablations.suite import (RunOptions, Suite, Trial, available_suites, coerce_setting, expand_trials, load_suite,
-                             setting_problem, shard)
-from ablations.trust import check_precision, refuse_other_settings, write_report_or_say_why
-from lit_cifar.spec import RegularizationSpec
+from ablations.plan import Plan, Request
+from ablations.suite import RunOptions, Trial, available_suites, coerce_setting, setting_problem
+from ablations.trust import write_report_or_say_why
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
 
-__all__ = ["bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources"]
+__all__ = ["argv_of", "bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources", "request_of"]
 
 ENGINES = ("local", "ray")
 STRATEGIES = ("ddp",)  # per-trial data parallelism; Lightning's launcher re-runs this command on every rank
@@ -177,7 +181,7 @@ def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
                           help="with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how "
                                "many GPUs the trials are spread over (default: all)")
     hardware.add_argument("--parallel", type=_int_at_least(1),
-                          help="trials at once (default: one per GPU; 1 on CPU, measured fastest on 2 cores)")
+                          help="trials at once (default: one per GPU; 1 on CPU)")
     hardware.add_argument("--strategy", choices=STRATEGIES, help="data-parallel training of each trial")
     hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
     hardware.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="nodes per trial (Lightning DDP)")
@@ -190,122 +194,39 @@ def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class Plan:
-    """What a command line asks for: the suite, the trials (after --only/--shard), how they run."""
-
-    suite: Suite
-    trials: list[Trial]
-    options: RunOptions
-    parallel: int  # trials at once on this machine (1 under DDP: a trial uses every device)
-    gpus: int  # GPUs the trials are spread over (0 on CPU)
-    unsharded: int  # trials before --shard
-    reference: Optional[str] = None  # the report's reference spec (canonical name), None for its default
+def request_of(args: argparse.Namespace) -> Request:
+    """The parsed command line as the values `ablations.plan` plans from (the flags `Request` has a field for)."""
+    return Request(**{f.name: getattr(args, f.name) for f in fields(Request)})
 
 
-def _gpu_count(accelerator: str) -> int:
-    import torch
-
-    return torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
-
-
-def _placement(args: argparse.Namespace) -> tuple[int, int, int]:
-    """(devices per trial, GPUs the trials are spread over, trials at once) for the device flags; ValueError for
-    combinations that cannot work."""
-    gpus = _gpu_count(args.accelerator)
-    if args.strategy:
-        if args.parallel not in (None, 1):
-            raise ValueError(f"--parallel {args.parallel} with --strategy {args.strategy}: a data-parallel trial uses "
-                             "all --devices, so trials run one at a time; drop --parallel or --strategy")
-        return (args.devices if isinstance(args.devices, int) else max(1, gpus)), gpus, 1
-    if args.num_nodes > 1:
-        raise ValueError(f"--num-nodes {args.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
-    if isinstance(args.devices, int):
-        if args.devices > max(gpus, 1):
-            raise ValueError(f"--devices {args.devices}: without --strategy it is how many GPUs the trials are "
-                             f"spread over, and {gpus} GPU(s) are available; for {args.devices} processes per trial "
-                             "add --strategy ddp")
-        gpus = min(gpus, args.devices)
-    return 1, gpus, args.parallel or max(1, gpus)
+def argv_of(values: Mapping[str, Any]) -> list[str]:
+    """The flags that ask for `values` (flag names with ``_`` for ``-``, as `Request`'s fields): True for a switch,
+    None and False for a flag left out, a list as comma-separated text (space-separated for ``only``, repeated for
+    ``logger``), a mapping as JSON."""
+    argv: list[str] = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif name == "logger":
+            for logger in ([value] if isinstance(value, str) else value):
+                argv += [flag, logger]
+        elif name == "only":
+            argv += [flag, *([value] if isinstance(value, str) else value)]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, ",".join(map(str, value))]
+        elif isinstance(value, Mapping):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    """The plan of a parsed command line; raises ValueError (SuiteError) on a bad suite, spec, setting or device
-    combination."""
-    suite = load_suite(args.suite)
-    settings = suite.settings.override(epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
-                                       val_size=args.val_size, split_seed=args.split_seed,
-                                       limit_train=args.limit_train, lr=args.lr, lr_decay=args.lr_decay,
-                                       precision=args.precision)
-    suite, settings, outputs = custom.apply_arguments(suite, settings, args)  # model, data, optimizer, outputs
-    expand_trials(suite, settings, only=args.only)  # a bad --only or --reference fails before torch is imported
-    reference = expand_trials(suite, settings, only=[args.reference])[0].cell if args.reference else None
-    devices, gpus, parallel = _placement(args)  # the first step that imports torch
-    trials = expand_trials(suite, settings, only=args.only, data_parallel=devices * args.num_nodes)
-    unsharded = len(trials)
-    trials = shard(trials, *args.shard) if args.shard else trials
-    options = RunOptions(data_dir=args.data_dir, logdir=args.logdir, accelerator=args.accelerator, devices=devices,
-                         strategy=args.strategy or "auto", num_nodes=args.num_nodes, force=args.force,
-                         compile=args.compile, save_model=outputs.save_model, loggers=outputs.loggers)
-    return Plan(suite, trials, options, parallel, gpus, unsharded, reference)
-
-
-def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
-    """Fail before any trial folder exists on devices, accelerator or engine flags this machine cannot honour:
-    a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
-    import lightning.pytorch as pl
-
-    from ablations.trial import trainer_kwargs
-
-    if args.engine == "ray":
-        from ablations.ray_engine import check_address, check_supported, import_ray
-
-        import_ray()
-        check_supported(plan.trials, plan.options)
-        check_address(args.ray_address)
-    try:
-        trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
-    except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
-        o = plan.options
-        raise ValueError(f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: "
-                         f"{error}") from None
-    check_precision(plan.trials[0].settings.precision, trainer)
-
-
-def check_inputs(plan: Plan) -> None:
-    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
-    checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
-    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`)."""
-    from ablations.trial import is_finished
-
-    logdir = Path(plan.options.logdir)
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        probe = logdir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
-    refuse_other_settings(plan.trials, logdir, plan.options.force)
-    needs_data = plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials)
-    custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
-    if needs_data and isinstance(plan.trials[0].data, str):
-        _check_data(plan)
-
-
-def _check_data(plan: Plan) -> None:
-    from lit_cifar.data import default_data_dir
-
-    data_dir = plan.options.data_dir
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"--data-dir {data_dir} is not an existing folder")
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
-        raise ValueError(f"--data-dir {folder} is not readable")
-    dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder),
-                                plan.options.download)
-    dm.prepare_data()  # downloads once here, not in every worker
-    dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now
+    """The plan of a parsed command line (`ablations.plan.make_plan` of its values); ValueError as that."""
+    return planning.make_plan(request_of(args))
 
 
 # ---------------------------------------------------------------------------------------------- engines
@@ -430,28 +351,11 @@ def report_interrupted(plan: Plan, stop: Interrupted) -> int:
 def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     """Plan and check everything that can be checked before training; bad arguments exit 2 here."""
     try:
-        plan = make_plan(args)
-        _plan_packs(plan, args)
-        if plan.trials:
-            check_hardware(plan, args)
-            if not args.dry_run:
-                check_inputs(plan)
+        made = planning.prepare(request_of(args), check_data=not args.dry_run)
     except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
         parser.error(str(error))
-    return plan
-
-
-def _plan_packs(plan: Plan, args: argparse.Namespace) -> None:
-    """Read --pack into ``args.pack_size`` (1: no packs); ValueError for what packs do not support."""
-    args.pack_size = 1
-    if args.pack is not None:
-        from ablations.packs import check_pack, check_packable, pack_value, resolve_pack
-
-        pack = pack_value(args.pack)
-        check_pack(pack, args.engine, plan.parallel, plan.options.strategy, plan.options.compile)
-        if pack not in (None, 1):
-            check_packable(plan.trials)
-        args.pack_size = resolve_pack(pack, plan.trials, plan.options.accelerator)
+    args.pack_size = made.pack_size  # the engines read it from the command line
+    return made
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -10,7 +10,7 @@ from statsmodels.stats.multitest import multipletests
 from ablations.adaptive import (CAP, SIMULATED_STDS, SIMULATED_TRUTHS, WIDTH, Target, holm_rejects, plan_rounds,
                                 seen_variance, simulate, welch_width)
 from ablations.adaptive import main as adaptive_main
-from ablations.stats import welch
+from ablations.report.stats import welch
 
 STUDIES = 1000
 
@@ -134,6 +134,7 @@ def test_dry_run_lists_the_next_round_of_the_committed_replication(capsys):
 
 
 def test_level_is_the_stats_level():
-    from ablations import adaptive, stats
+    from ablations import adaptive
+    from ablations.report import stats
 
     assert adaptive.LEVEL == stats.LEVEL

@@ -69,7 +69,7 @@ def test_report_fits_a_quarter_fraction_and_lists_aliased_effects():
     aliased rather than estimated."""
     import pandas as pd
 
-    from ablations.stats import Factor, factorial_effects
+    from ablations.report.stats import Factor, factorial_effects
 
     names = ["normalize", "batchnorm", "penalty", "max_norm", "dropout"]
     factors = [Factor(n, tuple(f"{n}{i}" for i in range(k))) for n, k in zip(names, FULL)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations import report
+from ablations.report import report
 from ablations.report import load_results
 from lit_cifar.cli import main as cli_main
 from tests.helpers import REPO

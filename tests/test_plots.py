@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from ablations import plots
+from ablations.report import plots
 
 
 def test_titles_break_between_parts_only():

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ablations import ray_engine
-from ablations import run as run_module
+from ablations import plan as run_module
 from ablations.ray_engine import TrialResources, available_cpus
 from ablations.run import main
 from ablations.store import ERROR_FILE, RESULT_FILE, TrialPaths, folder_lock

@@ -199,7 +199,7 @@ def test_results_json_round_trip_is_unchanged_by_reporting(notebookish: Path):
 def test_compare_pairs_two_runs_of_a_suite_and_measures_the_paired_difference(tmp_path: Path, capsys):
     """B is A + 0.01 test accuracy on every trial, with noise: the paired difference comes out near +0.01 and is
     resolved; rates and seed ranges are those written; a spec only one side has is left out."""
-    from ablations import compare
+    from ablations.report import compare
 
     noise = [0.004, -0.003, 0.001, -0.002, 0.0]
     a_results, b_results = [], []
@@ -228,7 +228,7 @@ def test_compare_pairs_two_runs_of_a_suite_and_measures_the_paired_difference(tm
 
 
 def test_compare_refuses_missing_folders_and_disjoint_runs(tmp_path: Path, capsys):
-    from ablations import compare
+    from ablations.report import compare
 
     write_results(tmp_path / "a" / "s", [fake_result("s", RegularizationSpec.parse("pixel"), 0, 0.5)])
     write_results(tmp_path / "b" / "s", [fake_result("s", RegularizationSpec.parse("baseline"), 0, 0.2)])

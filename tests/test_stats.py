@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.stats import Factor, compare_with_reference, factorial_effects, holm, mean_ci, welch, Interval, Contrast
+from ablations.report.stats import (Factor, compare_with_reference, factorial_effects, holm, mean_ci, welch, Interval,
+                                    Contrast)
 
 
 def test_mean_ci_is_t_based():

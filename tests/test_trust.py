@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ablations import report, trial as trial_module
+from ablations import trial as trial_module
+from ablations.report import report
 from ablations.run import build_parser, main, make_plan, summarize
 from ablations.store import RESULT_FILE, SUPERSEDED_DIR, read_result, write_result
 from ablations.suite import RunOptions, Trial, expand_trials, load_suite

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from ablations.stats import Factor, FactorialFit, factorial_effects
+from ablations.report.stats import Factor, FactorialFit, factorial_effects
 from lit_cifar.spec import RegularizationSpec
 
 # The numbers two trials of the same seed must share to count as identical.

@@ -1,11 +1,11 @@
-"""Rewrite a suite's TensorBoard events from its result.json files, with today's layout:
+"""Rewrite a suite's TensorBoard events from its result.json files, in the current layout:
 
     python -m ablations.board rebuild LOGDIR/SUITE [LOGDIR/SUITE ...] [--data-dir DIR]
 
 For every finished trial (``<suite>/<cell>/seed=<s>/result.json``):
 
-- one event file (``*.trial``) with what `ablations.board.trial_events` makes of result.json, the same as a trial
-  of today's code writes while it trains: per-epoch scalars at steps 1..E, the test scalars at E, the HParams row
+- one event file (``*.trial``) with what `ablations.report.board.trial_events` makes of result.json, the same as a trial
+  of the current code writes while it trains: per-epoch scalars at steps 1..E, the test scalars at E, the HParams row
   (typed values, short name) and the settings text;
 - the weight histograms, which result.json does not hold, carried over from the old event files into one file
   (``*.histograms``); the old code logged them at steps 0..E-1, which become 1..E like the scalars;
@@ -37,7 +37,7 @@ from typing import Any, Optional
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import summary_pb2
 
-from ablations import board
+from ablations.report import board
 from ablations.store import RESULT_FILE, folder_lock, read_result
 
 OLD_SAMPLE_TAGS = ("data/one_training_image_per_class", board.SAMPLES_TAG)  # per-trial images of older code
@@ -129,7 +129,7 @@ def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, OldEve
 
 def draw_samples(data_dir: Path, settings: Mapping[str, Any]) -> bytes:
     """The suite's sample grid from the data, as a trial of these settings sees its training split."""
-    from ablations import plots
+    from ablations.report import plots
     from lit_cifar import CIFAR10DataModule
 
     dm = CIFAR10DataModule(data_dir=str(data_dir), val_size=settings.get("val_size", 5000),
@@ -142,7 +142,7 @@ def draw_samples(data_dir: Path, settings: Mapping[str, Any]) -> bytes:
 
 def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> Outcome:
     """Rebuild every finished trial of the suite, then its suite-level runs and report."""
-    from ablations import report
+    from ablations.report import report
 
     outcome, settings, old_png = Outcome(), None, None
     for path in sorted(suite_dir.glob(f"*/seed=*/{RESULT_FILE}")):

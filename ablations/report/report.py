@@ -16,7 +16,7 @@ and writes, all atomically:
 - ``results.png`` (test accuracy per spec), ``curves.png`` (validation accuracy per epoch: mean and range over
   seeds) and ``effects.png``, each title carrying the suite's ``caption.txt`` if it has one;
 - the TensorBoard run ``<suite>/_report``: ``results.md`` as text and the charts as images; and the suite's HParams
-  record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.board`).
+  record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.report.board`).
 
 Imports no torch: it reads the files `ablations.store` names.
 """
@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
-from ablations import board, plots
-from ablations.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
+from ablations.report import board, plots
+from ablations.report.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
 from ablations.identity import cell_view
 from ablations.store import (ERROR_FILE, RESULT_FILE, folder_lock, read_result, settings_key, write_bytes_atomic,
                              write_text_atomic)
-from ablations.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
+from ablations.report.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
 
 DEFAULT_REFERENCE = "pixel"
 REPORT_RUN = board.REPORT_RUN

@@ -1,0 +1,259 @@
+"""The plan of a sweep: which trials of a suite run, with which settings, where and how; made from plain values.
+
+A `Request` holds what a sweep asks for, one field per flag of ``python -m ablations.run`` (same names, None for a
+flag not given); `make_plan` turns it into a `Plan` (the trials after ``only`` and ``shard``, the run options, the
+device placement, the pack size), and `check_hardware` and `check_inputs` refuse, before any trial folder exists,
+what this machine or the data cannot honour. Every problem is a ValueError naming the flag; the command line turns
+it into exit status 2.
+
+torch is imported only once the suite, the specs and the settings are known to be valid (by the device placement),
+so a mistyped flag fails in a fraction of a second.
+
+    from ablations.plan import Request, make_plan
+    plan = make_plan(Request(suite="notebook", only=["pixel"], seeds=[0, 1], epochs=1, accelerator="cpu"))
+    [t.name for t in plan.trials]  # ['pixel/seed=0', 'pixel/seed=1']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ablations import custom
+from ablations.suite import RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
+from ablations.trust import check_precision, refuse_other_settings
+from lit_cifar.spec import RegularizationSpec
+
+__all__ = ["Plan", "Request", "check_hardware", "check_inputs", "count_trials", "make_plan", "prepare"]
+
+SETTING_FLAGS = ("epochs", "batch_size", "seeds", "val_size", "split_seed", "limit_train", "lr", "lr_decay",
+                 "precision")  # the Request fields that override the suite's `TrainSettings`
+
+ClassValue = Union[str, Mapping[str, Any], None]  # a class path, JSON text or {"class_path": ..., "init_args": ...}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a sweep asks for, as values: the fields of ``python -m ablations.run``'s flags, under the same names
+    (``--batch-size`` is `batch_size`). None leaves the suite's value, or the default the flag's help names.
+
+    Attributes:
+        suite: a shipped suite's name or a suite file's path.
+        only: run just these specs or cells of the suite.
+        shard: ``(k, n)``: the k-th (1-based) of n disjoint parts of the trials.
+        reference: the spec the report compares every other with (None: pixel, else the first).
+        force: rerun trials that already have a matching result.
+        epochs, batch_size, seeds, val_size, split_seed, limit_train, lr, lr_decay, precision: the training
+            settings that override the suite's (`ablations.suite.TrainSettings`).
+        model, data, optimizer: override the suite's (`ablations.custom`): a class path, JSON text or a mapping.
+        save_model: keep each trial's final checkpoint.
+        logger: extra Lightning loggers (``csv``, ``mlflow``, ``wandb``).
+        data_dir, logdir: where the data is and where the trials' folders go.
+        accelerator, devices, parallel, strategy, compile, num_nodes: the device flags (``devices`` is an int or
+            ``"auto"``; ``parallel`` None for one trial per GPU, 1 on CPU).
+        engine, ray_address, max_retries: ``local`` or ``ray``, its cluster and its reruns of a lost trial.
+        pack: train up to this many trials together as one batched model (an int, or ``"auto"``).
+    """
+
+    suite: str = "notebook"
+    only: Optional[Sequence[str]] = None
+    shard: Optional[tuple[int, int]] = None
+    reference: Optional[str] = None
+    force: bool = False
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    seeds: Optional[Sequence[int]] = None
+    val_size: Optional[int] = None
+    split_seed: Optional[int] = None
+    limit_train: Optional[int] = None
+    lr: Optional[float] = None
+    lr_decay: Optional[float] = None
+    precision: Optional[str] = None
+    model: ClassValue = None
+    data: ClassValue = None
+    optimizer: ClassValue = None
+    save_model: bool = False
+    logger: Optional[Sequence[str]] = None
+    data_dir: Optional[str] = None
+    logdir: str = "logs"
+    accelerator: str = "auto"
+    devices: Union[int, str, None] = None
+    parallel: Optional[int] = None
+    strategy: Optional[str] = None
+    compile: bool = False
+    num_nodes: int = 1
+    engine: str = "local"
+    ray_address: Optional[str] = None
+    max_retries: int = 2
+    pack: Union[int, str, None] = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request comes to: the suite, the trials (after ``only``/``shard``), how and where they run."""
+
+    suite: Suite
+    trials: list[Trial]
+    options: RunOptions
+    parallel: int  # trials at once on this machine (1 under DDP: a trial uses every device)
+    gpus: int  # GPUs the trials are spread over (0 on CPU)
+    unsharded: int  # trials before --shard
+    reference: Optional[str] = None  # the report's reference spec (canonical name), None for its default
+    engine: str = "local"  # local or ray
+    ray_address: Optional[str] = None  # the Ray cluster (None: a local Ray)
+    max_retries: int = 2  # Ray's reruns of a trial whose worker or node died
+    pack_size: int = 1  # trials trained together as one batched model (1: no packs)
+
+
+# ------------------------------------------------------------------------------------------------ trials
+def _suite_trials(request: Request) -> tuple[Suite, TrainSettings, RunOptions]:
+    """The suite and its settings with the request's overrides, and the output options; checks ``only`` and
+    ``reference`` (ValueError), all without torch."""
+    suite = load_suite(request.suite)
+    settings = suite.settings.override(**{name: getattr(request, name) for name in SETTING_FLAGS})
+    suite, settings, outputs = custom.apply_arguments(suite, settings, request)  # model, data, optimizer, outputs
+    expand_trials(suite, settings, only=_only(request))
+    return suite, settings, outputs
+
+
+def _only(request: Request) -> Optional[list[str]]:
+    return list(request.only) if request.only else None
+
+
+def count_trials(request: Request) -> int:
+    """How many trials the request runs (after ``only`` and ``shard``), without importing torch; ValueError as
+    `make_plan` for a bad suite, spec or setting."""
+    suite, settings, _ = _suite_trials(request)
+    trials = expand_trials(suite, settings, only=_only(request))
+    return len(shard(trials, *request.shard) if request.shard else trials)
+
+
+def make_plan(request: Request) -> Plan:
+    """The plan of `request`; raises ValueError (SuiteError) on a bad suite, spec, setting, device combination or
+    pack. torch is imported only after the suite and its specs are checked."""
+    suite, settings, outputs = _suite_trials(request)  # a bad --only fails before torch is imported
+    reference = expand_trials(suite, settings, only=[request.reference])[0].cell if request.reference else None
+    devices, gpus, parallel = _placement(request)  # the first step that imports torch
+    trials = expand_trials(suite, settings, only=_only(request), data_parallel=devices * request.num_nodes)
+    unsharded = len(trials)
+    trials = shard(trials, *request.shard) if request.shard else trials
+    options = RunOptions(data_dir=request.data_dir, logdir=request.logdir, accelerator=request.accelerator,
+                         devices=devices, strategy=request.strategy or "auto", num_nodes=request.num_nodes,
+                         force=request.force, compile=request.compile, save_model=outputs.save_model,
+                         loggers=outputs.loggers)
+    plan = Plan(suite, trials, options, parallel, gpus, unsharded, reference, request.engine, request.ray_address,
+                request.max_retries)
+    return replace(plan, pack_size=_pack_size(plan, request.pack))
+
+
+def _gpu_count(accelerator: str) -> int:
+    import torch
+
+    return torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+
+
+def _placement(request: Request) -> tuple[int, int, int]:
+    """(devices per trial, GPUs the trials are spread over, trials at once) for the device values; ValueError for
+    combinations that cannot work."""
+    gpus = _gpu_count(request.accelerator)
+    devices, parallel, strategy = request.devices, request.parallel, request.strategy
+    if strategy:
+        if parallel not in (None, 1):
+            raise ValueError(f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
+                             "all --devices, so trials run one at a time; drop --parallel or --strategy")
+        return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
+    if request.num_nodes > 1:
+        raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
+    if isinstance(devices, int):
+        if devices > max(gpus, 1):
+            raise ValueError(f"--devices {devices}: without --strategy it is how many GPUs the trials are "
+                             f"spread over, and {gpus} GPU(s) are available; for {devices} processes per trial "
+                             "add --strategy ddp")
+        gpus = min(gpus, devices)
+    return 1, gpus, parallel or max(1, gpus)
+
+
+def _pack_size(plan: Plan, pack: Union[int, str, None]) -> int:
+    """The pack size of the request's ``pack`` (1: no packs); ValueError for what packs do not support."""
+    if pack is None:
+        return 1
+    from ablations.packs import check_pack, check_packable, pack_value, resolve_pack
+
+    value = pack_value(str(pack))
+    check_pack(value, plan.engine, plan.parallel, plan.options.strategy, plan.options.compile)
+    if value not in (None, 1):
+        check_packable(plan.trials)
+    return resolve_pack(value, plan.trials, plan.options.accelerator)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def prepare(request: Request, check_data: bool = True) -> Plan:
+    """`make_plan`, then (when it has trials) `check_hardware` and, with `check_data`, `check_inputs`: everything
+    that can be checked before training. Raises ValueError (or a data module's error) for the first problem."""
+    plan = make_plan(request)
+    if plan.trials:
+        check_hardware(plan)
+        if check_data:
+            check_inputs(plan)
+    return plan
+
+
+def check_hardware(plan: Plan) -> None:
+    """Fail before any trial folder exists on devices, accelerator or engine values this machine cannot honour:
+    a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
+    import lightning.pytorch as pl
+
+    from ablations.trial import trainer_kwargs
+
+    if plan.engine == "ray":
+        from ablations.ray_engine import check_address, check_supported, import_ray
+
+        import_ray()
+        check_supported(plan.trials, plan.options)
+        check_address(plan.ray_address)
+    try:
+        trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
+    except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
+        o = plan.options
+        raise ValueError(f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: "
+                         f"{error}") from None
+    check_precision(plan.trials[0].settings.precision, trainer)
+
+
+def check_inputs(plan: Plan) -> None:
+    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
+    checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
+    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`)."""
+    from ablations.trial import is_finished
+
+    logdir = Path(plan.options.logdir)
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        probe = logdir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
+    refuse_other_settings(plan.trials, logdir, plan.options.force)
+    needs_data = plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials)
+    custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
+    if needs_data and isinstance(plan.trials[0].data, str):
+        _check_data(plan)
+
+
+def _check_data(plan: Plan) -> None:
+    from lit_cifar.data import default_data_dir
+
+    data_dir = plan.options.data_dir
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir} is not an existing folder")
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
+        raise ValueError(f"--data-dir {folder} is not readable")
+    dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder),
+                                plan.options.download)
+    dm.prepare_data()  # downloads once here, not in every worker
+    dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now

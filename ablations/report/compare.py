@@ -1,0 +1,106 @@
+"""``python -m ablations.compare A B``: one suite run twice (another precision, code version or machine), spec by spec.
+
+    python -m ablations.compare logs/precision/32-true/notebook logs/precision/bf16-mixed/notebook
+
+For every spec both folders hold: test accuracy (mean ± std over seeds) in A and in B, the difference B − A, whether
+B's mean lies inside A's seed range (min to max), and training images/s in each with the ratio B / A. Then, over
+every (spec, seed) pair both hold, the mean paired difference of test accuracy with its 95% confidence interval
+(t-based) and the p-value of a paired t-test: whether B changes accuracy beyond what the seeds' spread allows.
+
+Exit status 2, with a message, when a folder is missing or the two share no trial. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from scipy import stats as scipy_stats
+
+from ablations.report.report import load_results
+from ablations.report.stats import Interval, mean_ci
+
+
+@dataclass(frozen=True)
+class SpecPair:
+    """One spec's results in A and in B, by seed."""
+
+    spec: str
+    a: dict[int, dict[str, Any]]
+    b: dict[int, dict[str, Any]]
+
+    def accuracy(self, side: str) -> list[float]:
+        runs = self.a if side == "a" else self.b
+        return [runs[seed]["metrics"]["test/acc"] for seed in sorted(runs)]
+
+    def rate(self, side: str) -> float:
+        runs = self.a if side == "a" else self.b
+        return statistics.fmean(r["train_images_per_s"] for r in runs.values())
+
+
+def pair_specs(a_dir: Path, b_dir: Path) -> list[SpecPair]:
+    """The specs both suite folders hold, in the suite's order, with their results by seed."""
+    found = []
+    for folder in (a_dir, b_dir):
+        results, _ = load_results(folder)
+        by_spec: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in results:
+            by_spec.setdefault(r["spec"], {})[r["seed"]] = r
+        found.append(by_spec)
+    a, b = found
+    order = {r["spec"]: r.get("order", 0) for runs in a.values() for r in runs.values()}
+    return [SpecPair(spec, a[spec], b[spec]) for spec in sorted(set(a) & set(b), key=lambda s: (order[s], s))]
+
+
+def paired_difference(pairs: list[SpecPair]) -> tuple[Interval, float, int]:
+    """Mean of B − A over every (spec, seed) both hold, its confidence interval, the paired t-test's p, and n."""
+    differences = [p.b[seed]["metrics"]["test/acc"] - p.a[seed]["metrics"]["test/acc"]
+                   for p in pairs for seed in sorted(set(p.a) & set(p.b))]
+    p_value = float(scipy_stats.ttest_1samp(differences, 0.0).pvalue) if len(differences) > 1 else float("nan")
+    return mean_ci(differences), p_value, len(differences)
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
+
+
+def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str) -> str:
+    lines = [f"| spec | seeds | {a_name} test acc | {b_name} test acc | difference | {a_name} seed range | inside it "
+             f"| training images/s |", "|---|---:|---:|---:|---:|---|---|---|"]
+    for p in pairs:
+        a, b = p.accuracy("a"), p.accuracy("b")
+        inside = min(a) <= statistics.fmean(b) <= max(a)
+        lines.append(f"| {p.spec} | {len(a)} / {len(b)} | {_mean_std(a)} | {_mean_std(b)} | "
+                     f"{statistics.fmean(b) - statistics.fmean(a):+.4f} | [{min(a):.4f}, {max(a):.4f}] | "
+                     f"{'yes' if inside else 'no'} | {p.rate('a'):.0f} → {p.rate('b'):.0f} "
+                     f"({p.rate('b') / p.rate('a'):.2f}x) |")
+    interval, p_value, n = paired_difference(pairs)
+    lines += ["", f"Paired over {n} (spec, seed) trials: {b_name} − {a_name} = {interval.estimate:+.4f} test "
+                  f"accuracy, 95% CI [{interval.low:+.4f}, {interval.high:+.4f}], paired t-test p = {p_value:.3f}."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablations.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="a suite's folder, e.g. logs/precision/32-true/notebook")
+    parser.add_argument("b", type=Path, help="the same suite run otherwise, e.g. logs/precision/bf16-mixed/notebook")
+    parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="column names (default: the folders' parents)")
+    args = parser.parse_args(argv)
+    for folder in (args.a, args.b):
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder: give a suite's folder under a logdir, e.g. logs/notebook")
+    pairs = pair_specs(args.a, args.b)
+    if not pairs:
+        parser.error(f"{args.a} and {args.b} share no spec with results: nothing to compare")
+    names = args.names or [args.a.resolve().parent.name, args.b.resolve().parent.name]
+    print(format_comparison(pairs, *names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
