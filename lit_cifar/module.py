@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule
-from lit_cifar.models import SeedCNN, build_backbone
+from lit_cifar.models import NotebookCNN, build_backbone
 from lit_cifar.spec import Normalization, RegularizationSpec
 
 # A function from the model's parameters to an optimizer: Lightning's `lightning.pytorch.cli.OptimizerCallable`,
@@ -193,7 +193,7 @@ class RegularizedClassifier(pl.LightningModule):
         lr: Adam learning rate at step 0 (finite, > 0).
         lr_decay: Keras ``decay`` (finite, >= 0): the rate at step t is ``lr / (1 + lr_decay * t)``.
         adam_eps: Adam epsilon (Keras's default 1e-7; finite, > 0).
-        backbone: the network; ``None`` builds ``SeedCNN(spec)``. Penalties and max-norm act on the layers its
+        backbone: the network; ``None`` builds ``NotebookCNN(spec)``. Penalties and max-norm act on the layers its
             ``regularized_layers()`` returns, or, if it has no such method, on every ``nn.Linear`` but the last.
             A spec it cannot honour is a ValueError (see `check_backbone`). Not saved in the hyperparameters:
             pass it again to ``load_from_checkpoint``.
@@ -227,7 +227,7 @@ class RegularizedClassifier(pl.LightningModule):
         self.input_norm = InputNormalization(self.spec.normalize)
         if backbone is None and backbone_class_path is not None:
             backbone = build_backbone(backbone_class_path, backbone_init_args, self.spec, num_classes)
-        self.backbone = backbone if backbone is not None else SeedCNN(self.spec, num_classes=num_classes)
+        self.backbone = backbone if backbone is not None else NotebookCNN(self.spec, num_classes=num_classes)
         self.regularized = default_regularized_layers(self.backbone)
         check_backbone(self.spec, self.backbone, self.regularized)
         self.epoch_metrics = self._make_metrics(num_classes)

@@ -1,11 +1,11 @@
 """Packs: K trials of one architecture trained together as one batched model, each member still its own trial.
 
-`PackedCNN` lays K `SeedCNN`s side by side: the convolutions become one grouped convolution (``groups=K``), the
+`PackedCNN` lays K `NotebookCNN`s side by side: the convolutions become one grouped convolution (``groups=K``), the
 BatchNorm layers one BatchNorm over ``K x width`` channels (per-channel statistics, so per member), the dense layers
 batched matrix multiplies over stacked ``(K, out, in)`` weights. `PackedClassifier` trains it under one Lightning
 ``Trainer`` with everything that makes each member its own trial:
 
-* its initialization: every member is a `SeedCNN` built as its single trial builds it, then stacked;
+* its initialization: every member is a `NotebookCNN` built as its single trial builds it, then stacked;
 * its data order (its own seed's `epoch_permutation`, `PackBatches`), augmentation and dropout masks: each member
   draws them from its own random stream (`MemberRandomness`), in the order its single trial draws them from the
   global generator;
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule, EpochSampler, fit_normalization, random_crop_flip
-from lit_cifar.models import BN_EPS, BN_MOMENTUM, SeedCNN
+from lit_cifar.models import BN_EPS, BN_MOMENTUM, NotebookCNN
 from lit_cifar.module import RegularizedClassifier, make_adam
 from lit_cifar.spec import RegularizationSpec
 
@@ -39,22 +39,22 @@ SHARED_HPARAMS = ("lr", "lr_decay", "adam_eps", "num_classes")  # what every mem
 
 
 def _architecture(backbone: nn.Module) -> tuple:
-    """What must agree for `SeedCNN`s to be stacked: the type and every parameter's and buffer's shape, in order
+    """What must agree for `NotebookCNN`s to be stacked: the type and every parameter's and buffer's shape, in order
     (dropout has no parameters, so members of any dropout rate stack)."""
-    if type(backbone) is not SeedCNN:
-        raise ValueError(f"only SeedCNN backbones can be packed, got {type(backbone).__name__}")
+    if type(backbone) is not NotebookCNN:
+        raise ValueError(f"only NotebookCNN backbones can be packed, got {type(backbone).__name__}")
     return tuple(tuple(t.shape) for t in [*backbone.parameters(), *backbone.buffers()])
 
 
 class PackedCNN(nn.Module):
-    """K `SeedCNN`s of one architecture as one network (see the module docstring); built from the members,
+    """K `NotebookCNN`s of one architecture as one network (see the module docstring); built from the members,
     whose values it copies (the members are left as they are).
 
     ``forward(x, masks)`` takes standardized images ``(K, B, 3, H, W)`` and dropout masks ``(K, B, hidden)`` (or
     None) and returns logits ``(K, B, classes)``.
     """
 
-    def __init__(self, members: Sequence[SeedCNN]) -> None:
+    def __init__(self, members: Sequence[NotebookCNN]) -> None:
         super().__init__()
         if not members:
             raise ValueError("a pack needs at least one member")
