@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,43 +46,13 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from ablations.measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
 from ablations.run import build_parser as sweep_parser
 from ablations.run import make_plan, quiet_lightning
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
-from lit_cifar.data import CLASSES, IMAGE_SHAPE, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
+from lit_cifar.data import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
 from lit_cifar.runtime import ENV as MALLOC_ENV
-from lit_cifar.runtime import allocator, cpu_model, tune_allocator
-
-SPEC = "pixel"  # the notebook's standard input pipeline, no extra regularizer
-BATCH_SIZE = 128
-
-
-def bf16_units() -> bool:
-    """Whether the CPU has bf16 matrix instructions (AVX512_BF16 or AMX-BF16), from ``/proc/cpuinfo``."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_units": bf16_units(),
-            "torch_threads": torch.get_num_threads(), "allocator": allocator(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__}
-
-
-def synthetic_data_dir(root: Path, n_train: int, n_test: int) -> Path:
-    """Random images in the binary layout, `n_train` split over the five training files."""
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(0)
-    for name, n in [*((f, n_train // 5) for f in TRAIN_FILES), (TEST_FILE, n_test)]:
-        records = torch.randint(0, 256, (n, 3073), dtype=torch.uint8, generator=generator)
-        records[:, 0] %= 10
-        (folder / f"{name}.bin").write_bytes(records.numpy().tobytes())
-    return root
+from lit_cifar.runtime import tune_allocator
 
 
 def datamodule(data_dir: Path, limit_train: Optional[int] = None) -> CIFAR10DataModule:
@@ -258,8 +227,8 @@ def sweep_rate(data_dir: Path, parallel: int, args: list[str]) -> float:
     return trials * 3600 / seconds
 
 
-def gpu_seed_suite_seconds(data_dir: Path) -> Optional[float]:
-    """Wall time of the whole ``seed`` suite, one seed, on the GPU (None without one)."""
+def gpu_notebook_suite_seconds(data_dir: Path) -> Optional[float]:
+    """Wall time of the whole ``notebook`` suite, one seed, on the GPU (None without one)."""
     if not torch.cuda.is_available():
         return None
     with tempfile.TemporaryDirectory() as logdir:
@@ -267,19 +236,6 @@ def gpu_seed_suite_seconds(data_dir: Path) -> Optional[float]:
         subprocess.run([sys.executable, "-m", "ablations.run", "--suite", "notebook", "--seeds", "0", "--data-dir",
                         str(data_dir), "--logdir", logdir], check=True)
         return time.perf_counter() - start
-
-
-def flops_per_image(spec: str = SPEC) -> float:
-    """FLOPs of one training step (forward and backward) per image, as torch's ``FlopCounterMode`` counts them
-    (matrix multiplies and convolutions: 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = RegularizedClassifier(spec)
-    model.set_input_statistics(torch.zeros(IMAGE_SHAPE), torch.ones(IMAGE_SHAPE))
-    images = torch.randint(0, 256, (BATCH_SIZE, *IMAGE_SHAPE), dtype=torch.uint8)
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(images), torch.zeros(BATCH_SIZE, dtype=torch.long)).backward()
-    return counter.get_total_flops() / BATCH_SIZE
 
 
 def gemm_gflops(dtype: torch.dtype, reps: int = 10) -> dict[str, float]:
@@ -422,8 +378,8 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
     report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep_args) for p in (1, 2)}
     report["sweep"] = " ".join(sweep_args)
     report.update(pack_rows(data_dir, quick))
-    print("6. GPU seed suite", file=sys.stderr)
-    report["gpu_seed_suite_s"] = None if quick else gpu_seed_suite_seconds(data_dir)
+    print("6. GPU notebook suite", file=sys.stderr)
+    report["gpu_notebook_suite_s"] = None if quick else gpu_notebook_suite_seconds(data_dir)
     return report
 
 
@@ -504,7 +460,7 @@ def speed_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def format_table(r: dict[str, Any]) -> str:
     rates, fixed, sweep = r["images_per_s"], r["fixed_cost"], r["sweep_trials_per_hour"]
-    gpu = r["gpu_seed_suite_s"]
+    gpu = r["gpu_notebook_suite_s"]
     rows = [
         ("1. Trainer.fit vs hand-written loop", _versus(rates["lightning"], rates["pytorch_loop"],
                                                         r["lightning_vs_pytorch"], 3), ">= 0.97"),

@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -53,6 +53,38 @@ CIFAR10 = CifarFormat("CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FIL
 CIFAR100_LAYOUT = "cifar-100-python"  # the official Python version: train, test and meta pickles, fine labels
 CIFAR100 = CifarFormat("CIFAR-100", (CIFAR100_LAYOUT,), ("train",), "test", 100,
                        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100")
+
+
+# The entries of `CIFAR10DataModule.state_dict` a checkpoint's data state has, whatever the data module's class name.
+DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
+
+
+@runtime_checkable
+class NormalizingData(Protocol):
+    """What `lit_cifar.RegularizedClassifier` reads from, and writes to, the Trainer's data module: the statistics
+    its input normalization uses. `CIFAR10DataModule` and `CIFAR100DataModule` have these members; a data module
+    of your own has them without subclassing either (``isinstance(dm, NormalizingData)`` checks that they exist).
+
+    * ``normalize``: ``"none"``, ``"pixel"`` or ``"channel"``, as the model's spec's ``normalize`` (another one is a
+      ValueError when fitting, validation, testing or prediction starts).
+    * ``mean`` and ``std``: float tensors in 0-255 units fitted on the training split, shaped (3, 32, 32) for
+      ``"pixel"`` and (3, 1, 1) otherwise, or ``None`` until they are fitted (then nothing is read).
+
+    When a stage starts, a model whose statistics are not fitted yet takes the data module's; a fitted one (trained,
+    or loaded from a checkpoint) writes its own into ``mean`` and ``std`` where they differ, so that the data
+    module's statistics describe the model. A data module without these members is neither read nor written: give
+    the model its statistics with ``set_input_statistics(mean, std)``. One whose ``state_dict()`` has every key of
+    `DATA_STATE_KEYS` (as `CIFAR10DataModule` and its subclasses do) is also given a checkpoint's data state when
+    the checkpoint was saved under another class name (Lightning restores it only into the same one).
+    """
+
+    @property
+    def normalize(self) -> Normalization:
+        """How the data module's statistics standardize images: ``"none"``, ``"pixel"`` or ``"channel"``."""
+        ...
+
+    mean: Optional[Tensor]
+    std: Optional[Tensor]
 
 
 class DatasetError(ValueError):
@@ -306,7 +338,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
     """
 
     FORMAT: CifarFormat = CIFAR10  # which dataset, and how it lies on disk
-    STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
+    STATE_KEYS = DATA_STATE_KEYS
     SPLIT_KEYS = ("val_size", "split_seed", "limit_train")
 
     def __init__(self, data_dir: Optional[str] = None, normalize: Normalization = "pixel", val_size: int = 5000,

@@ -1,8 +1,9 @@
 """`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would.
 
-Batches are ``(images, labels)`` with images in 0-255 units, uint8 as `CIFAR10DataModule` serves them. The model
-standardizes them itself (`InputNormalization`), with the training split's statistics kept as buffers, so a
-checkpoint alone is enough to classify raw images.
+Batches are ``(images, labels)`` with images in 0-255 units, uint8 as `lit_cifar.CIFAR10DataModule` serves them.
+The model standardizes them itself (`InputNormalization`), with the training split's statistics kept as buffers, so
+a checkpoint alone is enough to classify raw images. It takes those statistics from any data module with the
+members of `lit_cifar.data.NormalizingData`, and knows no data module class.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule
+from lit_cifar.data import DATA_STATE_KEYS, IMAGE_SHAPE, NormalizingData
 from lit_cifar.models import NotebookCNN, build_backbone
 from lit_cifar.spec import Normalization, RegularizationSpec
 
@@ -150,7 +151,7 @@ class InputNormalization(nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. ``CIFAR10DataModule.mean``/``std``."""
+        """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. a `NormalizingData`'s ``mean``/``std``."""
         if tuple(mean.shape) != tuple(self.mean.shape) or tuple(std.shape) != tuple(self.std.shape):
             raise ValueError(f"normalize={self.normalize!r} needs mean and std of shape {tuple(self.mean.shape)}, "
                              f"got {tuple(mean.shape)} and {tuple(std.shape)}")
@@ -164,7 +165,8 @@ class InputNormalization(nn.Module):
             return (x - self.mean) / self.std
         if not self._warned:
             warnings.warn(f"normalize={self.normalize!r} statistics are not fitted: images pass through "
-                          "unstandardized. Train with a CIFAR10DataModule or call set_input_statistics(mean, std).",
+                          "unstandardized. Train with a data module that fits them (lit_cifar.data.NormalizingData, "
+                          "e.g. CIFAR10DataModule) or call set_input_statistics(mean, std).",
                           RuntimeWarning, stacklevel=2)
             self._warned = True
         return x
@@ -174,8 +176,9 @@ class RegularizedClassifier(pl.LightningModule):
     """Image classifier trained with the regularization a spec asks for, with the notebook's Keras semantics.
 
     * Inputs: ``(images, labels)`` batches, images (B, 3, 32, 32) in 0-255 units (uint8 from `CIFAR10DataModule`,
-      or float). ``model(images)`` standardizes them with the training split's statistics (taken from the data
-      module when fitting starts and saved in checkpoints; see `set_input_statistics`) and returns logits.
+      or float). ``model(images)`` standardizes them with the training split's statistics (taken from a
+      `NormalizingData` data module when fitting starts and saved in checkpoints; see `set_input_statistics`) and
+      returns logits.
     * Loss: cross-entropy on logits + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it,
       and ``*/ce`` the cross-entropy alone (``train/penalty`` is logged on its own).
     * Optimizer: Adam(lr, eps=adam_eps) (fused where it is safe), or the `optimizer` you inject, with Keras's
@@ -250,7 +253,7 @@ class RegularizedClassifier(pl.LightningModule):
         return self.backbone(self.input_norm(images))
 
     def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Standardize inputs with `mean` and `std` (0-255 units), as fitted by ``CIFAR10DataModule.setup``."""
+        """Standardize inputs with `mean` and `std` (0-255 units), as ``CIFAR10DataModule.setup`` fits them."""
         self.input_norm.set_statistics(mean, std)
 
     def named_regularized_layers(self) -> list[tuple[str, nn.Module]]:
@@ -290,9 +293,10 @@ class RegularizedClassifier(pl.LightningModule):
 
     @staticmethod
     def saved_data_state(checkpoint: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """The `CIFAR10DataModule.state_dict` a checkpoint holds, whatever the data module's class name."""
+        """The data state (`CIFAR10DataModule.state_dict`, keys `DATA_STATE_KEYS`) a checkpoint holds, whatever the
+        data module's class name."""
         for value in checkpoint.values():
-            if isinstance(value, dict) and CIFAR10DataModule.STATE_KEYS <= value.keys():
+            if isinstance(value, dict) and DATA_STATE_KEYS <= value.keys():
                 return value
         return None
 
@@ -303,9 +307,9 @@ class RegularizedClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random generators' states when the checkpoint has them (`on_save_checkpoint`). Give a data
-        module of another class than the one saved (e.g. your subclass) the checkpoint's data state (Lightning
-        restores it only into a class of the same name). A checkpoint written before the model kept its input
-        statistics gets them from that data state."""
+        module of another class than the one saved (e.g. your subclass) whose own state has the same keys the
+        checkpoint's data state (Lightning restores it only into a class of the same name). A checkpoint written
+        before the model kept its input statistics gets them from that data state."""
         if checkpoint.get(RNG_KEY) is not None:
             set_rng_states(checkpoint[RNG_KEY])
         data = self.saved_data_state(checkpoint)
@@ -313,14 +317,20 @@ class RegularizedClassifier(pl.LightningModule):
         if data is not None and "input_norm.mean" not in weights:
             weights["input_norm.mean"], weights["input_norm.std"] = data["mean"], data["std"]
         dm = self._datamodule()
-        if data is not None and isinstance(dm, CIFAR10DataModule) and type(dm).__qualname__ not in checkpoint:
+        if data is not None and self._takes_data_state(dm) and type(dm).__qualname__ not in checkpoint:
             dm.load_state_dict(data)
+
+    @staticmethod
+    def _takes_data_state(dm: Optional[pl.LightningDataModule]) -> bool:
+        """Whether `dm` keeps its statistics and split as `CIFAR10DataModule` does (its state has those keys)."""
+        return isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
 
     def _sync_input_statistics(self) -> None:
         """An unfitted model takes the data module's statistics; a fitted one (trained, or loaded from a
-        checkpoint) gives its own to the data module, so `CIFAR10DataModule.mean`/``std`` describe the model."""
+        checkpoint) gives its own to the data module, so its ``mean``/``std`` describe the model. Only a data module
+        with the members of `NormalizingData` and fitted statistics is read."""
         dm = self._datamodule()
-        if not isinstance(dm, CIFAR10DataModule) or dm.mean is None:
+        if not isinstance(dm, NormalizingData) or dm.mean is None or dm.std is None:
             return
         if dm.normalize != self.spec.normalize:
             raise ValueError(f"the data module's normalize={dm.normalize!r} does not match the model's spec "

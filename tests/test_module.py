@@ -128,7 +128,7 @@ def test_backbone_regularized_layers_are_used() -> None:
     torch.testing.assert_close(module.penalty(), 0.5 * backbone.second.weight.square().sum())
 
 
-def test_seed_cnn_regularizes_its_hidden_layer() -> None:
+def test_notebook_cnn_regularizes_its_hidden_layer() -> None:
     module = RegularizedClassifier("l2=0.01")
     assert isinstance(module.backbone, NotebookCNN)
     assert len(module.regularized) == 1 and module.regularized[0] is module.backbone.hidden
@@ -590,3 +590,33 @@ def test_a_checkpoint_from_before_the_model_kept_statistics_loads(trained: Train
     torch.save(checkpoint, tmp_path / "old.ckpt")
     restored = RegularizedClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
     assert restored.input_norm.fitted and torch.equal(restored.input_norm.mean, trained.datamodule.mean)
+
+
+# ------------------------------------------------------------------------------ a data module of one's own
+def test_the_library_data_modules_and_one_of_your_own_are_normalizing_data(tmp_path: Path) -> None:
+    from lit_cifar.data import CIFAR100DataModule, NormalizingData
+    from tests.thirdparty.nets import StatisticsOnly
+
+    for dm in (CIFAR10DataModule(str(tmp_path), download=False), CIFAR100DataModule(str(tmp_path), download=False),
+               StatisticsOnly()):
+        assert isinstance(dm, NormalizingData), type(dm).__name__
+    assert not isinstance(pl.LightningDataModule(), NormalizingData)
+
+
+def test_a_data_module_with_only_the_protocol_members_trains_the_model() -> None:
+    """Fitting takes its statistics; testing with a fitted model on another one writes the model's back into it; a
+    data module with another `normalize` is refused."""
+    from tests.thirdparty.nets import StatisticsOnly, TinyResNet
+
+    spec = RegularizationSpec.parse("pixel+bn")
+    dm = StatisticsOnly("pixel")
+    model = RegularizedClassifier(spec, backbone=TinyResNet(spec))
+    make_trainer(limit_val_batches=1).fit(model, dm)
+    assert model.input_norm.fitted and torch.equal(model.input_norm.mean, dm.mean)
+    assert torch.equal(model.input_norm.std, dm.std) and dm.mean is not None and dm.mean.shape == (3, 32, 32)
+    other = StatisticsOnly("pixel", seed=1)
+    (tested,) = make_trainer().test(model, other, verbose=False)
+    assert 0 <= tested["test/acc"] <= 1
+    assert torch.equal(other.mean, model.input_norm.mean) and torch.equal(other.std, model.input_norm.std)
+    with pytest.raises(ValueError, match="normalize='channel'"):
+        make_trainer().test(model, StatisticsOnly("channel"), verbose=False)

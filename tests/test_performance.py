@@ -271,3 +271,22 @@ def test_keras_peer_row_runs_the_given_interpreter_on_our_images(cifar_dir: Path
     assert images.dtype == np.uint8 and images.shape == (256, 3, 32, 32)
     assert (images == dm.train_images[:256].numpy()).all()
     assert bench.keras_python(None) in (None, sys.executable) and bench.keras_python("/x/python") == "/x/python"
+
+
+def test_the_measuring_helpers_are_shared_without_torch_or_the_bench():
+    """`ablations.gpucheck` and `ablations.measure` import neither torch nor `ablations.bench`; the bench uses the
+    same helpers."""
+    from ablations import measure
+
+    code = ("import sys, ablations.gpucheck, ablations.measure; "
+            "assert not {'torch', 'ablations.bench'} & set(sys.modules), sorted(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert bench.machine is measure.machine and bench.flops_per_image is measure.flops_per_image
+
+
+def test_synthetic_data_is_a_readable_binary_layout(tmp_path: Path):
+    from ablations.measure import synthetic_data_dir
+
+    dm = CIFAR10DataModule(str(synthetic_data_dir(tmp_path / "data", 50, 20)), val_size=10, download=False)
+    assert dm.verify() == {"train": 40, "val": 10, "test": 20}
