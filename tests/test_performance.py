@@ -1,7 +1,7 @@
-"""The fast training path gives the plain path's results, and today's fp32 numbers those of the code a long sweep
-started with, with the allocator tuned or not; fused Adam where supported, with a clean fallback; the allocator
-tuning degrades to a no-op where it cannot apply; the benchmark runs every row, its FLOP count is right, and its
-Keras peer row runs the interpreter it is given."""
+"""The fast training path gives the plain path's results, and fp32 training the pinned reference numbers, with the
+allocator tuned or not; fused Adam where supported, with a clean fallback; the allocator tuning degrades to a no-op
+where it cannot apply; the benchmark runs every row, its FLOP count is right, and its Keras peer row runs the
+interpreter it is given; the measuring helpers import neither torch nor the bench."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
     assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
 
 
-# Metrics of `reference_run` computed by the code a long real-data sweep was started with, with torch 2.14.1 on 2
-# threads of an AMD EPYC with AVX-512. fp32 training must stay bit-identical, so these are compared with ==.
+# Metrics of `reference_run` pinned with torch 2.14.1 on 2 threads of an AMD EPYC with AVX-512. fp32 training must
+# stay bit-identical (committed results stay reproducible by later code), so these are compared with ==.
 # What decides the numbers is which kernels run, and that is decided by the torch build, the thread count, the CPU
 # vendor (oneDNN and MKL take vendor-specific paths) and its instruction sets (ATen's dispatch level and the ISA
 # extensions oneDNN uses), not by the CPU's marketing name: two "AMD EPYC" (Zen 3, AVX2 only; Zen 4, AVX-512) round
