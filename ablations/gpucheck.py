@@ -84,7 +84,8 @@ def run_row(row: Row, common: list[str], logdir: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "ablations.run", *common, "--logdir", str(logdir), *row.flags],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    results = [read_result(path.parent) for path in logdir.glob(f"*/*/*/{RESULT_FILE}")]
+    found = (read_result(path.parent) for path in logdir.glob(f"*/*/*/{RESULT_FILE}"))
+    results = [result for result in found if result is not None]
     problems = [] if done.returncode == 0 else [f"exit status {done.returncode}: {done.stderr[-1500:]}"]
     if len(results) != row.trials:
         problems.append(f"{len(results)} results, expected {row.trials}")

@@ -13,7 +13,7 @@ import numbers
 import random
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MeanMetric
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_cifar.data import DATA_STATE_KEYS, IMAGE_SHAPE, NormalizingData
+from lit_cifar.data import DATA_STATE_KEYS, IMAGE_SHAPE, NormalizingData, attached_datamodule
 from lit_cifar.models import NotebookCNN, build_backbone
 from lit_cifar.spec import Normalization, RegularizationSpec
 
@@ -48,7 +49,8 @@ def rng_states() -> dict[str, Any]:
     """The states of every random generator training draws from: torch's (CPU, and CUDA once initialized; dropout
     and augmentation use them), NumPy's and Python's, as tensors and plain values (a checkpoint with them still
     loads with ``torch.load(weights_only=True)``)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    # NumPy's legacy state, the tuple get_state() returns by default: (kind, keys, position, has_gauss, cached).
+    kind, keys, position, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     version, python_state, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -79,7 +81,13 @@ def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
     named = getattr(backbone, "regularized_layers", None)
     if callable(named):
         return list(named())
-    return [m for m in backbone.modules() if isinstance(m, nn.Linear)][:-1]
+    linears: list[nn.Module] = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    return linears[:-1]
+
+
+def kernel(layer: nn.Module) -> Tensor:
+    """The weight of a regularized layer (`check_backbone` made sure every one has a weight parameter)."""
+    return cast(Tensor, layer.weight)
 
 
 def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
@@ -111,7 +119,8 @@ def check_number(name: str, value: Any, low: float, inclusive: bool) -> None:
     bound = f"{'>=' if inclusive else '>'} {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} must be a number {bound}")
-    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+    number = float(value)
+    if not (math.isfinite(number) and (number >= low if inclusive else number > low)):
         raise ValueError(f"{name}={value!r} must be a finite number {bound}")
 
 
@@ -133,6 +142,9 @@ class InputNormalization(nn.Module):
     for ``"pixel"``, per channel (3x1x1) for ``"channel"``, fixed at 0 and 1 for ``"none"``. Until
     `set_statistics` (or loading a checkpoint) fits them, images pass through unstandardized, with a warning.
     """
+
+    mean: Tensor  # buffers, declared for the type checker (nn.Module types its attributes as Tensor | Module)
+    std: Tensor
 
     def __init__(self, normalize: Normalization = "none") -> None:
         super().__init__()
@@ -267,23 +279,23 @@ class RegularizedClassifier(pl.LightningModule):
         total = torch.zeros((), device=self.device)
         for layer in self.regularized:
             if self.spec.l1:
-                total = total + self.spec.l1 * layer.weight.abs().sum()
+                total = total + self.spec.l1 * kernel(layer).abs().sum()
             if self.spec.l2:
-                total = total + self.spec.l2 * layer.weight.square().sum()
+                total = total + self.spec.l2 * kernel(layer).square().sum()
         return total
 
     # -------------------------------------------------------------------------------------- data and set-up
     def _datamodule(self) -> Optional[pl.LightningDataModule]:
         """The data module of the Trainer this model is attached to, if any."""
         try:
-            return self.trainer.datamodule
+            return attached_datamodule(self.trainer)
         except RuntimeError:  # not attached to a Trainer (e.g. inside load_from_checkpoint)
             return None
 
     def setup(self, stage: str) -> None:
         classes = getattr(self._datamodule(), "classes", None)
-        if classes is not None and len(classes) != self.hparams.num_classes:
-            raise ValueError(f"num_classes={self.hparams.num_classes} but the data module has {len(classes)} "
+        if classes is not None and len(classes) != self.hparams["num_classes"]:
+            raise ValueError(f"num_classes={self.hparams['num_classes']} but the data module has {len(classes)} "
                              f"classes")
 
     def configure_model(self) -> None:
@@ -317,13 +329,16 @@ class RegularizedClassifier(pl.LightningModule):
         if data is not None and "input_norm.mean" not in weights:
             weights["input_norm.mean"], weights["input_norm.std"] = data["mean"], data["std"]
         dm = self._datamodule()
-        if data is not None and self._takes_data_state(dm) and type(dm).__qualname__ not in checkpoint:
+        if data is not None and dm is not None and self._takes_data_state(dm, checkpoint):
             dm.load_state_dict(data)
 
     @staticmethod
-    def _takes_data_state(dm: Optional[pl.LightningDataModule]) -> bool:
-        """Whether `dm` keeps its statistics and split as `CIFAR10DataModule` does (its state has those keys)."""
-        return isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
+    def _takes_data_state(dm: pl.LightningDataModule, checkpoint: dict[str, Any]) -> bool:
+        """Whether `dm` gets the checkpoint's data state from the model: it keeps its statistics and split as
+        `CIFAR10DataModule` does (its own state has those keys), and Lightning does not restore it (the checkpoint
+        was saved under another class name)."""
+        return (isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
+                and type(dm).__qualname__ not in checkpoint)
 
     def _sync_input_statistics(self) -> None:
         """An unfitted model takes the data module's statistics; a fitted one (trained, or loaded from a
@@ -357,7 +372,7 @@ class RegularizedClassifier(pl.LightningModule):
     def _log_metrics(self, stage: str, batch_size: int, updates: dict[str, tuple[Tensor, ...]]) -> None:
         for name, args in updates.items():
             key = f"{stage}/{name}"
-            metric = self.epoch_metrics[key]
+            metric = cast(Metric, self.epoch_metrics[key])
             metric.update(*args)
             self.log(key, metric, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=key in PROGRESS_BAR)
 
@@ -408,13 +423,13 @@ class RegularizedClassifier(pl.LightningModule):
             return True
         return not (str(trainer.precision).endswith("-mixed") and trainer.gradient_clip_val)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
         else:
-            optimizer = make_adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps,
+            optimizer = make_adam(self.parameters(), lr=self.hparams["lr"], eps=self.hparams["adam_eps"],
                                   fused=self._fused_is_safe())
-        decay = self.hparams.lr_decay
+        decay = self.hparams["lr_decay"]
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -433,10 +448,13 @@ class RegularizedClassifier(pl.LightningModule):
         are those ``renorm_`` compares with the bound; ``renorm_`` itself does the rescaling, unchanged.
         """
         rescaled, rows = torch.zeros((), device=self.device), 0
+        cap = self.spec.max_norm
+        if cap is None:  # a spec without max-norm: no row to rescale
+            return rescaled
         for layer in self.regularized:
-            weight = layer.weight
+            weight = kernel(layer)
             norms = torch.linalg.vector_norm(weight, ord=2, dim=tuple(range(1, weight.dim())))
-            rescaled += (norms > self.spec.max_norm).sum()
+            rescaled += (norms > cap).sum()
             rows += len(norms)
-            weight.renorm_(p=2, dim=0, maxnorm=self.spec.max_norm)
+            weight.renorm_(p=2, dim=0, maxnorm=cap)
         return rescaled / max(rows, 1)
