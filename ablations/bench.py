@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,49 +40,28 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from ablations.measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
 from ablations.plan import Request, count_trials
 from ablations.run import argv_of, quiet_lightning
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
-from lit_cifar.data import CLASSES, IMAGE_SHAPE, PY_LAYOUT, TEST_FILE, TRAIN_FILES, find_layout
+from lit_cifar.data import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
+from lit_cifar.models import NotebookCNN
 from lit_cifar.runtime import ENV as MALLOC_ENV
-from lit_cifar.runtime import allocator, cpu_model, tune_allocator
-
-SPEC = "pixel"  # the notebook's standard input pipeline, no extra regularizer
-BATCH_SIZE = 128
+from lit_cifar.runtime import tune_allocator
 
 
-def bf16_units() -> bool:
-    """Whether the CPU has bf16 matrix instructions (AVX512_BF16 or AMX-BF16), from ``/proc/cpuinfo``."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_units": bf16_units(),
-            "torch_threads": torch.get_num_threads(), "allocator": allocator(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__}
-
-
-def synthetic_data_dir(root: Path, n_train: int, n_test: int) -> Path:
-    """Random images in the binary layout, `n_train` split over the five training files."""
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(0)
-    for name, n in [*((f, n_train // 5) for f in TRAIN_FILES), (TEST_FILE, n_test)]:
-        records = torch.randint(0, 256, (n, 3073), dtype=torch.uint8, generator=generator)
-        records[:, 0] %= 10
-        (folder / f"{name}.bin").write_bytes(records.numpy().tobytes())
-    return root
+def loaded(tensor: Optional[Tensor]) -> Tensor:
+    """One of a set-up data module's tensors (its split or statistics; `datamodule` sets them up)."""
+    if tensor is None:
+        raise RuntimeError("the data module is not set up: call setup() first")
+    return tensor
 
 
 def datamodule(data_dir: Path, limit_train: Optional[int] = None) -> CIFAR10DataModule:
@@ -129,10 +107,11 @@ def pytorch_rate(dm: CIFAR10DataModule, warmup: int, steps: int, channels_last: 
     (optionally with the model and its inputs in ``channels_last`` memory format)."""
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = RegularizedClassifier(SPEC).to(dm.train_images.device, memory_format=layout)
-    model.set_input_statistics(dm.mean, dm.std)  # the model standardizes its uint8 inputs, as under Trainer.fit
+    model = RegularizedClassifier(SPEC).to(loaded(dm.train_images).device, memory_format=layout)
+    model.set_input_statistics(loaded(dm.mean), loaded(dm.std))  # the model standardizes uint8 inputs, as under fit
     config = model.configure_optimizers()
-    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    scheduler = cast("dict[str, Any]", config["lr_scheduler"])  # RegularizedClassifier's: a dict, the LambdaLR in it
+    optimizer, schedule = config["optimizer"], scheduler["scheduler"]
     model.train()
     step, start = 0, 0.0
     while step < warmup + steps:
@@ -166,12 +145,12 @@ def textbook_rate(dm: CIFAR10DataModule, root: Path, warmup: int, steps: int) ->
             self.classes = list(CLASSES)
             self.class_to_idx = {c: i for i, c in enumerate(CLASSES)}
 
-    mean = (dm.mean.mean((1, 2)) / 255).tolist()
-    std = (dm.std.mean((1, 2)) / 255).tolist()
+    mean = (loaded(dm.mean).mean((1, 2)) / 255).tolist()
+    std = (loaded(dm.std).mean((1, 2)) / 255).tolist()
     dataset = LocalCIFAR10(str(root), train=True, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize(mean, std)]))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=2,
-                                         persistent_workers=True, drop_last=True)
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True)
     torch.manual_seed(0)
     clock = StepClock(warmup)
     # The loader already standardizes (Normalize): the same network with an identity input layer ("baseline").
@@ -184,11 +163,11 @@ def write_python_layout(dm: CIFAR10DataModule, root: Path) -> Path:
     """The data module's training split as torchvision's pickles, so torchvision reads the same images."""
     folder = root / PY_LAYOUT
     folder.mkdir(parents=True, exist_ok=True)
-    parts = torch.chunk(torch.arange(len(dm.train_labels)), len(TRAIN_FILES))
+    images, labels = loaded(dm.train_images), loaded(dm.train_labels)
+    parts = torch.chunk(torch.arange(len(labels)), len(TRAIN_FILES))
     for name, index in zip(TRAIN_FILES, parts):
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": dm.train_images[index].reshape(len(index), -1).numpy(),
-                         "labels": dm.train_labels[index].tolist()}, f)
+            pickle.dump({"data": images[index].reshape(len(index), -1).numpy(), "labels": labels[index].tolist()}, f)
     return root
 
 
@@ -260,8 +239,8 @@ def sweep_rate(data_dir: Path, parallel: int, sweep: dict[str, Any]) -> float:
     return trials * 3600 / seconds
 
 
-def gpu_seed_suite_seconds(data_dir: Path) -> Optional[float]:
-    """Wall time of the whole ``seed`` suite, one seed, on the GPU (None without one)."""
+def gpu_notebook_suite_seconds(data_dir: Path) -> Optional[float]:
+    """Wall time of the whole ``notebook`` suite, one seed, on the GPU (None without one)."""
     if not torch.cuda.is_available():
         return None
     with tempfile.TemporaryDirectory() as logdir:
@@ -271,29 +250,16 @@ def gpu_seed_suite_seconds(data_dir: Path) -> Optional[float]:
         return time.perf_counter() - start
 
 
-def flops_per_image(spec: str = SPEC) -> float:
-    """FLOPs of one training step (forward and backward) per image, as torch's ``FlopCounterMode`` counts them
-    (matrix multiplies and convolutions: 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = RegularizedClassifier(spec)
-    model.set_input_statistics(torch.zeros(IMAGE_SHAPE), torch.ones(IMAGE_SHAPE))
-    images = torch.randint(0, 256, (BATCH_SIZE, *IMAGE_SHAPE), dtype=torch.uint8)
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(images), torch.zeros(BATCH_SIZE, dtype=torch.long)).backward()
-    return counter.get_total_flops() / BATCH_SIZE
-
-
 def gemm_gflops(dtype: torch.dtype, reps: int = 10) -> dict[str, float]:
     """This machine's GFLOP/s on the hidden layer's three matrix multiplies at batch 128 (forward, input gradient,
     weight gradient: 128 x 21,632 x 1,024 each), the best of `reps` after 3 warm-ups."""
-    hidden = RegularizedClassifier(SPEC).backbone.hidden
+    hidden = NotebookCNN(SPEC).hidden  # the network RegularizedClassifier(SPEC) trains
     x = torch.randn(BATCH_SIZE, hidden.in_features, dtype=dtype)
     w = torch.randn(hidden.out_features, hidden.in_features, dtype=dtype)
     g = torch.randn(BATCH_SIZE, hidden.out_features, dtype=dtype)
     products = {"forward": lambda: x @ w.t(), "input_grad": lambda: g @ w, "weight_grad": lambda: g.t() @ x}
     flops = 2 * BATCH_SIZE * hidden.in_features * hidden.out_features
-    best = {}
+    best: dict[str, float] = {}
     for name, product in products.items():
         times = []
         for _rep in range(3 + reps):
@@ -341,8 +307,8 @@ def keras_arrays(dm: CIFAR10DataModule, folder: Path, count: int) -> tuple[Path,
 
     folder.mkdir(parents=True, exist_ok=True)
     images, labels = folder / "images.npy", folder / "labels.npy"
-    np.save(images, dm.train_images[:count].numpy())
-    np.save(labels, dm.train_labels[:count].numpy())
+    np.save(images, loaded(dm.train_images)[:count].numpy())
+    np.save(labels, loaded(dm.train_labels)[:count].numpy())
     return images, labels
 
 
@@ -423,8 +389,8 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
     report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep) for p in (1, 2)}
     report["sweep"] = " ".join(argv_of(sweep))
     report.update(pack_rows(data_dir, quick))
-    print("6. GPU seed suite", file=sys.stderr)
-    report["gpu_seed_suite_s"] = None if quick else gpu_seed_suite_seconds(data_dir)
+    print("6. GPU notebook suite", file=sys.stderr)
+    report["gpu_notebook_suite_s"] = None if quick else gpu_notebook_suite_seconds(data_dir)
     return report
 
 
@@ -466,7 +432,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     dm = datamodule(data_dir, limit_train=limit)
     keras = keras_python(args.keras_python)
     report: dict[str, Any] = {"machine": machine(), "data": "real CIFAR-10" if real else "synthetic",
-                              "data_dir": str(data_dir), "train_images": len(dm.train_labels), "spec": SPEC,
+                              "data_dir": str(data_dir), "train_images": len(loaded(dm.train_labels)), "spec": SPEC,
                               "batch_size": BATCH_SIZE, "reps": reps, "timed_steps": steps, "keras_python": keras}
     print("1, 2, 7, 8, 10. training throughput (images/s)", file=sys.stderr)
     report.update(throughput_rows(throughput_variants(dm, data_dir, scratch, limit, warmup, steps, keras), reps))
@@ -505,7 +471,7 @@ def speed_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def format_table(r: dict[str, Any]) -> str:
     rates, fixed, sweep = r["images_per_s"], r["fixed_cost"], r["sweep_trials_per_hour"]
-    gpu = r["gpu_seed_suite_s"]
+    gpu = r["gpu_notebook_suite_s"]
     rows = [
         ("1. Trainer.fit vs hand-written loop", _versus(rates["lightning"], rates["pytorch_loop"],
                                                         r["lightning_vs_pytorch"], 3), ">= 0.97"),

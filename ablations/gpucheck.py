@@ -13,7 +13,8 @@ Each row is one ``python -m ablations.run`` into a fresh logdir, timed from star
   ``--pack auto`` (with ``--tiny``: 4 and 8 trials with ``--pack 4``).
 
 Every row also reports the sweep's aggregate training TFLOP/s (trials x training images x epochs x GFLOP per
-training image, as ``ablations.bench`` counts it, over the wall time) beside the GPU's fp32 and bf16 peaks.
+training image, as `ablations.measure.flops_per_image` counts it, over the wall time) beside the GPU's fp32 and
+bf16 peaks.
 
 A row passes when the sweep exits 0 and every trial left a result.json with the expected data-parallel width.
 Exit status 0 when every row passes, 1 otherwise.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ablations.measure import flops_per_image, machine, synthetic_data_dir
 from ablations.store import RESULT_FILE, read_result
 
 NOTEBOOK_SPECS = 9
@@ -39,8 +41,8 @@ CIFAR_SIZES = (50_000, 10_000)  # training and test images of CIFAR-10
 TINY_SIZES = (700, 200)
 FULL_SPECS = 96
 TINY_FULL_SPECS = ("baseline", "pixel", "bn", "pixel+bn")
-# Dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of the GPUs the targets are set for, as the
-# project's GPU issue states them; other devices show none.
+# Dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of the GPUs the targets are set for, the
+# figures those targets were set against; other devices show none.
 PEAK_TFLOPS = {"H200": (67.0, 790.0), "H100": (67.0, 790.0)}
 
 
@@ -82,7 +84,8 @@ def run_row(row: Row, common: list[str], logdir: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "ablations.run", *common, "--logdir", str(logdir), *row.flags],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    results = [read_result(path.parent) for path in logdir.glob(f"*/*/*/{RESULT_FILE}")]
+    found = (read_result(path.parent) for path in logdir.glob(f"*/*/*/{RESULT_FILE}"))
+    results = [result for result in found if result is not None]
     problems = [] if done.returncode == 0 else [f"exit status {done.returncode}: {done.stderr[-1500:]}"]
     if len(results) != row.trials:
         problems.append(f"{len(results)} results, expected {row.trials}")
@@ -127,8 +130,6 @@ def device_name(accelerator: str) -> tuple[int, str]:
     gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
     if gpus:
         return gpus, f"{gpus} x {torch.cuda.get_device_name(0)}"
-    from ablations.bench import machine
-
     return 0, f"{machine()['cpu']} ({machine()['cores']} cores), no GPU used"
 
 
@@ -143,8 +144,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lit-cifar-gpucheck-") as scratch:
         data_dir = args.data_dir
         if data_dir is None:
-            from ablations.bench import synthetic_data_dir
-
             data_dir = synthetic_data_dir(Path(scratch) / "data", *(TINY_SIZES if args.tiny else CIFAR_SIZES))
         common = ["--data-dir", str(data_dir), "--seeds", "0", "--accelerator", args.accelerator]
         common += ["--epochs", "1", "--val-size", "100", "--batch-size", "64"] if args.tiny else []
@@ -152,8 +151,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         for index, row in enumerate(rows(gpus, args.tiny)):
             print(f"{row.name}: python -m ablations.run {' '.join(row.flags)}", file=sys.stderr)
             measured.append(run_row(row, common, Path(scratch) / f"logs{index}"))
-    from ablations.bench import flops_per_image
-
     print(format_table(measured, device, flops_per_image() / 1e9))
     return 0 if all(m["ok"] for m in measured) else 1
 

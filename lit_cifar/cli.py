@@ -25,7 +25,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
 
-from lit_cifar.data import CIFAR10DataModule
+from lit_cifar.data import CIFAR10DataModule, attached_datamodule
 from lit_cifar.module import RegularizedClassifier
 from lit_cifar.runtime import tune_allocator
 from lit_cifar.spec import RegularizationSpec
@@ -33,7 +33,7 @@ from lit_cifar.spec import RegularizationSpec
 EVALUATIONS = ("validate", "test", "predict")  # subcommands that need a trained model: --ckpt_path
 
 
-def as_spec(value: object) -> RegularizationSpec:
+def as_spec(value: Any) -> RegularizationSpec:
     """The spec jsonargparse hands a link: text, a spec, or (from a checkpoint's hyperparameters, where the spec
     is stored as a dict) a Namespace with ``init_args``."""
     if isinstance(value, Namespace):
@@ -99,7 +99,7 @@ class PredictionWriter(pl.Callback):
     @staticmethod
     def classes(trainer: pl.Trainer, count: int) -> list[str]:
         """The data module's class names, or the class numbers."""
-        return list(getattr(trainer.datamodule, "classes", None) or map(str, range(count)))
+        return list(getattr(attached_datamodule(trainer), "classes", None) or map(str, range(count)))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,8 @@ class LitCifarCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_data()
-        self.trainer.callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
+        callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set, not declared
+        callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
 
 
 def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:

@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, cast, runtime_checkable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -53,6 +53,43 @@ CIFAR10 = CifarFormat("CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FIL
 CIFAR100_LAYOUT = "cifar-100-python"  # the official Python version: train, test and meta pickles, fine labels
 CIFAR100 = CifarFormat("CIFAR-100", (CIFAR100_LAYOUT,), ("train",), "test", 100,
                        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100")
+
+
+# The entries of `CIFAR10DataModule.state_dict` a checkpoint's data state has, whatever the data module's class name.
+DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
+
+
+@runtime_checkable
+class NormalizingData(Protocol):
+    """What `lit_cifar.RegularizedClassifier` reads from, and writes to, the Trainer's data module: the statistics
+    its input normalization uses. `CIFAR10DataModule` and `CIFAR100DataModule` have these members; a data module
+    of your own has them without subclassing either (``isinstance(dm, NormalizingData)`` checks that they exist).
+
+    * ``normalize``: ``"none"``, ``"pixel"`` or ``"channel"``, as the model's spec's ``normalize`` (another one is a
+      ValueError when fitting, validation, testing or prediction starts).
+    * ``mean`` and ``std``: float tensors in 0-255 units fitted on the training split, shaped (3, 32, 32) for
+      ``"pixel"`` and (3, 1, 1) otherwise, or ``None`` until they are fitted (then nothing is read).
+
+    When a stage starts, a model whose statistics are not fitted yet takes the data module's; a fitted one (trained,
+    or loaded from a checkpoint) writes its own into ``mean`` and ``std`` where they differ, so that the data
+    module's statistics describe the model. A data module without these members is neither read nor written: give
+    the model its statistics with ``set_input_statistics(mean, std)``. One whose ``state_dict()`` has every key of
+    `DATA_STATE_KEYS` (as `CIFAR10DataModule` and its subclasses do) is also given a checkpoint's data state when
+    the checkpoint was saved under another class name (Lightning restores it only into the same one).
+    """
+
+    @property
+    def normalize(self) -> Normalization:
+        """How the data module's statistics standardize images: ``"none"``, ``"pixel"`` or ``"channel"``."""
+        ...
+
+    mean: Optional[Tensor]
+    std: Optional[Tensor]
+
+
+def attached_datamodule(trainer: pl.Trainer) -> Optional[pl.LightningDataModule]:
+    """The data module `trainer` runs with, if any (Lightning sets ``Trainer.datamodule`` without declaring it)."""
+    return getattr(trainer, "datamodule", None)
 
 
 class DatasetError(ValueError):
@@ -130,19 +167,20 @@ def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tup
     names = fmt.train_files if train else (fmt.test_file,)
     read = (lambda name: _read_binary_batch(layout_dir / f"{name}.bin")) if binary else \
         (lambda name: _read_pickle_batch(layout_dir / name, fmt))
-    images, labels, count = torch.empty(0, *IMAGE_SHAPE, dtype=torch.uint8), [], 0
+    images, count = torch.empty(0, *IMAGE_SHAPE, dtype=torch.uint8), 0
+    parts: list[Tensor] = []  # each file's labels
     for name in names:
         part_images, part_labels = read(name)
         end = count + len(part_labels)
         if end > len(images):  # sized from the first file (the official ones are equal), grown if one is larger
-            grown = torch.empty(count + len(part_labels) * (len(names) - len(labels)), *IMAGE_SHAPE,
+            grown = torch.empty(count + len(part_labels) * (len(names) - len(parts)), *IMAGE_SHAPE,
                                 dtype=torch.uint8)
             grown[:count] = images[:count]
             images = grown
         images[count:end] = part_images
-        labels.append(part_labels)
+        parts.append(part_labels)
         count = end
-    images, labels = images[:count], torch.cat(labels)
+    images, labels = images[:count], torch.cat(parts)
     bad = (labels < 0) | (labels >= fmt.num_classes)
     if bad.any():
         raise DatasetError(f"corrupt {fmt.name} data in {layout_dir}: label {int(labels[bad][0])} is outside "
@@ -212,7 +250,8 @@ class EpochSampler(torch.utils.data.DistributedSampler):
     """
 
     def __init__(self, n: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
+        indices = cast("torch.utils.data.Dataset[int]", range(n))  # DistributedSampler needs only len(dataset)
+        super().__init__(indices, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
         self.n, self.world_size = n, world_size
         self.epoch = 0
 
@@ -306,7 +345,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
     """
 
     FORMAT: CifarFormat = CIFAR10  # which dataset, and how it lies on disk
-    STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
+    STATE_KEYS = DATA_STATE_KEYS
     SPLIT_KEYS = ("val_size", "split_seed", "limit_train")
 
     def __init__(self, data_dir: Optional[str] = None, normalize: Normalization = "pixel", val_size: int = 5000,
@@ -333,8 +372,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.classes: tuple[str, ...] = self.default_classes()
         self.mean: Optional[Tensor] = None
         self.std: Optional[Tensor] = None
-        self.train_images = self.val_images = self.predict_images = None
-        self.train_labels = self.val_labels = None
+        self.train_images: Optional[Tensor] = None  # the splits, once `setup` has read them
+        self.train_labels: Optional[Tensor] = None
+        self.val_images: Optional[Tensor] = None
+        self.val_labels: Optional[Tensor] = None
+        self.predict_images: Optional[Tensor] = None
         self._test: Optional[tuple[Tensor, Tensor]] = None  # (images, labels), read when first needed
 
     def default_classes(self) -> tuple[str, ...]:
@@ -414,7 +456,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
         Call after `setup`. A class with fewer training images contributes what it has.
         """
-        if self.train_labels is None:
+        if self.train_images is None or self.train_labels is None:
             raise RuntimeError("class_examples() needs the data: call setup() first")
         if not isinstance(per_class, int) or per_class < 1:
             raise ValueError(f"per_class={per_class!r} must be a positive integer")
@@ -467,12 +509,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 "test": test}
 
     # -------------------------------------------------------------------------------------------- batches
-    def _batches(self, images: Tensor, labels: Tensor, train: bool) -> Any:
+    def _batches(self, images: Optional[Tensor], labels: Optional[Tensor], train: bool) -> Any:
         """Device-resident `TensorBatches` (``num_workers == 0``) or a plain worker `DataLoader` in the same
-        order, sharded across ranks by `EpochSampler` under DDP."""
+        order, sharded across ranks by `EpochSampler` under DDP.
+
+        Raises:
+            RuntimeError: the split is not loaded yet (`setup` reads it).
+        """
+        if images is None or labels is None:
+            raise RuntimeError(f"{type(self).__name__} has no data to serve yet: call setup() first")
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(len(labels), shuffle=train, seed=self.seed, rank=rank, world_size=world)
+        seed = 0 if self.seed is None else self.seed  # None only before setup: no shuffled order is served then
+        sampler = EpochSampler(len(labels), shuffle=train, seed=seed, rank=rank, world_size=world)
         if self.num_workers == 0:
             device = trainer.strategy.root_device if trainer is not None else None
             return TensorBatches(images, labels, self.batch_size, sampler, device=device)
@@ -480,7 +529,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         # use, so both paths train identically.
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), self.batch_size,
                                            sampler=sampler, num_workers=self.num_workers,
-                                           generator=torch.Generator().manual_seed(self.seed))
+                                           generator=torch.Generator().manual_seed(seed))
 
     def train_dataloader(self) -> Any:
         """The training split's batches of ``(uint8 images, labels)``, reshuffled every epoch (seeded)."""
@@ -532,7 +581,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         """Batches of ``(uint8 images, index)`` for ``trainer.predict``: the test split, or the images given to
         `set_predict_images`, in order, each image once; ``index`` is the image's position in them."""
         images = self.predict_images if self.predict_images is not None else self.test_images
-        return self._batches(images, torch.arange(len(images)), train=False)
+        return self._batches(images, None if images is None else torch.arange(len(images)), train=False)
 
     def preprocess(self, images: Tensor, train: bool) -> Tensor:
         """The batch transform, on the device the model runs on: uint8 images in, images in 0-255 units out.

@@ -1,8 +1,9 @@
-"""`SeedCNN`: the notebook's network, built from a `RegularizationSpec`, with Keras's default initialization."""
+"""`NotebookCNN`: the notebook's network, built from a `RegularizationSpec`, with Keras's default initialization."""
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
@@ -23,7 +24,7 @@ def keras_init_(module: nn.Module) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-class SeedCNN(nn.Module):
+class NotebookCNN(nn.Module):
     """The notebook's CNN: three 3x3 convolutions (32 channels, no padding), a 1024-unit dense layer, 10 logits.
 
     ``Conv-ReLU-[BN]`` x3 -> Flatten (26*26*32 = 21,632) -> Linear(21,632, 1024) -> ReLU -> [Dropout(p)] ->
@@ -84,7 +85,7 @@ def resolve_class(class_path: str, what: str = "class") -> type:
 def build_backbone(class_path: str, init_args: Optional[dict] = None, spec: RegularizationSpec | str = "baseline",
                    num_classes: int = 10) -> nn.Module:
     """The backbone ``class_path(**init_args)``; ``spec`` and ``num_classes`` are passed too when its constructor
-    takes arguments of those names and `init_args` does not set them (as `SeedCNN` does).
+    takes arguments of those names and `init_args` does not set them (as `NotebookCNN` does).
 
     Raises:
         ValueError: an unresolvable class path, a class that is not an ``nn.Module``, or init args it refuses.
@@ -109,3 +110,12 @@ def build_backbone(class_path: str, init_args: Optional[dict] = None, spec: Regu
     except (TypeError, ValueError) as error:
         raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") \
             from None
+
+
+def __getattr__(name: str) -> Any:
+    """``SeedCNN``, the former name of `NotebookCNN`: the same class, with a DeprecationWarning."""
+    if name == "SeedCNN":
+        warnings.warn("lit_cifar.models.SeedCNN is deprecated: use lit_cifar.models.NotebookCNN", DeprecationWarning,
+                      stacklevel=2)
+        return NotebookCNN
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would.
 
-Batches are ``(images, labels)`` with images in 0-255 units, uint8 as `CIFAR10DataModule` serves them. The model
-standardizes them itself (`InputNormalization`), with the training split's statistics kept as buffers, so a
-checkpoint alone is enough to classify raw images.
+Batches are ``(images, labels)`` with images in 0-255 units, uint8 as `lit_cifar.CIFAR10DataModule` serves them.
+The model standardizes them itself (`InputNormalization`), with the training split's statistics kept as buffers, so
+a checkpoint alone is enough to classify raw images. It takes those statistics from any data module with the
+members of `lit_cifar.data.NormalizingData`, and knows no data module class.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numbers
 import random
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -20,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MeanMetric
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule
-from lit_cifar.models import SeedCNN, build_backbone
+from lit_cifar.data import DATA_STATE_KEYS, IMAGE_SHAPE, NormalizingData, attached_datamodule
+from lit_cifar.models import NotebookCNN, build_backbone
 from lit_cifar.spec import Normalization, RegularizationSpec
 
 # A function from the model's parameters to an optimizer: Lightning's `lightning.pytorch.cli.OptimizerCallable`,
@@ -47,7 +49,8 @@ def rng_states() -> dict[str, Any]:
     """The states of every random generator training draws from: torch's (CPU, and CUDA once initialized; dropout
     and augmentation use them), NumPy's and Python's, as tensors and plain values (a checkpoint with them still
     loads with ``torch.load(weights_only=True)``)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    # NumPy's legacy state, the tuple get_state() returns by default: (kind, keys, position, has_gauss, cached).
+    kind, keys, position, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     version, python_state, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -78,7 +81,13 @@ def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
     named = getattr(backbone, "regularized_layers", None)
     if callable(named):
         return list(named())
-    return [m for m in backbone.modules() if isinstance(m, nn.Linear)][:-1]
+    linears: list[nn.Module] = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    return linears[:-1]
+
+
+def kernel(layer: nn.Module) -> Tensor:
+    """The weight of a regularized layer (`check_backbone` made sure every one has a weight parameter)."""
+    return cast(Tensor, layer.weight)
 
 
 def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
@@ -110,7 +119,8 @@ def check_number(name: str, value: Any, low: float, inclusive: bool) -> None:
     bound = f"{'>=' if inclusive else '>'} {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} must be a number {bound}")
-    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+    number = float(value)
+    if not (math.isfinite(number) and (number >= low if inclusive else number > low)):
         raise ValueError(f"{name}={value!r} must be a finite number {bound}")
 
 
@@ -133,6 +143,9 @@ class InputNormalization(nn.Module):
     `set_statistics` (or loading a checkpoint) fits them, images pass through unstandardized, with a warning.
     """
 
+    mean: Tensor  # buffers, declared for the type checker (nn.Module types its attributes as Tensor | Module)
+    std: Tensor
+
     def __init__(self, normalize: Normalization = "none") -> None:
         super().__init__()
         self.normalize = normalize
@@ -150,7 +163,7 @@ class InputNormalization(nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. ``CIFAR10DataModule.mean``/``std``."""
+        """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. a `NormalizingData`'s ``mean``/``std``."""
         if tuple(mean.shape) != tuple(self.mean.shape) or tuple(std.shape) != tuple(self.std.shape):
             raise ValueError(f"normalize={self.normalize!r} needs mean and std of shape {tuple(self.mean.shape)}, "
                              f"got {tuple(mean.shape)} and {tuple(std.shape)}")
@@ -164,7 +177,8 @@ class InputNormalization(nn.Module):
             return (x - self.mean) / self.std
         if not self._warned:
             warnings.warn(f"normalize={self.normalize!r} statistics are not fitted: images pass through "
-                          "unstandardized. Train with a CIFAR10DataModule or call set_input_statistics(mean, std).",
+                          "unstandardized. Train with a data module that fits them (lit_cifar.data.NormalizingData, "
+                          "e.g. CIFAR10DataModule) or call set_input_statistics(mean, std).",
                           RuntimeWarning, stacklevel=2)
             self._warned = True
         return x
@@ -174,8 +188,9 @@ class RegularizedClassifier(pl.LightningModule):
     """Image classifier trained with the regularization a spec asks for, with the notebook's Keras semantics.
 
     * Inputs: ``(images, labels)`` batches, images (B, 3, 32, 32) in 0-255 units (uint8 from `CIFAR10DataModule`,
-      or float). ``model(images)`` standardizes them with the training split's statistics (taken from the data
-      module when fitting starts and saved in checkpoints; see `set_input_statistics`) and returns logits.
+      or float). ``model(images)`` standardizes them with the training split's statistics (taken from a
+      `NormalizingData` data module when fitting starts and saved in checkpoints; see `set_input_statistics`) and
+      returns logits.
     * Loss: cross-entropy on logits + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it,
       and ``*/ce`` the cross-entropy alone (``train/penalty`` is logged on its own).
     * Optimizer: Adam(lr, eps=adam_eps) (fused where it is safe), or the `optimizer` you inject, with Keras's
@@ -193,7 +208,7 @@ class RegularizedClassifier(pl.LightningModule):
         lr: Adam learning rate at step 0 (finite, > 0).
         lr_decay: Keras ``decay`` (finite, >= 0): the rate at step t is ``lr / (1 + lr_decay * t)``.
         adam_eps: Adam epsilon (Keras's default 1e-7; finite, > 0).
-        backbone: the network; ``None`` builds ``SeedCNN(spec)``. Penalties and max-norm act on the layers its
+        backbone: the network; ``None`` builds ``NotebookCNN(spec)``. Penalties and max-norm act on the layers its
             ``regularized_layers()`` returns, or, if it has no such method, on every ``nn.Linear`` but the last.
             A spec it cannot honour is a ValueError (see `check_backbone`). Not saved in the hyperparameters:
             pass it again to ``load_from_checkpoint``.
@@ -227,7 +242,7 @@ class RegularizedClassifier(pl.LightningModule):
         self.input_norm = InputNormalization(self.spec.normalize)
         if backbone is None and backbone_class_path is not None:
             backbone = build_backbone(backbone_class_path, backbone_init_args, self.spec, num_classes)
-        self.backbone = backbone if backbone is not None else SeedCNN(self.spec, num_classes=num_classes)
+        self.backbone = backbone if backbone is not None else NotebookCNN(self.spec, num_classes=num_classes)
         self.regularized = default_regularized_layers(self.backbone)
         check_backbone(self.spec, self.backbone, self.regularized)
         self.epoch_metrics = self._make_metrics(num_classes)
@@ -250,7 +265,7 @@ class RegularizedClassifier(pl.LightningModule):
         return self.backbone(self.input_norm(images))
 
     def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Standardize inputs with `mean` and `std` (0-255 units), as fitted by ``CIFAR10DataModule.setup``."""
+        """Standardize inputs with `mean` and `std` (0-255 units), as ``CIFAR10DataModule.setup`` fits them."""
         self.input_norm.set_statistics(mean, std)
 
     def named_regularized_layers(self) -> list[tuple[str, nn.Module]]:
@@ -264,23 +279,23 @@ class RegularizedClassifier(pl.LightningModule):
         total = torch.zeros((), device=self.device)
         for layer in self.regularized:
             if self.spec.l1:
-                total = total + self.spec.l1 * layer.weight.abs().sum()
+                total = total + self.spec.l1 * kernel(layer).abs().sum()
             if self.spec.l2:
-                total = total + self.spec.l2 * layer.weight.square().sum()
+                total = total + self.spec.l2 * kernel(layer).square().sum()
         return total
 
     # -------------------------------------------------------------------------------------- data and set-up
     def _datamodule(self) -> Optional[pl.LightningDataModule]:
         """The data module of the Trainer this model is attached to, if any."""
         try:
-            return self.trainer.datamodule
+            return attached_datamodule(self.trainer)
         except RuntimeError:  # not attached to a Trainer (e.g. inside load_from_checkpoint)
             return None
 
     def setup(self, stage: str) -> None:
         classes = getattr(self._datamodule(), "classes", None)
-        if classes is not None and len(classes) != self.hparams.num_classes:
-            raise ValueError(f"num_classes={self.hparams.num_classes} but the data module has {len(classes)} "
+        if classes is not None and len(classes) != self.hparams["num_classes"]:
+            raise ValueError(f"num_classes={self.hparams['num_classes']} but the data module has {len(classes)} "
                              f"classes")
 
     def configure_model(self) -> None:
@@ -290,9 +305,10 @@ class RegularizedClassifier(pl.LightningModule):
 
     @staticmethod
     def saved_data_state(checkpoint: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """The `CIFAR10DataModule.state_dict` a checkpoint holds, whatever the data module's class name."""
+        """The data state (`CIFAR10DataModule.state_dict`, keys `DATA_STATE_KEYS`) a checkpoint holds, whatever the
+        data module's class name."""
         for value in checkpoint.values():
-            if isinstance(value, dict) and CIFAR10DataModule.STATE_KEYS <= value.keys():
+            if isinstance(value, dict) and DATA_STATE_KEYS <= value.keys():
                 return value
         return None
 
@@ -303,9 +319,9 @@ class RegularizedClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random generators' states when the checkpoint has them (`on_save_checkpoint`). Give a data
-        module of another class than the one saved (e.g. your subclass) the checkpoint's data state (Lightning
-        restores it only into a class of the same name). A checkpoint written before the model kept its input
-        statistics gets them from that data state."""
+        module of another class than the one saved (e.g. your subclass) whose own state has the same keys the
+        checkpoint's data state (Lightning restores it only into a class of the same name). A checkpoint written
+        before the model kept its input statistics gets them from that data state."""
         if checkpoint.get(RNG_KEY) is not None:
             set_rng_states(checkpoint[RNG_KEY])
         data = self.saved_data_state(checkpoint)
@@ -313,14 +329,23 @@ class RegularizedClassifier(pl.LightningModule):
         if data is not None and "input_norm.mean" not in weights:
             weights["input_norm.mean"], weights["input_norm.std"] = data["mean"], data["std"]
         dm = self._datamodule()
-        if data is not None and isinstance(dm, CIFAR10DataModule) and type(dm).__qualname__ not in checkpoint:
+        if data is not None and dm is not None and self._takes_data_state(dm, checkpoint):
             dm.load_state_dict(data)
+
+    @staticmethod
+    def _takes_data_state(dm: pl.LightningDataModule, checkpoint: dict[str, Any]) -> bool:
+        """Whether `dm` gets the checkpoint's data state from the model: it keeps its statistics and split as
+        `CIFAR10DataModule` does (its own state has those keys), and Lightning does not restore it (the checkpoint
+        was saved under another class name)."""
+        return (isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
+                and type(dm).__qualname__ not in checkpoint)
 
     def _sync_input_statistics(self) -> None:
         """An unfitted model takes the data module's statistics; a fitted one (trained, or loaded from a
-        checkpoint) gives its own to the data module, so `CIFAR10DataModule.mean`/``std`` describe the model."""
+        checkpoint) gives its own to the data module, so its ``mean``/``std`` describe the model. Only a data module
+        with the members of `NormalizingData` and fitted statistics is read."""
         dm = self._datamodule()
-        if not isinstance(dm, CIFAR10DataModule) or dm.mean is None:
+        if not isinstance(dm, NormalizingData) or dm.mean is None or dm.std is None:
             return
         if dm.normalize != self.spec.normalize:
             raise ValueError(f"the data module's normalize={dm.normalize!r} does not match the model's spec "
@@ -347,7 +372,7 @@ class RegularizedClassifier(pl.LightningModule):
     def _log_metrics(self, stage: str, batch_size: int, updates: dict[str, tuple[Tensor, ...]]) -> None:
         for name, args in updates.items():
             key = f"{stage}/{name}"
-            metric = self.epoch_metrics[key]
+            metric = cast(Metric, self.epoch_metrics[key])
             metric.update(*args)
             self.log(key, metric, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=key in PROGRESS_BAR)
 
@@ -398,13 +423,13 @@ class RegularizedClassifier(pl.LightningModule):
             return True
         return not (str(trainer.precision).endswith("-mixed") and trainer.gradient_clip_val)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
         else:
-            optimizer = make_adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps,
+            optimizer = make_adam(self.parameters(), lr=self.hparams["lr"], eps=self.hparams["adam_eps"],
                                   fused=self._fused_is_safe())
-        decay = self.hparams.lr_decay
+        decay = self.hparams["lr_decay"]
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -423,10 +448,13 @@ class RegularizedClassifier(pl.LightningModule):
         are those ``renorm_`` compares with the bound; ``renorm_`` itself does the rescaling, unchanged.
         """
         rescaled, rows = torch.zeros((), device=self.device), 0
+        cap = self.spec.max_norm
+        if cap is None:  # a spec without max-norm: no row to rescale
+            return rescaled
         for layer in self.regularized:
-            weight = layer.weight
+            weight = kernel(layer)
             norms = torch.linalg.vector_norm(weight, ord=2, dim=tuple(range(1, weight.dim())))
-            rescaled += (norms > self.spec.max_norm).sum()
+            rescaled += (norms > cap).sum()
             rows += len(norms)
-            weight.renorm_(p=2, dim=0, maxnorm=self.spec.max_norm)
+            weight.renorm_(p=2, dim=0, maxnorm=cap)
         return rescaled / max(rows, 1)

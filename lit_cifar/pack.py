@@ -1,11 +1,11 @@
 """Packs: K trials of one architecture trained together as one batched model, each member still its own trial.
 
-`PackedCNN` lays K `SeedCNN`s side by side: the convolutions become one grouped convolution (``groups=K``), the
+`PackedCNN` lays K `NotebookCNN`s side by side: the convolutions become one grouped convolution (``groups=K``), the
 BatchNorm layers one BatchNorm over ``K x width`` channels (per-channel statistics, so per member), the dense layers
 batched matrix multiplies over stacked ``(K, out, in)`` weights. `PackedClassifier` trains it under one Lightning
 ``Trainer`` with everything that makes each member its own trial:
 
-* its initialization: every member is a `SeedCNN` built as its single trial builds it, then stacked;
+* its initialization: every member is a `NotebookCNN` built as its single trial builds it, then stacked;
 * its data order (its own seed's `epoch_permutation`, `PackBatches`), augmentation and dropout masks: each member
   draws them from its own random stream (`MemberRandomness`), in the order its single trial draws them from the
   global generator;
@@ -22,15 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
 from lit_cifar.data import IMAGE_SHAPE, CIFAR10DataModule, EpochSampler, fit_normalization, random_crop_flip
-from lit_cifar.models import BN_EPS, BN_MOMENTUM, SeedCNN
+from lit_cifar.models import BN_EPS, BN_MOMENTUM, NotebookCNN
 from lit_cifar.module import RegularizedClassifier, make_adam
 from lit_cifar.spec import RegularizationSpec
 
@@ -38,23 +39,41 @@ STAGES = ("train", "val", "test")
 SHARED_HPARAMS = ("lr", "lr_decay", "adam_eps", "num_classes")  # what every member of a pack must share
 
 
+def as_notebook_cnn(backbone: nn.Module) -> NotebookCNN:
+    """`backbone`, which must be a `NotebookCNN` (no subclass: only its layers are known to the pack).
+
+    Raises:
+        ValueError: another network.
+    """
+    if type(backbone) is not NotebookCNN:
+        raise ValueError(f"only NotebookCNN backbones can be packed, got {type(backbone).__name__}")
+    return backbone
+
+
 def _architecture(backbone: nn.Module) -> tuple:
-    """What must agree for `SeedCNN`s to be stacked: the type and every parameter's and buffer's shape, in order
+    """What must agree for `NotebookCNN`s to be stacked: the type and every parameter's and buffer's shape, in order
     (dropout has no parameters, so members of any dropout rate stack)."""
-    if type(backbone) is not SeedCNN:
-        raise ValueError(f"only SeedCNN backbones can be packed, got {type(backbone).__name__}")
+    as_notebook_cnn(backbone)
     return tuple(tuple(t.shape) for t in [*backbone.parameters(), *backbone.buffers()])
 
 
+def _bias(layer: nn.Module) -> Tensor:
+    """The bias of one of a `NotebookCNN`'s convolutions or dense layers (all of them have one)."""
+    bias = layer.bias
+    if not isinstance(bias, Tensor):
+        raise ValueError(f"{layer!r} has no bias: it is not a NotebookCNN layer")
+    return bias
+
+
 class PackedCNN(nn.Module):
-    """K `SeedCNN`s of one architecture as one network (see the module docstring); built from the members,
+    """K `NotebookCNN`s of one architecture as one network (see the module docstring); built from the members,
     whose values it copies (the members are left as they are).
 
     ``forward(x, masks)`` takes standardized images ``(K, B, 3, H, W)`` and dropout masks ``(K, B, hidden)`` (or
     None) and returns logits ``(K, B, classes)``.
     """
 
-    def __init__(self, members: Sequence[SeedCNN]) -> None:
+    def __init__(self, members: Sequence[NotebookCNN]) -> None:
         super().__init__()
         if not members:
             raise ValueError("a pack needs at least one member")
@@ -68,10 +87,11 @@ class PackedCNN(nn.Module):
         self.convs = nn.ModuleList()
         for layer in range(len(convs[0])):
             first = convs[0][layer]
-            conv = nn.Conv2d(first.in_channels * k, first.out_channels * k, first.kernel_size, groups=k)
+            size = cast("tuple[int, int]", first.kernel_size)
+            conv = nn.Conv2d(first.in_channels * k, first.out_channels * k, size, groups=k)
             with torch.no_grad():
                 conv.weight.copy_(torch.cat([c[layer].weight for c in convs]))
-                conv.bias.copy_(torch.cat([c[layer].bias for c in convs]))
+                _bias(conv).copy_(torch.cat([_bias(c[layer]) for c in convs]))
             self.convs.append(conv)
         self.norms = nn.ModuleList()
         for layer in range(len(norms[0])):
@@ -82,9 +102,9 @@ class PackedCNN(nn.Module):
             self.norms.append(bn)
         linears = [[layer for layer in m.classifier if isinstance(layer, nn.Linear)][0] for m in members]
         self.hidden_weight = nn.Parameter(torch.stack([m.hidden.weight.detach() for m in members]))
-        self.hidden_bias = nn.Parameter(torch.stack([m.hidden.bias.detach() for m in members]))
+        self.hidden_bias = nn.Parameter(torch.stack([_bias(m.hidden).detach() for m in members]))
         self.out_weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in linears]))
-        self.out_bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in linears]))
+        self.out_bias = nn.Parameter(torch.stack([_bias(layer).detach() for layer in linears]))
 
     def forward(self, x: Tensor, masks: Optional[Tensor] = None) -> Tensor:
         k, b = x.shape[:2]
@@ -221,6 +241,8 @@ class PackDataModule(CIFAR10DataModule):
         if trainer is not None and trainer.world_size > 1:
             raise ValueError("packs train on one device: data-parallel packs are not supported")
         device = trainer.strategy.root_device if trainer is not None else None
+        if self.train_images is None or self.train_labels is None:
+            raise RuntimeError("train_dataloader() needs the data: call setup() first")
         return PackBatches(self.train_images, self.train_labels, self.batch_size,
                            PackSampler(len(self.train_labels), self.member_seeds), device=device)
 
@@ -238,6 +260,13 @@ class PackedClassifier(pl.LightningModule):
             num_classes, or with an injected optimizer.
     """
 
+    # Buffers, declared for the type checker (nn.Module types its attributes as Tensor | Module).
+    mean: Tensor
+    std: Tensor
+    l1: Tensor
+    l2: Tensor
+    alive: Tensor
+
     def __init__(self, members: Sequence[RegularizedClassifier], randomness: MemberRandomness) -> None:
         super().__init__()
         if not members:
@@ -253,7 +282,7 @@ class PackedClassifier(pl.LightningModule):
         self.specs = [m.spec for m in members]
         self.size = k = len(members)
         self.randomness = randomness
-        self.network = PackedCNN([m.backbone for m in members])
+        self.network = PackedCNN([as_notebook_cnn(m.backbone) for m in members])
         self.register_buffer("mean", torch.zeros(k, *IMAGE_SHAPE))
         self.register_buffer("std", torch.ones(k, *IMAGE_SHAPE))
         self.register_buffer("l1", torch.tensor([s.l1 for s in self.specs]))
@@ -306,7 +335,7 @@ class PackedClassifier(pl.LightningModule):
             with self.randomness.use(k, device):
                 if augment[k]:
                     images[k] = random_crop_flip(images[k])
-                if rates[k]:
+                if rates[k] and masks is not None:  # masks exist whenever a member drops out
                     masks[k] = F.dropout(masks[k], rates[k], training=True)
         return images, masks
 
@@ -332,7 +361,7 @@ class PackedClassifier(pl.LightningModule):
         if labels.dim() == 1:
             labels = labels.expand(k, b)
         ce = F.cross_entropy(logits.reshape(k * b, -1), labels.reshape(-1), reduction="none").view(k, b).mean(1)
-        penalty = self.penalty() if stage == "train" else self._eval_penalty
+        penalty = self.penalty() if stage == "train" or self._eval_penalty is None else self._eval_penalty
         loss = ce + penalty
         correct = (logits.argmax(-1) == labels).sum(1)
         values = {"loss": loss * b, "ce": ce * b, "correct": correct,
@@ -385,7 +414,7 @@ class PackedClassifier(pl.LightningModule):
                  if name != "maxnorm_rescaled" or capped[k]} for k in range(self.size)]
 
     # ------------------------------------------------------------------------------------- optimizer
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = make_adam(self.parameters(), lr=self.lr, eps=self.adam_eps)
         decay = self.lr_decay
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))

@@ -1,4 +1,4 @@
-"""`SeedCNN`: the notebook's architecture, its spec-driven layers and Keras's default initialization."""
+"""`NotebookCNN`: the notebook's architecture, its spec-driven layers and Keras's default initialization."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from lit_cifar.models import SeedCNN
+from lit_cifar.models import NotebookCNN
 from lit_cifar.spec import RegularizationSpec
 
 
 @pytest.fixture(scope="module")
-def baseline() -> SeedCNN:
+def baseline() -> NotebookCNN:
     torch.manual_seed(0)
-    return SeedCNN()
+    return NotebookCNN()
 
 
 def layers_of(model: nn.Module, kind: type) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kind)]
 
 
-def test_layer_shapes(baseline: SeedCNN) -> None:
+def test_layer_shapes(baseline: NotebookCNN) -> None:
     convs = layers_of(baseline, nn.Conv2d)
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
         (3, 32, (3, 3), (0, 0)), (32, 32, (3, 3), (0, 0)), (32, 32, (3, 3), (0, 0))]
@@ -32,7 +32,7 @@ def test_layer_shapes(baseline: SeedCNN) -> None:
     assert (linears[-1].in_features, linears[-1].out_features) == (1024, 10)
 
 
-def test_parameter_count_of_baseline(baseline: SeedCNN) -> None:
+def test_parameter_count_of_baseline(baseline: NotebookCNN) -> None:
     conv1 = 3 * 32 * 9 + 32
     conv23 = 32 * 32 * 9 + 32
     hidden = 21632 * 1024 + 1024
@@ -41,13 +41,13 @@ def test_parameter_count_of_baseline(baseline: SeedCNN) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-def test_forward_gives_logits_per_image(baseline: SeedCNN, batch: int) -> None:
+def test_forward_gives_logits_per_image(baseline: NotebookCNN, batch: int) -> None:
     with torch.no_grad():
         out = baseline(torch.randn(batch, 3, 32, 32))
     assert out.shape == (batch, 10) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def test_biases_start_at_zero(baseline: SeedCNN) -> None:
+def test_biases_start_at_zero(baseline: NotebookCNN) -> None:
     layers = layers_of(baseline, (nn.Conv2d, nn.Linear))
     assert len(layers) == 5
     for layer in layers:
@@ -61,7 +61,7 @@ def glorot_bound(layer: nn.Module) -> float:
     return math.sqrt(6 / (fan_in + fan_out))
 
 
-def test_weights_are_glorot_uniform(baseline: SeedCNN) -> None:
+def test_weights_are_glorot_uniform(baseline: NotebookCNN) -> None:
     for layer in layers_of(baseline, (nn.Conv2d, nn.Linear)):
         bound = glorot_bound(layer)
         weight = layer.weight.detach()
@@ -75,7 +75,7 @@ def test_weights_are_glorot_uniform(baseline: SeedCNN) -> None:
 
 
 def test_batchnorm_after_each_relu_with_keras_defaults() -> None:
-    model = SeedCNN("bn")
+    model = NotebookCNN("bn")
     norms = layers_of(model, nn.BatchNorm2d)
     assert len(norms) == 3
     assert all(n.eps == 1e-3 and n.momentum == 0.01 and n.num_features == 32 for n in norms)
@@ -83,14 +83,14 @@ def test_batchnorm_after_each_relu_with_keras_defaults() -> None:
     assert kinds == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d] * 3 + [nn.Flatten]
 
 
-def test_no_batchnorm_without_bn(baseline: SeedCNN) -> None:
+def test_no_batchnorm_without_bn(baseline: NotebookCNN) -> None:
     assert not layers_of(baseline, nn.modules.batchnorm._BatchNorm)
     assert [type(m) for m in baseline.features] == [nn.Conv2d, nn.ReLU] * 3 + [nn.Flatten]
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.25, 0.5])
 def test_dropout_layer_iff_dropout_positive(dropout: float) -> None:
-    model = SeedCNN(RegularizationSpec(dropout=dropout), hidden_units=8)
+    model = NotebookCNN(RegularizationSpec(dropout=dropout), hidden_units=8)
     drops = layers_of(model, nn.Dropout)
     if dropout:
         assert [d.p for d in drops] == [dropout]
@@ -99,11 +99,39 @@ def test_dropout_layer_iff_dropout_positive(dropout: float) -> None:
         assert drops == []
 
 
-def test_regularized_layers_is_the_hidden_layer(baseline: SeedCNN) -> None:
+def test_regularized_layers_is_the_hidden_layer(baseline: NotebookCNN) -> None:
     layers = baseline.regularized_layers()
     assert len(layers) == 1 and layers[0] is baseline.hidden
 
 
 def test_spec_text_is_accepted() -> None:
-    model = SeedCNN("pixel+bn+dropout=0.5", hidden_units=8)
+    model = NotebookCNN("pixel+bn+dropout=0.5", hidden_units=8)
     assert len(layers_of(model, nn.BatchNorm2d)) == 3 and len(layers_of(model, nn.Dropout)) == 1
+
+
+@pytest.mark.parametrize("module", ["lit_cifar", "lit_cifar.models"])
+def test_seedcnn_is_a_deprecated_alias_of_notebookcnn(module: str) -> None:
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match="NotebookCNN"):
+        alias = importlib.import_module(module).SeedCNN
+    assert alias is NotebookCNN
+    with pytest.raises(AttributeError):
+        importlib.import_module(module).NoSuchNet  # noqa: B018
+
+
+def test_every_name_of_the_notebook_cnn_is_the_default_model_with_one_hash(tmp_path) -> None:
+    import yaml
+
+    from ablations.suite import expand_trials, load_suite
+
+    def first_hash(**content: object) -> str:
+        path = tmp_path / "mine.yaml"
+        path.write_text(yaml.safe_dump({"name": "mine", "specs": ["pixel"], "settings": {"seeds": [0]}, **content}))
+        suite = load_suite(str(path))
+        return expand_trials(suite, suite.settings)[0].settings_hash
+
+    default = first_hash()
+    assert {first_hash(model={"class_path": path}) for path in (
+        "lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN", "lit_cifar.SeedCNN", "lit_cifar.models.SeedCNN")} \
+        == {default}

@@ -19,7 +19,7 @@ from torch import nn
 
 import lit_cifar.data
 from lit_cifar.data import CIFAR10DataModule
-from lit_cifar.models import SeedCNN
+from lit_cifar.models import NotebookCNN
 from lit_cifar.module import RegularizedClassifier
 from lit_cifar.spec import RegularizationSpec
 
@@ -60,7 +60,7 @@ def fill_biases(module: nn.Module, value: float = 1.0) -> None:
     ("l1=0.001", 0.001, 0.0), ("l2=0.01", 0.0, 0.01), ("l1=0.001+l2=0.01", 0.001, 0.01)])
 def test_penalty_is_keras_l1_l2_of_hidden_kernel_only(spec: str, l1: float, l2: float) -> None:
     torch.manual_seed(0)
-    module = RegularizedClassifier(spec, backbone=SeedCNN(spec, width=4, hidden_units=16))
+    module = RegularizedClassifier(spec, backbone=NotebookCNN(spec, width=4, hidden_units=16))
     fill_biases(module)
     weight = module.backbone.hidden.weight.detach().double()
     expected = l1 * weight.abs().sum() + l2 * weight.square().sum()
@@ -128,9 +128,9 @@ def test_backbone_regularized_layers_are_used() -> None:
     torch.testing.assert_close(module.penalty(), 0.5 * backbone.second.weight.square().sum())
 
 
-def test_seed_cnn_regularizes_its_hidden_layer() -> None:
+def test_notebook_cnn_regularizes_its_hidden_layer() -> None:
     module = RegularizedClassifier("l2=0.01")
-    assert isinstance(module.backbone, SeedCNN)
+    assert isinstance(module.backbone, NotebookCNN)
     assert len(module.regularized) == 1 and module.regularized[0] is module.backbone.hidden
 
 
@@ -210,11 +210,12 @@ def test_max_norm_constrains_hidden_rows_after_each_step(cifar_dir: Path) -> Non
 
 def test_hparams_store_spec_as_dict() -> None:
     spec = RegularizationSpec.parse("pixel+bn+l2=0.01+maxnorm=3+dropout=0.5")
-    module = RegularizedClassifier(spec, lr=0.002, backbone=SeedCNN(spec, width=4, hidden_units=16))
+    module = RegularizedClassifier(spec, lr=0.002, backbone=NotebookCNN(spec, width=4, hidden_units=16))
     assert module.hparams["spec"] == spec.to_dict() and isinstance(module.hparams["spec"], dict)
     assert module.hparams["lr"] == 0.002 and module.hparams["adam_eps"] == 1e-7
     assert "backbone" not in module.hparams
-    assert RegularizedClassifier(module.hparams["spec"], backbone=SeedCNN(spec, width=4, hidden_units=16)).spec == spec
+    assert RegularizedClassifier(module.hparams["spec"],
+                                 backbone=NotebookCNN(spec, width=4, hidden_units=16)).spec == spec
 
 
 def test_hparams_are_the_constructor_arguments_but_the_runtime_ones() -> None:
@@ -338,7 +339,7 @@ SPEC = "pixel+l2=0.0001"
 
 @pytest.fixture(scope="module")
 def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    """SeedCNN fitted for 2 short epochs (14 steps) on the synthetic data, then tested; logs and checkpoint
+    """NotebookCNN fitted for 2 short epochs (14 steps) on the synthetic data, then tested; logs and checkpoint
     in a temporary folder. Batches of 50 divide the val and test splits (see the short-last-batch bug above)."""
     root = tmp_path_factory.mktemp("run")
     pl.seed_everything(0, verbose=False)
@@ -589,3 +590,33 @@ def test_a_checkpoint_from_before_the_model_kept_statistics_loads(trained: Train
     torch.save(checkpoint, tmp_path / "old.ckpt")
     restored = RegularizedClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
     assert restored.input_norm.fitted and torch.equal(restored.input_norm.mean, trained.datamodule.mean)
+
+
+# ------------------------------------------------------------------------------ a data module of one's own
+def test_the_library_data_modules_and_one_of_your_own_are_normalizing_data(tmp_path: Path) -> None:
+    from lit_cifar.data import CIFAR100DataModule, NormalizingData
+    from tests.thirdparty.nets import StatisticsOnly
+
+    for dm in (CIFAR10DataModule(str(tmp_path), download=False), CIFAR100DataModule(str(tmp_path), download=False),
+               StatisticsOnly()):
+        assert isinstance(dm, NormalizingData), type(dm).__name__
+    assert not isinstance(pl.LightningDataModule(), NormalizingData)
+
+
+def test_a_data_module_with_only_the_protocol_members_trains_the_model() -> None:
+    """Fitting takes its statistics; testing with a fitted model on another one writes the model's back into it; a
+    data module with another `normalize` is refused."""
+    from tests.thirdparty.nets import StatisticsOnly, TinyResNet
+
+    spec = RegularizationSpec.parse("pixel+bn")
+    dm = StatisticsOnly("pixel")
+    model = RegularizedClassifier(spec, backbone=TinyResNet(spec))
+    make_trainer(limit_val_batches=1).fit(model, dm)
+    assert model.input_norm.fitted and torch.equal(model.input_norm.mean, dm.mean)
+    assert torch.equal(model.input_norm.std, dm.std) and dm.mean is not None and dm.mean.shape == (3, 32, 32)
+    other = StatisticsOnly("pixel", seed=1)
+    (tested,) = make_trainer().test(model, other, verbose=False)
+    assert 0 <= tested["test/acc"] <= 1
+    assert torch.equal(other.mean, model.input_norm.mean) and torch.equal(other.std, model.input_norm.std)
+    with pytest.raises(ValueError, match="normalize='channel'"):
+        make_trainer().test(model, StatisticsOnly("channel"), verbose=False)

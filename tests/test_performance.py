@@ -1,7 +1,7 @@
-"""The fast training path gives the plain path's results, and today's fp32 numbers those of the code a long sweep
-started with, with the allocator tuned or not; fused Adam where supported, with a clean fallback; the allocator
-tuning degrades to a no-op where it cannot apply; the benchmark runs every row, its FLOP count is right, and its
-Keras peer row runs the interpreter it is given."""
+"""The fast training path gives the plain path's results, and fp32 training the pinned reference numbers, with the
+allocator tuned or not; fused Adam where supported, with a clean fallback; the allocator tuning degrades to a no-op
+where it cannot apply; the benchmark runs every row, its FLOP count is right, and its Keras peer row runs the
+interpreter it is given; the measuring helpers import neither torch nor the bench."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
     assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
 
 
-# Metrics of `reference_run` computed by the code a long real-data sweep was started with, with torch 2.14.1 on 2
-# threads of an AMD EPYC with AVX-512. fp32 training must stay bit-identical, so these are compared with ==.
+# Metrics of `reference_run` pinned with torch 2.14.1 on 2 threads of an AMD EPYC with AVX-512. fp32 training must
+# stay bit-identical (committed results stay reproducible by later code), so these are compared with ==.
 # What decides the numbers is which kernels run, and that is decided by the torch build, the thread count, the CPU
 # vendor (oneDNN and MKL take vendor-specific paths) and its instruction sets (ATen's dispatch level and the ISA
 # extensions oneDNN uses), not by the CPU's marketing name: two "AMD EPYC" (Zen 3, AVX2 only; Zen 4, AVX-512) round
@@ -271,3 +271,22 @@ def test_keras_peer_row_runs_the_given_interpreter_on_our_images(cifar_dir: Path
     assert images.dtype == np.uint8 and images.shape == (256, 3, 32, 32)
     assert (images == dm.train_images[:256].numpy()).all()
     assert bench.keras_python(None) in (None, sys.executable) and bench.keras_python("/x/python") == "/x/python"
+
+
+def test_the_measuring_helpers_are_shared_without_torch_or_the_bench():
+    """`ablations.gpucheck` and `ablations.measure` import neither torch nor `ablations.bench`; the bench uses the
+    same helpers."""
+    from ablations import measure
+
+    code = ("import sys, ablations.gpucheck, ablations.measure; "
+            "assert not {'torch', 'ablations.bench'} & set(sys.modules), sorted(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert bench.machine is measure.machine and bench.flops_per_image is measure.flops_per_image
+
+
+def test_synthetic_data_is_a_readable_binary_layout(tmp_path: Path):
+    from ablations.measure import synthetic_data_dir
+
+    dm = CIFAR10DataModule(str(synthetic_data_dir(tmp_path / "data", 50, 20)), val_size=10, download=False)
+    assert dm.verify() == {"train": 40, "val": 10, "test": 20}

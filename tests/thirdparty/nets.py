@@ -3,6 +3,9 @@ path in test suites (``tests.thirdparty.nets.TinyResNet``). Nothing in lit_cifar
 
 from __future__ import annotations
 
+from typing import Optional
+
+import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
@@ -46,3 +49,32 @@ class FloatBatches(CIFAR10DataModule):
 
     def train_dataloader(self):
         return [(images.float() / 255, labels) for images, labels in super().train_dataloader()]
+
+
+class StatisticsOnly(pl.LightningDataModule):
+    """A data module of one's own, no `CIFAR10DataModule`: random uint8 images and labels in memory, and only what
+    `RegularizedClassifier` reads (`lit_cifar.data.NormalizingData`): `normalize`, and `mean`/`std` fitted on the
+    training images in `setup`."""
+
+    def __init__(self, normalize: str = "pixel", images: int = 64, batch_size: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=generator)
+        self.labels = torch.randint(0, 10, (images,), generator=generator)
+        self.normalize, self.batch_size = normalize, batch_size
+        self.mean: Optional[Tensor] = None
+        self.std: Optional[Tensor] = None
+
+    def setup(self, stage: str) -> None:
+        if self.mean is None:
+            x = self.images.double()
+            dims = (0,) if self.normalize == "pixel" else (0, 2, 3)
+            mean, std = x.mean(dims, keepdim=True), x.std(dims, keepdim=True, correction=0)
+            if self.normalize == "none":
+                mean, std = torch.zeros_like(mean), torch.ones_like(std)
+            self.mean, self.std = mean.squeeze(0).float(), std.squeeze(0).float()
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.images, self.labels), self.batch_size)
+
+    val_dataloader = test_dataloader = train_dataloader
