@@ -22,14 +22,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ablations import adaptive, custom
-from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
-                             run_local, worker_slots)
+from ablations.engines import make_executor
+from ablations.engines.local import bars
+from ablations.quiet import quiet_lightning
+from ablations.signals import Interrupted, die_with_parent, interrupts
+from ablations.status import TrialState, TrialStatus
 from ablations.suite import (RunOptions, Suite, Trial, available_suites, coerce_setting, expand_trials, load_suite,
                              setting_problem, shard)
 from ablations.trust import check_precision, refuse_other_settings, write_report_or_say_why
@@ -258,7 +261,7 @@ def check_hardware(plan: Plan, args: argparse.Namespace) -> None:
     from ablations.trial import trainer_kwargs
 
     if args.engine == "ray":
-        from ablations.ray_engine import check_address, check_supported, import_ray
+        from ablations.engines.ray import check_address, check_supported, import_ray
 
         import_ray()
         check_supported(plan.trials, plan.options)
@@ -312,7 +315,7 @@ def _check_data(plan: Plan) -> None:
 def ray_resources(parallel: int, gpus: int, cpus: int) -> dict[str, float]:
     """What each Ray task asks for: the share of a machine the local engine gives each of its `parallel` workers
     (a GPU, or a fraction when several trials share one; none on CPU; an equal share of the cores)."""
-    from ablations.ray_engine import TrialResources
+    from ablations.engines.ray import TrialResources
 
     share = TrialResources.share(gpus, parallel, cpus)
     return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
@@ -333,67 +336,21 @@ def ddp_ranks(options: RunOptions) -> Ranks:
 
 
 def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    """Run the plan's trials on the chosen engine; the statuses in trial order.
+    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); the statuses in trial
+    order, as ``{"trial": name, "status": TrialState (a str: "done", "skipped", "failed"), "error": reason or
+    None}`` (`TrialStatus.as_dict`).
 
-    Trials already finished are skipped here, so no worker starts for them; under DDP every trial goes through
+    Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
     `run_trial`, where rank 0 decides for all ranks.
     """
-    from ablations.trial import is_finished
-
-    skip = ranks is None and not plan.options.force
-    done = {t.name for t in plan.trials if skip and is_finished(t, plan.options.logdir, warn=False)}
-    todo = [t for t in plan.trials if t.name not in done]
-    statuses = {name: {"trial": name, "status": "skipped", "error": None} for name in done}
-    if todo:
-        statuses.update((s["trial"], s) for s in _run_engine(todo, plan, args, ranks))
-    return [statuses[t.name] for t in plan.trials]
-
-
-def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
-                ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    if getattr(args, "pack_size", 1) > 1:
-        return _run_packed(trials, plan, args)
-    if args.engine == "ray":
-        from ablations.ray_engine import available_cpus, run_trials_ray
-
-        return run_trials_ray(trials, plan.options, address=args.ray_address, max_retries=args.max_retries,
-                              **ray_resources(plan.parallel, plan.gpus, available_cpus()))
-    from ablations.trial import run_trial
-
-    cpus = os.cpu_count() or 1
-    slots: Optional[list[WorkerSlot]] = None
-    if plan.parallel > 1:
-        slots = worker_slots(plan.parallel, plan.gpus, cpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    run = run_trial if ranks is None else functools.partial(run_trial, ranks=ranks)
-    sweep_bar, trial_bar = bars(len(trials), plan.parallel, ranks.rank if ranks else 0)
-    progress = Progress(trials, show=sweep_bar)
-    try:
-        return run_local(trials, replace(plan.options, progress_bar=trial_bar), run, progress, slots)
-    finally:
-        progress.close()
-
-
-def _run_packed(trials: list[Trial], plan: Plan, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ablations.packs import run_packed
-
-    progress = Progress(trials, show=len(trials) > 1)
-    try:
-        return run_packed(trials, plan.options, args.pack_size, progress)
-    finally:
-        progress.close()
-
-
-def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
-    """Which progress bar shows, one at most: the sweep's (trials done, naming the running ones) when several trials
-    train, Lightning's per-epoch bar when a single trial trains in this process; on rank 0, on a terminal only for
-    Lightning's."""
-    if rank != 0:
-        return False, False
-    return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
+    executor = make_executor(args.engine, parallel=plan.parallel, gpus=plan.gpus,
+                             pack_size=getattr(args, "pack_size", 1), ranks=ranks, ray_address=args.ray_address,
+                             max_retries=args.max_retries)
+    return [status.as_dict() for status in executor.run(plan.trials, plan.options)]
 
 
 # ------------------------------------------------------------------------------------------------ output
-def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int:
+def summarize(plan: Plan, statuses: Sequence[TrialStatus | Mapping[str, Any]], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
     from ablations.store import settings_key
@@ -404,12 +361,13 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
                                                                      plan.trials[0].factors))
     if table is not None:
         print(table)
-    counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
-    print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['failed']} failed in "
-          f"{seconds:.0f} s", file=sys.stderr)
-    failed = [s for s in statuses if s["status"] == "failed"]
+    states = [TrialStatus.of(s) for s in statuses]
+    counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
+    print(f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
+          f"{counts[TrialState.FAILED]} failed in {seconds:.0f} s", file=sys.stderr)
+    failed = [s for s in states if s.state is TrialState.FAILED]
     for status in failed:
-        print(f"FAILED {status['trial']}: {status['error']}", file=sys.stderr)
+        print(f"FAILED {status.trial}: {status.error}", file=sys.stderr)
     if problem is not None:
         print(f"{'error' if unwritten else 'note'}: {problem}", file=sys.stderr)
     return 1 if failed or unwritten else 0
@@ -417,7 +375,7 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
 
 def report_interrupted(plan: Plan, stop: Interrupted) -> int:
     """Say what a signal left behind (finished trials, read from disk) and return 130 / 143."""
-    from ablations.trial import is_finished
+    from ablations.status import is_finished
 
     finished = [t.name for t in plan.trials if is_finished(t, plan.options.logdir, warn=False)]
     print(f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
