@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from ablations.identity import DEFAULT_DATA
 from ablations.suite import RunOptions, Trial
@@ -284,12 +284,3 @@ def train_and_test_pack(trials: Sequence[Trial], options: RunOptions) -> list[di
                                     "precision_ran": str(trainer.precision)}})
     return outcomes
 
-
-def pack_flops(trials: int, images: int, epochs: int, seconds: float,
-               gflop_per_image: Optional[float] = None) -> float:
-    """Aggregate training TFLOP/s of a sweep: trials x training images x epochs x GFLOP per image / seconds."""
-    if gflop_per_image is None:
-        from ablations.bench import flops_per_image
-
-        gflop_per_image = flops_per_image() / 1e9
-    return trials * images * epochs * gflop_per_image / max(seconds, 1e-9) / 1e3
