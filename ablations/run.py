@@ -350,7 +350,7 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
 
 
 # ------------------------------------------------------------------------------------------------ output
-def summarize(plan: Plan, statuses: Sequence[TrialStatus | Mapping[str, Any]], seconds: float) -> int:
+def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
     from ablations.store import settings_key
