@@ -1,11 +1,11 @@
 """Seeds by target precision: run a suite in rounds and add seeds only where a comparison is still too uncertain.
 
 Round 1 trains every spec with seeds ``0 .. min_seeds-1``. After each round, every spec's difference from the
-reference spec gets Welch's 95% confidence interval (as `ablations.report.stats.welch` computes it); a spec whose interval
-is wider than the target width ``W`` (high - low) gets its next seed, until it is within ``W`` or has ``max_seeds``.
-The rule stops on the interval's width, never on a p-value. Because the decision looks at the seeds' spread, a
-spread that is small by chance would stop a comparison too early and make its reported interval too short, so
-the decision is guarded twice:
+reference spec gets Welch's 95% confidence interval (as `ablations.report.stats.welch` computes it); a spec whose
+interval is wider than the target width ``W`` (high - low) gets its next seed, until it is within ``W`` or has
+``max_seeds``. The rule stops on the interval's width, never on a p-value. Because the decision looks at the
+seeds' spread, a spread that is small by chance would stop a comparison too early and make its reported interval
+too short, so the decision is guarded twice:
 
 - it uses the width the interval would have if each variance were at its upper ``GUARD`` confidence bound
   (chi-squared);
@@ -18,7 +18,8 @@ coverage and Holm-corrected false-positive rate for given noise levels (tests/te
 
 The reference gets a seed in a round when some open comparison's uncertainty comes mostly from it (its variance
 of the mean is at least the spec's); a spec at the cap whose uncertainty is mostly its own gains nothing from
-reference seeds. Seeds are added in order (0, 1, 2, ...), so the rounds are a function of the finished results: a rerun recomputes them from disk and continues.
+reference seeds. Seeds are added in order (0, 1, 2, ...), so the rounds are a function of the finished results: a
+rerun recomputes them from disk and continues.
 
     python -m ablations.adaptive replay logs/replication/notebook --target-ci 0.03
     python -m ablations.adaptive simulate --target-ci 0.02

@@ -47,7 +47,7 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
     row.update(result.get("spec_fields") or {})
     row.update(result.get("factors") or {})
     row.update({"seed": result["seed"],
-                "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.SeedCNN",
+                "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
                 "data": data_label(settings["data"]) if isinstance(settings.get("data"), str) else
                 (settings["data"]["class_path"] if settings.get("data") else "cifar10")})
     row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
@@ -94,7 +94,7 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
     Raises:
         SweepError: what the command exits with status 2 for (raised before any trial trains).
         TrialsFailed: a trial failed (status 1); the finished ones are in its ``results``.
-        ablations.local.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
+        ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
     """
     from ablations import run
 

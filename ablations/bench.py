@@ -49,7 +49,8 @@ from torch import Tensor
 
 from ablations.measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
 from ablations.plan import Request, count_trials
-from ablations.run import argv_of, quiet_lightning
+from ablations.quiet import quiet_lightning
+from ablations.run import argv_of
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar.data import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
 from lit_cifar.models import NotebookCNN
@@ -206,7 +207,7 @@ def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> d
     """
     code = f"""
 import tempfile
-from ablations.run import quiet_lightning
+from ablations.quiet import quiet_lightning
 from ablations.suite import TrainSettings, Trial
 from ablations.trial import RunOptions, run_trial
 from lit_cifar import RegularizationSpec

@@ -2,7 +2,7 @@
 trains: the run's ``--model``, ``--data``, ``--optimizer``, ``--save-model`` and ``--logger`` flags.
 
 **The model** is ``class_path(**init_args)``, passed ``spec`` and ``num_classes`` when its constructor takes them
-(as `lit_cifar.SeedCNN` does), trained by `lit_cifar.RegularizedClassifier` under the library's backbone contract:
+(as `lit_cifar.NotebookCNN` does), trained by `lit_cifar.RegularizedClassifier` under the library's backbone contract:
 penalties and max-norm act on ``regularized_layers()``; ``bn`` needs a BatchNorm layer and ``dropout=P`` Dropout
 layers of probability P. Each distinct (model, spec) is built once at planning time, on the meta device (no
 memory, no weights), and run on a meta batch, so a spec it cannot honour, bad init args or an output that does not
@@ -216,12 +216,12 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
 def _check_one_model(trial: Trial, num_classes: Optional[int]) -> None:
     import torch
 
-    from lit_cifar.models import SeedCNN, build_backbone
+    from lit_cifar.models import NotebookCNN, build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
 
     def build() -> Any:
         if trial.model is None:
-            return SeedCNN(trial.spec, num_classes=num_classes or 10)
+            return NotebookCNN(trial.spec, num_classes=num_classes or 10)
         return build_backbone(trial.model.class_path, trial.model.init_args, trial.spec, num_classes or 10)
 
     try:
@@ -261,7 +261,7 @@ def check_models(trials: list[Trial], num_classes: Optional[int] = None) -> None
         if key in seen:
             continue
         seen.add(key)
-        model = "SeedCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
+        model = "NotebookCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
         try:
             _check_one_model(trial, num_classes)
         except (ValueError, TypeError) as error:

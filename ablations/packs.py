@@ -1,5 +1,5 @@
-"""The engine side of packs (``--pack K``): group a sweep's trials into packs and train each pack as one batched
-model (`lit_cifar.pack`), leaving every member's folder exactly as its single trial would.
+"""Packs (``--pack K``): which trials pack together, and training a pack as one batched model (`lit_cifar.pack`),
+leaving every member's folder exactly as its single trial would. `ablations.engines.packs` runs a sweep's packs.
 
 Every member gets its own ``result.json`` (the single trial's schema, with ``environment.pack`` naming the pack),
 history, TensorBoard run (scalars, weight histograms, hparams.yaml, HParams record) and, when it fails, its own
@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-import traceback
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
-from ablations.local import Progress, raise_if_interrupted
 from ablations.identity import DEFAULT_DATA
 from ablations.suite import RunOptions, Trial
 
 AUTO = "auto"
 MAX_AUTO_PACK = 64  # members of an automatic GPU pack at most
 GPU_MEMORY_SHARE = 0.7  # of the GPU's free memory an automatic pack plans to use
-CPU_AUTO_PACK = 1  # measured on a 2-core CPU: a pack of 4 is no faster than 4 trials in turn (docs/packs.md)
+CPU_AUTO_PACK = 1  # on a CPU a pack is no faster than its trials in turn (docs/packs.md)
 
 
 def pack_value(text: str) -> Union[int, str]:
@@ -288,89 +284,3 @@ def train_and_test_pack(trials: Sequence[Trial], options: RunOptions) -> list[di
                                     "precision_ran": str(trainer.precision)}})
     return outcomes
 
-
-def _record_pack(trials: Sequence[Trial], options: RunOptions) -> list[dict[str, Any]]:
-    """Train the pack (its members' locks held) and write each member's result.json or error.json."""
-    from ablations.store import write_json_atomic, write_result
-    from ablations.trial import environment, release_memory
-
-    for trial in trials:
-        trial.paths(options.logdir).clear()
-    names = [t.name for t in trials]
-    shared = environment()
-    records = [{**t.record(), "environment": {**shared, "pack": {"size": len(trials), "index": k,
-                                                                  "members": names}}}
-               for k, t in enumerate(trials)]
-    try:
-        outcomes = train_and_test_pack(trials, options)
-    except Exception as error:  # the whole pack failed: every member records it, the sweep goes on
-        reason = f"{type(error).__name__}: {error}"
-        outcomes = [{"error": reason, "traceback": traceback.format_exc()} for _ in trials]
-    finally:
-        release_memory()
-    statuses = []
-    for trial, record, outcome in zip(trials, records, outcomes):
-        paths = trial.paths(options.logdir)
-        if "result" in outcome:
-            write_result(paths.result, {**record, **outcome["result"]})
-            statuses.append({"trial": trial.name, "status": "done", "error": None})
-        else:
-            write_json_atomic(paths.error, {**record, "error": outcome["error"],
-                                            "traceback": outcome.get("traceback")})
-            statuses.append({"trial": trial.name, "status": "failed", "error": outcome["error"]})
-    return statuses
-
-
-def run_pack(trials: Sequence[Trial], options: RunOptions, wait: bool = False) -> list[dict[str, Any]]:
-    """Train the members of a pack that are neither finished nor running elsewhere, as one pack; never raises for
-    a failing pack. Returns each member's status, as `ablations.trial.run_trial` does for one trial."""
-    from ablations.store import folder_lock
-    from ablations.trial import is_finished
-
-    statuses: dict[str, dict[str, Any]] = {}
-    with ExitStack() as locks:
-        todo = []
-        for trial in trials:
-            status = {"trial": trial.name, "status": "skipped", "error": None}
-            if not options.force and is_finished(trial, options.logdir):
-                statuses[trial.name] = status
-            elif not locks.enter_context(folder_lock(trial.paths(options.logdir).folder, wait)):
-                statuses[trial.name] = {**status, "status": "busy"}
-            elif not options.force and is_finished(trial, options.logdir):  # finished elsewhere meanwhile
-                statuses[trial.name] = status
-            else:
-                todo.append(trial)
-        if todo:
-            statuses.update((s["trial"], s) for s in _record_pack(todo, options))
-    return [statuses[t.name] for t in trials]
-
-
-def run_packed(trials: Sequence[Trial], options: RunOptions, size: int, progress: Progress
-               ) -> list[dict[str, Any]]:
-    """Run `trials` in packs of at most `size`, one pack at a time in this process; members another sweep is
-    running are retried at the end, waiting for their locks. The statuses in trial order."""
-    index = {t.name: i for i, t in enumerate(trials)}
-    pending, wait = list(trials), False
-    while pending:
-        busy = []
-        for pack in make_packs(pending, size):
-            raise_if_interrupted()
-            for trial in pack:
-                progress.started(index[trial.name])
-            print(f"pack of {len(pack)}: {', '.join(t.name for t in pack)}", file=sys.stderr)
-            for trial, status in zip(pack, run_pack(pack, options, wait)):
-                progress.finished(index[trial.name], status)
-                if status["status"] == "busy":
-                    busy.append(trial)
-        pending, wait = busy, True
-    return [progress.statuses[i] for i in range(len(trials))]
-
-
-def pack_flops(trials: int, images: int, epochs: int, seconds: float,
-               gflop_per_image: Optional[float] = None) -> float:
-    """Aggregate training TFLOP/s of a sweep: trials x training images x epochs x GFLOP per image / seconds."""
-    if gflop_per_image is None:
-        from ablations.bench import flops_per_image
-
-        gflop_per_image = flops_per_image() / 1e9
-    return trials * images * epochs * gflop_per_image / max(seconds, 1e-9) / 1e3

@@ -209,7 +209,7 @@ def check_hardware(plan: Plan) -> None:
     from ablations.trial import trainer_kwargs
 
     if plan.engine == "ray":
-        from ablations.ray_engine import check_address, check_supported, import_ray
+        from ablations.engines.ray import check_address, check_supported, import_ray
 
         import_ray()
         check_supported(plan.trials, plan.options)

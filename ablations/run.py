@@ -26,17 +26,20 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ablations import adaptive, custom
 from ablations import plan as planning
-from ablations.local import (Interrupted, Progress, WorkerSlot, die_with_parent, interrupts, quiet_lightning,
-                             run_local, worker_slots)
+from ablations.engines import make_executor
+from ablations.engines.local import bars
 from ablations.plan import Plan, Request
-from ablations.suite import RunOptions, Trial, available_suites, coerce_setting, setting_problem
+from ablations.quiet import quiet_lightning
+from ablations.signals import Interrupted, die_with_parent, interrupts
+from ablations.status import TrialState, TrialStatus
+from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
 from ablations.trust import write_report_or_say_why
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
@@ -233,7 +236,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def ray_resources(parallel: int, gpus: int, cpus: int) -> dict[str, float]:
     """What each Ray task asks for: the share of a machine the local engine gives each of its `parallel` workers
     (a GPU, or a fraction when several trials share one; none on CPU; an equal share of the cores)."""
-    from ablations.ray_engine import TrialResources
+    from ablations.engines.ray import TrialResources
 
     share = TrialResources.share(gpus, parallel, cpus)
     return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
@@ -254,67 +257,20 @@ def ddp_ranks(options: RunOptions) -> Ranks:
 
 
 def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    """Run the plan's trials on the chosen engine; the statuses in trial order.
+    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); the statuses in trial
+    order, as ``{"trial": name, "status": TrialState (a str: "done", "skipped", "failed"), "error": reason or
+    None}`` (`TrialStatus.as_dict`).
 
-    Trials already finished are skipped here, so no worker starts for them; under DDP every trial goes through
+    Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
     `run_trial`, where rank 0 decides for all ranks.
     """
-    from ablations.trial import is_finished
-
-    skip = ranks is None and not plan.options.force
-    done = {t.name for t in plan.trials if skip and is_finished(t, plan.options.logdir, warn=False)}
-    todo = [t for t in plan.trials if t.name not in done]
-    statuses = {name: {"trial": name, "status": "skipped", "error": None} for name in done}
-    if todo:
-        statuses.update((s["trial"], s) for s in _run_engine(todo, plan, args, ranks))
-    return [statuses[t.name] for t in plan.trials]
-
-
-def _run_engine(trials: list[Trial], plan: Plan, args: argparse.Namespace,
-                ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    if getattr(args, "pack_size", 1) > 1:
-        return _run_packed(trials, plan, args)
-    if args.engine == "ray":
-        from ablations.ray_engine import available_cpus, run_trials_ray
-
-        return run_trials_ray(trials, plan.options, address=args.ray_address, max_retries=args.max_retries,
-                              **ray_resources(plan.parallel, plan.gpus, available_cpus()))
-    from ablations.trial import run_trial
-
-    cpus = os.cpu_count() or 1
-    slots: Optional[list[WorkerSlot]] = None
-    if plan.parallel > 1:
-        slots = worker_slots(plan.parallel, plan.gpus, cpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    run = run_trial if ranks is None else functools.partial(run_trial, ranks=ranks)
-    sweep_bar, trial_bar = bars(len(trials), plan.parallel, ranks.rank if ranks else 0)
-    progress = Progress(trials, show=sweep_bar)
-    try:
-        return run_local(trials, replace(plan.options, progress_bar=trial_bar), run, progress, slots)
-    finally:
-        progress.close()
-
-
-def _run_packed(trials: list[Trial], plan: Plan, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ablations.packs import run_packed
-
-    progress = Progress(trials, show=len(trials) > 1)
-    try:
-        return run_packed(trials, plan.options, args.pack_size, progress)
-    finally:
-        progress.close()
-
-
-def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
-    """Which progress bar shows, one at most: the sweep's (trials done, naming the running ones) when several trials
-    train, Lightning's per-epoch bar when a single trial trains in this process; on rank 0, on a terminal only for
-    Lightning's."""
-    if rank != 0:
-        return False, False
-    return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
+    executor = make_executor(plan.engine, parallel=plan.parallel, gpus=plan.gpus, pack_size=plan.pack_size,
+                             ranks=ranks, ray_address=plan.ray_address, max_retries=plan.max_retries)
+    return [status.as_dict() for status in executor.run(plan.trials, plan.options)]
 
 
 # ------------------------------------------------------------------------------------------------ output
-def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int:
+def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
     from ablations.store import settings_key
@@ -325,12 +281,13 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
                                                                      plan.trials[0].factors))
     if table is not None:
         print(table)
-    counts = {s: sum(1 for x in statuses if x["status"] == s) for s in ("done", "skipped", "failed")}
-    print(f"{counts['done']} trained, {counts['skipped']} already done, {counts['failed']} failed in "
-          f"{seconds:.0f} s", file=sys.stderr)
-    failed = [s for s in statuses if s["status"] == "failed"]
+    states = [TrialStatus.of(s) for s in statuses]
+    counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
+    print(f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
+          f"{counts[TrialState.FAILED]} failed in {seconds:.0f} s", file=sys.stderr)
+    failed = [s for s in states if s.state is TrialState.FAILED]
     for status in failed:
-        print(f"FAILED {status['trial']}: {status['error']}", file=sys.stderr)
+        print(f"FAILED {status.trial}: {status.error}", file=sys.stderr)
     if problem is not None:
         print(f"{'error' if unwritten else 'note'}: {problem}", file=sys.stderr)
     return 1 if failed or unwritten else 0
@@ -338,7 +295,7 @@ def summarize(plan: Plan, statuses: list[dict[str, Any]], seconds: float) -> int
 
 def report_interrupted(plan: Plan, stop: Interrupted) -> int:
     """Say what a signal left behind (finished trials, read from disk) and return 130 / 143."""
-    from ablations.trial import is_finished
+    from ablations.status import is_finished
 
     finished = [t.name for t in plan.trials if is_finished(t, plan.options.logdir, warn=False)]
     print(f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
@@ -354,7 +311,6 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
         made = planning.prepare(request_of(args), check_data=not args.dry_run)
     except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
         parser.error(str(error))
-    args.pack_size = made.pack_size  # the engines read it from the command line
     return made
 
 

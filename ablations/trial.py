@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import platform
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -28,14 +27,15 @@ import torch
 import torchmetrics
 
 from ablations import custom
-from ablations.local import raise_if_interrupted
 from ablations.monitor import TrialLogger, TrialMonitor
-from ablations.store import TrialPaths, code_provenance, folder_lock, read_result, write_json_atomic, write_result
+from ablations.signals import raise_if_interrupted
+from ablations.status import TrialState, TrialStatus, claim, is_finished, record_failure
+from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
 from lit_cifar.runtime import cpu_model, trim_heap
 
-__all__ = ["RunOptions", "Ranks", "environment", "is_finished", "run_trial", "trainer_kwargs"]
+__all__ = ["RunOptions", "Ranks", "TrialStatus", "environment", "is_finished", "run_trial", "trainer_kwargs"]
 
 
 def _unchanged(decision: Any) -> Any:
@@ -55,7 +55,7 @@ class Ranks:
 
 
 class StopWhenInterrupted(pl.Callback):
-    """Stops a trial at its next batch once SIGTERM or SIGINT arrived (`ablations.local.interrupts`), in case the
+    """Stops a trial at its next batch once SIGTERM or SIGINT arrived (`ablations.signals.interrupts`), in case the
     signal handler's own exception was swallowed."""
 
     def on_train_batch_start(self, *args: Any) -> None:
@@ -93,24 +93,12 @@ def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, An
             "use_distributed_sampler": False}
 
 
-def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
-    """True if the trial has a readable result.json for exactly its settings. An unreadable (e.g. truncated)
-    one counts as not finished, so the trial is rerun rather than silently counted; ``warn`` reports it on stderr."""
-    try:
-        result = read_result(trial.paths(logdir).folder)
-    except ValueError as error:
-        if warn:
-            print(f"warning: {error}; rerunning {trial.name}", file=sys.stderr)
-        return False
-    return result is not None and result["settings_hash"] == trial.settings_hash
-
-
 def release_memory() -> None:
     """Free what finished work left behind and hand it back to the OS.
 
     Trainer and module reference each other: without a collection, every finished trial's model, gradients and Adam
-    state (~0.3 GB) would stay until Python's gc happened to run. And glibc keeps freed heap memory (here ~0.1 GB
-    after reading the dataset file by file) unless asked to trim it.
+    state would stay until Python's gc happened to run. And glibc keeps freed heap memory (e.g. after reading the
+    dataset file by file) unless asked to trim it (docs/performance.md, Memory).
     """
     gc.collect()
     trim_heap()
@@ -143,7 +131,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
                          callbacks=[*monitor.callbacks, StopWhenInterrupted()])
     trainer.fit(model, datamodule=dm)
     stop_if_interrupted(trainer)
-    model.zero_grad(set_to_none=True)  # testing needs no gradients: their 88 MB go back before the test split loads
+    model.zero_grad(set_to_none=True)  # testing needs no gradients: they go back before the test split loads
     release_memory()
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
     stop_if_interrupted(trainer)
@@ -173,61 +161,48 @@ def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
     return {"train_images": sizes["train"], "val_images": sizes["val"], "test_images": sizes["test"]}
 
 
-def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:
+def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> TrialStatus:
     """Train the trial (its lock held) and write result.json, or error.json if it raised."""
     paths.supersede(trial.settings_hash)  # a result of other settings is kept aside, never deleted
     paths.clear()
     record = {**trial.record(), "environment": environment()}
     try:
         write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
-        return {"trial": trial.name, "status": "done", "error": None}
+        return TrialStatus(trial.name, TrialState.DONE)
     except Exception as error:  # isolate the failure: record it, let the sweep go on
-        reason = f"{type(error).__name__}: {error}"
-        try:
-            write_json_atomic(paths.error, {**record, "error": reason, "traceback": traceback.format_exc()})
-        except OSError as write_error:
-            reason += f" (and {paths.error} could not be written: {write_error.strerror})"
-        return {"trial": trial.name, "status": "failed", "error": reason}
+        return record_failure(trial, options.logdir, f"{type(error).__name__}: {error}",
+                              traceback=traceback.format_exc(), record=record, held=True)
     finally:
         release_memory()
 
 
-def _follow(trial: Trial, options: RunOptions, ranks: Ranks) -> dict[str, Any]:
+def _follow(trial: Trial, options: RunOptions, ranks: Ranks) -> TrialStatus:
     """A rank other than 0: train when rank 0 says so; rank 0 records the outcome."""
-    status = {"trial": trial.name, "status": ranks.broadcast(None), "error": None}
-    if status["status"] != "run":
-        return status
+    state = TrialState(ranks.broadcast(None))
+    if state is not TrialState.RUN:
+        return TrialStatus(trial.name, state)
     try:
         _train_and_test(trial, options, trial.paths(options.logdir))
-        return {**status, "status": "done"}
+        return TrialStatus(trial.name, TrialState.DONE)
     except Exception as error:
-        return {**status, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+        return TrialStatus(trial.name, TrialState.FAILED, f"{type(error).__name__}: {error}")
     finally:
         release_memory()
 
 
-def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> dict[str, Any]:
+def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> TrialStatus:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
-    Returns ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed", "error": reason or None}``:
-    ``busy`` when another process holds the trial's lock and not ``wait``; with ``wait`` it waits for that
-    process, then skips the trial if it finished or runs it if its holder died. Under DDP (`ranks`), rank 0
-    decides, locks and writes, and every rank follows its decision.
+    Returns its `TrialStatus`, which reads as ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed",
+    "error": reason or None}``: BUSY when another process holds the trial's lock and not ``wait``; with ``wait``
+    it waits for that process, then skips the trial if it finished or runs it if its holder died
+    (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and writes, and every rank
+    follows its decision.
     """
     if ranks.rank != 0:
         return _follow(trial, options, ranks)
-    paths = trial.paths(options.logdir)
-
-    def decided(status: str) -> dict[str, Any]:
-        ranks.broadcast(status)
-        return {"trial": trial.name, "status": status, "error": None}
-
-    if not options.force and is_finished(trial, options.logdir):
-        return decided("skipped")
-    with folder_lock(paths.folder, wait) as locked:
-        if not locked:
-            return decided("busy")
-        if not options.force and is_finished(trial, options.logdir):  # finished by another sweep meanwhile
-            return decided("skipped")
-        ranks.broadcast("run")
-        return _train_and_record(trial, options, paths)
+    with claim(trial, options, wait) as state:
+        ranks.broadcast(state.value)
+        if state is not TrialState.RUN:
+            return TrialStatus(trial.name, state)
+        return _train_and_record(trial, options, trial.paths(options.logdir))

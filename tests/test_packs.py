@@ -20,7 +20,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from ablations.packs import check_pack, make_packs, pack_value, run_pack
+from ablations.engines.packs import run_pack
+from ablations.packs import check_pack, make_packs, pack_value
 from ablations.run import main
 from ablations.store import RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial

@@ -42,7 +42,7 @@ def test_shard_and_count_agree_with_the_plan():
 
 
 def test_a_model_given_as_a_mapping_is_planned_like_its_json():
-    model = {"class_path": "lit_cifar.models.SeedCNN", "init_args": {}}
+    model = {"class_path": "lit_cifar.models.NotebookCNN", "init_args": {}}
     as_mapping = make_plan(Request(only=["pixel"], seeds=[0], model=model, **CPU))
     as_json = make_plan(request_of(build_parser().parse_args(argv_of({"only": ["pixel"], "seeds": [0], "model": model,
                                                                       **CPU}))))

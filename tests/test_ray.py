@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations import ray_engine
 from ablations import plan as run_module
-from ablations.ray_engine import TrialResources, available_cpus
+from ablations.engines import ray as ray_engine
+from ablations.engines.ray import TrialResources, available_cpus
 from ablations.run import main
 from ablations.store import ERROR_FILE, RESULT_FILE, TrialPaths, folder_lock
 from tests.helpers import REPO, numbers, results

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ablations import gpucheck
-from ablations.local import Progress, run_local, worker_slots
+from ablations.engines.local import Progress, run_local, worker_slots
 from ablations.run import main, ray_resources
 from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
@@ -44,7 +44,7 @@ def test_ray_tasks_request_the_resources_the_flags_imply():
 
 @pytest.fixture
 def fake_ray(monkeypatch):
-    """`ablations.ray_engine.run_trials_ray` replaced by a recorder that trains nothing (and `ray` by an empty
+    """`ablations.engines.ray.run_trials_ray` replaced by a recorder that trains nothing (and `ray` by an empty
     module), with no cluster address contacted."""
     calls = []
 
@@ -54,7 +54,7 @@ def fake_ray(monkeypatch):
                       "max_retries": max_retries})
         return [{"trial": t.name, "status": "failed", "error": "not really run"} for t in trials]
 
-    from ablations import ray_engine
+    from ablations.engines import ray as ray_engine
 
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
     monkeypatch.setattr(ray_engine, "run_trials_ray", run_trials_ray)

@@ -344,7 +344,7 @@ def test_ctrl_c_on_a_parallel_sweep_stops_it_at_once_without_a_traceback(cifar_d
     the grace period the workers get (no worker has to be killed), and no worker prints a traceback."""
     import time
 
-    from ablations.local import STOP_GRACE_S
+    from ablations.engines.local import STOP_GRACE_S
     from tests.processes import alive, children, wait_until
 
     command = [sys.executable, "-m", "ablations.run", *sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds",
@@ -372,7 +372,7 @@ def test_ctrl_c_stops_workers_at_once_even_if_a_thread_of_theirs_never_ends(tmp_
     sweep exits 130 well within the workers' grace period, and no worker prints a traceback."""
     import time
 
-    from ablations.local import STOP_GRACE_S
+    from ablations.engines.local import STOP_GRACE_S
     from tests.processes import alive, wait_until
 
     sweep = subprocess.Popen([sys.executable, "-m", "tests.fakes", str(tmp_path), "2", "block_with_a_busy_thread"],
@@ -439,7 +439,7 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
     import torch
     from ray.cluster_utils import Cluster
 
-    from ablations.ray_engine import run_trials_ray
+    from ablations.engines.ray import run_trials_ray
     from ablations.trial import run_trial
     from tests.processes import wait_until
 

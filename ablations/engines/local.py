@@ -5,127 +5,38 @@ With ``parallel > 1`` each worker is a process of its own, pinned to a `WorkerSl
 so nothing is queued inside a worker: a stopped sweep starts no new trial. A worker that dies (the OOM killer, a
 segfault) has its trial recorded as failed, with the signal, and is replaced; workers die with the main process
 (``PR_SET_PDEATHSIG``, even under ``kill -9``). SIGTERM and SIGINT raise `Interrupted` in the main process (see
-`interrupts`), which stops the workers and leaves no half-written file.
+`ablations.signals.interrupts`), which stops the workers and leaves no half-written file. `LocalExecutor` is
+this engine behind the `ablations.engines.Executor` interface.
 
 This module imports neither torch nor Lightning: the code that trains is passed in as the ``run`` function.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
+import functools
 import os
 import signal
 import sys
-import threading
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from ablations.store import folder_lock, write_json_atomic
+from ablations.engines.base import Executor, Progress
+from ablations.quiet import quiet_lightning
+from ablations.signals import Interrupted, die_with_parent, ignoring_sigint, raise_if_interrupted, stop_on_sigterm
+from ablations.status import TrialStatus, record_failure
 from ablations.suite import RunOptions, Trial
 
-Runner = Callable[[Trial, RunOptions, bool], dict[str, Any]]  # run_trial(trial, options, wait) -> status
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+if TYPE_CHECKING:
+    from ablations.trial import Ranks
+
+__all__ = ["LocalExecutor", "Progress", "WorkerPool", "WorkerSlot", "bars", "run_local", "worker_slots"]
+
+Runner = Callable[[Trial, RunOptions, bool], Any]  # run_trial(trial, options, wait) -> its status
 STOP_GRACE_S = 30.0  # how long stopped workers get to unwind before they are killed
-
-try:
-    LIBC: Optional[ctypes.CDLL] = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not glibc: no prctl, workers rely on being stopped by the main process
-    LIBC = None
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived: stop now. A BaseException, so that no ``except Exception`` records it as the
-    failure of the trial that was running."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
-
-    @property
-    def exit_status(self) -> int:
-        """128 + the signal number, as a shell reports a process the signal ended: 143 for SIGTERM, 130 for SIGINT."""
-        return 128 + self.signum
-
-
-_received: list[int] = []  # the stop signals this process received
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    signal.signal(signum, _exit_at_once)  # a second one while stopping ends the process without cleanup
-    _received.append(signum)
-    raise Interrupted(signum)
-
-
-def raise_if_interrupted() -> None:
-    """Raise `Interrupted` if a stop signal arrived: the handler raises at once, but where Python swallows exceptions
-    (a ``__del__`` that ran just then, a callback) only these checks at safe points stop the work."""
-    if _received:
-        raise Interrupted(_received[0])
-
-
-def _exit_at_once(signum: int, frame: Any) -> None:
-    os._exit(128 + signum)
-
-
-@contextmanager
-def interrupts() -> Iterator[None]:
-    """While the block runs (in the main thread), SIGTERM and SIGINT raise `Interrupted`; a second signal ends the
-    process at once. Lightning keeps calling this handler from its own SIGTERM handler during ``fit``."""
-    _received.clear()
-    with _handling(_raise_interrupted):
-        yield
-
-
-@contextmanager
-def _handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """`handler` for SIGTERM and SIGINT while the block runs; the previous handlers afterwards."""
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-def _note_signal(signum: int, frame: Any) -> None:
-    signal.signal(signum, _exit_at_once)  # a second one while stopping ends the process without cleanup
-    _received.append(signum)
-
-
-@contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """While the block runs (in the main thread), SIGTERM and SIGINT are only noted, and `raise_if_interrupted`
-    raises `Interrupted` at the next safe point; a second signal ends the process at once. For code that waits
-    inside C extensions (Ray's ``ray.wait``), where an exception raised by a signal handler turns into a
-    ``SystemError``: wait with a timeout and call `raise_if_interrupted` between waits."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    with _handling(_note_signal):
-        yield
-
-
-def die_with_parent(parent: int) -> None:
-    """Have Linux send this process SIGTERM when its parent (pid `parent`) dies, even by SIGKILL; elsewhere a no-op."""
-    if LIBC is None or not sys.platform.startswith("linux"):
-        return
-    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def quiet_lightning() -> None:
-    """Sweeps print their own progress: drop Lightning's per-Trainer banners and deprecation chatter."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 @dataclass(frozen=True)
@@ -157,43 +68,52 @@ def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = N
     return [WorkerSlot(ids[i % len(ids)] if ids else None, threads) for i in range(parallel)]
 
 
-class Progress:
-    """The statuses of a sweep's trials as they come in, and one terminal bar: trials done out of all, naming the
-    trials running now."""
+def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
+    """Which progress bar shows, one at most: the sweep's (trials done, naming the running ones) when several trials
+    train, Lightning's per-epoch bar when a single trial trains in this process; on rank 0, on a terminal only for
+    Lightning's."""
+    if rank != 0:
+        return False, False
+    return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
 
-    def __init__(self, trials: list[Trial], show: bool) -> None:
-        from tqdm import tqdm
 
-        self.trials = trials
-        self.statuses: dict[int, dict[str, Any]] = {}
-        self._running: list[str] = []
-        self._bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
-                         disable=not show)
+class LocalExecutor(Executor):
+    """The local engine: `parallel` trials at a time, in this process (1) or in worker processes (one per
+    `WorkerSlot`, spread over `gpus` GPUs and this machine's cores); under DDP (`ranks`), one trial at a time on
+    every rank, rank 0 deciding for all. `run` is what trains a trial (default `ablations.trial.run_trial`)."""
 
-    def started(self, index: int) -> None:
-        self._running.append(self.trials[index].name)
-        self._show()
+    name: ClassVar[str] = "local"
 
-    def finished(self, index: int, status: dict[str, Any]) -> None:
-        """Record a trial's status (``busy`` ones are not final: they are retried)."""
-        self._running.remove(self.trials[index].name)
-        self._show(refresh=status["status"] == "busy")
-        if status["status"] != "busy":
-            self.statuses[index] = status
-            self._bar.update()
+    def __init__(self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None,
+                 run: Optional[Runner] = None) -> None:
+        self.parallel, self.gpus, self.ranks, self.runner = parallel, gpus, ranks, run
+        self.skip_finished = ranks is None
 
-    def _show(self, refresh: bool = True) -> None:
-        self._bar.set_postfix_str(f"running {', '.join(self._running)}" if self._running else "", refresh=refresh)
+    def slots(self) -> Optional[list[WorkerSlot]]:
+        """One slot per worker process, or None to run the trials in this process."""
+        if self.parallel <= 1:
+            return None
+        return worker_slots(self.parallel, self.gpus, os.cpu_count() or 1, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
-    def close(self) -> None:
-        self._bar.close()
+    def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
+        from ablations.trial import run_trial
+
+        run: Callable[..., Any] = self.runner or run_trial
+        if self.ranks is not None:
+            run = functools.partial(run, ranks=self.ranks)
+        sweep_bar, trial_bar = bars(len(trials), self.parallel, self.ranks.rank if self.ranks else 0)
+        progress = Progress(trials, show=sweep_bar)
+        try:
+            return run_local(trials, replace(options, progress_bar=trial_bar), run, progress, self.slots())
+        finally:
+            progress.close()
 
 
 def run_local(trials: list[Trial], options: RunOptions, run: Runner, progress: Progress,
-              slots: Optional[list[WorkerSlot]] = None) -> list[dict[str, Any]]:
+              slots: Optional[list[WorkerSlot]] = None) -> list[TrialStatus]:
     """Run `trials` with `run`, in this process (no `slots`) or in one worker process per slot.
 
-    Trials another sweep is running ("busy") are retried after the others, waiting for their lock: each ends up done
+    Trials another sweep is running (BUSY) are retried after the others, waiting for their lock: each ends up done
     here or there, never twice at once. Returns the statuses in trial order. `run` must be picklable (a module-level
     function, or a ``functools.partial`` of one) when there are slots.
     """
@@ -203,28 +123,12 @@ def run_local(trials: list[Trial], options: RunOptions, run: Runner, progress: P
             raise_if_interrupted()
             index, wait_for_lock = queue.popleft()
             progress.started(index)
-            status = run(trials[index], options, wait_for_lock)
-            progress.finished(index, status)
-            if status["status"] == "busy":
+            if not progress.finished(index, run(trials[index], options, wait_for_lock)).final:
                 queue.append((index, True))
     else:
         with WorkerPool(slots[:len(trials)], run) as pool:
             pool.drain(queue, trials, options, progress)
-    return [progress.statuses[index] for index in range(len(trials))]
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while the block runs (in the main thread): a process started meanwhile inherits that, so a
-    worker never sees a terminal's Ctrl-C, even while it is still importing; the main process stops it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return progress.in_order()
 
 
 class _Worker:
@@ -237,7 +141,7 @@ class _Worker:
         self.job: Optional[int] = None
         self.process = context.Process(target=_serve, args=(slot, there, os.getpid(), run),
                                        name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}")
-        with _sigint_ignored():
+        with ignoring_sigint():
             self.process.start()
         there.close()
 
@@ -256,7 +160,7 @@ class WorkerPool:
         self.stop(graceful=exc[0] is None)
 
     def drain(self, queue: deque, trials: list[Trial], options: RunOptions, progress: Progress) -> None:
-        """Run every queued trial; ``busy`` ones go back to the end of the queue, to be waited for."""
+        """Run every queued trial; BUSY ones go back to the end of the queue, to be waited for."""
         while queue or any(w.job is not None for w in self.workers):
             raise_if_interrupted()
             for worker in self.workers:
@@ -269,12 +173,10 @@ class WorkerPool:
             for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
                 index = worker.job
                 assert index is not None  # busy workers have a job
-                status = self._collect(worker, trials[index], options)
-                progress.finished(index, status)
-                if status["status"] == "busy":
+                if not progress.finished(index, self._collect(worker, trials[index], options)).final:
                     queue.append((index, True))
 
-    def _collect(self, worker: _Worker, trial: Trial, options: RunOptions) -> dict[str, Any]:
+    def _collect(self, worker: _Worker, trial: Trial, options: RunOptions) -> Any:
         """The status the worker sent, or, if it died, a failure recorded for its trial; the worker is replaced."""
         try:
             status = worker.conn.recv()
@@ -284,10 +186,11 @@ class WorkerPool:
             pass
         worker.process.join()
         reason, signal_name = _death(worker.process.exitcode)
-        _record_death(trial, options, reason, signal_name)
+        # the kernel released the dead worker's lock: record_failure takes it and writes what the worker could not
+        status = record_failure(trial, options.logdir, reason, signal=signal_name)
         worker.conn.close()
         self.workers[self.workers.index(worker)] = _Worker(worker.slot, self.run)
-        return {"trial": trial.name, "status": "failed", "error": reason}
+        return status
 
     def stop(self, graceful: bool) -> None:
         """Graceful: tell each worker to finish. Otherwise (interrupted): SIGTERM each, which stops its trial at
@@ -317,22 +220,6 @@ def _death(exitcode: Optional[int]) -> tuple[str, Optional[str]]:
     return f"the worker process running this trial exited with status {exitcode}", None
 
 
-def _record_death(trial: Trial, options: RunOptions, reason: str, signal_name: Optional[str]) -> None:
-    """Write the error.json the dead worker could not: the kernel released its lock, so we can take it."""
-    paths = trial.paths(options.logdir)
-    with folder_lock(paths.folder) as locked:
-        if locked and not paths.result.exists():
-            write_json_atomic(paths.error, {**trial.record(), "error": reason, "signal": signal_name,
-                                            "traceback": None})
-
-
-def _stop_worker(signum: int, frame: Any) -> None:
-    """A worker's SIGTERM handler: stop the trial (`Interrupted`); a second SIGTERM ends the process at once."""
-    signal.signal(signal.SIGTERM, _exit_at_once)
-    _received.append(signum)
-    raise Interrupted(signum)
-
-
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
     """A worker process: pinned to `slot`, it runs the trials the main process sends until it sends None.
 
@@ -342,8 +229,7 @@ def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None
     still write counts (results are written atomically, and the kernel releases the trial's lock).
     """
     die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_worker)
+    stop_on_sigterm()
     try:
         slot.apply()
         quiet_lightning()

@@ -32,14 +32,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from ablations.local import deferred_interrupts, raise_if_interrupted
-from ablations.store import ERROR_FILE, folder_lock, write_json_atomic
+from ablations.engines.base import Executor
+from ablations.signals import deferred_interrupts, raise_if_interrupted
+from ablations.status import TrialState, TrialStatus, record_failure, split_finished
 
 if TYPE_CHECKING:
-    from ablations.suite import Trial
-    from ablations.trial import RunOptions
+    from ablations.suite import RunOptions, Trial
 
 # Ray errors that mean the task's worker process or node is gone, not that the trial failed: these are retried.
 WORKER_LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
@@ -190,11 +190,11 @@ def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> dict[str, Any]:
+def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> TrialStatus:
     """The body of a trial's Ray task, on a worker: `run_trial` with the task's CPU share as torch threads."""
     import torch
 
-    from ablations.run import quiet_lightning
+    from ablations.quiet import quiet_lightning
     from ablations.trial import run_trial
 
     quiet_lightning()
@@ -213,7 +213,7 @@ class _RaySweep:
         self.max_retries = max_retries
         self.remote = ray.remote(_run_task).options(**resources.task_options())
         self.lost_errors = tuple(getattr(ray.exceptions, name) for name in WORKER_LOST_ERRORS)
-        self.statuses: dict[int, dict[str, Any]] = {}
+        self.statuses: dict[int, TrialStatus] = {}
         self.attempts = [0] * len(trials)
         self.pending: deque[tuple[int, bool]] = deque()  # (trial index, wait for its lock)
         self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
@@ -223,7 +223,7 @@ class _RaySweep:
     def run(self, todo: list[int], cancel_on_exit: bool) -> None:
         """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
 
-        SIGTERM and SIGINT are noted while Ray waits (`ablations.local.deferred_interrupts`: an exception raised
+        SIGTERM and SIGINT are noted while Ray waits (`ablations.signals.deferred_interrupts`: an exception raised
         inside ``ray.wait`` would become a SystemError) and raise `Interrupted` between waits. If interrupted (or
         on any error), nothing more is handed to Ray, the running tasks are cancelled and waited for (up to
         `CANCEL_WAIT_S`), so that none writes a result after the sweep has stopped. Cancelling raises
@@ -258,7 +258,7 @@ class _RaySweep:
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
 
-    def finish(self, i: int, status: dict[str, Any]) -> None:
+    def finish(self, i: int, status: TrialStatus) -> None:
         self.statuses[i] = status
         self._show_running()
         self.bar.update()
@@ -282,14 +282,14 @@ class _RaySweep:
 
     def _collect(self, ref: Any, i: int, wait: bool) -> None:
         try:
-            status = self.ray.get(ref)
+            status = TrialStatus.of(self.ray.get(ref))
         except self.lost_errors as error:
             self._lost(i, wait, error)
         except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
             text = ANSI_ESCAPE.sub("", str(error)).strip()
             self._fail(i, f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}", text)
         else:
-            if status["status"] == "busy":  # another sweep runs it: do the others first, then wait for it
+            if status.state is TrialState.BUSY:  # another sweep runs it: do the others first, then wait for it
                 self.attempts[i] -= 1
                 self.pending.append((i, True))
             else:
@@ -307,21 +307,15 @@ class _RaySweep:
                       f"attempts (1 + max_retries={self.max_retries})")
 
     def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
-        """Record trial `i` as failed: an ``error.json`` in its folder (unless another sweep now holds it)."""
-        trial = self.trials[i]
-        run_dir = trial.run_dir(Path(self.options.logdir))
-        with folder_lock(run_dir) as locked:
-            if locked:
-                write_json_atomic(run_dir / ERROR_FILE, {
-                    "suite": trial.suite, "spec": str(trial.spec), "seed": trial.seed,
-                    "settings": trial.hashed_settings(), "settings_hash": trial.settings_hash, "engine": "ray",
-                    "attempts": self.attempts[i], "error": reason, "traceback": traceback})
-        self.finish(i, {"trial": trial.name, "status": "failed", "error": reason})
+        """Record trial `i` as failed (`record_failure`: the local engine's error.json, plus the engine and the
+        attempts), unless another sweep now holds it."""
+        self.finish(i, record_failure(self.trials[i], self.options.logdir, reason, traceback=traceback, engine="ray",
+                                      attempts=self.attempts[i]))
 
 
 def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | None, gpus_per_trial: float,
-                   cpus_per_trial: float, max_retries: int) -> list[dict]:
-    """Run `trials` as Ray tasks; returns, in trial order, `run_trial`'s status dicts (done, skipped or failed).
+                   cpus_per_trial: float, max_retries: int) -> list[TrialStatus]:
+    """Run `trials` as Ray tasks; returns, in trial order, `run_trial`'s statuses (DONE, SKIPPED or FAILED).
 
     `address`: a Ray cluster (``host:port`` or ``ray://host:port``), or None for a local instance with the cores
     this process may use (`available_cpus`); a process that already joined Ray keeps its instance. Each task asks
@@ -329,17 +323,13 @@ def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | N
     threads). A trial whose worker or node dies is run again up to `max_retries` times. Finished trials are skipped
     without starting Ray. Raises ValueError, before anything runs, for per-trial DDP, bad resources or a missing Ray.
     """
-    from ablations.trial import is_finished
-
     if max_retries < 0:
         raise ValueError(f"max_retries={max_retries} must be >= 0")
     resources = TrialResources(gpus=gpus_per_trial, cpus=cpus_per_trial)
     check_supported(trials, options)
     ray = import_ray()
     options = _portable(options, resources)
-    skipped = {i: {"trial": t.name, "status": "skipped", "error": None} for i, t in enumerate(trials)
-               if not options.force and is_finished(t, Path(options.logdir))}
-    todo = [i for i in range(len(trials)) if i not in skipped]
+    skipped, todo = split_finished(trials, options, warn=True)
     sweep = _RaySweep(ray, trials, options, resources, max_retries)
     for i, status in skipped.items():
         sweep.finish(i, status)
@@ -349,3 +339,28 @@ def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | N
     finally:
         sweep.bar.close()
     return [sweep.statuses[i] for i in range(len(trials))]
+
+
+class RayExecutor(Executor):
+    """``--engine ray``: each trial a Ray task asking for `gpus_per_trial` GPUs and `cpus_per_trial` CPUs, on the
+    Ray cluster at `address` (None: a local Ray); a trial whose worker or node dies is rerun up to `max_retries`
+    times (`run_trials_ray`)."""
+
+    name: ClassVar[str] = "ray"
+
+    def __init__(self, *, address: Optional[str], gpus_per_trial: float, cpus_per_trial: float,
+                 max_retries: int) -> None:
+        self.address, self.max_retries = address, max_retries
+        self.gpus_per_trial, self.cpus_per_trial = gpus_per_trial, cpus_per_trial
+
+    @classmethod
+    def sharing(cls, parallel: int, gpus: int, *, address: Optional[str], max_retries: int) -> RayExecutor:
+        """Tasks that each ask for the share of a machine the local engine gives each of its `parallel` workers
+        (`TrialResources.share`, of this process's cores)."""
+        share = TrialResources.share(gpus, parallel, available_cpus())
+        return cls(address=address, gpus_per_trial=share.gpus, cpus_per_trial=share.cpus, max_retries=max_retries)
+
+    def execute(self, trials: list[Trial], options: RunOptions) -> list[Any]:
+        return run_trials_ray(trials, options, address=self.address, gpus_per_trial=self.gpus_per_trial,
+                              cpus_per_trial=self.cpus_per_trial, max_retries=self.max_retries)
+
