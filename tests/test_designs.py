@@ -89,7 +89,7 @@ def test_report_fits_a_quarter_fraction_and_lists_aliased_effects():
 
 
 def test_extract_copies_a_fractions_trials_and_compare_says_where_effects_differ(tmp_path, capsys):
-    from ablations.designs import main
+    from ablations.report.fractions import main
     from ablations.suite import SUITES_DIR, load_suite
 
     half = tmp_path / "half.yaml"
