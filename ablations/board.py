@@ -1,12 +1,12 @@
-"""``python -m ablations.board``: TensorBoard runs rebuilt from result.json.
+"""``python -m ablations.board rebuild SUITE_DIR...``: TensorBoard runs rebuilt from result.json.
 
-The code is `ablations.report.board`; this module only forwards to its `main`, so that the documented command
+The code is `ablations.report.rebuild`; this module only forwards to its `main`, so that the documented command
 keeps working.
 """
 
 import sys
 
-from ablations.report.board import main
+from ablations.report.rebuild import main
 
 __all__ = ["main"]
 

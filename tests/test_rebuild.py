@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 
 from ablations.report import board, plots
-from ablations.report.board import main
+from ablations.report.rebuild import main
 from ablations.store import RESULT_FILE, folder_lock
 
 EPOCHS = 2

@@ -222,7 +222,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_a_rebuild_writes_what_the_live_trials_wrote_and_a_second_changes_nothing(logdir: Path, tmp_path: Path):
-    from ablations.report.board import main as board
+    from ablations.report.rebuild import main as board
 
     copy = tmp_path / "copy"
     shutil.copytree(logdir, copy)

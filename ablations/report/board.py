@@ -34,7 +34,6 @@ import os
 import shutil
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -399,14 +398,3 @@ def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]], cloc
         for stale in by_spec.iterdir():
             if stale.is_dir() and f"{BY_SPEC_RUN}/{stale.name}" not in runs and not stale.name.startswith("."):
                 shutil.rmtree(stale)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m ablations.board rebuild SUITE_DIR...``: see `ablations.report.rebuild`."""
-    from ablations.report import rebuild
-
-    return rebuild.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
