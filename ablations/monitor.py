@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
@@ -26,6 +26,10 @@ from torch import nn
 from ablations.report import board, plots
 from ablations.store import folder_lock
 from ablations.suite import Trial
+from lit_cifar.data import attached_datamodule
+
+if TYPE_CHECKING:
+    from lit_cifar.module import RegularizedClassifier
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -151,8 +155,8 @@ class WeightHistograms(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
-            for name, layer in module.named_regularized_layers():
-                log_weight_histogram(trainer.logger.experiment, f"weights/{name}", layer.weight,
+            for name, layer in cast("RegularizedClassifier", module).named_regularized_layers():
+                log_weight_histogram(trainer.logger.experiment, f"weights/{name}", cast(torch.Tensor, layer.weight),
                                      trainer.current_epoch + 1)
 
 
@@ -197,8 +201,10 @@ class BatchNormDrift(pl.Callback):
     def channel_drift(layer: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per channel of `layer`: ``|batch mean - running mean| / running std`` and ``batch std / running std``
         for a batch's per-channel `mean` and `var`."""
-        running_std = (layer.running_var.float() + layer.eps).sqrt()
-        return (mean - layer.running_mean.float()).abs() / running_std, (var + layer.eps).sqrt() / running_std
+        running_mean, running_var = cast(torch.Tensor, layer.running_mean), cast(torch.Tensor, layer.running_var)
+        eps = cast(float, layer.eps)
+        running_std = (running_var.float() + eps).sqrt()
+        return (mean - running_mean.float()).abs() / running_std, (var + eps).sqrt() / running_std
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -214,7 +220,7 @@ class SuiteSamples(pl.Callback):
         self.run_dir = Path(suite_dir) / board.SAMPLES_RUN
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        dm = trainer.datamodule
+        dm: Any = attached_datamodule(trainer)  # a CIFAR data module has class_examples; one of your own may not
         if not trainer.is_global_zero or self.run_dir.exists() or not hasattr(dm, "class_examples") \
                 or len(dm.classes) > 10:  # a data module of your own, or too many classes for one chart
             return
