@@ -62,8 +62,7 @@ class Target:
             raise ValueError(f"target width {self.width!r} must be a finite number > 0")
         if isinstance(self.min_seeds, bool) or not isinstance(self.min_seeds, int) or self.min_seeds < 2:
             raise ValueError(f"min_seeds={self.min_seeds!r} must be an integer >= 2 (an interval needs two seeds)")
-        if isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, int) or \
-                self.max_seeds < self.min_seeds:
+        if isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, int) or self.max_seeds < self.min_seeds:
             raise ValueError(f"max_seeds={self.max_seeds!r} must be an integer >= min_seeds ({self.min_seeds})")
 
 
@@ -77,7 +76,7 @@ def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL
     va, vb = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
     total = va + vb
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = total ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+        df = total**2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
         width = 2 * scipy_stats.t.ppf(0.5 + level / 2, df) * np.sqrt(total)
     return np.where(total > 0, width, 0.0)
 
@@ -115,7 +114,7 @@ def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) 
     n = np.asarray(n, float)
     seen = n - 1
     gv = _guarded(seen, np.asarray(seen_var, float))
-    ref_n, ref_v = seen[..., reference:reference + 1], gv[..., reference:reference + 1]
+    ref_n, ref_v = seen[..., reference : reference + 1], gv[..., reference : reference + 1]
     width = welch_width(seen, gv, ref_n, ref_v)
     width[..., reference] = 0.0
     wide = ~(width <= target.width)  # nan (too few seeds seen) counts as wide
@@ -153,12 +152,16 @@ class Rounds:
 
     def missing(self, finished: Mapping[str, Mapping[int, float]]) -> dict[str, list[int]]:
         """Spec -> the seeds the next round trains."""
-        return {s: [k for k in range(n) if k not in finished.get(s, {})] for s, n in self.wanted.items()
-                if any(k not in finished.get(s, {}) for k in range(n))}
+        return {
+            s: [k for k in range(n) if k not in finished.get(s, {})]
+            for s, n in self.wanted.items()
+            if any(k not in finished.get(s, {}) for k in range(n))
+        }
 
 
-def plan_rounds(specs: Sequence[str], reference: str, finished: Mapping[str, Mapping[int, float]],
-                target: Target) -> Rounds:
+def plan_rounds(
+    specs: Sequence[str], reference: str, finished: Mapping[str, Mapping[int, float]], target: Target
+) -> Rounds:
     """Replay the rounds the finished results allow: round 1 wants seeds ``0..min_seeds-1`` of every spec; each
     later round follows `decide` on the seeds ``0..k-1`` decided before. Stops at the first round whose seeds are
     not all finished (that round is what runs next).
@@ -186,8 +189,15 @@ def plan_rounds(specs: Sequence[str], reference: str, finished: Mapping[str, Map
         rounds += 1
 
 
-def _rounds(specs: Sequence[str], reference: str, wanted: np.ndarray, values: list[list[Optional[float]]],
-            target: Target, rounds: int, done: bool) -> Rounds:
+def _rounds(
+    specs: Sequence[str],
+    reference: str,
+    wanted: np.ndarray,
+    values: list[list[Optional[float]]],
+    target: Target,
+    rounds: int,
+    done: bool,
+) -> Rounds:
     index = list(specs).index(reference)
     known = {s: [v for v in row if v is not None] for s, row in zip(specs, values)}
     n = np.array([len(known[s]) for s in specs], float)
@@ -201,10 +211,8 @@ def _rounds(specs: Sequence[str], reference: str, wanted: np.ndarray, values: li
         elif not done:
             status = OPEN
         else:
-            status = CAP if n[i] >= target.max_seeds and _wide(n, list(known.values()), i, index, target) \
-                else WIDTH
-        states.append(SpecState(spec, int(n[i]), float("nan") if i == index else float(width[i]), status,
-                                missing))
+            status = CAP if n[i] >= target.max_seeds and _wide(n, list(known.values()), i, index, target) else WIDTH
+        states.append(SpecState(spec, int(n[i]), float("nan") if i == index else float(width[i]), status, missing))
     return Rounds(target, reference, {s: int(k) for s, k in zip(specs, wanted)}, states, rounds, done)
 
 
@@ -229,8 +237,13 @@ def finished_values(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[int,
     return table
 
 
-def run_rounds(specs: Sequence[str], reference: str, target: Target, read: Callable[[], Mapping],
-               run_round: Callable[[dict[str, list[int]]], bool]) -> Rounds:
+def run_rounds(
+    specs: Sequence[str],
+    reference: str,
+    target: Target,
+    read: Callable[[], Mapping],
+    run_round: Callable[[dict[str, list[int]]], bool],
+) -> Rounds:
     """Run rounds until done: `read()` gives spec -> {seed: accuracy} of the finished trials, `run_round(missing)`
     trains the given seeds of each spec (once per round, with any engine) and returns False to stop (a failed
     trial). Returns where the rounds stand at the end."""
@@ -244,10 +257,15 @@ def run_rounds(specs: Sequence[str], reference: str, target: Target, read: Calla
 def status_table(rounds: Rounds) -> str:
     """Per spec: seeds, interval width and why it stopped (markdown)."""
     t = rounds.target
-    lines = [f"Target: every 95% CI of the difference from `{rounds.reference}` at most {t.width:g} wide "
-             f"(seeds {t.min_seeds} to {t.max_seeds}); {rounds.rounds} round(s)"
-             + ("" if rounds.done else ", not finished") + ".", "",
-             "| spec | seeds | CI width | stopped because | next round |", "|---|---:|---:|---|---:|"]
+    lines = [
+        f"Target: every 95% CI of the difference from `{rounds.reference}` at most {t.width:g} wide "
+        f"(seeds {t.min_seeds} to {t.max_seeds}); {rounds.rounds} round(s)"
+        + ("" if rounds.done else ", not finished")
+        + ".",
+        "",
+        "| spec | seeds | CI width | stopped because | next round |",
+        "|---|---:|---:|---|---:|",
+    ]
     for s in rounds.states:
         width = "—" if math.isnan(s.width) else f"{s.width:.4f}"
         lines.append(f"| {s.spec} | {s.seeds} | {width} | {s.status} | {s.next_seeds or ''} |")
@@ -259,13 +277,12 @@ def seeds_needed(std: float, ref_std: float, width: float, cap: int = 1000) -> i
     """Equal seeds per side that a fixed design needs for Welch's 95% interval of the difference to be at most
     `width` wide, if the seed stds were exactly `std` and `ref_std` (at least 2)."""
     for n in range(2, cap + 1):
-        if welch_width(n, std ** 2, n, ref_std ** 2) <= width:
+        if welch_width(n, std**2, n, ref_std**2) <= width:
             return n
     return cap
 
 
-def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: int = 3,
-           max_seeds: int = 10) -> str:
+def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: int = 3, max_seeds: int = 10) -> str:
     """What the rule would have run on the finished results of `suite_dir` (markdown)."""
     from ablations.report import load_results
     from ablations.report.stats import compare_with_reference
@@ -282,8 +299,10 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
     lines = [f"# Replay of `--target-ci {width:g}` on {suite_dir}", "", status_table(rounds), ""]
     groups = {s: [finished[s][k] for k in sorted(finished[s])] for s in specs}
     tests = {c.name: c for c in compare_with_reference(groups, reference)}
-    lines += ["| spec | seed std | 95% CI (3 seeds) | Holm p | seeds needed (fixed design) |",
-              "|---|---:|---:|---:|---:|"]
+    lines += [
+        "| spec | seed std | 95% CI (3 seeds) | Holm p | seeds needed (fixed design) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     fixed = 0
     for s in specs:
         std = float(np.std(groups[s], ddof=1))
@@ -294,15 +313,18 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
         fixed = max(fixed, need)
         c = tests[s]
         lines.append(f"| {s} | {std:.4f} | [{c.effect.low:+.4f}, {c.effect.high:+.4f}] | {c.p_holm:.3g} | {need} |")
-    adaptive = sum(max(seeds_needed(float(np.std(groups[s], ddof=1)), ref_std, width), min_seeds)
-                   for s in specs if s != reference)
-    ref_need = max(seeds_needed(float(np.std(groups[s], ddof=1)), ref_std, width) for s in specs
-                   if s != reference)
-    lines += ["", f"Trials run: {sum(len(v) for v in groups.values())}. Trials the rule asks for in its next "
-              f"round: {sum(s.next_seeds for s in rounds.states)}.",
-              f"Estimated from the seed stds (equal seeds per side): a fixed-seed design needs {fixed} seeds for "
-              f"every spec, {fixed * len(specs)} trials; seeds per spec as each needs "
-              f"(reference at {ref_need}): about {adaptive + ref_need} trials."]
+    adaptive = sum(
+        max(seeds_needed(float(np.std(groups[s], ddof=1)), ref_std, width), min_seeds) for s in specs if s != reference
+    )
+    ref_need = max(seeds_needed(float(np.std(groups[s], ddof=1)), ref_std, width) for s in specs if s != reference)
+    lines += [
+        "",
+        f"Trials run: {sum(len(v) for v in groups.values())}. Trials the rule asks for in its next "
+        f"round: {sum(s.next_seeds for s in rounds.states)}.",
+        f"Estimated from the seed stds (equal seeds per side): a fixed-seed design needs {fixed} seeds for "
+        f"every spec, {fixed * len(specs)} trials; seeds per spec as each needs "
+        f"(reference at {ref_need}): about {adaptive + ref_need} trials.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -347,16 +369,16 @@ def holm_rejects(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     return reject
 
 
-def simulate(stds: Sequence[float], truths: Sequence[float], target: Target, studies: int = 1000,
-             seed: int = 0) -> Simulation:
+def simulate(
+    stds: Sequence[float], truths: Sequence[float], target: Target, studies: int = 1000, seed: int = 0
+) -> Simulation:
     """Run the rule on `studies` simulated studies whose seed k of spec i scores ``N(truths[i], stds[i]²)``, the
     reference being spec 0, and compute the report's Welch intervals and p-values on the seeds it ran."""
     from scipy import stats as scipy_stats
 
     truth, std = np.asarray(truths, float), np.asarray(stds, float)
     if truth.shape != std.shape or truth.ndim != 1 or truth.size < 2:
-        raise ValueError(f"stds and truths must be two lists of the same length >= 2, not {std.size} and "
-                         f"{truth.size}")
+        raise ValueError(f"stds and truths must be two lists of the same length >= 2, not {std.size} and {truth.size}")
     if studies < 1:
         raise ValueError(f"studies={studies!r} must be >= 1")
     rng = np.random.default_rng(seed)
@@ -372,7 +394,7 @@ def simulate(stds: Sequence[float], truths: Sequence[float], target: Target, stu
     var = (((draws - mean[:, None, :]) * mask) ** 2).sum(1) / (n - 1)
     va, vb = var / n, (var / n)[:, :1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = (va + vb) ** 2 / (va ** 2 / (n - 1) + vb ** 2 / (n[:, :1] - 1))
+        df = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (n[:, :1] - 1))
         half = scipy_stats.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(va + vb)
         diff = mean - mean[:, :1]
         p = 2 * scipy_stats.t.sf(np.abs(diff) / np.sqrt(va + vb), df)
@@ -382,15 +404,22 @@ def simulate(stds: Sequence[float], truths: Sequence[float], target: Target, stu
 def simulation_table(sim: Simulation, target: Target) -> str:
     """Coverage, seeds and Holm's false-positive rate of a simulation (markdown)."""
     covered = sim.covered()
-    lines = [f"{sim.seeds.shape[0]} simulated studies, target width {target.width:g} (seeds {target.min_seeds} to "
-             f"{target.max_seeds}); reference: spec 0, true accuracy {sim.truths[0]:g}, mean seeds "
-             f"{sim.seeds[:, 0].mean():.1f}.", "",
-             "| spec | true difference | mean seeds | CI covers the truth |", "|---:|---:|---:|---:|"]
+    lines = [
+        f"{sim.seeds.shape[0]} simulated studies, target width {target.width:g} (seeds {target.min_seeds} to "
+        f"{target.max_seeds}); reference: spec 0, true accuracy {sim.truths[0]:g}, mean seeds "
+        f"{sim.seeds[:, 0].mean():.1f}.",
+        "",
+        "| spec | true difference | mean seeds | CI covers the truth |",
+        "|---:|---:|---:|---:|",
+    ]
     for i, d in enumerate(sim.differences):
         lines.append(f"| {i + 1} | {d:+.4f} | {sim.seeds[:, i + 1].mean():.1f} | {covered[:, i].mean():.3f} |")
-    lines += ["", f"All intervals: {covered.mean():.3f} contain the truth. Holm-corrected family-wise false-positive "
-              f"rate: {sim.holm_fwer():.3f}. Trials: {sim.seeds.sum(1).mean():.1f} per study, against "
-              f"{target.max_seeds * sim.truths.size} for every spec at {target.max_seeds} seeds."]
+    lines += [
+        "",
+        f"All intervals: {covered.mean():.3f} contain the truth. Holm-corrected family-wise false-positive "
+        f"rate: {sim.holm_fwer():.3f}. Trials: {sim.seeds.sum(1).mean():.1f} per study, against "
+        f"{target.max_seeds * sim.truths.size} for every spec at {target.max_seeds} seeds.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -398,9 +427,13 @@ def simulation_table(sim: Simulation, target: Target) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--target-ci`` flags of ``python -m ablations.run``."""
     group = parser.add_argument_group("seeds by target precision")
-    group.add_argument("--target-ci", type=float, metavar="W",
-                       help="run in rounds, adding seeds only to specs whose 95%% CI of the difference from the "
-                            "reference is wider than W (seeds 0, 1, 2, ...; replaces --seeds)")
+    group.add_argument(
+        "--target-ci",
+        type=float,
+        metavar="W",
+        help="run in rounds, adding seeds only to specs whose 95%% CI of the difference from the "
+        "reference is wider than W (seeds 0, 1, 2, ...; replaces --seeds)",
+    )
     group.add_argument("--min-seeds", type=int, default=3, help="--target-ci: seeds of the first round (default 3)")
     group.add_argument("--max-seeds", type=int, default=10, help="--target-ci: most seeds per spec (default 10)")
 
@@ -410,18 +443,26 @@ def target_of(args: argparse.Namespace) -> Optional[Target]:
     if args.target_ci is None:
         return None
     if args.shard:
-        raise ValueError("--target-ci with --shard: the rounds depend on every shard's results; run one sweep per "
-                         "round without --target-ci, or run --target-ci from a single process (any --engine)")
+        raise ValueError(
+            "--target-ci with --shard: the rounds depend on every shard's results; run one sweep per "
+            "round without --target-ci, or run --target-ci from a single process (any --engine)"
+        )
     if args.strategy:
-        raise ValueError("--target-ci with --strategy: run the rounds with one process per trial (--parallel, "
-                         "--engine ray) or one --target-ci sweep per round is not supported under DDP yet")
+        raise ValueError(
+            "--target-ci with --strategy: run the rounds with one process per trial (--parallel, "
+            "--engine ray) or one --target-ci sweep per round is not supported under DDP yet"
+        )
     if args.seeds:
         raise ValueError("--target-ci chooses the seeds (0, 1, 2, ...): drop --seeds")
     return Target(args.target_ci, args.min_seeds, args.max_seeds)
 
 
-def run_cli(args: argparse.Namespace, target: Target, plan_of: Callable[[list[int]], Any],
-            run_plan: Callable[[Any], list[dict[str, Any]]]) -> int:
+def run_cli(
+    args: argparse.Namespace,
+    target: Target,
+    plan_of: Callable[[list[int]], Any],
+    run_plan: Callable[[Any], list[dict[str, Any]]],
+) -> int:
     """``ablations.run --target-ci``: `plan_of(seeds)` makes the run's plan for those seeds, `run_plan(plan)` runs
     its unfinished trials with the chosen engine (once per round) and returns their statuses."""
     from ablations.report import load_results
@@ -470,10 +511,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     rep.add_argument("suite_dir", type=Path)
     rep.add_argument("--reference", default="pixel")
     sim = sub.add_parser("simulate", help="the rule's coverage and false-positive rate on simulated studies")
-    sim.add_argument("--stds", type=_floats, default=list(SIMULATED_STDS),
-                     help="seed std of each spec, the reference first (default: noise like the notebook study's)")
-    sim.add_argument("--truths", type=_floats, default=list(SIMULATED_TRUTHS),
-                     help="true test accuracy of each spec, the reference first")
+    sim.add_argument(
+        "--stds",
+        type=_floats,
+        default=list(SIMULATED_STDS),
+        help="seed std of each spec, the reference first (default: noise like the notebook study's)",
+    )
+    sim.add_argument(
+        "--truths",
+        type=_floats,
+        default=list(SIMULATED_TRUTHS),
+        help="true test accuracy of each spec, the reference first",
+    )
     sim.add_argument("--studies", type=int, default=1000)
     sim.add_argument("--seed", type=int, default=0)
     for command in (rep, sim):

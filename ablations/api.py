@@ -42,17 +42,26 @@ def _metric_column(name: str) -> str:
 def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
     settings = result.get("settings") or {}
     model = settings.get("model")
-    row: dict[str, Any] = {"suite": result.get("suite"), "cell": result.get("cell", result["spec"]),
-                           "spec": result["spec"]}
+    row: dict[str, Any] = {
+        "suite": result.get("suite"),
+        "cell": result.get("cell", result["spec"]),
+        "spec": result["spec"],
+    }
     row.update(result.get("spec_fields") or {})
     row.update(result.get("factors") or {})
-    row.update({"seed": result["seed"],
-                "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
-                "data": data_label(settings["data"]) if isinstance(settings.get("data"), str) else
-                (settings["data"]["class_path"] if settings.get("data") else "cifar10")})
+    row.update(
+        {
+            "seed": result["seed"],
+            "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
+            "data": data_label(settings["data"])
+            if isinstance(settings.get("data"), str)
+            else (settings["data"]["class_path"] if settings.get("data") else "cifar10"),
+        }
+    )
     row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
-    row.update({"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"),
-                "folder": str(folder)})
+    row.update(
+        {"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"), "folder": str(folder)}
+    )
     return row
 
 
@@ -125,6 +134,10 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
     frame = load_results(suite_dir)
     failed = [s for s in statuses if s["status"] == "failed"]
     if failed:
-        raise TrialsFailed(f"{len(failed)} of {len(statuses)} trials failed: "
-                           + "; ".join(f"{s['trial']}: {s['error']}" for s in failed), statuses, frame)
+        raise TrialsFailed(
+            f"{len(failed)} of {len(statuses)} trials failed: "
+            + "; ".join(f"{s['trial']}: {s['error']}" for s in failed),
+            statuses,
+            frame,
+        )
     return frame

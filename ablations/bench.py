@@ -66,17 +66,26 @@ def loaded(tensor: Optional[Tensor]) -> Tensor:
 
 
 def datamodule(data_dir: Path, limit_train: Optional[int] = None) -> CIFAR10DataModule:
-    dm = CIFAR10DataModule(str(data_dir), normalize="pixel", batch_size=BATCH_SIZE, limit_train=limit_train,
-                           download=False, seed=0)
+    dm = CIFAR10DataModule(
+        str(data_dir), normalize="pixel", batch_size=BATCH_SIZE, limit_train=limit_train, download=False, seed=0
+    )
     dm.setup()
     return dm
 
 
 def trainer(**kwargs: Any) -> pl.Trainer:
     """A Trainer configured as the sweeps configure it."""
-    return pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                      enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                      use_distributed_sampler=False, **kwargs)
+    return pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        **kwargs,
+    )
 
 
 class StepClock(pl.Callback):
@@ -99,7 +108,8 @@ def lightning_rate(dm: CIFAR10DataModule, warmup: int, steps: int, precision: st
     torch.manual_seed(0)
     clock = StepClock(warmup)
     trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock], precision=precision).fit(
-        RegularizedClassifier(SPEC), dm)
+        RegularizedClassifier(SPEC), dm
+    )
     return clock.steps * BATCH_SIZE / (clock.end - clock.start)
 
 
@@ -148,15 +158,18 @@ def textbook_rate(dm: CIFAR10DataModule, root: Path, warmup: int, steps: int) ->
 
     mean = (loaded(dm.mean).mean((1, 2)) / 255).tolist()
     std = (loaded(dm.std).mean((1, 2)) / 255).tolist()
-    dataset = LocalCIFAR10(str(root), train=True, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(mean, std)]))
+    dataset = LocalCIFAR10(
+        str(root), train=True, transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    )
     loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True)
+        dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True
+    )
     torch.manual_seed(0)
     clock = StepClock(warmup)
     # The loader already standardizes (Normalize): the same network with an identity input layer ("baseline").
-    trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock]).fit(RegularizedClassifier("baseline"),
-                                                                                  loader)
+    trainer(max_steps=warmup + steps, limit_val_batches=0, callbacks=[clock]).fit(
+        RegularizedClassifier("baseline"), loader
+    )
     return clock.steps * BATCH_SIZE / (clock.end - clock.start)
 
 
@@ -191,8 +204,9 @@ def fixed_cost(data_dir: Path) -> dict[str, float]:
 
 
 def run_child(code: str, timeout: float, env: Optional[dict[str, str]] = None) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if done.returncode:
         raise RuntimeError(f"benchmark child failed:\n{done.stderr[-2000:]}")
     return done.stdout.strip().splitlines()[-1]
@@ -231,8 +245,22 @@ def sweep_rate(data_dir: Path, parallel: int, sweep: dict[str, Any]) -> float:
     args = argv_of(sweep)
     with tempfile.TemporaryDirectory() as logdir:
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir",
-                               logdir, "--parallel", str(parallel), *args], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ablations.run",
+                "--data-dir",
+                str(data_dir),
+                "--logdir",
+                logdir,
+                "--parallel",
+                str(parallel),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"sweep failed:\n{done.stderr[-2000:]}")
@@ -246,8 +274,22 @@ def gpu_notebook_suite_seconds(data_dir: Path) -> Optional[float]:
         return None
     with tempfile.TemporaryDirectory() as logdir:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ablations.run", "--suite", "notebook", "--seeds", "0", "--data-dir",
-                        str(data_dir), "--logdir", logdir], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ablations.run",
+                "--suite",
+                "notebook",
+                "--seeds",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--logdir",
+                logdir,
+            ],
+            check=True,
+        )
         return time.perf_counter() - start
 
 
@@ -295,8 +337,22 @@ def keras_python(given: Optional[str]) -> Optional[str]:
 def keras_rate(python: str, arrays: tuple[Path, Path], warmup: int, steps: int) -> float:
     """Images/s of the notebook's Keras model under ``model.fit`` (`ablations.keras_peer`) on the same images."""
     peer = Path(__file__).with_name("keras_peer.py")
-    done = subprocess.run([python, str(peer), *map(str, arrays), "--batch-size", str(BATCH_SIZE), "--warmup",
-                           str(warmup), "--steps", str(steps)], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            python,
+            str(peer),
+            *map(str, arrays),
+            "--batch-size",
+            str(BATCH_SIZE),
+            "--warmup",
+            str(warmup),
+            "--steps",
+            str(steps),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode:
         raise RuntimeError(f"Keras peer failed ({python}):\n{done.stderr[-2000:]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
@@ -318,7 +374,7 @@ def alternate(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, 
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for rep in range(reps):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in names if rep % 2 == 0 else names[::-1]:
             samples[name].append(variants[name]())
             print(f"  {name}: {samples[name][-1]:.1f}", file=sys.stderr)
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -326,30 +382,50 @@ def alternate(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("LIT_CIFAR_DATA", "data")),
-                        help="real CIFAR-10 (either layout); synthetic data of the same size if absent")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("LIT_CIFAR_DATA", "data")),
+        help="real CIFAR-10 (either layout); synthetic data of the same size if absent",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions of the throughput rows")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per throughput measurement")
-    parser.add_argument("--keras-python", help="a Python interpreter with TensorFlow, for the Keras peer row "
-                                               "(default: this one, if it has TensorFlow; else the row is skipped)")
+    parser.add_argument(
+        "--keras-python",
+        help="a Python interpreter with TensorFlow, for the Keras peer row "
+        "(default: this one, if it has TensorFlow; else the row is skipped)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every row runs, in seconds")
-    parser.add_argument("--rows", choices=("all", "pack"), default="all",
-                        help="all rows (default), or only row 11 (a pack of 4 against the same 4 trials in turn)")
+    parser.add_argument(
+        "--rows",
+        choices=("all", "pack"),
+        default="all",
+        help="all rows (default), or only row 11 (a pack of 4 against the same 4 trials in turn)",
+    )
     return parser
 
 
-def throughput_variants(dm: CIFAR10DataModule, data_dir: Path, scratch: Path, limit: Optional[int], warmup: int,
-                        steps: int, keras: Optional[str]) -> dict[str, Callable[[], float]]:
+def throughput_variants(
+    dm: CIFAR10DataModule,
+    data_dir: Path,
+    scratch: Path,
+    limit: Optional[int],
+    warmup: int,
+    steps: int,
+    keras: Optional[str],
+) -> dict[str, Callable[[], float]]:
     """Every training-throughput variant of rows 1, 2, 7, 8 and 10, by name."""
     textbook_root = write_python_layout(dm, scratch / "textbook")
-    variants = {"lightning": lambda: lightning_rate(dm, warmup, steps),
-                "lightning_bf16": lambda: lightning_rate(dm, warmup, steps, precision="bf16-mixed"),
-                "pytorch_loop": lambda: pytorch_rate(dm, warmup, steps),
-                "pytorch_loop_channels_last": lambda: pytorch_rate(dm, warmup, steps, channels_last=True),
-                "textbook_pipeline": lambda: textbook_rate(dm, textbook_root, warmup, steps),
-                "loop_allocator_tuned": lambda: loop_rate_in_child(data_dir, limit, warmup, steps, tuned=True),
-                "loop_glibc_defaults": lambda: loop_rate_in_child(data_dir, limit, warmup, steps, tuned=False)}
+    variants = {
+        "lightning": lambda: lightning_rate(dm, warmup, steps),
+        "lightning_bf16": lambda: lightning_rate(dm, warmup, steps, precision="bf16-mixed"),
+        "pytorch_loop": lambda: pytorch_rate(dm, warmup, steps),
+        "pytorch_loop_channels_last": lambda: pytorch_rate(dm, warmup, steps, channels_last=True),
+        "textbook_pipeline": lambda: textbook_rate(dm, textbook_root, warmup, steps),
+        "loop_allocator_tuned": lambda: loop_rate_in_child(data_dir, limit, warmup, steps, tuned=True),
+        "loop_glibc_defaults": lambda: loop_rate_in_child(data_dir, limit, warmup, steps, tuned=False),
+    }
     if keras:
         arrays = keras_arrays(dm, scratch / "keras", (warmup + steps) * BATCH_SIZE)
         variants["keras"] = lambda: keras_rate(keras, arrays, warmup, steps)
@@ -359,20 +435,26 @@ def throughput_variants(dm: CIFAR10DataModule, data_dir: Path, scratch: Path, li
 def throughput_rows(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, Any]:
     """Training images/s of every variant, alternated over `reps` repetitions, their ratios, and row 9's GFLOP/s."""
     rates = alternate(variants, reps)
-    ratios = {"lightning_vs_pytorch": rates["lightning"] / rates["pytorch_loop"],
-              "ours_vs_textbook": rates["lightning"] / rates["textbook_pipeline"],
-              "channels_last_vs_contiguous": rates["pytorch_loop_channels_last"] / rates["pytorch_loop"],
-              "bf16_vs_fp32": rates["lightning_bf16"] / rates["lightning"],
-              "allocator_tuned_vs_defaults": rates["loop_allocator_tuned"] / rates["loop_glibc_defaults"]}
+    ratios = {
+        "lightning_vs_pytorch": rates["lightning"] / rates["pytorch_loop"],
+        "ours_vs_textbook": rates["lightning"] / rates["textbook_pipeline"],
+        "channels_last_vs_contiguous": rates["pytorch_loop_channels_last"] / rates["pytorch_loop"],
+        "bf16_vs_fp32": rates["lightning_bf16"] / rates["lightning"],
+        "allocator_tuned_vs_defaults": rates["loop_allocator_tuned"] / rates["loop_glibc_defaults"],
+    }
     if "keras" in rates:
-        ratios.update(lightning_vs_keras=rates["lightning"] / rates["keras"],
-                      bf16_vs_keras=rates["lightning_bf16"] / rates["keras"])
+        ratios.update(
+            lightning_vs_keras=rates["lightning"] / rates["keras"],
+            bf16_vs_keras=rates["lightning_bf16"] / rates["keras"],
+        )
     print("9. FLOPs and GEMM throughput", file=sys.stderr)
     flops = flops_per_image()
-    compute = {"gflop_per_image": flops / 1e9, "gemm_gflops_fp32": gemm_gflops(torch.float32),
-               "gemm_gflops_bf16": gemm_gflops(torch.bfloat16),
-               "achieved_gflops": {"fp32": rates["lightning"] * flops / 1e9,
-                                   "bf16": rates["lightning_bf16"] * flops / 1e9}}
+    compute = {
+        "gflop_per_image": flops / 1e9,
+        "gemm_gflops_fp32": gemm_gflops(torch.float32),
+        "gemm_gflops_bf16": gemm_gflops(torch.bfloat16),
+        "achieved_gflops": {"fp32": rates["lightning"] * flops / 1e9, "bf16": rates["lightning_bf16"] * flops / 1e9},
+    }
     return {"images_per_s": rates, **ratios, "compute": compute}
 
 
@@ -385,8 +467,13 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
     report["peak_rss_gb"], report["imports_rss_gb"] = memory["peak"], memory["imports"]
     report["peak_rss_trial"] = f"{SPEC}, 1 epoch, {limit or 'all'} training images"
     print("5. sweep throughput", file=sys.stderr)
-    sweep = {"only": ["baseline"] if quick else ["baseline", "pixel"], "seeds": [0, 1], "epochs": 1,
-             "limit_train": 200 if quick else 2000, "val_size": 100 if quick else 1000}
+    sweep = {
+        "only": ["baseline"] if quick else ["baseline", "pixel"],
+        "seeds": [0, 1],
+        "epochs": 1,
+        "limit_train": 200 if quick else 2000,
+        "val_size": 100 if quick else 1000,
+    }
     report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep) for p in (1, 2)}
     report["sweep"] = " ".join(argv_of(sweep))
     report.update(pack_rows(data_dir, quick))
@@ -399,16 +486,29 @@ def pack_rows(data_dir: Path, quick: bool) -> dict[str, Any]:
     """Row 11: four trials of one architecture as one pack (``--pack 4``) against the same four one after another,
     in trials per hour of ``python -m ablations.run``."""
     print("11. pack of 4 vs 4 trials in turn", file=sys.stderr)
-    sweep = {"only": ["baseline", "pixel+dropout=0.25"], "seeds": [0, 1], "epochs": 1, "val_size": 100 if quick
-             else 1000, "limit_train": 200 if quick else 2000}
-    return {"pack_trials_per_hour": {"pack=4": sweep_rate(data_dir, 1, {**sweep, "pack": 4}),
-                                     "in turn": sweep_rate(data_dir, 1, sweep)}, "pack_sweep": " ".join(argv_of(sweep))}
+    sweep = {
+        "only": ["baseline", "pixel+dropout=0.25"],
+        "seeds": [0, 1],
+        "epochs": 1,
+        "val_size": 100 if quick else 1000,
+        "limit_train": 200 if quick else 2000,
+    }
+    return {
+        "pack_trials_per_hour": {
+            "pack=4": sweep_rate(data_dir, 1, {**sweep, "pack": 4}),
+            "in turn": sweep_rate(data_dir, 1, sweep),
+        },
+        "pack_sweep": " ".join(argv_of(sweep)),
+    }
 
 
 def pack_row(r: dict[str, Any]) -> tuple[str, str, str]:
     rates = r["pack_trials_per_hour"]
-    return ("11. pack of 4 vs the same 4 in turn", f"{rates['pack=4']:.0f} vs {rates['in turn']:.0f} trials/h = "
-            f"{rates['pack=4'] / rates['in turn']:.2f}x", "CPU default: the faster")
+    return (
+        "11. pack of 4 vs the same 4 in turn",
+        f"{rates['pack=4']:.0f} vs {rates['in turn']:.0f} trials/h = {rates['pack=4'] / rates['in turn']:.2f}x",
+        "CPU default: the faster",
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -418,13 +518,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     scratch = Path(tempfile.mkdtemp(prefix="lit-cifar-bench-"))
     real = find_layout(args.data_dir) is not None
-    data_dir = args.data_dir if real else synthetic_data_dir(scratch / "synthetic",
-                                                             *((6000, 200) if args.quick else (50000, 10000)))
+    data_dir = (
+        args.data_dir
+        if real
+        else synthetic_data_dir(scratch / "synthetic", *((6000, 200) if args.quick else (50000, 10000)))
+    )
     if args.rows == "pack":
         packed = {"machine": machine(), **pack_rows(data_dir, args.quick)}
         m = packed["machine"]
-        print(f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads; sweep: {packed['pack_sweep']}"
-              f"\n\n| measure | result | target |\n|---|---|---|\n| {' | '.join(pack_row(packed))} |")
+        print(
+            f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads; sweep: {packed['pack_sweep']}"
+            f"\n\n| measure | result | target |\n|---|---|---|\n| {' | '.join(pack_row(packed))} |"
+        )
         if args.json:
             args.json.write_text(json.dumps(packed, indent=2))
         return 0
@@ -432,9 +537,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     limit = 700 if args.quick else None
     dm = datamodule(data_dir, limit_train=limit)
     keras = keras_python(args.keras_python)
-    report: dict[str, Any] = {"machine": machine(), "data": "real CIFAR-10" if real else "synthetic",
-                              "data_dir": str(data_dir), "train_images": len(loaded(dm.train_labels)), "spec": SPEC,
-                              "batch_size": BATCH_SIZE, "reps": reps, "timed_steps": steps, "keras_python": keras}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "data": "real CIFAR-10" if real else "synthetic",
+        "data_dir": str(data_dir),
+        "train_images": len(loaded(dm.train_labels)),
+        "spec": SPEC,
+        "batch_size": BATCH_SIZE,
+        "reps": reps,
+        "timed_steps": steps,
+        "keras_python": keras,
+    }
     print("1, 2, 7, 8, 10. training throughput (images/s)", file=sys.stderr)
     report.update(throughput_rows(throughput_variants(dm, data_dir, scratch, limit, warmup, steps, keras), reps))
     report.update(trial_rows(data_dir, args.quick, limit))
@@ -451,50 +564,82 @@ def _versus(a: float, b: float, ratio: float, digits: int = 2) -> str:
 def speed_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Rows 7-10: the Keras peer, bf16, achieved vs available GFLOP/s, the allocator."""
     rates, compute = r["images_per_s"], r["compute"]
-    keras = ("7. Trainer.fit vs the notebook's Keras model.fit (fp32)",
-             _versus(rates["lightning"], rates["keras"], r["lightning_vs_keras"]) if "keras" in rates
-             else "TensorFlow not found: not measured (--keras-python)", ">= 1.0x (1.2x aim)")
+    keras = (
+        "7. Trainer.fit vs the notebook's Keras model.fit (fp32)",
+        _versus(rates["lightning"], rates["keras"], r["lightning_vs_keras"])
+        if "keras" in rates
+        else "TensorFlow not found: not measured (--keras-python)",
+        ">= 1.0x (1.2x aim)",
+    )
     bf16_vs_keras = f"; {r['bf16_vs_keras']:.2f}x Keras fp32" if "keras" in rates else ""
     gemm = compute["gemm_gflops_fp32"]
-    return [keras,
-            ("8. bf16-mixed vs fp32 (Trainer.fit)",
-             _versus(rates["lightning_bf16"], rates["lightning"], r["bf16_vs_fp32"]) + bf16_vs_keras,
-             ">= 2x Keras fp32 (bf16 CPU)"),
-            ("9. achieved vs GEMM GFLOP/s", f"{compute['gflop_per_image']:.3f} GFLOP/image: fp32 step "
-             f"{compute['achieved_gflops']['fp32']:.0f} GFLOP/s vs GEMMs {gemm['forward']:.0f}/"
-             f"{gemm['input_grad']:.0f}/{gemm['weight_grad']:.0f} (fwd/dX/dW); bf16 step "
-             f"{compute['achieved_gflops']['bf16']:.0f} vs {max(compute['gemm_gflops_bf16'].values()):.0f}",
-             "near the GEMMs'"),
-            ("10. allocator tuned vs glibc defaults (hand loop)",
-             _versus(rates["loop_allocator_tuned"], rates["loop_glibc_defaults"], r["allocator_tuned_vs_defaults"]),
-             "faster")]
+    return [
+        keras,
+        (
+            "8. bf16-mixed vs fp32 (Trainer.fit)",
+            _versus(rates["lightning_bf16"], rates["lightning"], r["bf16_vs_fp32"]) + bf16_vs_keras,
+            ">= 2x Keras fp32 (bf16 CPU)",
+        ),
+        (
+            "9. achieved vs GEMM GFLOP/s",
+            f"{compute['gflop_per_image']:.3f} GFLOP/image: fp32 step "
+            f"{compute['achieved_gflops']['fp32']:.0f} GFLOP/s vs GEMMs {gemm['forward']:.0f}/"
+            f"{gemm['input_grad']:.0f}/{gemm['weight_grad']:.0f} (fwd/dX/dW); bf16 step "
+            f"{compute['achieved_gflops']['bf16']:.0f} vs {max(compute['gemm_gflops_bf16'].values()):.0f}",
+            "near the GEMMs'",
+        ),
+        (
+            "10. allocator tuned vs glibc defaults (hand loop)",
+            _versus(rates["loop_allocator_tuned"], rates["loop_glibc_defaults"], r["allocator_tuned_vs_defaults"]),
+            "faster",
+        ),
+    ]
 
 
 def format_table(r: dict[str, Any]) -> str:
     rates, fixed, sweep = r["images_per_s"], r["fixed_cost"], r["sweep_trials_per_hour"]
     gpu = r["gpu_notebook_suite_s"]
     rows = [
-        ("1. Trainer.fit vs hand-written loop", _versus(rates["lightning"], rates["pytorch_loop"],
-                                                        r["lightning_vs_pytorch"], 3), ">= 0.97"),
-        ("2. ours vs textbook pipeline", _versus(rates["lightning"], rates["textbook_pipeline"],
-                                                 r["ours_vs_textbook"]), "faster"),
-        ("1b. channels_last vs contiguous (hand loop)",
-         _versus(rates["pytorch_loop_channels_last"], rates["pytorch_loop"], r["channels_last_vs_contiguous"]),
-         "use only if > 1"),
-        ("3. Trainer() to first step", f"{fixed['to_first_step_s']:.2f} s (test pass {fixed['test_pass_s']:.2f} s)",
-         "<= 3 s"),
-        ("4. peak RSS of one trial", f"{r['peak_rss_gb']:.2f} GB ({r['peak_rss_trial']}; "
-         f"{r['imports_rss_gb']:.2f} GB of it the imports)", "<= 1.5 GB"),
+        (
+            "1. Trainer.fit vs hand-written loop",
+            _versus(rates["lightning"], rates["pytorch_loop"], r["lightning_vs_pytorch"], 3),
+            ">= 0.97",
+        ),
+        (
+            "2. ours vs textbook pipeline",
+            _versus(rates["lightning"], rates["textbook_pipeline"], r["ours_vs_textbook"]),
+            "faster",
+        ),
+        (
+            "1b. channels_last vs contiguous (hand loop)",
+            _versus(rates["pytorch_loop_channels_last"], rates["pytorch_loop"], r["channels_last_vs_contiguous"]),
+            "use only if > 1",
+        ),
+        (
+            "3. Trainer() to first step",
+            f"{fixed['to_first_step_s']:.2f} s (test pass {fixed['test_pass_s']:.2f} s)",
+            "<= 3 s",
+        ),
+        (
+            "4. peak RSS of one trial",
+            f"{r['peak_rss_gb']:.2f} GB ({r['peak_rss_trial']}; {r['imports_rss_gb']:.2f} GB of it the imports)",
+            "<= 1.5 GB",
+        ),
         ("5. sweep, parallel 1 vs 2", f"{sweep['parallel=1']:.0f} vs {sweep['parallel=2']:.0f} trials/h", "faster"),
         pack_row(r),
         ("6. GPU notebook suite", "no GPU here: not measured" if gpu is None else f"{gpu:.0f} s", "<= 60 s (H100)"),
         *speed_rows(r),
     ]
     m = r["machine"]
-    lines = [f"{r['data']} ({r['train_images']} training images), spec {r['spec']}, batch {r['batch_size']}, "
-             f"median of {r['reps']}; {m['cpu']} ({m['cores']} cores, bf16 units: {'yes' if m['bf16_units'] else 'no'}"
-             f"), {m['torch_threads']} torch threads, allocator: {m['allocator']}; GPU {m['gpu']}, torch {m['torch']}, "
-             f"lightning {m['lightning']}", "", "| measure | result | target |", "|---|---|---|"]
+    lines = [
+        f"{r['data']} ({r['train_images']} training images), spec {r['spec']}, batch {r['batch_size']}, "
+        f"median of {r['reps']}; {m['cpu']} ({m['cores']} cores, bf16 units: {'yes' if m['bf16_units'] else 'no'}"
+        f"), {m['torch_threads']} torch threads, allocator: {m['allocator']}; GPU {m['gpu']}, torch {m['torch']}, "
+        f"lightning {m['lightning']}",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+    ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
 

@@ -35,8 +35,17 @@ if TYPE_CHECKING:
 
 LOGGERS = ("csv", "mlflow", "wandb")
 LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
-DATA_KWARGS = ("data_dir", "normalize", "augment", "val_size", "split_seed", "batch_size", "limit_train", "download",
-               "seed")
+DATA_KWARGS = (
+    "data_dir",
+    "normalize",
+    "augment",
+    "val_size",
+    "split_seed",
+    "batch_size",
+    "limit_train",
+    "download",
+    "seed",
+)
 BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
@@ -44,19 +53,34 @@ BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100}
 def add_arguments(parser: Any) -> None:
     """The flags of this module, in one group of `ablations.run`'s parser."""
     group = parser.add_argument_group("model, data and outputs (override the suite's)")
-    group.add_argument("--model", metavar="CLASS_PATH|JSON",
-                       help="the network: a class path (mypkg.nets.ResNet18) or JSON {\"class_path\": ..., "
-                            "\"init_args\": {...}} (default: the suite's, else the notebook's CNN)")
-    group.add_argument("--data", metavar="NAME|CLASS_PATH|JSON",
-                       help=f"{' or '.join(BUILTIN_DATA)} (official layouts, downloaded if absent), or a "
-                            "LightningDataModule's class path / JSON (default: the suite's, else cifar10)")
-    group.add_argument("--optimizer", metavar="CLASS_PATH|JSON",
-                       help="optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args "
-                            "(lr defaults to --lr)")
-    group.add_argument("--save-model", action="store_true",
-                       help="keep each trial's final checkpoint as model.ckpt in its folder")
-    group.add_argument("--logger", action="append", choices=LOGGERS, default=None,
-                       help="also log to this Lightning logger (repeatable); TensorBoard is always written")
+    group.add_argument(
+        "--model",
+        metavar="CLASS_PATH|JSON",
+        help='the network: a class path (mypkg.nets.ResNet18) or JSON {"class_path": ..., '
+        "\"init_args\": {...}} (default: the suite's, else the notebook's CNN)",
+    )
+    group.add_argument(
+        "--data",
+        metavar="NAME|CLASS_PATH|JSON",
+        help=f"{' or '.join(BUILTIN_DATA)} (official layouts, downloaded if absent), or a "
+        "LightningDataModule's class path / JSON (default: the suite's, else cifar10)",
+    )
+    group.add_argument(
+        "--optimizer",
+        metavar="CLASS_PATH|JSON",
+        help="optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args "
+        "(lr defaults to --lr)",
+    )
+    group.add_argument(
+        "--save-model", action="store_true", help="keep each trial's final checkpoint as model.ckpt in its folder"
+    )
+    group.add_argument(
+        "--logger",
+        action="append",
+        choices=LOGGERS,
+        default=None,
+        help="also log to this Lightning logger (repeatable); TensorBoard is always written",
+    )
 
 
 def _json_or_text(value: Any) -> Any:
@@ -71,8 +95,7 @@ def _json_or_text(value: Any) -> Any:
         raise ValueError(f"{value!r} is not valid JSON: {error}") from None
 
 
-def apply_arguments(suite: Suite, settings: TrainSettings, request: Request) -> tuple[Suite, TrainSettings,
-                                                                                       RunOptions]:
+def apply_arguments(suite: Suite, settings: TrainSettings, request: Request) -> tuple[Suite, TrainSettings, RunOptions]:
     """The suite and settings with the request's ``model``, ``data`` and ``optimizer`` applied, and the options of
     its outputs (``save_model``, ``logger``); ValueError for a value that overrides one of the suite's setting
     factors, or a malformed one."""
@@ -82,8 +105,10 @@ def apply_arguments(suite: Suite, settings: TrainSettings, request: Request) -> 
     flagged = [name for name in factors if getattr(request, name, None) is not None]
     if flagged:
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(flagged))
-        raise ValueError(f"{flags}: a factor of suite {suite.name!r} (its levels come from the suite file); drop "
-                         "the flag or remove the factor")
+        raise ValueError(
+            f"{flags}: a factor of suite {suite.name!r} (its levels come from the suite file); drop "
+            "the flag or remove the factor"
+        )
     if request.model is not None:
         suite = replace(suite, model=identity.parse_model(_json_or_text(request.model)))
     if request.data is not None:
@@ -94,8 +119,10 @@ def apply_arguments(suite: Suite, settings: TrainSettings, request: Request) -> 
     for name in loggers:
         package = LOGGER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:
-            raise ValueError(f"--logger {name} needs the {package} package, which is not installed "
-                             f"(pip install {package}); csv needs nothing")
+            raise ValueError(
+                f"--logger {name} needs the {package} package, which is not installed "
+                f"(pip install {package}); csv needs nothing"
+            )
     return suite, settings, RunOptions(save_model=bool(request.save_model), loggers=loggers)
 
 
@@ -114,9 +141,17 @@ def _accepted(cls: type, names: tuple[str, ...], given: dict[str, Any]) -> set[s
 def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True) -> Any:
     """The trial's data module: a built-in one from its spec, or the suite's class with its init args."""
     s = trial.settings
-    standard = {"data_dir": data_dir, "normalize": trial.spec.normalize, "augment": trial.spec.augment,
-                "val_size": s.val_size, "split_seed": s.split_seed, "batch_size": s.batch_size,
-                "limit_train": s.limit_train, "download": download, "seed": trial.seed}
+    standard = {
+        "data_dir": data_dir,
+        "normalize": trial.spec.normalize,
+        "augment": trial.spec.augment,
+        "val_size": s.val_size,
+        "split_seed": s.split_seed,
+        "batch_size": s.batch_size,
+        "limit_train": s.limit_train,
+        "download": download,
+        "seed": trial.seed,
+    }
     if isinstance(trial.data, str):
         import lit_cifar.data
 
@@ -164,10 +199,20 @@ def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
     from lit_cifar import RegularizedClassifier
 
     s = trial.settings
-    backbone: dict[str, Any] = {} if trial.model is None else {"backbone_class_path": trial.model.class_path,
-                                               "backbone_init_args": trial.model.init_args}
-    return RegularizedClassifier(trial.spec, lr=s.lr, lr_decay=s.lr_decay, compile=compile, num_classes=num_classes,
-                                 optimizer=make_optimizer(s), **backbone)
+    backbone: dict[str, Any] = (
+        {}
+        if trial.model is None
+        else {"backbone_class_path": trial.model.class_path, "backbone_init_args": trial.model.init_args}
+    )
+    return RegularizedClassifier(
+        trial.spec,
+        lr=s.lr,
+        lr_decay=s.lr_decay,
+        compile=compile,
+        num_classes=num_classes,
+        optimizer=make_optimizer(s),
+        **backbone,
+    )
 
 
 def give_statistics(model: Any, dm: Any) -> None:
@@ -179,8 +224,10 @@ def give_statistics(model: Any, dm: Any) -> None:
         return
     mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
     if mean is None or std is None:
-        raise ValueError(f"spec {model.spec.name!r} standardizes inputs ({model.spec.normalize}) but data module "
-                         f"{type(dm).__name__} has no mean and std after setup('fit'): see ablations.custom")
+        raise ValueError(
+            f"spec {model.spec.name!r} standardizes inputs ({model.spec.normalize}) but data module "
+            f"{type(dm).__name__} has no mean and std after setup('fit'): see ablations.custom"
+        )
     model.set_input_statistics(mean, std)
 
 
@@ -239,11 +286,12 @@ def _check_one_model(trial: Trial, num_classes: Optional[int]) -> None:
         with torch.no_grad():
             out = backbone.eval()(torch.zeros(2, 3, 32, 32, device=device))
     except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
-        raise ValueError(f"its forward pass on a (2, 3, 32, 32) batch fails: {type(error).__name__}: {error}") \
-            from None
+        raise ValueError(f"its forward pass on a (2, 3, 32, 32) batch fails: {type(error).__name__}: {error}") from None
     if tuple(out.shape) != (2, num_classes):
-        raise ValueError(f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
-                         f"{num_classes} classes (num_classes mismatch)")
+        raise ValueError(
+            f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
+            f"{num_classes} classes (num_classes mismatch)"
+        )
 
 
 def check_models(trials: list[Trial], num_classes: Optional[int] = None) -> None:
@@ -306,20 +354,30 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> int:
     if count is None or count < 2:
         raise ValueError(f"{name} breaks the batch contract: it needs num_classes (or classes) >= 2 after setup")
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise ValueError(f"{name} breaks the batch contract: a batch must be (images, labels), got "
-                         f"{type(batch).__name__}")
+        raise ValueError(
+            f"{name} breaks the batch contract: a batch must be (images, labels), got {type(batch).__name__}"
+        )
     images, labels = batch
-    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
-            and tuple(images.shape[1:]) == (3, 32, 32)):
-        raise ValueError(f"{name} breaks the batch contract: images must be uint8 (B, 3, 32, 32) in 0-255, got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
-    if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) ==
-            (len(images),)):
-        raise ValueError(f"{name} breaks the batch contract: labels must be int64 (B,), got "
-                         f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+    if not (
+        isinstance(images, torch.Tensor)
+        and images.dtype == torch.uint8
+        and images.dim() == 4
+        and tuple(images.shape[1:]) == (3, 32, 32)
+    ):
+        raise ValueError(
+            f"{name} breaks the batch contract: images must be uint8 (B, 3, 32, 32) in 0-255, got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
+        )
+    if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (len(images),)):
+        raise ValueError(
+            f"{name} breaks the batch contract: labels must be int64 (B,), got "
+            f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}"
+        )
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= count):
-        raise ValueError(f"{name} breaks the batch contract: labels must lie in 0-{count - 1} (num_classes "
-                         f"{count}), got {int(labels.min())}-{int(labels.max())}")
+        raise ValueError(
+            f"{name} breaks the batch contract: labels must lie in 0-{count - 1} (num_classes "
+            f"{count}), got {int(labels.min())}-{int(labels.max())}"
+        )
     return count
 
 
@@ -328,8 +386,12 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
     if not trials:
         return
     custom_data = not isinstance(trials[0].data, str)
-    if trials[0].model is None and not custom_data and trials[0].data == DEFAULT_DATA and \
-            all(t.settings.optimizer is None for t in trials):
+    if (
+        trials[0].model is None
+        and not custom_data
+        and trials[0].data == DEFAULT_DATA
+        and all(t.settings.optimizer is None for t in trials)
+    ):
         return  # the notebook's model and data: checked by the library as before
     num_classes = check_data(trials[0], options.data_dir, options.download) if custom_data and needs_data else None
     check_models(trials, num_classes)

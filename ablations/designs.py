@@ -46,8 +46,10 @@ def fraction_of(value: Any) -> int:
         r = value["fraction"]
         if not isinstance(r, bool) and isinstance(r, int) and r >= 1:
             return r
-    raise ValueError(f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 "
-                     "(R = 2: a half, 4: a quarter of the grid)")
+    raise ValueError(
+        f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 "
+        "(R = 2: a half, 4: a quarter of the grid)"
+    )
 
 
 def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:
@@ -56,8 +58,8 @@ def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:
         return list(itertools.product(*(range(k) for k in levels)))
     doe = _pydoe()
     p = round(math.log2(reduction))
-    if all(k == 2 for k in levels) and 2 ** p == reduction and p < len(levels):
-        base = string.ascii_lowercase[:len(levels) - p]
+    if all(k == 2 for k in levels) and 2**p == reduction and p < len(levels):
+        base = string.ascii_lowercase[: len(levels) - p]
         words = itertools.chain.from_iterable(itertools.combinations(base, r) for r in range(len(base), 1, -1))
         extra = ["".join(c) for c in words][:p]  # the longest words first: the highest resolution
         if len(extra) < p:
@@ -67,13 +69,15 @@ def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:
         try:
             rows = doe.gsd(list(levels), reduction)
         except ValueError as error:
-            raise ValueError(f"no generalized subset design of levels {list(levels)} with reduction "
-                             f"{reduction}: {error}") from None
+            raise ValueError(
+                f"no generalized subset design of levels {list(levels)} with reduction {reduction}: {error}"
+            ) from None
     return sorted({tuple(int(v) for v in row) for row in np.atleast_2d(rows)})
 
 
-def model_matrix(runs: Sequence[Sequence[int]] | np.ndarray, levels: Sequence[int],
-                 interactions: bool = True) -> np.ndarray:
+def model_matrix(
+    runs: Sequence[Sequence[int]] | np.ndarray, levels: Sequence[int], interactions: bool = True
+) -> np.ndarray:
     """Intercept, treatment dummies of every non-reference level and (with `interactions`) their pairwise
     products across factors: the columns `ablations.report.stats` fits, here on level indices."""
     table = np.asarray(runs)
@@ -103,8 +107,12 @@ def contrasts(levels: Sequence[int], interactions: bool = True) -> dict[tuple[in
     if interactions:
         for f, g in itertools.combinations(range(len(levels)), 2):
             for a, b in itertools.product(range(1, levels[f]), range(1, levels[g])):
-                rows[(f, a, g, b)] = (mean(**{f"f{f}": a, f"f{g}": b}) - mean(**{f"f{f}": a, f"f{g}": 0})
-                                      - mean(**{f"f{f}": 0, f"f{g}": b}) + mean(**{f"f{f}": 0, f"f{g}": 0}))
+                rows[(f, a, g, b)] = (
+                    mean(**{f"f{f}": a, f"f{g}": b})
+                    - mean(**{f"f{f}": a, f"f{g}": 0})
+                    - mean(**{f"f{f}": 0, f"f{g}": b})
+                    + mean(**{f"f{f}": 0, f"f{g}": 0})
+                )
     return rows
 
 
@@ -114,5 +122,6 @@ def aliased(runs: Sequence[Sequence[int]], levels: Sequence[int], interactions: 
     aliased with effects in the model and must not be reported as estimated."""
     x = model_matrix(runs, levels, interactions)
     rank = np.linalg.matrix_rank(x)
-    return [key for key, row in contrasts(levels, interactions).items()
-            if np.linalg.matrix_rank(np.vstack([x, row])) > rank]
+    return [
+        key for key, row in contrasts(levels, interactions).items() if np.linalg.matrix_rank(np.vstack([x, row])) > rank
+    ]

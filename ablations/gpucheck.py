@@ -65,24 +65,38 @@ def rows(gpus: int, tiny: bool) -> list[Row]:
     table = [Row("one at a time", (*suite, "--parallel", "1"), trials)]
     if gpus > 1:
         table.append(Row("one per GPU", (*suite, "--parallel", str(gpus)), trials))
-    table.append(Row("two per GPU" if gpus else "two at a time", (*suite, "--parallel", str(2 * max(gpus, 1))),
-                     trials))
-    table.append(Row(f"DDP, {ddp} {'GPUs' if gpus else 'processes'}",
-                     ("--only", "pixel", "--strategy", "ddp", "--devices", str(ddp)), 1, ddp))
+    table.append(Row("two per GPU" if gpus else "two at a time", (*suite, "--parallel", str(2 * max(gpus, 1))), trials))
+    table.append(
+        Row(
+            f"DDP, {ddp} {'GPUs' if gpus else 'processes'}",
+            ("--only", "pixel", "--strategy", "ddp", "--devices", str(ddp)),
+            1,
+            ddp,
+        )
+    )
     pack = ("--pack", "4") if tiny else ("--pack", "auto")
     seeds = ("--seeds", "0,1") if tiny else ("--seeds", "0,1,2")
     table.append(Row("packed notebook suite", (*suite, *seeds, *pack), trials * (2 if tiny else 3), packed=True))
     full = ("--suite", "full", *(("--only", *TINY_FULL_SPECS) if tiny else ()))
-    table.append(Row("packed full grid", (*full, *seeds, *pack),
-                     (len(TINY_FULL_SPECS) * 2) if tiny else FULL_SPECS * 3, packed=True))
+    table.append(
+        Row(
+            "packed full grid",
+            (*full, *seeds, *pack),
+            (len(TINY_FULL_SPECS) * 2) if tiny else FULL_SPECS * 3,
+            packed=True,
+        )
+    )
     return table
 
 
 def run_row(row: Row, common: list[str], logdir: Path) -> dict[str, Any]:
     """Run one row's sweep; its wall time, throughput and whether it passed."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ablations.run", *common, "--logdir", str(logdir), *row.flags],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ablations.run", *common, "--logdir", str(logdir), *row.flags],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     found = (read_result(path.parent) for path in logdir.glob(f"*/*/*/{RESULT_FILE}"))
     results = [result for result in found if result is not None]
@@ -96,9 +110,18 @@ def run_row(row: Row, common: list[str], logdir: Path) -> dict[str, Any]:
         problems.append("no result was trained in a pack")
     rates = [r["train_images_per_s"] for r in results]
     images = sum(r["train_images"] * r["settings"]["epochs"] for r in results)
-    return {"row": row.name, "flags": " ".join(row.flags), "trials": row.trials, "wall_s": seconds,
-            "trials_per_h": row.trials * 3600 / seconds, "images_per_s": statistics.fmean(rates) if rates else None,
-            "train_images": images, "pack_sizes": packs, "ok": not problems, "problems": problems}
+    return {
+        "row": row.name,
+        "flags": " ".join(row.flags),
+        "trials": row.trials,
+        "wall_s": seconds,
+        "trials_per_h": row.trials * 3600 / seconds,
+        "images_per_s": statistics.fmean(rates) if rates else None,
+        "train_images": images,
+        "pack_sizes": packs,
+        "ok": not problems,
+        "problems": problems,
+    }
 
 
 def peak_tflops(device: str) -> Optional[tuple[float, float]]:
@@ -108,18 +131,27 @@ def peak_tflops(device: str) -> Optional[tuple[float, float]]:
 
 def format_table(measured: list[dict[str, Any]], device: str, gflop_per_image: float) -> str:
     peak = peak_tflops(device)
-    peaks = (f"peak {peak[0]:.0f} TFLOP/s fp32, {peak[1]:.0f} bf16 (dense)" if peak
-             else "no peak figures known for this device")
-    lines = [f"device: {device}; {gflop_per_image:.3f} GFLOP per training image; {peaks}", "",
-             "| run | flags | trials | packs of | wall s | trials/h | train images/s per trial | training TFLOP/s | "
-             "of fp32 / bf16 peak | ok |", "|---|---|---:|---|---:|---:|---:|---:|---|---|"]
+    peaks = (
+        f"peak {peak[0]:.0f} TFLOP/s fp32, {peak[1]:.0f} bf16 (dense)"
+        if peak
+        else "no peak figures known for this device"
+    )
+    lines = [
+        f"device: {device}; {gflop_per_image:.3f} GFLOP per training image; {peaks}",
+        "",
+        "| run | flags | trials | packs of | wall s | trials/h | train images/s per trial | training TFLOP/s | "
+        "of fp32 / bf16 peak | ok |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---|",
+    ]
     for m in measured:
         rate = "—" if m["images_per_s"] is None else f"{m['images_per_s']:.0f}"
         tflops = m["train_images"] * gflop_per_image / max(m["wall_s"], 1e-9) / 1e3
         share = f"{tflops / peak[0]:.1%} / {tflops / peak[1]:.1%}" if peak else "—"
-        lines.append(f"| {m['row']} | `{m['flags']}` | {m['trials']} | {','.join(map(str, m['pack_sizes']))} | "
-                     f"{m['wall_s']:.1f} | {m['trials_per_h']:.0f} | {rate} | {tflops:.3f} | {share} | "
-                     f"{'yes' if m['ok'] else 'NO: ' + '; '.join(m['problems'])} |")
+        lines.append(
+            f"| {m['row']} | `{m['flags']}` | {m['trials']} | {','.join(map(str, m['pack_sizes']))} | "
+            f"{m['wall_s']:.1f} | {m['trials_per_h']:.0f} | {rate} | {tflops:.3f} | {share} | "
+            f"{'yes' if m['ok'] else 'NO: ' + '; '.join(m['problems'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -137,8 +169,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.gpucheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="real CIFAR-10; default: synthetic data of its size")
     parser.add_argument("--accelerator", default="auto", help="passed to every sweep (default: auto)")
-    parser.add_argument("--tiny", action="store_true", help=f"{len(TINY_SPECS)} specs, 1 epoch, {TINY_SIZES[0]} "
-                                                            "synthetic training images: checks the command runs")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"{len(TINY_SPECS)} specs, 1 epoch, {TINY_SIZES[0]} synthetic training images: checks the command runs",
+    )
     args = parser.parse_args(argv)
     gpus, device = device_name(args.accelerator)
     with tempfile.TemporaryDirectory(prefix="lit-cifar-gpucheck-") as scratch:

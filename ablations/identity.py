@@ -23,8 +23,12 @@ from typing import Any, Optional, Union
 
 DEFAULT_DATA = "cifar10"
 BUILTIN_DATA = {"cifar10": "lit_cifar.data.CIFAR10DataModule", "cifar100": "lit_cifar.data.CIFAR100DataModule"}
-DEFAULT_MODELS = ("lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN",  # the notebook's CNN, however it is named
-                  "lit_cifar.SeedCNN", "lit_cifar.models.SeedCNN")  # (its former name)
+DEFAULT_MODELS = (
+    "lit_cifar.NotebookCNN",
+    "lit_cifar.models.NotebookCNN",  # the notebook's CNN, however it is named
+    "lit_cifar.SeedCNN",
+    "lit_cifar.models.SeedCNN",
+)  # (its former name)
 # Training settings a suite may vary as factors, in the order trial folders name them.
 SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit_train", "optimizer")
 DEFAULT_OPTIMIZER = "adam"  # the level text of the built-in Adam (the optimizer setting's None)
@@ -50,8 +54,9 @@ class ClassRef:
         if isinstance(value, str):
             value = {"class_path": value}
         if not isinstance(value, Mapping) or "class_path" not in value or set(value) - {"class_path", "init_args"}:
-            raise ValueError(f"{what} {value!r} must be a class path or a mapping with 'class_path' and optionally "
-                             "'init_args'")
+            raise ValueError(
+                f"{what} {value!r} must be a class path or a mapping with 'class_path' and optionally 'init_args'"
+            )
         path, args = value["class_path"], value.get("init_args") or {}
         if not isinstance(path, str) or not CLASS_PATH.fullmatch(path):
             raise ValueError(f"{what} class_path {path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
@@ -60,8 +65,9 @@ class ClassRef:
         try:
             text = json.dumps(dict(args), sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{what} {path}: init_args {args!r} must be plain data (numbers, strings, lists, "
-                             f"mappings): {error}") from None
+            raise ValueError(
+                f"{what} {path}: init_args {args!r} must be plain data (numbers, strings, lists, mappings): {error}"
+            ) from None
         return cls(path, text)
 
     @property
@@ -103,8 +109,9 @@ def parse_data(value: Any) -> DataRef:
     if isinstance(value, str) and value.lower() in BUILTIN_DATA:
         return value.lower()
     if isinstance(value, str) and "." not in value:
-        raise ValueError(f"data {value!r} is not one of {', '.join(BUILTIN_DATA)} nor a class path of a "
-                         "LightningDataModule")
+        raise ValueError(
+            f"data {value!r} is not one of {', '.join(BUILTIN_DATA)} nor a class path of a LightningDataModule"
+        )
     ref = ClassRef.parse(value, "data")
     for name, path in BUILTIN_DATA.items():  # a built-in named by its class path is the built-in
         if ref.class_path == path and ref.init_args_json == "{}":
@@ -183,8 +190,11 @@ def parse_level(name: str, value: Any) -> Any:
 
 def optimizer_problem(value: Any) -> Optional[str]:
     """The `TrainSettings.optimizer` rule: None (the built-in Adam) or a `ClassRef`."""
-    return None if value is None or isinstance(value, ClassRef) else \
-        "must be a class path, {class_path, init_args} or adam"
+    return (
+        None
+        if value is None or isinstance(value, ClassRef)
+        else "must be a class path, {class_path, init_args} or adam"
+    )
 
 
 def json_value(value: Any) -> Any:
@@ -202,5 +212,9 @@ def cell_view(result: dict[str, Any]) -> dict[str, Any]:
     treat a setting factor as a spec field. Other results are returned as they are."""
     if "cell" not in result:
         return result
-    return {**result, "spec": result["cell"], "spec_name": result["spec"],
-            "spec_fields": {**(result.get("spec_fields") or {}), **(result.get("factors") or {})}}
+    return {
+        **result,
+        "spec": result["cell"],
+        "spec_name": result["spec"],
+        "spec_fields": {**(result.get("spec_fields") or {}), **(result.get("factors") or {})},
+    }

@@ -27,13 +27,21 @@ def build_model(keras, learning_rate: float = 1e-3, decay: float = 1e-6):  # noq
     """The notebook's network and optimizer: 3 x Conv2D(32, 3x3, ReLU), Dense(1024, ReLU), Dense(10, softmax),
     Adam(lr 1e-3) with the legacy time decay ``lr / (1 + decay * step)``."""
     layers = keras.layers
-    model = keras.Sequential([keras.Input((32, 32, 3)),
-                              *(layers.Conv2D(32, 3, activation="relu") for _ in range(3)),
-                              layers.Flatten(), layers.Dense(1024, activation="relu"),
-                              layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            *(layers.Conv2D(32, 3, activation="relu") for _ in range(3)),
+            layers.Flatten(),
+            layers.Dense(1024, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
     schedule = keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1, decay_rate=decay)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, epsilon=1e-7), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule, epsilon=1e-7),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -55,8 +63,9 @@ def main() -> None:
     images = np.load(args.images)[:n].transpose(0, 2, 3, 1).astype(np.float32)
     labels = np.load(args.labels)[:n]
     if len(images) < n:
-        raise SystemExit(f"need {n} images for {args.warmup} + {args.steps} steps of {args.batch_size}, "
-                         f"got {len(images)}")
+        raise SystemExit(
+            f"need {n} images for {args.warmup} + {args.steps} steps of {args.batch_size}, got {len(images)}"
+        )
     images = (images - images.mean(0)) / images.std(0)
     clock: dict[str, float] = {}
 
@@ -69,12 +78,19 @@ def main() -> None:
             clock.update(wall_end=time.perf_counter(), cpu_end=time.process_time())
 
     keras.utils.set_random_seed(0)
-    build_model(keras).fit(images, labels, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
-                           callbacks=[StepClock()])
-    print(json.dumps({"images_per_s": args.steps * args.batch_size / (clock["wall_end"] - clock["wall"]),
-                      "cpu_ms_per_step": 1000 * (clock["cpu_end"] - clock["cpu"]) / args.steps,
-                      "tensorflow": tf.__version__,
-                      "keras": getattr(keras, "__version__", None) or tf.__version__}))
+    build_model(keras).fit(
+        images, labels, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[StepClock()]
+    )
+    print(
+        json.dumps(
+            {
+                "images_per_s": args.steps * args.batch_size / (clock["wall_end"] - clock["wall"]),
+                "cpu_ms_per_step": 1000 * (clock["cpu_end"] - clock["cpu"]) / args.steps,
+                "tensorflow": tf.__version__,
+                "keras": getattr(keras, "__version__", None) or tf.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,10 +31,17 @@ def machine() -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_units": bf16_units(),
-            "torch_threads": torch.get_num_threads(), "allocator": allocator(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "bf16_units": bf16_units(),
+        "torch_threads": torch.get_num_threads(),
+        "allocator": allocator(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+    }
 
 
 def synthetic_data_dir(root: Path, n_train: int, n_test: int) -> Path:

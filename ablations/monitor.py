@@ -56,8 +56,9 @@ class TrialLogger(TensorBoardLogger):
         settings = trial.hashed_settings()
         self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings})
 
-    def log_hyperparams(self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None
-                        ) -> None:
+    def log_hyperparams(
+        self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None
+    ) -> None:
         """Keep the module's and data module's hyperparameters for ``hparams.yaml``; the HParams record is written
         by `log_trial`, once every setting is known."""
         self.hparams.update(params if isinstance(params, Mapping) else vars(params))
@@ -74,8 +75,12 @@ class TrialLogger(TensorBoardLogger):
         record and spec-mean rows with this trial's result (the others read from their result.json)."""
         self.finalize("success")
         result = {**self.trial.record(), "metrics": dict(metrics), "history": history}
-        self._events.write([(len(history), board.scalar_summary(board.test_scalars(metrics))),
-                            *board.trial_records(result, self.started)])
+        self._events.write(
+            [
+                (len(history), board.scalar_summary(board.test_scalars(metrics))),
+                *board.trial_records(result, self.started),
+            ]
+        )
         self._events.close()
         with folder_lock(self.suite_dir, wait=True):
             others = board.suite_results(self.suite_dir, skip=Path(self.log_dir))
@@ -101,8 +106,10 @@ class StopOnNonFiniteLoss(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         loss = float(trainer.callback_metrics.get("train/loss", 0.0))
         if not math.isfinite(loss):
-            raise NonFiniteLossError(f"train/loss became {loss} in epoch {trainer.current_epoch}: the trial "
-                                     "diverged (too strong a penalty or learning rate?)")
+            raise NonFiniteLossError(
+                f"train/loss became {loss} in epoch {trainer.current_epoch}: the trial "
+                "diverged (too strong a penalty or learning rate?)"
+            )
 
 
 class Throughput(pl.Callback):
@@ -116,8 +123,9 @@ class Throughput(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.images += len(batch[1])
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -144,9 +152,17 @@ def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int,
     low, high = float(values.min()), float(values.max())
     counts = torch.histc(values, bins=bins, min=low, max=high if high > low else low + 1e-12)
     limits = torch.linspace(low, high, bins + 1)[1:]
-    writer.add_histogram_raw(tag, min=low, max=high, num=values.numel(), sum=float(values.sum()),
-                             sum_squares=float(torch.dot(values, values)), bucket_limits=limits.tolist(),
-                             bucket_counts=counts.tolist(), global_step=step)
+    writer.add_histogram_raw(
+        tag,
+        min=low,
+        max=high,
+        num=values.numel(),
+        sum=float(values.sum()),
+        sum_squares=float(torch.dot(values, values)),
+        bucket_limits=limits.tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
 
 
 class WeightHistograms(pl.Callback):
@@ -156,8 +172,12 @@ class WeightHistograms(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
             for name, layer in cast("RegularizedClassifier", module).named_regularized_layers():
-                log_weight_histogram(trainer.logger.experiment, f"weights/{name}", cast(torch.Tensor, layer.weight),
-                                     trainer.current_epoch + 1)
+                log_weight_histogram(
+                    trainer.logger.experiment,
+                    f"weights/{name}",
+                    cast(torch.Tensor, layer.weight),
+                    trainer.current_epoch + 1,
+                )
 
 
 class BatchNormDrift(pl.Callback):
@@ -176,8 +196,11 @@ class BatchNormDrift(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._batch = {}
-        self._hooks = [layer.register_forward_hook(self._capture) for layer in module.modules()
-                       if isinstance(layer, BATCHNORMS) and layer.track_running_stats]
+        self._hooks = [
+            layer.register_forward_hook(self._capture)
+            for layer in module.modules()
+            if isinstance(layer, BATCHNORMS) and layer.track_running_stats
+        ]
 
     @torch.no_grad()
     def _capture(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -185,8 +208,15 @@ class BatchNormDrift(pl.Callback):
             channels = inputs[0].detach().transpose(0, 1).flatten(1).float()
             self._batch[layer] = (channels.mean(1), channels.var(1, unbiased=False))
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._remove_hooks()  # one batch is enough
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -221,8 +251,12 @@ class SuiteSamples(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         dm: Any = attached_datamodule(trainer)  # a CIFAR data module has class_examples; one of your own may not
-        if not trainer.is_global_zero or self.run_dir.exists() or not hasattr(dm, "class_examples") \
-                or len(dm.classes) > 10:  # a data module of your own, or too many classes for one chart
+        if (
+            not trainer.is_global_zero
+            or self.run_dir.exists()
+            or not hasattr(dm, "class_examples")
+            or len(dm.classes) > 10
+        ):  # a data module of your own, or too many classes for one chart
             return
         images, names = dm.class_examples()
         png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
@@ -235,8 +269,13 @@ class TrialMonitor:
     def __init__(self, suite_dir: Optional[Path] = None) -> None:
         self._history = EpochHistory()
         self._throughput = Throughput()
-        self.callbacks: list[pl.Callback] = [StopOnNonFiniteLoss(), self._history, self._throughput,
-                                             WeightHistograms(), BatchNormDrift()]
+        self.callbacks: list[pl.Callback] = [
+            StopOnNonFiniteLoss(),
+            self._history,
+            self._throughput,
+            WeightHistograms(),
+            BatchNormDrift(),
+        ]
         if suite_dir is not None:
             self.callbacks.append(SuiteSamples(suite_dir))
 

@@ -48,12 +48,18 @@ def check_pack(pack: Union[int, str, None], engine: str, parallel: int, strategy
     """Refuse what packs do not support (ValueError: the run exits 2 before anything trains)."""
     if pack in (None, 1):
         return
-    problems = {f"--engine {engine}": engine != "local", f"--parallel {parallel}": parallel > 1,
-                f"--strategy {strategy}": strategy != "auto", "--compile": compile}
+    problems = {
+        f"--engine {engine}": engine != "local",
+        f"--parallel {parallel}": parallel > 1,
+        f"--strategy {strategy}": strategy != "auto",
+        "--compile": compile,
+    }
     for flag, bad in problems.items():
         if bad:
-            raise ValueError(f"--pack {pack} is not supported with {flag}: packs train in one process of the local "
-                             "engine, one pack at a time; drop --pack, or that flag")
+            raise ValueError(
+                f"--pack {pack} is not supported with {flag}: packs train in one process of the local "
+                "engine, one pack at a time; drop --pack, or that flag"
+            )
 
 
 MAXNORM_RESCALED = "train/maxnorm_rescaled"
@@ -63,12 +69,17 @@ def check_packable(trials: Sequence[Trial]) -> None:
     """Refuse trials a pack cannot train (ValueError): packs stack the notebook's CNN on CIFAR-10 with the built-in
     Adam; a suite that names another model, data or optimizer runs unpacked."""
     for trial in trials:
-        other = {"a model": trial.model is not None, "data": trial.data != DEFAULT_DATA,
-                 "an optimizer": trial.settings.optimizer is not None}
+        other = {
+            "a model": trial.model is not None,
+            "data": trial.data != DEFAULT_DATA,
+            "an optimizer": trial.settings.optimizer is not None,
+        }
         named = [what for what, bad in other.items() if bad]
         if named:
-            raise ValueError(f"--pack is not supported for trial {trial.name}, which names {' and '.join(named)} of "
-                             "its own: packs train the notebook's CNN on CIFAR-10 with the built-in Adam; drop --pack")
+            raise ValueError(
+                f"--pack is not supported for trial {trial.name}, which names {' and '.join(named)} of "
+                "its own: packs train the notebook's CNN on CIFAR-10 with the built-in Adam; drop --pack"
+            )
 
 
 def member_bytes(batch_size: int, batchnorm: bool) -> int:
@@ -100,8 +111,15 @@ def pack_key(trial: Trial) -> str:
     """What the members of one pack share: suite, settings (but seeds), data-parallel width and architecture."""
     settings = asdict(trial.settings)
     del settings["seeds"]
-    return json.dumps({"suite": trial.suite, "settings": settings, "data_parallel": trial.data_parallel,
-                       "batchnorm": trial.spec.batchnorm}, sort_keys=True)
+    return json.dumps(
+        {
+            "suite": trial.suite,
+            "settings": settings,
+            "data_parallel": trial.data_parallel,
+            "batchnorm": trial.spec.batchnorm,
+        },
+        sort_keys=True,
+    )
 
 
 def make_packs(trials: Sequence[Trial], size: int) -> list[list[Trial]]:
@@ -125,15 +143,25 @@ def make_packs(trials: Sequence[Trial], size: int) -> list[list[Trial]]:
 
 
 # ---------------------------------------------------------------------------------------------- monitoring
-def _pack_callbacks(trials: Sequence[Trial], options: RunOptions, histogram_tags: Sequence[str],
-                    member_hparams: Sequence[dict[str, Any]]) -> tuple[Any, list[Any]]:
+def _pack_callbacks(
+    trials: Sequence[Trial],
+    options: RunOptions,
+    histogram_tags: Sequence[str],
+    member_hparams: Sequence[dict[str, Any]],
+) -> tuple[Any, list[Any]]:
     """The pack's monitor and the Trainer's callbacks (the monitor, BatchNorm drift, the suite's samples, the
     interrupt check)."""
     import lightning.pytorch as pl
     import torch
 
-    from ablations.monitor import BatchNormDrift, NonFiniteLossError, SuiteSamples, Throughput, TrialLogger, \
-        log_weight_histogram
+    from ablations.monitor import (
+        BatchNormDrift,
+        NonFiniteLossError,
+        SuiteSamples,
+        Throughput,
+        TrialLogger,
+        log_weight_histogram,
+    )
     from ablations.trial import StopWhenInterrupted
 
     class MemberDrift(BatchNormDrift):
@@ -175,24 +203,30 @@ def _pack_callbacks(trials: Sequence[Trial], options: RunOptions, histogram_tags
             if trainer.sanity_checking:
                 return
             values = module.epoch_values("val")
-            self._val = [{**v, **(d if trials[k].spec.batchnorm else {})}
-                         for k, (v, d) in enumerate(zip(values, self.drift.values))]
+            self._val = [
+                {**v, **(d if trials[k].spec.batchnorm else {})}
+                for k, (v, d) in enumerate(zip(values, self.drift.values))
+            ]
 
         def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
             epoch, values = trainer.current_epoch, module.epoch_values("train")
-            values = [v if trials[k].spec.max_norm else {m: x for m, x in v.items() if m != MAXNORM_RESCALED}
-                      for k, v in enumerate(values)]  # as a single trial logs it: with max-norm only
+            values = [
+                v if trials[k].spec.max_norm else {m: x for m, x in v.items() if m != MAXNORM_RESCALED}
+                for k, v in enumerate(values)
+            ]  # as a single trial logs it: with max-norm only
             weight = module.network.hidden_weight
             for k in self._live():
                 self.histories[k].append({"epoch": epoch, **values[k], **self._val[k]})
                 self.loggers[k].log_epoch(self.histories[k][-1], epoch + 1)  # as a single trial's EpochHistory
-                log_weight_histogram(self.loggers[k].experiment, f"weights/{histogram_tags[k]}", weight[k],
-                                     epoch + 1)
+                log_weight_histogram(self.loggers[k].experiment, f"weights/{histogram_tags[k]}", weight[k], epoch + 1)
                 loss = values[k].get("train/loss", 0.0)
                 if not math.isfinite(loss):
-                    self.failed[k] = str(NonFiniteLossError(
-                        f"train/loss became {loss} in epoch {epoch}: the trial diverged (too strong a penalty or "
-                        "learning rate?)"))
+                    self.failed[k] = str(
+                        NonFiniteLossError(
+                            f"train/loss became {loss} in epoch {epoch}: the trial diverged (too strong a penalty or "
+                            "learning rate?)"
+                        )
+                    )
                     module.mark_failed(k)
             if not self._live():
                 raise NonFiniteLossError(f"every member of the pack diverged: {self.failed[0]}")
@@ -201,8 +235,13 @@ def _pack_callbacks(trials: Sequence[Trial], options: RunOptions, histogram_tags
             self.tested = module.epoch_values("test")  # written with the HParams row by `log_trial`
 
     monitor = PackMonitor()
-    callbacks = [monitor.drift, monitor, monitor.throughput, SuiteSamples(Path(options.logdir) / trials[0].suite),
-                 StopWhenInterrupted()]
+    callbacks = [
+        monitor.drift,
+        monitor,
+        monitor.throughput,
+        SuiteSamples(Path(options.logdir) / trials[0].suite),
+        StopWhenInterrupted(),
+    ]
     return monitor, callbacks
 
 
@@ -230,9 +269,16 @@ def _data_hparams(trial: Trial, options: RunOptions) -> dict[str, Any]:
     from lit_cifar import CIFAR10DataModule
 
     s = trial.settings
-    dm = CIFAR10DataModule.from_spec(trial.spec, data_dir=options.data_dir, val_size=s.val_size,
-                                     split_seed=s.split_seed, batch_size=s.batch_size, limit_train=s.limit_train,
-                                     download=options.download, seed=trial.seed)
+    dm = CIFAR10DataModule.from_spec(
+        trial.spec,
+        data_dir=options.data_dir,
+        val_size=s.val_size,
+        split_seed=s.split_seed,
+        batch_size=s.batch_size,
+        limit_train=s.limit_train,
+        download=options.download,
+        seed=trial.seed,
+    )
     return dict(dm.hparams_initial)
 
 
@@ -248,9 +294,16 @@ def train_and_test_pack(trials: Sequence[Trial], options: RunOptions) -> list[di
     start = time.perf_counter()
     tune_allocator()
     s = trials[0].settings
-    dm = PackDataModule([t.spec for t in trials], [t.seed for t in trials], data_dir=options.data_dir,
-                        val_size=s.val_size, split_seed=s.split_seed, batch_size=s.batch_size,
-                        limit_train=s.limit_train, download=options.download)
+    dm = PackDataModule(
+        [t.spec for t in trials],
+        [t.seed for t in trials],
+        data_dir=options.data_dir,
+        val_size=s.val_size,
+        split_seed=s.split_seed,
+        batch_size=s.batch_size,
+        limit_train=s.limit_train,
+        download=options.download,
+    )
     dm.prepare_data()
     sizes = dm.verify()
     dm.setup("fit")
@@ -278,9 +331,19 @@ def train_and_test_pack(trials: Sequence[Trial], options: RunOptions) -> list[di
         metrics = {**monitor.histories[k][-1], **monitor.tested[k]}
         metrics.pop("epoch", None)
         logger.log_trial(metrics, monitor.histories[k])
-        outcomes.append({"result": {"metrics": metrics, "history": monitor.histories[k], "wall_time_s": wall,
-                                    "train_images_per_s": rate, "train_images": sizes["train"],
-                                    "val_images": sizes["val"], "test_images": sizes["test"], "world_size": 1,
-                                    "precision_ran": str(trainer.precision)}})
+        outcomes.append(
+            {
+                "result": {
+                    "metrics": metrics,
+                    "history": monitor.histories[k],
+                    "wall_time_s": wall,
+                    "train_images_per_s": rate,
+                    "train_images": sizes["train"],
+                    "val_images": sizes["val"],
+                    "test_images": sizes["test"],
+                    "world_size": 1,
+                    "precision_ran": str(trainer.precision),
+                }
+            }
+        )
     return outcomes
-

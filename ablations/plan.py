@@ -29,8 +29,17 @@ from lit_cifar.spec import RegularizationSpec
 
 __all__ = ["Plan", "Request", "check_hardware", "check_inputs", "count_trials", "make_plan", "prepare"]
 
-SETTING_FLAGS = ("epochs", "batch_size", "seeds", "val_size", "split_seed", "limit_train", "lr", "lr_decay",
-                 "precision")  # the Request fields that override the suite's `TrainSettings`
+SETTING_FLAGS = (
+    "epochs",
+    "batch_size",
+    "seeds",
+    "val_size",
+    "split_seed",
+    "limit_train",
+    "lr",
+    "lr_decay",
+    "precision",
+)  # the Request fields that override the suite's `TrainSettings`
 
 ClassValue = Union[str, Mapping[str, Any], None]  # a class path, JSON text or {"class_path": ..., "init_args": ...}
 
@@ -140,12 +149,30 @@ def make_plan(request: Request) -> Plan:
     trials = expand_trials(suite, settings, only=_only(request), data_parallel=devices * request.num_nodes)
     unsharded = len(trials)
     trials = shard(trials, *request.shard) if request.shard else trials
-    options = RunOptions(data_dir=request.data_dir, logdir=request.logdir, accelerator=request.accelerator,
-                         devices=devices, strategy=request.strategy or "auto", num_nodes=request.num_nodes,
-                         force=request.force, compile=request.compile, save_model=outputs.save_model,
-                         loggers=outputs.loggers)
-    plan = Plan(suite, trials, options, parallel, gpus, unsharded, reference, request.engine, request.ray_address,
-                request.max_retries)
+    options = RunOptions(
+        data_dir=request.data_dir,
+        logdir=request.logdir,
+        accelerator=request.accelerator,
+        devices=devices,
+        strategy=request.strategy or "auto",
+        num_nodes=request.num_nodes,
+        force=request.force,
+        compile=request.compile,
+        save_model=outputs.save_model,
+        loggers=outputs.loggers,
+    )
+    plan = Plan(
+        suite,
+        trials,
+        options,
+        parallel,
+        gpus,
+        unsharded,
+        reference,
+        request.engine,
+        request.ray_address,
+        request.max_retries,
+    )
     return replace(plan, pack_size=_pack_size(plan, request.pack))
 
 
@@ -162,16 +189,20 @@ def _placement(request: Request) -> tuple[int, int, int]:
     devices, parallel, strategy = request.devices, request.parallel, request.strategy
     if strategy:
         if parallel not in (None, 1):
-            raise ValueError(f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
-                             "all --devices, so trials run one at a time; drop --parallel or --strategy")
+            raise ValueError(
+                f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
+                "all --devices, so trials run one at a time; drop --parallel or --strategy"
+            )
         return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
     if request.num_nodes > 1:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
     if isinstance(devices, int):
         if devices > max(gpus, 1):
-            raise ValueError(f"--devices {devices}: without --strategy it is how many GPUs the trials are "
-                             f"spread over, and {gpus} GPU(s) are available; for {devices} processes per trial "
-                             "add --strategy ddp")
+            raise ValueError(
+                f"--devices {devices}: without --strategy it is how many GPUs the trials are "
+                f"spread over, and {gpus} GPU(s) are available; for {devices} processes per trial "
+                "add --strategy ddp"
+            )
         gpus = min(gpus, devices)
     return 1, gpus, parallel or max(1, gpus)
 
@@ -218,8 +249,9 @@ def check_hardware(plan: Plan) -> None:
         trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
     except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
         o = plan.options
-        raise ValueError(f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: "
-                         f"{error}") from None
+        raise ValueError(
+            f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: {error}"
+        ) from None
     check_precision(plan.trials[0].settings.precision, trainer)
 
 
@@ -253,7 +285,6 @@ def _check_data(plan: Plan) -> None:
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
         raise ValueError(f"--data-dir {folder} is not readable")
-    dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder),
-                                plan.options.download)
+    dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder), plan.options.download)
     dm.prepare_data()  # downloads once here, not in every worker
     dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now

@@ -77,8 +77,9 @@ def _setting(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             value = convert(text) if convert is int else coerce_setting(name, text, strict=True)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if convert is int else 'a number'}") \
-                from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if convert is int else 'a number'}"
+            ) from None
         problem = setting_problem(name, value)
         if problem:
             raise argparse.ArgumentTypeError(f"{text} {problem}")
@@ -123,16 +124,21 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
+        prog="python -m ablations.run",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Shipped suites: {', '.join(available_suites())}. Exit status: 0 all done, 1 a trial failed, "
-               "2 bad arguments, 130/143 stopped by SIGINT/SIGTERM.")
+        "2 bad arguments, 130/143 stopped by SIGINT/SIGTERM.",
+    )
     _what_arguments(parser)
     _setting_arguments(parser)
     where = parser.add_argument_group("data and output")
-    where.add_argument("--data-dir", help="an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ "
-                                          "(default: $LIT_CIFAR_DATA or ./data); CIFAR-10 is downloaded into it "
-                                          "(checksum-verified) if it holds neither")
+    where.add_argument(
+        "--data-dir",
+        help="an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ "
+        "(default: $LIT_CIFAR_DATA or ./data); CIFAR-10 is downloaded into it "
+        "(checksum-verified) if it holds neither",
+    )
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
@@ -143,57 +149,87 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pack_arguments(parser: argparse.ArgumentParser) -> None:
     packs = parser.add_argument_group("packs (docs/packs.md)")
-    packs.add_argument("--pack", metavar="K|auto", help="train up to K trials of one architecture together as one "
-                                                        "batched model (auto: as many as fit on a GPU; 1 on CPU)")
+    packs.add_argument(
+        "--pack",
+        metavar="K|auto",
+        help="train up to K trials of one architecture together as one "
+        "batched model (auto: as many as fit on a GPU; 1 on CPU)",
+    )
 
 
 def _what_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to run")
-    what.add_argument("--suite", default="notebook",
-                      help="shipped suite name or path of a suite .yaml (default: notebook; seed is an alias)")
+    what.add_argument(
+        "--suite",
+        default="notebook",
+        help="shipped suite name or path of a suite .yaml (default: notebook; seed is an alias)",
+    )
     what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
     what.add_argument("--dry-run", action="store_true", help="print one line per trial (spec, seed); train nothing")
     what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
-    what.add_argument("--reference", metavar="SPEC",
-                      help="spec every other is compared with in the report (default: pixel, else the first)")
+    what.add_argument(
+        "--reference",
+        metavar="SPEC",
+        help="spec every other is compared with in the report (default: pixel, else the first)",
+    )
 
 
 def _setting_arguments(parser: argparse.ArgumentParser) -> None:
     settings = parser.add_argument_group("training settings (override the suite's)")
     settings.add_argument("--epochs", type=_setting("epochs", int))
-    settings.add_argument("--batch-size", type=_setting("batch_size", int),
-                          help="images per step (per device under DDP)")
+    settings.add_argument(
+        "--batch-size", type=_setting("batch_size", int), help="images per step (per device under DDP)"
+    )
     settings.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated seeds")
-    settings.add_argument("--val-size", type=_setting("val_size", int),
-                          help="training images held out for validation (at least 1)")
-    settings.add_argument("--split-seed", type=_setting("split_seed", int),
-                          help="seed of the train/validation split")
-    settings.add_argument("--limit-train", type=_setting("limit_train", int), metavar="N",
-                          help="train on the first N images of the training split")
+    settings.add_argument(
+        "--val-size", type=_setting("val_size", int), help="training images held out for validation (at least 1)"
+    )
+    settings.add_argument("--split-seed", type=_setting("split_seed", int), help="seed of the train/validation split")
+    settings.add_argument(
+        "--limit-train",
+        type=_setting("limit_train", int),
+        metavar="N",
+        help="train on the first N images of the training split",
+    )
     settings.add_argument("--lr", type=_setting("lr", float), help="Adam learning rate")
-    settings.add_argument("--lr-decay", type=_setting("lr_decay", float),
-                          help="Keras time decay: lr / (1 + decay * step)")
+    settings.add_argument(
+        "--lr-decay", type=_setting("lr_decay", float), help="Keras time decay: lr / (1 + decay * step)"
+    )
     settings.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
 
 
 def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
     hardware = parser.add_argument_group("devices and scheduling")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: auto)")
-    hardware.add_argument("--devices", type=_devices, default=None,
-                          help="with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how "
-                               "many GPUs the trials are spread over (default: all)")
-    hardware.add_argument("--parallel", type=_int_at_least(1),
-                          help="trials at once (default: one per GPU; 1 on CPU)")
+    hardware.add_argument(
+        "--devices",
+        type=_devices,
+        default=None,
+        help="with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how "
+        "many GPUs the trials are spread over (default: all)",
+    )
+    hardware.add_argument("--parallel", type=_int_at_least(1), help="trials at once (default: one per GPU; 1 on CPU)")
     hardware.add_argument("--strategy", choices=STRATEGIES, help="data-parallel training of each trial")
     hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
     hardware.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="nodes per trial (Lightning DDP)")
-    hardware.add_argument("--engine", choices=ENGINES, default="local",
-                          help=f"local: this machine's processes (default); ray: Ray tasks ({RAY_ADVICE})")
-    hardware.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
-                          help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    hardware.add_argument("--max-retries", type=_int_at_least(0), default=2,
-                          help="--engine ray: reruns of a trial whose worker or node died (default: 2)")
+    hardware.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help=f"local: this machine's processes (default); ray: Ray tasks ({RAY_ADVICE})",
+    )
+    hardware.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)",
+    )
+    hardware.add_argument(
+        "--max-retries",
+        type=_int_at_least(0),
+        default=2,
+        help="--engine ray: reruns of a trial whose worker or node died (default: 2)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -214,7 +250,7 @@ def argv_of(values: Mapping[str, Any]) -> list[str]:
         if value is True:
             argv.append(flag)
         elif name == "logger":
-            for logger in ([value] if isinstance(value, str) else value):
+            for logger in [value] if isinstance(value, str) else value:
                 argv += [flag, logger]
         elif name == "only":
             argv += [flag, *([value] if isinstance(value, str) else value)]
@@ -250,8 +286,9 @@ def ddp_ranks(options: RunOptions) -> Ranks:
 
     from ablations.trial import Ranks
 
-    fabric = Fabric(accelerator=options.accelerator, devices=options.devices, num_nodes=options.num_nodes,
-                    strategy=options.strategy)
+    fabric = Fabric(
+        accelerator=options.accelerator, devices=options.devices, num_nodes=options.num_nodes, strategy=options.strategy
+    )
     fabric.launch()
     return Ranks(fabric.global_rank, functools.partial(fabric.broadcast, src=0))
 
@@ -264,8 +301,15 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
     Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
     `run_trial`, where rank 0 decides for all ranks.
     """
-    executor = make_executor(plan.engine, parallel=plan.parallel, gpus=plan.gpus, pack_size=plan.pack_size,
-                             ranks=ranks, ray_address=plan.ray_address, max_retries=plan.max_retries)
+    executor = make_executor(
+        plan.engine,
+        parallel=plan.parallel,
+        gpus=plan.gpus,
+        pack_size=plan.pack_size,
+        ranks=ranks,
+        ray_address=plan.ray_address,
+        max_retries=plan.max_retries,
+    )
     return [status.as_dict() for status in executor.run(plan.trials, plan.options)]
 
 
@@ -276,15 +320,18 @@ def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float)
     from ablations.store import settings_key
 
     suite_dir = Path(plan.options.logdir) / plan.suite.name
-    table, problem, unwritten = write_report_or_say_why(suite_dir, plan.reference,
-                                                        settings_key(plan.trials[0].hashed_settings(),
-                                                                     plan.trials[0].factors))
+    table, problem, unwritten = write_report_or_say_why(
+        suite_dir, plan.reference, settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors)
+    )
     if table is not None:
         print(table)
     states = [TrialStatus.of(s) for s in statuses]
     counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
-    print(f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
-          f"{counts[TrialState.FAILED]} failed in {seconds:.0f} s", file=sys.stderr)
+    print(
+        f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
+        f"{counts[TrialState.FAILED]} failed in {seconds:.0f} s",
+        file=sys.stderr,
+    )
     failed = [s for s in states if s.state is TrialState.FAILED]
     for status in failed:
         print(f"FAILED {status.trial}: {status.error}", file=sys.stderr)
@@ -298,10 +345,13 @@ def report_interrupted(plan: Plan, stop: Interrupted) -> int:
     from ablations.status import is_finished
 
     finished = [t.name for t in plan.trials if is_finished(t, plan.options.logdir, warn=False)]
-    print(f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
-          f"{': ' + ', '.join(finished) if finished else ''}. No other trial left a result; rerun the same command "
-          f"to continue, or `python -m ablations.report {Path(plan.options.logdir) / plan.suite.name}` for the "
-          "table so far.", file=sys.stderr)
+    print(
+        f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
+        f"{': ' + ', '.join(finished) if finished else ''}. No other trial left a result; rerun the same command "
+        f"to continue, or `python -m ablations.report {Path(plan.options.logdir) / plan.suite.name}` for the "
+        "table so far.",
+        file=sys.stderr,
+    )
     return stop.exit_status
 
 
@@ -326,12 +376,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(str(error))
     if target is not None:
         with interrupts():
-            return adaptive.run_cli(args, target, lambda seeds: _prepare(parser, argparse.Namespace(
-                **{**vars(args), "seeds": seeds})), lambda plan: run_plan(plan, args, None))
+            return adaptive.run_cli(
+                args,
+                target,
+                lambda seeds: _prepare(parser, argparse.Namespace(**{**vars(args), "seeds": seeds})),
+                lambda plan: run_plan(plan, args, None),
+            )
     plan = _prepare(parser, args)
     if not plan.trials:
-        print(f"nothing to do: part {args.shard[0]}/{args.shard[1]} of the {plan.unsharded} trials is empty "
-              "(more shards than trials)", file=sys.stderr)
+        print(
+            f"nothing to do: part {args.shard[0]}/{args.shard[1]} of the {plan.unsharded} trials is empty "
+            "(more shards than trials)",
+            file=sys.stderr,
+        )
         return 0
     if args.dry_run:
         print("\n".join(f"{trial.cell} seed={trial.seed}" for trial in plan.trials))
@@ -339,8 +396,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ranks = ddp_ranks(plan.options) if plan.options.strategy != "auto" else None
     rank = ranks.rank if ranks else 0
     if rank == 0:
-        print(f"suite {plan.suite.name}: {len(plan.trials)} trials, {plan.parallel} at a time, logs in "
-              f"{plan.options.logdir}/{plan.suite.name}", file=sys.stderr)
+        print(
+            f"suite {plan.suite.name}: {len(plan.trials)} trials, {plan.parallel} at a time, logs in "
+            f"{plan.options.logdir}/{plan.suite.name}",
+            file=sys.stderr,
+        )
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     start = time.perf_counter()

@@ -25,8 +25,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-__all__ = ["Interrupted", "deferred_interrupts", "die_with_parent", "ignoring_sigint", "interrupts",
-           "raise_if_interrupted", "stop_on_sigterm"]
+__all__ = [
+    "Interrupted",
+    "deferred_interrupts",
+    "die_with_parent",
+    "ignoring_sigint",
+    "interrupts",
+    "raise_if_interrupted",
+    "stop_on_sigterm",
+]
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 

@@ -21,8 +21,16 @@ from ablations.store import folder_lock, read_result, write_json_atomic
 if TYPE_CHECKING:
     from ablations.suite import RunOptions, Trial
 
-__all__ = ["FAILURE_FIELDS", "TrialState", "TrialStatus", "already_done", "claim", "is_finished", "record_failure",
-           "split_finished"]
+__all__ = [
+    "FAILURE_FIELDS",
+    "TrialState",
+    "TrialStatus",
+    "already_done",
+    "claim",
+    "is_finished",
+    "record_failure",
+    "split_finished",
+]
 
 # What every error.json holds besides `Trial.record`, whichever engine wrote it.
 FAILURE_FIELDS = ("error", "traceback", "signal")
@@ -97,12 +105,14 @@ def already_done(trial: Trial, options: RunOptions, warn: bool = True) -> bool:
     return not options.force and is_finished(trial, options.logdir, warn)
 
 
-def split_finished(trials: Sequence[Trial], options: RunOptions, warn: bool = False
-                   ) -> tuple[dict[int, TrialStatus], list[int]]:
+def split_finished(
+    trials: Sequence[Trial], options: RunOptions, warn: bool = False
+) -> tuple[dict[int, TrialStatus], list[int]]:
     """The SKIPPED statuses of the trials `already_done` (by index) and the indices of the others, so an engine
     starts nothing for a finished trial."""
-    skipped = {i: TrialStatus(t.name, TrialState.SKIPPED) for i, t in enumerate(trials)
-               if already_done(t, options, warn)}
+    skipped = {
+        i: TrialStatus(t.name, TrialState.SKIPPED) for i, t in enumerate(trials) if already_done(t, options, warn)
+    }
     return skipped, [i for i in range(len(trials)) if i not in skipped]
 
 
@@ -123,9 +133,17 @@ def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[Tri
             yield TrialState.RUN
 
 
-def record_failure(trial: Trial, logdir: Path | str, error: str, *, traceback: Optional[str] = None,
-                   signal: Optional[str] = None, record: Optional[Mapping[str, Any]] = None, held: bool = False,
-                   **extra: Any) -> TrialStatus:
+def record_failure(
+    trial: Trial,
+    logdir: Path | str,
+    error: str,
+    *,
+    traceback: Optional[str] = None,
+    signal: Optional[str] = None,
+    record: Optional[Mapping[str, Any]] = None,
+    held: bool = False,
+    **extra: Any,
+) -> TrialStatus:
     """Write `trial`'s error.json and return its FAILED status; every engine records a failure through this.
 
     error.json holds `record` (`Trial.record`, plus the environment when the trial got that far), `error` (the
@@ -135,8 +153,13 @@ def record_failure(trial: Trial, logdir: Path | str, error: str, *, traceback: O
     or the trial has a result. A write that fails (a full disk) is added to the reason instead of raised.
     """
     paths = trial.paths(logdir)
-    content = {**(trial.record() if record is None else record), "error": error, "traceback": traceback,
-               "signal": signal, **extra}
+    content = {
+        **(trial.record() if record is None else record),
+        "error": error,
+        "traceback": traceback,
+        "signal": signal,
+        **extra,
+    }
     try:
         if held:
             write_json_atomic(paths.error, content)

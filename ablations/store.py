@@ -220,8 +220,12 @@ def code_provenance() -> dict[str, Any]:
         status = _git(root, "status", "--porcelain", "--untracked-files=no")
         dirty = None if status is None else bool(status)
     packages = [Path(str(package.__file__)).resolve().parent for package in (lit_cifar, ablations)]
-    return {"code_version": __version__, "git_commit": commit, "git_dirty": dirty,
-            "source_sha256": source_hash(packages)}
+    return {
+        "code_version": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "source_sha256": source_hash(packages),
+    }
 
 
 def source_hash(folders: list[Path]) -> str:
@@ -229,8 +233,9 @@ def source_hash(folders: list[Path]) -> str:
     package's parent, then its bytes, in sorted order; caches (``__pycache__``) left out."""
     digest = hashlib.sha256()
     for folder in folders:
-        files = sorted(p for p in folder.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
-                       and "__pycache__" not in p.parts)
+        files = sorted(
+            p for p in folder.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+        )
         for path in files:
             digest.update(path.relative_to(folder.parent).as_posix().encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")

@@ -205,8 +205,11 @@ class Trial:
         del settings["seeds"]
         del settings["optimizer"]  # recorded only when it is not the built-in Adam: old hashes stay valid
         hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
-        extra = {"optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
-                 "model": identity.model_identity(self.model), "data": identity.data_identity(self.data)}
+        extra = {
+            "optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
+            "model": identity.model_identity(self.model),
+            "data": identity.data_identity(self.data),
+        }
         return {**hashed, **{k: v for k, v in extra.items() if v is not None}}
 
     @property
@@ -217,9 +220,16 @@ class Trial:
     def record(self) -> dict[str, Any]:
         """What every result.json and error.json of this trial starts with: which trial, with which settings.
         A suite with setting factors adds ``cell`` (the folder's name) and ``factors`` ({setting: value})."""
-        record = {"suite": self.suite, "spec": str(self.spec), "spec_fields": self.spec.to_dict(), "seed": self.seed,
-                  "order": self.order, "notebook": self.notebook, "settings": self.hashed_settings(),
-                  "settings_hash": self.settings_hash}
+        record = {
+            "suite": self.suite,
+            "spec": str(self.spec),
+            "spec_fields": self.spec.to_dict(),
+            "seed": self.seed,
+            "order": self.order,
+            "notebook": self.notebook,
+            "settings": self.hashed_settings(),
+            "settings_hash": self.settings_hash,
+        }
         if self.factors:
             record["cell"] = self.cell
             record["factors"] = {n: identity.json_value(getattr(self.settings, n)) for n in self.factors}
@@ -266,14 +276,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise SuiteError(f"cannot read suite file {path}: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        raise SuiteError(f"suite file {path} is not a YAML text file (byte {error.object[error.start]:#04x} at "
-                         f"offset {error.start} is not UTF-8 text): give a shipped suite's name "
-                         f"({', '.join(available_suites())}) or a suite .yaml file") from None
+        raise SuiteError(
+            f"suite file {path} is not a YAML text file (byte {error.object[error.start]:#04x} at "
+            f"offset {error.start} is not UTF-8 text): give a shipped suite's name "
+            f"({', '.join(available_suites())}) or a suite .yaml file"
+        ) from None
     except yaml.YAMLError as error:
         raise SuiteError(f"malformed YAML in suite file {path}: {error}") from None
     if not isinstance(data, dict):
-        raise SuiteError(f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors', "
-                         f"not {type(data).__name__}")
+        raise SuiteError(
+            f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors', not {type(data).__name__}"
+        )
     return data
 
 
@@ -282,12 +295,16 @@ def _listed_entry(item: Any, path: Path) -> SuiteEntry:
     if isinstance(item, str):
         return SuiteEntry(RegularizationSpec.parse(item))
     if not isinstance(item, dict) or "spec" not in item or set(item) - {"spec", "notebook"}:
-        raise SuiteError(f"suite file {path}: spec entry {item!r} must be a spec string or a mapping with 'spec' "
-                         "and optionally 'notebook'")
+        raise SuiteError(
+            f"suite file {path}: spec entry {item!r} must be a spec string or a mapping with 'spec' "
+            "and optionally 'notebook'"
+        )
     notebook = item.get("notebook")
     if notebook is not None and not (_finite(0, inclusive=True)(notebook) is None and notebook <= 1):
-        raise SuiteError(f"suite file {path}: notebook={notebook!r} for spec {item['spec']!r} must be a number in "
-                         "[0, 1] (the notebook's test accuracy) or absent")
+        raise SuiteError(
+            f"suite file {path}: notebook={notebook!r} for spec {item['spec']!r} must be a number in "
+            "[0, 1] (the notebook's test accuracy) or absent"
+        )
     return SuiteEntry(RegularizationSpec.parse(item["spec"]), notebook)
 
 
@@ -332,8 +349,10 @@ def _check_cells(suite: Suite, path: Path) -> None:
     """Every trial folder name of the grid must be one shell-friendly folder name."""
     for trial in expand_trials(suite, replace(suite.settings, seeds=(0,))):
         if not identity.CELL.fullmatch(trial.cell):
-            raise SuiteError(f"suite file {path}: trial folder name {trial.cell!r} is not one folder name of "
-                             "letters, digits and . _ + = , -: simplify the factor's levels")
+            raise SuiteError(
+                f"suite file {path}: trial folder name {trial.cell!r} is not one folder name of "
+                "letters, digits and . _ + = , -: simplify the factor's levels"
+            )
 
 
 def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> list[SuiteEntry]:
@@ -351,16 +370,18 @@ def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> li
     if not factors:
         raise SuiteError(f"suite file {path}: a fractional design needs 'factors'")
     if len(factors) < len(data.get("factors") or {}):
-        raise SuiteError(f"suite file {path}: a fractional design selects spec-factor combinations only; it cannot "
-                         f"be combined with setting factors ({', '.join(sorted(SETTING_FACTORS))}): use design: full")
+        raise SuiteError(
+            f"suite file {path}: a fractional design selects spec-factor combinations only; it cannot "
+            f"be combined with setting factors ({', '.join(sorted(SETTING_FACTORS))}): use design: full"
+        )
     levels = [len(v) for v in factors.values()]
     grid = list(itertools.product(*(range(k) for k in levels)))
-    grid_entries = entries[len(entries) - len(grid):]
+    grid_entries = entries[len(entries) - len(grid) :]
     try:
         keep = {grid.index(run) for run in select(levels, reduction)}
     except (ValueError, ImportError) as error:
         raise SuiteError(f"suite file {path}: {error}") from None
-    return entries[:len(entries) - len(grid)] + [e for i, e in enumerate(grid_entries) if i in keep]
+    return entries[: len(entries) - len(grid)] + [e for i, e in enumerate(grid_entries) if i in keep]
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -374,28 +395,41 @@ def load_suite(name_or_path: str) -> Suite:
     if not (name_or_path.endswith((".yaml", ".yml")) or path.exists()):
         path = SUITES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise SuiteError(f"unknown suite {name_or_path!r}: choose one of {', '.join(available_suites())} "
-                             "or give the path of a suite .yaml file")
+            raise SuiteError(
+                f"unknown suite {name_or_path!r}: choose one of {', '.join(available_suites())} "
+                "or give the path of a suite .yaml file"
+            )
     data = _read_yaml(path)
     unknown = set(data) - {"name", "description", "settings", "specs", "factors", "design", "model", "data"}
     if unknown:
-        raise SuiteError(f"suite file {path}: unknown keys {sorted(unknown)}; allowed: name, description, "
-                         "settings, specs, factors, model, data")
+        raise SuiteError(
+            f"suite file {path}: unknown keys {sorted(unknown)}; allowed: name, description, "
+            "settings, specs, factors, model, data"
+        )
     settings_data = data.get("settings") or {}
     valid = {f.name for f in fields(TrainSettings)}
     if not isinstance(settings_data, dict) or set(settings_data) - valid:
         raise SuiteError(f"suite file {path}: bad settings {settings_data!r}; allowed keys: {', '.join(sorted(valid))}")
     name = str(data.get("name") or path.stem)
     if not SUITE_NAME.fullmatch(name):
-        raise SuiteError(f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
-                         "not starting with '.'): the suite's trials are written under LOGDIR/NAME/")
+        raise SuiteError(
+            f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
+            "not starting with '.'): the suite's trials are written under LOGDIR/NAME/"
+        )
     try:
-        settings_data = {**{k: coerce_setting(k, v) for k, v in settings_data.items()},
-                         "optimizer": identity.parse_level("optimizer", settings_data.get("optimizer"))}
-        suite = Suite(name=name, entries=tuple(_designed(data, path, _entries(data, path))),
-                      settings=TrainSettings(**settings_data),
-                      description=str(data.get("description", "")), model=identity.parse_model(data.get("model")),
-                      data=identity.parse_data(data.get("data")), setting_factors=_setting_factors(data, path))
+        settings_data = {
+            **{k: coerce_setting(k, v) for k, v in settings_data.items()},
+            "optimizer": identity.parse_level("optimizer", settings_data.get("optimizer")),
+        }
+        suite = Suite(
+            name=name,
+            entries=tuple(_designed(data, path, _entries(data, path))),
+            settings=TrainSettings(**settings_data),
+            description=str(data.get("description", "")),
+            model=identity.parse_model(data.get("model")),
+            data=identity.parse_data(data.get("data")),
+            setting_factors=_setting_factors(data, path),
+        )
         _check_cells(suite, path)
         return suite
     except (ValueError, TypeError, AttributeError) as error:
@@ -412,16 +446,30 @@ def _grid(suite: Suite, settings: TrainSettings) -> list[tuple[SuiteEntry, Train
     return [(entry, replace(settings, **dict(zip(names, combo)))) for entry in suite.entries for combo in combos]
 
 
-def expand_trials(suite: Suite, settings: TrainSettings, only: Optional[list[str]] = None,
-                  data_parallel: int = 1) -> list[Trial]:
+def expand_trials(
+    suite: Suite, settings: TrainSettings, only: Optional[list[str]] = None, data_parallel: int = 1
+) -> list[Trial]:
     """The suite's trials in a fixed order: cells in suite order (`_grid`), each with every seed.
 
     Raises:
         SuiteError: if a name in `only` is neither a spec nor a cell (``SPEC,lr=X``) of the suite.
     """
     factors = tuple(name for name, _ in suite.setting_factors)
-    cells = [Trial(suite.name, entry.spec, 0, cell_settings, order, entry.notebook, data_parallel, suite.model,
-                   suite.data, factors) for order, (entry, cell_settings) in enumerate(_grid(suite, settings))]
+    cells = [
+        Trial(
+            suite.name,
+            entry.spec,
+            0,
+            cell_settings,
+            order,
+            entry.notebook,
+            data_parallel,
+            suite.model,
+            suite.data,
+            factors,
+        )
+        for order, (entry, cell_settings) in enumerate(_grid(suite, settings))
+    ]
     wanted = {trial.cell for trial in cells}
     if only:
         wanted = set()
@@ -431,8 +479,10 @@ def expand_trials(suite: Suite, settings: TrainSettings, only: Optional[list[str
                 name = str(RegularizationSpec.parse(text.split(",")[0])) if "," not in text else None
                 matching = {t.cell for t in cells if name is not None and str(t.spec) == name}
             if not matching:
-                raise SuiteError(f"spec {text!r} is not in suite {suite.name!r}; its specs: "
-                                 f"{', '.join(dict.fromkeys(t.cell for t in cells))}")
+                raise SuiteError(
+                    f"spec {text!r} is not in suite {suite.name!r}; its specs: "
+                    f"{', '.join(dict.fromkeys(t.cell for t in cells))}"
+                )
             wanted |= matching
     return [replace(trial, seed=seed) for trial in cells if trial.cell in wanted for seed in settings.seeds]
 
@@ -441,4 +491,4 @@ def shard(trials: list[Trial], k: int, n: int) -> list[Trial]:
     """The k-th (1-based) of n disjoint parts of `trials`: every n-th trial starting at k-1."""
     if not (1 <= k <= n):
         raise ValueError(f"shard {k}/{n} is out of range: K must be between 1 and N")
-    return trials[k - 1::n]
+    return trials[k - 1 :: n]

@@ -86,11 +86,21 @@ def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, An
     """
     on_gpu = options.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     gpu_ddp = options.strategy != "auto" and on_gpu
-    return {"max_epochs": settings.epochs, "precision": settings.precision, "accelerator": options.accelerator,
-            "devices": options.devices, "strategy": options.strategy, "num_nodes": options.num_nodes,
-            "sync_batchnorm": gpu_ddp, "enable_checkpointing": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "log_every_n_steps": 0, "enable_progress_bar": options.progress_bar,
-            "use_distributed_sampler": False}
+    return {
+        "max_epochs": settings.epochs,
+        "precision": settings.precision,
+        "accelerator": options.accelerator,
+        "devices": options.devices,
+        "strategy": options.strategy,
+        "num_nodes": options.num_nodes,
+        "sync_batchnorm": gpu_ddp,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 0,
+        "enable_progress_bar": options.progress_bar,
+        "use_distributed_sampler": False,
+    }
 
 
 def release_memory() -> None:
@@ -108,9 +118,16 @@ def environment() -> dict[str, Any]:
     """Where and with which code a result was made: device, torch threads, library versions, lit-cifar's version
     and git commit (`ablations.store.code_provenance`)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model()
-    return {"device": device, "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__,
-            "allocator": tune_allocator(), **code_provenance()}
+    return {
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "allocator": tune_allocator(),
+        **code_provenance(),
+    }
 
 
 def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dict[str, Any]:
@@ -127,8 +144,11 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     custom.give_statistics(model, dm)
     logger = TrialLogger(paths.folder, trial)
     monitor = TrialMonitor(Path(options.logdir) / trial.suite)
-    trainer = pl.Trainer(**trainer_kwargs(options, s), logger=[logger, *custom.loggers(trial, options)],
-                         callbacks=[*monitor.callbacks, StopWhenInterrupted()])
+    trainer = pl.Trainer(
+        **trainer_kwargs(options, s),
+        logger=[logger, *custom.loggers(trial, options)],
+        callbacks=[*monitor.callbacks, StopWhenInterrupted()],
+    )
     trainer.fit(model, datamodule=dm)
     stop_if_interrupted(trainer)
     model.zero_grad(set_to_none=True)  # testing needs no gradients: they go back before the test split loads
@@ -142,10 +162,15 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     metrics.pop("epoch", None)
     if trainer.is_global_zero:
         logger.log_trial(metrics, monitor.history)
-    return {"metrics": metrics, "history": monitor.history, "wall_time_s": wall,
-            "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
-            **_sizes(sizes, dm),
-            "world_size": trainer.world_size, "precision_ran": str(trainer.precision)}
+    return {
+        "metrics": metrics,
+        "history": monitor.history,
+        "wall_time_s": wall,
+        "train_images_per_s": monitor.train_images * trainer.world_size / max(monitor.train_seconds, 1e-9),
+        **_sizes(sizes, dm),
+        "world_size": trainer.world_size,
+        "precision_ran": str(trainer.precision),
+    }
 
 
 def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
@@ -170,8 +195,14 @@ def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> T
         write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
         return TrialStatus(trial.name, TrialState.DONE)
     except Exception as error:  # isolate the failure: record it, let the sweep go on
-        return record_failure(trial, options.logdir, f"{type(error).__name__}: {error}",
-                              traceback=traceback.format_exc(), record=record, held=True)
+        return record_failure(
+            trial,
+            options.logdir,
+            f"{type(error).__name__}: {error}",
+            traceback=traceback.format_exc(),
+            record=record,
+            held=True,
+        )
     finally:
         release_memory()
 

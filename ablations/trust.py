@@ -40,8 +40,9 @@ def finished_with_other_settings(trials: list[Trial], logdir: Path | str) -> lis
 def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     """``epochs 1 -> 2, lr 0.001 -> 0.01``: the settings that differ between two hashed-settings dicts."""
     keys = sorted(set(old) | set(new))
-    changed = [f"{k} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} here" for k in keys
-               if old.get(k) != new.get(k)]
+    changed = [
+        f"{k} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} here" for k in keys if old.get(k) != new.get(k)
+    ]
     return ", ".join(changed) or "the settings hash"
 
 
@@ -52,12 +53,16 @@ def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) 
     clashes = finished_with_other_settings(trials, logdir)
     if not clashes or force:
         return
-    shown = "; ".join(f"{trial.name} ({differences(old.get('settings', {}), trial.hashed_settings())})"
-                      for trial, old in clashes[:SHOWN])
+    shown = "; ".join(
+        f"{trial.name} ({differences(old.get('settings', {}), trial.hashed_settings())})"
+        for trial, old in clashes[:SHOWN]
+    )
     more = f"; and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""
-    raise ValueError(f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, which "
-                     f"this run would replace: {shown}{more}. Give another --logdir to keep both, or --force to "
-                     f"rerun them here (each old result is kept in its trial's {SUPERSEDED_DIR}/<settings hash>/)")
+    raise ValueError(
+        f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, which "
+        f"this run would replace: {shown}{more}. Give another --logdir to keep both, or --force to "
+        f"rerun them here (each old result is kept in its trial's {SUPERSEDED_DIR}/<settings hash>/)"
+    )
 
 
 def check_precision(requested: str, trainer: Any) -> None:
@@ -65,8 +70,10 @@ def check_precision(requested: str, trainer: Any) -> None:
     back from ``16-mixed`` to ``bf16-mixed`` on a CPU, with a warning only)."""
     ran = str(trainer.precision)
     if ran != requested:
-        raise ValueError(f"--precision {requested}: on this accelerator Lightning would run {ran} instead, and the "
-                         f"results would say {requested}; pass --precision {ran} (or run on a GPU)")
+        raise ValueError(
+            f"--precision {requested}: on this accelerator Lightning would run {ran} instead, and the "
+            f"results would say {requested}; pass --precision {ran} (or run on a GPU)"
+        )
 
 
 def disk_full(error: OSError) -> bool:
@@ -76,12 +83,15 @@ def disk_full(error: OSError) -> bool:
 def report_problem(error: OSError, suite_dir: Path) -> str:
     """One line saying why the report of `suite_dir` could not be written."""
     why = "the disk is full" if disk_full(error) else (error.strerror or str(error))
-    return (f"the report in {suite_dir} could not be written: {why} ({error.filename or suite_dir}). The trials' "
-            f"results are kept; free some space and run `python -m ablations.report {suite_dir}`")
+    return (
+        f"the report in {suite_dir} could not be written: {why} ({error.filename or suite_dir}). The trials' "
+        f"results are kept; free some space and run `python -m ablations.report {suite_dir}`"
+    )
 
 
-def write_report_or_say_why(suite_dir: Path, reference: Optional[str],
-                            settings: Optional[str]) -> tuple[Optional[str], Optional[str], bool]:
+def write_report_or_say_why(
+    suite_dir: Path, reference: Optional[str], settings: Optional[str]
+) -> tuple[Optional[str], Optional[str], bool]:
     """(the report's table, None, False) when it was written; else (None, why not, whether that is an error): a
     full disk or an unwritable folder is one (the sweep exits 1), a folder with nothing to report is not."""
     from ablations.report import write_report

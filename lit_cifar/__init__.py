@@ -16,14 +16,26 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["CIFAR100DataModule", "CIFAR10DataModule", "LitCifarCLI", "NotebookCNN", "RegularizationSpec",
-           "RegularizedClassifier", "tune_allocator"]
+__all__ = [
+    "CIFAR100DataModule",
+    "CIFAR10DataModule",
+    "LitCifarCLI",
+    "NotebookCNN",
+    "RegularizationSpec",
+    "RegularizedClassifier",
+    "tune_allocator",
+]
 __version__ = "0.1.0"
 
-_HOMES = {"CIFAR10DataModule": "lit_cifar.data", "CIFAR100DataModule": "lit_cifar.data",
-          "NotebookCNN": "lit_cifar.models", "LitCifarCLI": "lit_cifar.cli",
-          "RegularizedClassifier": "lit_cifar.module", "RegularizationSpec": "lit_cifar.spec",
-          "tune_allocator": "lit_cifar.runtime"}
+_HOMES = {
+    "CIFAR10DataModule": "lit_cifar.data",
+    "CIFAR100DataModule": "lit_cifar.data",
+    "NotebookCNN": "lit_cifar.models",
+    "LitCifarCLI": "lit_cifar.cli",
+    "RegularizedClassifier": "lit_cifar.module",
+    "RegularizationSpec": "lit_cifar.spec",
+    "tune_allocator": "lit_cifar.runtime",
+}
 _RENAMED = {"SeedCNN": "NotebookCNN"}  # former names, still importable with a DeprecationWarning
 
 if TYPE_CHECKING:

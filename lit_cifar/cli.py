@@ -90,8 +90,15 @@ class PredictionWriter(pl.Callback):
             self.path = self.folder / f"predictions-rank{trainer.global_rank}.csv"
         self.rows = []
 
-    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Tensor,
-                             batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Tensor,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         indices = batch[1].tolist() if isinstance(batch, (tuple, list)) else [""] * len(outputs)
         for index, scores, best in zip(indices, outputs.float().cpu().tolist(), outputs.argmax(1).tolist()):
             self.rows.append([index, self.classes(trainer, len(scores))[best], *scores])
@@ -125,11 +132,15 @@ class LitCifarCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("model.spec", "data.normalize", compute_fn=spec_normalize)
         parser.link_arguments("model.spec", "data.augment", compute_fn=spec_augment)
-        parser.set_defaults({
-            "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
-            "trainer.logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": "logs", "name": "lit_cifar"}},  # beside the sweeps
-        })
+        parser.set_defaults(
+            {
+                "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "logs", "name": "lit_cifar"},
+                },  # beside the sweeps
+            }
+        )
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parse, and remember a ``--model.spec`` given on the command line (or in a config file), before a
@@ -153,8 +164,10 @@ class LitCifarCLI(LightningCLI):
             exit_with_error(f"--ckpt_path {checkpoint}: no such checkpoint file")
         saved = as_spec(config.model.spec)
         if checkpoint and self.requested_spec is not None and self.requested_spec != saved:
-            exit_with_error(f"--model.spec {self.requested_spec} disagrees with the checkpoint's spec {saved} "
-                            f"({checkpoint}); leave --model.spec out to use the checkpoint's")
+            exit_with_error(
+                f"--model.spec {self.requested_spec} disagrees with the checkpoint's spec {saved} "
+                f"({checkpoint}); leave --model.spec out to use the checkpoint's"
+            )
 
     def instantiate_classes(self) -> None:
         try:
@@ -190,8 +203,13 @@ def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
     """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI` (its trainer, model and
     data module), for callers that look at the run afterwards."""
     tune_allocator()
-    return LitCifarCLI(RegularizedClassifier, CIFAR10DataModule, args=args, seed_everything_default=0,
-                       save_config_kwargs={"overwrite": True})
+    return LitCifarCLI(
+        RegularizedClassifier,
+        CIFAR10DataModule,
+        args=args,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
 
 
 def main(args: Optional[list[str]] = None) -> int:

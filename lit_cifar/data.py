@@ -48,11 +48,19 @@ class CifarFormat:
     torchvision: str  # the torchvision.datasets class that downloads and checksum-verifies the archive
 
 
-CIFAR10 = CifarFormat("CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FILE, len(CLASSES), OFFICIAL_URL,
-                      "CIFAR10")
+CIFAR10 = CifarFormat(
+    "CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FILE, len(CLASSES), OFFICIAL_URL, "CIFAR10"
+)
 CIFAR100_LAYOUT = "cifar-100-python"  # the official Python version: train, test and meta pickles, fine labels
-CIFAR100 = CifarFormat("CIFAR-100", (CIFAR100_LAYOUT,), ("train",), "test", 100,
-                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100")
+CIFAR100 = CifarFormat(
+    "CIFAR-100",
+    (CIFAR100_LAYOUT,),
+    ("train",),
+    "test",
+    100,
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "CIFAR100",
+)
 
 
 # The entries of `CIFAR10DataModule.state_dict` a checkpoint's data state has, whatever the data module's class name.
@@ -135,8 +143,10 @@ def check_labels(labels: Tensor | np.ndarray, path: Path, fmt: CifarFormat = CIF
     labels = torch.as_tensor(labels)
     bad = ((labels < 0) | (labels >= fmt.num_classes)).nonzero().flatten()
     if len(bad):
-        raise DatasetError(f"corrupt {fmt.name} file {path}: record {int(bad[0])} has label {int(labels[bad[0]])}, "
-                           f"outside 0-{fmt.num_classes - 1} ({len(bad)} such record(s))")
+        raise DatasetError(
+            f"corrupt {fmt.name} file {path}: record {int(bad[0])} has label {int(labels[bad[0]])}, "
+            f"outside 0-{fmt.num_classes - 1} ({len(bad)} such record(s))"
+        )
 
 
 def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
@@ -147,8 +157,10 @@ def _read_binary_batch(path: Path) -> tuple[Tensor, Tensor]:
     except OSError as error:
         raise DatasetError(f"cannot read CIFAR-10 file {path}: {error.strerror}") from None
     if not len(raw) or len(raw) % RECORD_BYTES:
-        raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {len(raw)} bytes is not a whole number of "
-                           f"{RECORD_BYTES}-byte records")
+        raise DatasetError(
+            f"truncated or corrupt CIFAR-10 file {path}: {len(raw)} bytes is not a whole number of "
+            f"{RECORD_BYTES}-byte records"
+        )
     records = raw.view(-1, RECORD_BYTES)
     check_labels(records[:, 0], path)
     return records[:, 1:].reshape(-1, *IMAGE_SHAPE), records[:, 0].long()
@@ -165,16 +177,18 @@ def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tup
     """
     binary = layout_dir.name == BIN_LAYOUT
     names = fmt.train_files if train else (fmt.test_file,)
-    read = (lambda name: _read_binary_batch(layout_dir / f"{name}.bin")) if binary else \
-        (lambda name: _read_pickle_batch(layout_dir / name, fmt))
+    read = (
+        (lambda name: _read_binary_batch(layout_dir / f"{name}.bin"))
+        if binary
+        else (lambda name: _read_pickle_batch(layout_dir / name, fmt))
+    )
     images, count = torch.empty(0, *IMAGE_SHAPE, dtype=torch.uint8), 0
     parts: list[Tensor] = []  # each file's labels
     for name in names:
         part_images, part_labels = read(name)
         end = count + len(part_labels)
         if end > len(images):  # sized from the first file (the official ones are equal), grown if one is larger
-            grown = torch.empty(count + len(part_labels) * (len(names) - len(parts)), *IMAGE_SHAPE,
-                                dtype=torch.uint8)
+            grown = torch.empty(count + len(part_labels) * (len(names) - len(parts)), *IMAGE_SHAPE, dtype=torch.uint8)
             grown[:count] = images[:count]
             images = grown
         images[count:end] = part_images
@@ -183,8 +197,9 @@ def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tup
     images, labels = images[:count], torch.cat(parts)
     bad = (labels < 0) | (labels >= fmt.num_classes)
     if bad.any():
-        raise DatasetError(f"corrupt {fmt.name} data in {layout_dir}: label {int(labels[bad][0])} is outside "
-                           f"0-{fmt.num_classes - 1}")
+        raise DatasetError(
+            f"corrupt {fmt.name} data in {layout_dir}: label {int(labels[bad][0])} is outside 0-{fmt.num_classes - 1}"
+        )
     return images, labels
 
 
@@ -202,7 +217,7 @@ def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 102
     total = torch.zeros((), dtype=torch.float64)
     total_sq = torch.zeros((), dtype=torch.float64)
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].double()
+        x = images[start : start + chunk].double()
         total = total + x.sum(dims, keepdim=True)
         total_sq = total_sq + x.square().sum(dims, keepdim=True)
     count = len(images) * (1 if normalize == "pixel" else 32 * 32)
@@ -263,7 +278,7 @@ class EpochSampler(torch.utils.data.DistributedSampler):
         if not self.shuffle:
             return torch.arange(self.rank, self.n, self.world_size)
         order = epoch_permutation(self.n, self.seed, self.epoch)
-        return order[self.rank::self.world_size][: self.n // self.world_size]
+        return order[self.rank :: self.world_size][: self.n // self.world_size]
 
     def __len__(self) -> int:
         return self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
@@ -279,8 +294,14 @@ class TensorBatches:
     processes, no per-image Python.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: EpochSampler,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        sampler: EpochSampler,
+        device: Optional[torch.device] = None,
+    ) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.sampler, self.device = sampler, device
         self.batch_sampler = None  # read by Lightning, which then calls `sampler.set_epoch` each epoch
@@ -293,7 +314,7 @@ class TensorBatches:
             self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
         indices = self.sampler.indices().to(self.labels.device)
         for start in range(0, len(indices), self.batch_size):
-            index = indices[start:start + self.batch_size]
+            index = indices[start : start + self.batch_size]
             yield self.images[index], self.labels[index]
 
 
@@ -348,16 +369,30 @@ class CIFAR10DataModule(pl.LightningDataModule):
     STATE_KEYS = DATA_STATE_KEYS
     SPLIT_KEYS = ("val_size", "split_seed", "limit_train")
 
-    def __init__(self, data_dir: Optional[str] = None, normalize: Normalization = "pixel", val_size: int = 5000,
-                 split_seed: int = 0, batch_size: int = 128, limit_train: Optional[int] = None,
-                 augment: bool = False, download: bool = True, num_workers: int = 0,
-                 seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        data_dir: Optional[str] = None,
+        normalize: Normalization = "pixel",
+        val_size: int = 5000,
+        split_seed: int = 0,
+        batch_size: int = 128,
+        limit_train: Optional[int] = None,
+        augment: bool = False,
+        download: bool = True,
+        num_workers: int = 0,
+        seed: Optional[int] = None,
+    ) -> None:
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-        for name, value, low, optional in (("val_size", val_size, 0, False), ("batch_size", batch_size, 1, False),
-                                           ("num_workers", num_workers, 0, False), ("split_seed", split_seed, 0, False),
-                                           ("limit_train", limit_train, 1, True), ("seed", seed, 0, True)):
+        for name, value, low, optional in (
+            ("val_size", val_size, 0, False),
+            ("batch_size", batch_size, 1, False),
+            ("num_workers", num_workers, 0, False),
+            ("split_seed", split_seed, 0, False),
+            ("limit_train", limit_train, 1, True),
+            ("seed", seed, 0, True),
+        ):
             check_integer(name, value, low, optional)
         for name, value in (("augment", augment), ("download", download)):
             if not isinstance(value, bool):
@@ -403,11 +438,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         else:
             what = "pass download=True, or point data_dir (or $LIT_CIFAR_DATA) at a folder holding either layout"
         fmt = self.FORMAT
-        expected = " or ".join(f"{self.data_dir / layout} ({'binary' if layout == BIN_LAYOUT else 'Python'} version)"
-                               for layout in fmt.layouts)
-        return (f"{fmt.name} not found in {self.data_dir}: expected {expected}, from {fmt.url}. "
-                f"download={self.download}: "
-                f"{what}.")
+        expected = " or ".join(
+            f"{self.data_dir / layout} ({'binary' if layout == BIN_LAYOUT else 'Python'} version)"
+            for layout in fmt.layouts
+        )
+        return (
+            f"{fmt.name} not found in {self.data_dir}: expected {expected}, from {fmt.url}. "
+            f"download={self.download}: "
+            f"{what}."
+        )
 
     def prepare_data(self) -> None:
         """Download and extract the official archive (checksum-verified) if neither layout is present."""
@@ -438,11 +477,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.val_size >= len(labels):
             raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {len(labels)}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-        val_index, train_index = order[: self.val_size], order[self.val_size:]
+        val_index, train_index = order[: self.val_size], order[self.val_size :]
         if self.limit_train is not None:
             if self.limit_train > len(train_index):
-                raise ValueError(f"limit_train={self.limit_train} is larger than the training split: "
-                                 f"{len(labels)} images - val_size {self.val_size} = {len(train_index)}")
+                raise ValueError(
+                    f"limit_train={self.limit_train} is larger than the training split: "
+                    f"{len(labels)} images - val_size {self.val_size} = {len(train_index)}"
+                )
             train_index = train_index[: self.limit_train]
         self.train_images, self.train_labels = images[train_index], labels[train_index]
         self.val_images, self.val_labels = images[val_index], labels[val_index]
@@ -493,8 +534,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 raise DatasetError(f"cannot read CIFAR-10 file {path}: Permission denied")
             size = path.stat().st_size
             if not size or size % RECORD_BYTES:
-                raise DatasetError(f"truncated or corrupt CIFAR-10 file {path}: {size} bytes is not a whole number "
-                                   f"of {RECORD_BYTES}-byte records")
+                raise DatasetError(
+                    f"truncated or corrupt CIFAR-10 file {path}: {size} bytes is not a whole number "
+                    f"of {RECORD_BYTES}-byte records"
+                )
             check_labels(np.array(np.memmap(path, dtype=np.uint8, mode="r")[::RECORD_BYTES]), path)  # labels only
             return size // RECORD_BYTES
 
@@ -503,10 +546,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
             raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {total}")
         train = total - self.val_size
         if self.limit_train is not None and self.limit_train > train:
-            raise ValueError(f"limit_train={self.limit_train} is larger than the training split: {total} images - "
-                             f"val_size {self.val_size} = {train}")
-        return {"train": train if self.limit_train is None else self.limit_train, "val": self.val_size,
-                "test": test}
+            raise ValueError(
+                f"limit_train={self.limit_train} is larger than the training split: {total} images - "
+                f"val_size {self.val_size} = {train}"
+            )
+        return {"train": train if self.limit_train is None else self.limit_train, "val": self.val_size, "test": test}
 
     # -------------------------------------------------------------------------------------------- batches
     def _batches(self, images: Optional[Tensor], labels: Optional[Tensor], train: bool) -> Any:
@@ -527,9 +571,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
             return TensorBatches(images, labels, self.batch_size, sampler, device=device)
         # Its own generator: seeding the workers must not draw from the global RNG that dropout and augmentation
         # use, so both paths train identically.
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), self.batch_size,
-                                           sampler=sampler, num_workers=self.num_workers,
-                                           generator=torch.Generator().manual_seed(seed))
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(images, labels),
+            self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     def train_dataloader(self) -> Any:
         """The training split's batches of ``(uint8 images, labels)``, reshuffled every epoch (seeded)."""
@@ -570,11 +618,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def set_predict_images(self, images: Optional[Tensor]) -> None:
         """Predict on `images` (uint8, (N, 3, 32, 32)) instead of the test split; ``None`` goes back to it."""
-        if images is not None and (not isinstance(images, Tensor) or images.dtype != torch.uint8
-                                   or tuple(images.shape[1:]) != IMAGE_SHAPE):
-            raise ValueError(f"predict images must be a uint8 tensor of shape (N, {', '.join(map(str, IMAGE_SHAPE))})"
-                             f", got {getattr(images, 'dtype', type(images).__name__)} "
-                             f"{tuple(getattr(images, 'shape', ()))}")
+        if images is not None and (
+            not isinstance(images, Tensor) or images.dtype != torch.uint8 or tuple(images.shape[1:]) != IMAGE_SHAPE
+        ):
+            raise ValueError(
+                f"predict images must be a uint8 tensor of shape (N, {', '.join(map(str, IMAGE_SHAPE))})"
+                f", got {getattr(images, 'dtype', type(images).__name__)} "
+                f"{tuple(getattr(images, 'shape', ()))}"
+            )
         self.predict_images = images
 
     def predict_dataloader(self) -> Any:
@@ -604,8 +655,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to rebuild this data: the normalization statistics, the split and the seed of
         the training order (so a resumed run draws the batches the uninterrupted one would)."""
-        return {"normalize": self.normalize, "mean": self.mean, "std": self.std, "split_seed": self.split_seed,
-                "val_size": self.val_size, "limit_train": self.limit_train, "seed": self.seed}
+        return {
+            "normalize": self.normalize,
+            "mean": self.mean,
+            "std": self.std,
+            "split_seed": self.split_seed,
+            "val_size": self.val_size,
+            "limit_train": self.limit_train,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a checkpoint's statistics and split; data already loaded with another split is split again.
@@ -614,8 +672,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
             ValueError: the checkpoint's ``normalize`` is not this module's.
         """
         if state_dict["normalize"] != self.normalize:
-            raise ValueError(f"the checkpoint's data was normalized with normalize={state_dict['normalize']!r}, "
-                             f"this data module has normalize={self.normalize!r}")
+            raise ValueError(
+                f"the checkpoint's data was normalized with normalize={state_dict['normalize']!r}, "
+                f"this data module has normalize={self.normalize!r}"
+            )
         split = {key: state_dict[key] for key in self.SPLIT_KEYS if key in state_dict}  # older checkpoints: none
         changed = any(getattr(self, key) != value for key, value in split.items())
         for key, value in split.items():

@@ -35,8 +35,15 @@ class NotebookCNN(nn.Module):
     ~40 MB fewer activations kept for the backward pass at batch 128.
     """
 
-    def __init__(self, spec: RegularizationSpec | str = RegularizationSpec(), num_classes: int = 10,
-                 in_channels: int = 3, width: int = 32, hidden_units: int = 1024, image_size: int = 32) -> None:
+    def __init__(
+        self,
+        spec: RegularizationSpec | str = RegularizationSpec(),
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 32,
+        hidden_units: int = 1024,
+        image_size: int = 32,
+    ) -> None:
         super().__init__()
         spec = RegularizationSpec.coerce(spec)
         layers: list[nn.Module] = []
@@ -49,8 +56,11 @@ class NotebookCNN(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         side = image_size - 3 * 2
         self.hidden = nn.Linear(width * side * side, hidden_units)
-        self.classifier = nn.Sequential(nn.ReLU(inplace=True), *([nn.Dropout(spec.dropout)] if spec.dropout else []),
-                                        nn.Linear(hidden_units, num_classes))
+        self.classifier = nn.Sequential(
+            nn.ReLU(inplace=True),
+            *([nn.Dropout(spec.dropout)] if spec.dropout else []),
+            nn.Linear(hidden_units, num_classes),
+        )
         keras_init_(self)
 
     def regularized_layers(self) -> list[nn.Module]:
@@ -82,8 +92,12 @@ def resolve_class(class_path: str, what: str = "class") -> type:
     return found
 
 
-def build_backbone(class_path: str, init_args: Optional[dict] = None, spec: RegularizationSpec | str = "baseline",
-                   num_classes: int = 10) -> nn.Module:
+def build_backbone(
+    class_path: str,
+    init_args: Optional[dict] = None,
+    spec: RegularizationSpec | str = "baseline",
+    num_classes: int = 10,
+) -> nn.Module:
     """The backbone ``class_path(**init_args)``; ``spec`` and ``num_classes`` are passed too when its constructor
     takes arguments of those names and `init_args` does not set them (as `NotebookCNN` does).
 
@@ -108,14 +122,14 @@ def build_backbone(class_path: str, init_args: Optional[dict] = None, spec: Regu
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") \
-            from None
+        raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") from None
 
 
 def __getattr__(name: str) -> Any:
     """``SeedCNN``, the former name of `NotebookCNN`: the same class, with a DeprecationWarning."""
     if name == "SeedCNN":
-        warnings.warn("lit_cifar.models.SeedCNN is deprecated: use lit_cifar.models.NotebookCNN", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "lit_cifar.models.SeedCNN is deprecated: use lit_cifar.models.NotebookCNN", DeprecationWarning, stacklevel=2
+        )
         return NotebookCNN
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

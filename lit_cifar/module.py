@@ -36,8 +36,15 @@ OptimizerCallable = Callable[[Iterable], Optimizer]
 STAGES = ("train", "val", "test")
 PROGRESS_BAR = ("train/loss", "train/acc", "val/loss", "val/acc")  # the logged metrics the progress bar shows
 # Layer types that implement what the spec's `bn` and `dropout` ask for, in any backbone.
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d,
-              nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+BATCHNORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+)
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 # Constructor arguments that are how a model runs, not what it is: left out of the saved hyperparameters, so a
 # checkpoint loads without them and LightningCLI's --ckpt_path does not override them.
@@ -54,9 +61,15 @@ def rng_states() -> dict[str, Any]:
     version, python_state, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next}}
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -66,8 +79,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
     """Put back what `rng_states` took (a CUDA state only where this process has as many CUDA devices)."""
     torch.set_rng_state(states["torch"])
     numpy_state = states["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     python_state = states["python"]
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
     cuda = states.get("cuda")
@@ -101,8 +121,10 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
     """
     name = type(backbone).__name__
     if (spec.l1 or spec.l2 or spec.max_norm is not None) and not regularized:
-        raise ValueError(f"spec {spec.name!r} asks for l1/l2/max-norm but backbone {name} has no regularized layer: "
-                         "give it a regularized_layers() method that returns the layers to constrain")
+        raise ValueError(
+            f"spec {spec.name!r} asks for l1/l2/max-norm but backbone {name} has no regularized layer: "
+            "give it a regularized_layers() method that returns the layers to constrain"
+        )
     for layer in regularized:
         if not isinstance(getattr(layer, "weight", None), nn.Parameter):
             raise TypeError(f"regularized layer {layer!r} of backbone {name} has no weight parameter")
@@ -110,8 +132,10 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
         raise ValueError(f"spec {spec.name!r} asks for bn but backbone {name} has no BatchNorm layer")
     rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS)})
     if spec.dropout and rates != [spec.dropout]:
-        raise ValueError(f"spec {spec.name!r} asks for dropout={spec.dropout} but backbone {name} has Dropout "
-                         f"layers with p in {rates}: build the backbone from the spec")
+        raise ValueError(
+            f"spec {spec.name!r} asks for dropout={spec.dropout} but backbone {name} has Dropout "
+            f"layers with p in {rates}: build the backbone from the spec"
+        )
 
 
 def check_number(name: str, value: Any, low: float, inclusive: bool) -> None:
@@ -165,8 +189,10 @@ class InputNormalization(nn.Module):
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
         """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. a `NormalizingData`'s ``mean``/``std``."""
         if tuple(mean.shape) != tuple(self.mean.shape) or tuple(std.shape) != tuple(self.std.shape):
-            raise ValueError(f"normalize={self.normalize!r} needs mean and std of shape {tuple(self.mean.shape)}, "
-                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise ValueError(
+                f"normalize={self.normalize!r} needs mean and std of shape {tuple(self.mean.shape)}, "
+                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         self.mean.copy_(mean)
         self.std.copy_(std)
         self.fitted = True
@@ -176,10 +202,13 @@ class InputNormalization(nn.Module):
         if self.fitted:
             return (x - self.mean) / self.std
         if not self._warned:
-            warnings.warn(f"normalize={self.normalize!r} statistics are not fitted: images pass through "
-                          "unstandardized. Train with a data module that fits them (lit_cifar.data.NormalizingData, "
-                          "e.g. CIFAR10DataModule) or call set_input_statistics(mean, std).",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"normalize={self.normalize!r} statistics are not fitted: images pass through "
+                "unstandardized. Train with a data module that fits them (lit_cifar.data.NormalizingData, "
+                "e.g. CIFAR10DataModule) or call set_input_statistics(mean, std).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self._warned = True
         return x
 
@@ -224,15 +253,28 @@ class RegularizedClassifier(pl.LightningModule):
         backbone_init_args: the keyword arguments of that class (with `backbone_class_path`).
     """
 
-    def __init__(self, spec: Union[RegularizationSpec, str, Mapping[str, Any]] = "baseline", lr: float = 1e-3,
-                 lr_decay: float = 1e-6, adam_eps: float = 1e-7, backbone: Optional[nn.Module] = None,
-                 num_classes: int = 10, optimizer: Optional[OptimizerCallable] = None, compile: bool = False,
-                 predict_logits: bool = False, backbone_class_path: Optional[str] = None,
-                 backbone_init_args: Optional[dict[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        spec: Union[RegularizationSpec, str, Mapping[str, Any]] = "baseline",
+        lr: float = 1e-3,
+        lr_decay: float = 1e-6,
+        adam_eps: float = 1e-7,
+        backbone: Optional[nn.Module] = None,
+        num_classes: int = 10,
+        optimizer: Optional[OptimizerCallable] = None,
+        compile: bool = False,
+        predict_logits: bool = False,
+        backbone_class_path: Optional[str] = None,
+        backbone_init_args: Optional[dict[str, Any]] = None,
+    ) -> None:
         super().__init__()
         self.spec = RegularizationSpec.coerce(spec)
-        for name, value, low, inclusive in (("lr", lr, 0, False), ("lr_decay", lr_decay, 0, True),
-                                            ("adam_eps", adam_eps, 0, False), ("num_classes", num_classes, 2, True)):
+        for name, value, low, inclusive in (
+            ("lr", lr, 0, False),
+            ("lr_decay", lr_decay, 0, True),
+            ("adam_eps", adam_eps, 0, False),
+            ("num_classes", num_classes, 2, True),
+        ):
             check_number(name, value, low, inclusive)
         if not isinstance(num_classes, int):
             raise TypeError(f"num_classes={num_classes!r} must be an integer >= 2")
@@ -295,8 +337,9 @@ class RegularizedClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         classes = getattr(self._datamodule(), "classes", None)
         if classes is not None and len(classes) != self.hparams["num_classes"]:
-            raise ValueError(f"num_classes={self.hparams['num_classes']} but the data module has {len(classes)} "
-                             f"classes")
+            raise ValueError(
+                f"num_classes={self.hparams['num_classes']} but the data module has {len(classes)} classes"
+            )
 
     def configure_model(self) -> None:
         if self.compile_backbone and not getattr(self, "_compiled", False):
@@ -337,8 +380,11 @@ class RegularizedClassifier(pl.LightningModule):
         """Whether `dm` gets the checkpoint's data state from the model: it keeps its statistics and split as
         `CIFAR10DataModule` does (its own state has those keys), and Lightning does not restore it (the checkpoint
         was saved under another class name)."""
-        return (isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
-                and type(dm).__qualname__ not in checkpoint)
+        return (
+            isinstance(dm, NormalizingData)
+            and DATA_STATE_KEYS <= dm.state_dict().keys()
+            and type(dm).__qualname__ not in checkpoint
+        )
 
     def _sync_input_statistics(self) -> None:
         """An unfitted model takes the data module's statistics; a fitted one (trained, or loaded from a
@@ -348,9 +394,11 @@ class RegularizedClassifier(pl.LightningModule):
         if not isinstance(dm, NormalizingData) or dm.mean is None or dm.std is None:
             return
         if dm.normalize != self.spec.normalize:
-            raise ValueError(f"the data module's normalize={dm.normalize!r} does not match the model's spec "
-                             f"{self.spec.name!r} (normalize={self.spec.normalize!r}): build it with "
-                             "CIFAR10DataModule.from_spec(spec, ...)")
+            raise ValueError(
+                f"the data module's normalize={dm.normalize!r} does not match the model's spec "
+                f"{self.spec.name!r} (normalize={self.spec.normalize!r}): build it with "
+                "CIFAR10DataModule.from_spec(spec, ...)"
+            )
         if not self.input_norm.fitted:
             self.set_input_statistics(dm.mean, dm.std)
         elif not (torch.equal(dm.mean, self.input_norm.mean.cpu()) and torch.equal(dm.std, self.input_norm.std.cpu())):
@@ -385,8 +433,7 @@ class RegularizedClassifier(pl.LightningModule):
         # One value per image, so the epoch mean is over images even with a short last batch (MeanMetric ignores
         # `weight` under nan_strategy="disable", which we need so that no step syncs with the host).
         n = len(labels)
-        updates = {"loss": (loss.detach().expand(n),), "acc": (logits.detach(), labels),
-                   "ce": (ce.detach().expand(n),)}
+        updates = {"loss": (loss.detach().expand(n),), "acc": (logits.detach(), labels), "ce": (ce.detach().expand(n),)}
         if stage == "train":
             updates["penalty"] = (penalty.detach(),)
         self._log_metrics(stage, n, updates)
@@ -407,8 +454,7 @@ class RegularizedClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def predict_step(self, batch: Union[Tensor, tuple[Tensor, ...]], batch_idx: int,
-                     dataloader_idx: int = 0) -> Tensor:
+    def predict_step(self, batch: Union[Tensor, tuple[Tensor, ...]], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Class probabilities (logits if ``predict_logits``) of a batch of images, or of ``(images, ...)``."""
         images = batch if isinstance(batch, Tensor) else batch[0]
         logits = self(images)
@@ -427,8 +473,9 @@ class RegularizedClassifier(pl.LightningModule):
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
         else:
-            optimizer = make_adam(self.parameters(), lr=self.hparams["lr"], eps=self.hparams["adam_eps"],
-                                  fused=self._fused_is_safe())
+            optimizer = make_adam(
+                self.parameters(), lr=self.hparams["lr"], eps=self.hparams["adam_eps"], fused=self._fused_is_safe()
+            )
         decay = self.hparams["lr_decay"]
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

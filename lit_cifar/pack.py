@@ -79,8 +79,10 @@ class PackedCNN(nn.Module):
             raise ValueError("a pack needs at least one member")
         shapes = {_architecture(m) for m in members}
         if len(shapes) != 1:
-            raise ValueError("the members' networks differ in architecture (BatchNorm, width, classes): "
-                             "only trials of one architecture can be packed")
+            raise ValueError(
+                "the members' networks differ in architecture (BatchNorm, width, classes): "
+                "only trials of one architecture can be packed"
+            )
         self.size = k = len(members)
         convs = [[layer for layer in m.features if isinstance(layer, nn.Conv2d)] for m in members]
         norms = [[layer for layer in m.features if isinstance(layer, nn.BatchNorm2d)] for m in members]
@@ -191,8 +193,14 @@ class PackBatches:
     """Training batches of a pack: ``(uint8 images (K, B, 3, 32, 32), labels (K, B))``, member k's batch cut in
     its own seed's order, exactly the batch its single trial trains on at that step."""
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: PackSampler,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        sampler: PackSampler,
+        device: Optional[torch.device] = None,
+    ) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.sampler, self.device = sampler, device
         self.batch_sampler = None
@@ -205,7 +213,7 @@ class PackBatches:
             self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
         orders = torch.stack([s.indices() for s in self.sampler.members]).to(self.labels.device)
         for start in range(0, orders.shape[1], self.batch_size):
-            index = orders[:, start:start + self.batch_size]
+            index = orders[:, start : start + self.batch_size]
             yield self.images[index], self.labels[index]
 
 
@@ -243,8 +251,13 @@ class PackDataModule(CIFAR10DataModule):
         device = trainer.strategy.root_device if trainer is not None else None
         if self.train_images is None or self.train_labels is None:
             raise RuntimeError("train_dataloader() needs the data: call setup() first")
-        return PackBatches(self.train_images, self.train_labels, self.batch_size,
-                           PackSampler(len(self.train_labels), self.member_seeds), device=device)
+        return PackBatches(
+            self.train_images,
+            self.train_labels,
+            self.batch_size,
+            PackSampler(len(self.train_labels), self.member_seeds),
+            device=device,
+        )
 
 
 class PackedClassifier(pl.LightningModule):
@@ -364,8 +377,12 @@ class PackedClassifier(pl.LightningModule):
         penalty = self.penalty() if stage == "train" or self._eval_penalty is None else self._eval_penalty
         loss = ce + penalty
         correct = (logits.argmax(-1) == labels).sum(1)
-        values = {"loss": loss * b, "ce": ce * b, "correct": correct,
-                  "images": torch.full((k,), b, device=logits.device)}
+        values = {
+            "loss": loss * b,
+            "ce": ce * b,
+            "correct": correct,
+            "images": torch.full((k,), b, device=logits.device),
+        }
         if stage == "train":
             values.update(penalty=penalty, steps=torch.ones(k, device=logits.device))
         self._accumulate(stage, values)
@@ -410,8 +427,10 @@ class PackedClassifier(pl.LightningModule):
                 columns["maxnorm_rescaled"] = sums["maxnorm_rescaled"] / sums["steps"]
         table = {name: column.float().tolist() for name, column in columns.items()}
         capped = [spec.max_norm is not None for spec in self.specs]
-        return [{f"{stage}/{name}": values[k] for name, values in table.items()
-                 if name != "maxnorm_rescaled" or capped[k]} for k in range(self.size)]
+        return [
+            {f"{stage}/{name}": values[k] for name, values in table.items() if name != "maxnorm_rescaled" or capped[k]}
+            for k in range(self.size)
+        ]
 
     # ------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:

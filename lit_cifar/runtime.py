@@ -30,8 +30,11 @@ _state: dict[str, str] = {}
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (``lscpu``'s "Model name"), else what Python knows."""
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or platform.machine() or "unknown CPU"
 

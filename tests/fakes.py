@@ -31,8 +31,15 @@ def finish(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
     with folder_lock(paths.folder, wait) as locked:
         if not locked:
             return {"trial": trial.name, "status": "busy", "error": None}
-        write_json_atomic(paths.result, {**trial.record(), "metrics": {}, "threads": os.environ.get("OMP_NUM_THREADS"),
-                                         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")})
+        write_json_atomic(
+            paths.result,
+            {
+                **trial.record(),
+                "metrics": {},
+                "threads": os.environ.get("OMP_NUM_THREADS"),
+                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            },
+        )
     return {"trial": trial.name, "status": "done", "error": None}
 
 

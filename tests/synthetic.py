@@ -28,8 +28,10 @@ def write_python_layout(root: Path, parts: dict[str, tuple[np.ndarray, np.ndarra
     folder.mkdir(parents=True, exist_ok=True)
     for name, (images, labels) in parts.items():
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": images,
-                         "filenames": ["x.png"] * len(labels)}, f)
+            pickle.dump(
+                {"batch_label": name, "labels": labels.tolist(), "data": images, "filenames": ["x.png"] * len(labels)},
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": list(CLASSES)}, f)
     return folder
@@ -73,9 +75,22 @@ def write_synthetic_cifar100(root: Path, n_train: int = 700, n_test: int = 200, 
         labels = rng.permutation(np.arange(n) % 100)
         images = np.clip(colours[labels] + rng.normal(0, 20, size=(n, 3, 1024)), 0, 255).astype(np.uint8)
         with open(folder / name, "wb") as f:
-            pickle.dump({"filenames": ["x.png"] * n, "batch_label": name, "fine_labels": labels.tolist(),
-                         "coarse_labels": (labels // 5).tolist(), "data": images.reshape(n, 3072)}, f)
+            pickle.dump(
+                {
+                    "filenames": ["x.png"] * n,
+                    "batch_label": name,
+                    "fine_labels": labels.tolist(),
+                    "coarse_labels": (labels // 5).tolist(),
+                    "data": images.reshape(n, 3072),
+                },
+                f,
+            )
     with open(folder / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
-                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f)
+        pickle.dump(
+            {
+                "fine_label_names": [f"fine{i}" for i in range(100)],
+                "coarse_label_names": [f"coarse{i}" for i in range(20)],
+            },
+            f,
+        )
     return root

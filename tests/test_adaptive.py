@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from ablations.adaptive import (CAP, SIMULATED_STDS, SIMULATED_TRUTHS, WIDTH, Target, holm_rejects, plan_rounds,
-                                seen_variance, simulate, welch_width)
+from ablations.adaptive import (
+    CAP,
+    SIMULATED_STDS,
+    SIMULATED_TRUTHS,
+    WIDTH,
+    Target,
+    holm_rejects,
+    plan_rounds,
+    seen_variance,
+    simulate,
+    welch_width,
+)
 from ablations.adaptive import main as adaptive_main
 from ablations.report.stats import welch
 
@@ -23,8 +33,12 @@ def test_welch_width_is_the_width_of_the_stats_interval():
 
 
 def test_target_rejects_bad_values():
-    for bad in ({"width": 0}, {"width": float("nan")}, {"width": 0.01, "min_seeds": 1},
-                {"width": 0.01, "min_seeds": 4, "max_seeds": 3}):
+    for bad in (
+        {"width": 0},
+        {"width": float("nan")},
+        {"width": 0.01, "min_seeds": 1},
+        {"width": 0.01, "min_seeds": 4, "max_seeds": 3},
+    ):
         with pytest.raises(ValueError):
             Target(**bad)
 
@@ -68,8 +82,9 @@ def test_a_decision_never_sees_the_newest_seed():
     assert plan_rounds(["ref", "a"], "ref", moved, target).wanted == base.wanted
     n = np.array([4, 4])
     draws = np.array([[v for v in zip(values["ref"], values["a"])]], float)
-    assert np.allclose(seen_variance(draws, n[None])[0], [np.var(values["ref"][:3], ddof=1),
-                                                          np.var(values["a"][:3], ddof=1)])
+    assert np.allclose(
+        seen_variance(draws, n[None])[0], [np.var(values["ref"][:3], ddof=1), np.var(values["a"][:3], ddof=1)]
+    )
 
 
 def test_simulate_rejects_mismatched_inputs_and_the_cli_prints_a_table(capsys):

@@ -21,8 +21,21 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def cli_args(command: str, spec: str, data_dir: Path, *extra: str) -> list[str]:
     """A one-batch run (``fast_dev_run`` unless `extra` says otherwise) on the synthetic data."""
-    return [command, "--model.spec", spec, "--data.data_dir", str(data_dir), "--data.val_size", "100",
-            "--data.batch_size", "64", "--trainer.fast_dev_run", "true", *QUIET, *extra]
+    return [
+        command,
+        "--model.spec",
+        spec,
+        "--data.data_dir",
+        str(data_dir),
+        "--data.val_size",
+        "100",
+        "--data.batch_size",
+        "64",
+        "--trainer.fast_dev_run",
+        "true",
+        *QUIET,
+        *extra,
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -32,12 +45,23 @@ def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["lit_cifar"])
 
 
-@pytest.mark.parametrize(("spec", "normalize", "augment"), [
-    ("pixel+bn", "pixel", False), ("channel+augment", "channel", True), ("baseline", "none", False),
-    ("l2=0.01+augment", "none", True)])
+@pytest.mark.parametrize(
+    ("spec", "normalize", "augment"),
+    [
+        ("pixel+bn", "pixel", False),
+        ("channel+augment", "channel", True),
+        ("baseline", "none", False),
+        ("l2=0.01+augment", "none", True),
+    ],
+)
 def test_spec_sets_data_normalize_and_augment(cifar_dir: Path, spec: str, normalize: str, augment: bool) -> None:
-    cli = LitCifarCLI(RegularizedClassifier, CIFAR10DataModule, run=False, seed_everything_default=0,
-                      args=["--model.spec", spec, "--data.data_dir", str(cifar_dir), "--data.val_size", "100"])
+    cli = LitCifarCLI(
+        RegularizedClassifier,
+        CIFAR10DataModule,
+        run=False,
+        seed_everything_default=0,
+        args=["--model.spec", spec, "--data.data_dir", str(cifar_dir), "--data.val_size", "100"],
+    )
     assert (cli.datamodule.normalize, cli.datamodule.augment) == (normalize, augment)
     assert cli.model.spec == RegularizationSpec.parse(spec)
     assert cli.config["trainer"]["use_distributed_sampler"] is False  # the data module shards by itself
@@ -61,8 +85,19 @@ class FitRun:
 
 
 def test_optimizer_is_injected_from_the_command_line(cifar_dir: Path) -> None:
-    cli = main(args=cli_args("fit", "pixel", cifar_dir, "--model.optimizer", "torch.optim.SGD",
-                             "--model.optimizer.lr", "0.05", "--model.optimizer.momentum", "0.9"))
+    cli = main(
+        args=cli_args(
+            "fit",
+            "pixel",
+            cifar_dir,
+            "--model.optimizer",
+            "torch.optim.SGD",
+            "--model.optimizer.lr",
+            "0.05",
+            "--model.optimizer.momentum",
+            "0.9",
+        )
+    )
     (optimizer,) = cli.trainer.optimizers
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     assert cli.trainer.global_step == 1
@@ -76,9 +111,21 @@ def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitRun:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         patch.setattr("sys.argv", ["lit_cifar"])
-        cli = main(args=cli_args("fit", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
-                                 "--trainer.max_steps", "1", "--trainer.log_every_n_steps", "1",
-                                 "--data.limit_train", "64"))
+        cli = main(
+            args=cli_args(
+                "fit",
+                "channel+augment",
+                cifar_dir,
+                "--trainer.fast_dev_run",
+                "false",
+                "--trainer.max_steps",
+                "1",
+                "--trainer.log_every_n_steps",
+                "1",
+                "--data.limit_train",
+                "64",
+            )
+        )
     return FitRun(cli, workdir / "logs" / "lit_cifar" / "version_0")
 
 
@@ -101,8 +148,11 @@ def test_test_from_checkpoint_uses_training_statistics(fitted: FitRun, cifar_dir
     """The documented ``test --ckpt_path`` evaluates with the statistics fitted in training (on 64 images),
     not with those of its own data module (on 530)."""
     (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
-    test = main(args=cli_args("test", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
-                              "--ckpt_path", str(checkpoint)))
+    test = main(
+        args=cli_args(
+            "test", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false", "--ckpt_path", str(checkpoint)
+        )
+    )
     assert test.trainer.state.finished and "test/acc" in test.trainer.callback_metrics
     assert torch.equal(test.datamodule.mean, fitted.cli.datamodule.mean)
     assert torch.equal(test.datamodule.std, fitted.cli.datamodule.std)
@@ -111,8 +161,11 @@ def test_test_from_checkpoint_uses_training_statistics(fitted: FitRun, cifar_dir
 def test_test_from_checkpoint_takes_the_checkpoints_spec(fitted: FitRun, cifar_dir: Path) -> None:
     """Without --model.spec the model and the linked data settings are the checkpoint's."""
     (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
-    args = [arg for arg in cli_args("test", "channel+augment", cifar_dir, "--ckpt_path", str(checkpoint))
-            if arg not in ("--model.spec", "channel+augment")]
+    args = [
+        arg
+        for arg in cli_args("test", "channel+augment", cifar_dir, "--ckpt_path", str(checkpoint))
+        if arg not in ("--model.spec", "channel+augment")
+    ]
     test = main(args=args)
     assert test.model.spec == RegularizationSpec.parse("channel+augment")
     assert test.datamodule.normalize == "channel" and test.trainer.state.finished
@@ -120,8 +173,11 @@ def test_test_from_checkpoint_takes_the_checkpoints_spec(fitted: FitRun, cifar_d
 
 def test_predict_writes_one_row_per_test_image(fitted: FitRun, cifar_dir: Path, tmp_path: Path) -> None:
     (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
-    cli = main(args=cli_args("predict", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false",
-                             "--ckpt_path", str(checkpoint)))
+    cli = main(
+        args=cli_args(
+            "predict", "channel+augment", cifar_dir, "--trainer.fast_dev_run", "false", "--ckpt_path", str(checkpoint)
+        )
+    )
     with open(Path(cli.trainer.log_dir) / "predictions.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["index", "predicted", *cli.datamodule.classes]
@@ -142,33 +198,43 @@ def expect_usage_error(args: list[str], capsys: pytest.CaptureFixture, *words: s
 
 
 @pytest.mark.parametrize("command", ["test", "validate", "predict"])
-def test_evaluating_without_a_checkpoint_is_an_error(cifar_dir: Path, capsys: pytest.CaptureFixture,
-                                                     command: str) -> None:
+def test_evaluating_without_a_checkpoint_is_an_error(
+    cifar_dir: Path, capsys: pytest.CaptureFixture, command: str
+) -> None:
     """It once tested a freshly initialized model, silently."""
     expect_usage_error(cli_args(command, "pixel", cifar_dir), capsys, "--ckpt_path")
 
 
-def test_a_spec_other_than_the_checkpoints_is_an_error(fitted: FitRun, cifar_dir: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_a_spec_other_than_the_checkpoints_is_an_error(
+    fitted: FitRun, cifar_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     """It was once silently replaced by the checkpoint's."""
     (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
-    expect_usage_error(cli_args("test", "pixel+bn", cifar_dir, "--ckpt_path", str(checkpoint)), capsys,
-                       "pixel+bn", "channel+augment")
+    expect_usage_error(
+        cli_args("test", "pixel+bn", cifar_dir, "--ckpt_path", str(checkpoint)), capsys, "pixel+bn", "channel+augment"
+    )
 
 
-@pytest.mark.parametrize(("extra", "words"), [
-    (["--data.val_size", "-1"], ["val_size=-1"]),
-    (["--data.split_seed", "-3"], ["split_seed=-3"]),
-    (["--data.limit_train", "100000"], ["limit_train=100000"]),
-    (["--data.data_dir", "nowhere", "--data.download", "false"], ["nowhere"]),
-    (["--model.lr", "-1"], ["lr=-1"]),
-    (["--ckpt_path", "missing.ckpt"], ["missing.ckpt"]),
-])
-def test_bad_values_exit_2_with_one_line_and_no_run_folder(cifar_dir: Path, capsys: pytest.CaptureFixture,
-                                                           extra: list[str], words: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--data.val_size", "-1"], ["val_size=-1"]),
+        (["--data.split_seed", "-3"], ["split_seed=-3"]),
+        (["--data.limit_train", "100000"], ["limit_train=100000"]),
+        (["--data.data_dir", "nowhere", "--data.download", "false"], ["nowhere"]),
+        (["--model.lr", "-1"], ["lr=-1"]),
+        (["--ckpt_path", "missing.ckpt"], ["missing.ckpt"]),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_and_no_run_folder(
+    cifar_dir: Path, capsys: pytest.CaptureFixture, extra: list[str], words: list[str]
+) -> None:
     """They once exited 1 with a traceback, after the logger had made logs/lit_cifar/version_0."""
-    expect_usage_error(cli_args("fit", "pixel", cifar_dir, "--trainer.fast_dev_run", "false", "--trainer.max_steps",
-                                "1", *extra), capsys, *words)
+    expect_usage_error(
+        cli_args("fit", "pixel", cifar_dir, "--trainer.fast_dev_run", "false", "--trainer.max_steps", "1", *extra),
+        capsys,
+        *words,
+    )
 
 
 def test_help_lists_the_spec_option(capsys: pytest.CaptureFixture) -> None:

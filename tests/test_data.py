@@ -10,9 +10,25 @@ import numpy as np
 import pytest
 import torch
 
-from lit_cifar.data import (AUGMENT_PADDING, BIN_LAYOUT, CLASSES, DATA_ENV, OFFICIAL_URL, PY_LAYOUT, TEST_FILE,
-                            TRAIN_FILES, CIFAR10DataModule, DatasetError, EpochSampler, _read_binary_batch,
-                            epoch_permutation, find_layout, fit_normalization, random_crop_flip, read_split)
+from lit_cifar.data import (
+    AUGMENT_PADDING,
+    BIN_LAYOUT,
+    CLASSES,
+    DATA_ENV,
+    OFFICIAL_URL,
+    PY_LAYOUT,
+    TEST_FILE,
+    TRAIN_FILES,
+    CIFAR10DataModule,
+    DatasetError,
+    EpochSampler,
+    _read_binary_batch,
+    epoch_permutation,
+    find_layout,
+    fit_normalization,
+    random_crop_flip,
+    read_split,
+)
 from lit_cifar.module import InputNormalization
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
 
@@ -39,8 +55,10 @@ def indexed_parts(sizes: tuple[int, ...] = (120, 123, 126, 129, 132), n_test: in
         images[:, 0], images[:, 1] = index % 256, index // 256
         parts[name] = (images, (index % len(CLASSES)).astype(np.uint8))
         start += size
-    parts[TEST_FILE] = (rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8),
-                        (np.arange(n_test) % len(CLASSES)).astype(np.uint8))
+    parts[TEST_FILE] = (
+        rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8),
+        (np.arange(n_test) % len(CLASSES)).astype(np.uint8),
+    )
     return parts
 
 
@@ -90,8 +108,10 @@ def test_read_split_reads_files_of_any_size(cifar_dir: Path) -> None:
 
 @pytest.mark.parametrize("layout", [PY_LAYOUT, BIN_LAYOUT])
 def test_read_split_single_record_files(tmp_path: Path, layout: str) -> None:
-    parts = {name: (np.full((1, 3072), i, np.uint8), np.array([i], np.uint8))
-             for i, name in enumerate((*TRAIN_FILES, TEST_FILE))}
+    parts = {
+        name: (np.full((1, 3072), i, np.uint8), np.array([i], np.uint8))
+        for i, name in enumerate((*TRAIN_FILES, TEST_FILE))
+    }
     folder = (write_python_layout if layout == PY_LAYOUT else write_binary_layout)(tmp_path, parts)
     images, labels = read_split(folder, train=True)
     assert labels.tolist() == [0, 1, 2, 3, 4]
@@ -100,8 +120,16 @@ def test_read_split_single_record_files(tmp_path: Path, layout: str) -> None:
 
 def test_both_layouts_load_identical_tensors(cifar_dir: Path, cifar_py_dir: Path) -> None:
     binary, pickled = make_datamodule(cifar_dir), make_datamodule(cifar_py_dir)
-    for name in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels",
-                 "mean", "std"):
+    for name in (
+        "train_images",
+        "train_labels",
+        "val_images",
+        "val_labels",
+        "test_images",
+        "test_labels",
+        "mean",
+        "std",
+    ):
         a, b = getattr(binary, name), getattr(pickled, name)
         assert a.dtype == b.dtype and torch.equal(a, b), name
     assert binary.train_images.dtype == torch.uint8 and binary.train_labels.dtype == torch.int64
@@ -173,17 +201,21 @@ def remove(path: Path) -> None:
     path.unlink()
 
 
-@pytest.mark.parametrize(("layout", "name", "damage"), [
-    (BIN_LAYOUT, "data_batch_3.bin", truncate),
-    (BIN_LAYOUT, "test_batch.bin", truncate),
-    (BIN_LAYOUT, "data_batch_5.bin", remove),
-    (PY_LAYOUT, "data_batch_2", garble),
-    (PY_LAYOUT, "data_batch_4", truncate),
-    (PY_LAYOUT, "test_batch", garble),
-    (PY_LAYOUT, "data_batch_1", remove),
-])
-def test_damaged_file_raises_dataset_error_naming_it(tmp_path: Path, cifar_dir: Path, cifar_py_dir: Path,
-                                                     layout: str, name: str, damage) -> None:
+@pytest.mark.parametrize(
+    ("layout", "name", "damage"),
+    [
+        (BIN_LAYOUT, "data_batch_3.bin", truncate),
+        (BIN_LAYOUT, "test_batch.bin", truncate),
+        (BIN_LAYOUT, "data_batch_5.bin", remove),
+        (PY_LAYOUT, "data_batch_2", garble),
+        (PY_LAYOUT, "data_batch_4", truncate),
+        (PY_LAYOUT, "test_batch", garble),
+        (PY_LAYOUT, "data_batch_1", remove),
+    ],
+)
+def test_damaged_file_raises_dataset_error_naming_it(
+    tmp_path: Path, cifar_dir: Path, cifar_py_dir: Path, layout: str, name: str, damage
+) -> None:
     source = cifar_dir if layout == BIN_LAYOUT else cifar_py_dir
     shutil.copytree(source / layout, tmp_path / layout)
     damage(tmp_path / layout / name)
@@ -240,22 +272,45 @@ def test_val_size_must_leave_training_images(cifar_dir: Path) -> None:
         make_datamodule(cifar_dir, val_size=N_TRAIN)
 
 
-@pytest.mark.parametrize("kwargs", [{"normalize": "global"}, {"val_size": -1}, {"batch_size": 0},
-                                    {"limit_train": 0}, {"num_workers": -1}, {"split_seed": -1}, {"seed": -2}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"normalize": "global"},
+        {"val_size": -1},
+        {"batch_size": 0},
+        {"limit_train": 0},
+        {"num_workers": -1},
+        {"split_seed": -1},
+        {"seed": -2},
+    ],
+)
 def test_constructor_rejects_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         CIFAR10DataModule("unused", **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"split_seed": "x"}, {"seed": 1.5}, {"val_size": "100"}, {"batch_size": True},
-                                    {"limit_train": 2.0}, {"augment": "yes"}, {"download": 1}, {"data_dir": 3}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"split_seed": "x"},
+        {"seed": 1.5},
+        {"val_size": "100"},
+        {"batch_size": True},
+        {"limit_train": 2.0},
+        {"augment": "yes"},
+        {"download": 1},
+        {"data_dir": 3},
+    ],
+)
 def test_constructor_rejects_arguments_of_the_wrong_type(kwargs: dict) -> None:
     with pytest.raises(TypeError, match=next(iter(kwargs))):
         CIFAR10DataModule(**{"data_dir": "unused", **kwargs})
 
 
-@pytest.mark.parametrize(("spec", "normalize", "augment"), [
-    ("pixel+augment", "pixel", True), ("channel+bn", "channel", False), ("baseline", "none", False)])
+@pytest.mark.parametrize(
+    ("spec", "normalize", "augment"),
+    [("pixel+augment", "pixel", True), ("channel+bn", "channel", False), ("baseline", "none", False)],
+)
 def test_from_spec_sets_normalize_and_augment(spec: str, normalize: str, augment: bool) -> None:
     dm = CIFAR10DataModule.from_spec(spec, data_dir="somewhere", val_size=7)
     assert (dm.normalize, dm.augment, dm.val_size, dm.data_dir) == (normalize, augment, 7, Path("somewhere"))
@@ -309,7 +364,7 @@ def test_statistics_ignore_val_and_test_images(tmp_path: Path, indexed_dir: Path
     start = 0
     for name in TRAIN_FILES:
         size = len(parts[name][0])
-        parts[name] = (images[start:start + size], parts[name][1])
+        parts[name] = (images[start : start + size], parts[name][1])
         start += size
     parts[TEST_FILE] = (np.zeros_like(parts[TEST_FILE][0]), parts[TEST_FILE][1])
     write_binary_layout(tmp_path, parts)
@@ -400,7 +455,7 @@ def crop_windows(image: torch.Tensor) -> list[torch.Tensor]:
     """Every 32x32 window of `image` zero-padded by AUGMENT_PADDING, unflipped and flipped horizontally."""
     p = AUGMENT_PADDING
     padded = torch.nn.functional.pad(image, (p, p, p, p))
-    windows = [padded[:, y:y + 32, x:x + 32] for y in range(2 * p + 1) for x in range(2 * p + 1)]
+    windows = [padded[:, y : y + 32, x : x + 32] for y in range(2 * p + 1) for x in range(2 * p + 1)]
     return windows + [w.flip(-1) for w in windows]
 
 
@@ -519,8 +574,9 @@ def test_fit_leaves_the_test_split_on_disk_until_it_is_used(cifar_dir: Path, mon
 
     reads = []
     original = data.read_split
-    monkeypatch.setattr(data, "read_split",
-                        lambda layout, train, **kw: reads.append(train) or original(layout, train, **kw))
+    monkeypatch.setattr(
+        data, "read_split", lambda layout, train, **kw: reads.append(train) or original(layout, train, **kw)
+    )
     dm = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
     assert dm.test_images is None and dm.test_labels is None and reads == []  # not set up: nothing to read
     dm.setup("fit")

@@ -78,8 +78,10 @@ def test_report_fits_a_quarter_fraction_and_lists_aliased_effects():
     rng = np.random.default_rng(0)
     rows = [{n: f"{n}{i}" for n, i in zip(names, run)} for run in runs]
     frame = pd.DataFrame(rows)
-    frame["y"] = [0.6 + sum(v for (n, lv), v in effect.items() if run[names.index(n)] == lv)
-                  + rng.normal(0, 0.002) for run in runs]
+    frame["y"] = [
+        0.6 + sum(v for (n, lv), v in effect.items() if run[names.index(n)] == lv) + rng.normal(0, 0.002)
+        for run in runs
+    ]
     fit = factorial_effects(frame, factors, "y")
     assert not fit.interactions and fit.aliased and all(" × " in n for n in fit.aliased)
     found = {t.name: t.effect for t in fit.effects}
@@ -110,11 +112,14 @@ def test_extract_copies_a_fractions_trials_and_compare_says_where_effects_differ
     assert sorted(p.parent.parent.name for p in dest.glob("*/seed=0/result.json")) == sorted(wanted)
 
     header = "effect,kind,estimate,ci_low,ci_high,p_value,p_holm,resolved\n"
-    (source / "effects.csv").write_text(header + "bn,main,-0.05,-0.06,-0.04,0,0,True\n"
-                                        "l1=0.01,main,-0.2,-0.21,-0.19,0,0,True\n"
-                                        "pixel × bn,interaction,0,0,0,1,1,False\n")
-    (dest / "effects.csv").write_text(header + "bn,main,-0.051,-0.062,-0.040,0,0,True\n"
-                                      "l1=0.01,main,0.01,-0.02,0.04,0.5,1,False\n")
+    (source / "effects.csv").write_text(
+        header + "bn,main,-0.05,-0.06,-0.04,0,0,True\n"
+        "l1=0.01,main,-0.2,-0.21,-0.19,0,0,True\n"
+        "pixel × bn,interaction,0,0,0,1,1,False\n"
+    )
+    (dest / "effects.csv").write_text(
+        header + "bn,main,-0.051,-0.062,-0.040,0,0,True\nl1=0.01,main,0.01,-0.02,0.04,0.5,1,False\n"
+    )
     assert main(["compare", str(source), str(dest)]) == 0
     out = capsys.readouterr().out
     assert "| bn | -0.0500 [-0.0600, -0.0400] | -0.0510 [-0.0620, -0.0400] | yes |" in out

@@ -17,15 +17,19 @@ from ablations.suite import available_suites
 from tests.helpers import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FENCE = re.compile(r"(?P<mark><!-- snippet: run -->\n)?^(?P<indent> *)```(?P<lang>[a-z]*)\n"
-                   r"(?P<body>.*?)\n(?P=indent)```", re.S | re.M)
+FENCE = re.compile(
+    r"(?P<mark><!-- snippet: run -->\n)?^(?P<indent> *)```(?P<lang>[a-z]*)\n"
+    r"(?P<body>.*?)\n(?P=indent)```",
+    re.S | re.M,
+)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def blocks(page: Path, lang: str) -> list[tuple[bool, str]]:
     """(marked to run, text) of every fenced block of `lang` in `page`."""
-    return [(bool(m["mark"]), textwrap.dedent(m["body"])) for m in FENCE.finditer(page.read_text())
-            if m["lang"] == lang]
+    return [
+        (bool(m["mark"]), textwrap.dedent(m["body"])) for m in FENCE.finditer(page.read_text()) if m["lang"] == lang
+    ]
 
 
 def commands(page: Path) -> list[str]:

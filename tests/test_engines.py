@@ -55,8 +55,12 @@ def _resolve(name: str) -> Optional[str]:
 
 def _type_checking_only(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-                                         or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return isinstance(node, ast.If) and (
+        isinstance(test, ast.Name)
+        and test.id == "TYPE_CHECKING"
+        or isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(module: str) -> set[str]:
@@ -218,13 +222,16 @@ class _Lost(Exception):
 
 def _stub_ray() -> Any:
     """Just what `_RaySweep` touches: a remote function, the exception types and a ``get`` whose worker died."""
+
     def get(ref: Any) -> Any:
         raise _Lost("the worker died")
 
-    exceptions = types.SimpleNamespace(WorkerCrashedError=_Lost, NodeDiedError=_Lost, OutOfMemoryError=_Lost,
-                                       RayError=Exception)
-    return types.SimpleNamespace(remote=lambda f: types.SimpleNamespace(options=lambda **kw: None),
-                                 exceptions=exceptions, get=get)
+    exceptions = types.SimpleNamespace(
+        WorkerCrashedError=_Lost, NodeDiedError=_Lost, OutOfMemoryError=_Lost, RayError=Exception
+    )
+    return types.SimpleNamespace(
+        remote=lambda f: types.SimpleNamespace(options=lambda **kw: None), exceptions=exceptions, get=get
+    )
 
 
 def _error_fields(trial: Trial, logdir: Path) -> set[str]:
@@ -251,8 +258,9 @@ def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     fields["trial"] = _error_fields(trial, tmp_path / "trial")
 
     options = RunOptions(logdir=str(tmp_path / "worker"))
-    statuses = run_local([trial], options, fakes.die_on_seed_1, Progress([trial], show=False),
-                         worker_slots(1, gpus=0, cpus=1))
+    statuses = run_local(
+        [trial], options, fakes.die_on_seed_1, Progress([trial], show=False), worker_slots(1, gpus=0, cpus=1)
+    )
     assert statuses[0].state is TrialState.FAILED and "SIGKILL" in str(statuses[0].error)
     fields["worker"] = _error_fields(trial, tmp_path / "worker")
 
@@ -267,8 +275,12 @@ def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     assert run_pack([trial], RunOptions(logdir=str(tmp_path / "pack")))[0]["status"] == "failed"
     fields["pack"] = _error_fields(trial, tmp_path / "pack")
 
-    assert fields == {"trial": base | {"environment"}, "worker": base, "ray": base | {"engine", "attempts"},
-                      "pack": base | {"environment"}}
+    assert fields == {
+        "trial": base | {"environment"},
+        "worker": base,
+        "ray": base | {"engine", "attempts"},
+        "pack": base | {"environment"},
+    }
 
 
 def test_a_failure_is_not_recorded_over_a_result_or_while_another_process_holds_the_trial(tmp_path):

@@ -40,8 +40,9 @@ def swept_copy(swept, tmp_path):
     return tmp_path / "logs", moved(args, logdir=str(tmp_path / "logs"))
 
 
-@pytest.mark.parametrize("suite, seeds, expected", [("notebook", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96),
-                                                    ("full", "0,1", 192)])
+@pytest.mark.parametrize(
+    "suite, seeds, expected", [("notebook", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96), ("full", "0,1", 192)]
+)
 def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
     status, out, _ = sweep(capsys, "--suite", suite, "--seeds", seeds, "--dry-run")
     lines = out.splitlines()
@@ -53,14 +54,24 @@ def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
 def test_dry_run_lists_the_notebook_experiments_in_order(capsys):
     _, out, _ = sweep(capsys, "--seeds", "0", "--dry-run")
     assert [line.split()[0] for line in out.splitlines()] == [
-        "baseline", "pixel", "pixel+bn", "pixel+l2=0.01", "pixel+l1=0.01", "pixel+l1=0.01+l2=0.01",
-        "pixel+maxnorm=3", "pixel+dropout=0.25", "pixel+maxnorm=3+dropout=0.5"]
+        "baseline",
+        "pixel",
+        "pixel+bn",
+        "pixel+l2=0.01",
+        "pixel+l1=0.01",
+        "pixel+l1=0.01+l2=0.01",
+        "pixel+maxnorm=3",
+        "pixel+dropout=0.25",
+        "pixel+maxnorm=3+dropout=0.5",
+    ]
 
 
 def test_shards_cover_the_suite_exactly_once(capsys):
     _, everything, _ = sweep(capsys, "--suite", "full", "--seeds", "0,1", "--dry-run")
-    parts = [sweep(capsys, "--suite", "full", "--seeds", "0,1", "--dry-run", "--shard", f"{k}/3")[1].splitlines()
-             for k in (1, 2, 3)]
+    parts = [
+        sweep(capsys, "--suite", "full", "--seeds", "0,1", "--dry-run", "--shard", f"{k}/3")[1].splitlines()
+        for k in (1, 2, 3)
+    ]
     assert all(parts)
     assert sorted(sum(parts, [])) == sorted(everything.splitlines())
 
@@ -69,8 +80,20 @@ def test_shards_cover_the_suite_exactly_once(capsys):
 def swept(tmp_path_factory, cifar_dir):
     """One 2-spec x 2-seed sweep with two worker processes, shared by the tests that inspect its output."""
     logdir = tmp_path_factory.mktemp("logs")
-    args = ["--data-dir", str(cifar_dir), "--logdir", str(logdir), "--only", "baseline", "pixel+dropout=0.25",
-            "--seeds", "0,1", "--parallel", "2", *TINY]
+    args = [
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(logdir),
+        "--only",
+        "baseline",
+        "pixel+dropout=0.25",
+        "--seeds",
+        "0,1",
+        "--parallel",
+        "2",
+        *TINY,
+    ]
     assert main(args) == 0
     return logdir, args
 
@@ -79,8 +102,12 @@ def swept(tmp_path_factory, cifar_dir):
 def test_parallel_sweep_writes_results_and_report(swept):
     logdir, _ = swept
     results = result_files(logdir)
-    assert sorted(results) == ["notebook/baseline/seed=0", "notebook/baseline/seed=1",
-                               "notebook/pixel+dropout=0.25/seed=0", "notebook/pixel+dropout=0.25/seed=1"]
+    assert sorted(results) == [
+        "notebook/baseline/seed=0",
+        "notebook/baseline/seed=1",
+        "notebook/pixel+dropout=0.25/seed=0",
+        "notebook/pixel+dropout=0.25/seed=1",
+    ]
     for result in results.values():
         assert set(result["metrics"]) >= {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
         assert result["test_images"] == 200 and result["val_images"] == 100
@@ -110,9 +137,15 @@ def test_tensorboard_hparams_carry_the_real_test_accuracy(swept):
     record = EventAccumulator(str(logdir / "notebook" / "_hparams"), size_guidance={"tensors": 0})
     record.Reload()
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        record.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "val/acc", "test/loss", "test/ce",
-                                                             "gap/train_val_acc"]
+        record.PluginTagToContent("hparams")["_hparams_/experiment"]
+    ).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "test/acc",
+        "val/acc",
+        "test/loss",
+        "test/ce",
+        "gap/train_val_acc",
+    ]
     assert "hp_metric" not in events.Tags()["scalars"]
     assert events.Scalars("test/acc")[-1].value == pytest.approx(result["metrics"]["test/acc"])
     assert len(events.Scalars("val/acc")) == 1 and len(events.Scalars("train/loss")) == 1
@@ -127,15 +160,26 @@ def test_rerun_trains_nothing_and_force_retrains(swept_copy, capsys):
     status, out, err = sweep(capsys, *args)
     assert status == 0 and "0 trained, 4 already done" in err
     assert result_files(logdir) == before
-    status, _, err = sweep(capsys, *args[:-len(TINY) - 4], "--seeds", "0", "--parallel", "1", *TINY, "--force")
+    status, _, err = sweep(capsys, *args[: -len(TINY) - 4], "--seeds", "0", "--parallel", "1", *TINY, "--force")
     assert status == 0 and "2 trained, 0 already done" in err
 
 
 @pytest.mark.slow
 def test_changed_settings_refuse_then_retrain_with_force_keeping_the_old_result(swept_copy, capsys):
     logdir, args = swept_copy
-    changed = [*args[:-len(TINY)], "--only", "baseline", "--seeds", "0", "--epochs", "2", "--val-size", "100",
-               "--batch-size", "64"]
+    changed = [
+        *args[: -len(TINY)],
+        "--only",
+        "baseline",
+        "--seeds",
+        "0",
+        "--epochs",
+        "2",
+        "--val-size",
+        "100",
+        "--batch-size",
+        "64",
+    ]
     old = result_files(logdir)["notebook/baseline/seed=0"]
     status, _, err = sweep(capsys, *changed)
     assert status == 2 and "already finished with other settings" in err and "epochs 1 there, 2 here" in err
@@ -151,8 +195,9 @@ def test_changed_settings_refuse_then_retrain_with_force_keeping_the_old_result(
 def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
     suite = tmp_path / "diverge.yaml"
     suite.write_text("name: diverge\nspecs: [baseline, l1=1e38]\nsettings: {seeds: [0]}\n")
-    status, out, err = sweep(capsys, "--suite", str(suite), "--data-dir", str(cifar_dir), "--logdir",
-                             str(tmp_path / "logs"), *TINY)
+    status, out, err = sweep(
+        capsys, "--suite", str(suite), "--data-dir", str(cifar_dir), "--logdir", str(tmp_path / "logs"), *TINY
+    )
     assert status == 1
     assert "FAILED l1=1e38/seed=0: NonFiniteLossError" in err
     error = json.loads((tmp_path / "logs/diverge/l1=1e38/seed=0" / ERROR_FILE).read_text())
@@ -162,17 +207,20 @@ def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
     assert "| baseline | 1 |" in out and "failed l1=1e38/seed=0" in (tmp_path / "logs/diverge/results.md").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--suite", "nope"], "unknown suite 'nope'"),
-    (["--only", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
-    (["--only", "pixle"], "unknown token 'pixle'"),
-    (["--reference", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
-    (["--shard", "3/2"], "K must be between 1 and N"),
-    (["--parallel", "0"], "--parallel: 0 must be >= 1"),
-    (["--epochs", "-1"], "--epochs: -1 must be >= 1"),
-    (["--seeds", "a,b"], "not a comma-separated list"),
-    (["--strategy", "ddp", "--parallel", "2"], "trials run one at a time"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--suite", "nope"], "unknown suite 'nope'"),
+        (["--only", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
+        (["--only", "pixle"], "unknown token 'pixle'"),
+        (["--reference", "pixel+bn+l2=0.5"], "is not in suite 'notebook'"),
+        (["--shard", "3/2"], "K must be between 1 and N"),
+        (["--parallel", "0"], "--parallel: 0 must be >= 1"),
+        (["--epochs", "-1"], "--epochs: -1 must be >= 1"),
+        (["--seeds", "a,b"], "not a comma-separated list"),
+        (["--strategy", "ddp", "--parallel", "2"], "trials run one at a time"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(capsys, args, message):
     status, _, err = sweep(capsys, *args, "--dry-run")
     assert status == 2
@@ -228,8 +276,13 @@ def test_a_sweep_shows_one_bar_naming_the_running_trials(monkeypatch, capsys):
 @pytest.mark.slow
 def test_a_trial_does_not_warn_about_what_it_does_on_purpose(cifar_dir, tmp_path):
     """Metrics are logged once per epoch by design: no warning that an epoch has fewer steps than the log interval."""
-    trial = Trial("quiet", RegularizationSpec.parse("pixel"), 0,
-                  TrainSettings(epochs=1, seeds=(0,), val_size=100, batch_size=64), order=0)
+    trial = Trial(
+        "quiet",
+        RegularizationSpec.parse("pixel"),
+        0,
+        TrainSettings(epochs=1, seeds=(0,), val_size=100, batch_size=64),
+        order=0,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"

@@ -25,7 +25,10 @@ def layers_of(model: nn.Module, kind: type) -> list[nn.Module]:
 def test_layer_shapes(baseline: NotebookCNN) -> None:
     convs = layers_of(baseline, nn.Conv2d)
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (3, 32, (3, 3), (0, 0)), (32, 32, (3, 3), (0, 0)), (32, 32, (3, 3), (0, 0))]
+        (3, 32, (3, 3), (0, 0)),
+        (32, 32, (3, 3), (0, 0)),
+        (32, 32, (3, 3), (0, 0)),
+    ]
     assert (baseline.hidden.in_features, baseline.hidden.out_features) == (26 * 26 * 32, 1024) == (21632, 1024)
     linears = layers_of(baseline, nn.Linear)
     assert linears[0] is baseline.hidden
@@ -71,7 +74,7 @@ def test_weights_are_glorot_uniform(baseline: NotebookCNN) -> None:
     bound = glorot_bound(baseline.hidden)
     assert bound == pytest.approx(math.sqrt(6 / (21632 + 1024)))
     assert hidden.mean().item() == pytest.approx(0, abs=bound * 1e-3)
-    assert hidden.var().item() == pytest.approx(bound ** 2 / 3, rel=1e-2)
+    assert hidden.var().item() == pytest.approx(bound**2 / 3, rel=1e-2)
 
 
 def test_batchnorm_after_each_relu_with_keras_defaults() -> None:
@@ -132,6 +135,12 @@ def test_every_name_of_the_notebook_cnn_is_the_default_model_with_one_hash(tmp_p
         return expand_trials(suite, suite.settings)[0].settings_hash
 
     default = first_hash()
-    assert {first_hash(model={"class_path": path}) for path in (
-        "lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN", "lit_cifar.SeedCNN", "lit_cifar.models.SeedCNN")} \
-        == {default}
+    assert {
+        first_hash(model={"class_path": path})
+        for path in (
+            "lit_cifar.NotebookCNN",
+            "lit_cifar.models.NotebookCNN",
+            "lit_cifar.SeedCNN",
+            "lit_cifar.models.SeedCNN",
+        )
+    } == {default}

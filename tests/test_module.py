@@ -29,9 +29,17 @@ METRICS_TEST = ("test/loss", "test/ce", "test/acc")
 
 def make_trainer(**kwargs: Any) -> pl.Trainer:
     """A quiet one-epoch CPU trainer; `kwargs` override the defaults."""
-    options = dict(max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False,
-                   enable_model_summary=False, logger=False, enable_checkpointing=False,
-                   use_distributed_sampler=False, num_sanity_val_steps=0)
+    options = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
     return pl.Trainer(**{**options, **kwargs})
 
 
@@ -43,8 +51,9 @@ def make_datamodule(data_dir: Path, spec: str = "baseline", **kwargs: Any) -> CI
 
 def small_mlp() -> nn.Sequential:
     """A backbone without `regularized_layers()`: penalties fall on its first two Linear layers."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
-                         nn.Linear(12, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 10)
+    )
 
 
 def fill_biases(module: nn.Module, value: float = 1.0) -> None:
@@ -56,8 +65,9 @@ def fill_biases(module: nn.Module, value: float = 1.0) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- penalty
-@pytest.mark.parametrize(("spec", "l1", "l2"), [
-    ("l1=0.001", 0.001, 0.0), ("l2=0.01", 0.0, 0.01), ("l1=0.001+l2=0.01", 0.001, 0.01)])
+@pytest.mark.parametrize(
+    ("spec", "l1", "l2"), [("l1=0.001", 0.001, 0.0), ("l2=0.01", 0.0, 0.01), ("l1=0.001+l2=0.01", 0.001, 0.01)]
+)
 def test_penalty_is_keras_l1_l2_of_hidden_kernel_only(spec: str, l1: float, l2: float) -> None:
     torch.manual_seed(0)
     module = RegularizedClassifier(spec, backbone=NotebookCNN(spec, width=4, hidden_units=16))
@@ -102,8 +112,7 @@ def test_default_regularized_layers_are_all_linears_but_the_last() -> None:
     module = RegularizedClassifier("l1=0.001+l2=0.01", backbone=backbone)
     assert [id(m) for m in module.regularized] == [id(backbone[1]), id(backbone[3])]
     fill_biases(backbone)
-    expected = sum(0.001 * backbone[i].weight.abs().sum() + 0.01 * backbone[i].weight.square().sum()
-                   for i in (1, 3))
+    expected = sum(0.001 * backbone[i].weight.abs().sum() + 0.01 * backbone[i].weight.square().sum() for i in (1, 3))
     torch.testing.assert_close(module.penalty(), expected)
 
 
@@ -214,18 +223,31 @@ def test_hparams_store_spec_as_dict() -> None:
     assert module.hparams["spec"] == spec.to_dict() and isinstance(module.hparams["spec"], dict)
     assert module.hparams["lr"] == 0.002 and module.hparams["adam_eps"] == 1e-7
     assert "backbone" not in module.hparams
-    assert RegularizedClassifier(module.hparams["spec"],
-                                 backbone=NotebookCNN(spec, width=4, hidden_units=16)).spec == spec
+    assert (
+        RegularizedClassifier(module.hparams["spec"], backbone=NotebookCNN(spec, width=4, hidden_units=16)).spec == spec
+    )
 
 
 def test_hparams_are_the_constructor_arguments_but_the_runtime_ones() -> None:
     """Lightning's standard ``save_hyperparameters(ignore=[...])``: every argument that defines the model, none of
     those that say how it runs (a backbone, an optimizer, compile, predict_logits)."""
-    module = RegularizedClassifier("l2=0.01", lr_decay=0.0, backbone=small_mlp(), compile=True, predict_logits=True,
-                                   optimizer=functools.partial(torch.optim.SGD, lr=0.1))
-    assert dict(module.hparams) == {"spec": RegularizationSpec(l2=0.01).to_dict(), "lr": 1e-3, "lr_decay": 0.0,
-                                    "adam_eps": 1e-7, "num_classes": 10, "backbone_class_path": None,
-                                    "backbone_init_args": None}
+    module = RegularizedClassifier(
+        "l2=0.01",
+        lr_decay=0.0,
+        backbone=small_mlp(),
+        compile=True,
+        predict_logits=True,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+    )
+    assert dict(module.hparams) == {
+        "spec": RegularizationSpec(l2=0.01).to_dict(),
+        "lr": 1e-3,
+        "lr_decay": 0.0,
+        "adam_eps": 1e-7,
+        "num_classes": 10,
+        "backbone_class_path": None,
+        "backbone_init_args": None,
+    }
 
 
 # ------------------------------------------------------------------------------------ data in the training loop
@@ -346,14 +368,26 @@ def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     module = RegularizedClassifier(SPEC)
     datamodule = make_datamodule(cifar_dir, SPEC, batch_size=50, limit_train=320)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints")
-    trainer = make_trainer(max_epochs=2, logger=TensorBoardLogger(root, name="tb"), enable_checkpointing=True,
-                           callbacks=[checkpoints], log_every_n_steps=1)
+    trainer = make_trainer(
+        max_epochs=2,
+        logger=TensorBoardLogger(root, name="tb"),
+        enable_checkpointing=True,
+        callbacks=[checkpoints],
+        log_every_n_steps=1,
+    )
     trainer.fit(module, datamodule)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     progress_bar = {name: float(value) for name, value in trainer.progress_bar_metrics.items()}
     (test_metrics,) = trainer.test(module, datamodule, verbose=False)
-    return TrainedRun(module, datamodule, fit_metrics, test_metrics, Path(trainer.logger.log_dir),
-                      Path(checkpoints.best_model_path), progress_bar)
+    return TrainedRun(
+        module,
+        datamodule,
+        fit_metrics,
+        test_metrics,
+        Path(trainer.logger.log_dir),
+        Path(checkpoints.best_model_path),
+        progress_bar,
+    )
 
 
 def test_fit_logs_train_and_val_metrics(trained: TrainedRun) -> None:
@@ -473,8 +507,9 @@ class Subclassed(CIFAR10DataModule):
 
 def test_a_subclassed_data_module_gets_the_checkpoint_state(trained: TrainedRun, cifar_dir: Path) -> None:
     """Its statistics and split: Lightning alone would restore them only into a class named CIFAR10DataModule."""
-    dm = Subclassed.from_spec(SPEC, data_dir=str(cifar_dir), val_size=100, batch_size=50, limit_train=50,
-                              download=False)
+    dm = Subclassed.from_spec(
+        SPEC, data_dir=str(cifar_dir), val_size=100, batch_size=50, limit_train=50, download=False
+    )
     model = RegularizedClassifier(SPEC)
     (tested,) = make_trainer().test(model, dm, ckpt_path=trained.checkpoint, verbose=False)
     assert torch.equal(dm.mean, trained.datamodule.mean) and dm.limit_train == 320
@@ -483,8 +518,12 @@ def test_a_subclassed_data_module_gets_the_checkpoint_state(trained: TrainedRun,
 
 def test_a_data_module_with_another_normalization_is_refused(trained: TrainedRun, cifar_dir: Path) -> None:
     with pytest.raises(ValueError, match="normalize"):
-        make_trainer().test(RegularizedClassifier(SPEC), make_datamodule(cifar_dir, "channel"),
-                            ckpt_path=trained.checkpoint, verbose=False)
+        make_trainer().test(
+            RegularizedClassifier(SPEC),
+            make_datamodule(cifar_dir, "channel"),
+            ckpt_path=trained.checkpoint,
+            verbose=False,
+        )
 
 
 def test_unfitted_statistics_warn_and_pass_images_through() -> None:
@@ -496,11 +535,22 @@ def test_unfitted_statistics_warn_and_pass_images_through() -> None:
 
 
 # ------------------------------------------------------------------------------------- argument validation
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"lr": -1}, ValueError), ({"lr": 0}, ValueError), ({"lr": float("nan")}, ValueError), ({"lr": "0.1"}, TypeError),
-    ({"lr_decay": -1}, ValueError), ({"lr_decay": float("inf")}, ValueError), ({"adam_eps": -1}, ValueError),
-    ({"adam_eps": 0}, ValueError), ({"num_classes": 1}, ValueError), ({"num_classes": 10.0}, TypeError),
-    ({"num_classes": True}, TypeError)])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"lr": -1}, ValueError),
+        ({"lr": 0}, ValueError),
+        ({"lr": float("nan")}, ValueError),
+        ({"lr": "0.1"}, TypeError),
+        ({"lr_decay": -1}, ValueError),
+        ({"lr_decay": float("inf")}, ValueError),
+        ({"adam_eps": -1}, ValueError),
+        ({"adam_eps": 0}, ValueError),
+        ({"num_classes": 1}, ValueError),
+        ({"num_classes": 10.0}, TypeError),
+        ({"num_classes": True}, TypeError),
+    ],
+)
 def test_constructor_rejects_bad_arguments(kwargs: dict, error: type) -> None:
     with pytest.raises(error, match=next(iter(kwargs))):
         RegularizedClassifier("baseline", backbone=small_mlp(), **kwargs)
@@ -529,11 +579,17 @@ class NamesNone(TwoHeads):
         return []
 
 
-@pytest.mark.parametrize(("spec", "backbone", "message"), [
-    ("l2=0.01", NoHidden, "no regularized layer"), ("maxnorm=3", NoHidden, "no regularized layer"),
-    ("l1=0.01", NamesNone, "no regularized layer"), ("bn", small_mlp, "no BatchNorm"),
-    ("dropout=0.5", small_mlp, "dropout=0.5"),
-    ("dropout=0.5", lambda: nn.Sequential(small_mlp(), nn.Dropout(0.25)), r"\[0.25\]")])
+@pytest.mark.parametrize(
+    ("spec", "backbone", "message"),
+    [
+        ("l2=0.01", NoHidden, "no regularized layer"),
+        ("maxnorm=3", NoHidden, "no regularized layer"),
+        ("l1=0.01", NamesNone, "no regularized layer"),
+        ("bn", small_mlp, "no BatchNorm"),
+        ("dropout=0.5", small_mlp, "dropout=0.5"),
+        ("dropout=0.5", lambda: nn.Sequential(small_mlp(), nn.Dropout(0.25)), r"\[0.25\]"),
+    ],
+)
 def test_a_spec_the_backbone_cannot_honour_is_an_error(spec: str, backbone: Any, message: str) -> None:
     """Such specs were once silently ignored (``train/penalty`` 0, no BatchNorm, no Dropout)."""
     with pytest.raises(ValueError, match=message):
@@ -541,16 +597,28 @@ def test_a_spec_the_backbone_cannot_honour_is_an_error(spec: str, backbone: Any,
 
 
 def test_a_backbone_that_honours_the_spec_is_accepted() -> None:
-    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(3600, 8),
-                             nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 10))
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(3600, 8),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(8, 10),
+    )
     module = RegularizedClassifier("pixel+bn+l2=0.01+maxnorm=3+dropout=0.5", backbone=backbone)
     assert [layer for _, layer in module.named_regularized_layers()] == [backbone[4]]
 
 
 # ------------------------------------------------------------------------------------------------ optimizers
 def test_an_injected_optimizer_is_used_with_the_keras_decay() -> None:
-    module = RegularizedClassifier("baseline", lr_decay=0.5, backbone=small_mlp(),
-                                   optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    module = RegularizedClassifier(
+        "baseline",
+        lr_decay=0.5,
+        backbone=small_mlp(),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+    )
     config = module.configure_optimizers()
     assert isinstance(config["optimizer"], torch.optim.SGD) and config["optimizer"].defaults["momentum"] == 0.9
     config["optimizer"].step()
@@ -597,8 +665,11 @@ def test_the_library_data_modules_and_one_of_your_own_are_normalizing_data(tmp_p
     from lit_cifar.data import CIFAR100DataModule, NormalizingData
     from tests.thirdparty.nets import StatisticsOnly
 
-    for dm in (CIFAR10DataModule(str(tmp_path), download=False), CIFAR100DataModule(str(tmp_path), download=False),
-               StatisticsOnly()):
+    for dm in (
+        CIFAR10DataModule(str(tmp_path), download=False),
+        CIFAR100DataModule(str(tmp_path), download=False),
+        StatisticsOnly(),
+    ):
         assert isinstance(dm, NormalizingData), type(dm).__name__
     assert not isinstance(pl.LightningDataModule(), NormalizingData)
 

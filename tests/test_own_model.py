@@ -58,8 +58,17 @@ def test_the_hash_covers_the_model_and_data_only_when_they_are_not_the_defaults(
 
 
 def test_setting_factors_name_short_unique_folders_and_records(tmp_path) -> None:
-    suite = load_suite(str(suite_file(tmp_path, factors={"lr": [0.001, "1e-4"], "optimizer": [
-        "adam", {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}]})))
+    suite = load_suite(
+        str(
+            suite_file(
+                tmp_path,
+                factors={
+                    "lr": [0.001, "1e-4"],
+                    "optimizer": ["adam", {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}],
+                },
+            )
+        )
+    )
     trials = expand_trials(suite, suite.settings)
     cells = [t.cell for t in trials]
     assert len(cells) == len(set(cells)) == 2 * 2 * 2
@@ -67,27 +76,44 @@ def test_setting_factors_name_short_unique_folders_and_records(tmp_path) -> None
     record = next(t for t in trials if t.cell == "pixel,lr=0.0001,optimizer=adam").record()
     assert record["factors"] == {"lr": 0.0001, "optimizer": None} and record["settings"]["lr"] == 0.0001
     assert trials[0].paths(tmp_path).folder == tmp_path / "mine" / trials[0].cell / "seed=0"
-    assert [t.cell for t in expand_trials(suite, suite.settings, only=["pixel"])] == [c for c in cells
-                                                                                       if c.startswith("pixel,")]
+    assert [t.cell for t in expand_trials(suite, suite.settings, only=["pixel"])] == [
+        c for c in cells if c.startswith("pixel,")
+    ]
 
 
-@pytest.mark.parametrize("content, expected", [
-    ({"model": {"class_path": "tests.thirdparty.nope.Net"}}, "cannot import 'tests.thirdparty.nope'"),
-    ({"model": {"class_path": "tests.thirdparty.nets.Missing"}}, "has no class 'Missing'"),
-    ({"model": {"class_path": NET, "init_args": {"depth": 3}}}, "unexpected keyword argument 'depth'"),
-    ({"model": {"class_path": NET, "init_args": {"norm": False}}, "specs": ["pixel+bn"]},
-     "cannot train spec pixel+bn: spec 'pixel+bn' asks for bn but backbone TinyResNet has no BatchNorm"),
-    ({"model": {"class_path": NET, "init_args": {"num_classes": 7}}}, "num_classes mismatch"),
-    ({"data": {"class_path": "tests.thirdparty.nets.FloatBatches"}}, "breaks the batch contract: images must be "
-                                                                     "uint8"),
-    ({"settings": {**TINY, "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"nesterov": 3, "lr": -1}}}},
-     "optimizer torch.optim.SGD"),
-])
-def test_what_cannot_train_exits_2_in_one_line_before_any_trial_folder(capsys, tmp_path, cifar_dir, content,
-                                                                        expected) -> None:
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ({"model": {"class_path": "tests.thirdparty.nope.Net"}}, "cannot import 'tests.thirdparty.nope'"),
+        ({"model": {"class_path": "tests.thirdparty.nets.Missing"}}, "has no class 'Missing'"),
+        ({"model": {"class_path": NET, "init_args": {"depth": 3}}}, "unexpected keyword argument 'depth'"),
+        (
+            {"model": {"class_path": NET, "init_args": {"norm": False}}, "specs": ["pixel+bn"]},
+            "cannot train spec pixel+bn: spec 'pixel+bn' asks for bn but backbone TinyResNet has no BatchNorm",
+        ),
+        ({"model": {"class_path": NET, "init_args": {"num_classes": 7}}}, "num_classes mismatch"),
+        (
+            {"data": {"class_path": "tests.thirdparty.nets.FloatBatches"}},
+            "breaks the batch contract: images must be uint8",
+        ),
+        (
+            {
+                "settings": {
+                    **TINY,
+                    "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"nesterov": 3, "lr": -1}},
+                }
+            },
+            "optimizer torch.optim.SGD",
+        ),
+    ],
+)
+def test_what_cannot_train_exits_2_in_one_line_before_any_trial_folder(
+    capsys, tmp_path, cifar_dir, content, expected
+) -> None:
     logdir = tmp_path / "logs"
-    status, _, err = sweep(capsys, "--suite", str(suite_file(tmp_path, **content)), "--data-dir", str(cifar_dir),
-                           "--logdir", str(logdir))
+    status, _, err = sweep(
+        capsys, "--suite", str(suite_file(tmp_path, **content)), "--data-dir", str(cifar_dir), "--logdir", str(logdir)
+    )
     assert status == 2
     message = err.strip().splitlines()[-1]
     assert expected in message and message.startswith("python -m ablations.run: error: ")
@@ -95,8 +121,9 @@ def test_what_cannot_train_exits_2_in_one_line_before_any_trial_folder(capsys, t
 
 
 def test_a_flag_for_a_setting_factor_exits_2(capsys, tmp_path) -> None:
-    status, _, err = sweep(capsys, "--suite", str(suite_file(tmp_path, factors={"lr": [0.1, 0.01]})), "--lr", "0.5",
-                           "--dry-run")
+    status, _, err = sweep(
+        capsys, "--suite", str(suite_file(tmp_path, factors={"lr": [0.1, 0.01]})), "--lr", "0.5", "--dry-run"
+    )
     assert status == 2 and "--lr: a factor of suite 'mine'" in err
 
 
@@ -114,12 +141,20 @@ def test_load_results_imports_no_torch(tmp_path) -> None:
     suite = load_suite(str(suite_file(tmp_path, factors={"lr": [0.01, 0.001]})))
     for trial in expand_trials(suite, suite.settings):
         trial.paths(tmp_path / "logs").folder.mkdir(parents=True)
-        trial.paths(tmp_path / "logs").result.write_text(json.dumps(
-            {**trial.record(), "metrics": {"test/acc": 0.5 + trial.order / 10}, "wall_time_s": 1.0}))
-    code = ("import sys, ablations; df = ablations.load_results(sys.argv[1]); "
-            "print(len(df), sorted(df.lr), 'torch' in sys.modules, 'lightning' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logs")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+        trial.paths(tmp_path / "logs").result.write_text(
+            json.dumps({**trial.record(), "metrics": {"test/acc": 0.5 + trial.order / 10}, "wall_time_s": 1.0})
+        )
+    code = (
+        "import sys, ablations; df = ablations.load_results(sys.argv[1]); "
+        "print(len(df), sorted(df.lr), 'torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
     assert done.stdout.split() == ["4", "[0.001,", "0.001,", "0.01,", "0.01]", "False", "False"]
 
 
@@ -146,11 +181,26 @@ def test_a_class_path_model_lr_by_spec_factorial_end_to_end(capsys, tmp_path, ci
             predicted[paths.checkpoint] = module(images.to(module.device)).cpu()
 
     monkeypatch.setattr(custom, "save_model", save_and_remember)
-    path = suite_file(tmp_path, model={"class_path": NET, "init_args": {"width": 4}}, specs=["pixel", "pixel+bn"],
-                      factors={"lr": [0.01, 0.001]}, settings={**TINY, "seeds": [0, 1]})
+    path = suite_file(
+        tmp_path,
+        model={"class_path": NET, "init_args": {"width": 4}},
+        specs=["pixel", "pixel+bn"],
+        factors={"lr": [0.01, 0.001]},
+        settings={**TINY, "seeds": [0, 1]},
+    )
     logdir = tmp_path / "logs"
-    status, out, err = sweep(capsys, "--suite", str(path), "--data-dir", str(cifar_dir), "--logdir", str(logdir),
-                             "--save-model", "--logger", "csv")
+    status, out, err = sweep(
+        capsys,
+        "--suite",
+        str(path),
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(logdir),
+        "--save-model",
+        "--logger",
+        "csv",
+    )
     assert status == 0, err
     suite_dir = logdir / "mine"
     table = {row["spec"]: row for row in __import__("csv").DictReader((suite_dir / "results.csv").open())}
@@ -180,11 +230,25 @@ def test_a_class_path_model_lr_by_spec_factorial_end_to_end(capsys, tmp_path, ci
 
 @pytest.mark.slow
 def test_cifar100_sweep_with_a_class_path_model_resumes_after_a_kill(tmp_path, cifar100_dir) -> None:
-    path = suite_file(tmp_path, name="c100", model={"class_path": NET, "init_args": {"width": 4}}, data="cifar100",
-                      specs=["baseline", "pixel", "pixel+bn"])
+    path = suite_file(
+        tmp_path,
+        name="c100",
+        model={"class_path": NET, "init_args": {"width": 4}},
+        data="cifar100",
+        specs=["baseline", "pixel", "pixel+bn"],
+    )
     logdir = tmp_path / "logs"
-    command = [sys.executable, "-m", "ablations.run", "--suite", str(path), "--data-dir", str(cifar100_dir),
-               "--logdir", str(logdir)]
+    command = [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        "--suite",
+        str(path),
+        "--data-dir",
+        str(cifar100_dir),
+        "--logdir",
+        str(logdir),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = logdir / "c100" / "baseline" / "seed=0" / "result.json"
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

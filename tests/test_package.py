@@ -22,11 +22,25 @@ tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tom
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # import name -> distribution name, for the third-party modules the packages import
-DISTRIBUTIONS = {"yaml": "pyyaml", "lightning": "lightning", "torch": "torch", "torchvision": "torchvision",
-                 "torchmetrics": "torchmetrics", "tensorboard": "tensorboard", "jsonargparse": "jsonargparse",
-                 "numpy": "numpy", "tqdm": "tqdm", "matplotlib": "matplotlib", "scipy": "scipy",
-                 "statsmodels": "statsmodels", "pandas": "pandas", "ray": "ray", "pydoe": "pydoe",
-                 "pyDOE3": "pydoe3", "websocket": "websocket-client"}
+DISTRIBUTIONS = {
+    "yaml": "pyyaml",
+    "lightning": "lightning",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "torchmetrics": "torchmetrics",
+    "tensorboard": "tensorboard",
+    "jsonargparse": "jsonargparse",
+    "numpy": "numpy",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+    "scipy": "scipy",
+    "statsmodels": "statsmodels",
+    "pandas": "pandas",
+    "ray": "ray",
+    "pydoe": "pydoe",
+    "pyDOE3": "pydoe3",
+    "websocket": "websocket-client",
+}
 OUTSIDE = {"tensorflow"}  # ablations.keras_peer runs under another interpreter, with TensorFlow
 
 
@@ -68,8 +82,13 @@ def test_the_library_imports_only_its_core_requirements() -> None:
 
 def test_the_harness_imports_only_core_harness_ray_and_design_requirements() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    allowed = requirement_names(PYPROJECT["project"]["dependencies"] + extras["ablations"] + extras["ray"]
-                                + extras["design"] + extras["screenshots"])
+    allowed = requirement_names(
+        PYPROJECT["project"]["dependencies"]
+        + extras["ablations"]
+        + extras["ray"]
+        + extras["design"]
+        + extras["screenshots"]
+    )
     assert {DISTRIBUTIONS[name] for name in third_party_imports("ablations")} <= allowed
 
 
@@ -77,14 +96,31 @@ def test_cli_main_returns_an_exit_status(cifar_dir: Path, tmp_path: Path, monkey
     """`sys.exit(main())` (the console script) must see 0 after a finished run, not the CLI object."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["lit-cifar"])
-    status = cli_main(["fit", "--model.spec", "pixel", "--data.data_dir", str(cifar_dir), "--data.val_size", "100",
-                       "--data.batch_size", "64", "--trainer.fast_dev_run", "true",
-                       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    status = cli_main(
+        [
+            "fit",
+            "--model.spec",
+            "pixel",
+            "--data.data_dir",
+            str(cifar_dir),
+            "--data.val_size",
+            "100",
+            "--data.batch_size",
+            "64",
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     assert status == 0 and type(status) is int
 
 
-def test_a_result_that_vanishes_after_the_listing_is_not_counted(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_result_that_vanishes_after_the_listing_is_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A trial's result.json removed between the report's listing and its read (a trial being rerun: `read_result`
     then finds nothing and returns None) is skipped, not counted as an empty result."""
     folder = tmp_path / "suite" / "pixel" / "seed=0"
@@ -155,16 +191,28 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path: Path, cif
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()
     source = tmp_path / "source"  # a copy: building leaves build/ and *.egg-info, which stay out of the checkout
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "logs", "build", "site", "*.egg-info",
-                                                                "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(source)], check=True, env=env, cwd=tmp_path)
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", "logs", "build", "site", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
     wheel = next(dist.glob("lit_cifar-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel],
-                   check=True, env=env, cwd=work)
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel],
+        check=True,
+        env=env,
+        cwd=work,
+    )
     (work / "user.py").write_text(USER_CODE)
-    done = subprocess.run([python, "user.py", str(cifar_dir)], capture_output=True, text=True, env=env, cwd=work,
-                          timeout=600)
+    done = subprocess.run(
+        [python, "user.py", str(cifar_dir)], capture_output=True, text=True, env=env, cwd=work, timeout=600
+    )
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]

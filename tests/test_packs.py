@@ -50,15 +50,24 @@ class StepLosses(pl.Callback):
 
 
 def trainer(callback: pl.Callback) -> pl.Trainer:
-    return pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                      use_distributed_sampler=False, callbacks=[callback])
+    return pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=[callback],
+    )
 
 
 def data_kwargs(data_dir: Path) -> dict:
     s = SETTINGS
-    return dict(data_dir=str(data_dir), val_size=s.val_size, batch_size=s.batch_size, limit_train=s.limit_train,
-                download=False)
+    return dict(
+        data_dir=str(data_dir), val_size=s.val_size, batch_size=s.batch_size, limit_train=s.limit_train, download=False
+    )
 
 
 def single(t: Trial, data_dir: Path) -> tuple[torch.Tensor, dict]:
@@ -94,8 +103,7 @@ def assert_members_match(trials: list[Trial], data_dir: Path) -> None:
     for k, t in enumerate(trials):
         steps, tested = single(t, data_dir)
         assert len(steps) == len(pack_steps) >= 3
-        torch.testing.assert_close(pack_steps[0, k], steps[0], rtol=FIRST_STEP_RTOL, atol=0,
-                                   msg=f"{t.name} first step")
+        torch.testing.assert_close(pack_steps[0, k], steps[0], rtol=FIRST_STEP_RTOL, atol=0, msg=f"{t.name} first step")
         torch.testing.assert_close(pack_steps[:, k], steps, rtol=STEP_RTOL, atol=0, msg=f"{t.name} per step")
         for name, tolerance in FINAL_ATOL.items():
             got, want = pack_tests[k][f"test/{name}"], tested[f"test/{name}"]
@@ -107,8 +115,12 @@ def assert_members_match(trials: list[Trial], data_dir: Path) -> None:
 def test_pack_members_match_their_single_trials(cifar_dir):
     """Four members differing in seed, normalization (none/pixel/channel), penalties, max-norm, dropout and
     augmentation."""
-    trials = [trial("pixel+dropout=0.25", 0), trial("channel+l2=0.01+augment", 1),
-              trial("pixel+l1=0.001+maxnorm=2+dropout=0.5", 2), trial("baseline", 3)]
+    trials = [
+        trial("pixel+dropout=0.25", 0),
+        trial("channel+l2=0.01+augment", 1),
+        trial("pixel+l1=0.001+maxnorm=2+dropout=0.5", 2),
+        trial("baseline", 3),
+    ]
     assert_members_match(trials, cifar_dir)
 
 
@@ -119,11 +131,23 @@ def test_batchnorm_pack_members_match_their_single_trials(cifar_dir):
 
 def test_packs_group_by_architecture_and_settings():
     other = TrainSettings(epochs=2, batch_size=64, seeds=[0])
-    trials = [trial("pixel", 0), trial("pixel+bn", 0), trial("pixel", 1), trial("bn", 1), trial("pixel", 2),
-              trial("pixel", 0, other), trial("pixel", 0, suite="elsewhere")]
+    trials = [
+        trial("pixel", 0),
+        trial("pixel+bn", 0),
+        trial("pixel", 1),
+        trial("bn", 1),
+        trial("pixel", 2),
+        trial("pixel", 0, other),
+        trial("pixel", 0, suite="elsewhere"),
+    ]
     packs = [[t.name for t in p] for p in make_packs(trials, 2)]
-    assert packs == [["pixel/seed=0", "pixel/seed=1"], ["pixel/seed=2"], ["pixel+bn/seed=0", "bn/seed=1"],
-                     ["pixel/seed=0"], ["pixel/seed=0"]]
+    assert packs == [
+        ["pixel/seed=0", "pixel/seed=1"],
+        ["pixel/seed=2"],
+        ["pixel+bn/seed=0", "bn/seed=1"],
+        ["pixel/seed=0"],
+        ["pixel/seed=0"],
+    ]
     assert [len(p) for p in make_packs([trial("pixel", s) for s in range(27)], 8)] == [7, 7, 7, 6]
 
 
@@ -139,11 +163,25 @@ def test_pack_arguments_are_checked():
     check_pack(1, "ray", 2, "ddp", True)  # no pack: nothing to refuse
 
 
-@pytest.mark.parametrize("flags", [["--engine", "ray"], ["--parallel", "2"], ["--pack", "0"],
-                                   ["--model", "tests.thirdparty.nets.TinyResNet"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--engine", "ray"], ["--parallel", "2"], ["--pack", "0"], ["--model", "tests.thirdparty.nets.TinyResNet"]],
+)
 def test_unsupported_pack_runs_exit_2_before_training(flags, tmp_path, cifar_dir, capsys):
-    args = ["--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--only", "pixel", "--seeds", "0,1",
-            "--accelerator", "cpu", *(["--pack", "2"] if "--pack" not in flags else []), *flags]
+    args = [
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        "--only",
+        "pixel",
+        "--seeds",
+        "0,1",
+        "--accelerator",
+        "cpu",
+        *(["--pack", "2"] if "--pack" not in flags else []),
+        *flags,
+    ]
     with pytest.raises(SystemExit) as stopped:
         main(args)
     assert stopped.value.code == 2
@@ -156,8 +194,10 @@ def test_partly_finished_pack_trains_only_the_others(tmp_path, cifar_dir):
     """Two of four members finished (one packed, one single): the rerun trains a pack of the other two, each
     member's folder holds a result of the single trial's schema, and finished results are untouched."""
     settings = TrainSettings(epochs=1, batch_size=64, seeds=[0], val_size=100, limit_train=128)
-    trials = [trial(spec, seed, settings) for spec, seed in
-              [("pixel", 0), ("pixel+dropout=0.25", 1), ("channel+l2=0.01", 2), ("pixel+maxnorm=3", 3)]]
+    trials = [
+        trial(spec, seed, settings)
+        for spec, seed in [("pixel", 0), ("pixel+dropout=0.25", 1), ("channel+l2=0.01", 2), ("pixel+maxnorm=3", 3)]
+    ]
     options = RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path), accelerator="cpu")
     assert [s["status"] for s in run_pack(trials[:1], options)] == ["done"]
     from ablations.trial import run_trial
@@ -170,8 +210,11 @@ def test_partly_finished_pack_trains_only_the_others(tmp_path, cifar_dir):
     single_result = json.loads(before[trials[1].name])
     for t in trials[2:]:
         result = json.loads(t.paths(tmp_path).result.read_text())
-        assert result["environment"]["pack"] == {"size": 2, "index": trials.index(t) - 2,
-                                                 "members": [x.name for x in trials[2:]]}
+        assert result["environment"]["pack"] == {
+            "size": 2,
+            "index": trials.index(t) - 2,
+            "members": [x.name for x in trials[2:]],
+        }
         assert set(result) == set(single_result) and result["settings_hash"] == t.settings_hash
         assert set(result["history"][0]) >= {"epoch", "train/loss", "train/acc", "val/loss", "val/acc"}
         folder = t.paths(tmp_path).folder
@@ -189,6 +232,8 @@ def _scalar_steps(folder) -> dict[str, list[int]]:
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     tags = events.Tags()
-    return {tag: [e.step for e in (events.Scalars(tag) if tag in tags["scalars"] else events.Tensors(tag))]
-            for tag in [*tags["scalars"], *tags["tensors"]]
-            if "/" in tag and not tag.startswith(("_hparams_", "trial/"))}
+    return {
+        tag: [e.step for e in (events.Scalars(tag) if tag in tags["scalars"] else events.Tensors(tag))]
+        for tag in [*tags["scalars"], *tags["tensors"]]
+        if "/" in tag and not tag.startswith(("_hparams_", "trial/"))
+    }

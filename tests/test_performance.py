@@ -27,11 +27,19 @@ SPEC = "pixel+bn+dropout=0.25+maxnorm=3+augment"  # every source of randomness a
 
 def fit_metrics(data_dir: Path, num_workers: int) -> dict[str, float]:
     pl.seed_everything(3, verbose=False)
-    dm = CIFAR10DataModule.from_spec(SPEC, data_dir=str(data_dir), val_size=100, batch_size=64, limit_train=256,
-                                     num_workers=num_workers, seed=3)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False)
+    dm = CIFAR10DataModule.from_spec(
+        SPEC, data_dir=str(data_dir), val_size=100, batch_size=64, limit_train=256, num_workers=num_workers, seed=3
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
     model = RegularizedClassifier(SPEC)
     trainer.fit(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -69,11 +77,28 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
 # vendor (oneDNN and MKL take vendor-specific paths) and its instruction sets (ATen's dispatch level and the ISA
 # extensions oneDNN uses), not by the CPU's marketing name: two "AMD EPYC" (Zen 3, AVX2 only; Zen 4, AVX-512) round
 # differently. The comparison runs only where all of those are the reference's (`kernel_environment`).
-KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
-                "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-REFERENCE_ENVIRONMENT = {"torch": "2.14.1", "threads": 2, "vendor": "AuthenticAMD", "capability": "AVX512",
-                         "isa": ["avx2", "avx512_bf16", "avx512_vnni", "avx512bw", "avx512dq", "avx512f", "avx512vl",
-                                 "avx_vnni", "fma"]}
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+REFERENCE_ENVIRONMENT = {
+    "torch": "2.14.1",
+    "threads": 2,
+    "vendor": "AuthenticAMD",
+    "capability": "AVX512",
+    "isa": ["avx2", "avx512_bf16", "avx512_vnni", "avx512bw", "avx512dq", "avx512f", "avx512vl", "avx_vnni", "fma"],
+}
 
 
 def kernel_environment(cpuinfo: Optional[str] = None) -> dict[str, Any]:
@@ -88,27 +113,47 @@ def kernel_environment(cpuinfo: Optional[str] = None) -> dict[str, Any]:
     fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
-    return {"torch": torch.__version__.split("+")[0], "threads": torch.get_num_threads(),
-            "vendor": fields.get("vendor_id", platform.machine()),
-            "capability": torch.backends.cpu.get_cpu_capability(), "isa": sorted(flags & set(KERNEL_FLAGS))}
+    return {
+        "torch": torch.__version__.split("+")[0],
+        "threads": torch.get_num_threads(),
+        "vendor": fields.get("vendor_id", platform.machine()),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "isa": sorted(flags & set(KERNEL_FLAGS)),
+    }
 
 
 REFERENCE = {
     "pixel": {
-        "val/loss": 0.4528583586215973, "val/acc": 0.9599999785423279, "train/loss": 1.6000640392303467,
-        "train/acc": 0.67578125, "train/penalty": 0.0, "test/loss": 0.4163157343864441,
-        "test/acc": 0.9750000238418579, "hidden_weight_sum": -15669.822175083478,
+        "val/loss": 0.4528583586215973,
+        "val/acc": 0.9599999785423279,
+        "train/loss": 1.6000640392303467,
+        "train/acc": 0.67578125,
+        "train/penalty": 0.0,
+        "test/loss": 0.4163157343864441,
+        "test/acc": 0.9750000238418579,
+        "hidden_weight_sum": -15669.822175083478,
         "param_abs_sum": 188684.15111738027,
     },
     "pixel+bn+l2=0.01+maxnorm=3+dropout=0.5": {
-        "val/loss": 31.38177490234375, "val/acc": 0.10999999940395355, "train/loss": 21.550643920898438,
-        "train/acc": 0.9453125, "train/penalty": 20.18804931640625, "test/loss": 30.813241958618164,
-        "test/acc": 0.14499999582767487, "hidden_weight_sum": 3450.653762595798, "param_abs_sum": 180913.287676787,
+        "val/loss": 31.38177490234375,
+        "val/acc": 0.10999999940395355,
+        "train/loss": 21.550643920898438,
+        "train/acc": 0.9453125,
+        "train/penalty": 20.18804931640625,
+        "test/loss": 30.813241958618164,
+        "test/acc": 0.14499999582767487,
+        "hidden_weight_sum": 3450.653762595798,
+        "param_abs_sum": 180913.287676787,
     },
     "augment": {
-        "val/loss": 50.822418212890625, "val/acc": 0.07999999821186066, "train/loss": 435.1903076171875,
-        "train/acc": 0.21484375, "train/penalty": 0.0, "test/loss": 49.83924865722656,
-        "test/acc": 0.10000000149011612, "hidden_weight_sum": -15888.480259861335,
+        "val/loss": 50.822418212890625,
+        "val/acc": 0.07999999821186066,
+        "train/loss": 435.1903076171875,
+        "train/acc": 0.21484375,
+        "train/penalty": 0.0,
+        "test/loss": 49.83924865722656,
+        "test/acc": 0.10000000149011612,
+        "hidden_weight_sum": -15888.480259861335,
         "param_abs_sum": 187270.94244323653,
     },
 }
@@ -117,14 +162,30 @@ REFERENCE = {
 def reference_run(data_dir: Path, spec: str, seed: int = 7) -> dict[str, float]:
     """Two epochs of 256 synthetic images in the order the sweep's trials run: seed, data, model, fit, test."""
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = CIFAR10DataModule.from_spec(spec, data_dir=str(data_dir), val_size=100, split_seed=0, batch_size=64,
-                                     limit_train=256, download=False, seed=seed)
+    dm = CIFAR10DataModule.from_spec(
+        spec,
+        data_dir=str(data_dir),
+        val_size=100,
+        split_seed=0,
+        batch_size=64,
+        limit_train=256,
+        download=False,
+        seed=seed,
+    )
     dm.prepare_data()
     dm.setup("fit")
     model = RegularizedClassifier(spec, lr=1e-3, lr_decay=1e-6)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
     trainer.fit(model, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(trainer.test(model, datamodule=dm, verbose=False)[0])
@@ -150,9 +211,15 @@ def test_bench_quick_runs_every_row(tmp_path, capsys):
     assert bench.main(["--quick", "--data-dir", str(tmp_path / "no-data"), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["data"] == "synthetic"
-    assert set(report["images_per_s"]) == {"lightning", "lightning_bf16", "pytorch_loop",
-                                           "pytorch_loop_channels_last", "textbook_pipeline", "loop_allocator_tuned",
-                                           "loop_glibc_defaults"} | ({"keras"} if report["keras_python"] else set())
+    assert set(report["images_per_s"]) == {
+        "lightning",
+        "lightning_bf16",
+        "pytorch_loop",
+        "pytorch_loop_channels_last",
+        "textbook_pipeline",
+        "loop_allocator_tuned",
+        "loop_glibc_defaults",
+    } | ({"keras"} if report["keras_python"] else set())
     assert all(v > 0 for v in report["images_per_s"].values())
     assert report["compute"]["gflop_per_image"] == pytest.approx(NOTEBOOK_TRAINING_FLOPS / 1e9)
     assert all(v > 0 for v in report["compute"]["gemm_gflops_fp32"].values())
@@ -170,8 +237,23 @@ def test_compiled_trial_runs_and_is_recorded(cifar_dir, tmp_path):
     """`--compile` (torch.compile of the network) trains and tests like any trial."""
     from ablations.run import main
 
-    args = ["--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--only", "pixel", "--seeds", "0", "--epochs",
-            "1", "--val-size", "100", "--batch-size", "64", "--compile"]
+    args = [
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        "--only",
+        "pixel",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--val-size",
+        "100",
+        "--batch-size",
+        "64",
+        "--compile",
+    ]
     assert main(args) == 0
     result = json.loads((tmp_path / "notebook/pixel/seed=0/result.json").read_text())
     assert result["metrics"]["test/acc"] > 0.1 and result["test_images"] == 200
@@ -205,9 +287,14 @@ def test_tune_allocator_sets_glibc_once_and_says_so(fresh_allocator_state):
     assert runtime.tune_allocator() == text == runtime.allocator()
 
 
-@pytest.mark.parametrize("case, expected", [("not glibc", "the C library's malloc, unchanged (not glibc)"),
-                                            ("preloaded", "tcmalloc (preloaded), left as it is"),
-                                            ("opted out", "glibc malloc, defaults (LIT_CIFAR_MALLOC=default)")])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("not glibc", "the C library's malloc, unchanged (not glibc)"),
+        ("preloaded", "tcmalloc (preloaded), left as it is"),
+        ("opted out", "glibc malloc, defaults (LIT_CIFAR_MALLOC=default)"),
+    ],
+)
 def test_tune_allocator_degrades_to_a_no_op(fresh_allocator_state, monkeypatch, case, expected):
     if case == "not glibc":
         monkeypatch.setattr(runtime, "_glibc", lambda: None)
@@ -236,8 +323,13 @@ def test_allocator_tuning_changes_no_number(cifar_dir: Path):
     runs = {}
     for setting in ("tuned", "default"):
         code = TRAIN_AND_PRINT.format(tests=str(Path(__file__).parent), data=str(cifar_dir))
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, runtime.ENV: setting})
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, runtime.ENV: setting},
+        )
         runs[setting] = json.loads(done.stdout.strip().splitlines()[-1])
     tuned_allocator, default_allocator = runs["tuned"].pop("allocator"), runs["default"].pop("allocator")
     assert "no mmap" in tuned_allocator and default_allocator.endswith("(LIT_CIFAR_MALLOC=default)")
@@ -278,8 +370,10 @@ def test_the_measuring_helpers_are_shared_without_torch_or_the_bench():
     same helpers."""
     from ablations import measure
 
-    code = ("import sys, ablations.gpucheck, ablations.measure; "
-            "assert not {'torch', 'ablations.bench'} & set(sys.modules), sorted(sys.modules)")
+    code = (
+        "import sys, ablations.gpucheck, ablations.measure; "
+        "assert not {'torch', 'ablations.bench'} & set(sys.modules), sorted(sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert bench.machine is measure.machine and bench.flops_per_image is measure.flops_per_image

@@ -22,12 +22,23 @@ def test_every_request_field_is_a_flag_of_the_command_line():
 
 
 def test_a_request_plans_what_the_same_flags_plan(tmp_path):
-    values = {"only": ["pixel", "pixel+bn"], "seeds": [0, 1], "epochs": 1, "lr": 0.01, "logdir": str(tmp_path),
-              "reference": "pixel+bn", **CPU}
+    values = {
+        "only": ["pixel", "pixel+bn"],
+        "seeds": [0, 1],
+        "epochs": 1,
+        "lr": 0.01,
+        "logdir": str(tmp_path),
+        "reference": "pixel+bn",
+        **CPU,
+    }
     from_values = make_plan(Request(**values))
     from_flags = make_plan(request_of(build_parser().parse_args(argv_of(values))))
-    assert [t.name for t in from_values.trials] == ["pixel/seed=0", "pixel/seed=1", "pixel+bn/seed=0",
-                                                    "pixel+bn/seed=1"]
+    assert [t.name for t in from_values.trials] == [
+        "pixel/seed=0",
+        "pixel/seed=1",
+        "pixel+bn/seed=0",
+        "pixel+bn/seed=1",
+    ]
     assert [t.settings_hash for t in from_values.trials] == [t.settings_hash for t in from_flags.trials]
     assert from_values == from_flags
     assert from_values.reference == "pixel+bn" and from_values.trials[0].settings.lr == 0.01
@@ -44,19 +55,23 @@ def test_shard_and_count_agree_with_the_plan():
 def test_a_model_given_as_a_mapping_is_planned_like_its_json():
     model = {"class_path": "lit_cifar.models.NotebookCNN", "init_args": {}}
     as_mapping = make_plan(Request(only=["pixel"], seeds=[0], model=model, **CPU))
-    as_json = make_plan(request_of(build_parser().parse_args(argv_of({"only": ["pixel"], "seeds": [0], "model": model,
-                                                                      **CPU}))))
+    as_json = make_plan(
+        request_of(build_parser().parse_args(argv_of({"only": ["pixel"], "seeds": [0], "model": model, **CPU})))
+    )
     assert as_mapping.trials[0].settings_hash == as_json.trials[0].settings_hash
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"epochs": 0}, "epochs=0 must be >= 1"),
-    ({"only": ["pixle"]}, "unknown token 'pixle'"),
-    ({"suite": "nosuch"}, "unknown suite 'nosuch'"),
-    ({"strategy": "ddp", "parallel": 2}, "--parallel 2 with --strategy ddp"),
-    ({"num_nodes": 2}, "--num-nodes 2 needs --strategy ddp"),
-    ({"pack": 2, "parallel": 2}, "--pack 2 is not supported with --parallel 2"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": 0}, "epochs=0 must be >= 1"),
+        ({"only": ["pixle"]}, "unknown token 'pixle'"),
+        ({"suite": "nosuch"}, "unknown suite 'nosuch'"),
+        ({"strategy": "ddp", "parallel": 2}, "--parallel 2 with --strategy ddp"),
+        ({"num_nodes": 2}, "--num-nodes 2 needs --strategy ddp"),
+        ({"pack": 2, "parallel": 2}, "--pack 2 is not supported with --parallel 2"),
+    ],
+)
 def test_bad_values_raise_value_error(values, message):
     with pytest.raises(ValueError, match=message):
         make_plan(Request(**{**CPU, **values}))
@@ -70,8 +85,10 @@ def test_prepare_refuses_a_logdir_that_is_a_file(tmp_path):
 
 
 def test_counting_trials_imports_no_torch():
-    code = ("import sys\nfrom ablations.plan import Request, count_trials\n"
-            "n = count_trials(Request(suite='full', seeds=[0, 1]))\n"
-            "print(n, sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n")
+    code = (
+        "import sys\nfrom ablations.plan import Request, count_trials\n"
+        "n = count_trials(Request(suite='full', seeds=[0, 1]))\n"
+        "print(n, sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.split("\n")[0] == "192 []", done.stdout + done.stderr

@@ -9,8 +9,10 @@ from ablations.report import plots
 
 
 def test_titles_break_between_parts_only():
-    subtitle = "5 epochs · 45,000 training images · 5,000 validation · 10,000 test · batch 128 · seeds 0, 1, 2 · " \
-               "line: mean over seeds · band: lowest to highest seed"
+    subtitle = (
+        "5 epochs · 45,000 training images · 5,000 validation · 10,000 test · batch 128 · seeds 0, 1, 2 · "
+        "line: mean over seeds · band: lowest to highest seed"
+    )
     for layout in (plots.PAGE, plots.CARD):
         lines = plots._wrap(subtitle, layout).split("\n")
         assert all(len(line) <= layout.wrap for line in lines)
@@ -30,8 +32,10 @@ def test_a_large_suite_keeps_the_reference_and_the_extremes():
 def test_the_reference_is_drawn_last_with_its_band(monkeypatch):
     drawn = []
     monkeypatch.setattr(plots, "_png", lambda figure, layout: drawn.append(figure) or b"")
-    curves = [plots.Curve("pixel", [0.5, 0.6], low=[0.4, 0.5], high=[0.6, 0.7], reference=True),
-              plots.Curve("pixel+maxnorm=3", [0.5, 0.6], low=[0.45, 0.55], high=[0.55, 0.65])]
+    curves = [
+        plots.Curve("pixel", [0.5, 0.6], low=[0.4, 0.5], high=[0.6, 0.7], reference=True),
+        plots.Curve("pixel+maxnorm=3", [0.5, 0.6], low=[0.45, 0.55], high=[0.55, 0.65]),
+    ]
     plots.curves_chart(curves, "title", "subtitle")
     ax = drawn[0].axes[0]
     lines = ax.get_lines()

@@ -90,8 +90,9 @@ def ray_address():
     """A local Ray instance with 2 CPUs for the module; yields its address."""
     import ray
 
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
-                       log_to_driver=False)
+    context = ray.init(
+        address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+    )
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
@@ -112,8 +113,9 @@ def reference(tmp_path_factory, cifar_dir):
 
 
 @pytest.mark.slow
-def test_ray_sweep_equals_the_local_engine_and_waits_for_a_busy_trial(ray_address, reference, cifar_dir,
-                                                                      tmp_path, capsys):
+def test_ray_sweep_equals_the_local_engine_and_waits_for_a_busy_trial(
+    ray_address, reference, cifar_dir, tmp_path, capsys
+):
     """Bit-identical results; a trial another sweep holds is done last, once its lock is released."""
     busy = lock_of(tmp_path, seed=0)
     held, waited_for, over = threading.Event(), threading.Event(), threading.Event()
@@ -129,8 +131,18 @@ def test_ray_sweep_equals_the_local_engine_and_waits_for_a_busy_trial(ray_addres
     holder = threading.Thread(target=hold_until_waited_for, daemon=True)
     holder.start()
     held.wait()
-    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, *TRIALS,
-                        *ONE_CORE_EACH, "--engine", "ray")
+    status, err = sweep(
+        capsys,
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        *TINY,
+        *TRIALS,
+        *ONE_CORE_EACH,
+        "--engine",
+        "ray",
+    )
     over.set()
     holder.join()
     assert waited_for.is_set(), "no task waited for the busy trial"
@@ -154,10 +166,25 @@ def wait_for(condition, what: str) -> None:
 @pytest.mark.slow
 def test_killed_driver_then_rerun_keeps_finished_trials(ray_address, reference, cifar_dir, tmp_path, capsys):
     """SIGKILL the driver once a trial has finished: the rerun keeps it and trains only the others."""
-    command = [sys.executable, "-m", "ablations.run", "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY,
-               *TRIALS, *ONE_CORE_EACH, "--engine", "ray", "--ray-address", ray_address]
-    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        *TINY,
+        *TRIALS,
+        *ONE_CORE_EACH,
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_address,
+    ]
+    driver = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_for(lambda: results(tmp_path) or driver.poll() is not None, "the first result.json")
     finally:
@@ -165,8 +192,18 @@ def test_killed_driver_then_rerun_keeps_finished_trials(ray_address, reference, 
         driver.wait()
     kept = {path: path.read_bytes() for path in tmp_path.glob(f"*/*/*/{RESULT_FILE}")}
     assert 1 <= len(kept) < 3, "the driver finished before it was killed"
-    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, *TRIALS,
-                        *ONE_CORE_EACH, "--engine", "ray")
+    status, err = sweep(
+        capsys,
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        *TINY,
+        *TRIALS,
+        *ONE_CORE_EACH,
+        "--engine",
+        "ray",
+    )
     assert status == 0, err[-2000:]
     assert f"{3 - len(kept)} trained, {len(kept)} already done, 0 failed" in err
     assert all(path.read_bytes() == data for path, data in kept.items())
@@ -183,8 +220,23 @@ def test_killed_worker_is_retried_then_recorded_failed(ray_address, cifar_dir, t
     killer = LockKiller({once: 1, always: 2})
     killer.start()
     try:
-        status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--only",
-                            "pixel", "--seeds", "3,4", *ONE_CORE_EACH, "--engine", "ray", "--max-retries", "1")
+        status, err = sweep(
+            capsys,
+            "--data-dir",
+            str(cifar_dir),
+            "--logdir",
+            str(tmp_path),
+            *TINY,
+            "--only",
+            "pixel",
+            "--seeds",
+            "3,4",
+            *ONE_CORE_EACH,
+            "--engine",
+            "ray",
+            "--max-retries",
+            "1",
+        )
     finally:
         killer.done.set()
         killer.join()
@@ -199,14 +251,17 @@ def test_killed_worker_is_retried_then_recorded_failed(ray_address, cifar_dir, t
     assert err.count("retry 1 of 1") == 2
 
 
-@pytest.mark.parametrize("gpus, parallel, cpus, expected", [
-    (0, 1, 16, TrialResources(gpus=0.0, cpus=16)),  # CPU: one trial with every core
-    (0, 4, 16, TrialResources(gpus=0.0, cpus=4)),
-    (4, 4, 16, TrialResources(gpus=1.0, cpus=4)),  # one trial per GPU
-    (4, 2, 16, TrialResources(gpus=1.0, cpus=8)),  # fewer trials than GPUs: still one GPU each
-    (4, 8, 16, TrialResources(gpus=0.5, cpus=2)),  # two trials per GPU
-    (2, 6, 8, TrialResources(gpus=0.3333, cpus=1)),  # three per GPU, rounded down to Ray's 1e-4 granularity
-])
+@pytest.mark.parametrize(
+    "gpus, parallel, cpus, expected",
+    [
+        (0, 1, 16, TrialResources(gpus=0.0, cpus=16)),  # CPU: one trial with every core
+        (0, 4, 16, TrialResources(gpus=0.0, cpus=4)),
+        (4, 4, 16, TrialResources(gpus=1.0, cpus=4)),  # one trial per GPU
+        (4, 2, 16, TrialResources(gpus=1.0, cpus=8)),  # fewer trials than GPUs: still one GPU each
+        (4, 8, 16, TrialResources(gpus=0.5, cpus=2)),  # two trials per GPU
+        (2, 6, 8, TrialResources(gpus=0.3333, cpus=1)),  # three per GPU, rounded down to Ray's 1e-4 granularity
+    ],
+)
 def test_trial_resources_are_the_local_engines_shares(gpus, parallel, cpus, expected):
     assert TrialResources.share(gpus, parallel, cpus) == expected
 
@@ -241,22 +296,46 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
         return [{"trial": t.name, "status": "done", "error": None} for t in trials]
 
     monkeypatch.setattr(ray_engine, "run_trials_ray", fake_engine)
-    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--only", "pixel",
-                        "--seeds", "0", "--parallel", "8", "--engine", "ray", "--ray-address", "127.0.0.1:6379",
-                        "--max-retries", "5")
+    status, err = sweep(
+        capsys,
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        *TINY,
+        "--only",
+        "pixel",
+        "--seeds",
+        "0",
+        "--parallel",
+        "8",
+        "--engine",
+        "ray",
+        "--ray-address",
+        "127.0.0.1:6379",
+        "--max-retries",
+        "5",
+    )
     assert status == 0, err
     assert calls == [{"address": "127.0.0.1:6379", "gpus_per_trial": 0.5, "cpus_per_trial": 2, "max_retries": 5}]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--strategy", "ddp", "--devices", "2"], "per-trial DDP (--strategy ddp, 2 devices per trial) is not supported"),
-    (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
-    (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
-    (["--ray-address", "headnode"], "Ray address 'headnode' is not HOST:PORT or ray://HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--strategy", "ddp", "--devices", "2"],
+            "per-trial DDP (--strategy ddp, 2 devices per trial) is not supported",
+        ),
+        (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
+        (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+        (["--ray-address", "headnode"], "Ray address 'headnode' is not HOST:PORT or ray://HOST:PORT"),
+    ],
+)
 def test_unsupported_ray_arguments_exit_2_before_any_trial(args, message, cifar_dir, tmp_path, capsys):
-    status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--engine", "ray",
-                        *args)
+    status, err = sweep(
+        capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), *TINY, "--engine", "ray", *args
+    )
     assert status == 2 and message in err
     assert not (tmp_path / "notebook").exists()
 

@@ -29,8 +29,13 @@ MIN_TEST_ACC = 0.12
 @pytest.mark.slow
 @pytest.mark.skipif(DATA_DIR is None, reason="real CIFAR-10 not found in ../shared/data or $LIT_CIFAR_DATA")
 def test_one_epoch_of_baseline_on_2000_real_images_beats_chance(tmp_path):
-    trial = Trial("realdata", RegularizationSpec.parse("baseline"), seed=0, order=0,
-                  settings=TrainSettings(epochs=1, batch_size=32, seeds=(0,), limit_train=2000))
+    trial = Trial(
+        "realdata",
+        RegularizationSpec.parse("baseline"),
+        seed=0,
+        order=0,
+        settings=TrainSettings(epochs=1, batch_size=32, seeds=(0,), limit_train=2000),
+    )
     status = run_trial(trial, RunOptions(data_dir=str(DATA_DIR), logdir=str(tmp_path), download=False))
     assert status["status"] == "done", status
     result = read_result(trial.run_dir(tmp_path))

@@ -19,41 +19,98 @@ from ablations.report.rebuild import main
 from ablations.store import RESULT_FILE, folder_lock
 
 EPOCHS = 2
-FIELDS = {"augment": False, "batchnorm": True, "dropout": 0.0, "l1": 0.0, "l2": 0.0, "max_norm": None,
-          "normalize": "pixel"}
+FIELDS = {
+    "augment": False,
+    "batchnorm": True,
+    "dropout": 0.0,
+    "l1": 0.0,
+    "l2": 0.0,
+    "max_norm": None,
+    "normalize": "pixel",
+}
 
 
 def old_result(spec: str, seed: int, fields: dict, order: int) -> dict:
     """A result.json as the first full-scale sweep wrote it: no ``*/ce``, no diagnostics."""
-    history = [{"epoch": e, "train/acc": 0.5 + 0.1 * e + seed / 100, "train/loss": 1.5 - 0.2 * e,
-                "val/acc": 0.45 + 0.05 * e + seed / 100, "val/loss": 1.6 - 0.1 * e, "train/penalty": 0.0}
-               for e in range(EPOCHS)]
-    settings = {"batch_size": 128, "data_parallel": 1, "epochs": EPOCHS, "limit_train": None, "lr": 0.001,
-                "lr_decay": 1e-06, "precision": "32-true", "seed": seed, "spec": spec, "split_seed": 0,
-                "val_size": 5000}
-    metrics = {"test/acc": 0.5 + seed / 100 + order / 10, "test/loss": 1.4, **{k: v for k, v in history[-1].items()
-                                                                               if k != "epoch"}}
-    return {"suite": "notebook", "spec": spec, "spec_fields": fields, "seed": seed, "order": order,
-            "notebook": 0.7, "settings": settings, "settings_hash": f"{order}{seed}".ljust(16, "0"),
-            "metrics": metrics, "history": history, "wall_time_s": 60.0, "train_images": 45000,
-            "val_images": 5000, "test_images": 10000}
+    history = [
+        {
+            "epoch": e,
+            "train/acc": 0.5 + 0.1 * e + seed / 100,
+            "train/loss": 1.5 - 0.2 * e,
+            "val/acc": 0.45 + 0.05 * e + seed / 100,
+            "val/loss": 1.6 - 0.1 * e,
+            "train/penalty": 0.0,
+        }
+        for e in range(EPOCHS)
+    ]
+    settings = {
+        "batch_size": 128,
+        "data_parallel": 1,
+        "epochs": EPOCHS,
+        "limit_train": None,
+        "lr": 0.001,
+        "lr_decay": 1e-06,
+        "precision": "32-true",
+        "seed": seed,
+        "spec": spec,
+        "split_seed": 0,
+        "val_size": 5000,
+    }
+    metrics = {
+        "test/acc": 0.5 + seed / 100 + order / 10,
+        "test/loss": 1.4,
+        **{k: v for k, v in history[-1].items() if k != "epoch"},
+    }
+    return {
+        "suite": "notebook",
+        "spec": spec,
+        "spec_fields": fields,
+        "seed": seed,
+        "order": order,
+        "notebook": 0.7,
+        "settings": settings,
+        "settings_hash": f"{order}{seed}".ljust(16, "0"),
+        "metrics": metrics,
+        "history": history,
+        "wall_time_s": 60.0,
+        "train_images": 45000,
+        "val_images": 5000,
+        "test_images": 10000,
+    }
 
 
 def write_old_trial(folder: Path, result: dict, png: bytes) -> None:
     folder.mkdir(parents=True)
     (folder / RESULT_FILE).write_text(json.dumps(result))
-    fit = [(351 * (e + 1), board.scalar_summary({"val/acc": h["val/acc"], "epoch": float(e)}))
-           for e, h in enumerate(result["history"])]
-    histograms = [(e, summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-        tag="weights/backbone.hidden", histo=summary_pb2.HistogramProto(
-            min=-1, max=1, num=4, sum=0, sum_squares=2, bucket_limit=[0, 1], bucket=[2, 2]))]))
-        for e in range(EPOCHS)]
+    fit = [
+        (351 * (e + 1), board.scalar_summary({"val/acc": h["val/acc"], "epoch": float(e)}))
+        for e, h in enumerate(result["history"])
+    ]
+    histograms = [
+        (
+            e,
+            summary_pb2.Summary(
+                value=[
+                    summary_pb2.Summary.Value(
+                        tag="weights/backbone.hidden",
+                        histo=summary_pb2.HistogramProto(
+                            min=-1, max=1, num=4, sum=0, sum_squares=2, bucket_limit=[0, 1], bucket=[2, 2]
+                        ),
+                    )
+                ]
+            ),
+        )
+        for e in range(EPOCHS)
+    ]
     image = [(0, board.image_summary("data/one_training_image_per_class", png))]
     old_hparams = {"spec_name": result["spec"], "seed": float(result["seed"]), "batchnorm": 1.0}
     session = [(0, hp.hparams_pb(old_hparams, trial_id=str(folder), start_time_secs=1.0))]
     board.write_events(folder, [*fit, *histograms, *image], clock=lambda step: 1000.0 + step)
-    board.write_events(folder, [(352 * EPOCHS, board.scalar_summary({"test/acc": result["metrics"]["test/acc"]})),
-                                *session], clock=lambda step: 2000.0)
+    board.write_events(
+        folder,
+        [(352 * EPOCHS, board.scalar_summary({"test/acc": result["metrics"]["test/acc"]})), *session],
+        clock=lambda step: 2000.0,
+    )
 
 
 @pytest.fixture
@@ -82,12 +139,14 @@ def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
     assert [e.step for e in run.Scalars("val/acc")] == [1, 2] and [e.step for e in run.Scalars("test/acc")] == [2]
     assert [e.step for e in run.Scalars("accuracy/val")] == [1, 2] and "epoch" not in tags["scalars"]
     result = json.loads((trial / RESULT_FILE).read_text())
-    assert run.Scalars(board.GAP)[-1].value == pytest.approx(result["metrics"]["train/acc"]
-                                                             - result["metrics"]["val/acc"])
+    assert run.Scalars(board.GAP)[-1].value == pytest.approx(
+        result["metrics"]["train/acc"] - result["metrics"]["val/acc"]
+    )
     assert [e.step for e in run.Histograms("weights/backbone.hidden")] == [1, 2]  # were 0, 1
     assert tags["images"] == []
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        run.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
     assert start.hparams["spec"].string_value == "pixel+bn" and start.hparams["spec/batchnorm"].bool_value
     assert "spec_name" not in start.hparams and start.group_name == "02 s1 notebook"
     assert len(list(trial.glob("*tfevents*"))) == 2  # the old files are gone
@@ -95,7 +154,8 @@ def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
     assert samples.Tags()["images"] == [board.SAMPLES_TAG]  # the old per-trial image, once per suite
     record = accumulate(old_suite / "_hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        record.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+        record.PluginTagToContent("hparams")["_hparams_/experiment"]
+    ).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "val/acc", "test/loss", board.GAP]
     mean = accumulate(old_suite / "_by_spec" / "pixel+bn")
     assert mean.Scalars("test/acc")[0].value == pytest.approx(0.5 + 0.005 + 0.1)
@@ -113,8 +173,9 @@ def test_a_running_trial_is_left_alone(old_suite: Path, capsys):
     assert "3 trials rebuilt" in out and "pixel/seed=0 (running" in out
 
 
-@pytest.mark.parametrize("args", [["rebuild"], ["rebuild", "nowhere"], ["rebuild", "."], ["rebuild", "{suite}",
-                                                                                       "--data-dir", "nowhere"]])
+@pytest.mark.parametrize(
+    "args", [["rebuild"], ["rebuild", "nowhere"], ["rebuild", "."], ["rebuild", "{suite}", "--data-dir", "nowhere"]]
+)
 def test_bad_arguments_exit_2(old_suite: Path, args: list[str], capsys):
     with pytest.raises(SystemExit) as exit_:
         main([a.format(suite=old_suite) for a in args])

@@ -25,8 +25,7 @@ from tests.synthetic import write_synthetic_cifar
 
 
 def sweep_command(data_dir: Path, logdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir", str(logdir), *TINY,
-            *args]
+    return [sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir", str(logdir), *TINY, *args]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +54,9 @@ def test_same_seed_gives_identical_metrics(reference, cifar_dir, tmp_path):
 def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir, tmp_path):
     logdir, args = reference
     command = sweep_command(cifar_dir, tmp_path, *args, "--parallel", "1")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     second = tmp_path / "notebook/pixel+dropout=0.25/seed=1"
     wait_until(lambda: any(second.glob("events.out.tfevents.*")) and results(tmp_path), "trial 2 to start", sweep)
     os.killpg(sweep.pid, signal.SIGKILL)  # most likely while trial 2 trains; the checks hold wherever it lands
@@ -85,8 +85,9 @@ def test_sigterm_stops_the_sweep_and_exits_143(cifar_dir, tmp_path, parallel):
     """SIGTERM (a SLURM time limit, `kill`) mid-trial: no new trial starts, no half-written result, the finished
     trials are listed and the exit status is 143; with workers, none is left running."""
     command = sweep_command(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1,2,3", "--parallel", parallel)
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
     def started() -> list[str]:
         return sorted({p.parent.name for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*")})
@@ -122,6 +123,7 @@ def test_a_full_disk_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
 
 def test_a_trial_whose_result_cannot_be_written_fails_cleanly(tmp_path, monkeypatch):
     """Training finished but the disk is full: the trial is failed (not counted), and leaves no file behind."""
+
     def full_disk(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -136,8 +138,9 @@ def test_a_trial_whose_result_cannot_be_written_fails_cleanly(tmp_path, monkeypa
 @pytest.mark.slow
 def test_concurrent_sweeps_run_each_trial_once(cifar_dir, tmp_path):
     command = sweep_command(cifar_dir, tmp_path, "--only", "baseline", "pixel", "--seeds", "0,1")
-    sweeps = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
+    sweeps = [
+        subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [s.communicate(timeout=300) for s in sweeps]
     assert all(s.returncode == 0 for s in sweeps), [err[-2000:] for _, err in outputs]
     trained = [int(re.search(r"(\d+) trained, \d+ already done", err).group(1)) for _, err in outputs]
@@ -149,14 +152,23 @@ def test_concurrent_sweeps_run_each_trial_once(cifar_dir, tmp_path):
 
 
 def test_lock_is_released_when_its_holder_dies(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import time
 from pathlib import Path
 from ablations.store import folder_lock
 with folder_lock(Path({str(tmp_path)!r})) as locked:
     print(locked, flush=True)
     time.sleep(3600)  # until killed
-"""], cwd=REPO, stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "True"
     with folder_lock(tmp_path) as locked:
         assert locked is False
@@ -234,22 +246,29 @@ BAD_CLI_INPUT = [  # (arguments, what the message must say); every one exits 2 b
     (["--lr-decay", "inf"], "--lr-decay: inf must be a finite number >= 0"),
     (["--val-size", "0"], "--val-size: 0 must be >= 1: every trial reports its accuracy on held-out"),
     (["--val-size", "100000"], "val_size=100000 leaves no training images"),
-    (["--accelerator", "nonsense"], "--accelerator nonsense --devices 1 --strategy auto: You selected an invalid "
-                                    "accelerator name"),
+    (
+        ["--accelerator", "nonsense"],
+        "--accelerator nonsense --devices 1 --strategy auto: You selected an invalid accelerator name",
+    ),
     (["--strategy", "nonsense"], "--strategy: invalid choice: 'nonsense'"),
     (["--num-nodes", "2"], "--num-nodes 2 needs --strategy ddp"),
     (["--suite", "{escaping_yaml}"], "name '../../x' must be one folder name"),
     (["--suite", "{wordy_notebook_yaml}"], "notebook='high' for spec 'pixel' must be a number in [0, 1]"),
-    pytest.param(["--accelerator", "gpu"], "--accelerator gpu --devices 1 --strategy auto: ",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
-    pytest.param(["--devices", "4"], "--devices 4: without --strategy it is how many GPUs the trials are spread over",
-                 marks=pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has 4 GPUs")),
+    pytest.param(
+        ["--accelerator", "gpu"],
+        "--accelerator gpu --devices 1 --strategy auto: ",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+    ),
+    pytest.param(
+        ["--devices", "4"],
+        "--devices 4: without --strategy it is how many GPUs the trials are spread over",
+        marks=pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has 4 GPUs"),
+    ),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_CLI_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_input_exits_2_with_a_message_and_writes_no_trial(args, message, broken_data, cifar_dir, tmp_path,
-                                                              capsys):
+def test_bad_input_exits_2_with_a_message_and_writes_no_trial(args, message, broken_data, cifar_dir, tmp_path, capsys):
     suites = {}
     for name, text in SUITE_FILES.items():
         suites[name] = tmp_path / f"{name}.yaml"
@@ -265,19 +284,33 @@ def test_bad_input_exits_2_with_a_message_and_writes_no_trial(args, message, bro
     assert not [p for p in logdir.rglob("*") if p.is_dir()] if logdir.exists() else True
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RegularizationSpec.parse("l1=x"),
-    lambda: RegularizationSpec(dropout=1.0),
-    lambda: RegularizationSpec(normalize="zca"),
-    lambda: RegularizedClassifier("pixel+pixel"),
-    lambda: CIFAR10DataModule("x", batch_size=0),
-    lambda: CIFAR10DataModule("x", limit_train=-1),
-    lambda: CIFAR10DataModule("x", normalize="global"),
-    lambda: TrainSettings(epochs=0),
-    lambda: TrainSettings(seeds=()),
-    lambda: load_suite("nope"),
-], ids=["spec-number", "dropout", "normalize", "module-spec", "batch-size", "limit-train", "dm-normalize",
-        "epochs", "seeds", "suite"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RegularizationSpec.parse("l1=x"),
+        lambda: RegularizationSpec(dropout=1.0),
+        lambda: RegularizationSpec(normalize="zca"),
+        lambda: RegularizedClassifier("pixel+pixel"),
+        lambda: CIFAR10DataModule("x", batch_size=0),
+        lambda: CIFAR10DataModule("x", limit_train=-1),
+        lambda: CIFAR10DataModule("x", normalize="global"),
+        lambda: TrainSettings(epochs=0),
+        lambda: TrainSettings(seeds=()),
+        lambda: load_suite("nope"),
+    ],
+    ids=[
+        "spec-number",
+        "dropout",
+        "normalize",
+        "module-spec",
+        "batch-size",
+        "limit-train",
+        "dm-normalize",
+        "epochs",
+        "seeds",
+        "suite",
+    ],
+)
 def test_bad_input_from_the_api_is_a_value_error(make):
     with pytest.raises(ValueError):
         make()
@@ -299,8 +332,13 @@ def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
     gc.disable()  # only run_trial's own collection may free the cycles
     try:
         for seed in (0, 1):
-            trial = Trial("mem", RegularizationSpec.parse("pixel"), seed, TrainSettings(
-                epochs=1, seeds=(seed,), val_size=100, batch_size=64), order=0)
+            trial = Trial(
+                "mem",
+                RegularizationSpec.parse("pixel"),
+                seed,
+                TrainSettings(epochs=1, seeds=(seed,), val_size=100, batch_size=64),
+                order=0,
+            )
             assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"
             assert not [o for o in gc.get_objects() if isinstance(o, RegularizedClassifier)]
     finally:

@@ -19,19 +19,50 @@ from lit_cifar.spec import RegularizationSpec
 from tests.helpers import REPO
 
 
-def fake_result(suite: str, spec: RegularizationSpec, seed: int, test_acc: float, order: int = 0,
-                **extra: object) -> dict:
+def fake_result(
+    suite: str, spec: RegularizationSpec, seed: int, test_acc: float, order: int = 0, **extra: object
+) -> dict:
     """A result.json as `ablations.trial` writes it, with the given test accuracy (other metrics follow it)."""
-    settings = {"spec": str(spec), "seed": seed, "data_parallel": 1, "epochs": 2, "batch_size": 128,
-                "val_size": 500, "split_seed": 0, "limit_train": 1000, "lr": 0.001, "lr_decay": 1e-6,
-                "precision": "32-true"}
-    metrics = {"train/loss": 1.0 - test_acc, "train/acc": test_acc + 0.1, "val/loss": 1.1 - test_acc,
-               "val/acc": test_acc - 0.01, "test/loss": 1.2 - test_acc, "test/acc": test_acc}
+    settings = {
+        "spec": str(spec),
+        "seed": seed,
+        "data_parallel": 1,
+        "epochs": 2,
+        "batch_size": 128,
+        "val_size": 500,
+        "split_seed": 0,
+        "limit_train": 1000,
+        "lr": 0.001,
+        "lr_decay": 1e-6,
+        "precision": "32-true",
+    }
+    metrics = {
+        "train/loss": 1.0 - test_acc,
+        "train/acc": test_acc + 0.1,
+        "val/loss": 1.1 - test_acc,
+        "val/acc": test_acc - 0.01,
+        "test/loss": 1.2 - test_acc,
+        "test/acc": test_acc,
+    }
     history = [{"epoch": 0, "val/acc": test_acc / 2}, {"epoch": 1, "val/acc": test_acc - 0.01}]
-    return {"suite": suite, "spec": str(spec), "spec_fields": spec.to_dict(), "seed": seed, "order": order,
-            "notebook": None, "settings": settings, "settings_hash": f"{order:08d}{seed:08d}", "metrics": metrics,
-            "history": history, "wall_time_s": 10.0, "train_images": 1000, "val_images": 500,
-            "test_images": 10000, "environment": {"cpu_threads": 2}, **extra}
+    return {
+        "suite": suite,
+        "spec": str(spec),
+        "spec_fields": spec.to_dict(),
+        "seed": seed,
+        "order": order,
+        "notebook": None,
+        "settings": settings,
+        "settings_hash": f"{order:08d}{seed:08d}",
+        "metrics": metrics,
+        "history": history,
+        "wall_time_s": 10.0,
+        "train_images": 1000,
+        "val_images": 500,
+        "test_images": 10000,
+        "environment": {"cpu_threads": 2},
+        **extra,
+    }
 
 
 def write_results(suite_dir: Path, results: list[dict]) -> None:
@@ -55,8 +86,16 @@ def notebookish(tmp_path: Path) -> Path:
         results += [fake_result("demo", spec, seed, mean + SPREAD[(seed + order) % 3], order) for seed in range(3)]
     pixel = [r for r in results if r["spec"] == "pixel"]
     maxnorm = RegularizationSpec.parse("pixel+maxnorm=3")
-    results += [{**r, "spec": str(maxnorm), "spec_fields": maxnorm.to_dict(), "order": 9,
-                 "history": [{**e, "train/maxnorm_rescaled": 0.0} for e in r["history"]]} for r in pixel]
+    results += [
+        {
+            **r,
+            "spec": str(maxnorm),
+            "spec_fields": maxnorm.to_dict(),
+            "order": 9,
+            "history": [{**e, "train/maxnorm_rescaled": 0.0} for e in r["history"]],
+        }
+        for r in pixel
+    ]
     write_results(suite_dir, results)
     return suite_dir
 
@@ -79,8 +118,10 @@ def test_identical_specs_are_flagged_with_the_reason(notebookish: Path):
     write_report(notebookish)
     text = (notebookish / "results.md").read_text()
     assert "| pixel+maxnorm=3 (= pixel) | 3 |" in text
-    assert ("`pixel+maxnorm=3` gave exactly the numbers of `pixel` for every seed: the max-norm cap (3.0) never "
-            "rescaled a row (train/maxnorm_rescaled = 0 in every epoch)") in text
+    assert (
+        "`pixel+maxnorm=3` gave exactly the numbers of `pixel` for every seed: the max-norm cap (3.0) never "
+        "rescaled a row (train/maxnorm_rescaled = 0 in every epoch)"
+    ) in text
     rows = {r["spec"]: r for r in csv.DictReader(open(notebookish / "results.csv"))}
     assert rows["pixel+maxnorm=3"]["identical_to"] == "pixel" and rows["pixel+bn"]["identical_to"] == ""
 
@@ -91,14 +132,21 @@ def test_reference_is_settable_and_an_unknown_one_exits_2(notebookish: Path, cap
     with pytest.raises(SystemExit) as stop:
         main([str(notebookish), "--reference", "pixle"])
     assert stop.value.code == 2
-    assert "--reference 'pixle' is not a spec of these results; choose one of baseline, pixel" in \
-        capsys.readouterr().err
+    assert (
+        "--reference 'pixle' is not a spec of these results; choose one of baseline, pixel" in capsys.readouterr().err
+    )
 
 
 def test_without_pixel_the_first_spec_is_the_reference(tmp_path: Path):
     suite_dir = tmp_path / "nopixel"
-    write_results(suite_dir, [fake_result("nopixel", RegularizationSpec.parse(s), seed, 0.3 + 0.01 * seed, i)
-                              for i, s in enumerate(["channel", "channel+bn"]) for seed in (0, 1)])
+    write_results(
+        suite_dir,
+        [
+            fake_result("nopixel", RegularizationSpec.parse(s), seed, 0.3 + 0.01 * seed, i)
+            for i, s in enumerate(["channel", "channel+bn"])
+            for seed in (0, 1)
+        ],
+    )
     write_report(suite_dir)
     text = (suite_dir / "results.md").read_text()
     assert "vs channel |" in text and "reference spec: channel (the default, pixel, is not in these results)" in text
@@ -107,10 +155,14 @@ def test_without_pixel_the_first_spec_is_the_reference(tmp_path: Path):
 def test_mixed_code_versions_and_thread_counts_are_noted(tmp_path: Path):
     suite_dir = tmp_path / "mixed"
     spec = RegularizationSpec.parse("pixel")
-    write_results(suite_dir, [
-        fake_result("mixed", spec, 0, 0.5, environment={"cpu_threads": 2, "code_version": "0.1.0"}),
-        fake_result("mixed", spec, 1, 0.5, environment={"cpu_threads": 8, "code_version": "0.2.0"}),
-        fake_result("mixed", spec, 2, 0.5, environment={"cpu_threads": 8})])  # older code: no code_version
+    write_results(
+        suite_dir,
+        [
+            fake_result("mixed", spec, 0, 0.5, environment={"cpu_threads": 2, "code_version": "0.1.0"}),
+            fake_result("mixed", spec, 1, 0.5, environment={"cpu_threads": 8, "code_version": "0.2.0"}),
+            fake_result("mixed", spec, 2, 0.5, environment={"cpu_threads": 8}),
+        ],
+    )  # older code: no code_version
     write_report(suite_dir)
     text = (suite_dir / "results.md").read_text()
     assert "the results mix code versions: 0.1.0 (1 trials), 0.2.0 (1 trials)" in text
@@ -151,16 +203,18 @@ def test_factorial_suite_gets_an_effects_table_csv_and_chart(fullish: Path):
 
 def test_a_suite_of_chosen_specs_has_no_effects_table(notebookish: Path):
     write_report(notebookish)
-    assert "Not estimated: the specs cover 5 of the 16 combinations of" in \
-        (notebookish / "results.md").read_text()
+    assert "Not estimated: the specs cover 5 of the 16 combinations of" in (notebookish / "results.md").read_text()
     assert not (notebookish / "effects.csv").exists() and not (notebookish / "effects.png").exists()
 
 
 def test_results_without_newer_fields_still_report(tmp_path: Path):
     """Older result.json files lack spec_fields, environment and history entries: the report copes."""
     suite_dir = tmp_path / "old"
-    old = [fake_result("old", RegularizationSpec.parse(s), seed, 0.4 + 0.01 * seed + 0.1 * i, i)
-           for i, s in enumerate(["baseline", "pixel"]) for seed in (0, 1)]
+    old = [
+        fake_result("old", RegularizationSpec.parse(s), seed, 0.4 + 0.01 * seed + 0.1 * i, i)
+        for i, s in enumerate(["baseline", "pixel"])
+        for seed in (0, 1)
+    ]
     for result in old:
         del result["spec_fields"], result["environment"]
     write_results(suite_dir, old)
@@ -168,8 +222,10 @@ def test_results_without_newer_fields_still_report(tmp_path: Path):
 
 
 def test_report_imports_neither_torch_nor_pyplot(fullish: Path):
-    code = ("import sys; from ablations.report import write_report; write_report(sys.argv[1]); "
-            "assert 'torch' not in sys.modules, 'torch'; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot'")
+    code = (
+        "import sys; from ablations.report import write_report; write_report(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, 'torch'; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot'"
+    )
     done = subprocess.run([sys.executable, "-c", code, str(fullish)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -208,10 +264,10 @@ def test_compare_pairs_two_runs_of_a_suite_and_measures_the_paired_difference(tm
         for seed in range(3):
             base = mean + 0.02 * (seed - 1)
             a_results.append(fake_result("s", spec, seed, base, order, train_images_per_s=600.0))
-            b_results.append(fake_result("s", spec, seed, base + 0.01 + noise[(order + seed) % 5], order,
-                                         train_images_per_s=1200.0))
-    b_results.append(fake_result("s", RegularizationSpec.parse("pixel+dropout=0.5"), 0, 0.4, 9,
-                                 train_images_per_s=1.0))
+            b_results.append(
+                fake_result("s", spec, seed, base + 0.01 + noise[(order + seed) % 5], order, train_images_per_s=1200.0)
+            )
+    b_results.append(fake_result("s", RegularizationSpec.parse("pixel+dropout=0.5"), 0, 0.4, 9, train_images_per_s=1.0))
     write_results(tmp_path / "fp32" / "s", a_results)
     write_results(tmp_path / "bf16" / "s", b_results)
     pairs = compare.pair_specs(tmp_path / "fp32" / "s", tmp_path / "bf16" / "s")
@@ -232,8 +288,10 @@ def test_compare_refuses_missing_folders_and_disjoint_runs(tmp_path: Path, capsy
 
     write_results(tmp_path / "a" / "s", [fake_result("s", RegularizationSpec.parse("pixel"), 0, 0.5)])
     write_results(tmp_path / "b" / "s", [fake_result("s", RegularizationSpec.parse("baseline"), 0, 0.2)])
-    for argv, message in [([str(tmp_path / "a" / "s"), str(tmp_path / "nowhere")], "nowhere is not a folder"),
-                          ([str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s")], "share no spec with results")]:
+    for argv, message in [
+        ([str(tmp_path / "a" / "s"), str(tmp_path / "nowhere")], "nowhere is not a folder"),
+        ([str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s")], "share no spec with results"),
+    ]:
         with pytest.raises(SystemExit) as stopped:
             compare.main(argv)
         assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -80,8 +80,14 @@ def datamodule(data_dir: Path, spec: str = SPEC, cls: type = CIFAR10DataModule, 
 
 
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False)
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return pl.Trainer(**{**options, **kwargs})
 
 
@@ -120,8 +126,16 @@ def fitted(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/acc", mode="max", save_last=True)
     stopper = EarlyStopping(monitor="val/acc", mode="max", patience=5)
     loggers = (TensorBoardLogger(root, name="tb"), CSVLogger(root, name="csv"))
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=list(loggers), log_every_n_steps=1,
-                         callbacks=[checkpoints, stopper], enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        devices=1,
+        logger=list(loggers),
+        log_every_n_steps=1,
+        callbacks=[checkpoints, stopper],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     dm = datamodule(cifar_dir, cls=NoisyCIFAR, limit_train=128)
     trainer.fit(model, datamodule=dm)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -169,30 +183,61 @@ def test_a_checkpoint_alone_predicts_raw_images_as_the_model_in_memory(fitted: F
 @pytest.mark.slow  # bf16 convolutions on a CPU
 def test_bf16_mixed_with_gradient_clipping(cifar_dir: Path) -> None:
     model = RegularizedClassifier(SPEC, backbone=RegularizedResNet())
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, precision="bf16-mixed",
-                            gradient_clip_val=1.0)
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, precision="bf16-mixed", gradient_clip_val=1.0
+    )
     trainer.fit(model, datamodule=datamodule(cifar_dir))
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
 # --------------------------------------------------------------------------------------- Lightning's own CLI
 @pytest.mark.slow
-def test_generic_lightning_cli_fits_then_tests_from_the_checkpoint(cifar_dir: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generic_lightning_cli_fits_then_tests_from_the_checkpoint(
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``LightningCLI(subclass_mode_model=True)`` with ``class_path: lit_cifar.RegularizedClassifier``: the
     checkpoint's hyperparameters parse back (they once failed to)."""
     monkeypatch.setattr("sys.argv", ["project"])
-    common = ["--model", "lit_cifar.RegularizedClassifier", "--data.data_dir", str(cifar_dir),
-              "--data.normalize", "pixel", "--data.val_size", "100", "--data.batch_size", "64",
-              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-              "--trainer.default_root_dir", str(tmp_path)]
-    fit = LightningCLI(datamodule_class=CIFAR10DataModule, subclass_mode_model=True,
-                       save_config_kwargs={"overwrite": True},
-                       args=["fit", *common, "--model.spec", "pixel+l2=0.001", "--data.limit_train", "128",
-                             "--trainer.max_epochs", "1"])
+    common = [
+        "--model",
+        "lit_cifar.RegularizedClassifier",
+        "--data.data_dir",
+        str(cifar_dir),
+        "--data.normalize",
+        "pixel",
+        "--data.val_size",
+        "100",
+        "--data.batch_size",
+        "64",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    fit = LightningCLI(
+        datamodule_class=CIFAR10DataModule,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        args=[
+            "fit",
+            *common,
+            "--model.spec",
+            "pixel+l2=0.001",
+            "--data.limit_train",
+            "128",
+            "--trainer.max_epochs",
+            "1",
+        ],
+    )
     (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
-    test = LightningCLI(datamodule_class=CIFAR10DataModule, subclass_mode_model=True,
-                        save_config_kwargs={"overwrite": True}, args=["test", *common, "--ckpt_path", str(checkpoint)])
+    test = LightningCLI(
+        datamodule_class=CIFAR10DataModule,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        args=["test", *common, "--ckpt_path", str(checkpoint)],
+    )
     assert test.model.spec == fit.model.spec and test.model.spec.l2 == 0.001
     assert "test/acc" in test.trainer.callback_metrics
 
@@ -204,8 +249,9 @@ class CountImages(Callback):
     def __init__(self, path: Path) -> None:
         self.path, self.count = path, 0
 
-    def on_test_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self.count += len(batch[1])
 
     def on_test_end(self, trainer: pl.Trainer, module: Any) -> None:

@@ -29,7 +29,11 @@ def fake_trials(n: int = 3) -> list[Trial]:
 # ------------------------------------------------------------------------------------------- slots, Ray seam
 def test_each_local_worker_gets_its_own_gpu_slot_and_thread_share():
     assert [(s.cuda_visible_devices, s.threads) for s in worker_slots(4, gpus=4, cpus=16)] == [
-        ("0", 4), ("1", 4), ("2", 4), ("3", 4)]
+        ("0", 4),
+        ("1", 4),
+        ("2", 4),
+        ("3", 4),
+    ]
     assert [s.cuda_visible_devices for s in worker_slots(4, gpus=2, cpus=16)] == ["0", "1", "0", "1"]  # packed
     # GPUs numbered as the parent sees them (e.g. SLURM set CUDA_VISIBLE_DEVICES=3,5)
     assert [s.cuda_visible_devices for s in worker_slots(2, gpus=2, cpus=2, visible="3,5")] == ["3", "5"]
@@ -49,9 +53,16 @@ def fake_ray(monkeypatch):
     calls = []
 
     def run_trials_ray(trials, options, *, address, gpus_per_trial, cpus_per_trial, max_retries):
-        calls.append({"trials": [t.name for t in trials], "logdir": options.logdir, "address": address,
-                      "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial,
-                      "max_retries": max_retries})
+        calls.append(
+            {
+                "trials": [t.name for t in trials],
+                "logdir": options.logdir,
+                "address": address,
+                "gpus_per_trial": gpus_per_trial,
+                "cpus_per_trial": cpus_per_trial,
+                "max_retries": max_retries,
+            }
+        )
         return [{"trial": t.name, "status": "failed", "error": "not really run"} for t in trials]
 
     from ablations.engines import ray as ray_engine
@@ -62,22 +73,52 @@ def fake_ray(monkeypatch):
     return calls
 
 
-def test_engine_ray_hands_the_trials_and_resources_to_run_trials_ray(fake_ray, monkeypatch, tmp_path, cifar_dir,
-                                                                     capsys):
+def test_engine_ray_hands_the_trials_and_resources_to_run_trials_ray(
+    fake_ray, monkeypatch, tmp_path, cifar_dir, capsys
+):
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    status = main(["--engine", "ray", "--parallel", "2", "--max-retries", "5", "--only", "baseline", "--seeds",
-                   "0,1", "--logdir", str(tmp_path), "--data-dir", str(cifar_dir), "--accelerator", "cpu", *TINY])
+    status = main(
+        [
+            "--engine",
+            "ray",
+            "--parallel",
+            "2",
+            "--max-retries",
+            "5",
+            "--only",
+            "baseline",
+            "--seeds",
+            "0,1",
+            "--logdir",
+            str(tmp_path),
+            "--data-dir",
+            str(cifar_dir),
+            "--accelerator",
+            "cpu",
+            *TINY,
+        ]
+    )
     assert status == 1 and "FAILED baseline/seed=1: not really run" in capsys.readouterr().err
-    assert fake_ray == [{"trials": ["baseline/seed=0", "baseline/seed=1"], "logdir": str(tmp_path),
-                         "address": "ray://head:10001", "gpus_per_trial": 0.0,
-                         "cpus_per_trial": (os.cpu_count() or 1) / 2, "max_retries": 5}]
+    assert fake_ray == [
+        {
+            "trials": ["baseline/seed=0", "baseline/seed=1"],
+            "logdir": str(tmp_path),
+            "address": "ray://head:10001",
+            "gpus_per_trial": 0.0,
+            "cpus_per_trial": (os.cpu_count() or 1) / 2,
+            "max_retries": 5,
+        }
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--strategy", "ddp"], "is not supported with it. Use --engine local"),
-    (["--engine", "spark"], "invalid choice: 'spark'"),
-    (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "ddp"], "is not supported with it. Use --engine local"),
+        (["--engine", "spark"], "invalid choice: 'spark'"),
+        (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
+    ],
+)
 def test_engine_ray_flags_that_cannot_work_exit_2(fake_ray, args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["--engine", "ray", *args, "--logdir", str(tmp_path), "--dry-run"])
@@ -94,8 +135,13 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch, ca
 # ------------------------------------------------------------------------------------ local worker processes
 def test_workers_run_in_their_slots(tmp_path):
     options = RunOptions(logdir=str(tmp_path))
-    statuses = run_local(fake_trials(), options, fakes.finish, Progress(fake_trials(), show=False),
-                         worker_slots(2, gpus=2, cpus=4, visible="6,7"))
+    statuses = run_local(
+        fake_trials(),
+        options,
+        fakes.finish,
+        Progress(fake_trials(), show=False),
+        worker_slots(2, gpus=2, cpus=4, visible="6,7"),
+    )
     assert [s["status"] for s in statuses] == ["done"] * 3
     seen = [json.loads(p.read_text()) for p in tmp_path.glob(f"fake/*/*/{RESULT_FILE}")]
     assert {r["cuda"] for r in seen} == {"6", "7"} and {r["threads"] for r in seen} == {"2"}
@@ -104,8 +150,13 @@ def test_workers_run_in_their_slots(tmp_path):
 def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     """The OOM killer or a segfault ends a worker: its trial is failed with the signal, a new worker takes over."""
     options = RunOptions(logdir=str(tmp_path))
-    statuses = run_local(fake_trials(4), options, fakes.die_on_seed_1, Progress(fake_trials(4), show=False),
-                         worker_slots(2, gpus=0, cpus=2))
+    statuses = run_local(
+        fake_trials(4),
+        options,
+        fakes.die_on_seed_1,
+        Progress(fake_trials(4), show=False),
+        worker_slots(2, gpus=0, cpus=2),
+    )
     assert [s["status"] for s in statuses] == ["done", "failed", "done", "done"]
     assert "killed by SIGKILL" in statuses[1]["error"]
     error = json.loads((tmp_path / "fake/baseline/seed=1" / ERROR_FILE).read_text())
@@ -115,17 +166,23 @@ def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
 
 def started(logdir: Path) -> dict[int, int]:
     """{seed: pid of the worker} of every fake trial that started."""
-    return {int(p.name.split("-")[1]): int(p.read_text()) for p in logdir.glob("fake/*/*/started-*")
-            if p.read_text()}
+    return {int(p.name.split("-")[1]): int(p.read_text()) for p in logdir.glob("fake/*/*/started-*") if p.read_text()}
 
 
-@pytest.mark.parametrize("how, status", [("SIGTERM to the main process", 143), ("Ctrl-C (SIGINT to the group)", 130),
-                                         ("SIGKILL to the main process", -9)])
+@pytest.mark.parametrize(
+    "how, status",
+    [("SIGTERM to the main process", 143), ("Ctrl-C (SIGINT to the group)", 130), ("SIGKILL to the main process", -9)],
+)
 def test_stopping_the_main_process_stops_its_workers_and_starts_no_new_trial(tmp_path, how, status):
     """Two workers each block in a trial; a third trial waits. However the main process is stopped, the workers end
     (with it, or with their parent under kill -9) and the waiting trial never starts."""
-    sweep = subprocess.Popen([sys.executable, "-m", "tests.fakes", str(tmp_path), "2"], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes", str(tmp_path), "2"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     wait_until(lambda: len(started(tmp_path)) == 2, "both workers started a trial", sweep)
     workers = started(tmp_path)
     if how.startswith("Ctrl-C"):
@@ -143,16 +200,35 @@ def test_stopping_the_main_process_stops_its_workers_and_starts_no_new_trial(tmp
 
 # ------------------------------------------------------------------------------------------- DDP sweeps
 def ddp_command(data_dir: Path, logdir: Path) -> list[str]:
-    return [sys.executable, "-m", "ablations.run", "--data-dir", str(data_dir), "--logdir", str(logdir), "--only",
-            "pixel+bn", "--seeds", "0,1,2", "--accelerator", "cpu", "--strategy", "ddp", "--devices", "2", *TINY]
+    return [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        "--data-dir",
+        str(data_dir),
+        "--logdir",
+        str(logdir),
+        "--only",
+        "pixel+bn",
+        "--seeds",
+        "0,1,2",
+        "--accelerator",
+        "cpu",
+        "--strategy",
+        "ddp",
+        "--devices",
+        "2",
+        *TINY,
+    ]
 
 
 @pytest.fixture(scope="module")
 def ddp_reference(tmp_path_factory, cifar_dir):
     """An uninterrupted 2-rank (gloo, CPU) sweep of 3 trials."""
     logdir = tmp_path_factory.mktemp("ddp")
-    done = subprocess.run(ddp_command(cifar_dir, logdir), cwd=REPO, capture_output=True, text=True,
-                          timeout=DEADLINE_S * 2)
+    done = subprocess.run(
+        ddp_command(cifar_dir, logdir), cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S * 2
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return results(logdir)
 
@@ -170,8 +246,9 @@ def test_ddp_on_two_cpu_processes_counts_the_test_set_once(ddp_reference):
 def test_ddp_sweep_killed_after_its_first_trial_resumes_to_the_same_results(ddp_reference, cifar_dir, tmp_path):
     """Every rank takes rank 0's decision: on resume all ranks skip the finished trial and train the same ones."""
     command = ddp_command(cifar_dir, tmp_path)
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     wait_until(lambda: bool(results(tmp_path)), "the first result.json", sweep)
     os.killpg(sweep.pid, signal.SIGKILL)  # rank 0 and the rank it launched
     sweep.wait()
@@ -183,28 +260,36 @@ def test_ddp_sweep_killed_after_its_first_trial_resumes_to_the_same_results(ddp_
     resumed = results(tmp_path)
     assert sorted(resumed) == sorted(ddp_reference)
     for name, result in resumed.items():
-        assert (result["metrics"], result["history"]) == (ddp_reference[name]["metrics"],
-                                                          ddp_reference[name]["history"]), name
+        assert (result["metrics"], result["history"]) == (
+            ddp_reference[name]["metrics"],
+            ddp_reference[name]["history"],
+        ), name
         assert result["world_size"] == 2
 
 
 # ---------------------------------------------------------------------------------------------- gpucheck
 def test_gpucheck_plans_trial_parallel_and_ddp_runs_for_the_gpus_it_finds():
     planned = {row.name: (row.flags, row.trials, row.world_size) for row in gpucheck.rows(gpus=4, tiny=False)}
-    assert planned == {"one at a time": (("--parallel", "1"), 9, 1), "one per GPU": (("--parallel", "4"), 9, 1),
-                       "two per GPU": (("--parallel", "8"), 9, 1),
-                       "DDP, 2 GPUs": (("--only", "pixel", "--strategy", "ddp", "--devices", "2"), 1, 2),
-                       "packed notebook suite": (("--seeds", "0,1,2", "--pack", "auto"), 27, 1),
-                       "packed full grid": (("--suite", "full", "--seeds", "0,1,2", "--pack", "auto"), 288, 1)}
+    assert planned == {
+        "one at a time": (("--parallel", "1"), 9, 1),
+        "one per GPU": (("--parallel", "4"), 9, 1),
+        "two per GPU": (("--parallel", "8"), 9, 1),
+        "DDP, 2 GPUs": (("--only", "pixel", "--strategy", "ddp", "--devices", "2"), 1, 2),
+        "packed notebook suite": (("--seeds", "0,1,2", "--pack", "auto"), 27, 1),
+        "packed full grid": (("--suite", "full", "--seeds", "0,1,2", "--pack", "auto"), 288, 1),
+    }
 
 
 @pytest.mark.slow
 def test_gpucheck_runs_tiny_on_cpu(capsys):
     assert gpucheck.main(["--tiny", "--accelerator", "cpu"]) == 0
     table = capsys.readouterr().out
-    for row in ("| one at a time | `--only baseline pixel --parallel 1` | 2 |",
-                "| two at a time | `--only baseline pixel --parallel 2` | 2 |", "| DDP, 2 processes |",
-                "| packed notebook suite | `--only baseline pixel --seeds 0,1 --pack 4` | 4 | 4 |",
-                "| packed full grid | `--suite full --only baseline pixel bn pixel+bn --seeds 0,1 --pack 4` | 8 | 4 |"):
+    for row in (
+        "| one at a time | `--only baseline pixel --parallel 1` | 2 |",
+        "| two at a time | `--only baseline pixel --parallel 2` | 2 |",
+        "| DDP, 2 processes |",
+        "| packed notebook suite | `--only baseline pixel --seeds 0,1 --pack 4` | 4 | 4 |",
+        "| packed full grid | `--suite full --only baseline pixel bn pixel+bn --seeds 0,1 --pack 4` | 8 | 4 |",
+    ):
         assert row in table
     assert "NO:" not in table

@@ -41,28 +41,32 @@ def test_parse_of_str_round_trips_for_huge_numbers(spec: Spec) -> None:
     assert Spec.parse(str(spec)) == spec
 
 
-@pytest.mark.parametrize(("text", "canonical"), [
-    ("baseline", "baseline"),
-    (" baseline ", "baseline"),
-    ("dropout=0.25+bn+pixel", "pixel+bn+dropout=0.25"),
-    ("augment+dropout=0.5+maxnorm=3+l2=0.01+l1=0.001+bn+channel",
-     "channel+bn+l1=0.001+l2=0.01+maxnorm=3+dropout=0.5+augment"),
-    ("l2=1", "l2=1"),
-    ("l2=1.0", "l2=1"),
-    ("l2=0.010", "l2=0.01"),
-    ("maxnorm=3.0", "maxnorm=3"),
-    ("l1=1e-5", "l1=1e-05"),
-    ("dropout=0", "baseline"),
-    (" bn + pixel ", "pixel+bn"),
-])
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("baseline", "baseline"),
+        (" baseline ", "baseline"),
+        ("dropout=0.25+bn+pixel", "pixel+bn+dropout=0.25"),
+        (
+            "augment+dropout=0.5+maxnorm=3+l2=0.01+l1=0.001+bn+channel",
+            "channel+bn+l1=0.001+l2=0.01+maxnorm=3+dropout=0.5+augment",
+        ),
+        ("l2=1", "l2=1"),
+        ("l2=1.0", "l2=1"),
+        ("l2=0.010", "l2=0.01"),
+        ("maxnorm=3.0", "maxnorm=3"),
+        ("l1=1e-5", "l1=1e-05"),
+        ("dropout=0", "baseline"),
+        (" bn + pixel ", "pixel+bn"),
+    ],
+)
 def test_str_is_canonical(text: str, canonical: str) -> None:
     assert str(Spec.parse(text)) == canonical
 
 
 def test_parse_sets_every_field() -> None:
     spec = Spec.parse("channel+bn+l1=0.001+l2=0.01+maxnorm=3+dropout=0.5+augment")
-    assert spec == Spec(normalize="channel", batchnorm=True, l1=0.001, l2=0.01, max_norm=3.0, dropout=0.5,
-                        augment=True)
+    assert spec == Spec(normalize="channel", batchnorm=True, l1=0.001, l2=0.01, max_norm=3.0, dropout=0.5, augment=True)
 
 
 def test_integer_and_float_values_give_one_spec() -> None:
@@ -73,17 +77,27 @@ def test_integer_and_float_values_give_one_spec() -> None:
 
 def test_to_dict_has_one_flat_key_per_field() -> None:
     assert Spec.parse("pixel+l2=0.01+maxnorm=3").to_dict() == {
-        "normalize": "pixel", "batchnorm": False, "l1": 0.0, "l2": 0.01, "max_norm": 3.0, "dropout": 0.0,
-        "augment": False}
+        "normalize": "pixel",
+        "batchnorm": False,
+        "l1": 0.0,
+        "l2": 0.01,
+        "max_norm": 3.0,
+        "dropout": 0.0,
+        "augment": False,
+    }
     assert Spec().to_dict()["max_norm"] is None
 
 
-@pytest.mark.parametrize("form", [
-    Spec(normalize="pixel", l2=0.01),
-    "pixel+l2=0.01",
-    {"normalize": "pixel", "l2": 0.01},
-    Spec(normalize="pixel", l2=0.01).to_dict(),
-], ids=["spec", "str", "partial-dict", "to_dict"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        Spec(normalize="pixel", l2=0.01),
+        "pixel+l2=0.01",
+        {"normalize": "pixel", "l2": 0.01},
+        Spec(normalize="pixel", l2=0.01).to_dict(),
+    ],
+    ids=["spec", "str", "partial-dict", "to_dict"],
+)
 def test_coerce_accepts_spec_text_and_dict(form) -> None:
     assert Spec.coerce(form) == Spec(normalize="pixel", l2=0.01)
 
@@ -100,28 +114,31 @@ def test_coerce_rejects_unknown_dict_keys_and_other_types() -> None:
         Spec.coerce(3)
 
 
-@pytest.mark.parametrize(("text", "bad"), [
-    ("pixle", "pixle"),
-    ("bn+batchnorm", "batchnorm"),
-    ("bn=1", "bn=1"),
-    ("l2", "l2"),
-    ("l2=abc", "l2=abc"),
-    ("dropout=", "dropout="),
-    ("dropout=1", "dropout=1"),
-    ("dropout=1.5", "dropout=1.5"),
-    ("dropout=-0.1", "dropout=-0.1"),
-    ("l2=-0.1", "l2=-0.1"),
-    ("l1=inf", "l1=inf"),
-    ("l1=nan", "l1=nan"),
-    ("maxnorm=0", "maxnorm=0"),
-    ("maxnorm=-1", "maxnorm=-1"),
-    ("pixel+channel", "channel"),
-    ("bn+bn", "bn"),
-    ("l2=0.1+l2=0.2", "l2"),
-    ("pixel+baseline", "baseline"),
-    ("", "''"),
-    ("   ", "'   '"),
-])
+@pytest.mark.parametrize(
+    ("text", "bad"),
+    [
+        ("pixle", "pixle"),
+        ("bn+batchnorm", "batchnorm"),
+        ("bn=1", "bn=1"),
+        ("l2", "l2"),
+        ("l2=abc", "l2=abc"),
+        ("dropout=", "dropout="),
+        ("dropout=1", "dropout=1"),
+        ("dropout=1.5", "dropout=1.5"),
+        ("dropout=-0.1", "dropout=-0.1"),
+        ("l2=-0.1", "l2=-0.1"),
+        ("l1=inf", "l1=inf"),
+        ("l1=nan", "l1=nan"),
+        ("maxnorm=0", "maxnorm=0"),
+        ("maxnorm=-1", "maxnorm=-1"),
+        ("pixel+channel", "channel"),
+        ("bn+bn", "bn"),
+        ("l2=0.1+l2=0.2", "l2"),
+        ("pixel+baseline", "baseline"),
+        ("", "''"),
+        ("   ", "'   '"),
+    ],
+)
 def test_bad_spec_raises_value_error_naming_the_token(text: str, bad: str) -> None:
     with pytest.raises(ValueError) as error:
         Spec.parse(text)
@@ -150,8 +167,10 @@ def test_spec_is_frozen_and_hashable() -> None:
     assert {spec: 1}[Spec.parse("l2=0.01")] == 1
 
 
-@pytest.mark.parametrize("fields", [{"batchnorm": "no"}, {"augment": 1}, {"l2": "0.1"}, {"dropout": True},
-                                    {"max_norm": "3"}, {"normalize": 1}])
+@pytest.mark.parametrize(
+    "fields",
+    [{"batchnorm": "no"}, {"augment": 1}, {"l2": "0.1"}, {"dropout": True}, {"max_norm": "3"}, {"normalize": 1}],
+)
 def test_constructor_rejects_fields_of_the_wrong_type(fields: dict) -> None:
     """``batchnorm="no"`` once turned BatchNorm on (a non-empty string is truthy)."""
     with pytest.raises(TypeError, match=next(iter(fields))):

@@ -10,8 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.report.stats import (Factor, compare_with_reference, factorial_effects, holm, mean_ci, welch, Interval,
-                                    Contrast)
+from ablations.report.stats import (
+    Factor,
+    compare_with_reference,
+    factorial_effects,
+    holm,
+    mean_ci,
+    welch,
+    Interval,
+    Contrast,
+)
 
 
 def test_mean_ci_is_t_based():
@@ -37,8 +45,10 @@ def test_welch_needs_two_values_per_side():
 
 
 def test_holm_multiplies_the_smallest_p_by_the_count_and_keeps_the_order():
-    tests = [Contrast(name, Interval(0.0, 0.0, 0.0), p) for name, p in (("a", 0.04), ("b", 0.001), ("c", 0.03),
-                                                                        ("d", float("nan")))]
+    tests = [
+        Contrast(name, Interval(0.0, 0.0, 0.0), p)
+        for name, p in (("a", 0.04), ("b", 0.001), ("c", 0.03), ("d", float("nan")))
+    ]
     corrected = {t.name: t.p_holm for t in holm(tests)}
     assert corrected["b"] == pytest.approx(0.003)  # 3 tested: 3 x 0.001
     assert corrected["c"] == pytest.approx(0.06)  # 2 x 0.03
@@ -48,10 +58,12 @@ def test_holm_multiplies_the_smallest_p_by_the_count_and_keeps_the_order():
 
 def test_comparisons_resolve_a_real_difference_and_not_a_null_one():
     reference = [0.500, 0.505, 0.495, 0.502, 0.498]
-    groups = {"ref": reference,
-              "big": [v + 0.10 for v in reference[::-1]],  # +0.10, far beyond the spread
-              "null": [0.501, 0.497, 0.503, 0.499, 0.500],  # same mean as the reference
-              "small": [0.508, 0.498, 0.512, 0.496, 0.506]}  # +0.004, within the spread
+    groups = {
+        "ref": reference,
+        "big": [v + 0.10 for v in reference[::-1]],  # +0.10, far beyond the spread
+        "null": [0.501, 0.497, 0.503, 0.499, 0.500],  # same mean as the reference
+        "small": [0.508, 0.498, 0.512, 0.496, 0.506],
+    }  # +0.004, within the spread
     tests = {t.name: t for t in compare_with_reference(groups, "ref")}
     assert set(tests) == {"big", "null", "small"}
     assert tests["big"].resolved and tests["big"].effect.estimate == pytest.approx(0.10)
@@ -71,14 +83,22 @@ TRUE_EFFECTS = {"bn": 0.10, "dropout=0.5": -0.05, "bn × dropout=0.25": 0.04}  #
 
 def factorial_frame(seeds: int = 3, noise: float = 0.005) -> tuple[pd.DataFrame, list[Factor]]:
     """A 2 x 3 x 2 design with the `TRUE_EFFECTS` and Gaussian noise (fixed seed)."""
-    factors = [Factor("batchnorm", ("off", "bn")), Factor("dropout", ("off", "dropout=0.25", "dropout=0.5")),
-               Factor("l2", ("off", "l2=0.01"))]
+    factors = [
+        Factor("batchnorm", ("off", "bn")),
+        Factor("dropout", ("off", "dropout=0.25", "dropout=0.5")),
+        Factor("l2", ("off", "l2=0.01")),
+    ]
     rng = np.random.default_rng(0)
     rows = []
     for bn, dropout, l2 in itertools.product(*(f.levels for f in factors)):
         for _ in range(seeds):
-            acc = (0.5 + 0.10 * (bn == "bn") - 0.05 * (dropout == "dropout=0.5")
-                   + 0.04 * (bn == "bn") * (dropout == "dropout=0.25") + rng.normal(0, noise))
+            acc = (
+                0.5
+                + 0.10 * (bn == "bn")
+                - 0.05 * (dropout == "dropout=0.5")
+                + 0.04 * (bn == "bn") * (dropout == "dropout=0.25")
+                + rng.normal(0, noise)
+            )
             rows.append({"batchnorm": bn, "dropout": dropout, "l2": l2, "acc": acc})
     return pd.DataFrame(rows), factors
 
@@ -90,9 +110,17 @@ def test_factorial_effects_recover_known_effects_within_their_cis():
     wide = {t.name: t for t in factorial_effects(frame, factors, "acc", level=0.99).effects}
     assert fit.interactions and fit.problem is None
     # main effects average over the other factors' levels: bn's includes a third of its interaction with dropout
-    expected = {"bn": 0.10 + 0.04 / 3, "dropout=0.25": 0.04 / 2, "dropout=0.5": -0.05, "l2=0.01": 0.0,
-                "bn × dropout=0.25": 0.04, "bn × dropout=0.5": 0.0, "bn × l2=0.01": 0.0,
-                "dropout=0.25 × l2=0.01": 0.0, "dropout=0.5 × l2=0.01": 0.0}
+    expected = {
+        "bn": 0.10 + 0.04 / 3,
+        "dropout=0.25": 0.04 / 2,
+        "dropout=0.5": -0.05,
+        "l2=0.01": 0.0,
+        "bn × dropout=0.25": 0.04,
+        "bn × dropout=0.5": 0.0,
+        "bn × l2=0.01": 0.0,
+        "dropout=0.25 × l2=0.01": 0.0,
+        "dropout=0.5 × l2=0.01": 0.0,
+    }
     assert set(effects) == set(expected)
     for name, value in expected.items():
         assert wide[name].effect.low < value < wide[name].effect.high, name  # 99% CIs: 9 of them all cover

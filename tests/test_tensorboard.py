@@ -32,14 +32,34 @@ EPOCHS = 2
 def logdir(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
     """Two specs x two seeds x two epochs of the notebook suite, with its report."""
     logdir = tmp_path_factory.mktemp("board")
-    assert main(["--data-dir", str(cifar_dir), "--logdir", str(logdir), "--only", *SPECS, "--seeds", "0,1",
-                 "--epochs", str(EPOCHS), "--val-size", "100", "--batch-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "--data-dir",
+                str(cifar_dir),
+                "--logdir",
+                str(logdir),
+                "--only",
+                *SPECS,
+                "--seeds",
+                "0,1",
+                "--epochs",
+                str(EPOCHS),
+                "--val-size",
+                "100",
+                "--batch-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     return logdir
 
 
 def events(run_dir: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0,
-                                                                "histograms": 0})
+    accumulator = EventAccumulator(
+        str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0, "histograms": 0}
+    )
     accumulator.Reload()
     return accumulator
 
@@ -114,9 +134,25 @@ def _get(url: str, body: dict | None = None) -> object:
 def _serve(logdir: Path) -> tuple[subprocess.Popen, str]:
     """A real tensorboard on 127.0.0.1, once it serves every trial's test/acc."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
-                               "127.0.0.1", "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/data"
     deadline = time.monotonic() + 120  # a start-up limit, not a speed assertion
     while True:
@@ -145,18 +181,34 @@ def _check_experiment(base: str) -> None:
     assert types["spec"] == types["spec/normalize"] == types["row"] == "DATA_TYPE_STRING"
     assert types["spec/batchnorm"] == types["spec/augment"] == "DATA_TYPE_BOOL"
     assert not [n for n in names if n.startswith("settings/")]  # constant settings are in the report's text
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["test/acc", "val/acc", "test/loss", "test/ce",
-                                                                      "gap/train_val_acc"]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [
+        "test/acc",
+        "val/acc",
+        "test/loss",
+        "test/ce",
+        "gap/train_val_acc",
+    ]
 
 
 def _session_groups(base: str, row: str) -> list[dict]:
     """The HParams table's rows of one kind, as the filter pane asks for them (one value of `row` ticked)."""
-    return _get(f"{base}/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                                  "STATUS_RUNNING"],
-        "colParams": [{"metric": {"tag": "test/acc"}}, {"metric": {"tag": "gap/train_val_acc"}},
-                      {"hparam": "row", "filterDiscrete": [row]}, {"hparam": "spec"}, {"hparam": "seed"},
-                      {"hparam": "spec/batchnorm"}], "startIndex": 0, "sliceSize": 100})["sessionGroups"]
+    return _get(
+        f"{base}/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [
+                {"metric": {"tag": "test/acc"}},
+                {"metric": {"tag": "gap/train_val_acc"}},
+                {"hparam": "row", "filterDiscrete": [row]},
+                {"hparam": "spec"},
+                {"hparam": "seed"},
+                {"hparam": "spec/batchnorm"},
+            ],
+            "startIndex": 0,
+            "sliceSize": 100,
+        },
+    )["sessionGroups"]
 
 
 def _check_sessions(base: str, logdir: Path) -> None:
@@ -194,8 +246,9 @@ def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path)
         images = _get(f"{base}/plugin/images/tags")
         assert list(images["notebook/_samples"]) == ["samples/one_training_image_per_class"]
         assert {"report/test_accuracy", "report/val_accuracy"} <= set(images["notebook/_report"])
-        listing = _get(f"{base}/plugin/images/images?" + urlencode({"run": "notebook/_report",
-                                                                    "tag": "report/test_accuracy"}))
+        listing = _get(
+            f"{base}/plugin/images/images?" + urlencode({"run": "notebook/_report", "tag": "report/test_accuracy"})
+        )
         png = _get(f"{base}/plugin/images/individualImage?{listing[0]['query']}")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         text = _get(f"{base}/plugin/text/text?" + urlencode({"run": "notebook/_report", "tag": "report/results"}))
@@ -210,11 +263,16 @@ def _content(run_dir: Path) -> dict:
     run = events(run_dir)
     tags = run.Tags()
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        run.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
-    return {"scalars": {tag: [(e.step, e.value) for e in run.Scalars(tag)] for tag in tags["scalars"]},
-            "histograms": {tag: [e.step for e in run.Histograms(tag)] for tag in tags["histograms"]},
-            "images": tags["images"], "hparams": dict(start.hparams), "name": start.group_name,
-            "text": run.Tensors("trial/settings")[0].tensor_proto.string_val[0]}
+        run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
+    return {
+        "scalars": {tag: [(e.step, e.value) for e in run.Scalars(tag)] for tag in tags["scalars"]},
+        "histograms": {tag: [e.step for e in run.Histograms(tag)] for tag in tags["histograms"]},
+        "images": tags["images"],
+        "hparams": dict(start.hparams),
+        "name": start.group_name,
+        "text": run.Tensors("trial/settings")[0].tensor_proto.string_val[0],
+    }
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -40,11 +40,27 @@ def finished(trial: Trial, logdir: Path, test_acc: float = 0.5, events: bool = T
     """Write a finished result.json (as `ablations.trial` does, with its checksum) and an event file."""
     paths = trial.paths(logdir)
     paths.folder.mkdir(parents=True, exist_ok=True)
-    metrics = {"train/acc": test_acc + 0.1, "val/acc": test_acc, "test/acc": test_acc, "train/loss": 1.0,
-               "val/loss": 1.0, "test/loss": 1.0}
-    write_result(paths.result, {**trial.record(), "metrics": metrics, "history": [{"epoch": 0, "val/acc": test_acc}],
-                                "wall_time_s": 1.0, "train_images": 64, "val_images": 100, "test_images": 200,
-                                "environment": {"cpu_threads": 1}})
+    metrics = {
+        "train/acc": test_acc + 0.1,
+        "val/acc": test_acc,
+        "test/acc": test_acc,
+        "train/loss": 1.0,
+        "val/loss": 1.0,
+        "test/loss": 1.0,
+    }
+    write_result(
+        paths.result,
+        {
+            **trial.record(),
+            "metrics": metrics,
+            "history": [{"epoch": 0, "val/acc": test_acc}],
+            "wall_time_s": 1.0,
+            "train_images": 64,
+            "val_images": 100,
+            "test_images": 200,
+            "environment": {"cpu_threads": 1},
+        },
+    )
     if events:
         (paths.folder / "events.out.tfevents.1.host").write_bytes(b"events")
     return paths.result
@@ -55,8 +71,9 @@ def sweep_args(cifar_dir: Path, logdir: Path, *args: str) -> list[str]:
 
 
 def python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ------------------------------------------------------- 1. a changed setting never deletes a finished result
@@ -70,8 +87,7 @@ def test_a_run_with_other_settings_refuses_up_front(cifar_dir, tmp_path, capsys)
     assert "pixel/seed=0 (epochs 1 there, 2 here)" in err and "--force" in err and "another --logdir" in err
     assert "usage:" not in err and len(err.strip().splitlines()) == 1
     assert old.paths(tmp_path).result.read_text() == saved  # nothing trained, nothing deleted
-    assert sorted(p.name for p in old.paths(tmp_path).folder.iterdir()) == ["events.out.tfevents.1.host",
-                                                                            RESULT_FILE]
+    assert sorted(p.name for p in old.paths(tmp_path).folder.iterdir()) == ["events.out.tfevents.1.host", RESULT_FILE]
 
 
 def test_force_keeps_the_result_of_other_settings(tmp_path, monkeypatch):
@@ -99,9 +115,10 @@ def test_the_report_compares_only_trials_of_one_set_of_settings(tmp_path, capsys
     assert "pixel+dropout=0.25" not in table and "| pixel | 3 |" in table  # the larger set, never both
     assert "excluded 2 trial(s) trained with other settings" in err and "excluded 2 trial(s)" in text
     assert len({r["settings"]["epochs"] for r in report.build_report(tmp_path / "notebook").results}) == 1
-    chosen = report.build_report(tmp_path / "notebook",
-                                 settings=report.settings_key(notebook_trials(only=["pixel"], epochs=1)[0]
-                                                              .hashed_settings()))
+    chosen = report.build_report(
+        tmp_path / "notebook",
+        settings=report.settings_key(notebook_trials(only=["pixel"], epochs=1)[0].hashed_settings()),
+    )
     assert [r["spec"] for r in chosen.results] == ["pixel+dropout=0.25"] * 2
     assert "excluded 3 trial(s) trained with other settings, epochs=2 (the table's: 1)" in chosen.problems[0]
 
@@ -109,8 +126,20 @@ def test_the_report_compares_only_trials_of_one_set_of_settings(tmp_path, capsys
 # --------------------------------------------------------------------------------- 2. results that do not lie
 def test_16_mixed_on_a_cpu_is_refused_before_anything_runs(cifar_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        main(sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0", "--accelerator", "cpu",
-                        "--precision", "16-mixed"))
+        main(
+            sweep_args(
+                cifar_dir,
+                tmp_path,
+                "--only",
+                "pixel",
+                "--seeds",
+                "0",
+                "--accelerator",
+                "cpu",
+                "--precision",
+                "16-mixed",
+            )
+        )
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "would run bf16-mixed instead" in err
     assert not (tmp_path / "notebook").exists()
@@ -126,8 +155,10 @@ def test_an_edited_result_is_not_counted_and_its_trial_reruns(tmp_path, capsys):
     with pytest.raises(ValueError, match="does not match its checksum"):
         read_result(path.parent)
     assert not trial_module.is_finished(t, tmp_path)
-    assert "does not match its checksum: it was changed after the trial wrote it; rerunning pixel/seed=0" in \
-        capsys.readouterr().err
+    assert (
+        "does not match its checksum: it was changed after the trial wrote it; rerunning pixel/seed=0"
+        in capsys.readouterr().err
+    )
     results, problems = report.load_results(tmp_path / "notebook")
     assert results == [] and "does not match its checksum" in problems[0]
 
@@ -146,8 +177,11 @@ def test_report_of_another_suites_folder_or_an_empty_one_exits_non_zero(tmp_path
         finished(t, tmp_path)
     foreign = tmp_path / "full"
     shutil.copytree(tmp_path / "notebook", foreign)
-    for folder, message in [(foreign, "belong to suite(s) notebook"), (tmp_path / "empty", "holds no finished trial"),
-                            (tmp_path, "it holds the suite folders full, notebook")]:
+    for folder, message in [
+        (foreign, "belong to suite(s) notebook"),
+        (tmp_path / "empty", "holds no finished trial"),
+        (tmp_path, "it holds the suite folders full, notebook"),
+    ]:
         folder.mkdir(exist_ok=True)
         with pytest.raises(SystemExit) as stop:
             report.main([str(folder)])
@@ -165,8 +199,10 @@ def test_a_full_disk_at_the_end_reports_what_finished_and_failed(cifar_dir, tmp_
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(report, "write_text_atomic", full)
-    statuses = [{"trial": "pixel/seed=0", "status": "done", "error": None},
-                {"trial": "pixel/seed=1", "status": "failed", "error": "OSError: [Errno 28] No space left"}]
+    statuses = [
+        {"trial": "pixel/seed=0", "status": "done", "error": None},
+        {"trial": "pixel/seed=1", "status": "failed", "error": "OSError: [Errno 28] No space left"},
+    ]
     assert summarize(plan, statuses, 3.0) == 1
     err = capsys.readouterr().err
     assert "1 trained, 0 already done, 1 failed" in err and "FAILED pixel/seed=1" in err
@@ -174,19 +210,24 @@ def test_a_full_disk_at_the_end_reports_what_finished_and_failed(cifar_dir, tmp_
 
 
 # ------------------------------------------------------------------------------- 8. errors in a second, clearly
-NO_TORCH = ("import sys\nfrom ablations.run import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as stop:\n"
-            "    heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
-            "    print('imported', heavy, 'exit', stop.code)\n")
+NO_TORCH = (
+    "import sys\nfrom ablations.run import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as stop:\n"
+    "    heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
+    "    print('imported', heavy, 'exit', stop.code)\n"
+)
 
 
-@pytest.mark.parametrize("args, exit_code, message", [
-    (["--help"], 0, "usage: python -m ablations.run"),
-    (["--epochs", "x"], 2, "argument --epochs: 'x' is not an integer"),
-    (["--lr", "-1"], 2, "argument --lr: -1 must be a finite number > 0"),
-    (["--only", "pixle"], 2, "unknown token 'pixle'"),
-    (["--suite", "nosuch"], 2, "unknown suite 'nosuch'"),
-    (["--bogus"], 2, "unrecognized arguments: --bogus"),
-])
+@pytest.mark.parametrize(
+    "args, exit_code, message",
+    [
+        (["--help"], 0, "usage: python -m ablations.run"),
+        (["--epochs", "x"], 2, "argument --epochs: 'x' is not an integer"),
+        (["--lr", "-1"], 2, "argument --lr: -1 must be a finite number > 0"),
+        (["--only", "pixle"], 2, "unknown token 'pixle'"),
+        (["--suite", "nosuch"], 2, "unknown suite 'nosuch'"),
+        (["--bogus"], 2, "unrecognized arguments: --bogus"),
+    ],
+)
 def test_arguments_are_checked_before_torch_is_imported(args, exit_code, message):
     done = python(NO_TORCH, *args)
     assert f"imported [] exit {exit_code}" in done.stdout, done.stdout + done.stderr
@@ -223,13 +264,30 @@ def test_a_suite_file_still_refuses_what_is_not_a_number(tmp_path):
 def test_predict_with_a_file_that_is_not_a_checkpoint_is_one_line(cifar_dir, tmp_path):
     junk = tmp_path / "model.ckpt"
     junk.write_bytes(os.urandom(4096))
-    done = subprocess.run([sys.executable, "-m", "lit_cifar", "predict", "--ckpt_path", str(junk),
-                           "--data.data_dir", str(cifar_dir), "--trainer.logger", "false"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_cifar",
+            "predict",
+            "--ckpt_path",
+            str(junk),
+            "--data.data_dir",
+            str(cifar_dir),
+            "--trainer.logger",
+            "false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.strip() == (f"error: --ckpt_path {junk} is not a checkpoint (not a file torch.save writes): "
-                                   "give a .ckpt file written by Lightning, e.g. "
-                                   "logs/lit_cifar/version_0/checkpoints/*.ckpt")
+    assert done.stderr.strip() == (
+        f"error: --ckpt_path {junk} is not a checkpoint (not a file torch.save writes): "
+        "give a .ckpt file written by Lightning, e.g. "
+        "logs/lit_cifar/version_0/checkpoints/*.ckpt"
+    )
 
 
 @pytest.mark.parametrize("layout", ["bin", "py"])
@@ -265,13 +323,22 @@ def fit(cifar_dir: Path, folder: Path, epochs: int, seed: int, ckpt_path: Any = 
 
     pl.seed_everything(seed, verbose=False)
     spec = "pixel+dropout=0.25+augment"
-    dm = CIFAR10DataModule.from_spec(spec, data_dir=str(cifar_dir), val_size=32, batch_size=16, limit_train=64,
-                                     download=False)
+    dm = CIFAR10DataModule.from_spec(
+        spec, data_dir=str(cifar_dir), val_size=32, batch_size=16, limit_train=64, download=False
+    )
     model = RegularizedClassifier(spec, backbone=small_backbone())
     checkpoints = ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[checkpoints],
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[checkpoints],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -283,8 +350,9 @@ def test_resuming_with_dropout_and_augmentation_equals_the_uninterrupted_run(cif
     # a fresh start elsewhere: another global seed, so only the checkpoint can make the draws the same
     resumed = fit(cifar_dir, tmp_path / "b", epochs=3, seed=12345, ckpt_path=tmp_path / "a" / "epoch=0.ckpt")
     assert uninterrupted.keys() == resumed.keys()
-    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted), \
-        max(float((uninterrupted[k].float() - resumed[k].float()).abs().max()) for k in uninterrupted)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted), max(
+        float((uninterrupted[k].float() - resumed[k].float()).abs().max()) for k in uninterrupted
+    )
     checkpoint = torch.load(tmp_path / "a" / "epoch=0.ckpt", weights_only=True)  # still loads safely
     assert {"torch", "numpy", "python"} <= checkpoint["rng_states"].keys()
 
@@ -299,8 +367,14 @@ def provenance_of_a_copy(root: Path, change: str = "") -> dict[str, Any]:
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     with open(root / "ablations" / "stats.py", "a") as f:
         f.write(change)
-    done = subprocess.run([sys.executable, "-c", PROVENANCE], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROVENANCE],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
@@ -316,8 +390,10 @@ def test_two_installs_of_one_version_with_different_code_are_told_apart(tmp_path
 
 
 # ------------------------------------------------------------- 7. the bit-identity test holds wherever it runs
-ZEN3 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
-        "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 sha_ni\n")
+ZEN3 = (
+    "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 sha_ni\n"
+)
 
 
 def test_the_bit_identity_reference_is_keyed_on_what_decides_the_kernels(monkeypatch):
@@ -347,12 +423,18 @@ def test_ctrl_c_on_a_parallel_sweep_stops_it_at_once_without_a_traceback(cifar_d
     from ablations.engines.local import STOP_GRACE_S
     from tests.processes import alive, children, wait_until
 
-    command = [sys.executable, "-m", "ablations.run", *sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds",
-                                                                  "0,1,2", "--epochs", "50", "--parallel", "2")]
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    wait_until(lambda: len(list(tmp_path.glob("notebook/pixel/*/events.out.tfevents.*"))) == 2, "two trials to start",
-               sweep)
+    command = [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        *sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1,2", "--epochs", "50", "--parallel", "2"),
+    ]
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    wait_until(
+        lambda: len(list(tmp_path.glob("notebook/pixel/*/events.out.tfevents.*"))) == 2, "two trials to start", sweep
+    )
     workers = children(sweep.pid)
     time.sleep(1.0)  # well inside training
     os.killpg(sweep.pid, signal.SIGINT)
@@ -375,9 +457,14 @@ def test_ctrl_c_stops_workers_at_once_even_if_a_thread_of_theirs_never_ends(tmp_
     from ablations.engines.local import STOP_GRACE_S
     from tests.processes import alive, wait_until
 
-    sweep = subprocess.Popen([sys.executable, "-m", "tests.fakes", str(tmp_path), "2", "block_with_a_busy_thread"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes", str(tmp_path), "2", "block_with_a_busy_thread"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     started = lambda: {int(p.read_text()) for p in tmp_path.glob("fake/*/*/started-*") if p.read_text()}  # noqa
     wait_until(lambda: len(started()) == 2, "both workers started a trial", sweep)
     workers = started()
@@ -403,11 +490,28 @@ def test_a_signal_stops_a_ray_sweep_like_the_local_engine(cifar_dir, tmp_path, s
     from ablations.store import folder_lock
     from tests.processes import wait_until
 
-    command = [sys.executable, "-m", "ablations.run", *sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds",
-                                                                  "0,1,2", "--epochs", "40", "--engine", "ray",
-                                                                  "--parallel", "2")]
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        *sweep_args(
+            cifar_dir,
+            tmp_path,
+            "--only",
+            "pixel",
+            "--seeds",
+            "0,1,2",
+            "--epochs",
+            "40",
+            "--engine",
+            "ray",
+            "--parallel",
+            "2",
+        ),
+    ]
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     running = lambda: sorted(p.parent for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*"))  # noqa
     wait_until(lambda: len(running()) == 2, "two Ray tasks to train", sweep)
     sweep.send_signal(signum)
@@ -448,13 +552,18 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each Ray task (one CPU)
     try:
-        assert all(run_trial(t, RunOptions(data_dir=str(cifar_dir), logdir=str(local), accelerator="cpu"))["status"]
-                   == "done" for t in trials)
+        assert all(
+            run_trial(t, RunOptions(data_dir=str(cifar_dir), logdir=str(local), accelerator="cpu"))["status"] == "done"
+            for t in trials
+        )
     finally:
         torch.set_num_threads(threads)
 
-    quick_failure_detection = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                               "health_check_failure_threshold": 2}
+    quick_failure_detection = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_failure_threshold": 2,
+    }
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": quick_failure_detection})
     try:
         second = cluster.add_node(num_cpus=1)
@@ -462,8 +571,13 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
         ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
         statuses: list = []
         options = RunOptions(data_dir=str(cifar_dir), logdir=str(remote), accelerator="cpu")
-        sweep = threading.Thread(target=lambda: statuses.extend(run_trials_ray(
-            trials, options, address=cluster.address, gpus_per_trial=0, cpus_per_trial=1, max_retries=2)))
+        sweep = threading.Thread(
+            target=lambda: statuses.extend(
+                run_trials_ray(
+                    trials, options, address=cluster.address, gpus_per_trial=0, cpus_per_trial=1, max_retries=2
+                )
+            )
+        )
         sweep.start()
         folders = [t.paths(remote).folder for t in trials]
         events = lambda folder: {p.name for p in folder.glob("events.out.tfevents.*")}  # noqa: E731
@@ -483,5 +597,8 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
     assert len(kept) == 1 and len(retried) == 1, (before, {f: events(f) for f in folders})
     for t in trials:
         ours, theirs = read_result(t.paths(remote).folder), read_result(t.paths(local).folder)
-        assert (ours["metrics"], ours["history"], ours["settings_hash"]) == \
-            (theirs["metrics"], theirs["history"], theirs["settings_hash"])
+        assert (ours["metrics"], ours["history"], ours["settings_hash"]) == (
+            theirs["metrics"],
+            theirs["history"],
+            theirs["settings_hash"],
+        )

@@ -25,9 +25,16 @@ __all__ = ["ENGINES", "Executor", "LocalExecutor", "PackExecutor", "Progress", "
 ENGINES = ("local", "ray")  # the values of --engine
 
 
-def make_executor(engine: str = "local", *, parallel: int = 1, gpus: int = 0, pack_size: int = 1,
-                  ranks: Optional[Ranks] = None, ray_address: Optional[str] = None,
-                  max_retries: int = 2) -> Executor:
+def make_executor(
+    engine: str = "local",
+    *,
+    parallel: int = 1,
+    gpus: int = 0,
+    pack_size: int = 1,
+    ranks: Optional[Ranks] = None,
+    ray_address: Optional[str] = None,
+    max_retries: int = 2,
+) -> Executor:
     """The executor of a plan: packs when `pack_size` > 1 (local engine only, checked when the plan is made), else
     the `engine`'s: `parallel` trials at once spread over `gpus` GPUs (locally, or as each Ray task's share of a
     machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""

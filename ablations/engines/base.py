@@ -61,8 +61,9 @@ class Progress:
         self.trials = trials
         self.statuses: dict[int, TrialStatus] = {}
         self._running: list[str] = []
-        self._bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
-                         disable=not show)
+        self._bar = tqdm(
+            total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True, disable=not show
+        )
 
     def started(self, index: int) -> None:
         self._running.append(self.trials[index].name)

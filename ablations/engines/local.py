@@ -84,8 +84,9 @@ class LocalExecutor(Executor):
 
     name: ClassVar[str] = "local"
 
-    def __init__(self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None,
-                 run: Optional[Runner] = None) -> None:
+    def __init__(
+        self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None, run: Optional[Runner] = None
+    ) -> None:
         self.parallel, self.gpus, self.ranks, self.runner = parallel, gpus, ranks, run
         self.skip_finished = ranks is None
 
@@ -109,8 +110,9 @@ class LocalExecutor(Executor):
             progress.close()
 
 
-def run_local(trials: list[Trial], options: RunOptions, run: Runner, progress: Progress,
-              slots: Optional[list[WorkerSlot]] = None) -> list[TrialStatus]:
+def run_local(
+    trials: list[Trial], options: RunOptions, run: Runner, progress: Progress, slots: Optional[list[WorkerSlot]] = None
+) -> list[TrialStatus]:
     """Run `trials` with `run`, in this process (no `slots`) or in one worker process per slot.
 
     Trials another sweep is running (BUSY) are retried after the others, waiting for their lock: each ends up done
@@ -126,7 +128,7 @@ def run_local(trials: list[Trial], options: RunOptions, run: Runner, progress: P
             if not progress.finished(index, run(trials[index], options, wait_for_lock)).final:
                 queue.append((index, True))
     else:
-        with WorkerPool(slots[:len(trials)], run) as pool:
+        with WorkerPool(slots[: len(trials)], run) as pool:
             pool.drain(queue, trials, options, progress)
     return progress.in_order()
 
@@ -139,8 +141,11 @@ class _Worker:
         here, there = context.Pipe()
         self.slot, self.conn = slot, here
         self.job: Optional[int] = None
-        self.process = context.Process(target=_serve, args=(slot, there, os.getpid(), run),
-                                       name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}")
+        self.process = context.Process(
+            target=_serve,
+            args=(slot, there, os.getpid(), run),
+            name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}",
+        )
         with ignoring_sigint():
             self.process.start()
         there.close()

@@ -32,9 +32,10 @@ def _record_pack(trials: Sequence[Trial], options: RunOptions) -> list[TrialStat
         trial.paths(options.logdir).clear()
     names = [t.name for t in trials]
     shared = environment()
-    records = [{**t.record(), "environment": {**shared, "pack": {"size": len(trials), "index": k,
-                                                                  "members": names}}}
-               for k, t in enumerate(trials)]
+    records = [
+        {**t.record(), "environment": {**shared, "pack": {"size": len(trials), "index": k, "members": names}}}
+        for k, t in enumerate(trials)
+    ]
     try:
         outcomes = train_and_test_pack(trials, options)
     except Exception as error:  # the whole pack failed: every member records it, the sweep goes on
@@ -48,8 +49,16 @@ def _record_pack(trials: Sequence[Trial], options: RunOptions) -> list[TrialStat
             write_result(trial.paths(options.logdir).result, {**record, **outcome["result"]})
             statuses.append(TrialStatus(trial.name, TrialState.DONE))
         else:
-            statuses.append(record_failure(trial, options.logdir, outcome["error"],
-                                           traceback=outcome.get("traceback"), record=record, held=True))
+            statuses.append(
+                record_failure(
+                    trial,
+                    options.logdir,
+                    outcome["error"],
+                    traceback=outcome.get("traceback"),
+                    record=record,
+                    held=True,
+                )
+            )
     return statuses
 
 

@@ -58,9 +58,11 @@ class TrialResources:
 
     def __post_init__(self) -> None:
         if not 0 <= self.gpus <= 1:
-            raise ValueError(f"gpus per trial = {self.gpus!r} must be between 0 and 1: a trial trains on one device "
-                             "(or a fraction of one) under --engine ray; several GPUs per trial (DDP) is not "
-                             "supported")
+            raise ValueError(
+                f"gpus per trial = {self.gpus!r} must be between 0 and 1: a trial trains on one device "
+                "(or a fraction of one) under --engine ray; several GPUs per trial (DDP) is not "
+                "supported"
+            )
         if not self.cpus > 0:
             raise ValueError(f"cpus per trial = {self.cpus!r} must be > 0")
 
@@ -70,8 +72,7 @@ class TrialResources:
         `parallel` workers: a GPU each, or ``1/k`` of one when `parallel` packs k trials per GPU; ``cpus //
         parallel`` cores (at least one)."""
         if gpus < 0 or parallel < 1 or cpus < 1:
-            raise ValueError(f"gpus={gpus}, parallel={parallel}, cpus={cpus}: need gpus >= 0, parallel >= 1, "
-                             "cpus >= 1")
+            raise ValueError(f"gpus={gpus}, parallel={parallel}, cpus={cpus}: need gpus >= 0, parallel >= 1, cpus >= 1")
         trials_per_gpu = math.ceil(parallel / gpus) if gpus else 0
         gpu_share = math.floor(RESOURCE_UNITS / trials_per_gpu) / RESOURCE_UNITS if gpus else 0.0
         return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
@@ -108,10 +109,12 @@ def check_supported(trials: list[Trial], options: RunOptions) -> None:
     """Raise ValueError if these trials need what the Ray engine does not do: per-trial DDP."""
     width = max([t.data_parallel for t in trials] + [options.num_nodes])
     if options.strategy not in ("auto", None) or width > 1:
-        raise ValueError(f"--engine ray runs each trial on one device; per-trial DDP (--strategy {options.strategy}, "
-                         f"{width} devices per trial) is not supported with it. Use --engine local with --strategy "
-                         "ddp (one node, or launched by torchrun / SLURM), or drop --strategy to spread whole trials "
-                         "over the Ray cluster")
+        raise ValueError(
+            f"--engine ray runs each trial on one device; per-trial DDP (--strategy {options.strategy}, "
+            f"{width} devices per trial) is not supported with it. Use --engine local with --strategy "
+            "ddp (one node, or launched by torchrun / SLURM), or drop --strategy to spread whole trials "
+            "over the Ray cluster"
+        )
 
 
 def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
@@ -125,8 +128,9 @@ def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as error:
-        raise ValueError(f"cannot reach the Ray cluster at {address} (--ray-address or $RAY_ADDRESS): "
-                         f"{error.strerror or error}") from None
+        raise ValueError(
+            f"cannot reach the Ray cluster at {address} (--ray-address or $RAY_ADDRESS): {error.strerror or error}"
+        ) from None
 
 
 def import_ray() -> Any:
@@ -134,8 +138,9 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as error:
-        raise ValueError(f"--engine ray needs Ray ({error}): pip install -e \".[ray]\" "
-                         "(or pip install \"ray>=2.9\")") from None
+        raise ValueError(
+            f'--engine ray needs Ray ({error}): pip install -e ".[ray]" (or pip install "ray>=2.9")'
+        ) from None
     return ray
 
 
@@ -146,8 +151,13 @@ def _portable(options: RunOptions, resources: TrialResources) -> RunOptions:
 
     data_dir = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
     accelerator = "cpu" if resources.gpus == 0 and options.accelerator == "auto" else options.accelerator
-    return replace(options, logdir=str(Path(options.logdir).resolve()), data_dir=str(Path(data_dir).resolve()),
-                   progress_bar=False, accelerator=accelerator)
+    return replace(
+        options,
+        logdir=str(Path(options.logdir).resolve()),
+        data_dir=str(Path(data_dir).resolve()),
+        progress_bar=False,
+        accelerator=accelerator,
+    )
 
 
 def _connect(ray: Any, address: Optional[str]) -> bool:
@@ -158,8 +168,13 @@ def _connect(ray: Any, address: Optional[str]) -> bool:
     import logging
 
     local = address is None
-    ray.init(address="local" if local else address, num_cpus=available_cpus() if local else None,
-             include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray.init(
+        address="local" if local else address,
+        num_cpus=available_cpus() if local else None,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+    )
     return True
 
 
@@ -205,8 +220,9 @@ def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> Tr
 class _RaySweep:
     """One sweep on Ray: submits trials as the cluster has room, collects their statuses, retries lost workers."""
 
-    def __init__(self, ray: Any, trials: list[Trial], options: RunOptions, resources: TrialResources,
-                 max_retries: int) -> None:
+    def __init__(
+        self, ray: Any, trials: list[Trial], options: RunOptions, resources: TrialResources, max_retries: int
+    ) -> None:
         from tqdm import tqdm
 
         self.ray, self.trials, self.options, self.resources = ray, trials, options, resources
@@ -217,8 +233,14 @@ class _RaySweep:
         self.attempts = [0] * len(trials)
         self.pending: deque[tuple[int, bool]] = deque()  # (trial index, wait for its lock)
         self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
-        self.bar = tqdm(total=len(trials), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
-                        disable=len(trials) <= 1)
+        self.bar = tqdm(
+            total=len(trials),
+            desc="trials",
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=len(trials) <= 1,
+        )
 
     def run(self, todo: list[int], cancel_on_exit: bool) -> None:
         """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
@@ -233,9 +255,12 @@ class _RaySweep:
         """
         self.pending.extend((i, False) for i in todo)
         if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
-            self.bar.write(f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
-                           f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
-                           "(or use --parallel to ask for a smaller share)", file=sys.stderr)
+            self.bar.write(
+                f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
+                f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
+                "(or use --parallel to ask for a smaller share)",
+                file=sys.stderr,
+            )
         stopped = True
         try:
             with deferred_interrupts():
@@ -299,22 +324,43 @@ class _RaySweep:
         """A trial's worker or node died: submit it again, or record it failed once `max_retries` are spent."""
         name, attempts = self.trials[i].name, self.attempts[i]
         if attempts <= self.max_retries:
-            self.bar.write(f"Ray worker lost running {name} ({type(error).__name__}); retry {attempts} of "
-                           f"{self.max_retries}", file=sys.stderr)
+            self.bar.write(
+                f"Ray worker lost running {name} ({type(error).__name__}); retry {attempts} of {self.max_retries}",
+                file=sys.stderr,
+            )
             self.pending.appendleft((i, wait))
             return
-        self._fail(i, f"the Ray worker running this trial died ({type(error).__name__}) in each of {attempts} "
-                      f"attempts (1 + max_retries={self.max_retries})")
+        self._fail(
+            i,
+            f"the Ray worker running this trial died ({type(error).__name__}) in each of {attempts} "
+            f"attempts (1 + max_retries={self.max_retries})",
+        )
 
     def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
         """Record trial `i` as failed (`record_failure`: the local engine's error.json, plus the engine and the
         attempts), unless another sweep now holds it."""
-        self.finish(i, record_failure(self.trials[i], self.options.logdir, reason, traceback=traceback, engine="ray",
-                                      attempts=self.attempts[i]))
+        self.finish(
+            i,
+            record_failure(
+                self.trials[i],
+                self.options.logdir,
+                reason,
+                traceback=traceback,
+                engine="ray",
+                attempts=self.attempts[i],
+            ),
+        )
 
 
-def run_trials_ray(trials: list[Trial], options: RunOptions, *, address: str | None, gpus_per_trial: float,
-                   cpus_per_trial: float, max_retries: int) -> list[TrialStatus]:
+def run_trials_ray(
+    trials: list[Trial],
+    options: RunOptions,
+    *,
+    address: str | None,
+    gpus_per_trial: float,
+    cpus_per_trial: float,
+    max_retries: int,
+) -> list[TrialStatus]:
     """Run `trials` as Ray tasks; returns, in trial order, `run_trial`'s statuses (DONE, SKIPPED or FAILED).
 
     `address`: a Ray cluster (``host:port`` or ``ray://host:port``), or None for a local instance with the cores
@@ -348,8 +394,9 @@ class RayExecutor(Executor):
 
     name: ClassVar[str] = "ray"
 
-    def __init__(self, *, address: Optional[str], gpus_per_trial: float, cpus_per_trial: float,
-                 max_retries: int) -> None:
+    def __init__(
+        self, *, address: Optional[str], gpus_per_trial: float, cpus_per_trial: float, max_retries: int
+    ) -> None:
         self.address, self.max_retries = address, max_retries
         self.gpus_per_trial, self.cpus_per_trial = gpus_per_trial, cpus_per_trial
 
@@ -361,6 +408,11 @@ class RayExecutor(Executor):
         return cls(address=address, gpus_per_trial=share.gpus, cpus_per_trial=share.cpus, max_retries=max_retries)
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[Any]:
-        return run_trials_ray(trials, options, address=self.address, gpus_per_trial=self.gpus_per_trial,
-                              cpus_per_trial=self.cpus_per_trial, max_retries=self.max_retries)
-
+        return run_trials_ray(
+            trials,
+            options,
+            address=self.address,
+            gpus_per_trial=self.gpus_per_trial,
+            cpus_per_trial=self.cpus_per_trial,
+            max_retries=self.max_retries,
+        )

@@ -23,11 +23,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ablations.report.report import (DEFAULT_REFERENCE, NothingToReport, SpecSummary, SuiteReport, build_report,
-                                         load_results, main, markdown, write_report)
+    from ablations.report.report import (
+        DEFAULT_REFERENCE,
+        NothingToReport,
+        SpecSummary,
+        SuiteReport,
+        build_report,
+        load_results,
+        main,
+        markdown,
+        write_report,
+    )
 
-__all__ = ["DEFAULT_REFERENCE", "NothingToReport", "SpecSummary", "SuiteReport", "build_report", "load_results",
-           "main", "markdown", "write_report"]
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "NothingToReport",
+    "SpecSummary",
+    "SuiteReport",
+    "build_report",
+    "load_results",
+    "main",
+    "markdown",
+    "write_report",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,10 +22,17 @@ from lit_cifar.spec import RegularizationSpec
 IDENTITY_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
 MAXNORM_RESCALED = "train/maxnorm_rescaled"  # fraction of the regularized layers' rows max-norm rescaled
 # Logged per epoch; the report shows the last epoch's mean over seeds.
-DIAGNOSTICS = {MAXNORM_RESCALED: "max-norm: fraction of rows rescaled",
-               "val/bn_mean_gap": "BN: mean gap (running σ)", "val/bn_std_ratio": "BN: batch σ / running σ"}
-ENVIRONMENT_KEYS = {"code_version": "code versions", "git_commit": "git commits", "source_sha256": "source code",
-                    "cpu_threads": "CPU thread counts"}
+DIAGNOSTICS = {
+    MAXNORM_RESCALED: "max-norm: fraction of rows rescaled",
+    "val/bn_mean_gap": "BN: mean gap (running σ)",
+    "val/bn_std_ratio": "BN: batch σ / running σ",
+}
+ENVIRONMENT_KEYS = {
+    "code_version": "code versions",
+    "git_commit": "git commits",
+    "source_sha256": "source code",
+    "cpu_threads": "CPU thread counts",
+}
 RESPONSE = "test_acc"
 
 
@@ -46,8 +53,10 @@ def _why_identical(first: dict[str, Any], second: dict[str, Any], runs: list[dic
         rescaled = [e[MAXNORM_RESCALED] for r in runs for e in r.get("history", []) if MAXNORM_RESCALED in e]
         if rescaled and not any(rescaled):
             return f"the max-norm cap ({cap}) never rescaled a row ({MAXNORM_RESCALED} = 0 in every epoch)"
-        return (f"they differ only in the max-norm cap ({cap}), so it never acted: no unit's incoming weights "
-                "reached that norm in these runs")
+        return (
+            f"they differ only in the max-norm cap ({cap}), so it never acted: no unit's incoming weights "
+            "reached that norm in these runs"
+        )
     if differ:
         return f"they differ only in {', '.join(differ)}, which changed no computation in these runs"
     return "their spec fields are the same"
@@ -131,6 +140,7 @@ def mixed_environment(results: list[dict[str, Any]]) -> list[str]:
             counts = ", ".join(f"{v} ({sum(str(k) == v for k in known)} trials)" for v in distinct)
             notes.append(f"the results mix {what}: {counts}; compare them with care")
         if known and len(known) < len(values):
-            notes.append(f"{len(values) - len(known)} of {len(values)} results do not record their {key} "
-                         "(written by older code)")
+            notes.append(
+                f"{len(values) - len(known)} of {len(values)} results do not record their {key} (written by older code)"
+            )
     return notes

@@ -70,8 +70,10 @@ METRICS: dict[str, tuple[str, str]] = {
     GAP: ("train − val accuracy", "after the last epoch: how much the spec overfits"),
 }
 OFF_AS_ZERO = {"spec/max_norm": "0 = no cap", "settings/limit_train": "0 = every training image"}
-DESCRIPTIONS = {ROW: f"'{TRIAL_ROW}': one trial (one seed); '{SPEC_ROW}': a spec's metrics averaged over its seeds",
-                SEED: "the trial's seed (empty in the spec-mean rows)"}
+DESCRIPTIONS = {
+    ROW: f"'{TRIAL_ROW}': one trial (one seed); '{SPEC_ROW}': a spec's metrics averaged over its seeds",
+    SEED: "the trial's seed (empty in the spec-mean rows)",
+}
 
 
 # ------------------------------------------------------------------------------------------------ scalars
@@ -100,8 +102,9 @@ def test_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def scalar_summary(values: Mapping[str, float]) -> summary_pb2.Summary:
     """Scalars, one value per tag."""
-    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)
-                                      for tag, value in values.items()])
+    return summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ hparams
@@ -118,8 +121,9 @@ def trial_hparams(spec_fields: Mapping[str, Any], settings: Mapping[str, Any]) -
     """A trial's HParams values from its spec's fields and its hashed settings (``spec`` name, ``seed``, ...)."""
     values: dict[str, HParamValue] = {ROW: TRIAL_ROW, SEED: int(settings[SEED]), SPEC: str(settings[SPEC])}
     values.update({SPEC_FIELD + name: _typed(value) for name, value in sorted(spec_fields.items())})
-    values.update({SETTING + name: _typed(value) for name, value in sorted(settings.items())
-                   if name not in (SEED, SPEC)})  # sorted: as result.json stores them
+    values.update(
+        {SETTING + name: _typed(value) for name, value in sorted(settings.items()) if name not in (SEED, SPEC)}
+    )  # sorted: as result.json stores them
     return values
 
 
@@ -143,16 +147,24 @@ def spec_id(suite: str, order: int, seeds: int) -> str:
 
 def session_summaries(hparams: Mapping[str, HParamValue], name: str, start: float = 0.0) -> list[summary_pb2.Summary]:
     """One HParams row: its session's start (values, name) and its end (finished)."""
-    end = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(
-        status=api_pb2.STATUS_SUCCESS, end_time_secs=start))
-    summaries = [hp.hparams_pb(dict(hparams), trial_id=name, start_time_secs=start),
-                 summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-                     tag=hparams_metadata.SESSION_END_INFO_TAG, metadata=hparams_metadata.create_summary_metadata(end),
-                     tensor=hparams_metadata.NULL_TENSOR)])]
+    end = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=start)
+    )
+    summaries = [
+        hp.hparams_pb(dict(hparams), trial_id=name, start_time_secs=start),
+        summary_pb2.Summary(
+            value=[
+                summary_pb2.Summary.Value(
+                    tag=hparams_metadata.SESSION_END_INFO_TAG,
+                    metadata=hparams_metadata.create_summary_metadata(end),
+                    tensor=hparams_metadata.NULL_TENSOR,
+                )
+            ]
+        ),
+    ]
     for summary in summaries:  # the same bytes for the same row, in every process (map order)
         data = summary.value[0].metadata.plugin_data
-        data.content = plugin_data_pb2.HParamsPluginData.FromString(data.content).SerializeToString(
-            deterministic=True)
+        data.content = plugin_data_pb2.HParamsPluginData.FromString(data.content).SerializeToString(deterministic=True)
     return summaries
 
 
@@ -208,8 +220,12 @@ def hparam_infos(rows: Sequence[Mapping[str, HParamValue]]) -> list[api_pb2.HPar
         if name.startswith(SETTING) and len(levels) < 2:
             continue
         bare = name.split("/", 1)[-1]
-        info = api_pb2.HParamInfo(name=name, display_name=bare, differs=len(levels) > 1,
-                                  description=OFF_AS_ZERO.get(name, DESCRIPTIONS.get(name, "")))
+        info = api_pb2.HParamInfo(
+            name=name,
+            display_name=bare,
+            differs=len(levels) > 1,
+            description=OFF_AS_ZERO.get(name, DESCRIPTIONS.get(name, "")),
+        )
         hp.Discrete(levels).update_hparam_info(info)
         infos.append(info)
     return infos
@@ -218,14 +234,27 @@ def hparam_infos(rows: Sequence[Mapping[str, HParamValue]]) -> list[api_pb2.HPar
 def experiment_summary(rows: Sequence[Mapping[str, HParamValue]], metrics: Iterable[str]) -> summary_pb2.Summary:
     """The suite's HParams experiment: its columns (`hparam_infos`) and the `metrics` among `METRICS` it has."""
     present = set(metrics)
-    metric_infos = [hp.Metric(tag, display_name=METRICS[tag][0], description=METRICS[tag][1],
-                              dataset_type=hp.Metric.VALIDATION if tag.startswith("val/") else None).as_proto()
-                    for tag in METRICS if tag in present]
+    metric_infos = [
+        hp.Metric(
+            tag,
+            display_name=METRICS[tag][0],
+            description=METRICS[tag][1],
+            dataset_type=hp.Metric.VALIDATION if tag.startswith("val/") else None,
+        ).as_proto()
+        for tag in METRICS
+        if tag in present
+    ]
     experiment = api_pb2.Experiment(hparam_infos=hparam_infos(rows), metric_infos=metric_infos)
     data = plugin_data_pb2.HParamsPluginData(experiment=experiment)
-    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-        tag=hparams_metadata.EXPERIMENT_TAG, metadata=hparams_metadata.create_summary_metadata(data),
-        tensor=hparams_metadata.NULL_TENSOR)])
+    return summary_pb2.Summary(
+        value=[
+            summary_pb2.Summary.Value(
+                tag=hparams_metadata.EXPERIMENT_TAG,
+                metadata=hparams_metadata.create_summary_metadata(data),
+                tensor=hparams_metadata.NULL_TENSOR,
+            )
+        ]
+    )
 
 
 def spec_groups(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
@@ -259,8 +288,10 @@ def suite_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, list[Step]]:
         means = {tag: statistics.fmean(m[tag] for m in metrics) for tag in METRICS if all(tag in m for m in metrics)}
         row_id = spec_id(group[0]["suite"], group[0].get("order", 0), len(group))
         epochs = len(group[0].get("history", []))
-        runs[f"{BY_SPEC_RUN}/{name}"] = [*[(0, s) for s in session_summaries(values, row_id)],
-                                         (epochs, scalar_summary(means))]
+        runs[f"{BY_SPEC_RUN}/{name}"] = [
+            *[(0, s) for s in session_summaries(values, row_id)],
+            (epochs, scalar_summary(means)),
+        ]
     present = {tag for r in results for tag in final_metrics(r)}
     return {HPARAMS_RUN: [(0, experiment_summary(rows, present))], **runs}
 
@@ -268,11 +299,18 @@ def suite_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, list[Step]]:
 # ------------------------------------------------------------------------------------------------ other tabs
 def text_summary(tag: str, markdown: str) -> summary_pb2.Summary:
     """A Text-tab entry (markdown, tables included)."""
-    tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[markdown.encode()],
-                                    tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                                        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
-    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-        tag=tag, metadata=text_metadata.create_summary_metadata(display_name=tag, description=""), tensor=tensor)])
+    tensor = tensor_pb2.TensorProto(
+        dtype="DT_STRING",
+        string_val=[markdown.encode()],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]),
+    )
+    return summary_pb2.Summary(
+        value=[
+            summary_pb2.Summary.Value(
+                tag=tag, metadata=text_metadata.create_summary_metadata(display_name=tag, description=""), tensor=tensor
+            )
+        ]
+    )
 
 
 def image_summary(tag: str, png: bytes) -> summary_pb2.Summary:
@@ -323,8 +361,9 @@ def holds(files: Sequence[Path], wanted: Sequence[Sequence[Step]]) -> bool:
     if len(files) != len(wanted):
         return False
     found = [read_steps(path) for path in files]
-    return all(any(steps == list(file) for steps in found) for file in wanted) and \
-        all(any(steps == list(file) for file in wanted) for steps in found)
+    return all(any(steps == list(file) for steps in found) for file in wanted) and all(
+        any(steps == list(file) for file in wanted) for steps in found
+    )
 
 
 class RunWriter:

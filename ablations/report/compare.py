@@ -58,8 +58,11 @@ def pair_specs(a_dir: Path, b_dir: Path) -> list[SpecPair]:
 
 def paired_difference(pairs: list[SpecPair]) -> tuple[Interval, float, int]:
     """Mean of B − A over every (spec, seed) both hold, its confidence interval, the paired t-test's p, and n."""
-    differences = [p.b[seed]["metrics"]["test/acc"] - p.a[seed]["metrics"]["test/acc"]
-                   for p in pairs for seed in sorted(set(p.a) & set(p.b))]
+    differences = [
+        p.b[seed]["metrics"]["test/acc"] - p.a[seed]["metrics"]["test/acc"]
+        for p in pairs
+        for seed in sorted(set(p.a) & set(p.b))
+    ]
     p_value = float(scipy_stats.ttest_1samp(differences, 0.0).pvalue) if len(differences) > 1 else float("nan")
     return mean_ci(differences), p_value, len(differences)
 
@@ -70,18 +73,26 @@ def _mean_std(values: list[float]) -> str:
 
 
 def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str) -> str:
-    lines = [f"| spec | seeds | {a_name} test acc | {b_name} test acc | difference | {a_name} seed range | inside it "
-             f"| training images/s |", "|---|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        f"| spec | seeds | {a_name} test acc | {b_name} test acc | difference | {a_name} seed range | inside it "
+        f"| training images/s |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
     for p in pairs:
         a, b = p.accuracy("a"), p.accuracy("b")
         inside = min(a) <= statistics.fmean(b) <= max(a)
-        lines.append(f"| {p.spec} | {len(a)} / {len(b)} | {_mean_std(a)} | {_mean_std(b)} | "
-                     f"{statistics.fmean(b) - statistics.fmean(a):+.4f} | [{min(a):.4f}, {max(a):.4f}] | "
-                     f"{'yes' if inside else 'no'} | {p.rate('a'):.0f} → {p.rate('b'):.0f} "
-                     f"({p.rate('b') / p.rate('a'):.2f}x) |")
+        lines.append(
+            f"| {p.spec} | {len(a)} / {len(b)} | {_mean_std(a)} | {_mean_std(b)} | "
+            f"{statistics.fmean(b) - statistics.fmean(a):+.4f} | [{min(a):.4f}, {max(a):.4f}] | "
+            f"{'yes' if inside else 'no'} | {p.rate('a'):.0f} → {p.rate('b'):.0f} "
+            f"({p.rate('b') / p.rate('a'):.2f}x) |"
+        )
     interval, p_value, n = paired_difference(pairs)
-    lines += ["", f"Paired over {n} (spec, seed) trials: {b_name} − {a_name} = {interval.estimate:+.4f} test "
-                  f"accuracy, 95% CI [{interval.low:+.4f}, {interval.high:+.4f}], paired t-test p = {p_value:.3f}."]
+    lines += [
+        "",
+        f"Paired over {n} (spec, seed) trials: {b_name} − {a_name} = {interval.estimate:+.4f} test "
+        f"accuracy, 95% CI [{interval.low:+.4f}, {interval.high:+.4f}], paired t-test p = {p_value:.3f}.",
+    ]
     return "\n".join(lines)
 
 

@@ -34,8 +34,10 @@ def extract(suite: str, source: Path, dest: Path) -> list[str]:
     specs = load_suite(suite).spec_names
     missing = [s for s in specs if not any((source / s).glob(f"seed=*/{RESULT_FILE}"))]
     if missing:
-        raise ValueError(f"{len(missing)} of the {len(specs)} specs of {suite} have no finished trial in {source}: "
-                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise ValueError(
+            f"{len(missing)} of the {len(specs)} specs of {suite} have no finished trial in {source}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     for spec in specs:
         for trial in sorted((source / spec).glob("seed=*")):
             if (trial / RESULT_FILE).exists() and not (dest / spec / trial.name).exists():
@@ -47,11 +49,15 @@ def main_effects(suite_dir: Path) -> dict[str, dict[str, float]]:
     """effect -> {estimate, ci_low, ci_high} of the main effects in a report's ``effects.csv``."""
     path = suite_dir / "effects.csv"
     if not path.exists():
-        raise ValueError(f"{path} does not exist: run python -m ablations.report {suite_dir} (a factorial suite's "
-                         "report writes it)")
+        raise ValueError(
+            f"{path} does not exist: run python -m ablations.report {suite_dir} (a factorial suite's report writes it)"
+        )
     with open(path, newline="") as handle:
-        return {row["effect"]: {k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}
-                for row in csv.DictReader(handle) if row["kind"] == "main"}
+        return {
+            row["effect"]: {k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}
+            for row in csv.DictReader(handle)
+            if row["kind"] == "main"
+        }
 
 
 def compare(full: Path, others: Sequence[Path]) -> str:
@@ -94,14 +100,16 @@ def _agreement(a: dict[str, float], b: dict[str, float]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.report.fractions",
-                                     description="A fraction of a finished full grid, and its effects against "
-                                                 "the grid's.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ablations.report.fractions",
+        description="A fraction of a finished full grid, and its effects against the grid's.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ext = sub.add_parser("extract", help="copy a fractional suite's trials out of a finished grid's folder")
     ext.add_argument("suite", help="the fractional suite (a name or a .yaml file with design: {fraction: R})")
-    ext.add_argument("--source", type=Path, required=True,
-                     help="the full grid's suite folder, e.g. logs/factorial/full")
+    ext.add_argument(
+        "--source", type=Path, required=True, help="the full grid's suite folder, e.g. logs/factorial/full"
+    )
     ext.add_argument("--dest", type=Path, required=True, help="the fraction's suite folder")
     cmp = sub.add_parser("compare", help="main effects of the full grid against those of fractions")
     cmp.add_argument("full", type=Path)

@@ -108,8 +108,11 @@ def _wrap(text: str, layout: Layout) -> str:
     possible, inside a part only when that part alone is too long."""
     parts = [text]
     for separator in SEPARATORS:  # the first separator first; the next only inside parts still too long
-        parts = [piece for part in parts
-                 for piece in (_split_after(part, separator) if len(part.rstrip()) > layout.wrap else [part])]
+        parts = [
+            piece
+            for part in parts
+            for piece in (_split_after(part, separator) if len(part.rstrip()) > layout.wrap else [part])
+        ]
     lines: list[str] = []
     for part in parts:
         if lines and len(lines[-1]) + len(part.rstrip()) <= layout.wrap:
@@ -127,8 +130,9 @@ def _figure(layout: Layout, height: float) -> Figure:
 
 
 def _title(figure: Figure, title: str, subtitle: str, layout: Layout) -> None:
-    figure.suptitle(_wrap(title, layout) + "\n" + _wrap(subtitle, layout), fontsize=layout.font + 1.5, x=0.01,
-                    ha="left")
+    figure.suptitle(
+        _wrap(title, layout) + "\n" + _wrap(subtitle, layout), fontsize=layout.font + 1.5, x=0.01, ha="left"
+    )
 
 
 def _draw_bars(ax: Any, bars: Sequence[Bar], layout: Layout) -> None:
@@ -136,8 +140,9 @@ def _draw_bars(ax: Any, bars: Sequence[Bar], layout: Layout) -> None:
     for yy, bar in zip(y, bars):
         ax.barh(yy, bar.mean, color=VERDICTS[bar.verdict][0], alpha=0.75, height=0.45 if layout.labels_above else 0.7)
         if not math.isnan(bar.low):
-            ax.errorbar(bar.mean, yy, xerr=[[bar.mean - bar.low], [bar.high - bar.mean]], color="black", capsize=3,
-                        lw=1)
+            ax.errorbar(
+                bar.mean, yy, xerr=[[bar.mean - bar.low], [bar.high - bar.mean]], color="black", capsize=3, lw=1
+            )
         ax.scatter(bar.values, [yy] * len(bar.values), s=10, color="black", zorder=3)
         if bar.notebook is not None:
             ax.scatter([bar.notebook], [yy], marker="|", s=250, color="tab:purple", zorder=4)
@@ -151,11 +156,15 @@ def _draw_bars(ax: Any, bars: Sequence[Bar], layout: Layout) -> None:
 
 
 def _verdict_legend(bars: Sequence[Bar]) -> list[Any]:
-    handles: list[Any] = [Patch(color=VERDICTS[key][0], alpha=0.75, label=VERDICTS[key][1])
-                          for key in VERDICTS if any(bar.verdict == key for bar in bars)]
+    handles: list[Any] = [
+        Patch(color=VERDICTS[key][0], alpha=0.75, label=VERDICTS[key][1])
+        for key in VERDICTS
+        if any(bar.verdict == key for bar in bars)
+    ]
     if any(bar.notebook is not None for bar in bars):
-        handles.append(Line2D([], [], marker="|", ls="", markersize=14, color="tab:purple",
-                              label="notebook (one run, all data)"))
+        handles.append(
+            Line2D([], [], marker="|", ls="", markersize=14, color="tab:purple", label="notebook (one run, all data)")
+        )
     return handles
 
 
@@ -172,8 +181,7 @@ def results_chart(bars: Sequence[Bar], title: str, subtitle: str, layout: Layout
     ax.set_xlabel("test accuracy (bar: mean; whisker: 95% CI; dots: seeds)", fontsize=layout.font)
     ax.tick_params(axis="x", labelsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=handles, loc="lower right", ncol=layout.legend_columns, fontsize=layout.font - 1,
-              framealpha=0.9)
+    ax.legend(handles=handles, loc="lower right", ncol=layout.legend_columns, fontsize=layout.font - 1, framealpha=0.9)
     _title(figure, title, subtitle, layout)
     return _png(figure, layout)
 
@@ -191,8 +199,11 @@ def _legible(curves: Sequence[Curve], subtitle: str) -> tuple[list[Curve], str]:
     low = (MAX_CURVES - len(reference)) // 2
     high = MAX_CURVES - len(reference) - low
     kept = {id(c) for c in [*reference, *others[:low], *others[-high:]]}
-    note = (f"{MAX_CURVES} of {len(curves)} specs: " + ("the reference, " if reference else "")
-            + f"the {high} highest and {low} lowest at the last epoch")
+    note = (
+        f"{MAX_CURVES} of {len(curves)} specs: "
+        + ("the reference, " if reference else "")
+        + f"the {high} highest and {low} lowest at the last epoch"
+    )
     return [c for c in curves if id(c) in kept], f"{subtitle} · {note}"
 
 
@@ -210,13 +221,30 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
         colour = "black" if curve.reference else f"C{i % 10}"
         top = 10 if curve.reference else 2
         if len(curve.low) == len(curve.values) and not duplicate:
-            ax.fill_between(epochs, curve.low, curve.high, color=colour, alpha=0.12 if curve.reference else 0.15,
-                            lw=0, zorder=top - 1)
-        label = curve.label + (" (reference)" if curve.reference else "") + (
-            f" (= {curve.same_as})" if duplicate else "")
-        ax.plot(epochs, curve.values, color=colour, marker="o", markersize=7 if duplicate else 3.5,
-                fillstyle="none" if duplicate else "full", lw=2.6 if curve.reference else 1.4, zorder=top,
-                ls="--" if duplicate else LINE_STYLES[i // 10 % len(LINE_STYLES)], label=label)
+            ax.fill_between(
+                epochs,
+                curve.low,
+                curve.high,
+                color=colour,
+                alpha=0.12 if curve.reference else 0.15,
+                lw=0,
+                zorder=top - 1,
+            )
+        label = (
+            curve.label + (" (reference)" if curve.reference else "") + (f" (= {curve.same_as})" if duplicate else "")
+        )
+        ax.plot(
+            epochs,
+            curve.values,
+            color=colour,
+            marker="o",
+            markersize=7 if duplicate else 3.5,
+            fillstyle="none" if duplicate else "full",
+            lw=2.6 if curve.reference else 1.4,
+            zorder=top,
+            ls="--" if duplicate else LINE_STYLES[i // 10 % len(LINE_STYLES)],
+            label=label,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1)
     ax.set_xlabel("epochs trained", fontsize=layout.font)
@@ -226,8 +254,13 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda k: not labels[k].endswith("(reference)"))  # reference first
     place = {"loc": "outside right lower"} if beside else {"loc": "outside lower center", "ncol": 2}
-    figure.legend([handles[k] for k in order], [labels[k] for k in order], frameon=False,  # never on a curve
-                  fontsize=layout.font - (1 if layout is PAGE else 1.5), **place)
+    figure.legend(
+        [handles[k] for k in order],
+        [labels[k] for k in order],
+        frameon=False,  # never on a curve
+        fontsize=layout.font - (1 if layout is PAGE else 1.5),
+        **place,
+    )
     _title(figure, title, subtitle, layout)
     return _png(figure, layout)
 
@@ -247,10 +280,16 @@ def effects_chart(rows: Sequence[EffectRow], title: str, subtitle: str, layout: 
     ax.tick_params(axis="x", labelsize=layout.font)
     ax.set_xlabel(_wrap("change in test accuracy (dot: estimate; line: 95% CI)", layout), fontsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=[Line2D([], [], color="tab:green", marker="o", label="resolved, raises accuracy"),
-                       Line2D([], [], color="tab:red", marker="o", label="resolved, lowers accuracy"),
-                       Line2D([], [], color="0.5", marker="o", label="not resolved (Holm-corrected)")],
-              loc="best", fontsize=layout.font - 1, framealpha=0.9)
+    ax.legend(
+        handles=[
+            Line2D([], [], color="tab:green", marker="o", label="resolved, raises accuracy"),
+            Line2D([], [], color="tab:red", marker="o", label="resolved, lowers accuracy"),
+            Line2D([], [], color="0.5", marker="o", label="not resolved (Holm-corrected)"),
+        ],
+        loc="best",
+        fontsize=layout.font - 1,
+        framealpha=0.9,
+    )
     _title(figure, title, subtitle, layout)
     return _png(figure, layout)
 

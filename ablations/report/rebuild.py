@@ -55,8 +55,12 @@ class Outcome:
     report: str = ""
 
     def summary(self, suite_dir: Path) -> str:
-        lines = [f"{suite_dir}: {self.rebuilt} trials rebuilt, {self.unchanged} already current; weight histograms "
-                 f"carried over for {self.with_histograms}", f"  samples: {self.samples}", f"  report: {self.report}"]
+        lines = [
+            f"{suite_dir}: {self.rebuilt} trials rebuilt, {self.unchanged} already current; weight histograms "
+            f"carried over for {self.with_histograms}",
+            f"  samples: {self.samples}",
+            f"  report: {self.report}",
+        ]
         lines += [f"  left alone: {why}" for why in self.left_alone]
         return "\n".join(lines)
 
@@ -78,8 +82,9 @@ def read_old_events(folder: Path, epochs: int) -> OldEvents:
     if not files:
         return OldEvents(None, [], {}, None)
     start = min(e.wall_time for path in files for e in _raw_events(path))
-    events = EventAccumulator(str(folder), size_guidance={"histograms": 0, "images": 1, "scalars": 1,
-                                                          "tensors": 1}, purge_orphaned_data=False)
+    events = EventAccumulator(
+        str(folder), size_guidance={"histograms": 0, "images": 1, "scalars": 1, "tensors": 1}, purge_orphaned_data=False
+    )
     events.Reload()
     tags = events.Tags()
     histograms, walls = [], {}
@@ -88,14 +93,22 @@ def read_old_events(folder: Path, epochs: int) -> OldEvents:
         shift = 1 if sorted(p.step for p in points) == list(range(epochs)) else 0  # 0-based by older code
         for point in points:
             h = point.histogram_value
-            proto = summary_pb2.HistogramProto(min=h.min, max=h.max, num=h.num, sum=h.sum,
-                                               sum_squares=h.sum_squares, bucket_limit=h.bucket_limit,
-                                               bucket=h.bucket)
-            histograms.append((point.step + shift, summary_pb2.Summary(
-                value=[summary_pb2.Summary.Value(tag=tag, histo=proto)])))
+            proto = summary_pb2.HistogramProto(
+                min=h.min,
+                max=h.max,
+                num=h.num,
+                sum=h.sum,
+                sum_squares=h.sum_squares,
+                bucket_limit=h.bucket_limit,
+                bucket=h.bucket,
+            )
+            histograms.append(
+                (point.step + shift, summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, histo=proto)]))
+            )
             walls[point.step + shift] = point.wall_time
-    png = next((events.Images(tag)[0].encoded_image_string for tag in OLD_SAMPLE_TAGS
-                if tag in tags.get("images", [])), None)
+    png = next(
+        (events.Images(tag)[0].encoded_image_string for tag in OLD_SAMPLE_TAGS if tag in tags.get("images", [])), None
+    )
     return OldEvents(start, sorted(histograms, key=lambda s: s[0]), walls, png)
 
 
@@ -120,8 +133,9 @@ def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, OldEve
         return False, old
     board.write_events(folder, wanted[0], clock=lambda step: start + duration * step / epochs, suffix=".trial")
     if old.histograms:
-        board.write_events(folder, old.histograms, clock=lambda step: old.wall_times.get(step, start),
-                           suffix=".histograms")
+        board.write_events(
+            folder, old.histograms, clock=lambda step: old.wall_times.get(step, start), suffix=".histograms"
+        )
     for path in files:
         path.unlink()
     return True, old
@@ -132,8 +146,12 @@ def draw_samples(data_dir: Path, settings: Mapping[str, Any]) -> bytes:
     from ablations.report import plots
     from lit_cifar import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(data_dir=str(data_dir), val_size=settings.get("val_size", 5000),
-                           split_seed=settings.get("split_seed", 0), limit_train=settings.get("limit_train"))
+    dm = CIFAR10DataModule(
+        data_dir=str(data_dir),
+        val_size=settings.get("val_size", 5000),
+        split_seed=settings.get("split_seed", 0),
+        limit_train=settings.get("limit_train"),
+    )
     dm.prepare_data()
     dm.setup("fit")
     images, names = dm.class_examples()
@@ -174,12 +192,12 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> Outcome:
     return outcome
 
 
-def _samples(suite_dir: Path, data_dir: Optional[Path], settings: Optional[Mapping[str, Any]],
-             old_png: Optional[bytes]) -> str:
+def _samples(
+    suite_dir: Path, data_dir: Optional[Path], settings: Optional[Mapping[str, Any]], old_png: Optional[bytes]
+) -> str:
     run = suite_dir / board.SAMPLES_RUN
     if data_dir is not None and settings is not None:
-        board.write_run(run, [board.image_summary(board.SAMPLES_TAG, draw_samples(data_dir, settings))],
-                        replace=True)
+        board.write_run(run, [board.image_summary(board.SAMPLES_TAG, draw_samples(data_dir, settings))], replace=True)
         return f"drawn from {data_dir}"
     if run.is_dir() and board.event_files(run):
         return "kept the existing _samples run"
@@ -192,25 +210,40 @@ def _samples(suite_dir: Path, data_dir: Optional[Path], settings: Optional[Mappi
 def _suite_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a folder: give a suite's folder, e.g. logs/replication/"
-                                         "notebook")
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a folder: give a suite's folder, e.g. logs/replication/notebook"
+        )
     if not any(path.glob(f"*/seed=*/{RESULT_FILE}")):
-        raise argparse.ArgumentTypeError(f"{text} holds no <spec>/seed=<s>/{RESULT_FILE}: give a suite's folder "
-                                         "(the logdir's subfolder named after the suite), e.g. logs/replication/"
-                                         "notebook")
+        raise argparse.ArgumentTypeError(
+            f"{text} holds no <spec>/seed=<s>/{RESULT_FILE}: give a suite's folder "
+            "(the logdir's subfolder named after the suite), e.g. logs/replication/"
+            "notebook"
+        )
     return path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablations.board", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    rebuild = commands.add_parser("rebuild", help="rewrite suites' TensorBoard events from their result.json files",
-                                  description=__doc__.split("\n\n")[0])
-    rebuild.add_argument("suite_dirs", nargs="+", type=_suite_dir, metavar="SUITE_DIR",
-                         help="a suite's folder under a logdir, e.g. logs/replication/notebook")
-    rebuild.add_argument("--data-dir", type=Path, metavar="DIR",
-                         help="the CIFAR-10 folder the suite was trained on, to draw its _samples run (without it an "
-                              "existing _samples run is kept)")
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="rewrite suites' TensorBoard events from their result.json files",
+        description=__doc__.split("\n\n")[0],
+    )
+    rebuild.add_argument(
+        "suite_dirs",
+        nargs="+",
+        type=_suite_dir,
+        metavar="SUITE_DIR",
+        help="a suite's folder under a logdir, e.g. logs/replication/notebook",
+    )
+    rebuild.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="the CIFAR-10 folder the suite was trained on, to draw its _samples run (without it an "
+        "existing _samples run is kept)",
+    )
     return parser
 
 

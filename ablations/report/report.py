@@ -36,8 +36,15 @@ from typing import Any, NoReturn, Optional
 from ablations.report import board, plots
 from ablations.report.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
 from ablations.identity import cell_view
-from ablations.store import (ERROR_FILE, RESULT_FILE, folder_lock, read_result, settings_key, write_bytes_atomic,
-                             write_text_atomic)
+from ablations.store import (
+    ERROR_FILE,
+    RESULT_FILE,
+    folder_lock,
+    read_result,
+    settings_key,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from ablations.report.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
 
 DEFAULT_REFERENCE = "pixel"
@@ -123,12 +130,21 @@ def _spec_row(spec: str, runs: list[dict[str, Any]]) -> SpecSummary:
     epochs = min(len(r.get("history", [])) for r in runs)
     curve = [statistics.fmean(r["history"][e].get("val/acc", float("nan")) for r in runs) for e in range(epochs)]
     return SpecSummary(
-        spec=spec, order=runs[0].get("order", 0), seeds=len(runs), test_acc=interval.estimate,
-        test_acc_std=_std(test), test_acc_ci_low=interval.low, test_acc_ci_high=interval.high,
-        val_acc=statistics.fmean(val), val_acc_std=_std(val), notebook=runs[0].get("notebook"),
+        spec=spec,
+        order=runs[0].get("order", 0),
+        seeds=len(runs),
+        test_acc=interval.estimate,
+        test_acc_std=_std(test),
+        test_acc_ci_low=interval.low,
+        test_acc_ci_high=interval.high,
+        val_acc=statistics.fmean(val),
+        val_acc_std=_std(val),
+        notebook=runs[0].get("notebook"),
         train_val_gap=statistics.fmean(r["metrics"]["train/acc"] - r["metrics"]["val/acc"] for r in runs),
-        wall_time_s=statistics.fmean(r.get("wall_time_s", float("nan")) for r in runs), test_acc_values=test,
-        val_acc_curve=curve)
+        wall_time_s=statistics.fmean(r.get("wall_time_s", float("nan")) for r in runs),
+        test_acc_values=test,
+        val_acc_curve=curve,
+    )
 
 
 def summarize(results: list[dict[str, Any]]) -> list[SpecSummary]:
@@ -150,8 +166,9 @@ def choose_reference(rows: list[SpecSummary], requested: Optional[str]) -> tuple
     specs = [row.spec for row in rows]
     if requested is not None:
         if requested not in specs:
-            raise ValueError(f"--reference {requested!r} is not a spec of these results; choose one of "
-                             f"{', '.join(specs)}")
+            raise ValueError(
+                f"--reference {requested!r} is not a spec of these results; choose one of {', '.join(specs)}"
+            )
         return requested, []
     if not rows or DEFAULT_REFERENCE in specs:
         return (DEFAULT_REFERENCE if rows else None), []
@@ -184,23 +201,26 @@ def check_suite_folder(suite_dir: Path, results: list[dict[str, Any]], problems:
     """Raise `NothingToReport` if `suite_dir` holds no result at all, or results of a suite of another name (a
     suite's folder is ``LOGDIR/SUITE``: results of other suites are never merged into its table)."""
     if not results:
-        inside = sorted({p.parents[2].relative_to(suite_dir).as_posix()
-                         for p in suite_dir.glob(f"*/*/seed=*/{RESULT_FILE}")})
+        inside = sorted(
+            {p.parents[2].relative_to(suite_dir).as_posix() for p in suite_dir.glob(f"*/*/seed=*/{RESULT_FILE}")}
+        )
         hint = f"; it holds the suite folders {', '.join(inside)}: give one of them" if inside else ""
         failed = f" ({len(problems)} problem(s): {'; '.join(problems[:3])})" if problems else ""
-        raise NothingToReport(f"{suite_dir} holds no finished trial (no <spec>/seed=<s>/{RESULT_FILE}){failed}"
-                              f"{hint}")
+        raise NothingToReport(f"{suite_dir} holds no finished trial (no <spec>/seed=<s>/{RESULT_FILE}){failed}{hint}")
     foreign = [r for r in results if r.get("suite", suite_dir.name) != suite_dir.name]
     if foreign:
         suites = sorted({str(r["suite"]) for r in foreign})
-        raise NothingToReport(f"{suite_dir} is the folder of suite {suite_dir.name!r}, but {len(foreign)} of its "
-                              f"{len(results)} results belong to suite(s) {', '.join(suites)} (e.g. "
-                              f"{_trial_name(foreign[0])}): they are not merged into one table; report each suite "
-                              "from its own folder, LOGDIR/SUITE")
+        raise NothingToReport(
+            f"{suite_dir} is the folder of suite {suite_dir.name!r}, but {len(foreign)} of its "
+            f"{len(results)} results belong to suite(s) {', '.join(suites)} (e.g. "
+            f"{_trial_name(foreign[0])}): they are not merged into one table; report each suite "
+            "from its own folder, LOGDIR/SUITE"
+        )
 
 
-def select_settings(results: list[dict[str, Any]],
-                    settings: Optional[str] = None) -> tuple[list[dict[str, Any]], list[str]]:
+def select_settings(
+    results: list[dict[str, Any]], settings: Optional[str] = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The results of one set of settings (`ablations.store.settings_key`), and a line for each other set, whose
     trials are excluded: trials of different settings never enter one comparison.
 
@@ -219,11 +239,16 @@ def select_settings(results: list[dict[str, Any]],
         if key == settings:
             continue
         other = json.loads(key)
-        changed = ", ".join(f"{k}={json.dumps(other.get(k))} (the table's: {json.dumps(chosen.get(k))})"
-                            for k in sorted(set(other) | set(chosen)) if other.get(k) != chosen.get(k))
+        changed = ", ".join(
+            f"{k}={json.dumps(other.get(k))} (the table's: {json.dumps(chosen.get(k))})"
+            for k in sorted(set(other) | set(chosen))
+            if other.get(k) != chosen.get(k)
+        )
         names = ", ".join(_trial_name(r) for r in excluded[:5]) + (" ..." if len(excluded) > 5 else "")
-        lines.append(f"excluded {len(excluded)} trial(s) trained with other settings, {changed}: {names}; "
-                     "they are not compared with the table's trials")
+        lines.append(
+            f"excluded {len(excluded)} trial(s) trained with other settings, {changed}: {names}; "
+            "they are not compared with the table's trials"
+        )
     return kept, lines
 
 
@@ -238,8 +263,7 @@ def build_report(suite_dir: Path, reference: Optional[str] = None, settings: Opt
     check_suite_folder(suite_dir, results, problems)
     results, excluded = select_settings(results, settings)
     if not results:
-        raise NothingToReport(f"{suite_dir} holds no finished trial of the settings asked for; "
-                              + "; ".join(excluded))
+        raise NothingToReport(f"{suite_dir} holds no finished trial of the settings asked for; " + "; ".join(excluded))
     problems += excluded
     results = [cell_view(r) for r in results]  # a setting factor is a row's field like a spec field
     rows = summarize(results)
@@ -251,8 +275,9 @@ def build_report(suite_dir: Path, reference: Optional[str] = None, settings: Opt
     for row in rows:
         row.identical_to = same_as.get(row.spec)
     notes += mixed_environment(results)
-    return SuiteReport(suite_dir.name, results, rows, reference, identical, factorial_analysis(results), notes,
-                       problems)
+    return SuiteReport(
+        suite_dir.name, results, rows, reference, identical, factorial_analysis(results), notes, problems
+    )
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -279,9 +304,14 @@ def settings_line(report: SuiteReport) -> str:
     first = report.results[0]
     s = first["settings"]
     seeds = report.seeds
-    parts = [f"{s.get('epochs', '?')} epochs", f"{_number(first.get('train_images', 0))} training images",
-             f"{_number(first.get('val_images', 0))} validation", f"{_number(first.get('test_images', 0))} test",
-             f"batch {s.get('batch_size', '?')}", f"seeds {', '.join(map(str, seeds))}"]
+    parts = [
+        f"{s.get('epochs', '?')} epochs",
+        f"{_number(first.get('train_images', 0))} training images",
+        f"{_number(first.get('val_images', 0))} validation",
+        f"{_number(first.get('test_images', 0))} test",
+        f"batch {s.get('batch_size', '?')}",
+        f"seeds {', '.join(map(str, seeds))}",
+    ]
     return " · ".join(parts)
 
 
@@ -300,14 +330,18 @@ def constant_settings(report: SuiteReport) -> str:
 def spec_table(report: SuiteReport) -> str:
     """The per-spec table (markdown)."""
     ref = report.reference or "reference"
-    lines = [f"| spec | seeds | test acc | 95% CI | vs {ref} | val acc | notebook | train − val | wall s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| spec | seeds | test acc | 95% CI | vs {ref} | val acc | notebook | train − val | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report.rows:
         same = f" (= {r.identical_to})" if r.identical_to else ""
-        lines.append(f"| {r.spec}{same} | {r.seeds} | {_pm(r.test_acc, r.test_acc_std)} | "
-                     f"{_ci(r.test_acc_ci_low, r.test_acc_ci_high)} | {_opt(r.vs_reference, '+.4f')} | "
-                     f"{_pm(r.val_acc, r.val_acc_std)} | {_opt(r.notebook, '.3f')} | {r.train_val_gap:+.4f} | "
-                     f"{_opt(r.wall_time_s, '.0f')} |")
+        lines.append(
+            f"| {r.spec}{same} | {r.seeds} | {_pm(r.test_acc, r.test_acc_std)} | "
+            f"{_ci(r.test_acc_ci_low, r.test_acc_ci_high)} | {_opt(r.vs_reference, '+.4f')} | "
+            f"{_pm(r.val_acc, r.val_acc_std)} | {_opt(r.notebook, '.3f')} | {r.train_val_gap:+.4f} | "
+            f"{_opt(r.wall_time_s, '.0f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -318,15 +352,19 @@ def verdict(report: SuiteReport) -> str:
     if not compared:
         return ""
     if not tested:
-        return (f"No difference from `{report.reference}` can be tested: a comparison needs at least two seeds of "
-                "both specs.")
+        return (
+            f"No difference from `{report.reference}` can be tested: a comparison needs at least two seeds of "
+            "both specs."
+        )
     seeds = "/".join(map(str, sorted({r.seeds for r in tested})))
     resolved = [f"{r.spec} ({r.vs_reference:+.3f})" for r in tested if r.resolved]
     unresolved = [r.spec for r in tested if not r.resolved]
     text = f"**Resolved at {seeds} seeds** (Holm-corrected p < {1 - LEVEL:.2f}): " + (", ".join(resolved) or "none")
     if unresolved:
-        text += (f". **Not resolved**: {', '.join(unresolved)}: their difference from `{report.reference}` is "
-                 "within what the seed-to-seed spread allows; more seeds are needed to tell.")
+        text += (
+            f". **Not resolved**: {', '.join(unresolved)}: their difference from `{report.reference}` is "
+            "within what the seed-to-seed spread allows; more seeds are needed to tell."
+        )
     untested = [r.spec for r in compared if r.p_holm is None]
     if untested:
         text += f" Not tested (fewer than two seeds, or no spread at all): {', '.join(untested)}."
@@ -341,14 +379,17 @@ def comparison_table(report: SuiteReport) -> str:
             continue
         resolved = "—" if r.resolved is None else ("yes" if r.resolved else "no")
         interval = _ci(r.vs_reference_ci_low, r.vs_reference_ci_high)
-        lines.append(f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {interval} | {_opt(r.p_value, '.3g')} | "
-                     f"{_opt(r.p_holm, '.3g')} | {resolved} |")
+        lines.append(
+            f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {interval} | {_opt(r.p_value, '.3g')} | "
+            f"{_opt(r.p_holm, '.3g')} | {resolved} |"
+        )
     return "\n".join(lines)
 
 
 def identical_section(report: SuiteReport) -> str:
-    return "\n".join(f"- `{spec}` gave exactly the numbers of `{same}` for every seed: {why}"
-                     for spec, same, why in report.identical)
+    return "\n".join(
+        f"- `{spec}` gave exactly the numbers of `{same}` for every seed: {why}" for spec, same, why in report.identical
+    )
 
 
 def diagnostics_table(report: SuiteReport) -> str:
@@ -366,8 +407,10 @@ def diagnostics_table(report: SuiteReport) -> str:
 def effects_table(fit: FactorialFit) -> str:
     lines = ["| effect | change in test acc | 95% CI | Holm p | resolved |", "|---|---:|---:|---:|---|"]
     for t in fit.effects:
-        lines.append(f"| {t.name} | {t.effect.estimate:+.4f} | {_ci(t.effect.low, t.effect.high)} | "
-                     f"{_opt(t.p_holm, '.3g')} | {'yes' if t.resolved else 'no'} |")
+        lines.append(
+            f"| {t.name} | {t.effect.estimate:+.4f} | {_ci(t.effect.low, t.effect.high)} | "
+            f"{_opt(t.p_holm, '.3g')} | {'yes' if t.resolved else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -377,36 +420,49 @@ def effects_section(fit: Optional[FactorialFit]) -> str:
     if fit.problem:
         return f"Not estimated: {fit.problem}."
     model = "every main effect and two-factor interaction" if fit.interactions else "main effects only"
-    return (f"A linear model of test accuracy over the trials ({model}; {fit.residual_df} residual degrees of "
-            "freedom, higher interactions taken as noise). A main effect `X` is the mean change when X is switched "
-            "on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
-            "accuracy when Y is on. CIs are 95%; p-values Holm-corrected over all effects.\n\n"
-            + effects_table(fit) + aliased_note(fit))
+    return (
+        f"A linear model of test accuracy over the trials ({model}; {fit.residual_df} residual degrees of "
+        "freedom, higher interactions taken as noise). A main effect `X` is the mean change when X is switched "
+        "on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
+        "accuracy when Y is on. CIs are 95%; p-values Holm-corrected over all effects.\n\n"
+        + effects_table(fit)
+        + aliased_note(fit)
+    )
 
 
 def aliased_note(fit: FactorialFit) -> str:
     """For a fractional design: the effects it cannot separate, which the table leaves out."""
     if not fit.aliased:
         return ""
-    return (f"\n\nFractional design: these {len(fit.aliased)} effects are aliased with the model's (the trials "
-            "run cannot separate them) and are not estimated: " + ", ".join(f"`{n}`" for n in fit.aliased) + ".")
+    return (
+        f"\n\nFractional design: these {len(fit.aliased)} effects are aliased with the model's (the trials "
+        "run cannot separate them) and are not estimated: " + ", ".join(f"`{n}`" for n in fit.aliased) + "."
+    )
 
 
 def comparison_section(report: SuiteReport) -> str:
     if len(report.rows) < 2:
         return ""
-    return (f"Welch's t-test on test accuracy, p-values Holm-corrected over the {len(report.rows) - 1} "
-            f"comparisons.\n\n{comparison_table(report)}\n\n{verdict(report)}")
+    return (
+        f"Welch's t-test on test accuracy, p-values Holm-corrected over the {len(report.rows) - 1} "
+        f"comparisons.\n\n{comparison_table(report)}\n\n{verdict(report)}"
+    )
 
 
 def markdown(report: SuiteReport) -> str:
     """results.md: every section that has something to say."""
     sections = [
-        (f"# Suite `{report.name}`: {len(report.rows)} specs, {len(report.results)} trials",
-         settings_line(report) + constant_settings(report)),
-        ("## Test accuracy per spec", report.rows and "Mean ± std over seeds, and the 95% confidence interval of the "
-         f"mean (t-based); `vs {report.reference}` is the difference of means from the reference spec.\n\n"
-         + spec_table(report)),
+        (
+            f"# Suite `{report.name}`: {len(report.rows)} specs, {len(report.results)} trials",
+            settings_line(report) + constant_settings(report),
+        ),
+        (
+            "## Test accuracy per spec",
+            report.rows
+            and "Mean ± std over seeds, and the 95% confidence interval of the "
+            f"mean (t-based); `vs {report.reference}` is the difference of means from the reference spec.\n\n"
+            + spec_table(report),
+        ),
         (f"## Each spec against `{report.reference}`", comparison_section(report)),
         ("## Identical results", identical_section(report)),
         ("## Diagnostics (last epoch, mean over seeds)", diagnostics_table(report)),
@@ -432,9 +488,19 @@ def spec_records(rows: list[SpecSummary]) -> list[dict[str, Any]]:
 
 
 def effect_records(fit: FactorialFit) -> list[dict[str, Any]]:
-    return [{"effect": t.name, "kind": "interaction" if " × " in t.name else "main", "estimate": t.effect.estimate,
-             "ci_low": t.effect.low, "ci_high": t.effect.high, "p_value": t.p_value, "p_holm": t.p_holm,
-             "resolved": t.resolved} for t in fit.effects]
+    return [
+        {
+            "effect": t.name,
+            "kind": "interaction" if " × " in t.name else "main",
+            "estimate": t.effect.estimate,
+            "ci_low": t.effect.low,
+            "ci_high": t.effect.high,
+            "p_value": t.p_value,
+            "p_holm": t.p_holm,
+            "resolved": t.resolved,
+        }
+        for t in fit.effects
+    ]
 
 
 def _verdict_key(row: SpecSummary, reference: Optional[str]) -> str:
@@ -445,8 +511,11 @@ def _verdict_key(row: SpecSummary, reference: Optional[str]) -> str:
     return "better" if (row.vs_reference or 0.0) > 0 else "worse"
 
 
-CHARTS = {"results.png": "report/test_accuracy", "curves.png": "report/val_accuracy",
-          "effects.png": "report/effects"}  # file -> its TensorBoard image tag
+CHARTS = {
+    "results.png": "report/test_accuracy",
+    "curves.png": "report/val_accuracy",
+    "effects.png": "report/effects",
+}  # file -> its TensorBoard image tag
 
 
 def _seed_range(report: SuiteReport, spec: str) -> tuple[list[float], list[float]]:
@@ -468,22 +537,46 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
     """The report's charts by file name (`CHARTS`), drawn at `layout`'s size."""
     settings = settings_line(report)
     counts = {r.seeds for r in report.rows}
-    bars = [plots.Bar(r.spec + ("" if len(counts) == 1 else f"  (n={r.seeds})")
-                      + (f" (= {r.identical_to})" if r.identical_to else ""),
-                      r.test_acc_values, r.test_acc, r.test_acc_ci_low, r.test_acc_ci_high,
-                      _verdict_key(r, report.reference), r.notebook) for r in report.rows]
-    curves = [plots.Curve(r.spec, r.val_acc_curve, r.identical_to, *_seed_range(report, r.spec),
-                          reference=r.spec == report.reference) for r in report.rows]
+    bars = [
+        plots.Bar(
+            r.spec
+            + ("" if len(counts) == 1 else f"  (n={r.seeds})")
+            + (f" (= {r.identical_to})" if r.identical_to else ""),
+            r.test_acc_values,
+            r.test_acc,
+            r.test_acc_ci_low,
+            r.test_acc_ci_high,
+            _verdict_key(r, report.reference),
+            r.notebook,
+        )
+        for r in report.rows
+    ]
+    curves = [
+        plots.Curve(
+            r.spec, r.val_acc_curve, r.identical_to, *_seed_range(report, r.spec), reference=r.spec == report.reference
+        )
+        for r in report.rows
+    ]
     suite = f"Suite '{report.name}'" + (f" ({report.caption})" if report.caption else "")
-    pngs = {"results.png": plots.results_chart(bars, f"{suite}: test accuracy per spec vs {report.reference}",
-                                               f"{settings} · mean and 95% CI over seeds", layout),
-            "curves.png": plots.curves_chart(curves, f"{suite}: validation accuracy per epoch",
-                                             f"{settings} · line: mean over seeds · band: lowest to highest seed",
-                                             layout)}
+    pngs = {
+        "results.png": plots.results_chart(
+            bars,
+            f"{suite}: test accuracy per spec vs {report.reference}",
+            f"{settings} · mean and 95% CI over seeds",
+            layout,
+        ),
+        "curves.png": plots.curves_chart(
+            curves,
+            f"{suite}: validation accuracy per epoch",
+            f"{settings} · line: mean over seeds · band: lowest to highest seed",
+            layout,
+        ),
+    }
     fit = report.factorial
     if fit is not None and fit.effects:
-        rows = [plots.EffectRow(t.name, t.effect.estimate, t.effect.low, t.effect.high, t.resolved)
-                for t in fit.effects]
+        rows = [
+            plots.EffectRow(t.name, t.effect.estimate, t.effect.low, t.effect.high, t.resolved) for t in fit.effects
+        ]
         title = f"{suite}: effects on test accuracy: main and two-factor interactions"
         pngs["effects.png"] = plots.effects_chart(rows, title, f"{settings} · 95% CIs", layout)
     return pngs
@@ -531,9 +624,12 @@ def _write_files(suite_dir: Path, report: SuiteReport) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/notebook")
-    parser.add_argument("--reference", metavar="SPEC",
-                        help=f"the spec every other is compared with (default: {DEFAULT_REFERENCE}, or the suite's "
-                             "first spec if it has no pixel)")
+    parser.add_argument(
+        "--reference",
+        metavar="SPEC",
+        help=f"the spec every other is compared with (default: {DEFAULT_REFERENCE}, or the suite's "
+        "first spec if it has no pixel)",
+    )
     args = parser.parse_args(argv)
     if not args.suite_dir.is_dir():
         return _fail(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")

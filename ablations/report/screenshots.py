@@ -23,8 +23,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-TABS = {"timeseries": "#timeseries", "scalars": "#scalars", "hparams_table": "#hparams", "images": "#images",
-        "text": "#text"}
+TABS = {
+    "timeseries": "#timeseries",
+    "scalars": "#scalars",
+    "hparams_table": "#hparams",
+    "images": "#images",
+    "text": "#text",
+}
 WINDOW = "1600,1000"
 PARALLEL_TAB = (907, 95)  # the HParams tab's "Parallel Coordinates View" at WINDOW (its views live in shadow DOM)
 
@@ -36,9 +41,23 @@ def browser() -> Optional[str]:
 
 def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
     """A tensorboard on 127.0.0.1:`port`, once it lists the runs' scalars."""
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
-                               "127.0.0.1", "--port", str(port), "--load_fast", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -54,18 +73,43 @@ def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
 
 
 def screenshot(chromium: str, url: str, out: Path, budget_ms: int = 15000) -> None:
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={out}", f"--window-size={WINDOW}", f"--virtual-time-budget={budget_ms}", url],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={out}",
+            f"--window-size={WINDOW}",
+            f"--virtual-time-budget={budget_ms}",
+            url,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def _devtools(chromium: str, port: int) -> tuple[subprocess.Popen, Any]:
     import websocket  # the optional "screenshots" extra
 
-    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                             f"--remote-debugging-port={port}", "--remote-allow-origins=*",
-                             f"--window-size={WINDOW}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--remote-debugging-port={port}",
+            "--remote-allow-origins=*",
+            f"--window-size={WINDOW}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(60):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5) as r:
@@ -82,7 +126,7 @@ def _devtools(chromium: str, port: int) -> tuple[subprocess.Popen, Any]:
 def clicked_screenshot(chromium: str, url: str, clicks: list[tuple[int, int]], out: Path, port: int) -> None:
     """A screenshot of `url` after clicking, in turn, at each point of `clicks` (CSS pixels)."""
     proc, ws = _devtools(chromium, port)
-    calls = iter(range(1, 10 ** 6))
+    calls = iter(range(1, 10**6))
 
     def call(method: str, **params: Any) -> dict:
         ident = next(calls)

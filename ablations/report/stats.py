@@ -99,8 +99,9 @@ def welch(values: Sequence[float], reference: Sequence[float], name: str, level:
     return Contrast(name, Interval(difference, float(low), float(high)), float(result.pvalue))
 
 
-def compare_with_reference(groups: Mapping[str, Sequence[float]], reference: str,
-                           level: float = LEVEL) -> list[Contrast]:
+def compare_with_reference(
+    groups: Mapping[str, Sequence[float]], reference: str, level: float = LEVEL
+) -> list[Contrast]:
     """Every group but `reference` against it (Welch), Holm-corrected over all of them, in `groups` order.
 
     Raises:
@@ -108,8 +109,7 @@ def compare_with_reference(groups: Mapping[str, Sequence[float]], reference: str
     """
     if reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(groups)}")
-    return holm([welch(values, groups[reference], name, level) for name, values in groups.items()
-                 if name != reference])
+    return holm([welch(values, groups[reference], name, level) for name, values in groups.items() if name != reference])
 
 
 # ------------------------------------------------------------------------------------------------ factorial
@@ -140,8 +140,16 @@ class FactorialFit:
 def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) -> pd.DataFrame:
     """Intercept, one treatment dummy per non-reference level and, with `interactions`, their pairwise products
     across factors."""
-    dummies = [pd.get_dummies(pd.Categorical(frame[f.name], categories=f.levels), prefix=f.name, prefix_sep="=",
-                              drop_first=True, dtype=float) for f in factors]
+    dummies = [
+        pd.get_dummies(
+            pd.Categorical(frame[f.name], categories=f.levels),
+            prefix=f.name,
+            prefix_sep="=",
+            drop_first=True,
+            dtype=float,
+        )
+        for f in factors
+    ]
     columns = {"intercept": np.ones(len(frame))}
     for block in dummies:
         columns.update({name: block[name].to_numpy() for name in block})
@@ -171,49 +179,68 @@ def _contrasts(factors: Sequence[Factor], interactions: bool) -> dict[str, np.nd
         for f, g in itertools.combinations(factors, 2):
             for a, b in itertools.product(f.levels[1:], g.levels[1:]):
                 off_a, off_b = f.reference, g.reference
-                rows[f"{a} × {b}"] = (mean_row(**{f.name: a, g.name: b}) - mean_row(**{f.name: a, g.name: off_b})
-                                      - mean_row(**{f.name: off_a, g.name: b})
-                                      + mean_row(**{f.name: off_a, g.name: off_b}))
+                rows[f"{a} × {b}"] = (
+                    mean_row(**{f.name: a, g.name: b})
+                    - mean_row(**{f.name: a, g.name: off_b})
+                    - mean_row(**{f.name: off_a, g.name: b})
+                    + mean_row(**{f.name: off_a, g.name: off_b})
+                )
     return rows
 
 
-def _fit(frame: pd.DataFrame, factors: Sequence[Factor], response: str, interactions: bool,
-         level: float) -> FactorialFit:
+def _fit(
+    frame: pd.DataFrame, factors: Sequence[Factor], response: str, interactions: bool, level: float
+) -> FactorialFit:
     model = sm.OLS(frame[response].to_numpy(dtype=float), _design(frame, factors, interactions).to_numpy())
     fit = model.fit()
     contrasts = _contrasts(factors, interactions)
     result = fit.t_test(np.vstack(list(contrasts.values())))
     bounds = result.conf_int(alpha=1 - level)
     estimates, p_values = np.atleast_1d(result.effect), np.atleast_1d(result.pvalue)
-    tests = [Contrast(name, Interval(float(e), float(lo), float(hi)), float(p))
-             for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)]
+    tests = [
+        Contrast(name, Interval(float(e), float(lo), float(hi)), float(p))
+        for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)
+    ]
     return FactorialFit(holm(tests), interactions, int(fit.df_resid))
 
 
-def _fractional_fit(frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float, present: int,
-                    combinations: int) -> FactorialFit:
+def _fractional_fit(
+    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float, present: int, combinations: int
+) -> FactorialFit:
     """A fraction of the grid: the largest model (two-factor, else main effects) whose columns the runs separate
     (full column rank) with residual degrees of freedom left; the effects outside it are aliased."""
     combos = frame[[f.name for f in factors]].drop_duplicates()
     counts = [combos[f.name].value_counts().reindex(list(f.levels), fill_value=0) for f in factors]
     balanced = all(c.min() > 0 and c.max() <= 1.5 * c.min() for c in counts)
     if not balanced:  # hand-picked specs, not a design: a design runs every level of a factor about equally often
-        return FactorialFit([], False, 0, f"the specs cover {present} of the {combinations} combinations of "
-                                          f"{', '.join(f.name for f in factors)} (not a full factorial design)")
+        return FactorialFit(
+            [],
+            False,
+            0,
+            f"the specs cover {present} of the {combinations} combinations of "
+            f"{', '.join(f.name for f in factors)} (not a full factorial design)",
+        )
     every = list(_contrasts(factors, True))
     for interactions in (True, False):
         x = _design(frame, factors, interactions).to_numpy()
         if np.linalg.matrix_rank(x) == x.shape[1] and len(frame) > x.shape[1]:
             fit = _fit(frame, factors, response, interactions, level)
             estimated = {t.name for t in fit.effects}
-            return FactorialFit(fit.effects, interactions, fit.residual_df,
-                                aliased=tuple(n for n in every if n not in estimated))
-    return FactorialFit([], False, 0, f"the specs cover {present} of the {combinations} combinations of "
-                                      f"{', '.join(f.name for f in factors)}, too few to separate the main effects")
+            return FactorialFit(
+                fit.effects, interactions, fit.residual_df, aliased=tuple(n for n in every if n not in estimated)
+            )
+    return FactorialFit(
+        [],
+        False,
+        0,
+        f"the specs cover {present} of the {combinations} combinations of "
+        f"{', '.join(f.name for f in factors)}, too few to separate the main effects",
+    )
 
 
-def factorial_effects(frame: pd.DataFrame, factors: Sequence[Factor], response: str,
-                      level: float = LEVEL) -> FactorialFit:
+def factorial_effects(
+    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL
+) -> FactorialFit:
     """Main effects and two-factor interactions of `factors` on `response` (one row of `frame` per trial).
 
     The model has every main effect and every two-factor interaction when the trials leave residual degrees of
@@ -228,6 +255,11 @@ def factorial_effects(frame: pd.DataFrame, factors: Sequence[Factor], response: 
         parameters = _design(frame.head(1), factors, interactions).shape[1]
         if len(frame) > parameters:
             return _fit(frame, factors, response, interactions, level)
-    return FactorialFit([], False, 0, f"{len(frame)} trials leave no residual degrees of freedom for "
-                                      f"{1 + sum(len(f.levels) - 1 for f in factors)} main-effect parameters: "
-                                      "run more seeds")
+    return FactorialFit(
+        [],
+        False,
+        0,
+        f"{len(frame)} trials leave no residual degrees of freedom for "
+        f"{1 + sum(len(f.levels) - 1 for f in factors)} main-effect parameters: "
+        "run more seeds",
+    )
