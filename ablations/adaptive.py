@@ -89,16 +89,22 @@ def _guarded(n: np.ndarray, var: np.ndarray) -> np.ndarray:
         return np.where(n >= 2, (n - 1) * var / scipy_stats.chi2.ppf(1 - GUARD, np.maximum(n - 1, 1)), np.nan)
 
 
-def seen_variance(draws: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """What a decision reads: the variance (ddof=1) of seeds ``0 .. n-2`` of each spec, every seed but its newest
-    (nan with fewer than two). `draws` holds seed k of each spec at ``[..., k, spec]``, `n` the seed counts as
-    ``[..., spec]``; numpy-broadcast over leading axes."""
-    seen = np.asarray(n) - 1
-    mask = np.arange(draws.shape[-2])[:, None] < seen[..., None, :]
+def first_seeds(draws: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (ddof=1; nan with fewer than two) of seeds ``0 .. k-1`` of each spec. `draws` holds seed
+    j of each spec at ``[..., j, spec]``, `k` the seed counts as ``[..., spec]``; numpy-broadcast over leading
+    axes."""
+    k = np.asarray(k)
+    mask = np.arange(draws.shape[-2])[:, None] < k[..., None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = (draws * mask).sum(-2) / seen
-        var = (((draws - mean[..., None, :]) * mask) ** 2).sum(-2) / (seen - 1)
-    return np.where(seen >= 2, var, np.nan)
+        mean = (draws * mask).sum(-2) / k
+        var = (((draws - mean[..., None, :]) * mask) ** 2).sum(-2) / (k - 1)
+    return mean, np.where(k >= 2, var, np.nan)
+
+
+def seen_variance(draws: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """What a decision reads: the variance of seeds ``0 .. n-2`` of each spec, every seed but its newest
+    (`first_seeds` of ``n - 1``)."""
+    return first_seeds(draws, np.asarray(n) - 1)[1]
 
 
 def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
@@ -389,9 +395,7 @@ def simulate(
         if not add.any():
             break
         n = n + add
-    mask = np.arange(target.max_seeds)[:, None] < n[:, None, :]
-    mean = (draws * mask).sum(1) / n
-    var = (((draws - mean[:, None, :]) * mask) ** 2).sum(1) / (n - 1)
+    mean, var = first_seeds(draws, n)
     va, vb = var / n, (var / n)[:, :1]
     with np.errstate(divide="ignore", invalid="ignore"):
         df = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (n[:, :1] - 1))
