@@ -10,11 +10,15 @@ have the data's number of classes stop the run (exit 2) before any trial folder 
 
 **A custom data module** (``data: {class_path: ..., init_args: ...}``) is a ``LightningDataModule`` built with its
 init args plus whichever of ``data_dir, normalize, augment, val_size, split_seed, batch_size, limit_train,
-download, seed`` its constructor takes and the init args do not set. Its contract, checked on its first training
-batch before anything trains: batches are ``(uint8 images (B, 3, 32, 32) in 0-255, int64 labels (B,))``; after
-``setup("fit")`` it has ``num_classes`` (or ``classes``) and, for a spec that standardizes (``pixel``,
-``channel``), ``mean`` and ``std`` fitted on its training split (shaped (3, 32, 32) or (3, 1, 1), 0-255 units).
-Subclassing `lit_cifar.CIFAR10DataModule` gives all of this.
+download, seed`` its constructor takes and the init args do not set. Its contract, checked before anything trains
+on its first training batch, once per distinct (normalize, augment) of the suite's specs: batches are ``(images
+(B, C, H, W), int64 labels (B,))``, images uint8 or float in 0-255 units, of any channel count and size; after
+``setup("fit")`` it has ``num_classes`` (or ``classes``); for a spec that standardizes (``pixel``, ``channel``),
+``mean`` and ``std`` fitted on its training split (shaped (C, H, W) or (C, 1, 1), 0-255 units:
+`lit_cifar.data.fit_normalization` computes them); for a spec with ``augment``, an ``augment`` attribute that is
+True (it augments its training batches), and for one without, none or False. Subclassing
+`lit_cifar.CIFAR10DataModule` gives all of this; each test image is counted once under DDP when its evaluation
+loaders use `lit_cifar.data.evaluation_sampler`.
 """
 
 from __future__ import annotations
@@ -215,6 +219,23 @@ def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
     )
 
 
+def data_statistics(dm: Any, spec: Any) -> tuple[Any, Any]:
+    """A custom data module's ``mean`` and ``std`` for a spec that standardizes inputs.
+
+    Raises:
+        ValueError: one line naming the data module, the spec and what a data module of one's own must have.
+    """
+    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+    if mean is None or std is None:
+        raise ValueError(
+            f"spec {spec.name!r} standardizes inputs (normalize={spec.normalize!r}) but data module "
+            f"{type(dm).__name__} has no mean and std after setup('fit'): give it mean and std attributes fitted on "
+            f"its training split in 0-255 units, shaped (C, H, W) for pixel or (C, 1, 1) for channel "
+            "(lit_cifar.data.fit_normalization(train_images, normalize) computes them)"
+        )
+    return mean, std
+
+
 def give_statistics(model: Any, dm: Any) -> None:
     """A custom data module's ``mean``/``std`` to a model whose spec standardizes (built-in ones give their own
     when fitting starts)."""
@@ -222,13 +243,7 @@ def give_statistics(model: Any, dm: Any) -> None:
 
     if isinstance(dm, CIFAR10DataModule) or model.spec.normalize == "none":
         return
-    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
-    if mean is None or std is None:
-        raise ValueError(
-            f"spec {model.spec.name!r} standardizes inputs ({model.spec.normalize}) but data module "
-            f"{type(dm).__name__} has no mean and std after setup('fit'): see ablations.custom"
-        )
-    model.set_input_statistics(mean, std)
+    model.set_input_statistics(*data_statistics(dm, model.spec))
 
 
 def loggers(trial: Trial, options: RunOptions) -> list[Any]:
@@ -260,7 +275,7 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ checking
-def _check_one_model(trial: Trial, num_classes: Optional[int]) -> None:
+def _check_one_model(trial: Trial, num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
     import torch
 
     from lit_cifar.models import NotebookCNN, build_backbone
@@ -282,11 +297,12 @@ def _check_one_model(trial: Trial, num_classes: Optional[int]) -> None:
     if num_classes is None:
         return
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    batch = (2, *image_shape)
     try:
         with torch.no_grad():
-            out = backbone.eval()(torch.zeros(2, 3, 32, 32, device=device))
+            out = backbone.eval()(torch.zeros(batch, device=device))
     except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
-        raise ValueError(f"its forward pass on a (2, 3, 32, 32) batch fails: {type(error).__name__}: {error}") from None
+        raise ValueError(f"its forward pass on a {batch} batch fails: {type(error).__name__}: {error}") from None
     if tuple(out.shape) != (2, num_classes):
         raise ValueError(
             f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
@@ -294,15 +310,21 @@ def _check_one_model(trial: Trial, num_classes: Optional[int]) -> None:
         )
 
 
-def check_models(trials: list[Trial], num_classes: Optional[int] = None) -> None:
+def check_models(
+    trials: list[Trial], num_classes: Optional[int] = None, image_shape: Optional[tuple[int, ...]] = None
+) -> None:
     """Build every distinct (model, spec) of `trials` once, cheaply, and check it honours the spec and returns
-    the data's number of classes (`num_classes`: None to skip that check).
+    the data's number of classes (`num_classes`: None to skip that check) for images of `image_shape` (None:
+    CIFAR's, `lit_cifar.data.IMAGE_SHAPE`).
 
     Raises:
         ValueError: one line naming the model, the spec and the reason.
     """
+    from lit_cifar.data import IMAGE_SHAPE
+
     if num_classes is None and trials and isinstance(trials[0].data, str):
         num_classes = BUILTIN_CLASSES[trials[0].data]
+    image_shape = image_shape or IMAGE_SHAPE
     seen: set[tuple[Any, str]] = set()
     for trial in trials:
         key = (trial.model, str(trial.spec))
@@ -311,7 +333,7 @@ def check_models(trials: list[Trial], num_classes: Optional[int] = None) -> None
         seen.add(key)
         model = "NotebookCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
         try:
-            _check_one_model(trial, num_classes)
+            _check_one_model(trial, num_classes, image_shape)
         except (ValueError, TypeError) as error:
             text = str(error)
             prefix = "" if text.startswith("model ") else f"model {model} cannot train spec {trial.spec}: "
@@ -333,17 +355,21 @@ def _check_optimizer(ref: ClassRef) -> None:
         raise ValueError(f"optimizer {ref}: {type(error).__name__}: {error}") from None
 
 
-def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> int:
-    """Build the custom data module of `trial`, set it up and check its first training batch against the
-    contract (module docstring); returns its number of classes.
+def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[int, tuple[int, ...]]:
+    """Build the custom data module of `trial`, set it up and check its first training batch, its statistics and
+    its augmentation against the contract (module docstring) for `trial`'s spec; returns its number of classes and
+    its image shape (C, H, W).
 
     Raises:
         ValueError: one line naming the data module and what breaks the contract.
     """
     import torch
 
+    from lit_cifar.module import InputNormalization, check_augment
+
     dm = make_datamodule(trial, data_dir, download)
     name = f"data module {trial.data}"
+    check_augment(trial.spec, dm)  # before its data is read: the spec cannot be trained as labelled
     try:
         dm.prepare_data()
         dm.setup("fit")
@@ -360,12 +386,12 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> int:
     images, labels = batch
     if not (
         isinstance(images, torch.Tensor)
-        and images.dtype == torch.uint8
+        and (images.dtype == torch.uint8 or images.is_floating_point())
         and images.dim() == 4
-        and tuple(images.shape[1:]) == (3, 32, 32)
+        and min(images.shape[1:]) >= 1
     ):
         raise ValueError(
-            f"{name} breaks the batch contract: images must be uint8 (B, 3, 32, 32) in 0-255, got "
+            f"{name} breaks the batch contract: images must be uint8 or float (B, C, H, W) in 0-255, got "
             f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
         )
     if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (len(images),)):
@@ -378,11 +404,19 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> int:
             f"{name} breaks the batch contract: labels must lie in 0-{count - 1} (num_classes "
             f"{count}), got {int(labels.min())}-{int(labels.max())}"
         )
-    return count
+    if trial.spec.normalize != "none":
+        normalization = InputNormalization(trial.spec.normalize)
+        try:
+            normalization.set_statistics(*data_statistics(dm, trial.spec))
+            normalization(images[:1].cpu())
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    return count, tuple(images.shape[1:])
 
 
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
-    """Everything about the model, data and optimizer that can fail, checked before any trial trains."""
+    """Everything about the model, data and optimizer that can fail, checked before any trial trains: a custom data
+    module once per distinct (normalize, augment) of the specs, every distinct (model, spec) on its images."""
     if not trials:
         return
     custom_data = not isinstance(trials[0].data, str)
@@ -393,5 +427,10 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
         and all(t.settings.optimizer is None for t in trials)
     ):
         return  # the notebook's model and data: checked by the library as before
-    num_classes = check_data(trials[0], options.data_dir, options.download) if custom_data and needs_data else None
-    check_models(trials, num_classes)
+    num_classes: Optional[int] = None
+    image_shape: Optional[tuple[int, ...]] = None
+    if custom_data and needs_data:
+        distinct = {(t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first trial
+        for trial in reversed(distinct.values()):
+            num_classes, image_shape = check_data(trial, options.data_dir, options.download)
+    check_models(trials, num_classes, image_shape)

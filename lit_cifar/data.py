@@ -75,8 +75,9 @@ class NormalizingData(Protocol):
 
     * ``normalize``: ``"none"``, ``"pixel"`` or ``"channel"``, as the model's spec's ``normalize`` (another one is a
       ValueError when fitting, validation, testing or prediction starts).
-    * ``mean`` and ``std``: float tensors in 0-255 units fitted on the training split, shaped (3, 32, 32) for
-      ``"pixel"`` and (3, 1, 1) otherwise, or ``None`` until they are fitted (then nothing is read).
+    * ``mean`` and ``std``: float tensors in 0-255 units fitted on the training split, shaped as one image (C, H, W)
+      for ``"pixel"`` and (C, 1, 1) otherwise (`fit_normalization` computes them), or ``None`` until they are fitted
+      (then nothing is read).
 
     When a stage starts, a model whose statistics are not fitted yet takes the data module's; a fitted one (trained,
     or loaded from a checkpoint) writes its own into ``mean`` and ``std`` where they differ, so that the data
@@ -117,11 +118,56 @@ def find_layout(data_dir: Path, fmt: CifarFormat = CIFAR10) -> Optional[Path]:
     return None
 
 
+# What a dataset pickle may name: NumPy's array reconstruction (NumPy 1 and 2 module names, protocols 2-5) and the
+# byte-string helper Python 2 pickles of arrays use. Nothing else is ever imported or called while reading one.
+PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class DataUnpickler(pickle.Unpickler):
+    """Reads the dataset pickles without running code: only the globals of `PICKLE_GLOBALS` resolve, so a crafted
+    file that names any other callable raises ``pickle.UnpicklingError`` before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a dataset pickle holds only numeric arrays")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(path: Path) -> Any:
+    """The content of a dataset pickle read with `DataUnpickler`: dicts, lists, strings, numbers and numeric NumPy
+    arrays (the official files are Python 2 pickles, hence latin1).
+
+    Raises:
+        pickle.UnpicklingError: the file names anything else, or holds an array of object dtype.
+    """
+    with open(path, "rb") as f:
+        content = DataUnpickler(f, encoding="latin1").load()
+    pending = [content]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending += [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple)):
+            pending += value
+        elif isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise pickle.UnpicklingError("refusing an array of object dtype: a dataset pickle holds numeric arrays")
+    return content
+
+
 def _read_pickle_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
     name = fmt.name
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+        entry = load_data_pickle(path)
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         data, labels = entry["data"], entry.get("labels", entry.get("fine_labels"))
         images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
@@ -203,16 +249,30 @@ def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tup
     return images, labels
 
 
-def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 1024) -> tuple[Tensor, Tensor]:
-    """Mean and std (float32, 0-255 units) of uint8 `images`, per pixel (3x32x32) or per channel (3x1x1).
+def normalization_shape(normalize: Normalization, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the mean and std that standardize images of `image_shape` (C, H, W): the image's shape for
+    ``"pixel"``, (C, 1, 1) for ``"channel"`` and ``"none"``.
 
-    The std is the population std (``np.std``, ddof=0), as the notebook computes it. ``"none"`` gives mean 0 and
-    std 1, which feeds raw 0-255 pixels. Sums are accumulated in float64 over chunks, so memory stays small.
+    Raises:
+        ValueError: `normalize` is not a normalization, or `image_shape` is not (C, H, W).
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"images must be (C, H, W), got image shape {tuple(image_shape)}")
+    return tuple(image_shape) if normalize == "pixel" else (image_shape[0], 1, 1)
+
+
+def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """Mean and std (float32, 0-255 units) of `images` (N, C, H, W), per pixel (C, H, W) or per channel (C, 1, 1).
+
+    The std is the population std (``np.std``, ddof=0), as the notebook computes it. ``"none"`` gives mean 0 and
+    std 1, which feeds raw 0-255 pixels. Sums are accumulated in float64 over chunks, so memory stays small. Call it
+    on a data module's training split to give it the `NormalizingData` statistics.
+    """
+    shape = normalization_shape(normalize, tuple(images.shape[1:]))
     if normalize == "none":
-        return torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+        return torch.zeros(shape), torch.ones(shape)
     dims = (0,) if normalize == "pixel" else (0, 2, 3)
     total = torch.zeros((), dtype=torch.float64)
     total_sq = torch.zeros((), dtype=torch.float64)
@@ -220,7 +280,7 @@ def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 102
         x = images[start : start + chunk].double()
         total = total + x.sum(dims, keepdim=True)
         total_sq = total_sq + x.square().sum(dims, keepdim=True)
-    count = len(images) * (1 if normalize == "pixel" else 32 * 32)
+    count = len(images) * (1 if normalize == "pixel" else images.shape[2] * images.shape[3])
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant pixel would otherwise divide by zero
@@ -228,7 +288,7 @@ def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 102
 
 
 def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Random 32x32 crop of each image zero-padded by 4 pixels, then a horizontal flip with probability 1/2.
+    """Random HxW crop of each image zero-padded by 4 pixels, then a horizontal flip with probability 1/2.
 
     Works on a whole (B, C, H, W) batch at once on its device, any dtype.
     """
@@ -285,6 +345,21 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
+
+
+def evaluation_sampler(trainer: Optional[pl.Trainer], n: int) -> EpochSampler:
+    """The sampler that makes an evaluation (validation, test, predict) loader of `n` images count each image exactly
+    once under DDP: this rank's disjoint shard, in order, never padded; every image on one process.
+
+    Lightning's own ``DistributedSampler`` pads the shards to equal length, so some images are evaluated twice (102
+    for 101 images on 2 processes). Use it in a data module of your own, whatever ``use_distributed_sampler``::
+
+        def test_dataloader(self):
+            sampler = evaluation_sampler(self.trainer, len(self.test_set))
+            return DataLoader(self.test_set, batch_size=64, sampler=sampler)
+    """
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return EpochSampler(n, shuffle=False, rank=rank, world_size=world)
 
 
 class TensorBatches:
@@ -565,7 +640,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         seed = 0 if self.seed is None else self.seed  # None only before setup: no shuffled order is served then
-        sampler = EpochSampler(len(labels), shuffle=train, seed=seed, rank=rank, world_size=world)
+        sampler = (
+            EpochSampler(len(labels), shuffle=True, seed=seed, rank=rank, world_size=world)
+            if train
+            else evaluation_sampler(trainer, len(labels))
+        )
         if self.num_workers == 0:
             device = trainer.strategy.root_device if trainer is not None else None
             return TensorBatches(images, labels, self.batch_size, sampler, device=device)
@@ -617,12 +696,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._batches(self.test_images, self.test_labels, train=False)
 
     def set_predict_images(self, images: Optional[Tensor]) -> None:
-        """Predict on `images` (uint8, (N, 3, 32, 32)) instead of the test split; ``None`` goes back to it."""
+        """Predict on `images` (uint8, (N, C, H, W) as the training images) instead of the test split; ``None`` goes
+        back to it."""
+        shape = tuple(self.train_images.shape[1:]) if self.train_images is not None else IMAGE_SHAPE
         if images is not None and (
-            not isinstance(images, Tensor) or images.dtype != torch.uint8 or tuple(images.shape[1:]) != IMAGE_SHAPE
+            not isinstance(images, Tensor) or images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape
         ):
             raise ValueError(
-                f"predict images must be a uint8 tensor of shape (N, {', '.join(map(str, IMAGE_SHAPE))})"
+                f"predict images must be a uint8 tensor of shape (N, {', '.join(map(str, shape))})"
                 f", got {getattr(images, 'dtype', type(images).__name__)} "
                 f"{tuple(getattr(images, 'shape', ()))}"
             )
@@ -698,8 +779,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
     def default_classes(self) -> tuple[str, ...]:
         meta = self.data_dir / CIFAR100_LAYOUT / "meta"
         try:
-            with open(meta, "rb") as f:
-                names = pickle.load(f, encoding="latin1")["fine_label_names"]
+            names = load_data_pickle(meta)["fine_label_names"]
             if len(names) == CIFAR100.num_classes:
                 return tuple(str(n) for n in names)
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import warnings
+import os
+from collections.abc import Iterable
 from typing import Any, Optional
 
+import lightning.pytorch as pl
+import torch
 from torch import Tensor, nn
 
 from lit_cifar.spec import RegularizationSpec
@@ -46,6 +50,7 @@ class NotebookCNN(nn.Module):
     ) -> None:
         super().__init__()
         spec = RegularizationSpec.coerce(spec)
+        self.in_channels, self.width, self.hidden_units, self.image_size = in_channels, width, hidden_units, image_size
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(3):
@@ -68,6 +73,12 @@ class NotebookCNN(nn.Module):
         return [self.hidden]
 
     def forward(self, x: Tensor) -> Tensor:
+        side = self.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, side, side):
+            raise ValueError(
+                f"NotebookCNN takes (B, {self.in_channels}, {side}, {side}) images (its dense layer is sized for "
+                f"them), got {tuple(x.shape)}: build it with in_channels and image_size of your images"
+            )
         return self.classifier(self.hidden(self.features(x)))
 
 
@@ -109,6 +120,11 @@ def build_backbone(
     cls = resolve_class(class_path, "model")
     if not issubclass(cls, nn.Module):
         raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
+    if issubclass(cls, pl.LightningModule):
+        raise ValueError(
+            f"model {class_path} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, "
+            "the backbone contract); training your own LightningModule is not supported"
+        )
     kwargs = dict(init_args or {})
     parameters = inspect.signature(cls).parameters
     if "spec" in parameters and "spec" not in kwargs:
@@ -133,3 +149,83 @@ def __getattr__(name: str) -> Any:
         )
         return NotebookCNN
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# A checkpoint's backbone class path is imported only when it is lit_cifar's own or allowed here: class paths or module
+# prefixes, comma-separated (``mypkg.nets`` allows every class under it), besides those a call allows.
+ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"
+
+
+def check_allowed(class_path: str, allowed: Iterable[str] = ()) -> None:
+    """Refuse a backbone class path read from a checkpoint unless it is lit_cifar's own, or `allowed` or
+    ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it: importing a module runs its code.
+
+    Raises:
+        ValueError: naming the class path and how to allow it.
+    """
+    entries = [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]
+    if any(e.strip() and (class_path == e.strip() or class_path.startswith(e.strip() + ".")) for e in entries):
+        return
+    raise ValueError(
+        f"the checkpoint's backbone class path {class_path!r} is not allowed: importing it runs its module's code. "
+        f"Allow it with allowed_class_paths=[{class_path!r}] or ${ALLOWED_ENV}={class_path} if you trust it"
+    )
+
+
+def importable_path(cls: type) -> Optional[str]:
+    """``module.QualName`` of a class another process can import by that path, else None (``__main__``, local)."""
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return None
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
+
+
+def _structure(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in module.state_dict().items()}
+
+
+def recover_init_args(
+    backbone: nn.Module, spec: RegularizationSpec | str = "baseline", num_classes: int = 10
+) -> Optional[tuple[str, dict[str, Any]]]:
+    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None where they cannot be
+    recovered.
+
+    Each constructor argument but ``spec`` and ``num_classes`` (which `build_backbone` passes) is the instance's
+    attribute of the same name when that is plain data (numbers, strings, lists, dicts), else its default. They
+    count as recovered only when the class is importable by its path and the network built from them has the
+    instance's parameter and buffer names and shapes (built on the meta device: no memory, no initialization).
+    """
+    import inspect
+
+    class_path = importable_path(type(backbone))
+    if class_path is None:
+        return None
+    try:
+        parameters = inspect.signature(type(backbone)).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    init_args: dict[str, Any] = {}
+    for parameter in parameters:
+        if parameter.name in ("spec", "num_classes") or parameter.kind in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
+            continue
+        value = getattr(backbone, parameter.name, inspect.Parameter.empty)
+        if not isinstance(value, nn.Module) and value is not inspect.Parameter.empty and _plain(value):
+            init_args[parameter.name] = list(value) if isinstance(value, tuple) else value
+        elif parameter.default is inspect.Parameter.empty:
+            return None
+    try:
+        with torch.device("meta"):
+            rebuilt = build_backbone(class_path, init_args, spec, num_classes)
+    except Exception:  # noqa: BLE001 - whatever the constructor raises, the instance cannot be rebuilt from these
+        return None
+    return (class_path, init_args) if _structure(rebuilt) == _structure(backbone) else None

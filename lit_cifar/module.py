@@ -13,6 +13,8 @@ import numbers
 import random
 import warnings
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Callable, Optional, Union, cast
 
 import lightning.pytorch as pl
@@ -25,8 +27,8 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_cifar.data import DATA_STATE_KEYS, IMAGE_SHAPE, NormalizingData, attached_datamodule
-from lit_cifar.models import NotebookCNN, build_backbone
+from lit_cifar.data import DATA_STATE_KEYS, NormalizingData, attached_datamodule
+from lit_cifar.models import NotebookCNN, build_backbone, check_allowed, recover_init_args
 from lit_cifar.spec import Normalization, RegularizationSpec
 
 # A function from the model's parameters to an optimizer: Lightning's `lightning.pytorch.cli.OptimizerCallable`,
@@ -50,6 +52,10 @@ DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 # checkpoint loads without them and LightningCLI's --ckpt_path does not override them.
 RUNTIME_ARGUMENTS = ["backbone", "optimizer", "compile", "predict_logits"]
 RNG_KEY = "rng_states"  # the checkpoint entry with the random generators' states (see `rng_states`)
+BACKBONE_KEY = "backbone"  # the checkpoint entry naming the backbone's class (see `on_save_checkpoint`)
+# The class paths `RegularizedClassifier.load_from_checkpoint` allows while it builds a model from a checkpoint's
+# hyperparameters (None outside it: a class path you pass yourself is yours to import).
+_LOADING: ContextVar[Optional[frozenset[str]]] = ContextVar("lit_cifar_loading", default=None)
 
 
 def rng_states() -> dict[str, Any]:
@@ -110,16 +116,50 @@ def kernel(layer: nn.Module) -> Tensor:
     return cast(Tensor, layer.weight)
 
 
-def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
-    """Refuse a spec that `backbone` cannot honour, so that no technique is silently ignored.
+LAYER_TECHNIQUES = ("bn", "dropout")  # the spec's techniques a backbone implements with layers of its own
+
+
+def honoured_techniques(backbone: nn.Module) -> frozenset[str]:
+    """The layer techniques (``"bn"``, ``"dropout"``) whose layers `backbone` builds from the spec: those its
+    ``honoured_techniques()`` method names, or both if it has none.
+
+    Layers of a technique the backbone does not honour are a fixed part of its architecture: present whatever the
+    spec asks, they are not checked against it, and a spec that asks for that technique is refused.
 
     Raises:
-        ValueError: the spec asks for l1, l2 or max-norm and no layer is regularized; asks for ``bn`` and the
-            backbone has no BatchNorm layer; asks for ``dropout=P`` and the backbone has no Dropout layer of
-            probability P.
+        ValueError: the method names something other than ``"bn"`` or ``"dropout"``.
+    """
+    declared = getattr(backbone, "honoured_techniques", None)
+    if not callable(declared):
+        return frozenset(LAYER_TECHNIQUES)
+    named = frozenset(declared())
+    unknown = sorted(named - set(LAYER_TECHNIQUES))
+    if unknown:
+        raise ValueError(
+            f"backbone {type(backbone).__name__}.honoured_techniques() names {unknown}: it may name only "
+            f"{', '.join(LAYER_TECHNIQUES)}"
+        )
+    return named
+
+
+def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
+    """Refuse a spec that `backbone` cannot honour, or does not train as labelled, so that no technique is silently
+    ignored or silently added.
+
+    Raises:
+        ValueError: the spec asks for l1, l2 or max-norm and no layer is regularized; the backbone is a
+            LightningModule; for a technique it honours (`honoured_techniques`): the spec asks for ``bn`` and the
+            backbone has no BatchNorm layer, or does not ask and it has one; asks for ``dropout=P`` and the
+            backbone has no Dropout layer of probability P (or others), or does not ask and it has Dropout with
+            p > 0; for a technique it does not honour: the spec asks for it.
         TypeError: a regularized layer has no ``weight`` parameter.
     """
     name = type(backbone).__name__
+    if isinstance(backbone, pl.LightningModule):
+        raise ValueError(
+            f"{name} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, the backbone "
+            "contract); RegularizedClassifier trains it, your own training_step is not run"
+        )
     if (spec.l1 or spec.l2 or spec.max_norm is not None) and not regularized:
         raise ValueError(
             f"spec {spec.name!r} asks for l1/l2/max-norm but backbone {name} has no regularized layer: "
@@ -128,13 +168,54 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
     for layer in regularized:
         if not isinstance(getattr(layer, "weight", None), nn.Parameter):
             raise TypeError(f"regularized layer {layer!r} of backbone {name} has no weight parameter")
-    if spec.batchnorm and not any(isinstance(m, BATCHNORMS) for m in backbone.modules()):
-        raise ValueError(f"spec {spec.name!r} asks for bn but backbone {name} has no BatchNorm layer")
-    rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS)})
-    if spec.dropout and rates != [spec.dropout]:
+    honoured = honoured_techniques(backbone)
+    for technique, asked in (("bn", spec.batchnorm), ("dropout", bool(spec.dropout))):
+        if asked and technique not in honoured:
+            raise ValueError(
+                f"spec {spec.name!r} asks for {technique} but backbone {name} does not honour it "
+                f"(its honoured_techniques() are {sorted(honoured)})"
+            )
+    advice = "build the backbone from the spec, or declare honoured_techniques() (docs/own-model.md)"
+    if "bn" in honoured:
+        has_bn = any(isinstance(m, BATCHNORMS) for m in backbone.modules())
+        if spec.batchnorm and not has_bn:
+            raise ValueError(f"spec {spec.name!r} asks for bn but backbone {name} has no BatchNorm layer")
+        if has_bn and not spec.batchnorm:
+            raise ValueError(
+                f"spec {spec.name!r} does not ask for bn but backbone {name} has BatchNorm layers: {advice}"
+            )
+    if "dropout" in honoured:
+        rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS) and m.p > 0})
+        if spec.dropout and rates != [spec.dropout]:
+            raise ValueError(
+                f"spec {spec.name!r} asks for dropout={spec.dropout} but backbone {name} has Dropout "
+                f"layers with p in {rates}: build the backbone from the spec"
+            )
+        if rates and not spec.dropout:
+            raise ValueError(
+                f"spec {spec.name!r} does not ask for dropout but backbone {name} has Dropout layers with p in "
+                f"{rates}: {advice}"
+            )
+
+
+def check_augment(spec: RegularizationSpec, datamodule: Any) -> None:
+    """Training must augment exactly when `spec` asks. The data module augments (the model cannot), and says so with
+    an ``augment`` attribute, True when it augments its training batches (as `CIFAR10DataModule` does); one without
+    that attribute does not augment.
+
+    Raises:
+        ValueError: naming the spec and the data module's ``augment``.
+    """
+    augments = getattr(datamodule, "augment", None)
+    if bool(augments) != spec.augment:
+        advice = (
+            ": it cannot augment (give it an augment argument and attribute, True when it augments training batches)"
+            if augments is None
+            else ""
+        )
         raise ValueError(
-            f"spec {spec.name!r} asks for dropout={spec.dropout} but backbone {name} has Dropout "
-            f"layers with p in {rates}: build the backbone from the spec"
+            f"spec {spec.name!r} {'asks' if spec.augment else 'does not ask'} for augment but data module "
+            f"{type(datamodule).__name__} has augment={augments!r}{advice}"
         )
 
 
@@ -162,9 +243,11 @@ def make_adam(params: Any, lr: float, eps: float, fused: bool = True) -> torch.o
 class InputNormalization(nn.Module):
     """``(x - mean) / std`` of images in 0-255 units, with statistics fitted on the training split.
 
-    The statistics are buffers, so they travel in the model's ``state_dict`` and checkpoints: per pixel (3x32x32)
-    for ``"pixel"``, per channel (3x1x1) for ``"channel"``, fixed at 0 and 1 for ``"none"``. Until
-    `set_statistics` (or loading a checkpoint) fits them, images pass through unstandardized, with a warning.
+    The statistics are buffers, so they travel in the model's ``state_dict`` and checkpoints: per pixel (C, H, W)
+    for ``"pixel"``, per channel (C, 1, 1) for ``"channel"``, fixed at 0 and 1 for ``"none"`` (any image). Their
+    shape comes from the images they were fitted on (`set_statistics`, or a loaded ``state_dict``); images of
+    another shape are a ValueError naming both. Until they are fitted, images pass through unstandardized, with a
+    warning.
     """
 
     mean: Tensor  # buffers, declared for the type checker (nn.Module types its attributes as Tensor | Module)
@@ -173,13 +256,20 @@ class InputNormalization(nn.Module):
     def __init__(self, normalize: Normalization = "none") -> None:
         super().__init__()
         self.normalize = normalize
-        shape = IMAGE_SHAPE if normalize == "pixel" else (IMAGE_SHAPE[0], 1, 1)
         fixed = normalize == "none"  # raw pixels: mean 0 and std 1, nothing to fit
-        self.register_buffer("mean", torch.full(shape, 0.0 if fixed else math.nan))  # NaN: not fitted yet
-        self.register_buffer("std", torch.full(shape, 1.0 if fixed else math.nan))
+        self.register_buffer("mean", torch.tensor(0.0 if fixed else math.nan))  # NaN: not fitted yet
+        self.register_buffer("std", torch.tensor(1.0 if fixed else math.nan))
         self.fitted = fixed
         self._warned = False
         self.register_load_state_dict_post_hook(InputNormalization._after_load)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Take the saved statistics' shape (the images they were fitted on) before copying them in."""
+        for name in ("mean", "std"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, Tensor) and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, dtype=self.mean.dtype, device=self.mean.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def _after_load(module: InputNormalization, incompatible_keys: Any) -> None:
@@ -187,19 +277,28 @@ class InputNormalization(nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Use `mean` and `std` (0-255 units, shaped as `self.mean`), e.g. a `NormalizingData`'s ``mean``/``std``."""
-        if tuple(mean.shape) != tuple(self.mean.shape) or tuple(std.shape) != tuple(self.std.shape):
+        """Use `mean` and `std` (0-255 units), e.g. a `NormalizingData`'s ``mean``/``std``: shaped (C, H, W) as one
+        image for ``"pixel"``, (C, 1, 1) for ``"channel"`` and ``"none"``."""
+        shape = tuple(mean.shape)
+        expected = "(C, H, W)" if self.normalize == "pixel" else "(C, 1, 1)"
+        if (
+            shape != tuple(std.shape)
+            or len(shape) != 3
+            or (self.normalize != "pixel" and shape[1:] != (1, 1))
+            or min(shape) < 1
+        ):
             raise ValueError(
-                f"normalize={self.normalize!r} needs mean and std of shape {tuple(self.mean.shape)}, "
+                f"normalize={self.normalize!r} needs mean and std of one shape {expected}, "
                 f"got {tuple(mean.shape)} and {tuple(std.shape)}"
             )
-        self.mean.copy_(mean)
-        self.std.copy_(std)
+        self.mean = mean.detach().to(self.mean.device, self.mean.dtype).clone()
+        self.std = std.detach().to(self.std.device, self.std.dtype).clone()
         self.fitted = True
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.to(self.mean.dtype)
         if self.fitted:
+            self._check_shape(images)
             return (x - self.mean) / self.std
         if not self._warned:
             warnings.warn(
@@ -211,6 +310,21 @@ class InputNormalization(nn.Module):
             )
             self._warned = True
         return x
+
+    def _check_shape(self, images: Tensor) -> None:
+        """Images must be (B, C, H, W) that the statistics describe; broadcasting one channel to three would
+        standardize them with another image's statistics."""
+        if self.mean.dim() == 0:  # "none" before any fit: 0 and 1 fit any image
+            return
+        image = tuple(images.shape[1:])
+        fits = len(image) == 3 and (
+            image == tuple(self.mean.shape) if self.normalize == "pixel" else image[0] == self.mean.shape[0]
+        )
+        if not fits:
+            raise ValueError(
+                f"images of shape {tuple(images.shape)} do not fit the normalize={self.normalize!r} statistics of "
+                f"shape {tuple(self.mean.shape)}: the model was fitted on (B, {self.mean.shape[0]}, ...) images"
+            )
 
 
 class RegularizedClassifier(pl.LightningModule):
@@ -282,8 +396,17 @@ class RegularizedClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
         self.optimizer_factory, self.compile_backbone, self.predict_logits = optimizer, compile, predict_logits
         self.input_norm = InputNormalization(self.spec.normalize)
+        if isinstance(backbone, pl.LightningModule):
+            check_backbone(self.spec, backbone, [])  # refused before anything else looks at it
         if backbone is None and backbone_class_path is not None:
+            loading = _LOADING.get()
+            if loading is not None:
+                check_allowed(backbone_class_path, loading)
             backbone = build_backbone(backbone_class_path, backbone_init_args, self.spec, num_classes)
+        elif backbone is not None and backbone_class_path is None:
+            recovered = recover_init_args(backbone, self.spec, num_classes)
+            if recovered is not None:
+                self.hparams["backbone_class_path"], self.hparams["backbone_init_args"] = recovered
         self.backbone = backbone if backbone is not None else NotebookCNN(self.spec, num_classes=num_classes)
         self.regularized = default_regularized_layers(self.backbone)
         check_backbone(self.spec, self.backbone, self.regularized)
@@ -359,12 +482,14 @@ class RegularizedClassifier(pl.LightningModule):
         """Save the random generators' states (`rng_states`), so that resuming from this checkpoint draws the same
         dropout masks and augmentations as the run that wrote it would have."""
         checkpoint[RNG_KEY] = rng_states()
+        checkpoint[BACKBONE_KEY] = f"{type(self.backbone).__module__}.{type(self.backbone).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random generators' states when the checkpoint has them (`on_save_checkpoint`). Give a data
         module of another class than the one saved (e.g. your subclass) whose own state has the same keys the
         checkpoint's data state (Lightning restores it only into a class of the same name). A checkpoint written
         before the model kept its input statistics gets them from that data state."""
+        self._check_saved_backbone(checkpoint)
         if checkpoint.get(RNG_KEY) is not None:
             set_rng_states(checkpoint[RNG_KEY])
         data = self.saved_data_state(checkpoint)
@@ -374,6 +499,60 @@ class RegularizedClassifier(pl.LightningModule):
         dm = self._datamodule()
         if data is not None and dm is not None and self._takes_data_state(dm, checkpoint):
             dm.load_state_dict(data)
+
+    def _check_saved_backbone(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, naming what to pass, a checkpoint whose backbone weights are not those of this model's backbone
+        (its class path and init args were not recoverable, or another backbone was given), instead of a raw
+        state-dict error."""
+        saved = {
+            name[len("backbone.") :]: tuple(value.shape)
+            for name, value in checkpoint.get("state_dict", {}).items()
+            if name.startswith("backbone.")
+        }
+        built = {name: tuple(value.shape) for name, value in self.backbone.state_dict().items()}
+        if not saved or saved == built:
+            return
+        saved_class = checkpoint.get(BACKBONE_KEY) or "a backbone of its own"
+        differ = sorted(set(saved) ^ set(built)) or sorted(k for k in saved if saved[k] != built[k])
+        raise ValueError(
+            f"the checkpoint's backbone ({saved_class}) is not the {type(self.backbone).__name__} built here "
+            f"(first difference: {differ[0]!r}): pass the backbone as trained, load_from_checkpoint(path, "
+            f"backbone={saved_class.rpartition('.')[2]}(...)), or backbone_class_path={saved_class!r} with its "
+            "backbone_init_args"
+        )
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Union[str, Path],
+        map_location: Any = None,
+        hparams_file: Optional[Union[str, Path]] = None,
+        strict: Optional[bool] = None,
+        weights_only: Optional[bool] = True,
+        allowed_class_paths: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> RegularizedClassifier:
+        """A model from a checkpoint, read with ``weights_only=True`` (tensors and plain data only: loading runs no
+        code). A backbone class path saved in its hyperparameters is imported only when it is lit_cifar's own, in
+        `allowed_class_paths` (class paths or module prefixes) or ``$LIT_CIFAR_ALLOWED_BACKBONES``, or you pass it as
+        ``backbone_class_path``; else pass ``backbone=``. Other keyword arguments override the hyperparameters.
+
+        Raises:
+            ValueError: ``weights_only`` is not True; a class path that is not allowed; a backbone that does not
+                match the checkpoint's weights (naming what to pass).
+        """
+        if weights_only is not True:
+            raise ValueError(f"weights_only={weights_only!r}: RegularizedClassifier checkpoints load with True only")
+        allowed = frozenset(
+            [*allowed_class_paths, *([kwargs["backbone_class_path"]] if kwargs.get("backbone_class_path") else [])]
+        )
+        token = _LOADING.set(allowed)
+        try:
+            return super().load_from_checkpoint(  # type: ignore[return-value]
+                checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+            )
+        finally:
+            _LOADING.reset(token)
 
     @staticmethod
     def _takes_data_state(dm: pl.LightningDataModule, checkpoint: dict[str, Any]) -> bool:
@@ -397,7 +576,7 @@ class RegularizedClassifier(pl.LightningModule):
             raise ValueError(
                 f"the data module's normalize={dm.normalize!r} does not match the model's spec "
                 f"{self.spec.name!r} (normalize={self.spec.normalize!r}): build it with "
-                "CIFAR10DataModule.from_spec(spec, ...)"
+                f"normalize={self.spec.normalize!r} (CIFAR10DataModule.from_spec(spec, ...) does)"
             )
         if not self.input_norm.fitted:
             self.set_input_statistics(dm.mean, dm.std)
@@ -405,6 +584,9 @@ class RegularizedClassifier(pl.LightningModule):
             dm.mean, dm.std = self.input_norm.mean.cpu().clone(), self.input_norm.std.cpu().clone()
 
     def on_fit_start(self) -> None:
+        dm = self._datamodule()
+        if dm is not None:
+            check_augment(self.spec, dm)
         self._sync_input_statistics()
 
     def on_validation_start(self) -> None:
