@@ -93,8 +93,8 @@ def test_setting_factors_name_short_unique_folders_and_records(tmp_path) -> None
         ),
         ({"model": {"class_path": NET, "init_args": {"num_classes": 7}}}, "num_classes mismatch"),
         (
-            {"data": {"class_path": "tests.thirdparty.nets.FloatBatches"}},
-            "breaks the batch contract: images must be uint8",
+            {"data": {"class_path": "tests.thirdparty.nets.FloatLabels"}},
+            "breaks the batch contract: labels must be int64",
         ),
         (
             {

@@ -47,11 +47,11 @@ class TinyResNet(nn.Module):
         return self.head(self.hidden(self.blocks(self.stem(x)).mean((2, 3))))
 
 
-class FloatBatches(CIFAR10DataModule):
-    """Breaks the batch contract: serves float images scaled to [0, 1]."""
+class FloatLabels(CIFAR10DataModule):
+    """Breaks the batch contract: serves float labels."""
 
     def train_dataloader(self):
-        return [(images.float() / 255, labels) for images, labels in super().train_dataloader()]
+        return [(images, labels.float()) for images, labels in super().train_dataloader()]
 
 
 class StatisticsOnly(pl.LightningDataModule):
