@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
 
 from lit_cifar.data import CIFAR10DataModule, attached_datamodule
+from lit_cifar.models import check_allowed
 from lit_cifar.module import RegularizedClassifier
 from lit_cifar.runtime import tune_allocator
 from lit_cifar.spec import RegularizationSpec
@@ -73,6 +74,12 @@ def check_checkpoint(path: Optional[str]) -> None:
         exit_with_error(f"--ckpt_path {path} is not a checkpoint torch can read ({reason[:200]}): {advice}")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         exit_with_error(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict in it)")
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("backbone_class_path")
+    if class_path:  # Lightning's CLI would build the model from it: importing runs the module's code
+        try:
+            check_allowed(class_path)
+        except ValueError as error:
+            exit_with_error(f"--ckpt_path {path}: {error}")
 
 
 class PredictionWriter(pl.Callback):

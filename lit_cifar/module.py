@@ -578,7 +578,7 @@ class RegularizedClassifier(pl.LightningModule):
                 f"{self.spec.name!r} (normalize={self.spec.normalize!r}): build it with "
                 f"normalize={self.spec.normalize!r} (CIFAR10DataModule.from_spec(spec, ...) does)"
             )
-        if not self.input_norm.fitted:
+        if not self.input_norm.fitted or self.input_norm.mean.dim() == 0:  # unfitted, or "none" for any image
             self.set_input_statistics(dm.mean, dm.std)
         elif not (torch.equal(dm.mean, self.input_norm.mean.cpu()) and torch.equal(dm.std, self.input_norm.std.cpu())):
             dm.mean, dm.std = self.input_norm.mean.cpu().clone(), self.input_norm.std.cpu().clone()
