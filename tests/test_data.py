@@ -3,6 +3,7 @@ and augmentation of `lit_cifar.data`."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lit_cifar.data import (
     TRAIN_FILES,
     CIFAR10DataModule,
     DatasetError,
+    load_data_pickle,
     EpochSampler,
     _read_binary_batch,
     epoch_permutation,
@@ -589,3 +591,58 @@ def test_fit_leaves_the_test_split_on_disk_until_it_is_used(cifar_dir: Path, mon
     predicting = CIFAR10DataModule(str(cifar_dir), val_size=VAL_SIZE, batch_size=64, download=False)
     predicting.setup("fit")
     assert len(torch.cat([index for _, index in predicting.predict_dataloader()])) == len(everything.test_labels)
+
+
+# ------------------------------------------------------------------------------------------ pickles run no code
+class OpensAFile:
+    """What a crafted dataset pickle holds: unpickling it calls ``open(path, "w")``, creating `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_dataset_pickles_of_numeric_arrays_read_under_any_protocol(tmp_path: Path, protocol: int) -> None:
+    path = tmp_path / "batch"
+    content = {"data": np.arange(12, dtype=np.uint8).reshape(2, 6), "labels": [1, 2], "batch_label": "x", "n": 2.5}
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+    loaded = load_data_pickle(path)
+    np.testing.assert_array_equal(loaded["data"], content["data"])
+    assert loaded["labels"] == [1, 2] and loaded["batch_label"] == "x" and loaded["n"] == 2.5
+
+
+def test_a_crafted_pickle_in_the_data_folder_runs_no_code(tmp_path: Path, cifar_py_dir: Path) -> None:
+    shutil.copytree(cifar_py_dir / PY_LAYOUT, tmp_path / PY_LAYOUT)
+    marker = tmp_path / "ran"
+    crafted = pickle.dumps({"data": OpensAFile(marker), "labels": [0]})
+    (tmp_path / PY_LAYOUT / "data_batch_1").write_bytes(crafted)
+    with pytest.raises(DatasetError, match=r"data_batch_1: UnpicklingError: refusing io.open"):
+        CIFAR10DataModule(str(tmp_path), download=False).verify()  # the check before a sweep
+    with pytest.raises(DatasetError, match="refusing io.open"):
+        make_datamodule(tmp_path)
+    assert not marker.exists()
+    pickle.loads(crafted)  # what an unrestricted reader would have done
+    assert marker.exists()
+
+
+def test_a_dataset_pickle_with_an_object_array_is_refused(tmp_path: Path, cifar_py_dir: Path) -> None:
+    shutil.copytree(cifar_py_dir / PY_LAYOUT, tmp_path / PY_LAYOUT)
+    objects = np.array([[0] * 3072], dtype=object)
+    (tmp_path / PY_LAYOUT / "test_batch").write_bytes(pickle.dumps({"data": objects, "labels": [0]}))
+    with pytest.raises(DatasetError, match="test_batch: UnpicklingError: refusing an array of object dtype"):
+        CIFAR10DataModule(str(tmp_path), download=False).verify()
+
+
+@pytest.mark.parametrize(("normalize", "shape"), [("pixel", (1, 28, 28)), ("channel", (5, 1, 1)), ("none", (5, 1, 1))])
+def test_statistics_are_shaped_by_the_images(normalize: str, shape: tuple) -> None:
+    channels = shape[0] if normalize != "pixel" else 1
+    images = torch.randint(0, 256, (40, channels, 28, 28), dtype=torch.uint8)
+    mean, std = fit_normalization(images, normalize)
+    assert mean.shape == std.shape == shape
+    if normalize != "none":
+        expected_mean, expected_std = numpy_statistics(images, normalize)
+        np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-5)
+        np.testing.assert_allclose(std.numpy(), expected_std, rtol=1e-5)
