@@ -156,6 +156,8 @@ class LitCifarCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             check_checkpoint(self.config[subcommand].get("ckpt_path"))
+            if self.config[subcommand].get("weights_only") is None:  # --ckpt_path loads tensors and data only
+                self.config[subcommand]["weights_only"] = True
         spec = as_spec((self.config[subcommand] if subcommand else self.config).model.spec)
         default = inspect.signature(RegularizedClassifier).parameters["spec"].default
         self.requested_spec = None if spec == as_spec(default) else spec

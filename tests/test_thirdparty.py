@@ -202,3 +202,46 @@ def test_a_checkpoint_names_what_to_pass_and_imports_only_allowed_class_paths(tm
     with pytest.raises(ValueError, match="weights_only=False"):
         RegularizedClassifier.load_from_checkpoint(tmp_path / "local.ckpt", weights_only=False)
     assert RegularizedClassifier.load_from_checkpoint(tmp_path / "local.ckpt", backbone=Local(spec, width=4))
+
+
+class OpensAFile:
+    """An object whose unpickling calls ``open(path, "w")``: what a crafted checkpoint holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_loading_a_checkpoint_runs_no_code_whatever_torchs_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = quiet_trainer(max_epochs=0)
+    trainer.fit(RegularizedClassifier("pixel", backbone=ResidualNet(RegularizationSpec.parse("pixel"))), GrayDigits())
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    marker = tmp_path / "ran"
+    torch.save({**checkpoint, "extra": OpensAFile(marker)}, tmp_path / "crafted.ckpt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's default is then to run code
+    with pytest.raises(Exception, match="Weights only load failed"):
+        RegularizedClassifier.load_from_checkpoint(tmp_path / "crafted.ckpt", allowed_class_paths=[GRAY])
+    assert not marker.exists()
+    torch.load(tmp_path / "crafted.ckpt")  # what loading with torch's default would have done
+    assert marker.exists()
+
+
+def test_the_command_line_imports_a_checkpoints_class_path_only_when_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lit_cifar.cli import check_checkpoint
+
+    trainer = quiet_trainer(max_epochs=0)
+    trainer.fit(RegularizedClassifier("pixel", backbone=ResidualNet(RegularizationSpec.parse("pixel"))), GrayDigits())
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    with pytest.raises(SystemExit) as stopped:
+        check_checkpoint(str(tmp_path / "model.ckpt"))
+    assert stopped.value.code == 2
+    assert "'tests.thirdparty.gray.ResidualNet' is not allowed" in capsys.readouterr().err
+    monkeypatch.setenv("LIT_CIFAR_ALLOWED_BACKBONES", "tests.thirdparty.gray")
+    check_checkpoint(str(tmp_path / "model.ckpt"))
