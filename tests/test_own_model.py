@@ -220,7 +220,8 @@ def test_a_class_path_model_lr_by_spec_factorial_end_to_end(capsys, tmp_path, ci
     assert "test/acc" in (folder / "csv" / "metrics.csv").read_text()
     assert len(predicted) == 8
     for checkpoint, expected in predicted.items():
-        loaded = RegularizedClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+        loaded = RegularizedClassifier.load_from_checkpoint(checkpoint, map_location="cpu", allowed_class_paths=[NET])
+        loaded.eval()
         assert type(loaded.backbone).__name__ == "TinyResNet"
         with torch.no_grad():
             assert torch.equal(loaded(images), expected)

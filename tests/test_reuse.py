@@ -265,7 +265,7 @@ def test_two_process_ddp_counts_each_test_image_once(cifar_dir: Path, tmp_path: 
     """With worker processes and Lightning's default ``use_distributed_sampler=True`` each rank once evaluated
     half of its half."""
     torch.manual_seed(0)
-    model = RegularizedClassifier("pixel", backbone=TinyResNet())
+    model = RegularizedClassifier("pixel+bn", backbone=TinyResNet())
     (alone,) = quiet_trainer().test(model, datamodule=datamodule(cifar_dir, "pixel"), verbose=False)
     counted = tmp_path / "count"
     trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountImages(counted)])
