@@ -548,7 +548,7 @@ class RegularizedClassifier(pl.LightningModule):
         )
         token = _LOADING.set(allowed)
         try:
-            return super().load_from_checkpoint(  # type: ignore[return-value]
+            return super().load_from_checkpoint(
                 checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
             )
         finally:
