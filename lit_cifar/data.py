@@ -757,12 +757,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 f"the checkpoint's data was normalized with normalize={state_dict['normalize']!r}, "
                 f"this data module has normalize={self.normalize!r}"
             )
-        split = {key: state_dict[key] for key in self.SPLIT_KEYS if key in state_dict}  # older checkpoints: none
+        split = {key: state_dict[key] for key in self.SPLIT_KEYS}
         changed = any(getattr(self, key) != value for key, value in split.items())
         for key, value in split.items():
             setattr(self, key, value)
         self.mean, self.std = state_dict["mean"], state_dict["std"]
-        if state_dict.get("seed") is not None:  # older checkpoints: the seed this module was given
+        if state_dict["seed"] is not None:  # None: saved before setup, this module's own seed stands
             self.seed = state_dict["seed"]
         if changed and self.train_images is not None:
             self.train_images = None

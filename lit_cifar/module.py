@@ -487,15 +487,12 @@ class RegularizedClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random generators' states when the checkpoint has them (`on_save_checkpoint`). Give a data
         module of another class than the one saved (e.g. your subclass) whose own state has the same keys the
-        checkpoint's data state (Lightning restores it only into a class of the same name). A checkpoint written
-        before the model kept its input statistics gets them from that data state."""
+        checkpoint's data state (Lightning restores it only into a class of the same name). A backbone that does
+        not match the checkpoint's weights is refused first (`_check_saved_backbone`)."""
         self._check_saved_backbone(checkpoint)
         if checkpoint.get(RNG_KEY) is not None:
             set_rng_states(checkpoint[RNG_KEY])
         data = self.saved_data_state(checkpoint)
-        weights = checkpoint.get("state_dict", {})
-        if data is not None and "input_norm.mean" not in weights:
-            weights["input_norm.mean"], weights["input_norm.std"] = data["mean"], data["std"]
         dm = self._datamodule()
         if data is not None and dm is not None and self._takes_data_state(dm, checkpoint):
             dm.load_state_dict(data)

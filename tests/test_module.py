@@ -650,16 +650,6 @@ def test_compile_keeps_plain_parameter_names(cifar_dir: Path, tmp_path: Path) ->
     torch.testing.assert_close(evaluate_logits(plain, images), evaluate_logits(module, images))
 
 
-def test_a_checkpoint_from_before_the_model_kept_statistics_loads(trained: TrainedRun, tmp_path: Path) -> None:
-    """Older checkpoints hold the statistics only in the data module's state: the model takes them from there."""
-    checkpoint = torch.load(trained.checkpoint, weights_only=False, map_location="cpu")
-    for key in ("input_norm.mean", "input_norm.std"):
-        del checkpoint["state_dict"][key]
-    torch.save(checkpoint, tmp_path / "old.ckpt")
-    restored = RegularizedClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
-    assert restored.input_norm.fitted and torch.equal(restored.input_norm.mean, trained.datamodule.mean)
-
-
 # ------------------------------------------------------------------------------ a data module of one's own
 def test_the_library_data_modules_and_one_of_your_own_are_normalizing_data(tmp_path: Path) -> None:
     from lit_cifar.data import CIFAR100DataModule, NormalizingData
