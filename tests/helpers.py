@@ -4,13 +4,29 @@ logdir's results, and waiting on processes (from `tests.processes`)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from ablations.store import RESULT_FILE
 from tests.processes import DEADLINE_S, alive, children, wait_until
 
-__all__ = ["DEADLINE_S", "REPO", "TINY", "alive", "children", "numbers", "results", "sweep", "wait_until"]
+__all__ = [
+    "DEADLINE_S",
+    "REPO",
+    "TINY",
+    "alive",
+    "children",
+    "install_wheel",
+    "numbers",
+    "outside_env",
+    "results",
+    "sweep",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]  # a sweep on tests.synthetic's images
@@ -36,3 +52,36 @@ def sweep(capsys: Any, *args: str) -> tuple[int, str, str]:
         status = exit_.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def outside_env() -> dict[str, str]:
+    """This process's environment without ``PYTHONPATH``: a process that imports nothing from the repository."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def install_wheel(tmp_path: Path) -> Path:
+    """Build lit-cifar's wheel from a copy of the repository and install it into a fresh virtual environment under
+    `tmp_path` (torch and the other requirements from the system's site-packages); returns its python."""
+    dist, venv = tmp_path / "dist", tmp_path / "venv"
+    source = tmp_path / "source"  # a copy: building leaves build/ and *.egg-info, which stay out of the checkout
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", "logs", "build", "site", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
+        check=True,
+        env=outside_env(),
+        cwd=tmp_path,
+    )
+    wheel = next(dist.glob("lit_cifar-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel],
+        check=True,
+        env=outside_env(),
+        cwd=tmp_path,
+    )
+    return python

@@ -4,8 +4,6 @@ imports, console scripts that return exit statuses, and a wheel that installs an
 from __future__ import annotations
 
 import ast
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +14,7 @@ import pytest
 from ablations.report import report
 from ablations.report import load_results
 from lit_cifar.cli import main as cli_main
-from tests.helpers import REPO
+from tests.helpers import REPO, install_wheel, outside_env
 
 tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
@@ -187,32 +185,11 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path: Path, cif
     """A third party's view: build the wheel, install it into a fresh environment (torch and the other requirements
     from the system's site-packages), and from another folder train a backbone of its own through the public API,
     with a callback, and run every console script's --help."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
+    work = tmp_path / "work"
     work.mkdir()
-    source = tmp_path / "source"  # a copy: building leaves build/ and *.egg-info, which stay out of the checkout
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(".git", "logs", "build", "site", "*.egg-info", "__pycache__", ".pytest_cache"),
-    )
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
-        check=True,
-        env=env,
-        cwd=tmp_path,
-    )
-    wheel = next(dist.glob("lit_cifar-*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel],
-        check=True,
-        env=env,
-        cwd=work,
-    )
+    python = install_wheel(tmp_path)
     (work / "user.py").write_text(USER_CODE)
     done = subprocess.run(
-        [python, "user.py", str(cifar_dir)], capture_output=True, text=True, env=env, cwd=work, timeout=600
+        [python, "user.py", str(cifar_dir)], capture_output=True, text=True, env=outside_env(), cwd=work, timeout=600
     )
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]

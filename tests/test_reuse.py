@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
+from tests.thirdparty.gray import CountTestImages
 
 SPEC = "pixel+bn+l2=0.001+maxnorm=2"
 
@@ -243,23 +244,6 @@ def test_generic_lightning_cli_fits_then_tests_from_the_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------------------ DDP
-class CountImages(Callback):
-    """Counts the test images every rank sees, summed over ranks, and writes the total to a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.count = path, 0
-
-    def on_test_batch_end(
-        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self.count += len(batch[1])
-
-    def on_test_end(self, trainer: pl.Trainer, module: Any) -> None:
-        total = trainer.strategy.reduce(torch.tensor(float(self.count)), reduce_op="sum")
-        if trainer.is_global_zero:
-            self.path.write_text(str(int(total)))
-
-
 @pytest.mark.slow
 def test_two_process_ddp_counts_each_test_image_once(cifar_dir: Path, tmp_path: Path) -> None:
     """With worker processes and Lightning's default ``use_distributed_sampler=True`` each rank once evaluated
@@ -268,7 +252,7 @@ def test_two_process_ddp_counts_each_test_image_once(cifar_dir: Path, tmp_path: 
     model = RegularizedClassifier("pixel+bn", backbone=TinyResNet())
     (alone,) = quiet_trainer().test(model, datamodule=datamodule(cifar_dir, "pixel"), verbose=False)
     counted = tmp_path / "count"
-    trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountImages(counted)])
+    trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountTestImages(counted)])
     (together,) = trainer.test(model, datamodule=datamodule(cifar_dir, "pixel", num_workers=1), verbose=False)
     assert int(counted.read_text()) == 200
     assert together["test/acc"] == pytest.approx(alone["test/acc"], abs=1e-6)

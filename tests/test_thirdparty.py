@@ -4,6 +4,7 @@ trains, each test image counted once under DDP, and checkpoints of a backbone in
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,11 @@ import torch
 import yaml
 
 from lit_cifar import RegularizationSpec, RegularizedClassifier
-from tests.helpers import REPO, results, sweep
-from tests.test_reuse import CountImages, quiet_trainer
+from tests.helpers import REPO, install_wheel, outside_env, results, sweep
+from tests.test_reuse import quiet_trainer
 from tests.thirdparty.gray import (
     AlwaysNormalized,
+    CountTestImages,
     DeclaredNormalized,
     GrayDigits,
     OwnModule,
@@ -30,17 +32,20 @@ BN_BY_DROPOUT = ["pixel", "pixel+bn", "pixel+dropout=0.25", "pixel+bn+dropout=0.
 SETTINGS = {"epochs": 1, "batch_size": 32, "seeds": [0]}
 
 
-def gray_suite(tmp_path: Path, **content: Any) -> Path:
+def gray_suite(tmp_path: Path, module: str = GRAY, **content: Any) -> Path:
+    """The lab's suite file: its residual backbone on its 1x28x28 data, `BN_BY_DROPOUT`, `content` replacing keys
+    (a ``None`` value drops one); ``{module}`` in a class path is `module`, where the lab's code lives."""
     data = {
         "name": "gray",
         "settings": SETTINGS,
         "specs": BN_BY_DROPOUT,
-        "model": {"class_path": f"{GRAY}.ResidualNet"},
-        "data": {"class_path": f"{GRAY}.GrayDigits"},
+        "model": {"class_path": "{module}.ResidualNet"},
+        "data": {"class_path": "{module}.GrayDigits"},
         **content,
     }
+    data = {key: value for key, value in data.items() if value is not None}
     path = tmp_path / "gray.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data).replace("{module}", module))
     return path
 
 
@@ -72,32 +77,32 @@ def test_the_notebook_cnn_names_the_shape_it_takes() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ refusals
+REFUSALS = [
+    ({"model": {"class_path": "{module}.OwnModule"}}, "model {module}.OwnModule is a LightningModule"),
+    ({"specs": ["pixel+augment"]}, "spec 'pixel+augment' asks for augment but data module GrayDigits"),
+    (
+        {"model": {"class_path": "{module}.AlwaysNormalized"}, "specs": ["pixel"]},
+        "spec 'pixel' does not ask for bn but backbone AlwaysNormalized has BatchNorm layers",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ({"model": {"class_path": f"{GRAY}.OwnModule"}}, f"model {GRAY}.OwnModule is a LightningModule"),
-        ({"specs": ["pixel+augment"]}, "spec 'pixel+augment' asks for augment but data module GrayDigits"),
-        (
-            {"model": {"class_path": f"{GRAY}.AlwaysNormalized"}, "specs": ["pixel"]},
-            "spec 'pixel' does not ask for bn but backbone AlwaysNormalized has BatchNorm layers",
-        ),
-        ({"data": {"class_path": f"{GRAY}.NoStatistics"}}, "has no mean and std after setup('fit')"),
+        *REFUSALS,
+        ({"data": {"class_path": "{module}.NoStatistics"}}, "has no mean and std after setup('fit')"),
         ({"model": None, "specs": ["pixel"]}, "NotebookCNN takes (B, 3, 32, 32) images"),
     ],
 )
 def test_what_would_train_mislabelled_exits_2_in_one_line_before_any_trial_folder(
     capsys: pytest.CaptureFixture, tmp_path: Path, content: dict, expected: str
 ) -> None:
-    suite = gray_suite(tmp_path, **content)
-    if content.get("model", "") is None:
-        data = yaml.safe_load(suite.read_text())
-        del data["model"]
-        suite.write_text(yaml.safe_dump(data))
     logdir = tmp_path / "logs"
-    status, _, err = sweep(capsys, "--suite", str(suite), "--logdir", str(logdir))
+    status, _, err = sweep(capsys, "--suite", str(gray_suite(tmp_path, **content)), "--logdir", str(logdir))
     assert status == 2, err
     (line,) = err.strip().splitlines()
-    assert line.startswith("python -m ablations.run: error: ") and expected in line, line
+    assert line.startswith("python -m ablations.run: error: ") and expected.format(module=GRAY) in line, line
     assert not (logdir / "gray").exists()
 
 
@@ -145,7 +150,7 @@ def test_two_process_ddp_trains_and_counts_each_test_image_of_a_data_module_of_o
     model, _ = fitted("pixel+bn+dropout=0.25", strategy="ddp_spawn", devices=2)
     (alone,) = quiet_trainer().test(model, datamodule=GrayDigits(), verbose=False)
     counted = tmp_path / "count"
-    trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountImages(counted)])
+    trainer = quiet_trainer(devices=2, strategy="ddp_spawn", callbacks=[CountTestImages(counted)])
     (together,) = trainer.test(model, datamodule=GrayDigits(), verbose=False)
     assert int(counted.read_text()) == 101
     assert together["test/acc"] == pytest.approx(alone["test/acc"], abs=1e-6)
@@ -245,3 +250,79 @@ def test_the_command_line_imports_a_checkpoints_class_path_only_when_allowed(
     assert "'tests.thirdparty.gray.ResidualNet' is not allowed" in capsys.readouterr().err
     monkeypatch.setenv("LIT_CIFAR_ALLOWED_BACKBONES", "tests.thirdparty.gray")
     check_checkpoint(str(tmp_path / "model.ckpt"))
+
+
+# ------------------------------------------------------------------------------------------- from the wheel
+LAB = """
+import subprocess, sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+import lit_cifar
+from lit_cifar import RegularizationSpec, RegularizedClassifier
+from mylab import CountTestImages, GrayDigits, ResidualNet
+
+LOAD = '''
+import sys, torch
+from lit_cifar import RegularizedClassifier
+model = RegularizedClassifier.load_from_checkpoint(sys.argv[1], allowed_class_paths=["mylab"]).eval()
+with torch.no_grad():
+    torch.save(model(torch.load(sys.argv[2], weights_only=True)), sys.argv[3])
+'''
+QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+             enable_model_summary=False)
+
+if __name__ == "__main__":
+    assert Path(lit_cifar.__file__).is_relative_to(sys.prefix), lit_cifar.__file__  # the installed copy
+    spec = RegularizationSpec.parse("pixel+bn+dropout=0.25")
+    torch.manual_seed(0)
+    model = RegularizedClassifier(spec, backbone=ResidualNet(spec))
+    pl.Trainer(max_epochs=1, devices=2, strategy="ddp_spawn", **QUIET).fit(model, datamodule=GrayDigits())
+    counter = CountTestImages(Path("count"))
+    tester = pl.Trainer(devices=2, strategy="ddp_spawn", callbacks=[counter], **QUIET)
+    tester.test(model, datamodule=GrayDigits(), verbose=False)
+    assert Path("count").read_text() == "101", Path("count").read_text()
+    saver = pl.Trainer(max_epochs=0, devices=1, **QUIET)
+    saver.fit(model, datamodule=GrayDigits())
+    saver.save_checkpoint("model.ckpt")
+    images = GrayDigits().test[0][:16]
+    torch.save(images, "images.pt")
+    with torch.no_grad():
+        expected = model.eval()(images)
+    subprocess.run([sys.executable, "-c", LOAD, "model.ckpt", "images.pt", "out.pt"], check=True)
+    assert torch.equal(torch.load("out.pt", weights_only=True), expected)
+    print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_a_lab_runs_its_suite_trains_under_ddp_and_reloads_its_checkpoint_from_the_wheel(tmp_path: Path) -> None:
+    """The lab's code (`tests.thirdparty.gray`, copied outside the repository as ``mylab``) with the installed
+    wheel: 2-process CPU DDP training and testing (101 test images counted once), its checkpoint loaded in a fresh
+    process predicting exactly, its bn x dropout suite through ``lit-cifar-ablate`` without banners, and its
+    LightningModule, an augment spec and an always-BatchNorm backbone each refused in one line."""
+    python = install_wheel(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(REPO / "tests" / "thirdparty" / "gray.py", work / "mylab.py")
+    (work / "lab.py").write_text(LAB)
+    env = {**outside_env(), "PYTHONPATH": str(work)}  # the lab's module, nothing from the repository
+    done = subprocess.run([python, "lab.py"], capture_output=True, text=True, env=env, cwd=work, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+    ablate = str(python.parent / "lit-cifar-ablate")
+    suite = gray_suite(work, module="mylab")
+    done = subprocess.run([ablate, "--suite", str(suite)], capture_output=True, text=True, env=env, cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    banners = [text for text in ("GPU available", "TPU available", "Tip:") if text in done.stdout + done.stderr]
+    assert not banners, done.stderr[-3000:]
+    assert len(list((work / "logs" / "gray").glob("*/seed=0/result.json"))) == len(BN_BY_DROPOUT)
+    for content, expected in REFUSALS:
+        logdir = tmp_path / "refused"
+        suite = gray_suite(work, module="mylab", **content)
+        command = [ablate, "--suite", str(suite), "--logdir", str(logdir)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work)
+        assert done.returncode == 2 and expected.format(module="mylab") in done.stderr, done.stderr[-3000:]
+        assert len(done.stderr.strip().splitlines()) == 1 and not (logdir / "gray").exists()

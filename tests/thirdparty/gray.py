@@ -4,7 +4,8 @@ Self-contained, so the wheel test copies it outside the repository as a module o
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -123,3 +124,20 @@ class OwnModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class CountTestImages(pl.Callback):
+    """Counts the test images every rank sees, summed over ranks, and writes the total to `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = Path(path), 0
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.count += len(batch[1])
+
+    def on_test_end(self, trainer: pl.Trainer, module: Any) -> None:
+        total = trainer.strategy.reduce(torch.tensor(float(self.count)), reduce_op="sum")
+        if trainer.is_global_zero:
+            self.path.write_text(str(int(total)))
