@@ -1,6 +1,6 @@
 """CIFAR-10 as in-memory uint8 tensors, and a `LightningDataModule` with train-fit normalization statistics.
 
-Images stay uint8 (N, 3, 32, 32) from disk to the training device. Batches are taken by index from a per-epoch
+CIFAR's images stay uint8 (N, 3, 32, 32) from disk to the training device. Batches are taken by index from a per-epoch
 seeded permutation (`TensorBatches`) and, on the device, `CIFAR10DataModule.preprocess` augments training batches.
 Standardization, ``(x - mean) / std`` with statistics fitted on the training split alone, is the model's job
 (`lit_cifar.module.InputNormalization`): the data module fits the statistics and the model keeps them.

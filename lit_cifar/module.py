@@ -330,8 +330,8 @@ class InputNormalization(nn.Module):
 class RegularizedClassifier(pl.LightningModule):
     """Image classifier trained with the regularization a spec asks for, with the notebook's Keras semantics.
 
-    * Inputs: ``(images, labels)`` batches, images (B, 3, 32, 32) in 0-255 units (uint8 from `CIFAR10DataModule`,
-      or float). ``model(images)`` standardizes them with the training split's statistics (taken from a
+    * Inputs: ``(images, labels)`` batches, images (B, C, H, W) in 0-255 units ((B, 3, 32, 32) uint8 from
+      `CIFAR10DataModule`; any channel count and size, uint8 or float, from a data module of yours). ``model(images)`` standardizes them with the training split's statistics (taken from a
       `NormalizingData` data module when fitting starts and saved in checkpoints; see `set_input_statistics`) and
       returns logits.
     * Loss: cross-entropy on logits + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it,
@@ -353,8 +353,10 @@ class RegularizedClassifier(pl.LightningModule):
         adam_eps: Adam epsilon (Keras's default 1e-7; finite, > 0).
         backbone: the network; ``None`` builds ``NotebookCNN(spec)``. Penalties and max-norm act on the layers its
             ``regularized_layers()`` returns, or, if it has no such method, on every ``nn.Linear`` but the last.
-            A spec it cannot honour is a ValueError (see `check_backbone`). Not saved in the hyperparameters:
-            pass it again to ``load_from_checkpoint``.
+            A spec it cannot honour, or would train under another label, and a LightningModule are a ValueError
+            (see `check_backbone`). Its class path and init args are saved in the hyperparameters where they can
+            be recovered (`lit_cifar.models.recover_init_args`), so ``load_from_checkpoint(path)`` rebuilds it;
+            else pass it again to ``load_from_checkpoint``.
         num_classes: number of classes (logits); must match the data module's classes.
         optimizer: a callable ``params -> Optimizer`` replacing the default Adam (``lr`` and ``adam_eps`` then go
             unused; the ``lr_decay`` schedule still applies), e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``.
