@@ -331,9 +331,9 @@ class RegularizedClassifier(pl.LightningModule):
     """Image classifier trained with the regularization a spec asks for, with the notebook's Keras semantics.
 
     * Inputs: ``(images, labels)`` batches, images (B, C, H, W) in 0-255 units ((B, 3, 32, 32) uint8 from
-      `CIFAR10DataModule`; any channel count and size, uint8 or float, from a data module of yours). ``model(images)`` standardizes them with the training split's statistics (taken from a
-      `NormalizingData` data module when fitting starts and saved in checkpoints; see `set_input_statistics`) and
-      returns logits.
+      `CIFAR10DataModule`; any channel count and size, uint8 or float, from a data module of yours).
+      ``model(images)`` standardizes them with the training split's statistics (taken from a `NormalizingData`
+      data module when fitting starts and saved in checkpoints; see `set_input_statistics`) and returns logits.
     * Loss: cross-entropy on logits + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it,
       and ``*/ce`` the cross-entropy alone (``train/penalty`` is logged on its own).
     * Optimizer: Adam(lr, eps=adam_eps) (fused where it is safe), or the `optimizer` you inject, with Keras's
