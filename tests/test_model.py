@@ -144,3 +144,38 @@ def test_every_name_of_the_notebook_cnn_is_the_default_model_with_one_hash(tmp_p
             "lit_cifar.models.SeedCNN",
         )
     } == {default}
+
+
+def test_a_backbones_init_args_are_recovered_only_where_they_rebuild_it() -> None:
+    from lit_cifar.models import recover_init_args
+
+    spec = RegularizationSpec.parse("pixel+bn")
+    recovered = recover_init_args(NotebookCNN(spec, width=8, hidden_units=16, image_size=28), spec)
+    assert recovered == (
+        "lit_cifar.models.NotebookCNN",
+        {"in_channels": 3, "width": 8, "hidden_units": 16, "image_size": 28},
+    )
+
+    class Unstored(nn.Module):  # keeps no attribute for its argument, and is not importable
+        def __init__(self, width: int = 4) -> None:
+            super().__init__()
+            self.layer = nn.Linear(width, 2)
+
+    assert recover_init_args(Unstored(width=6)) is None
+    from tests.thirdparty.gray import ResidualNet
+
+    net = ResidualNet(spec, width=4)
+    assert recover_init_args(net, spec) == ("tests.thirdparty.gray.ResidualNet", {"in_channels": 1, "width": 4})
+    del net.width  # its default, 8, rebuilds a network of other shapes: not recovered
+    assert recover_init_args(net, spec) is None
+
+
+def test_honoured_techniques_may_name_only_bn_and_dropout() -> None:
+    from lit_cifar.module import check_backbone
+
+    class Declares(nn.Module):
+        def honoured_techniques(self) -> set[str]:
+            return {"bn", "l2"}
+
+    with pytest.raises(ValueError, match=r"Declares.honoured_techniques\(\) names \['l2'\]: it may name only bn"):
+        check_backbone(RegularizationSpec(), Declares(), [])
