@@ -19,6 +19,7 @@ from ablations.report.stats import (
     welch,
     Interval,
     Contrast,
+    verdict,
 )
 
 
@@ -139,3 +140,23 @@ def test_an_incomplete_design_is_not_estimated():
     frame, factors = factorial_frame()
     fit = factorial_effects(frame[frame["batchnorm"] == "off"].iloc[:-3], factors, "acc")
     assert fit.effects == [] and "cover 5 of the 12 combinations" in fit.problem
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (-0.005, 0.004, "equivalent"),
+        (0.002, 0.008, "equivalent"),  # excludes 0 but within the margin: too small to matter
+        (0.002, 0.02, "better"),
+        (-0.03, -0.02, "worse"),
+        (-0.03, 0.02, "open"),
+        (float("nan"), 0.001, "open"),
+    ],
+)
+def test_a_verdict_reads_equivalence_first_then_the_sign_then_open(low: float, high: float, expected: str) -> None:
+    assert verdict(low, high, margin=0.01) == expected
+
+
+def test_a_negative_margin_is_refused() -> None:
+    with pytest.raises(ValueError, match="margin -0.1"):
+        verdict(0.0, 0.1, margin=-0.1)

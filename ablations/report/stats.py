@@ -263,3 +263,28 @@ def factorial_effects(
         f"{1 + sum(len(f.levels) - 1 for f in factors)} main-effect parameters: "
         "run more seeds",
     )
+
+
+MARGIN = 0.01  # default equivalence margin, in test-accuracy units (``--margin``)
+VERDICTS = ("equivalent", "better", "worse", "open")  # the answer to one comparison, in the order it is read
+
+
+def verdict(low: float, high: float, margin: float = MARGIN) -> str:
+    """The verdict a family-wise (simultaneous) interval ``[low, high]`` of a difference gives, read in this order:
+    ``equivalent`` when it lies within ``±margin`` (TOST: a difference too small to matter, even if it excludes 0),
+    else ``better`` / ``worse`` when it excludes 0 above / below, else ``open`` (a nan bound is ``open`` too).
+
+    Raises:
+        ValueError: `margin` is negative or nan.
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin {margin!r}: give a difference of accuracy >= 0, e.g. {MARGIN}")
+    if math.isnan(low) or math.isnan(high):
+        return "open"
+    if -margin <= low and high <= margin:
+        return "equivalent"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "open"
