@@ -142,19 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
-    _pack_arguments(parser)
     adaptive.add_arguments(parser)  # --target-ci, --min-seeds, --max-seeds
     return parser
-
-
-def _pack_arguments(parser: argparse.ArgumentParser) -> None:
-    packs = parser.add_argument_group("packs (docs/packs.md)")
-    packs.add_argument(
-        "--pack",
-        metavar="K|auto",
-        help="train up to K trials of one architecture together as one "
-        "batched model (auto: as many as fit on a GPU; 1 on CPU)",
-    )
 
 
 def _what_arguments(parser: argparse.ArgumentParser) -> None:
@@ -305,7 +294,6 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
         plan.engine,
         parallel=plan.parallel,
         gpus=plan.gpus,
-        pack_size=plan.pack_size,
         ranks=ranks,
         ray_address=plan.ray_address,
         max_retries=plan.max_retries,

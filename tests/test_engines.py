@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Optional
 
 import pytest
 
-from ablations.engines import Executor, LocalExecutor, PackExecutor, RayExecutor, make_executor
+from ablations.engines import Executor, LocalExecutor, make_executor
+from ablations.engines.ray import RayExecutor
 from ablations.engines.base import Progress
 from ablations.engines.local import run_local, worker_slots
 from ablations.status import FAILURE_FIELDS, TrialState, TrialStatus, claim, record_failure
@@ -200,7 +201,6 @@ def test_a_new_engine_is_one_executor_class_and_finished_trials_never_reach_it(t
 
 def test_the_factory_picks_the_executor_the_plan_asks_for():
     assert isinstance(make_executor("local", parallel=2, gpus=0), LocalExecutor)
-    assert isinstance(make_executor("local", pack_size=4), PackExecutor)
     ray = make_executor("ray", parallel=2, gpus=2, ray_address="head:6379", max_retries=5)
     assert isinstance(ray, RayExecutor) and ray.gpus_per_trial == 1.0 and ray.max_retries == 5
     assert not make_executor("local", ranks=types.SimpleNamespace(rank=1)).skip_finished  # type: ignore[arg-type]
@@ -240,9 +240,8 @@ def _error_fields(trial: Trial, logdir: Path) -> set[str]:
 
 def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     """A trial that raised (run_trial, as local and Ray workers run it), a local worker that died, a Ray worker lost
-    for good, a pack that raised: each error.json holds the trial's record, error, traceback and signal, plus only
+    for good: each error.json holds the trial's record, error, traceback and signal, plus only
     what that path knows besides (the environment of a trial that started, Ray's engine and attempts)."""
-    from ablations.engines.packs import run_pack
     from ablations.engines.ray import TrialResources, _RaySweep
     from ablations.trial import run_trial
 
@@ -271,15 +270,10 @@ def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     assert sweep.statuses[0].state is TrialState.FAILED
     fields["ray"] = _error_fields(trial, tmp_path / "ray")
 
-    monkeypatch.setattr("ablations.packs.train_and_test_pack", boom)
-    assert run_pack([trial], RunOptions(logdir=str(tmp_path / "pack")))[0]["status"] == "failed"
-    fields["pack"] = _error_fields(trial, tmp_path / "pack")
-
     assert fields == {
         "trial": base | {"environment"},
         "worker": base,
         "ray": base | {"engine", "attempts"},
-        "pack": base | {"environment"},
     }
 
 
