@@ -208,7 +208,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="seed std of each spec, the reference first (default: noise like the notebook study's)",
     )
     sim.add_argument(
-        "--truths", type=_floats, default=list(SIMULATED_TRUTHS), help="true test accuracy of each spec, reference first"
+        "--truths",
+        type=_floats,
+        default=list(SIMULATED_TRUTHS),
+        help="true test accuracy of each spec, reference first",
     )
     sim.add_argument("--studies", type=int, default=1000)
     sim.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from ablations import gpucheck
 from ablations.engines.local import Progress, run_local, worker_slots
 from ablations.run import main, ray_resources
 from ablations.store import ERROR_FILE, RESULT_FILE
@@ -265,31 +264,3 @@ def test_ddp_sweep_killed_after_its_first_trial_resumes_to_the_same_results(ddp_
             ddp_reference[name]["history"],
         ), name
         assert result["world_size"] == 2
-
-
-# ---------------------------------------------------------------------------------------------- gpucheck
-def test_gpucheck_plans_trial_parallel_and_ddp_runs_for_the_gpus_it_finds():
-    planned = {row.name: (row.flags, row.trials, row.world_size) for row in gpucheck.rows(gpus=4, tiny=False)}
-    assert planned == {
-        "one at a time": (("--parallel", "1"), 9, 1),
-        "one per GPU": (("--parallel", "4"), 9, 1),
-        "two per GPU": (("--parallel", "8"), 9, 1),
-        "DDP, 2 GPUs": (("--only", "pixel", "--strategy", "ddp", "--devices", "2"), 1, 2),
-        "packed notebook suite": (("--seeds", "0,1,2", "--pack", "auto"), 27, 1),
-        "packed full grid": (("--suite", "full", "--seeds", "0,1,2", "--pack", "auto"), 288, 1),
-    }
-
-
-@pytest.mark.slow
-def test_gpucheck_runs_tiny_on_cpu(capsys):
-    assert gpucheck.main(["--tiny", "--accelerator", "cpu"]) == 0
-    table = capsys.readouterr().out
-    for row in (
-        "| one at a time | `--only baseline pixel --parallel 1` | 2 |",
-        "| two at a time | `--only baseline pixel --parallel 2` | 2 |",
-        "| DDP, 2 processes |",
-        "| packed notebook suite | `--only baseline pixel --seeds 0,1 --pack 4` | 4 | 4 |",
-        "| packed full grid | `--suite full --only baseline pixel bn pixel+bn --seeds 0,1 --pack 4` | 8 | 4 |",
-    ):
-        assert row in table
-    assert "NO:" not in table
