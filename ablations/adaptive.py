@@ -33,6 +33,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ablations.status import TrialState, TrialStatus
+
 GUARD = 0.999  # the variance bound the stopping decision uses: its one-sided confidence level
 WIDTH = "width reached"
 CAP = "cap"
@@ -279,7 +281,7 @@ def run_cli(
     args: argparse.Namespace,
     target: Target,
     plan_of: Callable[[list[int]], Any],
-    run_plan: Callable[[Any], list[dict[str, Any]]],
+    run_plan: Callable[[Any], list[TrialStatus]],
 ) -> int:
     """``ablations.run --target-ci``: `plan_of(seeds)` makes the run's plan for those seeds, `run_plan(plan)` runs
     its unfinished trials with the chosen engine (once per round) and returns their statuses."""
@@ -302,7 +304,7 @@ def run_cli(
             print("next round:\n" + "\n".join(f"{t.spec} seed={t.seed}" for t in todo))
             return False
         statuses = run_plan(type(full)(**{**full.__dict__, "trials": todo}))
-        return not any(s["status"] == "failed" for s in statuses)
+        return not any(s.state is TrialState.FAILED for s in statuses)
 
     rounds = run_rounds(specs, reference, target, read, run_round)
     if not args.dry_run:

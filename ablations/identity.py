@@ -23,12 +23,7 @@ from typing import Any, Optional, Union
 
 DEFAULT_DATA = "cifar10"
 BUILTIN_DATA = {"cifar10": "lit_cifar.data.CIFAR10DataModule", "cifar100": "lit_cifar.data.CIFAR100DataModule"}
-DEFAULT_MODELS = (
-    "lit_cifar.NotebookCNN",
-    "lit_cifar.models.NotebookCNN",  # the notebook's CNN, however it is named
-    "lit_cifar.SeedCNN",
-    "lit_cifar.models.SeedCNN",
-)  # (its former name)
+DEFAULT_MODELS = ("lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN")  # the notebook's CNN, however it is named
 # Training settings a suite may vary as factors, in the order trial folders name them.
 SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit_train", "optimizer")
 DEFAULT_OPTIMIZER = "adam"  # the level text of the built-in Adam (the optimizer setting's None)

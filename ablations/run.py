@@ -31,7 +31,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from ablations import adaptive, custom
+from ablations import adaptive, custom, require_extra
 from ablations import plan as planning
 from ablations.engines import make_executor
 from ablations.engines.local import bars
@@ -151,7 +151,7 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--suite",
         default="notebook",
-        help="shipped suite name or path of a suite .yaml (default: notebook; seed is an alias)",
+        help="shipped suite name or path of a suite .yaml (default: notebook)",
     )
     what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
@@ -282,10 +282,9 @@ def ddp_ranks(options: RunOptions) -> Ranks:
     return Ranks(fabric.global_rank, functools.partial(fabric.broadcast, src=0))
 
 
-def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); the statuses in trial
-    order, as ``{"trial": name, "status": TrialState (a str: "done", "skipped", "failed"), "error": reason or
-    None}`` (`TrialStatus.as_dict`).
+def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[TrialStatus]:
+    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); their final
+    `TrialStatus` (DONE, SKIPPED or FAILED), in trial order.
 
     Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
     `run_trial`, where rank 0 decides for all ranks.
@@ -298,11 +297,11 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
         ray_address=plan.ray_address,
         max_retries=plan.max_retries,
     )
-    return [status.as_dict() for status in executor.run(plan.trials, plan.options)]
+    return executor.run(plan.trials, plan.options)
 
 
 # ------------------------------------------------------------------------------------------------ output
-def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float) -> int:
+def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
     from ablations.store import settings_key
@@ -313,7 +312,6 @@ def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float)
     )
     if table is not None:
         print(table)
-    states = [TrialStatus.of(s) for s in statuses]
     counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
     print(
         f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
@@ -353,6 +351,7 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    require_extra("python -m ablations.run")
     quiet_lightning()
     if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # another rank of a data-parallel sweep: end with its launcher
         die_with_parent(os.getppid())

@@ -3,8 +3,7 @@
 A suite file has a ``name``, optional ``description``, ``settings`` (any field of `TrainSettings`) and either
 ``specs`` (a list of ``{spec: TEXT, notebook: ACCURACY}`` or plain spec strings), ``factors`` (a mapping from factor
 name to a list of levels, each level spec tokens or ``baseline`` for off, whose cartesian product gives the specs),
-or both (explicit specs first). ``notebook.yaml`` and ``full.yaml`` ship in ``ablations/suites/``; ``seed`` is
-an alias of ``notebook`` (its old name, which read like a random seed).
+or both (explicit specs first). The shipped suites are the YAML files in ``ablations/suites/``.
 
 A suite may also name its ``model`` and ``data`` by class path, and a factor named after a training setting
 (``lr``, ``lr_decay``, ``batch_size``, ``epochs``, ``precision``, ``limit_train``, ``optimizer``) varies that
@@ -23,15 +22,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from ablations import identity
 from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef, coerce_setting
 from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
-SUITE_ALIASES = {"seed": "notebook"}  # old name -> shipped suite
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # one folder under --logdir, never a path out of it
 
@@ -271,6 +267,8 @@ def available_suites() -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # here, so that a command can say which extra is missing before anything fails
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -385,12 +383,11 @@ def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> li
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """A shipped suite by name (``notebook``, its alias ``seed``, ``full``) or a suite YAML file by path.
+    """A shipped suite by name (``notebook``, ``full``, ...) or a suite YAML file by path.
 
     Raises:
         SuiteError: naming the suite or file and what is wrong with it.
     """
-    name_or_path = SUITE_ALIASES.get(name_or_path, name_or_path)
     path = Path(name_or_path)
     if not (name_or_path.endswith((".yaml", ".yml")) or path.exists()):
         path = SUITES_DIR / f"{name_or_path}.yaml"

@@ -224,11 +224,10 @@ def _follow(trial: Trial, options: RunOptions, ranks: Ranks) -> TrialStatus:
 def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> TrialStatus:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
-    Returns its `TrialStatus`, which reads as ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed",
-    "error": reason or None}``: BUSY when another process holds the trial's lock and not ``wait``; with ``wait``
-    it waits for that process, then skips the trial if it finished or runs it if its holder died
-    (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and writes, and every rank
-    follows its decision.
+    Returns its `TrialStatus` (DONE, SKIPPED, BUSY or FAILED with the reason): BUSY when another process holds
+    the trial's lock and not ``wait``; with ``wait`` it waits for that process, then skips the trial if it finished
+    or runs it if its holder died (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and
+    writes, and every rank follows its decision.
     """
     if ranks.rank != 0:
         return _follow(trial, options, ranks)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Optional
+from typing import Optional
 
 from torch import Tensor, nn
 
@@ -123,13 +122,3 @@ def build_backbone(
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") from None
-
-
-def __getattr__(name: str) -> Any:
-    """``SeedCNN``, the former name of `NotebookCNN`: the same class, with a DeprecationWarning."""
-    if name == "SeedCNN":
-        warnings.warn(
-            "lit_cifar.models.SeedCNN is deprecated: use lit_cifar.models.NotebookCNN", DeprecationWarning, stacklevel=2
-        )
-        return NotebookCNN
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,7 +41,7 @@ def swept_copy(swept, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "suite, seeds, expected", [("notebook", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96), ("full", "0,1", 192)]
+    "suite, seeds, expected", [("notebook", "0", 9), ("notebook", "0,1,2", 27), ("full", "0", 96), ("full", "0,1", 192)]
 )
 def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
     status, out, _ = sweep(capsys, "--suite", suite, "--seeds", seeds, "--dry-run")
@@ -285,7 +285,7 @@ def test_a_trial_does_not_warn_about_what_it_does_on_purpose(cifar_dir, tmp_path
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"
+        assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path))).state == "done"
     assert not [w for w in caught if "log_every_n_steps" in str(w.message)]
 
 

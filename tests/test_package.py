@@ -210,3 +210,32 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path: Path, cif
         [python, "user.py", str(cifar_dir)], capture_output=True, text=True, env=env, cwd=work, timeout=600
     )
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+
+
+WITHOUT = "import sys; sys.modules[{missing!r}] = None\n"  # as on a base install: the module cannot be imported
+
+
+@pytest.mark.parametrize("missing", ["yaml", "matplotlib"])
+@pytest.mark.parametrize("script", ["ablate_main", "report_main", "compare_main", "board_main", "python -m"])
+def test_without_the_harness_extra_every_command_says_which_extra_in_one_line(script: str, missing: str) -> None:
+    if script == "python -m":
+        code = (
+            WITHOUT + "import runpy; sys.argv = ['x', '--help']; runpy.run_module('ablations.run', run_name='__main__')"
+        )
+    else:
+        code = WITHOUT + f"import ablations; sys.exit(ablations.{script}(['--help']))"
+    done = subprocess.run([sys.executable, "-c", code.format(missing=missing)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-2000:]
+    assert (
+        done.stderr.count("\n") == 1 and missing in done.stderr and 'pip install "lit-cifar[ablations]"' in done.stderr
+    )
+
+
+@pytest.mark.parametrize("script", ["ablate_main", "report_main", "compare_main", "board_main"])
+def test_with_the_extra_every_command_answers_help(script: str, capsys: pytest.CaptureFixture) -> None:
+    import ablations
+
+    with pytest.raises(SystemExit) as stop:
+        getattr(ablations, script)(["--help"])
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+    assert f"ablations:{script}" in PYPROJECT["project"]["scripts"].values()

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from ablations import plan as run_module
+from ablations.status import TrialState, TrialStatus
 from ablations.engines import ray as ray_engine
 from ablations.engines.ray import TrialResources, available_cpus
 from ablations.run import main
@@ -293,7 +294,7 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
 
     def fake_engine(trials, options, **kwargs):
         calls.append(kwargs)
-        return [{"trial": t.name, "status": "done", "error": None} for t in trials]
+        return [TrialStatus(t.name, TrialState.DONE) for t in trials]
 
     monkeypatch.setattr(ray_engine, "run_trials_ray", fake_engine)
     status, err = sweep(

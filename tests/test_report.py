@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablations.report import main, write_report
+from ablations.report import write_report
+from ablations.report.__main__ import main
 from ablations.store import RESULT_FILE, TrialPaths, write_json_atomic
 from lit_cifar.spec import RegularizationSpec
 from tests.helpers import REPO

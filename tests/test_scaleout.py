@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ablations.status import TrialState, TrialStatus
 from ablations.engines.local import Progress, run_local, worker_slots
 from ablations.run import main, ray_resources
 from ablations.store import ERROR_FILE, RESULT_FILE
@@ -62,7 +63,7 @@ def fake_ray(monkeypatch):
                 "max_retries": max_retries,
             }
         )
-        return [{"trial": t.name, "status": "failed", "error": "not really run"} for t in trials]
+        return [TrialStatus(t.name, TrialState.FAILED, "not really run") for t in trials]
 
     from ablations.engines import ray as ray_engine
 
@@ -141,7 +142,7 @@ def test_workers_run_in_their_slots(tmp_path):
         Progress(fake_trials(), show=False),
         worker_slots(2, gpus=2, cpus=4, visible="6,7"),
     )
-    assert [s["status"] for s in statuses] == ["done"] * 3
+    assert [s.state for s in statuses] == ["done"] * 3
     seen = [json.loads(p.read_text()) for p in tmp_path.glob(f"fake/*/*/{RESULT_FILE}")]
     assert {r["cuda"] for r in seen} == {"6", "7"} and {r["threads"] for r in seen} == {"2"}
 
@@ -156,8 +157,8 @@ def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
         Progress(fake_trials(4), show=False),
         worker_slots(2, gpus=0, cpus=2),
     )
-    assert [s["status"] for s in statuses] == ["done", "failed", "done", "done"]
-    assert "killed by SIGKILL" in statuses[1]["error"]
+    assert [s.state for s in statuses] == ["done", "failed", "done", "done"]
+    assert "killed by SIGKILL" in str(statuses[1].error)
     error = json.loads((tmp_path / "fake/baseline/seed=1" / ERROR_FILE).read_text())
     assert error["signal"] == "SIGKILL" and error["settings_hash"] == fake_trials()[1].settings_hash
     assert not (tmp_path / "fake/baseline/seed=1" / RESULT_FILE).exists()

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar, Union
+from typing import ClassVar
 
 from ablations.status import TrialStatus, split_finished
 from ablations.suite import RunOptions, Trial
@@ -42,13 +41,12 @@ class Executor(ABC):
         statuses = dict(skipped)
         if todo:
             ran = self.execute([trials[i] for i in todo], options)
-            statuses.update(zip(todo, (TrialStatus.of(s) for s in ran)))
+            statuses.update(zip(todo, ran))
         return [statuses[i] for i in range(len(trials))]
 
     @abstractmethod
-    def execute(self, trials: list[Trial], options: RunOptions) -> list[Any]:
-        """Run `trials` (none of them known to be finished); their final statuses (`TrialStatus`, or mappings
-        `TrialStatus.of` reads) in trial order."""
+    def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
+        """Run `trials` (none of them known to be finished); their final `TrialStatus`, in trial order."""
 
 
 class Progress:
@@ -69,9 +67,8 @@ class Progress:
         self._running.append(self.trials[index].name)
         self._show()
 
-    def finished(self, index: int, status: Union[TrialStatus, Mapping[str, Any]]) -> TrialStatus:
-        """Record a trial's status (BUSY ones are not final: they are retried) and return it as a `TrialStatus`."""
-        status = TrialStatus.of(status)
+    def finished(self, index: int, status: TrialStatus) -> TrialStatus:
+        """Record a trial's status (BUSY ones are not final: they are retried) and return it."""
         self._running.remove(self.trials[index].name)
         self._show(refresh=not status.final)
         if status.final:

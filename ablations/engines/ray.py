@@ -307,7 +307,7 @@ class _RaySweep:
 
     def _collect(self, ref: Any, i: int, wait: bool) -> None:
         try:
-            status = TrialStatus.of(self.ray.get(ref))
+            status = self.ray.get(ref)
         except self.lost_errors as error:
             self._lost(i, wait, error)
         except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
@@ -407,7 +407,7 @@ class RayExecutor(Executor):
         share = TrialResources.share(gpus, parallel, available_cpus())
         return cls(address=address, gpus_per_trial=share.gpus, cpus_per_trial=share.cpus, max_retries=max_retries)
 
-    def execute(self, trials: list[Trial], options: RunOptions) -> list[Any]:
+    def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         return run_trials_ray(
             trials,
             options,
