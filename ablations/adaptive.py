@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ablations.rules import check, finite, integer
 from ablations.status import TrialState, TrialStatus
 
 GUARD = 0.999  # the variance bound the stopping decision uses: its one-sided confidence level
@@ -50,12 +51,9 @@ class Target:
     max_seeds: int = 10
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
-            raise ValueError(f"target width {self.width!r} must be a finite number > 0")
-        if isinstance(self.min_seeds, bool) or not isinstance(self.min_seeds, int) or self.min_seeds < 2:
-            raise ValueError(f"min_seeds={self.min_seeds!r} must be an integer >= 2 (an interval needs two seeds)")
-        if isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, int) or self.max_seeds < self.min_seeds:
-            raise ValueError(f"max_seeds={self.max_seeds!r} must be an integer >= min_seeds ({self.min_seeds})")
+        check("target width", self.width, finite(0))
+        check("min_seeds", self.min_seeds, integer(2, " (an interval needs two seeds)"))
+        check("max_seeds", self.max_seeds, integer(self.min_seeds, " (min_seeds)"))
 
 
 def _guarded(n: np.ndarray, var: np.ndarray) -> np.ndarray:

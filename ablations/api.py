@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Union
 
 from ablations.identity import data_label
+from ablations.signals import interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.store import RESULT_FILE, read_result
 
@@ -127,7 +128,7 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
         parser.error = refuse  # type: ignore[method-assign]
         args = parser.parse_args(["--suite", str(suite), *run.argv_of(overrides)])
         plan = run._prepare(parser, args)
-        with run.interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+        with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
             statuses = run.run_plan(plan, args, None) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     from ablations.report import write_report

@@ -27,11 +27,10 @@ from ablations.report import board
 from ablations.store import folder_lock
 from ablations.suite import Trial
 from lit_cifar.data import attached_datamodule
+from lit_cifar.module import BATCHNORMS
 
 if TYPE_CHECKING:
     from lit_cifar.module import RegularizedClassifier
-
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ablations import adaptive, custom, require_extra
 from ablations import plan as planning
-from ablations.engines import make_executor
-from ablations.engines.local import bars
+from ablations.engines import ENGINES, make_executor
 from ablations.plan import Plan, Request
 from ablations.quiet import quiet_lightning
+from ablations.rules import integer
 from ablations.signals import Interrupted, die_with_parent, interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
@@ -45,9 +45,8 @@ from ablations.trust import write_report_or_say_why
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
 
-__all__ = ["argv_of", "bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources", "request_of"]
+__all__ = ["argv_of", "build_parser", "main", "make_plan", "request_of", "run_plan"]
 
-ENGINES = ("local", "ray")
 STRATEGIES = ("ddp",)  # per-trial data parallelism; Lightning's launcher re-runs this command on every rank
 RAY_ADVICE = 'pip install -e ".[ray]"'
 
@@ -61,8 +60,9 @@ def _int_at_least(low: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        problem = integer(low)(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{value} {problem}")
         return value
 
     parse.__name__ = f"integer >= {low}"
@@ -258,15 +258,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def ray_resources(parallel: int, gpus: int, cpus: int) -> dict[str, float]:
-    """What each Ray task asks for: the share of a machine the local engine gives each of its `parallel` workers
-    (a GPU, or a fraction when several trials share one; none on CPU; an equal share of the cores)."""
-    from ablations.engines.ray import TrialResources
-
-    share = TrialResources.share(gpus, parallel, cpus)
-    return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
-
-
 def ddp_ranks(options: RunOptions) -> Ranks:
     """Start and connect the processes of a data-parallel sweep, once for all its trials: Lightning's launcher
     re-runs this command for every other local rank (torchrun or SLURM start them themselves). Returns this

@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from ablations import identity
 from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef, coerce_setting
+from ablations.rules import Rule, finite, integer, one_of, optional
 from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec
 
@@ -36,53 +35,23 @@ class SuiteError(ValueError):
     """A suite that cannot be read: unknown name, unreadable or malformed YAML, bad spec or setting."""
 
 
-Rule = Callable[[Any], Optional[str]]  # None when a value is allowed, else what it must be
-
-
-def _integer(low: int, why: str = "") -> Rule:
-    def check(value: Any) -> Optional[str]:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer >= {low}{why}"
-        return None if value >= low else f"must be >= {low}{why}"
-
-    return check
-
-
-def _finite(low: float, inclusive: bool) -> Rule:
-    def check(value: Any) -> Optional[str]:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if number and (value >= low if inclusive else value > low):
-            return None
-        return f"must be a finite number {'>=' if inclusive else '>'} {low:g}"
-
-    return check
-
-
-def _optional(rule: Rule) -> Rule:
-    return lambda value: None if value is None else rule(value)
-
-
-def _one_of(choices: tuple[str, ...]) -> Rule:
-    return lambda value: None if value in choices else f"is not one of {', '.join(choices)}"
-
-
 def _seed_list(value: Any) -> Optional[str]:
     seeds = list(value) if isinstance(value, (list, tuple)) else None
-    if seeds and all(_integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
+    if seeds and all(integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
         return None
     return "must be a non-empty list of distinct integers >= 0"
 
 
 SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the CLI checks its flags with these
-    "epochs": _integer(1),
-    "batch_size": _integer(1),
+    "epochs": integer(1),
+    "batch_size": integer(1),
     "seeds": _seed_list,
-    "val_size": _integer(1, ": every trial reports its accuracy on held-out training images"),
-    "split_seed": _integer(0),
-    "limit_train": _optional(_integer(1)),
-    "lr": _finite(0, inclusive=False),
-    "lr_decay": _finite(0, inclusive=True),
-    "precision": _one_of(PRECISIONS),
+    "val_size": integer(1, ": every trial reports its accuracy on held-out training images"),
+    "split_seed": integer(0),
+    "limit_train": optional(integer(1)),
+    "lr": finite(0),
+    "lr_decay": finite(0, inclusive=True),
+    "precision": one_of(PRECISIONS),
     "optimizer": identity.optimizer_problem,
 }
 
@@ -298,7 +267,7 @@ def _listed_entry(item: Any, path: Path) -> SuiteEntry:
             "and optionally 'notebook'"
         )
     notebook = item.get("notebook")
-    if notebook is not None and not (_finite(0, inclusive=True)(notebook) is None and notebook <= 1):
+    if notebook is not None and finite(0, inclusive=True, high=1)(notebook) is not None:
         raise SuiteError(
             f"suite file {path}: notebook={notebook!r} for spec {item['spec']!r} must be a number in "
             "[0, 1] (the notebook's test accuracy) or absent"

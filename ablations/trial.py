@@ -33,6 +33,7 @@ from ablations.status import TrialState, TrialStatus, claim, is_finished, record
 from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
+from lit_cifar.module import STAGES
 from lit_cifar.runtime import cpu_model, trim_heap
 
 __all__ = ["RunOptions", "Ranks", "TrialStatus", "environment", "is_finished", "run_trial", "trainer_kwargs"]
@@ -178,7 +179,7 @@ def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
     where they have one."""
     if sizes is None:
         sizes = {}
-        for split in ("train", "val", "test"):
+        for split in STAGES:
             try:
                 sizes[split] = len(getattr(dm, f"{split}_dataloader")().dataset)
             except Exception:  # noqa: BLE001 - a loader without a sized dataset: the count is unknown

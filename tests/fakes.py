@@ -73,7 +73,8 @@ if __name__ == "__main__":
     # python -m tests.fakes LOGDIR PARALLEL [RUNNER]: three trials in PARALLEL workers that block (RUNNER: a function
     # of this module, default `block`), stopped by signals as `python -m ablations.run` is (exit 128 + signal,
     # naming the finished trials).
-    from ablations.engines.local import Progress, run_local, worker_slots
+    from ablations.engines.base import Progress
+    from ablations.engines.local import run_local, worker_slots
     from ablations.signals import Interrupted, interrupts
     from lit_cifar.spec import RegularizationSpec
     from ablations.suite import TrainSettings

@@ -321,8 +321,8 @@ def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     sweep = _RaySweep(_stub_ray(), [trial], RunOptions(logdir=str(tmp_path / "ray")), TrialResources(), 0)
     sweep.attempts[0] = 1
     sweep._collect(object(), 0, False)
-    sweep.bar.close()
-    assert sweep.statuses[0].state is TrialState.FAILED
+    sweep.progress.close()
+    assert sweep.progress.statuses[0].state is TrialState.FAILED
     fields["ray"] = _error_fields(trial, tmp_path / "ray")
 
     assert fields == {

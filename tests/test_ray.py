@@ -279,7 +279,7 @@ def test_task_options_and_capacity():
     assert TrialResources(gpus=0.0, cpus=2.5).threads == 2
 
 
-@pytest.mark.parametrize("gpus, cpus, message", [(2, 1, "DDP"), (-0.5, 1, "between 0 and 1"), (0, 0, "> 0")])
+@pytest.mark.parametrize("gpus, cpus, message", [(2, 1, "DDP"), (-0.5, 1, ">= 0 and <= 1"), (0, 0, "> 0")])
 def test_bad_trial_resources_are_rejected(gpus, cpus, message):
     with pytest.raises(ValueError, match=message):
         TrialResources(gpus=gpus, cpus=cpus)

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from ablations.status import TrialState, TrialStatus
-from ablations.engines.local import Progress, run_local, worker_slots
-from ablations.run import main, ray_resources
+from ablations.engines.base import Progress
+from ablations.engines.local import run_local, worker_slots
+from ablations.engines.ray import TrialResources
+from ablations.run import main
 from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
@@ -41,9 +43,9 @@ def test_each_local_worker_gets_its_own_gpu_slot_and_thread_share():
 
 
 def test_ray_tasks_request_the_resources_the_flags_imply():
-    assert ray_resources(parallel=2, gpus=2, cpus=16) == {"gpus_per_trial": 1.0, "cpus_per_trial": 8.0}
-    assert ray_resources(parallel=4, gpus=2, cpus=16) == {"gpus_per_trial": 0.5, "cpus_per_trial": 4.0}
-    assert ray_resources(parallel=2, gpus=0, cpus=2) == {"gpus_per_trial": 0.0, "cpus_per_trial": 1.0}
+    assert TrialResources.share(gpus=2, parallel=2, cpus=16) == TrialResources(gpus=1.0, cpus=8)
+    assert TrialResources.share(gpus=2, parallel=4, cpus=16) == TrialResources(gpus=0.5, cpus=4)
+    assert TrialResources.share(gpus=0, parallel=2, cpus=2) == TrialResources(gpus=0.0, cpus=1)
 
 
 @pytest.fixture
