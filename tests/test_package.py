@@ -179,7 +179,7 @@ USER_CODE = textwrap.dedent("""
 @pytest.mark.slow
 def test_the_wheel_installs_and_works_outside_the_repository(tmp_path: Path, cifar_dir: Path) -> None:
     """A third party's view: build the wheel, install it into a fresh environment (torch and the other requirements
-    from the system's site-packages), and from another folder train a backbone of its own through the public API,
+    from the running interpreter's site-packages), and from another folder train a backbone of its own through the public API,
     with a callback, and run every console script's --help."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
@@ -197,8 +197,15 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path: Path, cif
         cwd=tmp_path,
     )
     wheel = next(dist.glob("lit_cifar-*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # torch and the other requirements: the running interpreter's own site-packages, whether it is the system
+    # Python or a virtual environment (whose --system-site-packages would reach the base interpreter's instead)
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    site_dirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (Path(purelib) / "running-interpreter.pth").write_text("\n".join(site_dirs) + "\n")
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel],
         check=True,
