@@ -242,7 +242,7 @@ def check_inputs(plan: Plan) -> None:
     """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
     checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
     folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`)."""
-    from ablations.trial import is_finished
+    from ablations.status import is_finished
 
     logdir = Path(plan.options.logdir)
     try:

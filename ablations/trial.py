@@ -29,14 +29,14 @@ import torchmetrics
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.signals import raise_if_interrupted
-from ablations.status import TrialState, TrialStatus, claim, is_finished, record_failure
+from ablations.status import TrialState, TrialStatus, claim, record_failure
 from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
 from lit_cifar.module import STAGES
 from lit_cifar.runtime import cpu_model, trim_heap
 
-__all__ = ["RunOptions", "Ranks", "TrialStatus", "environment", "is_finished", "run_trial", "trainer_kwargs"]
+__all__ = ["Ranks", "environment", "run_trial", "trainer_kwargs"]
 
 
 def _unchanged(decision: Any) -> Any:

@@ -221,7 +221,8 @@ def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> d
 import tempfile
 from ablations.quiet import quiet_lightning
 from ablations.suite import TrainSettings, Trial
-from ablations.trial import RunOptions, run_trial
+from ablations.suite import RunOptions
+from ablations.trial import run_trial
 from lit_cifar import RegularizationSpec
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) / 1e6

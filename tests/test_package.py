@@ -179,8 +179,8 @@ USER_CODE = textwrap.dedent("""
 @pytest.mark.slow
 def test_the_wheel_installs_and_works_outside_the_repository(tmp_path: Path, cifar_dir: Path) -> None:
     """A third party's view: build the wheel, install it into a fresh environment (torch and the other requirements
-    from the running interpreter's site-packages), and from another folder train a backbone of its own through the public API,
-    with a callback, and run every console script's --help."""
+    from the running interpreter's site-packages), and from another folder train a backbone of its own through the
+    public API, with a callback, and run every console script's --help."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()

@@ -9,7 +9,8 @@ import pytest
 
 from ablations.store import read_result
 from ablations.suite import TrainSettings, Trial
-from ablations.trial import RunOptions, run_trial
+from ablations.suite import RunOptions
+from ablations.trial import run_trial
 from lit_cifar import RegularizationSpec
 from lit_cifar.data import find_layout
 from tests.helpers import REPO

@@ -326,7 +326,8 @@ def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
     """Long in-process sweeps must not accumulate models: Lightning's reference cycles are collected per trial."""
     import gc
 
-    from ablations.trial import RunOptions, run_trial
+    from ablations.suite import RunOptions
+    from ablations.trial import run_trial
     from ablations.suite import Trial
 
     gc.disable()  # only run_trial's own collection may free the cycles
