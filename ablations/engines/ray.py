@@ -66,8 +66,9 @@ class TrialResources:
         """The share of a machine with `gpus` GPUs and `cpus` cores that the local engine gives each of its
         `parallel` workers: a GPU each, or ``1/k`` of one when `parallel` packs k trials per GPU; ``cpus //
         parallel`` cores (at least one)."""
-        if gpus < 0 or parallel < 1 or cpus < 1:
-            raise ValueError(f"gpus={gpus}, parallel={parallel}, cpus={cpus}: need gpus >= 0, parallel >= 1, cpus >= 1")
+        check("gpus", gpus, integer(0))
+        check("parallel", parallel, integer(1))
+        check("cpus", cpus, integer(1))
         trials_per_gpu = math.ceil(parallel / gpus) if gpus else 0
         gpu_share = math.floor(RESOURCE_UNITS / trials_per_gpu) / RESOURCE_UNITS if gpus else 0.0
         return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
