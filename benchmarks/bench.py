@@ -231,7 +231,7 @@ quiet_lightning()
 trial = Trial("bench", RegularizationSpec.parse({SPEC!r}), 0, TrainSettings(epochs={epochs}, seeds=(0,),
               limit_train={limit_train!r}), 0)
 result = run_trial(trial, RunOptions(data_dir={str(data_dir)!r}, logdir=tempfile.mkdtemp(), download=False))
-assert result["status"] == "done", result
+assert result.state == "done", result
 print(status("VmHWM"), imports)
 """
     peak, imports = map(float, run_child(code, timeout=3600).split())
