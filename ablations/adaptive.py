@@ -12,28 +12,20 @@ too short, so the decision is guarded twice:
 - it reads every spec's seeds but its newest one. The last seed of every spec is thus one that no stopping
   decision saw, and the reported spread is not only the spread that made the rule stop.
 
-The reported intervals are the plain Welch intervals of every finished seed. `simulate` measures the rule's
-coverage and Holm-corrected false-positive rate for given noise levels (tests/test_adaptive.py runs it, and
-``python -m ablations.adaptive simulate`` prints it).
+The reported intervals are the report's plain Welch intervals of every finished seed; the widths the decision
+reads are `ablations.report.stats.welch_width`, the same interval's. ``scripts/seeds_rule.py`` replays the rule on
+finished results and measures its coverage and Holm-corrected false-positive rate on simulated studies.
 
 The reference gets a seed in a round when some open comparison's uncertainty comes mostly from it (its variance
 of the mean is at least the spec's); a spec at the cap whose uncertainty is mostly its own gains nothing from
 reference seeds. Seeds are added in order (0, 1, 2, ...), so the rounds are a function of the finished results: a
-rerun recomputes them from disk and continues.
-
-    python -m ablations.adaptive replay logs/replication/notebook --target-ci 0.03
-    python -m ablations.adaptive simulate --target-ci 0.02
-
-replay the rule on finished results (which trials it would have run, and how many seeds each spec needs) and
-simulate it on known truths.
-Torch-free.
+rerun recomputes them from disk and continues. Torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +33,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-LEVEL = 0.95  # as ablations.report.stats.LEVEL; scipy and statsmodels are imported where used, so the CLI parses fast
+from ablations.rules import check, finite, integer
+from ablations.status import TrialState, TrialStatus
 
 GUARD = 0.999  # the variance bound the stopping decision uses: its one-sided confidence level
 WIDTH = "width reached"
@@ -58,27 +51,9 @@ class Target:
     max_seeds: int = 10
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
-            raise ValueError(f"target width {self.width!r} must be a finite number > 0")
-        if isinstance(self.min_seeds, bool) or not isinstance(self.min_seeds, int) or self.min_seeds < 2:
-            raise ValueError(f"min_seeds={self.min_seeds!r} must be an integer >= 2 (an interval needs two seeds)")
-        if isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, int) or self.max_seeds < self.min_seeds:
-            raise ValueError(f"max_seeds={self.max_seeds!r} must be an integer >= min_seeds ({self.min_seeds})")
-
-
-def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL) -> np.ndarray:
-    """Width of Welch's `level` interval for mean(a) - mean(b) from sample sizes and variances (ddof=1);
-    numpy-broadcast, so one call serves a suite or a thousand simulated studies. Equals the width of
-    `ablations.report.stats.welch`'s interval."""
-    from scipy import stats as scipy_stats
-
-    n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
-    va, vb = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
-    total = va + vb
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = total**2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
-        width = 2 * scipy_stats.t.ppf(0.5 + level / 2, df) * np.sqrt(total)
-    return np.where(total > 0, width, 0.0)
+        check("target width", self.width, finite(0))
+        check("min_seeds", self.min_seeds, integer(2, " (an interval needs two seeds)"))
+        check("max_seeds", self.max_seeds, integer(self.min_seeds, " (min_seeds)"))
 
 
 def _guarded(n: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -89,34 +64,18 @@ def _guarded(n: np.ndarray, var: np.ndarray) -> np.ndarray:
         return np.where(n >= 2, (n - 1) * var / scipy_stats.chi2.ppf(1 - GUARD, np.maximum(n - 1, 1)), np.nan)
 
 
-def first_seeds(draws: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance (ddof=1; nan with fewer than two) of seeds ``0 .. k-1`` of each spec. `draws` holds seed
-    j of each spec at ``[..., j, spec]``, `k` the seed counts as ``[..., spec]``; numpy-broadcast over leading
-    axes."""
-    k = np.asarray(k)
-    mask = np.arange(draws.shape[-2])[:, None] < k[..., None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = (draws * mask).sum(-2) / k
-        var = (((draws - mean[..., None, :]) * mask) ** 2).sum(-2) / (k - 1)
-    return mean, np.where(k >= 2, var, np.nan)
-
-
-def seen_variance(draws: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """What a decision reads: the variance of seeds ``0 .. n-2`` of each spec, every seed but its newest
-    (`first_seeds` of ``n - 1``)."""
-    return first_seeds(draws, np.asarray(n) - 1)[1]
-
-
 def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
     """One round's decision: ``(seeds to add, decision width)`` per spec.
 
     `n` holds each spec's seed count along the last axis (leading axes are independent studies), `seen_var` the
-    test-accuracy variance of its seeds but the newest (`seen_variance`); `reference` is the reference spec's
+    test-accuracy variance of its seeds but the newest; `reference` is the reference spec's
     index. A spec is open while the guarded width of its difference from the reference, from the seeds the
     decision sees, is over `target.width` (or cannot be computed yet) and it has fewer than `target.max_seeds`;
     an open spec gets one seed, and the reference gets one when some open comparison's uncertainty is mostly the
     reference's.
     """
+    from ablations.report.stats import welch_width
+
     n = np.asarray(n, float)
     seen = n - 1
     gv = _guarded(seen, np.asarray(seen_var, float))
@@ -204,6 +163,8 @@ def _rounds(
     rounds: int,
     done: bool,
 ) -> Rounds:
+    from ablations.report.stats import welch_width
+
     index = list(specs).index(reference)
     known = {s: [v for v in row if v is not None] for s, row in zip(specs, values)}
     n = np.array([len(known[s]) for s in specs], float)
@@ -229,6 +190,8 @@ def _seen_var(values: Sequence[Sequence[Optional[float]]]) -> np.ndarray:
 
 def _wide(n: np.ndarray, values: Sequence[Sequence[float]], i: int, ref: int, target: Target) -> bool:
     """Whether spec `i`'s comparison is still wider than the target, as the decision sees it."""
+    from ablations.report.stats import welch_width
+
     seen = n - 1
     gv = _guarded(seen, _seen_var(values))
     return not bool(welch_width(seen[i], gv[i], seen[ref], gv[ref]) <= target.width)
@@ -278,155 +241,6 @@ def status_table(rounds: Rounds) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- replay
-def seeds_needed(std: float, ref_std: float, width: float, cap: int = 1000) -> int:
-    """Equal seeds per side that a fixed design needs for Welch's 95% interval of the difference to be at most
-    `width` wide, if the seed stds were exactly `std` and `ref_std` (at least 2)."""
-    for n in range(2, cap + 1):
-        if welch_width(n, std**2, n, ref_std**2) <= width:
-            return n
-    return cap
-
-
-def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: int = 3, max_seeds: int = 10) -> str:
-    """What the rule would have run on the finished results of `suite_dir` (markdown)."""
-    from ablations.report import load_results
-    from ablations.report.stats import compare_with_reference
-
-    results, _ = load_results(Path(suite_dir))
-    finished = finished_values(results)
-    if reference not in finished:
-        raise ValueError(f"reference {reference!r} has no results in {suite_dir}")
-    order = {r["spec"]: r.get("order", 0) for r in results}
-    specs = sorted(finished, key=lambda s: (order[s], s))
-    target = Target(width, min_seeds, max_seeds)
-    rounds = plan_rounds(specs, reference, finished, target)
-    ref_std = float(np.std(list(finished[reference].values()), ddof=1))
-    lines = [f"# Replay of `--target-ci {width:g}` on {suite_dir}", "", status_table(rounds), ""]
-    groups = {s: [finished[s][k] for k in sorted(finished[s])] for s in specs}
-    tests = {c.name: c for c in compare_with_reference(groups, reference)}
-    lines += [
-        "| spec | seed std | 95% CI (3 seeds) | Holm p | seeds needed (fixed design) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    fixed = 0
-    for s in specs:
-        std = float(np.std(groups[s], ddof=1))
-        if s == reference:
-            lines.append(f"| {s} | {std:.4f} | reference | | |")
-            continue
-        need = seeds_needed(std, ref_std, width)
-        fixed = max(fixed, need)
-        c = tests[s]
-        lines.append(f"| {s} | {std:.4f} | [{c.effect.low:+.4f}, {c.effect.high:+.4f}] | {c.p_holm:.3g} | {need} |")
-    adaptive = sum(
-        max(seeds_needed(float(np.std(groups[s], ddof=1)), ref_std, width), min_seeds) for s in specs if s != reference
-    )
-    ref_need = max(seeds_needed(float(np.std(groups[s], ddof=1)), ref_std, width) for s in specs if s != reference)
-    lines += [
-        "",
-        f"Trials run: {sum(len(v) for v in groups.values())}. Trials the rule asks for in its next "
-        f"round: {sum(s.next_seeds for s in rounds.states)}.",
-        f"Estimated from the seed stds (equal seeds per side): a fixed-seed design needs {fixed} seeds for "
-        f"every spec, {fixed * len(specs)} trials; seeds per spec as each needs "
-        f"(reference at {ref_need}): about {adaptive + ref_need} trials.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------- simulate
-# Noise like the notebook study's (seed std 0.002 to 0.1) and known true accuracies; the reference is index 0 and
-# three specs (1, 5, 7) equal it, so their comparisons are the nulls.
-SIMULATED_STDS = (0.002, 0.002, 0.006, 0.01, 0.02, 0.05, 0.1, 0.006, 0.012)
-SIMULATED_TRUTHS = (0.64, 0.64, 0.645, 0.59, 0.44, 0.64, 0.40, 0.64, 0.655)
-
-
-@dataclass(frozen=True)
-class Simulation:
-    """Simulated studies of the rule: per study (rows) and spec, what the rule ran and reported."""
-
-    truths: np.ndarray  # (specs,) true accuracy; the reference is spec 0
-    seeds: np.ndarray  # (studies, specs) seeds each spec got
-    low: np.ndarray  # (studies, specs - 1) Welch 95% CI of each spec's difference from the reference
-    high: np.ndarray
-    p: np.ndarray  # (studies, specs - 1) Welch p-values of those differences
-
-    @property
-    def differences(self) -> np.ndarray:
-        return self.truths[1:] - self.truths[0]
-
-    def covered(self) -> np.ndarray:
-        """(studies, specs - 1): whether each interval contains the true difference."""
-        return (self.low <= self.differences) & (self.differences <= self.high)
-
-    def holm_fwer(self, alpha: float = 0.05) -> float:
-        """Share of studies where Holm's correction rejects at least one true null (nan without nulls)."""
-        nulls = np.flatnonzero(self.differences == 0)
-        return float(holm_rejects(self.p, alpha)[:, nulls].any(1).mean()) if nulls.size else float("nan")
-
-
-def holm_rejects(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
-    """Holm's step-down rejections per row of p-values (statsmodels' rule, vectorized over studies)."""
-    order = np.argsort(p, axis=1)
-    ranked = np.take_along_axis(p, order, 1)
-    passes = np.cumprod(ranked <= alpha / (p.shape[1] - np.arange(p.shape[1])), axis=1).astype(bool)
-    reject = np.zeros_like(passes)
-    np.put_along_axis(reject, order, passes, 1)
-    return reject
-
-
-def simulate(
-    stds: Sequence[float], truths: Sequence[float], target: Target, studies: int = 1000, seed: int = 0
-) -> Simulation:
-    """Run the rule on `studies` simulated studies whose seed k of spec i scores ``N(truths[i], stds[i]²)``, the
-    reference being spec 0, and compute the report's Welch intervals and p-values on the seeds it ran."""
-    from scipy import stats as scipy_stats
-
-    truth, std = np.asarray(truths, float), np.asarray(stds, float)
-    if truth.shape != std.shape or truth.ndim != 1 or truth.size < 2:
-        raise ValueError(f"stds and truths must be two lists of the same length >= 2, not {std.size} and {truth.size}")
-    if studies < 1:
-        raise ValueError(f"studies={studies!r} must be >= 1")
-    rng = np.random.default_rng(seed)
-    draws = rng.normal(truth, std, size=(studies, target.max_seeds, truth.size))  # seed k of each spec
-    n = np.full((studies, truth.size), target.min_seeds)
-    while True:
-        add, _ = decide(n, seen_variance(draws, n), 0, target)
-        if not add.any():
-            break
-        n = n + add
-    mean, var = first_seeds(draws, n)
-    va, vb = var / n, (var / n)[:, :1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (n[:, :1] - 1))
-        half = scipy_stats.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(va + vb)
-        diff = mean - mean[:, :1]
-        p = 2 * scipy_stats.t.sf(np.abs(diff) / np.sqrt(va + vb), df)
-    return Simulation(truth, n, (diff - half)[:, 1:], (diff + half)[:, 1:], p[:, 1:])
-
-
-def simulation_table(sim: Simulation, target: Target) -> str:
-    """Coverage, seeds and Holm's false-positive rate of a simulation (markdown)."""
-    covered = sim.covered()
-    lines = [
-        f"{sim.seeds.shape[0]} simulated studies, target width {target.width:g} (seeds {target.min_seeds} to "
-        f"{target.max_seeds}); reference: spec 0, true accuracy {sim.truths[0]:g}, mean seeds "
-        f"{sim.seeds[:, 0].mean():.1f}.",
-        "",
-        "| spec | true difference | mean seeds | CI covers the truth |",
-        "|---:|---:|---:|---:|",
-    ]
-    for i, d in enumerate(sim.differences):
-        lines.append(f"| {i + 1} | {d:+.4f} | {sim.seeds[:, i + 1].mean():.1f} | {covered[:, i].mean():.3f} |")
-    lines += [
-        "",
-        f"All intervals: {covered.mean():.3f} contain the truth. Holm-corrected family-wise false-positive "
-        f"rate: {sim.holm_fwer():.3f}. Trials: {sim.seeds.sum(1).mean():.1f} per study, against "
-        f"{target.max_seeds * sim.truths.size} for every spec at {target.max_seeds} seeds.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------------------------- ablations.run
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--target-ci`` flags of ``python -m ablations.run``."""
@@ -465,7 +279,7 @@ def run_cli(
     args: argparse.Namespace,
     target: Target,
     plan_of: Callable[[list[int]], Any],
-    run_plan: Callable[[Any], list[dict[str, Any]]],
+    run_plan: Callable[[Any], list[TrialStatus]],
 ) -> int:
     """``ablations.run --target-ci``: `plan_of(seeds)` makes the run's plan for those seeds, `run_plan(plan)` runs
     its unfinished trials with the chosen engine (once per round) and returns their statuses."""
@@ -488,7 +302,7 @@ def run_cli(
             print("next round:\n" + "\n".join(f"{t.spec} seed={t.seed}" for t in todo))
             return False
         statuses = run_plan(type(full)(**{**full.__dict__, "trials": todo}))
-        return not any(s["status"] == "failed" for s in statuses)
+        return not any(s.state is TrialState.FAILED for s in statuses)
 
     rounds = run_rounds(specs, reference, target, read, run_round)
     if not args.dry_run:
@@ -499,53 +313,3 @@ def run_cli(
     if args.dry_run or not rounds.done:
         return 0 if args.dry_run else 1
     return 0
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.adaptive", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("replay", help="what --target-ci would have run on finished results")
-    rep.add_argument("suite_dir", type=Path)
-    rep.add_argument("--reference", default="pixel")
-    sim = sub.add_parser("simulate", help="the rule's coverage and false-positive rate on simulated studies")
-    sim.add_argument(
-        "--stds",
-        type=_floats,
-        default=list(SIMULATED_STDS),
-        help="seed std of each spec, the reference first (default: noise like the notebook study's)",
-    )
-    sim.add_argument(
-        "--truths",
-        type=_floats,
-        default=list(SIMULATED_TRUTHS),
-        help="true test accuracy of each spec, the reference first",
-    )
-    sim.add_argument("--studies", type=int, default=1000)
-    sim.add_argument("--seed", type=int, default=0)
-    for command in (rep, sim):
-        command.add_argument("--target-ci", type=float, default=0.03, metavar="W")
-        command.add_argument("--min-seeds", type=int, default=3)
-        command.add_argument("--max-seeds", type=int, default=10)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "simulate":
-            target = Target(args.target_ci, args.min_seeds, args.max_seeds)
-            print(simulation_table(simulate(args.stds, args.truths, target, args.studies, args.seed), target), end="")
-            return 0
-        if not args.suite_dir.is_dir():
-            parser.error(f"{args.suite_dir} is not a folder")
-        print(replay(args.suite_dir, args.target_ci, args.reference, args.min_seeds, args.max_seeds), end="")
-    except ValueError as error:
-        parser.error(str(error))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Union
 
 from ablations.identity import data_label
+from ablations.signals import interrupts
+from ablations.status import TrialState, TrialStatus
 from ablations.store import RESULT_FILE, read_result
 
 __all__ = ["SweepError", "TrialsFailed", "load_results", "run_suite"]
@@ -27,10 +29,11 @@ class SweepError(ValueError):
 
 
 class TrialsFailed(RuntimeError):
-    """Some trials failed (exit status 1); the others are kept. `statuses` lists every trial's outcome and
-    `results` holds the finished trials' DataFrame."""
+    """Some trials failed (exit status 1); the others are kept. `statuses` holds every trial's
+    `ablations.status.TrialStatus` (``.trial``, ``.state``, ``.error``), and `results` the finished trials'
+    DataFrame."""
 
-    def __init__(self, message: str, statuses: list[dict[str, Any]], results: Any) -> None:
+    def __init__(self, message: str, statuses: list[TrialStatus], results: Any) -> None:
         super().__init__(message)
         self.statuses, self.results = statuses, results
 
@@ -125,18 +128,17 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
         parser.error = refuse  # type: ignore[method-assign]
         args = parser.parse_args(["--suite", str(suite), *run.argv_of(overrides)])
         plan = run._prepare(parser, args)
-        with run.interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+        with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
             statuses = run.run_plan(plan, args, None) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     from ablations.report import write_report
 
     write_report(suite_dir, reference=plan.reference)
     frame = load_results(suite_dir)
-    failed = [s for s in statuses if s["status"] == "failed"]
+    failed = [s for s in statuses if s.state is TrialState.FAILED]
     if failed:
         raise TrialsFailed(
-            f"{len(failed)} of {len(statuses)} trials failed: "
-            + "; ".join(f"{s['trial']}: {s['error']}" for s in failed),
+            f"{len(failed)} of {len(statuses)} trials failed: " + "; ".join(f"{s.trial}: {s.error}" for s in failed),
             statuses,
             frame,
         )

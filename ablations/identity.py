@@ -21,14 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from lit_cifar.spec import number_text
+
 DEFAULT_DATA = "cifar10"
 BUILTIN_DATA = {"cifar10": "lit_cifar.data.CIFAR10DataModule", "cifar100": "lit_cifar.data.CIFAR100DataModule"}
-DEFAULT_MODELS = (
-    "lit_cifar.NotebookCNN",
-    "lit_cifar.models.NotebookCNN",  # the notebook's CNN, however it is named
-    "lit_cifar.SeedCNN",
-    "lit_cifar.models.SeedCNN",
-)  # (its former name)
+DEFAULT_MODELS = ("lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN")  # the notebook's CNN, however it is named
 # Training settings a suite may vary as factors, in the order trial folders name them.
 SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit_train", "optimizer")
 DEFAULT_OPTIMIZER = "adam"  # the level text of the built-in Adam (the optimizer setting's None)
@@ -143,8 +140,7 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        text = repr(value).replace("e+", "e")
-        return text[:-2] if text.endswith(".0") else text
+        return number_text(value)
     if isinstance(value, (list, tuple)):
         return "-".join(_text(v) for v in value)
     return str(value)

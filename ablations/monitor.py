@@ -23,15 +23,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from ablations.report import board, plots
+from ablations.report import board
 from ablations.store import folder_lock
 from ablations.suite import Trial
 from lit_cifar.data import attached_datamodule
+from lit_cifar.module import BATCHNORMS
 
 if TYPE_CHECKING:
     from lit_cifar.module import RegularizedClassifier
-
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -258,6 +257,8 @@ class SuiteSamples(pl.Callback):
             or len(dm.classes) > 10
         ):  # a data module of your own, or too many classes for one chart
             return
+        from ablations.report import plots  # matplotlib, imported by the one trial that draws the suite's samples
+
         images, names = dm.class_examples()
         png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
         board.write_run(self.run_dir, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)

@@ -2,7 +2,7 @@
 
 A `Request` holds what a sweep asks for, one field per flag of ``python -m ablations.run`` (same names, None for a
 flag not given); `make_plan` turns it into a `Plan` (the trials after ``only`` and ``shard``, the run options, the
-device placement, the pack size), and `check_hardware` and `check_inputs` refuse, before any trial folder exists,
+device placement), and `check_hardware` and `check_inputs` refuse, before any trial folder exists,
 what this machine or the data cannot honour. Every problem is a ValueError naming the flag; the command line turns
 it into exit status 2.
 
@@ -64,7 +64,6 @@ class Request:
         accelerator, devices, parallel, strategy, compile, num_nodes: the device flags (``devices`` is an int or
             ``"auto"``; ``parallel`` None for one trial per GPU, 1 on CPU).
         engine, ray_address, max_retries: ``local`` or ``ray``, its cluster and its reruns of a lost trial.
-        pack: train up to this many trials together as one batched model (an int, or ``"auto"``).
     """
 
     suite: str = "notebook"
@@ -97,7 +96,6 @@ class Request:
     engine: str = "local"
     ray_address: Optional[str] = None
     max_retries: int = 2
-    pack: Union[int, str, None] = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,6 @@ class Plan:
     engine: str = "local"  # local or ray
     ray_address: Optional[str] = None  # the Ray cluster (None: a local Ray)
     max_retries: int = 2  # Ray's reruns of a trial whose worker or node died
-    pack_size: int = 1  # trials trained together as one batched model (1: no packs)
 
 
 # ------------------------------------------------------------------------------------------------ trials
@@ -141,8 +138,8 @@ def count_trials(request: Request) -> int:
 
 
 def make_plan(request: Request) -> Plan:
-    """The plan of `request`; raises ValueError (SuiteError) on a bad suite, spec, setting, device combination or
-    pack. torch is imported only after the suite and its specs are checked."""
+    """The plan of `request`; raises ValueError (SuiteError) on a bad suite, spec, setting or device
+    combination. torch is imported only after the suite and its specs are checked."""
     suite, settings, outputs = _suite_trials(request)  # a bad --only fails before torch is imported
     reference = expand_trials(suite, settings, only=[request.reference])[0].cell if request.reference else None
     devices, gpus, parallel = _placement(request)  # the first step that imports torch
@@ -161,7 +158,7 @@ def make_plan(request: Request) -> Plan:
         save_model=outputs.save_model,
         loggers=outputs.loggers,
     )
-    plan = Plan(
+    return Plan(
         suite,
         trials,
         options,
@@ -173,7 +170,6 @@ def make_plan(request: Request) -> Plan:
         request.ray_address,
         request.max_retries,
     )
-    return replace(plan, pack_size=_pack_size(plan, request.pack))
 
 
 def _gpu_count(accelerator: str) -> int:
@@ -205,19 +201,6 @@ def _placement(request: Request) -> tuple[int, int, int]:
             )
         gpus = min(gpus, devices)
     return 1, gpus, parallel or max(1, gpus)
-
-
-def _pack_size(plan: Plan, pack: Union[int, str, None]) -> int:
-    """The pack size of the request's ``pack`` (1: no packs); ValueError for what packs do not support."""
-    if pack is None:
-        return 1
-    from ablations.packs import check_pack, check_packable, pack_value, resolve_pack
-
-    value = pack_value(str(pack))
-    check_pack(value, plan.engine, plan.parallel, plan.options.strategy, plan.options.compile)
-    if value not in (None, 1):
-        check_packable(plan.trials)
-    return resolve_pack(value, plan.trials, plan.options.accelerator)
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -259,7 +242,7 @@ def check_inputs(plan: Plan) -> None:
     """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
     checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
     folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`)."""
-    from ablations.trial import is_finished
+    from ablations.status import is_finished
 
     logdir = Path(plan.options.logdir)
     try:

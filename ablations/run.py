@@ -31,12 +31,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from ablations import adaptive, custom
+from ablations import adaptive, custom, require_extra
 from ablations import plan as planning
-from ablations.engines import make_executor
-from ablations.engines.local import bars
+from ablations.engines import ENGINES, make_executor
 from ablations.plan import Plan, Request
 from ablations.quiet import quiet_lightning
+from ablations.rules import integer
 from ablations.signals import Interrupted, die_with_parent, interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
@@ -45,9 +45,8 @@ from ablations.trust import write_report_or_say_why
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
 
-__all__ = ["argv_of", "bars", "build_parser", "main", "make_plan", "quiet_lightning", "ray_resources", "request_of"]
+__all__ = ["argv_of", "build_parser", "main", "make_plan", "request_of", "run_plan"]
 
-ENGINES = ("local", "ray")
 STRATEGIES = ("ddp",)  # per-trial data parallelism; Lightning's launcher re-runs this command on every rank
 RAY_ADVICE = 'pip install -e ".[ray]"'
 
@@ -61,8 +60,9 @@ def _int_at_least(low: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        problem = integer(low)(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{value} {problem}")
         return value
 
     parse.__name__ = f"integer >= {low}"
@@ -142,19 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
-    _pack_arguments(parser)
     adaptive.add_arguments(parser)  # --target-ci, --min-seeds, --max-seeds
     return parser
-
-
-def _pack_arguments(parser: argparse.ArgumentParser) -> None:
-    packs = parser.add_argument_group("packs (docs/packs.md)")
-    packs.add_argument(
-        "--pack",
-        metavar="K|auto",
-        help="train up to K trials of one architecture together as one "
-        "batched model (auto: as many as fit on a GPU; 1 on CPU)",
-    )
 
 
 def _what_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,7 +151,7 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--suite",
         default="notebook",
-        help="shipped suite name or path of a suite .yaml (default: notebook; seed is an alias)",
+        help="shipped suite name or path of a suite .yaml (default: notebook)",
     )
     what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
@@ -269,15 +258,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def ray_resources(parallel: int, gpus: int, cpus: int) -> dict[str, float]:
-    """What each Ray task asks for: the share of a machine the local engine gives each of its `parallel` workers
-    (a GPU, or a fraction when several trials share one; none on CPU; an equal share of the cores)."""
-    from ablations.engines.ray import TrialResources
-
-    share = TrialResources.share(gpus, parallel, cpus)
-    return {"gpus_per_trial": share.gpus, "cpus_per_trial": share.cpus}
-
-
 def ddp_ranks(options: RunOptions) -> Ranks:
     """Start and connect the processes of a data-parallel sweep, once for all its trials: Lightning's launcher
     re-runs this command for every other local rank (torchrun or SLURM start them themselves). Returns this
@@ -293,10 +273,9 @@ def ddp_ranks(options: RunOptions) -> Ranks:
     return Ranks(fabric.global_rank, functools.partial(fabric.broadcast, src=0))
 
 
-def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[dict[str, Any]]:
-    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); the statuses in trial
-    order, as ``{"trial": name, "status": TrialState (a str: "done", "skipped", "failed"), "error": reason or
-    None}`` (`TrialStatus.as_dict`).
+def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[TrialStatus]:
+    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); their final
+    `TrialStatus` (DONE, SKIPPED or FAILED), in trial order.
 
     Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
     `run_trial`, where rank 0 decides for all ranks.
@@ -305,16 +284,15 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
         plan.engine,
         parallel=plan.parallel,
         gpus=plan.gpus,
-        pack_size=plan.pack_size,
         ranks=ranks,
         ray_address=plan.ray_address,
         max_retries=plan.max_retries,
     )
-    return [status.as_dict() for status in executor.run(plan.trials, plan.options)]
+    return executor.run(plan.trials, plan.options)
 
 
 # ------------------------------------------------------------------------------------------------ output
-def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float) -> int:
+def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
     from ablations.store import settings_key
@@ -325,7 +303,6 @@ def summarize(plan: Plan, statuses: Sequence[Mapping[str, Any]], seconds: float)
     )
     if table is not None:
         print(table)
-    states = [TrialStatus.of(s) for s in statuses]
     counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
     print(
         f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
@@ -365,6 +342,7 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    require_extra("python -m ablations.run")
     quiet_lightning()
     if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # another rank of a data-parallel sweep: end with its launcher
         die_with_parent(os.getppid())

@@ -1,9 +1,8 @@
 """What became of a trial, torch-free: its `TrialState`, the one decision whether this process runs it (`claim`),
 and the one failure record every engine writes (`record_failure`).
 
-A `TrialStatus` reads like the mapping it replaces, ``status["trial"]``, ``status["status"]``,
-``status["error"]`` (it is a read-only `Mapping`), and its state compares equal to the state's text
-(``status["status"] == "done"``).
+A `TrialStatus` holds a trial's name, its `TrialState` and, when it failed, why; the state is a `str` enum, so it
+compares equal to its text (``status.state == "done"``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 from ablations.store import folder_lock, read_result, write_json_atomic
 
@@ -53,34 +52,12 @@ class TrialState(str, Enum):
 
 
 @dataclass(frozen=True)
-class TrialStatus(Mapping[str, Any]):
-    """One trial's outcome: its name, state and, for a failed trial, the reason; also a read-only mapping with the
-    keys ``"trial"``, ``"status"`` (the state) and ``"error"``."""
+class TrialStatus:
+    """One trial's outcome: its name, state and, for a failed trial, the reason."""
 
     trial: str
     state: TrialState
     error: Optional[str] = None
-
-    def __getitem__(self, key: str) -> Any:
-        return self.as_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(("trial", "status", "error"))
-
-    def __len__(self) -> int:
-        return 3
-
-    def as_dict(self) -> dict[str, Any]:
-        """``{"trial": name, "status": state, "error": reason or None}``."""
-        return {"trial": self.trial, "status": self.state, "error": self.error}
-
-    @classmethod
-    def of(cls, value: Union[TrialStatus, Mapping[str, Any]]) -> TrialStatus:
-        """`value` as a TrialStatus: itself, or read from a ``{"trial", "status", "error"}`` mapping (what a
-        stand-in runner may return)."""
-        if isinstance(value, TrialStatus):
-            return value
-        return cls(value["trial"], TrialState(value["status"]), value.get("error"))
 
     @property
     def final(self) -> bool:

@@ -3,8 +3,7 @@
 A suite file has a ``name``, optional ``description``, ``settings`` (any field of `TrainSettings`) and either
 ``specs`` (a list of ``{spec: TEXT, notebook: ACCURACY}`` or plain spec strings), ``factors`` (a mapping from factor
 name to a list of levels, each level spec tokens or ``baseline`` for off, whose cartesian product gives the specs),
-or both (explicit specs first). ``notebook.yaml`` and ``full.yaml`` ship in ``ablations/suites/``; ``seed`` is
-an alias of ``notebook`` (its old name, which read like a random seed).
+or both (explicit specs first). The shipped suites are the YAML files in ``ablations/suites/``.
 
 A suite may also name its ``model`` and ``data`` by class path, and a factor named after a training setting
 (``lr``, ``lr_decay``, ``batch_size``, ``epochs``, ``precision``, ``limit_train``, ``optimizer``) varies that
@@ -16,22 +15,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from ablations import identity
 from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef, coerce_setting
+from ablations.rules import Rule, finite, integer, one_of, optional
 from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
-SUITE_ALIASES = {"seed": "notebook"}  # old name -> shipped suite
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # one folder under --logdir, never a path out of it
 
@@ -40,53 +35,23 @@ class SuiteError(ValueError):
     """A suite that cannot be read: unknown name, unreadable or malformed YAML, bad spec or setting."""
 
 
-Rule = Callable[[Any], Optional[str]]  # None when a value is allowed, else what it must be
-
-
-def _integer(low: int, why: str = "") -> Rule:
-    def check(value: Any) -> Optional[str]:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer >= {low}{why}"
-        return None if value >= low else f"must be >= {low}{why}"
-
-    return check
-
-
-def _finite(low: float, inclusive: bool) -> Rule:
-    def check(value: Any) -> Optional[str]:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if number and (value >= low if inclusive else value > low):
-            return None
-        return f"must be a finite number {'>=' if inclusive else '>'} {low:g}"
-
-    return check
-
-
-def _optional(rule: Rule) -> Rule:
-    return lambda value: None if value is None else rule(value)
-
-
-def _one_of(choices: tuple[str, ...]) -> Rule:
-    return lambda value: None if value in choices else f"is not one of {', '.join(choices)}"
-
-
 def _seed_list(value: Any) -> Optional[str]:
     seeds = list(value) if isinstance(value, (list, tuple)) else None
-    if seeds and all(_integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
+    if seeds and all(integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
         return None
     return "must be a non-empty list of distinct integers >= 0"
 
 
 SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the CLI checks its flags with these
-    "epochs": _integer(1),
-    "batch_size": _integer(1),
+    "epochs": integer(1),
+    "batch_size": integer(1),
     "seeds": _seed_list,
-    "val_size": _integer(1, ": every trial reports its accuracy on held-out training images"),
-    "split_seed": _integer(0),
-    "limit_train": _optional(_integer(1)),
-    "lr": _finite(0, inclusive=False),
-    "lr_decay": _finite(0, inclusive=True),
-    "precision": _one_of(PRECISIONS),
+    "val_size": integer(1, ": every trial reports its accuracy on held-out training images"),
+    "split_seed": integer(0),
+    "limit_train": optional(integer(1)),
+    "lr": finite(0),
+    "lr_decay": finite(0, inclusive=True),
+    "precision": one_of(PRECISIONS),
     "optimizer": identity.optimizer_problem,
 }
 
@@ -271,6 +236,8 @@ def available_suites() -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # here, so that a command can say which extra is missing before anything fails
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -300,7 +267,7 @@ def _listed_entry(item: Any, path: Path) -> SuiteEntry:
             "and optionally 'notebook'"
         )
     notebook = item.get("notebook")
-    if notebook is not None and not (_finite(0, inclusive=True)(notebook) is None and notebook <= 1):
+    if notebook is not None and finite(0, inclusive=True, high=1)(notebook) is not None:
         raise SuiteError(
             f"suite file {path}: notebook={notebook!r} for spec {item['spec']!r} must be a number in "
             "[0, 1] (the notebook's test accuracy) or absent"
@@ -385,12 +352,11 @@ def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> li
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """A shipped suite by name (``notebook``, its alias ``seed``, ``full``) or a suite YAML file by path.
+    """A shipped suite by name (``notebook``, ``full``, ...) or a suite YAML file by path.
 
     Raises:
         SuiteError: naming the suite or file and what is wrong with it.
     """
-    name_or_path = SUITE_ALIASES.get(name_or_path, name_or_path)
     path = Path(name_or_path)
     if not (name_or_path.endswith((".yaml", ".yml")) or path.exists()):
         path = SUITES_DIR / f"{name_or_path}.yaml"

@@ -29,13 +29,14 @@ import torchmetrics
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.signals import raise_if_interrupted
-from ablations.status import TrialState, TrialStatus, claim, is_finished, record_failure
+from ablations.status import TrialState, TrialStatus, claim, record_failure
 from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
+from lit_cifar.module import STAGES
 from lit_cifar.runtime import cpu_model, trim_heap
 
-__all__ = ["RunOptions", "Ranks", "TrialStatus", "environment", "is_finished", "run_trial", "trainer_kwargs"]
+__all__ = ["Ranks", "environment", "run_trial", "trainer_kwargs"]
 
 
 def _unchanged(decision: Any) -> Any:
@@ -178,7 +179,7 @@ def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
     where they have one."""
     if sizes is None:
         sizes = {}
-        for split in ("train", "val", "test"):
+        for split in STAGES:
             try:
                 sizes[split] = len(getattr(dm, f"{split}_dataloader")().dataset)
             except Exception:  # noqa: BLE001 - a loader without a sized dataset: the count is unknown
@@ -224,11 +225,10 @@ def _follow(trial: Trial, options: RunOptions, ranks: Ranks) -> TrialStatus:
 def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> TrialStatus:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
-    Returns its `TrialStatus`, which reads as ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed",
-    "error": reason or None}``: BUSY when another process holds the trial's lock and not ``wait``; with ``wait``
-    it waits for that process, then skips the trial if it finished or runs it if its holder died
-    (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and writes, and every rank
-    follows its decision.
+    Returns its `TrialStatus` (DONE, SKIPPED, BUSY or FAILED with the reason): BUSY when another process holds
+    the trial's lock and not ``wait``; with ``wait`` it waits for that process, then skips the trial if it finished
+    or runs it if its holder died (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and
+    writes, and every rank follows its decision.
     """
     if ranks.rank != 0:
         return _follow(trial, options, ranks)

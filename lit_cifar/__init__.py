@@ -13,7 +13,6 @@ The names are imported on first use, so ``lit_cifar.spec`` (pure Python) can be 
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
@@ -36,7 +35,6 @@ _HOMES = {
     "RegularizationSpec": "lit_cifar.spec",
     "tune_allocator": "lit_cifar.runtime",
 }
-_RENAMED = {"SeedCNN": "NotebookCNN"}  # former names, still importable with a DeprecationWarning
 
 if TYPE_CHECKING:
     from lit_cifar.cli import LitCifarCLI
@@ -50,10 +48,6 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
-    if name in _RENAMED:
-        new = _RENAMED[name]
-        warnings.warn(f"lit_cifar.{name} is deprecated: use lit_cifar.{new}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_HOMES[new]), new)
     raise AttributeError(f"module 'lit_cifar' has no attribute {name!r}")
 
 

@@ -2,9 +2,7 @@
 
 import sys
 
-from lit_cifar.cli import LitCifarCLI, main
-
-__all__ = ["LitCifarCLI", "main"]  # LitCifarCLI once lived here: older imports keep working
+from lit_cifar.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 import os
 from collections.abc import Iterable
 from typing import Any, Optional
@@ -139,16 +138,6 @@ def build_backbone(
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") from None
-
-
-def __getattr__(name: str) -> Any:
-    """``SeedCNN``, the former name of `NotebookCNN`: the same class, with a DeprecationWarning."""
-    if name == "SeedCNN":
-        warnings.warn(
-            "lit_cifar.models.SeedCNN is deprecated: use lit_cifar.models.NotebookCNN", DeprecationWarning, stacklevel=2
-        )
-        return NotebookCNN
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # A checkpoint's backbone class path is imported only when it is lit_cifar's own or allowed here: class paths or module

@@ -3,7 +3,7 @@
 Why: every training step frees and re-allocates the hidden layer's weight gradient (21,632 x 1,024 floats, 88 MB)
 and activations of similar size. glibc's malloc serves blocks that large with ``mmap`` and hands them back with
 ``munmap`` on free, so each step the kernel zero-fills ~0.2 GB of fresh pages again, a large share of a CPU step
-(``python -m ablations.bench`` measures it: its allocator row; docs/performance.md). Keeping freed memory in the
+(``benchmarks/bench.py`` measures it: its allocator row; docs/performance.md). Keeping freed memory in the
 heap removes those page faults without a system library or an environment variable, and without changing a single
 number (the allocator decides where tensors live, not what is computed).
 

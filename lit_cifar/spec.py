@@ -42,7 +42,7 @@ class Token:
     def render(self, value: Any, off: Any) -> str:
         """The token's text for a field `value` ('' when the token is absent: its field is `off`)."""
         if self.numeric:
-            return "" if value == off else f"{self.text}={_number(value)}"
+            return "" if value == off else f"{self.text}={number_text(value)}"
         return self.text if value == self.flag else ""
 
 
@@ -67,7 +67,7 @@ VALID_TOKENS: tuple[str, ...] = (BASELINE, *(token.usage() for token in TOKENS))
 NORMALIZATIONS: tuple[str, ...] = ("none", *(t.flag for t in TOKENS if t.field == "normalize"))
 
 
-def _number(value: float) -> str:
+def number_text(value: float) -> str:
     """Shortest text that parses back to exactly `value`: 3.0 -> '3', 0.01 -> '0.01', 1e16 -> '1e16'.
 
     The exponent's ``+`` is dropped because ``+`` joins tokens.

@@ -11,8 +11,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from ablations.status import TrialState, TrialStatus
 from ablations.store import folder_lock, write_json_atomic
 from ablations.suite import RunOptions, Trial
 
@@ -24,13 +24,13 @@ def _start(trial: Trial, options: RunOptions) -> Path:
     return folder
 
 
-def finish(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+def finish(trial: Trial, options: RunOptions, wait: bool) -> TrialStatus:
     """Write a result at once, under the trial's lock."""
     _start(trial, options)
     paths = trial.paths(options.logdir)
     with folder_lock(paths.folder, wait) as locked:
         if not locked:
-            return {"trial": trial.name, "status": "busy", "error": None}
+            return TrialStatus(trial.name, TrialState.BUSY)
         write_json_atomic(
             paths.result,
             {
@@ -40,10 +40,10 @@ def finish(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
                 "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
             },
         )
-    return {"trial": trial.name, "status": "done", "error": None}
+    return TrialStatus(trial.name, TrialState.DONE)
 
 
-def die_on_seed_1(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+def die_on_seed_1(trial: Trial, options: RunOptions, wait: bool) -> TrialStatus:
     """Like `finish`, but the process running seed 1 is killed with SIGKILL, as the OOM killer would."""
     if trial.seed == 1:
         _start(trial, options)
@@ -51,7 +51,7 @@ def die_on_seed_1(trial: Trial, options: RunOptions, wait: bool) -> dict[str, An
     return finish(trial, options, wait)
 
 
-def block(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+def block(trial: Trial, options: RunOptions, wait: bool) -> TrialStatus:
     """Hold the trial's lock and never finish (until a signal stops the process)."""
     paths = trial.paths(options.logdir)
     with folder_lock(paths.folder, wait):
@@ -60,7 +60,7 @@ def block(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
             time.sleep(3600)
 
 
-def block_with_a_busy_thread(trial: Trial, options: RunOptions, wait: bool) -> dict[str, Any]:
+def block_with_a_busy_thread(trial: Trial, options: RunOptions, wait: bool) -> TrialStatus:
     """Like `block`, with a non-daemon thread that never ends running beside it, as a library's writer thread may:
     a worker that leaves through the interpreter's normal shutdown would wait for it forever."""
     import threading
@@ -73,7 +73,8 @@ if __name__ == "__main__":
     # python -m tests.fakes LOGDIR PARALLEL [RUNNER]: three trials in PARALLEL workers that block (RUNNER: a function
     # of this module, default `block`), stopped by signals as `python -m ablations.run` is (exit 128 + signal,
     # naming the finished trials).
-    from ablations.engines.local import Progress, run_local, worker_slots
+    from ablations.engines.base import Progress
+    from ablations.engines.local import run_local, worker_slots
     from ablations.signals import Interrupted, interrupts
     from lit_cifar.spec import RegularizationSpec
     from ablations.suite import TrainSettings

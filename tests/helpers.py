@@ -61,7 +61,7 @@ def outside_env() -> dict[str, str]:
 
 def install_wheel(tmp_path: Path) -> Path:
     """Build lit-cifar's wheel from a copy of the repository and install it into a fresh virtual environment under
-    `tmp_path` (torch and the other requirements from the system's site-packages); returns its python."""
+    `tmp_path` (torch and the other requirements from the running interpreter's site-packages); returns its python."""
     dist, venv = tmp_path / "dist", tmp_path / "venv"
     source = tmp_path / "source"  # a copy: building leaves build/ and *.egg-info, which stay out of the checkout
     shutil.copytree(
@@ -76,8 +76,15 @@ def install_wheel(tmp_path: Path) -> Path:
         cwd=tmp_path,
     )
     wheel = next(dist.glob("lit_cifar-*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # torch and the other requirements: the running interpreter's own site-packages, whether it is the system
+    # Python or a virtual environment (whose --system-site-packages would reach the base interpreter's instead)
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    site_dirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (Path(purelib) / "running-interpreter.pth").write_text("\n".join(site_dirs) + "\n")
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel],
         check=True,

@@ -1,14 +1,16 @@
-"""Fractional designs (ablations.designs): what they select, their aliasing, and recovering known main effects
-from synthetic results."""
+"""Fractional designs (ablations.designs): what they select, and what the report estimates from them (known main
+effects recovered from synthetic results, the effects a fraction cannot separate listed as aliased)."""
 
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ablations.designs import aliased, fraction_of, model_matrix, select
+from ablations.designs import fraction_of, select
+from ablations.report.stats import Factor, factorial_effects
 
 pytest.importorskip("pydoe")
 FULL = [2, 2, 4, 2, 3]  # the `full` suite's levels
@@ -27,25 +29,23 @@ def test_fractions_select_rows_of_the_full_grid():
         runs = select(FULL, r)
         assert set(runs) <= grid and abs(len(runs) - len(grid) / r) <= len(grid) / r / 4
     assert len(select([2, 2, 2, 2], 2)) == 8
-    assert not aliased(select(FULL, 1), FULL)
+    assert len(select(FULL, 1)) == len(grid)
+
+
+def _fit(levels: list[int], runs: list[tuple[int, ...]], effect: dict[tuple[int, int], float], seed: int = 0):
+    """The report's factorial fit of synthetic results: 0.6 plus `effect` ((factor, level) -> shift) and noise."""
+    factors = [Factor(f"f{f}", tuple(f"f{f}={i}" for i in range(k))) for f, k in enumerate(levels)]
+    frame = pd.DataFrame([{f"f{f}": f"f{f}={i}" for f, i in enumerate(run)} for run in runs])
+    rng = np.random.default_rng(seed)
+    frame["y"] = [0.6 + sum(v for (f, lv), v in effect.items() if run[f] == lv) + rng.normal(0, 0.002) for run in runs]
+    return factorial_effects(frame, factors, "y")
 
 
 def test_half_fraction_of_two_level_factors_aliases_interactions_not_main_effects():
-    runs = select([2, 2, 2, 2], 2)  # d = abc: resolution IV
-    lost = aliased(runs, [2, 2, 2, 2])
-    assert len(lost) == 6 and all(len(key) == 4 for key in lost)  # every 2fi aliased, no main effect
-    assert not aliased(runs, [2, 2, 2, 2], interactions=False)
-
-
-@pytest.mark.parametrize("reduction", [2, 4])
-def test_fractional_design_recovers_known_main_effects(reduction):
-    rng = np.random.default_rng(reduction)
-    runs = select(FULL, reduction)
-    x = model_matrix(runs, FULL, interactions=False)
-    truth = rng.normal(0, 0.05, x.shape[1])
-    y = x @ truth + rng.normal(0, 0.002, len(runs))
-    estimate = np.linalg.lstsq(x, y, rcond=None)[0]
-    assert np.allclose(estimate, truth, atol=0.01)
+    fit = _fit([2, 2, 2, 2], select([2, 2, 2, 2], 2), {(0, 1): 0.05})  # d = abc: resolution IV
+    assert not fit.interactions and len(fit.aliased) == 6 and all(" × " in name for name in fit.aliased)
+    assert sorted(t.name for t in fit.effects) == ["f0=1", "f1=1", "f2=1", "f3=1"]
+    assert not _fit([2, 2, 2, 2], select([2, 2, 2, 2], 1), {}).aliased  # the full grid: every effect estimated
 
 
 def test_suite_design_keeps_full_grid_trials_and_hashes(tmp_path):
@@ -64,64 +64,15 @@ def test_suite_design_keeps_full_grid_trials_and_hashes(tmp_path):
         load_suite(str(half))
 
 
-def test_report_fits_a_quarter_fraction_and_lists_aliased_effects():
-    """Synthetic results of the quarter design of `full`: main effects recovered, interactions listed as
-    aliased rather than estimated."""
-    import pandas as pd
-
-    from ablations.report.stats import Factor, factorial_effects
-
-    names = ["normalize", "batchnorm", "penalty", "max_norm", "dropout"]
-    factors = [Factor(n, tuple(f"{n}{i}" for i in range(k))) for n, k in zip(names, FULL)]
-    runs = select(FULL, 4)
-    effect = {("penalty", 2): -0.1, ("dropout", 1): 0.02, ("batchnorm", 1): -0.05}
-    rng = np.random.default_rng(0)
-    rows = [{n: f"{n}{i}" for n, i in zip(names, run)} for run in runs]
-    frame = pd.DataFrame(rows)
-    frame["y"] = [
-        0.6 + sum(v for (n, lv), v in effect.items() if run[names.index(n)] == lv) + rng.normal(0, 0.002)
-        for run in runs
-    ]
-    fit = factorial_effects(frame, factors, "y")
-    assert not fit.interactions and fit.aliased and all(" × " in n for n in fit.aliased)
+@pytest.mark.parametrize("reduction", [2, 4])
+def test_the_report_recovers_known_main_effects_of_a_fraction(reduction):
+    """Synthetic results of the half and the quarter of `full`: main effects recovered within their CIs; the
+    quarter's interactions listed as aliased rather than estimated."""
+    effect = {(2, 2): -0.1, (4, 1): 0.02, (1, 1): -0.05}
+    fit = _fit(FULL, select(FULL, reduction), effect)
     found = {t.name: t.effect for t in fit.effects}
-    for (n, lv), v in effect.items():
-        assert found[f"{n}{lv}"].low <= v <= found[f"{n}{lv}"].high
-    assert found["normalize1"].low <= 0 <= found["normalize1"].high
-
-
-def test_extract_copies_a_fractions_trials_and_compare_says_where_effects_differ(tmp_path, capsys):
-    from ablations.report.fractions import main
-    from ablations.suite import SUITES_DIR, load_suite
-
-    half = tmp_path / "half.yaml"
-    half.write_text((SUITES_DIR / "full.yaml").read_text().replace("factors:", "design: {fraction: 2}\nfactors:"))
-    source, dest = tmp_path / "grid" / "full", tmp_path / "half" / "full"
-    specs = load_suite("full").spec_names
-    for spec in specs[:-1]:
-        (source / spec / "seed=0").mkdir(parents=True)
-        (source / spec / "seed=0" / "result.json").write_text("{}")
-    wanted = load_suite(str(half)).spec_names
-    if specs[-1] in wanted:  # a spec of the fraction without a finished trial is an error naming it
-        with pytest.raises(SystemExit) as stop:
-            main(["extract", str(half), "--source", str(source), "--dest", str(dest)])
-        assert stop.value.code == 2 and specs[-1] in capsys.readouterr().err
-    (source / specs[-1] / "seed=0").mkdir(parents=True)
-    (source / specs[-1] / "seed=0" / "result.json").write_text("{}")
-    assert main(["extract", str(half), "--source", str(source), "--dest", str(dest)]) == 0
-    assert sorted(p.parent.parent.name for p in dest.glob("*/seed=0/result.json")) == sorted(wanted)
-
-    header = "effect,kind,estimate,ci_low,ci_high,p_value,p_holm,resolved\n"
-    (source / "effects.csv").write_text(
-        header + "bn,main,-0.05,-0.06,-0.04,0,0,True\n"
-        "l1=0.01,main,-0.2,-0.21,-0.19,0,0,True\n"
-        "pixel × bn,interaction,0,0,0,1,1,False\n"
-    )
-    (dest / "effects.csv").write_text(
-        header + "bn,main,-0.051,-0.062,-0.040,0,0,True\nl1=0.01,main,0.01,-0.02,0.04,0.5,1,False\n"
-    )
-    assert main(["compare", str(source), str(dest)]) == 0
-    out = capsys.readouterr().out
-    assert "| bn | -0.0500 [-0.0600, -0.0400] | -0.0510 [-0.0620, -0.0400] | yes |" in out
-    assert "l1=0.01 in " in out and "opposite sign and an estimate outside the other's CI" in out
-    assert "pixel × bn" not in out
+    for (f, lv), v in effect.items():
+        assert found[f"f{f}={lv}"].low <= v <= found[f"f{f}={lv}"].high
+    assert found["f0=1"].low <= 0 <= found["f0=1"].high
+    if reduction == 4:
+        assert not fit.interactions and fit.aliased and all(" × " in n for n in fit.aliased)

@@ -1,17 +1,20 @@
 """The engines behind one interface (`ablations.engines.Executor`), the one trial status (`ablations.status`), and
-the layering of the ablations modules (no import cycle; the trial layer never imports an engine)."""
+the layering of our modules (no import cycle, lazy imports included; the trial layer never imports an engine)."""
 
 from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import pytest
 
-from ablations.engines import Executor, LocalExecutor, PackExecutor, RayExecutor, make_executor
+from ablations.engines import Executor, LocalExecutor, make_executor
+from ablations.engines.ray import RayExecutor
 from ablations.engines.base import Progress
 from ablations.engines.local import run_local, worker_slots
 from ablations.status import FAILURE_FIELDS, TrialState, TrialStatus, claim, record_failure
@@ -21,10 +24,8 @@ from lit_cifar.spec import RegularizationSpec
 from tests import fakes
 from tests.helpers import REPO
 
-PACKAGE = REPO / "ablations"
+PACKAGES = (REPO / "lit_cifar", REPO / "ablations")
 TRIAL_LAYER = ("ablations.trial", "ablations.store", "ablations.suite", "ablations.status", "ablations.signals")
-# The report modules import each other inside functions (board -> rebuild -> report -> board); they are not the
-# engines' to untangle. Any other cycle fails.
 
 
 def fake_trials(n: int = 3) -> list[Trial]:
@@ -43,11 +44,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+MODULES = {_module_name(p): p for package in PACKAGES for p in package.rglob("*.py")}
 
 
 def _resolve(name: str) -> Optional[str]:
-    """The ablations module an imported name lives in (``ablations.engines.local.run_local`` -> its module)."""
+    """The module of ours an imported name lives in (``ablations.engines.local.run_local`` -> its module)."""
     while name and name not in MODULES:
         name = name.rpartition(".")[0]
     return name or None
@@ -63,8 +64,42 @@ def _type_checking_only(node: ast.AST) -> bool:
     )
 
 
+def _imports_by_name(path: Path) -> set[str]:
+    """The modules of ours a module imports by name at run time (``importlib.import_module``, ``__import__``): every
+    string in it that names one of our modules, if it calls one."""
+    tree = ast.parse(path.read_text())
+    dynamic = any(
+        isinstance(node, ast.Call)
+        and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) in ("import_module", "__import__")
+        for node in ast.walk(tree)
+    )
+    strings = (node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str))
+    return {text for text in strings if text in MODULES} if dynamic else set()
+
+
+def _defined(path: Path) -> set[str]:
+    """The names a module defines at its top level (a package's lazy names are the others)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+BY_NAME = {module: _imports_by_name(path) for module, path in MODULES.items()}
+DEFINED = {module: _defined(path) for module, path in MODULES.items()}
+
+
 def imports_of(module: str) -> set[str]:
-    """The ablations modules `module` imports, at module level or inside functions (not under TYPE_CHECKING)."""
+    """The modules of ours `module` imports, at module level or inside functions, not under TYPE_CHECKING; by name
+    too (`_imports_by_name`). A package's by-name imports are its lazy ``__getattr__`` names: they count for the
+    modules that import a name from the package (``from ablations.report import write_report`` imports
+    ``ablations.report.report``), not for ``import ablations``."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[Optional[str]] = set()
@@ -82,10 +117,16 @@ def imports_of(module: str) -> set[str]:
                 if child.level:
                     parent = package.rsplit(".", child.level - 1)[0] if child.level > 1 else package
                     base = f"{parent}.{base}" if base else parent
-                found.update(_resolve(f"{base}.{alias.name}") for alias in child.names)
+                for alias in child.names:
+                    target = _resolve(f"{base}.{alias.name}")
+                    found.add(target)
+                    if target == base and alias.name not in DEFINED[base]:  # a lazy name of the package
+                        found.update(BY_NAME[base])
             visit(child)
 
     visit(ast.parse(path.read_text()))
+    if path.name != "__init__.py":
+        found |= BY_NAME[module]
     return {m for m in found if m is not None and m != module}
 
 
@@ -133,11 +174,28 @@ def test_the_import_graph_sees_module_and_function_level_imports():
     assert "ablations.engines.base" in GRAPH["ablations.engines.local"]  # module level
     assert "ablations.trial" in GRAPH["ablations.engines.local"]  # inside LocalExecutor.execute
     assert "ablations.engines.local" in GRAPH["ablations.engines"]  # a package's __init__
+    assert "ablations.report.report" in GRAPH["ablations.trust"]  # a name of the package's lazy __getattr__
+    assert "lit_cifar.module" in GRAPH["ablations.custom"]  # `from lit_cifar import ...`: homes named in a table
+    assert "lit_cifar.module" not in GRAPH["ablations.store"]  # `import lit_cifar` alone imports no class
 
 
-def test_no_import_cycle_among_the_ablations_modules():
+def test_no_import_cycle_among_our_modules():
     cycles = _cycles()
     assert not cycles, cycles
+
+
+def _imported_at_load(module: str) -> set[str]:
+    """Every module (ours or not) a fresh interpreter holds after importing `module`."""
+    code = f"import sys, {module}; print(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_the_engines_package_imports_neither_ray_nor_its_engine_and_workers_no_chart_code():
+    loaded = _imported_at_load("ablations.engines")
+    assert not {"ray", "ablations.engines.ray", "torch"} & loaded
+    worker = _imported_at_load("ablations.trial")  # what a training worker imports
+    assert "ablations.monitor" in worker and "ablations.report.plots" not in worker
 
 
 @pytest.mark.parametrize("module", TRIAL_LAYER)
@@ -148,12 +206,10 @@ def test_the_trial_layer_never_imports_an_engine(module):
 
 
 # ------------------------------------------------------------------------------------------- trial status
-def test_a_trial_status_reads_as_the_mapping_it_replaces():
+def test_a_trial_status_names_its_trial_state_and_reason():
     status = TrialStatus("pixel/seed=0", TrialState.FAILED, "boom")
-    assert status["status"] == "failed" and status["trial"] == "pixel/seed=0" and status["error"] == "boom"
-    assert dict(status) == {"trial": "pixel/seed=0", "status": "failed", "error": "boom"}
-    assert f"{status.state}" == str(status.state) == "failed" and json.dumps(dict(status))
-    assert TrialStatus.of({"trial": "a", "status": "busy", "error": None}) == TrialStatus("a", TrialState.BUSY)
+    assert (status.trial, status.state, status.error) == ("pixel/seed=0", "failed", "boom")
+    assert f"{status.state}" == str(status.state) == "failed" and json.dumps(status.state) == '"failed"'
     assert not TrialStatus("a", TrialState.BUSY).final and TrialStatus("a", TrialState.SKIPPED).final
 
 
@@ -200,7 +256,6 @@ def test_a_new_engine_is_one_executor_class_and_finished_trials_never_reach_it(t
 
 def test_the_factory_picks_the_executor_the_plan_asks_for():
     assert isinstance(make_executor("local", parallel=2, gpus=0), LocalExecutor)
-    assert isinstance(make_executor("local", pack_size=4), PackExecutor)
     ray = make_executor("ray", parallel=2, gpus=2, ray_address="head:6379", max_retries=5)
     assert isinstance(ray, RayExecutor) and ray.gpus_per_trial == 1.0 and ray.max_retries == 5
     assert not make_executor("local", ranks=types.SimpleNamespace(rank=1)).skip_finished  # type: ignore[arg-type]
@@ -211,7 +266,7 @@ def test_the_factory_picks_the_executor_the_plan_asks_for():
 def test_the_local_executor_runs_its_trials_in_worker_slots(tmp_path):
     executor = LocalExecutor(parallel=2, gpus=0, run=fakes.finish)
     statuses = executor.run(fake_trials(3), RunOptions(logdir=str(tmp_path)))
-    assert [s["status"] for s in statuses] == ["done"] * 3
+    assert [s.state for s in statuses] == ["done"] * 3
     assert len({p.read_text() for p in tmp_path.glob("fake/*/*/started-*")}) == 2  # two worker processes
 
 
@@ -240,9 +295,8 @@ def _error_fields(trial: Trial, logdir: Path) -> set[str]:
 
 def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     """A trial that raised (run_trial, as local and Ray workers run it), a local worker that died, a Ray worker lost
-    for good, a pack that raised: each error.json holds the trial's record, error, traceback and signal, plus only
+    for good: each error.json holds the trial's record, error, traceback and signal, plus only
     what that path knows besides (the environment of a trial that started, Ray's engine and attempts)."""
-    from ablations.engines.packs import run_pack
     from ablations.engines.ray import TrialResources, _RaySweep
     from ablations.trial import run_trial
 
@@ -254,7 +308,7 @@ def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr("ablations.trial._train_and_test", boom)
-    assert run_trial(trial, RunOptions(logdir=str(tmp_path / "trial")))["status"] == "failed"
+    assert run_trial(trial, RunOptions(logdir=str(tmp_path / "trial"))).state == "failed"
     fields["trial"] = _error_fields(trial, tmp_path / "trial")
 
     options = RunOptions(logdir=str(tmp_path / "worker"))
@@ -267,19 +321,14 @@ def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
     sweep = _RaySweep(_stub_ray(), [trial], RunOptions(logdir=str(tmp_path / "ray")), TrialResources(), 0)
     sweep.attempts[0] = 1
     sweep._collect(object(), 0, False)
-    sweep.bar.close()
-    assert sweep.statuses[0].state is TrialState.FAILED
+    sweep.progress.close()
+    assert sweep.progress.statuses[0].state is TrialState.FAILED
     fields["ray"] = _error_fields(trial, tmp_path / "ray")
-
-    monkeypatch.setattr("ablations.packs.train_and_test_pack", boom)
-    assert run_pack([trial], RunOptions(logdir=str(tmp_path / "pack")))[0]["status"] == "failed"
-    fields["pack"] = _error_fields(trial, tmp_path / "pack")
 
     assert fields == {
         "trial": base | {"environment"},
         "worker": base,
         "ray": base | {"engine", "attempts"},
-        "pack": base | {"environment"},
     }
 
 

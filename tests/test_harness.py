@@ -12,8 +12,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from ablations.engines.local import Progress
-from ablations.run import bars, build_parser, main, make_plan
+from ablations.engines.base import Progress
+from ablations.engines.local import bars
+from ablations.status import TrialState, TrialStatus
+from ablations.run import build_parser, main, make_plan
 from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from ablations.trial import run_trial
@@ -41,7 +43,7 @@ def swept_copy(swept, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "suite, seeds, expected", [("notebook", "0", 9), ("seed", "0,1,2", 27), ("full", "0", 96), ("full", "0,1", 192)]
+    "suite, seeds, expected", [("notebook", "0", 9), ("notebook", "0,1,2", 27), ("full", "0", 96), ("full", "0,1", 192)]
 )
 def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
     status, out, _ = sweep(capsys, "--suite", suite, "--seeds", seeds, "--dry-run")
@@ -267,7 +269,7 @@ def test_a_sweep_shows_one_bar_naming_the_running_trials(monkeypatch, capsys):
     progress = Progress(many.trials, show=True)
     progress.started(0)
     progress.started(1)
-    progress.finished(0, {"trial": "pixel/seed=0", "status": "done", "error": None})
+    progress.finished(0, TrialStatus("pixel/seed=0", TrialState.DONE))
     progress.close()
     last = capsys.readouterr().err.rstrip().split("\r")[-1]
     assert "1/2" in last and "running pixel/seed=1" in last and "seed=0" not in last
@@ -285,7 +287,7 @@ def test_a_trial_does_not_warn_about_what_it_does_on_purpose(cifar_dir, tmp_path
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"
+        assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path))).state == "done"
     assert not [w for w in caught if "log_every_n_steps" in str(w.message)]
 
 

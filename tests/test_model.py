@@ -112,15 +112,11 @@ def test_spec_text_is_accepted() -> None:
     assert len(layers_of(model, nn.BatchNorm2d)) == 3 and len(layers_of(model, nn.Dropout)) == 1
 
 
-@pytest.mark.parametrize("module", ["lit_cifar", "lit_cifar.models"])
-def test_seedcnn_is_a_deprecated_alias_of_notebookcnn(module: str) -> None:
-    import importlib
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import lit_cifar
 
-    with pytest.warns(DeprecationWarning, match="NotebookCNN"):
-        alias = importlib.import_module(module).SeedCNN
-    assert alias is NotebookCNN
-    with pytest.raises(AttributeError):
-        importlib.import_module(module).NoSuchNet  # noqa: B018
+    with pytest.raises(AttributeError, match="NoSuchNet"):
+        lit_cifar.NoSuchNet  # noqa: B018
 
 
 def test_every_name_of_the_notebook_cnn_is_the_default_model_with_one_hash(tmp_path) -> None:
@@ -136,13 +132,7 @@ def test_every_name_of_the_notebook_cnn_is_the_default_model_with_one_hash(tmp_p
 
     default = first_hash()
     assert {
-        first_hash(model={"class_path": path})
-        for path in (
-            "lit_cifar.NotebookCNN",
-            "lit_cifar.models.NotebookCNN",
-            "lit_cifar.SeedCNN",
-            "lit_cifar.models.SeedCNN",
-        )
+        first_hash(model={"class_path": path}) for path in ("lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN")
     } == {default}
 
 

@@ -50,7 +50,7 @@ def test_the_hash_covers_the_model_and_data_only_when_they_are_not_the_defaults(
         return expand_trials(suite, suite.settings)[0].settings_hash
 
     default = first()
-    assert first(model={"class_path": "lit_cifar.SeedCNN"}, data="cifar10") == default
+    assert first(model={"class_path": "lit_cifar.NotebookCNN"}, data="cifar10") == default
     narrow, wide = (first(model={"class_path": NET, "init_args": {"width": w}}) for w in (4, 8))
     assert len({default, narrow, wide}) == 3
     assert first(data="cifar100") not in (default, narrow)

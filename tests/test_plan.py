@@ -42,7 +42,7 @@ def test_a_request_plans_what_the_same_flags_plan(tmp_path):
     assert [t.settings_hash for t in from_values.trials] == [t.settings_hash for t in from_flags.trials]
     assert from_values == from_flags
     assert from_values.reference == "pixel+bn" and from_values.trials[0].settings.lr == 0.01
-    assert (from_values.parallel, from_values.gpus, from_values.pack_size, from_values.engine) == (1, 0, 1, "local")
+    assert (from_values.parallel, from_values.gpus, from_values.engine) == (1, 0, "local")
 
 
 def test_shard_and_count_agree_with_the_plan():
@@ -69,7 +69,6 @@ def test_a_model_given_as_a_mapping_is_planned_like_its_json():
         ({"suite": "nosuch"}, "unknown suite 'nosuch'"),
         ({"strategy": "ddp", "parallel": 2}, "--parallel 2 with --strategy ddp"),
         ({"num_nodes": 2}, "--num-nodes 2 needs --strategy ddp"),
-        ({"pack": 2, "parallel": 2}, "--pack 2 is not supported with --parallel 2"),
     ],
 )
 def test_bad_values_raise_value_error(values, message):

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from ablations import plan as run_module
+from ablations.status import TrialState, TrialStatus
 from ablations.engines import ray as ray_engine
 from ablations.engines.ray import TrialResources, available_cpus
 from ablations.run import main
@@ -278,7 +279,7 @@ def test_task_options_and_capacity():
     assert TrialResources(gpus=0.0, cpus=2.5).threads == 2
 
 
-@pytest.mark.parametrize("gpus, cpus, message", [(2, 1, "DDP"), (-0.5, 1, "between 0 and 1"), (0, 0, "> 0")])
+@pytest.mark.parametrize("gpus, cpus, message", [(2, 1, "DDP"), (-0.5, 1, ">= 0 and <= 1"), (0, 0, "> 0")])
 def test_bad_trial_resources_are_rejected(gpus, cpus, message):
     with pytest.raises(ValueError, match=message):
         TrialResources(gpus=gpus, cpus=cpus)
@@ -293,7 +294,7 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
 
     def fake_engine(trials, options, **kwargs):
         calls.append(kwargs)
-        return [{"trial": t.name, "status": "done", "error": None} for t in trials]
+        return [TrialStatus(t.name, TrialState.DONE) for t in trials]
 
     monkeypatch.setattr(ray_engine, "run_trials_ray", fake_engine)
     status, err = sweep(

@@ -9,7 +9,8 @@ import pytest
 
 from ablations.store import read_result
 from ablations.suite import TrainSettings, Trial
-from ablations.trial import RunOptions, run_trial
+from ablations.suite import RunOptions
+from ablations.trial import run_trial
 from lit_cifar import RegularizationSpec
 from lit_cifar.data import find_layout
 from tests.helpers import REPO
@@ -37,7 +38,7 @@ def test_one_epoch_of_baseline_on_2000_real_images_beats_chance(tmp_path):
         settings=TrainSettings(epochs=1, batch_size=32, seeds=(0,), limit_train=2000),
     )
     status = run_trial(trial, RunOptions(data_dir=str(DATA_DIR), logdir=str(tmp_path), download=False))
-    assert status["status"] == "done", status
+    assert status.state == "done", status
     result = read_result(trial.run_dir(tmp_path))
     assert result["train_images"] == 2000 and result["val_images"] == 5000 and result["test_images"] == 10000
     assert result["metrics"]["test/acc"] > MIN_TEST_ACC

@@ -1,4 +1,4 @@
-"""``python -m ablations.board rebuild``: a suite written by older code (scalars on the global-step axis,
+"""``python -m ablations.report.rebuild``: a suite written by older code (scalars on the global-step axis,
 histograms at epochs 0..E-1, a sample image in every trial, HParams without the spec) comes out in today's layout;
 running trials are left alone; bad arguments exit 2. No training: the old event files are written here."""
 
@@ -131,7 +131,7 @@ def accumulate(run_dir: Path) -> EventAccumulator:
 
 
 def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
-    assert main(["rebuild", str(old_suite)]) == 0
+    assert main([str(old_suite)]) == 0
     assert "4 trials rebuilt" in capsys.readouterr().out
     trial = old_suite / "pixel+bn" / "seed=1"
     run = accumulate(trial)
@@ -167,15 +167,13 @@ def test_a_running_trial_is_left_alone(old_suite: Path, capsys):
     before = {p.name: p.read_bytes() for p in running.iterdir() if p.name != ".lock"}
     with folder_lock(running) as locked:
         assert locked
-        assert main(["rebuild", str(old_suite)]) == 0
+        assert main([str(old_suite)]) == 0
     assert {p.name: p.read_bytes() for p in running.iterdir() if p.name != ".lock"} == before
     out = capsys.readouterr().out
     assert "3 trials rebuilt" in out and "pixel/seed=0 (running" in out
 
 
-@pytest.mark.parametrize(
-    "args", [["rebuild"], ["rebuild", "nowhere"], ["rebuild", "."], ["rebuild", "{suite}", "--data-dir", "nowhere"]]
-)
+@pytest.mark.parametrize("args", [[], ["nowhere"], ["."], ["{suite}", "--data-dir", "nowhere"]])
 def test_bad_arguments_exit_2(old_suite: Path, args: list[str], capsys):
     with pytest.raises(SystemExit) as exit_:
         main([a.format(suite=old_suite) for a in args])

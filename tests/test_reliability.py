@@ -131,7 +131,7 @@ def test_a_trial_whose_result_cannot_be_written_fails_cleanly(tmp_path, monkeypa
     monkeypatch.setattr(os, "fsync", full_disk)
     trial = Trial("disk", RegularizationSpec.parse("pixel"), 0, TrainSettings(seeds=(0,)), order=0)
     status = run_trial(trial, RunOptions(logdir=str(tmp_path)))
-    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert status.state == "failed" and "No space left on device" in str(status.error)
     assert [p.name for p in trial.paths(tmp_path).folder.iterdir()] == [LOCK_FILE]
 
 
@@ -326,7 +326,8 @@ def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
     """Long in-process sweeps must not accumulate models: Lightning's reference cycles are collected per trial."""
     import gc
 
-    from ablations.trial import RunOptions, run_trial
+    from ablations.suite import RunOptions
+    from ablations.trial import run_trial
     from ablations.suite import Trial
 
     gc.disable()  # only run_trial's own collection may free the cycles
@@ -339,7 +340,7 @@ def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
                 TrainSettings(epochs=1, seeds=(seed,), val_size=100, batch_size=64),
                 order=0,
             )
-            assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path)))["status"] == "done"
+            assert run_trial(trial, RunOptions(data_dir=str(cifar_dir), logdir=str(tmp_path))).state == "done"
             assert not [o for o in gc.get_objects() if isinstance(o, RegularizedClassifier)]
     finally:
         gc.enable()

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablations.report import main, write_report
+from ablations.report import write_report
+from ablations.report.__main__ import main
 from ablations.store import RESULT_FILE, TrialPaths, write_json_atomic
 from lit_cifar.spec import RegularizationSpec
 from tests.helpers import REPO
@@ -297,7 +298,7 @@ def test_compare_refuses_missing_folders_and_disjoint_runs(tmp_path: Path, capsy
         assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["ablations.compare", "lit_cifar.runtime", "ablations.keras_peer"])
+@pytest.mark.parametrize("module", ["ablations.report.compare", "lit_cifar.runtime"])
 def test_torch_free_modules_import_no_torch(module: str):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch'"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ablations import gpucheck
-from ablations.engines.local import Progress, run_local, worker_slots
-from ablations.run import main, ray_resources
+from ablations.status import TrialState, TrialStatus
+from ablations.engines.base import Progress
+from ablations.engines.local import run_local, worker_slots
+from ablations.engines.ray import TrialResources
+from ablations.run import main
 from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
@@ -41,9 +43,9 @@ def test_each_local_worker_gets_its_own_gpu_slot_and_thread_share():
 
 
 def test_ray_tasks_request_the_resources_the_flags_imply():
-    assert ray_resources(parallel=2, gpus=2, cpus=16) == {"gpus_per_trial": 1.0, "cpus_per_trial": 8.0}
-    assert ray_resources(parallel=4, gpus=2, cpus=16) == {"gpus_per_trial": 0.5, "cpus_per_trial": 4.0}
-    assert ray_resources(parallel=2, gpus=0, cpus=2) == {"gpus_per_trial": 0.0, "cpus_per_trial": 1.0}
+    assert TrialResources.share(gpus=2, parallel=2, cpus=16) == TrialResources(gpus=1.0, cpus=8)
+    assert TrialResources.share(gpus=2, parallel=4, cpus=16) == TrialResources(gpus=0.5, cpus=4)
+    assert TrialResources.share(gpus=0, parallel=2, cpus=2) == TrialResources(gpus=0.0, cpus=1)
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def fake_ray(monkeypatch):
                 "max_retries": max_retries,
             }
         )
-        return [{"trial": t.name, "status": "failed", "error": "not really run"} for t in trials]
+        return [TrialStatus(t.name, TrialState.FAILED, "not really run") for t in trials]
 
     from ablations.engines import ray as ray_engine
 
@@ -142,7 +144,7 @@ def test_workers_run_in_their_slots(tmp_path):
         Progress(fake_trials(), show=False),
         worker_slots(2, gpus=2, cpus=4, visible="6,7"),
     )
-    assert [s["status"] for s in statuses] == ["done"] * 3
+    assert [s.state for s in statuses] == ["done"] * 3
     seen = [json.loads(p.read_text()) for p in tmp_path.glob(f"fake/*/*/{RESULT_FILE}")]
     assert {r["cuda"] for r in seen} == {"6", "7"} and {r["threads"] for r in seen} == {"2"}
 
@@ -157,8 +159,8 @@ def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
         Progress(fake_trials(4), show=False),
         worker_slots(2, gpus=0, cpus=2),
     )
-    assert [s["status"] for s in statuses] == ["done", "failed", "done", "done"]
-    assert "killed by SIGKILL" in statuses[1]["error"]
+    assert [s.state for s in statuses] == ["done", "failed", "done", "done"]
+    assert "killed by SIGKILL" in str(statuses[1].error)
     error = json.loads((tmp_path / "fake/baseline/seed=1" / ERROR_FILE).read_text())
     assert error["signal"] == "SIGKILL" and error["settings_hash"] == fake_trials()[1].settings_hash
     assert not (tmp_path / "fake/baseline/seed=1" / RESULT_FILE).exists()
@@ -265,31 +267,3 @@ def test_ddp_sweep_killed_after_its_first_trial_resumes_to_the_same_results(ddp_
             ddp_reference[name]["history"],
         ), name
         assert result["world_size"] == 2
-
-
-# ---------------------------------------------------------------------------------------------- gpucheck
-def test_gpucheck_plans_trial_parallel_and_ddp_runs_for_the_gpus_it_finds():
-    planned = {row.name: (row.flags, row.trials, row.world_size) for row in gpucheck.rows(gpus=4, tiny=False)}
-    assert planned == {
-        "one at a time": (("--parallel", "1"), 9, 1),
-        "one per GPU": (("--parallel", "4"), 9, 1),
-        "two per GPU": (("--parallel", "8"), 9, 1),
-        "DDP, 2 GPUs": (("--only", "pixel", "--strategy", "ddp", "--devices", "2"), 1, 2),
-        "packed notebook suite": (("--seeds", "0,1,2", "--pack", "auto"), 27, 1),
-        "packed full grid": (("--suite", "full", "--seeds", "0,1,2", "--pack", "auto"), 288, 1),
-    }
-
-
-@pytest.mark.slow
-def test_gpucheck_runs_tiny_on_cpu(capsys):
-    assert gpucheck.main(["--tiny", "--accelerator", "cpu"]) == 0
-    table = capsys.readouterr().out
-    for row in (
-        "| one at a time | `--only baseline pixel --parallel 1` | 2 |",
-        "| two at a time | `--only baseline pixel --parallel 2` | 2 |",
-        "| DDP, 2 processes |",
-        "| packed notebook suite | `--only baseline pixel --seeds 0,1 --pack 4` | 4 | 4 |",
-        "| packed full grid | `--suite full --only baseline pixel bn pixel+bn --seeds 0,1 --pack 4` | 8 | 4 |",
-    ):
-        assert row in table
-    assert "NO:" not in table

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from ablations import trial as trial_module
+from ablations.status import TrialState, TrialStatus
 from ablations.report import report
+from ablations.report.__main__ import main as report_command
 from ablations.run import build_parser, main, make_plan, summarize
 from ablations.store import RESULT_FILE, SUPERSEDED_DIR, read_result, write_result
 from ablations.suite import RunOptions, Trial, expand_trials, load_suite
@@ -96,7 +98,7 @@ def test_force_keeps_the_result_of_other_settings(tmp_path, monkeypatch):
     saved = finished(old, tmp_path).read_text()
     monkeypatch.setattr(trial_module, "_train_and_test", lambda trial, options, paths: {"metrics": {"test/acc": 0.7}})
     status = trial_module.run_trial(new, RunOptions(logdir=str(tmp_path), force=True))
-    assert status["status"] == "done"
+    assert status.state == "done"
     folder = new.paths(tmp_path).folder
     assert read_result(folder)["settings_hash"] == new.settings_hash
     kept = folder / SUPERSEDED_DIR / old.settings_hash
@@ -184,7 +186,7 @@ def test_report_of_another_suites_folder_or_an_empty_one_exits_non_zero(tmp_path
     ]:
         folder.mkdir(exist_ok=True)
         with pytest.raises(SystemExit) as stop:
-            report.main([str(folder)])
+            report_command([str(folder)])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and message in err, err
         assert not (folder / "results.md").exists()
@@ -200,8 +202,8 @@ def test_a_full_disk_at_the_end_reports_what_finished_and_failed(cifar_dir, tmp_
 
     monkeypatch.setattr(report, "write_text_atomic", full)
     statuses = [
-        {"trial": "pixel/seed=0", "status": "done", "error": None},
-        {"trial": "pixel/seed=1", "status": "failed", "error": "OSError: [Errno 28] No space left"},
+        TrialStatus("pixel/seed=0", TrialState.DONE),
+        TrialStatus("pixel/seed=1", TrialState.FAILED, "OSError: [Errno 28] No space left"),
     ]
     assert summarize(plan, statuses, 3.0) == 1
     err = capsys.readouterr().err
@@ -553,7 +555,7 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
     torch.set_num_threads(1)  # as each Ray task (one CPU)
     try:
         assert all(
-            run_trial(t, RunOptions(data_dir=str(cifar_dir), logdir=str(local), accelerator="cpu"))["status"] == "done"
+            run_trial(t, RunOptions(data_dir=str(cifar_dir), logdir=str(local), accelerator="cpu")).state == "done"
             for t in trials
         )
     finally:
@@ -590,7 +592,7 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
         ray.shutdown()
         cluster.shutdown()
     err = capfd.readouterr().err
-    assert [s["status"] for s in statuses] == ["done", "done"], statuses
+    assert [s.state for s in statuses] == ["done", "done"], statuses
     assert "Ray worker lost running pixel+dropout=0.25/seed=" in err and "retry 1 of 2" in err, err[-3000:]
     kept = [folder for folder in folders if before[folder] <= events(folder)]
     retried = [folder for folder in folders if not before[folder] & events(folder)]

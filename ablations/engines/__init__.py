@@ -2,10 +2,10 @@
 one `ablations.status.TrialStatus` per trial).
 
 - `LocalExecutor` (``--engine local``, the default): this process, or ``--parallel`` worker processes; DDP sweeps.
-- `RayExecutor` (``--engine ray``): Ray tasks, on this machine or a Ray cluster.
-- `PackExecutor` (``--pack K``): packs of trials trained as one batched model, in this process.
+- `RayExecutor` (``--engine ray``, `ablations.engines.ray`): Ray tasks, on this machine or a Ray cluster.
 
-`make_executor` picks one from what a plan asks for. Importing this package imports neither torch nor Ray.
+`make_executor` picks one from what a plan asks for. Importing this package imports neither torch nor Ray, nor the
+Ray engine's module (it is imported when a sweep asks for it).
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 from ablations.engines.base import Executor, Progress
 from ablations.engines.local import LocalExecutor
-from ablations.engines.packs import PackExecutor
-from ablations.engines.ray import RayExecutor
 
 if TYPE_CHECKING:
     from ablations.trial import Ranks
 
-__all__ = ["ENGINES", "Executor", "LocalExecutor", "PackExecutor", "Progress", "RayExecutor", "make_executor"]
+__all__ = ["ENGINES", "Executor", "LocalExecutor", "Progress", "make_executor"]
 
 ENGINES = ("local", "ray")  # the values of --engine
 
@@ -30,17 +28,15 @@ def make_executor(
     *,
     parallel: int = 1,
     gpus: int = 0,
-    pack_size: int = 1,
     ranks: Optional[Ranks] = None,
     ray_address: Optional[str] = None,
     max_retries: int = 2,
 ) -> Executor:
-    """The executor of a plan: packs when `pack_size` > 1 (local engine only, checked when the plan is made), else
-    the `engine`'s: `parallel` trials at once spread over `gpus` GPUs (locally, or as each Ray task's share of a
-    machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""
-    if pack_size > 1:
-        return PackExecutor(pack_size)
+    """The `engine`'s executor: `parallel` trials at once spread over `gpus` GPUs (locally, or as each Ray task's
+    share of a machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""
     if engine == "ray":
+        from ablations.engines.ray import RayExecutor
+
         return RayExecutor.sharing(parallel, gpus, address=ray_address, max_retries=max_retries)
     if engine == "local":
         return LocalExecutor(parallel, gpus, ranks)

@@ -5,15 +5,15 @@ others to `Executor.execute`, the one method an engine implements. Whatever runs
 one contract (`ablations.trial.run_trial`, `ablations.status.claim`): results written atomically under the trial's
 ``flock``, failures by `ablations.status.record_failure`, so every engine resumes every other on one logdir.
 
-`Progress` is the sweep's bar and the statuses as they come in, for an engine that hands trials out one at a time.
+`Progress` is the sweep's one bar and the statuses as they come in, for an engine that hands trials out one at a
+time (local workers, Ray tasks).
 """
 
 from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar, Union
+from typing import ClassVar
 
 from ablations.status import TrialStatus, split_finished
 from ablations.suite import RunOptions, Trial
@@ -42,13 +42,12 @@ class Executor(ABC):
         statuses = dict(skipped)
         if todo:
             ran = self.execute([trials[i] for i in todo], options)
-            statuses.update(zip(todo, (TrialStatus.of(s) for s in ran)))
+            statuses.update(zip(todo, ran))
         return [statuses[i] for i in range(len(trials))]
 
     @abstractmethod
-    def execute(self, trials: list[Trial], options: RunOptions) -> list[Any]:
-        """Run `trials` (none of them known to be finished); their final statuses (`TrialStatus`, or mappings
-        `TrialStatus.of` reads) in trial order."""
+    def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
+        """Run `trials` (none of them known to be finished); their final `TrialStatus`, in trial order."""
 
 
 class Progress:
@@ -69,15 +68,25 @@ class Progress:
         self._running.append(self.trials[index].name)
         self._show()
 
-    def finished(self, index: int, status: Union[TrialStatus, Mapping[str, Any]]) -> TrialStatus:
-        """Record a trial's status (BUSY ones are not final: they are retried) and return it as a `TrialStatus`."""
-        status = TrialStatus.of(status)
+    def stopped(self, index: int) -> None:
+        """A started trial that will be handed out again (its worker was lost)."""
         self._running.remove(self.trials[index].name)
+        self._show()
+
+    def finished(self, index: int, status: TrialStatus) -> TrialStatus:
+        """Record a trial's status (BUSY ones are not final: they are retried; a trial that never started, e.g.
+        one found finished, is recorded too) and return it."""
+        if self.trials[index].name in self._running:
+            self._running.remove(self.trials[index].name)
         self._show(refresh=not status.final)
         if status.final:
             self.statuses[index] = status
             self._bar.update()
         return status
+
+    def note(self, text: str) -> None:
+        """A line on stderr above the bar."""
+        self._bar.write(text, file=sys.stderr)
 
     def _show(self, refresh: bool = True) -> None:
         self._bar.set_postfix_str(f"running {', '.join(self._running)}" if self._running else "", refresh=refresh)

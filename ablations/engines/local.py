@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from ablations.engines.base import Executor, Progress
 from ablations.quiet import quiet_lightning
+from ablations.rules import check, integer
 from ablations.signals import Interrupted, die_with_parent, ignoring_sigint, raise_if_interrupted, stop_on_sigterm
 from ablations.status import TrialStatus, record_failure
 from ablations.suite import RunOptions, Trial
@@ -33,7 +34,7 @@ from ablations.suite import RunOptions, Trial
 if TYPE_CHECKING:
     from ablations.trial import Ranks
 
-__all__ = ["LocalExecutor", "Progress", "WorkerPool", "WorkerSlot", "bars", "run_local", "worker_slots"]
+__all__ = ["LocalExecutor", "WorkerPool", "WorkerSlot", "bars", "run_local", "worker_slots"]
 
 Runner = Callable[[Trial, RunOptions, bool], Any]  # run_trial(trial, options, wait) -> its status
 STOP_GRACE_S = 30.0  # how long stopped workers get to unwind before they are killed
@@ -60,8 +61,7 @@ def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = N
     """The slots of `parallel` workers: worker i sees GPU ``i % gpus`` (with more workers than GPUs, several share
     one), numbered as the parent sees them (`visible`: its ``CUDA_VISIBLE_DEVICES``, e.g. set by SLURM), and gets
     ``cpus // parallel`` torch threads (at least 1)."""
-    if parallel < 1:
-        raise ValueError(f"parallel={parallel} must be >= 1")
+    check("parallel", parallel, integer(1))
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(g) for g in range(gpus)]
     ids = ids[:gpus]
     threads = max(1, cpus // parallel)

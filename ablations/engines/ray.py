@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -34,9 +33,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from ablations.engines.base import Executor
+from ablations.engines.base import Executor, Progress
+from ablations.rules import check, finite, integer
 from ablations.signals import deferred_interrupts, raise_if_interrupted
-from ablations.status import TrialState, TrialStatus, record_failure, split_finished
+from ablations.status import TrialState, TrialStatus, record_failure
 
 if TYPE_CHECKING:
     from ablations.suite import RunOptions, Trial
@@ -57,22 +57,18 @@ class TrialResources:
     cpus: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.gpus <= 1:
-            raise ValueError(
-                f"gpus per trial = {self.gpus!r} must be between 0 and 1: a trial trains on one device "
-                "(or a fraction of one) under --engine ray; several GPUs per trial (DDP) is not "
-                "supported"
-            )
-        if not self.cpus > 0:
-            raise ValueError(f"cpus per trial = {self.cpus!r} must be > 0")
+        hint = ": a trial trains on one device (or a fraction of one) under --engine ray; DDP is not supported"
+        check("gpus per trial", self.gpus, finite(0, inclusive=True, high=1), hint)
+        check("cpus per trial", self.cpus, finite(0))
 
     @classmethod
     def share(cls, gpus: int, parallel: int, cpus: int) -> TrialResources:
         """The share of a machine with `gpus` GPUs and `cpus` cores that the local engine gives each of its
         `parallel` workers: a GPU each, or ``1/k`` of one when `parallel` packs k trials per GPU; ``cpus //
         parallel`` cores (at least one)."""
-        if gpus < 0 or parallel < 1 or cpus < 1:
-            raise ValueError(f"gpus={gpus}, parallel={parallel}, cpus={cpus}: need gpus >= 0, parallel >= 1, cpus >= 1")
+        check("gpus", gpus, integer(0))
+        check("parallel", parallel, integer(1))
+        check("cpus", cpus, integer(1))
         trials_per_gpu = math.ceil(parallel / gpus) if gpus else 0
         gpu_share = math.floor(RESOURCE_UNITS / trials_per_gpu) / RESOURCE_UNITS if gpus else 0.0
         return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
@@ -223,24 +219,14 @@ class _RaySweep:
     def __init__(
         self, ray: Any, trials: list[Trial], options: RunOptions, resources: TrialResources, max_retries: int
     ) -> None:
-        from tqdm import tqdm
-
         self.ray, self.trials, self.options, self.resources = ray, trials, options, resources
         self.max_retries = max_retries
         self.remote = ray.remote(_run_task).options(**resources.task_options())
         self.lost_errors = tuple(getattr(ray.exceptions, name) for name in WORKER_LOST_ERRORS)
-        self.statuses: dict[int, TrialStatus] = {}
+        self.progress = Progress(trials, show=len(trials) > 1)
         self.attempts = [0] * len(trials)
         self.pending: deque[tuple[int, bool]] = deque()  # (trial index, wait for its lock)
         self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
-        self.bar = tqdm(
-            total=len(trials),
-            desc="trials",
-            unit="trial",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            disable=len(trials) <= 1,
-        )
 
     def run(self, todo: list[int], cancel_on_exit: bool) -> None:
         """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
@@ -255,11 +241,10 @@ class _RaySweep:
         """
         self.pending.extend((i, False) for i in todo)
         if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
-            self.bar.write(
+            self.progress.note(
                 f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
                 f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
-                "(or use --parallel to ask for a smaller share)",
-                file=sys.stderr,
+                "(or use --parallel to ask for a smaller share)"
             )
         stopped = True
         try:
@@ -283,15 +268,6 @@ class _RaySweep:
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
 
-    def finish(self, i: int, status: TrialStatus) -> None:
-        self.statuses[i] = status
-        self._show_running()
-        self.bar.update()
-
-    def _show_running(self) -> None:
-        running = [self.trials[i].name for i, _ in self.in_flight.values()]
-        self.bar.set_postfix_str(f"running {', '.join(running)}" if running else "")
-
     def _nodes(self) -> list[dict[str, float]]:
         return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
 
@@ -303,11 +279,11 @@ class _RaySweep:
             i, wait = self.pending.popleft()
             self.attempts[i] += 1
             self.in_flight[self.remote.remote(self.trials[i], self.options, wait, self.resources.threads)] = (i, wait)
-        self._show_running()
+            self.progress.started(i)
 
     def _collect(self, ref: Any, i: int, wait: bool) -> None:
         try:
-            status = TrialStatus.of(self.ray.get(ref))
+            status = self.ray.get(ref)
         except self.lost_errors as error:
             self._lost(i, wait, error)
         except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
@@ -317,17 +293,16 @@ class _RaySweep:
             if status.state is TrialState.BUSY:  # another sweep runs it: do the others first, then wait for it
                 self.attempts[i] -= 1
                 self.pending.append((i, True))
-            else:
-                self.finish(i, status)
+            self.progress.finished(i, status)
 
     def _lost(self, i: int, wait: bool, error: Exception) -> None:
         """A trial's worker or node died: submit it again, or record it failed once `max_retries` are spent."""
         name, attempts = self.trials[i].name, self.attempts[i]
         if attempts <= self.max_retries:
-            self.bar.write(
-                f"Ray worker lost running {name} ({type(error).__name__}); retry {attempts} of {self.max_retries}",
-                file=sys.stderr,
+            self.progress.note(
+                f"Ray worker lost running {name} ({type(error).__name__}); retry {attempts} of {self.max_retries}"
             )
+            self.progress.stopped(i)
             self.pending.appendleft((i, wait))
             return
         self._fail(
@@ -339,7 +314,7 @@ class _RaySweep:
     def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
         """Record trial `i` as failed (`record_failure`: the local engine's error.json, plus the engine and the
         attempts), unless another sweep now holds it."""
-        self.finish(
+        self.progress.finished(
             i,
             record_failure(
                 self.trials[i],
@@ -366,25 +341,22 @@ def run_trials_ray(
     `address`: a Ray cluster (``host:port`` or ``ray://host:port``), or None for a local instance with the cores
     this process may use (`available_cpus`); a process that already joined Ray keeps its instance. Each task asks
     for `gpus_per_trial` GPUs (0 to 1; fractions pack trials onto a GPU) and `cpus_per_trial` CPUs (also its torch
-    threads). A trial whose worker or node dies is run again up to `max_retries` times. Finished trials are skipped
-    without starting Ray. Raises ValueError, before anything runs, for per-trial DDP, bad resources or a missing Ray.
+    threads). A trial whose worker or node dies is run again up to `max_retries` times. `trials` are those not known
+    to be finished (`Executor.run` leaves the others out; one that finished meanwhile is skipped by its task).
+    Raises ValueError, before anything runs, for per-trial DDP, bad resources or a missing Ray.
     """
-    if max_retries < 0:
-        raise ValueError(f"max_retries={max_retries} must be >= 0")
+    check("max_retries", max_retries, integer(0))
     resources = TrialResources(gpus=gpus_per_trial, cpus=cpus_per_trial)
     check_supported(trials, options)
     ray = import_ray()
     options = _portable(options, resources)
-    skipped, todo = split_finished(trials, options, warn=True)
     sweep = _RaySweep(ray, trials, options, resources, max_retries)
-    for i, status in skipped.items():
-        sweep.finish(i, status)
     try:
-        with _joined(ray, address) if todo else nullcontext(False) as joined:
-            sweep.run(todo, cancel_on_exit=not joined)
+        with _joined(ray, address) if trials else nullcontext(False) as joined:
+            sweep.run(list(range(len(trials))), cancel_on_exit=not joined)
     finally:
-        sweep.bar.close()
-    return [sweep.statuses[i] for i in range(len(trials))]
+        sweep.progress.close()
+    return sweep.progress.in_order()
 
 
 class RayExecutor(Executor):
@@ -407,7 +379,7 @@ class RayExecutor(Executor):
         share = TrialResources.share(gpus, parallel, available_cpus())
         return cls(address=address, gpus_per_trial=share.gpus, cpus_per_trial=share.cpus, max_retries=max_retries)
 
-    def execute(self, trials: list[Trial], options: RunOptions) -> list[Any]:
+    def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         return run_trials_ray(
             trials,
             options,

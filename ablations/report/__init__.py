@@ -2,16 +2,16 @@
 
     python -m ablations.report logs/notebook [--reference pixel]
 
-- `ablations.report.report`: a suite's ``results.md/.csv``, charts and TensorBoard report run (``python -m
-  ablations.report``); its public names are importable from here (``from ablations.report import write_report``).
+- `ablations.report.report`: a suite's ``results.md/.csv``, charts and TensorBoard report run; its public names
+  are importable from here (``from ablations.report import write_report``). ``python -m ablations.report`` is
+  `ablations.report.__main__`.
 - `ablations.report.stats`: confidence intervals, Welch's tests with Holm's correction, factorial effects.
 - `ablations.report.analysis`: identical specs, max-norm and BatchNorm diagnostics, mixed settings or code.
 - `ablations.report.plots`: the matplotlib charts.
 - `ablations.report.board`: TensorBoard's scalars, HParams and text, written with its own event writer.
-- `ablations.report.rebuild`: a suite's TensorBoard runs rewritten from result.json (``python -m ablations.board
-  rebuild``).
-- `ablations.report.compare`: one suite run twice, spec by spec (``python -m ablations.compare``).
-- `ablations.report.screenshots`: the HParams views as images (``python -m ablations.screenshots``).
+- `ablations.report.rebuild`: a suite's TensorBoard runs rewritten from result.json (``python -m
+  ablations.report.rebuild``).
+- `ablations.report.compare`: one suite run twice, spec by spec (``python -m ablations.report.compare``).
 
 Imports no torch. The names below are imported on first use, so importing one module of the package (as a training
 worker does `board` and `plots`) does not import the statistics.
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
         SuiteReport,
         build_report,
         load_results,
-        main,
         markdown,
         write_report,
     )
@@ -42,7 +41,6 @@ __all__ = [
     "SuiteReport",
     "build_report",
     "load_results",
-    "main",
     "markdown",
     "write_report",
 ]

@@ -1,7 +1,53 @@
-"""``python -m ablations.report SUITE_DIR``: `ablations.report.report.main`."""
+"""``python -m ablations.report SUITE_DIR [--reference SPEC]`` (also ``lit-cifar-report``): write a suite's report
+(`ablations.report.report`) and print its table.
 
+Exit status: 0 written, 1 it could not be written (a full disk: said in one line), 2 a bad folder or ``--reference``,
+or the harness's extra missing.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+from typing import NoReturn, Optional
 
-from ablations.report.report import main
+from ablations import require_extra
 
-sys.exit(main())
+PROG = "python -m ablations.report"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    require_extra(PROG)
+    from ablations.report.report import DEFAULT_REFERENCE, write_report
+    from ablations.trust import report_problem
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/notebook")
+    parser.add_argument(
+        "--reference",
+        metavar="SPEC",
+        help=f"the spec every other is compared with (default: {DEFAULT_REFERENCE}, or the suite's "
+        "first spec if it has no pixel)",
+    )
+    args = parser.parse_args(argv)
+    if not args.suite_dir.is_dir():
+        return _fail(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")
+    try:
+        print(write_report(args.suite_dir, args.reference))
+    except ValueError as error:
+        return _fail(str(error))
+    except OSError as error:
+        print(f"error: {report_problem(error, args.suite_dir)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fail(message: str) -> NoReturn:
+    """A bad folder or --reference: one line on stderr, exit status 2 (as argparse, without the usage block)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """What TensorBoard shows of a suite, torch-free: the tags, the HParams records, the event files, and
-``python -m ablations.board rebuild`` (`ablations.report.rebuild`), which rewrites a suite's events from its results.
+``python -m ablations.report.rebuild`` (`ablations.report.rebuild`), which rewrites a suite's events from its results.
 
 One code path: a trial's events are built here from the same numbers its ``result.json`` holds (`epoch_scalars`
 for each entry of its ``history``, `test_scalars` for its test metrics, `trial_records` for its HParams session

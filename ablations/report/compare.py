@@ -1,6 +1,6 @@
-"""``python -m ablations.compare A B``: one suite run twice (another precision, code version or machine), spec by spec.
+"""``python -m ablations.report.compare A B``: one suite run twice (another precision, code or machine), spec by spec.
 
-    python -m ablations.compare logs/precision/32-true/notebook logs/precision/bf16-mixed/notebook
+    python -m ablations.report.compare logs/precision/32-true/notebook logs/precision/bf16-mixed/notebook
 
 For every spec both folders hold: test accuracy (mean ± std over seeds) in A and in B, the difference B − A, whether
 B's mean lies inside A's seed range (min to max), and training images/s in each with the ratio B / A. Then, over
@@ -97,7 +97,7 @@ def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ablations.report.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="a suite's folder, e.g. logs/precision/32-true/notebook")
     parser.add_argument("b", type=Path, help="the same suite run otherwise, e.g. logs/precision/bf16-mixed/notebook")
     parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="column names (default: the folders' parents)")

@@ -1,6 +1,6 @@
 """Rewrite a suite's TensorBoard events from its result.json files, in the current layout:
 
-    python -m ablations.board rebuild LOGDIR/SUITE [LOGDIR/SUITE ...] [--data-dir DIR]
+    python -m ablations.report.rebuild LOGDIR/SUITE [LOGDIR/SUITE ...] [--data-dir DIR]   # or: lit-cifar-board
 
 For every finished trial (``<suite>/<cell>/seed=<s>/result.json``):
 
@@ -223,21 +223,15 @@ def _suite_dir(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ablations.board", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    rebuild = commands.add_parser(
-        "rebuild",
-        help="rewrite suites' TensorBoard events from their result.json files",
-        description=__doc__.split("\n\n")[0],
-    )
-    rebuild.add_argument(
+    parser = argparse.ArgumentParser(prog="python -m ablations.report.rebuild", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
         "suite_dirs",
         nargs="+",
         type=_suite_dir,
         metavar="SUITE_DIR",
         help="a suite's folder under a logdir, e.g. logs/replication/notebook",
     )
-    rebuild.add_argument(
+    parser.add_argument(
         "--data-dir",
         type=Path,
         metavar="DIR",

@@ -1,9 +1,8 @@
 """The results of a suite, rebuilt from its trial folders: tables with statistics, CSVs, charts and TensorBoard.
 
-    python -m ablations.report logs/notebook [--reference pixel]
-
-reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all shards of a job array finish)
-and writes, all atomically:
+`write_report` (``python -m ablations.report logs/notebook [--reference pixel]``: `ablations.report.__main__`)
+reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all shards of a job array finish) and
+writes, all atomically:
 
 - ``results.md``: the settings; per spec the test accuracy (mean ± std over seeds and its 95% t-based confidence
   interval), the difference from a reference spec (default ``pixel``), validation accuracy, the notebook's figure,
@@ -23,7 +22,6 @@ Imports no torch: it reads the files `ablations.store` names.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -31,7 +29,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 from ablations.report import board, plots
 from ablations.report.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
@@ -619,37 +617,3 @@ def _write_files(suite_dir: Path, report: SuiteReport) -> None:
         write_bytes_atomic(suite_dir / name, png)
     board.write_run(suite_dir / REPORT_RUN, tensorboard_run(report, text), replace=True)
     board.write_suite_runs(suite_dir, report.results)  # the HParams record and the spec-mean rows
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/notebook")
-    parser.add_argument(
-        "--reference",
-        metavar="SPEC",
-        help=f"the spec every other is compared with (default: {DEFAULT_REFERENCE}, or the suite's "
-        "first spec if it has no pixel)",
-    )
-    args = parser.parse_args(argv)
-    if not args.suite_dir.is_dir():
-        return _fail(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")
-    try:
-        print(write_report(args.suite_dir, args.reference))
-    except ValueError as error:
-        return _fail(str(error))
-    except OSError as error:
-        from ablations.trust import report_problem
-
-        print(f"error: {report_problem(error, args.suite_dir)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _fail(message: str) -> NoReturn:
-    """A bad folder or --reference: one line on stderr, exit status 2 (as argparse, without the usage block)."""
-    print(f"python -m ablations.report: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,6 +3,7 @@
 The numbers come from scipy and statsmodels; this module only arranges the data and names what was computed:
 
 - `mean_ci`: a mean over seeds with its t-based confidence interval (scipy).
+- `welch_width`: the width of Welch's interval from sample sizes and variances, for the seeds rule.
 - `compare_with_reference`: each spec against a reference spec by Welch's t-test (scipy), the p-values corrected
   for the number of comparisons by Holm's method (statsmodels); a difference is *resolved* when its corrected
   p-value is under ``1 - level``.
@@ -22,7 +23,7 @@ import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,20 @@ def welch(values: Sequence[float], reference: Sequence[float], name: str, level:
         return Contrast(name, Interval(difference, NAN, NAN), NAN)
     low, high = result.confidence_interval(confidence_level=level)
     return Contrast(name, Interval(difference, float(low), float(high)), float(result.pvalue))
+
+
+def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL) -> np.ndarray:
+    """The width (high - low) of `welch`'s interval from the sample sizes and variances (ddof=1) alone, with
+    Welch-Satterthwaite degrees of freedom and scipy's t quantile; numpy-broadcast, so one call serves a suite or
+    a thousand simulated studies (the seeds rule, `ablations.adaptive`, decides on it). 0 where both variances are 0.
+    """
+    n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
+    va, vb = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
+    total = va + vb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = total**2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+        width = 2 * scipy_stats.t.ppf(0.5 + level / 2, df) * np.sqrt(total)
+    return np.where(total > 0, width, 0.0)
 
 
 def compare_with_reference(

@@ -1,4 +1,4 @@
-"""The notebook's Keras model, timed on given data: the peer row of ``python -m ablations.bench``.
+"""The notebook's Keras model, timed on given data: the peer row of ``python benchmarks/bench.py``.
 
 Run by the benchmark with any interpreter that has TensorFlow (never a dependency of this project)::
 

@@ -1,4 +1,4 @@
-"""What the measuring commands share (`ablations.bench`, `ablations.gpucheck`, the pack engine): the machine's
+"""What the measuring scripts share (``benchmarks/bench.py``, ``benchmarks/gpucheck.py``): the machine's
 description, synthetic data of CIFAR-10's layout, and the FLOPs of one training step.
 
 Importing this module imports neither torch nor Lightning; the functions that need them import them when called.
@@ -62,11 +62,11 @@ def synthetic_data_dir(root: Path, n_train: int, n_test: int) -> Path:
 
 
 def flops_per_image(spec: str = SPEC) -> float:
-    """FLOPs of one training step (forward and backward) per image, as torch's ``FlopCounterMode`` counts them
-    (matrix multiplies and convolutions: 2 per multiply-add)."""
+    """FLOPs of one training step (forward and backward) per image, as Lightning's ``measure_flops`` (torch's
+    ``FlopCounterMode``) counts them: matrix multiplies and convolutions, 2 per multiply-add."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
+    from lightning.fabric.utilities.throughput import measure_flops
 
     from lit_cifar.data import IMAGE_SHAPE
     from lit_cifar.module import RegularizedClassifier
@@ -74,6 +74,5 @@ def flops_per_image(spec: str = SPEC) -> float:
     model = RegularizedClassifier(spec)
     model.set_input_statistics(torch.zeros(IMAGE_SHAPE), torch.ones(IMAGE_SHAPE))
     images = torch.randint(0, 256, (BATCH_SIZE, *IMAGE_SHAPE), dtype=torch.uint8)
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(images), torch.zeros(BATCH_SIZE, dtype=torch.long)).backward()
-    return counter.get_total_flops() / BATCH_SIZE
+    labels = torch.zeros(BATCH_SIZE, dtype=torch.long)
+    return measure_flops(model, lambda: model(images), lambda logits: F.cross_entropy(logits, labels)) / BATCH_SIZE

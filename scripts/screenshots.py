@@ -1,10 +1,10 @@
 """Screenshots of a logdir in TensorBoard, as a reviewer checks it, taken with headless Chromium:
 
-    python -m ablations.screenshots logs/replication --out screenshots
+    python scripts/screenshots.py logs/replication --out screenshots
 
 starts ``tensorboard`` on 127.0.0.1 only (``--port``, default 6123), waits until it serves the runs, and writes one
 PNG per tab (`TABS`: Time Series, Scalars, HParams table, Images, Text) with ``chromium --headless --screenshot``;
-with the ``websocket-client`` package (``pip install -e ".[screenshots]"``) also the HParams tab's parallel
+with the ``websocket-client`` package (``pip install websocket-client``) also the HParams tab's parallel
 coordinates view, clicked through Chromium's DevTools protocol. Without Chromium (``apt-get install -y chromium``)
 it says so and exits 0: the check is skipped, not failed. Exit 2 for bad arguments.
 """
@@ -180,7 +180,7 @@ def take(logdir: Path, out: Path, port: int) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.screenshots", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/screenshots.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("logdir", type=Path, help="what to open in TensorBoard, e.g. logs/replication")
     parser.add_argument("--out", type=Path, default=Path("screenshots"), help="folder of the PNGs")
     parser.add_argument("--port", type=int, default=6123, help="tensorboard's port on 127.0.0.1 (default 6123)")

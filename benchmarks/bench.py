@@ -1,7 +1,7 @@
-"""``python -m ablations.bench``: how fast our training path is, measured side by side in one run.
+"""``python benchmarks/bench.py``: how fast our training path is, measured side by side in one run (from a checkout).
 
-    python -m ablations.bench --data-dir ../shared/data --json bench.json
-    python -m ablations.bench --data-dir ../shared/data --keras-python /path/to/venv-with-tensorflow/bin/python
+    python benchmarks/bench.py --data-dir ../shared/data --json bench.json
+    python benchmarks/bench.py --data-dir ../shared/data --keras-python /path/to/venv-with-tensorflow/bin/python
 
 Rows (the targets in brackets):
 1. steady-state training images/s of `RegularizedClassifier` under ``Trainer.fit`` vs a hand-written PyTorch loop
@@ -18,9 +18,7 @@ Rows (the targets in brackets):
 8. ``Trainer.fit`` with ``precision="bf16-mixed"`` vs fp32 [>= 2x Keras's fp32 on a CPU with bf16 units];
 9. the training step's achieved GFLOP/s (FLOPs per image counted by torch's ``FlopCounterMode``) against this
    machine's own matrix-multiply throughput on the hidden layer's three GEMMs, measured in the same run;
-10. the hand-written loop in fresh processes with `lit_cifar.tune_allocator` vs glibc's default malloc settings;
-11. a pack of four trials (``--pack 4``, one batched model) vs the same four trials one after another, in trials/hour
-    (``--rows pack`` runs this row alone).
+10. the hand-written loop in fresh processes with `lit_cifar.tune_allocator` vs glibc's default malloc settings.
 
 The header names the CPU, its bf16 support, the threads and the allocator in use. Throughput rows alternate the
 variants over ``--reps`` repetitions and report the median. Real CIFAR-10 is used when ``--data-dir`` has it, a
@@ -47,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ablations.measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
+from measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
 from ablations.plan import Request, count_trials
 from ablations.quiet import quiet_lightning
 from ablations.run import argv_of
@@ -223,7 +221,8 @@ def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> d
 import tempfile
 from ablations.quiet import quiet_lightning
 from ablations.suite import TrainSettings, Trial
-from ablations.trial import RunOptions, run_trial
+from ablations.suite import RunOptions
+from ablations.trial import run_trial
 from lit_cifar import RegularizationSpec
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) / 1e6
@@ -232,7 +231,7 @@ quiet_lightning()
 trial = Trial("bench", RegularizationSpec.parse({SPEC!r}), 0, TrainSettings(epochs={epochs}, seeds=(0,),
               limit_train={limit_train!r}), 0)
 result = run_trial(trial, RunOptions(data_dir={str(data_dir)!r}, logdir=tempfile.mkdtemp(), download=False))
-assert result["status"] == "done", result
+assert result.state == "done", result
 print(status("VmHWM"), imports)
 """
     peak, imports = map(float, run_child(code, timeout=3600).split())
@@ -319,7 +318,9 @@ def loop_rate_in_child(data_dir: Path, limit: Optional[int], warmup: int, steps:
 from pathlib import Path
 from lit_cifar import tune_allocator
 tune_allocator()
-from ablations.bench import datamodule, pytorch_rate
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench import datamodule, pytorch_rate
 print(pytorch_rate(datamodule(Path({str(data_dir)!r}), {limit!r}), {warmup}, {steps}))
 """
     return float(run_child(code, timeout=900, env={MALLOC_ENV: "tuned" if tuned else "default"}))
@@ -335,7 +336,8 @@ def keras_python(given: Optional[str]) -> Optional[str]:
 
 
 def keras_rate(python: str, arrays: tuple[Path, Path], warmup: int, steps: int) -> float:
-    """Images/s of the notebook's Keras model under ``model.fit`` (`ablations.keras_peer`) on the same images."""
+    """Images/s of the notebook's Keras model under ``model.fit`` (``benchmarks/keras_peer.py``) on the same
+    images."""
     peer = Path(__file__).with_name("keras_peer.py")
     done = subprocess.run(
         [
@@ -381,7 +383,7 @@ def alternate(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -397,12 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: this one, if it has TensorFlow; else the row is skipped)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every row runs, in seconds")
-    parser.add_argument(
-        "--rows",
-        choices=("all", "pack"),
-        default="all",
-        help="all rows (default), or only row 11 (a pack of 4 against the same 4 trials in turn)",
-    )
     return parser
 
 
@@ -476,39 +472,9 @@ def trial_rows(data_dir: Path, quick: bool, limit: Optional[int]) -> dict[str, A
     }
     report["sweep_trials_per_hour"] = {f"parallel={p}": sweep_rate(data_dir, p, sweep) for p in (1, 2)}
     report["sweep"] = " ".join(argv_of(sweep))
-    report.update(pack_rows(data_dir, quick))
     print("6. GPU notebook suite", file=sys.stderr)
     report["gpu_notebook_suite_s"] = None if quick else gpu_notebook_suite_seconds(data_dir)
     return report
-
-
-def pack_rows(data_dir: Path, quick: bool) -> dict[str, Any]:
-    """Row 11: four trials of one architecture as one pack (``--pack 4``) against the same four one after another,
-    in trials per hour of ``python -m ablations.run``."""
-    print("11. pack of 4 vs 4 trials in turn", file=sys.stderr)
-    sweep = {
-        "only": ["baseline", "pixel+dropout=0.25"],
-        "seeds": [0, 1],
-        "epochs": 1,
-        "val_size": 100 if quick else 1000,
-        "limit_train": 200 if quick else 2000,
-    }
-    return {
-        "pack_trials_per_hour": {
-            "pack=4": sweep_rate(data_dir, 1, {**sweep, "pack": 4}),
-            "in turn": sweep_rate(data_dir, 1, sweep),
-        },
-        "pack_sweep": " ".join(argv_of(sweep)),
-    }
-
-
-def pack_row(r: dict[str, Any]) -> tuple[str, str, str]:
-    rates = r["pack_trials_per_hour"]
-    return (
-        "11. pack of 4 vs the same 4 in turn",
-        f"{rates['pack=4']:.0f} vs {rates['in turn']:.0f} trials/h = {rates['pack=4'] / rates['in turn']:.2f}x",
-        "CPU default: the faster",
-    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -523,16 +489,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if real
         else synthetic_data_dir(scratch / "synthetic", *((6000, 200) if args.quick else (50000, 10000)))
     )
-    if args.rows == "pack":
-        packed = {"machine": machine(), **pack_rows(data_dir, args.quick)}
-        m = packed["machine"]
-        print(
-            f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads; sweep: {packed['pack_sweep']}"
-            f"\n\n| measure | result | target |\n|---|---|---|\n| {' | '.join(pack_row(packed))} |"
-        )
-        if args.json:
-            args.json.write_text(json.dumps(packed, indent=2))
-        return 0
     reps, steps, warmup = (1, 2, 1) if args.quick else (args.reps, args.steps, 5)
     limit = 700 if args.quick else None
     dm = datamodule(data_dir, limit_train=limit)
@@ -626,7 +582,6 @@ def format_table(r: dict[str, Any]) -> str:
             "<= 1.5 GB",
         ),
         ("5. sweep, parallel 1 vs 2", f"{sweep['parallel=1']:.0f} vs {sweep['parallel=2']:.0f} trials/h", "faster"),
-        pack_row(r),
         ("6. GPU notebook suite", "no GPU here: not measured" if gpu is None else f"{gpu:.0f} s", "<= 60 s (H100)"),
         *speed_rows(r),
     ]

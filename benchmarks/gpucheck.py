@@ -1,19 +1,19 @@
-"""``python -m ablations.gpucheck``: on a GPU machine, time the notebook suite and check trial-parallel and DDP.
+"""``python benchmarks/gpucheck.py``: on a GPU machine, time the notebook suite and check trial-parallel and DDP.
 
-    python -m ablations.gpucheck                          # synthetic data of CIFAR-10's size, all GPUs
-    python -m ablations.gpucheck --data-dir /data/cifar10  # the real data instead
-    python -m ablations.gpucheck --tiny --accelerator cpu  # a few small trials on CPU: checks the command runs
+    python benchmarks/gpucheck.py                          # synthetic data of CIFAR-10's size, all GPUs
+    python benchmarks/gpucheck.py --data-dir /data/cifar10  # the real data instead
+    python benchmarks/gpucheck.py --tiny --accelerator cpu  # a few small trials on CPU: checks the script runs
+
+Without a GPU (and without ``--tiny``) it measures nothing: exit 2 with one line.
 
 Each row is one ``python -m ablations.run`` into a fresh logdir, timed from start to exit:
 
 - ``one at a time``: the notebook suite (9 specs, one seed, its 5 epochs), ``--parallel 1``;
 - ``one per GPU`` (with several GPUs) and ``two per GPU``: the same suite with ``--parallel`` GPUs and 2 x GPUs;
-- ``DDP``: one spec, ``--strategy ddp --devices min(2, GPUs)`` (on CPU: two gloo processes);
-- ``packed``: the notebook suite with 3 seeds (27 trials) and the ``full`` grid with 3 seeds (288 trials), each with
-  ``--pack auto`` (with ``--tiny``: 4 and 8 trials with ``--pack 4``).
+- ``DDP``: one spec, ``--strategy ddp --devices min(2, GPUs)`` (on CPU: two gloo processes).
 
 Every row also reports the sweep's aggregate training TFLOP/s (trials x training images x epochs x GFLOP per
-training image, as `ablations.measure.flops_per_image` counts it, over the wall time) beside the GPU's fp32 and
+training image, as ``measure.flops_per_image`` counts it, over the wall time) beside the GPU's fp32 and
 bf16 peaks.
 
 A row passes when the sweep exits 0 and every trial left a result.json with the expected data-parallel width.
@@ -32,15 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ablations.measure import flops_per_image, machine, synthetic_data_dir
+from measure import flops_per_image, machine, synthetic_data_dir
+
 from ablations.store import RESULT_FILE, read_result
 
 NOTEBOOK_SPECS = 9
 TINY_SPECS = ("baseline", "pixel")
 CIFAR_SIZES = (50_000, 10_000)  # training and test images of CIFAR-10
 TINY_SIZES = (700, 200)
-FULL_SPECS = 96
-TINY_FULL_SPECS = ("baseline", "pixel", "bn", "pixel+bn")
 # Dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of the GPUs the targets are set for, the
 # figures those targets were set against; other devices show none.
 PEAK_TFLOPS = {"H200": (67.0, 790.0), "H100": (67.0, 790.0)}
@@ -54,7 +53,6 @@ class Row:
     flags: tuple[str, ...]
     trials: int
     world_size: int = 1
-    packed: bool = False
 
 
 def rows(gpus: int, tiny: bool) -> list[Row]:
@@ -72,18 +70,6 @@ def rows(gpus: int, tiny: bool) -> list[Row]:
             ("--only", "pixel", "--strategy", "ddp", "--devices", str(ddp)),
             1,
             ddp,
-        )
-    )
-    pack = ("--pack", "4") if tiny else ("--pack", "auto")
-    seeds = ("--seeds", "0,1") if tiny else ("--seeds", "0,1,2")
-    table.append(Row("packed notebook suite", (*suite, *seeds, *pack), trials * (2 if tiny else 3), packed=True))
-    full = ("--suite", "full", *(("--only", *TINY_FULL_SPECS) if tiny else ()))
-    table.append(
-        Row(
-            "packed full grid",
-            (*full, *seeds, *pack),
-            (len(TINY_FULL_SPECS) * 2) if tiny else FULL_SPECS * 3,
-            packed=True,
         )
     )
     return table
@@ -105,9 +91,6 @@ def run_row(row: Row, common: list[str], logdir: Path) -> dict[str, Any]:
         problems.append(f"{len(results)} results, expected {row.trials}")
     if any(r["world_size"] != row.world_size for r in results):
         problems.append(f"world sizes {sorted({r['world_size'] for r in results})}, expected {row.world_size}")
-    packs = sorted({r["environment"].get("pack", {}).get("size", 1) for r in results})
-    if row.packed and packs[-1:] in ([], [1]):
-        problems.append("no result was trained in a pack")
     rates = [r["train_images_per_s"] for r in results]
     images = sum(r["train_images"] * r["settings"]["epochs"] for r in results)
     return {
@@ -118,7 +101,6 @@ def run_row(row: Row, common: list[str], logdir: Path) -> dict[str, Any]:
         "trials_per_h": row.trials * 3600 / seconds,
         "images_per_s": statistics.fmean(rates) if rates else None,
         "train_images": images,
-        "pack_sizes": packs,
         "ok": not problems,
         "problems": problems,
     }
@@ -139,17 +121,17 @@ def format_table(measured: list[dict[str, Any]], device: str, gflop_per_image: f
     lines = [
         f"device: {device}; {gflop_per_image:.3f} GFLOP per training image; {peaks}",
         "",
-        "| run | flags | trials | packs of | wall s | trials/h | train images/s per trial | training TFLOP/s | "
+        "| run | flags | trials | wall s | trials/h | train images/s per trial | training TFLOP/s | "
         "of fp32 / bf16 peak | ok |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|---|",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for m in measured:
         rate = "—" if m["images_per_s"] is None else f"{m['images_per_s']:.0f}"
         tflops = m["train_images"] * gflop_per_image / max(m["wall_s"], 1e-9) / 1e3
         share = f"{tflops / peak[0]:.1%} / {tflops / peak[1]:.1%}" if peak else "—"
         lines.append(
-            f"| {m['row']} | `{m['flags']}` | {m['trials']} | {','.join(map(str, m['pack_sizes']))} | "
-            f"{m['wall_s']:.1f} | {m['trials_per_h']:.0f} | {rate} | {tflops:.3f} | {share} | "
+            f"| {m['row']} | `{m['flags']}` | {m['trials']} | {m['wall_s']:.1f} | {m['trials_per_h']:.0f} | "
+            f"{rate} | {tflops:.3f} | {share} | "
             f"{'yes' if m['ok'] else 'NO: ' + '; '.join(m['problems'])} |"
         )
     return "\n".join(lines)
@@ -166,7 +148,7 @@ def device_name(accelerator: str) -> tuple[int, str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.gpucheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpucheck.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="real CIFAR-10; default: synthetic data of its size")
     parser.add_argument("--accelerator", default="auto", help="passed to every sweep (default: auto)")
     parser.add_argument(
@@ -176,6 +158,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     gpus, device = device_name(args.accelerator)
+    if not gpus and not args.tiny:
+        parser.exit(2, f"{parser.prog}: error: no GPU here ({device}): nothing to measure; --tiny checks the script\n")
     with tempfile.TemporaryDirectory(prefix="lit-cifar-gpucheck-") as scratch:
         data_dir = args.data_dir
         if data_dir is None:

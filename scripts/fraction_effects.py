@@ -4,9 +4,9 @@ A fractional suite (``design: {fraction: R}``, `ablations.designs`) runs rows of
 folders and hashes, so a finished grid already holds every fraction's trials. To report one alone, copy them into a
 folder of its own, report it, and compare (torch-free)::
 
-    python -m ablations.report.fractions extract half.yaml --source logs/factorial/full --dest logs/factorial-half/full
+    python scripts/fraction_effects.py extract half.yaml --source logs/factorial/full --dest logs/factorial-half/full
     python -m ablations.report logs/factorial-half/full
-    python -m ablations.report.fractions compare logs/factorial/full logs/factorial-half/full
+    python scripts/fraction_effects.py compare logs/factorial/full logs/factorial-half/full
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _agreement(a: dict[str, float], b: dict[str, float]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ablations.report.fractions",
+        prog="python scripts/fraction_effects.py",
         description="A fraction of a finished full grid, and its effects against the grid's.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
