@@ -29,7 +29,8 @@ import torchmetrics
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.signals import raise_if_interrupted
-from ablations.status import TrialState, TrialStatus, claim, is_finished, record_failure
+from ablations.status import TrialState, TrialStatus, OtherSettings, claim, is_finished, record_failure, refusal
+from ablations.store import UnsafePath
 from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
@@ -187,9 +188,8 @@ def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
 
 
 def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> TrialStatus:
-    """Train the trial (its lock held) and write result.json, or error.json if it raised."""
-    paths.supersede(trial.settings_hash)  # a result of other settings is kept aside, never deleted
-    paths.clear()
+    """Train the trial (its lock held, its folder made ready by `claim`) and write result.json, or error.json if
+    it raised."""
     record = {**trial.record(), "environment": environment()}
     try:
         write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
@@ -227,13 +227,18 @@ def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Rank
     Returns its `TrialStatus`, which reads as ``{"trial": name, "status": "done" | "skipped" | "busy" | "failed",
     "error": reason or None}``: BUSY when another process holds the trial's lock and not ``wait``; with ``wait``
     it waits for that process, then skips the trial if it finished or runs it if its holder died
-    (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and writes, and every rank
-    follows its decision.
+    (`ablations.status.claim` decides); FAILED, with nothing written, when `claim` refuses it (a result of other
+    settings without ``--force``, a symlinked folder). Under DDP (`ranks`), rank 0 decides, locks and writes, and
+    every rank follows its decision.
     """
     if ranks.rank != 0:
         return _follow(trial, options, ranks)
-    with claim(trial, options, wait) as state:
-        ranks.broadcast(state.value)
-        if state is not TrialState.RUN:
-            return TrialStatus(trial.name, state)
-        return _train_and_record(trial, options, trial.paths(options.logdir))
+    try:
+        with claim(trial, options, wait) as state:
+            ranks.broadcast(state.value)
+            if state is not TrialState.RUN:
+                return TrialStatus(trial.name, state)
+            return _train_and_record(trial, options, trial.paths(options.logdir))
+    except (OtherSettings, UnsafePath) as error:  # refused by `claim`: nothing trained, nothing written
+        ranks.broadcast(TrialState.FAILED.value)
+        return refusal(trial, error)
