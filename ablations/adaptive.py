@@ -438,13 +438,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run in rounds, adding seeds only to specs whose 95%% CI of the difference from the "
         "reference is wider than W (seeds 0, 1, 2, ...; replaces --seeds)",
     )
-    group.add_argument("--min-seeds", type=int, default=3, help="--target-ci: seeds of the first round (default 3)")
-    group.add_argument("--max-seeds", type=int, default=10, help="--target-ci: most seeds per spec (default 10)")
+    group.add_argument("--min-seeds", type=int, help="--target-ci: seeds of the first round (default 3)")
+    group.add_argument("--max-seeds", type=int, help="--target-ci: most seeds per spec (default 10)")
 
 
 def target_of(args: argparse.Namespace) -> Optional[Target]:
     """The command line's `Target`, or None without ``--target-ci`` (ValueError for bad values or --shard)."""
     if args.target_ci is None:
+        given = [
+            flag
+            for flag, value in (("--min-seeds", args.min_seeds), ("--max-seeds", args.max_seeds))
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} only apply with --target-ci (the seeds rule); give it or drop them"
+            )
         return None
     if args.shard:
         raise ValueError(
@@ -458,7 +467,8 @@ def target_of(args: argparse.Namespace) -> Optional[Target]:
         )
     if args.seeds:
         raise ValueError("--target-ci chooses the seeds (0, 1, 2, ...): drop --seeds")
-    return Target(args.target_ci, args.min_seeds, args.max_seeds)
+    bounds = {"min_seeds": args.min_seeds, "max_seeds": args.max_seeds}
+    return Target(args.target_ci, **{k: v for k, v in bounds.items() if v is not None})
 
 
 def run_cli(

@@ -33,6 +33,7 @@ from lit_cifar.spec import RegularizationSpec
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_ALIASES = {"seed": "notebook"}  # old name -> shipped suite
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+SEED_MAX = 2**32 - 1  # the largest seed numpy and Lightning's seed_everything accept
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # one folder under --logdir, never a path out of it
 
 
@@ -43,10 +44,12 @@ class SuiteError(ValueError):
 Rule = Callable[[Any], Optional[str]]  # None when a value is allowed, else what it must be
 
 
-def _integer(low: int, why: str = "") -> Rule:
+def _integer(low: int, why: str = "", high: Optional[int] = None) -> Rule:
     def check(value: Any) -> Optional[str]:
         if isinstance(value, bool) or not isinstance(value, int):
             return f"must be an integer >= {low}{why}"
+        if high is not None and value > high:
+            return f"must be <= {high}{why}"
         return None if value >= low else f"must be >= {low}{why}"
 
     return check
@@ -72,9 +75,9 @@ def _one_of(choices: tuple[str, ...]) -> Rule:
 
 def _seed_list(value: Any) -> Optional[str]:
     seeds = list(value) if isinstance(value, (list, tuple)) else None
-    if seeds and all(_integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
+    if seeds and all(_integer(0, high=SEED_MAX)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
         return None
-    return "must be a non-empty list of distinct integers >= 0"
+    return f"must be a non-empty list of distinct integers from 0 to {SEED_MAX}"
 
 
 SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the CLI checks its flags with these
@@ -82,7 +85,7 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
     "batch_size": _integer(1),
     "seeds": _seed_list,
     "val_size": _integer(1, ": every trial reports its accuracy on held-out training images"),
-    "split_seed": _integer(0),
+    "split_seed": _integer(0, ": numpy and Lightning seed with 32 bits", high=SEED_MAX),
     "limit_train": _optional(_integer(1)),
     "lr": _finite(0, inclusive=False),
     "lr_decay": _finite(0, inclusive=True),
