@@ -446,14 +446,10 @@ def target_of(args: argparse.Namespace) -> Optional[Target]:
     """The command line's `Target`, or None without ``--target-ci`` (ValueError for bad values or --shard)."""
     if args.target_ci is None:
         given = [
-            flag
-            for flag, value in (("--min-seeds", args.min_seeds), ("--max-seeds", args.max_seeds))
-            if value is not None
+            f"--{name.replace('_', '-')}" for name in ("min_seeds", "max_seeds") if getattr(args, name) is not None
         ]
         if given:
-            raise ValueError(
-                f"{' and '.join(given)} only apply with --target-ci (the seeds rule); give it or drop them"
-            )
+            raise ValueError(f"{' and '.join(given)} apply only with --target-ci (the seeds rule): add it or drop them")
         return None
     if args.shard:
         raise ValueError(
