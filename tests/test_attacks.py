@@ -270,3 +270,29 @@ def test_12_without_data_the_message_says_what_to_do(tmp_path, monkeypatch, caps
     status, _, err = sweep(capsys, *args, "--seeds", "0")
     assert status == 2 and "download failed. Give --data-dir FOLDER (or set LIT_CIFAR_DATA)" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "logs").exists()
+
+
+# ------------------------------------------------------------------ 13. no traceback from a stopped worker
+SIGNAL_IN_A_CALLBACK = """
+import os, signal, weakref
+from ablations.signals import Interrupted, raise_if_interrupted, stop_on_sigterm
+stop_on_sigterm()
+class Model:
+    pass
+def collected(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # the handler runs here, inside the callback
+        pass
+model = Model()
+ref = weakref.ref(model, collected)
+del model
+try:
+    raise_if_interrupted()
+except Interrupted as stop:
+    print(stop)
+"""
+
+
+def test_13_sigterm_inside_a_weakref_callback_stops_the_worker_without_a_traceback():
+    done = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_CALLBACK], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout == "interrupted by SIGTERM\n" and done.stderr == ""
