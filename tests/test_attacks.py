@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ablations.status import is_finished
 from ablations.store import RESULT_FILE, UnsafePath, folder_lock, read_result, write_result
 from ablations.suite import RunOptions
 from tests.fakes import METRICS
-from tests.helpers import REPO, sweep
+from tests.helpers import REPO, alive, sweep
 from tests.test_trust import finished, notebook_trials
 
 TRAINED = {"metrics": {**METRICS, "test/acc": 0.7}, "history": []}
@@ -296,3 +297,31 @@ except Interrupted as stop:
 def test_13_sigterm_inside_a_weakref_callback_stops_the_worker_without_a_traceback():
     done = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_CALLBACK], cwd=REPO, capture_output=True, text=True)
     assert done.stdout == "interrupted by SIGTERM\n" and done.stderr == ""
+
+
+# ---------------------------------------------------------------------------------- 5. a local Ray cluster
+LOCAL_RAY = """
+import os, time
+import ray
+from ray._raylet import AuthenticationMode, get_authentication_mode
+from ablations.engines.ray import _joined, descendants
+with _joined(ray, None):
+    token = get_authentication_mode() == AuthenticationMode.TOKEN
+    print(token, *(pid for pid, _ in descendants(os.getpid())), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_5_a_local_ray_requires_its_token_and_dies_with_a_killed_driver():
+    pytest.importorskip("ray")
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL_RAY], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert driver.stdout is not None
+    token, *pids = driver.stdout.readline().split()
+    driver.kill()  # kill -9: no cleanup of its own
+    driver.wait()
+    assert token == "True" and len(pids) >= 3  # GCS, raylet, agents
+    deadline = time.monotonic() + 10  # Ray's own agents outlive a killed driver by a minute or two
+    while any(alive(int(pid)) for pid in pids):
+        assert time.monotonic() < deadline, [pid for pid in pids if alive(int(pid))]
+        time.sleep(0.2)
