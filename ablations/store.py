@@ -150,6 +150,12 @@ class TrialPaths:
                 os.replace(entry, target / entry.name)
         return target
 
+    def drop_empty_outputs(self) -> None:
+        """Remove the empty files a failed run left (a full disk leaves an event file or hparams.yaml of 0 bytes)."""
+        for entry in self.folder.iterdir():
+            if is_trial_output(entry.name) and entry.is_file() and not entry.is_symlink() and not entry.stat().st_size:
+                entry.unlink()
+
     def clear(self) -> None:
         """Remove what a previous, partial run of the trial left (`is_trial_output`: events, error, a result);
         the lock, ``superseded/``, ``result.json.damaged`` and the user's files stay. A symlink is removed, never

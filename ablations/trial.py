@@ -31,6 +31,7 @@ from ablations.monitor import TrialLogger, TrialMonitor
 from ablations.signals import raise_if_interrupted
 from ablations.status import TrialState, TrialStatus, OtherSettings, claim, is_finished, record_failure, refusal
 from ablations.store import UnsafePath
+from ablations.trust import quiet_full_disk_in_threads
 from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
@@ -195,6 +196,7 @@ def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> T
         write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
         return TrialStatus(trial.name, TrialState.DONE)
     except Exception as error:  # isolate the failure: record it, let the sweep go on
+        paths.drop_empty_outputs()
         return record_failure(
             trial,
             options.logdir,
@@ -231,6 +233,7 @@ def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Rank
     settings without ``--force``, a symlinked folder). Under DDP (`ranks`), rank 0 decides, locks and writes, and
     every rank follows its decision.
     """
+    quiet_full_disk_in_threads()
     if ranks.rank != 0:
         return _follow(trial, options, ranks)
     try:

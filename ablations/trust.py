@@ -7,6 +7,8 @@ and the end of a sweep always says what finished, even when its report cannot be
 - `check_precision`: a precision Lightning would replace on this machine (``16-mixed`` on a CPU runs as
   ``bf16-mixed``) is refused, so that no result records a precision that did not run.
 - `write_report_or_say_why`: a report that cannot be written (a full disk) is a message, not a traceback.
+- `quiet_full_disk_in_threads`: a full disk in TensorBoard's writer threads is not a traceback per thread; the
+  trial fails with it, in one line.
 
 Imports neither torch nor Lightning (the Trainer to check is passed in).
 """
@@ -14,6 +16,7 @@ Imports neither torch nor Lightning (the Trainer to check is passed in).
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -66,6 +69,19 @@ def check_precision(requested: str, trainer: Any) -> None:
 
 def disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _thread_failed(args: Any) -> None:
+    """``threading.excepthook``: a full disk in a writer thread (TensorBoard's event writer) is said once, by the
+    trial that fails with it, not with a traceback per thread; anything else goes to Python's own hook."""
+    if isinstance(args.exc_value, OSError) and disk_full(args.exc_value):
+        return
+    threading.__excepthook__(args)
+
+
+def quiet_full_disk_in_threads() -> None:
+    """Install `_thread_failed` in this process (a sweep's, or a worker's that trains trials)."""
+    threading.excepthook = _thread_failed
 
 
 def report_problem(error: OSError, suite_dir: Path) -> str:

@@ -184,6 +184,35 @@ def test_9_a_full_disk_is_found_by_the_write_probe_before_anything_runs(cifar_di
     assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
 
 
+FULL_DISK_IN_A_THREAD = """
+import errno, threading
+from ablations.trust import quiet_full_disk_in_threads
+quiet_full_disk_in_threads()
+def write_events():
+    raise OSError(errno.ENOSPC, "No space left on device")
+writer = threading.Thread(target=write_events)
+writer.start()
+writer.join()
+print("done")
+"""
+
+
+def test_9_a_full_disk_in_a_trial_is_one_line_without_thread_tracebacks_or_empty_files(tmp_path, monkeypatch):
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_IN_A_THREAD], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout == "done\n" and done.stderr == ""  # TensorBoard's writer thread: no traceback
+
+    def fill_the_disk(trial: Any, options: RunOptions, paths: Any) -> dict:
+        (paths.folder / "events.out.tfevents.1.host").touch()  # what a full disk leaves: 0 bytes
+        (paths.folder / "hparams.yaml").touch()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trial_module, "_train_and_test", fill_the_disk)
+    [t] = notebook_trials(only=["pixel"])
+    status = trial_module.run_trial(t, RunOptions(logdir=str(tmp_path)))
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert sorted(p.name for p in t.paths(tmp_path).folder.iterdir()) == [".lock", "error.json"]
+
+
 # --------------------------------------------------------- 10. a stopped lock holder, a read-only logdir
 HOLD = (
     "import sys, time\nfrom ablations.store import folder_lock\n"
