@@ -17,13 +17,16 @@ so a mistyped flag fails in a fraction of a second.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ablations import custom
+from ablations.identity import ClassRef
 from ablations.suite import RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
 from ablations.trust import check_precision, refuse_other_settings
 from lit_cifar.spec import RegularizationSpec
@@ -198,17 +201,17 @@ def _gpu_count(accelerator: str) -> int:
 def _placement(request: Request) -> tuple[int, int, int]:
     """(devices per trial, GPUs the trials are spread over, trials at once) for the device values; ValueError for
     combinations that cannot work."""
-    gpus = _gpu_count(request.accelerator)
     devices, parallel, strategy = request.devices, request.parallel, request.strategy
-    if strategy:
-        if parallel not in (None, 1):
-            raise ValueError(
-                f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
-                "all --devices, so trials run one at a time; drop --parallel or --strategy"
-            )
-        return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
-    if request.num_nodes > 1:
+    if strategy and parallel not in (None, 1):
+        raise ValueError(
+            f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
+            "all --devices, so trials run one at a time; drop --parallel or --strategy"
+        )
+    if not strategy and request.num_nodes > 1:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
+    gpus = _gpu_count(request.accelerator)  # the first step that imports torch
+    if strategy:
+        return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
     if isinstance(devices, int):
         if devices > max(gpus, 1):
             raise ValueError(
@@ -253,8 +256,10 @@ def check_hardware(plan: Plan) -> None:
     a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
     import lightning.pytorch as pl
 
+    from ablations.quiet import quiet_lightning
     from ablations.trial import trainer_kwargs
 
+    quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
     if plan.engine == "ray":
         from ablations.engines.ray import check_address, check_supported, import_ray
 
@@ -262,7 +267,9 @@ def check_hardware(plan: Plan) -> None:
         check_supported(plan.trials, plan.options)
         check_address(plan.ray_address)
     try:
-        trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
+        with warnings.catch_warnings():  # e.g. "16-mixed on a CPU: using bf16-mixed": check_precision says it
+            warnings.simplefilter("ignore")
+            trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
     except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
         o = plan.options
         raise ValueError(
@@ -276,10 +283,15 @@ PROBE_BYTES = 1 << 20  # what the write probe writes: a full disk refuses it (an
 
 def check_paths(request: Request) -> None:
     """The checks of the request's paths that need no torch, so a mistyped path fails in a fraction of a second
-    and nothing is created on disk: the suite and settings (as `make_plan`), no symlinked suite or trial folder
+    and nothing is created on disk: the suite and settings (as `make_plan`), the packages of the model, data and
+    optimizer class paths (without importing them), no symlinked suite or trial folder
     (`ablations.store.TrialPaths.refuse_symlinks`), a ``--logdir`` that takes a real write (`probe_writable`), and
     a ``--data-dir`` that is an existing, readable folder. Raises ValueError."""
     suite, settings, _ = _suite_trials(request)
+    for what, ref in (("model", suite.model), ("data", suite.data), ("optimizer", settings.optimizer)):
+        package = ref.class_path.split(".")[0] if isinstance(ref, ClassRef) else None
+        if package is not None and importlib.util.find_spec(package) is None:  # finds it without importing it
+            raise ValueError(f"{what} class_path {ref.class_path!r}: cannot import {package!r} (it is not installed)")
     logdir = Path(request.logdir)
     for trial in expand_trials(suite, settings, only=_only(request)):
         trial.paths(logdir).refuse_symlinks()

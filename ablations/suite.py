@@ -285,7 +285,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"({', '.join(available_suites())}) or a suite .yaml file"
         ) from None
     except yaml.YAMLError as error:
-        raise SuiteError(f"malformed YAML in suite file {path}: {error}") from None
+        raise SuiteError(f"malformed YAML in suite file {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise SuiteError(
             f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors', not {type(data).__name__}"

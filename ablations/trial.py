@@ -28,6 +28,7 @@ import torchmetrics
 
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
+from ablations.quiet import quiet_lightning
 from ablations.signals import raise_if_interrupted
 from ablations.status import TrialState, TrialStatus, OtherSettings, claim, is_finished, record_failure, refusal
 from ablations.store import UnsafePath
@@ -234,6 +235,7 @@ def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Rank
     every rank follows its decision.
     """
     quiet_full_disk_in_threads()
+    quiet_lightning()  # Lightning's import set its logger back to INFO: the sweep prints its own progress
     if ranks.rank != 0:
         return _follow(trial, options, ranks)
     try:
