@@ -338,7 +338,8 @@ def check_inputs(plan: Plan) -> None:
 
     logdir = Path(plan.options.logdir)
     refuse_other_settings(plan.trials, logdir, plan.options.force)
-    needs_data = plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials)
+    finished = [is_finished(t, logdir) for t in plan.trials]  # the one read before training; warns of damage
+    needs_data = plan.options.force or not all(finished)
     custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
     if needs_data and isinstance(plan.trials[0].data, str):
         _check_data(plan)

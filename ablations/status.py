@@ -144,7 +144,7 @@ def is_finished(trial: Trial, logdir: Path | str, warn: bool = True, fresh: bool
         result = read_trial(trial, logdir, fresh)
     except ValueError as error:
         if warn:
-            print(f"warning: {error}; rerunning {trial.name}", file=sys.stderr)
+            print(f"warning: {error}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
         return False
     return result is not None and result["settings_hash"] == trial.settings_hash
 

@@ -449,7 +449,7 @@ def run_trials_ray(
     check_supported(trials, options)
     ray = import_ray()
     options = _portable(options, resources)
-    skipped, todo = split_finished(trials, options, warn=True)
+    skipped, todo = split_finished(trials, options)  # check_inputs warned of damaged results
     sweep = _RaySweep(ray, trials, options, resources, max_retries)
     for i, status in skipped.items():
         sweep.finish(i, status)
