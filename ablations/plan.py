@@ -289,8 +289,10 @@ def check_paths(request: Request) -> None:
     a ``--data-dir`` that is an existing, readable folder. Raises ValueError."""
     suite, settings, _ = _suite_trials(request)
     for what, ref in (("model", suite.model), ("data", suite.data), ("optimizer", settings.optimizer)):
-        package = ref.class_path.split(".")[0] if isinstance(ref, ClassRef) else None
-        if package is not None and importlib.util.find_spec(package) is None:  # finds it without importing it
+        if not isinstance(ref, ClassRef):
+            continue
+        package = ref.class_path.split(".")[0]
+        if importlib.util.find_spec(package) is None:  # finds it without importing it
             raise ValueError(f"{what} class_path {ref.class_path!r}: cannot import {package!r} (it is not installed)")
     logdir = Path(request.logdir)
     for trial in expand_trials(suite, settings, only=_only(request)):

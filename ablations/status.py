@@ -119,9 +119,10 @@ _READ: dict[tuple[str, int, int, int], Union[dict[str, Any], ValueError]] = {}
 def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optional[dict[str, Any]]:
     """`read_result` of the trial's folder (None: no result; ValueError: one that cannot be trusted). Unless
     `fresh`, a file read before and unchanged since (same inode, modification time and size) is not read again."""
-    folder = trial.paths(logdir).folder
+    paths = trial.paths(logdir)
+    folder = paths.folder
     try:
-        stat = os.stat(folder / "result.json", follow_symlinks=False)
+        stat = os.stat(paths.result, follow_symlinks=False)
     except OSError:
         return read_result(folder)
     key = (str(folder), stat.st_ino, stat.st_mtime_ns, stat.st_size)

@@ -68,7 +68,7 @@ def refuse_symlinks(*paths: Path) -> None:
         if Path(path).is_symlink():
             raise UnsafePath(
                 f"{path} is a symlink to {os.readlink(path)}: the harness never deletes, moves or writes "
-                "through one; replace it with a real folder"
+                "through one; replace it with a real one"
             )
 
 

@@ -2,8 +2,9 @@
 and the end of a sweep always says what finished, even when its report cannot be written.
 
 - `refuse_other_settings`: a trial folder that holds a finished result of other settings (e.g. ``--epochs 1`` there,
-  ``--epochs 2`` now) stops the run before anything trains, unless ``--force``; with ``--force`` the old result is
-  moved to ``superseded/<its settings hash>/`` (`ablations.store.TrialPaths.supersede`), never deleted.
+  ``--epochs 2`` now) stops the run before anything trains, unless ``--force``; `ablations.status.claim` checks it
+  again under the trial's lock. With ``--force`` any finished result, of these settings or others, is moved to
+  ``superseded/<its settings hash>/`` (`ablations.store.TrialPaths.make_ready`), never deleted.
 - `check_precision`: a precision Lightning would replace on this machine (``16-mixed`` on a CPU runs as
   ``bf16-mixed``) is refused, so that no result records a precision that did not run.
 - `write_report_or_say_why`: a report that cannot be written (a full disk) is a message, not a traceback.
