@@ -137,12 +137,12 @@ def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optiona
     return found
 
 
-def is_finished(trial: Trial, logdir: Path | str, warn: bool = True, fresh: bool = False) -> bool:
+def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
     """True if the trial has a trusted result.json for exactly its settings. One that cannot be trusted (e.g.
     truncated) counts as not finished, so the trial is rerun rather than silently counted; ``warn`` reports it on
     stderr."""
     try:
-        result = read_trial(trial, logdir, fresh)
+        result = read_trial(trial, logdir)
     except ValueError as error:
         if warn:
             print(f"warning: {error}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
@@ -150,9 +150,9 @@ def is_finished(trial: Trial, logdir: Path | str, warn: bool = True, fresh: bool
     return result is not None and result["settings_hash"] == trial.settings_hash
 
 
-def already_done(trial: Trial, options: RunOptions, warn: bool = True, fresh: bool = False) -> bool:
+def already_done(trial: Trial, options: RunOptions, warn: bool = True) -> bool:
     """The "already finished?" check: a result of exactly its settings, and no ``--force``."""
-    return not options.force and is_finished(trial, options.logdir, warn, fresh)
+    return not options.force and is_finished(trial, options.logdir, warn)
 
 
 def split_finished(
@@ -187,7 +187,7 @@ def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[Tri
         try:
             old = read_trial(trial, options.logdir, fresh=True)
         except ValueError:
-            old = None  # kept as result.json.damaged by make_ready, and rerun
+            old = None  # make_ready keeps it as result.json.damaged, and the trial is rerun
         if old is not None and not options.force:
             if old["settings_hash"] == trial.settings_hash:
                 yield TrialState.SKIPPED
@@ -196,7 +196,7 @@ def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[Tri
                 f"{clash_line(trial, old)}: another run left a result of other settings here; not replaced "
                 "without --force"
             )
-        paths.make_ready()
+        paths.make_ready(old)
         yield TrialState.RUN
 
 

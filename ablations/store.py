@@ -120,16 +120,14 @@ class TrialPaths:
         """`UnsafePath` if the trial folder, its cell's folder or its suite's folder is a symlink."""
         refuse_symlinks(self.folder.parent.parent, self.folder.parent, self.folder)
 
-    def make_ready(self) -> Optional[Path]:
-        """Make the folder ready for a new run of its trial (the caller holds its lock): a finished result is
-        moved with its outputs to ``superseded/<its settings hash>/`` (`supersede`), a result.json that cannot be
-        trusted is kept as ``result.json.damaged``, and the rest of the last run's outputs are removed (`clear`);
-        the user's own files stay. Returns the superseded folder, if any."""
-        try:
-            old = read_result(self.folder)
-        except ValueError:
+    def make_ready(self, old: Optional[dict[str, Any]]) -> Optional[Path]:
+        """Make the folder ready for a new run of its trial (the caller holds its lock and has just read `old`, its
+        `read_result`, None when there is none or it cannot be trusted): a finished result is moved with its
+        outputs to ``superseded/<its settings hash>/`` (`supersede`), a result.json that cannot be trusted is kept
+        as ``result.json.damaged``, and the rest of the last run's outputs are removed (`clear`); the user's own
+        files stay. Returns the superseded folder, if any."""
+        if old is None and os.path.lexists(self.result):
             os.replace(self.result, self.damaged)
-            old = None
         kept = self.supersede(str(old["settings_hash"])) if old is not None else None
         self.clear()
         return kept

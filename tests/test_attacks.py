@@ -266,6 +266,7 @@ def test_10_a_read_only_logdir_still_shows_its_report(tmp_path, monkeypatch, cap
         (["--seed", "3"], "unrecognized arguments: --seed 3"),
         (["--min-seeds", "4"], "--min-seeds apply only with --target-ci"),
         (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data is not an existing folder"),
+        (["--model", "no.such.Net"], "model class_path 'no.such.Net': cannot import 'no' (it is not installed)"),
     ],
 )
 def test_11_bad_input_is_refused_before_torch_in_one_line_creating_nothing(args, message, tmp_path):
