@@ -35,7 +35,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -372,6 +372,22 @@ def lock_holder(folder: Path) -> str:
     return f"{holder} (stopped)" if state in ("T", "t") else holder
 
 
+def _wait_for_lock(handle: int, folder: Path) -> None:
+    """Block until `folder`'s lock is ours; if that takes over `LOCK_NOTE_S`, say once on stderr who holds it."""
+    note = threading.Timer(
+        LOCK_NOTE_S,
+        lambda: print(
+            f"waiting for {folder}: its lock is held by {lock_holder(folder) or 'another process'}", file=sys.stderr
+        ),
+    )
+    note.daemon = True
+    note.start()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    finally:
+        note.cancel()
+
+
 @contextmanager
 def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
     """Hold `folder`'s lock (a trial's, or a suite's while its report is written) while the block runs. If
@@ -382,22 +398,13 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
     folder = Path(folder)
     handle = _open_lock(folder)
     try:
-        started, noted = time.monotonic(), False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    yield False
-                    return
-            if not noted and time.monotonic() - started >= LOCK_NOTE_S:
-                noted = True
-                print(
-                    f"waiting for {folder}: its lock is held by {lock_holder(folder) or 'another process'}",
-                    file=sys.stderr,
-                )
-            time.sleep(0.2)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            _wait_for_lock(handle, folder)
         try:
             os.ftruncate(handle, 0)
             os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
