@@ -252,13 +252,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run in rounds, adding seeds only to specs whose 95%% CI of the difference from the "
         "reference is wider than W (seeds 0, 1, 2, ...; replaces --seeds)",
     )
-    group.add_argument("--min-seeds", type=int, default=3, help="--target-ci: seeds of the first round (default 3)")
-    group.add_argument("--max-seeds", type=int, default=10, help="--target-ci: most seeds per spec (default 10)")
+    group.add_argument("--min-seeds", type=int, help="--target-ci: seeds of the first round (default 3)")
+    group.add_argument("--max-seeds", type=int, help="--target-ci: most seeds per spec (default 10)")
 
 
 def target_of(args: argparse.Namespace) -> Optional[Target]:
     """The command line's `Target`, or None without ``--target-ci`` (ValueError for bad values or --shard)."""
     if args.target_ci is None:
+        given = [
+            f"--{name.replace('_', '-')}" for name in ("min_seeds", "max_seeds") if getattr(args, name) is not None
+        ]
+        if given:
+            raise ValueError(f"{' and '.join(given)} apply only with --target-ci (the seeds rule): add it or drop them")
         return None
     if args.shard:
         raise ValueError(
@@ -272,7 +277,8 @@ def target_of(args: argparse.Namespace) -> Optional[Target]:
         )
     if args.seeds:
         raise ValueError("--target-ci chooses the seeds (0, 1, 2, ...): drop --seeds")
-    return Target(args.target_ci, args.min_seeds, args.max_seeds)
+    bounds = {"min_seeds": args.min_seeds, "max_seeds": args.max_seeds}
+    return Target(args.target_ci, **{k: v for k, v in bounds.items() if v is not None})
 
 
 def run_cli(

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Union
 from ablations.identity import data_label
 from ablations.signals import interrupts
 from ablations.status import TrialState, TrialStatus
-from ablations.store import RESULT_FILE, read_result
+from ablations.store import list_trials
 
 __all__ = ["SweepError", "TrialsFailed", "load_results", "run_suite"]
 
@@ -72,8 +72,9 @@ def load_results(path: Union[str, Path]) -> Any:
     """Every finished trial under `path` (a logdir holding suite folders, or one suite's folder) as a pandas
     DataFrame: one row per result.json, with ``suite``, ``cell`` (the trial folder's name), ``spec``, every spec
     field, every setting factor, ``seed``, ``model``, ``data``, the final metrics (``test_acc``, ``val_acc``,
-    ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and ``folder``. Unreadable results are skipped with a
-    warning on stderr. Imports no torch.
+    ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and ``folder``. Only the results that count are loaded
+    (`ablations.store.list_trials`: a copy in another trial's folder, or a result that cannot be trusted, is a
+    warning on stderr instead). Imports no torch.
 
     Raises:
         ValueError: `path` is not a folder.
@@ -83,16 +84,13 @@ def load_results(path: Union[str, Path]) -> Any:
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder: give a logdir or a suite's folder under it, e.g. logs/notebook")
-    files = sorted(root.glob(f"*/seed=*/{RESULT_FILE}")) or sorted(root.glob(f"*/*/seed=*/{RESULT_FILE}"))
+    suites = [root] if any(root.glob("*/seed=*")) else sorted(p for p in root.iterdir() if p.is_dir())
     rows = []
-    for file in files:
-        try:
-            result = read_result(file.parent)
-        except ValueError as error:
-            print(f"warning: {error}: not loaded", file=sys.stderr)
-            continue
-        if result is not None:
-            rows.append(_row(result, file.parent))
+    for suite_dir in suites:
+        listing = list_trials(suite_dir)
+        for problem in listing.problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        rows += [_row(result, folder) for folder, result in listing.results.items()]
     frame = pd.DataFrame(rows)
     return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
 

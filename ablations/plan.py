@@ -16,18 +16,34 @@ so a mistyped flag fails in a fraction of a second.
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ablations import custom
+from ablations.identity import ClassRef
 from ablations.suite import RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
 from ablations.trust import check_precision, refuse_other_settings
 from lit_cifar.spec import RegularizationSpec
 
-__all__ = ["Plan", "Request", "check_hardware", "check_inputs", "count_trials", "make_plan", "prepare"]
+__all__ = [
+    "Plan",
+    "Request",
+    "check_hardware",
+    "check_inputs",
+    "check_paths",
+    "count_trials",
+    "make_plan",
+    "prepare",
+    "probe_writable",
+]
+
+DATA_ENV = "LIT_CIFAR_DATA"  # named in messages before torch is imported; lit_cifar.data reads it (a test checks)
 
 SETTING_FLAGS = (
     "epochs",
@@ -181,17 +197,17 @@ def _gpu_count(accelerator: str) -> int:
 def _placement(request: Request) -> tuple[int, int, int]:
     """(devices per trial, GPUs the trials are spread over, trials at once) for the device values; ValueError for
     combinations that cannot work."""
-    gpus = _gpu_count(request.accelerator)
     devices, parallel, strategy = request.devices, request.parallel, request.strategy
-    if strategy:
-        if parallel not in (None, 1):
-            raise ValueError(
-                f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
-                "all --devices, so trials run one at a time; drop --parallel or --strategy"
-            )
-        return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
-    if request.num_nodes > 1:
+    if strategy and parallel not in (None, 1):
+        raise ValueError(
+            f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
+            "all --devices, so trials run one at a time; drop --parallel or --strategy"
+        )
+    if not strategy and request.num_nodes > 1:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
+    gpus = _gpu_count(request.accelerator)  # the first step that imports torch
+    if strategy:
+        return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
     if isinstance(devices, int):
         if devices > max(gpus, 1):
             raise ValueError(
@@ -205,8 +221,11 @@ def _placement(request: Request) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------------------------------ checks
 def prepare(request: Request, check_data: bool = True) -> Plan:
-    """`make_plan`, then (when it has trials) `check_hardware` and, with `check_data`, `check_inputs`: everything
-    that can be checked before training. Raises ValueError (or a data module's error) for the first problem."""
+    """With `check_data`, `check_paths` (before torch is imported); then `make_plan`, and (when it has trials)
+    `check_hardware` and, with `check_data`, `check_inputs`: everything that can be checked before training.
+    Raises ValueError (or a data module's error) for the first problem; nothing is created on disk before all pass."""
+    if check_data:
+        check_paths(request)
     plan = make_plan(request)
     if plan.trials:
         check_hardware(plan)
@@ -220,8 +239,10 @@ def check_hardware(plan: Plan) -> None:
     a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
     import lightning.pytorch as pl
 
+    from ablations.quiet import quiet_lightning
     from ablations.trial import trainer_kwargs
 
+    quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
     if plan.engine == "ray":
         from ablations.engines.ray import check_address, check_supported, import_ray
 
@@ -229,7 +250,9 @@ def check_hardware(plan: Plan) -> None:
         check_supported(plan.trials, plan.options)
         check_address(plan.ray_address)
     try:
-        trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
+        with warnings.catch_warnings():  # e.g. "16-mixed on a CPU: using bf16-mixed": check_precision says it
+            warnings.simplefilter("ignore")
+            trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
     except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
         o = plan.options
         raise ValueError(
@@ -238,22 +261,70 @@ def check_hardware(plan: Plan) -> None:
     check_precision(plan.trials[0].settings.precision, trainer)
 
 
+PROBE_BYTES = 1 << 20  # what the write probe writes: a full disk refuses it (an empty file it would accept)
+
+
+def check_paths(request: Request) -> None:
+    """The checks of the request's paths that need no torch, so a mistyped path fails in a fraction of a second
+    and nothing is created on disk: the suite and settings (as `make_plan`), the packages of the model, data and
+    optimizer class paths (without importing them), no symlinked suite or trial folder
+    (`ablations.store.TrialPaths.refuse_symlinks`), a ``--logdir`` that takes a real write (`probe_writable`), and
+    a ``--data-dir`` that is an existing, readable folder. Raises ValueError."""
+    suite, settings, _ = _suite_trials(request)
+    for what, ref in (("model", suite.model), ("data", suite.data), ("optimizer", settings.optimizer)):
+        if not isinstance(ref, ClassRef):
+            continue
+        package = ref.class_path.split(".")[0]
+        if importlib.util.find_spec(package) is None:  # finds it without importing it
+            raise ValueError(f"{what} class_path {ref.class_path!r}: cannot import {package!r} (it is not installed)")
+    logdir = Path(request.logdir)
+    for trial in expand_trials(suite, settings, only=_only(request)):
+        trial.paths(logdir).refuse_symlinks()
+    probe_writable(logdir)
+    data_dir = request.data_dir
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(
+            f"--data-dir {data_dir} is not an existing folder: give the folder that holds cifar-10-batches-py/ or "
+            f"cifar-10-batches-bin/ (or set {DATA_ENV})"
+        )
+    if data_dir is not None and not os.access(data_dir, os.R_OK | os.X_OK):
+        raise ValueError(f"--data-dir {data_dir} is not readable")
+
+
+def probe_writable(logdir: Path) -> None:
+    """Raise ValueError unless `PROBE_BYTES` can be written and synced in `logdir` (or, when it does not exist yet,
+    in the nearest folder above it, so a refused run creates nothing); the probe file is removed."""
+    folder = logdir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(folder))
+        try:
+            with open(probe, "xb") as f:
+                f.write(bytes(PROBE_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = "the disk is full" if full else (error.strerror or str(error))
+        raise ValueError(f"--logdir {logdir} is not writable: {why} ({folder})") from None
+
+
 def check_inputs(plan: Plan) -> None:
     """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
     checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
-    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`)."""
+    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`).
+    Expects `check_paths` to have passed."""
     from ablations.status import is_finished
 
     logdir = Path(plan.options.logdir)
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        probe = logdir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"--logdir {logdir} is not writable: {error.strerror}") from None
     refuse_other_settings(plan.trials, logdir, plan.options.force)
-    needs_data = plan.options.force or not all(is_finished(t, logdir, warn=False) for t in plan.trials)
+    finished = [is_finished(t, logdir) for t in plan.trials]  # the one read before training; warns of damage
+    needs_data = plan.options.force or not all(finished)
     custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
     if needs_data and isinstance(plan.trials[0].data, str):
         _check_data(plan)
@@ -263,11 +334,14 @@ def _check_data(plan: Plan) -> None:
     from lit_cifar.data import default_data_dir
 
     data_dir = plan.options.data_dir
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"--data-dir {data_dir} is not an existing folder")
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
         raise ValueError(f"--data-dir {folder} is not readable")
     dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder), plan.options.download)
-    dm.prepare_data()  # downloads once here, not in every worker
+    try:
+        dm.prepare_data()  # downloads once here, not in every worker
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"{error}. Give --data-dir FOLDER (or set {DATA_ENV}) with cifar-10-batches-py/ or cifar-10-batches-bin/"
+        ) from None
     dm.verify()  # a missing or truncated file, or a too-large --val-size / --limit-train, stops us now

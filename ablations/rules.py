@@ -12,12 +12,14 @@ from typing import Any, Optional
 Rule = Callable[[Any], Optional[str]]  # None when a value is allowed, else what it must be
 
 
-def integer(low: int, why: str = "") -> Rule:
-    """An integer (not a bool) >= `low`; `why` is added to the message."""
+def integer(low: int, why: str = "", high: Optional[int] = None) -> Rule:
+    """An integer (not a bool) >= `low` and at most `high`; `why` is added to the message."""
 
     def rule(value: Any) -> Optional[str]:
         if isinstance(value, bool) or not isinstance(value, int):
             return f"must be an integer >= {low}{why}"
+        if high is not None and value > high:
+            return f"must be <= {high}{why}"
         return None if value >= low else f"must be >= {low}{why}"
 
     return rule

@@ -8,6 +8,8 @@ file, and a process started for a sweep dies with its parent.
 - `raise_if_interrupted`: the check at safe points (between trials, at every batch), in case a handler's exception
   was swallowed.
 - `stop_on_sigterm`: a worker process's handler: SIGTERM stops its trial.
+- Where a handler's `Interrupted` cannot propagate (a weakref callback, a ``__del__``), it is dropped without a
+  traceback (`_quiet_unraisable`) and the next safe point stops the work.
 - `die_with_parent`: Linux sends a worker SIGTERM when its parent dies, even by SIGKILL.
 
 The engines (`ablations.engines`) and the code that trains (`ablations.trial`) both use these; neither imports the
@@ -98,8 +100,12 @@ def interrupts() -> Iterator[None]:
     """While the block runs (in the main thread), SIGTERM and SIGINT raise `Interrupted`; a second signal ends the
     process at once. Lightning keeps calling this handler from its own SIGTERM handler during ``fit``."""
     _received.clear()
-    with _handling(_raise_interrupted):
-        yield
+    sys.unraisablehook = _quiet_unraisable
+    try:
+        with _handling(_raise_interrupted):
+            yield
+    finally:
+        sys.unraisablehook = sys.__unraisablehook__
 
 
 @contextmanager
@@ -129,6 +135,15 @@ def ignoring_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _quiet_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an `Interrupted` raised where Python cannot propagate it (the signal arrived inside a
+    weakref callback or a ``__del__``) is dropped without a traceback; `raise_if_interrupted` stops the work at its
+    next safe point. Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _stop_worker(signum: int, frame: Any) -> None:
     """A worker's SIGTERM handler: stop the trial (`Interrupted`); a second SIGTERM ends the process at once."""
     signal.signal(signal.SIGTERM, _exit_at_once)
@@ -142,6 +157,7 @@ def stop_on_sigterm() -> None:
     SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_worker)
+    sys.unraisablehook = _quiet_unraisable
 
 
 def die_with_parent(parent: int) -> None:

@@ -7,27 +7,32 @@ compares equal to its text (``status.state == "done"``).
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ablations.store import folder_lock, read_result, write_json_atomic
+from ablations.store import UnsafePath, folder_lock, read_result, write_json_atomic
 
 if TYPE_CHECKING:
     from ablations.suite import RunOptions, Trial
 
 __all__ = [
     "FAILURE_FIELDS",
+    "OtherSettings",
     "TrialState",
     "TrialStatus",
     "already_done",
     "claim",
     "is_finished",
+    "read_trial",
     "record_failure",
+    "refusal",
     "split_finished",
 ]
 
@@ -65,14 +70,59 @@ class TrialStatus:
         return self.state not in (TrialState.BUSY, TrialState.RUN)
 
 
-def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
-    """True if the trial has a readable result.json for exactly its settings. An unreadable (e.g. truncated)
-    one counts as not finished, so the trial is rerun rather than silently counted; ``warn`` reports it on stderr."""
+def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``epochs 1 -> 2, lr 0.001 -> 0.01``: the settings that differ between two hashed-settings dicts."""
+    keys = sorted(set(old) | set(new))
+    changed = [
+        f"{k} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} here" for k in keys if old.get(k) != new.get(k)
+    ]
+    return ", ".join(changed) or "the settings hash"
+
+
+def clash_line(trial: Trial, old: dict[str, Any]) -> str:
+    """``pixel/seed=0 (epochs 1 there, 2 here)``: a trial whose folder holds a result of other settings."""
+    return f"{trial.name} ({differences(old.get('settings', {}), trial.hashed_settings())})"
+
+
+class OtherSettings(ValueError):
+    """The trial's folder holds a finished result of other settings, and no ``--force``: not replaced."""
+
+
+# (path, inode, mtime, size) -> the result read there, or the reason it cannot be trusted: before training a sweep
+# reads and checksums each result.json once (`read_trial`); `claim` re-reads it under the trial's lock.
+_READ: dict[tuple[str, int, int, int], Union[dict[str, Any], ValueError, None]] = {}
+
+
+def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optional[dict[str, Any]]:
+    """`read_result` of the trial's folder (None: no result; ValueError: one that cannot be trusted). Unless
+    `fresh`, a file read before and unchanged since (same inode, modification time and size) is not read again."""
+    paths = trial.paths(logdir)
+    folder = paths.folder
     try:
-        result = read_result(trial.paths(logdir).folder)
+        stat = os.stat(paths.result, follow_symlinks=False)
+    except OSError:
+        return read_result(folder)
+    key = (str(folder), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if fresh or key not in _READ:
+        try:
+            _READ[key] = read_result(folder)
+        except ValueError as error:
+            _READ[key] = error
+    found = _READ[key]
+    if isinstance(found, ValueError):
+        raise found
+    return found
+
+
+def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
+    """True if the trial has a trusted result.json for exactly its settings. One that cannot be trusted (e.g.
+    truncated) counts as not finished, so the trial is rerun rather than silently counted; ``warn`` reports it on
+    stderr."""
+    try:
+        result = read_trial(trial, logdir)
     except ValueError as error:
         if warn:
-            print(f"warning: {error}; rerunning {trial.name}", file=sys.stderr)
+            print(f"warning: {error}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
         return False
     return result is not None and result["settings_hash"] == trial.settings_hash
 
@@ -95,19 +145,41 @@ def split_finished(
 
 @contextmanager
 def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[TrialState]:
-    """Decide whether this process runs `trial`, the one place that does: SKIPPED if `already_done` (checked before
-    and again after taking the lock: another sweep may have finished it meanwhile), BUSY if another process holds
-    its lock (unless `wait`: then wait for it), else RUN, with the trial's lock held while the block runs."""
-    if already_done(trial, options):
-        yield TrialState.SKIPPED
-        return
-    with folder_lock(trial.paths(options.logdir).folder, wait) as locked:
+    """Decide whether this process runs `trial`, the one place that does, under the trial's lock: BUSY if another
+    process holds it (unless `wait`: then wait for it), SKIPPED if it holds a result of exactly its settings (re-read
+    now: another sweep may have finished it meanwhile), else RUN, with the lock held while the block runs and the
+    folder made ready (`ablations.store.TrialPaths.make_ready`: any finished result moved to ``superseded/``).
+
+    Raises:
+        OtherSettings: the folder holds a finished result of other settings and not ``--force`` (checked under the
+            lock, so a concurrent sweep with other settings never replaces it).
+        UnsafePath: the trial's folder, its cell's, its suite's or its lock is a symlink.
+    """
+    paths = trial.paths(options.logdir)
+    paths.refuse_symlinks()
+    with folder_lock(paths.folder, wait) as locked:
         if not locked:
             yield TrialState.BUSY
-        elif already_done(trial, options):
-            yield TrialState.SKIPPED
-        else:
-            yield TrialState.RUN
+            return
+        try:
+            old = read_trial(trial, options.logdir, fresh=True)
+        except ValueError:
+            old = None  # make_ready keeps it as result.json.damaged, and the trial is rerun
+        if old is not None and not options.force:
+            if old["settings_hash"] == trial.settings_hash:
+                yield TrialState.SKIPPED
+                return
+            raise OtherSettings(
+                f"{clash_line(trial, old)}: another run left a result of other settings here; not replaced "
+                "without --force"
+            )
+        paths.make_ready(old)
+        yield TrialState.RUN
+
+
+def refusal(trial: Trial, error: ValueError) -> TrialStatus:
+    """The FAILED status of a trial `claim` refused (`OtherSettings`, `UnsafePath`); nothing is written."""
+    return TrialStatus(trial.name, TrialState.FAILED, str(error))
 
 
 def record_failure(
@@ -146,4 +218,6 @@ def record_failure(
                     write_json_atomic(paths.error, content)
     except OSError as write_error:
         error += f" (and {paths.error} could not be written: {write_error.strerror})"
+    except UnsafePath as unsafe:
+        error += f" (and {paths.error} was not written: {unsafe})"
     return TrialStatus(trial.name, TrialState.FAILED, error)

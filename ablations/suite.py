@@ -28,6 +28,7 @@ from lit_cifar.spec import RegularizationSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+SEED_MAX = 2**32 - 1  # the largest seed numpy and Lightning's seed_everything accept
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # one folder under --logdir, never a path out of it
 
 
@@ -37,9 +38,9 @@ class SuiteError(ValueError):
 
 def _seed_list(value: Any) -> Optional[str]:
     seeds = list(value) if isinstance(value, (list, tuple)) else None
-    if seeds and all(integer(0)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
+    if seeds and all(integer(0, high=SEED_MAX)(s) is None for s in seeds) and len(set(seeds)) == len(seeds):
         return None
-    return "must be a non-empty list of distinct integers >= 0"
+    return f"must be a non-empty list of distinct integers from 0 to {SEED_MAX}"
 
 
 SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the CLI checks its flags with these
@@ -47,7 +48,7 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
     "batch_size": integer(1),
     "seeds": _seed_list,
     "val_size": integer(1, ": every trial reports its accuracy on held-out training images"),
-    "split_seed": integer(0),
+    "split_seed": integer(0, ": numpy and Lightning seed with 32 bits", high=SEED_MAX),
     "limit_train": optional(integer(1)),
     "lr": finite(0),
     "lr_decay": finite(0, inclusive=True),
@@ -249,7 +250,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"({', '.join(available_suites())}) or a suite .yaml file"
         ) from None
     except yaml.YAMLError as error:
-        raise SuiteError(f"malformed YAML in suite file {path}: {error}") from None
+        raise SuiteError(f"malformed YAML in suite file {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise SuiteError(
             f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors', not {type(data).__name__}"

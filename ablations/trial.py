@@ -28,8 +28,11 @@ import torchmetrics
 
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
+from ablations.quiet import quiet_lightning
 from ablations.signals import raise_if_interrupted
-from ablations.status import TrialState, TrialStatus, claim, record_failure
+from ablations.status import TrialState, TrialStatus, OtherSettings, claim, record_failure, refusal
+from ablations.store import UnsafePath
+from ablations.trust import quiet_full_disk_in_threads
 from ablations.store import TrialPaths, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar import CIFAR10DataModule, tune_allocator
@@ -188,14 +191,14 @@ def _sizes(sizes: Any, dm: Any) -> dict[str, Any]:
 
 
 def _train_and_record(trial: Trial, options: RunOptions, paths: TrialPaths) -> TrialStatus:
-    """Train the trial (its lock held) and write result.json, or error.json if it raised."""
-    paths.supersede(trial.settings_hash)  # a result of other settings is kept aside, never deleted
-    paths.clear()
+    """Train the trial (its lock held, its folder made ready by `claim`) and write result.json, or error.json if
+    it raised."""
     record = {**trial.record(), "environment": environment()}
     try:
         write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
         return TrialStatus(trial.name, TrialState.DONE)
     except Exception as error:  # isolate the failure: record it, let the sweep go on
+        paths.drop_empty_outputs()
         return record_failure(
             trial,
             options.logdir,
@@ -227,13 +230,20 @@ def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Rank
 
     Returns its `TrialStatus` (DONE, SKIPPED, BUSY or FAILED with the reason): BUSY when another process holds
     the trial's lock and not ``wait``; with ``wait`` it waits for that process, then skips the trial if it finished
-    or runs it if its holder died (`ablations.status.claim` decides). Under DDP (`ranks`), rank 0 decides, locks and
-    writes, and every rank follows its decision.
+    or runs it if its holder died (`ablations.status.claim` decides); FAILED, with nothing written, when `claim`
+    refuses it (a result of other settings without ``--force``, a symlinked folder). Under DDP (`ranks`), rank 0
+    decides, locks and writes, and every rank follows its decision.
     """
+    quiet_full_disk_in_threads()
+    quiet_lightning()  # Lightning's import set its logger back to INFO: the sweep prints its own progress
     if ranks.rank != 0:
         return _follow(trial, options, ranks)
-    with claim(trial, options, wait) as state:
-        ranks.broadcast(state.value)
-        if state is not TrialState.RUN:
-            return TrialStatus(trial.name, state)
-        return _train_and_record(trial, options, trial.paths(options.logdir))
+    try:
+        with claim(trial, options, wait) as state:
+            ranks.broadcast(state.value)
+            if state is not TrialState.RUN:
+                return TrialStatus(trial.name, state)
+            return _train_and_record(trial, options, trial.paths(options.logdir))
+    except (OtherSettings, UnsafePath) as error:  # refused by `claim`: nothing trained, nothing written
+        ranks.broadcast(TrialState.FAILED.value)
+        return refusal(trial, error)

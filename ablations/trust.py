@@ -2,11 +2,14 @@
 and the end of a sweep always says what finished, even when its report cannot be written.
 
 - `refuse_other_settings`: a trial folder that holds a finished result of other settings (e.g. ``--epochs 1`` there,
-  ``--epochs 2`` now) stops the run before anything trains, unless ``--force``; with ``--force`` the old result is
-  moved to ``superseded/<its settings hash>/`` (`ablations.store.TrialPaths.supersede`), never deleted.
+  ``--epochs 2`` now) stops the run before anything trains, unless ``--force``; `ablations.status.claim` checks it
+  again under the trial's lock. With ``--force`` any finished result, of these settings or others, is moved to
+  ``superseded/<its settings hash>/`` (`ablations.store.TrialPaths.make_ready`), never deleted.
 - `check_precision`: a precision Lightning would replace on this machine (``16-mixed`` on a CPU runs as
   ``bf16-mixed``) is refused, so that no result records a precision that did not run.
 - `write_report_or_say_why`: a report that cannot be written (a full disk) is a message, not a traceback.
+- `quiet_full_disk_in_threads`: a full disk in TensorBoard's writer threads is not a traceback per thread; the
+  trial fails with it, in one line.
 
 Imports neither torch nor Lightning (the Trainer to check is passed in).
 """
@@ -14,49 +17,38 @@ Imports neither torch nor Lightning (the Trainer to check is passed in).
 from __future__ import annotations
 
 import errno
-import json
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from ablations.store import SUPERSEDED_DIR, read_result
+from ablations.status import clash_line, read_trial
+from ablations.store import SUPERSEDED_DIR
 from ablations.suite import Trial
 
 SHOWN = 5  # trials named in a message; the rest are counted
 
 
 def finished_with_other_settings(trials: list[Trial], logdir: Path | str) -> list[tuple[Trial, dict[str, Any]]]:
-    """The trials whose folder holds a readable, finished result of other settings, with that result."""
+    """The trials whose folder holds a trusted, finished result of other settings, with that result."""
     clashes = []
     for trial in trials:
         try:
-            old = read_result(trial.paths(logdir).folder)
-        except ValueError:  # unreadable or edited: rerun like a trial that never finished
+            old = read_trial(trial, logdir)
+        except ValueError:  # cannot be trusted: rerun like a trial that never finished
             continue
         if old is not None and old["settings_hash"] != trial.settings_hash:
             clashes.append((trial, old))
     return clashes
 
 
-def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``epochs 1 -> 2, lr 0.001 -> 0.01``: the settings that differ between two hashed-settings dicts."""
-    keys = sorted(set(old) | set(new))
-    changed = [
-        f"{k} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} here" for k in keys if old.get(k) != new.get(k)
-    ]
-    return ", ".join(changed) or "the settings hash"
-
-
 def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
     """Raise ValueError, naming the trials and what differs, if any trial's folder holds a finished result of other
     settings and not `force` (the run would replace it). With `force` the run goes on and each trial moves the old
-    result aside when it starts."""
+    result aside when it starts. `ablations.status.claim` checks again under each trial's lock."""
     clashes = finished_with_other_settings(trials, logdir)
     if not clashes or force:
         return
-    shown = "; ".join(
-        f"{trial.name} ({differences(old.get('settings', {}), trial.hashed_settings())})"
-        for trial, old in clashes[:SHOWN]
-    )
+    shown = "; ".join(clash_line(trial, old) for trial, old in clashes[:SHOWN])
     more = f"; and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""
     raise ValueError(
         f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, which "
@@ -80,12 +72,27 @@ def disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def _thread_failed(args: Any) -> None:
+    """``threading.excepthook``: a full disk in a writer thread (TensorBoard's event writer) is said once, by the
+    trial that fails with it, not with a traceback per thread; anything else goes to Python's own hook."""
+    if isinstance(args.exc_value, OSError) and disk_full(args.exc_value):
+        return
+    threading.__excepthook__(args)
+
+
+def quiet_full_disk_in_threads() -> None:
+    """Install `_thread_failed` in this process (a sweep's, or a worker's that trains trials)."""
+    threading.excepthook = _thread_failed
+
+
 def report_problem(error: OSError, suite_dir: Path) -> str:
     """One line saying why the report of `suite_dir` could not be written."""
-    why = "the disk is full" if disk_full(error) else (error.strerror or str(error))
+    full = disk_full(error)
+    why = "the disk is full" if full else (error.strerror or str(error))
+    then = "free some space and run" if full else "run"
     return (
         f"the report in {suite_dir} could not be written: {why} ({error.filename or suite_dir}). The trials' "
-        f"results are kept; free some space and run `python -m ablations.report {suite_dir}`"
+        f"results are kept; {then} `python -m ablations.report {suite_dir}`"
     )
 
 

@@ -22,6 +22,7 @@ from ablations.store import folder_lock, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
 from tests import fakes
+from tests.fakes import METRICS
 from tests.helpers import REPO
 
 PACKAGES = (REPO / "lit_cifar", REPO / "ablations")
@@ -35,7 +36,7 @@ def fake_trials(n: int = 3) -> list[Trial]:
 def finish(trial: Trial, logdir: Path) -> None:
     """A finished result of exactly the trial's settings."""
     trial.paths(logdir).folder.mkdir(parents=True, exist_ok=True)
-    write_result(trial.paths(logdir).result, {**trial.record(), "metrics": {}})
+    write_result(trial.paths(logdir).result, {**trial.record(), "metrics": METRICS, "history": []})
 
 
 # ------------------------------------------------------------------------------------------------- imports

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ablations.store import write_result
 from ablations.suite import expand_trials, load_suite
+from tests.fakes import METRICS
 from tests.helpers import REPO, sweep, wait_until
 from tests.synthetic import write_synthetic_cifar100
 
@@ -141,8 +143,10 @@ def test_load_results_imports_no_torch(tmp_path) -> None:
     suite = load_suite(str(suite_file(tmp_path, factors={"lr": [0.01, 0.001]})))
     for trial in expand_trials(suite, suite.settings):
         trial.paths(tmp_path / "logs").folder.mkdir(parents=True)
-        trial.paths(tmp_path / "logs").result.write_text(
-            json.dumps({**trial.record(), "metrics": {"test/acc": 0.5 + trial.order / 10}, "wall_time_s": 1.0})
+        acc = 0.5 + trial.order / 10
+        write_result(
+            trial.paths(tmp_path / "logs").result,
+            {**trial.record(), "metrics": {**METRICS, "test/acc": acc}, "history": [], "wall_time_s": 1.0},
         )
     code = (
         "import sys, ablations; df = ablations.load_results(sys.argv[1]); "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations.report import report
+from ablations import store
 from ablations.report import load_results
 from lit_cifar.cli import main as cli_main
 from tests.helpers import REPO, install_wheel, outside_env
@@ -118,7 +118,7 @@ def test_a_result_that_vanishes_after_the_listing_is_not_counted(
     folder = tmp_path / "suite" / "pixel" / "seed=0"
     folder.mkdir(parents=True)
     (folder / "result.json").write_text("{}")  # listed by the glob
-    monkeypatch.setattr(report, "read_result", lambda run_dir: None)  # gone when read
+    monkeypatch.setattr(store, "read_result", lambda run_dir: None)  # gone when read
     assert load_results(tmp_path / "suite") == ([], [])
 
 

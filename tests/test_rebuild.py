@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 
 from ablations.report import board, plots
 from ablations.report.rebuild import main
-from ablations.store import RESULT_FILE, folder_lock
+from ablations.store import RESULT_FILE, folder_lock, write_result
 
 EPOCHS = 2
 FIELDS = {
@@ -81,7 +81,7 @@ def old_result(spec: str, seed: int, fields: dict, order: int) -> dict:
 
 def write_old_trial(folder: Path, result: dict, png: bytes) -> None:
     folder.mkdir(parents=True)
-    (folder / RESULT_FILE).write_text(json.dumps(result))
+    write_result(folder / RESULT_FILE, result)
     fit = [
         (351 * (e + 1), board.scalar_summary({"val/acc": h["val/acc"], "epoch": float(e)}))
         for e, h in enumerate(result["history"])

@@ -15,7 +15,7 @@ import pytest
 
 from ablations.report import write_report
 from ablations.report.__main__ import main
-from ablations.store import RESULT_FILE, TrialPaths, write_json_atomic
+from ablations.store import RESULT_FILE, TrialPaths, write_result
 from lit_cifar.spec import RegularizationSpec
 from tests.helpers import REPO
 
@@ -70,7 +70,7 @@ def write_results(suite_dir: Path, results: list[dict]) -> None:
     for result in results:
         paths = TrialPaths.of(suite_dir.parent, suite_dir.name, result["spec"], result["seed"])
         paths.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(paths.result, result)
+        write_result(paths.result, result)
 
 
 NOTEBOOKISH = {"baseline": 0.20, "pixel": 0.50, "pixel+bn": 0.50, "pixel+l1=0.01": 0.25}  # true means

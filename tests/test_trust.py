@@ -25,6 +25,7 @@ from ablations.report.__main__ import main as report_command
 from ablations.run import build_parser, main, make_plan, summarize
 from ablations.store import RESULT_FILE, SUPERSEDED_DIR, read_result, write_result
 from ablations.suite import RunOptions, Trial, expand_trials, load_suite
+from tests.fakes import METRICS
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,8 @@ def test_force_keeps_the_result_of_other_settings(tmp_path, monkeypatch):
     [old] = notebook_trials(only=["pixel"], epochs=1)
     [new] = notebook_trials(only=["pixel"], epochs=2)
     saved = finished(old, tmp_path).read_text()
-    monkeypatch.setattr(trial_module, "_train_and_test", lambda trial, options, paths: {"metrics": {"test/acc": 0.7}})
+    trained = {"metrics": {**METRICS, "test/acc": 0.7}, "history": []}
+    monkeypatch.setattr(trial_module, "_train_and_test", lambda trial, options, paths: trained)
     status = trial_module.run_trial(new, RunOptions(logdir=str(tmp_path), force=True))
     assert status.state == "done"
     folder = new.paths(tmp_path).folder
@@ -165,13 +167,18 @@ def test_an_edited_result_is_not_counted_and_its_trial_reruns(tmp_path, capsys):
     assert results == [] and "does not match its checksum" in problems[0]
 
 
-def test_results_without_a_checksum_still_count(tmp_path):
+def test_a_result_without_a_checksum_is_a_problem_not_a_legacy_pass(tmp_path):
     [t] = notebook_trials(only=["pixel"])
     path = finished(t, tmp_path)
-    legacy = json.loads(path.read_text())
-    del legacy["checksum"]
-    path.write_text(json.dumps(legacy))
-    assert read_result(path.parent)["metrics"]["test/acc"] == 0.5 and trial_module.is_finished(t, tmp_path)
+    stripped = json.loads(path.read_text())
+    del stripped["checksum"]
+    stripped["metrics"]["test/acc"] = 0.99
+    path.write_text(json.dumps(stripped))
+    with pytest.raises(ValueError, match="has no field 'checksum'"):
+        read_result(path.parent)
+    assert not trial_module.is_finished(t, tmp_path, warn=False)
+    results, problems = report.load_results(tmp_path / "notebook")
+    assert results == [] and "has no field 'checksum'" in problems[0]
 
 
 def test_report_of_another_suites_folder_or_an_empty_one_exits_non_zero(tmp_path, capsys):

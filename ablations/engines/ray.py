@@ -25,6 +25,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -135,7 +137,7 @@ def import_ray() -> Any:
         import ray
     except ImportError as error:
         raise ValueError(
-            f'--engine ray needs Ray ({error}): pip install -e ".[ray]" (or pip install "ray>=2.9")'
+            f'--engine ray needs Ray ({error}): pip install -e ".[ray]" (the Ray release pyproject.toml names)'
         ) from None
     return ray
 
@@ -156,11 +158,18 @@ def _portable(options: RunOptions, resources: TrialResources) -> RunOptions:
     )
 
 
-def _connect(ray: Any, address: Optional[str]) -> bool:
+def _connect(ray: Any, address: Optional[str]) -> tuple[bool, Optional[subprocess.Popen]]:
     """Join Ray: the instance this process already joined, the cluster at `address`, or a new local instance with
-    the cores this process may use. True if this call started it (and so must shut it down)."""
+    the cores this process may use. Returns whether this call joined it (and so must leave it), and the `reaper`
+    of a local instance it started (whose processes then die with this one, even by ``kill -9``).
+
+    A local instance has no dashboard, and Ray (>= 2.59, the floor) requires its token (``~/.ray/auth_token``) on
+    every RPC unless ``RAY_AUTH_MODE=disabled``. Its core processes still listen on all interfaces: Ray has no
+    option to bind them to 127.0.0.1 (it replaces a loopback ``_node_ip_address`` by the machine's address), as
+    docs/cluster.md says.
+    """
     if ray.is_initialized():
-        return False
+        return False, None
     import logging
 
     local = address is None
@@ -171,7 +180,70 @@ def _connect(ray: Any, address: Optional[str]) -> bool:
         logging_level=logging.ERROR,
         log_to_driver=False,
     )
-    return True
+    return True, reaper(descendants(os.getpid())) if local else None
+
+
+def _start_time(pid: int) -> Optional[int]:
+    """When process `pid` started (clock ticks since boot, from /proc), None if it is gone: a PID and its start time
+    name one process, even after the PID is reused."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(PID, start time) of every process below `pid` (a local Ray's GCS, raylet, agents and workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        start = _start_time(child)
+        if start is not None:
+            found.append((child, start))
+        todo += parents.get(child, [])
+    return found
+
+
+def reaper(processes: list[tuple[int, int]]) -> Optional[subprocess.Popen]:
+    """A process that kills `processes` (PID, start time) when this one dies, by any signal (``PR_SET_PDEATHSIG``)
+    or when it is stopped (`_joined`): Ray's agents otherwise outlive a killed driver for a minute or two. None
+    where /proc is missing (not Linux)."""
+    if not processes:
+        return None
+    listed = [f"{pid}:{start}" for pid, start in processes]
+    body = "import sys\nfrom ablations.engines.ray import _reap\n_reap(int(sys.argv[1]), sys.argv[2:])"
+    return subprocess.Popen([sys.executable, "-c", body, str(os.getpid()), *listed], stdin=subprocess.DEVNULL)
+
+
+def _reap(parent: int, listed: list[str]) -> None:
+    """The reaper's body: wait for SIGTERM (its parent died, or `_joined` asks), then SIGKILL each listed process
+    that is still the same process."""
+    from ablations.signals import die_with_parent
+
+    processes = [tuple(int(part) for part in item.split(":")) for item in listed]
+
+    def kill_all(signum: int, frame: Any) -> None:
+        for pid, start in processes:
+            if _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, kill_all)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the driver stops it in order
+    die_with_parent(parent)
+    while True:
+        signal.pause()
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -189,14 +261,17 @@ def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
     """
     main = threading.current_thread() is threading.main_thread()  # only the main thread handles signals
     previous = signal.getsignal(signal.SIGTERM) if main else None
-    started = _connect(ray, address)
+    joined, reaping = _connect(ray, address)
     if main:
         signal.signal(signal.SIGTERM, previous if callable(previous) else _exit_on_sigterm)
     try:
-        yield started
+        yield joined
     finally:
-        if started:
+        if joined:
             ray.shutdown()
+        if reaping is not None:  # and anything a local Ray left behind goes with it
+            reaping.terminate()
+            reaping.wait()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -1,13 +1,14 @@
 """``python -m ablations.report SUITE_DIR [--reference SPEC]`` (also ``lit-cifar-report``): write a suite's report
 (`ablations.report.report`) and print its table.
 
-Exit status: 0 written, 1 it could not be written (a full disk: said in one line), 2 a bad folder or ``--reference``,
-or the harness's extra missing.
+Exit status: 0 written (or, in a folder this process cannot write, shown only), 1 it could not be written (a full
+disk: said in one line), 2 a bad folder or ``--reference``, or the harness's extra missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -20,7 +21,7 @@ PROG = "python -m ablations.report"
 def main(argv: Optional[list[str]] = None) -> int:
     require_extra(PROG)
     from ablations.report.report import DEFAULT_REFERENCE, write_report
-    from ablations.trust import report_problem
+    from ablations.trust import disk_full, report_problem
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/notebook")
@@ -38,8 +39,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as error:
         return _fail(str(error))
     except OSError as error:
-        print(f"error: {report_problem(error, args.suite_dir)}", file=sys.stderr)
-        return 1
+        if disk_full(error) or os.access(args.suite_dir, os.W_OK):
+            print(f"error: {report_problem(error, args.suite_dir)}", file=sys.stderr)
+            return 1
+        return _show_read_only(args.suite_dir, args.reference)
+    return 0
+
+
+def _show_read_only(suite_dir: Path, reference: Optional[str]) -> int:
+    """A suite folder this process cannot write (a read-only copy, another user's): print its table, write nothing."""
+    from ablations.report.report import build_report, report_text
+
+    report = build_report(suite_dir, reference)
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(report_text(report))
+    print(
+        f"note: {suite_dir} is not writable: the table is shown, results.md and the charts are not rewritten",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -387,20 +387,11 @@ class RunWriter:
 
 
 def suite_results(suite_dir: Path, skip: Optional[Path] = None) -> list[dict[str, Any]]:
-    """Every readable result.json of the suite's trials (``<cell>/seed=<s>/``), but the one in `skip`."""
-    from ablations.store import RESULT_FILE, read_result
+    """Every result of the suite's trials that counts (`ablations.store.list_trials`), but the one in `skip`."""
+    from ablations.store import list_trials
 
-    results = []
-    for path in sorted(Path(suite_dir).glob(f"*/seed=*/{RESULT_FILE}")):
-        if skip is not None and path.parent.resolve() == Path(skip).resolve():
-            continue
-        try:
-            result = read_result(path.parent)
-        except ValueError:
-            continue  # the report lists it; it has no row until it is rerun
-        if result is not None:
-            results.append(result)
-    return results
+    skipped = Path(skip).resolve() if skip is not None else None
+    return [r for folder, r in list_trials(suite_dir).results.items() if folder.resolve() != skipped]
 
 
 def write_run(run_dir: Path, summaries: Items, replace: bool, clock: Optional[Clock] = None) -> bool:

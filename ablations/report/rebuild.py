@@ -38,7 +38,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.proto import summary_pb2
 
 from ablations.report import board
-from ablations.store import RESULT_FILE, folder_lock, read_result
+from ablations.store import RESULT_FILE, folder_lock, list_trials, read_result
 
 OLD_SAMPLE_TAGS = ("data/one_training_image_per_class", board.SAMPLES_TAG)  # per-trial images of older code
 
@@ -163,8 +163,7 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> Outcome:
     from ablations.report import report
 
     outcome, settings, old_png = Outcome(), None, None
-    for path in sorted(suite_dir.glob(f"*/seed=*/{RESULT_FILE}")):
-        folder = path.parent
+    for folder in list_trials(suite_dir).results:  # the results that count; re-read under each one's lock
         name = str(folder.relative_to(suite_dir))
         with folder_lock(folder) as locked:
             if not locked:

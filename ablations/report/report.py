@@ -35,10 +35,9 @@ from ablations.report import board, plots
 from ablations.report.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
 from ablations.identity import cell_view
 from ablations.store import (
-    ERROR_FILE,
     RESULT_FILE,
     folder_lock,
-    read_result,
+    list_trials,
     settings_key,
     write_bytes_atomic,
     write_text_atomic,
@@ -101,23 +100,9 @@ def _std(values: list[float]) -> float:
 
 
 def load_results(suite_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every readable result.json of the suite, and a line for each problem (unreadable results, failures)."""
-    results, problems = [], []
-    for path in sorted(suite_dir.glob(f"*/seed=*/{RESULT_FILE}")):
-        try:
-            result = read_result(path.parent)
-        except ValueError as error:
-            problems.append(f"{error}: the trial will be rerun, it is not counted")
-            continue
-        if result is not None:  # None: the file went away after the listing (a trial being rerun)
-            results.append(result)
-    for path in sorted(suite_dir.glob(f"*/seed=*/{ERROR_FILE}")):
-        if not (path.parent / RESULT_FILE).exists():
-            try:
-                problems.append(f"failed {path.parent.relative_to(suite_dir)}: {json.loads(path.read_text())['error']}")
-            except (OSError, ValueError, KeyError):
-                problems.append(f"failed {path.parent.relative_to(suite_dir)} (unreadable {ERROR_FILE})")
-    return results, problems
+    """Every result of the suite that counts, and a line for each problem (`ablations.store.list_trials`)."""
+    listing = list_trials(suite_dir)
+    return list(listing.results.values()), listing.problems
 
 
 def _spec_row(spec: str, runs: list[dict[str, Any]]) -> SpecSummary:
@@ -600,6 +585,11 @@ def write_report(suite_dir: Path, reference: Optional[str] = None, settings: Opt
         report = build_report(suite_dir, reference, settings)
         report.caption = read_caption(suite_dir)
         _write_files(suite_dir, report)
+    return report_text(report)
+
+
+def report_text(report: SuiteReport) -> str:
+    """The per-spec table and the verdict on the comparisons (what a sweep and the report print)."""
     return spec_table(report) + ("\n\n" + verdict(report) if report.reference else "")
 
 
