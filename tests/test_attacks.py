@@ -24,7 +24,8 @@ import pytest
 from ablations import api, plan, store
 from ablations import trial as trial_module
 from ablations.report import board, report
-from ablations.status import is_finished
+from ablations.report.__main__ import main as report_command
+from ablations.status import TrialState, is_finished
 from ablations.store import RESULT_FILE, UnsafePath, folder_lock, read_result, write_result
 from ablations.suite import RunOptions
 from tests.fakes import METRICS
@@ -59,7 +60,7 @@ def test_1_a_copied_trial_folder_is_a_problem_not_another_seed(tmp_path):
 def test_2_force_with_unchanged_settings_keeps_the_old_result_in_superseded(tmp_path, stand_in):
     [t] = notebook_trials(only=["pixel"])
     saved = finished(t, tmp_path).read_text()
-    assert trial_module.run_trial(t, RunOptions(logdir=str(tmp_path), force=True))["status"] == "done"
+    assert trial_module.run_trial(t, RunOptions(logdir=str(tmp_path), force=True)).state is TrialState.DONE
     kept = t.paths(tmp_path).superseded / t.settings_hash
     assert (kept / RESULT_FILE).read_text() == saved and (kept / "events.out.tfevents.1.host").exists()
     assert read_result(t.paths(tmp_path).folder)["metrics"]["test/acc"] == 0.7
@@ -75,7 +76,7 @@ def test_3_a_concurrent_sweep_with_other_settings_gets_the_refusal_not_a_replace
     [new] = notebook_trials(only=["pixel"], epochs=2)
     saved = finished(old, tmp_path).read_text()
     status = trial_module.run_trial(new, RunOptions(logdir=str(tmp_path)))
-    assert status["status"] == "failed" and "pixel/seed=0 (epochs 1 there, 2 here)" in status["error"]
+    assert status.state is TrialState.FAILED and "pixel/seed=0 (epochs 1 there, 2 here)" in str(status.error)
     assert old.paths(tmp_path).result.read_text() == saved
     assert not old.paths(tmp_path).superseded.exists() and not old.paths(tmp_path).error.exists()
 
@@ -91,7 +92,7 @@ def test_4_a_symlinked_trial_folder_is_refused_and_its_target_untouched(tmp_path
     folder.parent.mkdir(parents=True)
     folder.symlink_to(elsewhere)
     status = trial_module.run_trial(t, RunOptions(logdir=str(tmp_path / "logs")))
-    assert status["status"] == "failed" and "is a symlink" in status["error"]
+    assert status.state is TrialState.FAILED and "is a symlink" in str(status.error)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["events.out.tfevents.9.host", "precious.txt"]
     _, problems = report.load_results(tmp_path / "logs" / "notebook")
     assert problems == ["pixel/seed=0 is a symlink: not followed, not counted"]
@@ -165,7 +166,7 @@ def test_8_a_retrain_keeps_the_users_files_and_the_damaged_result(tmp_path, stan
     (folder / RESULT_FILE).write_text('{"metrics": {"test/a')  # damaged
     (folder / "notes.md").write_text("my notes")
     (folder / "events.out.tfevents.1.host").write_text("the last run's events")
-    assert trial_module.run_trial(t, RunOptions(logdir=str(tmp_path)))["status"] == "done"
+    assert trial_module.run_trial(t, RunOptions(logdir=str(tmp_path))).state is TrialState.DONE
     assert (folder / "notes.md").read_text() == "my notes"
     assert (folder / "result.json.damaged").read_text() == '{"metrics": {"test/a'
     assert not (folder / "events.out.tfevents.1.host").exists()
@@ -209,7 +210,7 @@ def test_9_a_full_disk_in_a_trial_is_one_line_without_thread_tracebacks_or_empty
     monkeypatch.setattr(trial_module, "_train_and_test", fill_the_disk)
     [t] = notebook_trials(only=["pixel"])
     status = trial_module.run_trial(t, RunOptions(logdir=str(tmp_path)))
-    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert status.state is TrialState.FAILED and "No space left on device" in str(status.error)
     assert sorted(p.name for p in t.paths(tmp_path).folder.iterdir()) == [".lock", "error.json"]
 
 
@@ -250,7 +251,7 @@ def test_10_a_read_only_logdir_still_shows_its_report(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(os, "access", read_only)
     monkeypatch.setattr(report, "folder_lock", no_lock)
-    assert report.main([str(suite_dir)]) == 0
+    assert report_command([str(suite_dir)]) == 0
     out, err = capsys.readouterr()
     assert "| pixel | 2 |" in out and "is not writable: the table is shown" in err and "free some space" not in err
     assert not (suite_dir / "results.md").exists()

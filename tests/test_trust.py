@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ablations import trial as trial_module
-from ablations.status import TrialState, TrialStatus
+from ablations.status import TrialState, TrialStatus, is_finished
 from ablations.report import report
 from ablations.report.__main__ import main as report_command
 from ablations.run import build_parser, main, make_plan, summarize
@@ -152,13 +152,13 @@ def test_16_mixed_on_a_cpu_is_refused_before_anything_runs(cifar_dir, tmp_path, 
 def test_an_edited_result_is_not_counted_and_its_trial_reruns(tmp_path, capsys):
     [t] = notebook_trials(only=["pixel"])
     path = finished(t, tmp_path, 0.5)
-    assert trial_module.is_finished(t, tmp_path)
+    assert is_finished(t, tmp_path)
     edited = json.loads(path.read_text())
     edited["metrics"]["test/acc"] = 0.99
     path.write_text(json.dumps(edited, indent=2, sort_keys=True))
     with pytest.raises(ValueError, match="does not match its checksum"):
         read_result(path.parent)
-    assert not trial_module.is_finished(t, tmp_path)
+    assert not is_finished(t, tmp_path)
     assert (
         "does not match its checksum: it was changed after the trial wrote it; rerunning pixel/seed=0"
         in capsys.readouterr().err
@@ -176,7 +176,7 @@ def test_a_result_without_a_checksum_is_a_problem_not_a_legacy_pass(tmp_path):
     path.write_text(json.dumps(stripped))
     with pytest.raises(ValueError, match="has no field 'checksum'"):
         read_result(path.parent)
-    assert not trial_module.is_finished(t, tmp_path, warn=False)
+    assert not is_finished(t, tmp_path, warn=False)
     results, problems = report.load_results(tmp_path / "notebook")
     assert results == [] and "has no field 'checksum'" in problems[0]
 
