@@ -110,7 +110,7 @@ def verdicts(low: Any, high: Any, margin: float) -> np.ndarray:
     """`ablations.report.stats.verdict` of every interval, numpy-broadcast (an array of strings)."""
     from ablations.report.stats import verdict
 
-    return np.frompyfunc(lambda lo, hi: verdict(float(lo), float(hi), margin), 2, 1)(low, high).astype(str)
+    return np.asarray(np.frompyfunc(lambda lo, hi: verdict(float(lo), float(hi), margin), 2, 1)(low, high), str)
 
 
 def decide_answered(n: np.ndarray, mean: np.ndarray, var: np.ndarray, reference: int, answer: Answer) -> np.ndarray:
@@ -394,7 +394,8 @@ def target_of(args: argparse.Namespace) -> Optional[Rule]:
             given, flag = ["--margin"], "--until-answered"
         if given:
             need = flag or "--until-answered or --target-ci"
-            raise ValueError(f"{' and '.join(given)} apply only with {need} (the seeds rule): add it or drop them")
+            verb = "apply" if len(given) > 1 else "applies"
+            raise ValueError(f"{' and '.join(given)} {verb} only with {need} (a seeds rule): add it or drop it")
         return None
     if args.shard:
         raise ValueError(
