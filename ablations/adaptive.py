@@ -261,11 +261,13 @@ def _rounds(
         if spec == reference:
             status = "reference"
         elif isinstance(target, Answer):
-            ref = known[reference][: len(known[spec])]
-            lows, highs = answer_interval(
-                len(ref), np.mean(known[spec]), var[i], np.mean(ref), np.var(ref, ddof=1), target, len(specs) - 1
-            )
-            low, high = float(lows), float(highs)
+            k = min(len(known[spec]), len(known[reference]))  # the look's seeds, on both sides
+            if k >= 2:
+                mine, ref = known[spec][:k], known[reference][:k]
+                bounds = answer_interval(
+                    k, np.mean(mine), np.var(mine, ddof=1), np.mean(ref), np.var(ref, ddof=1), target, len(specs) - 1
+                )
+                low, high = float(bounds[0]), float(bounds[1])
             status = str(verdicts(low, high, float(target.margin)))
             if done and status == OPEN:
                 status = CAP
