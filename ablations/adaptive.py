@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -68,16 +68,12 @@ class Answer:
     ``±margin``), each look's interval at `level` so that all of them hold together with probability
     ``1 - alpha``."""
 
-    margin: Optional[float] = None  # None: the report's default, `ablations.report.stats.MARGIN`
+    margin: float = field(default_factory=lambda: _report_margin())  # the report's default, 0.01
     min_seeds: int = 3
     max_seeds: int = 10
     alpha: float = ALPHA
 
     def __post_init__(self) -> None:
-        if self.margin is None:
-            from ablations.report.stats import MARGIN
-
-            object.__setattr__(self, "margin", MARGIN)
         check("margin", self.margin, finite(0, inclusive=True))
         check("min_seeds", self.min_seeds, integer(2, " (an interval needs two seeds)"))
         check("max_seeds", self.max_seeds, integer(self.min_seeds, " (min_seeds)"))
@@ -92,6 +88,12 @@ class Answer:
         """The confidence level of each look's interval: ``1 - alpha / (comparisons x looks)`` (Bonferroni's
         spending of `alpha` over every look at every comparison)."""
         return 1 - self.alpha / (max(comparisons, 1) * self.looks)
+
+
+def _report_margin() -> float:
+    from ablations.report.stats import MARGIN  # imported when needed: the report's statistics load pandas
+
+    return MARGIN
 
 
 def answer_interval(
@@ -268,7 +270,7 @@ def _rounds(
                     k, np.mean(mine), np.var(mine, ddof=1), np.mean(ref), np.var(ref, ddof=1), target, len(specs) - 1
                 )
                 low, high = float(bounds[0]), float(bounds[1])
-            status = str(verdicts(low, high, float(target.margin)))
+            status = str(verdicts(low, high, target.margin))
             if done and status == OPEN:
                 status = CAP
             width[i] = high - low
@@ -411,11 +413,11 @@ def target_of(args: argparse.Namespace) -> Optional[Rule]:
         )
     if args.seeds:
         raise ValueError(f"{flag} chooses the seeds (0, 1, 2, ...): drop --seeds")
-    bounds = {"min_seeds": args.min_seeds, "max_seeds": args.max_seeds}
-    given = {k: v for k, v in bounds.items() if v is not None}
+    bounds = {"min_seeds": args.min_seeds, "max_seeds": args.max_seeds, "margin": args.margin}
+    chosen = {k: v for k, v in bounds.items() if v is not None}
     if args.until_answered:
-        return Answer(args.margin, **given)
-    return Target(args.target_ci, **given)
+        return Answer(**chosen)
+    return Target(args.target_ci, **chosen)
 
 
 def run_cli(

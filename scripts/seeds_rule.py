@@ -224,7 +224,7 @@ class Answered:
 
     def wrong(self) -> np.ndarray:
         """(studies, specs - 1): whether each verdict is wrong about its true difference."""
-        return wrong_verdicts(self.verdict, self.differences, float(self.answer.margin))
+        return wrong_verdicts(self.verdict, self.differences, self.answer.margin)
 
     @property
     def trials(self) -> float:
@@ -252,7 +252,11 @@ def _draws(truth: np.ndarray, std: np.ndarray, studies: int, seeds: int, rng: np
 
 
 def simulate_answered(
-    stds: Sequence[float], truths: Sequence[float], answer: Answer, studies: int = 1000, seed: int = 0,
+    stds: Sequence[float],
+    truths: Sequence[float],
+    answer: Answer,
+    studies: int = 1000,
+    seed: int = 0,
     fixed_cap: int = 200,
 ) -> Answered:
     """Run the until-answered rule on `studies` simulated studies whose seed k of spec i scores
@@ -273,15 +277,20 @@ def simulate_answered(
     mean, var = first_seeds(draws, n)
     ref_mean, ref_var = first_seeds(np.repeat(draws[..., :1], comparisons, axis=-1), n[:, 1:])
     low, high = answer_interval(n[:, 1:], mean[:, 1:], var[:, 1:], ref_mean, ref_var, answer, comparisons)
-    verdict = verdicts(low, high, float(answer.margin))
+    verdict = verdicts(low, high, answer.margin)
     decisive = (verdict != OPEN).mean(0)
     fixed, shares, wrong = _fixed_design(truth, std, answer, decisive, studies, rng, fixed_cap)
     return Answered(truth, answer, n, low, high, verdict, fixed, fixed_cap, shares, wrong)
 
 
 def _fixed_design(
-    truth: np.ndarray, std: np.ndarray, answer: Answer, decisive: np.ndarray, studies: int,
-    rng: np.random.Generator, cap: int,
+    truth: np.ndarray,
+    std: np.ndarray,
+    answer: Answer,
+    decisive: np.ndarray,
+    studies: int,
+    rng: np.random.Generator,
+    cap: int,
 ) -> tuple[int, np.ndarray, float]:
     """The fewest seeds per spec (2 to `cap`) whose single look answers each comparison at least as often as
     `decisive`; (0, shares at `cap`, ...) if none does. Seeds are drawn one at a time (running sums)."""
@@ -296,10 +305,10 @@ def _fixed_design(
         mean = total / n
         var = np.maximum(squares - n * mean**2, 0) / (n - 1)
         low, high = answer_interval(n, mean[:, 1:], var[:, 1:], mean[:, :1], var[:, :1], one_look, truth.size - 1)
-        verdict = verdicts(low, high, float(answer.margin))
+        verdict = verdicts(low, high, answer.margin)
         shares = (verdict != OPEN).mean(0)
         if np.all(shares >= decisive) or n == cap:
-            wrong = wrong_verdicts(verdict, truth[1:] - truth[0], float(answer.margin)).any(1).mean()
+            wrong = wrong_verdicts(verdict, truth[1:] - truth[0], answer.margin).any(1).mean()
             return (n if np.all(shares >= decisive) else 0), shares, float(wrong)
     raise AssertionError("unreachable")
 
@@ -414,7 +423,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if not args.source.is_dir():
                     parser.error(f"{args.source} is not a folder")
                 names, stds, truths = replication_truths(args.source, args.reference)
-            answer = Answer(args.margin, args.min_seeds, args.max_seeds)
+            margin = {} if args.margin is None else {"margin": args.margin}
+            answer = Answer(min_seeds=args.min_seeds, max_seeds=args.max_seeds, **margin)
             print(answered_table(simulate_answered(stds, truths, answer, args.studies, args.seed), names), end="")
             return 0
         target = Target(args.target_ci, args.min_seeds, args.max_seeds)
