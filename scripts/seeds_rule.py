@@ -48,6 +48,12 @@ SIMULATED_TRUTHS = (0.64, 0.64, 0.645, 0.59, 0.44, 0.64, 0.40, 0.64, 0.655)
 
 
 # ---------------------------------------------------------------------------------------------- replay
+def in_suite_order(results: Sequence[dict]) -> list[str]:
+    """The cells of result records (`ablations.adaptive.finished_values`' keys) in their suite's order."""
+    order = {r.get("cell", r["spec"]): r.get("order", 0) for r in results}
+    return sorted(order, key=lambda cell: (order[cell], cell))
+
+
 def seeds_needed(std: float, ref_std: float, width: float, cap: int = 1000) -> int:
     """Equal seeds per side that a fixed design needs for Welch's 95% interval of the difference to be at most
     `width` wide, if the seed stds were exactly `std` and `ref_std` (at least 2)."""
@@ -65,8 +71,7 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
     finished = finished_values(results)
     if reference not in finished:
         raise ValueError(f"reference {reference!r} has no results in {suite_dir}")
-    order = {r["spec"]: r.get("order", 0) for r in results}
-    specs = sorted(finished, key=lambda s: (order[s], s))
+    specs = in_suite_order(results)
     target = Target(width, min_seeds, max_seeds)
     rounds = plan_rounds(specs, reference, finished, target)
     groups = {s: [finished[s][k] for k in sorted(finished[s])] for s in specs}
@@ -367,8 +372,7 @@ def replication_truths(suite_dir: Path, reference: str = "pixel") -> tuple[list[
     finished = finished_values(results)
     if reference not in finished:
         raise ValueError(f"reference {reference!r} has no results in {suite_dir}")
-    order = {r.get("cell", r["spec"]): r.get("order", 0) for r in results}
-    cells = [reference] + sorted((c for c in finished if c != reference), key=lambda c: (order[c], c))
+    cells = [reference] + [c for c in in_suite_order(results) if c != reference]
     values = [list(finished[c].values()) for c in cells]
     if min(len(v) for v in values) < 2:
         raise ValueError(f"every cell of {suite_dir} needs two seeds for a seed std")
