@@ -171,13 +171,17 @@ def test_a_setting_factor_names_the_rounds_by_cell(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("factor", ["", "factors:\n  lr: [0.001, 0.0001]\n"])
-def test_until_answered_trains_rounds_through_the_sweep_and_ends(factor, cifar_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "factor, engine", [("", []), ("factors:\n  lr: [0.001, 0.0001]\n", ["--parallel", "2"])], ids=["spec", "lr"]
+)
+def test_until_answered_trains_rounds_through_the_sweep_and_ends(factor, engine, cifar_dir, tmp_path, capsys):
     """A tiny suite, with and without a setting factor (whose trials the rounds once failed to find, looping for
-    ever): the rounds train seeds 0, 1 of every cell, then seed 2 only where a verdict is still open, and end."""
+    ever), in this process and in worker processes: the rounds train seeds 0, 1 of every cell, then seed 2 only
+    where a verdict is still open, and end."""
     suite = _suite(tmp_path, f"specs: [pixel, pixel+l1=0.01]\n{factor}")
     logdir = tmp_path / "logs"
     args = ["--suite", suite, "--data-dir", str(cifar_dir), "--logdir", str(logdir), *TINY, "--limit-train", "128"]
+    args += engine
     status, out, _ = sweep(capsys, *args, "--until-answered", "--min-seeds", "2", "--max-seeds", "3")
     assert status == 0 and "Until answered" in out
     folders = results(logdir)
