@@ -171,7 +171,7 @@ def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) 
     return add, width
 
 
-Rule = Union[Target, Answer]
+SeedsRule = Union[Target, Answer]  # the two seeds rules
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class SpecState:
 class Rounds:
     """The rule replayed over finished results: the seeds each cell should have now, and what is missing."""
 
-    target: Rule
+    target: SeedsRule
     reference: str
     wanted: dict[str, int]  # cell -> seeds 0..k-1 it should have after the rounds decided so far
     states: list[SpecState]
@@ -208,7 +208,7 @@ class Rounds:
 
 
 def plan_rounds(
-    specs: Sequence[str], reference: str, finished: Mapping[str, Mapping[int, float]], target: Rule
+    specs: Sequence[str], reference: str, finished: Mapping[str, Mapping[int, float]], target: SeedsRule
 ) -> Rounds:
     """Replay the rounds the finished results allow: round 1 wants seeds ``0..min_seeds-1`` of every cell; each
     later round follows the rule's decision (`decide_answered` or `decide`) on the seeds ``0..k-1`` decided before.
@@ -245,7 +245,7 @@ def _rounds(
     reference: str,
     wanted: np.ndarray,
     values: list[list[Optional[float]]],
-    target: Rule,
+    target: SeedsRule,
     rounds: int,
     done: bool,
 ) -> Rounds:
@@ -316,7 +316,7 @@ def finished_values(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[int,
 def run_rounds(
     specs: Sequence[str],
     reference: str,
-    target: Rule,
+    target: SeedsRule,
     read: Callable[[], Mapping],
     run_round: Callable[[dict[str, list[int]]], bool],
 ) -> Rounds:
@@ -386,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-seeds", type=int, help="most seeds per cell (default 10)")
 
 
-def target_of(args: argparse.Namespace) -> Optional[Rule]:
+def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
     """The command line's seeds rule (`Answer` or `Target`), or None without one (ValueError for bad values or
     flags it cannot run with)."""
     flag = "--until-answered" if args.until_answered else "--target-ci" if args.target_ci is not None else None
@@ -422,7 +422,7 @@ def target_of(args: argparse.Namespace) -> Optional[Rule]:
 
 def run_cli(
     args: argparse.Namespace,
-    target: Rule,
+    target: SeedsRule,
     plan_of: Callable[[list[int]], Any],
     run_plan: Callable[[Any], list[TrialStatus]],
 ) -> int:
