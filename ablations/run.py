@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
-    adaptive.add_arguments(parser)  # --target-ci, --min-seeds, --max-seeds
+    adaptive.add_arguments(parser)  # --until-answered, --margin, --target-ci, --min-seeds, --max-seeds
     return parser
 
 
@@ -349,7 +349,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         die_with_parent(os.getppid())
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:  # seeds by target precision: rounds of this same run, see ablations.adaptive
+    try:  # a seeds rule: rounds of this same run, see ablations.adaptive
         target = adaptive.target_of(args)
     except ValueError as error:
         parser.error(str(error))

@@ -1,13 +1,15 @@
-"""The target-precision rule (ablations.adaptive): its widths, its decisions and its resumable rounds. No training.
-Its coverage and false-positive rate, by simulation: tests/test_seeds_rule.py."""
+"""The seeds rules (ablations.adaptive): until answered and target precision, their decisions and resumable rounds
+(no training), and ``--until-answered`` through ``python -m ablations.run`` on tiny synthetic suites. Their error
+rates and coverage, by simulation: tests/test_seeds_rule.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ablations.adaptive import CAP, WIDTH, Target, plan_rounds
-from ablations.report.stats import welch, welch_width
+from ablations.adaptive import CAP, OPEN, WIDTH, Answer, Target, plan_rounds
+from ablations.report.stats import MARGIN, welch, welch_width
+from tests.helpers import TINY, results, sweep
 
 
 def test_welch_width_is_the_width_of_the_stats_interval():
@@ -85,3 +87,107 @@ def test_dry_run_lists_the_next_round_of_the_committed_replication(capsys):
     assert main(["--suite", "notebook", "--logdir", str(logdir), "--target-ci", "0.03", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "baseline seed=3" in out and "pixel seed=3" not in out.split("Target:")[0]
+
+
+# ------------------------------------------------------------------------------------------- until answered
+def _answer_rounds(truth: dict[str, tuple[float, float]], answer: Answer, seed: int = 0):
+    """Train (draw) every round the rule asks for until it is done; returns the final rounds and the draws."""
+    rng = np.random.default_rng(seed)
+    specs = list(truth)
+    finished: dict[str, dict[int, float]] = {s: {} for s in specs}
+    while not (rounds := plan_rounds(specs, specs[0], finished, answer)).done:
+        for spec, seeds in rounds.missing(finished).items():
+            for k in seeds:
+                assert k not in finished[spec]  # never the same trial twice
+                finished[spec][k] = float(rng.normal(*truth[spec]))
+    return rounds, finished
+
+
+def test_answer_defaults_to_the_reports_margin_and_rejects_bad_values():
+    assert Answer().margin == MARGIN and Answer(0.02).margin == 0.02
+    assert Answer(min_seeds=3, max_seeds=10).level(8) == pytest.approx(1 - 0.05 / (8 * 8))
+    for bad in ({"margin": -0.01}, {"margin": float("nan")}, {"min_seeds": 1}, {"min_seeds": 5, "max_seeds": 4}):
+        with pytest.raises(ValueError):
+            Answer(**bad)
+
+
+def test_a_clearly_worse_spec_stops_at_the_minimum_seeds():
+    truth = {"ref": (0.64, 0.002), "worse": (0.40, 0.002), "close": (0.64, 0.004)}
+    rounds, _ = _answer_rounds(truth, Answer(min_seeds=3, max_seeds=10))
+    states = {s.spec: s for s in rounds.states}
+    assert states["worse"].status == "worse" and states["worse"].seeds == 3
+    assert states["worse"].high < 0
+    assert states["close"].seeds > 3  # the rule went on for the comparison that was not answered yet
+
+
+def test_an_equivalent_spec_stops_within_the_margin_and_a_rerun_recomputes_the_rounds():
+    truth = {"ref": (0.64, 0.002), "same": (0.641, 0.002)}
+    answer = Answer(min_seeds=3, max_seeds=20)
+    rounds, finished = _answer_rounds(truth, answer, seed=1)
+    same = {s.spec: s for s in rounds.states}["same"]
+    assert same.status == "equivalent" and -answer.margin <= same.low and same.high <= answer.margin
+    assert 3 < same.seeds < 20 and rounds.wanted == {"ref": same.seeds, "same": same.seeds}
+    # the interval is Welch's at the rule's level on the seeds both sides had when it stopped
+    check = welch(list(finished["same"].values()), list(finished["ref"].values()), "same", answer.level(1)).effect
+    assert (same.low, same.high) == pytest.approx((check.low, check.high))
+    again = plan_rounds(["ref", "same"], "ref", finished, answer)
+    assert again.done and again.wanted == rounds.wanted and not again.missing(finished)
+
+
+def test_an_unanswerable_comparison_stops_at_the_cap():
+    rounds, _ = _answer_rounds({"ref": (0.64, 0.05), "noisy": (0.63, 0.05)}, Answer(min_seeds=3, max_seeds=5))
+    noisy = {s.spec: s for s in rounds.states}["noisy"]
+    assert rounds.done and noisy.status == CAP and noisy.seeds == 5
+    assert OPEN not in {s.status for s in rounds.states}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--until-answered", "--target-ci", "0.03"], "two seeds rules"),
+        (["--until-answered", "--seeds", "0,1"], "--until-answered chooses the seeds"),
+        (["--until-answered", "--margin", "-1"], "margin=-1.0 must be a finite number >= 0"),
+        (["--margin", "0.02"], "--margin applies only with --until-answered"),
+        (["--until-answered", "--shard", "1/2"], "--until-answered with --shard"),
+    ],
+)
+def test_run_refuses_until_answered_with_what_it_cannot_run_with(flags, message, tmp_path, capsys):
+    status, _, err = sweep(capsys, "--suite", "notebook", "--logdir", str(tmp_path / "logs"), "--dry-run", *flags)
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "logs").exists()
+
+
+def _suite(tmp_path, text: str):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\n" + text)
+    return str(path)
+
+
+def test_a_setting_factor_names_the_rounds_by_cell(tmp_path, capsys):
+    suite = _suite(tmp_path, "specs: [pixel]\nfactors:\n  lr: [0.001, 0.0001]\n")
+    status, out, _ = sweep(capsys, "--suite", suite, "--logdir", str(tmp_path), "--until-answered", "--dry-run")
+    assert status == 0
+    assert "pixel,lr=0.001 seed=2" in out and "pixel,lr=0.0001 seed=0" in out and "| pixel,lr=0.0001 | 0 |" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "factor, engine", [("", []), ("factors:\n  lr: [0.001, 0.0001]\n", ["--parallel", "2"])], ids=["spec", "lr"]
+)
+def test_until_answered_trains_rounds_through_the_sweep_and_ends(factor, engine, cifar_dir, tmp_path, capsys):
+    """A tiny suite, with and without a setting factor (whose trials the rounds once failed to find, looping for
+    ever), in this process and in worker processes: the rounds train seeds 0, 1 of every cell, then seed 2 only
+    where a verdict is still open, and end."""
+    suite = _suite(tmp_path, f"specs: [pixel, pixel+l1=0.01]\n{factor}")
+    logdir = tmp_path / "logs"
+    args = ["--suite", suite, "--data-dir", str(cifar_dir), "--logdir", str(logdir), *TINY, "--limit-train", "128"]
+    args += engine
+    status, out, _ = sweep(capsys, *args, "--until-answered", "--min-seeds", "2", "--max-seeds", "3")
+    assert status == 0 and "Until answered" in out
+    folders = results(logdir)
+    cells = {folder.split("/")[1] for folder in folders}
+    assert len(cells) == (4 if factor else 2) and all(("lr=" in c) == bool(factor) for c in cells)
+    seeds = {c: sorted(int(f.rsplit("=", 1)[1]) for f in folders if f.split("/")[1] == c) for c in cells}
+    assert all(s[:2] == [0, 1] and len(s) <= 3 for s in seeds.values())
+    status, again, _ = sweep(capsys, *args, "--until-answered", "--min-seeds", "2", "--max-seeds", "3")
+    assert status == 0 and results(logdir).keys() == folders.keys()  # a rerun trains nothing more

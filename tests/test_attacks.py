@@ -265,7 +265,7 @@ def test_10_a_read_only_logdir_still_shows_its_report(tmp_path, monkeypatch, cap
         (["--split-seed", "99999999999999999999"], "--split-seed: 99999999999999999999 must be <= 4294967295"),
         (["--epoch", "2"], "unrecognized arguments: --epoch 2"),
         (["--seed", "3"], "unrecognized arguments: --seed 3"),
-        (["--min-seeds", "4"], "--min-seeds apply only with --target-ci"),
+        (["--min-seeds", "4"], "--min-seeds applies only with --until-answered or --target-ci"),
         (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data is not an existing folder"),
         (["--model", "no.such.Net"], "model class_path 'no.such.Net': cannot import 'no' (it is not installed)"),
     ],

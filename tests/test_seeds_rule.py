@@ -1,4 +1,5 @@
-"""scripts/seeds_rule.py: the ``--target-ci`` rule simulated on known truths (coverage of the report's Welch
+"""scripts/seeds_rule.py: the until-answered rule simulated on known truths (family-wise wrong verdicts, simultaneous
+coverage, trials against the fixed design), the ``--target-ci`` rule simulated (coverage of the report's Welch
 intervals, Holm's false-positive rate) and replayed on the committed replication. No training."""
 
 from __future__ import annotations
@@ -6,10 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import seeds_rule
-from seeds_rule import SIMULATED_STDS, SIMULATED_TRUTHS, holm_rejects, seen_variance, simulate
+from seeds_rule import (
+    SIMULATED_STDS,
+    SIMULATED_TRUTHS,
+    holm_rejects,
+    replication_truths,
+    seen_variance,
+    simulate,
+    simulate_answered,
+)
 from statsmodels.stats.multitest import multipletests
 
-from ablations.adaptive import Target
+from ablations.adaptive import Answer, Target, plan_rounds
 from ablations.report.stats import welch
 from tests.helpers import REPO
 
@@ -79,3 +88,52 @@ def test_replay_of_the_committed_replication_names_the_seeds_each_spec_needs(cap
     assert seeds_rule.main(["replay", str(REPO / "logs" / "replication" / "notebook"), "--target-ci", "0.03"]) == 0
     out = capsys.readouterr().out
     assert "| baseline |" in out and "a fixed-seed design needs" in out
+
+
+# ------------------------------------------------------------------------------------------- until answered
+def _check_answered(studies: int, seed: int, **bounds: int) -> None:
+    """Family-wise error rates of the until-answered rule on noise like ours (three true nulls among eight
+    comparisons, one difference of 0.005 inside the margin)."""
+    sim = simulate_answered(STDS, TRUTHS, Answer(**bounds), studies, seed, fixed_cap=2)
+    assert sim.wrong().any(1).mean() <= 0.05  # a wrong verdict anywhere in the study
+    nulls = sim.differences == 0
+    assert np.isin(sim.verdict[:, nulls], ["better", "worse"]).any(1).mean() <= 0.05  # family-wise false positives
+    assert sim.covered().all(1).mean() >= 0.95  # every interval of the study at once
+    assert (sim.verdict != "open").mean() > 0.5 and (sim.seeds[:, 1:] > bounds["min_seeds"]).any()
+
+
+@pytest.mark.parametrize("bounds", [{"min_seeds": 3, "max_seeds": 10}, {"min_seeds": 2, "max_seeds": 20}])
+def test_until_answered_keeps_family_wise_errors_under_five_percent_and_covers(bounds):
+    _check_answered(STUDIES, seed=bounds["max_seeds"], **bounds)
+
+
+@pytest.mark.slow
+def test_until_answered_error_rates_in_20000_studies():
+    _check_answered(20 * STUDIES, seed=1, min_seeds=3, max_seeds=20)
+
+
+def test_a_simulated_study_makes_the_rules_own_decisions():
+    """The simulation's seeds, intervals and verdicts are those of `plan_rounds` on the same draws."""
+    answer = Answer(min_seeds=3, max_seeds=8)
+    sim = simulate_answered(STDS[:4], TRUTHS[:4], answer, studies=3, seed=7, fixed_cap=2)
+    draws = np.random.default_rng(7).normal(TRUTHS[:4], STDS[:4], size=(3, 8, 4))
+    specs = ["r", "a", "b", "c"]
+    for study in range(3):
+        finished = {s: dict(enumerate(draws[study, :, i])) for i, s in enumerate(specs)}
+        rounds = plan_rounds(specs, "r", finished, answer)
+        assert [rounds.wanted[s] for s in specs] == list(sim.seeds[study])
+        states = rounds.states[1:]
+        assert [s.status if s.status != "cap" else "open" for s in states] == list(sim.verdict[study])
+        assert [s.low for s in states] == pytest.approx(list(sim.low[study]))
+
+
+def test_the_fixed_design_needs_more_seeds_than_a_clear_comparison_and_the_cli_reports_the_ratio(capsys):
+    sim = simulate_answered([0.002, 0.002, 0.004], [0.64, 0.40, 0.6405], Answer(), studies=200, seed=3)
+    assert sim.fixed_seeds >= 3 and sim.ratio == pytest.approx(sim.trials / (3 * sim.fixed_seeds))
+    assert sim.fixed_decisive.min() >= (sim.verdict != "open").mean(0).min()
+    suite = REPO / "logs" / "replication" / "notebook"
+    assert seeds_rule.main(["answered", "--from", str(suite), "--studies", "100", "--max-seeds", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "| pixel+bn | -0.0517 |" in out and "the rule runs" in out and "Family-wise: a wrong verdict" in out
+    cells, stds, means = replication_truths(suite)
+    assert cells[0] == "pixel" and len(cells) == len(stds) == len(means) == 9
