@@ -43,7 +43,7 @@ class SpecPair:
 
     def rate(self, side: str) -> float:
         runs = self.a if side == "a" else self.b
-        return statistics.fmean(r["train_images_per_s"] for r in runs.values())
+        return statistics.fmean(r.get("train_images_per_s", float("nan")) for r in runs.values())
 
 
 def settings_difference(a_dir: Path, b_dir: Path) -> str:
@@ -56,7 +56,7 @@ def settings_difference(a_dir: Path, b_dir: Path) -> str:
         for r in results:
             fields = {**r.get("settings", {}), "train_images": r.get("train_images")}
             for key, value in fields.items():
-                if key not in COMPARABLE:
+                if key not in (*COMPARABLE, "spec", "seed"):  # a trial's own spec and seed are paired, not compared
                     values.setdefault(key, set()).add(str(value))
         seen.append(values)
     a, b = seen

@@ -586,7 +586,7 @@ def effect_records(fit: FactorialFit) -> list[dict[str, Any]]:
 
 
 CHARTS = {
-    "results.png": "report/differences",
+    "results.png": "report/test_accuracy",  # differences in test accuracy from the reference
     "curves.png": "report/val_accuracy",
     "effects.png": "report/effects",
 }  # file -> its TensorBoard image tag
