@@ -155,8 +155,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     pairs = pair_specs(args.a, args.b)
     if not pairs:
         parser.error(f"{args.a} and {args.b} share no spec with results: nothing to compare")
-    names = args.names or [args.a.resolve().parent.name, args.b.resolve().parent.name]
-    print(format_comparison(pairs, *names, margin=args.margin))
+    a_name, b_name = args.names or [args.a.resolve().parent.name, args.b.resolve().parent.name]
+    print(format_comparison(pairs, a_name, b_name, margin=args.margin))
     return 0
 
 
