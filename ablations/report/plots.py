@@ -359,7 +359,7 @@ def effects_chart(
         "better": "better: raises accuracy (averaged over the other factors)",
         "worse": "worse: lowers accuracy (averaged over the other factors)",
         "equivalent": f"equivalent: within ±{margin:g}",
-        "open": "open: the interval spans 0 and the margin",
+        "open": "open: neither within the margin nor clear of 0",
     }
     handles: list[Any] = [
         Line2D([], [], color=VERDICT_COLOURS[key], marker="o", label=labels[key]) for key in labels if key in present

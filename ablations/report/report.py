@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,13 @@ from ablations.store import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from ablations.report.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
+from ablations.report.analysis import (
+    diagnostics,
+    factorial_analysis,
+    factorial_frame,
+    identical_specs,
+    mixed_environment,
+)
 
 DEFAULT_REFERENCE = "pixel"
 REPORT_RUN = board.REPORT_RUN
@@ -631,8 +638,10 @@ def headline(report: SuiteReport) -> str:
     counts = sorted({r.seeds for r in report.rows})
     seeds = "/".join(map(str, counts)) + (" seed" if counts == [1] else " seeds")
     cells = f"{len(report.rows)} specs"
-    if report.factorial is not None and report.factorial.aliased:
-        cells = f"{len(report.rows)} cells, a fraction of the grid"
+    design = factorial_frame(report.results) if report.factorial is not None and report.factorial.effects else None
+    if design is not None:
+        grid = math.prod(len(f.levels) for f in design[1])
+        cells = f"{len(report.rows)} of {grid} cells" if len(report.rows) < grid else f"{grid} cells"
     parts = [
         f"Suite '{report.name}'" + (f" ({report.caption})" if report.caption else ""),
         cells,
