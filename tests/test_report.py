@@ -151,6 +151,16 @@ def test_reference_is_settable_and_an_unknown_one_exits_2(notebookish: Path, cap
     )
 
 
+def test_a_bad_margin_exits_2_in_one_line_and_writes_nothing(notebookish: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as stop:
+        main([str(notebookish), "--margin", "-0.01"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--margin -0.01" in err and len(err.strip().splitlines()) == 1
+    assert not (notebookish / "results.md").exists()
+    assert main([str(notebookish), "--margin", "0.02"]) == 0
+    assert "margin ±0.02" in (notebookish / "results.md").read_text()
+
+
 def test_without_pixel_the_first_spec_is_the_reference(tmp_path: Path):
     suite_dir = tmp_path / "nopixel"
     write_results(

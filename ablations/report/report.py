@@ -1,19 +1,23 @@
 """The results of a suite, rebuilt from its trial folders: tables with statistics, CSVs, charts and TensorBoard.
 
-`write_report` (``python -m ablations.report logs/notebook [--reference pixel]``: `ablations.report.__main__`)
-reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all shards of a job array finish) and
-writes, all atomically:
+`write_report` (``python -m ablations.report logs/notebook [--reference pixel] [--margin 0.01]``:
+`ablations.report.__main__`) reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all
+shards of a job array finish) and writes, all atomically:
 
 - ``results.md``: the settings; per spec the test accuracy (mean ± std over seeds and its 95% t-based confidence
   interval), the difference from a reference spec (default ``pixel``), validation accuracy, the notebook's figure,
-  the train − validation gap and the wall time; each spec against the reference by Welch's t-test with Holm's
-  correction, saying which differences this number of seeds resolves; specs whose numbers are identical to
-  another's, and why; the max-norm and BatchNorm diagnostics; for a factorial suite (specs covering every
-  combination of their varying fields, e.g. ``full``) the main effects and two-factor interactions on test
-  accuracy with their CIs; notes when the results mix settings, code versions or thread counts;
-- ``results.csv`` (one row per spec) and, for a factorial suite, ``effects.csv``;
-- ``results.png`` (test accuracy per spec), ``curves.png`` (validation accuracy per epoch: mean and range over
-  seeds) and ``effects.png``, each title carrying the suite's ``caption.txt`` if it has one;
+  the train − validation gap and the wall time; each spec's verdict against the reference (`stats.verdict` of
+  Welch's interval, simultaneous over the comparisons, at ``margin``), with the smallest difference the seeds
+  could detect when it is open; specs whose numbers are identical to another's, and why; the max-norm and
+  BatchNorm diagnostics; for a factorial suite (specs covering every combination of their varying fields, e.g.
+  ``full``) the main effects and two-factor interactions with their verdicts, and the simple effects of every
+  resolved interaction; notes when the results mix settings, code versions or thread counts;
+- ``results.csv`` (one row per spec) and, for a factorial suite, ``effects.csv``, each row with its ``verdict``,
+  ``verdict_low``, ``verdict_high`` and ``margin``;
+- ``results.png`` (each spec's difference from the reference with its verdict interval and the margin band; the
+  best and worst cells of a large suite), ``curves.png`` (validation accuracy per epoch of the same specs in the
+  same colours) and ``effects.png``, each title naming the suite (and its ``caption.txt``), cells, training
+  images, precision and seeds;
 - the TensorBoard run ``<suite>/_report``: ``results.md`` as text and the charts as images; and the suite's HParams
   record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.report.board`).
 
