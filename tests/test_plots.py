@@ -95,8 +95,8 @@ def test_the_effects_chart_draws_a_qualified_main_effect_apart_and_the_simple_ef
     assert len(top.collections) == 3 and len(bottom.collections) == 2  # one dot per effect, per panel
     assert top.collections[0].get_facecolor()[0].tolist() == [1.0, 1.0, 1.0, 1.0]  # hollow: qualified
     legend = [t.get_text() for t in figures[0].legends[0].get_texts()]
-    assert any("depends on a resolved interaction" in t for t in legend)
+    assert any("depends on an interaction" in t for t in legend)
     from matplotlib.colors import to_rgba
 
     assert top.collections[0].get_edgecolor()[0].tolist() == list(to_rgba(plots.QUALIFIED))  # never green
-    assert all("averaged over the other factors" in t for t in legend if "raises accuracy" in t)
+    assert all("averaged over the rest" in t for t in legend if "raises accuracy" in t)

@@ -13,6 +13,7 @@ the data; legends sit inside the figure; titles name the suite and carry the set
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import textwrap
@@ -134,6 +135,11 @@ def _figure(layout: Layout, height: float, title: str, subtitle: str) -> Figure:
     return Figure(figsize=(layout.width, height + 0.2 + lines * (layout.font + 1.5) * 1.3 / 72), layout="constrained")
 
 
+def _axis_label(text: str, layout: Layout) -> str:
+    """`text` wrapped to the width of an axes (narrower than the figure: the row names take the rest)."""
+    return _wrap(text, dataclasses.replace(layout, wrap=int(layout.wrap * 0.7)))
+
+
 def _title(figure: Figure, title: str, subtitle: str, layout: Layout) -> None:
     figure.suptitle(
         _wrap(title, layout) + "\n" + _wrap(subtitle, layout), fontsize=layout.font + 1.5, x=0.01, ha="left"
@@ -220,7 +226,9 @@ def differences_chart(
     ax.tick_params(axis="x", labelsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel(
-        _wrap(f"difference in test accuracy from the reference (line: verdict interval; band: ±{margin:g})", layout),
+        _axis_label(
+            f"difference in test accuracy from the reference (line: verdict interval; band: ±{margin:g})", layout
+        ),
         fontsize=layout.font,
     )
     _title(figure, title, subtitle, layout)
@@ -346,18 +354,18 @@ def effects_chart(
     if simple:
         _effect_rows(axes[1], simple, limits, margin, layout)
         axes[1].set_title(
-            _wrap("Simple effects of the resolved interactions: each factor without and with the other", layout),
+            _axis_label("Simple effects of the resolved interactions: each factor without and with the other", layout),
             fontsize=layout.font,
             loc="left",
         )
     axes[-1].set_xlabel(
-        _wrap(f"change in test accuracy (dot: estimate; line: verdict interval; band: ±{margin:g})", layout),
+        _axis_label(f"change in test accuracy (dot: estimate; line: verdict interval; band: ±{margin:g})", layout),
         fontsize=layout.font,
     )
     present = {r.verdict for r in [*rows, *simple] if not r.qualified_by}
     labels = {
-        "better": "better: raises accuracy (averaged over the other factors)",
-        "worse": "worse: lowers accuracy (averaged over the other factors)",
+        "better": "better: raises accuracy, averaged over the rest",
+        "worse": "worse: lowers accuracy, averaged over the rest",
         "equivalent": f"equivalent: within ±{margin:g}",
         "open": "open: neither within the margin nor clear of 0",
     }
@@ -372,7 +380,7 @@ def effects_chart(
                 color=QUALIFIED,
                 marker="o",
                 markerfacecolor="white",
-                label="depends on a resolved interaction: read its simple effects",
+                label="depends on an interaction: see its simple effects",
             )
         )
     figure.legend(
