@@ -1,5 +1,5 @@
 """The charts' text and choice of curves: titles break between their parts, never inside one that fits; the
-reference curve is always drawn, on top; a large suite's curves are cut to those a reader can tell apart; the
+reference curve is drawn on top; the
 differences and effects charts draw one series per row, the margin band, and a qualified main effect apart."""
 
 from __future__ import annotations
@@ -19,15 +19,6 @@ def test_titles_break_between_parts_only():
         assert all(len(line) <= layout.wrap for line in lines)
         parts = subtitle.split(" · ")
         assert sorted(p for line in lines for p in line.split(" · ")) == sorted(parts)  # no part cut in two
-
-
-def test_a_large_suite_keeps_the_reference_and_the_extremes():
-    curves = [plots.Curve(f"s{i}", [0.1, i / 100], "C0") for i in range(30)]
-    curves[7] = plots.Curve("ref", [0.1, 0.07], "C1", reference=True)
-    kept, subtitle = plots._legible(curves, "settings")
-    labels = [c.label for c in kept]
-    assert len(kept) == plots.MAX_CURVES and "ref" in labels
-    assert {"s0", "s1", "s29", "s28"} <= set(labels) and "10 of 30 specs" in subtitle
 
 
 def test_the_reference_is_drawn_last_with_its_band(monkeypatch):

@@ -346,3 +346,14 @@ def test_torch_free_modules_import_no_torch(module: str):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch'"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_large_suite_s_charts_show_the_reference_and_its_best_and_worst_cells(fullish: Path):
+    from ablations.report.report import MAX_SHOWN, build_report, shown_rows
+
+    report = build_report(fullish)
+    shown, note = shown_rows(report)
+    assert len(report.rows) > MAX_SHOWN and len(shown) == MAX_SHOWN
+    assert "pixel" in {r.spec for r in shown} and "best and the" in note
+    means = sorted(r.test_acc for r in report.rows if r.spec != "pixel" and not r.identical_to)
+    assert max(means) in {r.test_acc for r in shown} and min(means) in {r.test_acc for r in shown}

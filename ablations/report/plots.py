@@ -235,32 +235,10 @@ def differences_chart(
     return _png(figure, layout)
 
 
-MAX_CURVES = 10  # more lines than this cannot be told apart
-
-
-def _legible(curves: Sequence[Curve], subtitle: str) -> tuple[list[Curve], str]:
-    """At most `MAX_CURVES` curves, in their order: the reference and those highest and lowest at the last epoch;
-    the subtitle says which when some are left out."""
-    if len(curves) <= MAX_CURVES:
-        return list(curves), subtitle
-    reference = [c for c in curves if c.reference][:1]
-    others = sorted((c for c in curves if not c.reference), key=lambda c: c.values[-1] if c.values else 0.0)
-    low = (MAX_CURVES - len(reference)) // 2
-    high = MAX_CURVES - len(reference) - low
-    kept = {id(c) for c in [*reference, *others[:low], *others[-high:]]}
-    note = (
-        f"{MAX_CURVES} of {len(curves)} specs: "
-        + ("the reference, " if reference else "")
-        + f"the {high} highest and {low} lowest at the last epoch"
-    )
-    return [c for c in curves if id(c) in kept], f"{subtitle} · {note}"
-
-
 def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
     """Validation accuracy per epoch, the axis fitted to the data: per spec, in its colour, its mean over seeds as
     a line and the range of its seeds as a band; the reference spec thick on top of all; a spec identical to
     another dashed with open markers."""
-    curves, subtitle = _legible(curves, subtitle)
     beside = layout is PAGE  # the legend, else below in two columns
     figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2), title, subtitle)
     ax = figure.add_subplot()
