@@ -370,10 +370,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--until-answered",
         action="store_true",
         help="add seeds to each comparison with the reference until its verdict is better, worse or "
-        "equivalent (within --margin), with intervals valid over every look and comparison",
-    )
-    group.add_argument(
-        "--margin", type=float, help="--until-answered: differences within +-M are equivalent (default 0.01)"
+        "equivalent (within --margin, the report's), with intervals valid over every look and comparison",
     )
     group.add_argument(
         "--target-ci",
@@ -392,10 +389,8 @@ def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
     flag = "--until-answered" if args.until_answered else "--target-ci" if args.target_ci is not None else None
     if args.until_answered and args.target_ci is not None:
         raise ValueError("--until-answered and --target-ci are two seeds rules: choose one")
-    if flag is None or args.margin is not None and not args.until_answered:
+    if flag is None:
         given = [f"--{n.replace('_', '-')}" for n in ("min_seeds", "max_seeds") if getattr(args, n) is not None]
-        if args.margin is not None:
-            given, flag = ["--margin"], "--until-answered"
         if given:
             need = flag or "--until-answered or --target-ci"
             verb = "apply" if len(given) > 1 else "applies"

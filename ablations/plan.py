@@ -86,6 +86,7 @@ class Request:
     only: Optional[Sequence[str]] = None
     shard: Optional[tuple[int, int]] = None
     reference: Optional[str] = None
+    margin: Optional[float] = None  # the report's equivalence margin (None: its default)
     force: bool = False
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -128,6 +129,7 @@ class Plan:
     engine: str = "local"  # local or ray
     ray_address: Optional[str] = None  # the Ray cluster (None: a local Ray)
     max_retries: int = 2  # Ray's reruns of a trial whose worker or node died
+    margin: Optional[float] = None  # the report's equivalence margin (None: its default, `stats.MARGIN`)
 
 
 # ------------------------------------------------------------------------------------------------ trials
@@ -185,6 +187,7 @@ def make_plan(request: Request) -> Plan:
         request.engine,
         request.ray_address,
         request.max_retries,
+        request.margin,
     )
 
 

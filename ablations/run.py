@@ -100,6 +100,16 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _margin(text: str) -> float:
+    try:
+        margin = float(text)
+    except ValueError:
+        margin = float("nan")
+    if not 0 <= margin < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a difference of accuracy in [0, 1), e.g. 0.01")
+    return margin
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(part) for part in text.split("/"))
@@ -143,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
     custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
-    adaptive.add_arguments(parser)  # --until-answered, --margin, --target-ci, --min-seeds, --max-seeds
+    adaptive.add_arguments(parser)  # --until-answered, --target-ci, --min-seeds, --max-seeds
     return parser
 
 
@@ -162,6 +172,12 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference",
         metavar="SPEC",
         help="spec every other is compared with in the report (default: pixel, else the first)",
+    )
+    what.add_argument(
+        "--margin",
+        type=_margin,
+        help="the equivalence margin in test accuracy (default 0.01) of the report's verdicts and of "
+        "--until-answered: a difference within ±margin is 'equivalent'",
     )
 
 
@@ -300,7 +316,10 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
 
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     table, problem, unwritten = write_report_or_say_why(
-        suite_dir, plan.reference, settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors)
+        suite_dir,
+        plan.reference,
+        settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors),
+        plan.margin,
     )
     if table is not None:
         print(table)

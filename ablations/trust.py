@@ -97,14 +97,15 @@ def report_problem(error: OSError, suite_dir: Path) -> str:
 
 
 def write_report_or_say_why(
-    suite_dir: Path, reference: Optional[str], settings: Optional[str]
+    suite_dir: Path, reference: Optional[str], settings: Optional[str], margin: Optional[float] = None
 ) -> tuple[Optional[str], Optional[str], bool]:
     """(the report's table, None, False) when it was written; else (None, why not, whether that is an error): a
     full disk or an unwritable folder is one (the sweep exits 1), a folder with nothing to report is not."""
     from ablations.report import write_report
 
     try:
-        return write_report(suite_dir, reference=reference, settings=settings), None, False
+        kwargs = {} if margin is None else {"margin": margin}
+        return write_report(suite_dir, reference=reference, settings=settings, **kwargs), None, False
     except OSError as error:
         return None, report_problem(error, suite_dir), True
     except ValueError as error:  # e.g. no finished trial at all: nothing to tabulate

@@ -46,7 +46,8 @@ def extract(suite: str, source: Path, dest: Path) -> list[str]:
 
 
 def main_effects(suite_dir: Path) -> dict[str, dict[str, float]]:
-    """effect -> {estimate, ci_low, ci_high} of the main effects in a report's ``effects.csv``."""
+    """effect -> {estimate, ci_low, ci_high} of the main effects in a report's ``effects.csv`` (the interval is the
+    one its verdict reads, simultaneous over the report's family)."""
     path = suite_dir / "effects.csv"
     if not path.exists():
         raise ValueError(
@@ -54,7 +55,11 @@ def main_effects(suite_dir: Path) -> dict[str, dict[str, float]]:
         )
     with open(path, newline="") as handle:
         return {
-            row["effect"]: {k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}
+            row["effect"]: {
+                "estimate": float(row["estimate"]),
+                "ci_low": float(row["verdict_low"]),
+                "ci_high": float(row["verdict_high"]),
+            }
             for row in csv.DictReader(handle)
             if row["kind"] == "main"
         }
@@ -65,7 +70,7 @@ def compare(full: Path, others: Sequence[Path]) -> str:
     whether they agree (same sign, and each estimate inside the other's 95% CI)."""
     ref = main_effects(full)
     fits = {str(o): main_effects(o) for o in others}
-    head = ["effect", f"{full} (95% CI)"] + [f"{o} (95% CI)" for o in fits] + ["agree"]
+    head = ["effect", f"{full} (interval)"] + [f"{o} (interval)" for o in fits] + ["agree"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     disagreements = []
     for effect, e in ref.items():
@@ -81,7 +86,7 @@ def compare(full: Path, others: Sequence[Path]) -> str:
             if verdict != "yes":
                 disagreements.append(f"{effect} in {name}: {verdict}")
         lines.append("| " + " | ".join(cells + ["yes" if all(v == "yes" for v in verdicts) else "no"]) + " |")
-    lines += ["", "Agree: same sign, and each estimate inside the other's 95% CI."]
+    lines += ["", "Agree: same sign, and each estimate inside the other's simultaneous 95% interval."]
     lines += [f"- {d}" for d in disagreements] or ["Every main effect agrees."]
     return "\n".join(lines) + "\n"
 

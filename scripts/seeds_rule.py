@@ -79,7 +79,7 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
     tests = {c.name: c for c in compare_with_reference(groups, reference)}
     lines = [f"# Replay of `--target-ci {width:g}` on {suite_dir}", "", status_table(rounds), ""]
     lines += [
-        "| spec | seed std | 95% CI (3 seeds) | Holm p | seeds needed (fixed design) |",
+        "| spec | seed std | simultaneous 95% interval | adjusted p | seeds needed (fixed design) |",
         "|---|---:|---:|---:|---:|",
     ]
     needs = {s: seeds_needed(stds[s], stds[reference], width) for s in specs if s != reference}
@@ -89,7 +89,7 @@ def replay(suite_dir: Path, width: float, reference: str = "pixel", min_seeds: i
             continue
         c = tests[s]
         lines.append(
-            f"| {s} | {stds[s]:.4f} | [{c.effect.low:+.4f}, {c.effect.high:+.4f}] | {c.p_holm:.3g} | {needs[s]} |"
+            f"| {s} | {stds[s]:.4f} | [{c.effect.low:+.4f}, {c.effect.high:+.4f}] | {c.p_adjusted:.3g} | {needs[s]} |"
         )
     fixed = max(needs.values())  # also what the reference needs, to serve its noisiest comparison
     adaptive = sum(max(n, min_seeds) for n in needs.values())

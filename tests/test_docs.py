@@ -91,17 +91,18 @@ def test_relative_links_resolve(page: Path) -> None:
         assert path.exists(), f"{page.name}: the link {target} leads nowhere"
 
 
-def test_the_readme_has_its_two_commands_and_ci_runs_them() -> None:
+def test_the_readme_has_the_quick_check_first_then_the_study_and_ci_runs_the_tests() -> None:
     readme = REPO / "README.md"
     shown = [body.strip() for _, body in blocks(readme, "bash")]
-    assert len(shown) == 2, shown
-    main_job, tests = shown
-    assert main_job.startswith("pip install -e ") and main_job.endswith("&& python -m ablations.run"), main_job
+    assert len(shown) == 3, shown
+    quick, main_job, tests = shown
+    install, check = quick.splitlines()
+    assert install.startswith("pip install -e ") and install.split()[-1].strip('"').startswith(".["), install
+    assert ablations_run_args(check) == [["--suite", "quick"]], "the first command is the one-minute check"
     assert ablations_run_args(main_job) == [[]], "the main job runs the shipped default"
     install, test_command = (part.strip() for part in tests.split("&&"))
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert f"python -m {install}" in ci and test_command in ci, "CI installs and tests as the README says"
-    assert main_job.split("&&")[0].strip().split()[-1].strip('"').startswith(".["), "an install of this checkout"
 
 
 def test_mkdocs_nav_lists_every_page() -> None:

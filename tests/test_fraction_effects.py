@@ -27,14 +27,14 @@ def test_extract_copies_a_fractions_trials_and_compare_says_where_effects_differ
     assert main(["extract", str(half), "--source", str(source), "--dest", str(dest)]) == 0
     assert sorted(p.parent.parent.name for p in dest.glob("*/seed=0/result.json")) == sorted(wanted)
 
-    header = "effect,kind,estimate,ci_low,ci_high,p_value,p_holm,resolved\n"
+    header = "effect,kind,estimate,verdict_low,verdict_high,verdict\n"
     (source / "effects.csv").write_text(
-        header + "bn,main,-0.05,-0.06,-0.04,0,0,True\n"
-        "l1=0.01,main,-0.2,-0.21,-0.19,0,0,True\n"
-        "pixel × bn,interaction,0,0,0,1,1,False\n"
+        header + "bn,main,-0.05,-0.06,-0.04,worse\n"
+        "l1=0.01,main,-0.2,-0.21,-0.19,worse\n"
+        "pixel × bn,interaction,0,0,0,open\n"
     )
     (dest / "effects.csv").write_text(
-        header + "bn,main,-0.051,-0.062,-0.040,0,0,True\nl1=0.01,main,0.01,-0.02,0.04,0.5,1,False\n"
+        header + "bn,main,-0.051,-0.062,-0.040,worse\nl1=0.01,main,0.01,-0.02,0.04,open\n"
     )
     assert main(["compare", str(source), str(dest)]) == 0
     out = capsys.readouterr().out

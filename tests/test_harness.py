@@ -221,6 +221,7 @@ def test_failing_trial_is_isolated_and_reported(tmp_path, cifar_dir, capsys):
         (["--epochs", "-1"], "--epochs: -1 must be >= 1"),
         (["--seeds", "a,b"], "not a comma-separated list"),
         (["--strategy", "ddp", "--parallel", "2"], "trials run one at a time"),
+        (["--margin", "-0.1"], "give a difference of accuracy in [0, 1)"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(capsys, args, message):
@@ -297,3 +298,16 @@ def test_reference_names_the_suites_spec_in_canonical_form():
     plan = make_plan(build_parser().parse_args(["--reference", "dropout=0.25+pixel", "--accelerator", "cpu"]))
     assert plan.reference == "pixel+dropout=0.25"
     assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).reference is None
+
+
+def test_the_margin_reaches_the_report_through_the_plan(tmp_path, monkeypatch):
+    from ablations import trust
+    from ablations.run import build_parser, make_plan
+
+    plan = make_plan(build_parser().parse_args(["--margin", "0.02", "--accelerator", "cpu"]))
+    assert plan.margin == 0.02
+    assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).margin is None
+    seen = {}
+    monkeypatch.setattr("ablations.report.write_report", lambda suite_dir, **kwargs: seen.update(kwargs) or "")
+    trust.write_report_or_say_why(tmp_path, None, None, plan.margin)
+    assert seen["margin"] == 0.02

@@ -108,11 +108,24 @@ def test_table_has_cis_and_comparisons_with_pixel(notebookish: Path):
     assert "| spec | seeds | test acc | 95% CI | vs pixel |" in text
     assert "| pixel+l1=0.01 | 3 | 0.2500 ± 0.0036 | [0.2410, 0.2590] | -0.2500 |" in text
     rows = {r["spec"]: r for r in csv.DictReader(open(notebookish / "results.csv"))}
-    assert rows["baseline"]["resolved"] == "True" and rows["pixel+l1=0.01"]["resolved"] == "True"
-    assert rows["pixel+bn"]["resolved"] == "False"  # the same mean as pixel: a null difference
-    assert float(rows["pixel+bn"]["p_holm"]) >= float(rows["pixel+bn"]["p_value"])
-    assert "**Resolved at 3 seeds** (Holm-corrected p < 0.05): baseline (-0.300), pixel+l1=0.01 (-0.250)" in text
-    assert "**Not resolved**: pixel+bn" in text
+    assert {"verdict", "verdict_low", "verdict_high", "margin", "detectable"} <= set(rows["baseline"])
+    assert rows["baseline"]["verdict"] == "worse" and rows["pixel+l1=0.01"]["verdict"] == "worse"
+    assert rows["pixel+bn"]["verdict"] == "open"  # the same mean as pixel, seeds too few to call it equivalent
+    assert float(rows["pixel+bn"]["verdict_low"]) < 0 < float(rows["pixel+bn"]["verdict_high"])
+    assert float(rows["pixel+bn"]["detectable"]) > 0 and rows["pixel+bn"]["margin"] == "0.01"
+    assert rows["pixel"]["verdict"] == ""  # the reference is not compared with itself
+    assert "## Each spec against `pixel` (margin ±0.01)" in text
+    assert "**worse**: baseline (-0.300), pixel+l1=0.01 (-0.250)" in text
+    assert "**open**: pixel+bn (+0.000; could detect ±" in text
+
+
+def test_the_margin_is_stated_and_changes_the_verdict(notebookish: Path):
+    write_report(notebookish, margin=0.5)
+    rows = {r["spec"]: r for r in csv.DictReader(open(notebookish / "results.csv"))}
+    assert rows["pixel+bn"]["verdict"] == "equivalent" and rows["pixel+bn"]["margin"] == "0.5"
+    assert "margin ±0.5" in (notebookish / "results.md").read_text()
+    with pytest.raises(ValueError, match="margin -0.1"):
+        write_report(notebookish, margin=-0.1)
 
 
 def test_identical_specs_are_flagged_with_the_reason(notebookish: Path):
@@ -136,6 +149,16 @@ def test_reference_is_settable_and_an_unknown_one_exits_2(notebookish: Path, cap
     assert (
         "--reference 'pixle' is not a spec of these results; choose one of baseline, pixel" in capsys.readouterr().err
     )
+
+
+def test_a_bad_margin_exits_2_in_one_line_and_writes_nothing(notebookish: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as stop:
+        main([str(notebookish), "--margin", "-0.01"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--margin -0.01" in err and len(err.strip().splitlines()) == 1
+    assert not (notebookish / "results.md").exists()
+    assert main([str(notebookish), "--margin", "0.02"]) == 0
+    assert "margin ±0.02" in (notebookish / "results.md").read_text()
 
 
 def test_without_pixel_the_first_spec_is_the_reference(tmp_path: Path):
@@ -196,8 +219,9 @@ def test_factorial_suite_gets_an_effects_table_csv_and_chart(fullish: Path):
     effects = {r["effect"]: r for r in csv.DictReader(open(fullish / "effects.csv"))}
     for name, value in {**FULLISH_EFFECTS, "l2=0.01": 0.0, "dropout=0.25": 0.0, "bn × dropout=0.5": 0.0}.items():
         row = effects[name]
-        assert float(row["ci_low"]) < value < float(row["ci_high"]), name
-        assert row["resolved"] == str(value != 0.0), name
+        assert float(row["verdict_low"]) < value < float(row["verdict_high"]), name
+        assert (row["verdict"] in ("better", "worse")) == (value != 0.0), name
+        assert row["margin"] == "0.01" and int(row["family"]) > len(effects)  # the simple effects are in it
     assert effects["bn × l2=0.01"]["kind"] == "interaction" and effects["bn"]["kind"] == "main"
     assert (fullish / "effects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -281,7 +305,26 @@ def test_compare_pairs_two_runs_of_a_suite_and_measures_the_paired_difference(tm
     out = capsys.readouterr().out
     assert "| pixel | 3 / 3 | 0.5000 ± 0.0200 |" in out and "[0.4800, 0.5200] | yes | 600 → 1200 (2.00x) |" in out
     assert f"Paired over 12 (spec, seed) trials: bf16 − fp32 = {interval.estimate:+.4f}" in out
-    assert "dropout=0.5" not in out
+    assert "**better** (margin ±0.01)" in out  # +0.01, clear of 0 and reaching past the margin
+    assert "dropout=0.5" not in out and "nan" not in out
+
+
+def test_compare_refuses_suites_of_other_settings_and_prints_no_nan(tmp_path: Path, capsys):
+    from ablations.report import compare
+
+    pixel = RegularizationSpec.parse("pixel")
+    write_results(tmp_path / "a" / "s", [fake_result("s", pixel, 0, 0.5)])
+    other = fake_result("s", pixel, 0, 0.5)
+    other["settings"] = {**other["settings"], "epochs": 5}
+    write_results(tmp_path / "b" / "s", [other])
+    with pytest.raises(SystemExit) as stopped:
+        compare.main([str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "epochs=2 vs 5" in err and len(err.strip().splitlines()) == 1
+    write_results(tmp_path / "c" / "s", [fake_result("s", pixel, 0, 0.51)])  # one seed: no interval
+    assert compare.main([str(tmp_path / "a" / "s"), str(tmp_path / "c" / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "no interval" in out
 
 
 def test_compare_refuses_missing_folders_and_disjoint_runs(tmp_path: Path, capsys):
@@ -303,3 +346,14 @@ def test_torch_free_modules_import_no_torch(module: str):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch'"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_large_suite_s_charts_show_the_reference_and_its_best_and_worst_cells(fullish: Path):
+    from ablations.report.report import MAX_SHOWN, build_report, shown_rows
+
+    report = build_report(fullish)
+    shown, note = shown_rows(report)
+    assert len(report.rows) > MAX_SHOWN and len(shown) == MAX_SHOWN
+    assert "pixel" in {r.spec for r in shown} and "best and the" in note
+    means = sorted(r.test_acc for r in report.rows if r.spec != "pixel" and not r.identical_to)
+    assert max(means) in {r.test_acc for r in shown} and min(means) in {r.test_acc for r in shown}

@@ -1,5 +1,7 @@
-"""The report's statistics on data with known answers: t-based CIs, Welch + Holm against a reference, and the
-effects of a factorial design recovered within their CIs (null effects not resolved)."""
+"""The report's statistics on data with known answers: t-based CIs, simultaneous Welch intervals against a
+reference and their verdicts (worse, equivalent, open with the difference the seeds could detect), the effects of
+a factorial design recovered within their intervals, and a main effect an interaction reverses read with its
+simple effects."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from ablations.report.stats import (
     Factor,
     compare_with_reference,
     factorial_effects,
-    holm,
     mean_ci,
     welch,
     Interval,
@@ -45,33 +46,40 @@ def test_welch_needs_two_values_per_side():
     assert math.isnan(welch([0.6], [0.5, 0.51], "x").p_value)
 
 
-def test_holm_multiplies_the_smallest_p_by_the_count_and_keeps_the_order():
-    tests = [
-        Contrast(name, Interval(0.0, 0.0, 0.0), p)
-        for name, p in (("a", 0.04), ("b", 0.001), ("c", 0.03), ("d", float("nan")))
-    ]
-    corrected = {t.name: t.p_holm for t in holm(tests)}
-    assert corrected["b"] == pytest.approx(0.003)  # 3 tested: 3 x 0.001
-    assert corrected["c"] == pytest.approx(0.06)  # 2 x 0.03
-    assert corrected["a"] == pytest.approx(0.06)  # max(1 x 0.04, the previous 0.06): monotone
-    assert math.isnan(corrected["d"])
+def test_the_adjusted_p_is_bonferroni_and_agrees_with_the_interval():
+    test = Contrast("a", Interval(0.0, -1.0, 1.0), 0.004, df=5.0, family=8)
+    assert test.p_adjusted == pytest.approx(0.032)
+    assert Contrast("b", Interval(0.0, -1.0, 1.0), 0.3, df=5.0, family=8).p_adjusted == 1.0
 
 
-def test_comparisons_resolve_a_real_difference_and_not_a_null_one():
+def test_verdicts_worse_equivalent_and_open_with_what_the_seeds_could_detect():
     reference = [0.500, 0.505, 0.495, 0.502, 0.498]
     groups = {
         "ref": reference,
-        "big": [v + 0.10 for v in reference[::-1]],  # +0.10, far beyond the spread
-        "null": [0.501, 0.497, 0.503, 0.499, 0.500],  # same mean as the reference
-        "small": [0.508, 0.498, 0.512, 0.496, 0.506],
-    }  # +0.004, within the spread
-    tests = {t.name: t for t in compare_with_reference(groups, "ref")}
-    assert set(tests) == {"big", "null", "small"}
-    assert tests["big"].resolved and tests["big"].effect.estimate == pytest.approx(0.10)
-    assert not tests["null"].resolved and not tests["small"].resolved
-    ordered = sorted(tests.values(), key=lambda t: t.p_value)
-    assert [t.p_holm for t in ordered] == sorted(t.p_holm for t in ordered)  # Holm keeps the raw order
-    assert all(t.p_holm >= t.p_value for t in tests.values())
+        "worse": [v - 0.10 for v in reference[::-1]],  # -0.10, far beyond the spread
+        "same": [0.5003, 0.4997, 0.5004, 0.4996, 0.5000, 0.5001],  # the reference's mean, little spread
+        "noisy": [0.56, 0.44, 0.53, 0.47, 0.50],  # the same mean, wide spread: cannot tell
+    }
+    tests = {t.name: t for t in compare_with_reference(groups, "ref", margin=0.01)}
+    assert set(tests) == {"worse", "same", "noisy"}
+    assert tests["worse"].verdict == "worse" and tests["worse"].effect.estimate == pytest.approx(-0.10)
+    assert tests["same"].verdict == "equivalent"
+    assert -0.01 <= tests["same"].effect.low and tests["same"].effect.high <= 0.01
+    noisy = tests["noisy"]
+    assert noisy.verdict == "open" and noisy.family == 3
+    half = (noisy.effect.high - noisy.effect.low) / 2
+    assert half < noisy.detectable < 2 * half  # (t_crit + t_power) * se: more than the half-width
+    single = welch(groups["noisy"], reference, "x", level=1 - 0.05 / 3)
+    assert (noisy.effect.low, noisy.effect.high) == pytest.approx((single.effect.low, single.effect.high))
+    for test in tests.values():  # the adjusted p and the interval say the same
+        assert (test.p_adjusted < 0.05) == (test.effect.low > 0 or test.effect.high < 0)
+
+
+def test_simultaneous_intervals_are_wider_than_one_comparison_s():
+    groups = {"ref": [0.5, 0.51, 0.49], "a": [0.55, 0.56, 0.54], "b": [0.5, 0.5, 0.52]}
+    one = welch(groups["a"], groups["ref"], "a")
+    both = {t.name: t for t in compare_with_reference(groups, "ref")}["a"]
+    assert both.effect.low < one.effect.low and both.effect.high > one.effect.high
 
 
 def test_unknown_reference_is_a_value_error():
@@ -124,8 +132,8 @@ def test_factorial_effects_recover_known_effects_within_their_cis():
     }
     assert set(effects) == set(expected)
     for name, value in expected.items():
-        assert wide[name].effect.low < value < wide[name].effect.high, name  # 99% CIs: 9 of them all cover
-        assert effects[name].resolved == (value != 0.0), name
+        assert wide[name].effect.low < value < wide[name].effect.high, name  # 99% simultaneous: all cover
+        assert (effects[name].verdict in ("better", "worse")) == (value != 0.0), name
 
 
 def test_a_factorial_without_replicates_falls_back_to_main_effects():
@@ -160,3 +168,26 @@ def test_a_verdict_reads_equivalence_first_then_the_sign_then_open(low: float, h
 def test_a_negative_margin_is_refused() -> None:
     with pytest.raises(ValueError, match="margin -0.1"):
         verdict(0.0, 0.1, margin=-0.1)
+
+
+def test_a_main_effect_an_interaction_reverses_is_read_with_its_simple_effects():
+    """bn helps without pixel (+0.12) and hurts with it (-0.04): its main effect, averaged, is positive, but the
+    resolved pixel × bn interaction qualifies it, and its simple effect with pixel is negative."""
+    factors = [Factor("normalize", ("off", "pixel")), Factor("batchnorm", ("off", "bn")), Factor("l2", ("off", "l2"))]
+    rng = np.random.default_rng(1)
+    rows = []
+    for pixel, bn, l2 in itertools.product(*(f.levels for f in factors)):
+        for _ in range(3):
+            on_pixel, on_bn = pixel == "pixel", bn == "bn"
+            acc = 0.5 + 0.05 * on_pixel + (0.12 - 0.16 * on_pixel) * on_bn + rng.normal(0, 0.004)
+            rows.append({"normalize": pixel, "batchnorm": bn, "l2": l2, "acc": acc})
+    fit = factorial_effects(pd.DataFrame(rows), factors, "acc")
+    effects = {t.name: t for t in fit.effects}
+    assert effects["bn"].verdict == "better" and effects["pixel × bn"].verdict == "worse"
+    assert fit.qualifiers("bn") == ["pixel × bn"] and fit.qualifiers("l2") == []
+    simple = {t.name: t for t in fit.simple["pixel × bn"]}
+    assert set(simple) == {"pixel without bn", "pixel with bn", "bn without pixel", "bn with pixel"}
+    assert simple["bn without pixel"].verdict == "better" and simple["bn with pixel"].verdict == "worse"
+    assert simple["bn with pixel"].effect.estimate == pytest.approx(-0.04, abs=0.01)
+    assert all(t.family == fit.family for t in simple.values())  # one family, fixed before looking
+    assert fit.family == len(fit.effects) + len({t.name for ts in fit.simple.values() for t in ts})

@@ -1,11 +1,11 @@
 """Reports from the trial folders: tables and statistics, charts, TensorBoard runs, comparisons.
 
-    python -m ablations.report logs/notebook [--reference pixel]
+    python -m ablations.report logs/notebook [--reference pixel] [--margin 0.01]
 
 - `ablations.report.report`: a suite's ``results.md/.csv``, charts and TensorBoard report run; its public names
   are importable from here (``from ablations.report import write_report``). ``python -m ablations.report`` is
   `ablations.report.__main__`.
-- `ablations.report.stats`: confidence intervals, Welch's tests with Holm's correction, factorial effects.
+- `ablations.report.stats`: the one verdict per comparison, simultaneous Welch intervals, factorial effects.
 - `ablations.report.analysis`: identical specs, max-norm and BatchNorm diagnostics, mixed settings or code.
 - `ablations.report.plots`: the matplotlib charts.
 - `ablations.report.board`: TensorBoard's scalars, HParams and text, written with its own event writer.

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from ablations.report.stats import Factor, FactorialFit, factorial_effects
+from ablations.report.stats import MARGIN, Factor, FactorialFit, factorial_effects
 from lit_cifar.spec import RegularizationSpec
 
 # The numbers two trials of the same seed must share to count as identical.
@@ -109,13 +109,14 @@ def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFram
     return frame, factors
 
 
-def factorial_analysis(results: list[dict[str, Any]]) -> Optional[FactorialFit]:
-    """Main effects and two-factor interactions on test accuracy, when the specs vary in two fields or more."""
+def factorial_analysis(results: list[dict[str, Any]], margin: float = MARGIN) -> Optional[FactorialFit]:
+    """Main effects and two-factor interactions on test accuracy, when the specs vary in two fields or more;
+    verdicts at `margin`."""
     design = factorial_frame(results)
     if design is None:
         return None
     frame, factors = design
-    return factorial_effects(frame, factors, RESPONSE)
+    return factorial_effects(frame, factors, RESPONSE, margin=margin)
 
 
 def diagnostics(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

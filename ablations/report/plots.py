@@ -1,17 +1,19 @@
 """The report's charts as PNG bytes, drawn on `matplotlib.figure.Figure` objects (no pyplot, no backend switch).
 
-- `results_chart`: test accuracy per spec (mean and 95% CI, every seed a dot), coloured by the comparison with the
-  reference spec, the notebook's figures marked;
-- `curves_chart`: validation accuracy per epoch, per spec its mean over seeds and their range as a band, the
-  reference spec on top;
-- `effects_chart`: the main effects and two-factor interactions of a factorial suite with their CIs;
+- `differences_chart`: each spec's difference in test accuracy from the reference spec with the interval its
+  verdict reads (simultaneous over the comparisons), the ``±margin`` band and the verdict written beside it;
+- `curves_chart`: validation accuracy per epoch, per spec its mean over seeds and their range as a band;
+- `effects_chart`: the main effects and two-factor interactions of a factorial suite with their simultaneous
+  intervals and verdicts, and below them the simple effects of each resolved interaction;
 - `samples_chart`: one training image per class, named.
 
-Accuracy axes start at 0; legends sit inside the axes; titles name the suite as a suite and carry the settings.
+A spec has one colour in every chart (`spec_colours`); a verdict one colour (`VERDICT_COLOURS`). Axes are fitted to
+the data; legends sit inside the figure; titles name the suite and carry the settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import textwrap
@@ -22,17 +24,17 @@ from typing import Any, Optional
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-# Bar colours: how a spec compares with the reference spec (one table, also read by the legend).
-VERDICTS = {
-    "reference": ("tab:blue", "reference spec"),
-    "better": ("tab:green", "resolved: above the reference"),
-    "worse": ("tab:red", "resolved: below the reference"),
-    "unresolved": ("0.6", "not resolved from the reference"),
-}
-LINE_STYLES = ("-", "-.", ":", (0, (5, 1)))  # solid first; after every 10 lines (the colour cycle) the next
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "open": "0.45"}
+QUALIFIED = "tab:purple"  # a main effect a resolved interaction qualifies: read its simple effects instead
+PALETTE = tuple(f"C{i}" for i in range(10)) + ("#8c564b", "#17becf", "#bcbd22", "#393b79", "#637939", "#843c39")
+LINE_STYLES = ("-", "-.", ":", (0, (5, 1)))  # solid first; after every `len(PALETTE)` lines the next
+
+
+def spec_colours(specs: Sequence[str]) -> dict[str, Any]:
+    """One colour per spec, in the given order, used by every chart of a report."""
+    return {spec: PALETTE[i % len(PALETTE)] for i, spec in enumerate(specs)}
 
 
 @dataclass(frozen=True)
@@ -45,25 +47,26 @@ class Layout:
     wrap: int  # characters per line of titles and axis labels
     font: float  # points
     legend_columns: int
-    labels_above: bool  # spec names above their bars (narrow charts) rather than on the left
-    row: float  # inches per bar
+    labels_above: bool  # names written above their rows (a narrow card) rather than on the left
+    row: float  # inches per row of a dot-and-interval chart
 
 
-PAGE = Layout(width=9.0, dpi=110, wrap=95, font=9.5, legend_columns=2, labels_above=False, row=0.32)
-CARD = Layout(width=3.6, dpi=100, wrap=50, font=7.5, legend_columns=1, labels_above=True, row=0.38)
+PAGE = Layout(width=9.0, dpi=110, wrap=95, font=9.5, legend_columns=2, labels_above=False, row=0.3)
+CARD = Layout(width=3.6, dpi=100, wrap=50, font=7.5, legend_columns=1, labels_above=True, row=0.36)
 
 
 @dataclass(frozen=True)
-class Bar:
-    """One spec in `results_chart`."""
+class Difference:
+    """One spec in `differences_chart`: its difference from the reference and the interval the verdict reads."""
 
     label: str
-    values: Sequence[float]  # one per seed
-    mean: float
-    low: float  # CI bounds (nan when unknown)
+    estimate: float
+    low: float  # nan when the spec has too few seeds for an interval
     high: float
-    verdict: str  # a key of VERDICTS
-    notebook: Optional[float] = None
+    verdict: Optional[str]  # a key of VERDICT_COLOURS; None for the reference itself
+    colour: Any
+    note: str = ""  # written after the verdict, e.g. the smallest detectable difference
+    tested: bool = True  # False: no interval (e.g. one seed); the note says why, in place of a verdict
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,11 @@ class Curve:
 
     label: str
     values: Sequence[float]  # per epoch, mean over seeds
+    colour: Any
     same_as: Optional[str] = None  # another curve's label when the numbers are identical
     low: Sequence[float] = ()  # per epoch, the lowest and highest seed (the band); empty: no band
     high: Sequence[float] = ()
-    reference: bool = False  # drawn on top of every other curve, in black
+    reference: bool = False  # drawn on top of every other curve, thicker
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ class EffectRow:
     estimate: float
     low: float
     high: float
-    resolved: bool
+    verdict: str  # a key of VERDICT_COLOURS
+    qualified_by: tuple[str, ...] = ()  # resolved interactions that qualify a main effect
 
 
 def _png(figure: Figure, layout: Layout) -> bytes:
@@ -124,9 +129,15 @@ def _wrap(text: str, layout: Layout) -> str:
     return "\n".join(line.rstrip().removesuffix(" ·") for line in lines)
 
 
-def _figure(layout: Layout, height: float) -> Figure:
-    """A figure `height` inches tall plus room for a title of up to three lines at this width."""
-    return Figure(figsize=(layout.width, height + (1.0 if layout is CARD else 0.6)), layout="constrained")
+def _figure(layout: Layout, height: float, title: str, subtitle: str) -> Figure:
+    """A figure `height` inches tall plus room for the title and subtitle as `_title` wraps them."""
+    lines = len(_wrap(title, layout).splitlines()) + len(_wrap(subtitle, layout).splitlines())
+    return Figure(figsize=(layout.width, height + 0.2 + lines * (layout.font + 1.5) * 1.3 / 72), layout="constrained")
+
+
+def _axis_label(text: str, layout: Layout) -> str:
+    """`text` wrapped to the width of an axes (narrower than the figure: the row names take the rest)."""
+    return _wrap(text, dataclasses.replace(layout, wrap=int(layout.wrap * 0.7)))
 
 
 def _title(figure: Figure, title: str, subtitle: str, layout: Layout) -> None:
@@ -135,90 +146,107 @@ def _title(figure: Figure, title: str, subtitle: str, layout: Layout) -> None:
     )
 
 
-def _draw_bars(ax: Any, bars: Sequence[Bar], layout: Layout) -> None:
-    y = np.arange(len(bars))[::-1] - (0.15 if layout.labels_above else 0.0)
-    for yy, bar in zip(y, bars):
-        ax.barh(yy, bar.mean, color=VERDICTS[bar.verdict][0], alpha=0.75, height=0.45 if layout.labels_above else 0.7)
-        if not math.isnan(bar.low):
-            ax.errorbar(
-                bar.mean, yy, xerr=[[bar.mean - bar.low], [bar.high - bar.mean]], color="black", capsize=3, lw=1
-            )
-        ax.scatter(bar.values, [yy] * len(bar.values), s=10, color="black", zorder=3)
-        if bar.notebook is not None:
-            ax.scatter([bar.notebook], [yy], marker="|", s=250, color="tab:purple", zorder=4)
-    labels = [f"{bar.label}  {bar.mean:.3f}" for bar in bars]
-    if not layout.labels_above:
-        ax.set_yticks(y, labels, fontsize=layout.font)
+def _fit_axis(values: Sequence[float], margin: float = 0.0) -> tuple[float, float]:
+    """Limits around every finite value and ``±margin`` with 8% room on each side."""
+    finite = [v for v in values if not math.isnan(v)] + [-margin, margin]
+    low, high = min(finite), max(finite)
+    pad = 0.08 * (high - low or 0.01)
+    return low - pad, high + pad
+
+
+def _interval_limits(rows: Sequence[Any], margin: float) -> tuple[float, float]:
+    """x limits fitted to the estimates and intervals, an interval reaching past twice the largest estimate cut
+    at the axis (drawn with an arrow there), so one wide interval does not flatten the others."""
+    reach = 2 * max([abs(r.estimate) for r in rows] + [margin, 0.01])
+    values = [v for r in rows for v in (r.low, r.high, r.estimate) if not math.isnan(v) and abs(v) <= reach]
+    low, high = _fit_axis(values, margin)
+    clipped = any(not math.isnan(r.low) and (r.low < low or r.high > high) for r in rows)
+    return (max(low, -reach * 1.08), min(high, reach * 1.08)) if clipped else (low, high)
+
+
+def _interval(ax: Any, row: Any, y: float, colour: Any, lw: float) -> None:
+    """The interval of `row` at `y`, cut at the axis limits with an arrow where it goes on."""
+    if math.isnan(row.low):
         return
-    ax.set_yticks([])
-    for yy, label in zip(y, labels):
-        ax.text(0.005, yy + 0.25, label, fontsize=layout.font, va="bottom")
+    left, right = ax.get_xlim()
+    ax.plot([max(row.low, left), min(row.high, right)], [y, y], color=colour, lw=lw, solid_capstyle="butt", zorder=2)
+    for end, edge, marker in ((row.low, left, "<"), (row.high, right, ">")):
+        if (end < edge) if marker == "<" else (end > edge):
+            ax.plot([edge], [y], marker=marker, color=colour, markersize=6, clip_on=False, zorder=3)
 
 
-def _verdict_legend(bars: Sequence[Bar]) -> list[Any]:
-    handles: list[Any] = [
-        Patch(color=VERDICTS[key][0], alpha=0.75, label=VERDICTS[key][1])
-        for key in VERDICTS
-        if any(bar.verdict == key for bar in bars)
-    ]
-    if any(bar.notebook is not None for bar in bars):
-        handles.append(
-            Line2D([], [], marker="|", ls="", markersize=14, color="tab:purple", label="notebook (one run, all data)")
-        )
-    return handles
+def _margin_band(ax: Any, margin: float) -> None:
+    if margin > 0:
+        ax.axvspan(-margin, margin, color=VERDICT_COLOURS["equivalent"], alpha=0.12, lw=0, zorder=0)
+    ax.axvline(0, color="black", lw=0.8, zorder=1)
 
 
-def results_chart(bars: Sequence[Bar], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
-    """Horizontal bars of test accuracy from 0, with CIs, seed dots and the notebook's figures; the legend sits in
-    an empty band under the bars."""
-    handles = _verdict_legend(bars)
-    band = 0.2 + 0.55 * math.ceil(len(handles) / layout.legend_columns)  # in bar rows
-    figure = _figure(layout, 0.9 + layout.row * (len(bars) + band))
+def differences_chart(
+    rows: Sequence[Difference], margin: float, title: str, subtitle: str, layout: Layout = PAGE
+) -> bytes:
+    """Per spec a dot at its difference from the reference and a line over its verdict interval, in the spec's
+    colour; the ``±margin`` band shaded; the verdict written at the right in its colour."""
+    figure = _figure(layout, 1.1 + layout.row * len(rows), title, subtitle)
     ax = figure.add_subplot()
-    _draw_bars(ax, bars, layout)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.5 - band, len(bars) - 0.5)
-    ax.set_xlabel("test accuracy (bar: mean; whisker: 95% CI; dots: seeds)", fontsize=layout.font)
+    y = np.arange(len(rows))[::-1]
+    _margin_band(ax, margin)
+    ax.set_xlim(*_interval_limits(rows, margin))
+    for yy, row in zip(y, rows):
+        _interval(ax, row, yy, row.colour, 2.5)
+        ax.scatter([row.estimate], [yy], color=row.colour, s=28, zorder=3, edgecolor="black", linewidth=0.5)
+        verdict = "reference" if row.verdict is None else row.verdict + (f" ({row.note})" if row.note else "")
+        if not row.tested:
+            verdict = row.note
+        colour = "black" if row.verdict is None else VERDICT_COLOURS[row.verdict]
+        if layout.labels_above:  # a narrow card: the name and the verdict above the row
+            ax.text(
+                0.01,
+                yy + 0.22,
+                f"{row.label}: {verdict}",
+                transform=ax.get_yaxis_transform(),
+                fontsize=layout.font - 0.5,
+                color=colour,
+                va="bottom",
+            )
+        else:
+            ax.text(
+                1.01,
+                yy,
+                verdict,
+                transform=ax.get_yaxis_transform(),
+                va="center",
+                fontsize=layout.font - 1,
+                color=colour,
+            )
+    if layout.labels_above:
+        ax.set_yticks([])
+    else:
+        ax.set_yticks(y, [row.label for row in rows], fontsize=layout.font)
+    ax.set_ylim(-0.6, len(rows) - 0.2)
     ax.tick_params(axis="x", labelsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=handles, loc="lower right", ncol=layout.legend_columns, fontsize=layout.font - 1, framealpha=0.9)
+    ax.set_xlabel(
+        _axis_label(
+            f"difference in test accuracy from the reference (line: verdict interval; band: ±{margin:g})", layout
+        ),
+        fontsize=layout.font,
+    )
     _title(figure, title, subtitle, layout)
     return _png(figure, layout)
 
 
-MAX_CURVES = 10  # more lines than this cannot be told apart
-
-
-def _legible(curves: Sequence[Curve], subtitle: str) -> tuple[list[Curve], str]:
-    """At most `MAX_CURVES` curves, in their order: the reference and those highest and lowest at the last epoch;
-    the subtitle says which when some are left out."""
-    if len(curves) <= MAX_CURVES:
-        return list(curves), subtitle
-    reference = [c for c in curves if c.reference][:1]
-    others = sorted((c for c in curves if not c.reference), key=lambda c: c.values[-1] if c.values else 0.0)
-    low = (MAX_CURVES - len(reference)) // 2
-    high = MAX_CURVES - len(reference) - low
-    kept = {id(c) for c in [*reference, *others[:low], *others[-high:]]}
-    note = (
-        f"{MAX_CURVES} of {len(curves)} specs: "
-        + ("the reference, " if reference else "")
-        + f"the {high} highest and {low} lowest at the last epoch"
-    )
-    return [c for c in curves if id(c) in kept], f"{subtitle} · {note}"
-
-
 def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
-    """Validation accuracy per epoch from 0: per spec its mean over seeds as a line and the range of its seeds as
-    a band; the reference spec in black on top of all; a spec identical to another dashed with open markers."""
-    curves, subtitle = _legible(curves, subtitle)
+    """Validation accuracy per epoch, the axis fitted to the data: per spec, in its colour, its mean over seeds as
+    a line and the range of its seeds as a band; the reference spec thick on top of all; a spec identical to
+    another dashed with open markers."""
     beside = layout is PAGE  # the legend, else below in two columns
-    figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2))
+    figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2), title, subtitle)
     ax = figure.add_subplot()
     others = [c for c in curves if not c.reference]
     for i, curve in enumerate([*others, *[c for c in curves if c.reference]]):
         epochs = range(1, len(curve.values) + 1)
         duplicate = curve.same_as is not None
-        colour = "black" if curve.reference else f"C{i % 10}"
+        colour = curve.colour
         top = 10 if curve.reference else 2
         if len(curve.low) == len(curve.values) and not duplicate:
             ax.fill_between(
@@ -242,11 +270,11 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
             fillstyle="none" if duplicate else "full",
             lw=2.6 if curve.reference else 1.4,
             zorder=top,
-            ls="--" if duplicate else LINE_STYLES[i // 10 % len(LINE_STYLES)],
+            ls="--" if duplicate else LINE_STYLES[i // len(PALETTE) % len(LINE_STYLES)],
             label=label,
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, 1)
+    ax.set_ylim(*_fit_axis([v for c in curves for v in (*c.values, *c.low, *c.high)]))
     ax.set_xlabel("epochs trained", fontsize=layout.font)
     ax.set_ylabel("validation accuracy", fontsize=layout.font)
     ax.tick_params(labelsize=layout.font)
@@ -265,30 +293,76 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
     return _png(figure, layout)
 
 
-def effects_chart(rows: Sequence[EffectRow], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
-    """Each effect as a dot with its CI line around a zero line; resolved effects in colour."""
-    figure = _figure(layout, 1.4 + 0.22 * len(rows))
-    ax = figure.add_subplot()
+def _effect_rows(
+    ax: Any, rows: Sequence[EffectRow], limits: tuple[float, float], margin: float, layout: Layout
+) -> None:
+    """Draw `rows` top-down on `ax` as dots with interval lines."""
     y = np.arange(len(rows))[::-1]
+    _margin_band(ax, margin)
+    ax.set_xlim(*limits)
     for yy, row in zip(y, rows):
-        colour = ("tab:green" if row.estimate > 0 else "tab:red") if row.resolved else "0.5"
-        if not math.isnan(row.low):
-            ax.plot([row.low, row.high], [yy, yy], color=colour, lw=2)
-        ax.scatter([row.estimate], [yy], color=colour, zorder=3, s=18)
-    ax.axvline(0, color="black", lw=0.8)
+        colour = QUALIFIED if row.qualified_by else VERDICT_COLOURS[row.verdict]
+        _interval(ax, row, yy, colour, 2)
+        hollow = (
+            {"facecolor": "white", "edgecolor": colour, "linewidth": 1.5} if row.qualified_by else {"color": colour}
+        )
+        ax.scatter([row.estimate], [yy], zorder=3, s=22, **hollow)
     ax.set_yticks(y, [row.label for row in rows], fontsize=layout.font)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.tick_params(axis="x", labelsize=layout.font)
-    ax.set_xlabel(_wrap("change in test accuracy (dot: estimate; line: 95% CI)", layout), fontsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(
-        handles=[
-            Line2D([], [], color="tab:green", marker="o", label="resolved, raises accuracy"),
-            Line2D([], [], color="tab:red", marker="o", label="resolved, lowers accuracy"),
-            Line2D([], [], color="0.5", marker="o", label="not resolved (Holm-corrected)"),
-        ],
-        loc="best",
-        fontsize=layout.font - 1,
-        framealpha=0.9,
+
+
+def effects_chart(
+    rows: Sequence[EffectRow],
+    simple: Sequence[EffectRow],
+    margin: float,
+    title: str,
+    subtitle: str,
+    layout: Layout = PAGE,
+) -> bytes:
+    """The effects as dots with their verdict intervals around zero and the ``±margin`` band, coloured by verdict;
+    a main effect qualified by a resolved interaction hollow, in its own colour (never "raises accuracy"); below,
+    in a panel of their own, the simple effects of the resolved interactions (`simple`), coloured by verdict."""
+    heights = [len(rows)] + ([len(simple) + 1.5] if simple else [])
+    figure = _figure(layout, 1.6 + layout.row * 0.8 * sum(heights), title, subtitle)
+    axes = figure.subplots(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
+    limits = _interval_limits([*rows, *simple], margin)
+    _effect_rows(axes[0], rows, limits, margin, layout)
+    if simple:
+        _effect_rows(axes[1], simple, limits, margin, layout)
+        axes[1].set_title(
+            _axis_label("Simple effects of the resolved interactions: each factor without and with the other", layout),
+            fontsize=layout.font,
+            loc="left",
+        )
+    axes[-1].set_xlabel(
+        _axis_label(f"change in test accuracy (dot: estimate; line: verdict interval; band: ±{margin:g})", layout),
+        fontsize=layout.font,
+    )
+    present = {r.verdict for r in [*rows, *simple] if not r.qualified_by}
+    labels = {
+        "better": "better: raises accuracy, averaged over the rest",
+        "worse": "worse: lowers accuracy, averaged over the rest",
+        "equivalent": f"equivalent: within ±{margin:g}",
+        "open": "open: neither within the margin nor clear of 0",
+    }
+    handles: list[Any] = [
+        Line2D([], [], color=VERDICT_COLOURS[key], marker="o", label=labels[key]) for key in labels if key in present
+    ]
+    if any(r.qualified_by for r in rows):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=QUALIFIED,
+                marker="o",
+                markerfacecolor="white",
+                label="depends on an interaction: see its simple effects",
+            )
+        )
+    figure.legend(
+        handles=handles, loc="outside lower center", ncol=layout.legend_columns, fontsize=layout.font - 1, frameon=False
     )
     _title(figure, title, subtitle, layout)
     return _png(figure, layout)

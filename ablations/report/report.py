@@ -1,19 +1,23 @@
 """The results of a suite, rebuilt from its trial folders: tables with statistics, CSVs, charts and TensorBoard.
 
-`write_report` (``python -m ablations.report logs/notebook [--reference pixel]``: `ablations.report.__main__`)
-reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all shards of a job array finish) and
-writes, all atomically:
+`write_report` (``python -m ablations.report logs/notebook [--reference pixel] [--margin 0.01]``:
+`ablations.report.__main__`) reads every ``<spec>/seed=<s>/result.json`` under the suite folder (e.g. after all
+shards of a job array finish) and writes, all atomically:
 
 - ``results.md``: the settings; per spec the test accuracy (mean ± std over seeds and its 95% t-based confidence
   interval), the difference from a reference spec (default ``pixel``), validation accuracy, the notebook's figure,
-  the train − validation gap and the wall time; each spec against the reference by Welch's t-test with Holm's
-  correction, saying which differences this number of seeds resolves; specs whose numbers are identical to
-  another's, and why; the max-norm and BatchNorm diagnostics; for a factorial suite (specs covering every
-  combination of their varying fields, e.g. ``full``) the main effects and two-factor interactions on test
-  accuracy with their CIs; notes when the results mix settings, code versions or thread counts;
-- ``results.csv`` (one row per spec) and, for a factorial suite, ``effects.csv``;
-- ``results.png`` (test accuracy per spec), ``curves.png`` (validation accuracy per epoch: mean and range over
-  seeds) and ``effects.png``, each title carrying the suite's ``caption.txt`` if it has one;
+  the train − validation gap and the wall time; each spec's verdict against the reference (`stats.verdict` of
+  Welch's interval, simultaneous over the comparisons, at ``margin``), with the smallest difference the seeds
+  could detect when it is open; specs whose numbers are identical to another's, and why; the max-norm and
+  BatchNorm diagnostics; for a factorial suite (specs covering every combination of their varying fields, e.g.
+  ``full``) the main effects and two-factor interactions with their verdicts, and the simple effects of every
+  resolved interaction; notes when the results mix settings, code versions or thread counts;
+- ``results.csv`` (one row per spec) and, for a factorial suite, ``effects.csv``, each row with its ``verdict``,
+  ``verdict_low``, ``verdict_high`` and ``margin``;
+- ``results.png`` (each spec's difference from the reference with its verdict interval and the margin band; the
+  best and worst cells of a large suite), ``curves.png`` (validation accuracy per epoch of the same specs in the
+  same colours) and ``effects.png``, each title naming the suite (and its ``caption.txt``), cells, training
+  images, precision and seeds;
 - the TensorBoard run ``<suite>/_report``: ``results.md`` as text and the charts as images; and the suite's HParams
   record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.report.board`).
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -32,7 +37,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ablations.report import board, plots
-from ablations.report.stats import LEVEL, FactorialFit, compare_with_reference, mean_ci
+from ablations.report.stats import (
+    INTERACTION,
+    check_margin,
+    LEVEL,
+    MARGIN,
+    POWER,
+    VERDICTS,
+    Contrast,
+    FactorialFit,
+    compare_with_reference,
+    mean_ci,
+)
 from ablations.identity import cell_view
 from ablations.store import (
     RESULT_FILE,
@@ -42,7 +58,13 @@ from ablations.store import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from ablations.report.analysis import diagnostics, factorial_analysis, identical_specs, mixed_environment
+from ablations.report.analysis import (
+    diagnostics,
+    factorial_analysis,
+    factorial_frame,
+    identical_specs,
+    mixed_environment,
+)
 
 DEFAULT_REFERENCE = "pixel"
 REPORT_RUN = board.REPORT_RUN
@@ -66,11 +88,13 @@ class SpecSummary:
     train_val_gap: float  # final train accuracy minus final val accuracy: how much the spec overfits
     wall_time_s: float
     vs_reference: Optional[float] = None  # test accuracy minus the reference spec's, both means over seeds
-    vs_reference_ci_low: Optional[float] = None
-    vs_reference_ci_high: Optional[float] = None
+    verdict: Optional[str] = None  # `stats.verdict` of the interval below (None for the reference itself)
+    verdict_low: Optional[float] = None  # the difference's interval, simultaneous over every comparison
+    verdict_high: Optional[float] = None
+    margin: Optional[float] = None  # the equivalence margin the verdict was read with
+    detectable: Optional[float] = None  # the smallest difference these seeds could detect (80% power)
     p_value: Optional[float] = None  # Welch's t-test against the reference
-    p_holm: Optional[float] = None  # Holm-corrected over every comparison with the reference
-    resolved: Optional[bool] = None  # p_holm < 1 - LEVEL
+    p_adjusted: Optional[float] = None  # Bonferroni over every comparison: < 1 - LEVEL when the interval excludes 0
     identical_to: Optional[str] = None  # an earlier spec with exactly the same numbers
     test_acc_values: list[float] = field(default_factory=list)  # one per seed, in seed order
     val_acc_curve: list[float] = field(default_factory=list)  # mean over seeds, per epoch
@@ -88,6 +112,7 @@ class SuiteReport:
     factorial: Optional[FactorialFit]
     notes: list[str]
     problems: list[str]
+    margin: float = MARGIN  # the equivalence margin every verdict is read with
     caption: str = ""  # said in every chart's title (`read_caption`)
 
     @property
@@ -158,18 +183,20 @@ def choose_reference(rows: list[SpecSummary], requested: Optional[str]) -> tuple
     return specs[0], [f"reference spec: {specs[0]} (the default, {DEFAULT_REFERENCE}, is not in these results)"]
 
 
-def compare(rows: list[SpecSummary], reference: str) -> None:
-    """Fill in every row's comparison with the reference spec (Welch's t-test, Holm-corrected)."""
-    tests = {t.name: t for t in compare_with_reference({r.spec: r.test_acc_values for r in rows}, reference)}
+def compare(rows: list[SpecSummary], reference: str, margin: float = MARGIN) -> None:
+    """Fill in every row's comparison with the reference spec (`stats.compare_with_reference`: Welch intervals
+    simultaneous over the comparisons, and their verdicts at `margin`)."""
+    groups = {r.spec: r.test_acc_values for r in rows}
+    tests = {t.name: t for t in compare_with_reference(groups, reference, margin=margin)}
     for row in rows:
         test = tests.get(row.spec)
         if test is None:  # the reference itself
             row.vs_reference = 0.0
             continue
-        row.vs_reference = test.effect.estimate
+        row.vs_reference, row.verdict, row.margin = test.effect.estimate, test.verdict, margin
         if test.effect.known:
-            row.vs_reference_ci_low, row.vs_reference_ci_high = test.effect.low, test.effect.high
-            row.p_value, row.p_holm, row.resolved = test.p_value, test.p_holm, test.resolved
+            row.verdict_low, row.verdict_high = test.effect.low, test.effect.high
+            row.p_value, row.p_adjusted, row.detectable = test.p_value, test.p_adjusted, test.detectable
 
 
 class NothingToReport(ValueError):
@@ -235,8 +262,10 @@ def select_settings(
     return kept, lines
 
 
-def build_report(suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None) -> SuiteReport:
-    """Read and analyse the suite's results of one set of settings (`select_settings`).
+def build_report(
+    suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
+) -> SuiteReport:
+    """Read and analyse the suite's results of one set of settings (`select_settings`); verdicts at `margin`.
 
     Raises:
         NothingToReport: `suite_dir` holds no finished trial, none of `settings`, or results of another suite.
@@ -252,15 +281,14 @@ def build_report(suite_dir: Path, reference: Optional[str] = None, settings: Opt
     rows = summarize(results)
     reference, notes = choose_reference(rows, reference)
     if reference is not None:
-        compare(rows, reference)
+        compare(rows, reference, margin)
     identical = identical_specs(results)
     same_as = {spec: earlier for spec, earlier, _ in identical}
     for row in rows:
         row.identical_to = same_as.get(row.spec)
     notes += mixed_environment(results)
-    return SuiteReport(
-        suite_dir.name, results, rows, reference, identical, factorial_analysis(results), notes, problems
-    )
+    factorial = factorial_analysis(results, margin)
+    return SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems, margin)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -328,43 +356,56 @@ def spec_table(report: SuiteReport) -> str:
     return "\n".join(lines)
 
 
-def verdict(report: SuiteReport) -> str:
-    """One paragraph: which differences from the reference this number of seeds resolves."""
+def _detectable(value: Optional[float]) -> str:
+    return "" if value is None or value != value else f"could detect ±{value:.3f}"
+
+
+def verdicts_text(report: SuiteReport) -> str:
+    """One paragraph: each spec's verdict against the reference, grouped by verdict."""
     compared = [r for r in report.rows if r.spec != report.reference]
-    tested = [r for r in compared if r.p_holm is not None]
     if not compared:
         return ""
+    tested = [r for r in compared if r.verdict_low is not None]
     if not tested:
         return (
             f"No difference from `{report.reference}` can be tested: a comparison needs at least two seeds of "
             "both specs."
         )
     seeds = "/".join(map(str, sorted({r.seeds for r in tested})))
-    resolved = [f"{r.spec} ({r.vs_reference:+.3f})" for r in tested if r.resolved]
-    unresolved = [r.spec for r in tested if not r.resolved]
-    text = f"**Resolved at {seeds} seeds** (Holm-corrected p < {1 - LEVEL:.2f}): " + (", ".join(resolved) or "none")
-    if unresolved:
-        text += (
-            f". **Not resolved**: {', '.join(unresolved)}: their difference from `{report.reference}` is "
-            "within what the seed-to-seed spread allows; more seeds are needed to tell."
-        )
-    untested = [r.spec for r in compared if r.p_holm is None]
+    parts = []
+    for key in VERDICTS:
+        specs = [r for r in tested if r.verdict == key]
+        if specs:
+            names = ", ".join(
+                f"{r.spec} ({r.vs_reference:+.3f}" + (f"; {_detectable(r.detectable)})" if key == "open" else ")")
+                for r in specs
+            )
+            parts.append(f"**{key}**: {names}")
+    text = (
+        f"Verdicts against `{report.reference}` at {seeds} seeds (margin ±{report.margin:g}; intervals "
+        f"simultaneous over the {len(compared)} comparisons at {LEVEL:.0%}): " + "; ".join(parts) + "."
+    )
+    untested = [r.spec for r in compared if r.verdict_low is None]
     if untested:
         text += f" Not tested (fewer than two seeds, or no spread at all): {', '.join(untested)}."
     return text
 
 
 def comparison_table(report: SuiteReport) -> str:
-    """Each spec against the reference (markdown)."""
-    lines = ["| spec | difference | 95% CI | p | Holm p | resolved |", "|---|---:|---:|---:|---:|---|"]
+    """Each spec against the reference (markdown): the difference, the interval its verdict reads, the verdict."""
+    lines = [
+        f"| spec | difference | {LEVEL:.0%} simultaneous interval | verdict (margin ±{report.margin:g}) | "
+        "could detect | p | adjusted p |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
     for r in report.rows:
         if r.spec == report.reference:
             continue
-        resolved = "—" if r.resolved is None else ("yes" if r.resolved else "no")
-        interval = _ci(r.vs_reference_ci_low, r.vs_reference_ci_high)
+        detect = _opt(r.detectable, ".3f") if r.verdict == "open" else "—"
         lines.append(
-            f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {interval} | {_opt(r.p_value, '.3g')} | "
-            f"{_opt(r.p_holm, '.3g')} | {resolved} |"
+            f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {_ci(r.verdict_low, r.verdict_high, '+.4f')} | "
+            f"{r.verdict if r.verdict_low is not None else '— (not tested)'} | {detect} | "
+            f"{_opt(r.p_value, '.3g')} | {_opt(r.p_adjusted, '.3g')} |"
         )
     return "\n".join(lines)
 
@@ -387,28 +428,74 @@ def diagnostics_table(report: SuiteReport) -> str:
     return "\n".join(lines)
 
 
+def _effect_line(t: Contrast, read_with: str = "") -> str:
+    detect = _opt(t.detectable, ".3f") if t.verdict == "open" else "—"
+    return (
+        f"| {t.name} | {t.effect.estimate:+.4f} | {_ci(t.effect.low, t.effect.high, '+.4f')} | {t.verdict} | "
+        f"{detect} | {_opt(t.p_adjusted, '.3g')} | {read_with} |"
+    )
+
+
 def effects_table(fit: FactorialFit) -> str:
-    lines = ["| effect | change in test acc | 95% CI | Holm p | resolved |", "|---|---:|---:|---:|---|"]
+    """The effects (markdown), each main effect qualified by a resolved interaction pointing to it."""
+    margin = fit.effects[0].margin if fit.effects else MARGIN
+    lines = [
+        f"| effect | change in test acc | {LEVEL:.0%} simultaneous interval | verdict (margin ±{margin:g}) | "
+        "could detect | adjusted p | read with |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
     for t in fit.effects:
-        lines.append(
-            f"| {t.name} | {t.effect.estimate:+.4f} | {_ci(t.effect.low, t.effect.high)} | "
-            f"{_opt(t.p_holm, '.3g')} | {'yes' if t.resolved else 'no'} |"
-        )
+        qualifiers = fit.qualifiers(t.name) if INTERACTION not in t.name else []
+        lines.append(_effect_line(t, ", ".join(f"`{q}`: see its simple effects" for q in qualifiers)))
     return "\n".join(lines)
 
 
-def effects_section(fit: Optional[FactorialFit]) -> str:
+def simple_effects_table(fit: FactorialFit) -> str:
+    """The simple effects of every resolved interaction (markdown), or ""."""
+    resolved = fit.resolved_interactions()
+    if not resolved:
+        return ""
+    lines = [
+        "| interaction | simple effect | change in test acc | interval | verdict | could detect | adjusted p | |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for interaction in resolved:
+        for t in fit.simple[interaction.name]:
+            lines.append(f"| {interaction.name} " + _effect_line(t))
+    return "\n".join(lines)
+
+
+def _noise_source(fit: FactorialFit, seeds: int) -> str:
+    """Where the intervals' noise comes from."""
+    pooled = "three-factor and higher interactions" if fit.interactions else "interactions"
+    if seeds == 1:
+        return (
+            f"One seed per cell: the intervals come from the model's residuals, the {fit.residual_df} degrees of "
+            f"freedom of the {pooled} pooled as noise (the seed-to-seed spread is not measured apart)."
+        )
+    return (
+        f"The intervals come from the model's residuals ({fit.residual_df} degrees of freedom): the seeds' spread "
+        f"and the {pooled}, pooled."
+    )
+
+
+def effects_section(fit: Optional[FactorialFit], seeds: int = 1) -> str:
     if fit is None:
         return ""
     if fit.problem:
         return f"Not estimated: {fit.problem}."
     model = "every main effect and two-factor interaction" if fit.interactions else "main effects only"
+    simple = simple_effects_table(fit)
     return (
-        f"A linear model of test accuracy over the trials ({model}; {fit.residual_df} residual degrees of "
-        "freedom, higher interactions taken as noise). A main effect `X` is the mean change when X is switched "
-        "on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
-        "accuracy when Y is on. CIs are 95%; p-values Holm-corrected over all effects.\n\n"
+        f"A linear model of test accuracy over the trials ({model}). A main effect `X` is the mean change when X is "
+        "switched on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
+        "accuracy when Y is on. "
+        + _noise_source(fit, seeds)
+        + f" Intervals are {LEVEL:.0%} simultaneous (Bonferroni) over the family of {fit.family} contrasts fixed "
+        "before looking: the effects below and every interaction's simple effects. A main effect that a resolved "
+        "interaction qualifies is read with that interaction's simple effects, not alone.\n\n"
         + effects_table(fit)
+        + (f"\n\n### Simple effects of the resolved interactions\n\n{simple}" if simple else "")
         + aliased_note(fit)
     )
 
@@ -427,8 +514,11 @@ def comparison_section(report: SuiteReport) -> str:
     if len(report.rows) < 2:
         return ""
     return (
-        f"Welch's t-test on test accuracy, p-values Holm-corrected over the {len(report.rows) - 1} "
-        f"comparisons.\n\n{comparison_table(report)}\n\n{verdict(report)}"
+        f"Welch's interval of each difference in test accuracy, simultaneous over the {len(report.rows) - 1} "
+        f"comparisons (Bonferroni, {LEVEL:.0%} family-wise). The verdict reads that interval: `equivalent` within "
+        f"±{report.margin:g}, else `better` / `worse` when it excludes 0, else `open`, with the smallest "
+        f"difference these seeds could detect ({POWER:.0%} power).\n\n"
+        f"{comparison_table(report)}\n\n{verdicts_text(report)}"
     )
 
 
@@ -446,10 +536,13 @@ def markdown(report: SuiteReport) -> str:
             f"mean (t-based); `vs {report.reference}` is the difference of means from the reference spec.\n\n"
             + spec_table(report),
         ),
-        (f"## Each spec against `{report.reference}`", comparison_section(report)),
+        (f"## Each spec against `{report.reference}` (margin ±{report.margin:g})", comparison_section(report)),
         ("## Identical results", identical_section(report)),
         ("## Diagnostics (last epoch, mean over seeds)", diagnostics_table(report)),
-        ("## Factorial effects on test accuracy", effects_section(report.factorial)),
+        (
+            f"## Factorial effects on test accuracy (margin ±{report.margin:g})",
+            effects_section(report.factorial, min((r.seeds for r in report.rows), default=1)),
+        ),
         ("## Notes", "\n".join(f"- {note}" for note in report.notes)),
         ("Problems:", "\n".join(f"- {problem}" for problem in report.problems)),
     ]
@@ -470,35 +563,45 @@ def spec_records(rows: list[SpecSummary]) -> list[dict[str, Any]]:
     return [{k: v for k, v in asdict(row).items() if k not in ("test_acc_values", "val_acc_curve")} for row in rows]
 
 
+def _effect_record(t: Contrast, kind: str, qualified_by: str = "") -> dict[str, Any]:
+    return {
+        "effect": t.name,
+        "kind": kind,
+        "estimate": t.effect.estimate,
+        "verdict": t.verdict,
+        "verdict_low": t.effect.low,
+        "verdict_high": t.effect.high,
+        "margin": t.margin,
+        "detectable": t.detectable,
+        "p_value": t.p_value,
+        "p_adjusted": t.p_adjusted,
+        "family": t.family,
+        "qualified_by": qualified_by,
+    }
+
+
 def effect_records(fit: FactorialFit) -> list[dict[str, Any]]:
-    return [
-        {
-            "effect": t.name,
-            "kind": "interaction" if " × " in t.name else "main",
-            "estimate": t.effect.estimate,
-            "ci_low": t.effect.low,
-            "ci_high": t.effect.high,
-            "p_value": t.p_value,
-            "p_holm": t.p_holm,
-            "resolved": t.resolved,
-        }
+    """effects.csv: the main effects and interactions, then the simple effects of the resolved interactions
+    (``kind`` simple, ``qualified_by`` naming their interaction)."""
+    records = [
+        _effect_record(
+            t,
+            "interaction" if INTERACTION in t.name else "main",
+            "" if INTERACTION in t.name else " ".join(fit.qualifiers(t.name)),
+        )
         for t in fit.effects
     ]
-
-
-def _verdict_key(row: SpecSummary, reference: Optional[str]) -> str:
-    if row.spec == reference:
-        return "reference"
-    if not row.resolved:
-        return "unresolved"
-    return "better" if (row.vs_reference or 0.0) > 0 else "worse"
+    for interaction in fit.resolved_interactions():
+        records += [_effect_record(t, "simple", interaction.name) for t in fit.simple[interaction.name]]
+    return records
 
 
 CHARTS = {
-    "results.png": "report/test_accuracy",
+    "results.png": "report/test_accuracy",  # differences in test accuracy from the reference
     "curves.png": "report/val_accuracy",
     "effects.png": "report/effects",
 }  # file -> its TensorBoard image tag
+MAX_SHOWN = 10  # a suite of more specs shows the reference and its best and worst cells (never a 96-row chart)
 
 
 def _seed_range(report: SuiteReport, spec: str) -> tuple[list[float], list[float]]:
@@ -516,52 +619,113 @@ def read_caption(suite_dir: Path) -> str:
     return path.read_text().strip().splitlines()[0] if path.is_file() and path.read_text().strip() else ""
 
 
-def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
-    """The report's charts by file name (`CHARTS`), drawn at `layout`'s size."""
-    settings = settings_line(report)
-    counts = {r.seeds for r in report.rows}
-    bars = [
-        plots.Bar(
-            r.spec
-            + ("" if len(counts) == 1 else f"  (n={r.seeds})")
-            + (f" (= {r.identical_to})" if r.identical_to else ""),
-            r.test_acc_values,
-            r.test_acc,
-            r.test_acc_ci_low,
-            r.test_acc_ci_high,
-            _verdict_key(r, report.reference),
-            r.notebook,
-        )
-        for r in report.rows
+def shown_rows(report: SuiteReport) -> tuple[list[SpecSummary], str]:
+    """The specs every chart draws, in suite order, and a note when some are left out: all of them up to
+    `MAX_SHOWN`, else the reference and the best and worst cells by mean test accuracy (copies of another spec's
+    numbers left out)."""
+    if len(report.rows) <= MAX_SHOWN:
+        return list(report.rows), ""
+    reference = [r for r in report.rows if r.spec == report.reference]
+    others = sorted((r for r in report.rows if r not in reference and not r.identical_to), key=lambda r: r.test_acc)
+    worst = (MAX_SHOWN - len(reference)) // 2
+    best = MAX_SHOWN - len(reference) - worst
+    kept = {r.spec for r in [*reference, *others[:worst], *others[-best:]]}
+    note = f"{len(kept)} of {len(report.rows)} specs: " + ("the reference, " if reference else "")
+    shown = sorted((r for r in report.rows if r.spec in kept), key=lambda r: -r.test_acc)  # best first
+    return shown, note + f"the {best} best and the {worst} worst cells, best first"
+
+
+def headline(report: SuiteReport) -> str:
+    """What every chart's title says: the suite (and caption), its cells, training images, precision and seeds."""
+    first = report.results[0] if report.results else {}
+    settings = first.get("settings", {})
+    counts = sorted({r.seeds for r in report.rows})
+    seeds = "/".join(map(str, counts)) + (" seed" if counts == [1] else " seeds")
+    cells = f"{len(report.rows)} specs"
+    design = factorial_frame(report.results) if report.factorial is not None and report.factorial.effects else None
+    if design is not None:
+        grid = math.prod(len(f.levels) for f in design[1])
+        cells = f"{len(report.rows)} of {grid} cells" if len(report.rows) < grid else f"{grid} cells"
+    parts = [
+        f"Suite '{report.name}'" + (f" ({report.caption})" if report.caption else ""),
+        cells,
+        f"{_number(first.get('train_images', 0))} training images",
+        f"precision {settings.get('precision', '?')}",
+        seeds,
     ]
+    return " · ".join(parts)
+
+
+def _difference(row: SpecSummary, reference: Optional[str], colour: Any) -> plots.Difference:
+    label = f"{row.spec}  {row.test_acc:.3f}"
+    if row.spec == reference:
+        return plots.Difference(label, 0.0, float("nan"), float("nan"), None, colour)
+    low = float("nan") if row.verdict_low is None else row.verdict_low
+    high = float("nan") if row.verdict_high is None else row.verdict_high
+    note = _detectable(row.detectable) if row.verdict == "open" else ""
+    if row.verdict_low is None:
+        note = "no interval: one seed" if row.seeds < 2 else "no interval: no spread"
+    tested = row.verdict_low is not None
+    return plots.Difference(label, row.vs_reference or 0.0, low, high, row.verdict, colour, note, tested)
+
+
+def _effect_row(fit: FactorialFit, t: Contrast) -> plots.EffectRow:
+    qualified = tuple(fit.qualifiers(t.name)) if INTERACTION not in t.name else ()
+    label = t.name + (f"  (see {', '.join(qualified)})" if qualified else "")
+    return plots.EffectRow(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified)
+
+
+def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
+    """The report's charts by file name (`CHARTS`), drawn at `layout`'s size; every chart draws the same specs
+    (`shown_rows`) in the same colours."""
+    settings = settings_line(report)
+    title = headline(report)
+    shown, note = shown_rows(report)
+    colours = plots.spec_colours([r.spec for r in shown])
+    margin = report.margin
+    subtitle = f"{settings}" + (f" · {note}" if note else "")
+    differences = [_difference(r, report.reference, colours[r.spec]) for r in shown]
     curves = [
         plots.Curve(
-            r.spec, r.val_acc_curve, r.identical_to, *_seed_range(report, r.spec), reference=r.spec == report.reference
+            r.spec,
+            r.val_acc_curve,
+            colours[r.spec],
+            r.identical_to,
+            *_seed_range(report, r.spec),
+            reference=r.spec == report.reference,
         )
-        for r in report.rows
+        for r in shown
     ]
-    suite = f"Suite '{report.name}'" + (f" ({report.caption})" if report.caption else "")
+    compared = len(report.rows) - 1
     pngs = {
-        "results.png": plots.results_chart(
-            bars,
-            f"{suite}: test accuracy per spec vs {report.reference}",
-            f"{settings} · mean and 95% CI over seeds",
+        "results.png": plots.differences_chart(
+            differences,
+            margin,
+            f"Test accuracy minus {report.reference}'s, with verdicts · {title}",
+            f"{subtitle} · intervals simultaneous over the {compared} comparisons ({LEVEL:.0%}) · margin ±{margin:g}",
             layout,
         ),
         "curves.png": plots.curves_chart(
             curves,
-            f"{suite}: validation accuracy per epoch",
-            f"{settings} · line: mean over seeds · band: lowest to highest seed",
+            f"Validation accuracy per epoch · {title}",
+            f"{subtitle} · line: mean over seeds · band: lowest to highest seed",
             layout,
         ),
     }
     fit = report.factorial
     if fit is not None and fit.effects:
-        rows = [
-            plots.EffectRow(t.name, t.effect.estimate, t.effect.low, t.effect.high, t.resolved) for t in fit.effects
-        ]
-        title = f"{suite}: effects on test accuracy: main and two-factor interactions"
-        pngs["effects.png"] = plots.effects_chart(rows, title, f"{settings} · 95% CIs", layout)
+        simple = [_effect_row(fit, t) for i in fit.resolved_interactions() for t in fit.simple[i.name]]
+        seeds = min(r.seeds for r in report.rows)
+        noise = "one seed: intervals from the model's residuals, higher interactions pooled" if seeds == 1 else ""
+        pngs["effects.png"] = plots.effects_chart(
+            [_effect_row(fit, t) for t in fit.effects],
+            simple,
+            margin,
+            f"Effects on test accuracy · {title}",
+            f"{settings} · intervals simultaneous over {fit.family} contrasts ({LEVEL:.0%}) · margin ±{margin:g}"
+            + (f" · {noise}" if noise else ""),
+            layout,
+        )
     return pngs
 
 
@@ -571,31 +735,38 @@ def tensorboard_run(report: SuiteReport, text: str) -> list[Any]:
     return [board.text_summary("report/results", text), *images]
 
 
-def write_report(suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None) -> str:
-    """Write results.md/.csv, effects.csv, the charts and the ``_report`` run for the suite in `suite_dir`;
-    returns the per-spec table and the verdict on the comparisons (what a sweep prints).
+def write_report(
+    suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
+) -> str:
+    """Write results.md/.csv, effects.csv, the charts and the ``_report`` run for the suite in `suite_dir`, every
+    verdict read at `margin`; returns the per-spec table and the verdicts (what a sweep prints).
 
     Only trials of one set of settings are reported (`select_settings`; `settings` picks which). Problems (failed,
     unreadable or excluded trials) are listed on stderr and at the end of results.md.
     Raises `NothingToReport` (a ValueError) for a folder without results of its suite, ValueError if `reference`
-    is given and is not a spec of the results, OSError if a file cannot be written (e.g. a full disk).
+    is given and is not a spec of the results or for a bad `margin`, OSError if a file cannot be written (e.g. a
+    full disk).
     """
     suite_dir = Path(suite_dir)
+    check_margin(margin)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
-        report = build_report(suite_dir, reference, settings)
+        report = build_report(suite_dir, reference, settings, margin)
         report.caption = read_caption(suite_dir)
-        _write_files(suite_dir, report)
+        write_tables_and_charts(suite_dir, report)
+        if report.rows:
+            board.write_run(suite_dir / REPORT_RUN, tensorboard_run(report, markdown(report)), replace=True)
+            board.write_suite_runs(suite_dir, report.results)  # the HParams record and the spec-mean rows
     return report_text(report)
 
 
 def report_text(report: SuiteReport) -> str:
-    """The per-spec table and the verdict on the comparisons (what a sweep and the report print)."""
-    return spec_table(report) + ("\n\n" + verdict(report) if report.reference else "")
+    """The per-spec table and the verdicts on the comparisons (what a sweep and the report print)."""
+    return spec_table(report) + ("\n\n" + verdicts_text(report) if report.reference else "")
 
 
-def _write_files(suite_dir: Path, report: SuiteReport) -> None:
-    text = markdown(report)
-    write_text_atomic(suite_dir / "results.md", text)
+def write_tables_and_charts(suite_dir: Path, report: SuiteReport) -> None:
+    """results.md, results.csv, effects.csv and the charts (not the TensorBoard runs)."""
+    write_text_atomic(suite_dir / "results.md", markdown(report))
     write_text_atomic(suite_dir / "results.csv", csv_text(spec_records(report.rows)))
     if report.factorial is not None and report.factorial.effects:
         write_text_atomic(suite_dir / "effects.csv", csv_text(effect_records(report.factorial)))
@@ -605,5 +776,3 @@ def _write_files(suite_dir: Path, report: SuiteReport) -> None:
         return
     for name, png in charts(report, plots.PAGE).items():
         write_bytes_atomic(suite_dir / name, png)
-    board.write_run(suite_dir / REPORT_RUN, tensorboard_run(report, text), replace=True)
-    board.write_suite_runs(suite_dir, report.results)  # the HParams record and the spec-mean rows

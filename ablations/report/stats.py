@@ -1,38 +1,83 @@
-"""The statistics of a suite's results: confidence intervals, comparisons with a reference spec, factorial effects.
+"""The statistics of a suite's results: confidence intervals, comparisons with a reference spec, factorial effects,
+and the one verdict each comparison gets.
 
 The numbers come from scipy and statsmodels; this module only arranges the data and names what was computed:
 
+- `verdict`: the answer an interval of a difference gives: ``equivalent`` (within ``±margin``), ``better`` /
+  ``worse`` (excludes 0), else ``open``. Every table, CSV, chart and TensorBoard view reads it from here.
 - `mean_ci`: a mean over seeds with its t-based confidence interval (scipy).
 - `welch_width`: the width of Welch's interval from sample sizes and variances, for the seeds rule.
-- `compare_with_reference`: each spec against a reference spec by Welch's t-test (scipy), the p-values corrected
-  for the number of comparisons by Holm's method (statsmodels); a difference is *resolved* when its corrected
-  p-value is under ``1 - level``.
+- `compare_with_reference`: each spec against a reference spec: Welch's intervals, simultaneous over the ``m``
+  comparisons (Bonferroni: each at level ``1 - (1 - LEVEL) / m``), so that every interval keeps its meaning whether
+  its comparison is rejected or not; the verdict reads that interval.
 - `factorial_effects`: for specs that cover every combination of some factors (e.g. the ``full`` suite), a linear
   model of test accuracy with every main effect and two-factor interaction (statsmodels OLS); each effect is a
-  contrast of that model averaged over the levels of the other factors, with its confidence interval and a
-  Holm-corrected p-value.
+  contrast of that model averaged over the levels of the other factors. The family is fixed before looking: the
+  main effects, the interactions and each interaction's simple effects (``bn`` without and with ``pixel``), all
+  Bonferroni-simultaneous, so a main effect that a resolved interaction qualifies is read with its simple effects
+  at no extra cost in error rate.
 
-Torch-free: ``python -m ablations.report`` imports it.
+An ``open`` verdict states the smallest difference its seeds could detect (`Contrast.detectable`: power `POWER`
+at the family's level). Torch-free: ``python -m ablations.report`` imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats as scipy_stats
-from statsmodels.stats.multitest import multipletests
 
-LEVEL = 0.95  # confidence level of every interval; differences are resolved at alpha = 1 - LEVEL
+LEVEL = 0.95  # family-wise confidence level of every set of simultaneous intervals (alpha = 1 - LEVEL)
+POWER = 0.80  # the power at which `Contrast.detectable` states the smallest difference the seeds could detect
+MARGIN = 0.01  # default equivalence margin, in test-accuracy units (``--margin``)
+VERDICTS = ("equivalent", "better", "worse", "open")  # the answer to one comparison, in the order it is read
 NAN = float("nan")
+
+
+def verdict(low: float, high: float, margin: float = MARGIN) -> str:
+    """The verdict a family-wise (simultaneous) interval ``[low, high]`` of a difference gives, read in this order:
+    ``equivalent`` when it lies within ``±margin`` (TOST: a difference too small to matter, even if it excludes 0),
+    else ``better`` / ``worse`` when it excludes 0 above / below, else ``open`` (a nan bound is ``open`` too).
+
+    Raises:
+        ValueError: `margin` is negative, nan or 1 or more.
+    """
+    check_margin(margin)
+    if math.isnan(low) or math.isnan(high):
+        return "open"
+    if -margin <= low and high <= margin:
+        return "equivalent"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "open"
+
+
+def check_margin(margin: float) -> float:
+    """`margin` itself when it is a difference of accuracy in [0, 1).
+
+    Raises:
+        ValueError: for a negative, nan or too large margin.
+    """
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin {margin!r}: give a difference of accuracy in [0, 1), e.g. {MARGIN}")
+    return margin
+
+
+def family_level(level: float, size: int) -> float:
+    """The level of each of `size` Bonferroni-simultaneous intervals whose family-wise level is `level`."""
+    return 1 - (1 - level) / max(size, 1)
 
 
 @dataclass(frozen=True)
@@ -62,42 +107,55 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 @dataclass(frozen=True)
 class Contrast:
-    """An effect or a difference with its confidence interval and p-values (raw and Holm-corrected)."""
+    """A difference or an effect with its interval, simultaneous over a family of `family` contrasts at the
+    family-wise level `level`, and the verdict that interval gives at `margin`."""
 
     name: str
-    effect: Interval
-    p_value: float
-    p_holm: float = NAN
+    effect: Interval  # the estimate and its simultaneous interval: the interval every output draws
+    p_value: float  # the raw two-sided p-value
+    df: float = NAN  # degrees of freedom of the interval's t quantile
+    family: int = 1
+    level: float = LEVEL
+    margin: float = MARGIN
 
     @property
-    def resolved(self) -> bool:
-        """True when the Holm-corrected p-value is under ``1 - LEVEL``: this number of seeds tells it from zero."""
-        return self.p_holm < 1 - LEVEL
+    def p_adjusted(self) -> float:
+        """Bonferroni over the family: under ``1 - level`` exactly when the interval excludes 0."""
+        return min(1.0, self.p_value * self.family)
 
+    @property
+    def verdict(self) -> str:
+        return verdict(self.effect.low, self.effect.high, self.margin)
 
-def holm(tests: list[Contrast]) -> list[Contrast]:
-    """The same tests with Holm-corrected p-values over those that have a p-value (``nan`` ones stay ``nan``)."""
-    tested = [i for i, t in enumerate(tests) if not math.isnan(t.p_value)]
-    corrected = list(multipletests([tests[i].p_value for i in tested], method="holm")[1]) if tested else []
-    adjusted = dict(zip(tested, corrected))
-    return [Contrast(t.name, t.effect, t.p_value, float(adjusted.get(i, NAN))) for i, t in enumerate(tests)]
+    @property
+    def detectable(self) -> float:
+        """The smallest difference these seeds would call better / worse with probability `POWER` at the family's
+        level: ``(t_crit + t_power) * se``, the standard error read back from the interval's half-width; nan when
+        the interval is unknown."""
+        if not self.effect.known or math.isnan(self.df):
+            return NAN
+        critical = float(scipy_stats.t.ppf(1 - (1 - self.level) / (2 * self.family), self.df))
+        half = (self.effect.high - self.effect.low) / 2
+        return half * (1 + float(scipy_stats.t.ppf(POWER, self.df)) / critical)
 
 
 def welch(values: Sequence[float], reference: Sequence[float], name: str, level: float = LEVEL) -> Contrast:
-    """``mean(values) - mean(reference)`` with Welch's confidence interval and t-test p-value (scipy).
+    """``mean(values) - mean(reference)`` with Welch's confidence interval at `level` and t-test p-value (scipy).
 
     Fewer than two values on either side, or two identical constant samples, give ``nan`` (nothing to test).
     """
     difference = statistics.fmean(values) - statistics.fmean(reference)
     if min(len(values), len(reference)) < 2:
-        return Contrast(name, Interval(difference, NAN, NAN), NAN)
+        return Contrast(name, Interval(difference, NAN, NAN), NAN, level=level)
     with warnings.catch_warnings():  # nearly constant samples (e.g. every seed at 100%) make scipy warn
         warnings.simplefilter("ignore", RuntimeWarning)
         result = scipy_stats.ttest_ind(values, reference, equal_var=False)
     if math.isnan(result.pvalue):
-        return Contrast(name, Interval(difference, NAN, NAN), NAN)
+        return Contrast(name, Interval(difference, NAN, NAN), NAN, level=level)
     low, high = result.confidence_interval(confidence_level=level)
-    return Contrast(name, Interval(difference, float(low), float(high)), float(result.pvalue))
+    return Contrast(
+        name, Interval(difference, float(low), float(high)), float(result.pvalue), float(result.df), level=level
+    )
 
 
 def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL) -> np.ndarray:
@@ -115,16 +173,21 @@ def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL
 
 
 def compare_with_reference(
-    groups: Mapping[str, Sequence[float]], reference: str, level: float = LEVEL
+    groups: Mapping[str, Sequence[float]], reference: str, level: float = LEVEL, margin: float = MARGIN
 ) -> list[Contrast]:
-    """Every group but `reference` against it (Welch), Holm-corrected over all of them, in `groups` order.
+    """Every group but `reference` against it (Welch), in `groups` order: intervals simultaneous over all of them
+    at family-wise `level` (Bonferroni), each with its verdict at `margin`.
 
     Raises:
-        ValueError: if `reference` is not one of the groups.
+        ValueError: if `reference` is not one of the groups, or for a bad `margin`.
     """
     if reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(groups)}")
-    return holm([welch(values, groups[reference], name, level) for name, values in groups.items() if name != reference])
+    check_margin(margin)
+    others = [name for name in groups if name != reference]
+    each = family_level(level, len(others))
+    tests = [welch(groups[name], groups[reference], name, each) for name in others]
+    return [Contrast(t.name, t.effect, t.p_value, t.df, len(others), level, margin) for t in tests]
 
 
 # ------------------------------------------------------------------------------------------------ factorial
@@ -141,15 +204,34 @@ class Factor:
         return self.levels[0]
 
 
+INTERACTION = " × "  # joins the two levels of a two-factor interaction's name
+
+
 @dataclass(frozen=True)
 class FactorialFit:
-    """The effects of a factorial design, or why they could not be estimated (`problem`)."""
+    """The effects of a factorial design, or why they could not be estimated (`problem`).
+
+    `effects` are the main effects and interactions; `simple` holds, per interaction, its simple effects (each
+    factor's effect without and with the other's level), computed in the same simultaneous family."""
 
     effects: list[Contrast]
     interactions: bool  # whether two-factor interactions were estimated (else main effects only)
     residual_df: int
     problem: Optional[str] = None
     aliased: tuple[str, ...] = ()  # effects a fractional design cannot separate: not estimated, not reported
+    simple: dict[str, list[Contrast]] = field(default_factory=dict)
+
+    @property
+    def family(self) -> int:
+        return self.effects[0].family if self.effects else 0
+
+    def resolved_interactions(self) -> list[Contrast]:
+        """The interactions whose interval excludes 0 (verdict better or worse)."""
+        return [t for t in self.effects if INTERACTION in t.name and t.verdict in ("better", "worse")]
+
+    def qualifiers(self, main: str) -> list[str]:
+        """The resolved interactions that involve the main effect `main`: it cannot be read alone."""
+        return [t.name for t in self.resolved_interactions() if main in t.name.split(INTERACTION)]
 
 
 def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) -> pd.DataFrame:
@@ -175,10 +257,22 @@ def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) 
     return pd.DataFrame(columns)
 
 
-def _contrasts(factors: Sequence[Factor], interactions: bool) -> dict[str, np.ndarray]:
+def _simple_name(level: str, other: Factor, other_level: str) -> str:
+    """``bn with pixel`` / ``bn without pixel``; a factor of three levels or more names itself when off
+    (``bn without dropout``)."""
+    if other_level != other.reference:
+        return f"{level} with {other_level}"
+    return f"{level} without {other.levels[1] if len(other.levels) == 2 else other.name}"
+
+
+def _contrasts(
+    factors: Sequence[Factor], interactions: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]]]:
     """The model's effects as linear combinations of its coefficients, averaged over a balanced grid of every
     level combination: ``A=a`` is mean(A=a) - mean(A=off); ``A=a × B=b`` is the difference of differences
-    mean(a, b) - mean(a, off) - mean(off, b) + mean(off, off)."""
+    mean(a, b) - mean(a, off) - mean(off, b) + mean(off, off). Then the simple effects: ``a`` at B=off and at
+    B=b, ``b`` at A=off and at A=a. Returns the effects, the simple effects, and each interaction's simple
+    effects' names."""
     grid = pd.DataFrame(list(itertools.product(*(f.levels for f in factors))), columns=[f.name for f in factors])
     design = _design(grid, factors, interactions).to_numpy()
 
@@ -186,41 +280,62 @@ def _contrasts(factors: Sequence[Factor], interactions: bool) -> dict[str, np.nd
         mask = np.logical_and.reduce([grid[name].to_numpy() == level for name, level in levels.items()])
         return design[mask].mean(axis=0)
 
-    rows = {}
+    effects = {}
     for f in factors:
         for level in f.levels[1:]:
-            rows[f"{level}"] = mean_row(**{f.name: level}) - mean_row(**{f.name: f.reference})
+            effects[f"{level}"] = mean_row(**{f.name: level}) - mean_row(**{f.name: f.reference})
+    simple: dict[str, np.ndarray] = {}
+    groups: dict[str, list[str]] = {}
     if interactions:
         for f, g in itertools.combinations(factors, 2):
             for a, b in itertools.product(f.levels[1:], g.levels[1:]):
-                off_a, off_b = f.reference, g.reference
-                rows[f"{a} × {b}"] = (
-                    mean_row(**{f.name: a, g.name: b})
-                    - mean_row(**{f.name: a, g.name: off_b})
-                    - mean_row(**{f.name: off_a, g.name: b})
-                    + mean_row(**{f.name: off_a, g.name: off_b})
-                )
-    return rows
+                name, off_a, off_b = f"{a}{INTERACTION}{b}", f.reference, g.reference
+                cell = {(x, y): mean_row(**{f.name: x, g.name: y}) for x in (off_a, a) for y in (off_b, b)}
+                effects[name] = cell[a, b] - cell[a, off_b] - cell[off_a, b] + cell[off_a, off_b]
+                groups[name] = []
+                for y in (off_b, b):  # a without and with b
+                    groups[name].append(_simple_name(a, g, y))
+                    simple.setdefault(groups[name][-1], cell[a, y] - cell[off_a, y])
+                for x in (off_a, a):  # b without and with a
+                    groups[name].append(_simple_name(b, f, x))
+                    simple.setdefault(groups[name][-1], cell[x, b] - cell[x, off_b])
+    return effects, simple, groups
 
 
 def _fit(
-    frame: pd.DataFrame, factors: Sequence[Factor], response: str, interactions: bool, level: float
+    frame: pd.DataFrame, factors: Sequence[Factor], response: str, interactions: bool, level: float, margin: float
 ) -> FactorialFit:
+    """OLS, then every contrast of `_contrasts` with intervals simultaneous over all of them (Bonferroni)."""
     model = sm.OLS(frame[response].to_numpy(dtype=float), _design(frame, factors, interactions).to_numpy())
     fit = model.fit()
-    contrasts = _contrasts(factors, interactions)
+    effects, simple, groups = _contrasts(factors, interactions)
+    contrasts = {**effects, **simple}
+    family = len(contrasts)
     result = fit.t_test(np.vstack(list(contrasts.values())))
-    bounds = result.conf_int(alpha=1 - level)
+    bounds = result.conf_int(alpha=1 - family_level(level, family))
     estimates, p_values = np.atleast_1d(result.effect), np.atleast_1d(result.pvalue)
-    tests = [
-        Contrast(name, Interval(float(e), float(lo), float(hi)), float(p))
+    tests = {
+        name: Contrast(
+            name, Interval(float(e), float(lo), float(hi)), float(p), float(fit.df_resid), family, level, margin
+        )
         for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)
-    ]
-    return FactorialFit(holm(tests), interactions, int(fit.df_resid))
+    }
+    return FactorialFit(
+        [tests[name] for name in effects],
+        interactions,
+        int(fit.df_resid),
+        simple={name: [tests[s] for s in names] for name, names in groups.items()},
+    )
 
 
 def _fractional_fit(
-    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float, present: int, combinations: int
+    frame: pd.DataFrame,
+    factors: Sequence[Factor],
+    response: str,
+    level: float,
+    margin: float,
+    present: int,
+    combinations: int,
 ) -> FactorialFit:
     """A fraction of the grid: the largest model (two-factor, else main effects) whose columns the runs separate
     (full column rank) with residual degrees of freedom left; the effects outside it are aliased."""
@@ -235,15 +350,14 @@ def _fractional_fit(
             f"the specs cover {present} of the {combinations} combinations of "
             f"{', '.join(f.name for f in factors)} (not a full factorial design)",
         )
-    every = list(_contrasts(factors, True))
+    every = list(_contrasts(factors, True)[0])
     for interactions in (True, False):
         x = _design(frame, factors, interactions).to_numpy()
         if np.linalg.matrix_rank(x) == x.shape[1] and len(frame) > x.shape[1]:
-            fit = _fit(frame, factors, response, interactions, level)
+            fit = _fit(frame, factors, response, interactions, level, margin)
             estimated = {t.name for t in fit.effects}
-            return FactorialFit(
-                fit.effects, interactions, fit.residual_df, aliased=tuple(n for n in every if n not in estimated)
-            )
+            aliased = tuple(n for n in every if n not in estimated)
+            return dataclasses.replace(fit, aliased=aliased)
     return FactorialFit(
         [],
         False,
@@ -254,7 +368,7 @@ def _fractional_fit(
 
 
 def factorial_effects(
-    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL
+    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL, margin: float = MARGIN
 ) -> FactorialFit:
     """Main effects and two-factor interactions of `factors` on `response` (one row of `frame` per trial).
 
@@ -265,11 +379,11 @@ def factorial_effects(
     combinations = math.prod(len(f.levels) for f in factors)
     present = len(frame[[f.name for f in factors]].drop_duplicates())
     if present < combinations:
-        return _fractional_fit(frame, factors, response, level, present, combinations)
+        return _fractional_fit(frame, factors, response, level, margin, present, combinations)
     for interactions in (True, False):
         parameters = _design(frame.head(1), factors, interactions).shape[1]
         if len(frame) > parameters:
-            return _fit(frame, factors, response, interactions, level)
+            return _fit(frame, factors, response, interactions, level, margin)
     return FactorialFit(
         [],
         False,
@@ -278,28 +392,3 @@ def factorial_effects(
         f"{1 + sum(len(f.levels) - 1 for f in factors)} main-effect parameters: "
         "run more seeds",
     )
-
-
-MARGIN = 0.01  # default equivalence margin, in test-accuracy units (``--margin``)
-VERDICTS = ("equivalent", "better", "worse", "open")  # the answer to one comparison, in the order it is read
-
-
-def verdict(low: float, high: float, margin: float = MARGIN) -> str:
-    """The verdict a family-wise (simultaneous) interval ``[low, high]`` of a difference gives, read in this order:
-    ``equivalent`` when it lies within ``±margin`` (TOST: a difference too small to matter, even if it excludes 0),
-    else ``better`` / ``worse`` when it excludes 0 above / below, else ``open`` (a nan bound is ``open`` too).
-
-    Raises:
-        ValueError: `margin` is negative or nan.
-    """
-    if not margin >= 0:
-        raise ValueError(f"margin {margin!r}: give a difference of accuracy >= 0, e.g. {MARGIN}")
-    if math.isnan(low) or math.isnan(high):
-        return "open"
-    if -margin <= low and high <= margin:
-        return "equivalent"
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "open"
