@@ -14,8 +14,9 @@ writes, all atomically:
 - ``results.csv`` (one row per spec) and, for a factorial suite, ``effects.csv``;
 - ``results.png`` (test accuracy per spec), ``curves.png`` (validation accuracy per epoch: mean and range over
   seeds) and ``effects.png``, each title carrying the suite's ``caption.txt`` if it has one;
-- the TensorBoard run ``<suite>/_report``: ``results.md`` as text and the charts as images; and the suite's HParams
-  record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.report.board`).
+- the TensorBoard run ``<suite>/_report``: the verdict table, ``results.md`` as text and the charts as images; and
+  the suite's HParams record (``_hparams``) and each trial's session, one group per cell (see
+  `ablations.report.board`).
 
 Imports no torch: it reads the files `ablations.store` names.
 """
@@ -605,5 +606,6 @@ def _write_files(suite_dir: Path, report: SuiteReport) -> None:
         return
     for name, png in charts(report, plots.PAGE).items():
         write_bytes_atomic(suite_dir / name, png)
-    board.write_run(suite_dir / REPORT_RUN, tensorboard_run(report, text), replace=True)
-    board.write_suite_runs(suite_dir, report.results)  # the HParams record and the spec-mean rows
+    answer = board.text_summary(board.ANSWER_TAG, board.verdict_markdown(suite_dir))  # from the CSVs just written
+    board.write_run(suite_dir / REPORT_RUN, [answer, *tensorboard_run(report, text)], replace=True)
+    board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session
