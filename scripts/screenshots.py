@@ -1,12 +1,14 @@
 """Screenshots of a logdir in TensorBoard, as a reviewer checks it, taken with headless Chromium:
 
-    python scripts/screenshots.py logs/replication --out screenshots
+    python scripts/screenshots.py logs/replication/notebook --out docs/img --prefix tb-
+    python scripts/screenshots.py logs/factorial/full/_report --out docs/img --prefix tb-answer- --tabs text images
 
 starts ``tensorboard`` on 127.0.0.1 only (``--port``, default 6123), waits until it serves the runs, and writes one
-PNG per tab (`TABS`: Time Series, Scalars, HParams table, Images, Text) with ``chromium --headless --screenshot``;
-with the ``websocket-client`` package (``pip install websocket-client``) also the HParams tab's parallel
-coordinates view, clicked through Chromium's DevTools protocol. Without Chromium (``apt-get install -y chromium``)
-it says so and exits 0: the check is skipped, not failed. Exit 2 for bad arguments.
+PNG per tab (`TABS`: Time Series as a sweep's printed URL opens it, Scalars, HParams table, Images, Text; ``--tabs``
+picks some) with ``chromium --headless --screenshot``; with the ``websocket-client`` package (``pip install
+websocket-client``) also the HParams tab's parallel coordinates view, clicked through Chromium's DevTools protocol.
+Without Chromium (``apt-get install -y chromium``) it says so and exits 0: the check is skipped, not failed. Exit 2
+for bad arguments.
 """
 
 from __future__ import annotations
@@ -16,21 +18,25 @@ import base64
 import json
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from ablations.report import board
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 TABS = {
-    "timeseries": "#timeseries",
+    "timeseries": board.CELL_COLOURS,  # a cell's seeds in one colour, smoothing off
     "scalars": "#scalars",
     "hparams_table": "#hparams",
     "images": "#images",
     "text": "#text",
 }
 WINDOW = "1600,1000"
+PARALLEL = "hparams_parallel"
 PARALLEL_TAB = (907, 95)  # the HParams tab's "Parallel Coordinates View" at WINDOW (its views live in shadow DOM)
 
 
@@ -40,7 +46,7 @@ def browser() -> Optional[str]:
 
 
 def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
-    """A tensorboard on 127.0.0.1:`port`, once it lists the runs' scalars."""
+    """A tensorboard on 127.0.0.1:`port`, once it lists the runs."""
     server = subprocess.Popen(
         [
             sys.executable,
@@ -61,7 +67,7 @@ def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=10) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=10) as r:
                 if json.loads(r.read()):
                     time.sleep(3)  # let it finish loading the last runs
                     return server
@@ -72,14 +78,27 @@ def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
     raise RuntimeError(f"tensorboard did not serve {logdir} within {timeout:.0f} s")
 
 
+def _chromium(path: str) -> list[str]:
+    """Headless Chromium that talks to nothing but the page it is given, in a profile of its own."""
+    return [
+        path,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ]
+
+
 def screenshot(chromium: str, url: str, out: Path, budget_ms: int = 15000) -> None:
     subprocess.run(
         [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
+            *_chromium(chromium),
             f"--screenshot={out}",
             f"--window-size={WINDOW}",
             f"--virtual-time-budget={budget_ms}",
@@ -97,11 +116,7 @@ def _devtools(chromium: str, port: int) -> tuple[subprocess.Popen, Any]:
 
     proc = subprocess.Popen(
         [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
+            *_chromium(chromium),
             f"--remote-debugging-port={port}",
             "--remote-allow-origins=*",
             f"--window-size={WINDOW}",
@@ -153,8 +168,9 @@ def clicked_screenshot(chromium: str, url: str, clicks: list[tuple[int, int]], o
         proc.wait(timeout=30)
 
 
-def take(logdir: Path, out: Path, port: int) -> list[str]:
-    """Every screenshot (see the module docstring); returns what was written or skipped, a line each."""
+def take(logdir: Path, out: Path, port: int, tabs: list[str], prefix: str = "") -> list[str]:
+    """The screenshots of `tabs` (names of `TABS` and `PARALLEL`, see the module docstring), each written to
+    ``out/<prefix><name>.png``; returns what was written or skipped, a line each."""
     chromium = browser()
     if chromium is None:
         return ["skipped: no chromium on PATH (apt-get install -y chromium)"]
@@ -163,16 +179,19 @@ def take(logdir: Path, out: Path, port: int) -> list[str]:
     lines = []
     try:
         base = f"http://127.0.0.1:{port}/"
-        for name, fragment in TABS.items():
-            screenshot(chromium, base + fragment, out / f"{name}.png")
-            lines.append(str(out / f"{name}.png"))
-        try:
-            import websocket  # noqa: F401
-        except ImportError:
-            return lines + ["skipped hparams_parallel: pip install websocket-client to click through the views"]
-        target = out / "hparams_parallel.png"
-        clicked_screenshot(chromium, base + "#hparams", [PARALLEL_TAB], target, port + 1)
-        lines.append(str(target))
+        for name in tabs:
+            target = out / f"{prefix}{name}.png"
+            if name != PARALLEL:
+                screenshot(chromium, base + TABS[name], target)
+                lines.append(str(target))
+                continue
+            try:
+                import websocket  # noqa: F401
+            except ImportError:
+                lines.append(f"skipped {name}: pip install websocket-client to click through the views")
+                continue
+            clicked_screenshot(chromium, base + TABS["hparams_table"], [PARALLEL_TAB], target, port + 1)
+            lines.append(str(target))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -184,12 +203,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("logdir", type=Path, help="what to open in TensorBoard, e.g. logs/replication")
     parser.add_argument("--out", type=Path, default=Path("screenshots"), help="folder of the PNGs")
     parser.add_argument("--port", type=int, default=6123, help="tensorboard's port on 127.0.0.1 (default 6123)")
+    parser.add_argument("--prefix", default="", help="starts each PNG's name, e.g. tb-")
+    parser.add_argument(
+        "--tabs", nargs="+", choices=[*TABS, PARALLEL], default=[*TABS, PARALLEL], help="which tabs (default: all)"
+    )
     args = parser.parse_args(argv)
     if not args.logdir.is_dir():
         parser.error(f"{args.logdir} is not a folder")
     if not 1024 <= args.port <= 65534:
         parser.error(f"--port {args.port} must be between 1024 and 65534")
-    print("\n".join(take(args.logdir, args.out, args.port)))
+    print("\n".join(take(args.logdir, args.out, args.port, args.tabs, args.prefix)))
     return 0
 
 

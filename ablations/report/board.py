@@ -66,6 +66,7 @@ ANSWER_TAG = "answer/verdicts"  # sorts before report/*: the Text tab shows it f
 EPOCH_CURVES = {"acc": "accuracy", "ce": "cross_entropy"}  # metric -> the Time Series group listed first
 GAP = "gap/train_val_acc"  # train accuracy minus validation accuracy, per epoch
 CELL_RUNS = "(.*)/seed="  # Time Series colours runs by this regex's group: a cell's seeds alike
+CELL_COLOURS = f"#timeseries&runColorGroup=regex:{quote(CELL_RUNS, safe='')}&smoothing=0"  # a URL's hash
 PORT = 6006  # tensorboard's default
 
 # HParams metric columns: tag -> (display name, description); TensorBoard shows the first five.
@@ -429,7 +430,7 @@ def verdict_markdown(suite_dir: Path) -> str:
 
 def open_hint(suite_dir: Path) -> str:
     """What a sweep prints: how to open the suite's answer, and its trials with one colour per cell."""
-    curves = f"http://localhost:{PORT}/#timeseries&runColorGroup=regex:{quote(CELL_RUNS, safe='')}&smoothing=0"
+    curves = f"http://localhost:{PORT}/{CELL_COLOURS}"
     return (
         f"TensorBoard, the answer (verdicts, tables, charts): tensorboard --logdir {Path(suite_dir) / REPORT_RUN}, "
         f"then http://localhost:{PORT}/#text\n"
