@@ -4,11 +4,11 @@
     python scripts/screenshots.py logs/factorial/full/_report --out docs/img --prefix tb-answer- --tabs text images
 
 starts ``tensorboard`` on 127.0.0.1 only (``--port``, default 6123), waits until it serves the runs, and writes one
-PNG per tab (`TABS`: Time Series as a sweep's printed URL opens it, Scalars, HParams table, Images, Text; ``--tabs``
-picks some) with ``chromium --headless --screenshot``; with the ``websocket-client`` package (``pip install
-websocket-client``) also the HParams tab's parallel coordinates view, clicked through Chromium's DevTools protocol.
-Without Chromium (``apt-get install -y chromium``) it says so and exits 0: the check is skipped, not failed. Exit 2
-for bad arguments.
+PNG per tab (`TABS`: Time Series as a sweep's printed URL opens it, Scalars, HParams table and its parallel
+coordinates view, Images, Text; ``--tabs`` picks some) with headless Chromium, driven through its DevTools protocol
+(``pip install websocket-client``), which waits in real time for the charts to draw. Without Chromium (``apt-get
+install -y chromium``) or websocket-client it says so and exits 0: the check is skipped, not failed. Exit 2 for bad
+arguments.
 """
 
 from __future__ import annotations
@@ -95,22 +95,6 @@ def _chromium(path: str) -> list[str]:
     ]
 
 
-def screenshot(chromium: str, url: str, out: Path, budget_ms: int = 15000) -> None:
-    subprocess.run(
-        [
-            *_chromium(chromium),
-            f"--screenshot={out}",
-            f"--window-size={WINDOW}",
-            f"--virtual-time-budget={budget_ms}",
-            url,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=120,
-    )
-
-
 def _devtools(chromium: str, port: int) -> tuple[subprocess.Popen, Any]:
     import websocket  # the optional "screenshots" extra
 
@@ -174,6 +158,10 @@ def take(logdir: Path, out: Path, port: int, tabs: list[str], prefix: str = "") 
     chromium = browser()
     if chromium is None:
         return ["skipped: no chromium on PATH (apt-get install -y chromium)"]
+    try:
+        import websocket  # noqa: F401
+    except ImportError:
+        return ["skipped: pip install websocket-client (the shots are taken through Chromium's DevTools protocol)"]
     out.mkdir(parents=True, exist_ok=True)
     server = serve(logdir, port)
     lines = []
@@ -181,16 +169,10 @@ def take(logdir: Path, out: Path, port: int, tabs: list[str], prefix: str = "") 
         base = f"http://127.0.0.1:{port}/"
         for name in tabs:
             target = out / f"{prefix}{name}.png"
-            if name != PARALLEL:
-                screenshot(chromium, base + TABS[name], target)
-                lines.append(str(target))
-                continue
-            try:
-                import websocket  # noqa: F401
-            except ImportError:
-                lines.append(f"skipped {name}: pip install websocket-client to click through the views")
-                continue
-            clicked_screenshot(chromium, base + TABS["hparams_table"], [PARALLEL_TAB], target, port + 1)
+            if name == PARALLEL:
+                clicked_screenshot(chromium, base + TABS["hparams_table"], [PARALLEL_TAB], target, port + 1)
+            else:
+                clicked_screenshot(chromium, base + TABS[name], [], target, port + 1)
             lines.append(str(target))
     finally:
         server.terminate()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -49,10 +49,11 @@ def test_the_report_writes_one_session_group_per_cell_once(tmp_path: Path):
     assert all(len(names) == 1 for names in groups.values()) and groups["pixel"] != groups["pixel+bn"]
     assert {"02 notebook", "03 notebook"} == {next(iter(g)).rsplit(" ", 1)[0] for g in groups.values()}
     experiment = hparams(suite / board.HPARAMS_RUN)["_hparams_/experiment"].experiment
-    names = [info.name for info in experiment.hparam_infos]
-    assert names[:3] == ["spec/batchnorm", "spec", "seeds"]  # the factor that varies first
-    assert [info.differs for info in experiment.hparam_infos][:3] == [True, True, False]
-    assert not any(info.differs for info in experiment.hparam_infos[3:])
+    shown = sorted(experiment.hparam_infos, key=lambda i: (not i.differs, i.name))  # TensorBoard's order
+    assert [info.name for info in shown][:2] == ["factor/batchnorm", "spec"]  # the varying factor first
+    assert [info.differs for info in shown] == [True, True] + [False] * (len(shown) - 2)
+    assert [info.display_name for info in shown][:3] == ["batchnorm", "spec", "augment"]
+    assert "seeds" in [info.name for info in shown]
     assert not (suite / "_by_spec").exists()
     records = {p: p.read_bytes() for p in suite.glob(f"*/seed=*/*{board.SESSION_SUFFIX}")}
     assert len(records) == 6
@@ -80,17 +81,19 @@ def test_a_finishing_trial_writes_its_scalars_and_no_hparams(tmp_path: Path):
 
 def test_levels_label_the_factor_columns_else_the_spec_fields():
     result = {"spec_fields": {"batchnorm": True, "max_norm": None}}
-    assert board.factor_levels(result) == {"spec/batchnorm": True, "spec/max_norm": 0}
-    assert board.factor_levels({**result, "levels": {"bn": "on", "lr": "0.01"}}) == {"spec/bn": "on", "spec/lr": "0.01"}
+    assert board.factor_levels(result) == {"factor/batchnorm": True, "factor/max_norm": 0}
+    labelled = {**result, "levels": {"bn": "on", "lr": "0.01"}}
+    assert board.factor_levels(labelled) == {"factor/bn": "on", "factor/lr": "0.01"}
 
 
 def test_the_printed_url_colours_a_cells_seeds_alike_with_smoothing_off(tmp_path: Path):
     hint = board.open_hint(tmp_path / "notebook")
     assert f"tensorboard --logdir {tmp_path / 'notebook' / board.REPORT_RUN}" in hint
-    url = re.search(r"http://localhost:6006/#timeseries\S+", hint).group(0)
-    params = dict(part.split("=", 1) for part in url.split("#timeseries&", 1)[1].split("&"))
+    url = urlsplit(re.findall(r"http://localhost:6006/\S+", hint)[-1])
+    assert url.fragment == "timeseries"
+    params = dict(parse_qsl(url.query))  # TensorBoard's Time Series reads these query parameters
     assert params["smoothing"] == "0" and params["runColorGroup"].startswith("regex:")
-    regex = unquote(params["runColorGroup"].removeprefix("regex:"))
+    regex = params["runColorGroup"].removeprefix("regex:")
     cell = [re.search(regex, f"notebook/pixel+bn/seed={seed}").groups() for seed in (0, 1, 2)]
     assert cell[0] == cell[1] == cell[2] != re.search(regex, "notebook/pixel/seed=0").groups()
 

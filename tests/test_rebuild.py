@@ -148,7 +148,7 @@ def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
     start = plugin_data_pb2.HParamsPluginData.FromString(
         run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     ).session_start_info
-    assert start.hparams["spec"].string_value == "pixel+bn" and start.hparams["spec/batchnorm"].bool_value
+    assert start.hparams["spec"].string_value == "pixel+bn" and start.hparams["factor/batchnorm"].bool_value
     assert start.hparams["seeds"].string_value == "0, 1"  # the cell's seeds: one group, both seeds its sessions
     group = plugin_data_pb2.HParamsPluginData.FromString(
         accumulate(old_suite / "pixel+bn" / "seed=0").PluginTagToContent("hparams")["_hparams_/session_start_info"]

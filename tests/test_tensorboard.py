@@ -76,8 +76,8 @@ def _session(run_dir: Path) -> plugin_data_pb2.SessionStartInfo:
 def test_a_cell_is_one_session_group_of_typed_values(logdir: Path):
     start = _session(trial_dir(logdir, "pixel+bn", seed=1))
     values = start.hparams
-    assert values["spec/batchnorm"].WhichOneof("kind") == "bool_value" and values["spec/batchnorm"].bool_value
-    assert values["spec/max_norm"].number_value == 0.0  # off
+    assert values["factor/batchnorm"].WhichOneof("kind") == "bool_value" and values["factor/batchnorm"].bool_value
+    assert values["factor/max_norm"].number_value == 0.0  # off
     assert values["spec"].string_value == "pixel+bn" and values["seeds"].string_value == "0, 1"
     assert not {"seed", "row", "data_dir", "spec_name", "settings/epochs"} & set(values)  # settings: in the text
     groups = {spec: {_session(trial_dir(logdir, spec, seed)).group_name for seed in (0, 1)} for spec in SPECS}
@@ -177,12 +177,13 @@ def _check_experiment(base: str) -> None:
     experiment = _get(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
     infos = experiment["hparamInfos"]
     names = [info["name"] for info in infos]
-    assert names[:4] == ["spec/batchnorm", "spec/max_norm", "spec", "seeds"]
+    assert names[:3] == ["factor/batchnorm", "factor/max_norm", "spec"]
     assert [info.get("differs", False) for info in infos] == [True] * 3 + [False] * (len(infos) - 3)
+    assert [info["displayName"] for info in infos][:2] == ["batchnorm", "max_norm"] and "seeds" in names
     types = {info["name"]: info["type"] for info in infos}
-    assert types["spec/max_norm"] == types["spec/l2"] == "DATA_TYPE_FLOAT64"
-    assert types["spec"] == types["spec/normalize"] == types["seeds"] == "DATA_TYPE_STRING"
-    assert types["spec/batchnorm"] == types["spec/augment"] == "DATA_TYPE_BOOL"
+    assert types["factor/max_norm"] == types["factor/l2"] == "DATA_TYPE_FLOAT64"
+    assert types["spec"] == types["factor/normalize"] == types["seeds"] == "DATA_TYPE_STRING"
+    assert types["factor/batchnorm"] == types["factor/augment"] == "DATA_TYPE_BOOL"
     assert not [n for n in names if n.startswith("settings/")]  # the settings are in the texts
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [
         "test/acc",
@@ -205,7 +206,7 @@ def _check_sessions(base: str, logdir: Path) -> None:
                 {"metric": {"tag": "gap/train_val_acc"}},
                 {"hparam": "spec"},
                 {"hparam": "seeds"},
-                {"hparam": "spec/batchnorm"},
+                {"hparam": "factor/batchnorm"},
             ],
             "startIndex": 0,
             "sliceSize": 100,
@@ -218,7 +219,7 @@ def _check_sessions(base: str, logdir: Path) -> None:
         assert sorted(r["seed"] for r in results) == [0, 1] and {r["spec"] for r in results} == {
             group["hparams"]["spec"]
         }
-        assert group["hparams"]["spec/batchnorm"] is results[0]["spec_fields"]["batchnorm"]
+        assert group["hparams"]["factor/batchnorm"] is results[0]["spec_fields"]["batchnorm"]
         values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
         assert values["test/acc"] == pytest.approx(sum(r["metrics"]["test/acc"] for r in results) / 2)
         gap = sum(r["metrics"]["train/acc"] - r["metrics"]["val/acc"] for r in results) / 2

@@ -16,8 +16,8 @@ by a trial: one row per cell (a spec under one set of settings), TensorBoard's o
 cell is a session of the group named `cell_group` (``03 notebook 5c1e``), and TensorBoard averages their metrics
 (expand the row for each seed). Each session record, with the trial's settings text, is a small event file
 (``*.hparams``) in its trial's folder, beside the trial's scalars. The suite's ``_hparams`` run holds the
-experiment record: the factors that vary first (TensorBoard ticks the first five), then ``spec`` and ``seeds`` (the
-cell's seeds as text, ``0, 1, 2``), then the factors that do not vary; and the metrics (`METRICS`). A factor's
+experiment record: the factors that vary first (TensorBoard ticks the first five), then ``spec``, then the columns
+that do not vary, ``seeds`` (the cell's seeds as text, ``0, 1, 2``) among them; and the metrics (`METRICS`). A factor's
 level is its label from result.json's ``levels`` where the result has them, else the spec's field, typed
 (booleans as booleans, numbers as numbers, "off" as 0).
 
@@ -54,7 +54,8 @@ HParamValue = Union[bool, int, float, str]
 Step = tuple[int, summary_pb2.Summary]  # a summary and the step it is logged at
 
 SEED, SPEC, SEEDS = "seed", "spec", "seeds"
-SPEC_FIELD, SETTING = "spec/", "settings/"  # prefixes of the factors (spec fields, levels) and of the settings
+SPEC_FIELD, SETTING = "spec/", "settings/"  # prefixes of the spec's fields and of the settings in a trial's text
+FACTOR = "factor/"  # prefixes a factor's HParams column: TensorBoard sorts the varying columns by name, before spec
 REPORT_RUN = "_report"  # the suite's run that holds the verdict table, the results table and the charts
 SAMPLES_RUN = "_samples"  # the suite's run that holds one training image per class
 HPARAMS_RUN = "_hparams"  # the suite's run that holds the HParams experiment record
@@ -66,7 +67,7 @@ ANSWER_TAG = "answer/verdicts"  # sorts before report/*: the Text tab shows it f
 EPOCH_CURVES = {"acc": "accuracy", "ce": "cross_entropy"}  # metric -> the Time Series group listed first
 GAP = "gap/train_val_acc"  # train accuracy minus validation accuracy, per epoch
 CELL_RUNS = "(.*)/seed="  # Time Series colours runs by this regex's group: a cell's seeds alike
-CELL_COLOURS = f"#timeseries&runColorGroup=regex:{quote(CELL_RUNS, safe='')}&smoothing=0"  # a URL's hash
+CELL_COLOURS = f"?runColorGroup=regex:{quote(CELL_RUNS, safe='')}&smoothing=0#timeseries"  # the query it reads
 PORT = 6006  # tensorboard's default
 
 # HParams metric columns: tag -> (display name, description); TensorBoard shows the first five.
@@ -77,7 +78,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "test/ce": ("test cross-entropy", "without the penalty"),
     GAP: ("train − val accuracy", "after the last epoch: how much the spec overfits"),
 }
-OFF_AS_ZERO = {"spec/max_norm": "0 = no cap"}
+OFF_AS_ZERO = {FACTOR + "max_norm": "0 = no cap"}
 DESCRIPTIONS = {
     SEEDS: "the cell's seeds; its row's metrics are their mean (expand the row for each seed)",
     SPEC: "the spec's name",
@@ -137,8 +138,8 @@ def factor_levels(result: Mapping[str, Any]) -> dict[str, HParamValue]:
     """A trial's factor columns: its ``levels`` labels where result.json has them, else its spec's fields."""
     levels = result.get("levels")
     if levels:
-        return {SPEC_FIELD + str(k): str(v) for k, v in levels.items()}
-    return {SPEC_FIELD + k: _typed(v) for k, v in sorted(result.get("spec_fields", {}).items())}
+        return {FACTOR + str(k): str(v) for k, v in levels.items()}
+    return {FACTOR + k: _typed(v) for k, v in sorted(result.get("spec_fields", {}).items())}
 
 
 def _cell(result: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -228,21 +229,22 @@ def _levels(values: Iterable[HParamValue]) -> list[HParamValue]:
 
 
 def hparam_infos(rows: Sequence[Mapping[str, HParamValue]]) -> list[api_pb2.HParamInfo]:
-    """The HParams columns of a suite, each with its levels: the factors that vary (`differs`), then spec and
-    seeds, then the factors that do not vary."""
+    """The HParams columns of a suite, each with its levels and `differs` set where the rows disagree. TensorBoard
+    shows those that differ first, by name: the factors (`FACTOR`), then ``spec``; then those that do not, the
+    cell's ``seeds`` among them."""
     names = list(dict.fromkeys(name for row in rows for name in row))
     infos = []
     for name in names:
         levels = _levels(row[name] for row in rows if name in row)
         info = api_pb2.HParamInfo(
             name=name,
-            display_name=name.removeprefix(SPEC_FIELD),
+            display_name=name.removeprefix(FACTOR),
             differs=len(levels) > 1,
             description=OFF_AS_ZERO.get(name, DESCRIPTIONS.get(name, "")),
         )
         hp.Discrete(levels).update_hparam_info(info)
         infos.append(info)
-    return sorted(infos, key=lambda i: (i.name in (SPEC, SEEDS) or not i.differs, i.name not in (SPEC, SEEDS)))
+    return infos
 
 
 def experiment_summary(rows: Sequence[Mapping[str, HParamValue]], metrics: Iterable[str]) -> summary_pb2.Summary:
