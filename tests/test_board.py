@@ -47,7 +47,7 @@ def test_the_report_writes_one_session_group_per_cell_once(tmp_path: Path):
         assert start.hparams["seeds"].string_value == "0, 1, 2"  # reads as the seeds, not 0.0000
         assert "seed" not in start.hparams
     assert all(len(names) == 1 for names in groups.values()) and groups["pixel"] != groups["pixel+bn"]
-    assert {"02 notebook", "03 notebook"} == {next(iter(g)).rsplit(" ", 1)[0] for g in groups.values()}
+    assert {"02 pixel", "03 pixel+bn"} == {next(iter(g)).rsplit(" ", 1)[0] for g in groups.values()}
     experiment = hparams(suite / board.HPARAMS_RUN)["_hparams_/experiment"].experiment
     shown = sorted(experiment.hparam_infos, key=lambda i: (not i.differs, i.name))  # TensorBoard's order
     assert [info.name for info in shown][:2] == ["factor/batchnorm", "spec"]  # the varying factor first
@@ -82,6 +82,8 @@ def test_a_finishing_trial_writes_its_scalars_and_no_hparams(tmp_path: Path):
 def test_levels_label_the_factor_columns_else_the_spec_fields():
     result = {"spec_fields": {"batchnorm": True, "max_norm": None}}
     assert board.factor_levels(result) == {"factor/batchnorm": True, "factor/max_norm": 0}
+    with_lr = {**result, "factors": {"lr": 0.001}}  # a setting factor, before result.json had levels
+    assert board.factor_levels(with_lr) == {"factor/batchnorm": True, "factor/max_norm": 0, "factor/lr": 0.001}
     labelled = {**result, "levels": {"bn": "on", "lr": "0.01"}}
     assert board.factor_levels(labelled) == {"factor/bn": "on", "factor/lr": "0.01"}
 

@@ -154,7 +154,7 @@ def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
         accumulate(old_suite / "pixel+bn" / "seed=0").PluginTagToContent("hparams")["_hparams_/session_start_info"]
     ).session_start_info.group_name
     assert "spec_name" not in start.hparams and start.group_name == group == board.cell_group(result)
-    assert group.startswith("02 notebook ")
+    assert group.startswith("02 pixel+bn ")
     assert sorted(p.name.rsplit(".", 1)[-1] for p in trial.glob("*tfevents*")) == ["histograms", "hparams", "trial"]
     samples = accumulate(old_suite / "_samples")
     assert samples.Tags()["images"] == [board.SAMPLES_TAG]  # the old per-trial image, once per suite

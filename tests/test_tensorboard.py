@@ -81,7 +81,7 @@ def test_a_cell_is_one_session_group_of_typed_values(logdir: Path):
     assert values["spec"].string_value == "pixel+bn" and values["seeds"].string_value == "0, 1"
     assert not {"seed", "row", "data_dir", "spec_name", "settings/epochs"} & set(values)  # settings: in the text
     groups = {spec: {_session(trial_dir(logdir, spec, seed)).group_name for seed in (0, 1)} for spec in SPECS}
-    assert groups["pixel+bn"] == {start.group_name} and start.group_name.startswith("03 notebook ")
+    assert groups["pixel+bn"] == {start.group_name} and start.group_name.startswith("03 pixel+bn ")
     assert len(groups["pixel+maxnorm=3"]) == 1 and groups["pixel+maxnorm=3"] != groups["pixel+bn"]
     assert "trial/settings" in events(trial_dir(logdir, "pixel+bn", seed=1)).Tags()["tensors"]
     assert not (logdir / "notebook" / "_by_spec").exists()
@@ -214,7 +214,7 @@ def _check_sessions(base: str, logdir: Path) -> None:
     )["sessionGroups"]
     assert sorted(g["hparams"]["spec"] for g in groups) == sorted(SPECS)
     for group in groups:
-        assert group["hparams"]["seeds"] == "0, 1" and len(group["name"]) <= 16
+        assert group["hparams"]["seeds"] == "0, 1" and group["name"].split()[1] == group["hparams"]["spec"]
         results = [json.loads((logdir / s["name"] / RESULT_FILE).read_text()) for s in group["sessions"]]
         assert sorted(r["seed"] for r in results) == [0, 1] and {r["spec"] for r in results} == {
             group["hparams"]["spec"]

@@ -13,7 +13,7 @@ first two, so it opens on them. `GAP` is train minus validation accuracy, per ep
 
 **HParams**, written once per report (`write_suite_runs`, called by `ablations.report.report.write_report`), never
 by a trial: one row per cell (a spec under one set of settings), TensorBoard's own session group: every seed of the
-cell is a session of the group named `cell_group` (``03 notebook 5c1e``), and TensorBoard averages their metrics
+cell is a session of the group named `cell_group` (``03 pixel+bn 5c1e``), and TensorBoard averages their metrics
 (expand the row for each seed). Each session record, with the trial's settings text, is a small event file
 (``*.hparams``) in its trial's folder, beside the trial's scalars. The suite's ``_hparams`` run holds the
 experiment record: the factors that vary first (TensorBoard ticks the first five), then ``spec``, then the columns
@@ -135,11 +135,13 @@ def result_settings(result: Mapping[str, Any]) -> dict[str, HParamValue]:
 
 
 def factor_levels(result: Mapping[str, Any]) -> dict[str, HParamValue]:
-    """A trial's factor columns: its ``levels`` labels where result.json has them, else its spec's fields."""
+    """A trial's factor columns: its ``levels`` labels where result.json has them, else its spec's fields and its
+    setting factors' values (``factors``)."""
     levels = result.get("levels")
     if levels:
         return {FACTOR + str(k): str(v) for k, v in levels.items()}
-    return {FACTOR + k: _typed(v) for k, v in sorted(result.get("spec_fields", {}).items())}
+    fields = {FACTOR + k: _typed(v) for k, v in sorted(result.get("spec_fields", {}).items())}
+    return {**fields, **{FACTOR + k: _typed(v) for k, v in result.get("factors", {}).items()}}  # setting factors
 
 
 def _cell(result: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -150,11 +152,12 @@ def _cell(result: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 def cell_group(result: Mapping[str, Any]) -> str:
-    """The HParams group of a trial's cell, e.g. ``03 notebook 5c1e``: the suite's third spec, and a digest of
-    suite, spec and settings, so that the same spec under other settings (another folder of one logdir) is another
-    group. Short, because the table cuts names after about 14 characters (the spec column says the rest)."""
+    """The HParams group of a trial's cell, e.g. ``03 pixel+bn 5c1e``: the suite's third spec, its cell (the spec
+    and any setting factor's level), and a digest of suite, spec and settings, so that the same cell under other
+    settings (another folder of one logdir) is another group. The table cuts names after about 14 characters: the
+    number and the cell's start come first."""
     digest = hashlib.sha256(repr(_cell(result)).encode()).hexdigest()[:4]
-    return f"{result.get('order', 0) + 1:02d} {result['suite']} {digest}"
+    return f"{result.get('order', 0) + 1:02d} {result.get('cell', result[SPEC])} {digest}"
 
 
 def session_summaries(hparams: Mapping[str, HParamValue], group: str) -> list[summary_pb2.Summary]:
