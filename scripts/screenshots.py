@@ -30,7 +30,7 @@ from ablations.report import board
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 TABS = {
     "timeseries": board.CELL_COLOURS,  # a cell's seeds in one colour, smoothing off
-    "scalars": "#scalars",
+    "scalars": "#scalars&_smoothingWeight=0",
     "hparams_table": "#hparams",
     "images": "#images",
     "text": "#text",

@@ -88,10 +88,13 @@ def test_levels_label_the_factor_columns_else_the_spec_fields():
     assert board.factor_levels(labelled) == {"factor/bn": "on", "factor/lr": "0.01"}
 
 
-def test_the_printed_url_colours_a_cells_seeds_alike_with_smoothing_off(tmp_path: Path):
+def test_the_printed_urls_open_the_answer_and_colour_a_cells_seeds_alike_with_smoothing_off(tmp_path: Path):
     hint = board.open_hint(tmp_path / "notebook")
-    assert f"tensorboard --logdir {tmp_path / 'notebook' / board.REPORT_RUN}" in hint
-    url = urlsplit(re.findall(r"http://localhost:6006/\S+", hint)[-1])
+    answer, trials = hint.splitlines()
+    summary = tmp_path / "notebook" / board.REPORT_RUN  # one run: ticked, however many trials the suite has
+    assert f"tensorboard --logdir {summary}, then http://localhost:6006/#text" in answer
+    assert f"tensorboard --logdir {tmp_path / 'notebook'}, then" in trials
+    url = urlsplit(re.findall(r"http://localhost:6006/\S+", trials)[0])
     assert url.fragment == "timeseries"
     params = dict(parse_qsl(url.query))  # TensorBoard's Time Series reads these query parameters
     assert params["smoothing"] == "0" and params["runColorGroup"].startswith("regex:")

@@ -434,11 +434,13 @@ def verdict_markdown(suite_dir: Path) -> str:
 
 
 def open_hint(suite_dir: Path) -> str:
-    """What a sweep prints: how to open the suite's answer, and its trials with one colour per cell."""
-    curves = f"http://localhost:{PORT}/{CELL_COLOURS}"
+    """What a sweep prints: how to open the suite's answer in TensorBoard (its ``_report`` run as a logdir of its
+    own: the Text and Images tabs tick no run when more than 40 match), and its trials with a cell's seeds in one
+    colour and smoothing off, and one HParams row per cell."""
+    base = f"http://localhost:{PORT}/"
     return (
         f"TensorBoard, the answer (verdicts, tables, charts): tensorboard --logdir {Path(suite_dir) / REPORT_RUN}, "
-        f"then http://localhost:{PORT}/#text\n"
-        f"TensorBoard, every trial (a cell's seeds in one colour, HParams one row per cell): tensorboard --logdir "
-        f"{suite_dir}, then {curves}"
+        f"then {base}#text\n"
+        f"TensorBoard, the trials: tensorboard --logdir {suite_dir}, then {base}{CELL_COLOURS} (a cell's seeds in "
+        f"one colour) or {base}#hparams (one row per cell, its seeds averaged)"
     )
