@@ -4,6 +4,8 @@ files and, in one test, from a real `tensorboard` server over its HTTP API."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import socket
@@ -30,10 +32,11 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
-    """Two specs x two seeds x two epochs of the notebook suite, with its report."""
+    """Two specs x two seeds x two epochs of the notebook suite, with its report; what the sweep printed is in
+    `printed`."""
     logdir = tmp_path_factory.mktemp("board")
-    assert (
-        main(
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(
             [
                 "--data-dir",
                 str(cifar_dir),
@@ -51,9 +54,19 @@ def logdir(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
                 "64",
             ]
         )
-        == 0
-    )
+    assert code == 0
+    printed(logdir).write_text(out.getvalue())
     return logdir
+
+
+def printed(logdir: Path) -> Path:
+    return logdir.with_name(f"{logdir.name}.out")
+
+
+def test_the_sweep_prints_how_to_open_its_answer_and_its_trials(logdir: Path):
+    from ablations.report import board
+
+    assert board.open_hint(logdir / "notebook") in printed(logdir).read_text()
 
 
 def events(run_dir: Path) -> EventAccumulator:
