@@ -40,9 +40,9 @@ class TrialLogger(TensorBoardLogger):
     """TensorBoard logger of one trial (see the module docstring).
 
     Its scalars are exactly those a rebuild writes from result.json (`ablations.report.board`): each epoch's ``train/*``
-    and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics with the settings text
-    at the end (`log_trial`), written by Lightning's writer (``experiment``), which holds the weight histograms too;
-    what Lightning passes to `log_metrics` is not written twice. The trial's HParams session and settings text are
+    and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics at the end
+    (`log_trial`), written by Lightning's writer (``experiment``), which holds the weight histograms too; what
+    Lightning passes to `log_metrics` is not written twice. The trial's HParams session and settings text are
     the report's to write (`ablations.report.board.write_suite_runs`), once the cell's seeds are known.
     """
 
