@@ -2,8 +2,8 @@
 that do one job each, assembled by `TrialMonitor`.
 
 - `TrialLogger`: the scalars of every epoch and of the test pass, ``hparams.yaml`` with the real hyperparameters,
-  and at the end the trial's HParams row and settings text and the suite's HParams record, all built by
-  `ablations.report.board` from the numbers result.json keeps, so that a rebuild from result.json writes the same.
+  built by `ablations.report.board` from the numbers result.json keeps, so that a rebuild from result.json writes
+  the same. The HParams session and settings text are the report's (written once per report).
 - `EpochHistory`: the metrics of every epoch, for result.json. `StopOnNonFiniteLoss`: stops a diverging trial.
 - `Throughput`: training images per second. `WeightHistograms`: the regularized layers' weights per epoch.
 - `BatchNormDrift`: how far BatchNorm's running statistics are from a real batch's, per epoch.
@@ -24,7 +24,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from ablations.report import board
-from ablations.store import folder_lock
 from ablations.suite import Trial
 from lit_cifar.data import attached_datamodule
 from lit_cifar.module import BATCHNORMS
@@ -41,49 +40,40 @@ class TrialLogger(TensorBoardLogger):
     """TensorBoard logger of one trial (see the module docstring).
 
     Its scalars are exactly those a rebuild writes from result.json (`ablations.report.board`): each epoch's ``train/*``
-    and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics with the HParams row
-    and settings text at the end (`log_trial`); what Lightning passes to `log_metrics` is not written twice. Its
-    ``experiment`` (Lightning's writer) holds the weight histograms.
+    and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics at the end
+    (`log_trial`), written by Lightning's writer (``experiment``), which holds the weight histograms too; what
+    Lightning passes to `log_metrics` is not written twice. The trial's HParams session and settings text are
+    the report's to write (`ablations.report.board.write_suite_runs`), once the cell's seeds are known.
     """
 
     def __init__(self, save_dir: Path, trial: Trial) -> None:
         super().__init__(save_dir=str(save_dir), name="", version="", default_hp_metric=False)
         self.trial = trial
-        self.suite_dir = Path(save_dir).parent.parent  # <logdir>/<suite>/<cell>/seed=<s>
-        self.started = time.time()
-        self._events = board.RunWriter(Path(save_dir))
         settings = trial.hashed_settings()
         self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings})
 
     def log_hyperparams(
         self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None
     ) -> None:
-        """Keep the module's and data module's hyperparameters for ``hparams.yaml``; the HParams record is written
-        by `log_trial`, once every setting is known."""
+        """Keep the module's and data module's hyperparameters for ``hparams.yaml``."""
         self.hparams.update(params if isinstance(params, Mapping) else vars(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         """Nothing: `log_epoch` and `log_trial` write the same numbers, as result.json keeps them."""
 
+    def _write(self, scalars: Mapping[str, float], step: int) -> None:
+        for tag, value in scalars.items():
+            self.experiment.add_scalar(tag, value, global_step=step)
+        self.experiment.flush()
+
     def log_epoch(self, epoch: Mapping[str, float], epochs_trained: int) -> None:
         """One epoch's scalars (its entry of result.json's ``history``), at step `epochs_trained`."""
-        self._events.write([(epochs_trained, board.scalar_summary(board.epoch_scalars(epoch)))])
+        self._write(board.epoch_scalars(epoch), epochs_trained)
 
     def log_trial(self, metrics: Mapping[str, float], history: list[dict[str, float]]) -> None:
-        """Write the test scalars, the trial's HParams row and settings text, and refresh the suite's HParams
-        record and spec-mean rows with this trial's result (the others read from their result.json)."""
+        """Write the test scalars at the last epoch, and close."""
+        self._write(board.test_scalars(metrics), len(history))
         self.finalize("success")
-        result = {**self.trial.record(), "metrics": dict(metrics), "history": history}
-        self._events.write(
-            [
-                (len(history), board.scalar_summary(board.test_scalars(metrics))),
-                *board.trial_records(result, self.started),
-            ]
-        )
-        self._events.close()
-        with folder_lock(self.suite_dir, wait=True):
-            others = board.suite_results(self.suite_dir, skip=Path(self.log_dir))
-            board.write_suite_runs(self.suite_dir, [*others, result])
 
 
 class EpochHistory(pl.Callback):

@@ -312,6 +312,7 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
 def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
+    from ablations.report import board
     from ablations.store import settings_key
 
     suite_dir = Path(plan.options.logdir) / plan.suite.name
@@ -322,7 +323,7 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
         plan.margin,
     )
     if table is not None:
-        print(table)
+        print(f"{table}\n\n{board.open_hint(suite_dir)}")
     counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
     print(
         f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "

@@ -1,12 +1,14 @@
 """Screenshots of a logdir in TensorBoard, as a reviewer checks it, taken with headless Chromium:
 
-    python scripts/screenshots.py logs/replication --out screenshots
+    python scripts/screenshots.py logs/replication/notebook --out docs/img --prefix tb-
+    python scripts/screenshots.py logs/factorial/full/_report --out docs/img --prefix tb-answer- --tabs text images
 
 starts ``tensorboard`` on 127.0.0.1 only (``--port``, default 6123), waits until it serves the runs, and writes one
-PNG per tab (`TABS`: Time Series, Scalars, HParams table, Images, Text) with ``chromium --headless --screenshot``;
-with the ``websocket-client`` package (``pip install websocket-client``) also the HParams tab's parallel
-coordinates view, clicked through Chromium's DevTools protocol. Without Chromium (``apt-get install -y chromium``)
-it says so and exits 0: the check is skipped, not failed. Exit 2 for bad arguments.
+PNG per tab (`TABS`: Time Series as a sweep's printed URL opens it, Scalars, HParams table and its parallel
+coordinates view, Images, Text; ``--tabs`` picks some) with headless Chromium, driven through its DevTools protocol
+(``pip install websocket-client``), which waits in real time for the charts to draw. Without Chromium (``apt-get
+install -y chromium``) or websocket-client it says so and exits 0: the check is skipped, not failed. Exit 2 for bad
+arguments.
 """
 
 from __future__ import annotations
@@ -16,21 +18,25 @@ import base64
 import json
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from ablations.report import board
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 TABS = {
-    "timeseries": "#timeseries",
-    "scalars": "#scalars",
+    "timeseries": board.CELL_COLOURS,  # a cell's seeds in one colour, smoothing off
+    "scalars": "#scalars&_smoothingWeight=0",
     "hparams_table": "#hparams",
     "images": "#images",
     "text": "#text",
 }
 WINDOW = "1600,1000"
+PARALLEL = "hparams_parallel"
 PARALLEL_TAB = (907, 95)  # the HParams tab's "Parallel Coordinates View" at WINDOW (its views live in shadow DOM)
 
 
@@ -40,7 +46,7 @@ def browser() -> Optional[str]:
 
 
 def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
-    """A tensorboard on 127.0.0.1:`port`, once it lists the runs' scalars."""
+    """A tensorboard on 127.0.0.1:`port`, once it lists the runs."""
     server = subprocess.Popen(
         [
             sys.executable,
@@ -61,7 +67,7 @@ def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=10) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=10) as r:
                 if json.loads(r.read()):
                     time.sleep(3)  # let it finish loading the last runs
                     return server
@@ -72,24 +78,21 @@ def serve(logdir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
     raise RuntimeError(f"tensorboard did not serve {logdir} within {timeout:.0f} s")
 
 
-def screenshot(chromium: str, url: str, out: Path, budget_ms: int = 15000) -> None:
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            f"--screenshot={out}",
-            f"--window-size={WINDOW}",
-            f"--virtual-time-budget={budget_ms}",
-            url,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=120,
-    )
+def _chromium(path: str) -> list[str]:
+    """Headless Chromium that talks to nothing but the page it is given, in a profile of its own."""
+    return [
+        path,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ]
 
 
 def _devtools(chromium: str, port: int) -> tuple[subprocess.Popen, Any]:
@@ -97,11 +100,7 @@ def _devtools(chromium: str, port: int) -> tuple[subprocess.Popen, Any]:
 
     proc = subprocess.Popen(
         [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
+            *_chromium(chromium),
             f"--remote-debugging-port={port}",
             "--remote-allow-origins=*",
             f"--window-size={WINDOW}",
@@ -153,26 +152,28 @@ def clicked_screenshot(chromium: str, url: str, clicks: list[tuple[int, int]], o
         proc.wait(timeout=30)
 
 
-def take(logdir: Path, out: Path, port: int) -> list[str]:
-    """Every screenshot (see the module docstring); returns what was written or skipped, a line each."""
+def take(logdir: Path, out: Path, port: int, tabs: list[str], prefix: str = "") -> list[str]:
+    """The screenshots of `tabs` (names of `TABS` and `PARALLEL`, see the module docstring), each written to
+    ``out/<prefix><name>.png``; returns what was written or skipped, a line each."""
     chromium = browser()
     if chromium is None:
         return ["skipped: no chromium on PATH (apt-get install -y chromium)"]
+    try:
+        import websocket  # noqa: F401
+    except ImportError:
+        return ["skipped: pip install websocket-client (the shots are taken through Chromium's DevTools protocol)"]
     out.mkdir(parents=True, exist_ok=True)
     server = serve(logdir, port)
     lines = []
     try:
         base = f"http://127.0.0.1:{port}/"
-        for name, fragment in TABS.items():
-            screenshot(chromium, base + fragment, out / f"{name}.png")
-            lines.append(str(out / f"{name}.png"))
-        try:
-            import websocket  # noqa: F401
-        except ImportError:
-            return lines + ["skipped hparams_parallel: pip install websocket-client to click through the views"]
-        target = out / "hparams_parallel.png"
-        clicked_screenshot(chromium, base + "#hparams", [PARALLEL_TAB], target, port + 1)
-        lines.append(str(target))
+        for name in tabs:
+            target = out / f"{prefix}{name}.png"
+            if name == PARALLEL:
+                clicked_screenshot(chromium, base + TABS["hparams_table"], [PARALLEL_TAB], target, port + 1)
+            else:
+                clicked_screenshot(chromium, base + TABS[name], [], target, port + 1)
+            lines.append(str(target))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -184,12 +185,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("logdir", type=Path, help="what to open in TensorBoard, e.g. logs/replication")
     parser.add_argument("--out", type=Path, default=Path("screenshots"), help="folder of the PNGs")
     parser.add_argument("--port", type=int, default=6123, help="tensorboard's port on 127.0.0.1 (default 6123)")
+    parser.add_argument("--prefix", default="", help="starts each PNG's name, e.g. tb-")
+    parser.add_argument(
+        "--tabs", nargs="+", choices=[*TABS, PARALLEL], default=[*TABS, PARALLEL], help="which tabs (default: all)"
+    )
     args = parser.parse_args(argv)
     if not args.logdir.is_dir():
         parser.error(f"{args.logdir} is not a folder")
     if not 1024 <= args.port <= 65534:
         parser.error(f"--port {args.port} must be between 1024 and 65534")
-    print("\n".join(take(args.logdir, args.out, args.port)))
+    print("\n".join(take(args.logdir, args.out, args.port, args.tabs, args.prefix)))
     return 0
 
 

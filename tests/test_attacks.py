@@ -23,7 +23,7 @@ import pytest
 
 from ablations import api, plan, store
 from ablations import trial as trial_module
-from ablations.report import board, report
+from ablations.report import report
 from ablations.report.__main__ import main as report_command
 from ablations.status import TrialState, is_finished
 from ablations.store import RESULT_FILE, UnsafePath, folder_lock, read_result, write_result
@@ -53,7 +53,7 @@ def test_1_a_copied_trial_folder_is_a_problem_not_another_seed(tmp_path):
     assert len(problems) == 2 and all("holds a copy of the result of pixel/seed=0" in p for p in problems)
     assert report.build_report(suite_dir).rows[0].seeds == 2
     assert sorted(api.load_results(tmp_path).seed) == [0, 1]
-    assert len(board.suite_results(suite_dir)) == 2
+    assert len(store.list_trials(suite_dir).results) == 2
 
 
 # ---------------------------------------------------- 2. --force keeps the result, whatever the settings

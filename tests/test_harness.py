@@ -134,8 +134,8 @@ def test_tensorboard_hparams_carry_the_real_test_accuracy(swept):
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = start.session_start_info.hparams
-    assert hparams["spec/dropout"].number_value == 0.25 and hparams["spec"].string_value == "pixel+dropout=0.25"
-    assert hparams["seed"].number_value == 0
+    assert hparams["factor/dropout"].number_value == 0.25 and hparams["spec"].string_value == "pixel+dropout=0.25"
+    assert hparams["seeds"].string_value == "0, 1"
     record = EventAccumulator(str(logdir / "notebook" / "_hparams"), size_guidance={"tensors": 0})
     record.Reload()
     experiment = plugin_data_pb2.HParamsPluginData.FromString(

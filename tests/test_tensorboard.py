@@ -4,6 +4,8 @@ files and, in one test, from a real `tensorboard` server over its HTTP API."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import socket
@@ -30,10 +32,11 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
-    """Two specs x two seeds x two epochs of the notebook suite, with its report."""
+    """Two specs x two seeds x two epochs of the notebook suite, with its report; what the sweep printed is in
+    `printed`."""
     logdir = tmp_path_factory.mktemp("board")
-    assert (
-        main(
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(
             [
                 "--data-dir",
                 str(cifar_dir),
@@ -51,9 +54,19 @@ def logdir(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> Path:
                 "64",
             ]
         )
-        == 0
-    )
+    assert code == 0
+    printed(logdir).write_text(out.getvalue())
     return logdir
+
+
+def printed(logdir: Path) -> Path:
+    return logdir.with_name(f"{logdir.name}.out")
+
+
+def test_the_sweep_prints_how_to_open_its_answer_and_its_trials(logdir: Path):
+    from ablations.report import board
+
+    assert board.open_hint(logdir / "notebook") in printed(logdir).read_text()
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -68,20 +81,23 @@ def trial_dir(logdir: Path, spec: str, seed: int = 0) -> Path:
     return logdir / "notebook" / spec / f"seed={seed}"
 
 
-def test_trial_hparams_are_typed_and_named_briefly(logdir: Path):
-    run = events(trial_dir(logdir, "pixel+bn", seed=1))
-    content = run.PluginTagToContent("hparams")
-    assert "_hparams_/experiment" not in content  # the suite's _report run holds the one experiment record
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+def _session(run_dir: Path) -> plugin_data_pb2.SessionStartInfo:
+    content = events(run_dir).PluginTagToContent("hparams")
+    return plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+
+
+def test_a_cell_is_one_session_group_of_typed_values(logdir: Path):
+    start = _session(trial_dir(logdir, "pixel+bn", seed=1))
     values = start.hparams
-    assert values["spec/batchnorm"].WhichOneof("kind") == "bool_value" and values["spec/batchnorm"].bool_value
-    assert values["spec/max_norm"].number_value == 0.0  # off
-    assert values["seed"].number_value == 1 and values["spec"].string_value == "pixel+bn"
-    assert values["row"].string_value == "trial"
-    assert values["settings/epochs"].number_value == EPOCHS
-    assert not {"data_dir", "download", "num_workers", "spec_name", "augment"} & set(values)
-    assert start.group_name == "03 s1 notebook"
-    assert "trial/settings" in run.Tags()["tensors"]
+    assert values["factor/batchnorm"].WhichOneof("kind") == "bool_value" and values["factor/batchnorm"].bool_value
+    assert values["factor/max_norm"].number_value == 0.0  # off
+    assert values["spec"].string_value == "pixel+bn" and values["seeds"].string_value == "0, 1"
+    assert not {"seed", "row", "data_dir", "spec_name", "settings/epochs"} & set(values)  # settings: in the text
+    groups = {spec: {_session(trial_dir(logdir, spec, seed)).group_name for seed in (0, 1)} for spec in SPECS}
+    assert groups["pixel+bn"] == {start.group_name} and start.group_name.startswith("03 pixel+bn ")
+    assert len(groups["pixel+maxnorm=3"]) == 1 and groups["pixel+maxnorm=3"] != groups["pixel+bn"]
+    assert "trial/settings" in events(trial_dir(logdir, "pixel+bn", seed=1)).Tags()["tensors"]
+    assert not (logdir / "notebook" / "_by_spec").exists()
 
 
 def test_scalars_are_per_epoch_and_accuracy_comes_first(logdir: Path):
@@ -158,7 +174,7 @@ def _serve(logdir: Path) -> tuple[subprocess.Popen, str]:
     while True:
         try:
             scalars = _get(f"{base}/plugin/scalars/tags")
-            if sum("test/acc" in tags for tags in scalars.values()) == 3 * len(SPECS):  # seeds 0 and 1, and the mean
+            if sum("test/acc" in tags for tags in scalars.values()) == 2 * len(SPECS):  # seeds 0 and 1
                 return server, base
         except OSError:
             pass
@@ -169,18 +185,19 @@ def _serve(logdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def _check_experiment(base: str) -> None:
-    """The columns in TensorBoard's order: what varies first (it ticks the first five), typed; then the five
-    headline metrics, each once."""
+    """The columns in TensorBoard's order: the factors that vary first (it ticks the first five), then spec and
+    seeds, typed; then the five headline metrics, each once."""
     experiment = _get(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
     infos = experiment["hparamInfos"]
     names = [info["name"] for info in infos]
-    assert names[:5] == ["row", "seed", "spec", "spec/batchnorm", "spec/max_norm"]
-    assert [info.get("differs", False) for info in infos] == [True] * 5 + [False] * (len(infos) - 5)
+    assert names[:3] == ["factor/batchnorm", "factor/max_norm", "spec"]
+    assert [info.get("differs", False) for info in infos] == [True] * 3 + [False] * (len(infos) - 3)
+    assert [info["displayName"] for info in infos][:2] == ["batchnorm", "max_norm"] and "seeds" in names
     types = {info["name"]: info["type"] for info in infos}
-    assert types["seed"] == types["spec/max_norm"] == types["spec/l2"] == "DATA_TYPE_FLOAT64"
-    assert types["spec"] == types["spec/normalize"] == types["row"] == "DATA_TYPE_STRING"
-    assert types["spec/batchnorm"] == types["spec/augment"] == "DATA_TYPE_BOOL"
-    assert not [n for n in names if n.startswith("settings/")]  # constant settings are in the report's text
+    assert types["factor/max_norm"] == types["factor/l2"] == "DATA_TYPE_FLOAT64"
+    assert types["spec"] == types["factor/normalize"] == types["seeds"] == "DATA_TYPE_STRING"
+    assert types["factor/batchnorm"] == types["factor/augment"] == "DATA_TYPE_BOOL"
+    assert not [n for n in names if n.startswith("settings/")]  # the settings are in the texts
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [
         "test/acc",
         "val/acc",
@@ -190,9 +207,9 @@ def _check_experiment(base: str) -> None:
     ]
 
 
-def _session_groups(base: str, row: str) -> list[dict]:
-    """The HParams table's rows of one kind, as the filter pane asks for them (one value of `row` ticked)."""
-    return _get(
+def _check_sessions(base: str, logdir: Path) -> None:
+    """One row per cell, TensorBoard's group of its seeds, its metrics their mean."""
+    groups = _get(
         f"{base}/plugin/hparams/session_groups",
         {
             "experimentName": "",
@@ -200,39 +217,26 @@ def _session_groups(base: str, row: str) -> list[dict]:
             "colParams": [
                 {"metric": {"tag": "test/acc"}},
                 {"metric": {"tag": "gap/train_val_acc"}},
-                {"hparam": "row", "filterDiscrete": [row]},
                 {"hparam": "spec"},
-                {"hparam": "seed"},
-                {"hparam": "spec/batchnorm"},
+                {"hparam": "seeds"},
+                {"hparam": "factor/batchnorm"},
             ],
             "startIndex": 0,
             "sliceSize": 100,
         },
     )["sessionGroups"]
-
-
-def _check_sessions(base: str, logdir: Path) -> None:
-    groups = _session_groups(base, "trial")
-    names = [g["name"] for g in groups]
-    assert len(set(names)) == len(names) == 4 and all(len(name) <= 14 for name in names)
-    by_spec: dict[str, list[dict]] = {}
+    assert sorted(g["hparams"]["spec"] for g in groups) == sorted(SPECS)
     for group in groups:
-        session = group["sessions"][0]["name"]
-        expected = json.loads((logdir / session / RESULT_FILE).read_text())
-        by_spec.setdefault(expected["spec"], []).append(expected)
-        assert group["hparams"]["spec"] == expected["spec"] and group["hparams"]["seed"] == expected["seed"]
-        assert group["hparams"]["spec/batchnorm"] is expected["spec_fields"]["batchnorm"]
+        assert group["hparams"]["seeds"] == "0, 1" and group["name"].split()[1] == group["hparams"]["spec"]
+        results = [json.loads((logdir / s["name"] / RESULT_FILE).read_text()) for s in group["sessions"]]
+        assert sorted(r["seed"] for r in results) == [0, 1] and {r["spec"] for r in results} == {
+            group["hparams"]["spec"]
+        }
+        assert group["hparams"]["factor/batchnorm"] is results[0]["spec_fields"]["batchnorm"]
         values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-        assert values["test/acc"] == pytest.approx(expected["metrics"]["test/acc"])
-        gap = expected["metrics"]["train/acc"] - expected["metrics"]["val/acc"]
+        assert values["test/acc"] == pytest.approx(sum(r["metrics"]["test/acc"] for r in results) / 2)
+        gap = sum(r["metrics"]["train/acc"] - r["metrics"]["val/acc"] for r in results) / 2
         assert values["gap/train_val_acc"] == pytest.approx(gap, abs=1e-6)
-    means = _session_groups(base, "spec mean")  # one row per spec, the seed not among its columns
-    assert sorted(g["hparams"]["spec"] for g in means) == sorted(SPECS)
-    for group in means:
-        assert "seed" not in group["hparams"] and group["name"].split()[1] == "×2"
-        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-        seeds = by_spec[group["hparams"]["spec"]]
-        assert values["test/acc"] == pytest.approx(sum(r["metrics"]["test/acc"] for r in seeds) / len(seeds))
 
 
 def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path):
@@ -253,6 +257,9 @@ def test_tensorboard_serves_typed_hparams_epoch_scalars_and_images(logdir: Path)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         text = _get(f"{base}/plugin/text/text?" + urlencode({"run": "notebook/_report", "tag": "report/results"}))
         assert "95% CI" in text[0]["text"]
+        answer = _get(f"{base}/plugin/text/text?" + urlencode({"run": "notebook/_report", "tag": "answer/verdicts"}))
+        assert answer[0]["text"].startswith("<")  # rendered: the markdown of the report's verdict columns
+        assert (logdir / "notebook" / "results.csv").is_file()
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -289,7 +296,11 @@ def test_a_rebuild_writes_what_the_live_trials_wrote_and_a_second_changes_nothin
     assert board([str(copy / "notebook")]) == 0
     for trial in trials:
         assert _content(copy / trial) == live[trial]
-        assert sorted(p.name.rsplit(".", 1)[-1] for p in (copy / trial).glob("*tfevents*")) == ["histograms", "trial"]
+        assert sorted(p.name.rsplit(".", 1)[-1] for p in (copy / trial).glob("*tfevents*")) == [
+            "histograms",
+            "hparams",
+            "trial",
+        ]
     first = _files(copy)
     assert board([str(copy / "notebook")]) == 0
     assert _files(copy) == first

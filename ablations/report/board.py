@@ -1,28 +1,31 @@
 """What TensorBoard shows of a suite, torch-free: the tags, the HParams records, the event files, and
 ``python -m ablations.report.rebuild`` (`ablations.report.rebuild`), which rewrites a suite's events from its results.
 
-One code path: a trial's events are built here from the same numbers its ``result.json`` holds (`epoch_scalars`
-for each entry of its ``history``, `test_scalars` for its test metrics, `trial_records` for its HParams session
-and settings text). A running trial writes them as the numbers arrive (`ablations.monitor.TrialLogger`); a rebuild
-writes them from result.json (`trial_events`); both give the same tags, steps and values.
+One code path: a trial's scalars are built here from the same numbers its ``result.json`` holds (`epoch_scalars`
+for each entry of its ``history``, `test_scalars` for its test metrics). A running trial writes them as the
+numbers arrive (`ablations.monitor.TrialLogger`); a rebuild writes them from result.json (`trial_events`); both
+give the same tags, steps and values.
 
 **Scalars** are logged against the number of epochs trained (1, 2, ...); test metrics at the last epoch. Every
 ``train/*`` and ``val/*`` metric of an epoch is logged, plus copies of accuracy and cross-entropy under the groups
 ``accuracy/`` and ``cross_entropy/`` (`EPOCH_CURVES`): Time Series lists groups in natural sort order and opens the
 first two, so it opens on them. `GAP` is train minus validation accuracy, per epoch.
 
-**HParams.** A suite's HParams view has two kinds of rows, told apart by the `ROW` column:
+**HParams**, written once per report (`write_suite_runs`, called by `ablations.report.report.write_report`), never
+by a trial: one row per cell (a spec under one set of settings), TensorBoard's own session group: every seed of the
+cell is a session of the group named `cell_group` (``03 pixel+bn 5c1e``), and TensorBoard averages their metrics
+(expand the row for each seed). Each session record, with the trial's settings text, is a small event file
+(``*.hparams``) in its trial's folder, beside the trial's scalars. The suite's ``_hparams`` run holds the
+experiment record: the factors that vary first (TensorBoard ticks the first five), then ``spec``, then the columns
+that do not vary, ``seeds`` (the cell's seeds as text, ``0, 1, 2``) among them; and the metrics (`METRICS`). A factor's
+level is its label from result.json's ``levels`` where the result has them, else the spec's field, typed
+(booleans as booleans, numbers as numbers, "off" as 0).
 
-- ``trial``: one row per trial, its session record in the trial's own run: seed, spec name, every spec field, typed
-  (booleans as booleans, numbers as numbers, "off" as 0), and the training settings; named ``03 s1 notebook`` (the
-  suite's 3rd spec, seed 1), which the table shows whole;
-- ``spec mean``: one row per spec (trials sharing every hyperparameter but the seed), in ``<suite>/_by_spec/<spec>``,
-  with the metrics averaged over its seeds; named ``03 ×3 notebook`` (3 seeds).
-
-TensorBoard (2.x) groups sessions only by an explicit group name, so the per-spec rows are sessions of their own;
-unticking one value of ``row`` in the filter pane leaves one view. The suite's ``_hparams`` run holds the experiment
-record: the columns (those marked *differs* first, then by name; TensorBoard ticks the first five) with their
-levels, and the metrics (`METRICS`, the five TensorBoard shows). A training setting is a column only when it varies.
+**The answer** (`ANSWER_TAG`, `verdict_markdown`): the suite's ``_report`` run holds the verdict table, read from
+the verdict columns of the report's results.csv and effects.csv, so it says what the tables say, beside the whole
+report and its charts; `open_hint` is what a sweep prints: the command that opens only that run (a suite of
+hundreds of trials ticks no run in the Text and Images tabs, above 40 runs) and the Time Series URL that colours
+a cell's seeds alike with smoothing off.
 
 Everything here builds protocol buffers with TensorBoard's public API (``hparams_pb``, the plugins' metadata
 helpers) and writes them with its ``EventFileWriter``.
@@ -30,14 +33,16 @@ helpers) and writes them with its ``EventFileWriter``.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 import shutil
-import statistics
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
+from urllib.parse import quote
 
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata, plugin_data_pb2
@@ -48,18 +53,22 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 HParamValue = Union[bool, int, float, str]
 Step = tuple[int, summary_pb2.Summary]  # a summary and the step it is logged at
 
-SEED, SPEC, ROW = "seed", "spec", "row"
-TRIAL_ROW, SPEC_ROW = "trial", "spec mean"  # the values of ROW
-SPEC_FIELD, SETTING = "spec/", "settings/"  # prefixes of the spec's fields and of the training settings
-REPORT_RUN = "_report"  # the suite's run that holds the results table and the charts
+SEED, SPEC, SEEDS = "seed", "spec", "seeds"
+SPEC_FIELD, SETTING = "spec/", "settings/"  # prefixes of the spec's fields and of the settings in a trial's text
+FACTOR = "factor/"  # prefixes a factor's HParams column: TensorBoard sorts the varying columns by name, before spec
+REPORT_RUN = "_report"  # the suite's run that holds the verdict table, the results table and the charts
 SAMPLES_RUN = "_samples"  # the suite's run that holds one training image per class
 HPARAMS_RUN = "_hparams"  # the suite's run that holds the HParams experiment record
-BY_SPEC_RUN = "_by_spec"  # the suite's folder of per-spec runs: one HParams row per spec, metrics over seeds
+SESSION_SUFFIX = ".hparams"  # ends the name of a trial's session record, written by the report
 SAMPLES_TAG = "samples/one_training_image_per_class"
 SAMPLES_TITLE = "CIFAR-10: one training image per class"
 SETTINGS_TAG = "trial/settings"
+ANSWER_TAG = "answer/verdicts"  # sorts before report/*: the Text tab shows it first
 EPOCH_CURVES = {"acc": "accuracy", "ce": "cross_entropy"}  # metric -> the Time Series group listed first
 GAP = "gap/train_val_acc"  # train accuracy minus validation accuracy, per epoch
+CELL_RUNS = "(.*)/seed="  # Time Series colours runs by this regex's group: a cell's seeds alike
+CELL_COLOURS = f"?runColorGroup=regex:{quote(CELL_RUNS, safe='')}&smoothing=0#timeseries"  # the query it reads
+PORT = 6006  # tensorboard's default
 
 # HParams metric columns: tag -> (display name, description); TensorBoard shows the first five.
 METRICS: dict[str, tuple[str, str]] = {
@@ -69,10 +78,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "test/ce": ("test cross-entropy", "without the penalty"),
     GAP: ("train − val accuracy", "after the last epoch: how much the spec overfits"),
 }
-OFF_AS_ZERO = {"spec/max_norm": "0 = no cap", "settings/limit_train": "0 = every training image"}
+OFF_AS_ZERO = {FACTOR + "max_norm": "0 = no cap"}
 DESCRIPTIONS = {
-    ROW: f"'{TRIAL_ROW}': one trial (one seed); '{SPEC_ROW}': a spec's metrics averaged over its seeds",
-    SEED: "the trial's seed (empty in the spec-mean rows)",
+    SEEDS: "the cell's seeds; its row's metrics are their mean (expand the row for each seed)",
+    SPEC: "the spec's name",
 }
 
 
@@ -117,41 +126,47 @@ def _typed(value: Any) -> HParamValue:
     return str(value)
 
 
-def trial_hparams(spec_fields: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, HParamValue]:
-    """A trial's HParams values from its spec's fields and its hashed settings (``spec`` name, ``seed``, ...)."""
-    values: dict[str, HParamValue] = {ROW: TRIAL_ROW, SEED: int(settings[SEED]), SPEC: str(settings[SPEC])}
-    values.update({SPEC_FIELD + name: _typed(value) for name, value in sorted(spec_fields.items())})
-    values.update(
-        {SETTING + name: _typed(value) for name, value in sorted(settings.items()) if name not in (SEED, SPEC)}
-    )  # sorted: as result.json stores them
+def result_settings(result: Mapping[str, Any]) -> dict[str, HParamValue]:
+    """A trial's settings for its Text tab: spec name, seed, every spec field and hashed setting, typed."""
+    values: dict[str, HParamValue] = {SPEC: str(result[SPEC]), SEED: int(result[SEED])}
+    values.update({SPEC_FIELD + k: _typed(v) for k, v in sorted(result.get("spec_fields", {}).items())})
+    values.update({SETTING + k: _typed(v) for k, v in sorted(result["settings"].items()) if k not in (SEED, SPEC)})
     return values
 
 
-def result_hparams(result: Mapping[str, Any]) -> dict[str, HParamValue]:
-    """`trial_hparams` of a result.json (``spec`` from the result where old settings lack it)."""
-    settings = {SPEC: result[SPEC], SEED: result[SEED], **result["settings"]}
-    return trial_hparams(result.get("spec_fields", {}), settings)
+def factor_levels(result: Mapping[str, Any]) -> dict[str, HParamValue]:
+    """A trial's factor columns: its ``levels`` labels where result.json has them, else its spec's fields and its
+    setting factors' values (``factors``)."""
+    levels = result.get("levels")
+    if levels:
+        return {FACTOR + str(k): str(v) for k, v in levels.items()}
+    fields = {FACTOR + k: _typed(v) for k, v in sorted(result.get("spec_fields", {}).items())}
+    return {**fields, **{FACTOR + k: _typed(v) for k, v in result.get("factors", {}).items()}}  # setting factors
 
 
-def trial_id(suite: str, order: int, seed: int) -> str:
-    """The trial's name in the HParams table, e.g. ``03 s1 notebook`` (the suite's third spec, seed 1): distinct
-    across the suites of one logdir, sorting in suite order, and short, because the table cuts it after about 14
-    characters (the seed and spec columns beside it say the rest)."""
-    return f"{order + 1:02d} s{seed} {suite}"
+def _cell(result: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What a cell's seeds share: suite, spec and the settings but the seed."""
+    from ablations.store import settings_key
+
+    return result["suite"], result[SPEC], settings_key(dict(result["settings"]))
 
 
-def spec_id(suite: str, order: int, seeds: int) -> str:
-    """A spec-mean row's name, e.g. ``03 ×3 notebook`` (the suite's third spec, averaged over 3 seeds)."""
-    return f"{order + 1:02d} ×{seeds} {suite}"
+def cell_group(result: Mapping[str, Any]) -> str:
+    """The HParams group of a trial's cell, e.g. ``03 pixel+bn 5c1e``: the suite's third spec, its cell (the spec
+    and any setting factor's level), and a digest of suite, spec and settings, so that the same cell under other
+    settings (another folder of one logdir) is another group. The table cuts names after about 14 characters: the
+    number and the cell's start come first."""
+    digest = hashlib.sha256(repr(_cell(result)).encode()).hexdigest()[:4]
+    return f"{result.get('order', 0) + 1:02d} {result.get('cell', result[SPEC])} {digest}"
 
 
-def session_summaries(hparams: Mapping[str, HParamValue], name: str, start: float = 0.0) -> list[summary_pb2.Summary]:
-    """One HParams row: its session's start (values, name) and its end (finished)."""
+def session_summaries(hparams: Mapping[str, HParamValue], group: str) -> list[summary_pb2.Summary]:
+    """One session of the HParams table, in `group`: its start (values, group) and its end (finished)."""
     end = plugin_data_pb2.HParamsPluginData(
-        session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=start)
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
     )
     summaries = [
-        hp.hparams_pb(dict(hparams), trial_id=name, start_time_secs=start),
+        hp.hparams_pb(dict(hparams), trial_id=group, start_time_secs=0),  # the same bytes in every report
         summary_pb2.Summary(
             value=[
                 summary_pb2.Summary.Value(
@@ -168,24 +183,30 @@ def session_summaries(hparams: Mapping[str, HParamValue], name: str, start: floa
     return summaries
 
 
-def settings_markdown(hparams: Mapping[str, Any]) -> str:
+def session_rows(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, HParamValue]]]:
+    """Every result's session: its group (`cell_group`) and values (factors, spec, the cell's seeds)."""
+    seeds: dict[tuple[str, str, str], list[int]] = {}
+    for result in results:
+        seeds.setdefault(_cell(result), []).append(int(result[SEED]))
+    return [
+        (
+            cell_group(r),
+            {**factor_levels(r), SPEC: str(r[SPEC]), SEEDS: ", ".join(map(str, sorted(seeds[_cell(r)])))},
+        )
+        for r in results
+    ]
+
+
+def settings_markdown(values: Mapping[str, Any]) -> str:
     """A trial's settings as a markdown table, for its Text tab."""
-    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in values.items())
 
 
-def trial_records(result: Mapping[str, Any], start: float = 0.0) -> list[summary_pb2.Summary]:
-    """A trial's HParams row and its settings text, from its result (or what it will be)."""
-    hparams = result_hparams(result)
-    name = trial_id(result["suite"], result.get("order", 0), result[SEED])
-    return [*session_summaries(hparams, name, start), text_summary(SETTINGS_TAG, settings_markdown(hparams))]
-
-
-def trial_events(result: Mapping[str, Any], start: float = 0.0) -> list[Step]:
-    """Every summary of a trial's run from its result.json, with its step: the records (step 0), each epoch's
-    scalars (step: epochs trained) and the test scalars (at the last epoch)."""
+def trial_events(result: Mapping[str, Any]) -> list[Step]:
+    """Every scalar a trial writes, from its result.json, with its step: each epoch's scalars (step: epochs
+    trained) and the test scalars (at the last epoch)."""
     history = result.get("history", [])
-    steps: list[Step] = [(0, summary) for summary in trial_records(result, start)]
-    steps += [(i + 1, scalar_summary(epoch_scalars(epoch))) for i, epoch in enumerate(history)]
+    steps: list[Step] = [(i + 1, scalar_summary(epoch_scalars(epoch))) for i, epoch in enumerate(history)]
     steps.append((len(history), scalar_summary(test_scalars(result["metrics"]))))
     return steps
 
@@ -211,18 +232,16 @@ def _levels(values: Iterable[HParamValue]) -> list[HParamValue]:
 
 
 def hparam_infos(rows: Sequence[Mapping[str, HParamValue]]) -> list[api_pb2.HParamInfo]:
-    """The HParams columns of a suite: row kind, seed, spec and spec fields always, training settings where they
-    vary; each with its levels and `differs` set where the rows disagree."""
+    """The HParams columns of a suite, each with its levels and `differs` set where the rows disagree. TensorBoard
+    shows those that differ first, by name: the factors (`FACTOR`), then ``spec``; then those that do not, the
+    cell's ``seeds`` among them."""
     names = list(dict.fromkeys(name for row in rows for name in row))
     infos = []
     for name in names:
         levels = _levels(row[name] for row in rows if name in row)
-        if name.startswith(SETTING) and len(levels) < 2:
-            continue
-        bare = name.split("/", 1)[-1]
         info = api_pb2.HParamInfo(
             name=name,
-            display_name=bare,
+            display_name=name.removeprefix(FACTOR),
             differs=len(levels) > 1,
             description=OFF_AS_ZERO.get(name, DESCRIPTIONS.get(name, "")),
         )
@@ -255,45 +274,6 @@ def experiment_summary(rows: Sequence[Mapping[str, HParamValue]], metrics: Itera
             )
         ]
     )
-
-
-def spec_groups(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
-    """The results grouped by every hyperparameter but the seed, in suite order, each group named by its run
-    folder under `BY_SPEC_RUN` (the spec's name; with a suffix when one spec was trained with several settings)."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for result in sorted(results, key=lambda r: (r.get("order", 0), r[SPEC], r[SEED])):
-        key = repr(sorted((k, repr(v)) for k, v in result_hparams(result).items() if k != SEED))
-        groups.setdefault(key, []).append(result)
-    named, used = [], set()
-    for runs in groups.values():
-        name = runs[0][SPEC]
-        while name in used:
-            name += "~"
-        used.add(name)
-        named.append((name, runs))
-    return named
-
-
-def suite_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, list[Step]]:
-    """The suite-level HParams runs, by path under the suite folder: the experiment record (`HPARAMS_RUN`) and one
-    spec-mean row per spec (`BY_SPEC_RUN`/<spec>) with its metrics averaged over its seeds (logged at the last
-    epoch)."""
-    rows = [result_hparams(r) for r in results]
-    runs: dict[str, list[Step]] = {}
-    for name, group in spec_groups(results):
-        values = {k: v for k, v in result_hparams(group[0]).items() if k != SEED}
-        values[ROW] = SPEC_ROW
-        rows.append(values)
-        metrics = [final_metrics(r) for r in group]
-        means = {tag: statistics.fmean(m[tag] for m in metrics) for tag in METRICS if all(tag in m for m in metrics)}
-        row_id = spec_id(group[0]["suite"], group[0].get("order", 0), len(group))
-        epochs = len(group[0].get("history", []))
-        runs[f"{BY_SPEC_RUN}/{name}"] = [
-            *[(0, s) for s in session_summaries(values, row_id)],
-            (epochs, scalar_summary(means)),
-        ]
-    present = {tag for r in results for tag in final_metrics(r)}
-    return {HPARAMS_RUN: [(0, experiment_summary(rows, present))], **runs}
 
 
 # ------------------------------------------------------------------------------------------------ other tabs
@@ -366,34 +346,6 @@ def holds(files: Sequence[Path], wanted: Sequence[Sequence[Step]]) -> bool:
     )
 
 
-class RunWriter:
-    """An event file that a running trial appends to as its numbers arrive (each write is flushed)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self._writer: Optional[EventFileWriter] = None
-
-    def write(self, summaries: Items) -> None:
-        if self._writer is None:
-            self._writer = EventFileWriter(str(self.run_dir))
-        for step, summary in _steps(summaries):
-            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-        self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-def suite_results(suite_dir: Path, skip: Optional[Path] = None) -> list[dict[str, Any]]:
-    """Every result of the suite's trials that counts (`ablations.store.list_trials`), but the one in `skip`."""
-    from ablations.store import list_trials
-
-    skipped = Path(skip).resolve() if skip is not None else None
-    return [r for folder, r in list_trials(suite_dir).results.items() if folder.resolve() != skipped]
-
-
 def write_run(run_dir: Path, summaries: Items, replace: bool, clock: Optional[Clock] = None) -> bool:
     """Write a whole run at once: into a temporary folder, then renamed to `run_dir`, so TensorBoard never sees
     half of it. An existing `run_dir` is replaced (`replace`; left as it is when it already holds exactly these
@@ -416,15 +368,79 @@ def write_run(run_dir: Path, summaries: Items, replace: bool, clock: Optional[Cl
         return False
 
 
-def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]], clock: Optional[Clock] = None) -> None:
-    """Write the suite's HParams experiment record and spec-mean rows (`suite_runs`) from `results`, and remove
-    the spec-mean runs of specs no longer among them. The caller holds the suite's lock."""
+def write_sessions(folder: Path, summaries: Sequence[summary_pb2.Summary]) -> None:
+    """Make `summaries` the session record (`SESSION_SUFFIX`) of the trial in `folder`: left as it is when it
+    already holds them, else written anew and the old record removed."""
+    old = sorted(Path(folder).glob(f"*tfevents*{SESSION_SUFFIX}"))
+    steps = _steps(summaries)
+    if holds(old, [steps]):
+        return
+    write_events(Path(folder), steps, suffix=SESSION_SUFFIX)
+    for path in old:
+        path.unlink()
+
+
+def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]]) -> None:
+    """Write the suite's HParams from the report's `results`: the experiment record (`HPARAMS_RUN`) and each
+    trial's session with its settings text (`write_sessions`). The caller holds the suite's lock."""
+    from ablations.store import folder_lock, list_trials
+
     suite_dir = Path(suite_dir)
-    runs = suite_runs(results)
-    for path, steps in runs.items():
-        write_run(suite_dir / path, steps, replace=True, clock=clock)
-    by_spec = suite_dir / BY_SPEC_RUN
-    if by_spec.is_dir():
-        for stale in by_spec.iterdir():
-            if stale.is_dir() and f"{BY_SPEC_RUN}/{stale.name}" not in runs and not stale.name.startswith("."):
-                shutil.rmtree(stale)
+    trials = [(folder, result) for folder, result in list_trials(suite_dir).results.items() if result in results]
+    rows = session_rows([result for _, result in trials])
+    for (folder, result), (group, values) in zip(trials, rows):
+        settings = text_summary(SETTINGS_TAG, settings_markdown(result_settings(result)))
+        with folder_lock(folder) as locked:
+            if locked:  # else it is being trained again: the next report writes its session
+                write_sessions(folder, [*session_summaries(values, group), settings])
+    present = {tag for _, result in trials for tag in final_metrics(result)}
+    write_run(suite_dir / HPARAMS_RUN, [experiment_summary([v for _, v in rows], present)], replace=True)
+
+
+# ------------------------------------------------------------------------------------------------ the answer
+VERDICT_COLUMNS = ("verdict", "verdict_low", "verdict_high", "margin")
+
+
+def _verdict_rows(path: Path, name: str, label: Callable[[dict[str, str]], str]) -> list[str]:
+    """The markdown rows of one report CSV's verdict columns (rows without a verdict, the reference, left out)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    if records and not set(VERDICT_COLUMNS) <= set(records[0]):
+        return [f"| {name} | (no verdict columns: rebuild the report) | | |"]
+    return [
+        f"| {label(r)} | **{r['verdict']}** | [{float(r['verdict_low']):+.4f}, {float(r['verdict_high']):+.4f}] "
+        f"| ±{float(r['margin']):g} |"
+        for r in records
+        if r.get("verdict")
+    ]
+
+
+def verdict_markdown(suite_dir: Path) -> str:
+    """The suite's verdicts as a markdown table, read from the verdict columns of the report's results.csv (each
+    spec against the reference) and effects.csv (each factorial effect): what the report's tables say."""
+    suite_dir = Path(suite_dir)
+    rows = _verdict_rows(suite_dir / "results.csv", "results.csv", lambda r: f"{r['spec']} − reference")
+    rows += _verdict_rows(suite_dir / "effects.csv", "effects.csv", lambda r: f"effect of {r['effect']}")
+    if not rows:
+        return "No comparison has a verdict (one spec, or no results.csv)."
+    return (
+        "| comparison | verdict | interval (test accuracy) | margin |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\n*equivalent*: the family-wise interval lies within ±margin; *better* / *worse*: it excludes 0; "
+        "*open*: neither (see results.md for the smallest difference the seeds could detect)."
+    )
+
+
+def open_hint(suite_dir: Path) -> str:
+    """What a sweep prints: how to open the suite's answer in TensorBoard (its ``_report`` run as a logdir of its
+    own: the Text and Images tabs tick no run when more than 40 match), and its trials with a cell's seeds in one
+    colour and smoothing off, and one HParams row per cell."""
+    base = f"http://localhost:{PORT}/"
+    return (
+        f"TensorBoard, the answer (verdicts, tables, charts): tensorboard --logdir {Path(suite_dir) / REPORT_RUN}, "
+        f"then {base}#text\n"
+        f"TensorBoard, the trials: tensorboard --logdir {suite_dir}, then {base}{CELL_COLOURS} (a cell's seeds in "
+        f"one colour) or {base}#hparams (one row per cell, its seeds averaged)"
+    )

@@ -5,15 +5,16 @@
 For every finished trial (``<suite>/<cell>/seed=<s>/result.json``):
 
 - one event file (``*.trial``) with what `ablations.report.board.trial_events` makes of result.json, the same as a trial
-  of the current code writes while it trains: per-epoch scalars at steps 1..E, the test scalars at E, the HParams row
-  (typed values, short name) and the settings text;
+  of the current code writes while it trains: per-epoch scalars at steps 1..E, the test scalars at E;
 - the weight histograms, which result.json does not hold, carried over from the old event files into one file
   (``*.histograms``); the old code logged them at steps 0..E-1, which become 1..E like the scalars;
 - every other old event file is deleted (old scalars on the global-step axis, per-trial sample images, HParams
-  records of the old layout). ``hparams.yaml`` and result.json are not touched.
+  records of the old layout); the session record (``*.hparams``) is the report's. ``hparams.yaml`` and result.json
+  are not touched.
 
-Per suite: the report (`ablations.report`: results.md/.csv, the charts, the ``_report`` run), the HParams record
-(``_hparams``) and the spec-mean rows (``_by_spec``), and the ``_samples`` run: drawn from the data with
+Per suite: the report (`ablations.report`: results.md/.csv, the charts, the ``_report`` run), the HParams
+experiment record (``_hparams``) and each trial's session record and settings text; the spec-mean runs of older
+code (``_by_spec``) are removed; and the ``_samples`` run: drawn from the data with
 ``--data-dir``; else an existing ``_samples`` run is kept; else the first old per-trial sample image moves into it;
 else there is none (said on the output).
 
@@ -28,6 +29,7 @@ written (wall times aside) is left untouched, so a second rebuild changes no fil
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,8 +129,8 @@ def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, OldEve
     old = read_old_events(folder, len(history))
     start = old.start if old.start is not None else (folder / RESULT_FILE).stat().st_mtime
     duration = float(result.get("wall_time_s") or 0.0)
-    wanted = [board.trial_events(result, start)] + ([old.histograms] if old.histograms else [])
-    files = board.event_files(folder)
+    wanted = [board.trial_events(result)] + ([old.histograms] if old.histograms else [])
+    files = [path for path in board.event_files(folder) if not path.name.endswith(board.SESSION_SUFFIX)]
     if board.holds(files, wanted):
         return False, old
     board.write_events(folder, wanted[0], clock=lambda step: start + duration * step / epochs, suffix=".trial")
@@ -183,9 +185,10 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> Outcome:
         outcome.unchanged += not changed
         outcome.with_histograms += bool(old.histograms)
     outcome.samples = _samples(suite_dir, data_dir, settings, old_png)
+    shutil.rmtree(suite_dir / "_by_spec", ignore_errors=True)  # the spec-mean runs of older code
     try:
         report.write_report(suite_dir)
-        outcome.report = "written (results.md/.csv, charts, _report, _hparams, _by_spec)"
+        outcome.report = "written (results.md/.csv, charts, _report, _hparams, each trial's session record)"
     except ValueError as error:
         outcome.report = f"not written: {error}"
     return outcome

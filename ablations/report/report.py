@@ -18,8 +18,9 @@ shards of a job array finish) and writes, all atomically:
   best and worst cells of a large suite), ``curves.png`` (validation accuracy per epoch of the same specs in the
   same colours) and ``effects.png``, each title naming the suite (and its ``caption.txt``), cells, training
   images, precision and seeds;
-- the TensorBoard run ``<suite>/_report``: ``results.md`` as text and the charts as images; and the suite's HParams
-  record (``_hparams``) and spec-mean rows (``_by_spec``; see `ablations.report.board`).
+- the TensorBoard run ``<suite>/_report``: the verdict table, ``results.md`` as text and the charts as images; and
+  the suite's HParams record (``_hparams``) and each trial's session, one group per cell (see
+  `ablations.report.board`).
 
 Imports no torch: it reads the files `ablations.store` names.
 """
@@ -754,8 +755,9 @@ def write_report(
         report.caption = read_caption(suite_dir)
         write_tables_and_charts(suite_dir, report)
         if report.rows:
-            board.write_run(suite_dir / REPORT_RUN, tensorboard_run(report, markdown(report)), replace=True)
-            board.write_suite_runs(suite_dir, report.results)  # the HParams record and the spec-mean rows
+            answer = board.text_summary(board.ANSWER_TAG, board.verdict_markdown(suite_dir))  # from the CSVs
+            board.write_run(suite_dir / REPORT_RUN, [answer, *tensorboard_run(report, markdown(report))], replace=True)
+            board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session
     return report_text(report)
 
 
