@@ -434,3 +434,69 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
         for trial in reversed(distinct.values()):
             num_classes, image_shape = check_data(trial, options.data_dir, options.download)
     check_models(trials, num_classes, image_shape)
+
+
+# ------------------------------------------------------------------------------------------------ identity
+LAYOUTS = {"cifar10": ("cifar-10-batches-py", "cifar-10-batches-bin"), "cifar100": ("cifar-100-python",)}
+
+
+def _arrays_fingerprint(dm: Any) -> str:
+    """SHA-256 of the tensors and arrays a set-up data module holds (as attributes, or in tuples and lists of them)."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    digest = hashlib.sha256()
+    for name, value in sorted(vars(dm).items()):
+        if name in ("mean", "std"):  # fitted to a spec's normalization: not the data
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, torch.Tensor):
+                item = item.detach().cpu().numpy()
+            if isinstance(item, np.ndarray):
+                digest.update(name.encode() + str(item.dtype).encode() + str(item.shape).encode())
+                digest.update(np.ascontiguousarray(item).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
+    """The fingerprint of the trial's data: of its files (a built-in dataset's layout folders, or a data module's
+    ``data_dir``), else of the arrays the set-up data module holds; None when there is nothing to read."""
+    from lit_cifar.data import default_data_dir
+
+    if isinstance(trial.data, str):
+        root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
+        folders = [root / name for name in LAYOUTS[trial.data] if (root / name).is_dir()]
+        return identity.files_fingerprint(folders, options.logdir) if folders else None
+    from dataclasses import replace
+
+    from lit_cifar.spec import RegularizationSpec
+
+    dm = make_datamodule(replace(trial, spec=RegularizationSpec()), options.data_dir, download=False)
+    folder = getattr(dm, "data_dir", None)
+    if isinstance(folder, (str, Path)) and Path(folder).is_dir():
+        return identity.files_fingerprint([folder], options.logdir)
+    dm.setup("fit")
+    return _arrays_fingerprint(dm)
+
+
+def with_fingerprints(trials: list[Trial], options: RunOptions) -> list[Trial]:
+    """The trials with the fingerprints of their model source and data (`Trial.changes` compares them with a
+    finished result's), each distinct one computed once."""
+    from dataclasses import replace
+
+    data: dict[Any, Optional[str]] = {}
+    source: dict[tuple[str, ...], Optional[str]] = {}
+    marked = []
+    for trial in trials:
+        refs = (trial.model, trial.data, trial.settings.optimizer)
+        paths = tuple(sorted(ref.class_path for ref in refs if isinstance(ref, ClassRef)))
+        if paths not in source:
+            source[paths] = identity.source_fingerprint(list(paths))
+        key = trial.data if isinstance(trial.data, str) else (trial.data, trial.seed)  # a module's data may be seeded
+        if key not in data:
+            data[key] = data_fingerprint(trial, options)
+        found = {"model source": source[paths], "data": data[key]}
+        marked.append(replace(trial, fingerprints=tuple((k, v) for k, v in found.items() if v is not None)))
+    return marked

@@ -230,7 +230,7 @@ def prepare(request: Request, check_data: bool = True) -> Plan:
     if plan.trials:
         check_hardware(plan)
         if check_data:
-            check_inputs(plan)
+            plan = check_inputs(plan)
     return plan
 
 
@@ -314,20 +314,25 @@ def probe_writable(logdir: Path) -> None:
         raise ValueError(f"--logdir {logdir} is not writable: {why} ({folder})") from None
 
 
-def check_inputs(plan: Plan) -> None:
-    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
-    checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
-    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`).
-    Expects `check_paths` to have passed."""
+def check_inputs(plan: Plan) -> Plan:
+    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError); the plan
+    with its trials' fingerprints of model source and data. The data is checked only when some trial needs
+    training: a finished sweep reruns (and reports) without it. A trial whose folder holds a finished result of
+    other settings, model source or data stops the run here unless --force (`refuse_other_settings`). Expects
+    `check_paths` to have passed."""
     from ablations.status import is_finished
 
     logdir = Path(plan.options.logdir)
+    plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
     refuse_other_settings(plan.trials, logdir, plan.options.force)
     finished = [is_finished(t, logdir) for t in plan.trials]  # the one read before training; warns of damage
     needs_data = plan.options.force or not all(finished)
     custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
     if needs_data and isinstance(plan.trials[0].data, str):
         _check_data(plan)
+        if "data" not in dict(plan.trials[0].fingerprints):  # downloaded just now: its fingerprint can be taken
+            plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
+    return plan
 
 
 def _check_data(plan: Plan) -> None:

@@ -300,7 +300,7 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
 
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     table, problem, unwritten = write_report_or_say_why(
-        suite_dir, plan.reference, settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors)
+        suite_dir, plan.reference, settings_key(plan.trials[0].hashed_settings(), tuple(k for k, _ in plan.trials[0].factors))
     )
     if table is not None:
         print(table)
