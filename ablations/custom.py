@@ -463,7 +463,7 @@ def _arrays_fingerprint(dm: Any) -> str:
 def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
     """The fingerprint of the trial's data: of its files (a built-in dataset's layout folders, or a data module's
     ``data_dir``), else of the arrays the set-up data module holds; None when there is nothing to read."""
-    from lit_cifar.data import default_data_dir
+    from lit_cifar.layouts import default_data_dir
 
     if isinstance(trial.data, str):
         root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()

@@ -31,7 +31,7 @@ SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit
 DEFAULT_OPTIMIZER = "adam"  # the level text of the built-in Adam (the optimizer setting's None)
 CELL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")  # a trial folder's cell: one folder name, shell-friendly
 CLASS_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
-TREE_KEY = re.compile(r"(model|data)|(model|data|optimizer)\.init_args(\.[A-Za-z_][A-Za-z0-9_]*)+|trainer\.[A-Za-z_]\w*")
+TREE_KEY = re.compile(r"(model|data)|(model|data|optimizer)\.init_args(\.[A-Za-z_]\w*)+|trainer\.[A-Za-z_]\w*")
 # Trainer arguments a suite may not set: the setting (or flag) that owns each.
 TRAINER_OWNERS = {
     "max_epochs": "the epochs setting",

@@ -29,6 +29,7 @@ from ablations import custom
 from ablations.identity import ClassRef
 from ablations.suite import RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
 from ablations.trust import check_precision, refuse_other_settings
+from lit_cifar.layouts import DATA_ENV
 from lit_cifar.spec import RegularizationSpec
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "probe_writable",
 ]
 
-DATA_ENV = "LIT_CIFAR_DATA"  # named in messages before torch is imported; lit_cifar.data reads it (a test checks)
 
 SETTING_FLAGS = (
     "epochs",
@@ -336,7 +336,7 @@ def check_inputs(plan: Plan) -> Plan:
 
 
 def _check_data(plan: Plan) -> None:
-    from lit_cifar.data import default_data_dir
+    from lit_cifar.layouts import default_data_dir
 
     data_dir = plan.options.data_dir
     folder = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -244,6 +244,8 @@ RESULT_SCHEMA: dict[str, tuple[str, Any]] = {
     "notebook": ("a number or null", lambda v: v is None or _number(v)),
     CHECKSUM_KEY: ("a SHA-256 text", lambda v: isinstance(v, str)),
 }
+
+
 def _texts(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
