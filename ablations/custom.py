@@ -437,9 +437,6 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
 
 
 # ------------------------------------------------------------------------------------------------ identity
-LAYOUTS = {"cifar10": ("cifar-10-batches-py", "cifar-10-batches-bin"), "cifar100": ("cifar-100-python",)}
-
-
 def _arrays_fingerprint(dm: Any) -> str:
     """SHA-256 of the tensors and arrays a set-up data module holds (as attributes, or in tuples and lists of them)."""
     import hashlib
@@ -467,8 +464,7 @@ def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
 
     if isinstance(trial.data, str):
         root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
-        folders = [root / name for name in LAYOUTS[trial.data] if (root / name).is_dir()]
-        return identity.files_fingerprint(folders, options.logdir) if folders else None
+        return identity.builtin_fingerprint(trial.data, root, options.logdir)
     from dataclasses import replace
 
     from lit_cifar.spec import RegularizationSpec

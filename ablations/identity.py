@@ -305,9 +305,9 @@ def source_fingerprint(class_paths: list[str]) -> Optional[str]:
 
 
 def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
-    """SHA-256 over the files under `folders` (their paths and bytes), computed once: cached, under the files'
-    sizes and modification times, in ``.data-fingerprints.json`` beside the first folder or, where that is not
-    writable, in `cache_dir`."""
+    """SHA-256 over the files under `folders` (their names and bytes), computed once: cached, under the files'
+    paths, sizes and modification times, in ``.data-fingerprints.json`` in `cache_dir` (the logdir) or, before
+    that exists, beside the data."""
     import hashlib
     import os
     from pathlib import Path
@@ -316,7 +316,7 @@ def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
     beside = Path(folders[0]).parent if folders else Path(cache_dir)
-    caches = [beside / FINGERPRINTS, Path(cache_dir) / FINGERPRINTS]
+    caches = [Path(cache_dir) / FINGERPRINTS, beside / FINGERPRINTS]
     for cache in caches:
         try:
             known = json.loads(cache.read_text())
@@ -340,3 +340,14 @@ def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
             except (OSError, ValueError):
                 continue
     return found
+
+
+def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[str]:
+    """The fingerprint of a built-in dataset's files in `data_dir` (the layout folder it is read from), None
+    where it has none."""
+    from pathlib import Path
+
+    from lit_cifar.layouts import CIFAR10, CIFAR100, find_layout
+
+    folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
+    return files_fingerprint([folder], cache_dir) if folder is not None else None
