@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn, Union
 
-from ablations.identity import data_label
+from ablations.identity import alias, data_label
 from ablations.signals import interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.store import list_trials
@@ -51,7 +51,6 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
         "spec": result["spec"],
     }
     row.update(result.get("spec_fields") or {})
-    row.update(result.get("factors") or {})
     row.update(
         {
             "seed": result["seed"],
@@ -61,6 +60,11 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
             else (settings["data"]["class_path"] if settings.get("data") else "cifar10"),
         }
     )
+    values = {alias(k): v for k, v in (result.get("factors") or {}).items()}
+    levels = {**{name: str(value) for name, value in values.items()}, **(result.get("levels") or {})}
+    for name, label in levels.items():  # one column per factor: its value, else its label
+        if name in values or name not in row:
+            row[name] = values.get(name, label)
     row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
     row.update(
         {"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"), "folder": str(folder)}
@@ -71,10 +75,11 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
 def load_results(path: Union[str, Path]) -> Any:
     """Every finished trial under `path` (a logdir holding suite folders, or one suite's folder) as a pandas
     DataFrame: one row per result.json, with ``suite``, ``cell`` (the trial folder's name), ``spec``, every spec
-    field, every setting factor, ``seed``, ``model``, ``data``, the final metrics (``test_acc``, ``val_acc``,
-    ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and ``folder``. Only the results that count are loaded
-    (`ablations.store.list_trials`: a copy in another trial's folder, or a result that cannot be trusted, is a
-    warning on stderr instead). Imports no torch.
+    field, ``seed``, ``model``, ``data``, one column per factor of the suite (named by its short name, e.g.
+    ``depth`` for ``model.init_args.depth``: its value, or its level's label, ``adam`` for the built-in Adam), the
+    final metrics (``test_acc``, ``val_acc``, ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and
+    ``folder``. Only the results that count are loaded (`ablations.store.list_trials`: a copy in another trial's
+    folder, or a result that cannot be trusted, is a warning on stderr instead). Imports no torch.
 
     Raises:
         ValueError: `path` is not a folder.

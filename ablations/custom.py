@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ablations.plan import Request
 
 LOGGERS = ("csv", "mlflow", "wandb")
+SHOWN = 5  # failing cells named in one message; the rest are counted
 LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
 DATA_KWARGS = (
     "data_dir",
@@ -257,6 +258,7 @@ def loggers(trial: Trial, options: RunOptions) -> list[Any]:
     for name in options.loggers:
         if name == "csv":
             made.append(pl_loggers.CSVLogger(save_dir=str(folder), name="", version="csv"))
+            made[-1].log_hyperparams(trial.levels())  # every factor's label in its hparams.yaml
         elif name == "mlflow":
             uri = (Path(options.logdir) / "mlruns").resolve().as_uri()
             made.append(pl_loggers.MLFlowLogger(experiment_name=trial.suite, run_name=run, tracking_uri=uri))
@@ -326,6 +328,7 @@ def check_models(
         num_classes = BUILTIN_CLASSES[trials[0].data]
     image_shape = image_shape or IMAGE_SHAPE
     seen: set[tuple[Any, str]] = set()
+    failed: list[str] = []
     for trial in trials:
         key = (trial.model, str(trial.spec))
         if key in seen:
@@ -337,7 +340,10 @@ def check_models(
         except (ValueError, TypeError) as error:
             text = str(error)
             prefix = "" if text.startswith("model ") else f"model {model} cannot train spec {trial.spec}: "
-            raise ValueError(f"{prefix}{text}") from None
+            failed.append(f"cell {trial.cell}: {prefix}{text}")
+    if failed:
+        more = f"; and {len(failed) - SHOWN} more cell(s)" if len(failed) > SHOWN else ""
+        raise ValueError("; ".join(failed[:SHOWN]) + more)
     optimizers = {t.settings.optimizer for t in trials if t.settings.optimizer is not None}
     for ref in optimizers:
         _check_optimizer(ref)
@@ -414,11 +420,26 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
     return count, tuple(images.shape[1:])
 
 
+def check_trainer(trials: list[Trial]) -> None:
+    """Every Trainer argument of the trials is one `lightning.pytorch.Trainer` takes (ValueError naming the ones it
+    does not, with those allowed)."""
+    given = {key for trial in trials for key in trial.trainer}
+    if not given:
+        return
+    import lightning.pytorch as pl
+
+    allowed = set(inspect.signature(pl.Trainer).parameters) - set(identity.TRAINER_OWNERS)
+    unknown = sorted(given - allowed)
+    if unknown:
+        raise ValueError(f"trainer {', '.join(unknown)}: not a Trainer argument; allowed: {', '.join(sorted(allowed))}")
+
+
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
     """Everything about the model, data and optimizer that can fail, checked before any trial trains: a custom data
     module once per distinct (normalize, augment) of the specs, every distinct (model, spec) on its images."""
     if not trials:
         return
+    check_trainer(trials)
     custom_data = not isinstance(trials[0].data, str)
     if (
         trials[0].model is None

@@ -53,7 +53,7 @@ class TrialLogger(TensorBoardLogger):
         self.started = time.time()
         self._events = board.RunWriter(Path(save_dir))
         settings = trial.hashed_settings()
-        self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings})
+        self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings, **trial.levels()})
 
     def log_hyperparams(
         self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None
