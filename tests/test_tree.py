@@ -1,0 +1,144 @@
+"""Issue 30: any key of the config tree is a factor, every level has one label, and no result is reused after the
+user's model source or the data changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablations.suite import SuiteError, expand_trials, load_suite
+from tests.helpers import REPO, sweep
+
+NET = "tests.thirdparty.nets.TinyResNet"
+TINY = {"epochs": 1, "batch_size": 32, "val_size": 64, "limit_train": 64, "seeds": [0]}
+
+
+def suite_file(tmp_path: Path, **content) -> Path:
+    path = tmp_path / "deep.yaml"
+    path.write_text(yaml.safe_dump({"name": "deep", "settings": TINY, **content}))
+    return path
+
+
+def trials_of(path: Path) -> list:
+    suite = load_suite(str(path))
+    return expand_trials(suite, suite.settings)
+
+
+def test_a_key_of_the_tree_a_trainer_argument_and_a_class_swap_are_factors(tmp_path) -> None:
+    path = suite_file(
+        tmp_path,
+        model={"class_path": NET, "init_args": {"width": 4}},
+        specs=["baseline"],
+        factors={"model.init_args.blocks": [1, 2], "trainer.gradient_clip_val": [0, 1.0]},
+    )
+    trials = trials_of(path)
+    assert [t.cell for t in trials] == [
+        "baseline,blocks=1,gradient_clip_val=0",
+        "baseline,blocks=1,gradient_clip_val=1",
+        "baseline,blocks=2,gradient_clip_val=0",
+        "baseline,blocks=2,gradient_clip_val=1",
+    ]
+    last = trials[-1].record()
+    assert last["settings"]["model"] == {"class_path": NET, "init_args": {"blocks": 2, "width": 4}}
+    assert last["settings"]["trainer"] == {"gradient_clip_val": 1.0}
+    assert last["levels"] == {"blocks": "2", "gradient_clip_val": "1"}
+    assert last["factors"] == {"model.init_args.blocks": 2, "trainer.gradient_clip_val": 1.0}
+    assert len({t.settings_hash for t in trials}) == 4
+
+    swap = trials_of(
+        suite_file(tmp_path, specs=["baseline"], factors={"model": ["lit_cifar.NotebookCNN", {"class_path": NET}]})
+    )
+    assert [t.cell for t in swap] == ["baseline,model=NotebookCNN", "baseline,model=TinyResNet"]
+    assert "model" not in swap[0].hashed_settings()  # the default model keeps the hash it always had
+    assert [t.levels() for t in swap] == [{"model": "NotebookCNN"}, {"model": "TinyResNet"}]
+
+
+def test_spec_factor_levels_are_labelled_and_the_shipped_suites_keep_their_hashes() -> None:
+    full = load_suite("full")
+    trials = expand_trials(full, full.settings)
+    assert trials[5].name == "dropout=0.25/seed=2" and trials[5].settings_hash == "e222cef6e534eef8"
+    assert trials[5].levels()["dropout"] == "dropout=0.25" and trials[5].levels()["batchnorm"] == "baseline"
+    assert trials[5].record()["levels"] == trials[5].levels()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"trainer": {"max_epochs": 3}}, "trainer.max_epochs is set by the epochs setting"),
+        ({"factors": {"trainer.precision": ["bf16-mixed"]}}, "is set by the precision setting"),
+        ({"factors": {"model.width": [1, 2]}}, "model.init_args.NAME"),
+        ({"factors": {"data.init_args.size": [1]}}, "needs data: {class_path: ...}"),
+        ({"factors": {"model.init_args.width": [4], "trainer.width": [1]}}, "share the short name width"),
+    ],
+)
+def test_a_key_the_tree_cannot_take_is_refused_naming_what_to_use(tmp_path, content, message) -> None:
+    with pytest.raises(SuiteError, match=message.replace("{", r"\{").replace(".", r"\.")):
+        load_suite(str(suite_file(tmp_path, specs=["baseline"], **content)))
+
+
+def test_the_dry_run_checks_every_cell_and_names_each_that_cannot_train(capsys, tmp_path) -> None:
+    bad = suite_file(
+        tmp_path,
+        model={"class_path": NET},
+        specs=["baseline", "bn"],
+        factors={"model.init_args.widht": [4, 8]},
+    )
+    status, out, err = sweep(capsys, "--suite", str(bad), "--dry-run", "--logdir", str(tmp_path / "logs"))
+    assert status == 2 and out == ""
+    assert "cell baseline,widht=4" in err and "cell bn,widht=8" in err and "it takes: width, blocks" in err
+    missing = suite_file(tmp_path, model={"class_path": "tests.thirdparty.nets.Missing"}, specs=["baseline"])
+    status, _, err = sweep(capsys, "--suite", str(missing), "--dry-run", "--logdir", str(tmp_path / "logs"))
+    assert status == 2 and "has no class 'Missing'" in err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_a_lab_asks_depth_by_bn_by_optimizer_and_a_changed_forward_or_data_is_refused(
+    capsys, tmp_path, cifar_dir, cifar_py_dir, monkeypatch
+) -> None:
+    """A package of one's own (outside the repository) with a residual backbone: one suite of depth x bn x
+    optimizer gives one table, one effects model naming depth, a DataFrame that groups by every factor, and a rerun
+    after its forward or its data changed exits 2 until --force."""
+    import ablations
+
+    package = tmp_path / "lab" / "labnets"
+    package.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "thirdparty" / "nets.py", package / "__init__.py")
+    monkeypatch.syspath_prepend(str(tmp_path / "lab"))
+    path = suite_file(
+        tmp_path,
+        model={"class_path": "labnets.TinyResNet", "init_args": {"width": 4}},
+        factors={"model.init_args.blocks": [1, 2], "bn": ["baseline", "bn"], "optimizer": ["adam", "torch.optim.SGD"]},
+    )
+    logdir = tmp_path / "logs"
+    run = ("--suite", str(path), "--data-dir", str(cifar_dir), "--logdir", str(logdir), "--accelerator", "cpu")
+    status, _, err = sweep(capsys, *run)
+    assert status == 0, err
+    suite_dir = logdir / "deep"
+    frame = ablations.load_results(suite_dir)
+    assert len(frame) == 8 and frame.groupby("optimizer").size().to_dict() == {"SGD": 4, "adam": 4}
+    assert frame.groupby("blocks").size().to_dict() == {1: 4, 2: 4} and frame.groupby("bn").size().sum() == 8
+    assert len((suite_dir / "results.csv").read_text().splitlines()) == 1 + 8  # one table of every cell
+    effects = (suite_dir / "effects.csv").read_text()
+    assert "blocks" in effects and "optimizer" in effects
+    result = json.loads((suite_dir / "bn,blocks=2,optimizer=adam" / "seed=0" / "result.json").read_text())
+    assert result["levels"] == {"bn": "bn", "blocks": "2", "optimizer": "adam"}
+    assert set(result["fingerprints"]) == {"model source", "data"}
+
+    source = package / "__init__.py"
+    source.write_text(source.read_text().replace("torch.relu(x + self.body(x))", "torch.relu(self.body(x) + x)"))
+    status, out, _ = sweep(capsys, *run, "--dry-run")
+    assert status == 0 and out.count("finished with other model source") == 8
+    status, _, err = sweep(capsys, *run)
+    assert status == 2 and "(model source changed)" in err and "--force" in err
+
+    source.write_text(source.read_text().replace("torch.relu(self.body(x) + x)", "torch.relu(x + self.body(x))"))
+    other_data = [*run[:3], str(cifar_py_dir), *run[4:]]
+    status, _, err = sweep(capsys, *other_data)
+    assert status == 2 and "(data changed)" in err
+    status, _, err = sweep(capsys, *run)  # the model and data it was trained on: all finished
+    assert status == 0 and "0 trained, 8 already done" in err
