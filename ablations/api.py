@@ -14,7 +14,8 @@ import threading
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, NoReturn, Union
+from dataclasses import fields
+from typing import Any, Union
 
 from ablations.identity import alias, data_label
 from ablations.signals import interrupts
@@ -100,22 +101,38 @@ def load_results(path: Union[str, Path]) -> Any:
     return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
 
 
+def _request(suite: str, overrides: dict[str, Any]) -> Any:
+    """The `ablations.plan.Request` of `run_suite`'s keyword arguments (a single ``only`` or ``logger`` may be
+    given as text); SweepError for a name that is not one of its fields."""
+    from ablations.plan import Request
+
+    names = [f.name for f in fields(Request) if f.name not in ("suite", "engine", "dry_run")]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise SweepError(f"run_suite got unknown arguments {unknown}; it takes {', '.join(names)}")
+    values = {k: [v] if k in ("only", "logger") and isinstance(v, str) else v for k, v in overrides.items()}
+    return Request(suite=suite, **values)
+
+
 def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
     """Run a suite (a shipped name, a suite file, or the suite file's content as a mapping) with the local engine,
     resuming as ``python -m ablations.run`` does (finished trials are skipped), and return `load_results` of its
-    folder. Keyword arguments are the command's flags: ``logdir="logs", data_dir="data", seeds=[0, 1],
-    epochs=1, model={"class_path": ..., "init_args": {...}}, save_model=True, logger="csv", force=True``...
+    folder. Keyword arguments are the fields of `ablations.plan.Request`, the command's flags by name:
+    ``logdir="logs", data_dir="data", seeds=[0, 1], epochs=1, model={"class_path": ..., "init_args": {...}},
+    save_model=True, logger="csv", force=True``...
 
     Raises:
         SweepError: what the command exits with status 2 for (raised before any trial trains).
-        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results``.
+        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results`` (empty when none
+            finished).
         ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
     """
-    from ablations import run
+    from ablations import plan as planning
+    from ablations.engines import make_executor
+    from ablations.report import NothingToReport, write_report
 
-    if overrides.get("engine", "local") != "local":
+    if overrides.pop("engine", "local") != "local":
         raise SweepError("run_suite runs the local engine; for Ray use python -m ablations.run --engine ray")
-    overrides.pop("engine", None)
     with tempfile.TemporaryDirectory() as scratch:
         if isinstance(suite, Mapping):
             import yaml
@@ -123,21 +140,23 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
             path = Path(scratch) / f"{suite.get('name', 'suite')}.yaml"
             path.write_text(yaml.safe_dump(dict(suite), sort_keys=False))
             suite = path
-        parser = run.build_parser()
-
-        def refuse(message: str) -> NoReturn:
-            raise SweepError(message)
-
-        parser.error = refuse  # type: ignore[method-assign]
-        args = parser.parse_args(["--suite", str(suite), *run.argv_of(overrides)])
-        plan = run._prepare(parser, args)
-        with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
-            statuses = run.run_plan(plan, args, None) if plan.trials else []
+        try:
+            plan = planning.prepare(_request(str(suite), overrides))
+        except SweepError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
+            raise SweepError(str(error)) from None
+    executor = make_executor("local", parallel=plan.parallel, gpus=plan.gpus)
+    with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+        statuses = executor.run(plan.trials, plan.options) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
-    from ablations.report import write_report
+    try:
+        write_report(suite_dir, reference=plan.reference)
+    except NothingToReport:
+        pass  # no trial finished: the statuses say why
+    import pandas as pd
 
-    write_report(suite_dir, reference=plan.reference)
-    frame = load_results(suite_dir)
+    frame = load_results(suite_dir) if suite_dir.is_dir() else pd.DataFrame()
     failed = [s for s in statuses if s.state is TrialState.FAILED]
     if failed:
         raise TrialsFailed(

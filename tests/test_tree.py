@@ -142,3 +142,25 @@ def test_a_lab_asks_depth_by_bn_by_optimizer_and_a_changed_forward_or_data_is_re
     assert status == 2 and "(data changed)" in err
     status, _, err = sweep(capsys, *run)  # the model and data it was trained on: all finished
     assert status == 0 and "0 trained, 8 already done" in err
+
+
+def test_run_suite_plans_from_values_and_raises_only_its_documented_exceptions(tmp_path, cifar_dir, monkeypatch):
+    import pandas as pd
+
+    from ablations import trial as trial_module
+    from ablations.api import SweepError, TrialsFailed, run_suite
+
+    content = {"name": "deep", "settings": TINY, "specs": ["baseline"], "factors": {"trainer.gradient_clip_val": [0]}}
+    with pytest.raises(SweepError, match="unknown arguments \\['epoch'\\]"):
+        run_suite(content, epoch=1)
+    with pytest.raises(SweepError, match="model.init_args.NAME"):
+        run_suite({**content, "factors": {"model.width": [1]}}, logdir=str(tmp_path / "logs"))
+
+    def fail(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trial_module, "_train_and_test", fail)
+    with pytest.raises(TrialsFailed, match="boom") as failed:  # every trial failed: no NothingToReport
+        run_suite(content, logdir=str(tmp_path / "logs"), data_dir=str(cifar_dir), accelerator="cpu")
+    assert isinstance(failed.value.results, pd.DataFrame) and failed.value.results.empty
+    assert [s.state for s in failed.value.statuses] == ["failed"]
