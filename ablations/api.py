@@ -110,7 +110,9 @@ def _request(suite: str, overrides: dict[str, Any]) -> Any:
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise SweepError(f"run_suite got unknown arguments {unknown}; it takes {', '.join(names)}")
-    values = {k: [v] if k in ("only", "logger") and isinstance(v, str) else v for k, v in overrides.items()}
+    values: dict[str, Any] = {
+        k: [v] if k in ("only", "logger") and isinstance(v, str) else v for k, v in overrides.items()
+    }
     return Request(suite=suite, **values)
 
 
