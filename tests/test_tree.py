@@ -164,3 +164,21 @@ def test_run_suite_plans_from_values_and_raises_only_its_documented_exceptions(t
         run_suite(content, logdir=str(tmp_path / "logs"), data_dir=str(cifar_dir), accelerator="cpu")
     assert isinstance(failed.value.results, pd.DataFrame) and failed.value.results.empty
     assert [s.state for s in failed.value.statuses] == ["failed"]
+
+
+def test_the_dry_run_checks_a_data_module_of_ones_own_for_every_level_of_its_init_args(capsys, tmp_path) -> None:
+    gray = {"model": {"class_path": "tests.thirdparty.gray.ResidualNet", "init_args": {"in_channels": 1}}}
+    args = ("--dry-run", "--logdir", str(tmp_path / "logs"), "--accelerator", "cpu")
+    good = suite_file(
+        tmp_path,
+        **gray,
+        data={"class_path": "tests.thirdparty.gray.GrayDigits"},
+        specs=["baseline", "pixel"],
+        factors={"data.init_args.train": [96, 128]},
+    )
+    status, out, err = sweep(capsys, "--suite", str(good), *args)
+    assert status == 0, err
+    assert out.splitlines()[:2] == ["baseline,train=96 seed=0  to run", "baseline,train=128 seed=0  to run"]
+    bad = suite_file(tmp_path, **gray, data={"class_path": "tests.thirdparty.gray.NoStatistics"}, specs=["pixel"])
+    status, out, err = sweep(capsys, "--suite", str(bad), *args)
+    assert status == 2 and out == "" and "has no mean and std" in err
