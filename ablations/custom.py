@@ -479,13 +479,15 @@ def _arrays_fingerprint(dm: Any) -> str:
 
 
 def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
-    """The fingerprint of the trial's data: of its files (a built-in dataset's layout folders, or a data module's
-    ``data_dir``), else of the arrays the set-up data module holds; None when there is nothing to read."""
+    """The fingerprint of the trial's data: of its files (a built-in dataset's layout folder, or a data module's
+    ``data_dir``), else of the arrays the set-up data module holds; None when no --data-dir was given and the
+    default folder has no data (a finished sweep reports without it)."""
     from lit_cifar.layouts import default_data_dir
 
-    if isinstance(trial.data, str):
+    if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
         root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
-        return identity.builtin_fingerprint(trial.data, root, options.logdir)
+        found = identity.builtin_fingerprint(trial.data, root, options.logdir)
+        return found or (f"no {trial.data} files" if options.data_dir is not None else None)
     from dataclasses import replace
 
     from lit_cifar.spec import RegularizationSpec

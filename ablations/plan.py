@@ -335,9 +335,8 @@ def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
     options = replace(plan.options, download=False) if dry_run else plan.options
     custom.check_plan(plan.trials, options, needs_data)  # the model, a custom data module, the optimizer
     if needs_data and not dry_run and isinstance(plan.trials[0].data, str):
-        _check_data(plan)
-        if "data" not in dict(plan.trials[0].fingerprints):  # downloaded just now: its fingerprint can be taken
-            plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
+        _check_data(plan)  # may download it: its fingerprint is taken again (cached: cheap)
+        plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
     return plan
 
 
