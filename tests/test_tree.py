@@ -182,3 +182,16 @@ def test_the_dry_run_checks_a_data_module_of_ones_own_for_every_level_of_its_ini
     bad = suite_file(tmp_path, **gray, data={"class_path": "tests.thirdparty.gray.NoStatistics"}, specs=["pixel"])
     status, out, err = sweep(capsys, "--suite", str(bad), *args)
     assert status == 2 and out == "" and "has no mean and std" in err
+
+
+def test_the_committed_replication_resumes_and_refuses_other_data(capsys, tmp_path, monkeypatch) -> None:
+    """Its results record the fingerprint of the data they were trained on (scripts/migrate_logs.py): without
+    data they still count as finished; a --data-dir of other data (here a CIFAR-100 folder) makes them stale."""
+    monkeypatch.setenv("LIT_CIFAR_DATA", str(tmp_path / "nothing"))
+    logdir = str(REPO / "logs" / "replication")
+    args = ("--suite", "notebook", "--seeds", "0,1,2", "--logdir", logdir, "--dry-run")
+    status, out, _ = sweep(capsys, *args)
+    assert status == 0 and out.count("  finished\n") == 27
+    (tmp_path / "c100" / "cifar-100-python").mkdir(parents=True)
+    status, out, _ = sweep(capsys, *args, "--data-dir", str(tmp_path / "c100"))
+    assert status == 0 and out.count("  finished with other data\n") == 27
