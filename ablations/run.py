@@ -298,9 +298,9 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
     from ablations.store import settings_key
 
-    suite_dir, first = Path(plan.options.logdir) / plan.suite.name, plan.trials[0]
+    suite_dir = Path(plan.options.logdir) / plan.suite.name
     table, problem, unwritten = write_report_or_say_why(
-        suite_dir, plan.reference, settings_key(first.hashed_settings(), tuple(k for k, _ in first.factors))
+        suite_dir, plan.reference, settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors)
     )
     if table is not None:
         print(table)

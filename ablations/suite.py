@@ -144,7 +144,7 @@ class Trial:
     data_parallel: int = 1  # devices x nodes one trial trains on (changes the global batch, so it is hashed)
     model: Optional[ClassRef] = None  # None: the notebook's CNN
     data: DataRef = DEFAULT_DATA
-    factors: tuple[tuple[str, Any], ...] = ()  # (key, level) of each factor that is not a spec factor
+    factor_levels: tuple[tuple[str, Any], ...] = ()  # (key, level) of each factor that is not a spec factor
     spec_levels: tuple[tuple[str, str], ...] = ()  # (spec factor, its level's label) for suites with factors
     trainer_json: str = "{}"  # the suite's Trainer arguments, canonical JSON
     fingerprints: tuple[tuple[str, str], ...] = ()  # ("model source" / "data", hash): identity beside the hash
@@ -153,11 +153,19 @@ class Trial:
     def cell(self) -> str:
         """The trial's cell of the suite's grid: its spec, then its other factors' levels
         (``pixel+bn,lr=0.0001,depth=2``); the spec alone for suites without them."""
-        return ",".join([str(self.spec), *(identity.level_text(k, v) for k, v in self.factors)])
+        return ",".join([str(self.spec), *(identity.level_text(k, v) for k, v in self.factor_levels)])
 
     def levels(self) -> dict[str, str]:
         """{factor: its level's label} for every factor of the suite, e.g. ``{"bn": "bn", "optimizer": "adam"}``."""
-        return {**dict(self.spec_levels), **{identity.alias(k): identity.level_label(k, v) for k, v in self.factors}}
+        return {
+            **dict(self.spec_levels),
+            **{identity.alias(k): identity.level_label(k, v) for k, v in self.factor_levels},
+        }
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        """The keys of the suite's factors that are not spec factors (``lr``, ``model.init_args.depth``)."""
+        return tuple(k for k, _ in self.factor_levels)
 
     @property
     def trainer(self) -> dict[str, Any]:
@@ -221,7 +229,7 @@ class Trial:
             record["fingerprints"] = dict(self.fingerprints)
         if self.factors:
             record["cell"] = self.cell
-            record["factors"] = {k: identity.json_value(k, v) for k, v in self.factors}
+            record["factors"] = {k: identity.json_value(k, v) for k, v in self.factor_levels}
         return record
 
 
@@ -501,7 +509,7 @@ def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], .
         "model": tree["model"],
         "data": tree["data"],
         "trainer_json": json.dumps(tree["trainer"], sort_keys=True),
-        "factors": combo,
+        "factor_levels": combo,
     }
 
 
