@@ -166,6 +166,7 @@ def test_run_suite_plans_from_values_and_raises_only_its_documented_exceptions(t
     assert [s.state for s in failed.value.statuses] == ["failed"]
 
 
+@pytest.mark.slow
 def test_the_dry_run_checks_a_data_module_of_ones_own_for_every_level_of_its_init_args(capsys, tmp_path) -> None:
     gray = {"model": {"class_path": "tests.thirdparty.gray.ResidualNet", "init_args": {"in_channels": 1}}}
     args = ("--dry-run", "--logdir", str(tmp_path / "logs"), "--accelerator", "cpu")
@@ -195,3 +196,29 @@ def test_the_committed_replication_resumes_and_refuses_other_data(capsys, tmp_pa
     (tmp_path / "c100" / "cifar-100-python").mkdir(parents=True)
     status, out, _ = sweep(capsys, *args, "--data-dir", str(tmp_path / "c100"))
     assert status == 0 and out.count("  finished with other data\n") == 27
+
+
+@pytest.mark.slow
+def test_an_optimizer_init_arg_is_a_factor_and_a_trainer_argument_is_checked_against_the_trainer(
+    capsys, tmp_path, cifar_dir
+) -> None:
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}
+    trials = trials_of(
+        suite_file(tmp_path, optimizer=sgd, specs=["baseline"], factors={"optimizer.init_args.weight_decay": [0, 0.1]})
+    )
+    assert [t.cell for t in trials] == ["baseline,weight_decay=0", "baseline,weight_decay=0.1"]
+    assert trials[1].settings.optimizer.init_args == {"momentum": 0.9, "weight_decay": 0.1}
+    typo = suite_file(tmp_path, specs=["baseline"], factors={"trainer.gradient_clip_vall": [1]})
+    status, _, err = sweep(capsys, "--suite", str(typo), "--dry-run", "--logdir", str(tmp_path / "logs"))
+    assert status == 2 and "trainer gradient_clip_vall: not a Trainer argument; allowed:" in err
+    assert "gradient_clip_val," in err and "max_epochs" not in err
+    clipped = suite_file(tmp_path, specs=["baseline"], trainer={"gradient_clip_val": 0.5})
+    logdir = tmp_path / "logs"
+    status, _, err = sweep(
+        capsys, "--suite", str(clipped), "--data-dir", str(cifar_dir), "--logdir", str(logdir), "--accelerator", "cpu"
+    )
+    assert status == 0, err
+    result = json.loads((logdir / "deep" / "baseline" / "seed=0" / "result.json").read_text())
+    assert result["settings"]["trainer"] == {"gradient_clip_val": 0.5}
+    hparams = yaml.safe_load((logdir / "deep" / "baseline" / "seed=0" / "hparams.yaml").read_text())
+    assert hparams["trainer"] == {"gradient_clip_val": 0.5}
