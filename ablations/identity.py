@@ -306,11 +306,13 @@ def source_fingerprint(class_paths: list[str]) -> Optional[str]:
 
 def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
     """SHA-256 over the files under `folders` (their names and bytes), computed once: cached, under the files'
-    paths, sizes and modification times, in ``.data-fingerprints.json`` in `cache_dir` (the logdir) or, before
-    that exists, beside the data."""
+    paths, sizes and modification times, in ``.data-fingerprints.json`` in `cache_dir` (the logdir, once it exists;
+    a cache beside the data is read too, never written: the data folder is not ours)."""
     import hashlib
     import os
     from pathlib import Path
+
+    from ablations.store import write_text_atomic
 
     files = sorted(p for folder in map(Path, folders) for p in folder.rglob("*") if p.is_file())
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
@@ -331,14 +333,13 @@ def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     found = digest.hexdigest()[:16]
-    for cache in caches:
-        if cache.parent.is_dir() and os.access(cache.parent, os.W_OK):
-            try:
-                known = json.loads(cache.read_text()) if cache.exists() else {}
-                cache.write_text(json.dumps({**known, key: found}))
-                break
-            except (OSError, ValueError):
-                continue
+    cache = caches[0]
+    if cache.parent.is_dir() and os.access(cache.parent, os.W_OK):
+        try:
+            known = json.loads(cache.read_text()) if cache.exists() else {}
+            write_text_atomic(cache, json.dumps({**known, key: found}))
+        except (OSError, ValueError):
+            pass  # a cache only: the next run computes it again
     return found
 
 
