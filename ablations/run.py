@@ -156,7 +156,12 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
-    what.add_argument("--dry-run", action="store_true", help="print one line per trial (spec, seed); train nothing")
+    what.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything a run checks, then print one line per trial (cell, seed, finished / to run / "
+        "finished with other settings); train, download and write nothing",
+    )
     what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
     what.add_argument(
         "--reference",
