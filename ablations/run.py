@@ -160,7 +160,7 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="check everything a run checks, then print one line per trial (cell, seed, finished / to run / "
-        "finished with other settings); train, download and write nothing",
+        "finished with other settings); trains and downloads nothing",
     )
     what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
     what.add_argument(
