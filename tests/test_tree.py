@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ablations.suite import SuiteError, expand_trials, load_suite
+from tests.fakes import METRICS
 from tests.helpers import REPO, sweep
 
 NET = "tests.thirdparty.nets.TinyResNet"
@@ -222,3 +223,27 @@ def test_an_optimizer_init_arg_is_a_factor_and_a_trainer_argument_is_checked_aga
     assert result["settings"]["trainer"] == {"gradient_clip_val": 0.5}
     hparams = yaml.safe_load((logdir / "deep" / "baseline" / "seed=0" / "hparams.yaml").read_text())
     assert hparams["trainer"] == {"gradient_clip_val": 0.5}
+
+
+def test_the_migration_adds_levels_and_the_data_fingerprint_once(tmp_path, cifar_dir) -> None:
+    import importlib.util
+
+    from ablations.identity import builtin_fingerprint
+    from ablations.store import read_result
+
+    spec = importlib.util.spec_from_file_location("migrate_logs", REPO / "scripts" / "migrate_logs.py")
+    migrate_logs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate_logs)
+    full = load_suite("full")
+    trial = expand_trials(full, full.settings)[5]
+    old = {k: v for k, v in trial.record().items() if k != "levels"}  # as written before levels existed
+    folder = trial.paths(tmp_path / "logs").folder
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({**old, "metrics": METRICS, "history": []}))
+    assert migrate_logs.main(["--data-dir", str(cifar_dir), str(tmp_path / "logs")]) == 0
+    result = read_result(folder)  # checksummed
+    assert result["levels"] == trial.levels() and result["levels"]["dropout"] == "dropout=0.25"
+    assert result["fingerprints"] == {"data": builtin_fingerprint("cifar10", cifar_dir, tmp_path)}
+    before = (folder / "result.json").read_text()
+    assert migrate_logs.migrate(tmp_path / "logs", cifar_dir)[:2] == (0, 1)  # idempotent
+    assert (folder / "result.json").read_text() == before
