@@ -277,11 +277,36 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ checking
+@functools.lru_cache(maxsize=None)
+def init_args_problem(ref: ClassRef) -> Optional[str]:
+    """What jsonargparse finds wrong with the types of a model's init args (``Expected a <class 'int'>. Got value:
+    two``), or None. A key the constructor does not take is left to `lit_cifar.models.build_backbone`, whose message
+    names the keys it takes."""
+    from jsonargparse import ArgumentParser
+
+    cls = _resolve(ref, "model")
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(cls, "init", skip={"spec", "num_classes"})
+        known = set(parser.get_defaults().init.keys())
+    except Exception:  # noqa: BLE001 - a signature jsonargparse cannot read: building it will judge
+        return None
+    try:
+        parser.parse_object({"init": {k: v for k, v in ref.init_args.items() if k in known}})
+    except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError, one line
+        return f"model {ref.class_path} init_args {ref.init_args}: {' '.join(str(error).split())}"
+    return None
+
+
 def _check_one_model(trial: Trial, num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
     import torch
 
     from lit_cifar.models import NotebookCNN, build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
+
+    problem = init_args_problem(trial.model) if trial.model is not None else None
+    if problem:
+        raise ValueError(problem)
 
     def build() -> Any:
         if trial.model is None:

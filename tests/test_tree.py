@@ -247,3 +247,12 @@ def test_the_migration_adds_levels_and_the_data_fingerprint_once(tmp_path, cifar
     before = (folder / "result.json").read_text()
     assert migrate_logs.migrate(tmp_path / "logs", cifar_dir)[:2] == (0, 1)  # idempotent
     assert (folder / "result.json").read_text() == before
+
+
+def test_init_args_of_the_wrong_type_are_refused_by_jsonargparse_naming_the_cell(capsys, tmp_path) -> None:
+    bad = suite_file(
+        tmp_path, model={"class_path": NET}, specs=["baseline"], factors={"model.init_args.width": [4, "four"]}
+    )
+    status, _, err = sweep(capsys, "--suite", str(bad), "--dry-run", "--logdir", str(tmp_path / "logs"))
+    assert status == 2 and "cell baseline,width=four" in err and "Expected a <class 'int'>" in err
+    assert "cell baseline,width=4" not in err
