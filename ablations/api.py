@@ -14,9 +14,10 @@ import threading
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, NoReturn, Union
+from dataclasses import fields
+from typing import Any, Union
 
-from ablations.identity import data_label
+from ablations.identity import alias, data_label
 from ablations.signals import interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.store import list_trials
@@ -51,7 +52,6 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
         "spec": result["spec"],
     }
     row.update(result.get("spec_fields") or {})
-    row.update(result.get("factors") or {})
     row.update(
         {
             "seed": result["seed"],
@@ -61,6 +61,11 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
             else (settings["data"]["class_path"] if settings.get("data") else "cifar10"),
         }
     )
+    values = {alias(k): v for k, v in (result.get("factors") or {}).items()}
+    levels = {**{name: str(value) for name, value in values.items()}, **(result.get("levels") or {})}
+    for name, label in levels.items():  # one column per factor: its value, else its label
+        if name in values or name not in row:
+            row[name] = values.get(name, label)
     row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
     row.update(
         {"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"), "folder": str(folder)}
@@ -71,10 +76,11 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
 def load_results(path: Union[str, Path]) -> Any:
     """Every finished trial under `path` (a logdir holding suite folders, or one suite's folder) as a pandas
     DataFrame: one row per result.json, with ``suite``, ``cell`` (the trial folder's name), ``spec``, every spec
-    field, every setting factor, ``seed``, ``model``, ``data``, the final metrics (``test_acc``, ``val_acc``,
-    ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and ``folder``. Only the results that count are loaded
-    (`ablations.store.list_trials`: a copy in another trial's folder, or a result that cannot be trusted, is a
-    warning on stderr instead). Imports no torch.
+    field, ``seed``, ``model``, ``data``, one column per factor of the suite (named by its short name, e.g.
+    ``depth`` for ``model.init_args.depth``: its value, or its level's label, ``adam`` for the built-in Adam), the
+    final metrics (``test_acc``, ``val_acc``, ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and
+    ``folder``. Only the results that count are loaded (`ablations.store.list_trials`: a copy in another trial's
+    folder, or a result that cannot be trusted, is a warning on stderr instead). Imports no torch.
 
     Raises:
         ValueError: `path` is not a folder.
@@ -95,22 +101,40 @@ def load_results(path: Union[str, Path]) -> Any:
     return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
 
 
+def _request(suite: str, overrides: dict[str, Any]) -> Any:
+    """The `ablations.plan.Request` of `run_suite`'s keyword arguments (a single ``only`` or ``logger`` may be
+    given as text); SweepError for a name that is not one of its fields."""
+    from ablations.plan import Request
+
+    names = [f.name for f in fields(Request) if f.name not in ("suite", "engine", "dry_run")]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise SweepError(f"run_suite got unknown arguments {unknown}; it takes {', '.join(names)}")
+    values: dict[str, Any] = {
+        k: [v] if k in ("only", "logger") and isinstance(v, str) else v for k, v in overrides.items()
+    }
+    return Request(suite=suite, **values)
+
+
 def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
     """Run a suite (a shipped name, a suite file, or the suite file's content as a mapping) with the local engine,
     resuming as ``python -m ablations.run`` does (finished trials are skipped), and return `load_results` of its
-    folder. Keyword arguments are the command's flags: ``logdir="logs", data_dir="data", seeds=[0, 1],
-    epochs=1, model={"class_path": ..., "init_args": {...}}, save_model=True, logger="csv", force=True``...
+    folder. Keyword arguments are the fields of `ablations.plan.Request`, the command's flags by name:
+    ``logdir="logs", data_dir="data", seeds=[0, 1], epochs=1, model={"class_path": ..., "init_args": {...}},
+    save_model=True, logger="csv", force=True``...
 
     Raises:
         SweepError: what the command exits with status 2 for (raised before any trial trains).
-        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results``.
+        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results`` (empty when none
+            finished).
         ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
     """
-    from ablations import run
+    from ablations import plan as planning
+    from ablations.engines import make_executor
+    from ablations.report import NothingToReport, write_report
 
-    if overrides.get("engine", "local") != "local":
+    if overrides.pop("engine", "local") != "local":
         raise SweepError("run_suite runs the local engine; for Ray use python -m ablations.run --engine ray")
-    overrides.pop("engine", None)
     with tempfile.TemporaryDirectory() as scratch:
         if isinstance(suite, Mapping):
             import yaml
@@ -118,21 +142,23 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
             path = Path(scratch) / f"{suite.get('name', 'suite')}.yaml"
             path.write_text(yaml.safe_dump(dict(suite), sort_keys=False))
             suite = path
-        parser = run.build_parser()
-
-        def refuse(message: str) -> NoReturn:
-            raise SweepError(message)
-
-        parser.error = refuse  # type: ignore[method-assign]
-        args = parser.parse_args(["--suite", str(suite), *run.argv_of(overrides)])
-        plan = run._prepare(parser, args)
-        with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
-            statuses = run.run_plan(plan, args, None) if plan.trials else []
+        try:
+            plan = planning.prepare(_request(str(suite), overrides))
+        except SweepError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
+            raise SweepError(str(error)) from None
+    executor = make_executor("local", parallel=plan.parallel, gpus=plan.gpus)
+    with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+        statuses = executor.run(plan.trials, plan.options) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
-    from ablations.report import write_report
+    try:
+        write_report(suite_dir, reference=plan.reference)
+    except NothingToReport:
+        pass  # no trial finished: the statuses say why
+    import pandas as pd
 
-    write_report(suite_dir, reference=plan.reference)
-    frame = load_results(suite_dir)
+    frame = load_results(suite_dir) if suite_dir.is_dir() else pd.DataFrame()
     failed = [s for s in statuses if s.state is TrialState.FAILED]
     if failed:
         raise TrialsFailed(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ablations.plan import Request
 
 LOGGERS = ("csv", "mlflow", "wandb")
+SHOWN = 5  # failing cells named in one message; the rest are counted
 LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
 DATA_KWARGS = (
     "data_dir",
@@ -257,6 +258,7 @@ def loggers(trial: Trial, options: RunOptions) -> list[Any]:
     for name in options.loggers:
         if name == "csv":
             made.append(pl_loggers.CSVLogger(save_dir=str(folder), name="", version="csv"))
+            made[-1].log_hyperparams(trial.levels())  # every factor's label in its hparams.yaml
         elif name == "mlflow":
             uri = (Path(options.logdir) / "mlruns").resolve().as_uri()
             made.append(pl_loggers.MLFlowLogger(experiment_name=trial.suite, run_name=run, tracking_uri=uri))
@@ -275,11 +277,36 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ checking
+@functools.lru_cache(maxsize=None)
+def init_args_problem(ref: ClassRef) -> Optional[str]:
+    """What jsonargparse finds wrong with the types of a model's init args (``Expected a <class 'int'>. Got value:
+    two``), or None. A key the constructor does not take is left to `lit_cifar.models.build_backbone`, whose message
+    names the keys it takes."""
+    from jsonargparse import ArgumentParser
+
+    cls = _resolve(ref, "model")
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(cls, "init", skip={"spec", "num_classes"})
+        known = set(parser.get_defaults().init.keys())
+    except Exception:  # noqa: BLE001 - a signature jsonargparse cannot read: building it will judge
+        return None
+    try:
+        parser.parse_object({"init": {k: v for k, v in ref.init_args.items() if k in known}})
+    except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError, one line
+        return f"model {ref.class_path} init_args {ref.init_args}: {' '.join(str(error).split())}"
+    return None
+
+
 def _check_one_model(trial: Trial, num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
     import torch
 
     from lit_cifar.models import NotebookCNN, build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
+
+    problem = init_args_problem(trial.model) if trial.model is not None else None
+    if problem:
+        raise ValueError(problem)
 
     def build() -> Any:
         if trial.model is None:
@@ -326,6 +353,7 @@ def check_models(
         num_classes = BUILTIN_CLASSES[trials[0].data]
     image_shape = image_shape or IMAGE_SHAPE
     seen: set[tuple[Any, str]] = set()
+    failed: list[str] = []
     for trial in trials:
         key = (trial.model, str(trial.spec))
         if key in seen:
@@ -337,7 +365,10 @@ def check_models(
         except (ValueError, TypeError) as error:
             text = str(error)
             prefix = "" if text.startswith("model ") else f"model {model} cannot train spec {trial.spec}: "
-            raise ValueError(f"{prefix}{text}") from None
+            failed.append(f"cell {trial.cell}: {prefix}{text}")
+    if failed:
+        more = f"; and {len(failed) - SHOWN} more cell(s)" if len(failed) > SHOWN else ""
+        raise ValueError("; ".join(failed[:SHOWN]) + more)
     optimizers = {t.settings.optimizer for t in trials if t.settings.optimizer is not None}
     for ref in optimizers:
         _check_optimizer(ref)
@@ -414,11 +445,26 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
     return count, tuple(images.shape[1:])
 
 
+def check_trainer(trials: list[Trial]) -> None:
+    """Every Trainer argument of the trials is one `lightning.pytorch.Trainer` takes (ValueError naming the ones it
+    does not, with those allowed)."""
+    given = {key for trial in trials for key in trial.trainer}
+    if not given:
+        return
+    import lightning.pytorch as pl
+
+    allowed = set(inspect.signature(pl.Trainer).parameters) - set(identity.TRAINER_OWNERS)
+    unknown = sorted(given - allowed)
+    if unknown:
+        raise ValueError(f"trainer {', '.join(unknown)}: not a Trainer argument; allowed: {', '.join(sorted(allowed))}")
+
+
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
     """Everything about the model, data and optimizer that can fail, checked before any trial trains: a custom data
     module once per distinct (normalize, augment) of the specs, every distinct (model, spec) on its images."""
     if not trials:
         return
+    check_trainer(trials)
     custom_data = not isinstance(trials[0].data, str)
     if (
         trials[0].model is None
@@ -434,3 +480,67 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
         for trial in reversed(distinct.values()):
             num_classes, image_shape = check_data(trial, options.data_dir, options.download)
     check_models(trials, num_classes, image_shape)
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def _arrays_fingerprint(dm: Any) -> str:
+    """SHA-256 of the tensors and arrays a set-up data module holds (as attributes, or in tuples and lists of them)."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    digest = hashlib.sha256()
+    for name, value in sorted(vars(dm).items()):
+        if name in ("mean", "std"):  # fitted to a spec's normalization: not the data
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, torch.Tensor):
+                item = item.detach().cpu().numpy()
+            if isinstance(item, np.ndarray):
+                digest.update(name.encode() + str(item.dtype).encode() + str(item.shape).encode())
+                digest.update(np.ascontiguousarray(item).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
+    """The fingerprint of the trial's data: of its files (a built-in dataset's layout folder, or a data module's
+    ``data_dir``), else of the arrays the set-up data module holds; None when no --data-dir was given and the
+    default folder has no data (a finished sweep reports without it)."""
+    from lit_cifar.layouts import default_data_dir
+
+    if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
+        root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
+        found = identity.builtin_fingerprint(trial.data, root, options.logdir)
+        return found or (f"no {trial.data} files" if options.data_dir is not None else None)
+    from dataclasses import replace
+
+    from lit_cifar.spec import RegularizationSpec
+
+    dm = make_datamodule(replace(trial, spec=RegularizationSpec()), options.data_dir, download=False)
+    folder = getattr(dm, "data_dir", None)
+    if isinstance(folder, (str, Path)) and Path(folder).is_dir():
+        return identity.files_fingerprint([folder], options.logdir)
+    dm.setup("fit")
+    return _arrays_fingerprint(dm)
+
+
+def with_fingerprints(trials: list[Trial], options: RunOptions) -> list[Trial]:
+    """The trials with the fingerprints of their model source and data (`Trial.changes` compares them with a
+    finished result's), each distinct one computed once."""
+    from dataclasses import replace
+
+    data: dict[Any, Optional[str]] = {}
+    source: dict[tuple[str, ...], Optional[str]] = {}
+    marked = []
+    for trial in trials:
+        refs = (trial.model, trial.data, trial.settings.optimizer)
+        paths = tuple(sorted(ref.class_path for ref in refs if isinstance(ref, ClassRef)))
+        if paths not in source:
+            source[paths] = identity.source_fingerprint(list(paths))
+        key = trial.data if isinstance(trial.data, str) else (trial.data, trial.seed)  # a module's data may be seeded
+        if key not in data:
+            data[key] = data_fingerprint(trial, options)
+        found = {"model source": source[paths], "data": data[key]}
+        marked.append(replace(trial, fingerprints=tuple((k, v) for k, v in found.items() if v is not None)))
+    return marked

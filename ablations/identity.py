@@ -31,6 +31,23 @@ SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit
 DEFAULT_OPTIMIZER = "adam"  # the level text of the built-in Adam (the optimizer setting's None)
 CELL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")  # a trial folder's cell: one folder name, shell-friendly
 CLASS_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+TREE_KEY = re.compile(r"(model|data)|(model|data|optimizer)\.init_args(\.[A-Za-z_]\w*)+|trainer\.[A-Za-z_]\w*")
+# Trainer arguments a suite may not set: the setting (or flag) that owns each.
+TRAINER_OWNERS = {
+    "max_epochs": "the epochs setting",
+    "min_epochs": "the epochs setting",
+    "max_steps": "the epochs setting",
+    "precision": "the precision setting",
+    "limit_train_batches": "the limit_train setting",
+    "accelerator": "--accelerator",
+    "devices": "--devices",
+    "strategy": "--strategy",
+    "num_nodes": "--num-nodes",
+    "logger": "--logger",
+    "callbacks": "the harness (its callbacks record every trial)",
+    "enable_checkpointing": "--save-model",
+    "default_root_dir": "--logdir",
+}
 
 
 @dataclass(frozen=True)
@@ -146,11 +163,42 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def level_text(name: str, value: Any) -> str:
-    """A setting factor's level as trial folders and reports name it, e.g. ``lr=0.0001``, ``optimizer=adam``."""
-    if name == "optimizer":
-        return f"optimizer={DEFAULT_OPTIMIZER if value is None else value.short()}"
-    return f"{name}={_text(value)}"
+def level_label(key: str, value: Any) -> str:
+    """A factor level's one label, the same in folder names, result.json, DataFrames and reports: ``0.0001``,
+    ``adam`` (the built-in Adam), ``SGD_momentum=0.9`` (a class), ``NotebookCNN`` (the default model)."""
+    if value is None and key in ("optimizer", "model"):
+        return DEFAULT_OPTIMIZER if key == "optimizer" else "NotebookCNN"
+    return value.short() if isinstance(value, ClassRef) else _text(value)
+
+
+def alias(key: str) -> str:
+    """A factor's short name, its key's last part: ``model.init_args.depth`` is ``depth`` (folder names, columns)."""
+    return key.rpartition(".")[2]
+
+
+def level_text(key: str, value: Any) -> str:
+    """A setting or tree factor's level as trial folders name it, e.g. ``lr=0.0001``, ``depth=2``."""
+    return f"{alias(key)}={level_label(key, value)}"
+
+
+def tree_key_problem(key: str) -> Optional[str]:
+    """What is wrong with a factor key into the suite's config tree (``model.init_args.depth``,
+    ``trainer.gradient_clip_val``, ``model``), or None."""
+    if not TREE_KEY.fullmatch(key):
+        return (
+            "must be a spec factor, a setting, or a key into the config tree spelt as LightningCLI spells it: "
+            "model, data, model.init_args.NAME, data.init_args.NAME, optimizer.init_args.NAME or trainer.NAME"
+        )
+    owner = TRAINER_OWNERS.get(key.partition(".")[2]) if key.startswith("trainer.") else None
+    return f"is set by {owner}, not by a Trainer argument" if owner else None
+
+
+def set_key(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted `key` of a nested mapping to `value`, making the mappings on its way."""
+    *path, last = key.split(".")
+    for part in path:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
 
 
 FLOAT_SETTINGS = ("lr", "lr_decay")
@@ -174,6 +222,10 @@ def parse_level(name: str, value: Any) -> Any:
     """One level of the setting factor `name` as the `TrainSettings` field holds it. YAML reads ``1e-4`` as text,
     so numeric settings accept numbers written as text; ``optimizer`` takes a class path, ``{class_path,
     init_args}`` or ``adam`` (the built-in Adam); ``limit_train`` takes ``all`` for no limit."""
+    if name in ("model", "data"):
+        return parse_model(value) if name == "model" else parse_data(value)
+    if "." in name:
+        return value  # a key into the tree: the class's signature judges it when the plan is checked
     if name == "optimizer":
         return None if value in (None, DEFAULT_OPTIMIZER) else ClassRef.parse(value, "optimizer")
     if name == "limit_train" and value in (None, "all"):
@@ -193,10 +245,11 @@ def optimizer_problem(value: Any) -> Optional[str]:
     )
 
 
-def json_value(value: Any) -> Any:
-    """A setting's value as result.json and DataFrames hold it (an optimizer as its short text)."""
-    if isinstance(value, ClassRef):
-        return value.short()
+def json_value(key: str, value: Any) -> Any:
+    """A factor level's value as result.json and DataFrames hold it: a number as itself, a class (or the default
+    model or optimizer) as its label."""
+    if isinstance(value, ClassRef) or (value is None and key in ("optimizer", "model")):
+        return level_label(key, value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
@@ -212,5 +265,90 @@ def cell_view(result: dict[str, Any]) -> dict[str, Any]:
         **result,
         "spec": result["cell"],
         "spec_name": result["spec"],
-        "spec_fields": {**(result.get("spec_fields") or {}), **(result.get("factors") or {})},
+        "spec_fields": {
+            **(result.get("spec_fields") or {}),
+            **{alias(k): v for k, v in (result.get("factors") or {}).items()},
+        },
     }
+
+
+# ------------------------------------------------------------------------------------------ fingerprints
+LIBRARY_PACKAGES = ("lit_cifar", "torch", "lightning", "pytorch_lightning", "torchvision")  # provenance, not identity
+FINGERPRINTS = ".data-fingerprints.json"  # the cache of data fingerprints, beside the data or in the logdir
+
+
+def source_fingerprint(class_paths: list[str]) -> Optional[str]:
+    """SHA-256 of every source file of the top-level packages the user's class paths name (lit_cifar, torch and
+    Lightning left out: refactoring a library never invalidates results); None when they name none."""
+    import importlib.util
+    from pathlib import Path
+
+    from ablations.store import source_hash
+
+    packages = sorted({path.partition(".")[0] for path in class_paths} - set(LIBRARY_PACKAGES))
+    folders = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            folders += [Path(p) for p in spec.submodule_search_locations]
+        elif spec is not None and spec.origin:  # a single module: hash its folder's copy of it alone
+            folders.append(Path(spec.origin))
+    if not folders:
+        return None
+    import hashlib
+
+    files = [f for f in folders if f.is_file()]
+    digest = source_hash([f for f in folders if f.is_dir()]) + "".join(
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in files
+    )
+    return hashlib.sha256(digest.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
+    """SHA-256 over the files under `folders` (their names and bytes), computed once: cached, under the files'
+    paths, sizes and modification times, in ``.data-fingerprints.json`` in `cache_dir` (the logdir, once it exists;
+    a cache beside the data is read too, never written: the data folder is not ours)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from ablations.store import write_text_atomic
+
+    files = sorted(p for folder in map(Path, folders) for p in folder.rglob("*") if p.is_file())
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+    beside = Path(folders[0]).parent if folders else Path(cache_dir)
+    caches = [Path(cache_dir) / FINGERPRINTS, beside / FINGERPRINTS]
+    for cache in caches:
+        try:
+            known = json.loads(cache.read_text())
+            if key in known:
+                return str(known[key])
+        except (OSError, ValueError):
+            continue
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    found = digest.hexdigest()[:16]
+    cache = caches[0]
+    if cache.parent.is_dir() and os.access(cache.parent, os.W_OK):
+        try:
+            known = json.loads(cache.read_text()) if cache.exists() else {}
+            write_text_atomic(cache, json.dumps({**known, key: found}))
+        except (OSError, ValueError):
+            pass  # a cache only: the next run computes it again
+    return found
+
+
+def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[str]:
+    """The fingerprint of a built-in dataset's files in `data_dir` (the layout folder it is read from), None
+    where it has none."""
+    from pathlib import Path
+
+    from lit_cifar.layouts import CIFAR10, CIFAR100, find_layout
+
+    folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
+    return files_fingerprint([folder], cache_dir) if folder is not None else None

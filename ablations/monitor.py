@@ -50,7 +50,7 @@ class TrialLogger(TensorBoardLogger):
         super().__init__(save_dir=str(save_dir), name="", version="", default_hp_metric=False)
         self.trial = trial
         settings = trial.hashed_settings()
-        self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings})
+        self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings, **trial.levels()})
 
     def log_hyperparams(
         self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None

@@ -29,6 +29,7 @@ from ablations import custom
 from ablations.identity import ClassRef
 from ablations.suite import RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
 from ablations.trust import check_precision, refuse_other_settings
+from lit_cifar.layouts import DATA_ENV
 from lit_cifar.spec import RegularizationSpec
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "probe_writable",
 ]
 
-DATA_ENV = "LIT_CIFAR_DATA"  # named in messages before torch is imported; lit_cifar.data reads it (a test checks)
 
 SETTING_FLAGS = (
     "epochs",
@@ -80,6 +80,7 @@ class Request:
         accelerator, devices, parallel, strategy, compile, num_nodes: the device flags (``devices`` is an int or
             ``"auto"``; ``parallel`` None for one trial per GPU, 1 on CPU).
         engine, ray_address, max_retries: ``local`` or ``ray``, its cluster and its reruns of a lost trial.
+        dry_run: check everything a run checks before training, without Lightning, a download or a GPU count.
     """
 
     suite: str = "notebook"
@@ -113,6 +114,7 @@ class Request:
     engine: str = "local"
     ray_address: Optional[str] = None
     max_retries: int = 2
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,8 @@ def _placement(request: Request) -> tuple[int, int, int]:
         )
     if not strategy and request.num_nodes > 1:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
+    if request.dry_run and (not strategy or isinstance(devices, int)):
+        return (devices if strategy and isinstance(devices, int) else 1), 0, 1  # a dry run counts no GPUs
     gpus = _gpu_count(request.accelerator)  # the first step that imports torch
     if strategy:
         return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
@@ -223,17 +227,16 @@ def _placement(request: Request) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def prepare(request: Request, check_data: bool = True) -> Plan:
-    """With `check_data`, `check_paths` (before torch is imported); then `make_plan`, and (when it has trials)
-    `check_hardware` and, with `check_data`, `check_inputs`: everything that can be checked before training.
-    Raises ValueError (or a data module's error) for the first problem; nothing is created on disk before all pass."""
-    if check_data:
-        check_paths(request)
+def prepare(request: Request) -> Plan:
+    """`check_paths` (before torch is imported), `make_plan`, and (when it has trials) `check_hardware` (not for a
+    dry run: it imports Lightning to build a Trainer) and `check_inputs`: everything that can be checked before
+    training. Raises ValueError (or a data module's error); nothing is created on disk before all pass."""
+    check_paths(request)
     plan = make_plan(request)
     if plan.trials:
-        check_hardware(plan)
-        if check_data:
-            check_inputs(plan)
+        if not request.dry_run:
+            check_hardware(plan)
+        plan = check_inputs(plan, request.dry_run)
     return plan
 
 
@@ -317,24 +320,31 @@ def probe_writable(logdir: Path) -> None:
         raise ValueError(f"--logdir {logdir} is not writable: {why} ({folder})") from None
 
 
-def check_inputs(plan: Plan) -> None:
-    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError). The data is
-    checked only when some trial needs training: a finished sweep reruns (and reports) without it. A trial whose
-    folder holds a finished result of other settings stops the run here unless --force (`refuse_other_settings`).
-    Expects `check_paths` to have passed."""
+def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
+    """Fail fast, before any training, on output or data problems (raises ValueError / DatasetError); the plan
+    with its trials' fingerprints of model source and data. The data is checked only when some trial needs
+    training: a finished sweep reruns (and reports) without it. A trial whose folder holds a finished result of
+    other settings, model source or data stops the run here unless --force (`refuse_other_settings`). Expects
+    `check_paths` to have passed. A `dry_run` downloads nothing, refuses no clash (it lists them) and checks a
+    custom data module whether or not a trial needs it."""
     from ablations.status import is_finished
 
     logdir = Path(plan.options.logdir)
-    refuse_other_settings(plan.trials, logdir, plan.options.force)
+    plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
+    if not dry_run:
+        refuse_other_settings(plan.trials, logdir, plan.options.force)
     finished = [is_finished(t, logdir) for t in plan.trials]  # the one read before training; warns of damage
-    needs_data = plan.options.force or not all(finished)
-    custom.check_plan(plan.trials, plan.options, needs_data)  # the model, a custom data module, the optimizer
-    if needs_data and isinstance(plan.trials[0].data, str):
-        _check_data(plan)
+    needs_data = dry_run or plan.options.force or not all(finished)
+    options = replace(plan.options, download=False) if dry_run else plan.options
+    custom.check_plan(plan.trials, options, needs_data)  # the model, a custom data module, the optimizer
+    if needs_data and not dry_run and isinstance(plan.trials[0].data, str):
+        _check_data(plan)  # may download it: its fingerprint is taken again (cached: cheap)
+        plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
+    return plan
 
 
 def _check_data(plan: Plan) -> None:
-    from lit_cifar.data import default_data_dir
+    from lit_cifar.layouts import default_data_dir
 
     data_dir = plan.options.data_dir
     folder = Path(data_dir) if data_dir is not None else default_data_dir()

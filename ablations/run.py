@@ -166,7 +166,12 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
     what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
-    what.add_argument("--dry-run", action="store_true", help="print one line per trial (spec, seed); train nothing")
+    what.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything a run checks, then print one line per trial (cell, seed, finished / to run / "
+        "finished with other settings); trains and downloads nothing",
+    )
     what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
     what.add_argument(
         "--reference",
@@ -353,10 +358,27 @@ def report_interrupted(plan: Plan, stop: Interrupted) -> int:
     return stop.exit_status
 
 
+def dry_run_lines(plan: Plan) -> list[str]:
+    """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run``, or ``finished with other <what changed>``
+    (a run refuses those without --force)."""
+    from ablations.status import read_trial
+
+    lines = []
+    for trial in plan.trials:
+        try:
+            old = read_trial(trial, plan.options.logdir)
+        except ValueError:
+            old = None  # damaged: rerun
+        changes = trial.changes(old) if old is not None else []
+        state = "to run" if old is None else ("finished with other " + ", ".join(changes) if changes else "finished")
+        lines.append(f"{trial.cell} seed={trial.seed}  {state}")
+    return lines
+
+
 def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     """Plan and check everything that can be checked before training; bad arguments exit 2 here."""
     try:
-        made = planning.prepare(request_of(args), check_data=not args.dry_run)
+        made = planning.prepare(request_of(args))
     except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
         parser.error(str(error))
     return made
@@ -390,7 +412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         return 0
     if args.dry_run:
-        print("\n".join(f"{trial.cell} seed={trial.seed}" for trial in plan.trials))
+        print("\n".join(dry_run_lines(plan)))
         return 0
     ranks = ddp_ranks(plan.options) if plan.options.strategy != "auto" else None
     rank = ranks.rank if ranks else 0

@@ -80,8 +80,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def clash_line(trial: Trial, old: dict[str, Any]) -> str:
-    """``pixel/seed=0 (epochs 1 there, 2 here)``: a trial whose folder holds a result of other settings."""
-    return f"{trial.name} ({differences(old.get('settings', {}), trial.hashed_settings())})"
+    """``pixel/seed=0 (epochs 1 there, 2 here)``, ``pixel/seed=0 (model source changed)``: a trial whose folder
+    holds a result of other settings, or of another model source or data."""
+    changes = trial.changes(old)
+    said = [differences(old.get("settings", {}), trial.hashed_settings())] if "settings" in changes else []
+    said += [f"{what} changed" for what in changes if what != "settings"]
+    return f"{trial.name} ({', '.join(said)})"
 
 
 class OtherSettings(ValueError):
@@ -124,7 +128,7 @@ def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
         if warn:
             print(f"warning: {error}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
         return False
-    return result is not None and result["settings_hash"] == trial.settings_hash
+    return result is not None and not trial.changes(result)
 
 
 def already_done(trial: Trial, options: RunOptions, warn: bool = True) -> bool:
@@ -166,7 +170,7 @@ def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[Tri
         except ValueError:
             old = None  # make_ready keeps it as result.json.damaged, and the trial is rerun
         if old is not None and not options.force:
-            if old["settings_hash"] == trial.settings_hash:
+            if not trial.changes(old):
                 yield TrialState.SKIPPED
                 return
             raise OtherSettings(

@@ -244,7 +244,18 @@ RESULT_SCHEMA: dict[str, tuple[str, Any]] = {
     "notebook": ("a number or null", lambda v: v is None or _number(v)),
     CHECKSUM_KEY: ("a SHA-256 text", lambda v: isinstance(v, str)),
 }
-OPTIONAL_FIELDS = {"cell": ("a text", lambda v: isinstance(v, str)), "wall_time_s": ("a number", _number)}
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+OPTIONAL_FIELDS = {
+    "cell": ("a text", lambda v: isinstance(v, str)),
+    "wall_time_s": ("a number", _number),
+    "levels": ("a mapping of factor to label text", _texts),
+    "fingerprints": ("a mapping of texts", _texts),
+}
 
 
 def schema_problem(result: Any) -> Optional[str]:
@@ -337,8 +348,8 @@ def list_trials(suite_dir: Path) -> SuiteListing:
 
 def settings_key(settings: dict[str, Any], factors: tuple[str, ...] = ()) -> str:
     """What trials compared in one table must share: their hashed settings without the per-trial ones (spec,
-    seed) and the suite's own `factors`, as canonical JSON."""
-    drop = set(PER_TRIAL_SETTINGS) | set(factors)
+    seed) and what the suite's own `factors` vary (``model.init_args.depth`` varies ``model``), as canonical JSON."""
+    drop = set(PER_TRIAL_SETTINGS) | {factor.partition(".")[0] for factor in factors}
     return json.dumps({k: v for k, v in settings.items() if k not in drop}, sort_keys=True)
 
 

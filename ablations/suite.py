@@ -122,7 +122,9 @@ class Suite:
     description: str = ""
     model: Optional[ClassRef] = None  # None: the notebook's CNN
     data: DataRef = DEFAULT_DATA
-    setting_factors: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (setting, its levels), in the file's order
+    setting_factors: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (setting or tree key, its levels), in order
+    spec_factors: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (spec factor, its levels as written)
+    trainer_json: str = "{}"  # Trainer arguments, canonical JSON
 
     @property
     def spec_names(self) -> list[str]:
@@ -131,28 +133,43 @@ class Suite:
 
 @dataclass(frozen=True)
 class Trial:
-    """One training run: a spec of a suite, a seed, and the settings."""
+    """One training run: a cell of a suite (a spec and a level of each other factor), a seed, and the settings."""
 
     suite: str
     spec: RegularizationSpec
     seed: int
     settings: TrainSettings
-    order: int  # the spec's position in its suite, so reports list specs in suite order
+    order: int  # the cell's position in its suite, so reports list cells in suite order
     notebook: Optional[float] = None
     data_parallel: int = 1  # devices x nodes one trial trains on (changes the global batch, so it is hashed)
     model: Optional[ClassRef] = None  # None: the notebook's CNN
     data: DataRef = DEFAULT_DATA
-    factors: tuple[str, ...] = ()  # the suite's setting factors; their levels are this trial's `settings`
+    factor_levels: tuple[tuple[str, Any], ...] = ()  # (key, level) of each factor that is not a spec factor
+    spec_levels: tuple[tuple[str, str], ...] = ()  # (spec factor, its level's label) for suites with factors
+    trainer_json: str = "{}"  # the suite's Trainer arguments, canonical JSON
+    fingerprints: tuple[tuple[str, str], ...] = ()  # ("model source" / "data", hash): identity beside the hash
 
     @property
     def cell(self) -> str:
-        """The trial's cell of the suite's grid: its spec, then its setting-factor levels (``pixel+bn,lr=0.0001``);
-        the spec alone for suites without setting factors."""
-        return ",".join([str(self.spec), *self.levels().values()])
+        """The trial's cell of the suite's grid: its spec, then its other factors' levels
+        (``pixel+bn,lr=0.0001,depth=2``); the spec alone for suites without them."""
+        return ",".join([str(self.spec), *(identity.level_text(k, v) for k, v in self.factor_levels)])
 
     def levels(self) -> dict[str, str]:
-        """{setting factor: its level's text}, e.g. ``{"lr": "lr=0.0001"}``."""
-        return {name: identity.level_text(name, getattr(self.settings, name)) for name in self.factors}
+        """{factor: its level's label} for every factor of the suite, e.g. ``{"bn": "bn", "optimizer": "adam"}``."""
+        return {
+            **dict(self.spec_levels),
+            **{identity.alias(k): identity.level_label(k, v) for k, v in self.factor_levels},
+        }
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        """The keys of the suite's factors that are not spec factors (``lr``, ``model.init_args.depth``)."""
+        return tuple(k for k, _ in self.factor_levels)
+
+    @property
+    def trainer(self) -> dict[str, Any]:
+        return dict(json.loads(self.trainer_json))
 
     @property
     def name(self) -> str:
@@ -166,15 +183,17 @@ class Trial:
         return self.paths(logdir).folder
 
     def hashed_settings(self) -> dict[str, Any]:
-        """What determines this trial's result; a finished trial whose hash matches is not rerun."""
+        """What determines this trial's result; a finished trial whose hash matches is not rerun. What is left at
+        its default (Adam, the notebook's CNN, CIFAR-10, no Trainer arguments) is left out, so old hashes hold."""
         settings = asdict(self.settings)
         del settings["seeds"]
-        del settings["optimizer"]  # recorded only when it is not the built-in Adam: old hashes stay valid
+        del settings["optimizer"]
         hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
         extra = {
             "optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
             "model": identity.model_identity(self.model),
             "data": identity.data_identity(self.data),
+            "trainer": self.trainer or None,
         }
         return {**hashed, **{k: v for k, v in extra.items() if v is not None}}
 
@@ -183,9 +202,18 @@ class Trial:
         text = json.dumps(self.hashed_settings(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def changes(self, result: dict[str, Any]) -> list[str]:
+        """What differs between this trial and the finished `result` of its folder: the settings (by hash), and the
+        ``model source`` or ``data`` fingerprint each recorded (one not recorded on either side is not compared)."""
+        changed = [] if result.get("settings_hash") == self.settings_hash else ["settings"]
+        old = result.get("fingerprints") or {}
+        return changed + [k for k, v in self.fingerprints if k in old and old[k] != v]
+
     def record(self) -> dict[str, Any]:
-        """What every result.json and error.json of this trial starts with: which trial, with which settings.
-        A suite with setting factors adds ``cell`` (the folder's name) and ``factors`` ({setting: value})."""
+        """What every result.json and error.json of this trial starts with: which trial, with which settings,
+        ``levels`` ({factor: label}, every factor of its suite) and the ``fingerprints`` of its model source and
+        data. A suite with factors other than spec factors adds ``cell`` (the folder's name) and ``factors``
+        ({key: value})."""
         record = {
             "suite": self.suite,
             "spec": str(self.spec),
@@ -195,10 +223,13 @@ class Trial:
             "notebook": self.notebook,
             "settings": self.hashed_settings(),
             "settings_hash": self.settings_hash,
+            "levels": self.levels(),
         }
+        if self.fingerprints:
+            record["fingerprints"] = dict(self.fingerprints)
         if self.factors:
             record["cell"] = self.cell
-            record["factors"] = {n: identity.json_value(getattr(self.settings, n)) for n in self.factors}
+            record["factors"] = {k: identity.json_value(k, v) for k, v in self.factor_levels}
         return record
 
 
@@ -281,7 +312,7 @@ def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
     factors = data.get("factors") or {}
     if not isinstance(factors, dict) or not all(isinstance(v, list) and v for v in factors.values()):
         raise SuiteError(f"suite file {path}: 'factors' must map each factor name to a non-empty list of levels")
-    factors = {name: levels for name, levels in factors.items() if name not in SETTING_FACTORS}
+    factors = _spec_factors(factors)
     if factors:
         for levels in itertools.product(*factors.values()):
             tokens = [str(level) for level in levels if str(level) != "baseline"]
@@ -295,22 +326,62 @@ def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
     return entries
 
 
+def _is_spec_factor(name: str) -> bool:
+    return name not in SETTING_FACTORS and name not in ("model", "data") and "." not in name
+
+
+def _spec_factors(factors: dict[str, Any]) -> dict[str, Any]:
+    return {name: levels for name, levels in factors.items() if _is_spec_factor(name)}
+
+
 def _setting_factors(data: dict[str, Any], path: Path) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """The suite's factors that vary a training setting, each with its levels parsed and checked."""
+    """The suite's factors that vary a training setting or a key of the config tree, each with its levels parsed
+    and checked; two factors of one short name are refused (folders and columns name factors by it)."""
     found = []
     for name, levels in (data.get("factors") or {}).items():
-        if name not in SETTING_FACTORS:
+        if _is_spec_factor(name):
             continue
+        problem = None if name in SETTING_FACTORS else identity.tree_key_problem(name)
+        if problem:
+            raise SuiteError(f"suite file {path}: factor {name!r} {problem}")
         parsed = tuple(identity.parse_level(name, level) for level in levels)
         for level, value in zip(levels, parsed):
-            problem = setting_problem(name, value)
+            problem = setting_problem(name, value) if name in SETTING_RULES else None
             if problem:
                 raise SuiteError(f"suite file {path}: factor {name} level {level!r} {problem}")
         texts = [identity.level_text(name, v) for v in parsed]
         if len(set(texts)) < len(texts):
             raise SuiteError(f"suite file {path}: factor {name} lists a level more than once: {levels}")
         found.append((name, parsed))
+    names = [identity.alias(name) for name, _ in found] + list(_spec_factors(data.get("factors") or {}))
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise SuiteError(f"suite file {path}: two factors share the short name {', '.join(clash)}: rename one")
     return tuple(found)
+
+
+def _spec_label(spec: RegularizationSpec, levels: tuple[str, ...]) -> str:
+    """The level of a spec factor that `spec` has: the most specific level whose spec fields it carries, else
+    ``baseline``."""
+    base = RegularizationSpec().to_dict()
+    fields_of = {str(level): RegularizationSpec.parse(str(level)).to_dict() for level in levels}
+    carried = [
+        (len(set(f.items()) - set(base.items())), level)
+        for level, f in fields_of.items()
+        if level != "baseline" and all(spec.to_dict()[k] == v for k, v in f.items() if base[k] != v)
+    ]
+    return max(carried, key=lambda c: c[0])[1] if carried else "baseline"
+
+
+def _trainer(value: Any, path: Path) -> str:
+    """The suite's ``trainer`` mapping of Trainer arguments, checked (torch-free) and as canonical JSON."""
+    if not isinstance(value, dict):
+        raise SuiteError(f"suite file {path}: trainer {value!r} must map Trainer arguments to values")
+    for key in value:
+        problem = identity.tree_key_problem(f"trainer.{key}")
+        if problem:
+            raise SuiteError(f"suite file {path}: trainer.{key} {problem}")
+    return json.dumps(value, sort_keys=True)
 
 
 def _check_cells(suite: Suite, path: Path) -> None:
@@ -334,13 +405,13 @@ def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> li
         raise SuiteError(f"suite file {path}: {error}") from None
     if reduction == 1:
         return entries
-    factors = {name: levels for name, levels in (data.get("factors") or {}).items() if name not in SETTING_FACTORS}
+    factors = _spec_factors(data.get("factors") or {})
     if not factors:
         raise SuiteError(f"suite file {path}: a fractional design needs 'factors'")
     if len(factors) < len(data.get("factors") or {}):
         raise SuiteError(
             f"suite file {path}: a fractional design selects spec-factor combinations only; it cannot "
-            f"be combined with setting factors ({', '.join(sorted(SETTING_FACTORS))}): use design: full"
+            "be combined with setting or config-tree factors: use design: full"
         )
     levels = [len(v) for v in factors.values()]
     grid = list(itertools.product(*(range(k) for k in levels)))
@@ -367,12 +438,12 @@ def load_suite(name_or_path: str) -> Suite:
                 "or give the path of a suite .yaml file"
             )
     data = _read_yaml(path)
-    unknown = set(data) - {"name", "description", "settings", "specs", "factors", "design", "model", "data"}
+    allowed = ("name", "description", "model", "data", "optimizer", "trainer", "settings", "specs", "factors", "design")
+    unknown = set(data) - set(allowed)
     if unknown:
-        raise SuiteError(
-            f"suite file {path}: unknown keys {sorted(unknown)}; allowed: name, description, "
-            "settings, specs, factors, model, data"
-        )
+        raise SuiteError(f"suite file {path}: unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    if "optimizer" in data and "optimizer" in (data.get("settings") or {}):
+        raise SuiteError(f"suite file {path}: optimizer is given twice: keep the top-level one")
     settings_data = data.get("settings") or {}
     valid = {f.name for f in fields(TrainSettings)}
     if not isinstance(settings_data, dict) or set(settings_data) - valid:
@@ -386,8 +457,9 @@ def load_suite(name_or_path: str) -> Suite:
     try:
         settings_data = {
             **{k: coerce_setting(k, v) for k, v in settings_data.items()},
-            "optimizer": identity.parse_level("optimizer", settings_data.get("optimizer")),
+            "optimizer": identity.parse_level("optimizer", data.get("optimizer", settings_data.get("optimizer"))),
         }
+        spec_factors = _spec_factors(data.get("factors") or {})
         suite = Suite(
             name=name,
             entries=tuple(_designed(data, path, _entries(data, path))),
@@ -396,6 +468,8 @@ def load_suite(name_or_path: str) -> Suite:
             model=identity.parse_model(data.get("model")),
             data=identity.parse_data(data.get("data")),
             setting_factors=_setting_factors(data, path),
+            spec_factors=tuple((k, tuple(str(v) for v in levels)) for k, levels in spec_factors.items()),
+            trainer_json=_trainer(data.get("trainer") or {}, path),
         )
         _check_cells(suite, path)
         return suite
@@ -405,53 +479,79 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"suite file {path}: {error}") from None
 
 
-def _grid(suite: Suite, settings: TrainSettings) -> list[tuple[SuiteEntry, TrainSettings]]:
-    """Every (spec, settings) cell of the suite: specs in suite order, each with every combination of the
-    setting factors' levels (the last factor varying fastest)."""
-    names = [name for name, _ in suite.setting_factors]
-    combos = list(itertools.product(*(levels for _, levels in suite.setting_factors)))
-    return [(entry, replace(settings, **dict(zip(names, combo)))) for entry in suite.entries for combo in combos]
+def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The Trial fields of one combination of the non-spec factors' levels: each setting factor replaces its
+    setting, each key into the tree (``model.init_args.depth``, ``trainer.gradient_clip_val``, ``model``) its value.
+    """
+    tree: dict[str, Any] = {
+        "model": suite.model,
+        "data": suite.data,
+        "optimizer": settings.optimizer,
+        "trainer": json.loads(suite.trainer_json),
+    }
+    for key, value in combo:
+        root, _, rest = key.partition(".")
+        if key in SETTING_FACTORS and key != "optimizer":
+            settings = replace(settings, **{key: value})
+        elif not rest:
+            tree[root] = value
+        elif root == "trainer":
+            tree["trainer"][rest] = value
+        else:
+            base = tree[root] or (ClassRef("lit_cifar.models.NotebookCNN") if root == "model" else None)
+            if not isinstance(base, ClassRef):
+                raise ValueError(f"factor {key} needs {root}: {{class_path: ...}} to set its init_args")
+            changed = base.to_dict()
+            identity.set_key(changed, rest, value)
+            tree[root] = ClassRef.parse(changed, root)
+    return {
+        "settings": replace(settings, optimizer=tree["optimizer"]),
+        "model": tree["model"],
+        "data": tree["data"],
+        "trainer_json": json.dumps(tree["trainer"], sort_keys=True),
+        "factor_levels": combo,
+    }
 
 
 def expand_trials(
     suite: Suite, settings: TrainSettings, only: Optional[list[str]] = None, data_parallel: int = 1
 ) -> list[Trial]:
-    """The suite's trials in a fixed order: cells in suite order (`_grid`), each with every seed.
+    """The suite's trials in a fixed order: cells in suite order (specs in suite order, each with every
+    combination of the other factors' levels, the last varying fastest), each with every seed.
 
     Raises:
         SuiteError: if a name in `only` is neither a spec nor a cell (``SPEC,lr=X``) of the suite.
     """
-    factors = tuple(name for name, _ in suite.setting_factors)
-    cells = [
+    combos = list(itertools.product(*([(k, v) for v in levels] for k, levels in suite.setting_factors)))
+    cells = [_cell(suite, settings, combo) for combo in combos]
+    trials = [
         Trial(
             suite.name,
             entry.spec,
             0,
-            cell_settings,
-            order,
-            entry.notebook,
-            data_parallel,
-            suite.model,
-            suite.data,
-            factors,
+            order=order,
+            notebook=entry.notebook,
+            data_parallel=data_parallel,
+            spec_levels=tuple((k, _spec_label(entry.spec, levels)) for k, levels in suite.spec_factors),
+            **cell,
         )
-        for order, (entry, cell_settings) in enumerate(_grid(suite, settings))
+        for order, (entry, cell) in enumerate(itertools.product(suite.entries, cells))
     ]
-    wanted = {trial.cell for trial in cells}
+    wanted = {trial.cell for trial in trials}
     if only:
         wanted = set()
         for text in only:
-            matching = {t.cell for t in cells if text == t.cell}
+            matching = {t.cell for t in trials if text == t.cell}
             if not matching:
                 name = str(RegularizationSpec.parse(text.split(",")[0])) if "," not in text else None
-                matching = {t.cell for t in cells if name is not None and str(t.spec) == name}
+                matching = {t.cell for t in trials if name is not None and str(t.spec) == name}
             if not matching:
                 raise SuiteError(
                     f"spec {text!r} is not in suite {suite.name!r}; its specs: "
-                    f"{', '.join(dict.fromkeys(t.cell for t in cells))}"
+                    f"{', '.join(dict.fromkeys(t.cell for t in trials))}"
                 )
             wanted |= matching
-    return [replace(trial, seed=seed) for trial in cells if trial.cell in wanted for seed in settings.seeds]
+    return [replace(trial, seed=seed) for trial in trials if trial.cell in wanted for seed in settings.seeds]
 
 
 def shard(trials: list[Trial], k: int, n: int) -> list[Trial]:

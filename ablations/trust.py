@@ -36,7 +36,7 @@ def finished_with_other_settings(trials: list[Trial], logdir: Path | str) -> lis
             old = read_trial(trial, logdir)
         except ValueError:  # cannot be trusted: rerun like a trial that never finished
             continue
-        if old is not None and old["settings_hash"] != trial.settings_hash:
+        if old is not None and trial.changes(old):
             clashes.append((trial, old))
     return clashes
 
@@ -51,7 +51,8 @@ def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) 
     shown = "; ".join(clash_line(trial, old) for trial, old in clashes[:SHOWN])
     more = f"; and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""
     raise ValueError(
-        f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, which "
+        f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, model source or "
+        "data, which "
         f"this run would replace: {shown}{more}. Give another --logdir to keep both, or --force to "
         f"rerun them here (each old result is kept in its trial's {SUPERSEDED_DIR}/<settings hash>/)"
     )

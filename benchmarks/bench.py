@@ -50,7 +50,7 @@ from ablations.plan import Request, count_trials
 from ablations.quiet import quiet_lightning
 from ablations.run import argv_of
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
-from lit_cifar.data import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
+from lit_cifar.layouts import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
 from lit_cifar.models import NotebookCNN
 from lit_cifar.runtime import ENV as MALLOC_ENV
 from lit_cifar.runtime import tune_allocator

@@ -49,7 +49,8 @@ def synthetic_data_dir(root: Path, n_train: int, n_test: int) -> Path:
     `root` (a ``data_dir``)."""
     import torch
 
-    from lit_cifar.data import BIN_LAYOUT, RECORD_BYTES, TEST_FILE, TRAIN_FILES
+    from lit_cifar.data import RECORD_BYTES
+    from lit_cifar.layouts import BIN_LAYOUT, TEST_FILE, TRAIN_FILES
 
     folder = root / BIN_LAYOUT
     folder.mkdir(parents=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol, cast, runtime_checkable
 
@@ -20,49 +19,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_cifar.layouts import (
+    BIN_LAYOUT,
+    CIFAR10,
+    CIFAR100,
+    CIFAR100_LAYOUT,
+    CLASSES,
+    CifarFormat,
+    default_data_dir,
+    find_layout,
+)
 from lit_cifar.spec import NORMALIZATIONS, Normalization, RegularizationSpec
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-DATA_ENV = "LIT_CIFAR_DATA"
-
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILE = "test_batch"
-PY_LAYOUT = "cifar-10-batches-py"  # the Python pickles that torchvision downloads
-BIN_LAYOUT = "cifar-10-batches-bin"  # the "binary version": records of 1 label byte + 3072 pixel bytes
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32
 AUGMENT_PADDING = 4  # pixels of zero padding around the image before the random 32x32 crop
-
-
-@dataclass(frozen=True)
-class CifarFormat:
-    """How one CIFAR dataset lies on disk: its official layouts, files, label key, classes and download."""
-
-    name: str  # as messages name it, e.g. "CIFAR-10"
-    layouts: tuple[str, ...]  # folder names under data_dir, in the order they are looked for
-    train_files: tuple[str, ...]
-    test_file: str
-    num_classes: int
-    url: str
-    torchvision: str  # the torchvision.datasets class that downloads and checksum-verifies the archive
-
-
-CIFAR10 = CifarFormat(
-    "CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FILE, len(CLASSES), OFFICIAL_URL, "CIFAR10"
-)
-CIFAR100_LAYOUT = "cifar-100-python"  # the official Python version: train, test and meta pickles, fine labels
-CIFAR100 = CifarFormat(
-    "CIFAR-100",
-    (CIFAR100_LAYOUT,),
-    ("train",),
-    "test",
-    100,
-    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    "CIFAR100",
-)
-
-
 # The entries of `CIFAR10DataModule.state_dict` a checkpoint's data state has, whatever the data module's class name.
 DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
 
@@ -103,19 +74,6 @@ def attached_datamodule(trainer: pl.Trainer) -> Optional[pl.LightningDataModule]
 
 class DatasetError(ValueError):
     """CIFAR-10 (or CIFAR-100) files are missing, truncated or corrupt; the message names the file or directory."""
-
-
-def default_data_dir() -> Path:
-    """``$LIT_CIFAR_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get(DATA_ENV, "data"))
-
-
-def find_layout(data_dir: Path, fmt: CifarFormat = CIFAR10) -> Optional[Path]:
-    """The folder of the first official layout of `fmt` present in `data_dir` (pickles first), or None."""
-    for layout in fmt.layouts:
-        if (data_dir / layout).is_dir():
-            return data_dir / layout
-    return None
 
 
 # What a dataset pickle may name: NumPy's array reconstruction (NumPy 1 and 2 module names, protocols 2-5) and the

@@ -133,7 +133,8 @@ def build_backbone(
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as error:
-        raise ValueError(f"model {class_path} init_args {init_args or {}}: {error}") from None
+        allowed = ", ".join(n for n in parameters if n not in ("self", "spec", "num_classes"))
+        raise ValueError(f"model {class_path} init_args {init_args or {}}: {error}; it takes: {allowed}") from None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_cifar.data import BIN_LAYOUT, CLASSES, PY_LAYOUT, TEST_FILE, TRAIN_FILES
+from lit_cifar.layouts import BIN_LAYOUT, CLASSES, PY_LAYOUT, TEST_FILE, TRAIN_FILES
 
 
 def synthetic_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

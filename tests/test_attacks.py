@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ablations import api, plan, store
+from ablations import api, store
 from ablations import trial as trial_module
 from ablations.report import report
 from ablations.report.__main__ import main as report_command
@@ -281,12 +281,6 @@ def test_11_bad_input_is_refused_before_torch_in_one_line_creating_nothing(args,
     )
     assert done.stdout == "False 2\n" and message in done.stderr and len(done.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
-
-
-def test_11_the_torch_free_data_folder_name_is_lit_cifars():
-    from lit_cifar import data
-
-    assert plan.DATA_ENV == data.DATA_ENV
 
 
 # ---------------------------------------------------------------------------------- 12. without data

@@ -13,6 +13,17 @@ import torch
 
 from lit_cifar.data import (
     AUGMENT_PADDING,
+    CIFAR10DataModule,
+    DatasetError,
+    load_data_pickle,
+    EpochSampler,
+    _read_binary_batch,
+    epoch_permutation,
+    fit_normalization,
+    random_crop_flip,
+    read_split,
+)
+from lit_cifar.layouts import (
     BIN_LAYOUT,
     CLASSES,
     DATA_ENV,
@@ -20,16 +31,7 @@ from lit_cifar.data import (
     PY_LAYOUT,
     TEST_FILE,
     TRAIN_FILES,
-    CIFAR10DataModule,
-    DatasetError,
-    load_data_pickle,
-    EpochSampler,
-    _read_binary_batch,
-    epoch_permutation,
     find_layout,
-    fit_normalization,
-    random_crop_flip,
-    read_split,
 )
 from lit_cifar.module import InputNormalization
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout

@@ -50,7 +50,8 @@ def test_dry_run_prints_one_line_per_trial(capsys, suite, seeds, expected):
     lines = out.splitlines()
     assert status == 0
     assert len(lines) == expected == len(set(lines))
-    assert all(line.rsplit(" seed=", 1)[1].isdigit() for line in lines)
+    seeds_and_states = [line.rsplit(" seed=", 1)[1].split("  ", 1) for line in lines]
+    assert all(seed.isdigit() and state in ("to run", "finished") for seed, state in seeds_and_states)
 
 
 def test_dry_run_lists_the_notebook_experiments_in_order(capsys):

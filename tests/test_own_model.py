@@ -76,7 +76,8 @@ def test_setting_factors_name_short_unique_folders_and_records(tmp_path) -> None
     assert len(cells) == len(set(cells)) == 2 * 2 * 2
     assert "pixel,lr=0.0001,optimizer=SGD_momentum=0.9" in cells and "baseline,lr=0.001,optimizer=adam" in cells
     record = next(t for t in trials if t.cell == "pixel,lr=0.0001,optimizer=adam").record()
-    assert record["factors"] == {"lr": 0.0001, "optimizer": None} and record["settings"]["lr"] == 0.0001
+    assert record["factors"] == {"lr": 0.0001, "optimizer": "adam"} and record["settings"]["lr"] == 0.0001
+    assert record["levels"] == {"lr": "0.0001", "optimizer": "adam"}  # a default level is its label, never null
     assert trials[0].paths(tmp_path).folder == tmp_path / "mine" / trials[0].cell / "seed=0"
     assert [t.cell for t in expand_trials(suite, suite.settings, only=["pixel"])] == [
         c for c in cells if c.startswith("pixel,")

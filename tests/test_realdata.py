@@ -12,7 +12,7 @@ from ablations.suite import TrainSettings, Trial
 from ablations.suite import RunOptions
 from ablations.trial import run_trial
 from lit_cifar import RegularizationSpec
-from lit_cifar.data import find_layout
+from lit_cifar.layouts import find_layout
 from tests.helpers import REPO
 
 CANDIDATES = [Path(p) for p in (os.environ.get("LIT_CIFAR_DATA"), REPO.parent / "shared" / "data") if p]

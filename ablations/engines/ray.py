@@ -145,7 +145,7 @@ def import_ray() -> Any:
 def _portable(options: RunOptions, resources: TrialResources) -> RunOptions:
     """Options that mean the same on any Ray worker: absolute paths (a worker's working directory is not the
     driver's), no per-trial progress bar (workers have no terminal), and the CPU when the task has no GPU."""
-    from lit_cifar.data import default_data_dir
+    from lit_cifar.layouts import default_data_dir
 
     data_dir = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
     accelerator = "cpu" if resources.gpus == 0 and options.accelerator == "auto" else options.accelerator
