@@ -234,27 +234,33 @@ def prepare(request: Request) -> Plan:
     check_paths(request)
     plan = make_plan(request)
     if plan.trials:
+        check_engine(plan)
         if not request.dry_run:
             check_hardware(plan)
         plan = check_inputs(plan, request.dry_run)
     return plan
 
 
-def check_hardware(plan: Plan) -> None:
-    """Fail before any trial folder exists on devices, accelerator or engine values this machine cannot honour:
-    a sweep Trainer is built once (Lightning's own checks), and the Ray engine is imported."""
-    import lightning.pytorch as pl
-
-    from ablations.quiet import quiet_lightning
-    from ablations.trial import trainer_kwargs
-
-    quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
+def check_engine(plan: Plan) -> None:
+    """Fail before any trial folder exists, in a dry run too, on an engine this machine cannot run: the Ray engine
+    is imported and its options checked."""
     if plan.engine == "ray":
         from ablations.engines.ray import check_address, check_supported, import_ray
 
         import_ray()
         check_supported(plan.trials, plan.options)
         check_address(plan.ray_address)
+
+
+def check_hardware(plan: Plan) -> None:
+    """Fail before any trial folder exists on devices or accelerator values this machine cannot honour: a sweep
+    Trainer is built once (Lightning's own checks)."""
+    import lightning.pytorch as pl
+
+    from ablations.quiet import quiet_lightning
+    from ablations.trial import trainer_kwargs
+
+    quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
     try:
         with warnings.catch_warnings():  # e.g. "16-mixed on a CPU: using bf16-mixed": check_precision says it
             warnings.simplefilter("ignore")
