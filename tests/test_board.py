@@ -120,3 +120,12 @@ def test_the_verdict_table_reads_the_report_csvs(tmp_path: Path):
     assert "| pixel −" not in table  # the reference has no verdict
     (tmp_path / "effects.csv").write_text("effect,estimate\nbn,0.05\n")
     assert "effects.csv | (no verdict columns: rebuild the report)" in board.verdict_markdown(tmp_path)
+
+
+def test_the_verdict_table_names_a_comparison_without_an_interval(tmp_path):
+    (tmp_path / "results.csv").write_text(
+        "spec,verdict,verdict_low,verdict_high,margin\npixel,,,,0.01\nbaseline,open,,,0.01\nbn,worse,-0.2,-0.1,0.01\n"
+    )
+    table = board.verdict_markdown(tmp_path)
+    assert "| baseline − reference | **open** | no interval (one seed) | ±0.01 |" in table
+    assert "| bn − reference | **worse** | [-0.2000, -0.1000] | ±0.01 |" in table

@@ -410,11 +410,16 @@ def _verdict_rows(path: Path, name: str, label: Callable[[dict[str, str]], str])
     if records and not set(VERDICT_COLUMNS) <= set(records[0]):
         return [f"| {name} | (no verdict columns: rebuild the report) | | |"]
     return [
-        f"| {label(r)} | **{r['verdict']}** | [{float(r['verdict_low']):+.4f}, {float(r['verdict_high']):+.4f}] "
+        f"| {label(r)} | **{r['verdict']}** | {_interval(r['verdict_low'], r['verdict_high'])} "
         f"| ±{float(r['margin']):g} |"
         for r in records
         if r.get("verdict")
     ]
+
+
+def _interval(low: str, high: str) -> str:
+    """``[low, high]``, or "no interval" where the CSV has none (a cell of one seed)."""
+    return f"[{float(low):+.4f}, {float(high):+.4f}]" if low and high else "no interval (one seed)"
 
 
 def verdict_markdown(suite_dir: Path) -> str:
