@@ -250,10 +250,18 @@ def test_results_record_code_version_and_thread_count(swept):
 
 
 @pytest.mark.slow
-def test_a_finished_sweep_reruns_without_its_data(swept_copy, capsys, tmp_path):
+def test_a_finished_sweep_reruns_without_its_data_but_not_with_a_missing_data_dir(
+    swept_copy, capsys, tmp_path, monkeypatch
+):
+    """Without data (none at the default place) the finished trials still count and the report is shown; a
+    --data-dir that does not exist is a mistyped path, refused in one line before anything runs."""
     logdir, args = swept_copy
-    status, out, err = sweep(capsys, *moved(args, data_dir=str(tmp_path / "gone")))
+    monkeypatch.setenv("LIT_CIFAR_DATA", str(tmp_path / "nothing"))
+    i = args.index("--data-dir")
+    status, out, err = sweep(capsys, *args[:i], *args[i + 2 :])
     assert status == 0 and "0 trained, 4 already done" in err and "| baseline | 2 |" in out
+    status, _, err = sweep(capsys, *moved(args, data_dir=str(tmp_path / "gone")))
+    assert status == 2 and f"--data-dir {tmp_path / 'gone'} is not an existing folder" in err
 
 
 def test_an_empty_shard_has_nothing_to_do(capsys, tmp_path):
