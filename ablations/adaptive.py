@@ -32,13 +32,13 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from ablations.rules import check, finite, integer
+from ablations.rules import MARGIN, check, check_margin, finite, integer
 from ablations.status import TrialState, TrialStatus
 
 GUARD = 0.999  # the variance bound the target-precision decision uses: its one-sided confidence level
@@ -68,13 +68,13 @@ class Answer:
     ``±margin``), each look's interval at `level` so that all of them hold together with probability
     ``1 - alpha``."""
 
-    margin: float = field(default_factory=lambda: _report_margin())  # the report's default, 0.01
+    margin: float = MARGIN  # the report's default
     min_seeds: int = 3
     max_seeds: int = 10
     alpha: float = ALPHA
 
     def __post_init__(self) -> None:
-        check("margin", self.margin, finite(0, inclusive=True))
+        check_margin(self.margin)
         check("min_seeds", self.min_seeds, integer(2, " (an interval needs two seeds)"))
         check("max_seeds", self.max_seeds, integer(self.min_seeds, " (min_seeds)"))
         check("alpha", self.alpha, finite(0, high=0.5))
@@ -88,12 +88,6 @@ class Answer:
         """The confidence level of each look's interval: ``1 - alpha / (comparisons x looks)`` (Bonferroni's
         spending of `alpha` over every look at every comparison)."""
         return 1 - self.alpha / (max(comparisons, 1) * self.looks)
-
-
-def _report_margin() -> float:
-    from ablations.report.stats import MARGIN  # imported when needed: the report's statistics load pandas
-
-    return MARGIN
 
 
 def answer_interval(

@@ -131,7 +131,7 @@ class Plan:
     engine: str = "local"  # local or ray
     ray_address: Optional[str] = None  # the Ray cluster (None: a local Ray)
     max_retries: int = 2  # Ray's reruns of a trial whose worker or node died
-    margin: Optional[float] = None  # the report's equivalence margin (None: its default, `stats.MARGIN`)
+    margin: Optional[float] = None  # the report's equivalence margin (None: its default, `rules.MARGIN`)
 
 
 # ------------------------------------------------------------------------------------------------ trials

@@ -5,11 +5,13 @@ command line's flags, the seeds rule's target, Ray's resources and the designs a
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from typing import Any, Optional
 
 Rule = Callable[[Any], Optional[str]]  # None when a value is allowed, else what it must be
+MARGIN = 0.01  # the default equivalence margin, in test-accuracy units (``--margin``)
 
 
 def integer(low: int, why: str = "", high: Optional[int] = None) -> Rule:
@@ -53,3 +55,22 @@ def check(name: str, value: Any, rule: Rule, hint: str = "") -> Any:
     if problem:
         raise ValueError(f"{name}={value!r} {problem}{hint}")
     return value
+
+
+def check_margin(margin: float) -> float:
+    """`margin` itself when it is a difference of accuracy in [0, 1) (an equivalence margin).
+
+    Raises:
+        ValueError: for a negative, nan or too large margin.
+    """
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin {margin!r}: give a difference of accuracy in [0, 1), e.g. {MARGIN}")
+    return margin
+
+
+def margin_arg(text: str) -> float:
+    """``--margin``'s argparse type: `check_margin` of the number `text`."""
+    try:
+        return check_margin(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a difference of accuracy in [0, 1), e.g. {MARGIN}") from None

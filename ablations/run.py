@@ -36,7 +36,7 @@ from ablations import plan as planning
 from ablations.engines import ENGINES, make_executor
 from ablations.plan import Plan, Request
 from ablations.quiet import quiet_lightning
-from ablations.rules import integer
+from ablations.rules import integer, margin_arg
 from ablations.signals import Interrupted, die_with_parent, interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
@@ -98,16 +98,6 @@ def _seeds(text: str) -> list[int]:
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r} {problem}, e.g. 0,1,2")
     return seeds
-
-
-def _margin(text: str) -> float:
-    try:
-        margin = float(text)
-    except ValueError:
-        margin = float("nan")
-    if not 0 <= margin < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a difference of accuracy in [0, 1), e.g. 0.01")
-    return margin
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -180,7 +170,7 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument(
         "--margin",
-        type=_margin,
+        type=margin_arg,
         help="the equivalence margin in test accuracy (default 0.01) of the report's verdicts and of "
         "--until-answered: a difference within ±margin is 'equivalent'",
     )

@@ -21,7 +21,7 @@ PROG = "python -m ablations.report"
 def main(argv: Optional[list[str]] = None) -> int:
     require_extra(PROG)
     from ablations.report.report import DEFAULT_REFERENCE, write_report
-    from ablations.report.stats import MARGIN
+    from ablations.rules import MARGIN, check_margin
     from ablations.trust import disk_full, report_problem
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
@@ -39,8 +39,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         help=f"equivalence margin in test accuracy: a difference within ±margin is 'equivalent' (default {MARGIN})",
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.margin < 1:
-        return _fail(f"--margin {args.margin}: give a difference of accuracy in [0, 1), e.g. {MARGIN}")
+    try:
+        check_margin(args.margin)
+    except ValueError as error:
+        return _fail(f"--{error}")
     if not args.suite_dir.is_dir():
         return _fail(f"{args.suite_dir} is not a folder: give a suite's folder under the logdir, e.g. logs/notebook")
     try:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from ablations.report.stats import MARGIN, Factor, FactorialFit, factorial_effects
+from ablations.report.stats import Factor, FactorialFit, factorial_effects
+from ablations.rules import MARGIN
 from lit_cifar.spec import RegularizationSpec
 
 # The numbers two trials of the same seed must share to count as identical.

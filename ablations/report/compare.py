@@ -24,7 +24,8 @@ from typing import Any, Optional
 from scipy import stats as scipy_stats
 
 from ablations.report.report import load_results
-from ablations.report.stats import MARGIN, Interval, mean_ci, verdict
+from ablations.report.stats import Interval, mean_ci, verdict
+from ablations.rules import MARGIN, check_margin
 
 COMPARABLE = ("precision",)  # the settings two compared suites may differ in (what the comparison is about)
 
@@ -140,8 +141,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="column names (default: the folders' parents)")
     parser.add_argument("--margin", type=float, default=MARGIN, help=f"equivalence margin (default {MARGIN})")
     args = parser.parse_args(argv)
-    if not 0 <= args.margin < 1:
-        parser.error(f"--margin {args.margin}: give a difference of accuracy in [0, 1), e.g. {MARGIN}")
+    try:
+        check_margin(args.margin)
+    except ValueError as error:
+        parser.error(f"--{error}")
     for folder in (args.a, args.b):
         if not folder.is_dir():
             parser.error(f"{folder} is not a folder: give a suite's folder under a logdir, e.g. logs/notebook")

@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ablations.report import board, plots
+from ablations.rules import MARGIN, check_margin
 from ablations.report.stats import (
     INTERACTION,
-    check_margin,
     LEVEL,
-    MARGIN,
     POWER,
     VERDICTS,
     Contrast,

@@ -37,9 +37,10 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats as scipy_stats
 
+from ablations.rules import MARGIN, check_margin
+
 LEVEL = 0.95  # family-wise confidence level of every set of simultaneous intervals (alpha = 1 - LEVEL)
 POWER = 0.80  # the power at which `Contrast.detectable` states the smallest difference the seeds could detect
-MARGIN = 0.01  # default equivalence margin, in test-accuracy units (``--margin``)
 VERDICTS = ("equivalent", "better", "worse", "open")  # the answer to one comparison, in the order it is read
 NAN = float("nan")
 
@@ -62,17 +63,6 @@ def verdict(low: float, high: float, margin: float = MARGIN) -> str:
     if high < 0:
         return "worse"
     return "open"
-
-
-def check_margin(margin: float) -> float:
-    """`margin` itself when it is a difference of accuracy in [0, 1).
-
-    Raises:
-        ValueError: for a negative, nan or too large margin.
-    """
-    if not 0 <= margin < 1:
-        raise ValueError(f"margin {margin!r}: give a difference of accuracy in [0, 1), e.g. {MARGIN}")
-    return margin
 
 
 def family_level(level: float, size: int) -> float:
