@@ -1,11 +1,8 @@
 """The ablation harness: `python -m ablations.run` sweeps RegularizationSpecs and reports mean +- std.
 
-From Python: ``ablations.load_results(path)`` (a pandas DataFrame, torch-free) and ``ablations.run_suite(suite,
-**flags)`` (see `ablations.api`); both are imported on first use.
-
-The harness needs the extra ``ablations`` (``pip install "lit-cifar[ablations]"``). Its console scripts
-(`ablate_main`, `report_main`, `compare_main`, `board_main`) start from here: without the extra each says so in one
-line, exit status 2, instead of a traceback.
+From Python: ``ablations.load_results(path)`` (a torch-free pandas DataFrame) and ``ablations.run_suite(suite,
+**flags)`` (`ablations.api`), imported on first use. The harness needs the extra ``ablations``; without it each
+console script says so in one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -18,28 +15,19 @@ from typing import Any, Optional
 __all__ = ["load_results", "run_suite"]
 
 HARNESS_MODULES = ("yaml", "tqdm", "matplotlib", "scipy", "statsmodels", "pandas")  # what the extra installs
-HARNESS_EXTRA = 'pip install "lit-cifar[ablations]"'
-
-
-def _installed(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    return importlib.util.find_spec(module) is not None
-
-
-def missing_extra() -> Optional[str]:
-    """Why the harness cannot run here (its extra is not installed, naming the missing modules), or None."""
-    missing = [m for m in HARNESS_MODULES if not _installed(m)]
-    if not missing:
-        return None
-    return f"the harness needs the extra 'ablations' ({', '.join(missing)} missing): {HARNESS_EXTRA}"
 
 
 def require_extra(prog: str) -> None:
-    """Exit with status 2 and one line on stderr if the harness's extra is not installed."""
-    problem = missing_extra()
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+    """Exit with status 2 and one line on stderr, naming the missing modules, if the harness's extra is missing."""
+    missing = [
+        m for m in HARNESS_MODULES if (sys.modules[m] is None if m in sys.modules else not importlib.util.find_spec(m))
+    ]
+    if missing:
+        print(
+            f"{prog}: error: the harness needs the extra 'ablations' ({', '.join(missing)} missing): "
+            'pip install "lit-cifar[ablations]"',
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
 

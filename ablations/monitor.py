@@ -1,13 +1,8 @@
-"""What a trial shows in TensorBoard and records about itself while it trains: its logger, and Lightning callbacks
-that do one job each, assembled by `TrialMonitor`.
+"""What a trial shows in TensorBoard and records about itself while it trains: its `TrialLogger`, and the Lightning
+callbacks `TrialMonitor` assembles (history, throughput, weight histograms, BatchNorm drift, the suite's samples).
 
-- `TrialLogger`: the scalars of every epoch and of the test pass, ``hparams.yaml`` with the real hyperparameters,
-  built by `ablations.report.board` from the numbers result.json keeps, so that a rebuild from result.json writes
-  the same. The HParams session and settings text are the report's (written once per report).
-- `EpochHistory`: the metrics of every epoch, for result.json. `StopOnNonFiniteLoss`: stops a diverging trial.
-- `Throughput`: training images per second. `WeightHistograms`: the regularized layers' weights per epoch.
-- `BatchNormDrift`: how far BatchNorm's running statistics are from a real batch's, per epoch.
-- `SuiteSamples`: one training image per class, once per suite.
+The scalars are exactly those a rebuild from result.json writes (`ablations.report.board`); matplotlib is imported
+only by the one trial that draws the suite's samples.
 """
 
 from __future__ import annotations
@@ -37,18 +32,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrialLogger(TensorBoardLogger):
-    """TensorBoard logger of one trial (see the module docstring).
-
-    Its scalars are exactly those a rebuild writes from result.json (`ablations.report.board`): each epoch's ``train/*``
-    and ``val/*`` metrics as `EpochHistory` records them (`log_epoch`), and the test metrics at the end
-    (`log_trial`), written by Lightning's writer (``experiment``), which holds the weight histograms too; what
-    Lightning passes to `log_metrics` is not written twice. The trial's HParams session and settings text are
-    the report's to write (`ablations.report.board.write_suite_runs`), once the cell's seeds are known.
-    """
+    """TensorBoard logger of one trial: each epoch's ``train/*`` and ``val/*`` metrics as result.json's history holds
+    them (`log_epoch`), the test metrics at the end (`log_trial`), and ``hparams.yaml``. What Lightning passes to
+    `log_metrics` is not written twice; the HParams session is the report's to write, once the cell's seeds are
+    known (`ablations.report.board.write_suite_runs`)."""
 
     def __init__(self, save_dir: Path, trial: Trial) -> None:
         super().__init__(save_dir=str(save_dir), name="", version="", default_hp_metric=False)
-        self.trial = trial
         settings = trial.hashed_settings()
         self.hparams.update({"suite": trial.suite, "spec_name": settings.pop("spec"), **settings, **trial.levels()})
 
@@ -77,20 +67,11 @@ class TrialLogger(TensorBoardLogger):
 
 
 class EpochHistory(pl.Callback):
-    """The ``train/*`` and ``val/*`` metrics of every epoch, as result.json's ``history`` holds them."""
+    """The ``train/*`` and ``val/*`` metrics of every epoch (result.json's ``history``); raises `NonFiniteLossError`
+    at the end of an epoch whose training loss is NaN or infinite."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        self.epochs.append({"epoch": trainer.current_epoch, **metrics})
-        if trainer.is_global_zero and isinstance(trainer.logger, TrialLogger):
-            trainer.logger.log_epoch(self.epochs[-1], len(self.epochs))
-
-
-class StopOnNonFiniteLoss(pl.Callback):
-    """Raises `NonFiniteLossError` at the end of an epoch whose training loss is NaN or infinite."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         loss = float(trainer.callback_metrics.get("train/loss", 0.0))
@@ -99,6 +80,10 @@ class StopOnNonFiniteLoss(pl.Callback):
                 f"train/loss became {loss} in epoch {trainer.current_epoch}: the trial "
                 "diverged (too strong a penalty or learning rate?)"
             )
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        self.epochs.append({"epoch": trainer.current_epoch, **metrics})
+        if trainer.is_global_zero and isinstance(trainer.logger, TrialLogger):
+            trainer.logger.log_epoch(self.epochs[-1], len(self.epochs))
 
 
 class Throughput(pl.Callback):
@@ -109,38 +94,31 @@ class Throughput(pl.Callback):
         self.images = 0
         self._epoch_start: Optional[float] = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_train_epoch_start(self, *args: Any) -> None:
         self._epoch_start = time.perf_counter()
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
         self.images += len(batch[1])
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._stop()  # validation inside fit: the training part of the epoch ends here
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._stop()  # no validation ran this epoch
-
-    def _stop(self) -> None:
+    def on_train_epoch_end(self, *args: Any) -> None:
+        """The training part of an epoch ends here, or at its validation (inside fit)."""
         if self._epoch_start is not None:
             self.seconds += time.perf_counter() - self._epoch_start
             self._epoch_start = None
 
+    def on_validation_epoch_start(self, *args: Any) -> None:
+        self.on_train_epoch_end()
+
 
 @torch.no_grad()
 def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int, bins: int = 64) -> None:
-    """A TensorBoard histogram of `weight` computed with torch ops on its device.
-
-    ``SummaryWriter.add_histogram`` converts a weight to float64 numpy first, eight bytes per entry and several
-    copies of it, which for the notebook CNN's hidden layer dominates a trial's peak memory; torch ops do not copy
-    it (docs/performance.md).
-    """
+    """A TensorBoard histogram of `weight` computed with torch ops on its device: ``add_histogram`` would copy it to
+    float64 numpy several times, which dominates a trial's peak memory (docs/performance.md)."""
     values = weight.detach().float().flatten()
     low, high = float(values.min()), float(values.max())
     counts = torch.histc(values, bins=bins, min=low, max=high if high > low else low + 1e-12)
-    limits = torch.linspace(low, high, bins + 1)[1:]
     writer.add_histogram_raw(
         tag,
         min=low,
@@ -148,35 +126,28 @@ def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int,
         num=values.numel(),
         sum=float(values.sum()),
         sum_squares=float(torch.dot(values, values)),
-        bucket_limits=limits.tolist(),
+        bucket_limits=torch.linspace(low, high, bins + 1)[1:].tolist(),
         bucket_counts=counts.tolist(),
         global_step=step,
     )
 
 
 class WeightHistograms(pl.Callback):
-    """The regularized layers' weights after every epoch (step: epochs trained), where L1 piles them at zero and
-    max-norm caps their spread."""
+    """The regularized layers' weights after every epoch, where L1 piles them at zero and max-norm caps them."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
             for name, layer in cast("RegularizedClassifier", module).named_regularized_layers():
-                log_weight_histogram(
-                    trainer.logger.experiment,
-                    f"weights/{name}",
-                    cast(torch.Tensor, layer.weight),
-                    trainer.current_epoch + 1,
-                )
+                weight = cast(torch.Tensor, layer.weight)
+                log_weight_histogram(trainer.logger.experiment, f"weights/{name}", weight, trainer.current_epoch + 1)
 
 
 class BatchNormDrift(pl.Callback):
-    """How far each BatchNorm layer's running statistics, which evaluation normalizes with, are from the
-    statistics of a real batch, at every epoch's end.
+    """How far each BatchNorm layer's running statistics are from a real batch's, every epoch.
 
-    On the first validation batch of each epoch, forward hooks take every BatchNorm input's per-channel mean and
-    std; the callback logs ``val/bn_mean_gap``, the mean over channels (of every layer) of
-    ``|batch mean - running mean| / running std``, and ``val/bn_std_ratio``, of ``batch std / running std``. Near
-    0 and 1 the running statistics describe the data; far from them, evaluation sees badly normalized inputs.
+    Hooks take every BatchNorm input's per-channel mean and variance on the first validation batch; logged are the
+    means over all channels of ``|batch mean - running mean| / running std`` (``val/bn_mean_gap``) and of ``batch
+    std / running std`` (``val/bn_std_ratio``). Near 0 and 1 the running statistics describe the data.
     """
 
     def __init__(self) -> None:
@@ -197,38 +168,23 @@ class BatchNormDrift(pl.Callback):
             channels = inputs[0].detach().transpose(0, 1).flatten(1).float()
             self._batch[layer] = (channels.mean(1), channels.var(1, unbiased=False))
 
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._remove_hooks()  # one batch is enough
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._remove_hooks()
-        if not self._batch or trainer.sanity_checking:
-            return
-        gaps, ratios = zip(*(self.channel_drift(layer, *batch) for layer, batch in self._batch.items()))
-        module.log("val/bn_mean_gap", torch.cat(gaps).mean(), sync_dist=True)
-        module.log("val/bn_std_ratio", torch.cat(ratios).mean(), sync_dist=True)
-
-    @staticmethod
-    def channel_drift(layer: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per channel of `layer`: ``|batch mean - running mean| / running std`` and ``batch std / running std``
-        for a batch's per-channel `mean` and `var`."""
-        running_mean, running_var = cast(torch.Tensor, layer.running_mean), cast(torch.Tensor, layer.running_var)
-        eps = cast(float, layer.eps)
-        running_std = (running_var.float() + eps).sqrt()
-        return (mean - running_mean.float()).abs() / running_std, (var + eps).sqrt() / running_std
-
-    def _remove_hooks(self) -> None:
-        for hook in self._hooks:
+    def on_validation_batch_end(self, *args: Any) -> None:
+        for hook in self._hooks:  # one batch is enough
             hook.remove()
         self._hooks = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.on_validation_batch_end()
+        if not self._batch or trainer.sanity_checking:
+            return
+        gaps, ratios = [], []
+        for layer, (mean, var) in self._batch.items():
+            eps = cast(float, layer.eps)
+            running_std = (cast(torch.Tensor, layer.running_var).float() + eps).sqrt()
+            gaps.append((mean - cast(torch.Tensor, layer.running_mean).float()).abs() / running_std)
+            ratios.append((var + eps).sqrt() / running_std)
+        module.log("val/bn_mean_gap", torch.cat(gaps).mean(), sync_dist=True)
+        module.log("val/bn_std_ratio", torch.cat(ratios).mean(), sync_dist=True)
 
 
 class SuiteSamples(pl.Callback):
@@ -239,15 +195,12 @@ class SuiteSamples(pl.Callback):
         self.run_dir = Path(suite_dir) / board.SAMPLES_RUN
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        dm: Any = attached_datamodule(trainer)  # a CIFAR data module has class_examples; one of your own may not
-        if (
-            not trainer.is_global_zero
-            or self.run_dir.exists()
-            or not hasattr(dm, "class_examples")
-            or len(dm.classes) > 10
-        ):  # a data module of your own, or too many classes for one chart
+        dm: Any = attached_datamodule(trainer)
+        if not trainer.is_global_zero or self.run_dir.exists() or not hasattr(dm, "class_examples"):
             return
-        from ablations.report import plots  # matplotlib, imported by the one trial that draws the suite's samples
+        if len(dm.classes) > 10:  # too many classes for one chart
+            return
+        from ablations.report import plots  # matplotlib, in the one trial that draws the suite's samples
 
         images, names = dm.class_examples()
         png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
@@ -255,29 +208,14 @@ class SuiteSamples(pl.Callback):
 
 
 class TrialMonitor:
-    """A trial's callbacks (pass ``callbacks=monitor.callbacks`` to the Trainer) and what they measured."""
+    """A trial's callbacks (``callbacks=monitor.callbacks``) and what they measured."""
 
     def __init__(self, suite_dir: Optional[Path] = None) -> None:
-        self._history = EpochHistory()
-        self._throughput = Throughput()
-        self.callbacks: list[pl.Callback] = [
-            StopOnNonFiniteLoss(),
-            self._history,
-            self._throughput,
-            WeightHistograms(),
-            BatchNormDrift(),
-        ]
+        self.epochs, self.throughput = EpochHistory(), Throughput()
+        self.callbacks: list[pl.Callback] = [self.epochs, self.throughput, WeightHistograms(), BatchNormDrift()]
         if suite_dir is not None:
             self.callbacks.append(SuiteSamples(suite_dir))
 
     @property
     def history(self) -> list[dict[str, float]]:
-        return self._history.epochs
-
-    @property
-    def train_images(self) -> int:
-        return self._throughput.images
-
-    @property
-    def train_seconds(self) -> float:
-        return self._throughput.seconds
+        return self.epochs.epochs

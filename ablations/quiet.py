@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 import warnings
 
-__all__ = ["quiet_lightning"]
-
-# The loggers of Lightning's per-Trainer banners ("GPU available", "TPU available", the tips, "LOCAL_RANK ...").
-# Children of "lightning.pytorch", whose level Lightning resets to INFO when it is first imported: theirs it keeps,
-# so this works before or after that import.
+# The loggers of Lightning's per-Trainer banners ("GPU available", the tips, "LOCAL_RANK ..."). Lightning resets
+# "lightning.pytorch" to INFO when first imported but keeps its children's levels, so this works before or after.
 BANNER_LOGGERS = (
     "lightning.pytorch",
     "lightning.fabric",
@@ -20,7 +17,7 @@ BANNER_LOGGERS = (
 
 
 def quiet_lightning() -> None:
-    """Sweeps print their own progress: drop Lightning's per-Trainer banners and deprecation chatter."""
+    """Drop Lightning's per-Trainer banners and deprecation chatter."""
     for name in BANNER_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -1,27 +1,11 @@
-"""The on-disk contract of a sweep, torch-free: where every file of a trial lives, atomic writes, results, locks.
+"""The on-disk contract of a sweep, torch-free: where a trial's files live, atomic writes, results, locks.
 
-A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` (``<cell>``: its spec, then any setting-factor levels)
-holds (`TrialPaths` names each):
-
-- ``result.json``: written atomically once the trial has finished and been tested, with a ``checksum`` of its
-  content (`write_result`), verified whenever it is read (`read_result`);
-- ``error.json``: written atomically instead when it failed (reason and traceback);
-- ``model.ckpt``: with ``--save-model``, the trained model's final checkpoint (written atomically before
-  result.json);
-- ``.lock``: an ``flock`` held while the trial runs, so two sweeps never run it at once (the kernel releases it
-  when its holder dies);
-- TensorBoard event files;
-- ``superseded/<settings hash>/``: a finished result a new run replaced (``--force``, or other settings with
-  ``--force``), moved aside with its events instead of deleted;
-- ``result.json.damaged``: a result.json that could not be trusted (unreadable, no or a wrong checksum, a broken
-  schema), kept for inspection when its trial is rerun;
-- any other file: the user's, never touched.
-
-`list_trials` is the one reader of a suite's folder (the report, ``load_results`` and TensorBoard's suite runs use
-it): a result counts only in the folder its own (cell, seed) names; every other copy is a problem. No symlink is
-followed where the harness deletes, moves, locks or writes (`refuse_symlinks`).
-
-The report, a dashboard or another engine can read and write these without importing torch or Lightning.
+A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` holds (`TrialPaths` names each) ``result.json``, written
+atomically with a checksum of its content once the trial is tested; ``error.json`` instead when it failed;
+``model.ckpt`` with ``--save-model``; ``.lock``, an ``flock`` held while the trial runs; TensorBoard events;
+``superseded/<settings hash>/``, a finished result a ``--force`` run moved aside; ``result.json.damaged``, a result
+that could not be trusted; and any file of the user's, never touched. `list_trials` is the one reader of a suite's
+folder. No symlink is followed where the harness deletes, moves, locks or writes.
 """
 
 from __future__ import annotations
@@ -36,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +31,9 @@ ERROR_FILE = "error.json"
 LOCK_FILE = ".lock"
 SUPERSEDED_DIR = "superseded"
 CHECKSUM_KEY = "checksum"
-PER_TRIAL_SETTINGS = ("spec", "seed")  # hashed settings that differ from trial to trial within one comparison
-SOURCE_SUFFIXES = (".py", ".yaml")  # the files whose content `source_hash` covers
 CHECKPOINT_FILE = "model.ckpt"
-DAMAGED_SUFFIX = ".damaged"  # result.json.damaged: a result that could not be trusted, kept for inspection
-# What a trial writes in its folder besides result.json, error.json and model.ckpt (a retrain replaces these; every
-# other file in the folder is the user's): TensorBoard events, Lightning's hparams.yaml, the csv and wandb loggers.
+# What a trial writes besides result.json, error.json and model.ckpt: Lightning's hparams.yaml, csv and wandb logs.
 TRIAL_OUTPUTS = ("hparams.yaml", "csv", "wandb")
-EVENTS_PREFIX = "events.out.tfevents."
 LOCK_NOTE_S = 5.0  # how long a waiting sweep waits for a lock before it names the holder
 
 
@@ -63,7 +42,7 @@ class UnsafePath(ValueError):
 
 
 def refuse_symlinks(*paths: Path) -> None:
-    """Raise `UnsafePath` if any of `paths` is a symlink (a trial folder, its cell, its suite folder, a lock)."""
+    """Raise `UnsafePath` if any of `paths` is a symlink."""
     for path in paths:
         if Path(path).is_symlink():
             raise UnsafePath(
@@ -76,8 +55,8 @@ def is_trial_output(name: str) -> bool:
     """Whether the file `name` in a trial folder is one the trial writes (replaced by a retrain), not the user's."""
     return (
         name in (RESULT_FILE, ERROR_FILE, CHECKPOINT_FILE, *TRIAL_OUTPUTS)
-        or name.startswith(EVENTS_PREFIX)
-        or (name.startswith(".") and name.endswith(".tmp"))
+        or name.startswith("events.out.tfevents.")
+        or (name.startswith(".") and ".tmp" in name)  # an atomic write's temporary file
     )
 
 
@@ -100,16 +79,12 @@ class TrialPaths:
         return self.folder / ERROR_FILE
 
     @property
-    def lock(self) -> Path:
-        return self.folder / LOCK_FILE
-
-    @property
     def superseded(self) -> Path:
         return self.folder / SUPERSEDED_DIR
 
     @property
     def damaged(self) -> Path:
-        return self.folder / (RESULT_FILE + DAMAGED_SUFFIX)
+        return self.folder / (RESULT_FILE + ".damaged")
 
     @property
     def checkpoint(self) -> Path:
@@ -121,76 +96,52 @@ class TrialPaths:
         refuse_symlinks(self.folder.parent.parent, self.folder.parent, self.folder)
 
     def make_ready(self, old: Optional[dict[str, Any]]) -> Optional[Path]:
-        """Make the folder ready for a new run of its trial (the caller holds its lock and has just read `old`, its
-        `read_result`, None when there is none or it cannot be trusted): a finished result is moved with its
-        outputs to ``superseded/<its settings hash>/`` (`supersede`), a result.json that cannot be trusted is kept
-        as ``result.json.damaged``, and the rest of the last run's outputs are removed (`clear`); the user's own
-        files stay. Returns the superseded folder, if any."""
+        """Ready the folder for a new run (the caller holds its lock; `old` is its `read_result`, None if absent or
+        untrusted): a finished result moves with its outputs to ``superseded/<its settings hash>/``, an untrusted
+        one stays as ``result.json.damaged``, the rest of the last run's outputs go. Returns the superseded folder."""
         if old is None and os.path.lexists(self.result):
             os.replace(self.result, self.damaged)
-        kept = self.supersede(str(old["settings_hash"])) if old is not None else None
+        kept = None
+        if old is not None:
+            self.superseded.mkdir(exist_ok=True)
+            refuse_symlinks(self.superseded)
+            kept, n = self.superseded / str(old["settings_hash"]), 1
+            while kept.exists():
+                n += 1
+                kept = self.superseded / f"{old['settings_hash']}.{n}"
+            kept.mkdir()
+            for entry in list(self.folder.iterdir()):
+                if is_trial_output(entry.name):
+                    os.replace(entry, kept / entry.name)
         self.clear()
         return kept
 
-    def supersede(self, settings_hash: str) -> Path:
-        """Move the trial's outputs (its result, events, error, checkpoint) to a new folder
-        ``superseded/<settings_hash>/`` (``<settings_hash>.2``, ... when that exists) and return it: a finished
-        result is never deleted."""
-        self.superseded.mkdir(exist_ok=True)
-        refuse_symlinks(self.superseded)
-        target, n = self.superseded / settings_hash, 1
-        while target.exists():
-            n += 1
-            target = self.superseded / f"{settings_hash}.{n}"
-        target.mkdir()
-        for entry in list(self.folder.iterdir()):
-            if is_trial_output(entry.name):
-                os.replace(entry, target / entry.name)
-        return target
-
-    def drop_empty_outputs(self) -> None:
-        """Remove the empty files a failed run left (a full disk leaves an event file or hparams.yaml of 0 bytes)."""
-        for entry in self.folder.iterdir():
-            if is_trial_output(entry.name) and entry.is_file() and not entry.is_symlink() and not entry.stat().st_size:
-                entry.unlink()
-
-    def clear(self) -> None:
-        """Remove what a previous, partial run of the trial left (`is_trial_output`: events, error, a result);
-        the lock, ``superseded/``, ``result.json.damaged`` and the user's files stay. A symlink is removed, never
-        followed."""
+    def clear(self, empty_only: bool = False) -> None:
+        """Remove the trial's outputs (`is_trial_output`), or with `empty_only` the empty files a failed run left
+        (a full disk leaves 0-byte events); the lock, ``superseded/`` and the user's files stay. A symlink is
+        removed, never followed."""
         for entry in self.folder.iterdir():
             if not is_trial_output(entry.name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
+                if not empty_only:
+                    shutil.rmtree(entry)
+            elif not empty_only or (not entry.is_symlink() and not entry.stat().st_size):
                 entry.unlink()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one, never a part.
-
-    The temporary file is removed if the write fails (e.g. a full disk), so nothing half-written is left.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` so that readers see the old file or the whole new one; nothing half-written stays."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path in `path`'s folder for writers that need a file name (e.g. ``savefig``), renamed to `path`
-    when the block ends without error and removed otherwise: readers never see a partial file."""
+    """A temporary path beside `path` (same suffix, for ``savefig``), synced and renamed to `path` when the block
+    ends without error, removed otherwise: readers never see a partial file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix: savefig reads it
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -224,14 +175,19 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# result.json's fields the harness reads, and what each must be (`schema_problem`)
-RESULT_SCHEMA: dict[str, tuple[str, Any]] = {
-    "suite": ("a text", lambda v: isinstance(v, str)),
-    "spec": ("a text", lambda v: isinstance(v, str)),
-    "seed": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-    "settings": ("a mapping", lambda v: isinstance(v, dict)),
-    "settings_hash": ("a text", lambda v: isinstance(v, str)),
+def _texts(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+# result.json's fields the harness reads: (required, what it must be, the check)
+RESULT_SCHEMA: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
+    "suite": (True, "a text", lambda v: isinstance(v, str)),
+    "spec": (True, "a text", lambda v: isinstance(v, str)),
+    "seed": (True, "an integer >= 0", lambda v: _number(v) and isinstance(v, int) and v >= 0),
+    "settings": (True, "a mapping", lambda v: isinstance(v, dict)),
+    "settings_hash": (True, "a text", lambda v: isinstance(v, str)),
     "metrics": (
+        True,
         "a mapping of numbers with test/acc, val/acc and train/acc",
         lambda v: (
             isinstance(v, dict)
@@ -239,37 +195,27 @@ RESULT_SCHEMA: dict[str, tuple[str, Any]] = {
             and all(k in v for k in ("test/acc", "val/acc", "train/acc"))
         ),
     ),
-    "history": ("a list of mappings", lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v)),
-    "order": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "notebook": ("a number or null", lambda v: v is None or _number(v)),
-    CHECKSUM_KEY: ("a SHA-256 text", lambda v: isinstance(v, str)),
-}
-
-
-def _texts(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-
-
-OPTIONAL_FIELDS = {
-    "cell": ("a text", lambda v: isinstance(v, str)),
-    "wall_time_s": ("a number", _number),
-    "levels": ("a mapping of factor to label text", _texts),
-    "fingerprints": ("a mapping of texts", _texts),
+    "history": (True, "a list of mappings", lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v)),
+    "order": (True, "an integer", lambda v: _number(v) and isinstance(v, int)),
+    "notebook": (True, "a number or null", lambda v: v is None or _number(v)),
+    CHECKSUM_KEY: (True, "a SHA-256 text", lambda v: isinstance(v, str)),
+    "cell": (False, "a text", lambda v: isinstance(v, str)),
+    "wall_time_s": (False, "a number", _number),
+    "levels": (False, "a mapping of factor to label text", _texts),
+    "fingerprints": (False, "a mapping of texts", _texts),
 }
 
 
 def schema_problem(result: Any) -> Optional[str]:
-    """The first field of a result.json that is missing or not what the harness reads (``field 'seed' must be an
-    integer >= 0, not '0'``), or None."""
+    """The first field of a result.json that is missing or not what the harness reads, or None."""
     if not isinstance(result, dict):
         return f"must hold a mapping, not {type(result).__name__}"
-    for name, (what, ok) in RESULT_SCHEMA.items():
+    for name, (required, what, ok) in RESULT_SCHEMA.items():
         if name not in result:
-            return f"has no field {name!r}" + (" (a result must carry its checksum)" if name == CHECKSUM_KEY else "")
-        if not ok(result[name]):
-            return f"field {name!r} must be {what}, not {json.dumps(result[name])[:60]}"
-    for name, (what, ok) in OPTIONAL_FIELDS.items():
-        if name in result and not ok(result[name]):
+            if required:
+                why = " (a result must carry its checksum)" if name == CHECKSUM_KEY else ""
+                return f"has no field {name!r}{why}"
+        elif not ok(result[name]):
             return f"field {name!r} must be {what}, not {json.dumps(result[name])[:60]}"
     return None
 
@@ -277,10 +223,8 @@ def schema_problem(result: Any) -> Optional[str]:
 def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
     """The trial's result.json, or None if it is absent.
 
-    One that cannot be trusted raises ValueError, one line naming the file and why: unreadable or truncated, a
-    field missing or of the wrong kind (`RESULT_SCHEMA`), no ``checksum`` or content that no longer matches it
-    (edited by hand or damaged). It is not counted, and its trial is rerun (the file is kept as
-    ``result.json.damaged``). A result.json that is a symlink is refused, never followed.
+    One that cannot be trusted raises ValueError naming the file and why: unreadable, a field missing or of the
+    wrong kind (`RESULT_SCHEMA`), no checksum or content that no longer matches it. A symlink is refused.
     """
     path = Path(run_dir) / RESULT_FILE
     if not os.path.lexists(path):
@@ -301,7 +245,7 @@ def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
 @dataclass(frozen=True)
 class SuiteListing:
     """What a suite's folder holds (`list_trials`): the results that count, by trial folder, and one line for each
-    problem (a copy in a folder its (cell, seed) does not name, an untrusted result, a failure, a symlink)."""
+    problem."""
 
     results: dict[Path, dict[str, Any]]
     problems: list[str]
@@ -313,11 +257,9 @@ def result_folder(result: dict[str, Any]) -> str:
 
 
 def list_trials(suite_dir: Path) -> SuiteListing:
-    """The one reader of a suite's trial folders (``<cell>/seed=<s>/``): every result that counts, and a line for
-    each problem. A result counts only in the folder its own (cell, seed) names, so a copied folder
-    (``seed=0.bak``, ``seed=7`` holding seed 0) is a problem, never a second seed; a result that cannot be trusted
-    (`read_result`) is a problem and its trial is rerun; a failed trial (error.json, no result) is listed; a
-    symlinked folder is listed and not followed."""
+    """The one reader of a suite's trial folders: every result that counts, and a line for each problem. A result
+    counts only in the folder its own (cell, seed) names (a copy such as ``seed=0.bak`` is a problem, never a second
+    seed); an untrusted result, a failed trial and a symlinked folder (not followed) are problems."""
     suite_dir = Path(suite_dir)
     results: dict[Path, dict[str, Any]] = {}
     problems: list[str] = []
@@ -347,26 +289,14 @@ def list_trials(suite_dir: Path) -> SuiteListing:
 
 
 def settings_key(settings: dict[str, Any], factors: tuple[str, ...] = ()) -> str:
-    """What trials compared in one table must share: their hashed settings without the per-trial ones (spec,
-    seed) and what the suite's own `factors` vary (``model.init_args.depth`` varies ``model``), as canonical JSON."""
-    drop = set(PER_TRIAL_SETTINGS) | {factor.partition(".")[0] for factor in factors}
+    """What trials compared in one table share: their hashed settings without spec, seed and what the suite's
+    `factors` vary (``model.init_args.depth`` varies ``model``), as canonical JSON."""
+    drop = {"spec", "seed"} | {factor.partition(".")[0] for factor in factors}
     return json.dumps({k: v for k, v in settings.items() if k not in drop}, sort_keys=True)
 
 
-def _open_lock(folder: Path) -> int:
-    """The descriptor of `folder`'s lock file, created if absent; never truncated, never through a symlink."""
-    refuse_symlinks(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        return os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        if os.path.islink(folder / LOCK_FILE):
-            refuse_symlinks(folder / LOCK_FILE)
-        raise error
-
-
 def lock_holder(folder: Path) -> str:
-    """Who holds `folder`'s lock, as its holder wrote it (``pid 123 on host node1``), and whether that process is
+    """Who holds `folder`'s lock as its holder wrote it (``pid 123 on host node1``), and whether that process is
     stopped or gone when it is on this host; empty if unknown."""
     try:
         pid_text, host = (folder / LOCK_FILE).read_text().split()[:2]
@@ -383,31 +313,20 @@ def lock_holder(folder: Path) -> str:
     return f"{holder} (stopped)" if state in ("T", "t") else holder
 
 
-def _wait_for_lock(handle: int, folder: Path) -> None:
-    """Block until `folder`'s lock is ours; if that takes over `LOCK_NOTE_S`, say once on stderr who holds it."""
-    note = threading.Timer(
-        LOCK_NOTE_S,
-        lambda: print(
-            f"waiting for {folder}: its lock is held by {lock_holder(folder) or 'another process'}", file=sys.stderr
-        ),
-    )
-    note.daemon = True
-    note.start()
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    finally:
-        note.cancel()
-
-
 @contextmanager
 def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
-    """Hold `folder`'s lock (a trial's, or a suite's while its report is written) while the block runs. If
-    another process holds it, wait for it (``wait``: after `LOCK_NOTE_S` a line on stderr names the holder, its
-    PID and host) or yield False at once, holding nothing. The lock is an ``flock`` on ``folder/.lock`` (the
-    kernel releases it when its holder dies); its holder writes its PID and host into it. A symlinked folder or
-    lock file raises `UnsafePath`."""
+    """Hold `folder`'s lock (an ``flock`` on ``folder/.lock``, which the kernel releases when its holder dies) while
+    the block runs, writing our PID and host into it. If another process holds it, wait (after `LOCK_NOTE_S` a line
+    on stderr names the holder) or, without `wait`, yield False at once. A symlinked folder or lock raises
+    `UnsafePath`; the lock file is never truncated before it is ours."""
     folder = Path(folder)
-    handle = _open_lock(folder)
+    refuse_symlinks(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        refuse_symlinks(folder / LOCK_FILE)
+        raise
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -415,7 +334,19 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
             if not wait:
                 yield False
                 return
-            _wait_for_lock(handle, folder)
+            note = threading.Timer(
+                LOCK_NOTE_S,
+                lambda: print(
+                    f"waiting for {folder}: its lock is held by {lock_holder(folder) or 'another process'}",
+                    file=sys.stderr,
+                ),
+            )
+            note.daemon = True
+            note.start()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            finally:
+                note.cancel()
         try:
             os.ftruncate(handle, 0)
             os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -431,46 +362,45 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
 
 @functools.lru_cache(maxsize=None)
 def code_provenance() -> dict[str, Any]:
-    """Which code produced a result: ``code_version`` (the version of the lit_cifar package that runs),
-    ``git_commit`` (the commit of the checkout it runs from; ``None`` outside a git checkout or without git),
-    ``git_dirty`` (whether that checkout had uncommitted changes to tracked files) and ``source_sha256`` (a hash
-    of the running packages' source, `source_hash`: it tells two installs of one version apart, git or not)."""
+    """Which code produced a result: lit_cifar's ``code_version``, the ``git_commit`` of the checkout it runs from
+    and whether it was ``git_dirty`` (None outside our own checkout), and ``source_sha256`` (`source_hash` of the
+    running packages: it tells two installs of one version apart)."""
     import ablations
     import lit_cifar
-    from lit_cifar import __version__  # torch-free: the package imports its classes lazily
+    from lit_cifar import __version__
 
     root = Path(__file__).resolve().parents[1]
-    commit = dirty = None
-    if (root / ".git").exists():  # only our own checkout: never report the commit of a repository we sit in
-        commit = _git(root, "rev-parse", "HEAD")
-        status = _git(root, "status", "--porcelain", "--untracked-files=no")
-        dirty = None if status is None else bool(status)
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = status = None
+    if (root / ".git").exists():  # never report the commit of a repository we merely sit in
+        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     packages = [Path(str(package.__file__)).resolve().parent for package in (lit_cifar, ablations)]
     return {
         "code_version": __version__,
         "git_commit": commit,
-        "git_dirty": dirty,
+        "git_dirty": None if status is None else bool(status),
         "source_sha256": source_hash(packages),
     }
 
 
 def source_hash(folders: list[Path]) -> str:
-    """SHA-256 over every source file (`SOURCE_SUFFIXES`) under `folders`: each file's path relative to its
-    package's parent, then its bytes, in sorted order; caches (``__pycache__``) left out."""
+    """SHA-256 over every ``.py`` and ``.yaml`` file under `folders` (path relative to its package's parent, then
+    bytes, sorted; caches left out)."""
     digest = hashlib.sha256()
     for folder in folders:
         files = sorted(
-            p for p in folder.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file() and "__pycache__" not in p.parts
+            p
+            for p in folder.rglob("*")
+            if p.suffix in (".py", ".yaml") and p.is_file() and "__pycache__" not in p.parts
         )
         for path in files:
             digest.update(path.relative_to(folder.parent).as_posix().encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
-
-
-def _git(root: Path, *args: str) -> Optional[str]:
-    try:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None

@@ -1,17 +1,6 @@
-"""Checks that keep a sweep's results trustworthy: nothing finished is lost, nothing is recorded as what did not run,
-and the end of a sweep always says what finished, even when its report cannot be written.
-
-- `refuse_other_settings`: a trial folder that holds a finished result of other settings (e.g. ``--epochs 1`` there,
-  ``--epochs 2`` now) stops the run before anything trains, unless ``--force``; `ablations.status.claim` checks it
-  again under the trial's lock. With ``--force`` any finished result, of these settings or others, is moved to
-  ``superseded/<its settings hash>/`` (`ablations.store.TrialPaths.make_ready`), never deleted.
-- `check_precision`: a precision Lightning would replace on this machine (``16-mixed`` on a CPU runs as
-  ``bf16-mixed``) is refused, so that no result records a precision that did not run.
-- `write_report_or_say_why`: a report that cannot be written (a full disk) is a message, not a traceback.
-- `quiet_full_disk_in_threads`: a full disk in TensorBoard's writer threads is not a traceback per thread; the
-  trial fails with it, in one line.
-
-Imports neither torch nor Lightning (the Trainer to check is passed in).
+"""Checks that keep a sweep's results trustworthy, torch-free: a finished result of other settings is never replaced
+silently (`refuse_other_settings`), no result records a precision that did not run (`check_precision`), and a full
+disk or an unwritable report is one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -28,8 +17,10 @@ from ablations.suite import Trial
 SHOWN = 5  # trials named in a message; the rest are counted
 
 
-def finished_with_other_settings(trials: list[Trial], logdir: Path | str) -> list[tuple[Trial, dict[str, Any]]]:
-    """The trials whose folder holds a trusted, finished result of other settings, with that result."""
+def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
+    """Raise ValueError naming the trials and what differs if any trial's folder holds a trusted, finished result of
+    other settings and not `force`; with `force` each trial moves the old result to ``superseded/`` when it starts.
+    `ablations.status.claim` checks again under each trial's lock."""
     clashes = []
     for trial in trials:
         try:
@@ -37,24 +28,14 @@ def finished_with_other_settings(trials: list[Trial], logdir: Path | str) -> lis
         except ValueError:  # cannot be trusted: rerun like a trial that never finished
             continue
         if old is not None and trial.changes(old):
-            clashes.append((trial, old))
-    return clashes
-
-
-def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
-    """Raise ValueError, naming the trials and what differs, if any trial's folder holds a finished result of other
-    settings and not `force` (the run would replace it). With `force` the run goes on and each trial moves the old
-    result aside when it starts. `ablations.status.claim` checks again under each trial's lock."""
-    clashes = finished_with_other_settings(trials, logdir)
+            clashes.append(clash_line(trial, old))
     if not clashes or force:
         return
-    shown = "; ".join(clash_line(trial, old) for trial, old in clashes[:SHOWN])
     more = f"; and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""
     raise ValueError(
-        f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, model source or "
-        "data, which "
-        f"this run would replace: {shown}{more}. Give another --logdir to keep both, or --force to "
-        f"rerun them here (each old result is kept in its trial's {SUPERSEDED_DIR}/<settings hash>/)"
+        f"{len(clashes)} trial(s) in --logdir {logdir} already finished with other settings, model source or data, "
+        f"which this run would replace: {'; '.join(clashes[:SHOWN])}{more}. Give another --logdir to keep both, or "
+        f"--force to rerun them here (each old result is kept in its trial's {SUPERSEDED_DIR}/<settings hash>/)"
     )
 
 
@@ -74,11 +55,10 @@ def disk_full(error: OSError) -> bool:
 
 
 def _thread_failed(args: Any) -> None:
-    """``threading.excepthook``: a full disk in a writer thread (TensorBoard's event writer) is said once, by the
-    trial that fails with it, not with a traceback per thread; anything else goes to Python's own hook."""
-    if isinstance(args.exc_value, OSError) and disk_full(args.exc_value):
-        return
-    threading.__excepthook__(args)
+    """``threading.excepthook``: a full disk in a writer thread (TensorBoard's) is said once, by the trial that
+    fails with it; anything else goes to Python's own hook."""
+    if not (isinstance(args.exc_value, OSError) and disk_full(args.exc_value)):
+        threading.__excepthook__(args)
 
 
 def quiet_full_disk_in_threads() -> None:

@@ -258,7 +258,7 @@ def test_a_new_engine_is_one_executor_class_and_finished_trials_never_reach_it(t
 def test_the_factory_picks_the_executor_the_plan_asks_for():
     assert isinstance(make_executor("local", parallel=2, gpus=0), LocalExecutor)
     ray = make_executor("ray", parallel=2, gpus=2, ray_address="head:6379", max_retries=5)
-    assert isinstance(ray, RayExecutor) and ray.gpus_per_trial == 1.0 and ray.max_retries == 5
+    assert isinstance(ray, RayExecutor) and ray.resources.gpus == 1.0 and ray.max_retries == 5
     assert not make_executor("local", ranks=types.SimpleNamespace(rank=1)).skip_finished  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown engine 'spark'"):
         make_executor("spark")

@@ -26,7 +26,8 @@ from ablations.status import TrialState, TrialStatus
 from ablations.engines import ray as ray_engine
 from ablations.engines.ray import TrialResources, available_cpus
 from ablations.run import main
-from ablations.store import ERROR_FILE, RESULT_FILE, TrialPaths, folder_lock
+from ablations.suite import RunOptions
+from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, TrialPaths, folder_lock
 from tests.helpers import REPO, numbers, results
 
 pytest.importorskip("ray")  # the `ray` extra
@@ -48,7 +49,7 @@ def sweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
 
 
 def lock_of(logdir: Path, seed: int, spec: str = SPEC) -> Path:
-    return TrialPaths.of(logdir, "notebook", spec, seed).lock
+    return TrialPaths.of(logdir, "notebook", spec, seed).folder / LOCK_FILE
 
 
 def flock_pids(lock: Path) -> tuple[set[int], set[int]]:
@@ -268,8 +269,17 @@ def test_trial_resources_are_the_local_engines_shares(gpus, parallel, cpus, expe
 
 
 def test_task_options_and_capacity():
+    """Each task asks for its share, with Ray's own retries off (the engine retries lost workers itself)."""
+    import types
+
+    asked = {}
+    stub = types.SimpleNamespace(
+        remote=lambda f: types.SimpleNamespace(options=lambda **kw: asked.update(kw)),
+        exceptions=types.SimpleNamespace(WorkerCrashedError=0, NodeDiedError=0, OutOfMemoryError=0),
+    )
     packed = TrialResources(gpus=0.3333, cpus=1)
-    assert packed.task_options() == {"num_gpus": 0.3333, "num_cpus": 1, "max_retries": 0, "retry_exceptions": False}
+    ray_engine._RaySweep(stub, [], RunOptions(), packed, 0).progress.close()
+    assert asked == {"num_gpus": 0.3333, "num_cpus": 1, "max_retries": 0, "retry_exceptions": False}
     gpu_node, cpu_node = {"CPU": 16.0, "GPU": 2.0}, {"CPU": 16.0}
     assert packed.capacity([gpu_node, gpu_node, cpu_node]) == 12  # 3 per GPU; the CPU node takes none
     assert TrialResources(gpus=0.0, cpus=2).capacity([gpu_node, cpu_node]) == 16
@@ -292,11 +302,19 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
     monkeypatch.setattr(ray_engine, "available_cpus", lambda: 16)
     monkeypatch.setattr(ray_engine, "check_address", lambda address: None)  # no cluster is contacted
 
-    def fake_engine(trials, options, **kwargs):
-        calls.append(kwargs)
+    def fake_engine(executor, trials, options):
+        resources = executor.resources
+        calls.append(
+            {
+                "address": executor.address,
+                "gpus_per_trial": resources.gpus,
+                "cpus_per_trial": resources.cpus,
+                "max_retries": executor.max_retries,
+            }
+        )
         return [TrialStatus(t.name, TrialState.DONE) for t in trials]
 
-    monkeypatch.setattr(ray_engine, "run_trials_ray", fake_engine)
+    monkeypatch.setattr(ray_engine.RayExecutor, "execute", fake_engine)
     status, err = sweep(
         capsys,
         "--data-dir",

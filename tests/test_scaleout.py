@@ -50,19 +50,19 @@ def test_ray_tasks_request_the_resources_the_flags_imply():
 
 @pytest.fixture
 def fake_ray(monkeypatch):
-    """`ablations.engines.ray.run_trials_ray` replaced by a recorder that trains nothing (and `ray` by an empty
+    """`ablations.engines.ray.RayExecutor.execute` replaced by a recorder that trains nothing (and `ray` by an empty
     module), with no cluster address contacted."""
     calls = []
 
-    def run_trials_ray(trials, options, *, address, gpus_per_trial, cpus_per_trial, max_retries):
+    def execute(executor, trials, options):
         calls.append(
             {
                 "trials": [t.name for t in trials],
                 "logdir": options.logdir,
-                "address": address,
-                "gpus_per_trial": gpus_per_trial,
-                "cpus_per_trial": cpus_per_trial,
-                "max_retries": max_retries,
+                "address": executor.address,
+                "gpus_per_trial": executor.resources.gpus,
+                "cpus_per_trial": executor.resources.cpus,
+                "max_retries": executor.max_retries,
             }
         )
         return [TrialStatus(t.name, TrialState.FAILED, "not really run") for t in trials]
@@ -70,12 +70,12 @@ def fake_ray(monkeypatch):
     from ablations.engines import ray as ray_engine
 
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
-    monkeypatch.setattr(ray_engine, "run_trials_ray", run_trials_ray)
+    monkeypatch.setattr(ray_engine.RayExecutor, "execute", execute)
     monkeypatch.setattr(ray_engine, "check_address", lambda address: None)  # no cluster is contacted
     return calls
 
 
-def test_engine_ray_hands_the_trials_and_resources_to_run_trials_ray(
+def test_engine_ray_hands_the_trials_and_resources_to_its_executor(
     fake_ray, monkeypatch, tmp_path, cifar_dir, capsys
 ):
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")

@@ -552,7 +552,7 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
     import torch
     from ray.cluster_utils import Cluster
 
-    from ablations.engines.ray import run_trials_ray
+    from ablations.engines.ray import RayExecutor, TrialResources
     from ablations.trial import run_trial
     from tests.processes import wait_until
 
@@ -582,9 +582,7 @@ def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar
         options = RunOptions(data_dir=str(cifar_dir), logdir=str(remote), accelerator="cpu")
         sweep = threading.Thread(
             target=lambda: statuses.extend(
-                run_trials_ray(
-                    trials, options, address=cluster.address, gpus_per_trial=0, cpus_per_trial=1, max_retries=2
-                )
+                RayExecutor(cluster.address, TrialResources(gpus=0, cpus=1), max_retries=2).execute(trials, options)
             )
         )
         sweep.start()

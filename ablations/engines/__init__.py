@@ -1,11 +1,6 @@
-"""The engines: where a sweep's trials run, each behind one interface, `Executor` (``run(trials, options)`` ->
-one `ablations.status.TrialStatus` per trial).
-
-- `LocalExecutor` (``--engine local``, the default): this process, or ``--parallel`` worker processes; DDP sweeps.
-- `RayExecutor` (``--engine ray``, `ablations.engines.ray`): Ray tasks, on this machine or a Ray cluster.
-
-`make_executor` picks one from what a plan asks for. Importing this package imports neither torch nor Ray, nor the
-Ray engine's module (it is imported when a sweep asks for it).
+"""The engines: where a sweep's trials run, behind one interface, `Executor`. `LocalExecutor` (``--engine local``):
+this process, ``--parallel`` worker processes, or DDP; `ablations.engines.ray.RayExecutor` (``--engine ray``): Ray
+tasks, here or on a cluster. Importing this package imports neither torch nor Ray.
 """
 
 from __future__ import annotations
@@ -32,8 +27,8 @@ def make_executor(
     ray_address: Optional[str] = None,
     max_retries: int = 2,
 ) -> Executor:
-    """The `engine`'s executor: `parallel` trials at once spread over `gpus` GPUs (locally, or as each Ray task's
-    share of a machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""
+    """The `engine`'s executor: `parallel` trials at once over `gpus` GPUs (locally, or as each Ray task's share of
+    a machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""
     if engine == "ray":
         from ablations.engines.ray import RayExecutor
 

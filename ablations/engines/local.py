@@ -1,14 +1,9 @@
 """The local engine: a sweep's trials run in this process, one at a time, or in worker processes on this machine.
 
-With ``parallel > 1`` each worker is a process of its own, pinned to a `WorkerSlot` (a GPU of its own through
-``CUDA_VISIBLE_DEVICES``, and its share of the CPU threads). The main process hands a worker one trial at a time,
-so nothing is queued inside a worker: a stopped sweep starts no new trial. A worker that dies (the OOM killer, a
-segfault) has its trial recorded as failed, with the signal, and is replaced; workers die with the main process
-(``PR_SET_PDEATHSIG``, even under ``kill -9``). SIGTERM and SIGINT raise `Interrupted` in the main process (see
-`ablations.signals.interrupts`), which stops the workers and leaves no half-written file. `LocalExecutor` is
-this engine behind the `ablations.engines.Executor` interface.
-
-This module imports neither torch nor Lightning: the code that trains is passed in as the ``run`` function.
+With ``parallel > 1`` each worker is a spawned process pinned to a `WorkerSlot` (a GPU of its own through
+``CUDA_VISIBLE_DEVICES`` and its share of the CPU threads), handed one trial at a time, so a stopped sweep starts no
+new trial. A worker that dies (the OOM killer, a segfault) has its trial recorded as failed, with the signal, and is
+replaced; workers die with the main process, even under ``kill -9``. Imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ablations.engines.base import Executor, Progress
 from ablations.quiet import quiet_lightning
@@ -33,8 +28,6 @@ from ablations.suite import RunOptions, Trial
 
 if TYPE_CHECKING:
     from ablations.trial import Ranks
-
-__all__ = ["LocalExecutor", "WorkerPool", "WorkerSlot", "bars", "run_local", "worker_slots"]
 
 Runner = Callable[[Trial, RunOptions, bool], Any]  # run_trial(trial, options, wait) -> its status
 STOP_GRACE_S = 30.0  # how long stopped workers get to unwind before they are killed
@@ -47,54 +40,34 @@ class WorkerSlot:
     cuda_visible_devices: Optional[str]
     threads: int
 
-    def apply(self) -> None:
-        """Pin this process to the slot; call before CUDA is first used."""
-        if self.cuda_visible_devices is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
-        os.environ["OMP_NUM_THREADS"] = str(self.threads)  # honoured by a torch imported later
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(self.threads)
-
 
 def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = None) -> list[WorkerSlot]:
-    """The slots of `parallel` workers: worker i sees GPU ``i % gpus`` (with more workers than GPUs, several share
-    one), numbered as the parent sees them (`visible`: its ``CUDA_VISIBLE_DEVICES``, e.g. set by SLURM), and gets
-    ``cpus // parallel`` torch threads (at least 1)."""
+    """The slots of `parallel` workers: worker i sees GPU ``i % gpus``, numbered as the parent sees them (`visible`:
+    its ``CUDA_VISIBLE_DEVICES``, e.g. set by SLURM), and gets ``cpus // parallel`` torch threads (at least 1)."""
     check("parallel", parallel, integer(1))
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(g) for g in range(gpus)]
     ids = ids[:gpus]
-    threads = max(1, cpus // parallel)
-    return [WorkerSlot(ids[i % len(ids)] if ids else None, threads) for i in range(parallel)]
+    return [WorkerSlot(ids[i % len(ids)] if ids else None, max(1, cpus // parallel)) for i in range(parallel)]
 
 
 def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
-    """Which progress bar shows, one at most: the sweep's (trials done, naming the running ones) when several trials
-    train, Lightning's per-epoch bar when a single trial trains in this process; on rank 0, on a terminal only for
-    Lightning's."""
+    """Which progress bar shows, one at most, on rank 0: the sweep's when several trials train, Lightning's per-epoch
+    bar when a single trial trains in this process on a terminal."""
     if rank != 0:
         return False, False
     return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
 
 
 class LocalExecutor(Executor):
-    """The local engine: `parallel` trials at a time, in this process (1) or in worker processes (one per
-    `WorkerSlot`, spread over `gpus` GPUs and this machine's cores); under DDP (`ranks`), one trial at a time on
-    every rank, rank 0 deciding for all. `run` is what trains a trial (default `ablations.trial.run_trial`)."""
-
-    name: ClassVar[str] = "local"
+    """`parallel` trials at a time, in this process (1) or in worker processes spread over `gpus` GPUs and this
+    machine's cores; under DDP (`ranks`), one trial at a time on every rank, rank 0 deciding for all. `run` trains
+    a trial (default `ablations.trial.run_trial`)."""
 
     def __init__(
         self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None, run: Optional[Runner] = None
     ) -> None:
         self.parallel, self.gpus, self.ranks, self.runner = parallel, gpus, ranks, run
         self.skip_finished = ranks is None
-
-    def slots(self) -> Optional[list[WorkerSlot]]:
-        """One slot per worker process, or None to run the trials in this process."""
-        if self.parallel <= 1:
-            return None
-        return worker_slots(self.parallel, self.gpus, os.cpu_count() or 1, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         from ablations.trial import run_trial
@@ -103,9 +76,13 @@ class LocalExecutor(Executor):
         if self.ranks is not None:
             run = functools.partial(run, ranks=self.ranks)
         sweep_bar, trial_bar = bars(len(trials), self.parallel, self.ranks.rank if self.ranks else 0)
+        slots = None
+        if self.parallel > 1:
+            cpus, visible = os.cpu_count() or 1, os.environ.get("CUDA_VISIBLE_DEVICES")
+            slots = worker_slots(self.parallel, self.gpus, cpus, visible)
         progress = Progress(trials, show=sweep_bar)
         try:
-            return run_local(trials, replace(options, progress_bar=trial_bar), run, progress, self.slots())
+            return run_local(trials, replace(options, progress_bar=trial_bar), run, progress, slots)
         finally:
             progress.close()
 
@@ -113,12 +90,9 @@ class LocalExecutor(Executor):
 def run_local(
     trials: list[Trial], options: RunOptions, run: Runner, progress: Progress, slots: Optional[list[WorkerSlot]] = None
 ) -> list[TrialStatus]:
-    """Run `trials` with `run`, in this process (no `slots`) or in one worker process per slot.
-
-    Trials another sweep is running (BUSY) are retried after the others, waiting for their lock: each ends up done
-    here or there, never twice at once. Returns the statuses in trial order. `run` must be picklable (a module-level
-    function, or a ``functools.partial`` of one) when there are slots.
-    """
+    """Run `trials` with `run` (picklable when there are `slots`), in this process or in one worker per slot; their
+    statuses in trial order. Trials another sweep is running (BUSY) are retried after the others, waiting for their
+    lock, so each ends up done here or there, never twice at once."""
     queue = deque((index, False) for index in range(len(trials)))  # (trial, wait for its lock)
     if not slots:
         while queue:
@@ -127,9 +101,31 @@ def run_local(
             progress.started(index)
             if not progress.finished(index, run(trials[index], options, wait_for_lock)).final:
                 queue.append((index, True))
-    else:
-        with WorkerPool(slots[: len(trials)], run) as pool:
-            pool.drain(queue, trials, options, progress)
+        return progress.in_order()
+    workers = [_Worker(slot, run) for slot in slots[: len(trials)]]
+    graceful = False
+    try:
+        while queue or any(w.job is not None for w in workers):
+            raise_if_interrupted()
+            for worker in workers:
+                if worker.job is None and queue:
+                    worker.job, wait_for_lock = queue.popleft()
+                    worker.conn.send((trials[worker.job], options, wait_for_lock))
+                    progress.started(worker.job)
+            busy = [w for w in workers if w.job is not None]
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=1.0))
+            for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
+                job, status = worker.job, worker.collect()
+                assert job is not None  # busy workers have a job
+                if status is None:  # it died: its failure is recorded, and a new worker takes its place
+                    reason, name = _death(worker.process.exitcode)
+                    status = record_failure(trials[job], options.logdir, reason, signal=name)
+                    workers[workers.index(worker)] = _Worker(worker.slot, run)
+                if not progress.finished(job, status).final:
+                    queue.append((job, True))
+        graceful = True
+    finally:
+        _stop(workers, graceful)
     return progress.in_order()
 
 
@@ -138,82 +134,43 @@ class _Worker:
 
     def __init__(self, slot: WorkerSlot, run: Runner) -> None:
         context = get_context("spawn")  # a fresh interpreter: no CUDA state or threads inherited
-        here, there = context.Pipe()
-        self.slot, self.conn = slot, here
+        self.conn, there = context.Pipe()
+        self.slot = slot
         self.job: Optional[int] = None
-        self.process = context.Process(
-            target=_serve,
-            args=(slot, there, os.getpid(), run),
-            name=f"trial-worker-{slot.cuda_visible_devices or 'cpu'}",
-        )
+        name = f"trial-worker-{slot.cuda_visible_devices or 'cpu'}"
+        self.process = context.Process(target=_serve, args=(slot, there, os.getpid(), run), name=name)
         with ignoring_sigint():
             self.process.start()
         there.close()
 
-
-class WorkerPool:
-    """Worker processes, one per slot, each running one trial at a time; a dead worker is replaced."""
-
-    def __init__(self, slots: list[WorkerSlot], run: Runner) -> None:
-        self.run = run
-        self.workers = [_Worker(slot, run) for slot in slots]
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop(graceful=exc[0] is None)
-
-    def drain(self, queue: deque, trials: list[Trial], options: RunOptions, progress: Progress) -> None:
-        """Run every queued trial; BUSY ones go back to the end of the queue, to be waited for."""
-        while queue or any(w.job is not None for w in self.workers):
-            raise_if_interrupted()
-            for worker in self.workers:
-                if worker.job is None and queue:
-                    worker.job, wait_for_lock = queue.popleft()
-                    worker.conn.send((trials[worker.job], options, wait_for_lock))
-                    progress.started(worker.job)
-            busy = [w for w in self.workers if w.job is not None]
-            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=1.0))
-            for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                index = worker.job
-                assert index is not None  # busy workers have a job
-                if not progress.finished(index, self._collect(worker, trials[index], options)).final:
-                    queue.append((index, True))
-
-    def _collect(self, worker: _Worker, trial: Trial, options: RunOptions) -> Any:
-        """The status the worker sent, or, if it died, a failure recorded for its trial; the worker is replaced."""
+    def collect(self) -> Optional[TrialStatus]:
+        """The status the worker sent, or None if it died (the kernel released its lock)."""
         try:
-            status = worker.conn.recv()
-            worker.job = None
+            status, self.job = self.conn.recv(), None
             return status
         except (EOFError, OSError):
-            pass
-        worker.process.join()
-        reason, signal_name = _death(worker.process.exitcode)
-        # the kernel released the dead worker's lock: record_failure takes it and writes what the worker could not
-        status = record_failure(trial, options.logdir, reason, signal=signal_name)
-        worker.conn.close()
-        self.workers[self.workers.index(worker)] = _Worker(worker.slot, self.run)
-        return status
+            self.process.join()
+            self.conn.close()
+            return None
 
-    def stop(self, graceful: bool) -> None:
-        """Graceful: tell each worker to finish. Otherwise (interrupted): SIGTERM each, which stops its trial at
-        once; either way, wait for them and kill any that do not end within `STOP_GRACE_S`."""
-        for worker in self.workers:
-            try:
-                if graceful:
-                    worker.conn.send(None)
-                elif worker.process.is_alive():
-                    worker.process.terminate()
-            except OSError:  # it has just died: nothing to stop
-                pass
-        for worker in self.workers:
-            worker.process.join(STOP_GRACE_S)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
+
+def _stop(workers: list[_Worker], graceful: bool) -> None:
+    """Graceful: tell each worker to finish. Otherwise (interrupted): SIGTERM each, which stops its trial at once;
+    either way wait for them, and kill any that do not end within `STOP_GRACE_S`."""
+    for worker in workers:
+        try:
+            if graceful:
+                worker.conn.send(None)
+            elif worker.process.is_alive():
+                worker.process.terminate()
+        except OSError:  # it has just died: nothing to stop
+            pass
+    for worker in workers:
+        worker.process.join(STOP_GRACE_S)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
 
 
 def _death(exitcode: Optional[int]) -> tuple[str, Optional[str]]:
@@ -228,27 +185,27 @@ def _death(exitcode: Optional[int]) -> tuple[str, Optional[str]]:
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
     """A worker process: pinned to `slot`, it runs the trials the main process sends until it sends None.
 
-    SIGINT is ignored (inherited from `_Worker`): a terminal's Ctrl-C goes to the whole process group, and the main
-    process answers it by sending each worker SIGTERM. On SIGTERM the trial stops and the worker ends at once
-    (``os._exit``), with no traceback and without waiting for threads a library left running: nothing it would
-    still write counts (results are written atomically, and the kernel releases the trial's lock).
+    SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the main process answers it with
+    SIGTERM). On SIGTERM the trial stops and the worker ends at once (``os._exit``), without a traceback or waiting
+    for a library's threads: results are written atomically, and the kernel releases the trial's lock.
     """
     die_with_parent(parent)
     stop_on_sigterm()
     try:
-        slot.apply()
+        if slot.cuda_visible_devices is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
+        os.environ["OMP_NUM_THREADS"] = str(slot.threads)  # for a torch imported later
+        if "torch" in sys.modules:  # unpickling `run` may have imported it
+            sys.modules["torch"].set_num_threads(slot.threads)
         quiet_lightning()
         while (job := conn.recv()) is not None:
             raise_if_interrupted()
             conn.send(run(*job))
+        return
     except Interrupted as stop:
-        _exit_now(stop.exit_status)
+        status = stop.exit_status
     except EOFError:  # the main process is gone
-        _exit_now(1)
-
-
-def _exit_now(status: int) -> None:
-    """End this worker process with `status` now: flush what it printed, skip the interpreter's shutdown."""
+        status = 1
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
