@@ -75,9 +75,7 @@ def fake_ray(monkeypatch):
     return calls
 
 
-def test_engine_ray_hands_the_trials_and_resources_to_its_executor(
-    fake_ray, monkeypatch, tmp_path, cifar_dir, capsys
-):
+def test_engine_ray_hands_the_trials_and_resources_to_its_executor(fake_ray, monkeypatch, tmp_path, cifar_dir, capsys):
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     status = main(
         [
