@@ -7,6 +7,7 @@ console script says so in one line, exit status 2.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -31,32 +32,23 @@ def require_extra(prog: str) -> None:
         raise SystemExit(2)
 
 
-def _command(prog: str, module: str, argv: Optional[list[str]]) -> int:
+# The console scripts pyproject.toml names: (the command, the module whose ``main`` it runs).
+COMMANDS = {
+    "ablate_main": ("lit-cifar-ablate", "ablations.run"),
+    "report_main": ("lit-cifar-report", "ablations.report.__main__"),
+    "compare_main": ("lit-cifar-compare", "ablations.report.compare"),
+    "board_main": ("lit-cifar-board", "ablations.report.rebuild"),
+}
+
+
+def _command(prog: str, module: str, argv: Optional[list[str]] = None) -> int:
     require_extra(prog)
     return int(importlib.import_module(module).main(argv))
 
 
-def ablate_main(argv: Optional[list[str]] = None) -> int:
-    """``lit-cifar-ablate``: `ablations.run`."""
-    return _command("lit-cifar-ablate", "ablations.run", argv)
-
-
-def report_main(argv: Optional[list[str]] = None) -> int:
-    """``lit-cifar-report``: ``python -m ablations.report``."""
-    return _command("lit-cifar-report", "ablations.report.__main__", argv)
-
-
-def compare_main(argv: Optional[list[str]] = None) -> int:
-    """``lit-cifar-compare``: `ablations.report.compare`."""
-    return _command("lit-cifar-compare", "ablations.report.compare", argv)
-
-
-def board_main(argv: Optional[list[str]] = None) -> int:
-    """``lit-cifar-board``: `ablations.report.rebuild`."""
-    return _command("lit-cifar-board", "ablations.report.rebuild", argv)
-
-
 def __getattr__(name: str) -> Any:
+    if name in COMMANDS:
+        return functools.partial(_command, *COMMANDS[name])
     if name in __all__:
         return getattr(importlib.import_module("ablations.api"), name)
     raise AttributeError(f"module 'ablations' has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""What a trial shows in TensorBoard and records about itself while it trains: its `TrialLogger`, and the Lightning
-callbacks `TrialMonitor` assembles (history, throughput, weight histograms, BatchNorm drift, the suite's samples).
+"""What a trial shows in TensorBoard and records about itself while it trains: its `TrialLogger` and the callback
+`TrialMonitor` (history, throughput, weight histograms, BatchNorm drift, the suite's samples).
 
 The scalars are exactly those a rebuild from result.json writes (`ablations.report.board`); matplotlib is imported
 only by the one trial that draws the suite's samples.
@@ -28,14 +28,12 @@ if TYPE_CHECKING:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite: the trial stops, with the epoch in the message."""
+    """The training loss became NaN or infinite."""
 
 
 class TrialLogger(TensorBoardLogger):
-    """TensorBoard logger of one trial: each epoch's ``train/*`` and ``val/*`` metrics as result.json's history holds
-    them (`log_epoch`), the test metrics at the end (`log_trial`), and ``hparams.yaml``. What Lightning passes to
-    `log_metrics` is not written twice; the HParams session is the report's to write, once the cell's seeds are
-    known (`ablations.report.board.write_suite_runs`)."""
+    """TensorBoard logger of one trial: the scalars result.json holds (`log_epoch`, `log_trial`) and hparams.yaml;
+    the HParams session is the report's (`ablations.report.board.write_suite_runs`)."""
 
     def __init__(self, save_dir: Path, trial: Trial) -> None:
         super().__init__(save_dir=str(save_dir), name="", version="", default_hp_metric=False)
@@ -45,7 +43,6 @@ class TrialLogger(TensorBoardLogger):
     def log_hyperparams(
         self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None
     ) -> None:
-        """Keep the module's and data module's hyperparameters for ``hparams.yaml``."""
         self.hparams.update(params if isinstance(params, Mapping) else vars(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
@@ -57,65 +54,16 @@ class TrialLogger(TensorBoardLogger):
         self.experiment.flush()
 
     def log_epoch(self, epoch: Mapping[str, float], epochs_trained: int) -> None:
-        """One epoch's scalars (its entry of result.json's ``history``), at step `epochs_trained`."""
         self._write(board.epoch_scalars(epoch), epochs_trained)
 
     def log_trial(self, metrics: Mapping[str, float], history: list[dict[str, float]]) -> None:
-        """Write the test scalars at the last epoch, and close."""
         self._write(board.test_scalars(metrics), len(history))
         self.finalize("success")
 
 
-class EpochHistory(pl.Callback):
-    """The ``train/*`` and ``val/*`` metrics of every epoch (result.json's ``history``); raises `NonFiniteLossError`
-    at the end of an epoch whose training loss is NaN or infinite."""
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        loss = float(trainer.callback_metrics.get("train/loss", 0.0))
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"train/loss became {loss} in epoch {trainer.current_epoch}: the trial "
-                "diverged (too strong a penalty or learning rate?)"
-            )
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        self.epochs.append({"epoch": trainer.current_epoch, **metrics})
-        if trainer.is_global_zero and isinstance(trainer.logger, TrialLogger):
-            trainer.logger.log_epoch(self.epochs[-1], len(self.epochs))
-
-
-class Throughput(pl.Callback):
-    """Training images and seconds spent training (validation excluded), per process."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.images = 0
-        self._epoch_start: Optional[float] = None
-
-    def on_train_epoch_start(self, *args: Any) -> None:
-        self._epoch_start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, i: int
-    ) -> None:
-        self.images += len(batch[1])
-
-    def on_train_epoch_end(self, *args: Any) -> None:
-        """The training part of an epoch ends here, or at its validation (inside fit)."""
-        if self._epoch_start is not None:
-            self.seconds += time.perf_counter() - self._epoch_start
-            self._epoch_start = None
-
-    def on_validation_epoch_start(self, *args: Any) -> None:
-        self.on_train_epoch_end()
-
-
 @torch.no_grad()
 def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int, bins: int = 64) -> None:
-    """A TensorBoard histogram of `weight` computed with torch ops on its device: ``add_histogram`` would copy it to
-    float64 numpy several times, which dominates a trial's peak memory (docs/performance.md)."""
+    """A TensorBoard histogram of `weight` in torch ops (``add_histogram`` copies it to float64 numpy)."""
     values = weight.detach().float().flatten()
     low, high = float(values.min()), float(values.max())
     counts = torch.histc(values, bins=bins, min=low, max=high if high > low else low + 1e-12)
@@ -132,29 +80,71 @@ def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int,
     )
 
 
-class WeightHistograms(pl.Callback):
-    """The regularized layers' weights after every epoch, where L1 piles them at zero and max-norm caps them."""
+class TrialMonitor(pl.Callback):
+    """What a trial records while it trains (pass it to the Trainer's ``callbacks``):
+
+    - `history`: every epoch's ``train/*`` and ``val/*`` metrics (result.json's), also written by the `TrialLogger`;
+      a NaN or infinite training loss raises `NonFiniteLossError` at the end of its epoch;
+    - `images` and `seconds` spent training (validation excluded), for the throughput;
+    - the regularized layers' weights after every epoch, where L1 piles them at zero and max-norm caps them;
+    - BatchNorm drift: on each epoch's first validation batch, the means over all channels of ``|batch mean -
+      running mean| / running std`` (``val/bn_mean_gap``) and ``batch std / running std`` (``val/bn_std_ratio``);
+      near 0 and 1 the running statistics describe the data;
+    - one named training image per class, once per suite (``<suite_dir>/_samples``, written by the first trial).
+    """
+
+    def __init__(self, suite_dir: Optional[Path] = None) -> None:
+        self.history: list[dict[str, float]] = []
+        self.images, self.seconds = 0, 0.0
+        self.samples = Path(suite_dir) / board.SAMPLES_RUN if suite_dir is not None else None
+        self._epoch_start: Optional[float] = None
+        self._batch: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._hooks: list[Any] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        dm: Any = attached_datamodule(trainer)
+        if self.samples is None or self.samples.exists() or not trainer.is_global_zero:
+            return
+        if not hasattr(dm, "class_examples") or len(dm.classes) > 10:  # a data module of your own, or too many
+            return
+        from ablations.report import plots  # matplotlib, in the one trial that draws the suite's samples
+
+        images, names = dm.class_examples()
+        png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
+        board.write_run(self.samples, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)
+
+    def on_train_epoch_start(self, *args: Any) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, i: int) -> None:
+        self.images += len(batch[1])
+
+    def _stop_clock(self) -> None:
+        if self._epoch_start is not None:
+            self.seconds += time.perf_counter() - self._epoch_start
+            self._epoch_start = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
+        self._stop_clock()
+        loss = float(trainer.callback_metrics.get("train/loss", 0.0))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"train/loss became {loss} in epoch {trainer.current_epoch}: the trial "
+                "diverged (too strong a penalty or learning rate?)"
+            )
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        self.history.append({"epoch": trainer.current_epoch, **metrics})
+        if not trainer.is_global_zero:
+            return
+        if isinstance(trainer.logger, TrialLogger):
+            trainer.logger.log_epoch(self.history[-1], len(self.history))
+        if isinstance(trainer.logger, TensorBoardLogger):
             for name, layer in cast("RegularizedClassifier", module).named_regularized_layers():
                 weight = cast(torch.Tensor, layer.weight)
                 log_weight_histogram(trainer.logger.experiment, f"weights/{name}", weight, trainer.current_epoch + 1)
 
-
-class BatchNormDrift(pl.Callback):
-    """How far each BatchNorm layer's running statistics are from a real batch's, every epoch.
-
-    Hooks take every BatchNorm input's per-channel mean and variance on the first validation batch; logged are the
-    means over all channels of ``|batch mean - running mean| / running std`` (``val/bn_mean_gap``) and of ``batch
-    std / running std`` (``val/bn_std_ratio``). Near 0 and 1 the running statistics describe the data.
-    """
-
-    def __init__(self) -> None:
-        self._batch: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._hooks: list[Any] = []
-
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._stop_clock()  # validation inside fit: the training part of the epoch ends here
         self._batch = {}
         self._hooks = [
             layer.register_forward_hook(self._capture)
@@ -185,37 +175,3 @@ class BatchNormDrift(pl.Callback):
             ratios.append((var + eps).sqrt() / running_std)
         module.log("val/bn_mean_gap", torch.cat(gaps).mean(), sync_dist=True)
         module.log("val/bn_std_ratio", torch.cat(ratios).mean(), sync_dist=True)
-
-
-class SuiteSamples(pl.Callback):
-    """One training image per class, named, for the whole suite: the first trial to start writes the suite's
-    ``_samples`` run (atomically); the others find it there."""
-
-    def __init__(self, suite_dir: Path) -> None:
-        self.run_dir = Path(suite_dir) / board.SAMPLES_RUN
-
-    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        dm: Any = attached_datamodule(trainer)
-        if not trainer.is_global_zero or self.run_dir.exists() or not hasattr(dm, "class_examples"):
-            return
-        if len(dm.classes) > 10:  # too many classes for one chart
-            return
-        from ablations.report import plots  # matplotlib, in the one trial that draws the suite's samples
-
-        images, names = dm.class_examples()
-        png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
-        board.write_run(self.run_dir, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)
-
-
-class TrialMonitor:
-    """A trial's callbacks (``callbacks=monitor.callbacks``) and what they measured."""
-
-    def __init__(self, suite_dir: Optional[Path] = None) -> None:
-        self.epochs, self.throughput = EpochHistory(), Throughput()
-        self.callbacks: list[pl.Callback] = [self.epochs, self.throughput, WeightHistograms(), BatchNormDrift()]
-        if suite_dir is not None:
-            self.callbacks.append(SuiteSamples(suite_dir))
-
-    @property
-    def history(self) -> list[dict[str, float]]:
-        return self.epochs.epochs

@@ -21,8 +21,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived: stop now. A BaseException, so that no ``except Exception`` records it as the
-    failure of the trial that was running."""
+    """SIGTERM or SIGINT arrived: a BaseException, so no ``except Exception`` records it as a trial's failure."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
@@ -30,7 +29,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_status(self) -> int:
-        """128 + the signal number, as a shell reports a process the signal ended: 143 for SIGTERM, 130 for SIGINT."""
+        """128 + the signal number, as a shell reports it: 143 for SIGTERM, 130 for SIGINT."""
         return 128 + self.signum
 
 
@@ -52,20 +51,17 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def _quiet_unraisable(unraisable: Any) -> None:
-    """``sys.unraisablehook``: drop an `Interrupted` Python could not propagate; pass anything else on."""
     if not isinstance(unraisable.exc_value, Interrupted):
         sys.__unraisablehook__(unraisable)
 
 
 def raise_if_interrupted() -> None:
-    """Raise `Interrupted` if a stop signal arrived (the check at safe points)."""
     if _received:
         raise Interrupted(_received[0])
 
 
 @contextmanager
 def _handling(handler: Callable[[int, Any], None] | signal.Handlers, *signums: int) -> Iterator[None]:
-    """`handler` for `signums` while the block runs, in the main thread (elsewhere nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -79,8 +75,7 @@ def _handling(handler: Callable[[int, Any], None] | signal.Handlers, *signums: i
 
 @contextmanager
 def interrupts() -> Iterator[None]:
-    """While the block runs (in the main thread), SIGTERM and SIGINT raise `Interrupted`. Lightning keeps calling
-    this handler from its own SIGTERM handler during ``fit``."""
+    """SIGTERM and SIGINT raise `Interrupted` while the block runs (Lightning's own handler calls this one)."""
     _received.clear()
     sys.unraisablehook = _quiet_unraisable
     try:
@@ -91,28 +86,24 @@ def interrupts() -> Iterator[None]:
 
 
 def deferred_interrupts() -> AbstractContextManager[None]:
-    """While the block runs, SIGTERM and SIGINT are only noted, and `raise_if_interrupted` raises at the next safe
-    point: for code that waits inside C extensions (``ray.wait``), where a handler's exception becomes a
-    ``SystemError``."""
+    """SIGTERM and SIGINT only noted while the block runs, for waits inside C extensions (``ray.wait``)."""
     return _handling(_note_signal, signal.SIGTERM, signal.SIGINT)
 
 
 def ignoring_sigint() -> AbstractContextManager[None]:
-    """SIGINT ignored while the block runs: a process started meanwhile inherits that, so a worker never sees a
-    terminal's Ctrl-C, even while it is still importing; the main process stops it."""
+    """SIGINT ignored while the block runs, and by the processes started meanwhile: the main process stops them."""
     return _handling(signal.SIG_IGN, signal.SIGINT)
 
 
 def stop_on_sigterm() -> None:
-    """Make this worker process ignore SIGINT (the main process answers a Ctrl-C by sending each worker SIGTERM) and
-    raise `Interrupted` on SIGTERM."""
+    """A worker ignores SIGINT (the main process answers a Ctrl-C with SIGTERM) and raises on SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     sys.unraisablehook = _quiet_unraisable
 
 
 def die_with_parent(parent: int) -> None:
-    """Have Linux send this process SIGTERM when its parent (pid `parent`) dies, even by SIGKILL; elsewhere a no-op."""
+    """Linux sends this process SIGTERM when its parent (`parent`) dies, even by SIGKILL."""
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -27,7 +27,7 @@ FAILURE_FIELDS = ("error", "traceback", "signal")
 
 
 class TrialState(str, Enum):
-    """A trial's state as its engine reports it; a `str`, equal to its text (``state == "done"``)."""
+    """A trial's state as its engine reports it; a `str`, equal to its text."""
 
     DONE = "done"  # trained and tested here: result.json written
     SKIPPED = "skipped"  # already finished with exactly its settings, not rerun
@@ -52,13 +52,12 @@ class TrialStatus:
 
     @property
     def final(self) -> bool:
-        """False for BUSY (retried) and RUN (a decision): the engine waits for a final state."""
+        """False for BUSY (retried) and RUN (a decision)."""
         return self.state not in (TrialState.BUSY, TrialState.RUN)
 
 
 def clash_line(trial: Trial, old: dict[str, Any]) -> str:
-    """``pixel/seed=0 (epochs 1 there, 2 here)``, ``pixel/seed=0 (model source changed)``: a trial whose folder
-    holds a result of other settings, model source or data."""
+    """``pixel/seed=0 (epochs 1 there, 2 here)``: a trial whose folder holds a result of other settings."""
     said = []
     for what in trial.changes(old):
         if what != "settings":
@@ -82,8 +81,7 @@ _READ: dict[tuple[str, int, int, int], Union[dict[str, Any], ValueError, None]] 
 
 
 def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optional[dict[str, Any]]:
-    """`read_result` of the trial's folder (None: no result; ValueError: one that cannot be trusted). Unless
-    `fresh`, a file read before and unchanged since (same inode, modification time and size) is not read again."""
+    """`read_result` of the trial's folder, not read again unless `fresh` or changed (inode, mtime, size)."""
     paths = trial.paths(logdir)
     try:
         stat = os.stat(paths.result, follow_symlinks=False)
@@ -102,8 +100,7 @@ def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optiona
 
 
 def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
-    """True if the trial has a trusted result.json of exactly its settings. An untrusted one counts as not finished
-    (the trial is rerun, not silently counted); ``warn`` says so on stderr."""
+    """True if the trial has a trusted result of exactly its settings; ``warn`` of an untrusted one (rerun)."""
     try:
         result = read_trial(trial, logdir)
     except ValueError as error:
@@ -116,8 +113,7 @@ def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
 def split_finished(
     trials: Sequence[Trial], options: RunOptions, warn: bool = False
 ) -> tuple[dict[int, TrialStatus], list[int]]:
-    """The SKIPPED statuses of the finished trials (by index; none with ``--force``) and the indices of the others,
-    so an engine starts nothing for a finished trial."""
+    """The SKIPPED statuses of the finished trials (none with ``--force``) by index, and the others' indices."""
     skipped = {
         i: TrialStatus(t.name, TrialState.SKIPPED)
         for i, t in enumerate(trials)
@@ -129,8 +125,7 @@ def split_finished(
 @contextmanager
 def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[TrialState]:
     """Decide, under the trial's lock, whether this process runs `trial`: BUSY if another process holds it (unless
-    `wait`: then wait for it), SKIPPED if it holds a result of exactly its settings (re-read now), else RUN, with
-    the lock held while the block runs and the folder made ready (`ablations.store.TrialPaths.make_ready`).
+    `wait`), SKIPPED if it holds a result of exactly its settings (re-read now), else RUN with the folder made ready.
 
     Raises:
         OtherSettings: the folder holds a finished result of other settings and not ``--force``.
@@ -169,13 +164,9 @@ def record_failure(
     held: bool = False,
     **extra: Any,
 ) -> TrialStatus:
-    """Write `trial`'s error.json and return its FAILED status; every engine records a failure through this.
-
-    error.json holds `record` (default `Trial.record`), `error`, `traceback`, `signal` (the name of the signal that
-    ended the trial's process) and an engine's `extra`. Unless `held` (the caller holds the lock), the lock is taken
-    without waiting and nothing is written if another process holds it or the trial has a result. A failed write
-    is added to the reason instead of raised.
-    """
+    """Write `trial`'s error.json (`record`, default `Trial.record`; the reason, `traceback`, the `signal` that ended
+    its process, an engine's `extra`) and return its FAILED status. Unless `held`, nothing is written while another
+    process holds the trial or it has a result. A failed write is added to the reason, not raised."""
     paths = trial.paths(logdir)
     content = {
         **(trial.record() if record is None else record),

@@ -32,17 +32,16 @@ LOCK_FILE = ".lock"
 SUPERSEDED_DIR = "superseded"
 CHECKSUM_KEY = "checksum"
 CHECKPOINT_FILE = "model.ckpt"
-# What a trial writes besides result.json, error.json and model.ckpt: Lightning's hparams.yaml, csv and wandb logs.
+# Lightning's hparams.yaml, csv and wandb logs: what a trial writes besides result.json, error.json and model.ckpt
 TRIAL_OUTPUTS = ("hparams.yaml", "csv", "wandb")
 LOCK_NOTE_S = 5.0  # how long a waiting sweep waits for a lock before it names the holder
 
 
 class UnsafePath(ValueError):
-    """A path the harness would delete, move, lock or write through is a symlink: refused, never followed."""
+    """A symlink where the harness would delete, move, lock or write: refused, never followed."""
 
 
 def refuse_symlinks(*paths: Path) -> None:
-    """Raise `UnsafePath` if any of `paths` is a symlink."""
     for path in paths:
         if Path(path).is_symlink():
             raise UnsafePath(
@@ -52,7 +51,7 @@ def refuse_symlinks(*paths: Path) -> None:
 
 
 def is_trial_output(name: str) -> bool:
-    """Whether the file `name` in a trial folder is one the trial writes (replaced by a retrain), not the user's."""
+    """Whether `name` in a trial folder is the trial's (replaced by a retrain), not the user's."""
     return (
         name in (RESULT_FILE, ERROR_FILE, CHECKPOINT_FILE, *TRIAL_OUTPUTS)
         or name.startswith("events.out.tfevents.")
@@ -88,17 +87,14 @@ class TrialPaths:
 
     @property
     def checkpoint(self) -> Path:
-        """The final checkpoint ``--save-model`` keeps (``RegularizedClassifier.load_from_checkpoint`` reads it)."""
         return self.folder / CHECKPOINT_FILE
 
     def refuse_symlinks(self) -> None:
-        """`UnsafePath` if the trial folder, its cell's folder or its suite's folder is a symlink."""
         refuse_symlinks(self.folder.parent.parent, self.folder.parent, self.folder)
 
     def make_ready(self, old: Optional[dict[str, Any]]) -> Optional[Path]:
-        """Ready the folder for a new run (the caller holds its lock; `old` is its `read_result`, None if absent or
-        untrusted): a finished result moves with its outputs to ``superseded/<its settings hash>/``, an untrusted
-        one stays as ``result.json.damaged``, the rest of the last run's outputs go. Returns the superseded folder."""
+        """Ready the locked folder for a new run: a finished result (`old`) moves with its outputs to
+        ``superseded/<settings hash>/`` (returned), an untrusted one to ``result.json.damaged``; the rest is cleared."""
         if old is None and os.path.lexists(self.result):
             os.replace(self.result, self.damaged)
         kept = None
@@ -117,9 +113,7 @@ class TrialPaths:
         return kept
 
     def clear(self, empty_only: bool = False) -> None:
-        """Remove the trial's outputs (`is_trial_output`), or with `empty_only` the empty files a failed run left
-        (a full disk leaves 0-byte events); the lock, ``superseded/`` and the user's files stay. A symlink is
-        removed, never followed."""
+        """Remove the trial's outputs (symlinks unfollowed), or with `empty_only` the empty files a full disk left."""
         for entry in self.folder.iterdir():
             if not is_trial_output(entry.name):
                 continue
@@ -131,15 +125,14 @@ class TrialPaths:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one; nothing half-written stays."""
+    """Write `data` to `path`: readers see the old file or the whole new one, never a part."""
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, for ``savefig``), synced and renamed to `path` when the block
-    ends without error, removed otherwise: readers never see a partial file."""
+    """A temporary path (same suffix, for ``savefig``) renamed to `path` if the block succeeds, else removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -167,7 +160,7 @@ def content_checksum(result: dict[str, Any]) -> str:
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    """Write a trial's result.json atomically, with the `content_checksum` that `read_result` verifies."""
+    """Write a trial's result.json atomically, with the checksum `read_result` verifies."""
     write_json_atomic(path, {**result, CHECKSUM_KEY: content_checksum(result)})
 
 
@@ -179,53 +172,37 @@ def _texts(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
 
-# result.json's fields the harness reads: (required, what it must be, the check)
-RESULT_SCHEMA: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
-    "suite": (True, "a text", lambda v: isinstance(v, str)),
-    "spec": (True, "a text", lambda v: isinstance(v, str)),
-    "seed": (True, "an integer >= 0", lambda v: _number(v) and isinstance(v, int) and v >= 0),
-    "settings": (True, "a mapping", lambda v: isinstance(v, dict)),
-    "settings_hash": (True, "a text", lambda v: isinstance(v, str)),
-    "metrics": (
-        True,
-        "a mapping of numbers with test/acc, val/acc and train/acc",
-        lambda v: (
-            isinstance(v, dict)
-            and all(_number(x) for x in v.values())
-            and all(k in v for k in ("test/acc", "val/acc", "train/acc"))
-        ),
-    ),
-    "history": (True, "a list of mappings", lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v)),
-    "order": (True, "an integer", lambda v: _number(v) and isinstance(v, int)),
-    "notebook": (True, "a number or null", lambda v: v is None or _number(v)),
-    CHECKSUM_KEY: (True, "a SHA-256 text", lambda v: isinstance(v, str)),
-    "cell": (False, "a text", lambda v: isinstance(v, str)),
-    "wall_time_s": (False, "a number", _number),
-    "levels": (False, "a mapping of factor to label text", _texts),
-    "fingerprints": (False, "a mapping of texts", _texts),
+def _metrics(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and all(_number(v) for v in value.values())
+        and {"test/acc", "val/acc", "train/acc"} <= value.keys()
+    )
+
+
+# result.json's fields the harness reads: what each must be, and its check; the last four may be absent
+RESULT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "suite": ("a text", lambda v: isinstance(v, str)),
+    "spec": ("a text", lambda v: isinstance(v, str)),
+    "seed": ("an integer >= 0", lambda v: _number(v) and isinstance(v, int) and v >= 0),
+    "settings": ("a mapping", lambda v: isinstance(v, dict)),
+    "settings_hash": ("a text", lambda v: isinstance(v, str)),
+    "metrics": ("a mapping of numbers with test/acc, val/acc and train/acc", _metrics),
+    "history": ("a list of mappings", lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v)),
+    "order": ("an integer", lambda v: _number(v) and isinstance(v, int)),
+    "notebook": ("a number or null", lambda v: v is None or _number(v)),
+    CHECKSUM_KEY: ("a SHA-256 text", lambda v: isinstance(v, str)),
+    "cell": ("a text", lambda v: isinstance(v, str)),
+    "wall_time_s": ("a number", _number),
+    "levels": ("a mapping of factor to label text", _texts),
+    "fingerprints": ("a mapping of texts", _texts),
 }
-
-
-def schema_problem(result: Any) -> Optional[str]:
-    """The first field of a result.json that is missing or not what the harness reads, or None."""
-    if not isinstance(result, dict):
-        return f"must hold a mapping, not {type(result).__name__}"
-    for name, (required, what, ok) in RESULT_SCHEMA.items():
-        if name not in result:
-            if required:
-                why = " (a result must carry its checksum)" if name == CHECKSUM_KEY else ""
-                return f"has no field {name!r}{why}"
-        elif not ok(result[name]):
-            return f"field {name!r} must be {what}, not {json.dumps(result[name])[:60]}"
-    return None
+OPTIONAL_FIELDS = ("cell", "wall_time_s", "levels", "fingerprints")
 
 
 def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The trial's result.json, or None if it is absent.
-
-    One that cannot be trusted raises ValueError naming the file and why: unreadable, a field missing or of the
-    wrong kind (`RESULT_SCHEMA`), no checksum or content that no longer matches it. A symlink is refused.
-    """
+    """The trial's result.json, or None if absent; ValueError naming the file and why if it cannot be trusted
+    (unreadable, a symlink, against `RESULT_SCHEMA`, or changed since its checksum)."""
     path = Path(run_dir) / RESULT_FILE
     if not os.path.lexists(path):
         return None
@@ -234,9 +211,14 @@ def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
         result = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ValueError(f"unreadable {path}: {error}") from None
-    problem = schema_problem(result)
-    if problem:
-        raise ValueError(f"{path} {problem}")
+    if not isinstance(result, dict):
+        raise ValueError(f"{path} must hold a mapping, not {type(result).__name__}")
+    for name, (what, ok) in RESULT_SCHEMA.items():
+        if name not in result and name not in OPTIONAL_FIELDS:
+            why = " (a result must carry its checksum)" if name == CHECKSUM_KEY else ""
+            raise ValueError(f"{path} has no field {name!r}{why}")
+        if name in result and not ok(result[name]):
+            raise ValueError(f"{path} field {name!r} must be {what}, not {json.dumps(result[name])[:60]}")
     if result[CHECKSUM_KEY] != content_checksum(result):
         raise ValueError(f"{path} does not match its checksum: it was changed after the trial wrote it")
     return result
@@ -244,8 +226,7 @@ def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class SuiteListing:
-    """What a suite's folder holds (`list_trials`): the results that count, by trial folder, and one line for each
-    problem."""
+    """The results that count, by trial folder, and one line for each problem."""
 
     results: dict[Path, dict[str, Any]]
     problems: list[str]
@@ -257,9 +238,8 @@ def result_folder(result: dict[str, Any]) -> str:
 
 
 def list_trials(suite_dir: Path) -> SuiteListing:
-    """The one reader of a suite's trial folders: every result that counts, and a line for each problem. A result
-    counts only in the folder its own (cell, seed) names (a copy such as ``seed=0.bak`` is a problem, never a second
-    seed); an untrusted result, a failed trial and a symlinked folder (not followed) are problems."""
+    """The one reader of a suite's trial folders. A result counts only in the folder its own (cell, seed) names: a
+    copy (``seed=0.bak``) is a problem, never another seed, as are untrusted results, failures and symlinks."""
     suite_dir = Path(suite_dir)
     results: dict[Path, dict[str, Any]] = {}
     problems: list[str] = []
@@ -289,15 +269,21 @@ def list_trials(suite_dir: Path) -> SuiteListing:
 
 
 def settings_key(settings: dict[str, Any], factors: tuple[str, ...] = ()) -> str:
-    """What trials compared in one table share: their hashed settings without spec, seed and what the suite's
-    `factors` vary (``model.init_args.depth`` varies ``model``), as canonical JSON."""
+    """What trials compared in one table share: their hashed settings but spec, seed and what `factors` vary."""
     drop = {"spec", "seed"} | {factor.partition(".")[0] for factor in factors}
     return json.dumps({k: v for k, v in settings.items() if k not in drop}, sort_keys=True)
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (state, parent, ...); empty if there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def lock_holder(folder: Path) -> str:
-    """Who holds `folder`'s lock as its holder wrote it (``pid 123 on host node1``), and whether that process is
-    stopped or gone when it is on this host; empty if unknown."""
+    """Who holds `folder`'s lock (``pid 123 on host node1``), and whether it is stopped or gone; empty if unknown."""
     try:
         pid_text, host = (folder / LOCK_FILE).read_text().split()[:2]
         pid = int(pid_text)
@@ -306,19 +292,16 @@ def lock_holder(folder: Path) -> str:
     holder = f"pid {pid} on host {host}"
     if host != socket.gethostname():
         return holder
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+    state = proc_stat(pid)[:1]
+    if not state:
         return f"{holder} (no such process on this host)"
-    return f"{holder} (stopped)" if state in ("T", "t") else holder
+    return f"{holder} (stopped)" if state[0] in ("T", "t") else holder
 
 
 @contextmanager
 def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
-    """Hold `folder`'s lock (an ``flock`` on ``folder/.lock``, which the kernel releases when its holder dies) while
-    the block runs, writing our PID and host into it. If another process holds it, wait (after `LOCK_NOTE_S` a line
-    on stderr names the holder) or, without `wait`, yield False at once. A symlinked folder or lock raises
-    `UnsafePath`; the lock file is never truncated before it is ours."""
+    """Hold `folder`'s ``flock`` (released by the kernel when its holder dies) while the block runs, our PID and host
+    written in it. If another process holds it, `wait` (naming the holder after `LOCK_NOTE_S`) or yield False."""
     folder = Path(folder)
     refuse_symlinks(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -334,14 +317,8 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
             if not wait:
                 yield False
                 return
-            note = threading.Timer(
-                LOCK_NOTE_S,
-                lambda: print(
-                    f"waiting for {folder}: its lock is held by {lock_holder(folder) or 'another process'}",
-                    file=sys.stderr,
-                ),
-            )
-            note.daemon = True
+            said = f"waiting for {folder}: its lock is held by {lock_holder(folder) or 'another process'}"
+            note = threading.Timer(LOCK_NOTE_S, print, [said], {"file": sys.stderr})
             note.start()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX)
@@ -362,9 +339,8 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
 
 @functools.lru_cache(maxsize=None)
 def code_provenance() -> dict[str, Any]:
-    """Which code produced a result: lit_cifar's ``code_version``, the ``git_commit`` of the checkout it runs from
-    and whether it was ``git_dirty`` (None outside our own checkout), and ``source_sha256`` (`source_hash` of the
-    running packages: it tells two installs of one version apart)."""
+    """Which code produced a result: its version, git commit and dirtiness (None outside our own checkout), and the
+    `source_hash` of the running packages, which tells two installs of one version apart."""
     import ablations
     import lit_cifar
     from lit_cifar import __version__
@@ -391,8 +367,7 @@ def code_provenance() -> dict[str, Any]:
 
 
 def source_hash(folders: list[Path]) -> str:
-    """SHA-256 over every ``.py`` and ``.yaml`` file under `folders` (path relative to its package's parent, then
-    bytes, sorted; caches left out)."""
+    """SHA-256 over every ``.py`` and ``.yaml`` file under `folders`: its path, then its bytes, in sorted order."""
     digest = hashlib.sha256()
     for folder in folders:
         files = sorted(

@@ -40,15 +40,14 @@ def _unchanged(decision: Any) -> Any:
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place among the DDP processes that train each trial together: ``broadcast(decision)`` returns
-    global rank 0's `decision` on every rank. The default is one process, rank 0."""
+    """This process's place among a trial's DDP processes; ``broadcast`` hands rank 0's decision to all."""
 
     rank: int = 0
     broadcast: Callable[[Any], Any] = _unchanged
 
 
 class StopWhenInterrupted(pl.Callback):
-    """Stops a trial at its next batch once a stop signal arrived, in case the handler's exception was swallowed."""
+    """Stops a trial at its next batch once a stop signal arrived, in case the handler's exception was lost."""
 
     def on_train_batch_start(self, *args: Any) -> None:
         raise_if_interrupted()
@@ -61,19 +60,15 @@ class StopWhenInterrupted(pl.Callback):
 
 
 def stop_if_interrupted(trainer: pl.Trainer) -> None:
-    """Raise KeyboardInterrupt if Lightning stopped the run early (it turns a KeyboardInterrupt, e.g. a Ray task's
-    cancellation, into a graceful return): a stopped trial must not go on to test and write a result."""
+    """Raise if Lightning stopped the run early (it swallows a KeyboardInterrupt, e.g. Ray's cancellation)."""
     raise_if_interrupted()
     if trainer.interrupted:
         raise KeyboardInterrupt("the trial was interrupted")
 
 
 def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, Any]:
-    """The keyword arguments of every sweep ``Trainer``; add ``logger`` and ``callbacks`` (one of each per trial).
-
-    No checkpoints, model summary or sanity validation; metrics once per epoch; the data module shards batches
-    itself; SyncBatchNorm under GPU DDP.
-    """
+    """The keyword arguments of every sweep ``Trainer`` (no checkpoints, summary or sanity check), without
+    ``logger`` and ``callbacks``."""
     on_gpu = options.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return {
         "max_epochs": settings.epochs,
@@ -93,15 +88,13 @@ def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, An
 
 
 def release_memory() -> None:
-    """Collect the Trainer and module (which reference each other) of finished work, and hand freed heap memory back
-    to the OS, which glibc otherwise keeps (docs/performance.md, Memory)."""
+    """Collect finished work (Trainer and module reference each other) and trim the heap (docs/performance.md)."""
     gc.collect()
     trim_heap()
 
 
 def environment() -> dict[str, Any]:
-    """Where and with which code a result was made: device, torch threads, library versions and
-    `ablations.store.code_provenance`."""
+    """Where and with which code a result was made (device, threads, versions, `code_provenance`)."""
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
         "cpu_threads": torch.get_num_threads(),
@@ -131,7 +124,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
         **trainer_kwargs(options, trial.settings),
         **trial.trainer,  # the suite's Trainer arguments (`ablations.custom.check_trainer` checked them)
         logger=[logger, *custom.loggers(trial, options)],
-        callbacks=[*monitor.callbacks, StopWhenInterrupted()],
+        callbacks=[monitor, StopWhenInterrupted()],
     )
     trainer.fit(model, datamodule=dm)
     stop_if_interrupted(trainer)
@@ -156,7 +149,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
         "metrics": metrics,
         "history": monitor.history,
         "wall_time_s": wall,
-        "train_images_per_s": monitor.throughput.images * trainer.world_size / max(monitor.throughput.seconds, 1e-9),
+        "train_images_per_s": monitor.images * trainer.world_size / max(monitor.seconds, 1e-9),
         **{f"{split}_images": sizes[split] for split in ("train", "val", "test")},
         "world_size": trainer.world_size,
         "precision_ran": str(trainer.precision),
@@ -166,10 +159,8 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
 def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> TrialStatus:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
-    Returns its `TrialStatus`: DONE; SKIPPED; BUSY when another process holds its lock and not ``wait`` (with
-    ``wait`` it waits, then skips or runs the trial); FAILED with error.json when it raised, or with nothing written
-    when `ablations.status.claim` refused it (a result of other settings without ``--force``, a symlinked folder).
-    """
+    Returns its `TrialStatus`: DONE; SKIPPED; BUSY if another process holds it and not ``wait``; FAILED with
+    error.json, or with nothing written when `ablations.status.claim` refused it. Under DDP rank 0 decides for all."""
     quiet_full_disk_in_threads()
     quiet_lightning()  # Lightning's import set its logger back to INFO: the sweep prints its own progress
     paths = trial.paths(options.logdir)

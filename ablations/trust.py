@@ -18,9 +18,8 @@ SHOWN = 5  # trials named in a message; the rest are counted
 
 
 def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
-    """Raise ValueError naming the trials and what differs if any trial's folder holds a trusted, finished result of
-    other settings and not `force`; with `force` each trial moves the old result to ``superseded/`` when it starts.
-    `ablations.status.claim` checks again under each trial's lock."""
+    """Raise ValueError naming the trials and what differs if a folder holds a finished result of other settings
+    and not `force` (each trial then moves it to ``superseded/``); `ablations.status.claim` checks again."""
     clashes = []
     for trial in trials:
         try:
@@ -40,8 +39,7 @@ def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) 
 
 
 def check_precision(requested: str, trainer: Any) -> None:
-    """Raise ValueError if the `trainer` built for `requested` precision would run another one (Lightning falls
-    back from ``16-mixed`` to ``bf16-mixed`` on a CPU, with a warning only)."""
+    """Raise ValueError if the `trainer` would run another precision (``16-mixed`` on a CPU runs ``bf16-mixed``)."""
     ran = str(trainer.precision)
     if ran != requested:
         raise ValueError(
@@ -55,19 +53,16 @@ def disk_full(error: OSError) -> bool:
 
 
 def _thread_failed(args: Any) -> None:
-    """``threading.excepthook``: a full disk in a writer thread (TensorBoard's) is said once, by the trial that
-    fails with it; anything else goes to Python's own hook."""
+    """``threading.excepthook``: a full disk in TensorBoard's writer thread is said once, by the failed trial."""
     if not (isinstance(args.exc_value, OSError) and disk_full(args.exc_value)):
         threading.__excepthook__(args)
 
 
 def quiet_full_disk_in_threads() -> None:
-    """Install `_thread_failed` in this process (a sweep's, or a worker's that trains trials)."""
     threading.excepthook = _thread_failed
 
 
 def report_problem(error: OSError, suite_dir: Path) -> str:
-    """One line saying why the report of `suite_dir` could not be written."""
     full = disk_full(error)
     why = "the disk is full" if full else (error.strerror or str(error))
     then = "free some space and run" if full else "run"
@@ -80,8 +75,7 @@ def report_problem(error: OSError, suite_dir: Path) -> str:
 def write_report_or_say_why(
     suite_dir: Path, reference: Optional[str], settings: Optional[str], margin: Optional[float] = None
 ) -> tuple[Optional[str], Optional[str], bool]:
-    """(the report's table, None, False) when it was written; else (None, why not, whether that is an error): a
-    full disk or an unwritable folder is one (the sweep exits 1), a folder with nothing to report is not."""
+    """(table, None, False) if the report was written, else (None, why not, whether that is an error)."""
     from ablations.report import write_report
 
     try:

@@ -30,6 +30,7 @@ from ablations.engines.base import Executor, Progress
 from ablations.rules import check, finite, integer
 from ablations.signals import deferred_interrupts, die_with_parent, raise_if_interrupted
 from ablations.status import TrialState, TrialStatus, record_failure
+from ablations.store import proc_stat
 
 if TYPE_CHECKING:
     from ablations.suite import RunOptions, Trial
@@ -129,22 +130,17 @@ def import_ray() -> Any:
 def _start_time(pid: int) -> Optional[int]:
     """When process `pid` started (clock ticks since boot), None if it is gone: with its PID, it names one process
     even after the PID is reused."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = proc_stat(pid)
+    return int(fields[19]) if len(fields) > 19 else None
 
 
 def descendants(pid: int) -> list[tuple[int, int]]:
     """(PID, start time) of every process below `pid` (a local Ray's GCS, raylet, agents and workers)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
+        fields = proc_stat(entry.name) if entry.name.isdigit() else []
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()
