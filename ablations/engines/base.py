@@ -15,15 +15,13 @@ from ablations.suite import RunOptions, Trial
 
 
 class Executor(ABC):
-    """Runs a sweep's trials somewhere. A new engine (SLURM, say) is one subclass implementing `execute`, chosen by
-    `ablations.engines.make_executor`; its trials run `ablations.trial.run_trial` wherever they run, and it stops
-    when `ablations.signals.Interrupted` is raised, leaving no running trial behind."""
+    """Runs a sweep's trials somewhere. A new engine is a subclass implementing `execute` (its trials run
+    `ablations.trial.run_trial`; it stops on `ablations.signals.Interrupted`), chosen by `make_executor`."""
 
     skip_finished: bool = True  # False under DDP: every rank goes through run_trial, where rank 0 decides
 
     def run(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
-        """The status of each of `trials`, in order: SKIPPED for the finished ones (unless ``options.force``; no
-        worker or task starts for them), what `execute` reports for the others."""
+        """The status of each of `trials`, in order: the finished ones SKIPPED (none started), the others run."""
         skipped, todo = split_finished(trials, options) if self.skip_finished else ({}, list(range(len(trials))))
         statuses = dict(skipped)
         if todo:
@@ -32,13 +30,11 @@ class Executor(ABC):
 
     @abstractmethod
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
-        """Run `trials`; one final `TrialStatus` each (DONE, SKIPPED or FAILED, never BUSY: a trial another sweep
-        holds is retried, waiting for its lock), in trial order."""
+        """Run `trials`; one final `TrialStatus` each (never BUSY), in trial order."""
 
 
 class Progress:
-    """The statuses of a sweep's trials as they come in, and one terminal bar: trials done out of all, naming the
-    trials running now."""
+    """The statuses of a sweep's trials as they come in, and its one bar (naming the trials running now)."""
 
     def __init__(self, trials: list[Trial], show: bool) -> None:
         from tqdm import tqdm
@@ -55,12 +51,12 @@ class Progress:
         self._show()
 
     def stopped(self, index: int) -> None:
-        """A started trial that will be handed out again (its worker was lost)."""
+        """A started trial to be handed out again (its worker was lost)."""
         self.running.remove(self.trials[index].name)
         self._show()
 
     def finished(self, index: int, status: TrialStatus) -> TrialStatus:
-        """Record a trial's status (BUSY is not final: it is retried) and return it."""
+        """Record a trial's status (BUSY is not final) and return it."""
         if self.trials[index].name in self.running:
             self.running.remove(self.trials[index].name)
         self._show(refresh=not status.final)
@@ -76,5 +72,4 @@ class Progress:
         self.bar.close()
 
     def in_order(self) -> list[TrialStatus]:
-        """The final statuses, in trial order (every trial must have one)."""
         return [self.statuses[index] for index in range(len(self.trials))]

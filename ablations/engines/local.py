@@ -35,15 +35,15 @@ STOP_GRACE_S = 30.0  # how long stopped workers get to unwind before they are ki
 
 @dataclass(frozen=True)
 class WorkerSlot:
-    """What one worker process may use: the GPU it sees (``None``: no GPU) and its torch threads."""
+    """What one worker process may use: the GPU it sees (None: none) and its torch threads."""
 
     cuda_visible_devices: Optional[str]
     threads: int
 
 
 def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = None) -> list[WorkerSlot]:
-    """The slots of `parallel` workers: worker i sees GPU ``i % gpus``, numbered as the parent sees them (`visible`:
-    its ``CUDA_VISIBLE_DEVICES``, e.g. set by SLURM), and gets ``cpus // parallel`` torch threads (at least 1)."""
+    """Worker i sees GPU ``i % gpus`` (numbered as the parent sees them: `visible`, e.g. SLURM's) and gets
+    ``cpus // parallel`` torch threads (at least 1)."""
     check("parallel", parallel, integer(1))
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(g) for g in range(gpus)]
     ids = ids[:gpus]
@@ -51,17 +51,15 @@ def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = N
 
 
 def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
-    """Which progress bar shows, one at most, on rank 0: the sweep's when several trials train, Lightning's per-epoch
-    bar when a single trial trains in this process on a terminal."""
+    """(the sweep's bar, Lightning's): one at most, on rank 0; Lightning's for one trial here on a terminal."""
     if rank != 0:
         return False, False
     return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
 
 
 class LocalExecutor(Executor):
-    """`parallel` trials at a time, in this process (1) or in worker processes spread over `gpus` GPUs and this
-    machine's cores; under DDP (`ranks`), one trial at a time on every rank, rank 0 deciding for all. `run` trains
-    a trial (default `ablations.trial.run_trial`)."""
+    """`parallel` trials at a time, here or in worker processes over `gpus` GPUs; under DDP (`ranks`) one at a
+    time on every rank. `run` trains a trial (default `ablations.trial.run_trial`)."""
 
     def __init__(
         self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None, run: Optional[Runner] = None
@@ -90,9 +88,8 @@ class LocalExecutor(Executor):
 def run_local(
     trials: list[Trial], options: RunOptions, run: Runner, progress: Progress, slots: Optional[list[WorkerSlot]] = None
 ) -> list[TrialStatus]:
-    """Run `trials` with `run` (picklable when there are `slots`), in this process or in one worker per slot; their
-    statuses in trial order. Trials another sweep is running (BUSY) are retried after the others, waiting for their
-    lock, so each ends up done here or there, never twice at once."""
+    """Run `trials` with `run` (picklable if there are `slots`), here or in one worker per slot; statuses in trial
+    order. Trials another sweep runs (BUSY) are retried last, waiting for their lock."""
     queue = deque((index, False) for index in range(len(trials)))  # (trial, wait for its lock)
     if not slots:
         while queue:
@@ -130,7 +127,7 @@ def run_local(
 
 
 class _Worker:
-    """One worker process and the end of its pipe; `job` is the trial index it runs, if any."""
+    """One worker process and its pipe; `job` is the trial it runs, if any."""
 
     def __init__(self, slot: WorkerSlot, run: Runner) -> None:
         context = get_context("spawn")  # a fresh interpreter: no CUDA state or threads inherited
@@ -144,7 +141,7 @@ class _Worker:
         there.close()
 
     def collect(self) -> Optional[TrialStatus]:
-        """The status the worker sent, or None if it died (the kernel released its lock)."""
+        """The status the worker sent, or None if it died."""
         try:
             status, self.job = self.conn.recv(), None
             return status
@@ -155,8 +152,7 @@ class _Worker:
 
 
 def _stop(workers: list[_Worker], graceful: bool) -> None:
-    """Graceful: tell each worker to finish. Otherwise (interrupted): SIGTERM each, which stops its trial at once;
-    either way wait for them, and kill any that do not end within `STOP_GRACE_S`."""
+    """Tell each worker to finish, or (not `graceful`) SIGTERM it; kill any not ended after `STOP_GRACE_S`."""
     for worker in workers:
         try:
             if graceful:
@@ -174,7 +170,7 @@ def _stop(workers: list[_Worker], graceful: bool) -> None:
 
 
 def _death(exitcode: Optional[int]) -> tuple[str, Optional[str]]:
-    """Why a worker process ended, and the name of the signal that ended it (if one did)."""
+    """Why a worker process ended, and the signal that ended it, if one did."""
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
         hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
@@ -183,11 +179,10 @@ def _death(exitcode: Optional[int]) -> tuple[str, Optional[str]]:
 
 
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
-    """A worker process: pinned to `slot`, it runs the trials the main process sends until it sends None.
+    """A worker process: it runs the trials the main process sends until None.
 
-    SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the main process answers it with
-    SIGTERM). On SIGTERM the trial stops and the worker ends at once (``os._exit``), without a traceback or waiting
-    for a library's threads: results are written atomically, and the kernel releases the trial's lock.
+    On SIGTERM the trial stops and the worker ends at once (``os._exit``), without a traceback or waiting for a
+    library's threads: results are written atomically, and the kernel releases the trial's lock.
     """
     die_with_parent(parent)
     stop_on_sigterm()

@@ -45,8 +45,7 @@ CANCEL_WAIT_S = 20.0  # how long a stopped sweep waits for its cancelled tasks t
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What one trial's Ray task asks for: ``gpus`` (0, a fraction to pack trials onto a GPU, or 1) and ``cpus``
-    (whose whole cores are its torch `threads`)."""
+    """What one trial's Ray task asks for: ``gpus`` (0 to 1: a fraction packs trials onto a GPU) and ``cpus``."""
 
     gpus: float = 0.0
     cpus: float = 1.0
@@ -58,8 +57,8 @@ class TrialResources:
 
     @classmethod
     def share(cls, gpus: int, parallel: int, cpus: int) -> TrialResources:
-        """The share of a machine (`gpus`, `cpus`) the local engine gives each of `parallel` workers: a GPU each, or
-        ``1/k`` of one when k trials share a GPU; ``cpus // parallel`` cores (at least one)."""
+        """The share of a machine the local engine gives each of `parallel` workers: a GPU or ``1/k`` of one each,
+        and ``cpus // parallel`` cores (at least one)."""
         check("gpus", gpus, integer(0))
         check("parallel", parallel, integer(1))
         check("cpus", cpus, integer(1))
@@ -71,17 +70,17 @@ class TrialResources:
         return max(1, int(self.cpus))
 
     def fits_on(self, node: dict[str, float]) -> int:
-        """How many such tasks a node with the resources `node` (from ``ray.nodes()``) runs at once."""
+        """How many such tasks a node (its resources, from ``ray.nodes()``) runs at once."""
         needs = {"CPU": self.cpus, "GPU": self.gpus}
         return min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in needs.items() if amount > 0)
 
     def capacity(self, nodes: list[dict[str, float]]) -> int:
-        """How many such tasks a cluster of `nodes` runs at once (at least 1: an autoscaler may add nodes)."""
+        """How many such tasks a cluster runs at once (at least 1: an autoscaler may add nodes)."""
         return max(1, sum(self.fits_on(node) for node in nodes))
 
 
 def available_cpus() -> int:
-    """The cores this process may run on (its affinity: a SLURM or taskset allocation, not the whole machine)."""
+    """The cores this process may run on (its affinity: a SLURM or taskset allocation)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no sched_getaffinity (macOS)
@@ -89,7 +88,7 @@ def available_cpus() -> int:
 
 
 def check_supported(trials: list[Trial], options: RunOptions) -> None:
-    """Raise ValueError if these trials need per-trial DDP, which the Ray engine does not do."""
+    """Raise ValueError for per-trial DDP, which the Ray engine does not do."""
     width = max([t.data_parallel for t in trials] + [options.num_nodes])
     if options.strategy not in ("auto", None) or width > 1:
         raise ValueError(
@@ -101,8 +100,7 @@ def check_supported(trials: list[Trial], options: RunOptions) -> None:
 
 
 def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
-    """Raise ValueError naming `address` if nothing listens there (``ray.init`` would retry for minutes); None, a
-    local Ray and ``auto`` are not probed."""
+    """Raise ValueError if nothing listens at `address` (``ray.init`` would retry for minutes)."""
     if address in (None, "auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -128,14 +126,13 @@ def import_ray() -> Any:
 
 
 def _start_time(pid: int) -> Optional[int]:
-    """When process `pid` started (clock ticks since boot), None if it is gone: with its PID, it names one process
-    even after the PID is reused."""
+    """When process `pid` started, None if it is gone: with its PID, it names one process."""
     fields = proc_stat(pid)
     return int(fields[19]) if len(fields) > 19 else None
 
 
 def descendants(pid: int) -> list[tuple[int, int]]:
-    """(PID, start time) of every process below `pid` (a local Ray's GCS, raylet, agents and workers)."""
+    """(PID, start time) of every process below `pid`."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         fields = proc_stat(entry.name) if entry.name.isdigit() else []
@@ -152,8 +149,8 @@ def descendants(pid: int) -> list[tuple[int, int]]:
 
 
 def reaper(processes: list[tuple[int, int]]) -> Optional[subprocess.Popen]:
-    """A process that SIGKILLs `processes` (PID, start time) when this one dies, by any signal, or when it is
-    stopped: Ray's agents otherwise outlive a killed driver for a minute or two. None if there are none."""
+    """A process that SIGKILLs `processes` (PID, start time) when this one dies or stops it: Ray's agents
+    otherwise outlive a killed driver for minutes."""
     if not processes:
         return None
     listed = [f"{pid}:{start}" for pid, start in processes]
@@ -162,8 +159,7 @@ def reaper(processes: list[tuple[int, int]]) -> Optional[subprocess.Popen]:
 
 
 def _reap(parent: int, listed: list[str]) -> None:
-    """The reaper's body: wait for SIGTERM (its parent died, or the sweep ended), then SIGKILL each listed process
-    that is still the same process."""
+    """The reaper: on SIGTERM (its parent died, or the sweep ended), SIGKILL each listed process still alive."""
     processes = [tuple(int(part) for part in item.split(":")) for item in listed]
 
     def kill_all(signum: int, frame: Any) -> None:
@@ -188,13 +184,12 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 @contextmanager
 def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
-    """Be connected to Ray while the block runs, which gets whether this call joined it: the instance this process
-    already joined, the cluster at `address`, or a new local instance with this process's cores, its processes
-    watched by a `reaper`. Leave it afterwards (shutting down a local Ray, ending the job's tasks on a cluster).
+    """Be connected to Ray while the block runs (yields whether this call joined it): the instance already joined,
+    the cluster at `address`, or a new local one with this process's cores, watched by a `reaper`.
 
-    A local instance has no dashboard, and Ray (>= 2.59) requires its token (``~/.ray/auth_token``) on every RPC;
-    its core processes still listen on all interfaces (docs/cluster.md). ``ray.init`` replaces the SIGTERM handler:
-    the caller's Python handler is kept, else SIGTERM exits with status 143 through the sweep's cleanup.
+    A local Ray has no dashboard and requires its token (``~/.ray/auth_token``, Ray >= 2.59) on every RPC; its
+    processes listen on all interfaces (docs/cluster.md). ``ray.init`` replaces the SIGTERM handler: the caller's
+    is put back, else SIGTERM exits with status 143 through the sweep's cleanup.
     """
     if ray.is_initialized():
         yield False
@@ -224,7 +219,7 @@ def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
 
 
 def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> TrialStatus:
-    """The body of a trial's Ray task, on a worker: `run_trial` with the task's CPU share as torch threads."""
+    """A trial's Ray task: `run_trial`, with the task's CPU share as torch threads."""
     import torch
 
     from ablations.quiet import quiet_lightning
@@ -236,7 +231,7 @@ def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> Tr
 
 
 class _RaySweep:
-    """One sweep on Ray: submits trials as the cluster has room, collects their statuses, retries lost workers."""
+    """One sweep on Ray: submits trials as the cluster has room, collects statuses, retries lost workers."""
 
     def __init__(
         self, ray: Any, trials: list[Trial], options: RunOptions, resources: TrialResources, max_retries: int
@@ -256,11 +251,9 @@ class _RaySweep:
     def run(self, todo: list[int], cancel_on_exit: bool) -> None:
         """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
 
-        Stop signals are noted while Ray waits (an exception inside ``ray.wait`` would become a SystemError) and
-        raise between waits. If interrupted or on any error, the running tasks are cancelled (KeyboardInterrupt in
-        the task stops its trial before it tests or writes; ``force=True`` can crash the driver in Ray 2.60) and
-        waited for, up to `CANCEL_WAIT_S`. `cancel_on_exit` False (the caller's Ray ends with it) skips this when
-        the sweep ends normally.
+        Stop signals raise between waits (inside ``ray.wait`` they would become a SystemError). Then, or on an error,
+        the running tasks are cancelled (a KeyboardInterrupt stops each before it writes; ``force=True`` can crash the
+        driver) and waited for, up to `CANCEL_WAIT_S`; so too at the end unless the caller's Ray ends with it.
         """
         self.pending.extend((i, False) for i in todo)
         if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
@@ -291,7 +284,7 @@ class _RaySweep:
         return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
 
     def _fill(self) -> None:
-        """Hand Ray as many pending trials as the cluster can run at once, so the bar names the running ones."""
+        """Hand Ray as many pending trials as the cluster can run at once."""
         room = self.resources.capacity(self._nodes()) - len(self.in_flight)
         for _ in range(min(room, len(self.pending))):
             i, wait = self.pending.popleft()
@@ -327,7 +320,6 @@ class _RaySweep:
             self.progress.finished(i, status)
 
     def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
-        """Record trial `i` as failed, with the engine and the attempts, unless another sweep now holds it."""
         status = record_failure(
             self.trials[i], self.options.logdir, reason, traceback=traceback, engine="ray", attempts=self.attempts[i]
         )
@@ -336,9 +328,8 @@ class _RaySweep:
 
 @dataclass(frozen=True)
 class RayExecutor(Executor):
-    """``--engine ray``: each trial a Ray task asking for `resources`, on the Ray cluster at `address` (None: a
-    local Ray; a process that already joined Ray keeps its instance); a trial whose worker or node dies is rerun up
-    to `max_retries` times."""
+    """``--engine ray``: each trial a Ray task asking for `resources` on the cluster at `address` (None: a local
+    Ray), rerun up to `max_retries` times when its worker or node dies."""
 
     address: Optional[str]
     resources: TrialResources
@@ -346,8 +337,7 @@ class RayExecutor(Executor):
 
     @classmethod
     def sharing(cls, parallel: int, gpus: int, *, address: Optional[str], max_retries: int) -> RayExecutor:
-        """Tasks that each ask for the share of a machine the local engine gives each of its `parallel` workers
-        (`TrialResources.share`, of this process's cores)."""
+        """Tasks asking for `TrialResources.share` of this process's cores."""
         return cls(address, TrialResources.share(gpus, parallel, available_cpus()), max_retries)
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
