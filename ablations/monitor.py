@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from ablations.report import board
+from ablations.signals import raise_if_interrupted
 from ablations.suite import Trial
 from lit_cifar.data import attached_datamodule
 from lit_cifar.module import BATCHNORMS
@@ -90,7 +91,8 @@ class TrialMonitor(pl.Callback):
     - BatchNorm drift: on each epoch's first validation batch, the means over all channels of ``|batch mean -
       running mean| / running std`` (``val/bn_mean_gap``) and ``batch std / running std`` (``val/bn_std_ratio``);
       near 0 and 1 the running statistics describe the data;
-    - one named training image per class, once per suite (``<suite_dir>/_samples``, written by the first trial).
+    - one named training image per class, once per suite (``<suite_dir>/_samples``, written by the first trial);
+    - a stop at the next batch once a stop signal arrived, in case the handler's exception was lost.
     """
 
     def __init__(self, suite_dir: Optional[Path] = None) -> None:
@@ -112,6 +114,15 @@ class TrialMonitor(pl.Callback):
         images, names = dm.class_examples()
         png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
         board.write_run(self.samples, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        raise_if_interrupted()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        raise_if_interrupted()
+
+    def on_test_batch_start(self, *args: Any) -> None:
+        raise_if_interrupted()
 
     def on_train_epoch_start(self, *args: Any) -> None:
         self._epoch_start = time.perf_counter()

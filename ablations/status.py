@@ -22,9 +22,6 @@ from ablations.store import UnsafePath, folder_lock, read_result, write_json_ato
 if TYPE_CHECKING:
     from ablations.suite import RunOptions, Trial
 
-# What every error.json holds besides `Trial.record`, whichever engine wrote it.
-FAILURE_FIELDS = ("error", "traceback", "signal")
-
 
 class TrialState(str, Enum):
     """A trial's state as its engine reports it; a `str`, equal to its text."""

@@ -10,6 +10,7 @@ folder. No symlink is followed where the harness deletes, moves, locks or writes
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -324,11 +325,9 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
                 fcntl.flock(handle, fcntl.LOCK_EX)
             finally:
                 note.cancel()
-        try:
+        with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, it just names no one
             os.ftruncate(handle, 0)
             os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        except OSError:  # a full disk: the lock holds all the same, it just names no one
-            pass
         try:
             yield True
         finally:

@@ -46,19 +46,6 @@ class Ranks:
     broadcast: Callable[[Any], Any] = _unchanged
 
 
-class StopWhenInterrupted(pl.Callback):
-    """Stops a trial at its next batch once a stop signal arrived, in case the handler's exception was lost."""
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        raise_if_interrupted()
-
-    def on_validation_batch_start(self, *args: Any) -> None:
-        raise_if_interrupted()
-
-    def on_test_batch_start(self, *args: Any) -> None:
-        raise_if_interrupted()
-
-
 def stop_if_interrupted(trainer: pl.Trainer) -> None:
     """Raise if Lightning stopped the run early (it swallows a KeyboardInterrupt, e.g. Ray's cancellation)."""
     raise_if_interrupted()
@@ -124,7 +111,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
         **trainer_kwargs(options, trial.settings),
         **trial.trainer,  # the suite's Trainer arguments (`ablations.custom.check_trainer` checked them)
         logger=[logger, *custom.loggers(trial, options)],
-        callbacks=[monitor, StopWhenInterrupted()],
+        callbacks=[monitor],
     )
     trainer.fit(model, datamodule=dm)
     stop_if_interrupted(trainer)
@@ -156,42 +143,41 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     }
 
 
+def _train(trial: Trial, options: RunOptions, record: Optional[dict[str, Any]]) -> TrialStatus:
+    """Train and test the trial; with its `record` (rank 0, holding the lock) write result.json, or error.json."""
+    paths = trial.paths(options.logdir)
+    try:
+        trained = _train_and_test(trial, options, paths)
+        if record is not None:
+            write_result(paths.result, {**record, **trained})
+        return TrialStatus(trial.name, TrialState.DONE)
+    except Exception as error:  # isolate the failure: record it, let the sweep go on
+        reason = f"{type(error).__name__}: {error}"
+        if record is None:
+            return TrialStatus(trial.name, TrialState.FAILED, reason)
+        paths.clear(empty_only=True)
+        return record_failure(trial, options.logdir, reason, traceback=traceback.format_exc(), record=record, held=True)
+    finally:
+        release_memory()
+
+
 def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> TrialStatus:
     """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
 
     Returns its `TrialStatus`: DONE; SKIPPED; BUSY if another process holds it and not ``wait``; FAILED with
-    error.json, or with nothing written when `ablations.status.claim` refused it. Under DDP rank 0 decides for all."""
+    error.json, or with nothing written when `ablations.status.claim` refused it. Under DDP rank 0 decides for all.
+    """
     quiet_full_disk_in_threads()
     quiet_lightning()  # Lightning's import set its logger back to INFO: the sweep prints its own progress
-    paths = trial.paths(options.logdir)
     if ranks.rank != 0:  # train when rank 0 says so; rank 0 records the outcome
         state = TrialState(ranks.broadcast(None))
-        if state is not TrialState.RUN:
-            return TrialStatus(trial.name, state)
-        try:
-            _train_and_test(trial, options, paths)
-            return TrialStatus(trial.name, TrialState.DONE)
-        except Exception as error:
-            return TrialStatus(trial.name, TrialState.FAILED, f"{type(error).__name__}: {error}")
-        finally:
-            release_memory()
+        return _train(trial, options, None) if state is TrialState.RUN else TrialStatus(trial.name, state)
     try:
         with claim(trial, options, wait) as state:
             ranks.broadcast(state.value)
             if state is not TrialState.RUN:
                 return TrialStatus(trial.name, state)
-            record = {**trial.record(), "environment": environment()}
-            try:
-                write_result(paths.result, {**record, **_train_and_test(trial, options, paths)})
-                return TrialStatus(trial.name, TrialState.DONE)
-            except Exception as error:  # isolate the failure: record it, let the sweep go on
-                paths.clear(empty_only=True)
-                reason = f"{type(error).__name__}: {error}"
-                return record_failure(
-                    trial, options.logdir, reason, traceback=traceback.format_exc(), record=record, held=True
-                )
-            finally:
-                release_memory()
+            return _train(trial, options, {**trial.record(), "environment": environment()})
     except (OtherSettings, UnsafePath) as error:  # refused by `claim`: nothing trained, nothing written
         ranks.broadcast(TrialState.FAILED.value)
         return TrialStatus(trial.name, TrialState.FAILED, str(error))

@@ -1,10 +1,13 @@
-"""The engines behind one interface (`ablations.engines.Executor`), the one trial status (`ablations.status`), and
-the layering of our modules (no import cycle, lazy imports included; the trial layer never imports an engine)."""
+"""The engines behind one interface (`ablations.engines.Executor`): the local engine's worker slots, worker death
+and DDP sweeps; and the layering of our modules (no import cycle, lazy imports included; the trial layer never
+imports an engine)."""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
+import signal
 import subprocess
 import sys
 import types
@@ -14,16 +17,16 @@ from typing import Any, ClassVar, Optional
 import pytest
 
 from ablations.engines import Executor, LocalExecutor, make_executor
-from ablations.engines.ray import RayExecutor
 from ablations.engines.base import Progress
 from ablations.engines.local import run_local, worker_slots
-from ablations.status import FAILURE_FIELDS, TrialState, TrialStatus, claim, record_failure
-from ablations.store import folder_lock, write_result
+from ablations.engines.ray import RayExecutor
+from ablations.status import TrialState, TrialStatus
+from ablations.store import ERROR_FILE, RESULT_FILE, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
 from tests import fakes
 from tests.fakes import METRICS
-from tests.helpers import REPO
+from tests.helpers import DEADLINE_S, REPO, TINY, results, wait_until
 
 PACKAGES = (REPO / "lit_cifar", REPO / "ablations")
 TRIAL_LAYER = ("ablations.trial", "ablations.store", "ablations.suite", "ablations.status", "ablations.signals")
@@ -206,31 +209,6 @@ def test_the_trial_layer_never_imports_an_engine(module):
     assert "ablations.run" not in _reachable(module)
 
 
-# ------------------------------------------------------------------------------------------- trial status
-def test_a_trial_status_names_its_trial_state_and_reason():
-    status = TrialStatus("pixel/seed=0", TrialState.FAILED, "boom")
-    assert (status.trial, status.state, status.error) == ("pixel/seed=0", "failed", "boom")
-    assert f"{status.state}" == str(status.state) == "failed" and json.dumps(status.state) == '"failed"'
-    assert not TrialStatus("a", TrialState.BUSY).final and TrialStatus("a", TrialState.SKIPPED).final
-
-
-def test_claim_is_the_one_decision_skip_busy_or_run(tmp_path):
-    finished, held, free = fake_trials(3)
-    options = RunOptions(logdir=str(tmp_path))
-    finish(finished, tmp_path)
-    with claim(finished, options) as state:
-        assert state is TrialState.SKIPPED
-    with folder_lock(held.paths(tmp_path).folder):  # another sweep runs it
-        with claim(held, options) as state:
-            assert state is TrialState.BUSY
-    with claim(free, options) as state:
-        assert state is TrialState.RUN
-        with folder_lock(free.paths(tmp_path).folder) as locked:
-            assert not locked  # the lock is held while the block runs
-    with claim(finished, RunOptions(logdir=str(tmp_path), force=True)) as state:
-        assert state is TrialState.RUN
-
-
 # -------------------------------------------------------------------------------------------- executors
 class InlineExecutor(Executor):
     """A third engine in a few lines: each trial in turn, in this process, with a stand-in runner."""
@@ -271,73 +249,116 @@ def test_the_local_executor_runs_its_trials_in_worker_slots(tmp_path):
     assert len({p.read_text() for p in tmp_path.glob("fake/*/*/started-*")}) == 2  # two worker processes
 
 
-# ------------------------------------------------------------------------------------------ failure records
-class _Lost(Exception):
-    """A stand-in for Ray's WorkerCrashedError."""
+# ------------------------------------------------------------------------------------------- slots, Ray seam
+def test_each_local_worker_gets_its_own_gpu_slot_and_thread_share():
+    assert [(s.cuda_visible_devices, s.threads) for s in worker_slots(4, gpus=4, cpus=16)] == [
+        ("0", 4),
+        ("1", 4),
+        ("2", 4),
+        ("3", 4),
+    ]
+    assert [s.cuda_visible_devices for s in worker_slots(4, gpus=2, cpus=16)] == ["0", "1", "0", "1"]  # packed
+    # GPUs numbered as the parent sees them (e.g. SLURM set CUDA_VISIBLE_DEVICES=3,5)
+    assert [s.cuda_visible_devices for s in worker_slots(2, gpus=2, cpus=2, visible="3,5")] == ["3", "5"]
+    assert [(s.cuda_visible_devices, s.threads) for s in worker_slots(3, gpus=0, cpus=2)] == [(None, 1)] * 3
 
 
-def _stub_ray() -> Any:
-    """Just what `_RaySweep` touches: a remote function, the exception types and a ``get`` whose worker died."""
-
-    def get(ref: Any) -> Any:
-        raise _Lost("the worker died")
-
-    exceptions = types.SimpleNamespace(
-        WorkerCrashedError=_Lost, NodeDiedError=_Lost, OutOfMemoryError=_Lost, RayError=Exception
-    )
-    return types.SimpleNamespace(
-        remote=lambda f: types.SimpleNamespace(options=lambda **kw: None), exceptions=exceptions, get=get
-    )
-
-
-def _error_fields(trial: Trial, logdir: Path) -> set[str]:
-    return set(json.loads(trial.paths(logdir).error.read_text()))
-
-
-def test_every_engine_writes_the_same_error_json_fields(tmp_path, monkeypatch):
-    """A trial that raised (run_trial, as local and Ray workers run it), a local worker that died, a Ray worker lost
-    for good: each error.json holds the trial's record, error, traceback and signal, plus only
-    what that path knows besides (the environment of a trial that started, Ray's engine and attempts)."""
-    from ablations.engines.ray import TrialResources, _RaySweep
-    from ablations.trial import run_trial
-
-    trial = fake_trials(2)[1]  # seed 1: the one `fakes.die_on_seed_1` kills
-    base = set(trial.record()) | set(FAILURE_FIELDS)
-    fields = {}
-
-    def boom(*args: Any) -> Any:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr("ablations.trial._train_and_test", boom)
-    assert run_trial(trial, RunOptions(logdir=str(tmp_path / "trial"))).state == "failed"
-    fields["trial"] = _error_fields(trial, tmp_path / "trial")
-
-    options = RunOptions(logdir=str(tmp_path / "worker"))
+# ------------------------------------------------------------------------------------ local worker processes
+def test_workers_run_in_their_slots(tmp_path):
+    options = RunOptions(logdir=str(tmp_path))
     statuses = run_local(
-        [trial], options, fakes.die_on_seed_1, Progress([trial], show=False), worker_slots(1, gpus=0, cpus=1)
+        fake_trials(),
+        options,
+        fakes.finish,
+        Progress(fake_trials(), show=False),
+        worker_slots(2, gpus=2, cpus=4, visible="6,7"),
     )
-    assert statuses[0].state is TrialState.FAILED and "SIGKILL" in str(statuses[0].error)
-    fields["worker"] = _error_fields(trial, tmp_path / "worker")
-
-    sweep = _RaySweep(_stub_ray(), [trial], RunOptions(logdir=str(tmp_path / "ray")), TrialResources(), 0)
-    sweep.attempts[0] = 1
-    sweep._collect(object(), 0, False)
-    sweep.progress.close()
-    assert sweep.progress.statuses[0].state is TrialState.FAILED
-    fields["ray"] = _error_fields(trial, tmp_path / "ray")
-
-    assert fields == {
-        "trial": base | {"environment"},
-        "worker": base,
-        "ray": base | {"engine", "attempts"},
-    }
+    assert [s.state for s in statuses] == ["done"] * 3
+    seen = [json.loads(p.read_text()) for p in tmp_path.glob(f"fake/*/*/{RESULT_FILE}")]
+    assert {r["cuda"] for r in seen} == {"6", "7"} and {r["threads"] for r in seen} == {"2"}
 
 
-def test_a_failure_is_not_recorded_over_a_result_or_while_another_process_holds_the_trial(tmp_path):
-    finished, held = fake_trials(2)
-    finish(finished, tmp_path)
-    assert record_failure(finished, tmp_path, "late").state is TrialState.FAILED
-    assert not finished.paths(tmp_path).error.exists()
-    with folder_lock(held.paths(tmp_path).folder):
-        record_failure(held, tmp_path, "elsewhere")
-    assert not held.paths(tmp_path).error.exists()
+def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    """The OOM killer or a segfault ends a worker: its trial is failed with the signal, a new worker takes over."""
+    options = RunOptions(logdir=str(tmp_path))
+    statuses = run_local(
+        fake_trials(4),
+        options,
+        fakes.die_on_seed_1,
+        Progress(fake_trials(4), show=False),
+        worker_slots(2, gpus=0, cpus=2),
+    )
+    assert [s.state for s in statuses] == ["done", "failed", "done", "done"]
+    assert "killed by SIGKILL" in str(statuses[1].error)
+    error = json.loads((tmp_path / "fake/baseline/seed=1" / ERROR_FILE).read_text())
+    assert error["signal"] == "SIGKILL" and error["settings_hash"] == fake_trials()[1].settings_hash
+    assert not (tmp_path / "fake/baseline/seed=1" / RESULT_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------- DDP sweeps
+def ddp_command(data_dir: Path, logdir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        "--data-dir",
+        str(data_dir),
+        "--logdir",
+        str(logdir),
+        "--only",
+        "pixel+bn",
+        "--seeds",
+        "0,1,2",
+        "--accelerator",
+        "cpu",
+        "--strategy",
+        "ddp",
+        "--devices",
+        "2",
+        *TINY,
+    ]
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory, cifar_dir):
+    """An uninterrupted 2-rank (gloo, CPU) sweep of 3 trials."""
+    logdir = tmp_path_factory.mktemp("ddp")
+    done = subprocess.run(
+        ddp_command(cifar_dir, logdir), cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S * 2
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results(logdir)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_counts_the_test_set_once(ddp_reference):
+    result = ddp_reference["notebook/pixel+bn/seed=0"]
+    assert result["world_size"] == 2 and result["settings"]["data_parallel"] == 2
+    assert result["test_images"] == 200
+    # test/acc is a multiple of 1/200: all 200 test images counted once across the two ranks, none twice
+    assert result["metrics"]["test/acc"] * 200 == pytest.approx(round(result["metrics"]["test/acc"] * 200), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_ddp_sweep_killed_after_its_first_trial_resumes_to_the_same_results(ddp_reference, cifar_dir, tmp_path):
+    """Every rank takes rank 0's decision: on resume all ranks skip the finished trial and train the same ones."""
+    command = ddp_command(cifar_dir, tmp_path)
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    wait_until(lambda: bool(results(tmp_path)), "the first result.json", sweep)
+    os.killpg(sweep.pid, signal.SIGKILL)  # rank 0 and the rank it launched
+    sweep.wait()
+    kept = {name: result["metrics"] for name, result in results(tmp_path).items()}
+    assert "notebook/pixel+bn/seed=0" in kept and len(kept) < 3
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S * 2)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{3 - len(kept)} trained, {len(kept)} already done" in rerun.stderr
+    resumed = results(tmp_path)
+    assert sorted(resumed) == sorted(ddp_reference)
+    for name, result in resumed.items():
+        assert (result["metrics"], result["history"]) == (
+            ddp_reference[name]["metrics"],
+            ddp_reference[name]["history"],
+        ), name
+        assert result["world_size"] == 2

@@ -1,5 +1,6 @@
-"""The Ray engine (``--engine ray``) on a local Ray: the local engine's results, waiting for busy trials, resume
-after a killed driver, retries after killed workers, and the resources each trial asks for.
+"""The Ray engine (``--engine ray``): on a local Ray, the local engine's results, waiting for busy trials, resume
+after a killed driver, retries after killed workers and lost nodes, stop signals; without one, the resources each
+trial asks for and the flags that cannot work.
 
 One local Ray instance (2 CPUs) serves the whole module; the in-process sweeps join it, the subprocess sweeps
 connect to it by address. Workers are killed the way the OOM killer would: SIGKILL to the process that holds the
@@ -8,6 +9,7 @@ trial's lock (found in /proc/locks).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -16,21 +18,24 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from ablations import plan as run_module
-from ablations.status import TrialState, TrialStatus
 from ablations.engines import ray as ray_engine
-from ablations.engines.ray import TrialResources, available_cpus
+from ablations.engines.ray import RayExecutor, TrialResources, available_cpus
 from ablations.run import main
+from ablations.status import TrialState, TrialStatus
+from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, TrialPaths, folder_lock, read_result
 from ablations.suite import RunOptions
-from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, TrialPaths, folder_lock
+from ablations.trial import run_trial
 from tests.helpers import REPO, numbers, results
+from tests.test_trust import notebook_trials, sweep_args
 
-pytest.importorskip("ray")  # the `ray` extra
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
 
 TINY = ["--epochs", "1", "--limit-train", "64", "--val-size", "32", "--batch-size", "32"]
 TRIALS = ["--only", "pixel+dropout=0.25", "--seeds", "0,1,2"]  # dropout: the seed's RNG streams matter
@@ -114,6 +119,7 @@ def reference(tmp_path_factory, cifar_dir):
     return found
 
 
+@needs_ray
 @pytest.mark.slow
 def test_ray_sweep_equals_the_local_engine_and_waits_for_a_busy_trial(
     ray_address, reference, cifar_dir, tmp_path, capsys
@@ -165,6 +171,7 @@ def wait_for(condition, what: str) -> None:
         time.sleep(0.02)
 
 
+@needs_ray
 @pytest.mark.slow
 def test_killed_driver_then_rerun_keeps_finished_trials(ray_address, reference, cifar_dir, tmp_path, capsys):
     """SIGKILL the driver once a trial has finished: the rerun keeps it and trains only the others."""
@@ -214,6 +221,7 @@ def test_killed_driver_then_rerun_keeps_finished_trials(ray_address, reference, 
     assert all(numbers(found[k]) == numbers(reference[k]) for k in reference)
 
 
+@needs_ray
 @pytest.mark.slow
 def test_killed_worker_is_retried_then_recorded_failed(ray_address, cifar_dir, tmp_path, capsys):
     """--max-retries 1: a trial whose worker is killed once finishes on its retry; one whose worker is killed on
@@ -295,6 +303,7 @@ def test_bad_trial_resources_are_rejected(gpus, cpus, message):
         TrialResources(gpus=gpus, cpus=cpus)
 
 
+@needs_ray
 def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_path, capsys):
     """--parallel 8 on a machine with 4 GPUs and 16 cores: each Ray task asks for half a GPU and 2 CPUs."""
     calls = []
@@ -339,6 +348,7 @@ def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_
     assert calls == [{"address": "127.0.0.1:6379", "gpus_per_trial": 0.5, "cpus_per_trial": 2, "max_retries": 5}]
 
 
+@needs_ray
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -364,3 +374,211 @@ def test_engine_ray_without_ray_says_how_to_install_it(monkeypatch, cifar_dir, t
     status, err = sweep(capsys, "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--engine", "ray")
     assert status == 2 and 'pip install -e ".[ray]"' in err
     assert not (tmp_path / "notebook").exists()
+
+
+def test_ray_tasks_request_the_resources_the_flags_imply():
+    assert TrialResources.share(gpus=2, parallel=2, cpus=16) == TrialResources(gpus=1.0, cpus=8)
+    assert TrialResources.share(gpus=2, parallel=4, cpus=16) == TrialResources(gpus=0.5, cpus=4)
+    assert TrialResources.share(gpus=0, parallel=2, cpus=2) == TrialResources(gpus=0.0, cpus=1)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """`ablations.engines.ray.RayExecutor.execute` replaced by a recorder that trains nothing (and `ray` by an empty
+    module), with no cluster address contacted."""
+    calls = []
+
+    def execute(executor, trials, options):
+        calls.append(
+            {
+                "trials": [t.name for t in trials],
+                "logdir": options.logdir,
+                "address": executor.address,
+                "gpus_per_trial": executor.resources.gpus,
+                "cpus_per_trial": executor.resources.cpus,
+                "max_retries": executor.max_retries,
+            }
+        )
+        return [TrialStatus(t.name, TrialState.FAILED, "not really run") for t in trials]
+
+    from ablations.engines import ray as ray_engine
+
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
+    monkeypatch.setattr(ray_engine.RayExecutor, "execute", execute)
+    monkeypatch.setattr(ray_engine, "check_address", lambda address: None)  # no cluster is contacted
+    return calls
+
+
+def test_engine_ray_hands_the_trials_and_resources_to_its_executor(fake_ray, monkeypatch, tmp_path, cifar_dir, capsys):
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    status = main(
+        [
+            "--engine",
+            "ray",
+            "--parallel",
+            "2",
+            "--max-retries",
+            "5",
+            "--only",
+            "baseline",
+            "--seeds",
+            "0,1",
+            "--logdir",
+            str(tmp_path),
+            "--data-dir",
+            str(cifar_dir),
+            "--accelerator",
+            "cpu",
+            *TINY,
+        ]
+    )
+    assert status == 1 and "FAILED baseline/seed=1: not really run" in capsys.readouterr().err
+    assert fake_ray == [
+        {
+            "trials": ["baseline/seed=0", "baseline/seed=1"],
+            "logdir": str(tmp_path),
+            "address": "ray://head:10001",
+            "gpus_per_trial": 0.0,
+            "cpus_per_trial": (os.cpu_count() or 1) / 2,
+            "max_retries": 5,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "ddp"], "is not supported with it. Use --engine local"),
+        (["--engine", "spark"], "invalid choice: 'spark'"),
+        (["--max-retries", "-1"], "--max-retries: -1 must be >= 0"),
+    ],
+)
+def test_engine_ray_flags_that_cannot_work_exit_2(fake_ray, args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--engine", "ray", *args, "--logdir", str(tmp_path), "--dry-run"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err and not fake_ray
+
+
+# --------------------------------------------------------------------- 3. Ray stops like the local engine
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
+def test_a_signal_stops_a_ray_sweep_like_the_local_engine(cifar_dir, tmp_path, signum):
+    """SIGTERM to ``--engine ray --parallel 2`` while two trials train: exit 143, the running tasks are cancelled
+    (their locks are free once the sweep has ended), no result is written after the signal, and the finished
+    trials (none here) are listed."""
+    import time
+
+    from ablations.store import folder_lock
+    from tests.processes import wait_until
+
+    command = [
+        sys.executable,
+        "-m",
+        "ablations.run",
+        *sweep_args(
+            cifar_dir,
+            tmp_path,
+            "--only",
+            "pixel",
+            "--seeds",
+            "0,1,2",
+            "--epochs",
+            "40",
+            "--engine",
+            "ray",
+            "--parallel",
+            "2",
+        ),
+    ]
+    sweep = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    running = lambda: sorted(p.parent for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*"))  # noqa
+    wait_until(lambda: len(running()) == 2, "two Ray tasks to train", sweep)
+    sweep.send_signal(signum)
+    _, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 128 + signum, err[-3000:]
+    assert "SystemError" not in err and "Traceback" not in err, err[-3000:]
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}: 0 of 3 trials finished" in err, err[-3000:]
+
+    def unlocked(folder: Path) -> bool:
+        with folder_lock(folder) as locked:
+            return locked
+
+    wait_until(lambda: all(unlocked(folder) for folder in running()), "the cancelled tasks to end")
+    time.sleep(5.0)  # a task that went on would write its result now
+    assert not list(tmp_path.rglob(RESULT_FILE)) and not list(tmp_path.rglob("*.tmp"))
+
+
+# --------------------------------------------------------- 4. a node lost mid-trial on a multi-node Ray cluster
+@needs_ray
+@pytest.mark.slow
+def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar_dir, tmp_path, capfd):
+    """A head and a second node (`ray.cluster_utils.Cluster`, one CPU each), two trials, one per node; the second
+    node is removed while both train. The sweep finishes, the lost trial is retried (on the head), both results
+    equal the local engine's, and the folder of the trial that was not lost is left as it was."""
+    import logging
+    import threading
+
+    import ray
+    import torch
+    from ray.cluster_utils import Cluster
+
+    from ablations.engines.ray import TrialResources
+    from tests.processes import wait_until
+
+    trials = notebook_trials(only=["pixel+dropout=0.25"], seeds=(0, 1), epochs=20)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray task (one CPU)
+    try:
+        assert all(
+            run_trial(t, RunOptions(data_dir=str(cifar_dir), logdir=str(local), accelerator="cpu")).state == "done"
+            for t in trials
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+    quick_failure_detection = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_failure_threshold": 2,
+    }
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": quick_failure_detection})
+    try:
+        second = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
+        statuses: list = []
+        options = RunOptions(data_dir=str(cifar_dir), logdir=str(remote), accelerator="cpu")
+        sweep = threading.Thread(
+            target=lambda: statuses.extend(
+                RayExecutor(cluster.address, TrialResources(gpus=0, cpus=1), max_retries=2).execute(trials, options)
+            )
+        )
+        sweep.start()
+        folders = [t.paths(remote).folder for t in trials]
+        events = lambda folder: {p.name for p in folder.glob("events.out.tfevents.*")}  # noqa: E731
+        wait_until(lambda: all(events(f) for f in folders), "both trials to train, one on each node")
+        before = {folder: events(folder) for folder in folders}
+        cluster.remove_node(second, allow_graceful=False)
+        sweep.join(timeout=600)
+        assert not sweep.is_alive(), "the sweep did not finish"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    err = capfd.readouterr().err
+    assert [s.state for s in statuses] == ["done", "done"], statuses
+    assert "Ray worker lost running pixel+dropout=0.25/seed=" in err and "retry 1 of 2" in err, err[-3000:]
+    kept = [folder for folder in folders if before[folder] <= events(folder)]
+    retried = [folder for folder in folders if not before[folder] & events(folder)]
+    assert len(kept) == 1 and len(retried) == 1, (before, {f: events(f) for f in folders})
+    for t in trials:
+        ours, theirs = read_result(t.paths(remote).folder), read_result(t.paths(local).folder)
+        assert (ours["metrics"], ours["history"], ours["settings_hash"]) == (
+            theirs["metrics"],
+            theirs["history"],
+            theirs["settings_hash"],
+        )

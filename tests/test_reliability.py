@@ -1,4 +1,5 @@
-"""Reliability: kill -9 and resume, concurrent sweeps, unreadable results, determinism, bad input, TensorBoard."""
+"""Reliability end to end: kill -9 and resume, concurrent sweeps, unreadable results, determinism, exact resume from
+a checkpoint, bad input refused in one line before torch."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from ablations.run import main
-from ablations.store import LOCK_FILE, RESULT_FILE, atomic_output, folder_lock, write_json_atomic
+from ablations.run import build_parser, main, make_plan
+from ablations.store import LOCK_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial, load_suite
 from ablations.trial import run_trial
 from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
-from tests.helpers import REPO, TINY, alive, children, numbers, results, wait_until
-from tests.synthetic import write_synthetic_cifar
+from tests.helpers import REPO, TINY, numbers, results, wait_until
+from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout, write_synthetic_cifar
+from tests.test_trust import python
 
 
 def sweep_command(data_dir: Path, logdir: Path, *args: str) -> list[str]:
@@ -79,48 +82,6 @@ def test_kill_9_mid_trial_then_rerun_keeps_finished_trials(reference, cifar_dir,
     assert table(tmp_path) == table(logdir)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["1", "2"])
-def test_sigterm_stops_the_sweep_and_exits_143(cifar_dir, tmp_path, parallel):
-    """SIGTERM (a SLURM time limit, `kill`) mid-trial: no new trial starts, no half-written result, the finished
-    trials are listed and the exit status is 143; with workers, none is left running."""
-    command = sweep_command(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1,2,3", "--parallel", parallel)
-    sweep = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-
-    def started() -> list[str]:
-        return sorted({p.parent.name for p in tmp_path.glob("notebook/pixel/*/events.out.tfevents.*")})
-
-    wait_until(lambda: len(started()) == 2, "two trials to start", sweep)
-    workers = children(sweep.pid)
-    sweep.send_signal(signal.SIGTERM)
-    _, err = sweep.communicate(timeout=300)
-    assert sweep.returncode == 143, err[-2000:]
-    finished = sorted(name.split("/", 1)[1] for name in results(tmp_path))
-    assert f"interrupted by SIGTERM: {len(finished)} of 4 trials finished" in err
-    assert all(name in err for name in finished)
-    assert len(started()) <= len(finished) + int(parallel)  # at most the trials that were running; none after
-    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("error.json"))
-    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
-
-
-def test_a_full_disk_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
-    target = tmp_path / RESULT_FILE
-    target.write_text("old")
-
-    def full_disk(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(OSError):
-        write_json_atomic(target, {"metrics": {}})
-    with pytest.raises(OSError):
-        with atomic_output(tmp_path / "results.png") as path:
-            path.write_bytes(b"\x89PNG...")
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == [RESULT_FILE]
-
-
 def test_a_trial_whose_result_cannot_be_written_fails_cleanly(tmp_path, monkeypatch):
     """Training finished but the disk is full: the trial is failed (not counted), and leaves no file behind."""
 
@@ -149,33 +110,6 @@ def test_concurrent_sweeps_run_each_trial_once(cifar_dir, tmp_path):
     for out, _ in outputs:  # each sweep waited for the other's trials and reports the whole table
         assert "| baseline | 2 |" in out and "| pixel | 2 |" in out
     assert not list(tmp_path.rglob("*.tmp"))
-
-
-def test_lock_is_released_when_its_holder_dies(tmp_path):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import time
-from pathlib import Path
-from ablations.store import folder_lock
-with folder_lock(Path({str(tmp_path)!r})) as locked:
-    print(locked, flush=True)
-    time.sleep(3600)  # until killed
-""",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "True"
-    with folder_lock(tmp_path) as locked:
-        assert locked is False
-    holder.kill()
-    holder.wait()
-    with folder_lock(tmp_path) as locked:
-        assert locked is True
 
 
 @pytest.mark.slow
@@ -326,9 +260,8 @@ def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
     """Long in-process sweeps must not accumulate models: Lightning's reference cycles are collected per trial."""
     import gc
 
-    from ablations.suite import RunOptions
+    from ablations.suite import RunOptions, Trial
     from ablations.trial import run_trial
-    from ablations.suite import Trial
 
     gc.disable()  # only run_trial's own collection may free the cycles
     try:
@@ -344,3 +277,175 @@ def test_a_finished_trial_leaves_no_model_in_memory(cifar_dir, tmp_path):
             assert not [o for o in gc.get_objects() if isinstance(o, RegularizedClassifier)]
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------------------- 8. errors in a second, clearly
+NO_TORCH = (
+    "import sys\nfrom ablations.run import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as stop:\n"
+    "    heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
+    "    print('imported', heavy, 'exit', stop.code)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args, exit_code, message",
+    [
+        (["--help"], 0, "usage: python -m ablations.run"),
+        (["--epochs", "x"], 2, "argument --epochs: 'x' is not an integer"),
+        (["--lr", "-1"], 2, "argument --lr: -1 must be a finite number > 0"),
+        (["--only", "pixle"], 2, "unknown token 'pixle'"),
+        (["--suite", "nosuch"], 2, "unknown suite 'nosuch'"),
+        (["--bogus"], 2, "unrecognized arguments: --bogus"),
+    ],
+)
+def test_arguments_are_checked_before_torch_is_imported(args, exit_code, message):
+    done = python(NO_TORCH, *args)
+    assert f"imported [] exit {exit_code}" in done.stdout, done.stdout + done.stderr
+    assert message in done.stdout + done.stderr
+    if exit_code:
+        assert "usage:" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_binary_suite_file_is_named_as_such(tmp_path, capsys):
+    binary = tmp_path / "suite.bin"
+    binary.write_bytes(b"\x92\x00\xff" * 100)
+    with pytest.raises(SystemExit) as stop:
+        main(["--suite", str(binary), "--dry-run"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"suite file {binary} is not a YAML text file (byte 0x92 at offset 0" in err
+
+
+@pytest.mark.parametrize("text", ["1e-3", "0.001", "1.0e-3"])
+def test_a_suite_file_accepts_the_numbers_a_flag_accepts(tmp_path, text):
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"name: mine\nsettings: {{lr: {text}, lr_decay: 1e-6}}\nspecs: [pixel]\n")
+    suite = load_suite(str(path))
+    assert suite.settings.lr == 0.001 and suite.settings.lr_decay == 1e-6
+    assert make_plan(build_parser().parse_args(["--suite", str(path), "--lr", text])).trials[0].settings.lr == 0.001
+
+
+def test_a_suite_file_still_refuses_what_is_not_a_number(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nsettings: {lr: fast}\nspecs: [pixel]\n")
+    with pytest.raises(ValueError, match="lr='fast' must be a finite number > 0"):
+        load_suite(str(path))
+
+
+def test_predict_with_a_file_that_is_not_a_checkpoint_is_one_line(cifar_dir, tmp_path):
+    junk = tmp_path / "model.ckpt"
+    junk.write_bytes(os.urandom(4096))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_cifar",
+            "predict",
+            "--ckpt_path",
+            str(junk),
+            "--data.data_dir",
+            str(cifar_dir),
+            "--trainer.logger",
+            "false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (
+        f"error: --ckpt_path {junk} is not a checkpoint (not a file torch.save writes): "
+        "give a .ckpt file written by Lightning, e.g. "
+        "logs/lit_cifar/version_0/checkpoints/*.ckpt"
+    )
+
+
+@pytest.mark.parametrize("layout", ["bin", "py"])
+def test_a_label_outside_0_9_fails_the_data_check_naming_the_file(tmp_path, layout):
+    from lit_cifar import CIFAR10DataModule
+    from lit_cifar.data import DatasetError
+
+    parts = synthetic_parts(per_train_file=20, n_test=20)
+    images, labels = parts["data_batch_3"]
+    labels = labels.copy()
+    labels[7] = 99
+    parts["data_batch_3"] = images, labels
+    folder = (write_binary_layout if layout == "bin" else write_python_layout)(tmp_path, parts)
+    name = "data_batch_3.bin" if layout == "bin" else "data_batch_3"
+    dm = CIFAR10DataModule(str(tmp_path), val_size=10, download=False)
+    with pytest.raises(DatasetError, match=f"corrupt CIFAR-10 file {folder / name}: record 7 has label 99"):
+        dm.verify()
+
+
+# -------------------------------------------------------------------- 9. resuming from a checkpoint is exact
+def small_backbone() -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 32), nn.ReLU(), nn.Dropout(0.25), nn.Linear(32, 10))
+
+
+def fit(cifar_dir: Path, folder: Path, epochs: int, seed: int, ckpt_path: Any = None) -> dict[str, Any]:
+    """Train the small network with dropout and augmentation, checkpointing every epoch; its final weights."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_cifar import CIFAR10DataModule, RegularizedClassifier
+
+    pl.seed_everything(seed, verbose=False)
+    spec = "pixel+dropout=0.25+augment"
+    dm = CIFAR10DataModule.from_spec(
+        spec, data_dir=str(cifar_dir), val_size=32, batch_size=16, limit_train=64, download=False
+    )
+    model = RegularizedClassifier(spec, backbone=small_backbone())
+    checkpoints = ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[checkpoints],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resuming_with_dropout_and_augmentation_equals_the_uninterrupted_run(cifar_dir, tmp_path):
+    import torch
+
+    uninterrupted = fit(cifar_dir, tmp_path / "a", epochs=3, seed=0)
+    # a fresh start elsewhere: another global seed, so only the checkpoint can make the draws the same
+    resumed = fit(cifar_dir, tmp_path / "b", epochs=3, seed=12345, ckpt_path=tmp_path / "a" / "epoch=0.ckpt")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted), max(
+        float((uninterrupted[k].float() - resumed[k].float()).abs().max()) for k in uninterrupted
+    )
+    checkpoint = torch.load(tmp_path / "a" / "epoch=0.ckpt", weights_only=True)  # still loads safely
+    assert {"torch", "numpy", "python"} <= checkpoint["rng_states"].keys()
+
+
+# ------------------------------------------------------------- 7. the bit-identity test holds wherever it runs
+ZEN3 = (
+    "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 sha_ni\n"
+)
+
+
+def test_the_bit_identity_reference_is_keyed_on_what_decides_the_kernels(monkeypatch):
+    """A CPU of the same name (an AVX2-only AMD EPYC) but other kernels is not the reference machine."""
+    import torch
+
+    from tests.test_performance import REFERENCE_ENVIRONMENT, kernel_environment
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # what torch picks on a Zen 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: REFERENCE_ENVIRONMENT["threads"])
+    zen3 = kernel_environment(ZEN3)
+    assert zen3["vendor"] == REFERENCE_ENVIRONMENT["vendor"] and zen3["isa"] == ["avx2", "fma"]
+    assert zen3 != REFERENCE_ENVIRONMENT
+    reference_cpu = ZEN3.replace("avx2 fma", " ".join(REFERENCE_ENVIRONMENT["isa"]))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: REFERENCE_ENVIRONMENT["capability"])
+    monkeypatch.setattr(torch, "__version__", REFERENCE_ENVIRONMENT["torch"] + "+cpu")
+    assert kernel_environment(reference_cpu) == REFERENCE_ENVIRONMENT

@@ -8,6 +8,7 @@ replaced; workers die with the main process, even under ``kill -9``. Imports nei
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from ablations.engines.base import Executor, Progress
 from ablations.quiet import quiet_lightning
@@ -112,11 +113,9 @@ def run_local(
             busy = [w for w in workers if w.job is not None]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=1.0))
             for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                job, status = worker.job, worker.collect()
-                assert job is not None  # busy workers have a job
-                if status is None:  # it died: its failure is recorded, and a new worker takes its place
-                    reason, name = _death(worker.process.exitcode)
-                    status = record_failure(trials[job], options.logdir, reason, signal=name)
+                job = cast(int, worker.job)
+                status = worker.collect(trials[job], options.logdir)
+                if worker.job is not None:  # it died: a new worker takes its place
                     workers[workers.index(worker)] = _Worker(worker.slot, run)
                 if not progress.finished(job, status).final:
                     queue.append((job, True))
@@ -140,42 +139,35 @@ class _Worker:
             self.process.start()
         there.close()
 
-    def collect(self) -> Optional[TrialStatus]:
-        """The status the worker sent, or None if it died."""
+    def collect(self, trial: Trial, logdir: str) -> TrialStatus:
+        """The status the worker sent or, if it died, its trial's failure, recorded (the kernel released its lock)."""
         try:
             status, self.job = self.conn.recv(), None
             return status
         except (EOFError, OSError):
             self.process.join()
             self.conn.close()
-            return None
+        code = self.process.exitcode
+        name = signal.Signals(-code).name if code is not None and code < 0 else None
+        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        how = f"was killed by {name}{hint}" if name else f"exited with status {code}"
+        return record_failure(trial, logdir, f"the worker process running this trial {how}", signal=name)
 
 
 def _stop(workers: list[_Worker], graceful: bool) -> None:
     """Tell each worker to finish, or (not `graceful`) SIGTERM it; kill any not ended after `STOP_GRACE_S`."""
     for worker in workers:
-        try:
+        with contextlib.suppress(OSError):  # it has just died: nothing to stop
             if graceful:
                 worker.conn.send(None)
             elif worker.process.is_alive():
                 worker.process.terminate()
-        except OSError:  # it has just died: nothing to stop
-            pass
     for worker in workers:
         worker.process.join(STOP_GRACE_S)
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join()
         worker.conn.close()
-
-
-def _death(exitcode: Optional[int]) -> tuple[str, Optional[str]]:
-    """Why a worker process ended, and the signal that ended it, if one did."""
-    if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"the worker process running this trial was killed by {name}{hint}", name
-    return f"the worker process running this trial exited with status {exitcode}", None
 
 
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
@@ -201,9 +193,7 @@ def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None
         status = stop.exit_status
     except EOFError:  # the main process is gone
         status = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(status)

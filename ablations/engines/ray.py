@@ -10,6 +10,7 @@ dies, and a local Ray's processes die with the command (`reaper`). Per-trial DDP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -165,10 +166,8 @@ def _reap(parent: int, listed: list[str]) -> None:
     def kill_all(signum: int, frame: Any) -> None:
         for pid, start in processes:
             if _start_time(pid) == start:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
         os._exit(0)
 
     signal.signal(signal.SIGTERM, kill_all)
