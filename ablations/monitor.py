@@ -44,6 +44,7 @@ class TrialLogger(TensorBoardLogger):
     def log_hyperparams(
         self, params: Any, metrics: Optional[dict[str, Any]] = None, step: Optional[int] = None
     ) -> None:
+        """Keep the module's and data module's hyperparameters for ``hparams.yaml``."""
         self.hparams.update(params if isinstance(params, Mapping) else vars(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
@@ -55,9 +56,11 @@ class TrialLogger(TensorBoardLogger):
         self.experiment.flush()
 
     def log_epoch(self, epoch: Mapping[str, float], epochs_trained: int) -> None:
+        """One epoch's scalars (its entry of result.json's ``history``), at step `epochs_trained`."""
         self._write(board.epoch_scalars(epoch), epochs_trained)
 
     def log_trial(self, metrics: Mapping[str, float], history: list[dict[str, float]]) -> None:
+        """Write the test scalars at the last epoch, and close."""
         self._write(board.test_scalars(metrics), len(history))
         self.finalize("success")
 

@@ -56,6 +56,7 @@ def _quiet_unraisable(unraisable: Any) -> None:
 
 
 def raise_if_interrupted() -> None:
+    """Raise `Interrupted` if a stop signal arrived: the check at safe points (between trials, every batch)."""
     if _received:
         raise Interrupted(_received[0])
 

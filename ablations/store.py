@@ -43,6 +43,7 @@ class UnsafePath(ValueError):
 
 
 def refuse_symlinks(*paths: Path) -> None:
+    """Raise `UnsafePath` if any of `paths` is a symlink."""
     for path in paths:
         if Path(path).is_symlink():
             raise UnsafePath(

@@ -59,10 +59,12 @@ def _thread_failed(args: Any) -> None:
 
 
 def quiet_full_disk_in_threads() -> None:
+    """Install `_thread_failed` in this process (a sweep's, or a worker's)."""
     threading.excepthook = _thread_failed
 
 
 def report_problem(error: OSError, suite_dir: Path) -> str:
+    """One line saying why the report of `suite_dir` could not be written."""
     full = disk_full(error)
     why = "the disk is full" if full else (error.strerror or str(error))
     then = "free some space and run" if full else "run"

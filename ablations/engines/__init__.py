@@ -30,9 +30,9 @@ def make_executor(
     """The `engine`'s executor: `parallel` trials at once over `gpus` GPUs (locally, or as each Ray task's share of
     a machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""
     if engine == "ray":
-        from ablations.engines.ray import RayExecutor
+        from ablations.engines.ray import RayExecutor, TrialResources, available_cpus
 
-        return RayExecutor.sharing(parallel, gpus, address=ray_address, max_retries=max_retries)
+        return RayExecutor(ray_address, TrialResources.share(gpus, parallel, available_cpus()), max_retries)
     if engine == "local":
         return LocalExecutor(parallel, gpus, ranks)
     raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")

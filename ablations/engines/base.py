@@ -72,4 +72,5 @@ class Progress:
         self.bar.close()
 
     def in_order(self) -> list[TrialStatus]:
+        """The final statuses, in trial order (every trial must have one)."""
         return [self.statuses[index] for index in range(len(self.trials))]

@@ -334,11 +334,6 @@ class RayExecutor(Executor):
     resources: TrialResources
     max_retries: int
 
-    @classmethod
-    def sharing(cls, parallel: int, gpus: int, *, address: Optional[str], max_retries: int) -> RayExecutor:
-        """Tasks asking for `TrialResources.share` of this process's cores."""
-        return cls(address, TrialResources.share(gpus, parallel, available_cpus()), max_retries)
-
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         """Raises ValueError, before anything runs, for per-trial DDP, a bad `max_retries` or a missing Ray."""
         from lit_cifar.layouts import default_data_dir
