@@ -1,5 +1,5 @@
 """The Ray engine (``--engine ray``): on a local Ray, the local engine's results, waiting for busy trials, resume
-after a killed driver, retries after killed workers and lost nodes, stop signals; without one, the resources each
+after a killed driver, retries after killed workers, stop signals; without one, the resources each
 trial asks for and the flags that cannot work.
 
 One local Ray instance (2 CPUs) serves the whole module; the in-process sweeps join it, the subprocess sweeps
@@ -26,14 +26,13 @@ import torch
 
 from ablations import plan as run_module
 from ablations.engines import ray as ray_engine
-from ablations.engines.ray import RayExecutor, TrialResources, available_cpus
+from ablations.engines.ray import TrialResources, available_cpus
 from ablations.run import main
 from ablations.status import TrialState, TrialStatus
-from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, TrialPaths, folder_lock, read_result
+from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, TrialPaths, folder_lock
 from ablations.suite import RunOptions
-from ablations.trial import run_trial
 from tests.helpers import REPO, numbers, results
-from tests.test_trust import notebook_trials, sweep_args
+from tests.test_trust import sweep_args
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
 
@@ -510,75 +509,3 @@ def test_a_signal_stops_a_ray_sweep_like_the_local_engine(cifar_dir, tmp_path, s
     wait_until(lambda: all(unlocked(folder) for folder in running()), "the cancelled tasks to end")
     time.sleep(5.0)  # a task that went on would write its result now
     assert not list(tmp_path.rglob(RESULT_FILE)) and not list(tmp_path.rglob("*.tmp"))
-
-
-# --------------------------------------------------------- 4. a node lost mid-trial on a multi-node Ray cluster
-@needs_ray
-@pytest.mark.slow
-def test_a_node_lost_mid_trial_is_retried_and_the_sweep_equals_a_local_one(cifar_dir, tmp_path, capfd):
-    """A head and a second node (`ray.cluster_utils.Cluster`, one CPU each), two trials, one per node; the second
-    node is removed while both train. The sweep finishes, the lost trial is retried (on the head), both results
-    equal the local engine's, and the folder of the trial that was not lost is left as it was."""
-    import logging
-    import threading
-
-    import ray
-    import torch
-    from ray.cluster_utils import Cluster
-
-    from ablations.engines.ray import TrialResources
-    from tests.processes import wait_until
-
-    trials = notebook_trials(only=["pixel+dropout=0.25"], seeds=(0, 1), epochs=20)
-    local, remote = tmp_path / "local", tmp_path / "ray"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray task (one CPU)
-    try:
-        assert all(
-            run_trial(t, RunOptions(data_dir=str(cifar_dir), logdir=str(local), accelerator="cpu")).state == "done"
-            for t in trials
-        )
-    finally:
-        torch.set_num_threads(threads)
-
-    quick_failure_detection = {
-        "health_check_initial_delay_ms": 0,
-        "health_check_period_ms": 500,
-        "health_check_failure_threshold": 2,
-    }
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": quick_failure_detection})
-    try:
-        second = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
-        statuses: list = []
-        options = RunOptions(data_dir=str(cifar_dir), logdir=str(remote), accelerator="cpu")
-        sweep = threading.Thread(
-            target=lambda: statuses.extend(
-                RayExecutor(cluster.address, TrialResources(gpus=0, cpus=1), max_retries=2).execute(trials, options)
-            )
-        )
-        sweep.start()
-        folders = [t.paths(remote).folder for t in trials]
-        events = lambda folder: {p.name for p in folder.glob("events.out.tfevents.*")}  # noqa: E731
-        wait_until(lambda: all(events(f) for f in folders), "both trials to train, one on each node")
-        before = {folder: events(folder) for folder in folders}
-        cluster.remove_node(second, allow_graceful=False)
-        sweep.join(timeout=600)
-        assert not sweep.is_alive(), "the sweep did not finish"
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    err = capfd.readouterr().err
-    assert [s.state for s in statuses] == ["done", "done"], statuses
-    assert "Ray worker lost running pixel+dropout=0.25/seed=" in err and "retry 1 of 2" in err, err[-3000:]
-    kept = [folder for folder in folders if before[folder] <= events(folder)]
-    retried = [folder for folder in folders if not before[folder] & events(folder)]
-    assert len(kept) == 1 and len(retried) == 1, (before, {f: events(f) for f in folders})
-    for t in trials:
-        ours, theirs = read_result(t.paths(remote).folder), read_result(t.paths(local).folder)
-        assert (ours["metrics"], ours["history"], ours["settings_hash"]) == (
-            theirs["metrics"],
-            theirs["history"],
-            theirs["settings_hash"],
-        )
