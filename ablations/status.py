@@ -107,14 +107,12 @@ def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
     return result is not None and not trial.changes(result)
 
 
-def split_finished(
-    trials: Sequence[Trial], options: RunOptions, warn: bool = False
-) -> tuple[dict[int, TrialStatus], list[int]]:
+def split_finished(trials: Sequence[Trial], options: RunOptions) -> tuple[dict[int, TrialStatus], list[int]]:
     """The SKIPPED statuses of the finished trials (none with ``--force``) by index, and the others' indices."""
     skipped = {
         i: TrialStatus(t.name, TrialState.SKIPPED)
         for i, t in enumerate(trials)
-        if not options.force and is_finished(t, options.logdir, warn)
+        if not options.force and is_finished(t, options.logdir, warn=False)
     }
     return skipped, [i for i in range(len(trials)) if i not in skipped]
 
