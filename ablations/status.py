@@ -55,17 +55,12 @@ class TrialStatus:
 
 def clash_line(trial: Trial, old: dict[str, Any]) -> str:
     """``pixel/seed=0 (epochs 1 there, 2 here)``: a trial whose folder holds a result of other settings."""
-    said = []
-    for what in trial.changes(old):
-        if what != "settings":
-            said.append(f"{what} changed")
-            continue
-        there, here = old.get("settings", {}), trial.hashed_settings()
-        keys = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
-        said.append(
-            ", ".join(f"{k} {json.dumps(there.get(k))} there, {json.dumps(here.get(k))} here" for k in keys)
-            or "the settings hash"
-        )
+    changes = trial.changes(old)
+    there, here = old.get("settings", {}), trial.hashed_settings()
+    keys = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+    differ = ", ".join(f"{k} {json.dumps(there.get(k))} there, {json.dumps(here.get(k))} here" for k in keys)
+    said = [differ or "the settings hash"] if "settings" in changes else []
+    said += [f"{what} changed" for what in changes if what != "settings"]
     return f"{trial.name} ({', '.join(said)})"
 
 

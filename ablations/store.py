@@ -57,7 +57,7 @@ def is_trial_output(name: str) -> bool:
     return (
         name in (RESULT_FILE, ERROR_FILE, CHECKPOINT_FILE, *TRIAL_OUTPUTS)
         or name.startswith("events.out.tfevents.")
-        or (name.startswith(".") and ".tmp" in name)  # an atomic write's temporary file
+        or (name.startswith(".") and name.endswith(".tmp"))
     )
 
 
@@ -128,15 +128,24 @@ class TrialPaths:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path`: readers see the old file or the whole new one, never a part."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path (same suffix, for ``savefig``) renamed to `path` if the block succeeds, else removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix: savefig reads it
     try:
         yield tmp
         with open(tmp, "rb+") as f:
