@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 from ablations import custom
 from ablations.identity import ClassRef
 from ablations.suite import RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
-from ablations.trust import check_precision, refuse_other_settings
+from ablations.status import check_precision, refuse_other_settings
 from lit_cifar.layouts import DATA_ENV
 from lit_cifar.spec import RegularizationSpec
 
@@ -257,7 +257,7 @@ def check_hardware(plan: Plan) -> None:
     Trainer is built once (Lightning's own checks)."""
     import lightning.pytorch as pl
 
-    from ablations.quiet import quiet_lightning
+    from ablations.signals import quiet_lightning
     from ablations.trial import trainer_kwargs
 
     quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal

@@ -35,12 +35,12 @@ from ablations import adaptive, custom, require_extra
 from ablations import plan as planning
 from ablations.engines import ENGINES, make_executor
 from ablations.plan import Plan, Request
-from ablations.quiet import quiet_lightning
+from ablations.signals import quiet_lightning
 from ablations.rules import integer, margin_arg
 from ablations.signals import Interrupted, die_with_parent, interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
-from ablations.trust import write_report_or_say_why
+from ablations.status import write_report_or_say_why
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks

@@ -9,10 +9,12 @@ weakref callback, a ``__del__``) it is dropped without a traceback, and `raise_i
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -110,3 +112,20 @@ def die_with_parent(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
+
+# The loggers of Lightning's per-Trainer banners ("GPU available", the tips, "LOCAL_RANK ..."). Lightning resets
+# "lightning.pytorch" to INFO when first imported but keeps its children's levels, so this works before or after.
+BANNER_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.fabric",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's per-Trainer banners and deprecation chatter."""
+    for name in BANNER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -23,12 +23,12 @@ import torchmetrics
 
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
-from ablations.quiet import quiet_lightning
+from ablations.signals import quiet_lightning
 from ablations.signals import raise_if_interrupted
 from ablations.status import OtherSettings, TrialState, TrialStatus, claim, record_failure
 from ablations.store import TrialPaths, UnsafePath, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
-from ablations.trust import quiet_full_disk_in_threads
+from ablations.status import quiet_full_disk_in_threads
 from lit_cifar import CIFAR10DataModule, tune_allocator
 from lit_cifar.module import STAGES
 from lit_cifar.runtime import cpu_model, trim_heap

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
 from ablations.plan import Request, count_trials
-from ablations.quiet import quiet_lightning
+from ablations.signals import quiet_lightning
 from ablations.run import argv_of
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar.layouts import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
@@ -219,7 +219,7 @@ def peak_memory_gb(data_dir: Path, epochs: int, limit_train: Optional[int]) -> d
     """
     code = f"""
 import tempfile
-from ablations.quiet import quiet_lightning
+from ablations.signals import quiet_lightning
 from ablations.suite import TrainSettings, Trial
 from ablations.suite import RunOptions
 from ablations.trial import run_trial

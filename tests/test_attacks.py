@@ -187,7 +187,7 @@ def test_9_a_full_disk_is_found_by_the_write_probe_before_anything_runs(cifar_di
 
 FULL_DISK_IN_A_THREAD = """
 import errno, threading
-from ablations.trust import quiet_full_disk_in_threads
+from ablations.status import quiet_full_disk_in_threads
 quiet_full_disk_in_threads()
 def write_events():
     raise OSError(errno.ENOSPC, "No space left on device")

@@ -310,7 +310,7 @@ def test_reference_names_the_suites_spec_in_canonical_form():
 
 
 def test_the_margin_reaches_the_report_through_the_plan(tmp_path, monkeypatch):
-    from ablations import trust
+    from ablations import status
     from ablations.run import build_parser, make_plan
 
     plan = make_plan(build_parser().parse_args(["--margin", "0.02", "--accelerator", "cpu"]))
@@ -318,5 +318,5 @@ def test_the_margin_reaches_the_report_through_the_plan(tmp_path, monkeypatch):
     assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).margin is None
     seen = {}
     monkeypatch.setattr("ablations.report.write_report", lambda suite_dir, **kwargs: seen.update(kwargs) or "")
-    trust.write_report_or_say_why(tmp_path, None, None, plan.margin)
+    status.write_report_or_say_why(tmp_path, None, None, plan.margin)
     assert seen["margin"] == 0.02

@@ -1,4 +1,4 @@
-"""`ablations.trust`: a finished result of other settings is never replaced silently, no result records a precision
+"""`ablations.status`: a finished result of other settings is never replaced silently, no result records a precision
 that did not run, only trials of one set of settings are compared, and a full disk at the end is said in one line.
 
 Results are written by hand (`finished`) wherever training adds nothing to what is tested; trials that do train use

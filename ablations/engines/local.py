@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from ablations.engines.base import Executor, Progress
-from ablations.quiet import quiet_lightning
+from ablations.signals import quiet_lightning
 from ablations.rules import check, integer
 from ablations.signals import Interrupted, die_with_parent, ignoring_sigint, raise_if_interrupted, stop_on_sigterm
 from ablations.status import TrialStatus, record_failure

@@ -221,7 +221,7 @@ def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> Tr
     """A trial's Ray task: `run_trial`, with the task's CPU share as torch threads."""
     import torch
 
-    from ablations.quiet import quiet_lightning
+    from ablations.signals import quiet_lightning
     from ablations.trial import run_trial
 
     quiet_lightning()

@@ -22,7 +22,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     require_extra(PROG)
     from ablations.report.report import DEFAULT_REFERENCE, write_report
     from ablations.rules import MARGIN, check_margin
-    from ablations.trust import disk_full, report_problem
+    from ablations.status import disk_full, report_problem
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("suite_dir", type=Path, help="a suite's folder under the logdir, e.g. logs/notebook")
