@@ -1,8 +1,5 @@
-"""What a trial shows in TensorBoard and records about itself while it trains: its `TrialLogger` and the callback
-`TrialMonitor` (history, throughput, weight histograms, BatchNorm drift, the suite's samples).
-
-The scalars are exactly those a rebuild from result.json writes (`ablations.report.board`); matplotlib is imported
-only by the one trial that draws the suite's samples.
+"""What a trial shows in TensorBoard and records while it trains: its `TrialLogger` (exactly the scalars a rebuild
+from result.json writes, `ablations.report.board`) and the one callback, `TrialMonitor`.
 """
 
 from __future__ import annotations
@@ -33,8 +30,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrialLogger(TensorBoardLogger):
-    """TensorBoard logger of one trial: the scalars result.json holds (`log_epoch`, `log_trial`) and hparams.yaml;
-    the HParams session is the report's (`ablations.report.board.write_suite_runs`)."""
+    """One trial's TensorBoard logger: the scalars result.json holds (`log_epoch`, `log_trial`) and hparams.yaml."""
 
     def __init__(self, save_dir: Path, trial: Trial) -> None:
         super().__init__(save_dir=str(save_dir), name="", version="", default_hp_metric=False)
@@ -85,18 +81,11 @@ def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int,
 
 
 class TrialMonitor(pl.Callback):
-    """What a trial records while it trains (pass it to the Trainer's ``callbacks``):
-
-    - `history`: every epoch's ``train/*`` and ``val/*`` metrics (result.json's), also written by the `TrialLogger`;
-      a NaN or infinite training loss raises `NonFiniteLossError` at the end of its epoch;
-    - `images` and `seconds` spent training (validation excluded), for the throughput;
-    - the regularized layers' weights after every epoch, where L1 piles them at zero and max-norm caps them;
-    - BatchNorm drift: on each epoch's first validation batch, the means over all channels of ``|batch mean -
-      running mean| / running std`` (``val/bn_mean_gap``) and ``batch std / running std`` (``val/bn_std_ratio``);
-      near 0 and 1 the running statistics describe the data;
-    - one named training image per class, once per suite (``<suite_dir>/_samples``, written by the first trial);
-    - a stop at the next batch once a stop signal arrived, in case the handler's exception was lost.
-    """
+    """What a trial records while it trains: `history` (every epoch's ``train/*`` and ``val/*`` metrics; a NaN or
+    infinite loss raises `NonFiniteLossError`), the `images` and `seconds` of training for the throughput, the
+    regularized layers' weights every epoch, BatchNorm drift on each epoch's first validation batch (channel means of
+    ``|batch mean - running mean| / running std`` and ``batch std / running std``: near 0 and 1 the running
+    statistics fit the data), one image per class once per suite, and a stop at the next batch after a stop signal."""
 
     def __init__(self, suite_dir: Optional[Path] = None) -> None:
         self.history: list[dict[str, float]] = []
@@ -118,14 +107,10 @@ class TrialMonitor(pl.Callback):
         png = plots.samples_chart(images.cpu().numpy(), names, board.SAMPLES_TITLE)
         board.write_run(self.samples, [board.image_summary(board.SAMPLES_TAG, png)], replace=False)
 
-    def on_train_batch_start(self, *args: Any) -> None:
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
         raise_if_interrupted()
 
-    def on_validation_batch_start(self, *args: Any) -> None:
-        raise_if_interrupted()
-
-    def on_test_batch_start(self, *args: Any) -> None:
-        raise_if_interrupted()
+    on_validation_batch_start = on_test_batch_start = on_train_batch_start
 
     def on_train_epoch_start(self, *args: Any) -> None:
         self._epoch_start = time.perf_counter()

@@ -1,9 +1,7 @@
 """Stop signals, torch-free: SIGTERM and SIGINT become `Interrupted`, raised where stopping leaves no half-written
-file, and a process started for a sweep dies with its parent.
-
-A second signal while stopping ends the process at once. Where a handler's `Interrupted` cannot propagate (a
-weakref callback, a ``__del__``) it is dropped without a traceback, and `raise_if_interrupted`, called at safe points
-(between trials, at every batch), stops the work. The engines and `ablations.trial` both use these.
+file (a second one ends the process at once); a process started for a sweep dies with its parent. Where a handler's
+`Interrupted` cannot propagate (a ``__del__``), `raise_if_interrupted` at the next safe point stops the work. Also
+Lightning's log settings for sweeps (`quiet_lightning`).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived: a BaseException, so no ``except Exception`` records it as a trial's failure."""
+    """SIGTERM or SIGINT arrived; a BaseException, so no ``except Exception`` records it as a trial's failure."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
@@ -31,7 +29,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_status(self) -> int:
-        """128 + the signal number, as a shell reports it: 143 for SIGTERM, 130 for SIGINT."""
+        """128 + the signal number, as a shell reports it."""
         return 128 + self.signum
 
 
@@ -113,8 +111,8 @@ def die_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # it died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
 
-# The loggers of Lightning's per-Trainer banners ("GPU available", the tips, "LOCAL_RANK ..."). Lightning resets
-# "lightning.pytorch" to INFO when first imported but keeps its children's levels, so this works before or after.
+
+# Lightning's per-Trainer banners ("GPU available", tips, "LOCAL_RANK ..."): its import resets only the first to INFO
 BANNER_LOGGERS = (
     "lightning.pytorch",
     "lightning.fabric",

@@ -115,13 +115,9 @@ def split_finished(trials: Sequence[Trial], options: RunOptions) -> tuple[dict[i
 
 @contextmanager
 def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[TrialState]:
-    """Decide, under the trial's lock, whether this process runs `trial`: BUSY if another process holds it (unless
-    `wait`), SKIPPED if it holds a result of exactly its settings (re-read now), else RUN with the folder made ready.
-
-    Raises:
-        OtherSettings: the folder holds a finished result of other settings and not ``--force``.
-        UnsafePath: the trial's folder, its cell's, its suite's or its lock is a symlink.
-    """
+    """Decide under the trial's lock whether this process runs it: BUSY if another process holds it (unless
+    `wait`), SKIPPED if it has a result of exactly its settings (re-read now), else RUN with the folder made ready.
+    Raises `OtherSettings` for a result of other settings without ``--force``, `UnsafePath` for a symlink."""
     paths = trial.paths(options.logdir)
     paths.refuse_symlinks()
     with folder_lock(paths.folder, wait) as locked:
@@ -155,9 +151,8 @@ def record_failure(
     held: bool = False,
     **extra: Any,
 ) -> TrialStatus:
-    """Write `trial`'s error.json (`record`, default `Trial.record`; the reason, `traceback`, the `signal` that ended
-    its process, an engine's `extra`) and return its FAILED status. Unless `held`, nothing is written while another
-    process holds the trial or it has a result. A failed write is added to the reason, not raised."""
+    """Write `trial`'s error.json (`record` or `Trial.record`, the reason, `traceback`, `signal`, `extra`) unless
+    another process holds the trial (not `held`) or it has a result; a failed write is added to the reason."""
     paths = trial.paths(logdir)
     content = {
         **(trial.record() if record is None else record),
@@ -184,8 +179,8 @@ SHOWN = 5  # trials named in a message; the rest are counted
 
 
 def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
-    """Raise ValueError naming the trials and what differs if a folder holds a finished result of other settings
-    and not `force` (each trial then moves it to ``superseded/``); `ablations.status.claim` checks again."""
+    """Raise ValueError naming the trials and what differs if a folder holds a result of other settings and not
+    `force` (each trial then moves it to ``superseded/``); `claim` checks again."""
     clashes = []
     for trial in trials:
         try:
@@ -215,18 +210,18 @@ def check_precision(requested: str, trainer: Any) -> None:
 
 
 def disk_full(error: OSError) -> bool:
+    """Whether `error` says the disk or the quota is full."""
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _thread_failed(args: Any) -> None:
-    """``threading.excepthook``: a full disk in TensorBoard's writer thread is said once, by the failed trial."""
-    if not (isinstance(args.exc_value, OSError) and disk_full(args.exc_value)):
-        threading.__excepthook__(args)
-
-
 def quiet_full_disk_in_threads() -> None:
-    """Install `_thread_failed` in this process (a sweep's, or a worker's)."""
-    threading.excepthook = _thread_failed
+    """A full disk in TensorBoard's writer thread goes unsaid in this process: the failed trial says it once."""
+
+    def hook(args: Any) -> None:
+        if not (isinstance(args.exc_value, OSError) and disk_full(args.exc_value)):
+            threading.__excepthook__(args)
+
+    threading.excepthook = hook
 
 
 def report_problem(error: OSError, suite_dir: Path) -> str:

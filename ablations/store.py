@@ -1,11 +1,9 @@
-"""The on-disk contract of a sweep, torch-free: where a trial's files live, atomic writes, results, locks.
+"""The on-disk contract of a sweep, torch-free: a trial's files (`TrialPaths`), atomic writes, results, locks.
 
-A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` holds (`TrialPaths` names each) ``result.json``, written
-atomically with a checksum of its content once the trial is tested; ``error.json`` instead when it failed;
-``model.ckpt`` with ``--save-model``; ``.lock``, an ``flock`` held while the trial runs; TensorBoard events;
-``superseded/<settings hash>/``, a finished result a ``--force`` run moved aside; ``result.json.damaged``, a result
-that could not be trusted; and any file of the user's, never touched. `list_trials` is the one reader of a suite's
-folder. No symlink is followed where the harness deletes, moves, locks or writes.
+A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` holds its checksummed ``result.json`` (or ``error.json``),
+``model.ckpt``, the ``.lock`` held while it runs, TensorBoard events, ``superseded/`` and ``result.json.damaged``
+results, and the user's own files, never touched. `list_trials` is the one reader of a suite's folder. No symlink is
+followed where the harness deletes, moves, locks or writes.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ ERROR_FILE = "error.json"
 LOCK_FILE = ".lock"
 SUPERSEDED_DIR = "superseded"
 CHECKSUM_KEY = "checksum"
-CHECKPOINT_FILE = "model.ckpt"
-# Lightning's hparams.yaml, csv and wandb logs: what a trial writes besides result.json, error.json and model.ckpt
-TRIAL_OUTPUTS = ("hparams.yaml", "csv", "wandb")
+# what a trial writes (replaced by a retrain): its results, model, and Lightning's hparams.yaml, csv and wandb logs
+TRIAL_OUTPUTS = (RESULT_FILE, ERROR_FILE, "model.ckpt", "hparams.yaml", "csv", "wandb")
 LOCK_NOTE_S = 5.0  # how long a waiting sweep waits for a lock before it names the holder
 
 
@@ -55,10 +52,15 @@ def refuse_symlinks(*paths: Path) -> None:
 def is_trial_output(name: str) -> bool:
     """Whether `name` in a trial folder is the trial's (replaced by a retrain), not the user's."""
     return (
-        name in (RESULT_FILE, ERROR_FILE, CHECKPOINT_FILE, *TRIAL_OUTPUTS)
+        name in TRIAL_OUTPUTS
         or name.startswith("events.out.tfevents.")
         or (name.startswith(".") and name.endswith(".tmp"))
     )
+
+
+def _in_folder(name: str) -> Any:
+    """A `TrialPaths` property: the file `name` in the trial's folder."""
+    return property(lambda paths: paths.folder / name)
 
 
 @dataclass(frozen=True)
@@ -71,32 +73,18 @@ class TrialPaths:
     def of(cls, logdir: Path | str, suite: str, spec: str, seed: int) -> TrialPaths:
         return cls(Path(logdir) / suite / spec / f"seed={seed}")
 
-    @property
-    def result(self) -> Path:
-        return self.folder / RESULT_FILE
-
-    @property
-    def error(self) -> Path:
-        return self.folder / ERROR_FILE
-
-    @property
-    def superseded(self) -> Path:
-        return self.folder / SUPERSEDED_DIR
-
-    @property
-    def damaged(self) -> Path:
-        return self.folder / (RESULT_FILE + ".damaged")
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.folder / CHECKPOINT_FILE
+    result = _in_folder(RESULT_FILE)
+    error = _in_folder(ERROR_FILE)
+    superseded = _in_folder(SUPERSEDED_DIR)
+    damaged = _in_folder(RESULT_FILE + ".damaged")
+    checkpoint = _in_folder("model.ckpt")
 
     def refuse_symlinks(self) -> None:
         refuse_symlinks(self.folder.parent.parent, self.folder.parent, self.folder)
 
     def make_ready(self, old: Optional[dict[str, Any]]) -> Optional[Path]:
         """Ready the locked folder for a new run: a finished result (`old`) moves with its outputs to
-        ``superseded/<settings hash>/`` (returned), an untrusted one to ``result.json.damaged``; the rest is cleared."""
+        ``superseded/<settings hash>/`` (returned), an untrusted one to ``result.json.damaged``; the rest goes."""
         if old is None and os.path.lexists(self.result):
             os.replace(self.result, self.damaged)
         kept = None
@@ -157,10 +145,12 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """`write_bytes_atomic` of `text`."""
     write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """`write_bytes_atomic` of `data` as indented JSON."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -212,8 +202,7 @@ OPTIONAL_FIELDS = ("cell", "wall_time_s", "levels", "fingerprints")
 
 
 def read_result(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The trial's result.json, or None if absent; ValueError naming the file and why if it cannot be trusted
-    (unreadable, a symlink, against `RESULT_SCHEMA`, or changed since its checksum)."""
+    """The trial's result.json (None: absent); ValueError naming the file and why if it cannot be trusted."""
     path = Path(run_dir) / RESULT_FILE
     if not os.path.lexists(path):
         return None
@@ -280,7 +269,7 @@ def list_trials(suite_dir: Path) -> SuiteListing:
 
 
 def settings_key(settings: dict[str, Any], factors: tuple[str, ...] = ()) -> str:
-    """What trials compared in one table share: their hashed settings but spec, seed and what `factors` vary."""
+    """What trials compared in one table share: their hashed settings but spec, seed and the `factors`."""
     drop = {"spec", "seed"} | {factor.partition(".")[0] for factor in factors}
     return json.dumps({k: v for k, v in settings.items() if k not in drop}, sort_keys=True)
 
@@ -311,8 +300,8 @@ def lock_holder(folder: Path) -> str:
 
 @contextmanager
 def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
-    """Hold `folder`'s ``flock`` (released by the kernel when its holder dies) while the block runs, our PID and host
-    written in it. If another process holds it, `wait` (naming the holder after `LOCK_NOTE_S`) or yield False."""
+    """Hold `folder`'s ``flock`` (the kernel releases it when its holder dies) in the block, naming us in it; if
+    another process holds it, `wait` (naming the holder after `LOCK_NOTE_S`) or yield False."""
     folder = Path(folder)
     refuse_symlinks(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -348,8 +337,7 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
 
 @functools.lru_cache(maxsize=None)
 def code_provenance() -> dict[str, Any]:
-    """Which code produced a result: its version, git commit and dirtiness (None outside our own checkout), and the
-    `source_hash` of the running packages, which tells two installs of one version apart."""
+    """Which code made a result: version, git commit and dirtiness (None outside our checkout), `source_hash`."""
     import ablations
     import lit_cifar
     from lit_cifar import __version__

@@ -1,8 +1,6 @@
-"""Run one trial: train a spec with one seed, test it once, and leave ``result.json`` or ``error.json`` in its folder
-(`ablations.store.TrialPaths`), with its TensorBoard events (`ablations.monitor`).
-
-Under DDP every process of a trial runs `run_trial`: global rank 0 decides (`ablations.status.claim`), holds the
-lock, writes the files and broadcasts its decision, so all ranks train the same trial or none (`Ranks`).
+"""Run one trial: train a spec with one seed, test it once, and leave ``result.json`` or ``error.json`` in its folder.
+Under DDP every rank runs `run_trial`; rank 0 decides (`ablations.status.claim`), holds the lock, writes the files and
+broadcasts its decision, so all ranks train the same trial or none (`Ranks`).
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ def stop_if_interrupted(trainer: pl.Trainer) -> None:
 
 
 def trainer_kwargs(options: RunOptions, settings: TrainSettings) -> dict[str, Any]:
-    """The keyword arguments of every sweep ``Trainer`` (no checkpoints, summary or sanity check), without
-    ``logger`` and ``callbacks``."""
+    """The arguments of every sweep ``Trainer`` (no checkpoints, summary or sanity check) but logger and callbacks."""
     on_gpu = options.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return {
         "max_epochs": settings.epochs,
@@ -162,11 +159,8 @@ def _train(trial: Trial, options: RunOptions, record: Optional[dict[str, Any]]) 
 
 
 def run_trial(trial: Trial, options: RunOptions, wait: bool = False, ranks: Ranks = Ranks()) -> TrialStatus:
-    """Train and test one trial unless it is finished or running elsewhere; never raises for a failing trial.
-
-    Returns its `TrialStatus`: DONE; SKIPPED; BUSY if another process holds it and not ``wait``; FAILED with
-    error.json, or with nothing written when `ablations.status.claim` refused it. Under DDP rank 0 decides for all.
-    """
+    """Train and test one trial unless it is finished (SKIPPED) or running elsewhere (BUSY unless `wait`): DONE, or
+    FAILED with error.json (nothing written when `claim` refused it); never raises for a failing trial."""
     quiet_full_disk_in_threads()
     quiet_lightning()  # Lightning's import set its logger back to INFO: the sweep prints its own progress
     if ranks.rank != 0:  # train when rank 0 says so; rank 0 records the outcome

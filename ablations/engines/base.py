@@ -1,8 +1,5 @@
-"""What every engine is: an `Executor` takes a sweep's trials and returns their statuses in trial order, and
-`Progress`, the sweep's one bar.
-
-Whatever runs a trial keeps its folder's contract (`ablations.trial.run_trial`, `ablations.status.claim`,
-`ablations.status.record_failure`), so every engine resumes every other on one logdir.
+"""What every engine is: an `Executor` takes a sweep's trials and returns their statuses in trial order (its trials
+run `ablations.trial.run_trial`, so every engine resumes every other on one logdir); `Progress`, the one bar.
 """
 
 from __future__ import annotations
@@ -15,8 +12,7 @@ from ablations.suite import RunOptions, Trial
 
 
 class Executor(ABC):
-    """Runs a sweep's trials somewhere. A new engine is a subclass implementing `execute` (its trials run
-    `ablations.trial.run_trial`; it stops on `ablations.signals.Interrupted`), chosen by `make_executor`."""
+    """Runs a sweep's trials somewhere: a new engine implements `execute` (stopping on `Interrupted`)."""
 
     skip_finished: bool = True  # False under DDP: every rank goes through run_trial, where rank 0 decides
 

@@ -1,9 +1,6 @@
-"""The local engine: a sweep's trials run in this process, one at a time, or in worker processes on this machine.
-
-With ``parallel > 1`` each worker is a spawned process pinned to a `WorkerSlot` (a GPU of its own through
-``CUDA_VISIBLE_DEVICES`` and its share of the CPU threads), handed one trial at a time, so a stopped sweep starts no
-new trial. A worker that dies (the OOM killer, a segfault) has its trial recorded as failed, with the signal, and is
-replaced; workers die with the main process, even under ``kill -9``. Imports neither torch nor Lightning.
+"""The local engine: a sweep's trials in this process, or in spawned workers handed one trial at a time, each with
+its `WorkerSlot`. A dead worker's trial is recorded as failed with its signal, and the worker replaced; workers die
+with the main process, even under ``kill -9``. Imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -171,11 +168,8 @@ def _stop(workers: list[_Worker], graceful: bool) -> None:
 
 
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
-    """A worker process: it runs the trials the main process sends until None.
-
-    On SIGTERM the trial stops and the worker ends at once (``os._exit``), without a traceback or waiting for a
-    library's threads: results are written atomically, and the kernel releases the trial's lock.
-    """
+    """A worker process: it runs the trials the main process sends until None; on SIGTERM it ends at once
+    (``os._exit``, no traceback, no waiting for a library's threads: results are atomic, locks the kernel's)."""
     die_with_parent(parent)
     stop_on_sigterm()
     try:

@@ -1,11 +1,7 @@
-"""``--engine ray``: a sweep's trials as Ray tasks, on a local Ray instance or on a Ray cluster.
-
-Each trial is one task asking for its share of a machine (`TrialResources`) and calling
-`ablations.trial.run_trial`, so its folder keeps the local engine's contract and local, Ray and ``--shard`` runs on
-one ``--logdir`` resume each other. A task whose worker or node dies is submitted again up to ``max_retries`` times,
-then recorded as failed; an exception inside a trial is recorded, not retried. Ray ends a job's tasks when its driver
-dies, and a local Ray's processes die with the command (`reaper`). Per-trial DDP is not supported
-(`check_supported`). Ray and torch are imported only when a sweep starts.
+"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, on a local Ray
+or a cluster, so local, Ray and ``--shard`` runs on one ``--logdir`` resume each other. A task whose worker or node
+dies is retried up to ``max_retries`` times; a trial's exception is recorded, not retried. A local Ray's processes die
+with the command (`reaper`). Ray and torch are imported only when a sweep starts.
 """
 
 from __future__ import annotations
@@ -66,18 +62,18 @@ class TrialResources:
         gpu_share = math.floor(RESOURCE_UNITS / math.ceil(parallel / gpus)) / RESOURCE_UNITS if gpus else 0.0
         return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
 
-    @property
-    def threads(self) -> int:
-        return max(1, int(self.cpus))
-
     def fits_on(self, node: dict[str, float]) -> int:
-        """How many such tasks a node (its resources, from ``ray.nodes()``) runs at once."""
+        """How many such tasks a node (its resources in ``ray.nodes()``) runs at once."""
         needs = {"CPU": self.cpus, "GPU": self.gpus}
         return min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in needs.items() if amount > 0)
 
     def capacity(self, nodes: list[dict[str, float]]) -> int:
         """How many such tasks a cluster runs at once (at least 1: an autoscaler may add nodes)."""
         return max(1, sum(self.fits_on(node) for node in nodes))
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
 
 
 def available_cpus() -> int:
@@ -127,7 +123,7 @@ def import_ray() -> Any:
 
 
 def _start_time(pid: int) -> Optional[int]:
-    """When process `pid` started, None if it is gone: with its PID, it names one process."""
+    """When process `pid` started (None: gone); with the PID it names one process."""
     fields = proc_stat(pid)
     return int(fields[19]) if len(fields) > 19 else None
 
@@ -150,8 +146,8 @@ def descendants(pid: int) -> list[tuple[int, int]]:
 
 
 def reaper(processes: list[tuple[int, int]]) -> Optional[subprocess.Popen]:
-    """A process that SIGKILLs `processes` (PID, start time) when this one dies or stops it: Ray's agents
-    otherwise outlive a killed driver for minutes."""
+    """A process that SIGKILLs `processes` (PID, start time) when this one dies or stops it (Ray's agents would
+    outlive a killed driver for minutes)."""
     if not processes:
         return None
     listed = [f"{pid}:{start}" for pid, start in processes]
@@ -183,13 +179,9 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 @contextmanager
 def _joined(ray: Any, address: Optional[str]) -> Iterator[bool]:
-    """Be connected to Ray while the block runs (yields whether this call joined it): the instance already joined,
-    the cluster at `address`, or a new local one with this process's cores, watched by a `reaper`.
-
-    A local Ray has no dashboard and requires its token (``~/.ray/auth_token``, Ray >= 2.59) on every RPC; its
-    processes listen on all interfaces (docs/cluster.md). ``ray.init`` replaces the SIGTERM handler: the caller's
-    is put back, else SIGTERM exits with status 143 through the sweep's cleanup.
-    """
+    """Be connected to Ray in the block (yields whether this call joined): the Ray already joined, the cluster at
+    `address`, or a new local one (no dashboard, token auth: docs/cluster.md) watched by a `reaper`. ``ray.init``
+    replaces the SIGTERM handler: the caller's is put back, else SIGTERM exits with 143 through the cleanup."""
     if ray.is_initialized():
         yield False
         return
@@ -248,12 +240,9 @@ class _RaySweep:
         self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
 
     def run(self, todo: list[int], cancel_on_exit: bool) -> None:
-        """Run the trials at indices `todo`; trials busy in another sweep are retried last, waiting for them.
-
-        Stop signals raise between waits (inside ``ray.wait`` they would become a SystemError). Then, or on an error,
-        the running tasks are cancelled (a KeyboardInterrupt stops each before it writes; ``force=True`` can crash the
-        driver) and waited for, up to `CANCEL_WAIT_S`; so too at the end unless the caller's Ray ends with it.
-        """
+        """Run the trials at indices `todo`, those busy in another sweep last. Stop signals raise between waits
+        (inside ``ray.wait`` they would be a SystemError); then, on an error, or at the end if the caller's Ray
+        outlives the sweep, running tasks are cancelled (not ``force``: it can crash the driver) and awaited."""
         self.pending.extend((i, False) for i in todo)
         if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
             self.progress.bar.write(
@@ -328,7 +317,7 @@ class _RaySweep:
 @dataclass(frozen=True)
 class RayExecutor(Executor):
     """``--engine ray``: each trial a Ray task asking for `resources` on the cluster at `address` (None: a local
-    Ray), rerun up to `max_retries` times when its worker or node dies."""
+    Ray), rerun up to `max_retries` times if its worker or node dies."""
 
     address: Optional[str]
     resources: TrialResources
