@@ -1,8 +1,6 @@
-"""The ablation harness: `python -m ablations.run` sweeps RegularizationSpecs and reports mean +- std.
-
-From Python: ``ablations.load_results(path)`` (a torch-free pandas DataFrame) and ``ablations.run_suite(suite,
-**flags)`` (`ablations.api`), imported on first use. The harness needs the extra ``ablations``; without it each
-console script says so in one line, exit status 2.
+"""The ablation harness: `python -m ablations.run` sweeps RegularizationSpecs and reports mean +- std; from Python,
+``ablations.load_results(path)`` and ``ablations.run_suite(suite, **flags)`` (`ablations.api`, imported on first use).
+It needs the extra ``ablations``: without it each console script says so in one line, exit status 2.
 """
 
 from __future__ import annotations

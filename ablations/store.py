@@ -1,8 +1,7 @@
 """The on-disk contract of a sweep, torch-free: a trial's files (`TrialPaths`), atomic writes, results, locks.
-
 A trial's folder ``<logdir>/<suite>/<cell>/seed=<s>/`` holds its checksummed ``result.json`` (or ``error.json``),
 ``model.ckpt``, the ``.lock`` held while it runs, TensorBoard events, ``superseded/`` and ``result.json.damaged``
-results, and the user's own files, never touched. `list_trials` is the one reader of a suite's folder. No symlink is
+results, and the user's files, never touched. `list_trials` is the one reader of a suite's folder. No symlink is
 followed where the harness deletes, moves, locks or writes.
 """
 

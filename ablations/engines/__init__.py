@@ -1,6 +1,5 @@
-"""The engines: where a sweep's trials run, behind one interface, `Executor`. `LocalExecutor` (``--engine local``):
-this process, ``--parallel`` worker processes, or DDP; `ablations.engines.ray.RayExecutor` (``--engine ray``): Ray
-tasks, here or on a cluster. Importing this package imports neither torch nor Ray.
+"""The engines, behind one `Executor`: `LocalExecutor` (``--engine local``: this process, worker processes, or DDP)
+and `ablations.engines.ray.RayExecutor` (``--engine ray``). Importing this package imports neither torch nor Ray.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, on a local Ray
-or a cluster, so local, Ray and ``--shard`` runs on one ``--logdir`` resume each other. A task whose worker or node
-dies is retried up to ``max_retries`` times; a trial's exception is recorded, not retried. A local Ray's processes die
-with the command (`reaper`). Ray and torch are imported only when a sweep starts.
+"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, so local, Ray and
+``--shard`` runs on one ``--logdir`` resume each other. A task whose worker or node dies is retried up to
+``max_retries`` times; a trial's exception is recorded, not retried. A local Ray's processes die with the command
+(`reaper`). Ray and torch are imported only when a sweep starts.
 """
 
 from __future__ import annotations
