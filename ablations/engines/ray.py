@@ -281,6 +281,8 @@ class _RaySweep:
             self.progress.started(i)
 
     def _collect(self, ref: Any, i: int, wait: bool) -> None:
+        """Record the task's status; a lost worker's trial is handed out again, up to `max_retries` times."""
+        text = None
         try:
             status = self.ray.get(ref)
         except self.lost_errors as error:
@@ -293,25 +295,22 @@ class _RaySweep:
                 self.progress.stopped(i)
                 self.pending.appendleft((i, wait))
                 return
-            self._fail(
-                i,
+            reason = (
                 f"the Ray worker running this trial died ({type(error).__name__}) in each of {self.attempts[i]} "
-                f"attempts (1 + max_retries={self.max_retries})",
+                f"attempts (1 + max_retries={self.max_retries})"
             )
         except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
             text = ANSI_ESCAPE.sub("", str(error)).strip()
-            self._fail(i, f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}", text)
+            reason = f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}"
         else:
             if status.state is TrialState.BUSY:  # another sweep runs it: do the others first, then wait for it
                 self.attempts[i] -= 1
                 self.pending.append((i, True))
             self.progress.finished(i, status)
-
-    def _fail(self, i: int, reason: str, traceback: Optional[str] = None) -> None:
-        status = record_failure(
-            self.trials[i], self.options.logdir, reason, traceback=traceback, engine="ray", attempts=self.attempts[i]
-        )
-        self.progress.finished(i, status)
+            return
+        trial, logdir = self.trials[i], self.options.logdir
+        failed = record_failure(trial, logdir, reason, traceback=text, engine="ray", attempts=self.attempts[i])
+        self.progress.finished(i, failed)
 
 
 @dataclass(frozen=True)
