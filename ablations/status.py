@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -101,16 +101,6 @@ def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
             print(f"warning: {error}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
         return False
     return result is not None and not trial.changes(result)
-
-
-def split_finished(trials: Sequence[Trial], options: RunOptions) -> tuple[dict[int, TrialStatus], list[int]]:
-    """The SKIPPED statuses of the finished trials (none with ``--force``) by index, and the others' indices."""
-    skipped = {
-        i: TrialStatus(t.name, TrialState.SKIPPED)
-        for i, t in enumerate(trials)
-        if not options.force and is_finished(t, options.logdir, warn=False)
-    }
-    return skipped, [i for i in range(len(trials)) if i not in skipped]
 
 
 @contextmanager

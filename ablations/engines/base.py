@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 
-from ablations.status import TrialStatus, split_finished
+from ablations.status import TrialState, TrialStatus, is_finished
 from ablations.suite import RunOptions, Trial
 
 
@@ -17,9 +17,14 @@ class Executor(ABC):
     skip_finished: bool = True  # False under DDP: every rank goes through run_trial, where rank 0 decides
 
     def run(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
-        """The status of each of `trials`, in order: the finished ones SKIPPED (none started), the others run."""
-        skipped, todo = split_finished(trials, options) if self.skip_finished else ({}, list(range(len(trials))))
-        statuses = dict(skipped)
+        """The status of each of `trials`, in order: finished ones SKIPPED (none with ``--force``), the others run."""
+        skip = self.skip_finished and not options.force
+        statuses = {
+            i: TrialStatus(t.name, TrialState.SKIPPED)
+            for i, t in enumerate(trials)
+            if skip and is_finished(t, options.logdir, warn=False)
+        }
+        todo = [i for i in range(len(trials)) if i not in statuses]
         if todo:
             statuses.update(zip(todo, self.execute([trials[i] for i in todo], options)))
         return [statuses[i] for i in range(len(trials))]

@@ -50,9 +50,8 @@ def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = N
 
 def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
     """(the sweep's bar, Lightning's): one at most, on rank 0; Lightning's for one trial here on a terminal."""
-    if rank != 0:
-        return False, False
-    return trials > 1, trials == 1 and parallel == 1 and sys.stderr.isatty()
+    first = rank == 0
+    return first and trials > 1, first and trials == 1 and parallel == 1 and sys.stderr.isatty()
 
 
 class LocalExecutor(Executor):
