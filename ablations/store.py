@@ -113,26 +113,15 @@ class TrialPaths:
                 entry.unlink()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path`: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path (same suffix, for ``savefig``) renamed to `path` if the block succeeds, else removed."""
+def atomic_output(path: Path, keep_suffix: bool = True) -> Iterator[Path]:
+    """A temporary path renamed to `path` once the block succeeds and it is synced, else removed: readers see the old
+    file or the whole new one. It keeps `path`'s suffix (``savefig`` reads it) unless not `keep_suffix`: then it ends
+    in ``.tmp``, which the readers of a folder skip."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix: savefig reads it
+    tmp = path.with_name(
+        f".{path.stem}.{os.getpid()}.tmp{path.suffix}" if keep_suffix else f".{path.name}.{os.getpid()}.tmp"
+    )
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -141,6 +130,12 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_output`)."""
+    with atomic_output(path, keep_suffix=False) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
