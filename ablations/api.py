@@ -9,15 +9,14 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
 from contextlib import nullcontext
-from pathlib import Path
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Union
 
-from ablations.identity import alias, data_label
+from ablations.suite import alias
 from ablations.signals import interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.store import list_trials
@@ -45,7 +44,7 @@ def _metric_column(name: str) -> str:
 
 def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
     settings = result.get("settings") or {}
-    model = settings.get("model")
+    model, data = settings.get("model"), settings.get("data")
     row: dict[str, Any] = {
         "suite": result.get("suite"),
         "cell": result.get("cell", result["spec"]),
@@ -56,9 +55,7 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
         {
             "seed": result["seed"],
             "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
-            "data": data_label(settings["data"])
-            if isinstance(settings.get("data"), str)
-            else (settings["data"]["class_path"] if settings.get("data") else "cifar10"),
+            "data": data["class_path"] if isinstance(data, Mapping) else data or "cifar10",
         }
     )
     values = {alias(k): v for k, v in (result.get("factors") or {}).items()}
@@ -101,10 +98,22 @@ def load_results(path: Union[str, Path]) -> Any:
     return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
 
 
-def _request(suite: str, overrides: dict[str, Any]) -> Any:
-    """The `ablations.plan.Request` of `run_suite`'s keyword arguments (a single ``only`` or ``logger`` may be
-    given as text); SweepError for a name that is not one of its fields."""
-    from ablations.plan import Request
+def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
+    """Run a suite (a shipped name, a suite file, or a suite file's content as a mapping) with the local engine,
+    resuming as ``python -m ablations.run`` does, and return `load_results` of its folder. Keyword arguments are
+    the fields of `ablations.plan.Request`, the command's flags by name: ``logdir="logs", data_dir="data",
+    seeds=[0, 1], epochs=1, model={"class_path": ..., "init_args": {...}}, save_model=True, logger="csv"``...
+
+    Raises:
+        SweepError: what the command exits with status 2 for (raised before any trial trains).
+        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results`` (empty when none did).
+        ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
+    """
+    import pandas as pd
+
+    from ablations.engines import make_executor
+    from ablations.plan import Request, prepare
+    from ablations.report import NothingToReport, write_report
 
     names = [f.name for f in fields(Request) if f.name not in ("suite", "engine", "dry_run")]
     unknown = sorted(set(overrides) - set(names))
@@ -113,41 +122,10 @@ def _request(suite: str, overrides: dict[str, Any]) -> Any:
     values: dict[str, Any] = {
         k: [v] if k in ("only", "logger") and isinstance(v, str) else v for k, v in overrides.items()
     }
-    return Request(suite=suite, **values)
-
-
-def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
-    """Run a suite (a shipped name, a suite file, or the suite file's content as a mapping) with the local engine,
-    resuming as ``python -m ablations.run`` does (finished trials are skipped), and return `load_results` of its
-    folder. Keyword arguments are the fields of `ablations.plan.Request`, the command's flags by name:
-    ``logdir="logs", data_dir="data", seeds=[0, 1], epochs=1, model={"class_path": ..., "init_args": {...}},
-    save_model=True, logger="csv", force=True``...
-
-    Raises:
-        SweepError: what the command exits with status 2 for (raised before any trial trains).
-        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results`` (empty when none
-            finished).
-        ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
-    """
-    from ablations import plan as planning
-    from ablations.engines import make_executor
-    from ablations.report import NothingToReport, write_report
-
-    if overrides.pop("engine", "local") != "local":
-        raise SweepError("run_suite runs the local engine; for Ray use python -m ablations.run --engine ray")
-    with tempfile.TemporaryDirectory() as scratch:
-        if isinstance(suite, Mapping):
-            import yaml
-
-            path = Path(scratch) / f"{suite.get('name', 'suite')}.yaml"
-            path.write_text(yaml.safe_dump(dict(suite), sort_keys=False))
-            suite = path
-        try:
-            plan = planning.prepare(_request(str(suite), overrides))
-        except SweepError:
-            raise
-        except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
-            raise SweepError(str(error)) from None
+    try:
+        plan = prepare(Request(suite=suite if isinstance(suite, Mapping) else str(suite), **values))
+    except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
+        raise SweepError(str(error)) from None
     executor = make_executor("local", parallel=plan.parallel, gpus=plan.gpus)
     with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
         statuses = executor.run(plan.trials, plan.options) if plan.trials else []
@@ -156,14 +134,9 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
         write_report(suite_dir, reference=plan.reference)
     except NothingToReport:
         pass  # no trial finished: the statuses say why
-    import pandas as pd
-
     frame = load_results(suite_dir) if suite_dir.is_dir() else pd.DataFrame()
     failed = [s for s in statuses if s.state is TrialState.FAILED]
     if failed:
-        raise TrialsFailed(
-            f"{len(failed)} of {len(statuses)} trials failed: " + "; ".join(f"{s.trial}: {s.error}" for s in failed),
-            statuses,
-            frame,
-        )
+        errors = "; ".join(f"{s.trial}: {s.error}" for s in failed)
+        raise TrialsFailed(f"{len(failed)} of {len(statuses)} trials failed: {errors}", statuses, frame)
     return frame

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from ablations.rules import integer
-
 DOE_ADVICE = 'pip install -e ".[design]"'
 
 
@@ -34,22 +32,6 @@ def _pydoe() -> Any:
         except ImportError:
             raise ImportError(f"fractional designs need pyDOE: {DOE_ADVICE}") from None
     return pydoe
-
-
-def fraction_of(value: Any) -> int:
-    """The reduction R of a suite's ``design`` value: 1 for ``full`` (or absent), R for ``{fraction: R}``.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    if value in (None, "full"):
-        return 1
-    if isinstance(value, dict) and set(value) == {"fraction"} and integer(1)(value["fraction"]) is None:
-        return int(value["fraction"])
-    raise ValueError(
-        f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 "
-        "(R = 2: a half, 4: a quarter of the grid)"
-    )
 
 
 def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:

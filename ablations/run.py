@@ -1,17 +1,11 @@
 """``python -m ablations.run``: run every trial of a suite, resumably, and report mean +- std over seeds.
 
-With no arguments it runs the notebook's study (suite ``notebook``: nine specs, 5 epochs, batch 128, seeds 0,1,2) on
-the machine's devices and leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/notebook/``.
-
-Scheduling: with ``--parallel N`` (default: one per GPU, 1 on CPU) N worker processes take trials one at a time,
-each pinned to its own device (``CUDA_VISIBLE_DEVICES``; on CPU, torch threads = cores / N). With
-``--strategy ddp --devices D`` each trial is data-parallel over D devices instead (one trial at a time; Lightning
-starts the other processes, which run this same command, and rank 0 decides for all). ``--num-nodes`` passes
-through to Lightning multi-node DDP; ``--shard K/N`` runs the K-th of N disjoint parts of the trial list, for job
-arrays; ``--engine ray`` runs the trials as Ray tasks, on this machine or on a Ray cluster.
-
-The command line is this module (the flags, read into an `ablations.plan.Request`); what the trials are and the
-checks before any trains are `ablations.plan`.
+With no arguments it runs the notebook's study (suite ``notebook``: nine specs, 5 epochs, batch 128, seeds 0,1,2) and
+leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/notebook/``. ``--parallel N`` runs N trials at
+once, each on its own device; ``--strategy ddp --devices D`` trains each trial over D devices (Lightning starts the
+other ranks, which run this same command; rank 0 decides for all); ``--shard K/N`` runs the K-th of N parts of the
+trials; ``--engine ray`` runs them as Ray tasks. The flags are read into an `ablations.plan.Request`; what the
+trials are and the checks before any trains are `ablations.plan`.
 
 Exit status: 0 when every trial is done (or there is nothing to do), 1 when any failed (listed at the end), 2 for
 bad arguments, 130 / 143 when stopped by SIGINT / SIGTERM (finished trials are kept and listed).
@@ -31,15 +25,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from ablations import adaptive, custom, require_extra
+from ablations import adaptive, require_extra
 from ablations import plan as planning
 from ablations.engines import ENGINES, make_executor
 from ablations.plan import Plan, Request
 from ablations.quiet import quiet_lightning
-from ablations.rules import integer, margin_arg
+from ablations.rules import Rule, integer, margin_arg
 from ablations.signals import Interrupted, die_with_parent, interrupts
 from ablations.status import TrialState, TrialStatus
-from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
+from ablations.suite import SETTING_RULES, RunOptions, available_suites
 from ablations.trust import write_report_or_say_why
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
@@ -52,41 +46,31 @@ RAY_ADVICE = 'pip install -e ".[ray]"'
 
 
 # ------------------------------------------------------------------------------------------ argument types
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `low`, with a message naming the bad value."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        problem = integer(low)(value)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{value} {problem}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _setting(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type for the `TrainSettings` field `name`: `convert` reads the text, and the field's own rule
-    (`ablations.suite.SETTING_RULES`) checks the value, so the flag and the suite file accept the same values."""
+def _flag(convert: Callable[[str], Any], rule: Rule) -> Callable[[str], Any]:
+    """An argparse type: `convert` reads the text and `rule` judges the value (a setting's flag uses the suite
+    file's rule, `ablations.suite.SETTING_RULES`, so both accept the same values), each naming the bad text."""
 
     def parse(text: str) -> Any:
         try:
-            value = convert(text) if convert is int else coerce_setting(name, text, strict=True)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if convert is int else 'a number'}"
             ) from None
-        problem = setting_problem(name, value)
+        problem = rule(value)
         if problem:
             raise argparse.ArgumentTypeError(f"{text} {problem}")
         return value
 
-    parse.__name__ = name
     return parse
+
+
+def _setting(name: str, convert: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    return _flag(convert, SETTING_RULES[name])
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    return _flag(int, integer(low))
 
 
 def _seeds(text: str) -> list[int]:
@@ -94,7 +78,7 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
-    problem = setting_problem("seeds", seeds)
+    problem = SETTING_RULES["seeds"](seeds)
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r} {problem}, e.g. 0,1,2")
     return seeds
@@ -111,7 +95,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _devices(text: str) -> Any:
-    return text if text == "auto" else _int_at_least(1)(text)
+    return text if text == "auto" else _at_least(1)(text)
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -142,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
     _hardware_arguments(parser)
-    custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
+    _tree_arguments(parser)
     adaptive.add_arguments(parser)  # --until-answered, --target-ci, --min-seeds, --max-seeds
     return parser
 
@@ -178,18 +162,16 @@ def _what_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _setting_arguments(parser: argparse.ArgumentParser) -> None:
     settings = parser.add_argument_group("training settings (override the suite's)")
-    settings.add_argument("--epochs", type=_setting("epochs", int))
-    settings.add_argument(
-        "--batch-size", type=_setting("batch_size", int), help="images per step (per device under DDP)"
-    )
+    settings.add_argument("--epochs", type=_setting("epochs"))
+    settings.add_argument("--batch-size", type=_setting("batch_size"), help="images per step (per device under DDP)")
     settings.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated seeds")
     settings.add_argument(
-        "--val-size", type=_setting("val_size", int), help="training images held out for validation (at least 1)"
+        "--val-size", type=_setting("val_size"), help="training images held out for validation (at least 1)"
     )
-    settings.add_argument("--split-seed", type=_setting("split_seed", int), help="seed of the train/validation split")
+    settings.add_argument("--split-seed", type=_setting("split_seed"), help="seed of the train/validation split")
     settings.add_argument(
         "--limit-train",
-        type=_setting("limit_train", int),
+        type=_setting("limit_train"),
         metavar="N",
         help="train on the first N images of the training split",
     )
@@ -198,6 +180,34 @@ def _setting_arguments(parser: argparse.ArgumentParser) -> None:
         "--lr-decay", type=_setting("lr_decay", float), help="Keras time decay: lr / (1 + decay * step)"
     )
     settings.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
+
+
+def _tree_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model, data and outputs (override the suite's)")
+    group.add_argument(
+        "--model",
+        metavar="CLASS_PATH|JSON",
+        help='the network: a class path (mypkg.nets.ResNet18) or JSON {"class_path": ..., "init_args": {...}} '
+        "(default: the suite's, else the notebook's CNN)",
+    )
+    group.add_argument(
+        "--data",
+        metavar="NAME|CLASS_PATH|JSON",
+        help="cifar10 or cifar100 (official layouts, downloaded if absent), or a LightningDataModule's class path "
+        "or JSON (default: the suite's, else cifar10)",
+    )
+    group.add_argument(
+        "--optimizer",
+        metavar="CLASS_PATH|JSON",
+        help="optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args (lr: --lr)",
+    )
+    group.add_argument("--save-model", action="store_true", help="keep each trial's final checkpoint as model.ckpt")
+    group.add_argument(
+        "--logger",
+        action="append",
+        choices=("csv", "mlflow", "wandb"),
+        help="also log to this Lightning logger (repeatable); TensorBoard is always written",
+    )
 
 
 def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,10 +220,10 @@ def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how "
         "many GPUs the trials are spread over (default: all)",
     )
-    hardware.add_argument("--parallel", type=_int_at_least(1), help="trials at once (default: one per GPU; 1 on CPU)")
+    hardware.add_argument("--parallel", type=_at_least(1), help="trials at once (default: one per GPU; 1 on CPU)")
     hardware.add_argument("--strategy", choices=STRATEGIES, help="data-parallel training of each trial")
     hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
-    hardware.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="nodes per trial (Lightning DDP)")
+    hardware.add_argument("--num-nodes", type=_at_least(1), default=1, help="nodes per trial (Lightning DDP)")
     hardware.add_argument(
         "--engine",
         choices=ENGINES,
@@ -227,7 +237,7 @@ def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
     )
     hardware.add_argument(
         "--max-retries",
-        type=_int_at_least(0),
+        type=_at_least(0),
         default=2,
         help="--engine ray: reruns of a trial whose worker or node died (default: 2)",
     )

@@ -1,13 +1,12 @@
-"""Suites: declarative lists of specs plus their training settings, read from YAML; and the trials they expand to.
+"""A suite's config tree, read from YAML (or a mapping) and expanded into cells and trials, without torch.
 
-A suite file has a ``name``, optional ``description``, ``settings`` (any field of `TrainSettings`) and either
-``specs`` (a list of ``{spec: TEXT, notebook: ACCURACY}`` or plain spec strings), ``factors`` (a mapping from factor
-name to a list of levels, each level spec tokens or ``baseline`` for off, whose cartesian product gives the specs),
-or both (explicit specs first). The shipped suites are the YAML files in ``ablations/suites/``.
-
-A suite may also name its ``model`` and ``data`` by class path, and a factor named after a training setting
-(``lr``, ``lr_decay``, ``batch_size``, ``epochs``, ``precision``, ``limit_train``, ``optimizer``) varies that
-setting: every spec is crossed with every combination of their levels (`ablations.identity`).
+A suite has ``name``, ``description``, ``settings`` (`TrainSettings` fields), ``model``, ``data``, ``optimizer`` and
+``trainer`` as LightningCLI writes them (``{class_path, init_args}`` or values), and ``specs``, ``factors`` or both.
+A factor is a spec factor (levels are spec tokens, ``baseline`` for off), a training setting (`SETTING_FACTORS`), or
+a dotted key into the tree (``model.init_args.depth``, ``trainer.gradient_clip_val``, ``model`` for a class swap).
+The cells are the specs crossed with every combination of the other factors' levels; a trial is a cell and a seed.
+`ablations.custom` checks the classes with jsonargparse before anything trains. What is left at its default is left
+out of a trial's hash, so the shipped suites and committed logs keep their hashes.
 """
 
 from __future__ import annotations
@@ -15,25 +14,167 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from ablations import identity
-from ablations.identity import DEFAULT_DATA, SETTING_FACTORS, ClassRef, DataRef, coerce_setting
 from ablations.rules import Rule, finite, integer, one_of, optional
 from ablations.store import TrialPaths
-from lit_cifar.spec import RegularizationSpec
+from lit_cifar.spec import RegularizationSpec, number_text
 
 SUITES_DIR = Path(__file__).parent / "suites"
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 SEED_MAX = 2**32 - 1  # the largest seed numpy and Lightning's seed_everything accept
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # one folder under --logdir, never a path out of it
+CELL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")  # a trial folder's cell: one folder name, shell-friendly
+TREE_KEY = re.compile(r"(model|data)|(model|data|optimizer)\.init_args(\.[A-Za-z_]\w*)+|trainer\.[A-Za-z_]\w*")
+DEFAULT_DATA = "cifar10"
+BUILTIN_DATA = {"cifar10": "lit_cifar.data.CIFAR10DataModule", "cifar100": "lit_cifar.data.CIFAR100DataModule"}
+DEFAULT_MODELS = ("lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN")  # the notebook's CNN, however named
+DEFAULT_OPTIMIZER = "adam"  # the label of the built-in Adam (the optimizer setting's None)
+SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit_train", "optimizer")
+TRAINER_OWNERS = {  # Trainer arguments a suite may not set: the setting (or flag) that owns each
+    "max_epochs": "the epochs setting",
+    "min_epochs": "the epochs setting",
+    "max_steps": "the epochs setting",
+    "precision": "the precision setting",
+    "limit_train_batches": "the limit_train setting",
+    "accelerator": "--accelerator",
+    "devices": "--devices",
+    "strategy": "--strategy",
+    "num_nodes": "--num-nodes",
+    "logger": "--logger",
+    "callbacks": "the harness (its callbacks record every trial)",
+    "enable_checkpointing": "--save-model",
+    "default_root_dir": "--logdir",
+}
+TOP_KEYS = ("name", "description", "model", "data", "optimizer", "trainer", "settings", "specs", "factors", "design")
 
 
 class SuiteError(ValueError):
-    """A suite that cannot be read: unknown name, unreadable or malformed YAML, bad spec or setting."""
+    """A suite that cannot be read: unknown name, unreadable or malformed YAML, bad spec, factor or setting."""
+
+
+@dataclass(frozen=True)
+class ClassRef:
+    """A class of the tree by its dotted path and init args (canonical JSON: hashable, compared by value)."""
+
+    class_path: str
+    init_args_json: str = "{}"
+
+    @classmethod
+    def parse(cls, value: Any, what: str) -> ClassRef:
+        """``"pkg.mod.Class"`` or ``{class_path, init_args}``; ValueError naming `what` for another shape."""
+        if isinstance(value, str):
+            value = {"class_path": value}
+        if not isinstance(value, Mapping) or "class_path" not in value or set(value) - {"class_path", "init_args"}:
+            raise ValueError(
+                f"{what} {value!r} must be a class path or a mapping with 'class_path' and optionally 'init_args'"
+            )
+        path, args = value["class_path"], value.get("init_args") or {}
+        if not isinstance(path, str) or "." not in path.strip("."):
+            raise ValueError(f"{what} class_path {path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
+        if not isinstance(args, Mapping):
+            raise ValueError(f"{what} {path}: init_args {args!r} must map argument names to values")
+        try:
+            return cls(path, json.dumps(dict(args), sort_keys=True, allow_nan=False))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{what} {path}: init_args {args!r} must be plain data: {error}") from None
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        return json.loads(self.init_args_json)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class_path": self.class_path, "init_args": self.init_args}
+
+    def short(self) -> str:
+        """The class name and its init args, e.g. ``SGD_lr=0.1_momentum=0.9`` (its level's label)."""
+        name = self.class_path.rpartition(".")[2]
+        return "_".join([name, *(f"{k}={_text(v)}" for k, v in sorted(self.init_args.items()))])
+
+    def __str__(self) -> str:
+        return f"{self.class_path}({', '.join(f'{k}={v!r}' for k, v in sorted(self.init_args.items()))})"
+
+
+DataRef = Union[str, ClassRef]  # a built-in dataset's name, or a LightningDataModule class
+
+
+def tree_value(root: str, value: Any) -> Any:
+    """A value of the tree's ``model``, ``data`` or ``optimizer`` as trials hold it: None for the notebook's CNN and
+    the built-in Adam (``adam``), a built-in dataset's name (``cifar10``, ``cifar100``), else a `ClassRef`. A
+    default named by its class path without init args is that default, so its hash does not change."""
+    if root == "data":
+        if value in (None, ""):
+            return DEFAULT_DATA
+        if isinstance(value, str) and value.lower() in BUILTIN_DATA:
+            return value.lower()
+        if isinstance(value, str) and "." not in value:
+            raise ValueError(f"data {value!r} is not one of {', '.join(BUILTIN_DATA)} nor a LightningDataModule's path")
+    elif value in (None, "") or (root == "optimizer" and value == DEFAULT_OPTIMIZER):
+        return None
+    ref = ClassRef.parse(value, root)
+    defaults: dict[str, Any] = {path: name for name, path in BUILTIN_DATA.items()} if root == "data" else {}
+    defaults.update(dict.fromkeys(DEFAULT_MODELS if root == "model" else (), None))
+    return defaults[ref.class_path] if ref.class_path in defaults and ref.init_args_json == "{}" else ref
+
+
+def _text(value: Any) -> str:
+    """A value as a label writes it: numbers shortest-exact (``0.0001``, ``1e-05``), None as ``all``."""
+    if value is None:
+        return "all"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return number_text(value)
+    if isinstance(value, (list, tuple)):
+        return "-".join(_text(v) for v in value)
+    return str(value)
+
+
+def level_label(key: str, value: Any) -> str:
+    """A factor level's one label, the same in folder names, result.json, DataFrames and reports: ``0.0001``,
+    ``adam`` (the built-in Adam), ``SGD_momentum=0.9`` (a class), ``NotebookCNN`` (the default model)."""
+    if value is None and key in ("optimizer", "model"):
+        return DEFAULT_OPTIMIZER if key == "optimizer" else "NotebookCNN"
+    return value.short() if isinstance(value, ClassRef) else _text(value)
+
+
+def alias(key: str) -> str:
+    """A factor's short name, its key's last part: ``model.init_args.depth`` is ``depth`` (folders, columns)."""
+    return key.rpartition(".")[2]
+
+
+def json_value(key: str, value: Any) -> Any:
+    """A level as result.json and DataFrames hold it: a number as itself, a class or a default as its label."""
+    if isinstance(value, ClassRef) or (value is None and key in ("optimizer", "model")):
+        return level_label(key, value)
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def cell_view(result: dict[str, Any]) -> dict[str, Any]:
+    """A result as the report reads it: its cell (``pixel+bn,lr=0.0001``) as its ``spec`` row and its factor values
+    among its ``spec_fields``, so a tree factor is a row's field like a spec field."""
+    if "cell" not in result:
+        return result
+    factors = {alias(k): v for k, v in (result.get("factors") or {}).items()}
+    fields_ = {**(result.get("spec_fields") or {}), **factors}
+    return {**result, "spec": result["cell"], "spec_name": result["spec"], "spec_fields": fields_}
+
+
+def coerce_setting(name: str, value: Any, strict: bool = False) -> Any:
+    """The text of a number for ``lr`` or ``lr_decay`` as that number (YAML reads ``1e-3`` as text); other values
+    as given, for `setting_problem` to judge. With `strict`, text that is not a number raises ValueError."""
+    if name in ("lr", "lr_decay") and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            if strict:
+                raise
+    return value
 
 
 def _seed_list(value: Any) -> Optional[str]:
@@ -43,7 +184,7 @@ def _seed_list(value: Any) -> Optional[str]:
     return f"must be a non-empty list of distinct integers from 0 to {SEED_MAX}"
 
 
-SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the CLI checks its flags with these
+SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the command line checks flags with these
     "epochs": integer(1),
     "batch_size": integer(1),
     "seeds": _seed_list,
@@ -53,7 +194,7 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
     "lr": finite(0),
     "lr_decay": finite(0, inclusive=True),
     "precision": one_of(PRECISIONS),
-    "optimizer": identity.optimizer_problem,
+    "optimizer": lambda v: None if v is None or isinstance(v, ClassRef) else "must be a class path or adam",
 }
 
 
@@ -64,20 +205,19 @@ def setting_problem(name: str, value: Any) -> Optional[str]:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything that determines a trial's numbers besides its spec and seed (all part of its settings hash).
+    """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed).
 
     Attributes:
         epochs: passes over the training split.
         batch_size: images per optimizer step (per device under DDP).
-        seeds: the seeds each spec is trained with; a seed fixes init, data order, dropout and augmentation.
+        seeds: the seeds each cell is trained with; a seed fixes init, data order, dropout and augmentation.
         val_size: training images held out for validation (never the test set); at least 1.
-        split_seed: seed of the train/validation split, the same for every trial so all see the same data.
+        split_seed: seed of the train/validation split, the same for every trial.
         limit_train: train on only the first N images of the training split (None: all of them).
-        lr: Adam's learning rate at step 0.
+        lr: the learning rate at step 0.
         lr_decay: Keras's legacy decay: step t uses ``lr / (1 + lr_decay * t)``.
         precision: Lightning precision, e.g. ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (GPU).
-        optimizer: None for the built-in Adam, else the optimizer's class and init args (``lr`` defaults to the
-            ``lr`` setting when the class takes one; the ``lr_decay`` schedule applies to it too).
+        optimizer: None for the built-in Adam, else the optimizer's class (``lr`` defaults to the setting).
 
     Raises:
         ValueError: naming the field, its value and what it must be (`SETTING_RULES`).
@@ -99,8 +239,7 @@ class TrainSettings:
             value = getattr(self, name)
             problem = setting_problem(name, value)
             if problem:
-                shown = list(value) if isinstance(value, tuple) else value
-                raise ValueError(f"{name}={shown!r} {problem}")
+                raise ValueError(f"{name}={list(value) if isinstance(value, tuple) else value!r} {problem}")
         object.__setattr__(self, "seeds", tuple(self.seeds))
 
     def override(self, **values: Any) -> TrainSettings:
@@ -145,26 +284,22 @@ class Trial:
     model: Optional[ClassRef] = None  # None: the notebook's CNN
     data: DataRef = DEFAULT_DATA
     factor_levels: tuple[tuple[str, Any], ...] = ()  # (key, level) of each factor that is not a spec factor
-    spec_levels: tuple[tuple[str, str], ...] = ()  # (spec factor, its level's label) for suites with factors
-    trainer_json: str = "{}"  # the suite's Trainer arguments, canonical JSON
+    spec_levels: tuple[tuple[str, str], ...] = ()  # (spec factor, its level's label)
+    trainer_json: str = "{}"  # the cell's Trainer arguments, canonical JSON
     fingerprints: tuple[tuple[str, str], ...] = ()  # ("model source" / "data", hash): identity beside the hash
 
     @property
     def cell(self) -> str:
-        """The trial's cell of the suite's grid: its spec, then its other factors' levels
-        (``pixel+bn,lr=0.0001,depth=2``); the spec alone for suites without them."""
-        return ",".join([str(self.spec), *(identity.level_text(k, v) for k, v in self.factor_levels)])
+        """The spec, then the other factors' levels (``pixel+bn,lr=0.0001,depth=2``): the trial's folder."""
+        return ",".join([str(self.spec), *(f"{alias(k)}={level_label(k, v)}" for k, v in self.factor_levels)])
 
     def levels(self) -> dict[str, str]:
         """{factor: its level's label} for every factor of the suite, e.g. ``{"bn": "bn", "optimizer": "adam"}``."""
-        return {
-            **dict(self.spec_levels),
-            **{identity.alias(k): identity.level_label(k, v) for k, v in self.factor_levels},
-        }
+        return {**dict(self.spec_levels), **{alias(k): level_label(k, v) for k, v in self.factor_levels}}
 
     @property
     def factors(self) -> tuple[str, ...]:
-        """The keys of the suite's factors that are not spec factors (``lr``, ``model.init_args.depth``)."""
+        """The keys of the factors that are not spec factors (``lr``, ``model.init_args.depth``)."""
         return tuple(k for k, _ in self.factor_levels)
 
     @property
@@ -183,19 +318,17 @@ class Trial:
         return self.paths(logdir).folder
 
     def hashed_settings(self) -> dict[str, Any]:
-        """What determines this trial's result; a finished trial whose hash matches is not rerun. What is left at
-        its default (Adam, the notebook's CNN, CIFAR-10, no Trainer arguments) is left out, so old hashes hold."""
-        settings = asdict(self.settings)
-        del settings["seeds"]
-        del settings["optimizer"]
-        hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
-        extra = {
+        """What determines this trial's result. The defaults (Adam, the notebook's CNN, CIFAR-10, no Trainer
+        arguments) are left out, so hashes made before the tree had them hold."""
+        settings = {k: v for k, v in asdict(self.settings).items() if k not in ("seeds", "optimizer")}
+        tree = {
             "optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
-            "model": identity.model_identity(self.model),
-            "data": identity.data_identity(self.data),
+            "model": self.model and self.model.to_dict(),
+            "data": None if self.data == DEFAULT_DATA else getattr(self.data, "to_dict", lambda: self.data)(),
             "trainer": self.trainer or None,
         }
-        return {**hashed, **{k: v for k, v in extra.items() if v is not None}}
+        hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
+        return {**hashed, **{k: v for k, v in tree.items() if v is not None}}
 
     @property
     def settings_hash(self) -> str:
@@ -203,17 +336,15 @@ class Trial:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def changes(self, result: dict[str, Any]) -> list[str]:
-        """What differs between this trial and the finished `result` of its folder: the settings (by hash), and the
-        ``model source`` or ``data`` fingerprint each recorded (one not recorded on either side is not compared)."""
+        """What differs from the finished `result` in its folder: ``settings`` (by hash), and the ``model
+        source`` or ``data`` fingerprint each recorded (one recorded on one side only is not compared)."""
         changed = [] if result.get("settings_hash") == self.settings_hash else ["settings"]
         old = result.get("fingerprints") or {}
         return changed + [k for k, v in self.fingerprints if k in old and old[k] != v]
 
     def record(self) -> dict[str, Any]:
-        """What every result.json and error.json of this trial starts with: which trial, with which settings,
-        ``levels`` ({factor: label}, every factor of its suite) and the ``fingerprints`` of its model source and
-        data. A suite with factors other than spec factors adds ``cell`` (the folder's name) and ``factors``
-        ({key: value})."""
+        """What every result.json and error.json of this trial starts with: which trial, its settings, ``levels``
+        and ``fingerprints``; with tree factors also ``cell`` (the folder's name) and ``factors`` ({key: value})."""
         record = {
             "suite": self.suite,
             "spec": str(self.spec),
@@ -229,7 +360,7 @@ class Trial:
             record["fingerprints"] = dict(self.fingerprints)
         if self.factors:
             record["cell"] = self.cell
-            record["factors"] = {k: identity.json_value(k, v) for k, v in self.factor_levels}
+            record["factors"] = {k: json_value(k, v) for k, v in self.factor_levels}
         return record
 
 
@@ -267,228 +398,216 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(how messages name the suite, its content) of a shipped name, a YAML file or a mapping."""
+    if isinstance(source, Mapping):
+        return f"suite {source.get('name', '')!r}", dict(source)
     import yaml  # here, so that a command can say which extra is missing before anything fails
 
+    path = Path(source)
+    if not (str(source).endswith((".yaml", ".yml")) or path.exists()):
+        path = SUITES_DIR / f"{source}.yaml"
+        if not path.exists():
+            raise SuiteError(
+                f"unknown suite {str(source)!r}: choose one of {', '.join(available_suites())} "
+                "or give the path of a suite .yaml file"
+            )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise SuiteError(f"cannot read suite file {path}: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise SuiteError(
-            f"suite file {path} is not a YAML text file (byte {error.object[error.start]:#04x} at "
-            f"offset {error.start} is not UTF-8 text): give a shipped suite's name "
-            f"({', '.join(available_suites())}) or a suite .yaml file"
+            f"suite file {path} is not a YAML text file (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start} is not UTF-8 text): give a shipped suite's name ({', '.join(available_suites())}) "
+            "or a suite .yaml file"
         ) from None
     except yaml.YAMLError as error:
         raise SuiteError(f"malformed YAML in suite file {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
-        raise SuiteError(
-            f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors', not {type(data).__name__}"
-        )
-    return data
+        raise SuiteError(f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors'")
+    return f"suite file {path}", {"name": path.stem, **data}
 
 
-def _listed_entry(item: Any, path: Path) -> SuiteEntry:
-    """One item of ``specs``: a spec string, or ``{spec: TEXT, notebook: ACCURACY}``."""
-    if isinstance(item, str):
-        return SuiteEntry(RegularizationSpec.parse(item))
-    if not isinstance(item, dict) or "spec" not in item or set(item) - {"spec", "notebook"}:
-        raise SuiteError(
-            f"suite file {path}: spec entry {item!r} must be a spec string or a mapping with 'spec' "
-            "and optionally 'notebook'"
-        )
-    notebook = item.get("notebook")
-    if notebook is not None and finite(0, inclusive=True, high=1)(notebook) is not None:
-        raise SuiteError(
-            f"suite file {path}: notebook={notebook!r} for spec {item['spec']!r} must be a number in "
-            "[0, 1] (the notebook's test accuracy) or absent"
-        )
-    return SuiteEntry(RegularizationSpec.parse(item["spec"]), notebook)
-
-
-def _entries(data: dict[str, Any], path: Path) -> list[SuiteEntry]:
-    entries = [_listed_entry(item, path) for item in data.get("specs") or []]
-    factors = data.get("factors") or {}
-    if not isinstance(factors, dict) or not all(isinstance(v, list) and v for v in factors.values()):
-        raise SuiteError(f"suite file {path}: 'factors' must map each factor name to a non-empty list of levels")
-    factors = _spec_factors(factors)
-    if factors:
-        for levels in itertools.product(*factors.values()):
-            tokens = [str(level) for level in levels if str(level) != "baseline"]
-            entries.append(SuiteEntry(RegularizationSpec.parse("+".join(tokens) or "baseline")))
-    if not entries:
-        raise SuiteError(f"suite file {path} lists no specs: give 'specs', 'factors' or both")
-    names = [str(e.spec) for e in entries]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise SuiteError(f"suite file {path} lists these specs more than once: {', '.join(repeated)}")
-    return entries
-
-
-def _is_spec_factor(name: str) -> bool:
-    return name not in SETTING_FACTORS and name not in ("model", "data") and "." not in name
-
-
-def _spec_factors(factors: dict[str, Any]) -> dict[str, Any]:
-    return {name: levels for name, levels in factors.items() if _is_spec_factor(name)}
-
-
-def _setting_factors(data: dict[str, Any], path: Path) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """The suite's factors that vary a training setting or a key of the config tree, each with its levels parsed
-    and checked; two factors of one short name are refused (folders and columns name factors by it)."""
-    found = []
-    for name, levels in (data.get("factors") or {}).items():
-        if _is_spec_factor(name):
-            continue
-        problem = None if name in SETTING_FACTORS else identity.tree_key_problem(name)
-        if problem:
-            raise SuiteError(f"suite file {path}: factor {name!r} {problem}")
-        parsed = tuple(identity.parse_level(name, level) for level in levels)
-        for level, value in zip(levels, parsed):
-            problem = setting_problem(name, value) if name in SETTING_RULES else None
-            if problem:
-                raise SuiteError(f"suite file {path}: factor {name} level {level!r} {problem}")
-        texts = [identity.level_text(name, v) for v in parsed]
-        if len(set(texts)) < len(texts):
-            raise SuiteError(f"suite file {path}: factor {name} lists a level more than once: {levels}")
-        found.append((name, parsed))
-    names = [identity.alias(name) for name, _ in found] + list(_spec_factors(data.get("factors") or {}))
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        raise SuiteError(f"suite file {path}: two factors share the short name {', '.join(clash)}: rename one")
-    return tuple(found)
-
-
-def _spec_label(spec: RegularizationSpec, levels: tuple[str, ...]) -> str:
-    """The level of a spec factor that `spec` has: the most specific level whose spec fields it carries, else
-    ``baseline``."""
-    base = RegularizationSpec().to_dict()
-    fields_of = {str(level): RegularizationSpec.parse(str(level)).to_dict() for level in levels}
-    carried = [
-        (len(set(f.items()) - set(base.items())), level)
-        for level, f in fields_of.items()
-        if level != "baseline" and all(spec.to_dict()[k] == v for k, v in f.items() if base[k] != v)
-    ]
-    return max(carried, key=lambda c: c[0])[1] if carried else "baseline"
-
-
-def _trainer(value: Any, path: Path) -> str:
-    """The suite's ``trainer`` mapping of Trainer arguments, checked (torch-free) and as canonical JSON."""
-    if not isinstance(value, dict):
-        raise SuiteError(f"suite file {path}: trainer {value!r} must map Trainer arguments to values")
-    for key in value:
-        problem = identity.tree_key_problem(f"trainer.{key}")
-        if problem:
-            raise SuiteError(f"suite file {path}: trainer.{key} {problem}")
-    return json.dumps(value, sort_keys=True)
-
-
-def _check_cells(suite: Suite, path: Path) -> None:
-    """Every trial folder name of the grid must be one shell-friendly folder name."""
-    for trial in expand_trials(suite, replace(suite.settings, seeds=(0,))):
-        if not identity.CELL.fullmatch(trial.cell):
-            raise SuiteError(
-                f"suite file {path}: trial folder name {trial.cell!r} is not one folder name of "
-                "letters, digits and . _ + = , -: simplify the factor's levels"
-            )
-
-
-def _designed(data: dict[str, Any], path: Path, entries: list[SuiteEntry]) -> list[SuiteEntry]:
-    """The entries a suite's ``design`` keeps: all for ``full`` (or none given), else the listed specs and the
-    factor combinations `ablations.designs.select` chooses (rows of the full grid, so the same trials)."""
-    from ablations.designs import fraction_of, select
-
-    try:
-        reduction = fraction_of(data.get("design"))
-    except ValueError as error:
-        raise SuiteError(f"suite file {path}: {error}") from None
-    if reduction == 1:
-        return entries
-    factors = _spec_factors(data.get("factors") or {})
-    if not factors:
-        raise SuiteError(f"suite file {path}: a fractional design needs 'factors'")
-    if len(factors) < len(data.get("factors") or {}):
-        raise SuiteError(
-            f"suite file {path}: a fractional design selects spec-factor combinations only; it cannot "
-            "be combined with setting or config-tree factors: use design: full"
-        )
-    levels = [len(v) for v in factors.values()]
-    grid = list(itertools.product(*(range(k) for k in levels)))
-    grid_entries = entries[len(entries) - len(grid) :]
-    try:
-        keep = {grid.index(run) for run in select(levels, reduction)}
-    except (ValueError, ImportError) as error:
-        raise SuiteError(f"suite file {path}: {error}") from None
-    return entries[: len(entries) - len(grid)] + [e for i, e in enumerate(grid_entries) if i in keep]
-
-
-def load_suite(name_or_path: str) -> Suite:
-    """A shipped suite by name (``notebook``, ``full``, ...) or a suite YAML file by path.
+def load_suite(source: Union[str, Path, Mapping[str, Any]]) -> Suite:
+    """A shipped suite by name (``notebook``, ``full``, ...), a suite YAML file by path, or a file's content.
 
     Raises:
         SuiteError: naming the suite or file and what is wrong with it.
     """
-    path = Path(name_or_path)
-    if not (name_or_path.endswith((".yaml", ".yml")) or path.exists()):
-        path = SUITES_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise SuiteError(
-                f"unknown suite {name_or_path!r}: choose one of {', '.join(available_suites())} "
-                "or give the path of a suite .yaml file"
-            )
-    data = _read_yaml(path)
-    allowed = ("name", "description", "model", "data", "optimizer", "trainer", "settings", "specs", "factors", "design")
-    unknown = set(data) - set(allowed)
-    if unknown:
-        raise SuiteError(f"suite file {path}: unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
-    if "optimizer" in data and "optimizer" in (data.get("settings") or {}):
-        raise SuiteError(f"suite file {path}: optimizer is given twice: keep the top-level one")
-    settings_data = data.get("settings") or {}
-    valid = {f.name for f in fields(TrainSettings)}
-    if not isinstance(settings_data, dict) or set(settings_data) - valid:
-        raise SuiteError(f"suite file {path}: bad settings {settings_data!r}; allowed keys: {', '.join(sorted(valid))}")
-    name = str(data.get("name") or path.stem)
-    if not SUITE_NAME.fullmatch(name):
-        raise SuiteError(
-            f"suite file {path}: name {name!r} must be one folder name (letters, digits and . _ + = -, "
-            "not starting with '.'): the suite's trials are written under LOGDIR/NAME/"
-        )
+    where, data = _read(source)
     try:
-        settings_data = {
-            **{k: coerce_setting(k, v) for k, v in settings_data.items()},
-            "optimizer": identity.parse_level("optimizer", data.get("optimizer", settings_data.get("optimizer"))),
-        }
-        spec_factors = _spec_factors(data.get("factors") or {})
-        suite = Suite(
-            name=name,
-            entries=tuple(_designed(data, path, _entries(data, path))),
-            settings=TrainSettings(**settings_data),
-            description=str(data.get("description", "")),
-            model=identity.parse_model(data.get("model")),
-            data=identity.parse_data(data.get("data")),
-            setting_factors=_setting_factors(data, path),
-            spec_factors=tuple((k, tuple(str(v) for v in levels)) for k, levels in spec_factors.items()),
-            trainer_json=_trainer(data.get("trainer") or {}, path),
+        return _suite(data)
+    except (ValueError, TypeError, AttributeError, ImportError) as error:
+        raise SuiteError(f"{where}: {error}") from None
+
+
+def _suite(data: dict[str, Any]) -> Suite:
+    unknown = set(data) - set(TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {', '.join(TOP_KEYS)}")
+    settings = data.get("settings") or {}
+    valid = [f.name for f in fields(TrainSettings)]
+    if not isinstance(settings, dict) or set(settings) - set(valid):
+        raise ValueError(f"bad settings {settings!r}; allowed keys: {', '.join(sorted(valid))}")
+    if "optimizer" in data and "optimizer" in settings:
+        raise ValueError("optimizer is given twice: keep the top-level one")
+    name = str(data.get("name"))
+    if not SUITE_NAME.fullmatch(name):
+        raise ValueError(
+            f"name {name!r} must be one folder name (letters, digits and . _ + = -, not starting with '.'): "
+            "the suite's trials are written under LOGDIR/NAME/"
         )
-        _check_cells(suite, path)
-        return suite
-    except (ValueError, TypeError, AttributeError) as error:
-        if isinstance(error, SuiteError):
-            raise
-        raise SuiteError(f"suite file {path}: {error}") from None
+    factors = data.get("factors") or {}
+    if not isinstance(factors, dict) or not all(isinstance(v, list) and v for v in factors.values()):
+        raise ValueError("'factors' must map each factor name to a non-empty list of levels")
+    spec_factors = {k: v for k, v in factors.items() if _is_spec_factor(k)}
+    optimizer = data.get("optimizer", settings.get("optimizer"))
+    trainer = data.get("trainer") or {}
+    if not isinstance(trainer, dict):
+        raise ValueError(f"trainer {trainer!r} must map Trainer arguments to values")
+    for key in trainer:
+        _check_key(f"trainer.{key}")
+    suite = Suite(
+        name=name,
+        entries=tuple(_entries(data, spec_factors)),
+        settings=TrainSettings(
+            **{k: coerce_setting(k, v) for k, v in settings.items() if k != "optimizer"},
+            optimizer=tree_value("optimizer", optimizer),
+        ),
+        description=str(data.get("description", "")),
+        model=tree_value("model", data.get("model")),
+        data=tree_value("data", data.get("data")),
+        setting_factors=_tree_factors(factors),
+        spec_factors=tuple((k, tuple(map(str, v))) for k, v in spec_factors.items()),
+        trainer_json=json.dumps(trainer, sort_keys=True),
+    )
+    for trial in expand_trials(suite, replace(suite.settings, seeds=(0,))):
+        if not CELL.fullmatch(trial.cell):
+            raise ValueError(
+                f"trial folder name {trial.cell!r} is not one folder name of letters, digits and . _ + = , -: "
+                "simplify the factor's levels"
+            )
+    return suite
+
+
+def _is_spec_factor(key: str) -> bool:
+    return key not in SETTING_FACTORS and key not in ("model", "data") and "." not in key
+
+
+def _check_key(key: str) -> None:
+    """Refuse a tree key LightningCLI would not spell so, or a Trainer argument a setting or flag owns."""
+    if not TREE_KEY.fullmatch(key):
+        raise ValueError(
+            f"factor {key!r} must be a spec factor, a setting, or a key into the config tree spelt as LightningCLI "
+            "spells it: model, data, model.init_args.NAME, data.init_args.NAME, optimizer.init_args.NAME or "
+            "trainer.NAME"
+        )
+    owner = TRAINER_OWNERS.get(key.partition(".")[2]) if key.startswith("trainer.") else None
+    if owner:
+        raise ValueError(f"{key} is set by {owner}, not by a Trainer argument")
+
+
+def _level(key: str, value: Any) -> Any:
+    """One level of a setting or tree factor as trials hold it (YAML reads ``1e-4`` as text: numbers as text are
+    read; ``limit_train: all`` is no limit; ``model``, ``data`` and ``optimizer`` as `tree_value`)."""
+    if key in ("model", "data", "optimizer"):
+        return tree_value(key, value)
+    if "." in key:
+        return value  # a key into a class's init args or the Trainer's: jsonargparse judges it (ablations.custom)
+    if key == "limit_train" and value in (None, "all"):
+        return None
+    value = coerce_setting(key, value)
+    return float(value) if key in ("lr", "lr_decay") and type(value) is int else value
+
+
+def _tree_factors(factors: dict[str, list[Any]]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """The factors that vary a setting or a key of the tree, with their levels read and checked."""
+    found = []
+    for key, levels in factors.items():
+        if _is_spec_factor(key):
+            continue
+        if key not in SETTING_FACTORS:
+            _check_key(key)
+        values = tuple(_level(key, level) for level in levels)
+        for level, value in zip(levels, values):
+            problem = setting_problem(key, value) if key in SETTING_RULES else None
+            if problem:
+                raise ValueError(f"factor {key} level {level!r} {problem}")
+        if len({level_label(key, v) for v in values}) < len(values):
+            raise ValueError(f"factor {key} lists a level more than once: {levels}")
+        found.append((key, values))
+    names = [alias(k) for k in factors]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"two factors share the short name {', '.join(clash)}: rename one")
+    return tuple(found)
+
+
+def _entries(data: dict[str, Any], spec_factors: dict[str, list[Any]]) -> list[SuiteEntry]:
+    """The listed specs (text or ``{spec, notebook}``), then the spec factors' grid (or the design's rows)."""
+    entries = []
+    for item in data.get("specs") or []:
+        item = {"spec": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "spec" not in item or set(item) - {"spec", "notebook"}:
+            raise ValueError(f"spec entry {item!r} must be a spec string or a mapping with 'spec' and 'notebook'")
+        notebook = item.get("notebook")
+        if notebook is not None and finite(0, inclusive=True, high=1)(notebook) is not None:
+            raise ValueError(
+                f"notebook={notebook!r} for spec {item['spec']!r} must be a number in [0, 1] (the notebook's test "
+                "accuracy) or absent"
+            )
+        entries.append(SuiteEntry(RegularizationSpec.parse(item["spec"]), notebook))
+    grid = list(itertools.product(*spec_factors.values()))
+    rows = range(len(grid)) if spec_factors else []
+    reduction = _fraction(data.get("design"))
+    if reduction > 1:
+        from ablations.designs import select
+
+        if not spec_factors or len(spec_factors) < len(data.get("factors") or {}):
+            raise ValueError("a fractional design selects spec-factor combinations only: give spec factors alone")
+        counts = [len(v) for v in spec_factors.values()]
+        grid_index = list(itertools.product(*(range(k) for k in counts)))
+        rows = sorted(grid_index.index(run) for run in select(counts, reduction))
+    for row in rows:
+        tokens = [str(level) for level in grid[row] if str(level) != "baseline"]
+        entries.append(SuiteEntry(RegularizationSpec.parse("+".join(tokens) or "baseline")))
+    if not entries:
+        raise ValueError("lists no specs: give 'specs', 'factors' or both")
+    names = [str(e.spec) for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"lists these specs more than once: {', '.join(repeated)}")
+    return entries
+
+
+def _fraction(value: Any) -> int:
+    """The reduction R of ``design``: 1 for ``full`` (or absent), R for ``{fraction: R}`` (`ablations.designs`)."""
+    if value in (None, "full"):
+        return 1
+    if isinstance(value, dict) and set(value) == {"fraction"} and integer(1)(value["fraction"]) is None:
+        return int(value["fraction"])
+    raise ValueError(
+        f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 (2: a half, 4: a quarter)"
+    )
+
+
+def _spec_label(spec: RegularizationSpec, levels: tuple[str, ...]) -> str:
+    """The level of a spec factor `spec` has: the most specific one whose spec fields it carries, else baseline."""
+    base = RegularizationSpec().to_dict()
+    carried = []
+    for level in levels:
+        own = RegularizationSpec.parse(level).to_dict()
+        if level != "baseline" and all(spec.to_dict()[k] == v for k, v in own.items() if base[k] != v):
+            carried.append((len(set(own.items()) - set(base.items())), level))
+    return max(carried, key=lambda c: c[0])[1] if carried else "baseline"
 
 
 def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """The Trial fields of one combination of the non-spec factors' levels: each setting factor replaces its
-    setting, each key into the tree (``model.init_args.depth``, ``trainer.gradient_clip_val``, ``model``) its value.
-    """
-    tree: dict[str, Any] = {
-        "model": suite.model,
-        "data": suite.data,
-        "optimizer": settings.optimizer,
-        "trainer": json.loads(suite.trainer_json),
-    }
+    """The Trial fields of one combination of the tree factors' levels: a setting factor replaces its setting, a
+    key into the tree (``model``, ``model.init_args.depth``, ``trainer.gradient_clip_val``) its value."""
+    tree: dict[str, Any] = {"model": suite.model, "data": suite.data, "optimizer": settings.optimizer}
+    trainer = json.loads(suite.trainer_json)
     for key, value in combo:
         root, _, rest = key.partition(".")
         if key in SETTING_FACTORS and key != "optimizer":
@@ -496,19 +615,23 @@ def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], .
         elif not rest:
             tree[root] = value
         elif root == "trainer":
-            tree["trainer"][rest] = value
+            trainer[rest] = value
         else:
             base = tree[root] or (ClassRef("lit_cifar.models.NotebookCNN") if root == "model" else None)
             if not isinstance(base, ClassRef):
                 raise ValueError(f"factor {key} needs {root}: {{class_path: ...}} to set its init_args")
             changed = base.to_dict()
-            identity.set_key(changed, rest, value)
+            *path, last = rest.split(".")
+            node = changed
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = value
             tree[root] = ClassRef.parse(changed, root)
     return {
         "settings": replace(settings, optimizer=tree["optimizer"]),
         "model": tree["model"],
         "data": tree["data"],
-        "trainer_json": json.dumps(tree["trainer"], sort_keys=True),
+        "trainer_json": json.dumps(trainer, sort_keys=True),
         "factor_levels": combo,
     }
 
@@ -522,7 +645,7 @@ def expand_trials(
     Raises:
         SuiteError: if a name in `only` is neither a spec nor a cell (``SPEC,lr=X``) of the suite.
     """
-    combos = list(itertools.product(*([(k, v) for v in levels] for k, levels in suite.setting_factors)))
+    combos = itertools.product(*([(k, v) for v in levels] for k, levels in suite.setting_factors))
     cells = [_cell(suite, settings, combo) for combo in combos]
     trials = [
         Trial(
@@ -541,10 +664,8 @@ def expand_trials(
     if only:
         wanted = set()
         for text in only:
-            matching = {t.cell for t in trials if text == t.cell}
-            if not matching:
-                name = str(RegularizationSpec.parse(text.split(",")[0])) if "," not in text else None
-                matching = {t.cell for t in trials if name is not None and str(t.spec) == name}
+            spec = str(RegularizationSpec.parse(text)) if "," not in text else None
+            matching = {t.cell for t in trials if text == t.cell or str(t.spec) == spec}
             if not matching:
                 raise SuiteError(
                     f"spec {text!r} is not in suite {suite.name!r}; its specs: "

@@ -87,9 +87,18 @@ def test_setting_factors_name_short_unique_folders_and_records(tmp_path) -> None
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ({"model": {"class_path": "tests.thirdparty.nope.Net"}}, "cannot import 'tests.thirdparty.nope'"),
-        ({"model": {"class_path": "tests.thirdparty.nets.Missing"}}, "has no class 'Missing'"),
-        ({"model": {"class_path": NET, "init_args": {"depth": 3}}}, "unexpected keyword argument 'depth'"),
+        (
+            {"model": {"class_path": "tests.thirdparty.nope.Net"}},
+            "model tests.thirdparty.nope.Net init_args {}: module 'tests.thirdparty' has no attribute",
+        ),
+        (
+            {"model": {"class_path": "tests.thirdparty.nets.Missing"}},
+            "module 'tests.thirdparty.nets' has no attribute 'Missing'",
+        ),
+        (
+            {"model": {"class_path": NET, "init_args": {"depth": 3}}},
+            "Option 'depth' is not accepted; it takes: width, blocks, hidden, norm",
+        ),
         (
             {"model": {"class_path": NET, "init_args": {"norm": False}}, "specs": ["pixel+bn"]},
             "cannot train spec pixel+bn: spec 'pixel+bn' asks for bn but backbone TinyResNet has no BatchNorm",

@@ -93,7 +93,11 @@ def test_the_dry_run_checks_every_cell_and_names_each_that_cannot_train(capsys, 
     assert "cell baseline,widht=4" in err and "cell bn,widht=8" in err and "it takes: width, blocks" in err
     missing = suite_file(tmp_path, model={"class_path": "tests.thirdparty.nets.Missing"}, specs=["baseline"])
     status, _, err = sweep(capsys, "--suite", str(missing), "--dry-run", "--logdir", str(tmp_path / "logs"))
-    assert status == 2 and "has no class 'Missing'" in err
+    assert (
+        status == 2
+        and "tests.thirdparty.nets.Missing init_args {}: module 'tests.thirdparty.nets' has no attribute 'Missing'"
+        in err
+    )
     assert not (tmp_path / "logs").exists()
 
 
@@ -228,7 +232,7 @@ def test_an_optimizer_init_arg_is_a_factor_and_a_trainer_argument_is_checked_aga
 def test_the_migration_adds_levels_and_the_data_fingerprint_once(tmp_path, cifar_dir) -> None:
     import importlib.util
 
-    from ablations.identity import builtin_fingerprint
+    from ablations.custom import builtin_fingerprint
     from ablations.store import read_result
 
     spec = importlib.util.spec_from_file_location("migrate_logs", REPO / "scripts" / "migrate_logs.py")
