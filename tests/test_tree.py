@@ -260,3 +260,19 @@ def test_init_args_of_the_wrong_type_are_refused_by_jsonargparse_naming_the_cell
     status, _, err = sweep(capsys, "--suite", str(bad), "--dry-run", "--logdir", str(tmp_path / "logs"))
     assert status == 2 and "cell baseline,width=four" in err and "Expected a <class 'int'>" in err
     assert "cell baseline,width=4" not in err
+
+
+def test_every_committed_result_keeps_the_hash_its_suite_gives_it_now() -> None:
+    """A refactor of the config layer cannot silently change identity: each committed factorial result's settings
+    and hash are what its suite, read today, gives its cell."""
+    from ablations.store import read_result
+
+    full = load_suite("full")
+    trials = {t.name: t for t in expand_trials(full, full.settings.override(limit_train=10000, seeds=(0,)))}
+    folders = sorted((REPO / "logs" / "factorial" / "full").glob("*/seed=0"))
+    assert len(folders) == len(trials) == 96
+    for folder in folders:
+        result = read_result(folder)
+        trial = trials[f"{folder.parent.name}/seed=0"]
+        assert (result["settings"], result["settings_hash"]) == (trial.hashed_settings(), trial.settings_hash)
+        assert result["levels"] == trial.levels()
