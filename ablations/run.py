@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
@@ -39,13 +38,12 @@ from ablations.trust import write_report_or_say_why
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
 
-__all__ = ["argv_of", "build_parser", "main", "make_plan", "request_of", "run_plan"]
+__all__ = ["build_parser", "main", "make_plan", "request_of", "run_plan"]
 
 STRATEGIES = ("ddp",)  # per-trial data parallelism; Lightning's launcher re-runs this command on every rank
 RAY_ADVICE = 'pip install -e ".[ray]"'
 
 
-# ------------------------------------------------------------------------------------------ argument types
 def _flag(convert: Callable[[str], Any], rule: Rule) -> Callable[[str], Any]:
     """An argparse type: `convert` reads the text and `rule` judges the value (a setting's flag uses the suite
     file's rule, `ablations.suite.SETTING_RULES`, so both accept the same values), each naming the bad text."""
@@ -98,7 +96,6 @@ def _devices(text: str) -> Any:
     return text if text == "auto" else _at_least(1)(text)
 
 
-# ------------------------------------------------------------------------------------------------ parser
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (the usage block is for ``--help``), exit status 2."""
 
@@ -243,35 +240,9 @@ def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# ------------------------------------------------------------------------------------------------- plan
 def request_of(args: argparse.Namespace) -> Request:
     """The parsed command line as the values `ablations.plan` plans from (the flags `Request` has a field for)."""
     return Request(**{f.name: getattr(args, f.name) for f in fields(Request)})
-
-
-def argv_of(values: Mapping[str, Any]) -> list[str]:
-    """The flags that ask for `values` (flag names with ``_`` for ``-``, as `Request`'s fields): True for a switch,
-    None and False for a flag left out, a list as comma-separated text (space-separated for ``only``, repeated for
-    ``logger``), a mapping as JSON."""
-    argv: list[str] = []
-    for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif name == "logger":
-            for logger in [value] if isinstance(value, str) else value:
-                argv += [flag, logger]
-        elif name == "only":
-            argv += [flag, *([value] if isinstance(value, str) else value)]
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, ",".join(map(str, value))]
-        elif isinstance(value, Mapping):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -279,7 +250,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return planning.make_plan(request_of(args))
 
 
-# ---------------------------------------------------------------------------------------------- engines
 def ddp_ranks(options: RunOptions) -> Ranks:
     """Start and connect the processes of a data-parallel sweep, once for all its trials: Lightning's launcher
     re-runs this command for every other local rank (torchrun or SLURM start them themselves). Returns this
@@ -295,13 +265,9 @@ def ddp_ranks(options: RunOptions) -> Ranks:
     return Ranks(fabric.global_rank, functools.partial(fabric.broadcast, src=0))
 
 
-def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[TrialStatus]:
-    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); their final
-    `TrialStatus` (DONE, SKIPPED or FAILED), in trial order.
-
-    Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
-    `run_trial`, where rank 0 decides for all ranks.
-    """
+def run_plan(plan: Plan, ranks: Optional[Ranks] = None) -> list[TrialStatus]:
+    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`): their final
+    `TrialStatus` (DONE, SKIPPED or FAILED), in trial order; under DDP rank 0 decides every trial for all ranks."""
     executor = make_executor(
         plan.engine,
         parallel=plan.parallel,
@@ -313,7 +279,6 @@ def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> li
     return executor.run(plan.trials, plan.options)
 
 
-# ------------------------------------------------------------------------------------------------ output
 def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
     the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
@@ -401,7 +366,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 args,
                 target,
                 lambda seeds: _prepare(parser, argparse.Namespace(**{**vars(args), "seeds": seeds})),
-                lambda plan: run_plan(plan, args, None),
+                run_plan,
             )
     plan = _prepare(parser, args)
     if not plan.trials:
@@ -427,7 +392,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     try:
         with interrupts():
-            statuses = run_plan(plan, args, ranks)
+            statuses = run_plan(plan, ranks)
     except (Interrupted, SIGTERMException) as error:  # Lightning stops the other DDP ranks with SIGTERMException
         stop = error if isinstance(error, Interrupted) else Interrupted(signal.SIGTERM)
         return report_interrupted(plan, stop) if rank == 0 else stop.exit_status
