@@ -18,10 +18,10 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ablations.store import TrialPaths, atomic_output, source_hash, write_text_atomic
-from ablations.suite import TRAINER_OWNERS, BUILTIN_DATA, ClassRef, RunOptions, Trial, TrainSettings
+from ablations.suite import TRAINER_OWNERS, BUILTIN_DATA, ClassRef, RunOptions, Trial
 from lit_cifar.spec import RegularizationSpec
 
 SHOWN = 5  # failing cells named in one message; the rest are counted
@@ -132,32 +132,24 @@ def class_count(dm: Any) -> Optional[int]:
     return len(classes) if classes is not None else None
 
 
-def make_optimizer(settings: TrainSettings) -> Optional[functools.partial]:
-    """``params -> Optimizer`` for the tree's optimizer (``lr`` from the settings unless its init args set it);
-    None for the built-in Adam."""
-    ref = settings.optimizer
-    if ref is None:
-        return None
-    cls = read_class(ref, "optimizer", ("params",))
-    args = ref.init_args
-    if "lr" in inspect.signature(cls).parameters and "lr" not in args:
-        args["lr"] = settings.lr
-    return functools.partial(cls, **args)
-
-
 def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
     """The trial's `RegularizedClassifier`: the notebook's CNN or the tree's backbone (its class path saved in
     the hyperparameters, so a checkpoint loads on its own)."""
     from lit_cifar import RegularizedClassifier
 
     model, s = trial.model, trial.settings
+    optimizer = None  # the built-in Adam
+    if s.optimizer is not None:  # lr from the settings unless its init args set it
+        cls = read_class(s.optimizer, "optimizer", ("params",))
+        lr = {"lr": s.lr} if "lr" in inspect.signature(cls).parameters else {}
+        optimizer = functools.partial(cls, **{**lr, **s.optimizer.init_args})
     return RegularizedClassifier(
         trial.spec,
         lr=s.lr,
         lr_decay=s.lr_decay,
         compile=compile,
         num_classes=num_classes,
-        optimizer=make_optimizer(s),
+        optimizer=optimizer,
         backbone_class_path=model.class_path if model else None,
         backbone_init_args=model.init_args if model else None,
     )
@@ -215,65 +207,56 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ checking
-def _check_model(trial: Trial, num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
-    """Build the trial's backbone on the meta device, check it honours the spec and, on a meta batch, returns
-    `num_classes` logits (ValueError saying why not)."""
+def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
+    """Build every distinct (model, spec) of `trials` once on the meta device, check it honours the spec and, on a
+    meta batch of `image_shape`, returns `num_classes` logits (None: not checked); and build each optimizer.
+
+    Raises:
+        ValueError: one line naming each failing cell (the first `SHOWN`) and why.
+    """
     import torch
 
     from lit_cifar.models import NotebookCNN, build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
 
-    model = trial.model
-    if model is not None:
-        read_class(model, "model", tuple(n for n in ("spec", "num_classes") if n not in model.init_args))
-
-    def build() -> Any:
+    def check(trial: Trial, model: Optional[ClassRef]) -> None:
+        build: Callable[[], Any]
         if model is None:
-            return NotebookCNN(trial.spec, num_classes=num_classes or 10)
-        return build_backbone(model.class_path, model.init_args, trial.spec, num_classes or 10)
-
-    try:
-        with torch.device("meta"):  # no memory and no initialization: only the layers are looked at
+            build = functools.partial(NotebookCNN, trial.spec, num_classes=num_classes or 10)
+        else:
+            read_class(model, "model", tuple(n for n in ("spec", "num_classes") if n not in model.init_args))
+            build = functools.partial(build_backbone, model.class_path, model.init_args, trial.spec, num_classes or 10)
+        try:
+            with torch.device("meta"):  # no memory and no initialization: only the layers are looked at
+                backbone = build()
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001 - some constructors cannot run on the meta device: build it for real
             backbone = build()
-    except ValueError:
-        raise
-    except Exception:  # noqa: BLE001 - some constructors cannot run on the meta device: build it for real
-        backbone = build()
-    check_backbone(trial.spec, backbone, default_regularized_layers(backbone))
-    if num_classes is None:
-        return
-    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
-    batch = (2, *image_shape)
-    try:
-        with torch.no_grad():
-            out = backbone.eval()(torch.zeros(batch, device=device))
-    except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
-        raise ValueError(f"its forward pass on a {batch} batch fails: {type(error).__name__}: {error}") from None
-    if tuple(out.shape) != (2, num_classes):
-        raise ValueError(
-            f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
-            f"{num_classes} classes (num_classes mismatch)"
-        )
+        check_backbone(trial.spec, backbone, default_regularized_layers(backbone))
+        if num_classes is None:
+            return
+        batch = torch.zeros((2, *image_shape), device=next((p.device for p in backbone.parameters()), None))
+        try:
+            with torch.no_grad():
+                out = backbone.eval()(batch)
+        except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
+            raise ValueError(
+                f"its forward pass on a {tuple(batch.shape)} batch fails: {type(error).__name__}: {error}"
+            ) from None
+        if tuple(out.shape) != (2, num_classes):
+            raise ValueError(
+                f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
+                f"{num_classes} classes (num_classes mismatch)"
+            )
 
-
-def check_models(
-    trials: list[Trial], num_classes: Optional[int] = None, image_shape: Optional[tuple[int, ...]] = None
-) -> None:
-    """Every distinct (model, spec) and optimizer of `trials`, checked once (`_check_model`; `num_classes` None
-    skips the logits check, `image_shape` None is CIFAR's); ValueError naming each failing cell."""
-    import torch
-
-    from lit_cifar.data import IMAGE_SHAPE
-
-    if num_classes is None and trials and isinstance(trials[0].data, str):
-        num_classes = 100 if trials[0].data == "cifar100" else 10
     distinct: dict[tuple[Any, str], Trial] = {}
     for trial in trials:
         distinct.setdefault((trial.model, str(trial.spec)), trial)
     failed: list[str] = []
     for trial in distinct.values():
         try:
-            _check_model(trial, num_classes, image_shape or IMAGE_SHAPE)
+            check(trial, trial.model)
         except (ValueError, TypeError) as error:
             text = str(error)
             model = "NotebookCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
@@ -356,8 +339,10 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
     custom_data = not isinstance(trials[0].data, str)
     if trials[0].data == "cifar10" and all(t.model is None and t.settings.optimizer is None for t in trials):
         return  # the notebook's model and data: the library checks them
-    num_classes: Optional[int] = None
-    image_shape: Optional[tuple[int, ...]] = None
+    from lit_cifar.data import IMAGE_SHAPE
+
+    num_classes = None if custom_data else (100 if trials[0].data == "cifar100" else 10)
+    image_shape: tuple[int, ...] = IMAGE_SHAPE
     if custom_data and needs_data:
         distinct = {(t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first trial
         for trial in reversed(distinct.values()):

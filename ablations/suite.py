@@ -148,7 +148,7 @@ def alias(key: str) -> str:
     return key.rpartition(".")[2]
 
 
-def json_value(key: str, value: Any) -> Any:
+def _json_value(key: str, value: Any) -> Any:
     """A level as result.json and DataFrames hold it: a number as itself, a class or a default as its label."""
     if isinstance(value, ClassRef) or (value is None and key in ("optimizer", "model")):
         return level_label(key, value)
@@ -165,15 +165,14 @@ def cell_view(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "spec": result["cell"], "spec_name": result["spec"], "spec_fields": fields_}
 
 
-def coerce_setting(name: str, value: Any, strict: bool = False) -> Any:
+def coerce_setting(name: str, value: Any) -> Any:
     """The text of a number for ``lr`` or ``lr_decay`` as that number (YAML reads ``1e-3`` as text); other values
-    as given, for `setting_problem` to judge. With `strict`, text that is not a number raises ValueError."""
+    as given, for `SETTING_RULES` to judge."""
     if name in ("lr", "lr_decay") and isinstance(value, str):
         try:
             return float(value)
         except ValueError:
-            if strict:
-                raise
+            pass
     return value
 
 
@@ -196,11 +195,6 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
     "precision": one_of(PRECISIONS),
     "optimizer": lambda v: None if v is None or isinstance(v, ClassRef) else "must be a class path or adam",
 }
-
-
-def setting_problem(name: str, value: Any) -> Optional[str]:
-    """What is wrong with `value` for the `TrainSettings` field `name` (e.g. ``"must be >= 1"``), or None."""
-    return SETTING_RULES[name](value)
 
 
 @dataclass(frozen=True)
@@ -237,7 +231,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in SETTING_RULES:
             value = getattr(self, name)
-            problem = setting_problem(name, value)
+            problem = SETTING_RULES[name](value)
             if problem:
                 raise ValueError(f"{name}={list(value) if isinstance(value, tuple) else value!r} {problem}")
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -360,7 +354,7 @@ class Trial:
             record["fingerprints"] = dict(self.fingerprints)
         if self.factors:
             record["cell"] = self.cell
-            record["factors"] = {k: json_value(k, v) for k, v in self.factor_levels}
+            record["factors"] = {k: _json_value(k, v) for k, v in self.factor_levels}
         return record
 
 
@@ -531,7 +525,7 @@ def _tree_factors(factors: dict[str, list[Any]]) -> tuple[tuple[str, tuple[Any, 
             _check_key(key)
         values = tuple(_level(key, level) for level in levels)
         for level, value in zip(levels, values):
-            problem = setting_problem(key, value) if key in SETTING_RULES else None
+            problem = SETTING_RULES[key](value) if key in SETTING_RULES else None
             if problem:
                 raise ValueError(f"factor {key} level {level!r} {problem}")
         if len({level_label(key, v) for v in values}) < len(values):
