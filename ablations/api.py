@@ -38,35 +38,26 @@ class TrialsFailed(RuntimeError):
         self.statuses, self.results = statuses, results
 
 
-def _metric_column(name: str) -> str:
-    return name.replace("/", "_")
-
-
 def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """One result.json as a DataFrame row (`load_results`)."""
     settings = result.get("settings") or {}
     model, data = settings.get("model"), settings.get("data")
     row: dict[str, Any] = {
         "suite": result.get("suite"),
         "cell": result.get("cell", result["spec"]),
         "spec": result["spec"],
+        **(result.get("spec_fields") or {}),
+        "seed": result["seed"],
+        "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
+        "data": data["class_path"] if isinstance(data, Mapping) else data or "cifar10",
     }
-    row.update(result.get("spec_fields") or {})
-    row.update(
-        {
-            "seed": result["seed"],
-            "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
-            "data": data["class_path"] if isinstance(data, Mapping) else data or "cifar10",
-        }
-    )
     values = {alias(k): v for k, v in (result.get("factors") or {}).items()}
     levels = {**{name: str(value) for name, value in values.items()}, **(result.get("levels") or {})}
     for name, label in levels.items():  # one column per factor: its value, else its label
         if name in values or name not in row:
             row[name] = values.get(name, label)
-    row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
-    row.update(
-        {"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"), "folder": str(folder)}
-    )
+    row.update({k.replace("/", "_"): v for k, v in sorted((result.get("metrics") or {}).items())})
+    row.update(wall_time_s=result.get("wall_time_s"), settings_hash=result.get("settings_hash"), folder=str(folder))
     return row
 
 

@@ -60,29 +60,11 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class ClassRef:
-    """A class of the tree by its dotted path and init args (canonical JSON: hashable, compared by value)."""
+    """A class of the tree by its dotted path and init args (canonical JSON: hashable, compared by value);
+    `tree_value` reads one from a suite file or a flag."""
 
     class_path: str
     init_args_json: str = "{}"
-
-    @classmethod
-    def parse(cls, value: Any, what: str) -> ClassRef:
-        """``"pkg.mod.Class"`` or ``{class_path, init_args}``; ValueError naming `what` for another shape."""
-        if isinstance(value, str):
-            value = {"class_path": value}
-        if not isinstance(value, Mapping) or "class_path" not in value or set(value) - {"class_path", "init_args"}:
-            raise ValueError(
-                f"{what} {value!r} must be a class path or a mapping with 'class_path' and optionally 'init_args'"
-            )
-        path, args = value["class_path"], value.get("init_args") or {}
-        if not isinstance(path, str) or "." not in path.strip("."):
-            raise ValueError(f"{what} class_path {path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
-        if not isinstance(args, Mapping):
-            raise ValueError(f"{what} {path}: init_args {args!r} must map argument names to values")
-        try:
-            return cls(path, json.dumps(dict(args), sort_keys=True, allow_nan=False))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{what} {path}: init_args {args!r} must be plain data: {error}") from None
 
     @property
     def init_args(self) -> dict[str, Any]:
@@ -116,7 +98,19 @@ def tree_value(root: str, value: Any) -> Any:
             raise ValueError(f"data {value!r} is not one of {', '.join(BUILTIN_DATA)} nor a LightningDataModule's path")
     elif value in (None, "") or (root == "optimizer" and value == DEFAULT_OPTIMIZER):
         return None
-    ref = ClassRef.parse(value, root)
+    if isinstance(value, str):
+        value = {"class_path": value}
+    if not isinstance(value, Mapping) or "class_path" not in value or set(value) - {"class_path", "init_args"}:
+        raise ValueError(f"{root} {value!r} must be a class path or a mapping with 'class_path' and 'init_args'")
+    path, args = value["class_path"], value.get("init_args") or {}
+    if not isinstance(path, str) or "." not in path.strip("."):
+        raise ValueError(f"{root} class_path {path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{root} {path}: init_args {args!r} must map argument names to values")
+    try:
+        ref = ClassRef(path, json.dumps(dict(args), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{root} {path}: init_args {args!r} must be plain data: {error}") from None
     defaults: dict[str, Any] = {path: name for name, path in BUILTIN_DATA.items()} if root == "data" else {}
     defaults.update(dict.fromkeys(DEFAULT_MODELS if root == "model" else (), None))
     return defaults[ref.class_path] if ref.class_path in defaults and ref.init_args_json == "{}" else ref
@@ -620,7 +614,7 @@ def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], .
             for part in path:
                 node = node.setdefault(part, {})
             node[last] = value
-            tree[root] = ClassRef.parse(changed, root)
+            tree[root] = tree_value(root, changed)
     return {
         "settings": replace(settings, optimizer=tree["optimizer"]),
         "model": tree["model"],
