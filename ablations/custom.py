@@ -31,10 +31,10 @@ FINGERPRINTS = ".data-fingerprints.json"  # the cache of data fingerprints, in t
 
 # ------------------------------------------------------------------------------------------------ reading
 def _base(what: str) -> type:
-    if what == "data":
+    if what in ("data", "trainer"):
         import lightning.pytorch as pl
 
-        return pl.LightningDataModule
+        return pl.LightningDataModule if what == "data" else pl.Trainer
     import torch
 
     return torch.optim.Optimizer if what == "optimizer" else torch.nn.Module
@@ -42,8 +42,8 @@ def _base(what: str) -> type:
 
 @functools.lru_cache(maxsize=None)
 def read_class(ref: ClassRef, what: str, given: tuple[str, ...] = ()) -> type:
-    """The class of the tree's `what` (``model``, ``data``, ``optimizer``), after jsonargparse read `ref` against its
-    constructor; `given` are the arguments the harness passes itself.
+    """The class of the tree's `what` (``model``, ``data``, ``optimizer``, ``trainer``), after jsonargparse read
+    `ref` against its constructor; `given` are the arguments the harness passes (or owns) itself.
 
     Raises:
         ValueError: one line naming the class path that does not import, a class of the wrong kind, an init arg
@@ -70,31 +70,6 @@ def read_class(ref: ClassRef, what: str, given: tuple[str, ...] = ()) -> type:
     return resolve_class(ref.class_path, what)
 
 
-def check_trainer(trials: list[Trial]) -> None:
-    """Every cell's Trainer arguments as jsonargparse reads them against `lightning.pytorch.Trainer` (ValueError
-    naming an argument it does not take, with those allowed, or a value of the wrong type)."""
-    distinct = {t.trainer_json for t in trials} - {"{}"}
-    if not distinct:
-        return
-    import lightning.pytorch as pl
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(pl.Trainer, "trainer", skip=set(TRAINER_OWNERS))
-    for text in distinct:
-        try:
-            parser.parse_object({"trainer": json.loads(text)})
-        except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError
-            unknown = re.search(r"does not accept option '(\w+)'", str(error))
-            if unknown:
-                allowed = sorted(set(inspect.signature(pl.Trainer).parameters) - set(TRAINER_OWNERS))
-                raise ValueError(
-                    f"trainer {unknown.group(1)}: not a Trainer argument; allowed: {', '.join(allowed)}"
-                ) from None
-            raise ValueError(f"trainer {text}: {' '.join(str(error).split())}") from None
-
-
-# ------------------------------------------------------------------------------------------------ building
 def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True) -> Any:
     """The trial's data module: a built-in one from its spec, or the tree's class with its init args."""
     s = trial.settings
@@ -335,7 +310,8 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
     when `needs_data`) and every distinct (model, spec) on its images, before any trial trains."""
     if not trials:
         return
-    check_trainer(trials)
+    for text in {t.trainer_json for t in trials} - {"{}"}:
+        read_class(ClassRef("lightning.pytorch.Trainer", text), "trainer", tuple(TRAINER_OWNERS))
     custom_data = not isinstance(trials[0].data, str)
     if trials[0].data == "cifar10" and all(t.model is None and t.settings.optimizer is None for t in trials):
         return  # the notebook's model and data: the library checks them

@@ -215,7 +215,7 @@ def test_an_optimizer_init_arg_is_a_factor_and_a_trainer_argument_is_checked_aga
     assert trials[1].settings.optimizer.init_args == {"momentum": 0.9, "weight_decay": 0.1}
     typo = suite_file(tmp_path, specs=["baseline"], factors={"trainer.gradient_clip_vall": [1]})
     status, _, err = sweep(capsys, "--suite", str(typo), "--dry-run", "--logdir", str(tmp_path / "logs"))
-    assert status == 2 and "trainer gradient_clip_vall: not a Trainer argument; allowed:" in err
+    assert status == 2 and "Option 'gradient_clip_vall' is not accepted; it takes:" in err
     assert "gradient_clip_val," in err and "max_epochs" not in err
     clipped = suite_file(tmp_path, specs=["baseline"], trainer={"gradient_clip_val": 0.5})
     logdir = tmp_path / "logs"
