@@ -312,11 +312,11 @@ class Trial:
         tree = {
             "optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
             "model": self.model and self.model.to_dict(),
-            "data": None if self.data == DEFAULT_DATA else getattr(self.data, "to_dict", lambda: self.data)(),
+            "data": self.data.to_dict() if isinstance(self.data, ClassRef) else self.data,
             "trainer": self.trainer or None,
         }
         hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
-        return {**hashed, **{k: v for k, v in tree.items() if v is not None}}
+        return {**hashed, **{k: v for k, v in tree.items() if v not in (None, DEFAULT_DATA)}}
 
     @property
     def settings_hash(self) -> str:
@@ -389,7 +389,7 @@ def available_suites() -> list[str]:
 def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
     """(how messages name the suite, its content) of a shipped name, a YAML file or a mapping."""
     if isinstance(source, Mapping):
-        return f"suite {source.get('name', '')!r}", dict(source)
+        return f"suite {source.get('name', '')!r}", {**source, "name": source.get("name") or "suite"}
     import yaml  # here, so that a command can say which extra is missing before anything fails
 
     path = Path(source)
@@ -414,7 +414,7 @@ def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, A
         raise SuiteError(f"malformed YAML in suite file {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise SuiteError(f"suite file {path} must hold a mapping with 'name' and 'specs' or 'factors'")
-    return f"suite file {path}", {"name": path.stem, **data}
+    return f"suite file {path}", {**data, "name": data.get("name") or path.stem}
 
 
 def load_suite(source: Union[str, Path, Mapping[str, Any]]) -> Suite:
