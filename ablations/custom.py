@@ -306,8 +306,8 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
 
 
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
-    """The Trainer arguments, a data module of one's own (once per distinct normalize and augment of the specs,
-    when `needs_data`) and every distinct (model, spec) on its images, before any trial trains."""
+    """The Trainer arguments, a data module of one's own (once per level and distinct normalize and augment of the
+    specs, when `needs_data`) and every distinct (model, spec) on its images, before any trial trains."""
     if not trials:
         return
     for text in {t.trainer_json for t in trials} - {"{}"}:
@@ -320,7 +320,7 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
     num_classes = None if custom_data else (100 if trials[0].data == "cifar100" else 10)
     image_shape: tuple[int, ...] = IMAGE_SHAPE
     if custom_data and needs_data:
-        distinct = {(t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first trial
+        distinct = {(t.data, t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first
         for trial in reversed(distinct.values()):
             num_classes, image_shape = check_data(trial, options.data_dir, options.download)
     check_models(trials, num_classes, image_shape)
