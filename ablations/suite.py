@@ -354,19 +354,8 @@ class Trial:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How and where trials run; none of it changes a trial's numbers except through ``Trial.data_parallel``.
-
-    Attributes:
-        data_dir: CIFAR-10 folder (None: ``$LIT_CIFAR_DATA``, else ``./data``).
-        logdir: root of the trial folders.
-        accelerator, devices, strategy, num_nodes: passed to each trial's ``Trainer``.
-        progress_bar: Lightning's per-epoch bar (only when a single trial runs).
-        force: retrain trials that already have a matching result.
-        download: let the data module download CIFAR-10 when ``data_dir`` lacks it.
-        compile: ``torch.compile`` the network (same math, different kernels).
-        save_model: keep each trial's final checkpoint in its folder (``TrialPaths.checkpoint``).
-        loggers: Lightning loggers written beside TensorBoard (``csv``, ``mlflow``, ``wandb``).
-    """
+    """How and where trials run: the data, output, device and logging flags of ``python -m ablations.run`` (its
+    ``--help`` says each); none of it changes a trial's numbers except through ``Trial.data_parallel``."""
 
     data_dir: Optional[str] = None
     logdir: str = "logs"
@@ -374,9 +363,9 @@ class RunOptions:
     devices: Any = 1
     strategy: str = "auto"
     num_nodes: int = 1
-    progress_bar: bool = False
+    progress_bar: bool = False  # Lightning's per-epoch bar (only when a single trial runs)
     force: bool = False
-    download: bool = True
+    download: bool = True  # let the data module download CIFAR-10 when data_dir lacks it
     compile: bool = False
     save_model: bool = False
     loggers: tuple[str, ...] = ()
