@@ -102,9 +102,9 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
     """
     import pandas as pd
 
-    from ablations.engines import make_executor
     from ablations.plan import Request, prepare
     from ablations.report import NothingToReport, write_report
+    from ablations.run import run_plan
 
     names = [f.name for f in fields(Request) if f.name not in ("suite", "engine", "dry_run")]
     unknown = sorted(set(overrides) - set(names))
@@ -117,9 +117,8 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
         plan = prepare(Request(suite=suite if isinstance(suite, Mapping) else str(suite), **values))
     except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
         raise SweepError(str(error)) from None
-    executor = make_executor("local", parallel=plan.parallel, gpus=plan.gpus)
     with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
-        statuses = executor.run(plan.trials, plan.options) if plan.trials else []
+        statuses = run_plan(plan) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
     try:
         write_report(suite_dir, reference=plan.reference)

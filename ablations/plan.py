@@ -1,8 +1,7 @@
-"""The plan of a sweep, made from plain values: a `Request` (one field per flag of ``python -m ablations.run``, None
-for a flag not given) becomes a `Plan` (the trials after ``only`` and ``shard``, the run options, the device
-placement), and `prepare` refuses, before any trial folder exists, what the paths, the tree's classes, the data or
-this machine cannot honour: a ValueError naming the flag or cell, which the command line makes exit status 2.
-torch is imported only once the suite and its settings are valid, so a mistyped flag fails in a fraction of a second.
+"""The plan of a sweep, from plain values: a `Request` (one field per flag of ``python -m ablations.run``; the parser
+is built from its fields) becomes a `Plan`, and `prepare` refuses, before any trial folder exists, what the paths, the
+tree's classes, the data or this machine cannot honour: a ValueError naming the flag or cell (exit status 2). torch
+is imported only once the suite and its settings are valid, so a mistyped flag fails in a fraction of a second.
 
     plan = make_plan(Request(suite="notebook", only=["pixel"], seeds=[0, 1], epochs=1, accelerator="cpu"))
     [t.name for t in plan.trials]  # ['pixel/seed=0', 'pixel/seed=1']
@@ -10,79 +9,178 @@ torch is imported only once the suite and its settings are valid, so a mistyped 
 
 from __future__ import annotations
 
+import argparse
 import errno
 import importlib.util
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ablations import custom
-from ablations.suite import ClassRef, RunOptions, Suite, TrainSettings, Trial, expand_trials, load_suite, shard
-from ablations.suite import tree_value
+from ablations.engines import ENGINES
+from ablations.rules import Rule, integer, margin_arg
+from ablations.suite import SETTING_RULES, ClassRef, RunOptions, Suite, TrainSettings, Trial, expand_trials
+from ablations.suite import load_suite, shard, tree_value
 from ablations.trust import check_precision, refuse_other_settings
 from lit_cifar.layouts import DATA_ENV
 from lit_cifar.spec import RegularizationSpec
 
 __all__ = ["Plan", "Request", "check_inputs", "check_paths", "count_trials", "make_plan", "prepare"]
 
-SETTING_FLAGS = (
-    "epochs",
-    "batch_size",
-    "seeds",
-    "val_size",
-    "split_seed",
-    "limit_train",
-    "lr",
-    "lr_decay",
-    "precision",
-)
 LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}  # what a --logger needs installed
 ClassValue = Union[str, Mapping[str, Any], None]  # a class path, JSON text or {"class_path": ..., "init_args": ...}
+WHAT, SETTINGS, WHERE = "what to run", "training settings (override the suite's)", "data and output"
+HARDWARE, TREE = "devices and scheduling", "model, data and outputs (override the suite's)"
+
+
+def _typed(convert: Callable[[str], Any], rule: Rule, what: str = "an integer") -> Callable[[str], Any]:
+    """An argparse type: `convert` reads the text (else it is not `what`) and `rule` judges the value."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        problem = rule(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} {problem}")
+        return value
+
+    return parse
+
+
+def _setting(name: str, convert: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """A setting's flag type: the suite file's rule (`SETTING_RULES`), so both accept the same values."""
+    return _typed(convert, SETTING_RULES[name], "an integer" if convert is int else "a number")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    k, n = map(int, text.split("/"))
+    return k, n
+
+
+def _seeds(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def _flag(group: str, help: Optional[str] = None, default: Any = None, **argparse: Any) -> Any:
+    """A `Request` field with its command-line flag: its help group, help and other `add_argument` arguments."""
+    return field(default=default, metadata={"group": group, "help": help, **argparse})
 
 
 @dataclass(frozen=True)
 class Request:
     """What a sweep asks for: the flags of ``python -m ablations.run`` by name (``--batch-size`` is `batch_size`);
-    None leaves the suite's value or the flag's default. `suite` is a shipped name, a file or a file's content;
-    `model`, `data`, `optimizer` a class path, JSON text or a mapping; `shard` is ``(k, n)``; `dry_run` checks
-    everything a run checks without training, a download or a GPU count."""
+    None leaves the suite's value or the flag's default. `suite` may also be a suite file's content; `model`,
+    `data` and `optimizer` a mapping; `shard` is ``(k, n)``."""
 
-    suite: Union[str, Mapping[str, Any]] = "notebook"
-    only: Optional[Sequence[str]] = None
-    shard: Optional[tuple[int, int]] = None
-    reference: Optional[str] = None
-    margin: Optional[float] = None
-    force: bool = False
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    seeds: Optional[Sequence[int]] = None
-    val_size: Optional[int] = None
-    split_seed: Optional[int] = None
-    limit_train: Optional[int] = None
-    lr: Optional[float] = None
-    lr_decay: Optional[float] = None
-    precision: Optional[str] = None
-    model: ClassValue = None
-    data: ClassValue = None
-    optimizer: ClassValue = None
-    save_model: bool = False
-    logger: Optional[Sequence[str]] = None
-    data_dir: Optional[str] = None
-    logdir: str = "logs"
-    accelerator: str = "auto"
-    devices: Union[int, str, None] = None
-    parallel: Optional[int] = None
-    strategy: Optional[str] = None
-    compile: bool = False
-    num_nodes: int = 1
-    engine: str = "local"
-    ray_address: Optional[str] = None
-    max_retries: int = 2
-    dry_run: bool = False
+    suite: Union[str, Mapping[str, Any]] = _flag(
+        WHAT, "shipped suite name or path of a suite .yaml (default: notebook)", "notebook"
+    )
+    only: Optional[Sequence[str]] = _flag(WHAT, "run just these specs of the suite", nargs="+", metavar="NAME")
+    shard: Optional[tuple[int, int]] = _flag(
+        WHAT,
+        "run the K-th of N disjoint parts of the trials",
+        type=_typed(_pair, lambda kn: None if 1 <= kn[0] <= kn[1] else "K must be between 1 and N", "of the form K/N"),
+        metavar="K/N",
+    )
+    dry_run: bool = _flag(
+        WHAT,
+        "check everything a run checks, then print one line per trial (cell, seed, finished / to run / finished "
+        "with other settings); trains and downloads nothing",
+        False,
+        action="store_true",
+    )
+    force: bool = _flag(WHAT, "rerun trials that already have a matching result", False, action="store_true")
+    reference: Optional[str] = _flag(
+        WHAT, "spec every other is compared with in the report (default: pixel, else the first)", metavar="SPEC"
+    )
+    margin: Optional[float] = _flag(
+        WHAT,
+        "the equivalence margin in test accuracy (default 0.01) of the report's verdicts and of --until-answered: "
+        "a difference within ±margin is 'equivalent'",
+        type=margin_arg,
+    )
+    epochs: Optional[int] = _flag(SETTINGS, type=_setting("epochs"))
+    batch_size: Optional[int] = _flag(SETTINGS, "images per step (per device under DDP)", type=_setting("batch_size"))
+    seeds: Optional[Sequence[int]] = _flag(
+        SETTINGS,
+        "comma-separated seeds",
+        type=_typed(_seeds, SETTING_RULES["seeds"], "a comma-separated list of integers, e.g. 0,1,2"),
+        metavar="0,1,2",
+    )
+    val_size: Optional[int] = _flag(
+        SETTINGS, "training images held out for validation (at least 1)", type=_setting("val_size")
+    )
+    split_seed: Optional[int] = _flag(SETTINGS, "seed of the train/validation split", type=_setting("split_seed"))
+    limit_train: Optional[int] = _flag(
+        SETTINGS, "train on the first N images of the training split", type=_setting("limit_train"), metavar="N"
+    )
+    lr: Optional[float] = _flag(SETTINGS, "Adam learning rate", type=_setting("lr", float))
+    lr_decay: Optional[float] = _flag(
+        SETTINGS, "Keras time decay: lr / (1 + decay * step)", type=_setting("lr_decay", float)
+    )
+    precision: Optional[str] = _flag(SETTINGS, "Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
+    data_dir: Optional[str] = _flag(
+        WHERE,
+        "an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ (default: $LIT_CIFAR_DATA or "
+        "./data); CIFAR-10 is downloaded into it (checksum-verified) if it holds neither",
+    )
+    logdir: str = _flag(WHERE, "TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/", "logs")
+    accelerator: str = _flag(HARDWARE, "cpu, gpu, ... (default: auto)", "auto")
+    devices: Union[int, str, None] = _flag(
+        HARDWARE,
+        "with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how many GPUs the trials "
+        "are spread over (default: all)",
+        type=_typed(lambda t: t if t == "auto" else int(t), lambda v: None if v == "auto" else integer(1)(v)),
+    )
+    parallel: Optional[int] = _flag(
+        HARDWARE, "trials at once (default: one per GPU; 1 on CPU)", type=_typed(int, integer(1))
+    )
+    strategy: Optional[str] = _flag(HARDWARE, "data-parallel training of each trial", choices=("ddp",))
+    compile: bool = _flag(HARDWARE, "torch.compile each trial's network", False, action="store_true")
+    num_nodes: int = _flag(HARDWARE, "nodes per trial (Lightning DDP)", 1, type=_typed(int, integer(1)))
+    engine: str = _flag(
+        HARDWARE,
+        """local: this machine's processes (default); ray: Ray tasks (pip install -e ".[ray]")""",
+        "local",
+        choices=ENGINES,
+    )
+    ray_address: Optional[str] = _flag(HARDWARE, "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    max_retries: int = _flag(
+        HARDWARE,
+        "--engine ray: reruns of a trial whose worker or node died (default: 2)",
+        2,
+        type=_typed(int, integer(0)),
+    )
+    model: ClassValue = _flag(
+        TREE,
+        'the network: a class path (mypkg.nets.ResNet18) or JSON {"class_path": ..., "init_args": {...}} (default: '
+        "the suite's, else the notebook's CNN)",
+        metavar="CLASS_PATH|JSON",
+    )
+    data: ClassValue = _flag(
+        TREE,
+        "cifar10 or cifar100 (official layouts, downloaded if absent), or a LightningDataModule's class path or "
+        "JSON (default: the suite's, else cifar10)",
+        metavar="NAME|CLASS_PATH|JSON",
+    )
+    optimizer: ClassValue = _flag(
+        TREE,
+        "optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args (lr: --lr)",
+        metavar="CLASS_PATH|JSON",
+    )
+    save_model: bool = _flag(TREE, "keep each trial's final checkpoint as model.ckpt", False, action="store_true")
+    logger: Optional[Sequence[str]] = _flag(
+        TREE,
+        "also log to this Lightning logger (repeatable); TensorBoard is always written",
+        action="append",
+        choices=("csv", "mlflow", "wandb"),
+    )
 
 
 @dataclass(frozen=True)
@@ -95,16 +193,17 @@ class Plan:
     parallel: int  # trials at once on this machine (1 under DDP: a trial uses every device)
     gpus: int  # GPUs the trials are spread over (0 on CPU)
     unsharded: int  # trials before --shard
-    reference: Optional[str] = None  # the report's reference cell, None for its default
-    engine: str = "local"  # local or ray
-    ray_address: Optional[str] = None  # the Ray cluster (None: a local Ray)
-    max_retries: int = 2  # Ray's reruns of a trial whose worker or node died
-    margin: Optional[float] = None  # the report's equivalence margin (None: its default, `rules.MARGIN`)
+    reference: Optional[str]  # the report's reference cell, None for its default
+    request: Request
+
+    @property
+    def ray_address(self) -> Optional[str]:
+        return self.request.ray_address or os.environ.get("RAY_ADDRESS")
 
 
 def _tree(request: Request) -> tuple[Suite, TrainSettings]:
     """The suite with the request's settings, model, data and optimizer applied, without torch (ValueError for a
-    flag that overrides one of the suite's factors, or a malformed value)."""
+    flag that overrides one of the suite's factors, a malformed value, or an --only that names no cell)."""
     suite = load_suite(request.suite)
     flagged = sorted(n for n, _ in suite.setting_factors if getattr(request, n, None) is not None)
     if flagged:
@@ -112,7 +211,9 @@ def _tree(request: Request) -> tuple[Suite, TrainSettings]:
             f"{', '.join('--' + n.replace('_', '-') for n in flagged)}: a factor of suite {suite.name!r} (its "
             "levels come from the suite file); drop the flag or remove the factor"
         )
-    settings = suite.settings.override(**{name: getattr(request, name) for name in SETTING_FLAGS})
+    settings = suite.settings.override(
+        **{f.name: getattr(request, f.name) for f in fields(TrainSettings) if f.name != "optimizer"}
+    )
     for root in ("model", "data", "optimizer"):
         value = getattr(request, root)
         if isinstance(value, str) and value.lstrip().startswith("{"):
@@ -124,17 +225,13 @@ def _tree(request: Request) -> tuple[Suite, TrainSettings]:
             settings = replace(settings, optimizer=tree_value(root, value))
         elif value is not None:
             suite = replace(suite, **{root: tree_value(root, value)})
-    expand_trials(suite, settings, only=_only(request))  # an --only that names no cell fails here
+    expand_trials(suite, settings, only=request.only)
     return suite, settings
-
-
-def _only(request: Request) -> Optional[list[str]]:
-    return list(request.only) if request.only else None
 
 
 def count_trials(request: Request) -> int:
     """How many trials the request runs (after ``only`` and ``shard``), without importing torch."""
-    trials = expand_trials(*_tree(request), only=_only(request))
+    trials = expand_trials(*_tree(request), only=request.only)
     return len(shard(trials, *request.shard) if request.shard else trials)
 
 
@@ -143,7 +240,7 @@ def make_plan(request: Request) -> Plan:
     suite, settings = _tree(request)
     reference = expand_trials(suite, settings, only=[request.reference])[0].cell if request.reference else None
     devices, gpus, parallel = _placement(request)  # the first step that imports torch
-    trials = expand_trials(suite, settings, only=_only(request), data_parallel=devices * request.num_nodes)
+    trials = expand_trials(suite, settings, only=request.only, data_parallel=devices * request.num_nodes)
     loggers = tuple(dict.fromkeys(request.logger or ()))
     for name in loggers:
         package = LOGGER_PACKAGES.get(name)
@@ -162,19 +259,7 @@ def make_plan(request: Request) -> Plan:
         loggers=loggers,
     )
     shown = shard(trials, *request.shard) if request.shard else trials
-    return Plan(
-        suite,
-        shown,
-        options,
-        parallel,
-        gpus,
-        len(trials),
-        reference,
-        request.engine,
-        request.ray_address,
-        request.max_retries,
-        request.margin,
-    )
+    return Plan(suite, shown, options, parallel, gpus, len(trials), reference, request)
 
 
 def _gpu_count(accelerator: str) -> int:
@@ -210,14 +295,13 @@ def _placement(request: Request) -> tuple[int, int, int]:
 
 
 def prepare(request: Request) -> Plan:
-    """The checked plan: `check_paths` (before torch), `make_plan`, then, when it has trials, the engine, the
-    hardware (not in a dry run: it builds a Trainer) and `check_inputs`. Raises ValueError (or a data module's
-    error); nothing is created on disk before all pass."""
+    """The checked plan: `check_paths` (before torch), `make_plan`, the engine, the hardware (not in a dry run) and
+    `check_inputs`. Raises ValueError (or a data module's error); nothing is created on disk before all pass."""
     check_paths(request)
     plan = make_plan(request)
     if not plan.trials:
         return plan
-    if plan.engine == "ray":  # an engine this machine cannot run fails in a dry run too
+    if request.engine == "ray":  # an engine this machine cannot run fails in a dry run too
         from ablations.engines.ray import check_address, check_supported, import_ray
 
         import_ray()
@@ -253,7 +337,7 @@ def check_paths(request: Request) -> None:
     settings, the packages of the tree's class paths (found, not imported), no symlinked suite or trial folder, a
     ``--logdir`` that takes a real write of 1 MiB (or the nearest folder above it), and a readable ``--data-dir``."""
     suite, settings = _tree(request)
-    trials = expand_trials(suite, settings, only=_only(request))
+    trials = expand_trials(suite, settings, only=request.only)
     tree = {("model", t.model) for t in trials} | {("data", t.data) for t in trials}
     tree |= {("optimizer", t.settings.optimizer) for t in trials}
     for what, ref in sorted(((w, r) for w, r in tree if isinstance(r, ClassRef)), key=str):
@@ -290,10 +374,9 @@ def check_paths(request: Request) -> None:
 
 
 def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
-    """The plan with its trials' fingerprints, after the tree's classes and the data were checked. A finished
-    result of other settings, model source or data stops the run unless --force (`refuse_other_settings`). The
-    data is checked only when some trial needs training (a finished sweep reports without it); a `dry_run`
-    downloads nothing, refuses no clash (it lists them) and checks a data module of one's own regardless."""
+    """The plan with its trials' fingerprints, after the tree's classes and the data were checked; a finished result
+    of other settings, model source or data stops the run unless --force. The data is checked only when some trial
+    needs training; a `dry_run` downloads nothing and refuses no clash (it lists them)."""
     from ablations.status import is_finished
 
     logdir = Path(plan.options.logdir)

@@ -15,7 +15,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from ablations.engines.base import Progress
 from ablations.engines.local import bars
 from ablations.status import TrialState, TrialStatus
-from ablations.run import build_parser, main, make_plan
+from ablations.plan import make_plan
+from ablations.run import build_parser, main, request_of
 from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from ablations.trial import run_trial
@@ -275,7 +276,7 @@ def test_a_sweep_shows_one_bar_naming_the_running_trials(monkeypatch, capsys):
     assert bars(trials=1, parallel=1, rank=0) == (False, True)  # Lightning's per-epoch bar for a single trial
     assert bars(trials=2, parallel=1, rank=0) == bars(trials=2, parallel=2, rank=0) == (True, False)
     assert bars(trials=2, parallel=1, rank=1) == (False, False)
-    many = make_plan(build_parser().parse_args(["--only", "pixel", "--seeds", "0,1", "--parallel", "2"]))
+    many = make_plan(request_of(build_parser().parse_args(["--only", "pixel", "--seeds", "0,1", "--parallel", "2"])))
     progress = Progress(many.trials, show=True)
     progress.started(0)
     progress.started(1)
@@ -302,21 +303,20 @@ def test_a_trial_does_not_warn_about_what_it_does_on_purpose(cifar_dir, tmp_path
 
 
 def test_reference_names_the_suites_spec_in_canonical_form():
-    from ablations.run import build_parser, make_plan
-
-    plan = make_plan(build_parser().parse_args(["--reference", "dropout=0.25+pixel", "--accelerator", "cpu"]))
+    plan = make_plan(
+        request_of(build_parser().parse_args(["--reference", "dropout=0.25+pixel", "--accelerator", "cpu"]))
+    )
     assert plan.reference == "pixel+dropout=0.25"
-    assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).reference is None
+    assert make_plan(request_of(build_parser().parse_args(["--accelerator", "cpu"]))).reference is None
 
 
 def test_the_margin_reaches_the_report_through_the_plan(tmp_path, monkeypatch):
     from ablations import trust
-    from ablations.run import build_parser, make_plan
 
-    plan = make_plan(build_parser().parse_args(["--margin", "0.02", "--accelerator", "cpu"]))
-    assert plan.margin == 0.02
-    assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).margin is None
+    plan = make_plan(request_of(build_parser().parse_args(["--margin", "0.02", "--accelerator", "cpu"])))
+    assert plan.request.margin == 0.02
+    assert make_plan(request_of(build_parser().parse_args(["--accelerator", "cpu"]))).request.margin is None
     seen = {}
     monkeypatch.setattr("ablations.report.write_report", lambda suite_dir, **kwargs: seen.update(kwargs) or "")
-    trust.write_report_or_say_why(tmp_path, None, None, plan.margin)
+    trust.write_report_or_say_why(tmp_path, None, None, plan.request.margin)
     assert seen["margin"] == 0.02

@@ -45,7 +45,7 @@ def test_a_request_plans_what_the_same_flags_plan(tmp_path):
     assert [t.settings_hash for t in from_values.trials] == [t.settings_hash for t in from_flags.trials]
     assert from_values == from_flags
     assert from_values.reference == "pixel+bn" and from_values.trials[0].settings.lr == 0.01
-    assert (from_values.parallel, from_values.gpus, from_values.engine) == (1, 0, "local")
+    assert (from_values.parallel, from_values.gpus, from_values.request.engine) == (1, 0, "local")
 
 
 def test_shard_and_count_agree_with_the_plan():

@@ -22,7 +22,8 @@ from ablations import trial as trial_module
 from ablations.status import TrialState, TrialStatus, is_finished
 from ablations.report import report
 from ablations.report.__main__ import main as report_command
-from ablations.run import build_parser, main, make_plan, summarize
+from ablations.plan import make_plan
+from ablations.run import build_parser, main, request_of, summarize
 from ablations.store import RESULT_FILE, SUPERSEDED_DIR, read_result, write_result
 from ablations.suite import RunOptions, Trial, expand_trials, load_suite
 from tests.fakes import METRICS
@@ -201,7 +202,9 @@ def test_report_of_another_suites_folder_or_an_empty_one_exits_non_zero(tmp_path
 
 # ------------------------------------------------------------------ 5. a full disk at the end of a sweep is said
 def test_a_full_disk_at_the_end_reports_what_finished_and_failed(cifar_dir, tmp_path, monkeypatch, capsys):
-    plan = make_plan(build_parser().parse_args(sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1")))
+    plan = make_plan(
+        request_of(build_parser().parse_args(sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1")))
+    )
     finished(plan.trials[0], tmp_path)
 
     def full(path: Path, *args: Any) -> None:
@@ -260,7 +263,10 @@ def test_a_suite_file_accepts_the_numbers_a_flag_accepts(tmp_path, text):
     path.write_text(f"name: mine\nsettings: {{lr: {text}, lr_decay: 1e-6}}\nspecs: [pixel]\n")
     suite = load_suite(str(path))
     assert suite.settings.lr == 0.001 and suite.settings.lr_decay == 1e-6
-    assert make_plan(build_parser().parse_args(["--suite", str(path), "--lr", text])).trials[0].settings.lr == 0.001
+    assert (
+        make_plan(request_of(build_parser().parse_args(["--suite", str(path), "--lr", text]))).trials[0].settings.lr
+        == 0.001
+    )
 
 
 def test_a_suite_file_still_refuses_what_is_not_a_number(tmp_path):
