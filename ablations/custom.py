@@ -1,11 +1,6 @@
-"""The tree's classes, read by jsonargparse, built for a trial, and checked before any trial trains; and the
-fingerprints of the user's source and the data that, beside the settings hash, say whether a result still holds.
-
-The model is ``class_path(**init_args)`` (passed ``spec`` and ``num_classes`` when it takes them) under the backbone
-contract; a data module of one's own gets its init args plus the settings it takes (``data_dir``, ``batch_size``...)
-and serves ``(images, int64 labels)`` batches, ``num_classes``, and ``mean``/``std`` for a spec that standardizes
-(docs/own-model.md). Every distinct (model, spec) is built on the meta device and run on a meta batch first, so
-bad init args, a spec it cannot honour or the wrong number of outputs stop the run before any trial folder exists.
+"""The tree's classes (docs/own-model.md): read by jsonargparse, built for a trial and checked before any trial
+trains (every distinct model and spec on the meta device, a data module of one's own on its first batch); and the
+fingerprints of the user's source and data that, beside the settings hash, say whether a result still holds.
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ LIBRARY_PACKAGES = ("lit_cifar", "torch", "lightning", "pytorch_lightning", "tor
 FINGERPRINTS = ".data-fingerprints.json"  # the cache of data fingerprints, in the logdir (or beside the data)
 
 
-# ------------------------------------------------------------------------------------------------ reading
 def _base(what: str) -> type:
     if what in ("data", "trainer"):
         import lightning.pytorch as pl
@@ -42,13 +36,8 @@ def _base(what: str) -> type:
 
 @functools.lru_cache(maxsize=None)
 def read_class(ref: ClassRef, what: str, given: tuple[str, ...] = ()) -> type:
-    """The class of the tree's `what` (``model``, ``data``, ``optimizer``, ``trainer``), after jsonargparse read
-    `ref` against its constructor; `given` are the arguments the harness passes (or owns) itself.
-
-    Raises:
-        ValueError: one line naming the class path that does not import, a class of the wrong kind, an init arg
-            it does not take (with those it takes), or a value of the wrong type.
-    """
+    """The class of the tree's `what` (``model``, ``data``, ``optimizer``, ``trainer``) once jsonargparse read `ref`
+    against it, `given` being the arguments the harness passes itself (ValueError in one line otherwise)."""
     from jsonargparse import ArgumentParser
 
     from lit_cifar.models import resolve_class
@@ -99,7 +88,7 @@ def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True
 
 
 def class_count(dm: Any) -> Optional[int]:
-    """The data module's number of classes (``num_classes``, else ``len(classes)``), None if it tells neither."""
+    """The data module's ``num_classes``, else ``len(classes)``, else None."""
     count = getattr(dm, "num_classes", None)
     if isinstance(count, int) and not isinstance(count, bool):
         return count
@@ -108,8 +97,7 @@ def class_count(dm: Any) -> Optional[int]:
 
 
 def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
-    """The trial's `RegularizedClassifier`: the notebook's CNN or the tree's backbone (its class path saved in
-    the hyperparameters, so a checkpoint loads on its own)."""
+    """The trial's `RegularizedClassifier` (the backbone's class path in its hyperparameters) and optimizer."""
     from lit_cifar import RegularizedClassifier
 
     model, s = trial.model, trial.settings
@@ -144,8 +132,7 @@ def data_statistics(dm: Any, spec: Any) -> tuple[Any, Any]:
 
 
 def give_statistics(model: Any, dm: Any) -> None:
-    """A data module of one's own gives its ``mean``/``std`` to a model that standardizes (built-in ones do it
-    themselves when fitting starts)."""
+    """A data module of one's own gives its ``mean``/``std`` to a model that standardizes (built-in ones do)."""
     from lit_cifar import CIFAR10DataModule
 
     if not isinstance(dm, CIFAR10DataModule) and model.spec.normalize != "none":
@@ -153,8 +140,7 @@ def give_statistics(model: Any, dm: Any) -> None:
 
 
 def loggers(trial: Trial, options: RunOptions) -> list[Any]:
-    """The Lightning loggers `options.loggers` asks for, each run named as in TensorBoard
-    (``<suite>/<cell>/seed=<s>``): CSV into the trial's ``csv/`` folder, MLflow into ``<logdir>/mlruns``."""
+    """The Lightning loggers `options.loggers` asks for, each run named ``<suite>/<cell>/seed=<s>``."""
     from lightning.pytorch import loggers as pl_loggers
 
     folder = trial.paths(options.logdir).folder
@@ -173,7 +159,7 @@ def loggers(trial: Trial, options: RunOptions) -> list[Any]:
 
 
 def save_model(trainer: Any, paths: TrialPaths) -> None:
-    """The trained model's checkpoint (weights, hyperparameters, data state; no optimizer state), atomically."""
+    """The trained model's checkpoint without optimizer state, atomically."""
     if trainer.is_global_zero:
         with atomic_output(paths.checkpoint) as tmp:
             trainer.save_checkpoint(tmp, weights_only=True)
@@ -181,14 +167,9 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
         trainer.save_checkpoint(paths.checkpoint, weights_only=True)  # rank 0 writes; the others take part
 
 
-# ------------------------------------------------------------------------------------------------ checking
 def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
-    """Build every distinct (model, spec) of `trials` once on the meta device, check it honours the spec and, on a
-    meta batch of `image_shape`, returns `num_classes` logits (None: not checked); and build each optimizer.
-
-    Raises:
-        ValueError: one line naming each failing cell (the first `SHOWN`) and why.
-    """
+    """Build every distinct (model, spec) once on the meta device, check it honours the spec and returns
+    `num_classes` logits (None: not checked) for `image_shape`, and build each optimizer; ValueError naming cells."""
     import torch
 
     from lit_cifar.models import NotebookCNN, build_backbone
@@ -250,12 +231,8 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
 
 
 def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[int, tuple[int, ...]]:
-    """Build the trial's data module of one's own, set it up and check its first training batch, statistics and
-    augmentation against the contract for the trial's spec; its number of classes and image shape (C, H, W).
-
-    Raises:
-        ValueError: one line naming the data module and what breaks the contract.
-    """
+    """A data module of one's own checked on its first training batch against the contract for the trial's spec:
+    its number of classes and image shape (C, H, W), else ValueError naming what breaks the contract."""
     import torch
 
     from lit_cifar.module import InputNormalization, check_augment
@@ -306,8 +283,7 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
 
 
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
-    """The Trainer arguments, a data module of one's own (once per level and distinct normalize and augment of the
-    specs, when `needs_data`) and every distinct (model, spec) on its images, before any trial trains."""
+    """Check the Trainer arguments, a data module of one's own (when `needs_data`) and every (model, spec)."""
     if not trials:
         return
     for text in {t.trainer_json for t in trials} - {"{}"}:
@@ -326,10 +302,8 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
     check_models(trials, num_classes, image_shape)
 
 
-# ------------------------------------------------------------------------------------------------ identity
 def source_fingerprint(class_paths: list[str]) -> Optional[str]:
-    """SHA-256 of every source file of the top-level packages the user's class paths name (lit_cifar, torch and
-    Lightning left out: refactoring a library never invalidates results); None when they name none."""
+    """SHA-256 of the source of the user's packages that `class_paths` name (libraries left out), else None."""
     import importlib.util
 
     folders, files = [], []
@@ -346,9 +320,8 @@ def source_fingerprint(class_paths: list[str]) -> Optional[str]:
 
 
 def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
-    """SHA-256 over the files under `folders` (names and bytes), computed once: cached under the files' paths,
-    sizes and modification times in `FINGERPRINTS` in `cache_dir` (a cache beside the data is read, never
-    written: the data folder is not ours)."""
+    """SHA-256 over the files under `folders`, cached by their paths, sizes and times in `cache_dir` (a cache beside
+    the data is read, never written)."""
     files = sorted(p for folder in map(Path, folders) for p in folder.rglob("*") if p.is_file())
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
@@ -375,7 +348,7 @@ def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
 
 
 def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[str]:
-    """The fingerprint of a built-in dataset's files in `data_dir` (its layout folder), None where it has none."""
+    """The fingerprint of a built-in dataset's files in `data_dir`, None where it has none."""
     from lit_cifar.layouts import CIFAR10, CIFAR100, find_layout
 
     folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
@@ -383,7 +356,7 @@ def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[st
 
 
 def _arrays_fingerprint(dm: Any) -> str:
-    """SHA-256 of the tensors and arrays a set-up data module holds (attributes, or tuples and lists of them)."""
+    """SHA-256 of the tensors and arrays a set-up data module holds."""
     import numpy as np
     import torch
 
@@ -401,9 +374,8 @@ def _arrays_fingerprint(dm: Any) -> str:
 
 
 def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
-    """The fingerprint of the trial's data: of its files (a built-in dataset's layout folder, or a data module's
-    ``data_dir``), else of the arrays its set-up data module holds; None when no --data-dir was given and the
-    default folder has no data (a finished sweep reports without it)."""
+    """The fingerprint of the trial's data files, else of its set-up data module's arrays; None when the default
+    folder has no data (a finished sweep reports without it)."""
     from lit_cifar.layouts import default_data_dir
 
     if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
@@ -419,7 +391,7 @@ def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
 
 
 def with_fingerprints(trials: list[Trial], options: RunOptions) -> list[Trial]:
-    """The trials with the fingerprints of their model source and data, each distinct one computed once."""
+    """The trials with the fingerprints of their model source and data, each computed once."""
     found: dict[Any, Optional[str]] = {}
     marked = []
     for trial in trials:

@@ -1,12 +1,9 @@
 """A suite's config tree, read from YAML (or a mapping) and expanded into cells and trials, without torch.
 
-A suite has ``name``, ``description``, ``settings`` (`TrainSettings` fields), ``model``, ``data``, ``optimizer`` and
-``trainer`` as LightningCLI writes them (``{class_path, init_args}`` or values), and ``specs``, ``factors`` or both.
-A factor is a spec factor (levels are spec tokens, ``baseline`` for off), a training setting (`SETTING_FACTORS`), or
-a dotted key into the tree (``model.init_args.depth``, ``trainer.gradient_clip_val``, ``model`` for a class swap).
-The cells are the specs crossed with every combination of the other factors' levels; a trial is a cell and a seed.
-`ablations.custom` checks the classes with jsonargparse before anything trains. What is left at its default is left
-out of a trial's hash, so the shipped suites and committed logs keep their hashes.
+A suite has ``name``, ``description``, ``settings``, ``model``, ``data``, ``optimizer``, ``trainer`` (as LightningCLI
+writes them) and ``specs``, ``factors`` or both. A factor is a spec factor, a setting (`SETTING_FACTORS`) or a dotted
+key into the tree (``model.init_args.depth``); a cell is a spec with a level of each other factor, a trial a cell and a
+seed. Defaults are left out of a trial's hash, so committed logs keep their hashes.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -60,8 +57,7 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class ClassRef:
-    """A class of the tree by its dotted path and init args (canonical JSON: hashable, compared by value);
-    `tree_value` reads one from a suite file or a flag."""
+    """A class of the tree: its dotted path and init args (canonical JSON, so it is hashable)."""
 
     class_path: str
     init_args_json: str = "{}"
@@ -86,9 +82,8 @@ DataRef = Union[str, ClassRef]  # a built-in dataset's name, or a LightningDataM
 
 
 def tree_value(root: str, value: Any) -> Any:
-    """A value of the tree's ``model``, ``data`` or ``optimizer`` as trials hold it: None for the notebook's CNN and
-    the built-in Adam (``adam``), a built-in dataset's name (``cifar10``, ``cifar100``), else a `ClassRef`. A
-    default named by its class path without init args is that default, so its hash does not change."""
+    """A ``model``, ``data`` or ``optimizer`` value as trials hold it: None for the notebook's CNN and the built-in
+    Adam, a built-in dataset's name (``cifar10``, ``cifar100``), else a `ClassRef` (a default's path is the default)."""
     if root == "data":
         if value in (None, ""):
             return DEFAULT_DATA
@@ -130,15 +125,14 @@ def _text(value: Any) -> str:
 
 
 def level_label(key: str, value: Any) -> str:
-    """A factor level's one label, the same in folder names, result.json, DataFrames and reports: ``0.0001``,
-    ``adam`` (the built-in Adam), ``SGD_momentum=0.9`` (a class), ``NotebookCNN`` (the default model)."""
+    """A level's one label in folders, results and reports: ``0.0001``, ``adam``, ``SGD_momentum=0.9``."""
     if value is None and key in ("optimizer", "model"):
         return DEFAULT_OPTIMIZER if key == "optimizer" else "NotebookCNN"
     return value.short() if isinstance(value, ClassRef) else _text(value)
 
 
 def alias(key: str) -> str:
-    """A factor's short name, its key's last part: ``model.init_args.depth`` is ``depth`` (folders, columns)."""
+    """A factor's short name: ``model.init_args.depth`` is ``depth``."""
     return key.rpartition(".")[2]
 
 
@@ -150,8 +144,7 @@ def _json_value(key: str, value: Any) -> Any:
 
 
 def cell_view(result: dict[str, Any]) -> dict[str, Any]:
-    """A result as the report reads it: its cell (``pixel+bn,lr=0.0001``) as its ``spec`` row and its factor values
-    among its ``spec_fields``, so a tree factor is a row's field like a spec field."""
+    """A result as the report reads it: its cell as its ``spec`` and its factor values among its ``spec_fields``."""
     if "cell" not in result:
         return result
     factors = {alias(k): v for k, v in (result.get("factors") or {}).items()}
@@ -160,8 +153,7 @@ def cell_view(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def coerce_setting(name: str, value: Any) -> Any:
-    """The text of a number for ``lr`` or ``lr_decay`` as that number (YAML reads ``1e-3`` as text); other values
-    as given, for `SETTING_RULES` to judge."""
+    """``lr`` or ``lr_decay`` written as text (YAML reads ``1e-3`` so) as its number; other values as given."""
     if name in ("lr", "lr_decay") and isinstance(value, str):
         try:
             return float(value)
@@ -193,22 +185,8 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed).
-
-    Attributes:
-        epochs: passes over the training split.
-        batch_size: images per optimizer step (per device under DDP).
-        seeds: the seeds each cell is trained with; a seed fixes init, data order, dropout and augmentation.
-        val_size: training images held out for validation (never the test set); at least 1.
-        split_seed: seed of the train/validation split, the same for every trial.
-        limit_train: train on only the first N images of the training split (None: all of them).
-        lr: the learning rate at step 0.
-        lr_decay: Keras's legacy decay: step t uses ``lr / (1 + lr_decay * t)``.
-        precision: Lightning precision, e.g. ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (GPU).
-        optimizer: None for the built-in Adam, else the optimizer's class (``lr`` defaults to the setting).
-
-    Raises:
-        ValueError: naming the field, its value and what it must be (`SETTING_RULES`).
+    """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed); the flags of
+    the same names say each (``python -m ablations.run --help``). ValueError naming a field against `SETTING_RULES`.
     """
 
     epochs: int = 5
@@ -231,7 +209,7 @@ class TrainSettings:
         object.__setattr__(self, "seeds", tuple(self.seeds))
 
     def override(self, **values: Any) -> TrainSettings:
-        """A copy with the values that are not None replaced (command-line overrides)."""
+        """A copy with the values that are not None replaced."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
@@ -278,16 +256,16 @@ class Trial:
 
     @property
     def cell(self) -> str:
-        """The spec, then the other factors' levels (``pixel+bn,lr=0.0001,depth=2``): the trial's folder."""
+        """The spec and the other factors' levels (``pixel+bn,lr=0.0001,depth=2``): the trial's folder."""
         return ",".join([str(self.spec), *(f"{alias(k)}={level_label(k, v)}" for k, v in self.factor_levels)])
 
     def levels(self) -> dict[str, str]:
-        """{factor: its level's label} for every factor of the suite, e.g. ``{"bn": "bn", "optimizer": "adam"}``."""
+        """{factor: its level's label} for every factor of the suite."""
         return {**dict(self.spec_levels), **{alias(k): level_label(k, v) for k, v in self.factor_levels}}
 
     @property
     def factors(self) -> tuple[str, ...]:
-        """The keys of the factors that are not spec factors (``lr``, ``model.init_args.depth``)."""
+        """The keys of the factors that are not spec factors."""
         return tuple(k for k, _ in self.factor_levels)
 
     @property
@@ -299,15 +277,14 @@ class Trial:
         return f"{self.cell}/seed={self.seed}"
 
     def paths(self, logdir: Path | str) -> TrialPaths:
-        """Every file of this trial under `logdir` (its folder is ``<logdir>/<suite>/<cell>/seed=<s>``)."""
+        """Every file of this trial under `logdir` (in ``<logdir>/<suite>/<cell>/seed=<s>``)."""
         return TrialPaths.of(logdir, self.suite, self.cell, self.seed)
 
     def run_dir(self, logdir: Path | str) -> Path:
         return self.paths(logdir).folder
 
     def hashed_settings(self) -> dict[str, Any]:
-        """What determines this trial's result. The defaults (Adam, the notebook's CNN, CIFAR-10, no Trainer
-        arguments) are left out, so hashes made before the tree had them hold."""
+        """What determines this trial's result; the tree's defaults are left out, so older hashes hold."""
         settings = {k: v for k, v in asdict(self.settings).items() if k not in ("seeds", "optimizer")}
         tree = {
             "optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
@@ -324,15 +301,13 @@ class Trial:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def changes(self, result: dict[str, Any]) -> list[str]:
-        """What differs from the finished `result` in its folder: ``settings`` (by hash), and the ``model
-        source`` or ``data`` fingerprint each recorded (one recorded on one side only is not compared)."""
+        """What differs from the finished `result`: ``settings`` (by hash), and the fingerprints both recorded."""
         changed = [] if result.get("settings_hash") == self.settings_hash else ["settings"]
         old = result.get("fingerprints") or {}
         return changed + [k for k, v in self.fingerprints if k in old and old[k] != v]
 
     def record(self) -> dict[str, Any]:
-        """What every result.json and error.json of this trial starts with: which trial, its settings, ``levels``
-        and ``fingerprints``; with tree factors also ``cell`` (the folder's name) and ``factors`` ({key: value})."""
+        """What every result.json and error.json of this trial starts with: which trial, its settings and levels."""
         record = {
             "suite": self.suite,
             "spec": str(self.spec),
@@ -354,8 +329,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How and where trials run: the data, output, device and logging flags of ``python -m ablations.run`` (its
-    ``--help`` says each); none of it changes a trial's numbers except through ``Trial.data_parallel``."""
+    """How and where trials run (the flags of the same names); none of it changes a trial's numbers."""
 
     data_dir: Optional[str] = None
     logdir: str = "logs"
@@ -376,7 +350,7 @@ def available_suites() -> list[str]:
 
 
 def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """(how messages name the suite, its content) of a shipped name, a YAML file or a mapping."""
+    """(how messages name the suite, its content)."""
     if isinstance(source, Mapping):
         return f"suite {source.get('name', '')!r}", {**source, "name": source.get("name") or "suite"}
     import yaml  # here, so that a command can say which extra is missing before anything fails
@@ -407,11 +381,7 @@ def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, A
 
 
 def load_suite(source: Union[str, Path, Mapping[str, Any]]) -> Suite:
-    """A shipped suite by name (``notebook``, ``full``, ...), a suite YAML file by path, or a file's content.
-
-    Raises:
-        SuiteError: naming the suite or file and what is wrong with it.
-    """
+    """A shipped suite by name, a suite YAML file by path, or a file's content (SuiteError saying what is wrong)."""
     where, data = _read(source)
     try:
         return _suite(data)
@@ -473,7 +443,7 @@ def _is_spec_factor(key: str) -> bool:
 
 
 def _check_key(key: str) -> None:
-    """Refuse a tree key LightningCLI would not spell so, or a Trainer argument a setting or flag owns."""
+    """Refuse a key LightningCLI would not spell so, or a Trainer argument a setting or flag owns."""
     if not TREE_KEY.fullmatch(key):
         raise ValueError(
             f"factor {key!r} must be a spec factor, a setting, or a key into the config tree spelt as LightningCLI "
@@ -486,8 +456,7 @@ def _check_key(key: str) -> None:
 
 
 def _level(key: str, value: Any) -> Any:
-    """One level of a setting or tree factor as trials hold it (YAML reads ``1e-4`` as text: numbers as text are
-    read; ``limit_train: all`` is no limit; ``model``, ``data`` and ``optimizer`` as `tree_value`)."""
+    """One level of a setting or tree factor as trials hold it (``limit_train: all`` is no limit)."""
     if key in ("model", "data", "optimizer"):
         return tree_value(key, value)
     if "." in key:
@@ -499,7 +468,7 @@ def _level(key: str, value: Any) -> Any:
 
 
 def _tree_factors(factors: dict[str, list[Any]]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """The factors that vary a setting or a key of the tree, with their levels read and checked."""
+    """The setting and tree factors, with their levels read and checked."""
     found = []
     for key, levels in factors.items():
         if _is_spec_factor(key):
@@ -522,7 +491,7 @@ def _tree_factors(factors: dict[str, list[Any]]) -> tuple[tuple[str, tuple[Any, 
 
 
 def _entries(data: dict[str, Any], spec_factors: dict[str, list[Any]]) -> list[SuiteEntry]:
-    """The listed specs (text or ``{spec, notebook}``), then the spec factors' grid (or the design's rows)."""
+    """The listed specs, then the spec factors' grid (or the design's rows)."""
     entries = []
     for item in data.get("specs") or []:
         item = {"spec": item} if isinstance(item, str) else item
@@ -570,7 +539,7 @@ def _fraction(value: Any) -> int:
 
 
 def _spec_label(spec: RegularizationSpec, levels: tuple[str, ...]) -> str:
-    """The level of a spec factor `spec` has: the most specific one whose spec fields it carries, else baseline."""
+    """The most specific level of a spec factor whose fields `spec` carries, else baseline."""
     base = RegularizationSpec().to_dict()
     carried = []
     for level in levels:
@@ -581,8 +550,7 @@ def _spec_label(spec: RegularizationSpec, levels: tuple[str, ...]) -> str:
 
 
 def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """The Trial fields of one combination of the tree factors' levels: a setting factor replaces its setting, a
-    key into the tree (``model``, ``model.init_args.depth``, ``trainer.gradient_clip_val``) its value."""
+    """The Trial fields of one combination of levels: each replaces its setting or its value in the tree."""
     tree: dict[str, Any] = {"model": suite.model, "data": suite.data, "optimizer": settings.optimizer}
     trainer = json.loads(suite.trainer_json)
     for key, value in combo:
@@ -614,14 +582,10 @@ def _cell(suite: Suite, settings: TrainSettings, combo: tuple[tuple[str, Any], .
 
 
 def expand_trials(
-    suite: Suite, settings: TrainSettings, only: Optional[list[str]] = None, data_parallel: int = 1
+    suite: Suite, settings: TrainSettings, only: Optional[Sequence[str]] = None, data_parallel: int = 1
 ) -> list[Trial]:
-    """The suite's trials in a fixed order: cells in suite order (specs in suite order, each with every
-    combination of the other factors' levels, the last varying fastest), each with every seed.
-
-    Raises:
-        SuiteError: if a name in `only` is neither a spec nor a cell (``SPEC,lr=X``) of the suite.
-    """
+    """The suite's trials: cells in suite order (the last factor varying fastest), each with every seed; `only`
+    keeps the named specs or cells (SuiteError for a name that is neither)."""
     combos = itertools.product(*([(k, v) for v in levels] for k, levels in suite.setting_factors))
     cells = [_cell(suite, settings, combo) for combo in combos]
     trials = [
@@ -653,7 +617,7 @@ def expand_trials(
 
 
 def shard(trials: list[Trial], k: int, n: int) -> list[Trial]:
-    """The k-th (1-based) of n disjoint parts of `trials`: every n-th trial starting at k-1."""
+    """The k-th (1-based) of n disjoint parts of `trials`."""
     if not (1 <= k <= n):
         raise ValueError(f"shard {k}/{n} is out of range: K must be between 1 and N")
     return trials[k - 1 :: n]
