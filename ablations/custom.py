@@ -10,28 +10,25 @@ import hashlib
 import inspect
 import json
 import os
+import pydoc
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ablations.store import TrialPaths, atomic_output, source_hash, write_text_atomic
-from ablations.suite import TRAINER_OWNERS, BUILTIN_DATA, ClassRef, RunOptions, Trial
+from ablations.suite import BUILTIN_DATA, TRAINER_OWNERS, ClassRef, RunOptions, TrainSettings, Trial
 from lit_cifar.spec import RegularizationSpec
 
 SHOWN = 5  # failing cells named in one message; the rest are counted
 LIBRARY_PACKAGES = ("lit_cifar", "torch", "lightning", "pytorch_lightning", "torchvision")  # provenance, not identity
 FINGERPRINTS = ".data-fingerprints.json"  # the cache of data fingerprints, in the logdir (or beside the data)
-
-
-def _base(what: str) -> type:
-    if what in ("data", "trainer"):
-        import lightning.pytorch as pl
-
-        return pl.LightningDataModule if what == "data" else pl.Trainer
-    import torch
-
-    return torch.optim.Optimizer if what == "optimizer" else torch.nn.Module
+BASES = {  # the class each value of the tree must be
+    "model": "torch.nn.Module",
+    "data": "lightning.pytorch.LightningDataModule",
+    "optimizer": "torch.optim.Optimizer",
+    "trainer": "lightning.pytorch.Trainer",
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +40,7 @@ def read_class(ref: ClassRef, what: str, given: tuple[str, ...] = ()) -> type:
     from lit_cifar.models import resolve_class
 
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(_base(what), what, skip=set(given), required=True)
+    parser.add_subclass_arguments(pydoc.locate(BASES[what]), what, skip=set(given), required=True)  # type: ignore[arg-type]
     try:
         parser.parse_object({what: ref.to_dict()})
     except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError: made one line
@@ -101,18 +98,13 @@ def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
     from lit_cifar import RegularizedClassifier
 
     model, s = trial.model, trial.settings
-    optimizer = None  # the built-in Adam
-    if s.optimizer is not None:  # lr from the settings unless its init args set it
-        cls = read_class(s.optimizer, "optimizer", ("params",))
-        lr = {"lr": s.lr} if "lr" in inspect.signature(cls).parameters else {}
-        optimizer = functools.partial(cls, **{**lr, **s.optimizer.init_args})
     return RegularizedClassifier(
         trial.spec,
         lr=s.lr,
         lr_decay=s.lr_decay,
         compile=compile,
         num_classes=num_classes,
-        optimizer=optimizer,
+        optimizer=optimizer(s),
         backbone_class_path=model.class_path if model else None,
         backbone_init_args=model.init_args if model else None,
     )
@@ -167,6 +159,16 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
         trainer.save_checkpoint(paths.checkpoint, weights_only=True)  # rank 0 writes; the others take part
 
 
+def optimizer(settings: TrainSettings) -> Optional[Callable[..., Any]]:
+    """The settings' optimizer class with its init args (``lr`` from the settings unless they set it); None for the
+    built-in Adam."""
+    if settings.optimizer is None:
+        return None
+    cls = read_class(settings.optimizer, "optimizer", ("params",))
+    lr = {"lr": settings.lr} if "lr" in inspect.signature(cls).parameters else {}
+    return functools.partial(cls, **{**lr, **settings.optimizer.init_args})
+
+
 def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
     """Build every distinct (model, spec) once on the meta device, check it honours the spec and returns
     `num_classes` logits (None: not checked) for `image_shape`, and build each optimizer; ValueError naming cells."""
@@ -175,8 +177,9 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
     from lit_cifar.models import NotebookCNN, build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
 
-    def check(trial: Trial, model: Optional[ClassRef]) -> None:
+    def check(trial: Trial) -> None:
         build: Callable[[], Any]
+        model = trial.model
         if model is None:
             build = functools.partial(NotebookCNN, trial.spec, num_classes=num_classes or 10)
         else:
@@ -212,7 +215,7 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
     failed: list[str] = []
     for trial in distinct.values():
         try:
-            check(trial, trial.model)
+            check(trial)
         except (ValueError, TypeError) as error:
             text = str(error)
             model = "NotebookCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
@@ -221,13 +224,12 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
     if failed:
         more = f"; and {len(failed) - SHOWN} more cell(s)" if len(failed) > SHOWN else ""
         raise ValueError("; ".join(failed[:SHOWN]) + more)
-    for ref in {t.settings.optimizer for t in trials} - {None}:
-        assert ref is not None
-        cls = read_class(ref, "optimizer", ("params",))
+    for settings in {t.settings for t in trials if t.settings.optimizer}:
+        build = optimizer(settings)
         try:
-            cls([torch.nn.Parameter(torch.zeros(1))], **{"lr": 1e-3, **ref.init_args})
+            build([torch.nn.Parameter(torch.zeros(1))])  # type: ignore[misc]
         except (TypeError, ValueError) as error:
-            raise ValueError(f"optimizer {ref}: {type(error).__name__}: {error}") from None
+            raise ValueError(f"optimizer {settings.optimizer}: {type(error).__name__}: {error}") from None
 
 
 def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[int, tuple[int, ...]]:

@@ -63,10 +63,6 @@ def _pair(text: str) -> tuple[int, int]:
     return k, n
 
 
-def _seeds(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
 def _flag(group: str, help: Optional[str] = None, default: Any = None, **argparse: Any) -> Any:
     """A `Request` field with its command-line flag: its help group, help and other `add_argument` arguments."""
     return field(default=default, metadata={"group": group, "help": help, **argparse})
@@ -110,7 +106,11 @@ class Request:
     seeds: Optional[Sequence[int]] = _flag(
         SETTINGS,
         "comma-separated seeds",
-        type=_typed(_seeds, SETTING_RULES["seeds"], "a comma-separated list of integers, e.g. 0,1,2"),
+        type=_typed(
+            lambda t: [int(s) for s in t.split(",") if s.strip()],
+            SETTING_RULES["seeds"],
+            "a comma-separated list of integers, e.g. 0,1,2",
+        ),
         metavar="0,1,2",
     )
     val_size: Optional[int] = _flag(
@@ -201,9 +201,9 @@ class Plan:
         return self.request.ray_address or os.environ.get("RAY_ADDRESS")
 
 
-def _tree(request: Request) -> tuple[Suite, TrainSettings]:
-    """The suite with the request's settings, model, data and optimizer applied, without torch (ValueError for a
-    flag that overrides one of the suite's factors, a malformed value, or an --only that names no cell)."""
+def _tree(request: Request) -> tuple[Suite, TrainSettings, list[Trial]]:
+    """The suite with the request's settings, model, data and optimizer applied, and its trials (before ``shard``),
+    without torch; ValueError for a flag that overrides a factor, a malformed value or an --only of no cell."""
     suite = load_suite(request.suite)
     flagged = sorted(n for n, _ in suite.setting_factors if getattr(request, n, None) is not None)
     if flagged:
@@ -225,19 +225,18 @@ def _tree(request: Request) -> tuple[Suite, TrainSettings]:
             settings = replace(settings, optimizer=tree_value(root, value))
         elif value is not None:
             suite = replace(suite, **{root: tree_value(root, value)})
-    expand_trials(suite, settings, only=request.only)
-    return suite, settings
+    return suite, settings, expand_trials(suite, settings, only=request.only)
 
 
 def count_trials(request: Request) -> int:
     """How many trials the request runs (after ``only`` and ``shard``), without importing torch."""
-    trials = expand_trials(*_tree(request), only=request.only)
+    trials = _tree(request)[2]
     return len(shard(trials, *request.shard) if request.shard else trials)
 
 
 def make_plan(request: Request) -> Plan:
     """The plan of `request` (ValueError, SuiteError, on a bad suite, spec, setting or device combination)."""
-    suite, settings = _tree(request)
+    suite, settings, _ = _tree(request)
     reference = expand_trials(suite, settings, only=[request.reference])[0].cell if request.reference else None
     devices, gpus, parallel = _placement(request)  # the first step that imports torch
     trials = expand_trials(suite, settings, only=request.only, data_parallel=devices * request.num_nodes)
@@ -307,37 +306,31 @@ def prepare(request: Request) -> Plan:
         import_ray()
         check_supported(plan.trials, plan.options)
         check_address(plan.ray_address)
-    if not request.dry_run:
-        _check_hardware(plan)
+    if not request.dry_run:  # one sweep Trainer: Lightning's own checks of the devices, then the precision's
+        import lightning.pytorch as pl
+
+        from ablations.quiet import quiet_lightning
+        from ablations.trial import trainer_kwargs
+
+        quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
+        try:
+            with warnings.catch_warnings():  # e.g. "16-mixed on a CPU: using bf16-mixed": check_precision says it
+                warnings.simplefilter("ignore")
+                trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
+        except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
+            o = plan.options
+            raise ValueError(
+                f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: {error}"
+            ) from None
+        check_precision(plan.trials[0].settings.precision, trainer)
     return check_inputs(plan, request.dry_run)
 
 
-def _check_hardware(plan: Plan) -> None:
-    """Build one sweep Trainer (Lightning's own checks of the devices and accelerator) and check the precision."""
-    import lightning.pytorch as pl
-
-    from ablations.quiet import quiet_lightning
-    from ablations.trial import trainer_kwargs
-
-    quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
-    try:
-        with warnings.catch_warnings():  # e.g. "16-mixed on a CPU: using bf16-mixed": check_precision says it
-            warnings.simplefilter("ignore")
-            trainer = pl.Trainer(**trainer_kwargs(plan.options, plan.trials[0].settings), logger=False)
-    except Exception as error:  # noqa: BLE001 - Lightning raises ValueError or MisconfigurationException
-        o = plan.options
-        raise ValueError(
-            f"--accelerator {o.accelerator} --devices {o.devices} --strategy {o.strategy}: {error}"
-        ) from None
-    check_precision(plan.trials[0].settings.precision, trainer)
-
-
 def check_paths(request: Request) -> None:
-    """The checks that need no torch, so a mistyped path fails fast and nothing is created on disk: the suite and
-    settings, the packages of the tree's class paths (found, not imported), no symlinked suite or trial folder, a
-    ``--logdir`` that takes a real write of 1 MiB (or the nearest folder above it), and a readable ``--data-dir``."""
-    suite, settings = _tree(request)
-    trials = expand_trials(suite, settings, only=request.only)
+    """The checks that need no torch, so a mistyped path fails fast: the suite and settings, the tree's packages
+    (found, not imported), no symlinked trial folder, a ``--logdir`` that takes a real write of 1 MiB (or the nearest
+    folder above it) and a readable ``--data-dir``."""
+    trials = _tree(request)[2]
     tree = {("model", t.model) for t in trials} | {("data", t.data) for t in trials}
     tree |= {("optimizer", t.settings.optimizer) for t in trials}
     for what, ref in sorted(((w, r) for w, r in tree if isinstance(r, ClassRef)), key=str):

@@ -1,14 +1,9 @@
 """``python -m ablations.run``: run every trial of a suite, resumably, and report mean +- std over seeds.
 
-With no arguments it runs the notebook's study (suite ``notebook``: nine specs, 5 epochs, batch 128, seeds 0,1,2) and
-leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/notebook/``. ``--parallel N`` runs N trials at
-once, each on its own device; ``--strategy ddp --devices D`` trains each trial over D devices (Lightning starts the
-other ranks, which run this same command; rank 0 decides for all); ``--shard K/N`` runs the K-th of N parts of the
-trials; ``--engine ray`` runs them as Ray tasks. The flags are read into an `ablations.plan.Request`; what the
-trials are and the checks before any trains are `ablations.plan`.
-
-Exit status: 0 when every trial is done (or there is nothing to do), 1 when any failed (listed at the end), 2 for
-bad arguments, 130 / 143 when stopped by SIGINT / SIGTERM (finished trials are kept and listed).
+With no arguments it runs the notebook's study (suite ``notebook``) into ``logs/notebook/``. The flags are the fields
+of `ablations.plan.Request`, which plans the trials and checks them; under ``--strategy ddp`` Lightning starts the
+other ranks, which run this same command, and rank 0 decides for all. Exit status: 0 all done, 1 a trial failed,
+2 bad arguments, 130 / 143 stopped by SIGINT / SIGTERM (finished trials are kept and listed).
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
@@ -74,9 +69,8 @@ def request_of(args: argparse.Namespace) -> Request:
 
 
 def ddp_ranks(options: RunOptions) -> Ranks:
-    """Start and connect the processes of a data-parallel sweep, once for all its trials: Lightning's launcher
-    re-runs this command for every other local rank (torchrun or SLURM start them themselves). Returns this
-    process's `Ranks`: rank 0 decides every trial, the others follow."""
+    """Start and connect the ranks of a data-parallel sweep once for all its trials (Lightning's launcher re-runs
+    this command for the other local ranks): this process's `Ranks`."""
     from lightning.fabric import Fabric
 
     from ablations.trial import Ranks
@@ -89,8 +83,7 @@ def ddp_ranks(options: RunOptions) -> Ranks:
 
 
 def run_plan(plan: Plan, ranks: Optional[Ranks] = None) -> list[TrialStatus]:
-    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`): their final
-    `TrialStatus` (DONE, SKIPPED or FAILED), in trial order; under DDP rank 0 decides every trial for all ranks."""
+    """Run the plan's trials on the executor it asks for: their final `TrialStatus`, in trial order."""
     executor = make_executor(
         plan.request.engine,
         parallel=plan.parallel,
@@ -103,8 +96,8 @@ def run_plan(plan: Plan, ranks: Optional[Ranks] = None) -> list[TrialStatus]:
 
 
 def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
-    """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
-    the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
+    """Write and print the suite's report and the sweep's counts; 1 if a trial failed or the report could not be
+    written (said), else 0."""
     from ablations.report import board
     from ablations.store import settings_key
 
@@ -117,10 +110,10 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     )
     if table is not None:
         print(f"{table}\n\n{board.open_hint(suite_dir)}")
-    counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
+    count = {state: sum(s.state is state for s in states) for state in TrialState}
     print(
-        f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
-        f"{counts[TrialState.FAILED]} failed in {seconds:.0f} s",
+        f"{count[TrialState.DONE]} trained, {count[TrialState.SKIPPED]} already done, "
+        f"{count[TrialState.FAILED]} failed in {seconds:.0f} s",
         file=sys.stderr,
     )
     failed = [s for s in states if s.state is TrialState.FAILED]
@@ -147,8 +140,7 @@ def report_interrupted(plan: Plan, stop: Interrupted) -> int:
 
 
 def dry_run_lines(plan: Plan) -> list[str]:
-    """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run``, or ``finished with other <what changed>``
-    (a run refuses those without --force)."""
+    """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run`` or ``finished with other <what changed>``."""
     from ablations.status import read_trial
 
     lines = []
@@ -163,13 +155,12 @@ def dry_run_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
-    """Plan and check everything that can be checked before training; bad arguments exit 2 here."""
+def _prepare(parser: argparse.ArgumentParser, request: Request) -> Plan:
+    """The checked plan of `request`; any input problem exits 2 here, before training."""
     try:
-        made = planning.prepare(request_of(args))
-    except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
+        return planning.prepare(request)
+    except Exception as error:  # noqa: BLE001 - any input problem is reported the same way
         parser.error(str(error))
-    return made
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -183,15 +174,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = adaptive.target_of(args)
     except ValueError as error:
         parser.error(str(error))
+    request = request_of(args)
     if target is not None:
         with interrupts():
             return adaptive.run_cli(
-                args,
-                target,
-                lambda seeds: _prepare(parser, argparse.Namespace(**{**vars(args), "seeds": seeds})),
-                run_plan,
+                args, target, lambda seeds: _prepare(parser, replace(request, seeds=seeds)), run_plan
             )
-    plan = _prepare(parser, args)
+    plan = _prepare(parser, request)
     if not plan.trials:
         print(
             f"nothing to do: part {args.shard[0]}/{args.shard[1]} of the {plan.unsharded} trials is empty "
