@@ -29,9 +29,8 @@ class SweepError(ValueError):
 
 
 class TrialsFailed(RuntimeError):
-    """Some trials failed (exit status 1); the others are kept. `statuses` holds every trial's
-    `ablations.status.TrialStatus` (``.trial``, ``.state``, ``.error``), and `results` the finished trials'
-    DataFrame."""
+    """Some trials failed (exit status 1): `statuses` holds every trial's `ablations.status.TrialStatus`, `results`
+    the finished trials' DataFrame."""
 
     def __init__(self, message: str, statuses: list[TrialStatus], results: Any) -> None:
         super().__init__(message)
@@ -62,17 +61,11 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def load_results(path: Union[str, Path]) -> Any:
-    """Every finished trial under `path` (a logdir holding suite folders, or one suite's folder) as a pandas
-    DataFrame: one row per result.json, with ``suite``, ``cell`` (the trial folder's name), ``spec``, every spec
-    field, ``seed``, ``model``, ``data``, one column per factor of the suite (named by its short name, e.g.
-    ``depth`` for ``model.init_args.depth``: its value, or its level's label, ``adam`` for the built-in Adam), the
-    final metrics (``test_acc``, ``val_acc``, ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and
-    ``folder``. Only the results that count are loaded (`ablations.store.list_trials`: a copy in another trial's
-    folder, or a result that cannot be trusted, is a warning on stderr instead). Imports no torch.
-
-    Raises:
-        ValueError: `path` is not a folder.
-    """
+    """Every finished trial under `path` (a logdir, or one suite's folder) as a pandas DataFrame, one row per
+    result that counts (`ablations.store.list_trials`; the others are warnings on stderr): ``suite``, ``cell``,
+    ``spec`` and its fields, ``seed``, ``model``, ``data``, a column per factor by its short name (its value, else its
+    label), the final metrics, ``wall_time_s``, ``settings_hash``, ``folder``. Imports no torch; ValueError for a
+    `path` that is not a folder."""
     import pandas as pd
 
     root = Path(path)
@@ -90,16 +83,10 @@ def load_results(path: Union[str, Path]) -> Any:
 
 
 def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
-    """Run a suite (a shipped name, a suite file, or a suite file's content as a mapping) with the local engine,
-    resuming as ``python -m ablations.run`` does, and return `load_results` of its folder. Keyword arguments are
-    the fields of `ablations.plan.Request`, the command's flags by name: ``logdir="logs", data_dir="data",
-    seeds=[0, 1], epochs=1, model={"class_path": ..., "init_args": {...}}, save_model=True, logger="csv"``...
-
-    Raises:
-        SweepError: what the command exits with status 2 for (raised before any trial trains).
-        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results`` (empty when none did).
-        ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
-    """
+    """Run a suite (a shipped name, a suite file, or its content as a mapping) locally, resuming as ``python -m
+    ablations.run`` does, and return `load_results` of its folder. Keyword arguments are the command's flags by name
+    (`ablations.plan.Request`'s fields): ``seeds=[0, 1], model={"class_path": ...}, logger="csv"``. Raises
+    `SweepError` (exit status 2), `TrialsFailed` (1) or `ablations.signals.Interrupted` (130 / 143)."""
     import pandas as pd
 
     from ablations.plan import Request, prepare

@@ -34,9 +34,7 @@ DEFAULT_MODELS = ("lit_cifar.NotebookCNN", "lit_cifar.models.NotebookCNN")  # th
 DEFAULT_OPTIMIZER = "adam"  # the label of the built-in Adam (the optimizer setting's None)
 SETTING_FACTORS = ("lr", "lr_decay", "batch_size", "epochs", "precision", "limit_train", "optimizer")
 TRAINER_OWNERS = {  # Trainer arguments a suite may not set: the setting (or flag) that owns each
-    "max_epochs": "the epochs setting",
-    "min_epochs": "the epochs setting",
-    "max_steps": "the epochs setting",
+    **dict.fromkeys(("max_epochs", "min_epochs", "max_steps"), "the epochs setting"),
     "precision": "the precision setting",
     "limit_train_batches": "the limit_train setting",
     "accelerator": "--accelerator",
@@ -504,19 +502,14 @@ def _entries(data: dict[str, Any], spec_factors: dict[str, list[Any]]) -> list[S
                 "accuracy) or absent"
             )
         entries.append(SuiteEntry(RegularizationSpec.parse(item["spec"]), notebook))
-    grid = list(itertools.product(*spec_factors.values()))
-    rows = range(len(grid)) if spec_factors else []
     reduction = _fraction(data.get("design"))
-    if reduction > 1:
-        from ablations.designs import select
+    if reduction > 1 and (not spec_factors or len(spec_factors) < len(data.get("factors") or {})):
+        raise ValueError("a fractional design selects spec-factor combinations only: give spec factors alone")
+    from ablations.designs import select  # in grid order; the full grid needs no pyDOE
 
-        if not spec_factors or len(spec_factors) < len(data.get("factors") or {}):
-            raise ValueError("a fractional design selects spec-factor combinations only: give spec factors alone")
-        counts = [len(v) for v in spec_factors.values()]
-        grid_index = list(itertools.product(*(range(k) for k in counts)))
-        rows = sorted(grid_index.index(run) for run in select(counts, reduction))
-    for row in rows:
-        tokens = [str(level) for level in grid[row] if str(level) != "baseline"]
+    for run in select([len(v) for v in spec_factors.values()], reduction) if spec_factors else []:
+        levels = [str(v[i]) for v, i in zip(spec_factors.values(), run)]
+        tokens = [level for level in levels if level != "baseline"]
         entries.append(SuiteEntry(RegularizationSpec.parse("+".join(tokens) or "baseline")))
     if not entries:
         raise ValueError("lists no specs: give 'specs', 'factors' or both")
