@@ -23,7 +23,7 @@ from ablations.trial import run_trial
 import lit_cifar
 from lit_cifar.runtime import cpu_model
 from lit_cifar import RegularizationSpec
-from tests.helpers import TINY, sweep
+from tests.helpers import TINY, TINY_SETTINGS, sweep
 from tests.helpers import results as result_files
 
 
@@ -320,3 +320,30 @@ def test_the_margin_reaches_the_report_through_the_plan(tmp_path, monkeypatch):
     monkeypatch.setattr("ablations.report.write_report", lambda suite_dir, **kwargs: seen.update(kwargs) or "")
     trust.write_report_or_say_why(tmp_path, None, None, plan.request.margin)
     assert seen["margin"] == 0.02
+
+
+def test_run_suite_plans_from_values_and_raises_only_its_documented_exceptions(tmp_path, cifar_dir, monkeypatch):
+    import pandas as pd
+
+    from ablations import trial as trial_module
+    from ablations.api import SweepError, TrialsFailed, run_suite
+
+    content = {
+        "name": "deep",
+        "settings": TINY_SETTINGS,
+        "specs": ["baseline"],
+        "factors": {"trainer.gradient_clip_val": [0]},
+    }
+    with pytest.raises(SweepError, match="unknown arguments \\['epoch'\\]"):
+        run_suite(content, epoch=1)
+    with pytest.raises(SweepError, match="model.init_args.NAME"):
+        run_suite({**content, "factors": {"model.width": [1]}}, logdir=str(tmp_path / "logs"))
+
+    def fail(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trial_module, "_train_and_test", fail)
+    with pytest.raises(TrialsFailed, match="boom") as failed:  # every trial failed: no NothingToReport
+        run_suite(content, logdir=str(tmp_path / "logs"), data_dir=str(cifar_dir), accelerator="cpu")
+    assert isinstance(failed.value.results, pd.DataFrame) and failed.value.results.empty
+    assert [s.state for s in failed.value.statuses] == ["failed"]
