@@ -71,9 +71,7 @@ def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True
         "seed": trial.seed,
     }
     if isinstance(trial.data, str):
-        import lit_cifar.data
-
-        return getattr(lit_cifar.data, BUILTIN_DATA[trial.data].rpartition(".")[2])(**standard)
+        return pydoc.locate(BUILTIN_DATA[trial.data])(**standard)  # type: ignore[operator]
     args = trial.data.init_args
     given = tuple(n for n in standard if n not in args)
     cls = read_class(trial.data, "data", given)
