@@ -50,11 +50,8 @@ def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
         "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
         "data": data["class_path"] if isinstance(data, Mapping) else data or "cifar10",
     }
-    values = {alias(k): v for k, v in (result.get("factors") or {}).items()}
-    levels = {**{name: str(value) for name, value in values.items()}, **(result.get("levels") or {})}
-    for name, label in levels.items():  # one column per factor: its value, else its label
-        if name in values or name not in row:
-            row[name] = values.get(name, label)
+    row.update({name: label for name, label in (result.get("levels") or {}).items() if name not in row})
+    row.update({alias(k): v for k, v in (result.get("factors") or {}).items()})  # a factor's value over its label
     row.update({k.replace("/", "_"): v for k, v in sorted((result.get("metrics") or {}).items())})
     row.update(wall_time_s=result.get("wall_time_s"), settings_hash=result.get("settings_hash"), folder=str(folder))
     return row
