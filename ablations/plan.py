@@ -14,6 +14,7 @@ import errno
 import importlib.util
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -245,18 +246,8 @@ def make_plan(request: Request) -> Plan:
         package = LOGGER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:
             raise ValueError(f"--logger {name} needs the {package} package (pip install {package}); csv needs nothing")
-    options = RunOptions(
-        data_dir=request.data_dir,
-        logdir=request.logdir,
-        accelerator=request.accelerator,
-        devices=devices,
-        strategy=request.strategy or "auto",
-        num_nodes=request.num_nodes,
-        force=request.force,
-        compile=request.compile,
-        save_model=request.save_model,
-        loggers=loggers,
-    )
+    same = {f.name: getattr(request, f.name) for f in fields(RunOptions) if hasattr(request, f.name)}
+    options = RunOptions(**{**same, "devices": devices, "strategy": request.strategy or "auto", "loggers": loggers})
     shown = shard(trials, *request.shard) if request.shard else trials
     return Plan(suite, shown, options, parallel, gpus, len(trials), reference, request)
 
@@ -342,17 +333,11 @@ def check_paths(request: Request) -> None:
     folder = Path(request.logdir)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    probe = folder / f".write-test-{os.getpid()}"
     try:
-        if not folder.is_dir():
-            raise NotADirectoryError(20, "Not a directory", str(folder))
-        try:
-            with open(probe, "xb") as f:  # a full disk refuses a real write (an empty file it would accept)
-                f.write(bytes(1 << 20))
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            probe.unlink(missing_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as f:  # a full disk refuses a real write (an empty file it accepts)
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as error:
         why = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
         raise ValueError(f"--logdir {request.logdir} is not writable: {why} ({folder})") from None
