@@ -32,7 +32,7 @@ BASES = {  # the class each value of the tree must be
 
 
 @functools.lru_cache(maxsize=None)
-def read_class(ref: ClassRef, what: str, given: tuple[str, ...] = ()) -> type:
+def read_class(ref: ClassRef, what: str, given: tuple[str, ...]) -> type:
     """The class of the tree's `what` (``model``, ``data``, ``optimizer``, ``trainer``) once jsonargparse read `ref`
     against it, `given` being the arguments the harness passes itself (ValueError in one line otherwise)."""
     from jsonargparse import ArgumentParser
@@ -56,7 +56,7 @@ def read_class(ref: ClassRef, what: str, given: tuple[str, ...] = ()) -> type:
     return resolve_class(ref.class_path, what)
 
 
-def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True) -> Any:
+def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool) -> Any:
     """The trial's data module: a built-in one from its spec, or the tree's class with its init args."""
     s = trial.settings
     standard = {
@@ -91,7 +91,7 @@ def class_count(dm: Any) -> Optional[int]:
     return len(classes) if classes is not None else None
 
 
-def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
+def make_model(trial: Trial, num_classes: int, compile: bool) -> Any:
     """The trial's `RegularizedClassifier` (the backbone's class path in its hyperparameters) and optimizer."""
     from lit_cifar import RegularizedClassifier
 
@@ -319,14 +319,14 @@ def source_fingerprint(class_paths: list[str]) -> Optional[str]:
     return hashlib.sha256(digest.encode()).hexdigest()[:16]
 
 
-def files_fingerprint(folders: list[Any], cache_dir: Any) -> str:
-    """SHA-256 over the files under `folders`, cached by their paths, sizes and times in `cache_dir` (a cache beside
+def files_fingerprint(folder: Any, cache_dir: Any) -> str:
+    """SHA-256 over the files under `folder`, cached by their paths, sizes and times in `cache_dir` (a cache beside
     the data is read, never written)."""
-    files = sorted(p for folder in map(Path, folders) for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
     cache = Path(cache_dir) / FINGERPRINTS
-    for known in (cache, (Path(folders[0]).parent if folders else Path(cache_dir)) / FINGERPRINTS):
+    for known in (cache, Path(folder).parent / FINGERPRINTS):
         try:
             return str(json.loads(known.read_text())[key])
         except (OSError, ValueError, KeyError):
@@ -352,7 +352,7 @@ def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[st
     from lit_cifar.layouts import CIFAR10, CIFAR100, find_layout
 
     folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
-    return files_fingerprint([folder], cache_dir) if folder is not None else None
+    return files_fingerprint(folder, cache_dir) if folder is not None else None
 
 
 def _arrays_fingerprint(dm: Any) -> str:
@@ -385,7 +385,7 @@ def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
     dm = make_datamodule(replace(trial, spec=RegularizationSpec()), options.data_dir, download=False)
     folder = getattr(dm, "data_dir", None)
     if isinstance(folder, (str, Path)) and Path(folder).is_dir():
-        return files_fingerprint([folder], options.logdir)
+        return files_fingerprint(folder, options.logdir)
     dm.setup("fit")
     return _arrays_fingerprint(dm)
 
