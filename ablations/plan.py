@@ -25,7 +25,7 @@ from ablations import custom
 from ablations.engines import ENGINES
 from ablations.rules import Rule, integer, margin_arg
 from ablations.suite import SETTING_RULES, ClassRef, RunOptions, Suite, TrainSettings, Trial, expand_trials
-from ablations.suite import load_suite, shard, tree_value
+from ablations.suite import SHARD_RANGE, load_suite, shard, tree_value
 from ablations.trust import check_precision, refuse_other_settings
 from lit_cifar.layouts import DATA_ENV
 from lit_cifar.spec import RegularizationSpec
@@ -82,7 +82,7 @@ class Request:
     shard: Optional[tuple[int, int]] = _flag(
         WHAT,
         "run the K-th of N disjoint parts of the trials",
-        type=_typed(_pair, lambda kn: None if 1 <= kn[0] <= kn[1] else "K must be between 1 and N", "of the form K/N"),
+        type=_typed(_pair, lambda kn: None if 1 <= kn[0] <= kn[1] else SHARD_RANGE, "of the form K/N, e.g. 1/4"),
         metavar="K/N",
     )
     dry_run: bool = _flag(

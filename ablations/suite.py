@@ -46,6 +46,7 @@ TRAINER_OWNERS = {  # Trainer arguments a suite may not set: the setting (or fla
     "enable_checkpointing": "--save-model",
     "default_root_dir": "--logdir",
 }
+SHARD_RANGE = "is out of range: K must be between 1 and N"  # a shard K/N that is not one
 TOP_KEYS = ("name", "description", "model", "data", "optimizer", "trainer", "settings", "specs", "factors", "design")
 
 
@@ -612,5 +613,5 @@ def expand_trials(
 def shard(trials: list[Trial], k: int, n: int) -> list[Trial]:
     """The k-th (1-based) of n disjoint parts of `trials`."""
     if not (1 <= k <= n):
-        raise ValueError(f"shard {k}/{n} is out of range: K must be between 1 and N")
+        raise ValueError(f"shard {k}/{n} {SHARD_RANGE}")
     return trials[k - 1 :: n]
