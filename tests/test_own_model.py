@@ -310,6 +310,7 @@ def test_a_lab_asks_depth_by_bn_by_optimizer_and_a_changed_forward_or_data_is_re
     path = suite_file(
         tmp_path,
         name="deep",
+        specs=[],
         model={"class_path": "labnets.TinyResNet", "init_args": {"width": 4}},
         factors={"model.init_args.blocks": [1, 2], "bn": ["baseline", "bn"], "optimizer": ["adam", "torch.optim.SGD"]},
     )
