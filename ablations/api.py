@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Union
@@ -104,10 +104,8 @@ def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> A
     with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
         statuses = run_plan(plan) if plan.trials else []
     suite_dir = Path(plan.options.logdir) / plan.suite.name
-    try:
+    with suppress(NothingToReport):  # no trial finished: the statuses say why
         write_report(suite_dir, reference=plan.reference)
-    except NothingToReport:
-        pass  # no trial finished: the statuses say why
     frame = load_results(suite_dir) if suite_dir.is_dir() else pd.DataFrame()
     failed = [s for s in statuses if s.state is TrialState.FAILED]
     if failed:
