@@ -32,7 +32,6 @@ from lit_cifar.spec import RegularizationSpec
 
 __all__ = ["Plan", "Request", "check_inputs", "check_paths", "count_trials", "make_plan", "prepare"]
 
-LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}  # what a --logger needs installed
 ClassValue = Union[str, Mapping[str, Any], None]  # a class path, JSON text or {"class_path": ..., "init_args": ...}
 WHAT, SETTINGS, WHERE = "what to run", "training settings (override the suite's)", "data and output"
 HARDWARE, TREE = "devices and scheduling", "model, data and outputs (override the suite's)"
@@ -64,9 +63,22 @@ def _pair(text: str) -> tuple[int, int]:
     return k, n
 
 
+SHARD = _typed(_pair, lambda kn: None if 1 <= kn[0] <= kn[1] else SHARD_RANGE, "of the form K/N, e.g. 1/4")
+SEEDS = _typed(
+    lambda t: [int(s) for s in t.split(",") if s.strip()], SETTING_RULES["seeds"], "a comma-separated list, e.g. 0,1,2"
+)
+DEVICES = _typed(lambda t: t if t == "auto" else int(t), lambda v: None if v == "auto" else integer(1)(v))
+CLASS = "CLASS_PATH|JSON"
+
+
 def _flag(group: str, help: Optional[str] = None, default: Any = None, **argparse: Any) -> Any:
     """A `Request` field with its command-line flag: its help group, help and other `add_argument` arguments."""
     return field(default=default, metadata={"group": group, "help": help, **argparse})
+
+
+def _switch(group: str, help: str) -> Any:
+    """A `Request` field that a flag without a value sets to True."""
+    return _flag(group, help, False, action="store_true")
 
 
 @dataclass(frozen=True)
@@ -75,112 +87,52 @@ class Request:
     None leaves the suite's value or the flag's default. `suite` may also be a suite file's content; `model`,
     `data` and `optimizer` a mapping; `shard` is ``(k, n)``."""
 
-    suite: Union[str, Mapping[str, Any]] = _flag(
-        WHAT, "shipped suite name or path of a suite .yaml (default: notebook)", "notebook"
-    )
-    only: Optional[Sequence[str]] = _flag(WHAT, "run just these specs of the suite", nargs="+", metavar="NAME")
-    shard: Optional[tuple[int, int]] = _flag(
-        WHAT,
-        "run the K-th of N disjoint parts of the trials",
-        type=_typed(_pair, lambda kn: None if 1 <= kn[0] <= kn[1] else SHARD_RANGE, "of the form K/N, e.g. 1/4"),
-        metavar="K/N",
-    )
-    dry_run: bool = _flag(
-        WHAT,
-        "check everything a run checks, then print one line per trial (cell, seed, finished / to run / finished "
-        "with other settings); trains and downloads nothing",
-        False,
-        action="store_true",
-    )
-    force: bool = _flag(WHAT, "rerun trials that already have a matching result", False, action="store_true")
+    suite: Union[str, Mapping[str, Any]] = _flag(WHAT, "shipped suite name or suite .yaml path", "notebook")
+    only: Optional[Sequence[str]] = _flag(WHAT, "run just these specs or cells", nargs="+", metavar="NAME")
+    shard: Optional[tuple[int, int]] = _flag(WHAT, "run the K-th of N disjoint parts", type=SHARD, metavar="K/N")
+    dry_run: bool = _switch(WHAT, "check as a run does, then print each trial's state; train nothing")
+    force: bool = _switch(WHAT, "rerun trials that already have a matching result")
     reference: Optional[str] = _flag(
-        WHAT, "spec every other is compared with in the report (default: pixel, else the first)", metavar="SPEC"
+        WHAT, "the report's reference spec (default: pixel, else the first)", metavar="SPEC"
     )
-    margin: Optional[float] = _flag(
-        WHAT,
-        "the equivalence margin in test accuracy (default 0.01) of the report's verdicts and of --until-answered: "
-        "a difference within ±margin is 'equivalent'",
-        type=margin_arg,
-    )
+    margin: Optional[float] = _flag(WHAT, "equivalence margin in test accuracy (default 0.01)", type=margin_arg)
     epochs: Optional[int] = _flag(SETTINGS, type=_setting("epochs"))
     batch_size: Optional[int] = _flag(SETTINGS, "images per step (per device under DDP)", type=_setting("batch_size"))
-    seeds: Optional[Sequence[int]] = _flag(
-        SETTINGS,
-        "comma-separated seeds",
-        type=_typed(
-            lambda t: [int(s) for s in t.split(",") if s.strip()],
-            SETTING_RULES["seeds"],
-            "a comma-separated list of integers, e.g. 0,1,2",
-        ),
-        metavar="0,1,2",
-    )
-    val_size: Optional[int] = _flag(
-        SETTINGS, "training images held out for validation (at least 1)", type=_setting("val_size")
-    )
+    seeds: Optional[Sequence[int]] = _flag(SETTINGS, "comma-separated seeds", type=SEEDS, metavar="0,1,2")
+    val_size: Optional[int] = _flag(SETTINGS, "training images held out for validation", type=_setting("val_size"))
     split_seed: Optional[int] = _flag(SETTINGS, "seed of the train/validation split", type=_setting("split_seed"))
     limit_train: Optional[int] = _flag(
-        SETTINGS, "train on the first N images of the training split", type=_setting("limit_train"), metavar="N"
+        SETTINGS, "train on the first N images", type=_setting("limit_train"), metavar="N"
     )
-    lr: Optional[float] = _flag(SETTINGS, "Adam learning rate", type=_setting("lr", float))
+    lr: Optional[float] = _flag(SETTINGS, "learning rate", type=_setting("lr", float))
     lr_decay: Optional[float] = _flag(
-        SETTINGS, "Keras time decay: lr / (1 + decay * step)", type=_setting("lr_decay", float)
+        SETTINGS, "Keras time decay: lr / (1 + decay*step)", type=_setting("lr_decay", float)
     )
     precision: Optional[str] = _flag(SETTINGS, "Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
     data_dir: Optional[str] = _flag(
         WHERE,
-        "an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ (default: $LIT_CIFAR_DATA or "
-        "./data); CIFAR-10 is downloaded into it (checksum-verified) if it holds neither",
+        "folder with the dataset's official layout (default: $LIT_CIFAR_DATA or ./data); CIFAR is downloaded into it",
     )
-    logdir: str = _flag(WHERE, "TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/", "logs")
+    logdir: str = _flag(WHERE, "trials go to LOGDIR/SUITE/CELL/seed=S/", "logs")
     accelerator: str = _flag(HARDWARE, "cpu, gpu, ... (default: auto)", "auto")
     devices: Union[int, str, None] = _flag(
-        HARDWARE,
-        "with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how many GPUs the trials "
-        "are spread over (default: all)",
-        type=_typed(lambda t: t if t == "auto" else int(t), lambda v: None if v == "auto" else integer(1)(v)),
+        HARDWARE, "GPUs the trials are spread over (default: all); with --strategy: devices per trial", type=DEVICES
     )
-    parallel: Optional[int] = _flag(
-        HARDWARE, "trials at once (default: one per GPU; 1 on CPU)", type=_typed(int, integer(1))
-    )
+    parallel: Optional[int] = _flag(HARDWARE, "trials at once (default: one per GPU)", type=_typed(int, integer(1)))
     strategy: Optional[str] = _flag(HARDWARE, "data-parallel training of each trial", choices=("ddp",))
-    compile: bool = _flag(HARDWARE, "torch.compile each trial's network", False, action="store_true")
+    compile: bool = _switch(HARDWARE, "torch.compile each trial's network")
     num_nodes: int = _flag(HARDWARE, "nodes per trial (Lightning DDP)", 1, type=_typed(int, integer(1)))
-    engine: str = _flag(
-        HARDWARE,
-        """local: this machine's processes (default); ray: Ray tasks (pip install -e ".[ray]")""",
-        "local",
-        choices=ENGINES,
-    )
+    engine: str = _flag(HARDWARE, "local processes, or Ray tasks (.[ray] extra)", "local", choices=ENGINES)
     ray_address: Optional[str] = _flag(HARDWARE, "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    max_retries: int = _flag(
-        HARDWARE,
-        "--engine ray: reruns of a trial whose worker or node died (default: 2)",
-        2,
-        type=_typed(int, integer(0)),
-    )
+    max_retries: int = _flag(HARDWARE, "Ray: reruns of a trial whose worker died", 2, type=_typed(int, integer(0)))
     model: ClassValue = _flag(
-        TREE,
-        'the network: a class path (mypkg.nets.ResNet18) or JSON {"class_path": ..., "init_args": {...}} (default: '
-        "the suite's, else the notebook's CNN)",
-        metavar="CLASS_PATH|JSON",
+        TREE, 'the network: mypkg.nets.ResNet18 or {"class_path": ..., "init_args": {...}}', metavar=CLASS
     )
-    data: ClassValue = _flag(
-        TREE,
-        "cifar10 or cifar100 (official layouts, downloaded if absent), or a LightningDataModule's class path or "
-        "JSON (default: the suite's, else cifar10)",
-        metavar="NAME|CLASS_PATH|JSON",
-    )
-    optimizer: ClassValue = _flag(
-        TREE,
-        "optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args (lr: --lr)",
-        metavar="CLASS_PATH|JSON",
-    )
-    save_model: bool = _flag(TREE, "keep each trial's final checkpoint as model.ckpt", False, action="store_true")
+    data: ClassValue = _flag(TREE, "cifar10, cifar100 or a LightningDataModule", metavar="NAME|" + CLASS)
+    optimizer: ClassValue = _flag(TREE, "optimizer instead of the built-in Adam (lr: --lr)", metavar=CLASS)
+    save_model: bool = _switch(TREE, "keep each trial's final checkpoint as model.ckpt")
     logger: Optional[Sequence[str]] = _flag(
-        TREE,
-        "also log to this Lightning logger (repeatable); TensorBoard is always written",
-        action="append",
-        choices=("csv", "mlflow", "wandb"),
+        TREE, "also log to this logger", action="append", choices=("csv", "mlflow", "wandb")
     )
 
 
@@ -243,9 +195,8 @@ def make_plan(request: Request) -> Plan:
     trials = expand_trials(suite, settings, only=request.only, data_parallel=devices * request.num_nodes)
     loggers = tuple(dict.fromkeys(request.logger or ()))
     for name in loggers:
-        package = LOGGER_PACKAGES.get(name)
-        if package and importlib.util.find_spec(package) is None:
-            raise ValueError(f"--logger {name} needs the {package} package (pip install {package}); csv needs nothing")
+        if name != "csv" and importlib.util.find_spec(name) is None:
+            raise ValueError(f"--logger {name} needs the {name} package (pip install {name}); csv needs nothing")
     same = {f.name: getattr(request, f.name) for f in fields(RunOptions) if hasattr(request, f.name)}
     options = RunOptions(**{**same, "devices": devices, "strategy": request.strategy or "auto", "loggers": loggers})
     shown = shard(trials, *request.shard) if request.shard else trials
