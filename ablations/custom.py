@@ -258,15 +258,9 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
         and images.dim() == 4
         and min(images.shape[1:]) >= 1
     ):
-        raise ValueError(
-            f"{contract} images must be uint8 or float (B, C, H, W) in 0-255, got "
-            f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
-        )
+        raise ValueError(f"{contract} images must be uint8 or float (B, C, H, W) in 0-255, got {_described(images)}")
     if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (len(images),)):
-        raise ValueError(
-            f"{contract} labels must be int64 (B,), got "
-            f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}"
-        )
+        raise ValueError(f"{contract} labels must be int64 (B,), got {_described(labels)}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= count):
         raise ValueError(
             f"{contract} labels must lie in 0-{count - 1} (num_classes {count}), "
@@ -280,6 +274,11 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
     return count, tuple(images.shape[1:])
+
+
+def _described(value: Any) -> str:
+    """A batch's images or labels as an error names them: their dtype (else type) and shape."""
+    return f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}"
 
 
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:

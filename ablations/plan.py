@@ -298,8 +298,13 @@ def check_paths(request: Request) -> None:
             f"--data-dir {data_dir} is not an existing folder: give the folder that holds cifar-10-batches-py/ or "
             f"cifar-10-batches-bin/ (or set {DATA_ENV})"
         )
-    if data_dir is not None and not os.access(data_dir, os.R_OK | os.X_OK):
-        raise ValueError(f"--data-dir {data_dir} is not readable")
+    if data_dir is not None:
+        _refuse_unreadable(Path(data_dir))
+
+
+def _refuse_unreadable(folder: Path) -> None:
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise ValueError(f"--data-dir {folder} is not readable")
 
 
 def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
@@ -321,8 +326,8 @@ def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
     from lit_cifar.layouts import default_data_dir
 
     folder = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
-    if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
-        raise ValueError(f"--data-dir {folder} is not readable")
+    if folder.exists():
+        _refuse_unreadable(folder)
     dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder), options.download)
     try:
         dm.prepare_data()  # downloads once here, not in every worker

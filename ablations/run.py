@@ -105,7 +105,7 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     table, problem, unwritten = write_report_or_say_why(
         suite_dir,
         plan.reference,
-        settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors),
+        settings_key(plan.trials[0].hashed_settings(), tuple(k for k, _ in plan.trials[0].factor_levels)),
         plan.request.margin,
     )
     if table is not None:

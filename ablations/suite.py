@@ -14,11 +14,12 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ablations.rules import Rule, finite, integer, one_of, optional
+from ablations.rules import Rule, check, finite, integer, one_of, optional
 from ablations.store import TrialPaths
 from lit_cifar.spec import RegularizationSpec, number_text
 
@@ -37,11 +38,7 @@ TRAINER_OWNERS = {  # Trainer arguments a suite may not set: the setting (or fla
     **dict.fromkeys(("max_epochs", "min_epochs", "max_steps"), "the epochs setting"),
     "precision": "the precision setting",
     "limit_train_batches": "the limit_train setting",
-    "accelerator": "--accelerator",
-    "devices": "--devices",
-    "strategy": "--strategy",
-    "num_nodes": "--num-nodes",
-    "logger": "--logger",
+    **{k: "--" + k.replace("_", "-") for k in ("accelerator", "devices", "strategy", "num_nodes", "logger")},
     "callbacks": "the harness (its callbacks record every trial)",
     "enable_checkpointing": "--save-model",
     "default_root_dir": "--logdir",
@@ -154,10 +151,8 @@ def cell_view(result: dict[str, Any]) -> dict[str, Any]:
 def coerce_setting(name: str, value: Any) -> Any:
     """``lr`` or ``lr_decay`` written as text (YAML reads ``1e-3`` so) as its number; other values as given."""
     if name in ("lr", "lr_decay") and isinstance(value, str):
-        try:
+        with suppress(ValueError):
             return float(value)
-        except ValueError:
-            pass
     return value
 
 
@@ -200,11 +195,9 @@ class TrainSettings:
     optimizer: Optional[ClassRef] = None
 
     def __post_init__(self) -> None:
-        for name in SETTING_RULES:
+        for name, rule in SETTING_RULES.items():
             value = getattr(self, name)
-            problem = SETTING_RULES[name](value)
-            if problem:
-                raise ValueError(f"{name}={list(value) if isinstance(value, tuple) else value!r} {problem}")
+            check(name, list(value) if isinstance(value, tuple) else value, rule)
         object.__setattr__(self, "seeds", tuple(self.seeds))
 
     def override(self, **values: Any) -> TrainSettings:
@@ -263,11 +256,6 @@ class Trial:
         return {**dict(self.spec_levels), **{alias(k): level_label(k, v) for k, v in self.factor_levels}}
 
     @property
-    def factors(self) -> tuple[str, ...]:
-        """The keys of the factors that are not spec factors."""
-        return tuple(k for k, _ in self.factor_levels)
-
-    @property
     def trainer(self) -> dict[str, Any]:
         return dict(json.loads(self.trainer_json))
 
@@ -320,7 +308,7 @@ class Trial:
         }
         if self.fingerprints:
             record["fingerprints"] = dict(self.fingerprints)
-        if self.factors:
+        if self.factor_levels:
             record["cell"] = self.cell
             record["factors"] = {k: _json_value(k, v) for k, v in self.factor_levels}
         return record
@@ -367,11 +355,8 @@ def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, A
     except OSError as error:
         raise SuiteError(f"cannot read suite file {path}: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        raise SuiteError(
-            f"suite file {path} is not a YAML text file (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start} is not UTF-8 text): give a shipped suite's name ({', '.join(available_suites())}) "
-            "or a suite .yaml file"
-        ) from None
+        byte = f"byte {error.object[error.start]:#04x} at offset {error.start} is not UTF-8 text"
+        raise SuiteError(f"suite file {path} is not a YAML text file ({byte}): give a suite's name or .yaml") from None
     except yaml.YAMLError as error:
         raise SuiteError(f"malformed YAML in suite file {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
