@@ -207,11 +207,9 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
                 f"{num_classes} classes (num_classes mismatch)"
             )
 
-    distinct: dict[tuple[Any, str], Trial] = {}
-    for trial in trials:
-        distinct.setdefault((trial.model, str(trial.spec)), trial)
+    distinct = {(t.model, str(t.spec)): t for t in reversed(trials)}  # each one's first trial
     failed: list[str] = []
-    for trial in distinct.values():
+    for trial in reversed(distinct.values()):
         try:
             check(trial)
         except (ValueError, TypeError) as error:
