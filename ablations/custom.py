@@ -79,7 +79,7 @@ def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool) -> An
     try:
         return cls(**args, **{n: standard[n] for n in given if n in parameters})
     except (TypeError, ValueError) as error:
-        raise ValueError(f"data {trial.data.class_path} init_args {args}: {type(error).__name__}: {error}") from None
+        raise ValueError(f"data {trial.data.class_path} init_args {args}: {_why(error)}") from None
 
 
 def class_count(dm: Any) -> Optional[int]:
@@ -198,14 +198,9 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
             with torch.no_grad():
                 out = backbone.eval()(batch)
         except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
-            raise ValueError(
-                f"its forward pass on a {tuple(batch.shape)} batch fails: {type(error).__name__}: {error}"
-            ) from None
+            raise ValueError(f"its forward pass on a {tuple(batch.shape)} batch fails: {_why(error)}") from None
         if tuple(out.shape) != (2, num_classes):
-            raise ValueError(
-                f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
-                f"{num_classes} classes (num_classes mismatch)"
-            )
+            raise ValueError(f"num_classes mismatch: {tuple(out.shape)[1:]} logits per image, {num_classes} classes")
 
     distinct = {(t.model, str(t.spec)): t for t in reversed(trials)}  # each one's first trial
     failed: list[str] = []
@@ -225,7 +220,7 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
         try:
             build([torch.nn.Parameter(torch.zeros(1))])  # type: ignore[misc]
         except (TypeError, ValueError) as error:
-            raise ValueError(f"optimizer {settings.optimizer}: {type(error).__name__}: {error}") from None
+            raise ValueError(f"optimizer {settings.optimizer}: {_why(error)}") from None
 
 
 def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[int, tuple[int, ...]]:
@@ -243,9 +238,7 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
         dm.setup("fit")
         images, labels = batch = next(iter(dm.train_dataloader()))
     except Exception as error:  # noqa: BLE001 - it cannot serve (images, labels): say why, before anything trains
-        raise ValueError(
-            f"{name} cannot serve a training batch (images, labels): {type(error).__name__}: {error}"
-        ) from None
+        raise ValueError(f"{name} cannot serve a training batch (images, labels): {_why(error)}") from None
     count = class_count(dm)
     contract = f"{name} breaks the batch contract:"
     if count is None or count < 2:
@@ -260,10 +253,8 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
     if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (len(images),)):
         raise ValueError(f"{contract} labels must be int64 (B,), got {_described(labels)}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= count):
-        raise ValueError(
-            f"{contract} labels must lie in 0-{count - 1} (num_classes {count}), "
-            f"got {int(labels.min())}-{int(labels.max())}"
-        )
+        low, high = int(labels.min()), int(labels.max())
+        raise ValueError(f"{contract} labels must lie in 0-{count - 1} (num_classes {count}), got {low}-{high}")
     if trial.spec.normalize != "none":
         try:
             normalization = InputNormalization(trial.spec.normalize)
@@ -272,6 +263,11 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
     return count, tuple(images.shape[1:])
+
+
+def _why(error: Exception) -> str:
+    """An exception as a message names it: its type and text."""
+    return f"{type(error).__name__}: {error}"
 
 
 def _described(value: Any) -> str:

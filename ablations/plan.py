@@ -160,10 +160,8 @@ def _tree(request: Request) -> tuple[Suite, TrainSettings, list[Trial]]:
     suite = load_suite(request.suite)
     flagged = sorted(n for n, _ in suite.setting_factors if getattr(request, n, None) is not None)
     if flagged:
-        raise ValueError(
-            f"{', '.join('--' + n.replace('_', '-') for n in flagged)}: a factor of suite {suite.name!r} (its "
-            "levels come from the suite file); drop the flag or remove the factor"
-        )
+        flags = ", ".join("--" + n.replace("_", "-") for n in flagged)
+        raise ValueError(f"{flags}: a factor of suite {suite.name!r}; drop the flag or remove the factor")
     settings = suite.settings.override(
         **{f.name: getattr(request, f.name) for f in fields(TrainSettings) if f.name != "optimizer"}
     )
@@ -213,10 +211,7 @@ def _placement(request: Request) -> tuple[int, int, int]:
     """(devices per trial, GPUs the trials are spread over, trials at once); ValueError for what cannot work."""
     devices, parallel, strategy = request.devices, request.parallel, request.strategy
     if strategy and parallel not in (None, 1):
-        raise ValueError(
-            f"--parallel {parallel} with --strategy {strategy}: a data-parallel trial uses "
-            "all --devices, so trials run one at a time; drop --parallel or --strategy"
-        )
+        raise ValueError(f"--parallel {parallel} with --strategy {strategy}: a trial uses all --devices; drop one")
     if not strategy and request.num_nodes > 1:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
     if request.dry_run and (not strategy or isinstance(devices, int)):
@@ -295,8 +290,7 @@ def check_paths(request: Request) -> None:
     data_dir = request.data_dir
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ValueError(
-            f"--data-dir {data_dir} is not an existing folder: give the folder that holds cifar-10-batches-py/ or "
-            f"cifar-10-batches-bin/ (or set {DATA_ENV})"
+            f"--data-dir {data_dir} is not an existing folder: give the dataset's folder (or set {DATA_ENV})"
         )
     if data_dir is not None:
         _refuse_unreadable(Path(data_dir))

@@ -346,10 +346,7 @@ def _read(source: Union[str, Path, Mapping[str, Any]]) -> tuple[str, dict[str, A
     if not (str(source).endswith((".yaml", ".yml")) or path.exists()):
         path = SUITES_DIR / f"{source}.yaml"
         if not path.exists():
-            raise SuiteError(
-                f"unknown suite {str(source)!r}: choose one of {', '.join(available_suites())} "
-                "or give the path of a suite .yaml file"
-            )
+            raise SuiteError(f"unknown suite {str(source)!r}: choose one of {', '.join(available_suites())} or a .yaml")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -385,10 +382,7 @@ def _suite(data: dict[str, Any]) -> Suite:
         raise ValueError("optimizer is given twice: keep the top-level one")
     name = str(data.get("name"))
     if not SUITE_NAME.fullmatch(name):
-        raise ValueError(
-            f"name {name!r} must be one folder name (letters, digits and . _ + = -, not starting with '.'): "
-            "the suite's trials are written under LOGDIR/NAME/"
-        )
+        raise ValueError(f"name {name!r} must be one folder name (letters, digits, . _ + = -): LOGDIR/NAME/")
     factors = data.get("factors") or {}
     if not isinstance(factors, dict) or not all(isinstance(v, list) and v for v in factors.values()):
         raise ValueError("'factors' must map each factor name to a non-empty list of levels")
@@ -415,10 +409,7 @@ def _suite(data: dict[str, Any]) -> Suite:
     )
     for trial in expand_trials(suite, replace(suite.settings, seeds=(0,))):
         if not CELL.fullmatch(trial.cell):
-            raise ValueError(
-                f"trial folder name {trial.cell!r} is not one folder name of letters, digits and . _ + = , -: "
-                "simplify the factor's levels"
-            )
+            raise ValueError(f"trial folder {trial.cell!r} must be one folder name (letters, digits, . _ + = , -)")
     return suite
 
 
@@ -429,11 +420,8 @@ def _is_spec_factor(key: str) -> bool:
 def _check_key(key: str) -> None:
     """Refuse a key LightningCLI would not spell so, or a Trainer argument a setting or flag owns."""
     if not TREE_KEY.fullmatch(key):
-        raise ValueError(
-            f"factor {key!r} must be a spec factor, a setting, or a key into the config tree spelt as LightningCLI "
-            "spells it: model, data, model.init_args.NAME, data.init_args.NAME, optimizer.init_args.NAME or "
-            "trainer.NAME"
-        )
+        keys = "model, data, (model|data|optimizer).init_args.NAME or trainer.NAME"
+        raise ValueError(f"factor {key!r} must be a spec factor, a setting or a key into the config tree: {keys}")
     owner = TRAINER_OWNERS.get(key.partition(".")[2]) if key.startswith("trainer.") else None
     if owner:
         raise ValueError(f"{key} is set by {owner}, not by a Trainer argument")
@@ -483,10 +471,7 @@ def _entries(data: dict[str, Any], spec_factors: dict[str, list[Any]]) -> list[S
             raise ValueError(f"spec entry {item!r} must be a spec string or a mapping with 'spec' and 'notebook'")
         notebook = item.get("notebook")
         if notebook is not None and finite(0, inclusive=True, high=1)(notebook) is not None:
-            raise ValueError(
-                f"notebook={notebook!r} for spec {item['spec']!r} must be a number in [0, 1] (the notebook's test "
-                "accuracy) or absent"
-            )
+            raise ValueError(f"notebook={notebook!r} for spec {item['spec']!r} must be a number in [0, 1] or absent")
         entries.append(SuiteEntry(RegularizationSpec.parse(item["spec"]), notebook))
     reduction = _fraction(data.get("design"))
     if reduction > 1 and (not spec_factors or len(spec_factors) < len(data.get("factors") or {})):
@@ -512,9 +497,7 @@ def _fraction(value: Any) -> int:
         return 1
     if isinstance(value, dict) and set(value) == {"fraction"} and integer(1)(value["fraction"]) is None:
         return int(value["fraction"])
-    raise ValueError(
-        f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 (2: a half, 4: a quarter)"
-    )
+    raise ValueError(f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 (2: a half)")
 
 
 def _spec_label(spec: RegularizationSpec, levels: tuple[str, ...]) -> str:
