@@ -211,7 +211,7 @@ def _placement(request: Request) -> tuple[int, int, int]:
     """(devices per trial, GPUs the trials are spread over, trials at once); ValueError for what cannot work."""
     devices, parallel, strategy = request.devices, request.parallel, request.strategy
     if strategy and parallel not in (None, 1):
-        raise ValueError(f"--parallel {parallel} with --strategy {strategy}: a trial uses all --devices; drop one")
+        raise ValueError(f"--parallel {parallel} with --strategy {strategy}: trials run one at a time; drop one")
     if not strategy and request.num_nodes > 1:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
     if request.dry_run and (not strategy or isinstance(devices, int)):

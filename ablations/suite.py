@@ -420,7 +420,7 @@ def _is_spec_factor(key: str) -> bool:
 def _check_key(key: str) -> None:
     """Refuse a key LightningCLI would not spell so, or a Trainer argument a setting or flag owns."""
     if not TREE_KEY.fullmatch(key):
-        keys = "model, data, (model|data|optimizer).init_args.NAME or trainer.NAME"
+        keys = "model, data, model.init_args.NAME, data.init_args.NAME, optimizer.init_args.NAME or trainer.NAME"
         raise ValueError(f"factor {key!r} must be a spec factor, a setting or a key into the config tree: {keys}")
     owner = TRAINER_OWNERS.get(key.partition(".")[2]) if key.startswith("trainer.") else None
     if owner:
