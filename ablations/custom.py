@@ -158,8 +158,7 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
 
 
 def optimizer(settings: TrainSettings) -> Optional[Callable[..., Any]]:
-    """The settings' optimizer class with its init args (``lr`` from the settings unless they set it); None for the
-    built-in Adam."""
+    """The settings' optimizer with its init args and ``lr`` unless they set it; None for the built-in Adam."""
     if settings.optimizer is None:
         return None
     cls = read_class(settings.optimizer, "optimizer", ("params",))

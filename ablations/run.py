@@ -96,8 +96,7 @@ def run_plan(plan: Plan, ranks: Optional[Ranks] = None) -> list[TrialStatus]:
 
 
 def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
-    """Write and print the suite's report and the sweep's counts; 1 if a trial failed or the report could not be
-    written (said), else 0."""
+    """Write and print the suite's report and the sweep's counts: 1 if a trial failed or no report was written."""
     from ablations.report import board
     from ablations.store import settings_key
 

@@ -179,9 +179,8 @@ SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed); the flags of
-    the same names say each (``python -m ablations.run --help``). ValueError naming a field against `SETTING_RULES`.
-    """
+    """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed): the flags of
+    the same names (``python -m ablations.run --help``), checked by `SETTING_RULES`."""
 
     epochs: int = 5
     batch_size: int = 128
