@@ -215,7 +215,6 @@ class Suite:
     name: str
     entries: tuple[SuiteEntry, ...]
     settings: TrainSettings = field(default_factory=TrainSettings)
-    description: str = ""
     model: Optional[ClassRef] = None  # None: the notebook's CNN
     data: DataRef = DEFAULT_DATA
     setting_factors: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (setting or tree key, its levels), in order
@@ -399,7 +398,6 @@ def _suite(data: dict[str, Any]) -> Suite:
             **{k: coerce_setting(k, v) for k, v in settings.items() if k != "optimizer"},
             optimizer=tree_value("optimizer", optimizer),
         ),
-        description=str(data.get("description", "")),
         model=tree_value("model", data.get("model")),
         data=tree_value("data", data.get("data")),
         setting_factors=_tree_factors(factors),
