@@ -9,15 +9,14 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
-from contextlib import nullcontext
-from pathlib import Path
+from contextlib import nullcontext, suppress
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Union
 
-from ablations.identity import alias, data_label
+from ablations.suite import alias
 from ablations.signals import interrupts
 from ablations.status import TrialState, TrialStatus
 from ablations.store import list_trials
@@ -30,61 +29,40 @@ class SweepError(ValueError):
 
 
 class TrialsFailed(RuntimeError):
-    """Some trials failed (exit status 1); the others are kept. `statuses` holds every trial's
-    `ablations.status.TrialStatus` (``.trial``, ``.state``, ``.error``), and `results` the finished trials'
-    DataFrame."""
+    """Some trials failed (exit status 1): `statuses` holds every trial's `ablations.status.TrialStatus`, `results`
+    the finished trials' DataFrame."""
 
     def __init__(self, message: str, statuses: list[TrialStatus], results: Any) -> None:
         super().__init__(message)
         self.statuses, self.results = statuses, results
 
 
-def _metric_column(name: str) -> str:
-    return name.replace("/", "_")
-
-
 def _row(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """One result.json as a DataFrame row (`load_results`)."""
     settings = result.get("settings") or {}
-    model = settings.get("model")
+    model, data = settings.get("model"), settings.get("data")
     row: dict[str, Any] = {
         "suite": result.get("suite"),
         "cell": result.get("cell", result["spec"]),
         "spec": result["spec"],
+        **(result.get("spec_fields") or {}),
+        "seed": result["seed"],
+        "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
+        "data": data["class_path"] if isinstance(data, Mapping) else data or "cifar10",
     }
-    row.update(result.get("spec_fields") or {})
-    row.update(
-        {
-            "seed": result["seed"],
-            "model": model["class_path"] if isinstance(model, Mapping) else "lit_cifar.models.NotebookCNN",
-            "data": data_label(settings["data"])
-            if isinstance(settings.get("data"), str)
-            else (settings["data"]["class_path"] if settings.get("data") else "cifar10"),
-        }
-    )
-    values = {alias(k): v for k, v in (result.get("factors") or {}).items()}
-    levels = {**{name: str(value) for name, value in values.items()}, **(result.get("levels") or {})}
-    for name, label in levels.items():  # one column per factor: its value, else its label
-        if name in values or name not in row:
-            row[name] = values.get(name, label)
-    row.update({_metric_column(k): v for k, v in sorted((result.get("metrics") or {}).items())})
-    row.update(
-        {"wall_time_s": result.get("wall_time_s"), "settings_hash": result.get("settings_hash"), "folder": str(folder)}
-    )
+    row.update({name: label for name, label in (result.get("levels") or {}).items() if name not in row})
+    row.update({alias(k): v for k, v in (result.get("factors") or {}).items()})  # a factor's value over its label
+    row.update({k.replace("/", "_"): v for k, v in sorted((result.get("metrics") or {}).items())})
+    row.update(wall_time_s=result.get("wall_time_s"), settings_hash=result.get("settings_hash"), folder=str(folder))
     return row
 
 
 def load_results(path: Union[str, Path]) -> Any:
-    """Every finished trial under `path` (a logdir holding suite folders, or one suite's folder) as a pandas
-    DataFrame: one row per result.json, with ``suite``, ``cell`` (the trial folder's name), ``spec``, every spec
-    field, ``seed``, ``model``, ``data``, one column per factor of the suite (named by its short name, e.g.
-    ``depth`` for ``model.init_args.depth``: its value, or its level's label, ``adam`` for the built-in Adam), the
-    final metrics (``test_acc``, ``val_acc``, ``train_loss``, ...), ``wall_time_s``, ``settings_hash`` and
-    ``folder``. Only the results that count are loaded (`ablations.store.list_trials`: a copy in another trial's
-    folder, or a result that cannot be trusted, is a warning on stderr instead). Imports no torch.
-
-    Raises:
-        ValueError: `path` is not a folder.
-    """
+    """Every finished trial under `path` (a logdir, or one suite's folder) as a pandas DataFrame, one row per
+    result that counts (`ablations.store.list_trials`; the others are warnings on stderr): ``suite``, ``cell``,
+    ``spec`` and its fields, ``seed``, ``model``, ``data``, a column per factor by its short name (its value, else its
+    label), the final metrics, ``wall_time_s``, ``settings_hash``, ``folder``. Imports no torch; ValueError for a
+    `path` that is not a folder."""
     import pandas as pd
 
     root = Path(path)
@@ -101,10 +79,16 @@ def load_results(path: Union[str, Path]) -> Any:
     return frame.sort_values(["suite", "cell", "seed"], ignore_index=True) if rows else frame
 
 
-def _request(suite: str, overrides: dict[str, Any]) -> Any:
-    """The `ablations.plan.Request` of `run_suite`'s keyword arguments (a single ``only`` or ``logger`` may be
-    given as text); SweepError for a name that is not one of its fields."""
-    from ablations.plan import Request
+def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
+    """Run a suite (a shipped name, a suite file, or its content as a mapping) locally, resuming as ``python -m
+    ablations.run`` does, and return `load_results` of its folder. Keyword arguments are the command's flags by name
+    (`ablations.plan.Request`'s fields): ``seeds=[0, 1], model={"class_path": ...}, logger="csv"``. Raises
+    `SweepError` (exit status 2), `TrialsFailed` (1) or `ablations.signals.Interrupted` (130 / 143)."""
+    import pandas as pd
+
+    from ablations.plan import Request, prepare
+    from ablations.report import NothingToReport, write_report
+    from ablations.run import run_plan
 
     names = [f.name for f in fields(Request) if f.name not in ("suite", "engine", "dry_run")]
     unknown = sorted(set(overrides) - set(names))
@@ -113,57 +97,18 @@ def _request(suite: str, overrides: dict[str, Any]) -> Any:
     values: dict[str, Any] = {
         k: [v] if k in ("only", "logger") and isinstance(v, str) else v for k, v in overrides.items()
     }
-    return Request(suite=suite, **values)
-
-
-def run_suite(suite: Union[str, Path, Mapping[str, Any]], **overrides: Any) -> Any:
-    """Run a suite (a shipped name, a suite file, or the suite file's content as a mapping) with the local engine,
-    resuming as ``python -m ablations.run`` does (finished trials are skipped), and return `load_results` of its
-    folder. Keyword arguments are the fields of `ablations.plan.Request`, the command's flags by name:
-    ``logdir="logs", data_dir="data", seeds=[0, 1], epochs=1, model={"class_path": ..., "init_args": {...}},
-    save_model=True, logger="csv", force=True``...
-
-    Raises:
-        SweepError: what the command exits with status 2 for (raised before any trial trains).
-        TrialsFailed: a trial failed (status 1); the finished ones are in its ``results`` (empty when none
-            finished).
-        ablations.signals.Interrupted: SIGINT or SIGTERM arrived (status 130 / 143); finished trials are kept.
-    """
-    from ablations import plan as planning
-    from ablations.engines import make_executor
-    from ablations.report import NothingToReport, write_report
-
-    if overrides.pop("engine", "local") != "local":
-        raise SweepError("run_suite runs the local engine; for Ray use python -m ablations.run --engine ray")
-    with tempfile.TemporaryDirectory() as scratch:
-        if isinstance(suite, Mapping):
-            import yaml
-
-            path = Path(scratch) / f"{suite.get('name', 'suite')}.yaml"
-            path.write_text(yaml.safe_dump(dict(suite), sort_keys=False))
-            suite = path
-        try:
-            plan = planning.prepare(_request(str(suite), overrides))
-        except SweepError:
-            raise
-        except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
-            raise SweepError(str(error)) from None
-    executor = make_executor("local", parallel=plan.parallel, gpus=plan.gpus)
-    with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
-        statuses = executor.run(plan.trials, plan.options) if plan.trials else []
-    suite_dir = Path(plan.options.logdir) / plan.suite.name
     try:
+        plan = prepare(Request(suite=suite if isinstance(suite, Mapping) else str(suite), **values))
+    except Exception as error:  # noqa: BLE001 - every input problem is the command's exit 2
+        raise SweepError(str(error)) from None
+    with interrupts() if threading.current_thread() is threading.main_thread() else nullcontext():
+        statuses = run_plan(plan) if plan.trials else []
+    suite_dir = Path(plan.options.logdir) / plan.suite.name
+    with suppress(NothingToReport):  # no trial finished: the statuses say why
         write_report(suite_dir, reference=plan.reference)
-    except NothingToReport:
-        pass  # no trial finished: the statuses say why
-    import pandas as pd
-
     frame = load_results(suite_dir) if suite_dir.is_dir() else pd.DataFrame()
     failed = [s for s in statuses if s.state is TrialState.FAILED]
     if failed:
-        raise TrialsFailed(
-            f"{len(failed)} of {len(statuses)} trials failed: " + "; ".join(f"{s.trial}: {s.error}" for s in failed),
-            statuses,
-            frame,
-        )
+        errors = "; ".join(f"{s.trial}: {s.error}" for s in failed)
+        raise TrialsFailed(f"{len(failed)} of {len(statuses)} trials failed: {errors}", statuses, frame)
     return frame

@@ -1,150 +1,63 @@
-"""Building what a trial trains from its suite's model, data and optimizer, and checking them before any trial
-trains: the run's ``--model``, ``--data``, ``--optimizer``, ``--save-model`` and ``--logger`` flags.
-
-**The model** is ``class_path(**init_args)``, passed ``spec`` and ``num_classes`` when its constructor takes them
-(as `lit_cifar.NotebookCNN` does), trained by `lit_cifar.RegularizedClassifier` under the library's backbone contract:
-penalties and max-norm act on ``regularized_layers()``; ``bn`` needs a BatchNorm layer and ``dropout=P`` Dropout
-layers of probability P. Each distinct (model, spec) is built once at planning time, on the meta device (no
-memory, no weights), and run on a meta batch, so a spec it cannot honour, bad init args or an output that does not
-have the data's number of classes stop the run (exit 2) before any trial folder exists.
-
-**A custom data module** (``data: {class_path: ..., init_args: ...}``) is a ``LightningDataModule`` built with its
-init args plus whichever of ``data_dir, normalize, augment, val_size, split_seed, batch_size, limit_train,
-download, seed`` its constructor takes and the init args do not set. Its contract, checked before anything trains
-on its first training batch, once per distinct (normalize, augment) of the suite's specs: batches are ``(images
-(B, C, H, W), int64 labels (B,))``, images uint8 or float in 0-255 units, of any channel count and size; after
-``setup("fit")`` it has ``num_classes`` (or ``classes``); for a spec that standardizes (``pixel``, ``channel``),
-``mean`` and ``std`` fitted on its training split (shaped (C, H, W) or (C, 1, 1), 0-255 units:
-`lit_cifar.data.fit_normalization` computes them); for a spec with ``augment``, an ``augment`` attribute that is
-True (it augments its training batches), and for one without, none or False. Subclassing
-`lit_cifar.CIFAR10DataModule` gives all of this; each test image is counted once under DDP when its evaluation
-loaders use `lit_cifar.data.evaluation_sampler`.
+"""The tree's classes (docs/own-model.md): read by jsonargparse, built for a trial and checked before any trial
+trains (every distinct model and spec on the meta device, a data module of one's own on its first batch); and the
+fingerprints of the user's source and data that, beside the settings hash, say whether a result still holds.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
+import hashlib
 import inspect
+import json
+import os
+import pydoc
+import re
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
-from ablations import identity
-from ablations.identity import BUILTIN_DATA, DEFAULT_DATA, ClassRef
-from ablations.store import TrialPaths, atomic_output
-from ablations.suite import RunOptions, Suite, TrainSettings, Trial
+from ablations.store import TrialPaths, atomic_output, source_hash, write_text_atomic
+from ablations.suite import BUILTIN_DATA, TRAINER_OWNERS, ClassRef, RunOptions, TrainSettings, Trial
+from lit_cifar.spec import RegularizationSpec
 
-if TYPE_CHECKING:
-    from ablations.plan import Request
-
-LOGGERS = ("csv", "mlflow", "wandb")
 SHOWN = 5  # failing cells named in one message; the rest are counted
-LOGGER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
-DATA_KWARGS = (
-    "data_dir",
-    "normalize",
-    "augment",
-    "val_size",
-    "split_seed",
-    "batch_size",
-    "limit_train",
-    "download",
-    "seed",
-)
-BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100}
+LIBRARY_PACKAGES = ("lit_cifar", "torch", "lightning", "pytorch_lightning", "torchvision")  # provenance, not identity
+FINGERPRINTS = ".data-fingerprints.json"  # the cache of data fingerprints, in the logdir (or beside the data)
+BASES = {  # the class each value of the tree must be
+    "model": "torch.nn.Module",
+    "data": "lightning.pytorch.LightningDataModule",
+    "optimizer": "torch.optim.Optimizer",
+    "trainer": "lightning.pytorch.Trainer",
+}
 
 
-# ------------------------------------------------------------------------------------------- the command line
-def add_arguments(parser: Any) -> None:
-    """The flags of this module, in one group of `ablations.run`'s parser."""
-    group = parser.add_argument_group("model, data and outputs (override the suite's)")
-    group.add_argument(
-        "--model",
-        metavar="CLASS_PATH|JSON",
-        help='the network: a class path (mypkg.nets.ResNet18) or JSON {"class_path": ..., '
-        "\"init_args\": {...}} (default: the suite's, else the notebook's CNN)",
-    )
-    group.add_argument(
-        "--data",
-        metavar="NAME|CLASS_PATH|JSON",
-        help=f"{' or '.join(BUILTIN_DATA)} (official layouts, downloaded if absent), or a "
-        "LightningDataModule's class path / JSON (default: the suite's, else cifar10)",
-    )
-    group.add_argument(
-        "--optimizer",
-        metavar="CLASS_PATH|JSON",
-        help="optimizer instead of the built-in Adam, e.g. torch.optim.SGD or JSON with init_args "
-        "(lr defaults to --lr)",
-    )
-    group.add_argument(
-        "--save-model", action="store_true", help="keep each trial's final checkpoint as model.ckpt in its folder"
-    )
-    group.add_argument(
-        "--logger",
-        action="append",
-        choices=LOGGERS,
-        default=None,
-        help="also log to this Lightning logger (repeatable); TensorBoard is always written",
-    )
+@functools.lru_cache(maxsize=None)
+def read_class(ref: ClassRef, what: str, given: tuple[str, ...]) -> type:
+    """The class of the tree's `what` (``model``, ``data``, ``optimizer``, ``trainer``) once jsonargparse read `ref`
+    against it, `given` being the arguments the harness passes itself (ValueError in one line otherwise)."""
+    from jsonargparse import ArgumentParser
 
-
-def _json_or_text(value: Any) -> Any:
-    """A flag's value: JSON text read into a mapping, anything else (a class path, a mapping, None) as given."""
-    import json
-
-    if not isinstance(value, str) or not value.lstrip().startswith("{"):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError as error:
-        raise ValueError(f"{value!r} is not valid JSON: {error}") from None
-
-
-def apply_arguments(suite: Suite, settings: TrainSettings, request: Request) -> tuple[Suite, TrainSettings, RunOptions]:
-    """The suite and settings with the request's ``model``, ``data`` and ``optimizer`` applied, and the options of
-    its outputs (``save_model``, ``logger``); ValueError for a value that overrides one of the suite's setting
-    factors, or a malformed one."""
-    from dataclasses import replace
-
-    factors = {name for name, _ in suite.setting_factors}
-    flagged = [name for name in factors if getattr(request, name, None) is not None]
-    if flagged:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(flagged))
-        raise ValueError(
-            f"{flags}: a factor of suite {suite.name!r} (its levels come from the suite file); drop "
-            "the flag or remove the factor"
-        )
-    if request.model is not None:
-        suite = replace(suite, model=identity.parse_model(_json_or_text(request.model)))
-    if request.data is not None:
-        suite = replace(suite, data=identity.parse_data(_json_or_text(request.data)))
-    if request.optimizer is not None:
-        settings = replace(settings, optimizer=identity.parse_level("optimizer", _json_or_text(request.optimizer)))
-    loggers = tuple(dict.fromkeys(request.logger or ()))
-    for name in loggers:
-        package = LOGGER_PACKAGES.get(name)
-        if package and importlib.util.find_spec(package) is None:
-            raise ValueError(
-                f"--logger {name} needs the {package} package, which is not installed "
-                f"(pip install {package}); csv needs nothing"
-            )
-    return suite, settings, RunOptions(save_model=bool(request.save_model), loggers=loggers)
-
-
-# ------------------------------------------------------------------------------------------------ building
-def _resolve(ref: ClassRef, what: str) -> type:
     from lit_cifar.models import resolve_class
 
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(pydoc.locate(BASES[what]), what, skip=set(given), required=True)  # type: ignore[arg-type]
+    try:
+        parser.parse_object({what: ref.to_dict()})
+    except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError: made one line
+        text = " ".join(str(error).split())
+        found = re.search(
+            r"Errors: - (?:Problem with given class_path '[^']*': )?(.*?) - Expected a <class 'None", text
+        )
+        reason = found.group(1) if found else text
+        if "is not accepted" in reason:
+            takes = [n for n in inspect.signature(resolve_class(ref.class_path, what)).parameters if n not in given]
+            reason += f"; it takes: {', '.join(takes)}"
+        raise ValueError(f"{what} {ref.class_path} init_args {ref.init_args}: {reason}") from None
     return resolve_class(ref.class_path, what)
 
 
-def _accepted(cls: type, names: tuple[str, ...], given: dict[str, Any]) -> set[str]:
-    parameters = inspect.signature(cls).parameters
-    return {n for n in names if n not in given and n in parameters}
-
-
-def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True) -> Any:
-    """The trial's data module: a built-in one from its spec, or the suite's class with its init args."""
+def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool) -> Any:
+    """The trial's data module: a built-in one from its spec, or the tree's class with its init args."""
     s = trial.settings
     standard = {
         "data_dir": data_dir,
@@ -158,26 +71,19 @@ def make_datamodule(trial: Trial, data_dir: Optional[str], download: bool = True
         "seed": trial.seed,
     }
     if isinstance(trial.data, str):
-        import lit_cifar.data
-
-        cls = getattr(lit_cifar.data, BUILTIN_DATA[trial.data].rpartition(".")[2])
-        return cls(**standard)
-    cls = _resolve(trial.data, "data")
-    import lightning.pytorch as pl
-
-    if not issubclass(cls, pl.LightningDataModule):
-        raise ValueError(f"data class_path {trial.data.class_path!r} is not a LightningDataModule")
+        return pydoc.locate(BUILTIN_DATA[trial.data])(**standard)  # type: ignore[operator]
     args = trial.data.init_args
-    kwargs = {**args, **{n: standard[n] for n in _accepted(cls, DATA_KWARGS, args)}}
+    given = tuple(n for n in standard if n not in args)
+    cls = read_class(trial.data, "data", given)
+    parameters = inspect.signature(cls).parameters
     try:
-        inspect.signature(cls).bind(**kwargs)
-        return cls(**kwargs)
+        return cls(**args, **{n: standard[n] for n in given if n in parameters})
     except (TypeError, ValueError) as error:
-        raise ValueError(f"data {trial.data.class_path} init_args {args}: {type(error).__name__}: {error}") from None
+        raise ValueError(f"data {trial.data.class_path} init_args {args}: {_why(error)}") from None
 
 
 def class_count(dm: Any) -> Optional[int]:
-    """The data module's number of classes (``num_classes``, else ``len(classes)``), None if it tells neither."""
+    """The data module's ``num_classes``, else ``len(classes)``, else None."""
     count = getattr(dm, "num_classes", None)
     if isinstance(count, int) and not isinstance(count, bool):
         return count
@@ -185,47 +91,25 @@ def class_count(dm: Any) -> Optional[int]:
     return len(classes) if classes is not None else None
 
 
-def make_optimizer(settings: TrainSettings) -> Optional[functools.partial]:
-    """``params -> Optimizer`` for a suite's optimizer (``lr`` from the settings unless its init args set it);
-    None for the built-in Adam."""
-    ref = settings.optimizer
-    if ref is None:
-        return None
-    cls = _resolve(ref, "optimizer")
-    args = ref.init_args
-    if "lr" in inspect.signature(cls).parameters and "lr" not in args:
-        args["lr"] = settings.lr
-    return functools.partial(cls, **args)
-
-
-def make_model(trial: Trial, num_classes: int, compile: bool = False) -> Any:
-    """The trial's `RegularizedClassifier`: the notebook's CNN or the suite's backbone (its class path saved in
-    the hyperparameters, so a checkpoint loads on its own)."""
+def make_model(trial: Trial, num_classes: int, compile: bool) -> Any:
+    """The trial's `RegularizedClassifier` (the backbone's class path in its hyperparameters) and optimizer."""
     from lit_cifar import RegularizedClassifier
 
-    s = trial.settings
-    backbone: dict[str, Any] = (
-        {}
-        if trial.model is None
-        else {"backbone_class_path": trial.model.class_path, "backbone_init_args": trial.model.init_args}
-    )
+    model, s = trial.model, trial.settings
     return RegularizedClassifier(
         trial.spec,
         lr=s.lr,
         lr_decay=s.lr_decay,
         compile=compile,
         num_classes=num_classes,
-        optimizer=make_optimizer(s),
-        **backbone,
+        optimizer=optimizer(s),
+        backbone_class_path=model.class_path if model else None,
+        backbone_init_args=model.init_args if model else None,
     )
 
 
 def data_statistics(dm: Any, spec: Any) -> tuple[Any, Any]:
-    """A custom data module's ``mean`` and ``std`` for a spec that standardizes inputs.
-
-    Raises:
-        ValueError: one line naming the data module, the spec and what a data module of one's own must have.
-    """
+    """A data module's ``mean`` and ``std`` for a spec that standardizes (ValueError saying what it must have)."""
     mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
     if mean is None or std is None:
         raise ValueError(
@@ -238,23 +122,20 @@ def data_statistics(dm: Any, spec: Any) -> tuple[Any, Any]:
 
 
 def give_statistics(model: Any, dm: Any) -> None:
-    """A custom data module's ``mean``/``std`` to a model whose spec standardizes (built-in ones give their own
-    when fitting starts)."""
+    """A data module of one's own gives its ``mean``/``std`` to a model that standardizes (built-in ones do)."""
     from lit_cifar import CIFAR10DataModule
 
-    if isinstance(dm, CIFAR10DataModule) or model.spec.normalize == "none":
-        return
-    model.set_input_statistics(*data_statistics(dm, model.spec))
+    if not isinstance(dm, CIFAR10DataModule) and model.spec.normalize != "none":
+        model.set_input_statistics(*data_statistics(dm, model.spec))
 
 
 def loggers(trial: Trial, options: RunOptions) -> list[Any]:
-    """The Lightning loggers `options.loggers` asks for, each run named as in TensorBoard
-    (``<suite>/<cell>/seed=<s>``): CSV into the trial's ``csv/`` folder, MLflow into ``<logdir>/mlruns``."""
+    """The Lightning loggers `options.loggers` asks for, each run named ``<suite>/<cell>/seed=<s>``."""
     from lightning.pytorch import loggers as pl_loggers
 
     folder = trial.paths(options.logdir).folder
     run = f"{trial.suite}/{trial.name}"
-    made: list[pl_loggers.Logger] = []
+    made: list[Any] = []
     for name in options.loggers:
         if name == "csv":
             made.append(pl_loggers.CSVLogger(save_dir=str(folder), name="", version="csv"))
@@ -268,7 +149,7 @@ def loggers(trial: Trial, options: RunOptions) -> list[Any]:
 
 
 def save_model(trainer: Any, paths: TrialPaths) -> None:
-    """The trained model's checkpoint (weights, hyperparameters, data state; no optimizer state), atomically."""
+    """The trained model's checkpoint without optimizer state, atomically."""
     if trainer.is_global_zero:
         with atomic_output(paths.checkpoint) as tmp:
             trainer.save_checkpoint(tmp, weights_only=True)
@@ -276,124 +157,74 @@ def save_model(trainer: Any, paths: TrialPaths) -> None:
         trainer.save_checkpoint(paths.checkpoint, weights_only=True)  # rank 0 writes; the others take part
 
 
-# ------------------------------------------------------------------------------------------------ checking
-@functools.lru_cache(maxsize=None)
-def init_args_problem(ref: ClassRef) -> Optional[str]:
-    """What jsonargparse finds wrong with the types of a model's init args (``Expected a <class 'int'>. Got value:
-    two``), or None. A key the constructor does not take is left to `lit_cifar.models.build_backbone`, whose message
-    names the keys it takes."""
-    from jsonargparse import ArgumentParser
-
-    cls = _resolve(ref, "model")
-    parser = ArgumentParser(exit_on_error=False)
-    try:
-        parser.add_class_arguments(cls, "init", skip={"spec", "num_classes"})
-        known = set(parser.get_defaults().init.keys())
-    except Exception:  # noqa: BLE001 - a signature jsonargparse cannot read: building it will judge
+def optimizer(settings: TrainSettings) -> Optional[Callable[..., Any]]:
+    """The settings' optimizer with its init args and ``lr`` unless they set it; None for the built-in Adam."""
+    if settings.optimizer is None:
         return None
-    try:
-        parser.parse_object({"init": {k: v for k, v in ref.init_args.items() if k in known}})
-    except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError, one line
-        return f"model {ref.class_path} init_args {ref.init_args}: {' '.join(str(error).split())}"
-    return None
+    cls = read_class(settings.optimizer, "optimizer", ("params",))
+    lr = {"lr": settings.lr} if "lr" in inspect.signature(cls).parameters else {}
+    return functools.partial(cls, **{**lr, **settings.optimizer.init_args})
 
 
-def _check_one_model(trial: Trial, num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
+def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: tuple[int, ...]) -> None:
+    """Build every distinct (model, spec) once on the meta device, check it honours the spec and returns
+    `num_classes` logits (None: not checked) for `image_shape`, and build each optimizer; ValueError naming cells."""
     import torch
 
     from lit_cifar.models import NotebookCNN, build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
 
-    problem = init_args_problem(trial.model) if trial.model is not None else None
-    if problem:
-        raise ValueError(problem)
-
-    def build() -> Any:
-        if trial.model is None:
-            return NotebookCNN(trial.spec, num_classes=num_classes or 10)
-        return build_backbone(trial.model.class_path, trial.model.init_args, trial.spec, num_classes or 10)
-
-    try:
-        with torch.device("meta"):  # no memory and no initialization: only the layers are looked at
-            backbone = build()
-    except ValueError:
-        raise
-    except Exception:  # noqa: BLE001 - some constructors cannot run on the meta device: build it for real
-        backbone = build()
-    check_backbone(trial.spec, backbone, default_regularized_layers(backbone))
-    if num_classes is None:
-        return
-    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
-    batch = (2, *image_shape)
-    try:
-        with torch.no_grad():
-            out = backbone.eval()(torch.zeros(batch, device=device))
-    except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
-        raise ValueError(f"its forward pass on a {batch} batch fails: {type(error).__name__}: {error}") from None
-    if tuple(out.shape) != (2, num_classes):
-        raise ValueError(
-            f"it returns logits of shape {tuple(out.shape)[1:]} per image but the data has "
-            f"{num_classes} classes (num_classes mismatch)"
-        )
-
-
-def check_models(
-    trials: list[Trial], num_classes: Optional[int] = None, image_shape: Optional[tuple[int, ...]] = None
-) -> None:
-    """Build every distinct (model, spec) of `trials` once, cheaply, and check it honours the spec and returns
-    the data's number of classes (`num_classes`: None to skip that check) for images of `image_shape` (None:
-    CIFAR's, `lit_cifar.data.IMAGE_SHAPE`).
-
-    Raises:
-        ValueError: one line naming the model, the spec and the reason.
-    """
-    from lit_cifar.data import IMAGE_SHAPE
-
-    if num_classes is None and trials and isinstance(trials[0].data, str):
-        num_classes = BUILTIN_CLASSES[trials[0].data]
-    image_shape = image_shape or IMAGE_SHAPE
-    seen: set[tuple[Any, str]] = set()
-    failed: list[str] = []
-    for trial in trials:
-        key = (trial.model, str(trial.spec))
-        if key in seen:
-            continue
-        seen.add(key)
-        model = "NotebookCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
+    def check(trial: Trial) -> None:
+        build: Callable[[], Any]
+        model = trial.model
+        if model is None:
+            build = functools.partial(NotebookCNN, trial.spec, num_classes=num_classes or 10)
+        else:
+            read_class(model, "model", tuple(n for n in ("spec", "num_classes") if n not in model.init_args))
+            build = functools.partial(build_backbone, model.class_path, model.init_args, trial.spec, num_classes or 10)
         try:
-            _check_one_model(trial, num_classes, image_shape)
+            with torch.device("meta"):  # no memory and no initialization: only the layers are looked at
+                backbone = build()
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001 - some constructors cannot run on the meta device: build it for real
+            backbone = build()
+        check_backbone(trial.spec, backbone, default_regularized_layers(backbone))
+        if num_classes is None:
+            return
+        batch = torch.zeros((2, *image_shape), device=next((p.device for p in backbone.parameters()), None))
+        try:
+            with torch.no_grad():
+                out = backbone.eval()(batch)
+        except Exception as error:  # noqa: BLE001 - whatever the forward pass raises, it cannot train
+            raise ValueError(f"its forward pass on a {tuple(batch.shape)} batch fails: {_why(error)}") from None
+        if tuple(out.shape) != (2, num_classes):
+            raise ValueError(f"num_classes mismatch: {tuple(out.shape)[1:]} logits per image, {num_classes} classes")
+
+    distinct = {(t.model, str(t.spec)): t for t in reversed(trials)}  # each one's first trial
+    failed: list[str] = []
+    for trial in reversed(distinct.values()):
+        try:
+            check(trial)
         except (ValueError, TypeError) as error:
             text = str(error)
+            model = "NotebookCNN (the notebook's CNN)" if trial.model is None else str(trial.model)
             prefix = "" if text.startswith("model ") else f"model {model} cannot train spec {trial.spec}: "
             failed.append(f"cell {trial.cell}: {prefix}{text}")
     if failed:
         more = f"; and {len(failed) - SHOWN} more cell(s)" if len(failed) > SHOWN else ""
         raise ValueError("; ".join(failed[:SHOWN]) + more)
-    optimizers = {t.settings.optimizer for t in trials if t.settings.optimizer is not None}
-    for ref in optimizers:
-        _check_optimizer(ref)
-
-
-def _check_optimizer(ref: ClassRef) -> None:
-    import torch
-
-    cls = _resolve(ref, "optimizer")
-    if not issubclass(cls, torch.optim.Optimizer):
-        raise ValueError(f"optimizer class_path {ref.class_path!r} is not a torch.optim.Optimizer")
-    try:
-        cls([torch.nn.Parameter(torch.zeros(1))], **{"lr": 1e-3, **ref.init_args})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"optimizer {ref}: {type(error).__name__}: {error}") from None
+    for settings in {t.settings for t in trials if t.settings.optimizer}:
+        build = optimizer(settings)
+        try:
+            build([torch.nn.Parameter(torch.zeros(1))])  # type: ignore[misc]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"optimizer {settings.optimizer}: {_why(error)}") from None
 
 
 def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[int, tuple[int, ...]]:
-    """Build the custom data module of `trial`, set it up and check its first training batch, its statistics and
-    its augmentation against the contract (module docstring) for `trial`'s spec; returns its number of classes and
-    its image shape (C, H, W).
-
-    Raises:
-        ValueError: one line naming the data module and what breaks the contract.
-    """
+    """A data module of one's own checked on its first training batch against the contract for the trial's spec:
+    its number of classes and image shape (C, H, W), else ValueError naming what breaks the contract."""
     import torch
 
     from lit_cifar.module import InputNormalization, check_augment
@@ -404,89 +235,120 @@ def check_data(trial: Trial, data_dir: Optional[str], download: bool) -> tuple[i
     try:
         dm.prepare_data()
         dm.setup("fit")
-        batch = next(iter(dm.train_dataloader()))
-    except Exception as error:  # noqa: BLE001 - it cannot serve data: say why, before anything trains
-        raise ValueError(f"{name} cannot serve a training batch: {type(error).__name__}: {error}") from None
+        images, labels = batch = next(iter(dm.train_dataloader()))
+    except Exception as error:  # noqa: BLE001 - it cannot serve (images, labels): say why, before anything trains
+        raise ValueError(f"{name} cannot serve a training batch (images, labels): {_why(error)}") from None
     count = class_count(dm)
+    contract = f"{name} breaks the batch contract:"
     if count is None or count < 2:
-        raise ValueError(f"{name} breaks the batch contract: it needs num_classes (or classes) >= 2 after setup")
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise ValueError(
-            f"{name} breaks the batch contract: a batch must be (images, labels), got {type(batch).__name__}"
-        )
-    images, labels = batch
+        raise ValueError(f"{contract} it needs num_classes (or classes) >= 2 after setup")
     if not (
         isinstance(images, torch.Tensor)
         and (images.dtype == torch.uint8 or images.is_floating_point())
         and images.dim() == 4
         and min(images.shape[1:]) >= 1
     ):
-        raise ValueError(
-            f"{name} breaks the batch contract: images must be uint8 or float (B, C, H, W) in 0-255, got "
-            f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
-        )
+        raise ValueError(f"{contract} images must be uint8 or float (B, C, H, W) in 0-255, got {_described(images)}")
     if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (len(images),)):
-        raise ValueError(
-            f"{name} breaks the batch contract: labels must be int64 (B,), got "
-            f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}"
-        )
+        raise ValueError(f"{contract} labels must be int64 (B,), got {_described(labels)}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= count):
-        raise ValueError(
-            f"{name} breaks the batch contract: labels must lie in 0-{count - 1} (num_classes "
-            f"{count}), got {int(labels.min())}-{int(labels.max())}"
-        )
+        low, high = int(labels.min()), int(labels.max())
+        raise ValueError(f"{contract} labels must lie in 0-{count - 1} (num_classes {count}), got {low}-{high}")
     if trial.spec.normalize != "none":
-        normalization = InputNormalization(trial.spec.normalize)
         try:
+            normalization = InputNormalization(trial.spec.normalize)
             normalization.set_statistics(*data_statistics(dm, trial.spec))
-            normalization(images[:1].cpu())
+            normalization(batch[0][:1].cpu())
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
     return count, tuple(images.shape[1:])
 
 
-def check_trainer(trials: list[Trial]) -> None:
-    """Every Trainer argument of the trials is one `lightning.pytorch.Trainer` takes (ValueError naming the ones it
-    does not, with those allowed)."""
-    given = {key for trial in trials for key in trial.trainer}
-    if not given:
-        return
-    import lightning.pytorch as pl
+def _why(error: Exception) -> str:
+    """An exception as a message names it: its type and text."""
+    return f"{type(error).__name__}: {error}"
 
-    allowed = set(inspect.signature(pl.Trainer).parameters) - set(identity.TRAINER_OWNERS)
-    unknown = sorted(given - allowed)
-    if unknown:
-        raise ValueError(f"trainer {', '.join(unknown)}: not a Trainer argument; allowed: {', '.join(sorted(allowed))}")
+
+def _described(value: Any) -> str:
+    """A batch's images or labels as an error names them: their dtype (else type) and shape."""
+    return f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}"
 
 
 def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> None:
-    """Everything about the model, data and optimizer that can fail, checked before any trial trains: a custom data
-    module once per distinct (normalize, augment) of the specs, every distinct (model, spec) on its images."""
+    """Check the Trainer arguments, a data module of one's own (when `needs_data`) and every (model, spec)."""
     if not trials:
         return
-    check_trainer(trials)
+    for text in {t.trainer_json for t in trials} - {"{}"}:
+        read_class(ClassRef("lightning.pytorch.Trainer", text), "trainer", tuple(TRAINER_OWNERS))
     custom_data = not isinstance(trials[0].data, str)
-    if (
-        trials[0].model is None
-        and not custom_data
-        and trials[0].data == DEFAULT_DATA
-        and all(t.settings.optimizer is None for t in trials)
-    ):
-        return  # the notebook's model and data: checked by the library as before
-    num_classes: Optional[int] = None
-    image_shape: Optional[tuple[int, ...]] = None
+    if trials[0].data == "cifar10" and all(t.model is None and t.settings.optimizer is None for t in trials):
+        return  # the notebook's model and data: the library checks them
+    from lit_cifar.data import IMAGE_SHAPE
+
+    num_classes = None if custom_data else (100 if trials[0].data == "cifar100" else 10)
+    image_shape: tuple[int, ...] = IMAGE_SHAPE
     if custom_data and needs_data:
-        distinct = {(t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first trial
+        distinct = {(t.data, t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first
         for trial in reversed(distinct.values()):
             num_classes, image_shape = check_data(trial, options.data_dir, options.download)
     check_models(trials, num_classes, image_shape)
 
 
-# ------------------------------------------------------------------------------------------------ identity
-def _arrays_fingerprint(dm: Any) -> str:
-    """SHA-256 of the tensors and arrays a set-up data module holds (as attributes, or in tuples and lists of them)."""
-    import hashlib
+def source_fingerprint(class_paths: list[str]) -> Optional[str]:
+    """SHA-256 of the source of the user's packages that `class_paths` name (libraries left out), else None."""
+    import importlib.util
 
+    folders, files = [], []
+    for package in sorted({path.partition(".")[0] for path in class_paths} - set(LIBRARY_PACKAGES)):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            folders += [Path(p) for p in spec.submodule_search_locations]
+        elif spec is not None and spec.origin:  # a single module: its file alone
+            files.append(Path(spec.origin))
+    if not folders and not files:
+        return None
+    digest = source_hash(folders) + "".join(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    return hashlib.sha256(digest.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(folder: Any, cache_dir: Any) -> str:
+    """SHA-256 over the files under `folder`, cached by their paths, sizes and times in `cache_dir` (a cache beside
+    the data is read, never written)."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+    cache = Path(cache_dir) / FINGERPRINTS
+    for known in (cache, Path(folder).parent / FINGERPRINTS):
+        try:
+            return str(json.loads(known.read_text())[key])
+        except (OSError, ValueError, KeyError):
+            continue
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    found = digest.hexdigest()[:16]
+    if cache.parent.is_dir() and os.access(cache.parent, os.W_OK):
+        try:
+            known = json.loads(cache.read_text()) if cache.exists() else {}
+            write_text_atomic(cache, json.dumps({**known, key: found}))
+        except (OSError, ValueError):
+            pass  # a cache only: the next run computes it again
+    return found
+
+
+def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[str]:
+    """The fingerprint of a built-in dataset's files in `data_dir`, None where it has none."""
+    from lit_cifar.layouts import CIFAR10, CIFAR100, find_layout
+
+    folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
+    return files_fingerprint(folder, cache_dir) if folder is not None else None
+
+
+def _arrays_fingerprint(dm: Any) -> str:
+    """SHA-256 of the tensors and arrays a set-up data module holds."""
     import numpy as np
     import torch
 
@@ -504,43 +366,34 @@ def _arrays_fingerprint(dm: Any) -> str:
 
 
 def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
-    """The fingerprint of the trial's data: of its files (a built-in dataset's layout folder, or a data module's
-    ``data_dir``), else of the arrays the set-up data module holds; None when no --data-dir was given and the
-    default folder has no data (a finished sweep reports without it)."""
+    """The fingerprint of the trial's data files, else of its set-up data module's arrays; None when the default
+    folder has no data (a finished sweep reports without it)."""
     from lit_cifar.layouts import default_data_dir
 
     if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
         root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
-        found = identity.builtin_fingerprint(trial.data, root, options.logdir)
+        found = builtin_fingerprint(trial.data, root, options.logdir)
         return found or (f"no {trial.data} files" if options.data_dir is not None else None)
-    from dataclasses import replace
-
-    from lit_cifar.spec import RegularizationSpec
-
     dm = make_datamodule(replace(trial, spec=RegularizationSpec()), options.data_dir, download=False)
     folder = getattr(dm, "data_dir", None)
     if isinstance(folder, (str, Path)) and Path(folder).is_dir():
-        return identity.files_fingerprint([folder], options.logdir)
+        return files_fingerprint(folder, options.logdir)
     dm.setup("fit")
     return _arrays_fingerprint(dm)
 
 
 def with_fingerprints(trials: list[Trial], options: RunOptions) -> list[Trial]:
-    """The trials with the fingerprints of their model source and data (`Trial.changes` compares them with a
-    finished result's), each distinct one computed once."""
-    from dataclasses import replace
-
-    data: dict[Any, Optional[str]] = {}
-    source: dict[tuple[str, ...], Optional[str]] = {}
+    """The trials with the fingerprints of their model source and data, each computed once."""
+    found: dict[Any, Optional[str]] = {}
     marked = []
     for trial in trials:
         refs = (trial.model, trial.data, trial.settings.optimizer)
         paths = tuple(sorted(ref.class_path for ref in refs if isinstance(ref, ClassRef)))
-        if paths not in source:
-            source[paths] = identity.source_fingerprint(list(paths))
-        key = trial.data if isinstance(trial.data, str) else (trial.data, trial.seed)  # a module's data may be seeded
-        if key not in data:
-            data[key] = data_fingerprint(trial, options)
-        found = {"model source": source[paths], "data": data[key]}
-        marked.append(replace(trial, fingerprints=tuple((k, v) for k, v in found.items() if v is not None)))
+        data = trial.data if isinstance(trial.data, str) else (trial.data, trial.seed)  # a module's data may be seeded
+        if paths not in found:
+            found[paths] = source_fingerprint(list(paths))
+        if data not in found:
+            found[data] = data_fingerprint(trial, options)
+        prints = {"model source": found[paths], "data": found[data]}
+        marked.append(replace(trial, fingerprints=tuple((k, v) for k, v in prints.items() if v is not None)))
     return marked

@@ -1,13 +1,8 @@
-"""Fractional designs for factorial suites: which level combinations of the full grid a suite's ``design`` runs.
-The report (`ablations.report.stats.factorial_effects`) says which effects a fraction cannot separate.
+"""Fractional designs for factorial suites: which combinations of the full grid ``design: {fraction: R}`` runs.
 
-``design: full`` (the default) runs every combination. ``design: {fraction: R}`` runs about 1/R of them: a regular
-two-level fraction (``pydoe.fracfact``) when every factor has two levels and R is a power of two, else a
-generalized subset design (``pydoe.gsd``) for mixed levels. The selected combinations are rows of the full grid, so
-their trials are the full grid's trials (same folders, same settings hashes): a fraction reuses full-grid results
-in the same logdir and the other way round. Needs the optional extra ``pip install -e ".[design]"``.
-
-To report a fraction on its own and compare its effects with a finished grid's: ``scripts/fraction_effects.py``.
+About 1/R of them: a regular two-level fraction (``pydoe.fracfact``) when every factor has two levels and R is a power
+of two, else a generalized subset design (``pydoe.gsd``). The rows are the full grid's trials (same folders and
+hashes), so fractions and full grids share results. Needs ``pip install -e ".[design]"``.
 """
 
 from __future__ import annotations
@@ -16,47 +11,21 @@ import itertools
 import math
 import string
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-
-from ablations.rules import integer
-
-DOE_ADVICE = 'pip install -e ".[design]"'
-
-
-def _pydoe() -> Any:
-    try:
-        import pydoe
-    except ImportError:
-        try:
-            import pyDOE3 as pydoe
-        except ImportError:
-            raise ImportError(f"fractional designs need pyDOE: {DOE_ADVICE}") from None
-    return pydoe
-
-
-def fraction_of(value: Any) -> int:
-    """The reduction R of a suite's ``design`` value: 1 for ``full`` (or absent), R for ``{fraction: R}``.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    if value in (None, "full"):
-        return 1
-    if isinstance(value, dict) and set(value) == {"fraction"} and integer(1)(value["fraction"]) is None:
-        return int(value["fraction"])
-    raise ValueError(
-        f"design {value!r} must be 'full' or {{fraction: R}} with an integer R >= 1 "
-        "(R = 2: a half, 4: a quarter of the grid)"
-    )
 
 
 def select(levels: Sequence[int], reduction: int) -> list[tuple[int, ...]]:
     """The level indices (one tuple per run, in grid order) of the design for factors with `levels` levels."""
     if reduction == 1:
         return list(itertools.product(*(range(k) for k in levels)))
-    doe = _pydoe()
+    import numpy as np
+
+    try:
+        import pydoe as doe
+    except ImportError:
+        try:
+            import pyDOE3 as doe
+        except ImportError:
+            raise ImportError('fractional designs need pyDOE: pip install -e ".[design]"') from None
     p = round(math.log2(reduction))
     if all(k == 2 for k in levels) and 2**p == reduction and p < len(levels):
         base = string.ascii_lowercase[: len(levels) - p]

@@ -1,6 +1,5 @@
 """The harness's one way to check a value: a `Rule` says what is wrong with a value (None when it is allowed), and
-`check` turns that into a ValueError naming the value. Suite settings (`ablations.suite.SETTING_RULES`), the
-command line's flags, the seeds rule's target, Ray's resources and the designs all check with these. Torch-free.
+`check` turns that into a ValueError naming the value. Torch-free.
 """
 
 from __future__ import annotations
@@ -58,11 +57,7 @@ def check(name: str, value: Any, rule: Rule, hint: str = "") -> Any:
 
 
 def check_margin(margin: float) -> float:
-    """`margin` itself when it is a difference of accuracy in [0, 1) (an equivalence margin).
-
-    Raises:
-        ValueError: for a negative, nan or too large margin.
-    """
+    """`margin` itself when it is a difference of accuracy in [0, 1) (an equivalence margin), else ValueError."""
     if not 0 <= margin < 1:
         raise ValueError(f"margin {margin!r}: give a difference of accuracy in [0, 1), e.g. {MARGIN}")
     return margin

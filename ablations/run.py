@@ -1,120 +1,40 @@
 """``python -m ablations.run``: run every trial of a suite, resumably, and report mean +- std over seeds.
 
-With no arguments it runs the notebook's study (suite ``notebook``: nine specs, 5 epochs, batch 128, seeds 0,1,2) on
-the machine's devices and leaves TensorBoard logs, ``results.md/.csv`` and plots under ``logs/notebook/``.
-
-Scheduling: with ``--parallel N`` (default: one per GPU, 1 on CPU) N worker processes take trials one at a time,
-each pinned to its own device (``CUDA_VISIBLE_DEVICES``; on CPU, torch threads = cores / N). With
-``--strategy ddp --devices D`` each trial is data-parallel over D devices instead (one trial at a time; Lightning
-starts the other processes, which run this same command, and rank 0 decides for all). ``--num-nodes`` passes
-through to Lightning multi-node DDP; ``--shard K/N`` runs the K-th of N disjoint parts of the trial list, for job
-arrays; ``--engine ray`` runs the trials as Ray tasks, on this machine or on a Ray cluster.
-
-The command line is this module (the flags, read into an `ablations.plan.Request`); what the trials are and the
-checks before any trains are `ablations.plan`.
-
-Exit status: 0 when every trial is done (or there is nothing to do), 1 when any failed (listed at the end), 2 for
-bad arguments, 130 / 143 when stopped by SIGINT / SIGTERM (finished trials are kept and listed).
+With no arguments it runs the notebook's study (suite ``notebook``) into ``logs/notebook/``. The flags are the fields
+of `ablations.plan.Request`, which plans the trials and checks them; under ``--strategy ddp`` Lightning starts the
+other ranks, which run this same command, and rank 0 decides for all. Exit status: 0 all done, 1 a trial failed,
+2 bad arguments, 130 / 143 stopped by SIGINT / SIGTERM (finished trials are kept and listed).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-from ablations import adaptive, custom, require_extra
+from ablations import adaptive, require_extra
 from ablations import plan as planning
-from ablations.engines import ENGINES, make_executor
+from ablations.engines import make_executor
 from ablations.plan import Plan, Request
 from ablations.signals import quiet_lightning
-from ablations.rules import integer, margin_arg
 from ablations.signals import Interrupted, die_with_parent, interrupts
 from ablations.status import TrialState, TrialStatus
-from ablations.suite import RunOptions, available_suites, coerce_setting, setting_problem
+from ablations.suite import RunOptions, available_suites
 from ablations.status import write_report_or_say_why
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
 
-__all__ = ["argv_of", "build_parser", "main", "make_plan", "request_of", "run_plan"]
-
-STRATEGIES = ("ddp",)  # per-trial data parallelism; Lightning's launcher re-runs this command on every rank
-RAY_ADVICE = 'pip install -e ".[ray]"'
+__all__ = ["build_parser", "main", "request_of", "run_plan"]
 
 
-# ------------------------------------------------------------------------------------------ argument types
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `low`, with a message naming the bad value."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        problem = integer(low)(value)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{value} {problem}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _setting(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type for the `TrainSettings` field `name`: `convert` reads the text, and the field's own rule
-    (`ablations.suite.SETTING_RULES`) checks the value, so the flag and the suite file accept the same values."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text) if convert is int else coerce_setting(name, text, strict=True)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if convert is int else 'a number'}"
-            ) from None
-        problem = setting_problem(name, value)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{text} {problem}")
-        return value
-
-    parse.__name__ = name
-    return parse
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
-    problem = setting_problem("seeds", seeds)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{text!r} {problem}, e.g. 0,1,2")
-    return seeds
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not of the form K/N, e.g. 1/4") from None
-    if not 1 <= k <= n:
-        raise argparse.ArgumentTypeError(f"{text!r}: K must be between 1 and N")
-    return k, n
-
-
-def _devices(text: str) -> Any:
-    return text if text == "auto" else _int_at_least(1)(text)
-
-
-# ------------------------------------------------------------------------------------------------ parser
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (the usage block is for ``--help``), exit status 2."""
 
@@ -123,6 +43,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: a flag per `Request` field, in its group, then the seeds rules (`ablations.adaptive`)."""
     parser = Parser(
         prog="python -m ablations.run",
         allow_abbrev=False,  # --epoch is a typo, not --epochs
@@ -131,149 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Shipped suites: {', '.join(available_suites())}. Exit status: 0 all done, 1 a trial failed, "
         "2 bad arguments, 130/143 stopped by SIGINT/SIGTERM.",
     )
-    _what_arguments(parser)
-    _setting_arguments(parser)
-    where = parser.add_argument_group("data and output")
-    where.add_argument(
-        "--data-dir",
-        help="an existing folder with cifar-10-batches-py/ or cifar-10-batches-bin/ "
-        "(default: $LIT_CIFAR_DATA or ./data); CIFAR-10 is downloaded into it "
-        "(checksum-verified) if it holds neither",
-    )
-    where.add_argument("--logdir", default="logs", help="TensorBoard root; trials go to LOGDIR/SUITE/SPEC/seed=S/")
-    _hardware_arguments(parser)
-    custom.add_arguments(parser)  # --model --data --optimizer --save-model --logger
-    adaptive.add_arguments(parser)  # --until-answered, --target-ci, --min-seeds, --max-seeds
+    groups: dict[str, Any] = {}
+    for f in fields(Request):
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        options = {k: v for k, v in f.metadata.items() if k != "group"}
+        groups[group].add_argument("--" + f.name.replace("_", "-"), default=f.default, **options)
+    adaptive.add_arguments(parser)
     return parser
 
 
-def _what_arguments(parser: argparse.ArgumentParser) -> None:
-    what = parser.add_argument_group("what to run")
-    what.add_argument(
-        "--suite",
-        default="notebook",
-        help="shipped suite name or path of a suite .yaml (default: notebook)",
-    )
-    what.add_argument("--only", nargs="+", metavar="NAME", help="run just these specs of the suite")
-    what.add_argument("--shard", type=_shard, metavar="K/N", help="run the K-th of N disjoint parts of the trials")
-    what.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check everything a run checks, then print one line per trial (cell, seed, finished / to run / "
-        "finished with other settings); trains and downloads nothing",
-    )
-    what.add_argument("--force", action="store_true", help="rerun trials that already have a matching result")
-    what.add_argument(
-        "--reference",
-        metavar="SPEC",
-        help="spec every other is compared with in the report (default: pixel, else the first)",
-    )
-    what.add_argument(
-        "--margin",
-        type=margin_arg,
-        help="the equivalence margin in test accuracy (default 0.01) of the report's verdicts and of "
-        "--until-answered: a difference within ±margin is 'equivalent'",
-    )
-
-
-def _setting_arguments(parser: argparse.ArgumentParser) -> None:
-    settings = parser.add_argument_group("training settings (override the suite's)")
-    settings.add_argument("--epochs", type=_setting("epochs", int))
-    settings.add_argument(
-        "--batch-size", type=_setting("batch_size", int), help="images per step (per device under DDP)"
-    )
-    settings.add_argument("--seeds", type=_seeds, metavar="0,1,2", help="comma-separated seeds")
-    settings.add_argument(
-        "--val-size", type=_setting("val_size", int), help="training images held out for validation (at least 1)"
-    )
-    settings.add_argument("--split-seed", type=_setting("split_seed", int), help="seed of the train/validation split")
-    settings.add_argument(
-        "--limit-train",
-        type=_setting("limit_train", int),
-        metavar="N",
-        help="train on the first N images of the training split",
-    )
-    settings.add_argument("--lr", type=_setting("lr", float), help="Adam learning rate")
-    settings.add_argument(
-        "--lr-decay", type=_setting("lr_decay", float), help="Keras time decay: lr / (1 + decay * step)"
-    )
-    settings.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
-
-
-def _hardware_arguments(parser: argparse.ArgumentParser) -> None:
-    hardware = parser.add_argument_group("devices and scheduling")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: auto)")
-    hardware.add_argument(
-        "--devices",
-        type=_devices,
-        default=None,
-        help="with --strategy: devices per trial (default: all GPUs, or 1 on CPU); without: how "
-        "many GPUs the trials are spread over (default: all)",
-    )
-    hardware.add_argument("--parallel", type=_int_at_least(1), help="trials at once (default: one per GPU; 1 on CPU)")
-    hardware.add_argument("--strategy", choices=STRATEGIES, help="data-parallel training of each trial")
-    hardware.add_argument("--compile", action="store_true", help="torch.compile each trial's network")
-    hardware.add_argument("--num-nodes", type=_int_at_least(1), default=1, help="nodes per trial (Lightning DDP)")
-    hardware.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="local",
-        help=f"local: this machine's processes (default); ray: Ray tasks ({RAY_ADVICE})",
-    )
-    hardware.add_argument(
-        "--ray-address",
-        default=os.environ.get("RAY_ADDRESS"),
-        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)",
-    )
-    hardware.add_argument(
-        "--max-retries",
-        type=_int_at_least(0),
-        default=2,
-        help="--engine ray: reruns of a trial whose worker or node died (default: 2)",
-    )
-
-
-# ------------------------------------------------------------------------------------------------- plan
 def request_of(args: argparse.Namespace) -> Request:
-    """The parsed command line as the values `ablations.plan` plans from (the flags `Request` has a field for)."""
+    """The parsed command line as the `Request` it asks for."""
     return Request(**{f.name: getattr(args, f.name) for f in fields(Request)})
 
 
-def argv_of(values: Mapping[str, Any]) -> list[str]:
-    """The flags that ask for `values` (flag names with ``_`` for ``-``, as `Request`'s fields): True for a switch,
-    None and False for a flag left out, a list as comma-separated text (space-separated for ``only``, repeated for
-    ``logger``), a mapping as JSON."""
-    argv: list[str] = []
-    for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif name == "logger":
-            for logger in [value] if isinstance(value, str) else value:
-                argv += [flag, logger]
-        elif name == "only":
-            argv += [flag, *([value] if isinstance(value, str) else value)]
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, ",".join(map(str, value))]
-        elif isinstance(value, Mapping):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
-    """The plan of a parsed command line (`ablations.plan.make_plan` of its values); ValueError as that."""
-    return planning.make_plan(request_of(args))
-
-
-# ---------------------------------------------------------------------------------------------- engines
 def ddp_ranks(options: RunOptions) -> Ranks:
-    """Start and connect the processes of a data-parallel sweep, once for all its trials: Lightning's launcher
-    re-runs this command for every other local rank (torchrun or SLURM start them themselves). Returns this
-    process's `Ranks`: rank 0 decides every trial, the others follow."""
+    """Start and connect the ranks of a data-parallel sweep once for all its trials (Lightning's launcher re-runs
+    this command for the other local ranks): this process's `Ranks`."""
     from lightning.fabric import Fabric
 
     from ablations.trial import Ranks
@@ -285,28 +82,21 @@ def ddp_ranks(options: RunOptions) -> Ranks:
     return Ranks(fabric.global_rank, functools.partial(fabric.broadcast, src=0))
 
 
-def run_plan(plan: Plan, args: argparse.Namespace, ranks: Optional[Ranks]) -> list[TrialStatus]:
-    """Run the plan's trials on the executor it asks for (`ablations.engines.make_executor`); their final
-    `TrialStatus` (DONE, SKIPPED or FAILED), in trial order.
-
-    Trials already finished are skipped first, so no worker starts for them; under DDP every trial goes through
-    `run_trial`, where rank 0 decides for all ranks.
-    """
+def run_plan(plan: Plan, ranks: Optional[Ranks] = None) -> list[TrialStatus]:
+    """Run the plan's trials on the executor it asks for: their final `TrialStatus`, in trial order."""
     executor = make_executor(
-        plan.engine,
+        plan.request.engine,
         parallel=plan.parallel,
         gpus=plan.gpus,
         ranks=ranks,
         ray_address=plan.ray_address,
-        max_retries=plan.max_retries,
+        max_retries=plan.request.max_retries,
     )
     return executor.run(plan.trials, plan.options)
 
 
-# ------------------------------------------------------------------------------------------------ output
 def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
-    """Write and print the suite's report (of this sweep's settings) and the sweep's counts; 1 if a trial failed or
-    the report could not be written (e.g. a full disk: said, with the counts and the failed trials), else 0."""
+    """Write and print the suite's report and the sweep's counts: 1 if a trial failed or no report was written."""
     from ablations.report import board
     from ablations.store import settings_key
 
@@ -314,15 +104,15 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
     table, problem, unwritten = write_report_or_say_why(
         suite_dir,
         plan.reference,
-        settings_key(plan.trials[0].hashed_settings(), plan.trials[0].factors),
-        plan.margin,
+        settings_key(plan.trials[0].hashed_settings(), tuple(k for k, _ in plan.trials[0].factor_levels)),
+        plan.request.margin,
     )
     if table is not None:
         print(f"{table}\n\n{board.open_hint(suite_dir)}")
-    counts = {state: sum(1 for s in states if s.state is state) for state in TrialState}
+    count = {state: sum(s.state is state for s in states) for state in TrialState}
     print(
-        f"{counts[TrialState.DONE]} trained, {counts[TrialState.SKIPPED]} already done, "
-        f"{counts[TrialState.FAILED]} failed in {seconds:.0f} s",
+        f"{count[TrialState.DONE]} trained, {count[TrialState.SKIPPED]} already done, "
+        f"{count[TrialState.FAILED]} failed in {seconds:.0f} s",
         file=sys.stderr,
     )
     failed = [s for s in states if s.state is TrialState.FAILED]
@@ -349,8 +139,7 @@ def report_interrupted(plan: Plan, stop: Interrupted) -> int:
 
 
 def dry_run_lines(plan: Plan) -> list[str]:
-    """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run``, or ``finished with other <what changed>``
-    (a run refuses those without --force)."""
+    """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run`` or ``finished with other <what changed>``."""
     from ablations.status import read_trial
 
     lines = []
@@ -365,13 +154,12 @@ def dry_run_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
-    """Plan and check everything that can be checked before training; bad arguments exit 2 here."""
+def _prepare(parser: argparse.ArgumentParser, request: Request) -> Plan:
+    """The checked plan of `request`; any input problem exits 2 here, before training."""
     try:
-        made = planning.prepare(request_of(args))
-    except Exception as error:  # noqa: BLE001 - any input problem is reported the same way, before training
+        return planning.prepare(request)
+    except Exception as error:  # noqa: BLE001 - any input problem is reported the same way
         parser.error(str(error))
-    return made
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -385,15 +173,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = adaptive.target_of(args)
     except ValueError as error:
         parser.error(str(error))
+    request = request_of(args)
     if target is not None:
         with interrupts():
             return adaptive.run_cli(
-                args,
-                target,
-                lambda seeds: _prepare(parser, argparse.Namespace(**{**vars(args), "seeds": seeds})),
-                lambda plan: run_plan(plan, args, None),
+                args, target, lambda seeds: _prepare(parser, replace(request, seeds=seeds)), run_plan
             )
-    plan = _prepare(parser, args)
+    plan = _prepare(parser, request)
     if not plan.trials:
         print(
             f"nothing to do: part {args.shard[0]}/{args.shard[1]} of the {plan.unsharded} trials is empty "
@@ -417,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     try:
         with interrupts():
-            statuses = run_plan(plan, args, ranks)
+            statuses = run_plan(plan, ranks)
     except (Interrupted, SIGTERMException) as error:  # Lightning stops the other DDP ranks with SIGTERMException
         stop = error if isinstance(error, Interrupted) else Interrupted(signal.SIGTERM)
         return report_interrupted(plan, stop) if rank == 0 else stop.exit_status

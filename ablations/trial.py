@@ -106,7 +106,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     monitor = TrialMonitor(Path(options.logdir) / trial.suite)
     trainer = pl.Trainer(
         **trainer_kwargs(options, trial.settings),
-        **trial.trainer,  # the suite's Trainer arguments (`ablations.custom.check_trainer` checked them)
+        **trial.trainer,  # the suite's Trainer arguments (`ablations.custom.read_class` checked them)
         logger=[logger, *custom.loggers(trial, options)],
         callbacks=[monitor],
     )

@@ -48,7 +48,6 @@ from torch import Tensor
 from measure import BATCH_SIZE, SPEC, flops_per_image, machine, synthetic_data_dir
 from ablations.plan import Request, count_trials
 from ablations.signals import quiet_lightning
-from ablations.run import argv_of
 from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 from lit_cifar.layouts import CLASSES, PY_LAYOUT, TRAIN_FILES, find_layout
 from lit_cifar.models import NotebookCNN
@@ -236,6 +235,31 @@ print(status("VmHWM"), imports)
 """
     peak, imports = map(float, run_child(code, timeout=3600).split())
     return {"peak": peak, "imports": imports}
+
+
+def argv_of(values: dict[str, Any]) -> list[str]:
+    """The flags that ask for `values` (flag names with ``_`` for ``-``, as `Request`'s fields): True for a switch,
+    None and False for a flag left out, a list as comma-separated text (space-separated for ``only``, repeated for
+    ``logger``), a mapping as JSON."""
+    argv: list[str] = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif name == "logger":
+            for logger in [value] if isinstance(value, str) else value:
+                argv += [flag, logger]
+        elif name == "only":
+            argv += [flag, *([value] if isinstance(value, str) else value)]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, ",".join(map(str, value))]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def sweep_rate(data_dir: Path, parallel: int, sweep: dict[str, Any]) -> float:

@@ -5,7 +5,7 @@ Each result gets, where it has none:
 - ``checksum``: `ablations.store.content_checksum` of its content (a result without one is not trusted);
 - ``levels``: {factor: label} of its cell, from its suite when that is a shipped suite (`Trial.levels`);
 - with ``--data-dir DIR``, ``fingerprints["data"]``: the fingerprint of the built-in dataset it names, read in DIR
-  (`ablations.identity.builtin_fingerprint`), so that a rerun on other data is refused. Give it only the folder the
+  (`ablations.custom.builtin_fingerprint`), so that a rerun on other data is refused. Give it only the folder the
   results were trained on.
 
 Nothing else changes (the key order and indentation of `ablations.store.write_result`); a result that has all of
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ablations.identity import builtin_fingerprint
+from ablations.custom import builtin_fingerprint
 from ablations.store import CHECKSUM_KEY, RESULT_FILE, write_result
 from ablations.suite import SuiteError, available_suites, expand_trials, load_suite
 

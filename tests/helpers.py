@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ablations.store import RESULT_FILE
+from ablations.suite import expand_trials, load_suite
 from tests.processes import DEADLINE_S, alive, children, wait_until
 
 __all__ = [
@@ -30,6 +33,23 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]  # a sweep on tests.synthetic's images
+NET = "tests.thirdparty.nets.TinyResNet"  # a backbone of one's own
+TINY_SETTINGS = {"epochs": 1, "batch_size": 32, "val_size": 64, "limit_train": 64, "seeds": [0]}
+
+
+def suite_file(folder: Path, name: str = "mine", **content: Any) -> Path:
+    """`folder`/NAME.yaml: a suite of `content` over `TINY_SETTINGS` and the specs baseline and pixel."""
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump({"name": name, "settings": TINY_SETTINGS, "specs": ["baseline", "pixel"], **content})
+    )
+    return path
+
+
+def trials_of(path: Path) -> list:
+    """The trials of the suite file `path` with its own settings."""
+    suite = load_suite(str(path))
+    return expand_trials(suite, suite.settings)
 
 
 def results(logdir: Path) -> dict[str, dict]:

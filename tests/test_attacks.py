@@ -261,7 +261,7 @@ def test_10_a_read_only_logdir_still_shows_its_report(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--seeds", "4294967296"], "--seeds: '4294967296' must be a non-empty list of distinct integers from 0 to"),
+        (["--seeds", "4294967296"], "--seeds: 4294967296 must be a non-empty list of distinct integers from 0 to"),
         (["--split-seed", "99999999999999999999"], "--split-seed: 99999999999999999999 must be <= 4294967295"),
         (["--epoch", "2"], "unrecognized arguments: --epoch 2"),
         (["--seed", "3"], "unrecognized arguments: --seed 3"),

@@ -9,18 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.designs import fraction_of, select
+from ablations.designs import select
 from ablations.report.stats import Factor, factorial_effects
 
 pytest.importorskip("pydoe")
 FULL = [2, 2, 4, 2, 3]  # the `full` suite's levels
 
 
-def test_design_values():
-    assert fraction_of(None) == fraction_of("full") == 1 and fraction_of({"fraction": 4}) == 4
-    for bad in ("half", {"fraction": 0}, {"fraction": 2, "x": 1}, {"fraction": True}):
-        with pytest.raises(ValueError):
-            fraction_of(bad)
+@pytest.mark.parametrize("bad", ["half", {"fraction": 0}, {"fraction": 2, "x": 1}, {"fraction": True}])
+def test_a_suite_refuses_a_design_value_naming_what_is_allowed(bad):
+    from ablations.suite import SuiteError, load_suite
+
+    with pytest.raises(SuiteError, match="must be 'full' or"):
+        load_suite({"name": "d", "design": bad, "factors": {"bn": ["baseline", "bn"]}})
+    assert len(load_suite({"name": "d", "design": "full", "factors": {"bn": ["baseline", "bn"]}}).entries) == 2
 
 
 def test_fractions_select_rows_of_the_full_grid():

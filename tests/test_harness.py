@@ -15,14 +15,15 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from ablations.engines.base import Progress
 from ablations.engines.local import bars
 from ablations.status import TrialState, TrialStatus
-from ablations.run import build_parser, main, make_plan
+from ablations.plan import make_plan
+from ablations.run import build_parser, main, request_of
 from ablations.store import ERROR_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial
 from ablations.trial import run_trial
 import lit_cifar
 from lit_cifar.runtime import cpu_model
 from lit_cifar import RegularizationSpec
-from tests.helpers import TINY, sweep
+from tests.helpers import TINY, TINY_SETTINGS, sweep
 from tests.helpers import results as result_files
 
 
@@ -275,7 +276,7 @@ def test_a_sweep_shows_one_bar_naming_the_running_trials(monkeypatch, capsys):
     assert bars(trials=1, parallel=1, rank=0) == (False, True)  # Lightning's per-epoch bar for a single trial
     assert bars(trials=2, parallel=1, rank=0) == bars(trials=2, parallel=2, rank=0) == (True, False)
     assert bars(trials=2, parallel=1, rank=1) == (False, False)
-    many = make_plan(build_parser().parse_args(["--only", "pixel", "--seeds", "0,1", "--parallel", "2"]))
+    many = make_plan(request_of(build_parser().parse_args(["--only", "pixel", "--seeds", "0,1", "--parallel", "2"])))
     progress = Progress(many.trials, show=True)
     progress.started(0)
     progress.started(1)
@@ -302,21 +303,47 @@ def test_a_trial_does_not_warn_about_what_it_does_on_purpose(cifar_dir, tmp_path
 
 
 def test_reference_names_the_suites_spec_in_canonical_form():
-    from ablations.run import build_parser, make_plan
-
-    plan = make_plan(build_parser().parse_args(["--reference", "dropout=0.25+pixel", "--accelerator", "cpu"]))
+    plan = make_plan(
+        request_of(build_parser().parse_args(["--reference", "dropout=0.25+pixel", "--accelerator", "cpu"]))
+    )
     assert plan.reference == "pixel+dropout=0.25"
-    assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).reference is None
+    assert make_plan(request_of(build_parser().parse_args(["--accelerator", "cpu"]))).reference is None
 
 
 def test_the_margin_reaches_the_report_through_the_plan(tmp_path, monkeypatch):
     from ablations import status
-    from ablations.run import build_parser, make_plan
 
-    plan = make_plan(build_parser().parse_args(["--margin", "0.02", "--accelerator", "cpu"]))
-    assert plan.margin == 0.02
-    assert make_plan(build_parser().parse_args(["--accelerator", "cpu"])).margin is None
+    plan = make_plan(request_of(build_parser().parse_args(["--margin", "0.02", "--accelerator", "cpu"])))
+    assert plan.request.margin == 0.02
+    assert make_plan(request_of(build_parser().parse_args(["--accelerator", "cpu"]))).request.margin is None
     seen = {}
     monkeypatch.setattr("ablations.report.write_report", lambda suite_dir, **kwargs: seen.update(kwargs) or "")
-    status.write_report_or_say_why(tmp_path, None, None, plan.margin)
+    status.write_report_or_say_why(tmp_path, None, None, plan.request.margin)
     assert seen["margin"] == 0.02
+
+
+def test_run_suite_plans_from_values_and_raises_only_its_documented_exceptions(tmp_path, cifar_dir, monkeypatch):
+    import pandas as pd
+
+    from ablations import trial as trial_module
+    from ablations.api import SweepError, TrialsFailed, run_suite
+
+    content = {
+        "name": "deep",
+        "settings": TINY_SETTINGS,
+        "specs": ["baseline"],
+        "factors": {"trainer.gradient_clip_val": [0]},
+    }
+    with pytest.raises(SweepError, match="unknown arguments \\['epoch'\\]"):
+        run_suite(content, epoch=1)
+    with pytest.raises(SweepError, match="model.init_args.NAME"):
+        run_suite({**content, "factors": {"model.width": [1]}}, logdir=str(tmp_path / "logs"))
+
+    def fail(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trial_module, "_train_and_test", fail)
+    with pytest.raises(TrialsFailed, match="boom") as failed:  # every trial failed: no NothingToReport
+        run_suite(content, logdir=str(tmp_path / "logs"), data_dir=str(cifar_dir), accelerator="cpu")
+    assert isinstance(failed.value.results, pd.DataFrame) and failed.value.results.empty
+    assert [s.state for s in failed.value.statuses] == ["failed"]

@@ -4,16 +4,18 @@ its flags; the trial count without torch; the values' problems as ValueError."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
 import pytest
 
 from ablations.plan import Request, count_trials, make_plan, prepare
-from ablations.run import argv_of, build_parser, request_of
+from ablations.run import build_parser, request_of
 from tests.helpers import REPO
 
 CPU = {"accelerator": "cpu"}
+ARGV_CPU = ["--accelerator", "cpu"]
 
 
 def test_every_request_field_is_a_flag_of_the_command_line():
@@ -32,7 +34,8 @@ def test_a_request_plans_what_the_same_flags_plan(tmp_path):
         **CPU,
     }
     from_values = make_plan(Request(**values))
-    from_flags = make_plan(request_of(build_parser().parse_args(argv_of(values))))
+    argv = ["--only", "pixel", "pixel+bn", "--seeds", "0,1", "--epochs", "1", "--lr", "0.01", "--logdir", str(tmp_path)]
+    from_flags = make_plan(request_of(build_parser().parse_args([*argv, "--reference", "pixel+bn", *ARGV_CPU])))
     assert [t.name for t in from_values.trials] == [
         "pixel/seed=0",
         "pixel/seed=1",
@@ -42,7 +45,7 @@ def test_a_request_plans_what_the_same_flags_plan(tmp_path):
     assert [t.settings_hash for t in from_values.trials] == [t.settings_hash for t in from_flags.trials]
     assert from_values == from_flags
     assert from_values.reference == "pixel+bn" and from_values.trials[0].settings.lr == 0.01
-    assert (from_values.parallel, from_values.gpus, from_values.engine) == (1, 0, "local")
+    assert (from_values.parallel, from_values.gpus, from_values.request.engine) == (1, 0, "local")
 
 
 def test_shard_and_count_agree_with_the_plan():
@@ -55,9 +58,8 @@ def test_shard_and_count_agree_with_the_plan():
 def test_a_model_given_as_a_mapping_is_planned_like_its_json():
     model = {"class_path": "lit_cifar.models.NotebookCNN", "init_args": {}}
     as_mapping = make_plan(Request(only=["pixel"], seeds=[0], model=model, **CPU))
-    as_json = make_plan(
-        request_of(build_parser().parse_args(argv_of({"only": ["pixel"], "seeds": [0], "model": model, **CPU})))
-    )
+    argv = ["--only", "pixel", "--seeds", "0", "--model", json.dumps(model), *ARGV_CPU]
+    as_json = make_plan(request_of(build_parser().parse_args(argv)))
     assert as_mapping.trials[0].settings_hash == as_json.trials[0].settings_hash
 
 

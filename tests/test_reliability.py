@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from ablations.run import build_parser, main, make_plan
+from ablations.plan import make_plan
+from ablations.run import build_parser, main, request_of
 from ablations.store import LOCK_FILE, RESULT_FILE
 from ablations.suite import RunOptions, TrainSettings, Trial, load_suite
 from ablations.trial import run_trial
@@ -321,7 +322,8 @@ def test_a_suite_file_accepts_the_numbers_a_flag_accepts(tmp_path, text):
     path.write_text(f"name: mine\nsettings: {{lr: {text}, lr_decay: 1e-6}}\nspecs: [pixel]\n")
     suite = load_suite(str(path))
     assert suite.settings.lr == 0.001 and suite.settings.lr_decay == 1e-6
-    assert make_plan(build_parser().parse_args(["--suite", str(path), "--lr", text])).trials[0].settings.lr == 0.001
+    plan = make_plan(request_of(build_parser().parse_args(["--suite", str(path), "--lr", text])))
+    assert plan.trials[0].settings.lr == 0.001
 
 
 def test_a_suite_file_still_refuses_what_is_not_a_number(tmp_path):

@@ -19,7 +19,8 @@ import pytest
 
 from ablations.report import report
 from ablations.report.__main__ import main as report_command
-from ablations.run import build_parser, main, make_plan, summarize
+from ablations.plan import make_plan
+from ablations.run import build_parser, main, request_of, summarize
 from ablations.status import TrialState, TrialStatus
 from ablations.store import RESULT_FILE, write_result
 from ablations.suite import Trial, expand_trials, load_suite
@@ -151,7 +152,9 @@ def test_report_of_another_suites_folder_or_an_empty_one_exits_non_zero(tmp_path
 
 # ------------------------------------------------------------------ 5. a full disk at the end of a sweep is said
 def test_a_full_disk_at_the_end_reports_what_finished_and_failed(cifar_dir, tmp_path, monkeypatch, capsys):
-    plan = make_plan(build_parser().parse_args(sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1")))
+    plan = make_plan(
+        request_of(build_parser().parse_args(sweep_args(cifar_dir, tmp_path, "--only", "pixel", "--seeds", "0,1")))
+    )
     finished(plan.trials[0], tmp_path)
 
     def full(path: Path, *args: Any) -> None:

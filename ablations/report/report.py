@@ -49,7 +49,7 @@ from ablations.report.stats import (
     compare_with_reference,
     mean_ci,
 )
-from ablations.identity import cell_view
+from ablations.suite import cell_view
 from ablations.store import (
     RESULT_FILE,
     folder_lock,
