@@ -346,6 +346,21 @@ def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
     return Answer(**chosen) if args.until_answered else Target(args.target_ci, **chosen)
 
 
+def record_rule(suite_dir: Path, target: SeedsRule) -> None:
+    """Record an `Answer` rule in the suite's folder, for the report to read every interval as the rule reads it
+    (`ablations.report.report.SEEDS_RULE_FILE`); a `Target` rule removes the record (its intervals are 95% each)."""
+    from ablations.report.report import SEEDS_RULE_FILE
+    from ablations.store import write_text_atomic
+
+    path = Path(suite_dir) / SEEDS_RULE_FILE
+    if isinstance(target, Target):
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"rule": "until answered", "alpha": target.alpha, "looks": target.looks, "margin": target.margin}
+    write_text_atomic(path, json.dumps(record) + "\n")
+
+
 def run_cli(
     args: argparse.Namespace,
     target: SeedsRule,
@@ -354,8 +369,7 @@ def run_cli(
 ) -> int:
     """``ablations.run --until-answered`` or ``--target-ci``: `plan_of(seeds)` makes the run's plan, `run_plan`
     runs a plan's unfinished trials with the chosen engine (once per round) and returns their statuses."""
-    from ablations.report.report import DEFAULT_REFERENCE, SEEDS_RULE_FILE, write_report
-    from ablations.store import write_text_atomic
+    from ablations.report.report import DEFAULT_REFERENCE, write_report
 
     full = plan_of(list(range(target.max_seeds)))
     cells = list(dict.fromkeys(t.cell for t in full.trials))
@@ -382,12 +396,8 @@ def run_cli(
         statuses = run_plan(type(full)(**{**full.__dict__, "trials": todo}))
         return not any(s.state is TrialState.FAILED for s in statuses)
 
-    if not args.dry_run and isinstance(target, Answer):  # the report reads every interval as the rule reads it
-        record = {"rule": "until answered", "alpha": target.alpha, "looks": target.looks, "margin": target.margin}
-        suite_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(suite_dir / SEEDS_RULE_FILE, json.dumps(record) + "\n")
-    elif not args.dry_run:
-        (suite_dir / SEEDS_RULE_FILE).unlink(missing_ok=True)
+    if not args.dry_run:
+        record_rule(suite_dir, target)
     rounds = run_rounds(cells, reference, target, read, run_round)
     if not args.dry_run:
         margin = target.margin if isinstance(target, Answer) else args.margin
