@@ -103,29 +103,18 @@ def test_the_printed_urls_open_the_answer_and_colour_a_cells_seeds_alike_with_sm
     assert cell[0] == cell[1] == cell[2] != re.search(regex, "notebook/pixel/seed=0").groups()
 
 
-def test_the_verdict_table_reads_the_report_csvs(tmp_path: Path):
-    (tmp_path / "results.csv").write_text(
-        "spec,test_acc,verdict,verdict_low,verdict_high,margin\n"
-        "pixel,0.63,,,,\n"
-        "pixel+bn,0.65,better,0.012,0.031,0.01\n"
-        "pixel+l1,0.63,equivalent,-0.004,0.006,0.01\n"
-    )
-    (tmp_path / "effects.csv").write_text(
-        "effect,estimate,verdict,verdict_low,verdict_high,margin\nbn,0.05,open,-0.02,0.1,0.01\n"
-    )
-    table = board.verdict_markdown(tmp_path)
+def test_the_verdict_table_reads_the_report_records():
+    specs = [
+        {"spec": "pixel", "verdict": None, "verdict_low": None, "verdict_high": None, "margin": None},
+        {"spec": "pixel+bn", "verdict": "better", "verdict_low": 0.012, "verdict_high": 0.031, "margin": 0.01},
+        {"spec": "pixel+l1", "verdict": "equivalent", "verdict_low": -0.004, "verdict_high": 0.006, "margin": 0.01},
+        {"spec": "baseline", "verdict": "open", "verdict_low": None, "verdict_high": None, "margin": 0.01},
+    ]
+    effects = [{"effect": "bn", "verdict": "open", "verdict_low": -0.02, "verdict_high": 0.1, "margin": 0.01}]
+    table = board.verdict_markdown(specs, effects)
     assert "| pixel+bn − reference | **better** | [+0.0120, +0.0310] | ±0.01 |" in table
     assert "| pixel+l1 − reference | **equivalent** | [-0.0040, +0.0060] | ±0.01 |" in table
     assert "| effect of bn | **open** | [-0.0200, +0.1000] | ±0.01 |" in table
-    assert "| pixel −" not in table  # the reference has no verdict
-    (tmp_path / "effects.csv").write_text("effect,estimate\nbn,0.05\n")
-    assert "effects.csv | (no verdict columns: rebuild the report)" in board.verdict_markdown(tmp_path)
-
-
-def test_the_verdict_table_names_a_comparison_without_an_interval(tmp_path):
-    (tmp_path / "results.csv").write_text(
-        "spec,verdict,verdict_low,verdict_high,margin\npixel,,,,0.01\nbaseline,open,,,0.01\nbn,worse,-0.2,-0.1,0.01\n"
-    )
-    table = board.verdict_markdown(tmp_path)
     assert "| baseline − reference | **open** | no interval (one seed) | ±0.01 |" in table
-    assert "| bn − reference | **worse** | [-0.2000, -0.1000] | ±0.01 |" in table
+    assert "| pixel −" not in table  # the reference has no verdict
+    assert "No comparison has a verdict" in board.verdict_markdown(specs[:1])

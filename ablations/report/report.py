@@ -747,13 +747,14 @@ def write_report(
             {k: v for k, v in asdict(r).items() if k not in ("test_acc_values", "val_acc_curve")} for r in report.rows
         ]
         write_text_atomic(suite_dir / "results.csv", csv_text(records))
-        if report.factorial is not None and report.factorial.effects:
-            write_text_atomic(suite_dir / "effects.csv", csv_text(effect_records(report.factorial)))
+        effects = effect_records(report.factorial) if report.factorial is not None and report.factorial.effects else []
+        if effects:
+            write_text_atomic(suite_dir / "effects.csv", csv_text(effects))
         for problem in report.problems:
             print(f"warning: {problem}", file=sys.stderr)
         for name, png in charts(report, plots.PAGE).items():
             write_bytes_atomic(suite_dir / name, png)
-        answer = board.text_summary(board.ANSWER_TAG, board.verdict_markdown(suite_dir))  # from the CSVs
+        answer = board.text_summary(board.ANSWER_TAG, board.verdict_markdown(records, effects))
         images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
         board.write_run(
             suite_dir / board.REPORT_RUN, [answer, board.text_summary("report/results", text), *images], replace=True
