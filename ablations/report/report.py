@@ -655,23 +655,21 @@ def headline(report: SuiteReport) -> str:
     )
 
 
-def _difference(row: SpecSummary, reference: Optional[str], colour: Any) -> plots.Difference:
+def _difference(row: SpecSummary, reference: Optional[str], colour: Any) -> plots.Row:
     label = f"{row.spec}  {row.test_acc:.3f}"
     if row.spec == reference:
-        return plots.Difference(label, 0.0, math.nan, math.nan, None, colour)
-    if row.verdict_low is None:
+        return plots.Row(label, 0.0, math.nan, math.nan, None, colour)
+    if row.verdict_low is None or row.verdict_high is None:
         note = "no interval: one seed" if row.seeds < 2 else "no interval: no spread"
-        return plots.Difference(label, row.vs_reference or 0.0, math.nan, math.nan, row.verdict, colour, note, False)
+        return plots.Row(label, row.vs_reference or 0.0, math.nan, math.nan, row.verdict, colour, note)
     note = _detectable(row.detectable) if row.verdict == "open" else ""
-    return plots.Difference(
-        label, row.vs_reference or 0.0, row.verdict_low, row.verdict_high or 0.0, row.verdict, colour, note
-    )
+    return plots.Row(label, row.vs_reference or 0.0, row.verdict_low, row.verdict_high, row.verdict, colour, note)
 
 
-def _effect_row(fit: FactorialFit, t: Contrast) -> plots.EffectRow:
+def _effect_row(fit: FactorialFit, t: Contrast) -> plots.Row:
     qualified = tuple(fit.qualifiers(t.name)) if INTERACTION not in t.name else ()
     label = t.name + (f"  (see {', '.join(qualified)})" if qualified else "")
-    return plots.EffectRow(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified)
+    return plots.Row(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified_by=qualified)
 
 
 def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
