@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablations.report import write_report
+from ablations.report import load_results, write_report
 from ablations.report.__main__ import main
 from ablations.store import RESULT_FILE, TrialPaths, write_result
 from lit_cifar.spec import RegularizationSpec
@@ -295,7 +295,7 @@ def test_compare_pairs_two_runs_of_a_suite_and_measures_the_paired_difference(tm
     b_results.append(fake_result("s", RegularizationSpec.parse("pixel+dropout=0.5"), 0, 0.4, 9, train_images_per_s=1.0))
     write_results(tmp_path / "fp32" / "s", a_results)
     write_results(tmp_path / "bf16" / "s", b_results)
-    pairs = compare.pair_specs(tmp_path / "fp32" / "s", tmp_path / "bf16" / "s")
+    pairs = compare.pair_specs(*(load_results(tmp_path / side / "s")[0] for side in ("fp32", "bf16")))
     assert [p.spec for p in pairs] == list(NOTEBOOKISH)
     interval, p_value, n = compare.paired_difference(pairs)
     differences = [0.01 + noise[(order + seed) % 5] for order in range(4) for seed in range(3)]
