@@ -269,6 +269,8 @@ def run_rounds(
 
 def status_table(rounds: Rounds) -> str:
     """Per cell: seeds, interval (or width) and why it stopped (markdown)."""
+    from ablations.report.board import markdown_table
+
     t = rounds.target
     if isinstance(t, Answer):
         m = len(rounds.states) - 1
@@ -277,20 +279,19 @@ def status_table(rounds: Rounds) -> str:
             f"or equivalent (within ±{t.margin:g}), seeds {t.min_seeds} to {t.max_seeds}; every look reads Welch's "
             f"interval at level {t.level(m):.5f} (alpha {t.alpha:g} spent over {m} comparison(s) x {t.looks} looks)"
         )
-        columns = "| cell | seeds | interval | verdict | next round |"
+        columns = ["cell", "seeds", "interval", "verdict", "next round"]
     else:
         head = (
             f"Target: every 95% CI of the difference from `{rounds.reference}` at most {t.width:g} wide "
             f"(seeds {t.min_seeds} to {t.max_seeds})"
         )
-        columns = "| spec | seeds | CI width | stopped because | next round |"
-    lines = [f"{head}; {rounds.rounds} round(s)" + ("" if rounds.done else ", not finished") + ".", "", columns]
-    lines.append("|---|---:|---:|---|---:|")
+        columns = ["spec", "seeds", "CI width", "stopped because", "next round"]
+    rows = []
     for s in rounds.states:
         shown = f"[{s.low:+.4f}, {s.high:+.4f}]" if isinstance(t, Answer) else f"{s.width:.4f}"
-        shown = "—" if math.isnan(s.width) else shown
-        lines.append(f"| {s.spec} | {s.seeds} | {shown} | {s.status} | {s.next_seeds or ''} |")
-    return "\n".join(lines)
+        rows.append([s.spec, s.seeds, "—" if math.isnan(s.width) else shown, s.status, s.next_seeds or ""])
+    done = "" if rounds.done else ", not finished"
+    return f"{head}; {rounds.rounds} round(s){done}.\n\n" + markdown_table(columns, rows)
 
 
 # ------------------------------------------------------------------------------------- ablations.run

@@ -95,6 +95,12 @@ def trial_events(result: Mapping[str, Any]) -> list[Step]:
     return [*steps, (len(history), scalar_summary(test_scalars(result["metrics"])))]
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table (every report table and Text-tab table): the first column left-aligned, the others right."""
+    lines = [header, ["---"] + ["---:"] * (len(header) - 1), *rows]
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
+
+
 def text_summary(tag: str, markdown: str) -> summary_pb2.Summary:
     """A Text-tab entry (markdown, tables included)."""
     return text_pb(tag, markdown)
@@ -278,7 +284,7 @@ def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]]) -> N
             **{f"spec/{k}": _typed(v) for k, v in sorted(r.get("spec_fields", {}).items())},
         }
         settings.update({f"settings/{k}": _typed(v) for k, v in sorted(r["settings"].items()) if k not in (SEED, SPEC)})
-        text = "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+        text = markdown_table(["setting", "value"], settings.items())
         steps = _steps([*session_summaries(row, cell_group(r)), text_summary(SETTINGS_TAG, text)])
         rows.append(row)
         with folder_lock(folder) as locked:
@@ -297,19 +303,17 @@ def verdict_markdown(specs: Sequence[Mapping[str, Any]], effects: Sequence[Mappi
     """The suite's verdicts as a markdown table, from the report's results.csv and effects.csv records (each spec
     against the reference, each factorial effect): what the report's tables say."""
 
-    def line(label: str, r: Mapping[str, Any]) -> str:
+    def line(label: str, r: Mapping[str, Any]) -> list[str]:
         low, high = r["verdict_low"], r["verdict_high"]
-        known = low is not None and low == low
-        interval = f"[{low:+.4f}, {high:+.4f}]" if known else "no interval (one seed)"
-        return f"| {label} | **{r['verdict']}** | {interval} | ±{r['margin']:g} |"
+        interval = f"[{low:+.4f}, {high:+.4f}]" if low is not None and low == low else "no interval (one seed)"
+        return [label, f"**{r['verdict']}**", interval, f"±{r['margin']:g}"]
 
     rows = [line(f"{r['spec']} − reference", r) for r in specs if r.get("verdict")]
     rows += [line(f"effect of {r['effect']}", r) for r in effects if r.get("verdict")]
     if not rows:
         return "No comparison has a verdict (one spec only)."
     return (
-        "| comparison | verdict | interval (test accuracy) | margin |\n|---|---|---|---|\n"
-        + "\n".join(rows)
+        markdown_table(["comparison", "verdict", "interval (test accuracy)", "margin"], rows)
         + "\n\n*equivalent*: the family-wise interval lies within ±margin; *better* / *worse*: it excludes 0; "
         "*open*: neither (see results.md for the smallest difference the seeds could detect)."
     )

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from scipy import stats as scipy_stats
 
+from ablations.report import board
 from ablations.report.report import load_results
 from ablations.report.stats import Interval, mean_ci, verdict
 from ablations.rules import MARGIN, check_margin
@@ -73,11 +74,7 @@ def paired_difference(pairs: list[SpecPair]) -> tuple[Interval, float, int]:
 
 
 def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str, margin: float = MARGIN) -> str:
-    lines = [
-        f"| spec | seeds | {a_name} test acc | {b_name} test acc | difference | {a_name} seed range | inside it "
-        "| training images/s |",
-        "|---|---:|---:|---:|---:|---|---|---|",
-    ]
+    rows = []
     for p in pairs:
         a, b = ([runs[s]["metrics"]["test/acc"] for s in sorted(runs)] for runs in (p.a, p.b))
         shown = [f"{statistics.fmean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "") for v in (a, b)]
@@ -86,11 +83,12 @@ def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str, margin: f
         )
         rates = f"{rate_a:.0f} → {rate_b:.0f} ({rate_b / rate_a:.2f}x)" if rate_a > 0 and rate_b == rate_b else "—"
         inside = "yes" if min(a) <= statistics.fmean(b) <= max(a) else "no"
-        difference = statistics.fmean(b) - statistics.fmean(a)
-        lines.append(
-            f"| {p.spec} | {len(a)} / {len(b)} | {shown[0]} | {shown[1]} | {difference:+.4f} "
-            f"| [{min(a):.4f}, {max(a):.4f}] | {inside} | {rates} |"
+        difference = f"{statistics.fmean(b) - statistics.fmean(a):+.4f}"
+        rows.append(
+            [p.spec, f"{len(a)} / {len(b)}", *shown, difference, f"[{min(a):.4f}, {max(a):.4f}]", inside, rates]
         )
+    header = ["spec", "seeds", f"{a_name} test acc", f"{b_name} test acc", "difference", f"{a_name} seed range"]
+    lines = [board.markdown_table([*header, "inside it", "training images/s"], rows), ""]
     interval, p_value, n = paired_difference(pairs)
     said = f"Paired over {n} (spec, seed) trials: {b_name} − {a_name} = {interval.estimate:+.4f} test accuracy"
     if interval.known:
@@ -100,7 +98,7 @@ def format_comparison(pairs: list[SpecPair], a_name: str, b_name: str, margin: f
         )
     else:
         said += ": no interval (one pair, or no spread): run more seeds to tell."
-    return "\n".join([*lines, "", said])
+    return "\n".join([*lines, said])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -413,20 +413,22 @@ def constant_settings(report: SuiteReport) -> str:
 
 def spec_table(report: SuiteReport) -> str:
     """The per-spec table (markdown)."""
-    lines = [
-        f"| spec | seeds | test acc | 95% CI | vs {report.reference or 'reference'} | val acc | notebook | "
-        "train − val | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    header = ["spec", "seeds", "test acc", "95% CI", f"vs {report.reference or 'reference'}", "val acc"]
+    rows = [
+        [
+            r.spec + (f" (= {r.identical_to})" if r.identical_to else ""),
+            r.seeds,
+            _pm(r.test_acc, r.test_acc_std),
+            _ci(r.test_acc_ci_low, r.test_acc_ci_high),
+            _opt(r.vs_reference, "+.4f"),
+            _pm(r.val_acc, r.val_acc_std),
+            _opt(r.notebook, ".3f"),
+            f"{r.train_val_gap:+.4f}",
+            _opt(r.wall_time_s, ".0f"),
+        ]
+        for r in report.rows
     ]
-    for r in report.rows:
-        same = f" (= {r.identical_to})" if r.identical_to else ""
-        lines.append(
-            f"| {r.spec}{same} | {r.seeds} | {_pm(r.test_acc, r.test_acc_std)} | "
-            f"{_ci(r.test_acc_ci_low, r.test_acc_ci_high)} | {_opt(r.vs_reference, '+.4f')} | "
-            f"{_pm(r.val_acc, r.val_acc_std)} | {_opt(r.notebook, '.3f')} | {r.train_val_gap:+.4f} | "
-            f"{_opt(r.wall_time_s, '.0f')} |"
-        )
-    return "\n".join(lines)
+    return board.markdown_table([*header, "notebook", "train − val", "wall s"], rows)
 
 
 def verdicts_text(report: SuiteReport) -> str:
@@ -464,23 +466,27 @@ def comparison_section(report: SuiteReport) -> str:
     """Each spec against the reference (markdown): the difference, the interval its verdict reads, the verdict."""
     if len(report.rows) < 2:
         return ""
-    lines = [
+    rows = [
+        [
+            r.spec,
+            _opt(r.vs_reference, "+.4f"),
+            _ci(r.verdict_low, r.verdict_high, "+.4f"),
+            r.verdict if r.verdict_low is not None else "— (not tested)",
+            _opt(r.detectable, ".3f") if r.verdict == "open" else "—",
+            _opt(r.p_value, ".3g"),
+            _opt(r.p_adjusted, ".3g"),
+        ]
+        for r in report.rows
+        if r.spec != report.reference
+    ]
+    header = ["spec", "difference", "simultaneous interval", f"verdict (margin ±{report.margin:g})", "could detect"]
+    return (
         f"Welch's interval of each difference in test accuracy, {report.intervals}. The verdict reads that "
         f"interval: `equivalent` within ±{report.margin:g}, else `better` / `worse` when it excludes 0, else "
-        f"`open`, with the smallest difference these seeds could detect ({POWER:.0%} power).\n",
-        f"| spec | difference | simultaneous interval | verdict (margin ±{report.margin:g}) | could detect | p | "
-        "adjusted p |",
-        "|---|---:|---:|---|---:|---:|---:|",
-    ]
-    for r in report.rows:
-        if r.spec != report.reference:
-            lines.append(
-                f"| {r.spec} | {_opt(r.vs_reference, '+.4f')} | {_ci(r.verdict_low, r.verdict_high, '+.4f')} | "
-                f"{r.verdict if r.verdict_low is not None else '— (not tested)'} | "
-                f"{_opt(r.detectable, '.3f') if r.verdict == 'open' else '—'} | "
-                f"{_opt(r.p_value, '.3g')} | {_opt(r.p_adjusted, '.3g')} |"
-            )
-    return "\n".join(lines) + f"\n\n{verdicts_text(report)}"
+        f"`open`, with the smallest difference these seeds could detect ({POWER:.0%} power).\n\n"
+        + board.markdown_table([*header, "p", "adjusted p"], rows)
+        + f"\n\n{verdicts_text(report)}"
+    )
 
 
 def diagnostics_table(report: SuiteReport) -> str:
@@ -492,22 +498,16 @@ def diagnostics_table(report: SuiteReport) -> str:
             if key in last and not math.isnan(last[key]):
                 table.setdefault(r["spec"], {}).setdefault(label, []).append(last[key])
     names = list(dict.fromkeys(name for values in table.values() for name in values))
-    lines = [f"| spec | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
-    for spec, values in table.items():
-        lines.append(
-            f"| {spec} | "
-            + " | ".join(_opt(statistics.fmean(values[n]), ".4f") if n in values else "—" for n in names)
-            + " |"
-        )
-    return "\n".join(lines) if table else ""
+    rows = [
+        [spec, *(_opt(statistics.fmean(v[n]), ".4f") if n in v else "—" for n in names)] for spec, v in table.items()
+    ]
+    return board.markdown_table(["spec", *names], rows) if table else ""
 
 
-def _effect_line(t: Contrast, read_with: str = "") -> str:
+def _effect_cells(t: Contrast) -> list[str]:
     detect = _opt(t.detectable, ".3f") if t.verdict == "open" else "—"
-    return (
-        f"| {t.name} | {t.effect.estimate:+.4f} | {_ci(t.effect.low, t.effect.high, '+.4f')} | {t.verdict} | "
-        f"{detect} | {_opt(t.p_adjusted, '.3g')} | {read_with} |"
-    )
+    interval = _ci(t.effect.low, t.effect.high, "+.4f")
+    return [t.name, f"{t.effect.estimate:+.4f}", interval, t.verdict, detect, _opt(t.p_adjusted, ".3g")]
 
 
 def effects_section(fit: Optional[FactorialFit], seeds: int, margin: float) -> str:
@@ -525,29 +525,27 @@ def effects_section(fit: Optional[FactorialFit], seeds: int, margin: float) -> s
         else f"The intervals come from the model's residuals ({fit.residual_df} degrees of freedom): the seeds' "
         f"spread and the {pooled}, pooled."
     )
-    lines = [
-        f"| effect | change in test acc | {LEVEL:.0%} simultaneous interval | verdict (margin ±{margin:g}) | "
-        "could detect | adjusted p | read with |",
-        "|---|---:|---:|---|---:|---:|---|",
+    rows = [
+        [*_effect_cells(t), ", ".join(f"`{q}`: see its simple effects" for q in fit.qualifiers(t.name))]
+        for t in fit.effects
     ]
-    for t in fit.effects:
-        qualifiers = fit.qualifiers(t.name) if INTERACTION not in t.name else []
-        lines.append(_effect_line(t, ", ".join(f"`{q}`: see its simple effects" for q in qualifiers)))
+    header = ["effect", "change in test acc", f"{LEVEL:.0%} simultaneous interval", f"verdict (margin ±{margin:g})"]
+    table = board.markdown_table([*header, "could detect", "adjusted p", "read with"], rows)
     text = (
         f"A linear model of test accuracy over the trials ({model}). A main effect `X` is the mean change when X is "
         "switched on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
         f"accuracy when Y is on. {noise} Intervals are {LEVEL:.0%} simultaneous (Bonferroni) over the family of "
         f"{fit.family} contrasts fixed before looking: the effects below and every interaction's simple effects. A "
         "main effect that a resolved interaction qualifies is read with that interaction's simple effects, not "
-        "alone.\n\n" + "\n".join(lines)
+        "alone.\n\n" + table
     )
     resolved = fit.resolved_interactions()
     if resolved:
-        text += (
-            "\n\n### Simple effects of the resolved interactions\n\n| interaction | simple effect | change in test acc "
-            "| interval | verdict | could detect | adjusted p | |\n|---|---|---:|---:|---|---:|---:|---|\n"
+        rows = [[i.name, *_effect_cells(t)] for i in resolved for t in fit.simple[i.name]]
+        header = ["interaction", "simple effect", "change in test acc", "interval", "verdict", "could detect"]
+        text += "\n\n### Simple effects of the resolved interactions\n\n" + board.markdown_table(
+            [*header, "adjusted p"], rows
         )
-        text += "\n".join(f"| {i.name} " + _effect_line(t) for i in resolved for t in fit.simple[i.name])
     if fit.aliased:
         text += (
             f"\n\nFractional design: these {len(fit.aliased)} effects are aliased with the model's (the trials "
