@@ -9,7 +9,7 @@
 - the TensorBoard run ``<suite>/_report`` and the suite's HParams (`ablations.report.board`).
 
 A suite run ``--until-answered`` records the rule in ``seeds_rule.json``: every interval is then read as the rule
-read it (`SuiteReport.looks`), so its round table and the report agree. Torch-free.
+read it (`SuiteReport.rule`), so its round table and the report agree. Torch-free.
 """
 
 from __future__ import annotations
@@ -591,35 +591,22 @@ def csv_text(records: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+EFFECT_COLUMNS = ("effect", "kind", "estimate", "verdict", "verdict_low", "verdict_high", "margin", "detectable")
+EFFECT_COLUMNS += ("p_value", "p_adjusted", "family", "qualified_by")
+
+
 def effect_records(fit: FactorialFit) -> list[dict[str, Any]]:
     """effects.csv: the main effects and interactions, then the simple effects of the resolved interactions
     (``kind`` simple, ``qualified_by`` naming their interaction)."""
     rows = [
-        (
-            t,
-            "interaction" if INTERACTION in t.name else "main",
-            "" if INTERACTION in t.name else " ".join(fit.qualifiers(t.name)),
-        )
-        for t in fit.effects
+        (t, "interaction" if INTERACTION in t.name else "main", " ".join(fit.qualifiers(t.name))) for t in fit.effects
     ]
     rows += [(t, "simple", i.name) for i in fit.resolved_interactions() for t in fit.simple[i.name]]
-    return [
-        {
-            "effect": t.name,
-            "kind": kind,
-            "estimate": t.effect.estimate,
-            "verdict": t.verdict,
-            "verdict_low": t.effect.low,
-            "verdict_high": t.effect.high,
-            "margin": t.margin,
-            "detectable": t.detectable,
-            "p_value": t.p_value,
-            "p_adjusted": t.p_adjusted,
-            "family": t.family,
-            "qualified_by": qualified_by,
-        }
-        for t, kind, qualified_by in rows
-    ]
+    records = []
+    for t, kind, qualified_by in rows:
+        values = (t.name, kind, t.effect.estimate, t.verdict, t.effect.low, t.effect.high, t.margin, t.detectable)
+        records.append(dict(zip(EFFECT_COLUMNS, (*values, t.p_value, t.p_adjusted, t.family, qualified_by))))
+    return records
 
 
 def shown_rows(report: SuiteReport) -> tuple[list[SpecSummary], str]:
