@@ -97,8 +97,8 @@ def trial_events(result: Mapping[str, Any]) -> list[Step]:
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A markdown table (every report table and Text-tab table): the first column left-aligned, the others right."""
-    lines = [header, ["---"] + ["---:"] * (len(header) - 1), *rows]
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
+    lines = ["| " + " | ".join(map(str, line)) + " |" for line in [header, *rows]]
+    return "\n".join([lines[0], "|---|" + "---:|" * (len(header) - 1), *lines[1:]])
 
 
 def text_summary(tag: str, markdown: str) -> summary_pb2.Summary:
