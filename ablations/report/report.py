@@ -119,9 +119,9 @@ class SuiteReport:
         """How the comparisons' intervals were read, said in every table and chart."""
         compared = len(self.rows) - 1
         if not self.rule:
-            return f"intervals simultaneous over the {compared} comparisons ({LEVEL:.0%}, Bonferroni)"
+            return f"simultaneous over the {compared} comparisons ({LEVEL:.0%} family-wise, Bonferroni)"
         return (
-            f"intervals as --until-answered read them: alpha {self.rule['alpha']:g} spent over {compared} "
+            f"read as --until-answered read them: alpha {self.rule['alpha']:g} spent over {compared} "
             f"comparisons x {self.rule['looks']} looks, each at the look it stopped at"
         )
 
@@ -452,9 +452,8 @@ def verdicts_text(report: SuiteReport) -> str:
         parts += [f"**{key}**: {names}"] if specs else []
     seeds = "/".join(map(str, sorted({r.seeds for r in tested})))
     text = (
-        f"Verdicts against `{report.reference}` at {seeds} seeds (margin ±{report.margin:g}; {report.intervals}): "
-        + "; ".join(parts)
-        + "."
+        f"Verdicts against `{report.reference}` at {seeds} seeds (margin ±{report.margin:g}; intervals "
+        f"{report.intervals}): " + "; ".join(parts) + "."
     )
     untested = [r.spec for r in compared if r.verdict_low is None]
     return text + (
@@ -677,7 +676,7 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
             [_difference(r, report.reference, colours[r.spec]) for r in shown],
             margin,
             f"Test accuracy minus {report.reference}'s, with verdicts · {title}",
-            f"{subtitle} · {report.intervals} · margin ±{margin:g}",
+            f"{subtitle} · intervals {report.intervals} · margin ±{margin:g}",
             layout,
         ),
         "curves.png": plots.curves_chart(
