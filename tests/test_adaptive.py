@@ -193,6 +193,15 @@ def test_until_answered_trains_rounds_through_the_sweep_and_ends(factor, engine,
     assert len(cells) == (4 if factor else 2) and all(("lr=" in c) == bool(factor) for c in cells)
     seeds = {c: sorted(int(f.rsplit("=", 1)[1]) for f in folders if f.split("/")[1] == c) for c in cells}
     assert all(s[:2] == [0, 1] and len(s) <= 3 for s in seeds.values())
+    table = out[out.index("Until answered") :].splitlines()
+    rounds = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in table if "| [" in line}
+    with (logdir / "tiny" / "results.csv").open() as handle:
+        compared = [r for r in csv.DictReader(handle) if r["verdict"]]
+    assert compared and len(compared) == len(rounds)
+    for row in compared:  # the round table and the report read the same interval, to the digit
+        cells = rounds[row["spec"]]
+        assert cells[2] == f"[{float(row['verdict_low']):+.4f}, {float(row['verdict_high']):+.4f}]"
+        assert row["verdict"] == ("open" if cells[3] == CAP else cells[3])
     status, again, _ = sweep(capsys, *args, "--until-answered", "--min-seeds", "2", "--max-seeds", "3")
     assert status == 0 and results(logdir).keys() == folders.keys()  # a rerun trains nothing more
 
