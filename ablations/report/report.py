@@ -111,10 +111,6 @@ class SuiteReport:
     rule: dict[str, Any] = field(default_factory=dict)  # ``seeds_rule.json``: alpha and looks of --until-answered
 
     @property
-    def seeds(self) -> list[int]:
-        return sorted({r["seed"] for r in self.results})
-
-    @property
     def intervals(self) -> str:
         """How the comparisons' intervals were read, said in every table and chart."""
         compared = len(self.rows) - 1
@@ -387,15 +383,14 @@ def _detectable(value: Optional[float]) -> str:
 
 
 def settings_line(report: SuiteReport) -> str:
-    """The training settings every chart and table carries, then (``full``) every setting the trials share."""
-    first = report.results[0]
+    """The training settings every chart and table carries."""
+    first, seeds = report.results[0], sorted({r["seed"] for r in report.results})
     s = first["settings"]
-    line = (
+    return (
         f"{s.get('epochs', '?')} epochs · {first.get('train_images', 0):,} training images · "
         f"{first.get('val_images', 0):,} validation · {first.get('test_images', 0):,} test · "
-        f"batch {s.get('batch_size', '?')} · seeds {', '.join(map(str, report.seeds))}"
+        f"batch {s.get('batch_size', '?')} · seeds {', '.join(map(str, seeds))}"
     )
-    return line
 
 
 def constant_settings(report: SuiteReport) -> str:
@@ -590,8 +585,8 @@ def csv_text(records: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-EFFECT_COLUMNS = ("effect", "kind", "estimate", "verdict", "verdict_low", "verdict_high", "margin", "detectable")
-EFFECT_COLUMNS += ("p_value", "p_adjusted", "family", "qualified_by")
+EFFECT_COLUMNS: tuple[str, ...] = ("effect", "kind", "estimate", "verdict", "verdict_low", "verdict_high", "margin")
+EFFECT_COLUMNS += ("detectable", "p_value", "p_adjusted", "family", "qualified_by")  # effects.csv's header
 
 
 def effect_records(fit: FactorialFit) -> list[dict[str, Any]]:
