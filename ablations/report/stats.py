@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-import patsy
 import statsmodels.api as sm
 from scipy import stats as scipy_stats
 
@@ -202,10 +201,26 @@ class FactorialFit:
 
 
 def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) -> pd.DataFrame:
-    """The model's design matrix (patsy, treatment coding, the reference level first): intercept, main effects
-    and, with `interactions`, every two-factor interaction."""
-    terms = " + ".join(f"C(Q({f.name!r}), levels={list(f.levels)!r})" for f in factors)
-    return patsy.dmatrix(f"({terms}) ** 2" if interactions else terms, frame, return_type="dataframe")
+    """Intercept, one treatment dummy per non-reference level and, with `interactions`, their pairwise products
+    across factors."""
+    dummies = [
+        pd.get_dummies(
+            pd.Categorical(frame[f.name], categories=f.levels),
+            prefix=f.name,
+            prefix_sep="=",
+            drop_first=True,
+            dtype=float,
+        )
+        for f in factors
+    ]
+    columns = {"intercept": np.ones(len(frame))}
+    for block in dummies:
+        columns.update({name: block[name].to_numpy() for name in block})
+    if interactions:
+        for first, second in itertools.combinations(dummies, 2):
+            for a, b in itertools.product(first, second):
+                columns[f"{a}{INTERACTION}{b}"] = first[a].to_numpy() * second[b].to_numpy()
+    return pd.DataFrame(columns)
 
 
 def _simple_name(level: str, other: Factor, other_level: str) -> str:
