@@ -100,12 +100,6 @@ def verdicts(low: Any, high: Any, margin: float) -> np.ndarray:
     return np.asarray(np.frompyfunc(lambda lo, hi: verdict(float(lo), float(hi), margin), 2, 1)(low, high), str)
 
 
-def _with_reference(add: np.ndarray, reference: int, wanted: np.ndarray) -> np.ndarray:
-    add[..., reference] = 0
-    add[..., reference] = wanted
-    return add
-
-
 def decide_answered(n: np.ndarray, mean: np.ndarray, var: np.ndarray, reference: int, answer: Answer) -> np.ndarray:
     """One round of until answered: seeds to add per cell (the last axis; leading axes are independent studies).
     A comparison is open while its cell has as many seeds as the reference, fewer than the cap, and its interval
@@ -114,7 +108,9 @@ def decide_answered(n: np.ndarray, mean: np.ndarray, var: np.ndarray, reference:
     ref = (slice(None),) * (n.ndim - 1) + (slice(reference, reference + 1),)
     low, high = answer_interval(n, mean, var, np.asarray(mean)[ref], np.asarray(var)[ref], answer, n.shape[-1] - 1)
     add = ((n == n[ref]) & (n < answer.max_seeds) & (verdicts(low, high, answer.margin) == OPEN)).astype(int)
-    return _with_reference(add, reference, add.any(axis=-1))
+    add[..., reference] = 0  # the reference's own comparison is no comparison
+    add[..., reference] = add.any(axis=-1)
+    return add
 
 
 def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +135,8 @@ def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) 
     with np.errstate(invalid="ignore"):
         ref_heavy = ~(ref_v / ref_n < guarded / seen)
     add = (wide & room).astype(int)
-    return _with_reference(add, reference, np.any(wide & ref_heavy, axis=-1) & room[..., reference]), width
+    add[..., reference] = np.any(wide & ref_heavy, axis=-1) & room[..., reference]
+    return add, width
 
 
 @dataclass(frozen=True)

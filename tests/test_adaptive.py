@@ -125,6 +125,11 @@ def test_a_clearly_worse_spec_stops_at_the_minimum_seeds():
     assert states["close"].seeds > 3  # the rule went on for the comparison that was not answered yet
 
 
+def test_a_noisy_reference_gets_no_seed_once_every_comparison_is_answered():
+    rounds, _ = _answer_rounds({"ref": (0.64, 0.05), "worse": (0.10, 0.001)}, Answer(min_seeds=3, max_seeds=10))
+    assert rounds.rounds == 1 and rounds.wanted == {"ref": 3, "worse": 3}
+
+
 def test_an_equivalent_spec_stops_within_the_margin_and_a_rerun_recomputes_the_rounds():
     truth = {"ref": (0.64, 0.002), "same": (0.641, 0.002)}
     answer = Answer(min_seeds=3, max_seeds=20)
