@@ -1,15 +1,9 @@
-"""A suite's results, rebuilt from its trial folders (``<spec>/seed=<s>/result.json``, one set of settings):
+"""A suite's report from its trial folders (``<spec>/seed=<s>/result.json``, one set of settings): results.md,
+results.csv and effects.csv (every comparison with its verdict and interval, `stats.compare_with_reference`),
+results.png, curves.png and effects.png, and the TensorBoard run ``<suite>/_report`` with the suite's HParams.
 
-- ``results.md``: per spec the test accuracy (mean ± std, 95% t interval), its difference from a reference spec
-  (default ``pixel``) and its verdict (`stats.compare_with_reference`, at ``margin``), specs with identical
-  numbers and why, the max-norm and BatchNorm diagnostics, a factorial suite's effects and the simple effects of
-  its resolved interactions, notes on mixed settings or code;
-- ``results.csv`` and ``effects.csv``, each comparison with ``verdict``, ``verdict_low``, ``verdict_high``, ``margin``;
-- ``results.png``, ``curves.png`` and ``effects.png``, the same specs in the same colours;
-- the TensorBoard run ``<suite>/_report`` and the suite's HParams (`ablations.report.board`).
-
-A suite run ``--until-answered`` records the rule in ``seeds_rule.json``: every interval is then read as the rule
-read it (`SuiteReport.rule`), so its round table and the report agree. Torch-free.
+A suite run ``--until-answered`` records its rule in ``seeds_rule.json``; every interval is then read as the rule
+read it (`SuiteReport.rule`). Torch-free.
 """
 
 from __future__ import annotations
@@ -178,23 +172,6 @@ def choose_reference(rows: list[SpecSummary], requested: Optional[str]) -> tuple
     return specs[0], [f"reference spec: {specs[0]} (the default, {DEFAULT_REFERENCE}, is not in these results)"]
 
 
-def compare(report: SuiteReport, reference: str) -> None:
-    """Fill in every row's comparison with the reference (`stats.compare_with_reference`, as the seeds rule read
-    it when there is one)."""
-    groups = {r.spec: r.test_acc_values for r in report.rows}
-    level, looks = (1 - report.rule["alpha"], report.rule["looks"]) if report.rule else (LEVEL, 1)
-    tests = {t.name: t for t in compare_with_reference(groups, reference, level, report.margin, looks)}
-    for row in report.rows:
-        test = tests.get(row.spec)
-        if test is None:  # the reference itself
-            row.vs_reference = 0.0
-            continue
-        row.vs_reference, row.verdict, row.margin = test.effect.estimate, test.verdict, report.margin
-        if test.effect.known:
-            row.verdict_low, row.verdict_high = test.effect.low, test.effect.high
-            row.p_value, row.p_adjusted, row.detectable = test.p_value, test.p_adjusted, test.detectable
-
-
 class NothingToReport(ValueError):
     """The folder holds no finished trial of the suite, or results of another suite."""
 
@@ -204,8 +181,7 @@ def _trial_name(result: dict[str, Any]) -> str:
 
 
 def check_suite_folder(suite_dir: Path, results: list[dict[str, Any]], problems: list[str]) -> None:
-    """Raise `NothingToReport` if `suite_dir` holds no result, or results of a suite of another name (results of
-    other suites are never merged into its table)."""
+    """Raise `NothingToReport` if `suite_dir` holds no result, or results of another suite (never merged)."""
     if not results:
         inside = sorted(
             {p.parents[2].relative_to(suite_dir).as_posix() for p in suite_dir.glob(f"*/*/seed=*/{RESULT_FILE}")}
@@ -227,8 +203,7 @@ def check_suite_folder(suite_dir: Path, results: list[dict[str, Any]], problems:
 def select_settings(
     results: list[dict[str, Any]], settings: Optional[str] = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The results of one set of settings (`settings`, a `settings_key`; None: the set with the most trials), and
-    a line for each other set, whose trials are excluded."""
+    """The results of one set of settings (a `settings_key`; None: the most trials), and a line per excluded set."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         factors = tuple(result.get("factors") or {})  # a setting factor's levels differ within one comparison
@@ -283,7 +258,7 @@ def identical_specs(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]
 
 
 def _level(name: str, value: Any) -> str:
-    """A spec field's value as its spec token (``bn``, ``dropout=0.5``); ``off`` for the field's default."""
+    """A spec field's value as its spec token (``bn``, ``dropout=0.5``); ``off`` for the default."""
     try:
         token = str(RegularizationSpec(**{name: value}))
     except (TypeError, ValueError):
@@ -292,8 +267,7 @@ def _level(name: str, value: Any) -> str:
 
 
 def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFrame, list[Factor]]]:
-    """The trials as a table of their varying spec fields (as levels) and test accuracy, with the factors; None
-    when fewer than two fields vary."""
+    """The trials' varying spec fields (as levels) and test accuracy, with the factors; None below two factors."""
     fields = [r.get("spec_fields") or {} for r in results]
     known = [f.name for f in dataclasses.fields(RegularizationSpec)]  # in the spec's canonical order
     names = [n for n in dict.fromkeys(known + [k for f in fields for k in f]) if any(n in f for f in fields)]
@@ -311,7 +285,7 @@ def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFram
 
 
 def mixed_environment(results: list[dict[str, Any]]) -> list[str]:
-    """A note for every `ENVIRONMENT_KEYS` entry on which the results disagree or that some results lack."""
+    """A note for every `ENVIRONMENT_KEYS` entry the results disagree on or some lack."""
     notes = []
     for key, what in ENVIRONMENT_KEYS.items():
         values = [(r.get("environment") or {}).get(key) for r in results]
@@ -329,8 +303,7 @@ def mixed_environment(results: list[dict[str, Any]]) -> list[str]:
 def build_report(
     suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
 ) -> SuiteReport:
-    """Read and analyse the suite's results of one set of settings (`select_settings`); verdicts at `margin`.
-    Raises `NothingToReport` for a folder without them, ValueError for an unknown `reference`."""
+    """Read and analyse the suite's results of one set of settings (`select_settings`); verdicts at `margin`."""
     suite_dir = Path(suite_dir)
     results, problems = load_results(suite_dir)
     check_suite_folder(suite_dir, results, problems)
@@ -348,20 +321,22 @@ def build_report(
     factorial = None if design is None else factorial_effects(*design, "test_acc", margin=margin)
     rule_file = suite_dir / SEEDS_RULE_FILE
     rule = json.loads(rule_file.read_text()) if rule_file.is_file() else {}
-    report = SuiteReport(
-        suite_dir.name,
-        results,
-        rows,
-        reference,
-        identical,
-        factorial,
-        notes + mixed_environment(results),
-        problems + excluded,
-        margin,
-        rule=rule,
-    )
-    if reference is not None:
-        compare(report, reference)
+    notes += mixed_environment(results)
+    report = SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems + excluded)
+    report.margin, report.rule = margin, rule
+    if reference is None:
+        return report
+    level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (LEVEL, 1)
+    groups = {r.spec: r.test_acc_values for r in rows}
+    tests = {t.name: t for t in compare_with_reference(groups, reference, level, margin, looks)}
+    for row in rows:  # the comparison with the reference, as the seeds rule read it when there is one
+        test = tests.get(row.spec)
+        row.vs_reference = 0.0 if test is None else test.effect.estimate
+        if test is not None:
+            row.verdict, row.margin = test.verdict, margin
+        if test is not None and test.effect.known:
+            row.verdict_low, row.verdict_high = test.effect.low, test.effect.high
+            row.p_value, row.p_adjusted, row.detectable = test.p_value, test.p_adjusted, test.detectable
     return report
 
 
