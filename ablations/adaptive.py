@@ -179,61 +179,45 @@ def plan_rounds(
 ) -> Rounds:
     """Replay the rounds `finished` (cell -> {seed: test accuracy}) allows, up to the first whose seeds are not all
     finished (what runs next). `specs`: every cell, `reference` among them (else ValueError)."""
+    from ablations.report.stats import compare_with_reference, welch_width
+
     if reference not in specs:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(specs)}")
     index = list(specs).index(reference)
-    wanted = np.full(len(specs), target.min_seeds)
-    rounds = 1
+    wanted, rounds, done = np.full(len(specs), target.min_seeds), 1, False
     while True:
-        values = [[finished.get(s, {}).get(k) for k in range(n)] for s, n in zip(specs, wanted)]
-        if any(v is None for row in values for v in row):
-            return _rounds(specs, reference, wanted, values, target, rounds, done=False)
+        known = {s: [finished[s][k] for k in range(n) if k in finished.get(s, {})] for s, n in zip(specs, wanted)}
+        n = np.array([len(v) for v in known.values()])
+        if (n < wanted).any():
+            break
         if isinstance(target, Answer):
-            rows = [np.array(row, float) for row in values]
-            mean, var = np.array([r.mean() for r in rows]), np.array([np.var(r, ddof=1) for r in rows])
-            add = decide_answered(wanted, mean, var, index, target)
+            var = np.array([np.var(v, ddof=1) for v in known.values()])
+            add = decide_answered(wanted, np.array([np.mean(v) for v in known.values()]), var, index, target)
         else:
-            add = decide(wanted, _seen_var(values), index, target)[0]
+            add = decide(wanted, _seen_var(list(known.values())), index, target)[0]
         if not add.any():
-            return _rounds(specs, reference, wanted, values, target, rounds, done=True)
+            done = True
+            break
         wanted, rounds = wanted + add, rounds + 1
-
-
-def _rounds(
-    specs: Sequence[str],
-    reference: str,
-    wanted: np.ndarray,
-    values: list[list[Optional[float]]],
-    target: SeedsRule,
-    rounds: int,
-    done: bool,
-) -> Rounds:
-    from ablations.report.stats import compare_with_reference, welch_width
-
-    index = list(specs).index(reference)
-    known = {s: [v for v in row if v is not None] for s, row in zip(specs, values)}
-    n = np.array([len(known[s]) for s in specs], float)
+    nan = float("nan")
     if isinstance(target, Answer):  # the report's function, as the report reads the suite
-        tests = {
-            t.name: t for t in compare_with_reference(known, reference, 1 - target.alpha, target.margin, target.looks)
-        }
+        tests = compare_with_reference(known, reference, 1 - target.alpha, target.margin, target.looks)
+        shown = {t.name: (t.effect.low, t.effect.high, CAP if done and t.verdict == OPEN else t.verdict) for t in tests}
     else:
-        var = np.array([np.var(known[s], ddof=1) if len(known[s]) > 1 else np.nan for s in specs])
+        var = np.array([np.var(v, ddof=1) if len(v) > 1 else nan for v in known.values()])
         width = welch_width(n, var, n[index], var[index])
         wide = ~(decide(n, _seen_var(list(known.values())), index, target)[1] <= target.width)
+        status = [OPEN if not done else CAP if w else WIDTH for w in wide]
+        shown = {s: (width[i], status[i]) for i, s in enumerate(specs)}
     states = []
     for i, spec in enumerate(specs):
-        low = high = float("nan")
         if spec == reference:
-            status, shown = "reference", float("nan")
+            states.append(SpecState(spec, int(n[i]), nan, "reference", int(wanted[i] - n[i])))
         elif isinstance(target, Answer):
-            low, high = tests[spec].effect.low, tests[spec].effect.high
-            status, shown = tests[spec].verdict, high - low
-            status = CAP if done and status == OPEN else status
+            low, high, status = shown[spec]
+            states.append(SpecState(spec, int(n[i]), high - low, status, int(wanted[i] - n[i]), low, high))
         else:
-            status = OPEN if not done else CAP if n[i] >= target.max_seeds and wide[i] else WIDTH
-            shown = float(width[i])
-        states.append(SpecState(spec, int(n[i]), shown, status, int(wanted[i] - n[i]), low, high))
+            states.append(SpecState(spec, int(n[i]), float(shown[spec][0]), shown[spec][1], int(wanted[i] - n[i])))
     return Rounds(target, reference, {s: int(k) for s, k in zip(specs, wanted)}, states, rounds, done)
 
 
