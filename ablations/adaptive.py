@@ -1,18 +1,14 @@
 """The seeds rules: a suite runs in rounds and adds seeds only where a comparison with the reference needs them.
 
-- **Until answered** (`Answer`, ``--until-answered``, the harness's seeds rule): round 1 trains every cell with
-  seeds ``0 .. min_seeds-1``; each later round adds the next seed to every cell whose comparison is still
-  ``open``, and to the reference while any is, up to ``max_seeds``. Each look reads Welch's interval with equal
-  seeds on both sides at level ``1 - alpha / (comparisons x looks)``: the uniform alpha spending of Lan & DeMets
-  (1983) by Bonferroni's inequality, so every interval read at every look holds together with probability
-  ``1 - alpha`` whichever look a comparison stops at. The rule records itself in the suite's folder
-  (`ablations.report.report.SEEDS_RULE_FILE`) and the report reads every interval as the rule did.
-- **Target precision** (`Target`, ``--target-ci W``): a cell gets seeds until Welch's 95% interval of its
-  difference is at most ``W`` wide. It stops on the width, not the answer; against a spread small by chance it
-  decides on each variance's upper `GUARD` confidence bound and on every cell's seeds but its newest.
+- **Until answered** (`Answer`, ``--until-answered``): seeds ``0 .. min_seeds-1`` first, then one more seed per
+  round to every cell whose comparison is still ``open`` (and to the reference while any is), up to ``max_seeds``.
+  Each look reads Welch's interval at level ``1 - alpha / (comparisons x looks)`` (uniform alpha spending by
+  Bonferroni), so all intervals read at every look hold together with probability ``1 - alpha``. The rule records
+  itself in the suite's folder and the report reads every interval as the rule did.
+- **Target precision** (`Target`, ``--target-ci W``): seeds until Welch's 95% interval of each difference is at
+  most ``W`` wide, decided on each variance's upper `GUARD` bound over every cell's seeds but its newest.
 
-Seeds are added in order, so the rounds are a function of the finished results: a rerun continues.
-``scripts/seeds_rule.py`` simulates both rules. Torch-free.
+The rounds are a function of the finished results, so a rerun continues. Torch-free.
 """
 
 from __future__ import annotations
@@ -56,8 +52,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Answer:
-    """``--until-answered``: every comparison's verdict better, worse or equivalent (within ``±margin``), all
-    looks' intervals holding together with probability ``1 - alpha``."""
+    """``--until-answered``: every comparison better, worse or equivalent (``±margin``) at level ``1 - alpha``."""
 
     margin: float = MARGIN
     min_seeds: int = 3
@@ -222,8 +217,7 @@ def plan_rounds(
 
 
 def finished_values(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
-    """cell -> {seed: test accuracy} of result records; a cell is the record's ``cell`` (spec and setting-factor
-    levels) where it has one, else its spec."""
+    """cell -> {seed: test accuracy} of result records (a record's ``cell``, else its spec)."""
     table: dict[str, dict[int, float]] = {}
     for r in results:
         table.setdefault(r.get("cell", r["spec"]), {})[int(r["seed"])] = float(r["metrics"]["test/acc"])
@@ -297,8 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
-    """The command line's seeds rule, or None without one (ValueError for bad values or flags it cannot run
-    with)."""
+    """The command line's seeds rule, or None (ValueError for bad values or flags it cannot run with)."""
     flag = "--until-answered" if args.until_answered else "--target-ci" if args.target_ci is not None else None
     if args.until_answered and args.target_ci is not None:
         raise ValueError("--until-answered and --target-ci are two seeds rules: choose one")
@@ -329,8 +322,7 @@ def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
 
 
 def record_rule(suite_dir: Path, target: SeedsRule) -> None:
-    """Record an `Answer` rule in the suite's folder, for the report to read every interval as the rule reads it
-    (`ablations.report.report.SEEDS_RULE_FILE`); a `Target` rule removes the record (its intervals are 95% each)."""
+    """Record an `Answer` rule in the suite's folder for the report (a `Target` rule's intervals are 95% each)."""
     from ablations.report.report import SEEDS_RULE_FILE
     from ablations.store import write_text_atomic
 
