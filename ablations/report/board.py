@@ -1,14 +1,7 @@
-"""What TensorBoard shows of a suite, built with TensorBoard's public API and written with its ``EventFileWriter``.
-
-- **Scalars**: a trial's, from the numbers its result.json holds (`epoch_scalars` per epoch of its ``history``,
-  `test_scalars`), so a running trial (`ablations.monitor.TrialLogger`) and a rebuild (`trial_events`) write the
-  same tags, steps (epochs trained) and values; accuracy and cross-entropy are copied under ``accuracy/`` and
-  ``cross_entropy/``, the groups Time Series opens first.
-- **HParams**, written once per report (`write_suite_runs`): each trial's session, in its cell's session group
-  (`cell_group`), so TensorBoard averages a cell's seeds in one row; the ``_hparams`` run's experiment record lists
-  the varying factors first (TensorBoard ticks five columns), then ``spec`` and the cell's ``seeds``.
-- **The answer**: the ``_report`` run's verdict table (`verdict_markdown`), and `open_hint`, what a sweep prints to
-  open it (a logdir of its own: above 40 runs TensorBoard ticks none) and the trials with a cell's seeds alike.
+"""What TensorBoard shows of a suite, built with TensorBoard's public summary API and its ``EventFileWriter``:
+each trial's scalars from its result.json (`trial_events`, the same tags and steps as a running trial writes),
+the suite's HParams (`write_suite_runs`: a trial's session in its cell's group, so TensorBoard averages a cell's
+seeds in one row) and the ``_report`` run's verdict table (`verdict_markdown`); `open_hint` says how to open them.
 """
 
 from __future__ import annotations
@@ -88,8 +81,7 @@ def scalar_summary(values: Mapping[str, float]) -> summary_pb2.Summary:
 
 
 def trial_events(result: Mapping[str, Any]) -> list[Step]:
-    """Every scalar a trial writes, from its result.json: each epoch's at its epochs trained, the test's at the
-    last."""
+    """Every scalar of a trial's result.json: each epoch's at its epochs trained, the test's at the last."""
     history = result.get("history", [])
     steps: list[Step] = [(i + 1, scalar_summary(epoch_scalars(epoch))) for i, epoch in enumerate(history)]
     return [*steps, (len(history), scalar_summary(test_scalars(result["metrics"])))]
@@ -99,11 +91,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A markdown table (every report table and Text-tab table): the first column left-aligned, the others right."""
     lines = ["| " + " | ".join(map(str, line)) + " |" for line in [header, *rows]]
     return "\n".join([lines[0], "|---|" + "---:|" * (len(header) - 1), *lines[1:]])
-
-
-def text_summary(tag: str, markdown: str) -> summary_pb2.Summary:
-    """A Text-tab entry (markdown, tables included)."""
-    return text_pb(tag, markdown)
 
 
 def image_summary(tag: str, png: bytes) -> summary_pb2.Summary:
@@ -122,8 +109,7 @@ def _typed(value: Any) -> HParamValue:
 
 
 def factor_levels(result: Mapping[str, Any]) -> dict[str, HParamValue]:
-    """A trial's factor columns: its ``levels`` labels where result.json has them, else its spec's fields and its
-    setting factors' values."""
+    """A trial's factor columns: its ``levels`` labels, else its spec fields and setting factors' values."""
     if result.get("levels"):
         return {FACTOR + str(k): str(v) for k, v in result["levels"].items()}
     values = {**dict(sorted(result.get("spec_fields", {}).items())), **result.get("factors", {})}
@@ -138,16 +124,14 @@ def _cell(result: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 def cell_group(result: Mapping[str, Any]) -> str:
-    """The HParams group of a trial's cell, e.g. ``03 pixel+bn 5c1e``: the spec's place in the suite, its cell, a
-    digest of suite, spec and settings (the same cell under other settings is another group). The table cuts
-    names after about 14 characters, so the number and the cell come first."""
+    """The HParams group of a trial's cell, e.g. ``03 pixel+bn 5c1e``: its place, its cell, a digest of suite, spec
+    and settings (the table cuts names after about 14 characters)."""
     digest = hashlib.sha256(repr(_cell(result)).encode()).hexdigest()[:4]
     return f"{result.get('order', 0) + 1:02d} {result.get('cell', result[SPEC])} {digest}"
 
 
 def session_summaries(hparams: Mapping[str, HParamValue], group: str) -> list[summary_pb2.Summary]:
-    """One session of the HParams table, in `group`: its start (values, group) and its end (finished); the same
-    bytes for the same row in every process."""
+    """One session of the HParams table, in `group`: its start and end, the same bytes in every process."""
     end = plugin_data_pb2.HParamsPluginData(
         session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
     )
@@ -169,8 +153,8 @@ def _plugin_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summar
 
 
 def experiment_summary(rows: Sequence[Mapping[str, HParamValue]], metrics: Iterable[str]) -> summary_pb2.Summary:
-    """The suite's HParams experiment: a column per name in `rows` (`differs` where they disagree: TensorBoard
-    lists those first) with its levels of one type, and the `METRICS` among `metrics`."""
+    """The suite's HParams experiment: a column per name in `rows` (`differs` where they disagree: listed first),
+    and the `METRICS` among `metrics`."""
     infos = []
     for name in dict.fromkeys(name for row in rows for name in row):
         levels = {row[name] for row in rows if name in row}
@@ -228,25 +212,19 @@ def event_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("*tfevents*") if p.is_file() and not p.name.endswith(".tmp"))
 
 
-def read_steps(path: Path) -> list[Step]:
-    """The summaries of one event file with their steps."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-
-    events = [event_pb2.Event.FromString(raw) for raw in RawEventFileLoader(str(path)).Load()]
-    return [(event.step, event.summary) for event in events if event.HasField("summary")]
-
-
 def holds(files: Sequence[Path], wanted: Sequence[Sequence[Step]]) -> bool:
     """True if `files` are exactly the event files `wanted` (in any order), wall times aside."""
-    found = [read_steps(path) for path in files]
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+
+    events = [[event_pb2.Event.FromString(raw) for raw in RawEventFileLoader(str(path)).Load()] for path in files]
+    found = [[(event.step, event.summary) for event in file if event.HasField("summary")] for file in events]
     wanted = [list(file) for file in wanted]
     return len(found) == len(wanted) and all(f in wanted for f in found) and all(w in found for w in wanted)
 
 
 def write_run(run_dir: Path, summaries: Items, replace: bool) -> bool:
-    """Write a whole run at once (into a temporary folder renamed to `run_dir`: TensorBoard never sees half of
-    it). An existing `run_dir` is replaced (`replace`; left alone when it holds exactly these summaries) or kept
-    (returns False: another process wrote it)."""
+    """Write a whole run at once (a temporary folder renamed to `run_dir`). An existing `run_dir` is replaced
+    (`replace`, unless it holds these summaries already) or kept (returns False: another process wrote it)."""
     run_dir = Path(run_dir)
     steps = _steps(summaries)
     if replace and run_dir.is_dir() and holds(event_files(run_dir), [steps]):
@@ -266,9 +244,8 @@ def write_run(run_dir: Path, summaries: Items, replace: bool) -> bool:
 
 
 def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]]) -> None:
-    """The suite's HParams from the report's `results`: each trial's session record (``*.hparams``, with its
-    settings as text; left alone when it holds them already) and the experiment record (`HPARAMS_RUN`). The
-    caller holds the suite's lock."""
+    """Each trial's session record (``*.hparams``, with its settings as text) and the experiment record
+    (`HPARAMS_RUN`) of the report's `results`; the caller holds the suite's lock."""
     from ablations.store import folder_lock, list_trials
 
     trials = [(folder, result) for folder, result in list_trials(suite_dir).results.items() if result in results]
@@ -285,7 +262,7 @@ def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]]) -> N
         }
         settings.update({f"settings/{k}": _typed(v) for k, v in sorted(r["settings"].items()) if k not in (SEED, SPEC)})
         text = markdown_table(["setting", "value"], settings.items())
-        steps = _steps([*session_summaries(row, cell_group(r)), text_summary(SETTINGS_TAG, text)])
+        steps = _steps([*session_summaries(row, cell_group(r)), text_pb(SETTINGS_TAG, text)])
         rows.append(row)
         with folder_lock(folder) as locked:
             old = sorted(Path(folder).glob(f"*tfevents*{SESSION_SUFFIX}"))
@@ -300,8 +277,7 @@ def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]]) -> N
 
 # ------------------------------------------------------------------------------------------------ the answer
 def verdict_markdown(specs: Sequence[Mapping[str, Any]], effects: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The suite's verdicts as a markdown table, from the report's results.csv and effects.csv records (each spec
-    against the reference, each factorial effect): what the report's tables say."""
+    """The verdicts of the report's results.csv and effects.csv records as one markdown table."""
 
     def line(label: str, r: Mapping[str, Any]) -> list[str]:
         low, high = r["verdict_low"], r["verdict_high"]
@@ -320,8 +296,7 @@ def verdict_markdown(specs: Sequence[Mapping[str, Any]], effects: Sequence[Mappi
 
 
 def open_hint(suite_dir: Path) -> str:
-    """What a sweep prints: how to open the suite's answer (its ``_report`` run as a logdir of its own) and its
-    trials (a cell's seeds in one colour, smoothing off; one HParams row per cell)."""
+    """How to open the suite's answer (``_report`` as its own logdir) and its trials (a cell's seeds alike)."""
     base = f"http://localhost:{PORT}/"
     return (
         f"TensorBoard, the answer (verdicts, tables, charts): tensorboard --logdir {Path(suite_dir) / REPORT_RUN}, "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
+from tensorboard.plugins.text.summary_v2 import text_pb
 
 from ablations.identity import cell_view
 from ablations.report import board, plots
@@ -706,10 +707,8 @@ def write_report(
             print(f"warning: {problem}", file=sys.stderr)
         for name, png in charts(report, plots.PAGE).items():
             write_bytes_atomic(suite_dir / name, png)
-        answer = board.text_summary(board.ANSWER_TAG, board.verdict_markdown(records, effects))
+        answer = text_pb(board.ANSWER_TAG, board.verdict_markdown(records, effects))
         images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
-        board.write_run(
-            suite_dir / board.REPORT_RUN, [answer, board.text_summary("report/results", text), *images], replace=True
-        )
+        board.write_run(suite_dir / board.REPORT_RUN, [answer, text_pb("report/results", text), *images], replace=True)
         board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session
     return report_text(report)

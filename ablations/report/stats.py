@@ -1,9 +1,6 @@
-"""The statistics of a suite's results, from scipy and statsmodels: confidence intervals, comparisons with a
-reference spec, factorial effects, and the one verdict each comparison gets (`verdict`).
-
-Every family of intervals is simultaneous (Bonferroni), so an interval keeps its meaning whether its comparison is
-rejected or not, and every table, CSV, chart, TensorBoard view and the seeds rule reads its verdict from it.
-Torch-free.
+"""The statistics of a suite's results (scipy, statsmodels): confidence intervals, comparisons with a reference
+spec, factorial effects, and the one verdict each comparison gets (`verdict`). Every family of intervals is
+simultaneous (Bonferroni), so an interval means the same whether its comparison is rejected or not. Torch-free.
 """
 
 from __future__ import annotations
@@ -32,9 +29,8 @@ NAN = float("nan")
 
 
 def verdict(low: float, high: float, margin: float = MARGIN) -> str:
-    """The verdict of a simultaneous interval ``[low, high]`` of a difference: ``equivalent`` within ``±margin``
-    (TOST: too small to matter, even if it excludes 0), else ``better`` / ``worse`` when it excludes 0, else
-    ``open`` (a nan bound too). ValueError for a bad `margin`."""
+    """``equivalent`` when ``[low, high]`` lies within ``±margin`` (TOST), else ``better`` / ``worse`` when it
+    excludes 0, else ``open`` (a nan bound too)."""
     check_margin(margin)
     if math.isnan(low) or math.isnan(high):
         return "open"
@@ -75,8 +71,7 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 @dataclass(frozen=True)
 class Contrast:
-    """A difference or an effect with its interval, simultaneous over `family` contrasts at the family-wise
-    `level`, and the verdict that interval gives at `margin`."""
+    """A difference or effect with its interval, simultaneous over `family` contrasts at family-wise `level`."""
 
     name: str
     effect: Interval  # the estimate and its simultaneous interval: the interval every output draws
@@ -97,8 +92,7 @@ class Contrast:
 
     @property
     def detectable(self) -> float:
-        """The smallest difference these seeds would call better / worse with probability `POWER`:
-        ``(t_crit + t_power) * se``, the standard error read back from the half-width; nan without an interval."""
+        """The smallest difference these seeds would resolve with probability `POWER`: ``(t_crit + t_power) * se``."""
         if not self.effect.known or math.isnan(self.df):
             return NAN
         critical = float(scipy_stats.t.ppf(1 - (1 - self.level) / (2 * self.family), self.df))
@@ -107,8 +101,8 @@ class Contrast:
 
 
 def welch(values: Sequence[float], reference: Sequence[float], name: str, level: float = LEVEL) -> Contrast:
-    """``mean(values) - mean(reference)`` with Welch's interval at `level` and t-test p-value (scipy); ``nan``
-    with fewer than two values on a side or two identical constant samples (nothing to test)."""
+    """``mean(values) - mean(reference)`` with Welch's interval at `level` and p-value; ``nan`` bounds when there
+    is nothing to test (fewer than two values a side, or identical constant samples)."""
     difference = statistics.fmean(values) - statistics.fmean(reference) if values and reference else NAN
     unknown = Contrast(name, Interval(difference, NAN, NAN), NAN, level=level)
     if min(len(values), len(reference)) < 2:
@@ -123,9 +117,8 @@ def welch(values: Sequence[float], reference: Sequence[float], name: str, level:
 
 
 def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL) -> np.ndarray:
-    """The width of `welch`'s interval from sample sizes and variances (ddof=1) alone, numpy-broadcast, so one
-    call serves a suite or thousands of simulated studies (the seeds rules decide on it); 0 where both variances
-    are 0."""
+    """The width of `welch`'s interval from sample sizes and variances (ddof=1), numpy-broadcast (the seeds rules
+    and their simulations decide on it); 0 where both variances are 0."""
     n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
     va, vb = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
     total = va + vb
@@ -142,13 +135,9 @@ def compare_with_reference(
     margin: float = MARGIN,
     looks: int = 1,
 ) -> list[Contrast]:
-    """Every group but `reference` against it (Welch), in `groups` order, simultaneous at family-wise `level`
-    over the comparisons and `looks` looks at each: each interval at ``1 - (1 - level) / (comparisons x looks)``.
-
-    With ``looks > 1`` (the until-answered seeds rule, `ablations.adaptive`) a comparison is read at the look it
-    stopped at, as the rule read it: the first ``k`` values of both sides, ``k`` the fewer of the two. ValueError if
-    `reference` is not a group or for a bad `margin`.
-    """
+    """Every group but `reference` against it (Welch), each interval at ``1 - (1 - level) / (comparisons x
+    looks)``. With ``looks > 1`` (`ablations.adaptive`) each is read at the look it stopped at: the first ``k``
+    values of both sides, ``k`` the fewer of the two."""
     if reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(groups)}")
     check_margin(margin)
@@ -177,8 +166,7 @@ class Factor:
 
 @dataclass(frozen=True)
 class FactorialFit:
-    """The effects of a factorial design (main effects and interactions; `simple`: each interaction's simple
-    effects, in the same simultaneous family), or why they could not be estimated (`problem`)."""
+    """Main effects, interactions and (`simple`) each interaction's simple effects, or why not (`problem`)."""
 
     effects: list[Contrast]
     interactions: bool  # whether two-factor interactions were estimated (else main effects only)
@@ -201,8 +189,7 @@ class FactorialFit:
 
 
 def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) -> pd.DataFrame:
-    """Intercept, one treatment dummy per non-reference level and, with `interactions`, their pairwise products
-    across factors."""
+    """Intercept, a treatment dummy per non-reference level, and with `interactions` their products across factors."""
     dummies = [
         pd.get_dummies(
             pd.Categorical(frame[f.name], categories=f.levels),
@@ -233,10 +220,8 @@ def _simple_name(level: str, other: Factor, other_level: str) -> str:
 def _contrasts(
     factors: Sequence[Factor], interactions: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]]]:
-    """The effects as linear combinations of the model's coefficients, averaged over a balanced grid: ``A=a`` is
-    mean(a) - mean(off); ``a × b`` the difference of differences; then each interaction's simple effects (``a``
-    without and with ``b``, ``b`` without and with ``a``). Returns the effects, the simple effects, and each
-    interaction's simple effects' names."""
+    """The effects, the simple effects (``a`` without and with ``b``, and back) and each interaction's simple
+    effects' names, as combinations of the coefficients averaged over the full grid."""
     grid = pd.DataFrame(list(itertools.product(*(f.levels for f in factors))), columns=[f.name for f in factors])
     design = _design(grid, factors, interactions).to_numpy()
 
@@ -290,13 +275,9 @@ def _fit(
 def factorial_effects(
     frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL, margin: float = MARGIN
 ) -> FactorialFit:
-    """Main effects and two-factor interactions of `factors` on `response` (one row of `frame` per trial).
-
-    The model has every two-factor interaction when the trials separate them (full column rank) and leave residual
-    degrees of freedom, else main effects only; higher interactions are taken as noise. A fraction of the grid
-    must run every level of a factor about equally often (a design, not hand-picked specs); the effects it cannot
-    separate are `FactorialFit.aliased`.
-    """
+    """Main effects and, where the trials separate them with residual degrees of freedom left, two-factor
+    interactions of `factors` on `response` (a row of `frame` per trial); higher interactions are noise. A fraction
+    of the grid must run each level about equally often; what it cannot separate is `FactorialFit.aliased`."""
     names = [f.name for f in factors]
     combinations = math.prod(len(f.levels) for f in factors)
     combos = frame[names].drop_duplicates()
