@@ -1,9 +1,6 @@
 """Reports from the trial folders: ``python -m ablations.report logs/notebook [--reference pixel] [--margin 0.01]``.
 
-`report` writes a suite's tables, CSVs, charts and TensorBoard report run; `stats` computes the one verdict per
-comparison; `plots` draws the charts; `board` writes what TensorBoard shows; `rebuild` rewrites a suite's
-TensorBoard runs; `compare` compares one suite run twice. `report`'s public names are importable from here, on
-first use, so a training worker importing `board` imports no statistics. Torch-free.
+`report`'s public names load on first use, so a training worker importing `board` imports no statistics.
 """
 
 from __future__ import annotations

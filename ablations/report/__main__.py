@@ -1,8 +1,6 @@
 """``python -m ablations.report SUITE_DIR [--reference SPEC] [--margin M]`` (``lit-cifar-report``): write a suite's
-report (`ablations.report.report`) and print its table.
-
-Exit status: 0 written (or, in a folder this process cannot write, shown only), 1 not written (e.g. a full disk),
-2 a bad folder, ``--reference`` or ``--margin``, or the harness's extra missing.
+report and print its table. Exit status: 0 written (or, in a folder this process cannot write, shown only), 1 not
+written (e.g. a full disk), 2 a bad folder, ``--reference`` or ``--margin``, or the harness's extra missing.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """``python -m ablations.report.compare A B`` (``lit-cifar-compare``): one suite run twice (another precision, code
-or machine), spec by spec: test accuracy in A and B, B − A, whether B's mean lies in A's seed range, training
-images/s; then the paired difference over every (spec, seed) both hold, its 95% interval, p and verdict.
-
-The two must share every training setting but the precision (`COMPARABLE`), else exit 2 in one line, as for a
-missing folder or no shared trial. A number that cannot be computed prints as "—", never nan. Torch-free.
+or machine), spec by spec, then the paired difference over every (spec, seed) both hold, its 95% interval, p and
+verdict. The two must share every training setting but the precision (`COMPARABLE`), else exit 2. Torch-free.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The report's charts as PNG bytes, drawn on `matplotlib.figure.Figure` objects (no pyplot, no backend switch):
-each spec's difference from the reference (`differences_chart`), validation curves (`curves_chart`), factorial
-effects (`effects_chart`) and one training image per class (`samples_chart`).
-
-A spec has one colour in every chart (`spec_colours`), a verdict one colour (`VERDICT_COLOURS`); every interval
-drawn is the one its verdict reads, beside the ``±margin`` band; axes are fitted to the data.
+"""The report's charts as PNG bytes, drawn on `matplotlib.figure.Figure` (no pyplot): differences from the
+reference, validation curves, factorial effects and one training image per class. A spec has one colour in every
+chart, a verdict one colour; every interval drawn is the one its verdict reads, beside the ``±margin`` band.
 """
 
 from __future__ import annotations
@@ -50,8 +47,7 @@ CARD = Layout(width=3.6, dpi=100, wrap=50, font=7.5, legend_columns=1, labels_ab
 
 @dataclass(frozen=True)
 class Row:
-    """One difference or effect of a dot-and-interval chart: the estimate and the interval its verdict reads
-    (nan: none, the `note` says why)."""
+    """A dot-and-interval row: the estimate and the interval its verdict reads (nan: none, the `note` says why)."""
 
     label: str
     estimate: float
@@ -83,8 +79,7 @@ def _png(figure: Figure, layout: Layout) -> bytes:
 
 
 def _wrap(text: str, width: int) -> str:
-    """`text` in lines of at most `width` characters, broken between its `` · `` parts, inside a part only when
-    that part alone is too long."""
+    """`text` in lines of at most `width` characters, broken between its `` · `` parts where it can."""
     lines: list[str] = []
     for part in text.split(" · "):
         if lines and len(lines[-1]) + 3 + len(part) <= width:
@@ -111,8 +106,7 @@ def _fit_axis(values: Sequence[float], margin: float = 0.0) -> tuple[float, floa
 
 
 def _interval_limits(rows: Sequence[Row], margin: float) -> tuple[float, float]:
-    """x limits fitted to the estimates and intervals; one reaching past twice the largest estimate is cut at the
-    axis (with an arrow), so that it does not flatten the others."""
+    """x limits fitted to the rows; an interval past twice the largest estimate is cut at the axis (an arrow)."""
     reach = 2 * max([abs(r.estimate) for r in rows] + [margin, 0.01])
     low, high = _fit_axis([v for r in rows for v in (r.low, r.high, r.estimate) if abs(v) <= reach], margin)
     clipped = any(r.low < low or r.high > high for r in rows)  # False for nan
@@ -122,8 +116,7 @@ def _interval_limits(rows: Sequence[Row], margin: float) -> tuple[float, float]:
 def _draw_rows(
     ax: Any, rows: Sequence[Row], limits: tuple[float, float], margin: float, layout: Layout, say: bool
 ) -> None:
-    """`rows` top-down on `ax`: a dot at the estimate and a line over the interval (cut at the axis with an
-    arrow), over the ``±margin`` band; with `say`, the verdict written beside each row."""
+    """`rows` top-down on `ax`, a dot and an interval each, over the ``±margin`` band; with `say`, the verdicts."""
     if margin > 0:
         ax.axvspan(-margin, margin, color=VERDICT_COLOURS["equivalent"], alpha=0.12, lw=0, zorder=0)
     ax.axvline(0, color="black", lw=0.8, zorder=1)
@@ -164,8 +157,7 @@ def differences_chart(rows: Sequence[Row], margin: float, title: str, subtitle: 
 
 
 def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
-    """Validation accuracy per epoch: per spec its mean over seeds and the band of its seeds; the reference thick
-    on top; a spec identical to another dashed with open markers."""
+    """Validation accuracy per epoch: each spec's mean over seeds and their band; the reference thick, on top."""
     beside = layout is PAGE  # the legend, else below in two columns
     figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2), title, subtitle)
     ax = figure.add_subplot()
@@ -206,8 +198,8 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
 def effects_chart(
     rows: Sequence[Row], simple: Sequence[Row], margin: float, title: str, subtitle: str, layout: Layout = PAGE
 ) -> bytes:
-    """The effects coloured by verdict, a main effect qualified by a resolved interaction hollow in its own colour
-    (never "raises accuracy"), and below, in a panel of their own, the resolved interactions' simple effects."""
+    """The effects by verdict (a main effect a resolved interaction qualifies hollow), and below, in a panel of
+    their own, the resolved interactions' simple effects."""
     heights = [len(rows)] + ([len(simple) + 1.5] if simple else [])
     figure = _figure(layout, 1.6 + layout.row * 0.8 * sum(heights), title, subtitle)
     axes = figure.subplots(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]

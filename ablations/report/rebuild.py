@@ -1,14 +1,7 @@
 """``python -m ablations.report.rebuild LOGDIR/SUITE ... [--data-dir DIR]`` (``lit-cifar-board``): rewrite a suite's
-TensorBoard events from its result.json files, in the current layout.
-
-Per finished trial: one ``*.trial`` event file of `ablations.report.board.trial_events` (what a trial of the
-current code writes), the weight histograms carried over from the old event files into ``*.histograms`` (re-stepped
-to epochs trained where older code logged them from 0), every other old event file deleted. Per suite: the report
-(`ablations.report.report.write_report`, with the HParams records), the ``_by_spec`` runs of older code removed,
-and the ``_samples`` run: drawn with ``--data-dir``, else kept, else moved from an old trial's sample image.
-
-Numbers result.json never held cannot be rebuilt. Safe while a sweep runs (a trial whose lock is held is left
-alone) and idempotent (a run that already holds what would be written is not touched).
+TensorBoard events from its result.json files, in the current layout: per trial the scalars a trial writes now and
+the old weight histograms; per suite the report and the ``_samples`` run (drawn with ``--data-dir``, else kept,
+else moved from an old trial). Safe while a sweep runs (a locked trial is left alone) and idempotent.
 """
 
 from __future__ import annotations
@@ -29,8 +22,7 @@ OLD_SAMPLE_TAGS = ("data/one_training_image_per_class", board.SAMPLES_TAG)  # pe
 
 
 def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, int, Optional[bytes]]:
-    """Rewrite one trial's events; returns whether anything changed, how many histograms were carried over, and
-    an old sample image. The caller holds the trial's lock."""
+    """Rewrite one trial's events (its lock held); returns whether it changed, its histograms, an old sample image."""
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
     files = [path for path in board.event_files(folder) if not path.name.endswith(board.SESSION_SUFFIX)]
