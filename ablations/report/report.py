@@ -96,7 +96,7 @@ class SuiteReport:
     name: str
     results: list[dict[str, Any]]
     rows: list[SpecSummary]
-    reference: Optional[str]
+    reference: str
     identical: list[tuple[str, str, str]]  # (spec, same as, why)
     factorial: Optional[FactorialFit]
     notes: list[str]
@@ -123,12 +123,8 @@ def load_results(suite_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return list(listing.results.values()), listing.problems
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else float("nan")
-
-
 def summarize(results: list[dict[str, Any]]) -> list[SpecSummary]:
-    """One `SpecSummary` per spec, in suite order (the comparisons are filled in by `compare`)."""
+    """One `SpecSummary` per spec, in suite order (its comparison is filled in by `build_report`)."""
     by_spec: dict[str, list[dict[str, Any]]] = {}
     for result in sorted(results, key=lambda r: r["seed"]):
         by_spec.setdefault(result["spec"], []).append(result)
@@ -144,11 +140,11 @@ def summarize(results: list[dict[str, Any]]) -> list[SpecSummary]:
                 order=runs[0].get("order", 0),
                 seeds=len(runs),
                 test_acc=interval.estimate,
-                test_acc_std=_std(test),
+                test_acc_std=statistics.stdev(test) if len(test) > 1 else math.nan,
                 test_acc_ci_low=interval.low,
                 test_acc_ci_high=interval.high,
                 val_acc=statistics.fmean(val),
-                val_acc_std=_std(val),
+                val_acc_std=statistics.stdev(val) if len(val) > 1 else math.nan,
                 notebook=runs[0].get("notebook"),
                 train_val_gap=statistics.fmean(r["metrics"]["train/acc"] - r["metrics"]["val/acc"] for r in runs),
                 wall_time_s=statistics.fmean(r.get("wall_time_s", math.nan) for r in runs),
@@ -157,20 +153,6 @@ def summarize(results: list[dict[str, Any]]) -> list[SpecSummary]:
             )
         )
     return sorted(rows, key=lambda row: (row.order, row.spec))
-
-
-def choose_reference(rows: list[SpecSummary], requested: Optional[str]) -> tuple[Optional[str], list[str]]:
-    """The reference spec and a note if the default had to be replaced (ValueError for an unknown `requested`)."""
-    specs = [row.spec for row in rows]
-    if requested is not None:
-        if requested not in specs:
-            raise ValueError(
-                f"--reference {requested!r} is not a spec of these results; choose one of {', '.join(specs)}"
-            )
-        return requested, []
-    if not rows or DEFAULT_REFERENCE in specs:
-        return (DEFAULT_REFERENCE if rows else None), []
-    return specs[0], [f"reference spec: {specs[0]} (the default, {DEFAULT_REFERENCE}, is not in these results)"]
 
 
 class NothingToReport(ValueError):
@@ -313,7 +295,13 @@ def build_report(
         raise NothingToReport(f"{suite_dir} holds no finished trial of the settings asked for; " + "; ".join(excluded))
     results = [cell_view(r) for r in results]  # a setting factor is a row's field like a spec field
     rows = summarize(results)
-    reference, notes = choose_reference(rows, reference)
+    specs, notes = [row.spec for row in rows], []
+    if reference is not None and reference not in specs:
+        raise ValueError(f"--reference {reference!r} is not a spec of these results; choose one of {', '.join(specs)}")
+    if reference is None:
+        reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE in specs else specs[0]
+        if reference != DEFAULT_REFERENCE:
+            notes.append(f"reference spec: {reference} (the default, {DEFAULT_REFERENCE}, is not in these results)")
     identical = identical_specs(results)
     same_as = {spec: earlier for spec, earlier, _ in identical}
     for row in rows:
@@ -325,8 +313,6 @@ def build_report(
     notes += mixed_environment(results)
     report = SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems + excluded)
     report.margin, report.rule = margin, rule
-    if reference is None:
-        return report
     level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (LEVEL, 1)
     groups = {r.spec: r.test_acc_values for r in rows}
     tests = {t.name: t for t in compare_with_reference(groups, reference, level, margin, looks)}
@@ -384,7 +370,7 @@ def constant_settings(report: SuiteReport) -> str:
 
 def spec_table(report: SuiteReport) -> str:
     """The per-spec table (markdown)."""
-    header = ["spec", "seeds", "test acc", "95% CI", f"vs {report.reference or 'reference'}", "val acc"]
+    header = ["spec", "seeds", "test acc", "95% CI", f"vs {report.reference}", "val acc"]
     rows = [
         [
             r.spec + (f" (= {r.identical_to})" if r.identical_to else ""),
@@ -675,7 +661,7 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
 
 def report_text(report: SuiteReport) -> str:
     """The per-spec table and the verdicts on the comparisons (what a sweep and the report print)."""
-    return spec_table(report) + ("\n\n" + verdicts_text(report) if report.reference else "")
+    return spec_table(report) + "\n\n" + verdicts_text(report)
 
 
 def write_report(
