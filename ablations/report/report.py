@@ -24,19 +24,7 @@ import pandas as pd
 from tensorboard.plugins.text.summary_v2 import text_pb
 
 from ablations.identity import cell_view
-from ablations.report import board, plots
-from ablations.report.stats import (
-    INTERACTION,
-    LEVEL,
-    POWER,
-    VERDICTS,
-    Contrast,
-    Factor,
-    FactorialFit,
-    compare_with_reference,
-    factorial_effects,
-    mean_ci,
-)
+from ablations.report import board, plots, stats
 from ablations.rules import MARGIN, check_margin
 from ablations.store import RESULT_FILE, folder_lock, list_trials, settings_key, write_bytes_atomic, write_text_atomic
 from lit_cifar.spec import MAXNORM_RESCALED, RegularizationSpec
@@ -98,7 +86,7 @@ class SuiteReport:
     rows: list[SpecSummary]
     reference: str
     identical: list[tuple[str, str, str]]  # (spec, same as, why)
-    factorial: Optional[FactorialFit]
+    factorial: Optional[stats.FactorialFit]
     notes: list[str]
     problems: list[str]
     margin: float = MARGIN
@@ -110,7 +98,7 @@ class SuiteReport:
         """How the comparisons' intervals were read, said in every table and chart."""
         compared = len(self.rows) - 1
         if not self.rule:
-            return f"simultaneous over the {compared} comparisons ({LEVEL:.0%} family-wise, Bonferroni)"
+            return f"simultaneous over the {compared} comparisons ({stats.LEVEL:.0%} family-wise, Bonferroni)"
         return (
             f"read as --until-answered read them: alpha {self.rule['alpha']:g} spent over {compared} "
             f"comparisons x {self.rule['looks']} looks, each at the look it stopped at"
@@ -131,7 +119,7 @@ def summarize(results: list[dict[str, Any]]) -> list[SpecSummary]:
     rows = []
     for spec, runs in by_spec.items():
         test, val = [r["metrics"]["test/acc"] for r in runs], [r["metrics"]["val/acc"] for r in runs]
-        interval = mean_ci(test)
+        interval = stats.mean_ci(test)
         epochs = min(len(r.get("history", [])) for r in runs)
         curve = [statistics.fmean(r["history"][e].get("val/acc", math.nan) for r in runs) for e in range(epochs)]
         rows.append(
@@ -249,7 +237,7 @@ def _level(name: str, value: Any) -> str:
     return "off" if token == "baseline" else token
 
 
-def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFrame, list[Factor]]]:
+def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFrame, list[stats.Factor]]]:
     """The trials' varying spec fields (as levels) and test accuracy, with the factors; None below two factors."""
     fields = [r.get("spec_fields") or {} for r in results]
     known = [f.name for f in dataclasses.fields(RegularizationSpec)]  # in the spec's canonical order
@@ -264,7 +252,7 @@ def factorial_frame(results: list[dict[str, Any]]) -> Optional[tuple[pd.DataFram
         return None
     frame = pd.DataFrame({n: [_level(n, f.get(n)) for f in fields] for n in varying})
     frame["test_acc"] = [r["metrics"]["test/acc"] for r in results]
-    return frame, [Factor(n, tuple(_level(n, v) for v in values[n])) for n in varying]
+    return frame, [stats.Factor(n, tuple(_level(n, v) for v in values[n])) for n in varying]
 
 
 def mixed_environment(results: list[dict[str, Any]]) -> list[str]:
@@ -307,15 +295,15 @@ def build_report(
     for row in rows:
         row.identical_to = same_as.get(row.spec)
     design = factorial_frame(results)
-    factorial = None if design is None else factorial_effects(*design, "test_acc", margin=margin)
+    factorial = None if design is None else stats.factorial_effects(*design, "test_acc", margin=margin)
     rule_file = suite_dir / SEEDS_RULE_FILE
     rule = json.loads(rule_file.read_text()) if rule_file.is_file() else {}
     notes += mixed_environment(results)
     report = SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems + excluded)
     report.margin, report.rule = margin, rule
-    level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (LEVEL, 1)
+    level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (stats.LEVEL, 1)
     groups = {r.spec: r.test_acc_values for r in rows}
-    tests = {t.name: t for t in compare_with_reference(groups, reference, level, margin, looks)}
+    tests = {t.name: t for t in stats.compare_with_reference(groups, reference, level, margin, looks)}
     for row in rows:  # the comparison with the reference, as the seeds rule read it when there is one
         test = tests.get(row.spec)
         row.vs_reference = 0.0 if test is None else test.effect.estimate
@@ -400,7 +388,7 @@ def verdicts_text(report: SuiteReport) -> str:
             "both specs."
         )
     parts = []
-    for key in VERDICTS:
+    for key in stats.VERDICTS:
         specs = [r for r in tested if r.verdict == key]
         names = ", ".join(
             f"{r.spec} ({r.vs_reference:+.3f}" + (f"; {_detectable(r.detectable)})" if key == "open" else ")")
@@ -439,7 +427,7 @@ def comparison_section(report: SuiteReport) -> str:
     return (
         f"Welch's interval of each difference in test accuracy, {report.intervals}. The verdict reads that "
         f"interval: `equivalent` within ±{report.margin:g}, else `better` / `worse` when it excludes 0, else "
-        f"`open`, with the smallest difference these seeds could detect ({POWER:.0%} power).\n\n"
+        f"`open`, with the smallest difference these seeds could detect ({stats.POWER:.0%} power).\n\n"
         + board.markdown_table([*header, "p", "adjusted p"], rows)
         + f"\n\n{verdicts_text(report)}"
     )
@@ -460,13 +448,13 @@ def diagnostics_table(report: SuiteReport) -> str:
     return board.markdown_table(["spec", *names], rows) if table else ""
 
 
-def _effect_cells(t: Contrast) -> list[str]:
+def _effect_cells(t: stats.Contrast) -> list[str]:
     detect = _opt(t.detectable, ".3f") if t.verdict == "open" else "—"
     interval = _ci(t.effect.low, t.effect.high, "+.4f")
     return [t.name, f"{t.effect.estimate:+.4f}", interval, t.verdict, detect, _opt(t.p_adjusted, ".3g")]
 
 
-def effects_section(fit: Optional[FactorialFit], seeds: int, margin: float) -> str:
+def effects_section(fit: Optional[stats.FactorialFit], seeds: int, margin: float) -> str:
     """The factorial effects, the simple effects of the resolved interactions and the aliased effects."""
     if fit is None:
         return ""
@@ -485,12 +473,14 @@ def effects_section(fit: Optional[FactorialFit], seeds: int, margin: float) -> s
         [*_effect_cells(t), ", ".join(f"`{q}`: see its simple effects" for q in fit.qualifiers(t.name))]
         for t in fit.effects
     ]
-    header = ["effect", "change in test acc", f"{LEVEL:.0%} simultaneous interval", f"verdict (margin ±{margin:g})"]
-    table = board.markdown_table([*header, "could detect", "adjusted p", "read with"], rows)
+    header = ["effect", "change in test acc", f"{stats.LEVEL:.0%} simultaneous interval"]
+    table = board.markdown_table(
+        [*header, f"verdict (margin ±{margin:g})", "could detect", "adjusted p", "read with"], rows
+    )
     text = (
         f"A linear model of test accuracy over the trials ({model}). A main effect `X` is the mean change when X is "
         "switched on, averaged over every level of the other factors; `X × Y` is how much more (or less) X changes "
-        f"accuracy when Y is on. {noise} Intervals are {LEVEL:.0%} simultaneous (Bonferroni) over the family of "
+        f"accuracy when Y is on. {noise} Intervals are {stats.LEVEL:.0%} simultaneous (Bonferroni) over the family of "
         f"{fit.family} contrasts fixed before looking: the effects below and every interaction's simple effects. A "
         "main effect that a resolved interaction qualifies is read with that interaction's simple effects, not "
         "alone.\n\n" + table
@@ -551,11 +541,12 @@ EFFECT_COLUMNS: tuple[str, ...] = ("effect", "kind", "estimate", "verdict", "ver
 EFFECT_COLUMNS += ("detectable", "p_value", "p_adjusted", "family", "qualified_by")  # effects.csv's header
 
 
-def effect_records(fit: FactorialFit) -> list[dict[str, Any]]:
+def effect_records(fit: stats.FactorialFit) -> list[dict[str, Any]]:
     """effects.csv: the main effects and interactions, then the simple effects of the resolved interactions
     (``kind`` simple, ``qualified_by`` naming their interaction)."""
     rows = [
-        (t, "interaction" if INTERACTION in t.name else "main", " ".join(fit.qualifiers(t.name))) for t in fit.effects
+        (t, "interaction" if stats.INTERACTION in t.name else "main", " ".join(fit.qualifiers(t.name)))
+        for t in fit.effects
     ]
     rows += [(t, "simple", i.name) for i in fit.resolved_interactions() for t in fit.simple[i.name]]
     records = []
@@ -607,8 +598,8 @@ def _difference(row: SpecSummary, reference: Optional[str], colour: Any) -> plot
     return plots.Row(label, row.vs_reference or 0.0, row.verdict_low, row.verdict_high, row.verdict, colour, note)
 
 
-def _effect_row(fit: FactorialFit, t: Contrast) -> plots.Row:
-    qualified = tuple(fit.qualifiers(t.name)) if INTERACTION not in t.name else ()
+def _effect_row(fit: stats.FactorialFit, t: stats.Contrast) -> plots.Row:
+    qualified = tuple(fit.qualifiers(t.name)) if stats.INTERACTION not in t.name else ()
     label = t.name + (f"  (see {', '.join(qualified)})" if qualified else "")
     return plots.Row(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified_by=qualified)
 
@@ -652,7 +643,7 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
             [_effect_row(fit, t) for i in fit.resolved_interactions() for t in fit.simple[i.name]],
             margin,
             f"Effects on test accuracy · {title}",
-            f"{settings} · intervals simultaneous over {fit.family} contrasts ({LEVEL:.0%}) · margin ±{margin:g}"
+            f"{settings} · intervals simultaneous over {fit.family} contrasts ({stats.LEVEL:.0%}) · margin ±{margin:g}"
             + noise,
             layout,
         )
