@@ -96,9 +96,8 @@ def verdicts(low: Any, high: Any, margin: float) -> np.ndarray:
 
 
 def decide_answered(n: np.ndarray, mean: np.ndarray, var: np.ndarray, reference: int, answer: Answer) -> np.ndarray:
-    """One round of until answered: seeds to add per cell (the last axis; leading axes are independent studies).
-    A comparison is open while its cell has as many seeds as the reference, fewer than the cap, and its interval
-    gives ``open``; it gets a seed, and the reference one while any comparison is open."""
+    """One round of until answered: seeds to add per cell (last axis; leading axes are independent studies): one to
+    each comparison still ``open`` with as many seeds as the reference, under the cap, and then one to the reference."""
     n = np.asarray(n)
     ref = (slice(None),) * (n.ndim - 1) + (slice(reference, reference + 1),)
     low, high = answer_interval(n, mean, var, np.asarray(mean)[ref], np.asarray(var)[ref], answer, n.shape[-1] - 1)
@@ -109,10 +108,8 @@ def decide_answered(n: np.ndarray, mean: np.ndarray, var: np.ndarray, reference:
 
 
 def decide(n: np.ndarray, seen_var: np.ndarray, reference: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
-    """One round of target precision: ``(seeds to add, decision width)`` per cell (last axis). `seen_var` is the
-    variance of each cell's seeds but the newest. A cell is open while the guarded width of its difference is
-    over the target (or unknown) and under the cap; the reference gets a seed when an open comparison's
-    uncertainty is mostly its own."""
+    """One round of target precision: ``(seeds to add, decision width)`` per cell (last axis), from each cell's
+    variance but its newest seed; the reference gets a seed when an open comparison's uncertainty is mostly its own."""
     from scipy import stats as scipy_stats
 
     from ablations.report.stats import welch_width

@@ -542,8 +542,7 @@ EFFECT_COLUMNS += ("detectable", "p_value", "p_adjusted", "family", "qualified_b
 
 
 def effect_records(fit: stats.FactorialFit) -> list[dict[str, Any]]:
-    """effects.csv: the main effects and interactions, then the simple effects of the resolved interactions
-    (``kind`` simple, ``qualified_by`` naming their interaction)."""
+    """effects.csv: the effects, then the resolved interactions' simple effects (``qualified_by`` names them)."""
     rows = [
         (t, "interaction" if stats.INTERACTION in t.name else "main", " ".join(fit.qualifiers(t.name)))
         for t in fit.effects
@@ -605,8 +604,7 @@ def _effect_row(fit: stats.FactorialFit, t: stats.Contrast) -> plots.Row:
 
 
 def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
-    """The report's charts by file name (`CHARTS`), at `layout`'s size; every chart draws the same specs
-    (`shown_rows`) in the same colours."""
+    """The report's charts by file name (`CHARTS`) at `layout`'s size, the same specs in the same colours."""
     settings, title, margin = settings_line(report), headline(report), report.margin
     shown, note = shown_rows(report)
     colours = plots.spec_colours([r.spec for r in shown])
@@ -658,13 +656,9 @@ def report_text(report: SuiteReport) -> str:
 def write_report(
     suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
 ) -> str:
-    """Write results.md/.csv, effects.csv, the charts and the TensorBoard runs of the suite in `suite_dir` (trials
-    of one set of settings, `select_settings`), every verdict at `margin`; returns `report_text`.
-
-    Problems (failed, unreadable or excluded trials) go to stderr and results.md. Raises `NothingToReport` (a
-    ValueError) for a folder without results of its suite, ValueError for an unknown `reference` or a bad
-    `margin`, OSError if a file cannot be written.
-    """
+    """Write the report of the suite in `suite_dir` (one set of settings, `select_settings`; verdicts at `margin`)
+    and return `report_text`; problems go to stderr and results.md. Raises `NothingToReport` (a ValueError) for a
+    folder without results of its suite, ValueError for a bad `reference` or `margin`, OSError from writing."""
     suite_dir = Path(suite_dir)
     check_margin(margin)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
