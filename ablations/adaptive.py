@@ -175,7 +175,8 @@ def plan_rounds(
 
     if reference not in specs:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(specs)}")
-    index = list(specs).index(reference)
+    specs = list(specs)
+    index = specs.index(reference)
     wanted, rounds, done = np.full(len(specs), target.min_seeds), 1, False
     while True:
         known = {s: [finished[s][k] for k in range(n) if k in finished.get(s, {})] for s, n in zip(specs, wanted)}
@@ -192,25 +193,22 @@ def plan_rounds(
             break
         wanted, rounds = wanted + add, rounds + 1
     nan = float("nan")
+    states = {reference: SpecState(reference, int(n[index]), nan, "reference", int(wanted[index] - n[index]))}
     if isinstance(target, Answer):  # the report's function, as the report reads the suite
-        tests = compare_with_reference(known, reference, 1 - target.alpha, target.margin, target.looks)
-        shown = {t.name: (t.effect.low, t.effect.high, CAP if done and t.verdict == OPEN else t.verdict) for t in tests}
+        for t in compare_with_reference(known, reference, 1 - target.alpha, target.margin, target.looks):
+            k = specs.index(t.name)
+            status = CAP if done and t.verdict == OPEN else t.verdict
+            low, high = t.effect.low, t.effect.high
+            states[t.name] = SpecState(t.name, int(n[k]), high - low, status, int(wanted[k] - n[k]), low, high)
     else:
         var = np.array([np.var(v, ddof=1) if len(v) > 1 else nan for v in known.values()])
         width = welch_width(n, var, n[index], var[index])
         wide = ~(decide(n, _seen_var(list(known.values())), index, target)[1] <= target.width)
-        status = [OPEN if not done else CAP if w else WIDTH for w in wide]
-        shown = {s: (width[i], status[i]) for i, s in enumerate(specs)}
-    states = []
-    for i, spec in enumerate(specs):
-        if spec == reference:
-            states.append(SpecState(spec, int(n[i]), nan, "reference", int(wanted[i] - n[i])))
-        elif isinstance(target, Answer):
-            low, high, status = shown[spec]
-            states.append(SpecState(spec, int(n[i]), high - low, status, int(wanted[i] - n[i]), low, high))
-        else:
-            states.append(SpecState(spec, int(n[i]), float(shown[spec][0]), shown[spec][1], int(wanted[i] - n[i])))
-    return Rounds(target, reference, {s: int(k) for s, k in zip(specs, wanted)}, states, rounds, done)
+        for k, spec in enumerate(specs):
+            status = OPEN if not done else CAP if wide[k] else WIDTH
+            states.setdefault(spec, SpecState(spec, int(n[k]), float(width[k]), status, int(wanted[k] - n[k])))
+    wanted_by_cell = {s: int(k) for s, k in zip(specs, wanted)}
+    return Rounds(target, reference, wanted_by_cell, [states[s] for s in specs], rounds, done)
 
 
 def finished_values(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, float]]:
