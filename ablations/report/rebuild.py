@@ -78,7 +78,7 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
     """Rebuild every finished trial of the suite, then its suite-level runs and report; returns what it did."""
     from ablations.report.report import write_report
 
-    rebuilt = unchanged = with_histograms = 0
+    done: list[tuple[bool, int]] = []  # per trial rebuilt: whether it changed, its histograms
     left_alone: list[str] = []
     settings, old_png = None, None
     for folder in list_trials(suite_dir).results:  # the results that count; re-read under each one's lock
@@ -96,11 +96,7 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
                 continue
             changed, histograms, png = rebuild_trial(folder, result)
         settings, old_png = settings or result["settings"], old_png or png
-        rebuilt, unchanged, with_histograms = (
-            rebuilt + changed,
-            unchanged + (not changed),
-            with_histograms + bool(histograms),
-        )
+        done.append((changed, histograms))
     run = suite_dir / board.SAMPLES_RUN
     if data_dir is not None and settings is not None:
         board.write_run(run, [board.image_summary(board.SAMPLES_TAG, draw_samples(data_dir, settings))], replace=True)
@@ -118,9 +114,10 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
         report = "written (results.md/.csv, charts, _report, _hparams, each trial's session record)"
     except ValueError as error:
         report = f"not written: {error}"
+    rebuilt = sum(changed for changed, _ in done)
     lines = [
-        f"{suite_dir}: {rebuilt} trials rebuilt, {unchanged} already current; weight histograms carried over for "
-        f"{with_histograms}",
+        f"{suite_dir}: {rebuilt} trials rebuilt, {len(done) - rebuilt} already current; weight histograms carried "
+        f"over for {sum(bool(histograms) for _, histograms in done)}",
         f"  samples: {samples}",
         f"  report: {report}",
     ]
