@@ -598,7 +598,7 @@ def _difference(row: SpecSummary, reference: Optional[str], colour: Any) -> plot
 
 
 def _effect_row(fit: stats.FactorialFit, t: stats.Contrast) -> plots.Row:
-    qualified = tuple(fit.qualifiers(t.name)) if stats.INTERACTION not in t.name else ()
+    qualified = tuple(fit.qualifiers(t.name))  # none for an interaction
     label = t.name + (f"  (see {', '.join(qualified)})" if qualified else "")
     return plots.Row(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified_by=qualified)
 
