@@ -54,7 +54,6 @@ def test_the_report_writes_one_session_group_per_cell_once(tmp_path: Path):
     assert [info.differs for info in shown] == [True, True] + [False] * (len(shown) - 2)
     assert [info.display_name for info in shown][:3] == ["batchnorm", "spec", "augment"]
     assert "seeds" in [info.name for info in shown]
-    assert not (suite / "_by_spec").exists()
     records = {p: p.read_bytes() for p in suite.glob(f"*/seed=*/*{board.SESSION_SUFFIX}")}
     assert len(records) == 6
     report.write_report(suite)  # a second report with the same results rewrites no session
@@ -103,18 +102,12 @@ def test_the_printed_urls_open_the_answer_and_colour_a_cells_seeds_alike_with_sm
     assert cell[0] == cell[1] == cell[2] != re.search(regex, "notebook/pixel/seed=0").groups()
 
 
-def test_the_verdict_table_reads_the_report_records():
-    specs = [
-        {"spec": "pixel", "verdict": None, "verdict_low": None, "verdict_high": None, "margin": None},
-        {"spec": "pixel+bn", "verdict": "better", "verdict_low": 0.012, "verdict_high": 0.031, "margin": 0.01},
-        {"spec": "pixel+l1", "verdict": "equivalent", "verdict_low": -0.004, "verdict_high": 0.006, "margin": 0.01},
-        {"spec": "baseline", "verdict": "open", "verdict_low": None, "verdict_high": None, "margin": 0.01},
-    ]
-    effects = [{"effect": "bn", "verdict": "open", "verdict_low": -0.02, "verdict_high": 0.1, "margin": 0.01}]
-    table = board.verdict_markdown(specs, effects)
-    assert "| pixel+bn − reference | **better** | [+0.0120, +0.0310] | ±0.01 |" in table
-    assert "| pixel+l1 − reference | **equivalent** | [-0.0040, +0.0060] | ±0.01 |" in table
-    assert "| effect of bn | **open** | [-0.0200, +0.1000] | ±0.01 |" in table
-    assert "| baseline − reference | **open** | no interval (one seed) | ±0.01 |" in table
-    assert "| pixel −" not in table  # the reference has no verdict
-    assert "No comparison has a verdict" in board.verdict_markdown(specs[:1])
+def test_tensorboard_answers_with_the_report_verdict_sections(tmp_path: Path):
+    for trial in notebook_trials(only=["pixel", "pixel+bn"], seeds=(0, 1, 2)):
+        finished(trial, tmp_path, 0.5 + trial.seed / 100 + (trial.spec == "pixel+bn") / 10, events=False)
+    suite = tmp_path / "notebook"
+    report.write_report(suite)
+    answer = accumulate(suite / board.REPORT_RUN).Tensors(board.ANSWER_TAG)[0].tensor_proto.string_val[0].decode()
+    results = (suite / "results.md").read_text()
+    assert answer.startswith("## Each spec against `pixel`") and "| pixel+bn |" in answer
+    assert answer in results  # the same markdown as results.md's section, not a second rendering

@@ -1,7 +1,7 @@
 """What TensorBoard shows of a suite, built with TensorBoard's public summary API and its ``EventFileWriter``:
 each trial's scalars from its result.json (`trial_events`, the same tags and steps as a running trial writes),
 the suite's HParams (`write_suite_runs`: a trial's session in its cell's group, so TensorBoard averages a cell's
-seeds in one row) and the ``_report`` run's verdict table (`verdict_markdown`); `open_hint` says how to open them.
+seeds in one row) and the ``_report`` run; `open_hint` says how to open them.
 """
 
 from __future__ import annotations
@@ -276,25 +276,6 @@ def write_suite_runs(suite_dir: Path, results: Sequence[Mapping[str, Any]]) -> N
 
 
 # ------------------------------------------------------------------------------------------------ the answer
-def verdict_markdown(specs: Sequence[Mapping[str, Any]], effects: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The verdicts of the report's results.csv and effects.csv records as one markdown table."""
-
-    def line(label: str, r: Mapping[str, Any]) -> list[str]:
-        low, high = r["verdict_low"], r["verdict_high"]
-        interval = f"[{low:+.4f}, {high:+.4f}]" if low is not None and low == low else "no interval (one seed)"
-        return [label, f"**{r['verdict']}**", interval, f"±{r['margin']:g}"]
-
-    rows = [line(f"{r['spec']} − reference", r) for r in specs if r.get("verdict")]
-    rows += [line(f"effect of {r['effect']}", r) for r in effects if r.get("verdict")]
-    if not rows:
-        return "No comparison has a verdict (one spec only)."
-    return (
-        markdown_table(["comparison", "verdict", "interval (test accuracy)", "margin"], rows)
-        + "\n\n*equivalent*: the family-wise interval lies within ±margin; *better* / *worse*: it excludes 0; "
-        "*open*: neither (see results.md for the smallest difference the seeds could detect)."
-    )
-
-
 def open_hint(suite_dir: Path) -> str:
     """How to open the suite's answer (``_report`` as its own logdir) and its trials (a cell's seeds alike)."""
     base = f"http://localhost:{PORT}/"

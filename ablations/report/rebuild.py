@@ -1,13 +1,12 @@
 """``python -m ablations.report.rebuild LOGDIR/SUITE ... [--data-dir DIR]`` (``lit-cifar-board``): rewrite a suite's
-TensorBoard events from its result.json files, in the current layout: per trial the scalars a trial writes now and
-the old weight histograms; per suite the report and the ``_samples`` run (drawn with ``--data-dir``, else kept,
-else moved from an old trial). Safe while a sweep runs (a locked trial is left alone) and idempotent.
+TensorBoard events from its result.json files: per trial the scalars a trial writes and its weight histograms; per
+suite the report and the ``_samples`` run (drawn with ``--data-dir``, else kept). Safe while a sweep runs (a locked
+trial is left alone) and idempotent.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,43 +17,31 @@ from tensorboard.compat.proto import summary_pb2
 from ablations.report import board
 from ablations.store import RESULT_FILE, folder_lock, list_trials, read_result
 
-OLD_SAMPLE_TAGS = ("data/one_training_image_per_class", board.SAMPLES_TAG)  # per-trial images of older code
-
-
-def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, int, Optional[bytes]]:
-    """Rewrite one trial's events (its lock held); returns whether it changed, its histograms, an old sample image."""
+def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, int]:
+    """Rewrite one trial's events (its lock held); returns whether it changed and its histograms' count."""
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
     files = [path for path in board.event_files(folder) if not path.name.endswith(board.SESSION_SUFFIX)]
     events = [event for path in files for event in LegacyEventFileLoader(str(path)).Load()]
-    points: dict[str, list[Any]] = {}  # tag -> (step, value, wall time) of its histograms
-    png = None
+    histograms: list[board.Step] = []
+    walls: dict[int, float] = {}  # step -> wall time of its histograms
     for event in events:
         for value in event.summary.value:
             if value.HasField("histo"):
-                points.setdefault(value.tag, []).append((event.step, value, event.wall_time))
-            elif value.HasField("image") and value.tag in OLD_SAMPLE_TAGS and png is None:
-                png = value.image.encoded_image_string
-    history = result.get("history", [])
-    histograms: list[board.Step] = []
-    walls: dict[int, float] = {}
-    for found in points.values():
-        shift = 1 if sorted(p[0] for p in found) == list(range(len(history))) else 0  # 0-based by older code
-        for step, value, wall in found:
-            histograms.append((step + shift, summary_pb2.Summary(value=[value])))
-            walls[step + shift] = wall
+                histograms.append((event.step, summary_pb2.Summary(value=[value])))
+                walls[event.step] = event.wall_time
     histograms.sort(key=lambda s: s[0])
     wanted = [board.trial_events(result)] + ([histograms] if histograms else [])
     if board.holds(files, wanted):
-        return False, len(histograms), png
+        return False, len(histograms)
     start = min((e.wall_time for e in events), default=(folder / RESULT_FILE).stat().st_mtime)
-    duration, epochs = float(result.get("wall_time_s") or 0.0), max(len(history), 1)
+    duration, epochs = float(result.get("wall_time_s") or 0.0), max(len(result.get("history", [])), 1)
     board.write_events(folder, wanted[0], clock=lambda step: start + duration * step / epochs, suffix=".trial")
     if histograms:
         board.write_events(folder, histograms, clock=lambda step: walls.get(step, start), suffix=".histograms")
     for path in files:
         path.unlink()
-    return True, len(histograms), png
+    return True, len(histograms)
 
 
 def draw_samples(data_dir: Path, settings: Mapping[str, Any]) -> bytes:
@@ -80,7 +67,7 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
 
     done: list[tuple[bool, int]] = []  # per trial rebuilt: whether it changed, its histograms
     left_alone: list[str] = []
-    settings, old_png = None, None
+    settings = None
     for folder in list_trials(suite_dir).results:  # the results that count; re-read under each one's lock
         name = folder.relative_to(suite_dir)
         with folder_lock(folder) as locked:
@@ -94,21 +81,16 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
                 continue
             if result is None:  # removed since it was listed
                 continue
-            changed, histograms, png = rebuild_trial(folder, result)
-        settings, old_png = settings or result["settings"], old_png or png
-        done.append((changed, histograms))
+            done.append(rebuild_trial(folder, result))
+        settings = settings or result["settings"]
     run = suite_dir / board.SAMPLES_RUN
     if data_dir is not None and settings is not None:
         board.write_run(run, [board.image_summary(board.SAMPLES_TAG, draw_samples(data_dir, settings))], replace=True)
         samples = f"drawn from {data_dir}"
     elif run.is_dir() and board.event_files(run):
         samples = "kept the existing _samples run"
-    elif old_png is not None:
-        board.write_run(run, [board.image_summary(board.SAMPLES_TAG, old_png)], replace=True)
-        samples = "moved an old trial's sample image into _samples"
     else:
-        samples = "none (no _samples run, no old sample image: pass --data-dir to draw it)"
-    shutil.rmtree(suite_dir / "_by_spec", ignore_errors=True)  # the spec-mean runs of older code
+        samples = "none (no _samples run: pass --data-dir to draw it)"
     try:
         write_report(suite_dir)
         report = "written (results.md/.csv, charts, _report, _hparams, each trial's session record)"

@@ -500,13 +500,13 @@ def effects_section(fit: Optional[stats.FactorialFit], seeds: int, margin: float
     return text
 
 
-def markdown(report: SuiteReport) -> str:
-    """results.md: every section that has something to say."""
+def sections(report: SuiteReport) -> list[tuple[str, str]]:
+    """results.md's sections, ``(title, markdown)``, empty where there is nothing to say."""
     identical = "\n".join(
         f"- `{spec}` gave exactly the numbers of `{same}` for every seed: {why}" for spec, same, why in report.identical
     )
     seeds = min((r.seeds for r in report.rows), default=1)
-    sections = [
+    return [
         (
             f"# Suite `{report.name}`: {len(report.rows)} specs, {len(report.results)} trials",
             settings_line(report) + constant_settings(report),
@@ -526,7 +526,21 @@ def markdown(report: SuiteReport) -> str:
         ("## Notes", "\n".join(f"- {note}" for note in report.notes)),
         ("Problems:", "\n".join(f"- {problem}" for problem in report.problems)),
     ]
-    return "\n\n".join(f"{title}\n\n{body}" for title, body in sections if body) + "\n"
+
+
+def _join(parts: list[tuple[str, str]]) -> str:
+    return "\n\n".join(f"{title}\n\n{body}" for title, body in parts if body) + "\n"
+
+
+def markdown(report: SuiteReport) -> str:
+    """results.md: every section that has something to say."""
+    return _join(sections(report))
+
+
+def verdicts_markdown(report: SuiteReport) -> str:
+    """The verdict sections of results.md (TensorBoard's answer): each spec against the reference, the effects."""
+    parts = sections(report)
+    return _join([parts[2], parts[5]]).strip() or "No comparison has a verdict (one spec only)."
 
 
 def csv_text(records: list[dict[str, Any]]) -> str:
@@ -603,8 +617,8 @@ def _effect_row(fit: stats.FactorialFit, t: stats.Contrast) -> plots.Row:
     return plots.Row(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified_by=qualified)
 
 
-def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
-    """The report's charts by file name (`CHARTS`) at `layout`'s size, the same specs in the same colours."""
+def charts(report: SuiteReport) -> dict[str, bytes]:
+    """The report's charts by file name (`CHARTS`), the same specs in the same colours."""
     settings, title, margin = settings_line(report), headline(report), report.margin
     shown, note = shown_rows(report)
     colours = plots.spec_colours([r.spec for r in shown])
@@ -623,13 +637,11 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
             margin,
             f"Test accuracy minus {report.reference}'s, with verdicts · {title}",
             f"{subtitle} · intervals {report.intervals} · margin ±{margin:g}",
-            layout,
         ),
         "curves.png": plots.curves_chart(
             curves,
             f"Validation accuracy per epoch · {title}",
             f"{subtitle} · line: mean over seeds · band: lowest to highest seed",
-            layout,
         ),
     }
     fit = report.factorial
@@ -643,7 +655,6 @@ def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
             f"Effects on test accuracy · {title}",
             f"{settings} · intervals simultaneous over {fit.family} contrasts ({stats.LEVEL:.0%}) · margin ±{margin:g}"
             + noise,
-            layout,
         )
     return pngs
 
@@ -676,10 +687,11 @@ def write_report(
             write_text_atomic(suite_dir / "effects.csv", csv_text(effects))
         for problem in report.problems:
             print(f"warning: {problem}", file=sys.stderr)
-        for name, png in charts(report, plots.PAGE).items():
+        pngs = charts(report)
+        for name, png in pngs.items():
             write_bytes_atomic(suite_dir / name, png)
-        answer = text_pb(board.ANSWER_TAG, board.verdict_markdown(records, effects))
-        images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
+        answer = text_pb(board.ANSWER_TAG, verdicts_markdown(report))
+        images = [board.image_summary(CHARTS[name], png) for name, png in pngs.items()]
         board.write_run(suite_dir / board.REPORT_RUN, [answer, text_pb("report/results", text), *images], replace=True)
         board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session
     return report_text(report)
