@@ -14,16 +14,16 @@ def test_titles_break_between_parts_only():
         "5 epochs · 45,000 training images · 5,000 validation · 10,000 test · batch 128 · seeds 0, 1, 2 · "
         "line: mean over seeds · band: lowest to highest seed"
     )
-    for width in (plots.WRAP, 50):
-        lines = plots._wrap(subtitle, width).split("\n")
-        assert all(len(line) <= width for line in lines)
+    for layout in (plots.PAGE, plots.CARD):
+        lines = plots._wrap(subtitle, layout.wrap).split("\n")
+        assert all(len(line) <= layout.wrap for line in lines)
         parts = subtitle.split(" · ")
         assert sorted(p for line in lines for p in line.split(" · ")) == sorted(parts)  # no part cut in two
 
 
 def test_the_reference_is_drawn_last_with_its_band(monkeypatch):
     drawn = []
-    monkeypatch.setattr(plots, "_png", lambda figure: drawn.append(figure) or b"")
+    monkeypatch.setattr(plots, "_png", lambda figure, layout: drawn.append(figure) or b"")
     curves = [
         plots.Curve("pixel", [0.5, 0.6], "C0", low=[0.4, 0.5], high=[0.6, 0.7], reference=True),
         plots.Curve("pixel+maxnorm=3", [0.5, 0.6], "C1", low=[0.45, 0.55], high=[0.55, 0.65]),
@@ -40,7 +40,7 @@ def test_the_reference_is_drawn_last_with_its_band(monkeypatch):
 def _drawn(monkeypatch) -> list[Figure]:
     figures: list[Figure] = []
     original = plots._png
-    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or original(figure))
+    monkeypatch.setattr(plots, "_png", lambda figure, layout: figures.append(figure) or original(figure, layout))
     return figures
 
 
@@ -53,8 +53,9 @@ def test_the_differences_chart_draws_each_spec_with_its_interval_and_the_margin_
         plots.Row("pixel+l1", -0.2, -0.26, -0.14, "worse", colours["pixel+l1"]),
         plots.Row("one seed", 0.01, float("nan"), float("nan"), "open", colours["one seed"], "no interval"),
     ]
-    png = plots.differences_chart(rows, 0.01, "title", "subtitle")
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    for layout in (plots.PAGE, plots.CARD):
+        png = plots.differences_chart(rows, 0.01, "title", "subtitle", layout)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
     ax = figures[0].axes[0]
     assert len(ax.collections) == 4  # one dot per spec
     intervals = [

@@ -28,8 +28,21 @@ def spec_colours(specs: Sequence[str]) -> dict[str, Any]:
     return {spec: PALETTE[i % len(PALETTE)] for i, spec in enumerate(specs)}
 
 
-WIDTH, DPI, WRAP, FONT = 9.0, 110, 95, 9.5  # inches, dots per inch, characters per title line, points
-ROW = 0.3  # inches per row of a dot-and-interval chart
+@dataclass(frozen=True)
+class Layout:
+    """How big a chart is drawn: page-wide files, and TensorBoard cards (about 350 px wide) read without zooming."""
+
+    width: float  # inches
+    dpi: int
+    wrap: int  # characters per line of titles
+    font: float  # points
+    legend_columns: int
+    labels_above: bool  # names written above their rows (a narrow card) rather than on the left
+    row: float  # inches per row of a dot-and-interval chart
+
+
+PAGE = Layout(width=9.0, dpi=110, wrap=95, font=9.5, legend_columns=2, labels_above=False, row=0.3)
+CARD = Layout(width=3.6, dpi=100, wrap=50, font=7.5, legend_columns=1, labels_above=True, row=0.36)
 
 
 @dataclass(frozen=True)
@@ -59,9 +72,9 @@ class Curve:
     reference: bool = False  # drawn on top of every other curve, thicker
 
 
-def _png(figure: Figure, dpi: int = DPI) -> bytes:
+def _png(figure: Figure, layout: Layout) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
+    figure.savefig(buffer, format="png", dpi=layout.dpi)
     return buffer.getvalue()
 
 
@@ -76,12 +89,12 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines)
 
 
-def _figure(height: float, title: str, subtitle: str) -> Figure:
+def _figure(layout: Layout, height: float, title: str, subtitle: str) -> Figure:
     """A figure `height` inches tall plus its title and subtitle."""
-    text = _wrap(title, WRAP) + "\n" + _wrap(subtitle, WRAP)
-    height += 0.2 + (text.count("\n") + 1) * (FONT + 1.5) * 1.3 / 72
-    figure = Figure(figsize=(WIDTH, height), layout="constrained")
-    figure.suptitle(text, fontsize=FONT + 1.5, x=0.01, ha="left")
+    text = _wrap(title, layout.wrap) + "\n" + _wrap(subtitle, layout.wrap)
+    height += 0.2 + (text.count("\n") + 1) * (layout.font + 1.5) * 1.3 / 72
+    figure = Figure(figsize=(layout.width, height), layout="constrained")
+    figure.suptitle(text, fontsize=layout.font + 1.5, x=0.01, ha="left")
     return figure
 
 
@@ -100,7 +113,9 @@ def _interval_limits(rows: Sequence[Row], margin: float) -> tuple[float, float]:
     return (max(low, -reach * 1.08), min(high, reach * 1.08)) if clipped else (low, high)
 
 
-def _draw_rows(ax: Any, rows: Sequence[Row], limits: tuple[float, float], margin: float, say: bool) -> None:
+def _draw_rows(
+    ax: Any, rows: Sequence[Row], limits: tuple[float, float], margin: float, layout: Layout, say: bool
+) -> None:
     """`rows` top-down on `ax`, a dot and an interval each, over the ``±margin`` band; with `say`, the verdicts."""
     if margin > 0:
         ax.axvspan(-margin, margin, color=VERDICT_COLOURS["equivalent"], alpha=0.12, lw=0, zorder=0)
@@ -120,26 +135,31 @@ def _draw_rows(ax: Any, rows: Sequence[Row], limits: tuple[float, float], margin
         if say:
             text = "reference" if row.verdict is None else row.verdict + (f" ({row.note})" if row.note else "")
             text = row.note if math.isnan(row.low) and row.verdict is not None else text
-            ax.text(1.01, yy, text, va="center", transform=ax.get_yaxis_transform(), fontsize=FONT - 1, color=verdict)
-    ax.set_yticks(y, [row.label for row in rows], fontsize=FONT)
+            if layout.labels_above:  # a narrow card: the name and the verdict above the row
+                position = {"x": 0.01, "y": yy + 0.22, "s": f"{row.label}: {text}", "va": "bottom"}
+            else:
+                position = {"x": 1.01, "y": yy, "s": text, "va": "center"}
+            ax.text(**position, transform=ax.get_yaxis_transform(), fontsize=layout.font - 1, color=verdict)
+    ax.set_yticks(y, [] if say and layout.labels_above else [row.label for row in rows], fontsize=layout.font)
     ax.set_ylim(-0.6, len(rows) - 0.2)
-    ax.tick_params(axis="x", labelsize=FONT)
+    ax.tick_params(axis="x", labelsize=layout.font)
     ax.grid(axis="x", alpha=0.3)
 
 
-def differences_chart(rows: Sequence[Row], margin: float, title: str, subtitle: str) -> bytes:
+def differences_chart(rows: Sequence[Row], margin: float, title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
     """Per spec, in its colour, its difference from the reference and its verdict interval, the verdict beside."""
-    figure = _figure(1.1 + ROW * len(rows), title, subtitle)
+    figure = _figure(layout, 1.1 + layout.row * len(rows), title, subtitle)
     ax = figure.add_subplot()
-    _draw_rows(ax, rows, _interval_limits(rows, margin), margin, say=True)
+    _draw_rows(ax, rows, _interval_limits(rows, margin), margin, layout, say=True)
     label = f"difference in test accuracy from the reference (line: verdict interval; band: ±{margin:g})"
-    ax.set_xlabel(_wrap(label, int(WRAP * 0.7)), fontsize=FONT)
-    return _png(figure)
+    ax.set_xlabel(_wrap(label, int(layout.wrap * 0.7)), fontsize=layout.font)
+    return _png(figure, layout)
 
 
-def curves_chart(curves: Sequence[Curve], title: str, subtitle: str) -> bytes:
+def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Layout = PAGE) -> bytes:
     """Validation accuracy per epoch: each spec's mean over seeds and their band; the reference thick, on top."""
-    figure = _figure(5.0, title, subtitle)
+    beside = layout is PAGE  # the legend, else below in two columns
+    figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2), title, subtitle)
     ax = figure.add_subplot()
     for i, curve in enumerate(sorted(curves, key=lambda c: c.reference)):
         epochs = range(1, len(curve.values) + 1)
@@ -163,31 +183,34 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str) -> bytes:
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(*_fit_axis([v for c in curves for v in (*c.values, *c.low, *c.high)]))
-    ax.set_xlabel("epochs trained", fontsize=FONT)
-    ax.set_ylabel("validation accuracy", fontsize=FONT)
-    ax.tick_params(labelsize=FONT)
+    ax.set_xlabel("epochs trained", fontsize=layout.font)
+    ax.set_ylabel("validation accuracy", fontsize=layout.font)
+    ax.tick_params(labelsize=layout.font)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda k: not labels[k].endswith("(reference)"))  # reference first
-    legend = [handles[k] for k in order], [labels[k] for k in order]
-    figure.legend(*legend, loc="outside right lower", frameon=False, fontsize=FONT - 1)
-    return _png(figure)
+    place = {"loc": "outside right lower"} if beside else {"loc": "outside lower center", "ncol": 2}
+    size = layout.font - (1 if beside else 1.5)
+    figure.legend([handles[k] for k in order], [labels[k] for k in order], frameon=False, fontsize=size, **place)
+    return _png(figure, layout)
 
 
-def effects_chart(rows: Sequence[Row], simple: Sequence[Row], margin: float, title: str, subtitle: str) -> bytes:
+def effects_chart(
+    rows: Sequence[Row], simple: Sequence[Row], margin: float, title: str, subtitle: str, layout: Layout = PAGE
+) -> bytes:
     """The effects by verdict (a main effect a resolved interaction qualifies hollow), and below, in a panel of
     their own, the resolved interactions' simple effects."""
     heights = [len(rows)] + ([len(simple) + 1.5] if simple else [])
-    figure = _figure(1.6 + ROW * 0.8 * sum(heights), title, subtitle)
+    figure = _figure(layout, 1.6 + layout.row * 0.8 * sum(heights), title, subtitle)
     axes = figure.subplots(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
     limits = _interval_limits([*rows, *simple], margin)
     for ax, panel in zip(axes, (rows, simple)):
-        _draw_rows(ax, panel, limits, margin, say=False)
+        _draw_rows(ax, panel, limits, margin, layout, say=False)
     if simple:
         text = "Simple effects of the resolved interactions: each factor without and with the other"
-        axes[1].set_title(_wrap(text, int(WRAP * 0.7)), fontsize=FONT, loc="left")
+        axes[1].set_title(_wrap(text, int(layout.wrap * 0.7)), fontsize=layout.font, loc="left")
     label = f"change in test accuracy (dot: estimate; line: verdict interval; band: ±{margin:g})"
-    axes[-1].set_xlabel(_wrap(label, int(WRAP * 0.7)), fontsize=FONT)
+    axes[-1].set_xlabel(_wrap(label, int(layout.wrap * 0.7)), fontsize=layout.font)
     present = {r.verdict for r in [*rows, *simple] if not r.qualified_by}
     labels = {
         "better": "better: raises accuracy, averaged over the rest",
@@ -201,19 +224,20 @@ def effects_chart(rows: Sequence[Row], simple: Sequence[Row], margin: float, tit
     if any(r.qualified_by for r in rows):
         label = "depends on an interaction: see its simple effects"
         handles.append(Line2D([], [], color=QUALIFIED, marker="o", markerfacecolor="white", label=label))
-    figure.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=FONT - 1, frameon=False)
-    return _png(figure)
+    size = layout.font - 1
+    figure.legend(handles=handles, loc="outside lower center", ncol=layout.legend_columns, fontsize=size, frameon=False)
+    return _png(figure, layout)
 
 
 def samples_chart(images: np.ndarray, names: Sequence[str], title: str) -> bytes:
-    """A grid of uint8 images (N, 3, H, W), each titled with its class name, sized for a TensorBoard card."""
+    """A grid of uint8 images (N, 3, H, W), each titled with its class name, card-sized."""
     columns = min(5, len(names))
     rows = math.ceil(len(names) / columns)
-    figure = Figure(figsize=(3.6, 0.85 * rows + 0.3), layout="constrained")
+    figure = Figure(figsize=(CARD.width, 0.85 * rows + 0.3), layout="constrained")
     for i, (image, name) in enumerate(zip(images, names)):
         ax = figure.add_subplot(rows, columns, i + 1)
         ax.imshow(np.transpose(image, (1, 2, 0)), interpolation="nearest")
-        ax.set_title(name, fontsize=7.5)
+        ax.set_title(name, fontsize=CARD.font)
         ax.set_axis_off()
-    figure.suptitle(title, fontsize=8.5)
-    return _png(figure, dpi=100)
+    figure.suptitle(title, fontsize=CARD.font + 1)
+    return _png(figure, CARD)

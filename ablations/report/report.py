@@ -617,8 +617,8 @@ def _effect_row(fit: stats.FactorialFit, t: stats.Contrast) -> plots.Row:
     return plots.Row(label, t.effect.estimate, t.effect.low, t.effect.high, t.verdict, qualified_by=qualified)
 
 
-def charts(report: SuiteReport) -> dict[str, bytes]:
-    """The report's charts by file name (`CHARTS`), the same specs in the same colours."""
+def charts(report: SuiteReport, layout: plots.Layout) -> dict[str, bytes]:
+    """The report's charts by file name (`CHARTS`) at `layout`'s size, the same specs in the same colours."""
     settings, title, margin = settings_line(report), headline(report), report.margin
     shown, note = shown_rows(report)
     colours = plots.spec_colours([r.spec for r in shown])
@@ -637,11 +637,13 @@ def charts(report: SuiteReport) -> dict[str, bytes]:
             margin,
             f"Test accuracy minus {report.reference}'s, with verdicts · {title}",
             f"{subtitle} · intervals {report.intervals} · margin ±{margin:g}",
+            layout,
         ),
         "curves.png": plots.curves_chart(
             curves,
             f"Validation accuracy per epoch · {title}",
             f"{subtitle} · line: mean over seeds · band: lowest to highest seed",
+            layout,
         ),
     }
     fit = report.factorial
@@ -655,6 +657,7 @@ def charts(report: SuiteReport) -> dict[str, bytes]:
             f"Effects on test accuracy · {title}",
             f"{settings} · intervals simultaneous over {fit.family} contrasts ({stats.LEVEL:.0%}) · margin ±{margin:g}"
             + noise,
+            layout,
         )
     return pngs
 
@@ -687,11 +690,10 @@ def write_report(
             write_text_atomic(suite_dir / "effects.csv", csv_text(effects))
         for problem in report.problems:
             print(f"warning: {problem}", file=sys.stderr)
-        pngs = charts(report)
-        for name, png in pngs.items():
+        for name, png in charts(report, plots.PAGE).items():
             write_bytes_atomic(suite_dir / name, png)
         answer = text_pb(board.ANSWER_TAG, verdicts_markdown(report))
-        images = [board.image_summary(CHARTS[name], png) for name, png in pngs.items()]
+        images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
         board.write_run(suite_dir / board.REPORT_RUN, [answer, text_pb("report/results", text), *images], replace=True)
         board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session
     return report_text(report)
