@@ -80,10 +80,7 @@ def old_result(spec: str, seed: int, fields: dict, order: int) -> dict:
 def write_old_trial(folder: Path, result: dict) -> None:
     folder.mkdir(parents=True)
     write_result(folder / RESULT_FILE, result)
-    fit = [
-        (e + 1, board.scalar_summary({"val/acc": h["val/acc"]}))
-        for e, h in enumerate(result["history"])
-    ]
+    fit = [(e + 1, board.scalar_summary({"val/acc": h["val/acc"]})) for e, h in enumerate(result["history"])]
     histograms = [
         (
             e + 1,

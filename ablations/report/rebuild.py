@@ -17,6 +17,7 @@ from tensorboard.compat.proto import summary_pb2
 from ablations.report import board
 from ablations.store import RESULT_FILE, folder_lock, list_trials, read_result
 
+
 def rebuild_trial(folder: Path, result: Mapping[str, Any]) -> tuple[bool, int]:
     """Rewrite one trial's events (its lock held); returns whether it changed and its histograms' count."""
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
