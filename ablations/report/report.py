@@ -584,7 +584,8 @@ def shown_rows(report: SuiteReport) -> tuple[list[SpecSummary], str]:
 
 
 def headline(report: SuiteReport) -> str:
-    """What every chart's title says: the suite (and caption), its cells, training images, precision and seeds."""
+    """What every chart's title says: the suite (and caption), its cells, precision and seeds (the subtitle,
+    `settings_line`, gives the images and the rest of the settings)."""
     first = report.results[0]
     counts = sorted({r.seeds for r in report.rows})
     cells = f"{len(report.rows)} specs"
@@ -594,7 +595,7 @@ def headline(report: SuiteReport) -> str:
         cells = f"{len(report.rows)} of {grid} cells" if len(report.rows) < grid else f"{grid} cells"
     caption = f" ({report.caption})" if report.caption else ""
     return (
-        f"Suite '{report.name}'{caption} · {cells} · {first.get('train_images', 0):,} training images · precision "
+        f"Suite '{report.name}'{caption} · {cells} · precision "
         f"{first.get('settings', {}).get('precision', '?')} · {'/'.join(map(str, counts))} seed"
         + ("" if counts == [1] else "s")
     )
