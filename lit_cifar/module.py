@@ -29,7 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_cifar.data import DATA_STATE_KEYS, NormalizingData, attached_datamodule
 from lit_cifar.models import NotebookCNN, build_backbone, check_allowed, recover_init_args
-from lit_cifar.spec import Normalization, RegularizationSpec
+from lit_cifar.spec import MAXNORM_RESCALED, Normalization, RegularizationSpec
 
 # A function from the model's parameters to an optimizer: Lightning's `lightning.pytorch.cli.OptimizerCallable`,
 # so LightningCLI fills it from ``--model.optimizer torch.optim.SGD --model.optimizer.lr 0.1``.
@@ -423,7 +423,7 @@ class RegularizedClassifier(pl.LightningModule):
             metrics[f"{stage}/acc"] = MulticlassAccuracy(num_classes, average="micro")
             metrics[f"{stage}/ce"] = MeanMetric(nan_strategy="disable")
         if self.spec.max_norm is not None:
-            metrics["train/maxnorm_rescaled"] = MeanMetric(nan_strategy="disable")
+            metrics[MAXNORM_RESCALED] = MeanMetric(nan_strategy="disable")
         return metrics
 
     # ------------------------------------------------------------------------------------------- the network

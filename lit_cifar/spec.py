@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 Normalization = Literal["none", "pixel", "channel"]
 BASELINE = "baseline"  # the text of the spec with everything off; it cannot be combined with other tokens
+MAXNORM_RESCALED = "train/maxnorm_rescaled"  # the logged fraction of rows the max-norm cap rescaled
 
 
 @dataclass(frozen=True)

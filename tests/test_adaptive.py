@@ -4,11 +4,16 @@ rates and coverage, by simulation: tests/test_seeds_rule.py."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
-from ablations.adaptive import CAP, OPEN, WIDTH, Answer, Target, plan_rounds
+from ablations.adaptive import CAP, OPEN, WIDTH, Answer, Target, plan_rounds, record_rule
+from ablations.report import write_report
+from ablations.report.report import SEEDS_RULE_FILE
 from ablations.report.stats import MARGIN, welch, welch_width
+from lit_cifar.spec import RegularizationSpec
 from tests.helpers import TINY, results, sweep
 
 
@@ -120,6 +125,11 @@ def test_a_clearly_worse_spec_stops_at_the_minimum_seeds():
     assert states["close"].seeds > 3  # the rule went on for the comparison that was not answered yet
 
 
+def test_a_noisy_reference_gets_no_seed_once_every_comparison_is_answered():
+    rounds, _ = _answer_rounds({"ref": (0.64, 0.05), "worse": (0.10, 0.001)}, Answer(min_seeds=3, max_seeds=10))
+    assert rounds.rounds == 1 and rounds.wanted == {"ref": 3, "worse": 3}
+
+
 def test_an_equivalent_spec_stops_within_the_margin_and_a_rerun_recomputes_the_rounds():
     truth = {"ref": (0.64, 0.002), "same": (0.641, 0.002)}
     answer = Answer(min_seeds=3, max_seeds=20)
@@ -188,5 +198,49 @@ def test_until_answered_trains_rounds_through_the_sweep_and_ends(factor, engine,
     assert len(cells) == (4 if factor else 2) and all(("lr=" in c) == bool(factor) for c in cells)
     seeds = {c: sorted(int(f.rsplit("=", 1)[1]) for f in folders if f.split("/")[1] == c) for c in cells}
     assert all(s[:2] == [0, 1] and len(s) <= 3 for s in seeds.values())
+    table = out[out.index("Until answered") :].splitlines()
+    rounds = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in table if "| [" in line}
+    with (logdir / "tiny" / "results.csv").open() as handle:
+        compared = [r for r in csv.DictReader(handle) if r["verdict"]]
+    assert compared and len(compared) == len(rounds)
+    for row in compared:  # the round table and the report read the same interval, to the digit
+        cells = rounds[row["spec"]]
+        assert cells[2] == f"[{float(row['verdict_low']):+.4f}, {float(row['verdict_high']):+.4f}]"
+        assert row["verdict"] == ("open" if cells[3] == CAP else cells[3])
     status, again, _ = sweep(capsys, *args, "--until-answered", "--min-seeds", "2", "--max-seeds", "3")
     assert status == 0 and results(logdir).keys() == folders.keys()  # a rerun trains nothing more
+
+
+def test_the_report_reads_every_interval_as_the_rule_did(tmp_path):
+    """The final round table and results.csv give the same verdicts and intervals: the report reads each
+    comparison at the look it stopped at, at the rule's level (the record `record_rule` leaves)."""
+    from tests.test_report import fake_result, write_results
+
+    answer = Answer(min_seeds=3, max_seeds=8)
+    truth = {
+        "pixel": (0.64, 0.004),
+        "pixel+bn": (0.60, 0.004),
+        "pixel+l1=0.01": (0.642, 0.01),
+        "pixel+l2=0.01": (0.64, 0.03),
+    }
+    rounds, finished = _answer_rounds(truth, answer, seed=2)
+    specs = {spec: RegularizationSpec.parse(spec) for spec in truth}
+    suite = tmp_path / "s"
+    trials = [
+        fake_result("s", specs[spec], seed, acc, order=i)
+        for i, (spec, values) in enumerate(finished.items())
+        for seed, acc in values.items()
+    ]
+    write_results(suite, trials)
+    record_rule(suite, answer)
+    write_report(suite, margin=answer.margin)
+    with (suite / "results.csv").open() as handle:
+        rows = {r["spec"]: r for r in csv.DictReader(handle)}
+    assert {s.seeds for s in rounds.states} != {3}  # some comparison needed more looks than the first
+    for state in rounds.states[1:]:
+        row = rows[state.spec]
+        assert row["verdict"] == ("open" if state.status == CAP else state.status)
+        assert (float(row["verdict_low"]), float(row["verdict_high"])) == pytest.approx((state.low, state.high))
+    assert "as --until-answered read them" in (suite / "results.md").read_text()
+    record_rule(suite, Target(0.02))  # a target-precision run reads 95% intervals: the record goes
+    assert not (suite / SEEDS_RULE_FILE).exists()

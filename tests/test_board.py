@@ -54,7 +54,6 @@ def test_the_report_writes_one_session_group_per_cell_once(tmp_path: Path):
     assert [info.differs for info in shown] == [True, True] + [False] * (len(shown) - 2)
     assert [info.display_name for info in shown][:3] == ["batchnorm", "spec", "augment"]
     assert "seeds" in [info.name for info in shown]
-    assert not (suite / "_by_spec").exists()
     records = {p: p.read_bytes() for p in suite.glob(f"*/seed=*/*{board.SESSION_SUFFIX}")}
     assert len(records) == 6
     report.write_report(suite)  # a second report with the same results rewrites no session
@@ -103,29 +102,12 @@ def test_the_printed_urls_open_the_answer_and_colour_a_cells_seeds_alike_with_sm
     assert cell[0] == cell[1] == cell[2] != re.search(regex, "notebook/pixel/seed=0").groups()
 
 
-def test_the_verdict_table_reads_the_report_csvs(tmp_path: Path):
-    (tmp_path / "results.csv").write_text(
-        "spec,test_acc,verdict,verdict_low,verdict_high,margin\n"
-        "pixel,0.63,,,,\n"
-        "pixel+bn,0.65,better,0.012,0.031,0.01\n"
-        "pixel+l1,0.63,equivalent,-0.004,0.006,0.01\n"
-    )
-    (tmp_path / "effects.csv").write_text(
-        "effect,estimate,verdict,verdict_low,verdict_high,margin\nbn,0.05,open,-0.02,0.1,0.01\n"
-    )
-    table = board.verdict_markdown(tmp_path)
-    assert "| pixel+bn − reference | **better** | [+0.0120, +0.0310] | ±0.01 |" in table
-    assert "| pixel+l1 − reference | **equivalent** | [-0.0040, +0.0060] | ±0.01 |" in table
-    assert "| effect of bn | **open** | [-0.0200, +0.1000] | ±0.01 |" in table
-    assert "| pixel −" not in table  # the reference has no verdict
-    (tmp_path / "effects.csv").write_text("effect,estimate\nbn,0.05\n")
-    assert "effects.csv | (no verdict columns: rebuild the report)" in board.verdict_markdown(tmp_path)
-
-
-def test_the_verdict_table_names_a_comparison_without_an_interval(tmp_path):
-    (tmp_path / "results.csv").write_text(
-        "spec,verdict,verdict_low,verdict_high,margin\npixel,,,,0.01\nbaseline,open,,,0.01\nbn,worse,-0.2,-0.1,0.01\n"
-    )
-    table = board.verdict_markdown(tmp_path)
-    assert "| baseline − reference | **open** | no interval (one seed) | ±0.01 |" in table
-    assert "| bn − reference | **worse** | [-0.2000, -0.1000] | ±0.01 |" in table
+def test_tensorboard_answers_with_the_report_verdict_sections(tmp_path: Path):
+    for trial in notebook_trials(only=["pixel", "pixel+bn"], seeds=(0, 1, 2)):
+        finished(trial, tmp_path, 0.5 + trial.seed / 100 + (trial.spec == "pixel+bn") / 10, events=False)
+    suite = tmp_path / "notebook"
+    report.write_report(suite)
+    answer = accumulate(suite / board.REPORT_RUN).Tensors(board.ANSWER_TAG)[0].tensor_proto.string_val[0].decode()
+    results = (suite / "results.md").read_text()
+    assert answer.startswith("## Each spec against `pixel`") and "| pixel+bn |" in answer
+    assert answer in results  # the same markdown as results.md's section, not a second rendering

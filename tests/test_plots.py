@@ -15,7 +15,7 @@ def test_titles_break_between_parts_only():
         "line: mean over seeds · band: lowest to highest seed"
     )
     for layout in (plots.PAGE, plots.CARD):
-        lines = plots._wrap(subtitle, layout).split("\n")
+        lines = plots._wrap(subtitle, layout.wrap).split("\n")
         assert all(len(line) <= layout.wrap for line in lines)
         parts = subtitle.split(" · ")
         assert sorted(p for line in lines for p in line.split(" · ")) == sorted(parts)  # no part cut in two
@@ -48,12 +48,10 @@ def test_the_differences_chart_draws_each_spec_with_its_interval_and_the_margin_
     figures = _drawn(monkeypatch)
     colours = plots.spec_colours(["pixel", "pixel+bn", "pixel+l1", "one seed"])
     rows = [
-        plots.Difference("pixel", 0.0, float("nan"), float("nan"), None, colours["pixel"]),
-        plots.Difference("pixel+bn", -0.05, -0.13, 0.03, "open", colours["pixel+bn"], "could detect ±0.09"),
-        plots.Difference("pixel+l1", -0.2, -0.26, -0.14, "worse", colours["pixel+l1"]),
-        plots.Difference(
-            "one seed", 0.01, float("nan"), float("nan"), "open", colours["one seed"], "no interval", False
-        ),
+        plots.Row("pixel", 0.0, float("nan"), float("nan"), None, colours["pixel"]),
+        plots.Row("pixel+bn", -0.05, -0.13, 0.03, "open", colours["pixel+bn"], "could detect ±0.09"),
+        plots.Row("pixel+l1", -0.2, -0.26, -0.14, "worse", colours["pixel+l1"]),
+        plots.Row("one seed", 0.01, float("nan"), float("nan"), "open", colours["one seed"], "no interval"),
     ]
     for layout in (plots.PAGE, plots.CARD):
         png = plots.differences_chart(rows, 0.01, "title", "subtitle", layout)
@@ -73,13 +71,13 @@ def test_the_differences_chart_draws_each_spec_with_its_interval_and_the_margin_
 def test_the_effects_chart_draws_a_qualified_main_effect_apart_and_the_simple_effects(monkeypatch):
     figures = _drawn(monkeypatch)
     rows = [
-        plots.EffectRow("bn (see pixel × bn)", 0.06, 0.02, 0.10, "better", ("pixel × bn",)),
-        plots.EffectRow("l1", -0.19, -0.23, -0.15, "worse"),
-        plots.EffectRow("pixel × bn", -0.14, -0.22, -0.06, "worse"),
+        plots.Row("bn (see pixel × bn)", 0.06, 0.02, 0.10, "better", qualified_by=("pixel × bn",)),
+        plots.Row("l1", -0.19, -0.23, -0.15, "worse"),
+        plots.Row("pixel × bn", -0.14, -0.22, -0.06, "worse"),
     ]
     simple = [
-        plots.EffectRow("bn without pixel", 0.13, 0.08, 0.18, "better"),
-        plots.EffectRow("bn with pixel", -0.01, -0.07, 0.04, "open"),
+        plots.Row("bn without pixel", 0.13, 0.08, 0.18, "better"),
+        plots.Row("bn with pixel", -0.01, -0.07, 0.04, "open"),
     ]
     plots.effects_chart(rows, simple, 0.01, "title", "subtitle")
     top, bottom = figures[0].axes

@@ -1,20 +1,18 @@
-"""``python -m ablations.report.rebuild``: a suite written by older code (scalars on the global-step axis,
-histograms at epochs 0..E-1, a sample image in every trial, HParams without the spec) comes out in today's layout;
-running trials are left alone; bad arguments exit 2. No training: the old event files are written here."""
+"""``python -m ablations.report.rebuild``: a suite whose trials' events hold part of their scalars comes out with
+every scalar of its result.json files, its weight histograms kept, and its report; running trials are left alone; bad
+arguments exit 2. No training: the event files are written here."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
-from tensorboard.plugins.hparams import summary_v2 as hp
 
-from ablations.report import board, plots
+from ablations.report import board
 from ablations.report.rebuild import main
 from ablations.store import RESULT_FILE, folder_lock, write_result
 
@@ -79,16 +77,13 @@ def old_result(spec: str, seed: int, fields: dict, order: int) -> dict:
     }
 
 
-def write_old_trial(folder: Path, result: dict, png: bytes) -> None:
+def write_old_trial(folder: Path, result: dict) -> None:
     folder.mkdir(parents=True)
     write_result(folder / RESULT_FILE, result)
-    fit = [
-        (351 * (e + 1), board.scalar_summary({"val/acc": h["val/acc"], "epoch": float(e)}))
-        for e, h in enumerate(result["history"])
-    ]
+    fit = [(e + 1, board.scalar_summary({"val/acc": h["val/acc"]})) for e, h in enumerate(result["history"])]
     histograms = [
         (
-            e,
+            e + 1,
             summary_pb2.Summary(
                 value=[
                     summary_pb2.Summary.Value(
@@ -102,26 +97,16 @@ def write_old_trial(folder: Path, result: dict, png: bytes) -> None:
         )
         for e in range(EPOCHS)
     ]
-    image = [(0, board.image_summary("data/one_training_image_per_class", png))]
-    old_hparams = {"spec_name": result["spec"], "seed": float(result["seed"]), "batchnorm": 1.0}
-    session = [(0, hp.hparams_pb(old_hparams, trial_id=str(folder), start_time_secs=1.0))]
-    board.write_events(folder, [*fit, *histograms, *image], clock=lambda step: 1000.0 + step)
-    board.write_events(
-        folder,
-        [(352 * EPOCHS, board.scalar_summary({"test/acc": result["metrics"]["test/acc"]})), *session],
-        clock=lambda step: 2000.0,
-    )
+    board.write_events(folder, [*fit, *histograms], clock=lambda step: 1000.0 + step)
 
 
 @pytest.fixture
 def old_suite(tmp_path: Path) -> Path:
     suite = tmp_path / "logs" / "notebook"
-    png = plots.samples_chart(np.full((2, 3, 4, 4), 128, dtype=np.uint8), ["cat", "dog"], "old samples")
     specs = [("pixel", {**FIELDS, "batchnorm": False}), ("pixel+bn", FIELDS)]
     for order, (spec, fields) in enumerate(specs):
         for seed in (0, 1):
-            write_old_trial(suite / spec / f"seed={seed}", old_result(spec, seed, fields, order), png)
-    board.write_events(suite / "_by_spec" / "pixel", [board.scalar_summary({"test/acc": 0.5})])
+            write_old_trial(suite / spec / f"seed={seed}", old_result(spec, seed, fields, order))
     return suite
 
 
@@ -131,19 +116,20 @@ def accumulate(run_dir: Path) -> EventAccumulator:
     return run
 
 
-def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
+def test_a_suite_is_rebuilt_from_its_results(old_suite: Path, capsys):
     assert main([str(old_suite)]) == 0
-    assert "4 trials rebuilt" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 trials rebuilt" in out and "samples: none" in out
     trial = old_suite / "pixel+bn" / "seed=1"
     run = accumulate(trial)
     tags = run.Tags()
     assert [e.step for e in run.Scalars("val/acc")] == [1, 2] and [e.step for e in run.Scalars("test/acc")] == [2]
-    assert [e.step for e in run.Scalars("accuracy/val")] == [1, 2] and "epoch" not in tags["scalars"]
+    assert [e.step for e in run.Scalars("accuracy/val")] == [1, 2]
     result = json.loads((trial / RESULT_FILE).read_text())
     assert run.Scalars(board.GAP)[-1].value == pytest.approx(
         result["metrics"]["train/acc"] - result["metrics"]["val/acc"]
     )
-    assert [e.step for e in run.Histograms("weights/backbone.hidden")] == [1, 2]  # were 0, 1
+    assert [e.step for e in run.Histograms("weights/backbone.hidden")] == [1, 2]
     assert tags["images"] == []
     start = plugin_data_pb2.HParamsPluginData.FromString(
         run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
@@ -153,17 +139,14 @@ def test_an_old_suite_is_rebuilt_in_todays_layout(old_suite: Path, capsys):
     group = plugin_data_pb2.HParamsPluginData.FromString(
         accumulate(old_suite / "pixel+bn" / "seed=0").PluginTagToContent("hparams")["_hparams_/session_start_info"]
     ).session_start_info.group_name
-    assert "spec_name" not in start.hparams and start.group_name == group == board.cell_group(result)
+    assert start.group_name == group == board.cell_group(result)
     assert group.startswith("02 pixel+bn ")
     assert sorted(p.name.rsplit(".", 1)[-1] for p in trial.glob("*tfevents*")) == ["histograms", "hparams", "trial"]
-    samples = accumulate(old_suite / "_samples")
-    assert samples.Tags()["images"] == [board.SAMPLES_TAG]  # the old per-trial image, once per suite
     record = accumulate(old_suite / "_hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         record.PluginTagToContent("hparams")["_hparams_/experiment"]
     ).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "val/acc", "test/loss", board.GAP]
-    assert not (old_suite / "_by_spec").exists()  # the old spec-mean runs: TensorBoard groups the seeds itself
     assert (old_suite / "curves.png").exists() and (old_suite / "_report").is_dir()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ablations.designs import select
 from ablations.report.stats import (
     Factor,
     compare_with_reference,
@@ -191,3 +192,39 @@ def test_a_main_effect_an_interaction_reverses_is_read_with_its_simple_effects()
     assert simple["bn with pixel"].effect.estimate == pytest.approx(-0.04, abs=0.01)
     assert all(t.family == fit.family for t in simple.values())  # one family, fixed before looking
     assert fit.family == len(fit.effects) + len({t.name for ts in fit.simple.values() for t in ts})
+
+
+# ------------------------------------------------------------------------------ fractions of a factorial design
+FULL = [2, 2, 4, 2, 3]  # the `full` suite's levels
+
+
+def _fit(levels: list[int], runs: list[tuple[int, ...]], effect: dict[tuple[int, int], float], seed: int = 0):
+    """The report's factorial fit of synthetic results: 0.6 plus `effect` ((factor, level) -> shift) and noise."""
+    factors = [Factor(f"f{f}", tuple(f"f{f}={i}" for i in range(k))) for f, k in enumerate(levels)]
+    frame = pd.DataFrame([{f"f{f}": f"f{f}={i}" for f, i in enumerate(run)} for run in runs])
+    rng = np.random.default_rng(seed)
+    frame["y"] = [0.6 + sum(v for (f, lv), v in effect.items() if run[f] == lv) + rng.normal(0, 0.002) for run in runs]
+    return factorial_effects(frame, factors, "y")
+
+
+def test_half_fraction_of_two_level_factors_aliases_interactions_not_main_effects():
+    pytest.importorskip("pydoe")
+    fit = _fit([2, 2, 2, 2], select([2, 2, 2, 2], 2), {(0, 1): 0.05})  # d = abc: resolution IV
+    assert not fit.interactions and len(fit.aliased) == 6 and all(" × " in name for name in fit.aliased)
+    assert sorted(t.name for t in fit.effects) == ["f0=1", "f1=1", "f2=1", "f3=1"]
+    assert not _fit([2, 2, 2, 2], select([2, 2, 2, 2], 1), {}).aliased  # the full grid: every effect estimated
+
+
+@pytest.mark.parametrize("reduction", [2, 4])
+def test_the_report_recovers_known_main_effects_of_a_fraction(reduction):
+    """Synthetic results of the half and the quarter of `full`: main effects recovered within their CIs; the
+    quarter's interactions listed as aliased rather than estimated."""
+    pytest.importorskip("pydoe")
+    effect = {(2, 2): -0.1, (4, 1): 0.02, (1, 1): -0.05}
+    fit = _fit(FULL, select(FULL, reduction), effect)
+    found = {t.name: t.effect for t in fit.effects}
+    for (f, lv), v in effect.items():
+        assert found[f"f{f}={lv}"].low <= v <= found[f"f{f}={lv}"].high
+    assert found["f0=1"].low <= 0 <= found["f0=1"].high
+    if reduction == 4:
+        assert not fit.interactions and fit.aliased and all(" × " in n for n in fit.aliased)

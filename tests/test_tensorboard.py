@@ -97,7 +97,6 @@ def test_a_cell_is_one_session_group_of_typed_values(logdir: Path):
     assert groups["pixel+bn"] == {start.group_name} and start.group_name.startswith("03 pixel+bn ")
     assert len(groups["pixel+maxnorm=3"]) == 1 and groups["pixel+maxnorm=3"] != groups["pixel+bn"]
     assert "trial/settings" in events(trial_dir(logdir, "pixel+bn", seed=1)).Tags()["tensors"]
-    assert not (logdir / "notebook" / "_by_spec").exists()
 
 
 def test_scalars_are_per_epoch_and_accuracy_comes_first(logdir: Path):

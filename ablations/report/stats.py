@@ -1,24 +1,6 @@
-"""The statistics of a suite's results: confidence intervals, comparisons with a reference spec, factorial effects,
-and the one verdict each comparison gets.
-
-The numbers come from scipy and statsmodels; this module only arranges the data and names what was computed:
-
-- `verdict`: the answer an interval of a difference gives: ``equivalent`` (within ``±margin``), ``better`` /
-  ``worse`` (excludes 0), else ``open``. Every table, CSV, chart and TensorBoard view reads it from here.
-- `mean_ci`: a mean over seeds with its t-based confidence interval (scipy).
-- `welch_width`: the width of Welch's interval from sample sizes and variances, for the seeds rule.
-- `compare_with_reference`: each spec against a reference spec: Welch's intervals, simultaneous over the ``m``
-  comparisons (Bonferroni: each at level ``1 - (1 - LEVEL) / m``), so that every interval keeps its meaning whether
-  its comparison is rejected or not; the verdict reads that interval.
-- `factorial_effects`: for specs that cover every combination of some factors (e.g. the ``full`` suite), a linear
-  model of test accuracy with every main effect and two-factor interaction (statsmodels OLS); each effect is a
-  contrast of that model averaged over the levels of the other factors. The family is fixed before looking: the
-  main effects, the interactions and each interaction's simple effects (``bn`` without and with ``pixel``), all
-  Bonferroni-simultaneous, so a main effect that a resolved interaction qualifies is read with its simple effects
-  at no extra cost in error rate.
-
-An ``open`` verdict states the smallest difference its seeds could detect (`Contrast.detectable`: power `POWER`
-at the family's level). Torch-free: ``python -m ablations.report`` imports it.
+"""The statistics of a suite's results (scipy, statsmodels): confidence intervals, comparisons with a reference
+spec, factorial effects, and the one verdict each comparison gets (`verdict`). Every family of intervals is
+simultaneous (Bonferroni), so an interval means the same whether its comparison is rejected or not. Torch-free.
 """
 
 from __future__ import annotations
@@ -39,30 +21,22 @@ from scipy import stats as scipy_stats
 
 from ablations.rules import MARGIN, check_margin
 
-LEVEL = 0.95  # family-wise confidence level of every set of simultaneous intervals (alpha = 1 - LEVEL)
+LEVEL = 0.95  # family-wise confidence level of every set of simultaneous intervals
 POWER = 0.80  # the power at which `Contrast.detectable` states the smallest difference the seeds could detect
 VERDICTS = ("equivalent", "better", "worse", "open")  # the answer to one comparison, in the order it is read
+INTERACTION = " × "  # joins the two levels of a two-factor interaction's name
 NAN = float("nan")
 
 
 def verdict(low: float, high: float, margin: float = MARGIN) -> str:
-    """The verdict a family-wise (simultaneous) interval ``[low, high]`` of a difference gives, read in this order:
-    ``equivalent`` when it lies within ``±margin`` (TOST: a difference too small to matter, even if it excludes 0),
-    else ``better`` / ``worse`` when it excludes 0 above / below, else ``open`` (a nan bound is ``open`` too).
-
-    Raises:
-        ValueError: `margin` is negative, nan or 1 or more.
-    """
+    """``equivalent`` when ``[low, high]`` lies within ``±margin`` (TOST), else ``better`` / ``worse`` when it
+    excludes 0, else ``open`` (a nan bound too)."""
     check_margin(margin)
     if math.isnan(low) or math.isnan(high):
         return "open"
     if -margin <= low and high <= margin:
         return "equivalent"
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "open"
+    return "better" if low > 0 else "worse" if high < 0 else "open"
 
 
 def family_level(level: float, size: int) -> float:
@@ -97,8 +71,7 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 @dataclass(frozen=True)
 class Contrast:
-    """A difference or an effect with its interval, simultaneous over a family of `family` contrasts at the
-    family-wise level `level`, and the verdict that interval gives at `margin`."""
+    """A difference or effect with its interval, simultaneous over `family` contrasts at family-wise `level`."""
 
     name: str
     effect: Interval  # the estimate and its simultaneous interval: the interval every output draws
@@ -119,9 +92,7 @@ class Contrast:
 
     @property
     def detectable(self) -> float:
-        """The smallest difference these seeds would call better / worse with probability `POWER` at the family's
-        level: ``(t_crit + t_power) * se``, the standard error read back from the interval's half-width; nan when
-        the interval is unknown."""
+        """The smallest difference these seeds would resolve with probability `POWER`: ``(t_crit + t_power) * se``."""
         if not self.effect.known or math.isnan(self.df):
             return NAN
         critical = float(scipy_stats.t.ppf(1 - (1 - self.level) / (2 * self.family), self.df))
@@ -130,29 +101,24 @@ class Contrast:
 
 
 def welch(values: Sequence[float], reference: Sequence[float], name: str, level: float = LEVEL) -> Contrast:
-    """``mean(values) - mean(reference)`` with Welch's confidence interval at `level` and t-test p-value (scipy).
-
-    Fewer than two values on either side, or two identical constant samples, give ``nan`` (nothing to test).
-    """
-    difference = statistics.fmean(values) - statistics.fmean(reference)
+    """``mean(values) - mean(reference)`` with Welch's interval at `level` and p-value; ``nan`` bounds when there
+    is nothing to test (fewer than two values a side, or identical constant samples)."""
+    difference = statistics.fmean(values) - statistics.fmean(reference) if values and reference else NAN
+    unknown = Contrast(name, Interval(difference, NAN, NAN), NAN, level=level)
     if min(len(values), len(reference)) < 2:
-        return Contrast(name, Interval(difference, NAN, NAN), NAN, level=level)
+        return unknown
     with warnings.catch_warnings():  # nearly constant samples (e.g. every seed at 100%) make scipy warn
         warnings.simplefilter("ignore", RuntimeWarning)
         result = scipy_stats.ttest_ind(values, reference, equal_var=False)
     if math.isnan(result.pvalue):
-        return Contrast(name, Interval(difference, NAN, NAN), NAN, level=level)
+        return unknown
     low, high = result.confidence_interval(confidence_level=level)
-    return Contrast(
-        name, Interval(difference, float(low), float(high)), float(result.pvalue), float(result.df), level=level
-    )
+    return Contrast(name, Interval(difference, float(low), float(high)), float(result.pvalue), result.df, level=level)
 
 
 def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL) -> np.ndarray:
-    """The width (high - low) of `welch`'s interval from the sample sizes and variances (ddof=1) alone, with
-    Welch-Satterthwaite degrees of freedom and scipy's t quantile; numpy-broadcast, so one call serves a suite or
-    a thousand simulated studies (the seeds rule, `ablations.adaptive`, decides on it). 0 where both variances are 0.
-    """
+    """The width of `welch`'s interval from sample sizes and variances (ddof=1), numpy-broadcast (the seeds rules
+    and their simulations decide on it); 0 where both variances are 0."""
     n_a, n_b = np.asarray(n_a, float), np.asarray(n_b, float)
     va, vb = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
     total = va + vb
@@ -163,28 +129,32 @@ def welch_width(n_a: Any, var_a: Any, n_b: Any, var_b: Any, level: float = LEVEL
 
 
 def compare_with_reference(
-    groups: Mapping[str, Sequence[float]], reference: str, level: float = LEVEL, margin: float = MARGIN
+    groups: Mapping[str, Sequence[float]],
+    reference: str,
+    level: float = LEVEL,
+    margin: float = MARGIN,
+    looks: int = 1,
 ) -> list[Contrast]:
-    """Every group but `reference` against it (Welch), in `groups` order: intervals simultaneous over all of them
-    at family-wise `level` (Bonferroni), each with its verdict at `margin`.
-
-    Raises:
-        ValueError: if `reference` is not one of the groups, or for a bad `margin`.
-    """
+    """Every group but `reference` against it (Welch), each interval at ``1 - (1 - level) / (comparisons x
+    looks)``. With ``looks > 1`` (`ablations.adaptive`) each is read at the look it stopped at: the first ``k``
+    values of both sides, ``k`` the fewer of the two."""
     if reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(groups)}")
     check_margin(margin)
     others = [name for name in groups if name != reference]
-    each = family_level(level, len(others))
-    tests = [welch(groups[name], groups[reference], name, each) for name in others]
-    return [Contrast(t.name, t.effect, t.p_value, t.df, len(others), level, margin) for t in tests]
+    each = family_level(level, len(others) * looks)
+    tests = []
+    for name in others:
+        k = min(len(groups[name]), len(groups[reference])) if looks > 1 else None
+        t = welch(groups[name][:k], groups[reference][:k], name, each)
+        tests.append(Contrast(name, t.effect, t.p_value, t.df, len(others) * looks, level, margin))
+    return tests
 
 
 # ------------------------------------------------------------------------------------------------ factorial
 @dataclass(frozen=True)
 class Factor:
-    """A factor of a factorial design: its column in the trials' table and its levels, the reference ("off")
-    level first."""
+    """A factor of a factorial design: its column in the trials' table and its levels, the reference first."""
 
     name: str
     levels: tuple[str, ...]
@@ -194,21 +164,15 @@ class Factor:
         return self.levels[0]
 
 
-INTERACTION = " × "  # joins the two levels of a two-factor interaction's name
-
-
 @dataclass(frozen=True)
 class FactorialFit:
-    """The effects of a factorial design, or why they could not be estimated (`problem`).
-
-    `effects` are the main effects and interactions; `simple` holds, per interaction, its simple effects (each
-    factor's effect without and with the other's level), computed in the same simultaneous family."""
+    """Main effects, interactions and (`simple`) each interaction's simple effects, or why not (`problem`)."""
 
     effects: list[Contrast]
     interactions: bool  # whether two-factor interactions were estimated (else main effects only)
     residual_df: int
     problem: Optional[str] = None
-    aliased: tuple[str, ...] = ()  # effects a fractional design cannot separate: not estimated, not reported
+    aliased: tuple[str, ...] = ()  # effects a fractional design cannot separate: not estimated
     simple: dict[str, list[Contrast]] = field(default_factory=dict)
 
     @property
@@ -225,8 +189,7 @@ class FactorialFit:
 
 
 def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) -> pd.DataFrame:
-    """Intercept, one treatment dummy per non-reference level and, with `interactions`, their pairwise products
-    across factors."""
+    """Intercept, a treatment dummy per non-reference level, and with `interactions` their products across factors."""
     dummies = [
         pd.get_dummies(
             pd.Categorical(frame[f.name], categories=f.levels),
@@ -243,13 +206,12 @@ def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) 
     if interactions:
         for first, second in itertools.combinations(dummies, 2):
             for a, b in itertools.product(first, second):
-                columns[f"{a} × {b}"] = first[a].to_numpy() * second[b].to_numpy()
+                columns[f"{a}{INTERACTION}{b}"] = first[a].to_numpy() * second[b].to_numpy()
     return pd.DataFrame(columns)
 
 
 def _simple_name(level: str, other: Factor, other_level: str) -> str:
-    """``bn with pixel`` / ``bn without pixel``; a factor of three levels or more names itself when off
-    (``bn without dropout``)."""
+    """``bn with pixel`` / ``bn without pixel``; a factor of three levels or more names itself when off."""
     if other_level != other.reference:
         return f"{level} with {other_level}"
     return f"{level} without {other.levels[1] if len(other.levels) == 2 else other.name}"
@@ -258,11 +220,8 @@ def _simple_name(level: str, other: Factor, other_level: str) -> str:
 def _contrasts(
     factors: Sequence[Factor], interactions: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]]]:
-    """The model's effects as linear combinations of its coefficients, averaged over a balanced grid of every
-    level combination: ``A=a`` is mean(A=a) - mean(A=off); ``A=a × B=b`` is the difference of differences
-    mean(a, b) - mean(a, off) - mean(off, b) + mean(off, off). Then the simple effects: ``a`` at B=off and at
-    B=b, ``b`` at A=off and at A=a. Returns the effects, the simple effects, and each interaction's simple
-    effects' names."""
+    """The effects, the simple effects (``a`` without and with ``b``, and back) and each interaction's simple
+    effects' names, as combinations of the coefficients averaged over the full grid."""
     grid = pd.DataFrame(list(itertools.product(*(f.levels for f in factors))), columns=[f.name for f in factors])
     design = _design(grid, factors, interactions).to_numpy()
 
@@ -270,25 +229,22 @@ def _contrasts(
         mask = np.logical_and.reduce([grid[name].to_numpy() == level for name, level in levels.items()])
         return design[mask].mean(axis=0)
 
-    effects = {}
-    for f in factors:
-        for level in f.levels[1:]:
-            effects[f"{level}"] = mean_row(**{f.name: level}) - mean_row(**{f.name: f.reference})
+    effects = {
+        level: mean_row(**{f.name: level}) - mean_row(**{f.name: f.reference})
+        for f in factors
+        for level in f.levels[1:]
+    }
     simple: dict[str, np.ndarray] = {}
     groups: dict[str, list[str]] = {}
-    if interactions:
-        for f, g in itertools.combinations(factors, 2):
-            for a, b in itertools.product(f.levels[1:], g.levels[1:]):
-                name, off_a, off_b = f"{a}{INTERACTION}{b}", f.reference, g.reference
-                cell = {(x, y): mean_row(**{f.name: x, g.name: y}) for x in (off_a, a) for y in (off_b, b)}
-                effects[name] = cell[a, b] - cell[a, off_b] - cell[off_a, b] + cell[off_a, off_b]
-                groups[name] = []
-                for y in (off_b, b):  # a without and with b
-                    groups[name].append(_simple_name(a, g, y))
-                    simple.setdefault(groups[name][-1], cell[a, y] - cell[off_a, y])
-                for x in (off_a, a):  # b without and with a
-                    groups[name].append(_simple_name(b, f, x))
-                    simple.setdefault(groups[name][-1], cell[x, b] - cell[x, off_b])
+    for f, g in itertools.combinations(factors, 2) if interactions else ():
+        for a, b in itertools.product(f.levels[1:], g.levels[1:]):
+            name, off_a, off_b = f"{a}{INTERACTION}{b}", f.reference, g.reference
+            cell = {(x, y): mean_row(**{f.name: x, g.name: y}) for x in (off_a, a) for y in (off_b, b)}
+            effects[name] = cell[a, b] - cell[a, off_b] - cell[off_a, b] + cell[off_a, off_b]
+            groups[name] = [_simple_name(a, g, y) for y in (off_b, b)] + [_simple_name(b, f, x) for x in (off_a, a)]
+            rows = [cell[a, y] - cell[off_a, y] for y in (off_b, b)] + [cell[x, b] - cell[x, off_b] for x in (off_a, a)]
+            for simple_name, row in zip(groups[name], rows):
+                simple.setdefault(simple_name, row)
     return effects, simple, groups
 
 
@@ -296,17 +252,15 @@ def _fit(
     frame: pd.DataFrame, factors: Sequence[Factor], response: str, interactions: bool, level: float, margin: float
 ) -> FactorialFit:
     """OLS, then every contrast of `_contrasts` with intervals simultaneous over all of them (Bonferroni)."""
-    model = sm.OLS(frame[response].to_numpy(dtype=float), _design(frame, factors, interactions).to_numpy())
-    fit = model.fit()
+    fit = sm.OLS(frame[response].to_numpy(dtype=float), _design(frame, factors, interactions).to_numpy()).fit()
     effects, simple, groups = _contrasts(factors, interactions)
     contrasts = {**effects, **simple}
-    family = len(contrasts)
     result = fit.t_test(np.vstack(list(contrasts.values())))
-    bounds = result.conf_int(alpha=1 - family_level(level, family))
+    bounds = result.conf_int(alpha=1 - family_level(level, len(contrasts)))
     estimates, p_values = np.atleast_1d(result.effect), np.atleast_1d(result.pvalue)
     tests = {
         name: Contrast(
-            name, Interval(float(e), float(lo), float(hi)), float(p), float(fit.df_resid), family, level, margin
+            name, Interval(float(e), float(lo), float(hi)), float(p), fit.df_resid, len(contrasts), level, margin
         )
         for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)
     }
@@ -318,67 +272,37 @@ def _fit(
     )
 
 
-def _fractional_fit(
-    frame: pd.DataFrame,
-    factors: Sequence[Factor],
-    response: str,
-    level: float,
-    margin: float,
-    present: int,
-    combinations: int,
+def factorial_effects(
+    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL, margin: float = MARGIN
 ) -> FactorialFit:
-    """A fraction of the grid: the largest model (two-factor, else main effects) whose columns the runs separate
-    (full column rank) with residual degrees of freedom left; the effects outside it are aliased."""
-    combos = frame[[f.name for f in factors]].drop_duplicates()
-    counts = [combos[f.name].value_counts().reindex(list(f.levels), fill_value=0) for f in factors]
-    balanced = all(c.min() > 0 and c.max() <= 1.5 * c.min() for c in counts)
-    if not balanced:  # hand-picked specs, not a design: a design runs every level of a factor about equally often
-        return FactorialFit(
-            [],
-            False,
-            0,
-            f"the specs cover {present} of the {combinations} combinations of "
-            f"{', '.join(f.name for f in factors)} (not a full factorial design)",
-        )
-    every = list(_contrasts(factors, True)[0])
+    """Main effects and, where the trials separate them with residual degrees of freedom left, two-factor
+    interactions of `factors` on `response` (a row of `frame` per trial); higher interactions are noise. A fraction
+    of the grid must run each level about equally often; what it cannot separate is `FactorialFit.aliased`."""
+    names = [f.name for f in factors]
+    combinations = math.prod(len(f.levels) for f in factors)
+    combos = frame[names].drop_duplicates()
+    cover = f"the specs cover {len(combos)} of the {combinations} combinations of {', '.join(names)}"
+    if len(combos) < combinations:
+        counts = [combos[f.name].value_counts().reindex(list(f.levels), fill_value=0) for f in factors]
+        if not all(c.min() > 0 and c.max() <= 1.5 * c.min() for c in counts):
+            return FactorialFit([], False, 0, f"{cover} (not a full factorial design)")
     for interactions in (True, False):
         x = _design(frame, factors, interactions).to_numpy()
         if np.linalg.matrix_rank(x) == x.shape[1] and len(frame) > x.shape[1]:
             fit = _fit(frame, factors, response, interactions, level, margin)
+            if len(combos) == combinations:
+                return fit
             estimated = {t.name for t in fit.effects}
-            aliased = tuple(n for n in every if n not in estimated)
-            return dataclasses.replace(fit, aliased=aliased)
+            return dataclasses.replace(
+                fit, aliased=tuple(n for n in _contrasts(factors, True)[0] if n not in estimated)
+            )
+    if len(combos) < combinations:
+        return FactorialFit([], False, 0, f"{cover}, too few to separate the main effects")
+    parameters = 1 + sum(len(f.levels) - 1 for f in factors)
     return FactorialFit(
         [],
         False,
         0,
-        f"the specs cover {present} of the {combinations} combinations of "
-        f"{', '.join(f.name for f in factors)}, too few to separate the main effects",
-    )
-
-
-def factorial_effects(
-    frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL, margin: float = MARGIN
-) -> FactorialFit:
-    """Main effects and two-factor interactions of `factors` on `response` (one row of `frame` per trial).
-
-    The model has every main effect and every two-factor interaction when the trials leave residual degrees of
-    freedom for it, else main effects only (its residual then holds the interactions). Three-factor and higher
-    interactions are taken as noise. Needs every combination of the factors' levels in `frame`.
-    """
-    combinations = math.prod(len(f.levels) for f in factors)
-    present = len(frame[[f.name for f in factors]].drop_duplicates())
-    if present < combinations:
-        return _fractional_fit(frame, factors, response, level, margin, present, combinations)
-    for interactions in (True, False):
-        parameters = _design(frame.head(1), factors, interactions).shape[1]
-        if len(frame) > parameters:
-            return _fit(frame, factors, response, interactions, level, margin)
-    return FactorialFit(
-        [],
-        False,
-        0,
-        f"{len(frame)} trials leave no residual degrees of freedom for "
-        f"{1 + sum(len(f.levels) - 1 for f in factors)} main-effect parameters: "
-        "run more seeds",
+        f"{len(frame)} trials leave no residual degrees of freedom for {parameters} main-effect "
+        "parameters: run more seeds",
     )
