@@ -1,16 +1,14 @@
-"""The fast training path gives the plain path's results, and fp32 training the pinned reference numbers, with the
-allocator tuned or not; fused Adam where supported, with a clean fallback; the allocator tuning degrades to a no-op
-where it cannot apply. The benchmark's own tests: tests/test_bench.py."""
+"""The fast training path gives the plain path's results, with the allocator tuned or not; fused Adam where supported,
+with a clean fallback; the allocator tuning degrades to a no-op where it cannot apply. The regularizers' pinned numbers:
+tests/test_regularizers.py; the benchmark's own tests: tests/test_bench.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
 
 import lightning.pytorch as pl
 import pytest
@@ -67,140 +65,6 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
     monkeypatch.setattr(torch.optim, "Adam", no_fused)
     optimizer = make_adam(params, lr=1e-3, eps=1e-7)
     assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
-
-
-# Metrics of `reference_run` pinned with torch 2.14.1 on 2 threads of an AMD EPYC with AVX-512. fp32 training must
-# stay bit-identical (committed results stay reproducible by later code), so these are compared with ==.
-# What decides the numbers is which kernels run, and that is decided by the torch build, the thread count, the CPU
-# vendor (oneDNN and MKL take vendor-specific paths) and its instruction sets (ATen's dispatch level and the ISA
-# extensions oneDNN uses), not by the CPU's marketing name: two "AMD EPYC" (Zen 3, AVX2 only; Zen 4, AVX-512) round
-# differently. The comparison runs only where all of those are the reference's (`kernel_environment`).
-KERNEL_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512dq",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "avx_vnni",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
-REFERENCE_ENVIRONMENT = {
-    "torch": "2.14.1",
-    "threads": 2,
-    "vendor": "AuthenticAMD",
-    "capability": "AVX512",
-    "isa": ["avx2", "avx512_bf16", "avx512_vnni", "avx512bw", "avx512dq", "avx512f", "avx512vl", "avx_vnni", "fma"],
-}
-
-
-def kernel_environment(cpuinfo: Optional[str] = None) -> dict[str, Any]:
-    """What decides which CPU kernels train the network (see `REFERENCE_ENVIRONMENT`): torch's version, its
-    threads, the CPU vendor, ATen's dispatch level and the CPU's `KERNEL_FLAGS`, from `cpuinfo` (the text of
-    /proc/cpuinfo; read if None)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {
-        "torch": torch.__version__.split("+")[0],
-        "threads": torch.get_num_threads(),
-        "vendor": fields.get("vendor_id", platform.machine()),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "isa": sorted(flags & set(KERNEL_FLAGS)),
-    }
-
-
-REFERENCE = {
-    "pixel": {
-        "val/loss": 0.4528583586215973,
-        "val/acc": 0.9599999785423279,
-        "train/loss": 1.6000640392303467,
-        "train/acc": 0.67578125,
-        "train/penalty": 0.0,
-        "test/loss": 0.4163157343864441,
-        "test/acc": 0.9750000238418579,
-        "hidden_weight_sum": -15669.822175083478,
-        "param_abs_sum": 188684.15111738027,
-    },
-    "pixel+bn+l2=0.01+maxnorm=3+dropout=0.5": {
-        "val/loss": 31.38177490234375,
-        "val/acc": 0.10999999940395355,
-        "train/loss": 21.550643920898438,
-        "train/acc": 0.9453125,
-        "train/penalty": 20.18804931640625,
-        "test/loss": 30.813241958618164,
-        "test/acc": 0.14499999582767487,
-        "hidden_weight_sum": 3450.653762595798,
-        "param_abs_sum": 180913.287676787,
-    },
-    "augment": {
-        "val/loss": 50.822418212890625,
-        "val/acc": 0.07999999821186066,
-        "train/loss": 435.1903076171875,
-        "train/acc": 0.21484375,
-        "train/penalty": 0.0,
-        "test/loss": 49.83924865722656,
-        "test/acc": 0.10000000149011612,
-        "hidden_weight_sum": -15888.480259861335,
-        "param_abs_sum": 187270.94244323653,
-    },
-}
-
-
-def reference_run(data_dir: Path, spec: str, seed: int = 7) -> dict[str, float]:
-    """Two epochs of 256 synthetic images in the order the sweep's trials run: seed, data, model, fit, test."""
-    pl.seed_everything(seed, workers=True, verbose=False)
-    dm = CIFAR10DataModule.from_spec(
-        spec,
-        data_dir=str(data_dir),
-        val_size=100,
-        split_seed=0,
-        batch_size=64,
-        limit_train=256,
-        download=False,
-        seed=seed,
-    )
-    dm.prepare_data()
-    dm.setup("fit")
-    model = RegularizedClassifier(spec, lr=1e-3, lr_decay=1e-6)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
-    trainer.fit(model, datamodule=dm)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update(trainer.test(model, datamodule=dm, verbose=False)[0])
-    metrics["hidden_weight_sum"] = float(model.backbone.hidden.weight.detach().double().sum())
-    metrics["param_abs_sum"] = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
-    return metrics
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("spec", list(REFERENCE))
-def test_fp32_training_is_bit_identical_to_the_reference(cifar_dir: Path, spec: str) -> None:
-    environment = kernel_environment()
-    if environment != REFERENCE_ENVIRONMENT:
-        pytest.skip(f"reference numbers were taken on {REFERENCE_ENVIRONMENT}, this is {environment}")
-    assert runtime.tune_allocator().startswith("glibc")  # the path every trial takes: it must not change a number
-    metrics = reference_run(cifar_dir, spec)  # the data the reference was computed on
-    assert {k: metrics[k] for k in REFERENCE[spec]} == REFERENCE[spec]
 
 
 @pytest.mark.slow
@@ -266,9 +130,9 @@ TRAIN_AND_PRINT = """
 import json, sys
 from lit_cifar import tune_allocator
 allocator = tune_allocator()
-sys.path.insert(0, {tests!r})
-from test_performance import reference_run
-metrics = reference_run(__import__("pathlib").Path({data!r}), "pixel+bn+l2=0.01+maxnorm=3+dropout=0.5")
+sys.path.insert(0, {repo!r})
+from tests.test_regularizers import pinned_trial
+metrics = pinned_trial(__import__("pathlib").Path({data!r}), "pixel+bn+l2=0.01+maxnorm=3+dropout=0.5")
 print(json.dumps({{"allocator": allocator, **metrics}}))
 """
 
@@ -278,7 +142,7 @@ def test_allocator_tuning_changes_no_number(cifar_dir: Path):
     """A trial's numbers with `tune_allocator` equal those with glibc's defaults, bit for bit, on any machine."""
     runs = {}
     for setting in ("tuned", "default"):
-        code = TRAIN_AND_PRINT.format(tests=str(Path(__file__).parent), data=str(cifar_dir))
+        code = TRAIN_AND_PRINT.format(repo=str(Path(__file__).parents[1]), data=str(cifar_dir))
         done = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,

@@ -398,30 +398,6 @@ def test_two_installs_of_one_version_with_different_code_are_told_apart(tmp_path
     assert same["source_sha256"] == again["source_sha256"] != changed["source_sha256"]
 
 
-# ------------------------------------------------------------- 7. the bit-identity test holds wherever it runs
-ZEN3 = (
-    "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
-    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 sha_ni\n"
-)
-
-
-def test_the_bit_identity_reference_is_keyed_on_what_decides_the_kernels(monkeypatch):
-    """A CPU of the same name (an AVX2-only AMD EPYC) but other kernels is not the reference machine."""
-    import torch
-
-    from tests.test_performance import REFERENCE_ENVIRONMENT, kernel_environment
-
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # what torch picks on a Zen 3
-    monkeypatch.setattr(torch, "get_num_threads", lambda: REFERENCE_ENVIRONMENT["threads"])
-    zen3 = kernel_environment(ZEN3)
-    assert zen3["vendor"] == REFERENCE_ENVIRONMENT["vendor"] and zen3["isa"] == ["avx2", "fma"]
-    assert zen3 != REFERENCE_ENVIRONMENT
-    reference_cpu = ZEN3.replace("avx2 fma", " ".join(REFERENCE_ENVIRONMENT["isa"]))
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: REFERENCE_ENVIRONMENT["capability"])
-    monkeypatch.setattr(torch, "__version__", REFERENCE_ENVIRONMENT["torch"] + "+cpu")
-    assert kernel_environment(reference_cpu) == REFERENCE_ENVIRONMENT
-
-
 # ------------------------------------------------------------- 6. Ctrl-C on a parallel sweep stops it at once
 @pytest.mark.slow
 def test_ctrl_c_on_a_parallel_sweep_stops_it_at_once_without_a_traceback(cifar_dir, tmp_path):
