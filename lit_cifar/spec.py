@@ -19,11 +19,8 @@ BASELINE = "baseline"  # the text of the spec with everything off; it cannot be 
 
 @dataclass(frozen=True)
 class Token:
-    """One spec token: its text and the field it sets.
-
-    A flag token (``pixel``, ``bn``, ...) sets `field` to `flag`. A numeric token (``l2=X``, ...) has no `flag`:
-    it sets `field` to the number X, which must satisfy `accepts`; `number` says so in words.
-    """
+    """One spec token: a flag (``pixel``, ``bn``) sets `field` to `flag`; a numeric token (``l2=X``) has no flag
+    and sets `field` to X, which must satisfy `accepts` (`number` says so in words)."""
 
     text: str
     field: str
@@ -39,19 +36,12 @@ class Token:
         """How the token is written, as the valid-token message lists it."""
         return f"{self.text}=<{self.number}>" if self.numeric else self.text
 
-    def render(self, value: Any, off: Any) -> str:
-        """The token's text for a field `value` ('' when the token is absent: its field is `off`)."""
-        if self.numeric:
-            return "" if value == off else f"{self.text}={number_text(value)}"
-        return self.text if value == self.flag else ""
-
 
 def _non_negative(x: float) -> bool:
     return math.isfinite(x) and x >= 0
 
 
-# Every token, in the canonical order `str(spec)` writes them: parsing, printing, the valid-token message and the
-# numbers' ranges all come from this table.
+# Every token, in the order `str(spec)` writes them: parsing, printing, messages and ranges come from this table.
 TOKENS: tuple[Token, ...] = (
     Token("pixel", "normalize", flag="pixel"),
     Token("channel", "normalize", flag="channel"),
@@ -68,40 +58,24 @@ NORMALIZATIONS: tuple[str, ...] = ("none", *(t.flag for t in TOKENS if t.field =
 
 
 def number_text(value: float) -> str:
-    """Shortest text that parses back to exactly `value`: 3.0 -> '3', 0.01 -> '0.01', 1e16 -> '1e16'.
-
-    The exponent's ``+`` is dropped because ``+`` joins tokens.
-    """
+    """Shortest text that parses back to exactly `value`: 3.0 -> '3', 1e16 -> '1e16' (no ``+``: it joins tokens)."""
     text = repr(value).replace("e+", "e")
     return text[:-2] if text.endswith(".0") else text
 
 
-def _valid_tokens() -> str:
-    return f"valid tokens: {' '.join(VALID_TOKENS)}"
-
-
-def _conflict(previous: str, token: str, text: str) -> str:
-    """The error message for two tokens of spec `text` that set one field."""
-    key = token.partition("=")[0]
-    if previous.partition("=")[0] == key:
-        return f"repeated token {key!r} in spec {text!r}"
-    return f"two normalizations ({previous!r} and {token!r}) in spec {text!r}; choose one"  # the one such field
-
-
-def _read_token(token: str, text: str) -> tuple[Token, Any]:
-    """The table entry of one token of spec `text` and the value it sets; ValueError naming it if it is bad."""
-    key, has_value, raw = token.partition("=")
-    if key == BASELINE and not has_value:
-        raise ValueError(f"'baseline' cannot be combined with other tokens in spec {text!r}")
-    known = TOKENS_BY_TEXT.get(key)
-    if known is None or bool(has_value) != known.numeric:
-        raise ValueError(f"unknown token {token!r} in spec {text!r}; {_valid_tokens()}")
-    if not known.numeric:
-        return known, known.flag
-    try:
-        return known, float(raw)
-    except ValueError:
-        raise ValueError(f"token {token!r} in spec {text!r}: {raw!r} is not a number; {_valid_tokens()}") from None
+def check_number(
+    name: str, value: Any, low: float, *, above: bool = False, integer: bool = False, optional: bool = False
+) -> None:
+    """The one check of a numeric argument: a finite number (an int if `integer`) >= `low` (> if `above`), or None
+    if `optional`. Raises TypeError for another type and ValueError out of range, both naming `name`."""
+    if optional and value is None:
+        return
+    kind = "an integer" if integer else "a finite number"
+    wanted = f"{kind} {'>' if above else '>='} {low}{' or None' if optional else ''}"
+    if isinstance(value, bool) or not isinstance(value, int if integer else numbers.Real):
+        raise TypeError(f"{name}={value!r} must be {wanted}")
+    if not (math.isfinite(value) and (value > low if above else value >= low)):
+        raise ValueError(f"{name}={value!r} must be {wanted}")
 
 
 @dataclass(frozen=True)
@@ -135,32 +109,23 @@ class RegularizationSpec:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        for token in TOKENS:
-            if token.numeric:
-                self._check_number(token)
-        for name in ("normalize", "batchnorm", "augment"):
-            self._check_flag(name)
-
-    def _check_number(self, token: Token) -> None:
-        """Store the number as a float (`l2=1` and `l2=1.0` are one spec with one name) after checking it."""
-        value = getattr(self, token.field)
-        if value is None and _OFF[token.field] is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{token.field}={value!r} must be a number, {token.number}")
-        value = float(value)
-        if value != _OFF[token.field] and not token.accepts(value):
-            raise ValueError(f"{token.field}={value} must be {token.number}")
-        object.__setattr__(self, token.field, value)
-
-    def _check_flag(self, name: str) -> None:
-        """A flag field holds its default or a value one of its tokens sets, of the same type."""
-        value, off = getattr(self, name), _OFF[name]
-        allowed = (off, *(t.flag for t in TOKENS if t.field == name))
-        if type(value) is not type(off):
-            raise TypeError(f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}")
-        if value not in allowed:
-            raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        for token in TOKENS:  # numbers are stored as floats: l2=1 and l2=1.0 are one spec with one name
+            value, off = getattr(self, token.field), _OFF[token.field]
+            if token.numeric and not (value is None and off is None):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise TypeError(f"{token.field}={value!r} must be a number, {token.number}")
+                if float(value) != off and not token.accepts(float(value)):
+                    raise ValueError(f"{token.field}={float(value)} must be {token.number}")
+                object.__setattr__(self, token.field, float(value))
+        for name in ("normalize", "batchnorm", "augment"):  # a flag holds its default or a value a token sets
+            value, off = getattr(self, name), _OFF[name]
+            allowed = (off, *(t.flag for t in TOKENS if t.field == name))
+            if type(value) is not type(off):
+                raise TypeError(
+                    f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}"
+                )
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
 
     @classmethod
     def parse(cls, text: str) -> RegularizationSpec:
@@ -170,18 +135,31 @@ class RegularizationSpec:
             ValueError: naming the bad token and listing the valid ones, for an unknown token, a number that does
                 not parse or is out of range, two tokens for one field (``pixel+channel``, ``bn+bn``).
         """
+        valid = f"valid tokens: {' '.join(VALID_TOKENS)}"
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"empty spec {text!r}; {_valid_tokens()}")
+            raise ValueError(f"empty spec {text!r}; {valid}")
         tokens = [token.strip() for token in text.strip().split("+")]
         if tokens == [BASELINE]:
             return cls()
         values: dict[str, Any] = {}
         set_by: dict[str, str] = {}
         for token in tokens:
-            known, value = _read_token(token, text)
+            key, has_value, raw = token.partition("=")
+            if key == BASELINE and not has_value:
+                raise ValueError(f"'baseline' cannot be combined with other tokens in spec {text!r}")
+            known = TOKENS_BY_TEXT.get(key)
+            if known is None or bool(has_value) != known.numeric:
+                raise ValueError(f"unknown token {token!r} in spec {text!r}; {valid}")
             if known.field in set_by:
-                raise ValueError(_conflict(set_by[known.field], token, text))
-            set_by[known.field], values[known.field] = token, value
+                previous = set_by[known.field]
+                if previous.partition("=")[0] == key:
+                    raise ValueError(f"repeated token {key!r} in spec {text!r}")
+                raise ValueError(f"two normalizations ({previous!r} and {token!r}) in spec {text!r}; choose one")
+            try:
+                values[known.field] = float(raw) if known.numeric else known.flag
+            except ValueError:
+                raise ValueError(f"token {token!r} in spec {text!r}: {raw!r} is not a number; {valid}") from None
+            set_by[known.field] = token
         try:
             return cls(**values)
         except ValueError as error:
@@ -202,8 +180,14 @@ class RegularizationSpec:
         raise TypeError(f"expected a RegularizationSpec, its text form or a dict, got {type(spec).__name__}")
 
     def __str__(self) -> str:
-        tokens = [token.render(getattr(self, token.field), _OFF[token.field]) for token in TOKENS]
-        return "+".join(filter(None, tokens)) or BASELINE
+        tokens = []
+        for token in TOKENS:
+            value = getattr(self, token.field)
+            if token.numeric and value != _OFF[token.field]:
+                tokens.append(f"{token.text}={number_text(value)}")
+            elif not token.numeric and value == token.flag:
+                tokens.append(token.text)
+        return "+".join(tokens) or BASELINE
 
     @property
     def name(self) -> str:

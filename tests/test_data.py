@@ -17,7 +17,7 @@ from lit_cifar.data import (
     DatasetError,
     load_data_pickle,
     EpochSampler,
-    _read_binary_batch,
+    read_batch,
     epoch_permutation,
     fit_normalization,
     random_crop_flip,
@@ -85,7 +85,7 @@ def test_binary_records_decode_label_then_rgb_planes(tmp_path: Path) -> None:
     path = tmp_path / "two.bin"
     path.write_bytes(first + second)
 
-    images, labels = _read_binary_batch(path)
+    images, labels = read_batch(path)
 
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.tolist() == [7, 2] and labels.dtype == torch.int64
