@@ -80,7 +80,8 @@ def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
     named = getattr(backbone, "regularized_layers", None)
     if callable(named):
         return list(named())
-    return [m for m in backbone.modules() if isinstance(m, nn.Linear)][:-1]
+    linears: list[nn.Module] = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    return linears[:-1]
 
 
 def honoured_techniques(backbone: nn.Module) -> frozenset[str]:
@@ -357,7 +358,9 @@ class RegularizedClassifier(pl.LightningModule):
         the weights' device (no host sync); 0 without max-norm."""
         rescaled, rows = torch.zeros((), device=self.device), 0
         cap = self.spec.max_norm
-        for layer in self.regularized if cap is not None else []:
+        if cap is None:
+            return rescaled
+        for layer in self.regularized:
             weight = cast(Tensor, layer.weight)
             norms = torch.linalg.vector_norm(weight, ord=2, dim=tuple(range(1, weight.dim())))
             rescaled += (norms > cap).sum()

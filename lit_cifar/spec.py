@@ -74,7 +74,8 @@ def check_number(
     wanted = f"{kind} {'>' if above else '>='} {low}{' or None' if optional else ''}"
     if isinstance(value, bool) or not isinstance(value, int if integer else numbers.Real):
         raise TypeError(f"{name}={value!r} must be {wanted}")
-    if not (math.isfinite(value) and (value > low if above else value >= low)):
+    number = float(value)
+    if not (math.isfinite(number) and (number > low if above else number >= low)):
         raise ValueError(f"{name}={value!r} must be {wanted}")
 
 
