@@ -35,20 +35,11 @@ EVALUATIONS = ("validate", "test", "predict")  # subcommands that need a trained
 
 
 def as_spec(value: Any) -> RegularizationSpec:
-    """The spec jsonargparse hands a link: text, a spec, or (from a checkpoint's hyperparameters, where the spec
-    is stored as a dict) a Namespace with ``init_args``."""
+    """The spec jsonargparse hands a link: text, a spec, or a checkpoint's dict as a Namespace."""
     if isinstance(value, Namespace):
         value = value.as_dict()
         value = value.get("init_args", value)
     return RegularizationSpec.coerce(value)
-
-
-def spec_normalize(spec: object) -> str:
-    return as_spec(spec).normalize
-
-
-def spec_augment(spec: object) -> bool:
-    return as_spec(spec).augment
 
 
 def exit_with_error(message: str) -> None:
@@ -58,8 +49,8 @@ def exit_with_error(message: str) -> None:
 
 
 def check_checkpoint(path: Optional[str]) -> None:
-    """Exit with status 2 and one line unless `path` (if given) is a file that holds a Lightning checkpoint
-    (a ``torch.save`` dict with a ``state_dict``); memory-mapped, so the check reads little of a large file."""
+    """Exit 2 with one line unless `path` (if given) holds a Lightning checkpoint whose backbone may be imported
+    (memory-mapped: the check reads little of a large file)."""
     if not path:
         return
     if not Path(path).is_file():
@@ -83,9 +74,9 @@ def check_checkpoint(path: Optional[str]) -> None:
 
 
 class PredictionWriter(pl.Callback):
-    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` on each
-    rank under DDP): one row per image with ``index`` (its position in the predicted images, from the batches'
-    second element), ``predicted`` (the class name) and one column per class holding the model's output."""
+    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` per rank
+    under DDP): per image its ``index`` (the batches' second element), ``predicted`` class name and one column per
+    class holding the model's output."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -125,20 +116,18 @@ class PredictionWriter(pl.Callback):
 
 
 class LitCifarCLI(LightningCLI):
-    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule`, with their data normalization and
-    augmentation linked to the model's spec, and arguments checked before anything runs.
+    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule`, the data's normalization and augmentation
+    linked to the model's spec.
 
-    * ``validate``, ``test`` and ``predict`` need ``--ckpt_path`` (a model that was never trained measures nothing).
-    * With ``--ckpt_path`` the model's hyperparameters are the checkpoint's: a ``--model.spec`` that disagrees is an
-      error, not silently replaced.
-    * A bad ``--data.*`` or ``--model.*`` value (one the classes reject, or data that is missing or too small for the
-      split) exits with status 2 and one line, before the logger makes a ``version_N`` folder.
-    * ``predict`` writes ``predictions.csv`` (see `PredictionWriter`) into the run's log folder.
+    * ``validate``, ``test`` and ``predict`` need ``--ckpt_path``; with it the hyperparameters are the
+      checkpoint's, and a ``--model.spec`` that disagrees is an error.
+    * A bad ``--data.*`` or ``--model.*`` value, or missing data, exits 2 with one line before any run folder exists.
+    * ``predict`` writes ``predictions.csv`` (`PredictionWriter`) into the run's log folder.
     """
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments("model.spec", "data.normalize", compute_fn=spec_normalize)
-        parser.link_arguments("model.spec", "data.augment", compute_fn=spec_augment)
+        parser.link_arguments("model.spec", "data.normalize", compute_fn=lambda spec: as_spec(spec).normalize)
+        parser.link_arguments("model.spec", "data.augment", compute_fn=lambda spec: as_spec(spec).augment)
         parser.set_defaults(
             {
                 "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
@@ -150,8 +139,7 @@ class LitCifarCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parse, and remember a ``--model.spec`` given on the command line (or in a config file), before a
-        checkpoint's hyperparameters replace it."""
+        """Parse, and remember a ``--model.spec`` given before a checkpoint's hyperparameters replace it."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -184,33 +172,24 @@ class LitCifarCLI(LightningCLI):
         except (ValueError, TypeError) as error:
             exit_with_error(str(error))
 
-    def _check_data(self) -> None:
-        """Load the data now, so that a missing dataset or an impossible split exits 2 before any folder exists
-        (the Trainer's own prepare_data and setup then find it loaded)."""
+    def before_fit(self) -> None:
+        """Load the data now, so a missing dataset or an impossible split exits 2 before any folder exists."""
         try:
             self.datamodule.prepare_data()
             self.datamodule.setup("fit")
         except ValueError as error:  # lit_cifar.data.DatasetError is one
             exit_with_error(str(error))
 
-    def before_fit(self) -> None:
-        self._check_data()
-
-    def before_validate(self) -> None:
-        self._check_data()
-
-    def before_test(self) -> None:
-        self._check_data()
+    before_validate = before_test = before_fit
 
     def before_predict(self) -> None:
-        self._check_data()
+        self.before_fit()
         callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set, not declared
         callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
 
 
 def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
-    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI` (its trainer, model and
-    data module), for callers that look at the run afterwards."""
+    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI`."""
     tune_allocator()
     return LitCifarCLI(
         RegularizedClassifier,
@@ -222,7 +201,6 @@ def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """The ``lit-cifar`` command and ``python -m lit_cifar``: run the CLI on `args` (``None``: ``sys.argv``) and
-    return the exit status, 0 when the run finished (bad arguments exit 2 before it starts)."""
+    """The ``lit-cifar`` command and ``python -m lit_cifar``: 0 when the run finished (bad arguments exit 2)."""
     run_cli(args)
     return 0

@@ -29,23 +29,12 @@ DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size
 
 @runtime_checkable
 class NormalizingData(Protocol):
-    """The members `lit_cifar.RegularizedClassifier` reads from and writes to the Trainer's data module; a data
-    module of your own has them without subclassing (``isinstance(dm, NormalizingData)`` checks they exist).
+    """The data module members `lit_cifar.RegularizedClassifier` reads and writes (no subclassing needed):
+    ``normalize`` as the model's spec's, and ``mean``/``std`` in 0-255 units fitted on the training split
+    (`fit_normalization`), or ``None`` until fitted. When a stage starts an unfitted model takes them and a fitted
+    one writes its own into them."""
 
-    * ``normalize``: ``"none"``, ``"pixel"`` or ``"channel"``, as the model's spec's (another is a ValueError).
-    * ``mean`` and ``std``: float tensors in 0-255 units fitted on the training split (`fit_normalization`),
-      (C, H, W) for ``"pixel"`` and (C, 1, 1) otherwise, or ``None`` until fitted (then nothing is read).
-
-    When a stage starts, an unfitted model takes these statistics and a fitted one writes its own into them. A data
-    module whose ``state_dict()`` has every key of `DATA_STATE_KEYS` also gets a checkpoint's data state saved under
-    another class name (Lightning restores it only into the same one).
-    """
-
-    @property
-    def normalize(self) -> Normalization:
-        """``"none"``, ``"pixel"`` or ``"channel"``."""
-        ...
-
+    normalize: Normalization
     mean: Optional[Tensor]
     std: Optional[Tensor]
 
@@ -217,21 +206,16 @@ class EpochSampler(torch.utils.data.DistributedSampler):
     def __init__(self, n: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         indices = cast("torch.utils.data.Dataset[int]", range(n))  # DistributedSampler needs only len(dataset)
         super().__init__(indices, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
-        self.n, self.world_size = n, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.n = n
 
     def indices(self) -> Tensor:
         """This rank's indices for the current epoch."""
         if not self.shuffle:
-            return torch.arange(self.rank, self.n, self.world_size)
-        order = epoch_permutation(self.n, self.seed, self.epoch)
-        return order[self.rank :: self.world_size][: self.n // self.world_size]
+            return torch.arange(self.rank, self.n, self.num_replicas)
+        return epoch_permutation(self.n, self.seed, self.epoch)[self.rank :: self.num_replicas][: len(self)]
 
     def __len__(self) -> int:
-        return self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
+        return self.n // self.num_replicas if self.shuffle else len(range(self.rank, self.n, self.num_replicas))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -276,12 +260,9 @@ class TensorBatches:
 class CIFAR10DataModule(pl.LightningDataModule):
     """CIFAR-10 with a held-out validation split and normalization statistics fitted on the training split only.
 
-    Batches are ``(uint8 images (B, 3, 32, 32), int64 labels (B,))``, cut from tensors on the training device
-    (``num_workers=0``) or served by a worker ``DataLoader`` in the same order; on the device `preprocess` augments
-    training batches. Standardizing with `mean` and `std` is the model's job. Prediction batches are
-    ``(uint8 images, index)``. Under DDP every rank takes a disjoint shard of each split, whatever the Trainer's
-    ``use_distributed_sampler``. Checkpoints hold `state_dict`: the statistics, the split and the training order's
-    ``seed``.
+    Batches are ``(uint8 images (B, 3, 32, 32), int64 labels (B,))`` (prediction: ``(images, index)``); on the
+    device `preprocess` augments training batches; the model standardizes them. Under DDP each rank takes a disjoint
+    shard of each split. Checkpoints hold `state_dict`: the statistics, the split and the training order's seed.
 
     Args:
         data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's pickles) or ``cifar-10-batches-bin/``

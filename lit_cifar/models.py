@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from collections.abc import Iterable
 from typing import Any, Optional
@@ -28,14 +30,13 @@ def keras_init_(module: nn.Module) -> None:
 
 
 class NotebookCNN(nn.Module):
-    """The notebook's CNN: three 3x3 convolutions (32 channels, no padding), a 1024-unit dense layer, 10 logits.
+    """The notebook's CNN: ``Conv(3x3, 32, no padding)-ReLU-[BN]`` x3 -> Flatten (26*26*32) -> Linear(21,632, 1024)
+    -> ReLU -> [Dropout(p)] -> Linear(1024, 10).
 
-    ``Conv-ReLU-[BN]`` x3 -> Flatten (26*26*32 = 21,632) -> Linear(21,632, 1024) -> ReLU -> [Dropout(p)] ->
-    Linear(1024, 10). BatchNorm follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's BN cell also
-    dropped the first ReLU; we change one factor at a time). Dropout is present only when ``spec.dropout > 0``.
-    Penalties and max-norm act on `hidden`, the 1024-unit layer, as the notebook's ``kernel_regularizer`` and
-    ``kernel_constraint`` do. The ReLUs work in place (no layer needs its input after them): the same numbers, and
-    ~40 MB fewer activations kept for the backward pass at batch 128.
+    BatchNorm follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's BN cell also dropped the first
+    ReLU; we change one factor at a time); Dropout only when ``spec.dropout > 0``. Penalties and max-norm act on
+    `hidden`, the 1024-unit layer, as the notebook's ``kernel_regularizer`` and ``kernel_constraint``. The ReLUs
+    work in place: the same numbers, ~40 MB fewer activations kept at batch 128.
     """
 
     def __init__(
@@ -85,10 +86,8 @@ def resolve_class(class_path: str, what: str = "class") -> type:
     """The class named by a dotted path (``package.module.Class``), as LightningCLI's ``class_path`` names it.
 
     Raises:
-        ValueError: naming the path and why it does not resolve (no module, no such attribute, not a class).
+        ValueError: naming the path and why it does not resolve.
     """
-    import importlib
-
     if not isinstance(class_path, str) or "." not in class_path.strip("."):
         raise ValueError(f"{what} class_path {class_path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
     module_name, _, name = class_path.rpartition(".")
@@ -108,14 +107,12 @@ def build_backbone(
     spec: RegularizationSpec | str = "baseline",
     num_classes: int = 10,
 ) -> nn.Module:
-    """The backbone ``class_path(**init_args)``; ``spec`` and ``num_classes`` are passed too when its constructor
-    takes arguments of those names and `init_args` does not set them (as `NotebookCNN` does).
+    """The backbone ``class_path(**init_args)``, also given ``spec`` and ``num_classes`` when its constructor takes
+    arguments of those names and `init_args` does not set them (as `NotebookCNN`).
 
     Raises:
-        ValueError: an unresolvable class path, a class that is not an ``nn.Module``, or init args it refuses.
+        ValueError: an unresolvable class path, not a plain ``nn.Module``, or init args it refuses.
     """
-    import inspect
-
     cls = resolve_class(class_path, "model")
     if not issubclass(cls, nn.Module):
         raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
@@ -126,10 +123,10 @@ def build_backbone(
         )
     kwargs = dict(init_args or {})
     parameters = inspect.signature(cls).parameters
-    if "spec" in parameters and "spec" not in kwargs:
-        kwargs["spec"] = RegularizationSpec.coerce(spec)
-    if "num_classes" in parameters and "num_classes" not in kwargs:
-        kwargs["num_classes"] = num_classes
+    if "spec" in parameters:
+        kwargs.setdefault("spec", RegularizationSpec.coerce(spec))
+    if "num_classes" in parameters:
+        kwargs.setdefault("num_classes", num_classes)
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as error:
@@ -141,9 +138,7 @@ def build_backbone(
         raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") from None
 
 
-# A checkpoint's backbone class path is imported only when it is lit_cifar's own or allowed here: class paths or module
-# prefixes, comma-separated (``mypkg.nets`` allows every class under it), besides those a call allows.
-ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"
+ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"  # comma-separated class paths or module prefixes
 
 
 def check_allowed(class_path: str, allowed: Iterable[str] = ()) -> None:
@@ -153,20 +148,13 @@ def check_allowed(class_path: str, allowed: Iterable[str] = ()) -> None:
     Raises:
         ValueError: naming the class path and how to allow it.
     """
-    entries = [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]
-    if any(e.strip() and (class_path == e.strip() or class_path.startswith(e.strip() + ".")) for e in entries):
+    entries = [e.strip() for e in [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]]
+    if any(e and (class_path == e or class_path.startswith(e + ".")) for e in entries):
         return
     raise ValueError(
         f"the checkpoint's backbone class path {class_path!r} is not allowed: importing it runs its module's code. "
         f"Allow it with allowed_class_paths=[{class_path!r}] or ${ALLOWED_ENV}={class_path} if you trust it"
     )
-
-
-def importable_path(cls: type) -> Optional[str]:
-    """``module.QualName`` of a class another process can import by that path, else None (``__main__``, local)."""
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        return None
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _plain(value: Any) -> bool:
@@ -177,32 +165,21 @@ def _plain(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
-def _structure(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(value.shape) for name, value in module.state_dict().items()}
-
-
 def recover_init_args(
     backbone: nn.Module, spec: RegularizationSpec | str = "baseline", num_classes: int = 10
 ) -> Optional[tuple[str, dict[str, Any]]]:
-    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None where they cannot be
-    recovered.
+    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None.
 
-    Each constructor argument but ``spec`` and ``num_classes`` (which `build_backbone` passes) is the instance's
-    attribute of the same name when that is plain data (numbers, strings, lists, dicts), else its default. They
-    count as recovered only when the class is importable by its path and the network built from them has the
-    instance's parameter and buffer names and shapes (built on the meta device: no memory, no initialization).
+    Each constructor argument but ``spec`` and ``num_classes`` is the instance's attribute of that name when it is
+    plain data, else its default. They count only when the class is importable by its path and the network built
+    from them (on the meta device: no memory) has the instance's parameter and buffer names and shapes.
     """
-    import inspect
-
-    class_path = importable_path(type(backbone))
-    if class_path is None:
+    cls = type(backbone)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return None
-    try:
-        parameters = inspect.signature(type(backbone)).parameters.values()
-    except (TypeError, ValueError):
-        return None
+    class_path = f"{cls.__module__}.{cls.__qualname__}"
     init_args: dict[str, Any] = {}
-    for parameter in parameters:
+    for parameter in inspect.signature(cls).parameters.values():
         if parameter.name in ("spec", "num_classes") or parameter.kind in (
             parameter.VAR_POSITIONAL,
             parameter.VAR_KEYWORD,
@@ -218,4 +195,8 @@ def recover_init_args(
             rebuilt = build_backbone(class_path, init_args, spec, num_classes)
     except Exception:  # noqa: BLE001 - whatever the constructor raises, the instance cannot be rebuilt from these
         return None
-    return (class_path, init_args) if _structure(rebuilt) == _structure(backbone) else None
+
+    def shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(value.shape) for name, value in module.state_dict().items()}
+
+    return (class_path, init_args) if shapes(rebuilt) == shapes(backbone) else None
