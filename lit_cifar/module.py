@@ -49,7 +49,7 @@ _LOADING: ContextVar[Optional[frozenset[str]]] = ContextVar("lit_cifar_loading",
 
 def rng_states() -> dict[str, Any]:
     """The states of torch's (CPU, and CUDA once initialized), NumPy's and Python's generators, as tensors and plain
-    values, so a checkpoint holding them still loads with ``torch.load(weights_only=True)``."""
+    values (``weights_only=True`` loads them)."""
     kind, keys, position, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     version, python_state, gauss_next = random.getstate()
     states: dict[str, Any] = {
@@ -63,7 +63,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    """Put back what `rng_states` took (the CUDA states only where this process has as many devices)."""
+    """Put back what `rng_states` took (CUDA's only onto as many devices)."""
     torch.set_rng_state(states["torch"])
     kind, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
@@ -85,8 +85,8 @@ def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
 
 
 def honoured_techniques(backbone: nn.Module) -> frozenset[str]:
-    """The layer techniques (``"bn"``, ``"dropout"``) `backbone` builds from the spec: those its
-    ``honoured_techniques()`` names, or both. Layers of another technique are a fixed part of its architecture."""
+    """The layer techniques `backbone` builds from the spec: those its ``honoured_techniques()`` names, or both;
+    layers of another technique are a fixed part of its architecture."""
     declared = getattr(backbone, "honoured_techniques", None)
     if not callable(declared):
         return frozenset(LAYER_TECHNIQUES)
@@ -101,15 +101,9 @@ def honoured_techniques(backbone: nn.Module) -> frozenset[str]:
 
 
 def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
-    """Refuse a backbone that cannot honour `spec`, or would train under another label: no technique is silently
-    ignored or silently added.
-
-    Raises:
-        ValueError: a LightningModule; l1, l2 or max-norm without a regularized layer; for a technique the backbone
-            honours, BatchNorm or Dropout layers (of probability ``dropout``) that the spec does not ask for, or
-            missing where it asks; a technique asked for that the backbone does not honour.
-        TypeError: a regularized layer without a ``weight`` parameter.
-    """
+    """Refuse a backbone that cannot honour `spec` or would train under another label (a LightningModule; l1, l2 or
+    max-norm without a regularized layer; BatchNorm or Dropout layers missing, extra or of another probability):
+    ValueError, or TypeError for a regularized layer without a ``weight`` parameter."""
     name = type(backbone).__name__
     if isinstance(backbone, pl.LightningModule):
         raise ValueError(
@@ -149,12 +143,8 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
 
 
 def check_augment(spec: RegularizationSpec, datamodule: Any) -> None:
-    """Training augments exactly when `spec` asks. The data module augments and says so with an ``augment``
-    attribute (True when it augments training batches); one without it does not augment.
-
-    Raises:
-        ValueError: naming the spec and the data module's ``augment``.
-    """
+    """ValueError unless the data module's ``augment`` attribute (True when it augments training batches; absent:
+    it does not) is what `spec` asks."""
     augments = getattr(datamodule, "augment", None)
     if bool(augments) != spec.augment:
         advice = (
@@ -207,7 +197,7 @@ class InputNormalization(nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Use `mean` and `std` (0-255 units): shaped (C, H, W) for ``"pixel"``, (C, 1, 1) otherwise."""
+        """Use `mean` and `std` (0-255 units), shaped (C, H, W) for ``"pixel"``, (C, 1, 1) otherwise."""
         shape = tuple(mean.shape)
         pixel = self.normalize == "pixel"
         if shape != tuple(std.shape) or len(shape) != 3 or (not pixel and shape[1:] != (1, 1)) or min(shape) < 1:
@@ -353,9 +343,8 @@ class RegularizedClassifier(pl.LightningModule):
 
     @torch.no_grad()
     def apply_max_norm(self) -> Tensor:
-        """Rescale each row of each regularized weight to L2 norm ``<= max_norm`` (``renorm_``; Keras also scales
-        shorter rows by ``norm / (norm + 1e-7)``, a change below 1e-7). Returns the fraction of rows rescaled, on
-        the weights' device (no host sync); 0 without max-norm."""
+        """Rescale each row of each regularized weight to L2 norm ``<= max_norm`` (Keras also scales shorter rows by
+        ``norm / (norm + 1e-7)``, below 1e-7); returns the fraction of rows rescaled, on the device (no host sync)."""
         rescaled, rows = torch.zeros((), device=self.device), 0
         cap = self.spec.max_norm
         if cap is None:
@@ -388,15 +377,14 @@ class RegularizedClassifier(pl.LightningModule):
             self._compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the random generators' states, so a resumed run draws the dropout masks and augmentations the
-        uninterrupted one would, and the backbone's class path."""
+        """Save the generators' states (a resumed run draws the masks and crops the whole run would) and the
+        backbone's class path."""
         checkpoint[RNG_KEY] = rng_states()
         checkpoint[BACKBONE_KEY] = f"{type(self.backbone).__module__}.{type(self.backbone).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a backbone that does not match the saved weights, restore the random generators, and give the
-        checkpoint's data state to a data module of another class (Lightning restores it only into the same class)
-        whose own state has the keys `DATA_STATE_KEYS`."""
+        """Refuse a backbone that does not match the saved weights, restore the generators, and give the data state
+        to a data module of another class with the same state keys (Lightning restores only the same class)."""
         saved = {
             name[len("backbone.") :]: tuple(value.shape)
             for name, value in checkpoint["state_dict"].items()
@@ -434,14 +422,9 @@ class RegularizedClassifier(pl.LightningModule):
         allowed_class_paths: Iterable[str] = (),
         **kwargs: Any,
     ) -> RegularizedClassifier:
-        """A model from a checkpoint, read with ``weights_only=True`` (loading runs no code). A saved backbone class
-        path is imported only when it is lit_cifar's own, in `allowed_class_paths` (class paths or module prefixes)
-        or ``$LIT_CIFAR_ALLOWED_BACKBONES``, or passed as ``backbone_class_path``; else pass ``backbone=``. Other
-        keyword arguments override the hyperparameters.
-
-        Raises:
-            ValueError: ``weights_only`` not True; a class path not allowed; a backbone that does not match.
-        """
+        """A model from a checkpoint read with ``weights_only=True`` (runs no code). A saved backbone class path is
+        imported only when `lit_cifar.models.check_allowed` allows it (with `allowed_class_paths` or a passed
+        ``backbone_class_path``); else pass ``backbone=``. Other keyword arguments override the hyperparameters."""
         if weights_only is not True:
             raise ValueError(f"weights_only={weights_only!r}: RegularizedClassifier checkpoints load with True only")
         token = _LOADING.set(frozenset([*allowed_class_paths, *filter(None, [kwargs.get("backbone_class_path")])]))
@@ -453,8 +436,7 @@ class RegularizedClassifier(pl.LightningModule):
             _LOADING.reset(token)
 
     def on_validation_start(self) -> None:
-        """An unfitted model takes the data module's statistics; a fitted one gives the data module its own, so its
-        ``mean``/``std`` describe the model. Only a `NormalizingData` with fitted statistics is read."""
+        """An unfitted model takes a `NormalizingData`'s fitted statistics; a fitted one writes its own into it."""
         dm = self._datamodule()
         if not isinstance(dm, NormalizingData) or dm.mean is None or dm.std is None:
             return
@@ -490,8 +472,7 @@ class RegularizedClassifier(pl.LightningModule):
         ce = F.cross_entropy(logits, labels)
         penalty = self.penalty() if stage == "train" else self._eval_penalty
         loss = ce + penalty
-        # One value per image, so the epoch mean is over images with a short last batch too (MeanMetric ignores
-        # `weight` under nan_strategy="disable", which keeps steps free of host syncs).
+        # One value per image: the epoch mean is over images (MeanMetric ignores `weight` under "disable").
         n = len(labels)
         self._log(f"{stage}/loss", n, loss.detach().expand(n))
         self._log(f"{stage}/acc", n, logits.detach(), labels)
