@@ -157,8 +157,6 @@ class LitCifarCLI(LightningCLI):
         checkpoint = config.get("ckpt_path")
         if self.subcommand in EVALUATIONS and not checkpoint:
             exit_with_error(f"{self.subcommand} needs --ckpt_path: a model that was never trained measures nothing")
-        if checkpoint and not Path(checkpoint).is_file():
-            exit_with_error(f"--ckpt_path {checkpoint}: no such checkpoint file")
         saved = as_spec(config.model.spec)
         if checkpoint and self.requested_spec is not None and self.requested_spec != saved:
             exit_with_error(

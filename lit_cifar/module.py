@@ -184,7 +184,6 @@ class InputNormalization(nn.Module):
         self.fitted = normalize == "none"  # raw pixels: nothing to fit
         self.register_buffer("mean", torch.tensor(0.0 if self.fitted else math.nan))
         self.register_buffer("std", torch.tensor(1.0 if self.fitted else math.nan))
-        self._warned = False
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the saved statistics' shape (that of the images they were fitted on) before copying them in."""
@@ -211,16 +210,14 @@ class InputNormalization(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.to(self.mean.dtype)
-        if not self.fitted:
-            if not self._warned:
-                warnings.warn(
-                    f"normalize={self.normalize!r} statistics are not fitted: images pass through unstandardized. "
-                    "Train with a data module that fits them (lit_cifar.data.NormalizingData, e.g. "
-                    "CIFAR10DataModule) or call set_input_statistics(mean, std).",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self._warned = True
+        if not self.fitted:  # Python's default filter shows the warning once
+            warnings.warn(
+                f"normalize={self.normalize!r} statistics are not fitted: images pass through unstandardized. Train "
+                "with a data module that fits them (lit_cifar.data.NormalizingData, e.g. CIFAR10DataModule) or call "
+                "set_input_statistics(mean, std).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return x
         if self.mean.dim():  # "none" before any fit (0-dim) fits any image
             image = tuple(images.shape[1:])
@@ -236,17 +233,12 @@ class InputNormalization(nn.Module):
 class RegularizedClassifier(pl.LightningModule):
     """Image classifier trained with the regularization a spec asks for, with the notebook's Keras semantics.
 
-    * Inputs: ``(images, labels)``, images (B, C, H, W) in 0-255 units, uint8 or float. ``model(images)``
-      standardizes them with the training split's statistics (`set_input_statistics`, or taken from a
-      `NormalizingData` data module when a stage starts; saved in checkpoints) and returns logits.
-    * Loss: cross-entropy + `penalty()`; every logged ``*/loss`` is this objective, as Keras reports it, ``*/ce``
-      the cross-entropy alone and ``train/penalty`` the penalty.
-    * Optimizer: Adam(lr, eps=adam_eps) (fused where safe), or the `optimizer` you inject, with Keras's time decay:
-      optimizer step ``t`` (from 0) uses ``lr / (1 + lr_decay * t)``.
-    * Max-norm: after every optimizer step, each row of every regularized weight (one unit's incoming weights;
-      Keras ``MaxNorm(axis=0)`` on its (in, out) kernel) is rescaled to L2 norm ``<= max_norm``;
-      `MAXNORM_RESCALED` logs the fraction of rows rescaled.
-    * Logged once per epoch, accumulated on the device: ``{train,val,test}/{loss,ce,acc}`` and ``train/penalty``.
+    * ``model(images)``: logits of (B, C, H, W) images in 0-255 units, standardized with the training split's
+      statistics (`set_input_statistics`, or a `NormalizingData` data module's; saved in checkpoints).
+    * Loss: cross-entropy + `penalty()`, logged as ``*/loss`` (Keras's objective) beside ``*/ce`` and
+      ``train/penalty``, once per epoch, with ``*/acc`` (accumulated on the device).
+    * Optimizer: Adam(lr, eps=adam_eps), or `optimizer`, with Keras's decay: step ``t`` uses ``lr / (1 + lr_decay
+      * t)``. Max-norm after every step (`apply_max_norm`), its rescaled fraction logged as `MAXNORM_RESCALED`.
     * Predict: class probabilities (logits with ``predict_logits=True``) of images or ``(images, anything)``.
 
     Args:
