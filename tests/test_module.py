@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 import lit_cifar.data
 from lit_cifar.data import CIFAR10DataModule
 from lit_cifar.models import NotebookCNN
-from lit_cifar.module import RegularizedClassifier
+from lit_cifar.module import RegularizedClassifier, make_adam
 from lit_cifar.spec import RegularizationSpec
 
 METRICS_FIT = ("train/loss", "train/ce", "train/penalty", "train/acc", "val/loss", "val/ce", "val/acc")
@@ -681,3 +682,48 @@ def test_a_data_module_with_only_the_protocol_members_trains_the_model() -> None
     assert torch.equal(other.mean, model.input_norm.mean) and torch.equal(other.std, model.input_norm.std)
     with pytest.raises(ValueError, match="normalize='channel'"):
         make_trainer().test(model, StatisticsOnly("channel"), verbose=False)
+
+
+# ------------------------------------------------------------------------------ optimizer and compile
+def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    cpu_has_fused_adam = torch.__version__ >= (2, 4)  # pyproject allows torch >= 2.3, whose CPU Adam is not fused
+    assert bool(make_adam(params, lr=1e-3, eps=1e-7).defaults.get("fused")) is cpu_has_fused_adam
+    assert not make_adam(params, lr=1e-3, eps=1e-7, fused=False).defaults.get("fused")
+    original = torch.optim.Adam
+
+    def no_fused(*args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    optimizer = make_adam(params, lr=1e-3, eps=1e-7)
+    assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
+
+
+@pytest.mark.slow
+def test_compiled_trial_runs_and_is_recorded(cifar_dir, tmp_path):
+    """`--compile` (torch.compile of the network) trains and tests like any trial."""
+    from ablations.run import main
+
+    args = [
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        "--only",
+        "pixel",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--val-size",
+        "100",
+        "--batch-size",
+        "64",
+        "--compile",
+    ]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "notebook/pixel/seed=0/result.json").read_text())
+    assert result["metrics"]["test/acc"] > 0.1 and result["test_images"] == 200
