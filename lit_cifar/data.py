@@ -189,14 +189,8 @@ def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None
     return padded[batch, channel, rows, cols]
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    """The training order of epoch `epoch`: a permutation of ``range(n)`` that depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
 class EpochSampler(torch.utils.data.DistributedSampler):
-    """Indices of one rank's shard, with ``shuffle`` in the order `epoch_permutation(n, seed, epoch)` (Lightning
+    """Indices of one rank's shard, with ``shuffle`` in a permutation that depends only on (seed, epoch) (Lightning
     calls `set_epoch` every training epoch). Rank ``r`` takes every ``world_size``-th index from ``r``; shuffled
     (training) shards are cut to equal length, unshuffled (evaluation) ones keep every image once.
 
@@ -212,7 +206,8 @@ class EpochSampler(torch.utils.data.DistributedSampler):
         """This rank's indices for the current epoch."""
         if not self.shuffle:
             return torch.arange(self.rank, self.n, self.num_replicas)
-        return epoch_permutation(self.n, self.seed, self.epoch)[self.rank :: self.num_replicas][: len(self)]
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        return order[self.rank :: self.num_replicas][: len(self)]
 
     def __len__(self) -> int:
         return self.n // self.num_replicas if self.shuffle else len(range(self.rank, self.n, self.num_replicas))

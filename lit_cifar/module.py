@@ -84,26 +84,11 @@ def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
     return linears[:-1]
 
 
-def honoured_techniques(backbone: nn.Module) -> frozenset[str]:
-    """The layer techniques `backbone` builds from the spec: those its ``honoured_techniques()`` names, or both;
-    layers of another technique are a fixed part of its architecture."""
-    declared = getattr(backbone, "honoured_techniques", None)
-    if not callable(declared):
-        return frozenset(LAYER_TECHNIQUES)
-    named = frozenset(declared())
-    unknown = sorted(named - set(LAYER_TECHNIQUES))
-    if unknown:
-        raise ValueError(
-            f"backbone {type(backbone).__name__}.honoured_techniques() names {unknown}: it may name only "
-            f"{', '.join(LAYER_TECHNIQUES)}"
-        )
-    return named
-
-
 def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
     """Refuse a backbone that cannot honour `spec` or would train under another label (a LightningModule; l1, l2 or
     max-norm without a regularized layer; BatchNorm or Dropout layers missing, extra or of another probability):
-    ValueError, or TypeError for a regularized layer without a ``weight`` parameter."""
+    ValueError, or TypeError for a regularized layer without a ``weight`` parameter. Layers of a technique the
+    backbone's ``honoured_techniques()`` leaves out are a fixed part of its architecture."""
     name = type(backbone).__name__
     if isinstance(backbone, pl.LightningModule):
         raise ValueError(
@@ -118,7 +103,13 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
     for layer in regularized:
         if not isinstance(getattr(layer, "weight", None), nn.Parameter):
             raise TypeError(f"regularized layer {layer!r} of backbone {name} has no weight parameter")
-    honoured = honoured_techniques(backbone)
+    declared = getattr(backbone, "honoured_techniques", None)  # techniques whose layers it builds from the spec
+    honoured = frozenset(declared() if callable(declared) else LAYER_TECHNIQUES)
+    if not honoured <= set(LAYER_TECHNIQUES):
+        raise ValueError(
+            f"backbone {name}.honoured_techniques() names {sorted(honoured - set(LAYER_TECHNIQUES))}: it may name "
+            f"only {', '.join(LAYER_TECHNIQUES)}"
+        )
     advice = "build the backbone from the spec, or declare honoured_techniques() (docs/own-model.md)"
     has_bn = any(isinstance(m, BATCHNORMS) for m in backbone.modules())
     rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS) and m.p > 0})

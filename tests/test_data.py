@@ -19,7 +19,6 @@ from lit_cifar.data import (
     load_data_pickle,
     EpochSampler,
     read_batch,
-    epoch_permutation,
     fit_normalization,
     random_crop_flip,
     read_split,
@@ -447,12 +446,15 @@ def test_shuffled_shards_are_disjoint_and_equal_length(n: int) -> None:
     assert [list(s) for s in samplers] != shards
 
 
-def test_epoch_permutation_is_reproducible_and_changes_per_epoch() -> None:
-    first = epoch_permutation(100, seed=7, epoch=0)
-    assert sorted(first.tolist()) == list(range(100))
-    assert torch.equal(first, epoch_permutation(100, seed=7, epoch=0))
-    assert not torch.equal(first, epoch_permutation(100, seed=7, epoch=1))
-    assert not torch.equal(first, epoch_permutation(100, seed=8, epoch=0))
+def test_the_training_order_is_reproducible_and_changes_per_epoch_and_seed() -> None:
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = EpochSampler(100, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(7, 0)
+    assert sorted(first) == list(range(100)) and first == order(7, 0)
+    assert first != order(7, 1) and first != order(8, 0)
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
