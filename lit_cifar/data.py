@@ -117,11 +117,8 @@ def _check_labels(labels: np.ndarray, path: Path, fmt: CifarFormat) -> None:
 
 
 def read_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
-    """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one file: a binary record file (``*.bin``) or a pickle.
-
-    Raises:
-        DatasetError: naming the file, missing, truncated or corrupt.
-    """
+    """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one file, binary records (``*.bin``) or a pickle;
+    DatasetError naming a file that is missing, truncated or corrupt."""
     if path.suffix == ".bin":
         records = torch.from_numpy(np.array(_binary_records(path)))
         return records[:, 1:].reshape(-1, *IMAGE_SHAPE), records[:, 0].long()
@@ -296,13 +293,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-        for name, value, low in (
-            ("val_size", val_size, 0),
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("split_seed", split_seed, 0),
-        ):
-            check_number(name, value, low, integer=True)
+        check_number("val_size", val_size, 0, integer=True)
+        check_number("batch_size", batch_size, 1, integer=True)
+        check_number("num_workers", num_workers, 0, integer=True)
+        check_number("split_seed", split_seed, 0, integer=True)
         check_number("limit_train", limit_train, 1, integer=True, optional=True)
         check_number("seed", seed, 0, integer=True, optional=True)
         for name, value in (("augment", augment), ("download", download)):
@@ -512,11 +506,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return {key: getattr(self, key) for key in sorted(DATA_STATE_KEYS | {"seed"})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a checkpoint's statistics and split (data already loaded with another split is split again).
-
-        Raises:
-            ValueError: the checkpoint's ``normalize`` is not this module's.
-        """
+        """Restore a checkpoint's statistics and split (data loaded with another split is split again);
+        ValueError if the checkpoint's ``normalize`` is not this module's."""
         if state_dict["normalize"] != self.normalize:
             raise ValueError(
                 f"the checkpoint's data was normalized with normalize={state_dict['normalize']!r}, "

@@ -83,11 +83,8 @@ class NotebookCNN(nn.Module):
 
 
 def resolve_class(class_path: str, what: str = "class") -> type:
-    """The class named by a dotted path (``package.module.Class``), as LightningCLI's ``class_path`` names it.
-
-    Raises:
-        ValueError: naming the path and why it does not resolve.
-    """
+    """The class named by a dotted path (``package.module.Class``), as LightningCLI's ``class_path`` names it;
+    ValueError naming the path and why it does not resolve."""
     if not isinstance(class_path, str) or "." not in class_path.strip("."):
         raise ValueError(f"{what} class_path {class_path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
     module_name, _, name = class_path.rpartition(".")
@@ -108,11 +105,8 @@ def build_backbone(
     num_classes: int = 10,
 ) -> nn.Module:
     """The backbone ``class_path(**init_args)``, also given ``spec`` and ``num_classes`` when its constructor takes
-    arguments of those names and `init_args` does not set them (as `NotebookCNN`).
-
-    Raises:
-        ValueError: an unresolvable class path, not a plain ``nn.Module``, or init args it refuses.
-    """
+    them and `init_args` does not set them (as `NotebookCNN`). ValueError for an unresolvable class path, a class
+    that is not a plain ``nn.Module``, or init args it refuses."""
     cls = resolve_class(class_path, "model")
     if not issubclass(cls, nn.Module):
         raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
@@ -142,12 +136,9 @@ ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"  # comma-separated class paths or mo
 
 
 def check_allowed(class_path: str, allowed: Iterable[str] = ()) -> None:
-    """Refuse a backbone class path read from a checkpoint unless it is lit_cifar's own, or `allowed` or
-    ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it: importing a module runs its code.
-
-    Raises:
-        ValueError: naming the class path and how to allow it.
-    """
+    """ValueError, saying how to allow it, for a backbone class path read from a checkpoint unless it is
+    lit_cifar's own or `allowed` or ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it: importing a
+    module runs its code."""
     entries = [e.strip() for e in [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]]
     if any(e and (class_path == e or class_path.startswith(e + ".")) for e in entries):
         return
