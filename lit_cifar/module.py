@@ -13,24 +13,21 @@ import warnings
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Optional, Union, cast
+from typing import Any, Optional, Union, cast
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable  # LightningCLI fills it from --model.optimizer
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from torch.optim import Optimizer
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_cifar.data import DATA_STATE_KEYS, NormalizingData, attached_datamodule
 from lit_cifar.models import NotebookCNN, build_backbone, check_allowed, recover_init_args
 from lit_cifar.spec import Normalization, RegularizationSpec, check_number
-
-# Lightning's `OptimizerCallable`, so LightningCLI fills it from ``--model.optimizer torch.optim.SGD``.
-OptimizerCallable = Callable[[Iterable], Optimizer]
 
 STAGES = ("train", "val", "test")
 MAXNORM_RESCALED = "train/maxnorm_rescaled"  # the fraction of rows max-norm rescaled, averaged over an epoch
