@@ -363,7 +363,7 @@ SPEC = "pixel+l2=0.0001"
 @pytest.fixture(scope="module")
 def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """NotebookCNN fitted for 2 short epochs (14 steps) on the synthetic data, then tested; logs and checkpoint
-    in a temporary folder. Batches of 50 divide the val and test splits (see the short-last-batch bug above)."""
+    in a temporary folder. Batches of 50 divide the val and test splits (the short last batch is tested above)."""
     root = tmp_path_factory.mktemp("run")
     pl.seed_everything(0, verbose=False)
     module = RegularizedClassifier(SPEC)
@@ -592,7 +592,7 @@ class NamesNone(TwoHeads):
     ],
 )
 def test_a_spec_the_backbone_cannot_honour_is_an_error(spec: str, backbone: Any, message: str) -> None:
-    """Such specs were once silently ignored (``train/penalty`` 0, no BatchNorm, no Dropout)."""
+    """Refused, not silently ignored (``train/penalty`` 0, no BatchNorm, no Dropout)."""
     with pytest.raises(ValueError, match=message):
         RegularizedClassifier(spec, backbone=backbone())
 
