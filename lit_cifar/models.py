@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -186,8 +186,12 @@ def recover_init_args(
             rebuilt = build_backbone(class_path, init_args, spec, num_classes)
     except Exception:  # noqa: BLE001 - whatever the constructor raises, the instance cannot be rebuilt from these
         return None
+    return (
+        (class_path, init_args) if state_shapes(rebuilt.state_dict()) == state_shapes(backbone.state_dict()) else None
+    )
 
-    def shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(value.shape) for name, value in module.state_dict().items()}
 
-    return (class_path, init_args) if shapes(rebuilt) == shapes(backbone) else None
+def state_shapes(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a state dict whose name starts with `prefix`, by its name after the prefix: what
+    must agree for one network's weights to load into another."""
+    return {name[len(prefix) :]: tuple(value.shape) for name, value in state.items() if name.startswith(prefix)}

@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_cifar.data import DATA_STATE_KEYS, NormalizingData, attached_datamodule
-from lit_cifar.models import NotebookCNN, build_backbone, check_allowed, recover_init_args
+from lit_cifar.models import NotebookCNN, build_backbone, check_allowed, recover_init_args, state_shapes
 from lit_cifar.spec import Normalization, RegularizationSpec, check_number
 
 STAGES = ("train", "val", "test")
@@ -365,12 +365,7 @@ class RegularizedClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a backbone that does not match the saved weights, restore the generators, and give the data state
         to a data module of another class with the same state keys (Lightning restores only the same class)."""
-        saved = {
-            name[len("backbone.") :]: tuple(value.shape)
-            for name, value in checkpoint["state_dict"].items()
-            if name.startswith("backbone.")
-        }
-        built = {name: tuple(value.shape) for name, value in self.backbone.state_dict().items()}
+        saved, built = state_shapes(checkpoint["state_dict"], "backbone."), state_shapes(self.backbone.state_dict())
         if saved != built:
             saved_class = checkpoint[BACKBONE_KEY]
             differ = sorted(set(saved) ^ set(built)) or sorted(k for k in saved if saved[k] != built[k])
