@@ -89,43 +89,21 @@ def load_data_pickle(path: Path) -> Any:
     return content
 
 
-def _binary_records(path: Path) -> np.ndarray:
-    """The (N, `RECORD_BYTES`) records of a binary-layout file, memory-mapped, after checking size and labels."""
-    try:
-        size = path.stat().st_size
-        if not size or size % RECORD_BYTES:
-            raise DatasetError(
-                f"truncated or corrupt CIFAR-10 file {path}: {size} bytes is not a whole number of "
-                f"{RECORD_BYTES}-byte records"
-            )
-        records = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, RECORD_BYTES)
-    except FileNotFoundError:
-        raise DatasetError(f"missing CIFAR-10 file {path}") from None
-    except OSError as error:
-        raise DatasetError(f"cannot read CIFAR-10 file {path}: {error.strerror}") from None
-    _check_labels(np.asarray(records[:, 0]), path, CIFAR10)
-    return records
-
-
-def _check_labels(labels: np.ndarray, path: Path, fmt: CifarFormat) -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= fmt.num_classes))
-    if len(bad):
-        raise DatasetError(
-            f"corrupt {fmt.name} file {path}: record {bad[0]} has label {labels[bad[0]]}, "
-            f"outside 0-{fmt.num_classes - 1} ({len(bad)} such record(s))"
-        )
-
-
 def read_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
     """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one file, binary records (``*.bin``) or a pickle;
     DatasetError naming a file that is missing, truncated or corrupt."""
-    if path.suffix == ".bin":
-        records = torch.from_numpy(np.array(_binary_records(path)))
-        return records[:, 1:].reshape(-1, *IMAGE_SHAPE), records[:, 0].long()
     try:
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in load_data_pickle(path).items()}
-        images = torch.as_tensor(entry["data"], dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
-        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        if path.suffix == ".bin":
+            records = np.fromfile(path, dtype=np.uint8)
+            if not records.size or records.size % RECORD_BYTES:
+                raise ValueError(
+                    f"truncated: {records.size} bytes is not a whole number of {RECORD_BYTES}-byte records"
+                )
+            data, labels = records.reshape(-1, RECORD_BYTES)[:, 1:], records[::RECORD_BYTES].astype(np.int64)
+        else:
+            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in load_data_pickle(path).items()}
+            data, labels = entry["data"], np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
     except FileNotFoundError:
         raise DatasetError(f"missing {fmt.name} file {path}") from None
     except OSError as error:
@@ -134,17 +112,21 @@ def read_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
         raise DatasetError(f"corrupt {fmt.name} file {path}: {type(error).__name__}: {error}") from None
     if len(images) != len(labels):
         raise DatasetError(f"corrupt {fmt.name} file {path}: {len(images)} images but {len(labels)} labels")
-    _check_labels(labels, path, fmt)
+    bad = np.flatnonzero((labels < 0) | (labels >= fmt.num_classes))
+    if len(bad):
+        raise DatasetError(
+            f"corrupt {fmt.name} file {path}: record {bad[0]} has label {labels[bad[0]]}, "
+            f"outside 0-{fmt.num_classes - 1} ({len(bad)} such record(s))"
+        )
     return images, torch.from_numpy(labels)
 
 
 def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
     """The training files (``train=True``) or the test file of one layout folder, each of any number of records."""
     suffix = ".bin" if layout_dir.name == BIN_LAYOUT else ""
-    parts = [
-        read_batch(layout_dir / f"{name}{suffix}", fmt) for name in (fmt.train_files if train else (fmt.test_file,))
-    ]
-    return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
+    names = fmt.train_files if train else (fmt.test_file,)
+    images, labels = zip(*(read_batch(layout_dir / f"{name}{suffix}", fmt) for name in names))
+    return torch.cat(images), torch.cat(labels)
 
 
 def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 1024) -> tuple[Tensor, Tensor]:
@@ -159,15 +141,14 @@ def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 102
         return torch.zeros(images.shape[1], 1, 1), torch.ones(images.shape[1], 1, 1)
     dims = (0,) if normalize == "pixel" else (0, 2, 3)
     total = total_sq = torch.zeros((), dtype=torch.float64)
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].double()
+    for part in images.split(chunk):
+        x = part.double()
         total = total + x.sum(dims, keepdim=True)
         total_sq = total_sq + x.square().sum(dims, keepdim=True)
-    count = len(images) * (1 if normalize == "pixel" else images.shape[2] * images.shape[3])
+    count = images.numel() // total.numel()
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return mean.squeeze(0).float(), std.squeeze(0).float()
+    return mean.squeeze(0).float(), torch.where(std > 0, std, 1.0).squeeze(0).float()
 
 
 def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -244,8 +225,7 @@ class TensorBatches:
         if self.device is not None and self.images.device != self.device:
             self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
         indices = self.sampler.indices().to(self.labels.device)
-        for start in range(0, len(indices), self.batch_size):
-            index = indices[start : start + self.batch_size]
+        for index in indices.split(self.batch_size):
             yield self.images[index], self.labels[index]
 
 
@@ -271,8 +251,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         seed: seed of the per-epoch training order; ``None`` takes ``torch.initial_seed()`` at `setup`, which
             ``lightning.seed_everything(s)`` sets to ``s``.
 
-    Raises:
-        ValueError, TypeError: naming the argument, for a value of the wrong type or out of range.
+    A value of the wrong type is a TypeError, one out of range a ValueError, naming the argument.
     """
 
     FORMAT: CifarFormat = CIFAR10  # which dataset, and how it lies on disk
@@ -293,10 +272,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-        check_number("val_size", val_size, 0, integer=True)
-        check_number("batch_size", batch_size, 1, integer=True)
-        check_number("num_workers", num_workers, 0, integer=True)
-        check_number("split_seed", split_seed, 0, integer=True)
+        for name, low in (("val_size", 0), ("batch_size", 1), ("num_workers", 0), ("split_seed", 0)):
+            check_number(name, locals()[name], low, integer=True)
         check_number("limit_train", limit_train, 1, integer=True, optional=True)
         check_number("seed", seed, 0, integer=True, optional=True)
         for name, value in (("augment", augment), ("download", download)):
@@ -347,11 +324,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
             what = "pass download=True, or point data_dir (or $LIT_CIFAR_DATA) at a folder holding either layout"
         fmt = self.FORMAT
         expected = " or ".join(
-            f"{self.data_dir / layout} ({'binary' if layout == BIN_LAYOUT else 'Python'} version)"
-            for layout in fmt.layouts
+            f"{self.data_dir / name} ({'binary' if name == BIN_LAYOUT else 'Python'} version)" for name in fmt.layouts
         )
-        message = f"{fmt.name} not found in {self.data_dir}: expected {expected}, from {fmt.url}. "
-        raise DatasetError(f"{message}download={self.download}: {what}.") from download_error
+        raise DatasetError(
+            f"{fmt.name} not found in {self.data_dir}: expected {expected}, from {fmt.url}. "
+            f"download={self.download}: {what}."
+        ) from download_error
 
     def prepare_data(self) -> None:
         """Download and extract the official archive (checksum-verified) if no layout is present."""
@@ -365,7 +343,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         except Exception as error:
             self._layout(error)
 
-    def _split_sizes(self, total: int, layout: Path) -> int:
+    def _train_size(self, total: int, layout: Path) -> int:
         """The training images left of `total` after validation and `limit_train`; ValueError if none or too few."""
         if self.val_size >= total:
             raise ValueError(f"val_size={self.val_size} leaves no training images: {layout} holds {total}")
@@ -380,21 +358,20 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         """Load the images, hold out the validation split and fit the normalization on the training split. The
         test split is read for ``"test"``, ``"predict"`` and ``None`` or on first use, not for fitting."""
+        if self.train_images is None:
+            layout = self._layout()
+            images, labels = read_split(layout, train=True, fmt=self.FORMAT)
+            train = self._train_size(len(labels), layout)
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+            val_index, train_index = order[: self.val_size], order[self.val_size :][:train]
+            self.train_images, self.train_labels = images[train_index], labels[train_index]
+            self.val_images, self.val_labels = images[val_index], labels[val_index]
+            if self.mean is None:  # statistics restored from a checkpoint win over a refit
+                self.mean, self.std = fit_normalization(self.train_images, self.normalize)
+            if self.seed is None:
+                self.seed = torch.initial_seed() % 2**31
         if stage in (None, "test", "predict"):
             self._read_test()
-        if self.train_images is not None:
-            return
-        layout = self._layout()
-        images, labels = read_split(layout, train=True, fmt=self.FORMAT)
-        train = self._split_sizes(len(labels), layout)
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-        val_index, train_index = order[: self.val_size], order[self.val_size :][:train]
-        self.train_images, self.train_labels = images[train_index], labels[train_index]
-        self.val_images, self.val_labels = images[val_index], labels[val_index]
-        if self.mean is None:  # statistics restored from a checkpoint win over a refit
-            self.mean, self.std = fit_normalization(self.train_images, self.normalize)
-        if self.seed is None:
-            self.seed = torch.initial_seed() % 2**31
 
     def class_examples(self, per_class: int = 1) -> tuple[Tensor, list[str]]:
         """The first `per_class` training images of every class (uint8, class by class) and their class names,
@@ -407,22 +384,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self.train_images[index], [self.classes[int(c)] for c in self.train_labels[index]]
 
     def verify(self) -> dict[str, int]:
-        """Check the dataset files and the split sizes without keeping the images (the binary layout by file sizes
-        and label bytes, pickles by reading each once); returns ``{"train": N, "val": val_size, "test": N}``.
-
-        Raises:
-            DatasetError: no layout, or a file missing, unreadable or truncated (named).
-            ValueError: a `val_size` that leaves no training images, or a `limit_train` larger than the split.
-        """
-        layout, fmt = self._layout(), self.FORMAT
-
-        def count(name: str) -> int:
-            if layout.name == BIN_LAYOUT:
-                return len(_binary_records(layout / f"{name}.bin"))
-            return len(read_batch(layout / name, fmt)[1])
-
-        total, test = sum(count(name) for name in fmt.train_files), count(fmt.test_file)
-        return {"train": self._split_sizes(total, layout), "val": self.val_size, "test": test}
+        """Read every file once without keeping the images and check the split sizes: ``{"train": N, "val":
+        val_size, "test": N}``. DatasetError for no layout or a file missing, unreadable or corrupt (named);
+        ValueError for a `val_size` that leaves no training images or a `limit_train` larger than the split."""
+        layout = self._layout()
+        total = len(read_split(layout, train=True, fmt=self.FORMAT)[1])
+        test = len(read_split(layout, train=False, fmt=self.FORMAT)[1])
+        return {"train": self._train_size(total, layout), "val": self.val_size, "test": test}
 
     # -------------------------------------------------------------------------------------------- batches
     def _batches(self, images: Optional[Tensor], labels: Optional[Tensor], train: bool) -> Any:
@@ -455,27 +423,28 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> Any:
         """The test split's batches, in order, each image once."""
-        return self._batches(self.test_images, self.test_labels, train=False)
+        return self._batches(*self._read_test(), train=False)
 
     def predict_dataloader(self) -> Any:
         """Batches of ``(images, index)``: the test split, or the images of `set_predict_images`, in order."""
         images = self.predict_images if self.predict_images is not None else self.test_images
         return self._batches(images, None if images is None else torch.arange(len(images)), train=False)
 
-    def _read_test(self) -> tuple[Tensor, Tensor]:
-        if self._test is None:
+    def _read_test(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The test split, read from disk on first use after `setup`; ``(None, None)`` before."""
+        if self._test is None and self.train_images is not None:
             self._test = read_split(self._layout(), train=False, fmt=self.FORMAT)
-        return self._test
+        return self._test or (None, None)
 
     @property
     def test_images(self) -> Optional[Tensor]:
         """The test split's uint8 images, read from disk on first use once the module is set up."""
-        return self._read_test()[0] if self.train_images is not None or self._test is not None else None
+        return self._read_test()[0]
 
     @property
     def test_labels(self) -> Optional[Tensor]:
         """The test split's int64 labels, read with `test_images`."""
-        return self._read_test()[1] if self.train_images is not None or self._test is not None else None
+        return self._read_test()[1]
 
     def set_predict_images(self, images: Optional[Tensor]) -> None:
         """Predict on `images` (uint8, shaped as the training images) instead of the test split; ``None`` goes
