@@ -1,8 +1,7 @@
 """`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would.
 
-Batches are ``(images, labels)`` with images in 0-255 units. The model standardizes them itself
-(`InputNormalization`) with the training split's statistics kept as buffers, so a checkpoint alone classifies raw
-images. It takes those statistics from any data module with the members of `lit_cifar.data.NormalizingData`.
+It standardizes images in 0-255 units itself (`InputNormalization`) with the training split's statistics kept as
+buffers, so a checkpoint alone classifies raw images; it takes them from any `lit_cifar.data.NormalizingData`.
 """
 
 from __future__ import annotations
@@ -107,27 +106,28 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
             f"backbone {name}.honoured_techniques() names {sorted(honoured - set(LAYER_TECHNIQUES))}: it may name "
             f"only {', '.join(LAYER_TECHNIQUES)}"
         )
-    advice = "build the backbone from the spec, or declare honoured_techniques() (docs/own-model.md)"
-    has_bn = any(isinstance(m, BATCHNORMS) for m in backbone.modules())
     rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS) and m.p > 0})
-    for technique, asked, present in (("bn", spec.batchnorm, has_bn), ("dropout", spec.dropout, rates)):
+    has_bn = any(isinstance(m, BATCHNORMS) for m in backbone.modules())
+    layers = {  # technique: (what the spec asks, what the backbone has, the spec's word, the backbone's layers)
+        "bn": (spec.batchnorm, has_bn, "bn", "BatchNorm layers" if has_bn else "no BatchNorm layer"),
+        "dropout": (
+            [spec.dropout] if spec.dropout else [],
+            rates,
+            f"dropout={spec.dropout}" if spec.dropout else "dropout",
+            f"Dropout layers with p in {rates}" if rates else "no Dropout layer",
+        ),
+    }
+    for technique, (asked, present, word, has) in layers.items():
         if asked and technique not in honoured:
             raise ValueError(
                 f"spec {spec.name!r} asks for {technique} but backbone {name} does not honour it "
                 f"(its honoured_techniques() are {sorted(honoured)})"
             )
-        if technique in honoured and present and not asked:
-            layers = "BatchNorm layers" if technique == "bn" else f"Dropout layers with p in {rates}"
+        if technique in honoured and asked != present:
             raise ValueError(
-                f"spec {spec.name!r} does not ask for {technique} but backbone {name} has {layers}: {advice}"
+                f"spec {spec.name!r} {'asks' if asked else 'does not ask'} for {word} but backbone {name} has "
+                f"{has}: build the backbone from the spec, or declare honoured_techniques() (docs/own-model.md)"
             )
-    if "bn" in honoured and spec.batchnorm and not has_bn:
-        raise ValueError(f"spec {spec.name!r} asks for bn but backbone {name} has no BatchNorm layer")
-    if "dropout" in honoured and spec.dropout and rates != [spec.dropout]:
-        raise ValueError(
-            f"spec {spec.name!r} asks for dropout={spec.dropout} but backbone {name} has Dropout layers with p in "
-            f"{rates}: build the backbone from the spec"
-        )
 
 
 def check_augment(spec: RegularizationSpec, datamodule: Any) -> None:
@@ -135,33 +135,17 @@ def check_augment(spec: RegularizationSpec, datamodule: Any) -> None:
     it does not) is what `spec` asks."""
     augments = getattr(datamodule, "augment", None)
     if bool(augments) != spec.augment:
-        advice = (
-            ": it cannot augment (give it an augment argument and attribute, True when it augments training batches)"
-        )
+        advice = ": it cannot augment (give it an augment argument and attribute, True when it augments batches)"
         raise ValueError(
             f"spec {spec.name!r} {'asks' if spec.augment else 'does not ask'} for augment but data module "
             f"{type(datamodule).__name__} has augment={augments!r}{advice if augments is None else ''}"
         )
 
 
-def make_adam(params: Any, lr: float, eps: float, fused: bool = True) -> torch.optim.Adam:
-    """Adam with the fused kernel if `fused` and the parameters' device supports it, else the default one."""
-    params = list(params)
-    if fused:
-        try:
-            return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.Adam(params, lr=lr, eps=eps)
-
-
 class InputNormalization(nn.Module):
-    """``(x - mean) / std`` of images in 0-255 units, with statistics fitted on the training split.
-
-    The statistics are buffers (they travel in checkpoints): per pixel (C, H, W) for ``"pixel"``, per channel
-    (C, 1, 1) for ``"channel"``, 0 and 1 for ``"none"`` (any image). Images of another shape are a ValueError.
-    Until the statistics are fitted, images pass through unstandardized, with a warning.
-    """
+    """``(x - mean) / std`` of images in 0-255 units with the training split's statistics, kept as buffers: per pixel
+    (C, H, W) for ``"pixel"``, per channel (C, 1, 1) for ``"channel"``, 0 and 1 for ``"none"`` (any image). Images
+    of another shape are a ValueError; until fitted, images pass through unstandardized, with a warning."""
 
     mean: Tensor
     std: Tensor
@@ -234,10 +218,9 @@ class RegularizedClassifier(pl.LightningModule):
         lr: Adam learning rate at step 0 (finite, > 0).
         lr_decay: Keras ``decay`` (finite, >= 0).
         adam_eps: Adam epsilon (Keras's default 1e-7; finite, > 0).
-        backbone: the network; ``None`` builds ``NotebookCNN(spec)``. Penalties and max-norm act on
-            `default_regularized_layers`; a spec it cannot honour is a ValueError (`check_backbone`). Its class path
-            and init args are saved where `lit_cifar.models.recover_init_args` recovers them, so
-            ``load_from_checkpoint(path)`` rebuilds it; else pass it to ``load_from_checkpoint`` again.
+        backbone: the network (``None``: ``NotebookCNN(spec)``); penalties and max-norm act on its
+            `default_regularized_layers`; `check_backbone` refuses one that cannot honour the spec. Where
+            `lit_cifar.models.recover_init_args` finds its init args, ``load_from_checkpoint(path)`` rebuilds it.
         num_classes: number of classes (logits); must match the data module's classes.
         optimizer: a callable ``params -> Optimizer`` replacing Adam (``lr`` and ``adam_eps`` then go unused; the
             ``lr_decay`` schedule still applies), e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``.
@@ -287,13 +270,10 @@ class RegularizedClassifier(pl.LightningModule):
         self.regularized = default_regularized_layers(self.backbone)
         check_backbone(self.spec, self.backbone, self.regularized)
         # One metric per logged name; nan_strategy="disable": a NaN loss shows in the logs, not dropped.
-        metrics: dict[str, Metric] = {"train/penalty": MeanMetric(nan_strategy="disable")}
-        for stage in STAGES:
-            metrics[f"{stage}/loss"] = MeanMetric(nan_strategy="disable")
-            metrics[f"{stage}/ce"] = MeanMetric(nan_strategy="disable")
-            metrics[f"{stage}/acc"] = MulticlassAccuracy(num_classes, average="micro")
-        if self.spec.max_norm is not None:
-            metrics[MAXNORM_RESCALED] = MeanMetric(nan_strategy="disable")
+        means = ["train/penalty", *(f"{stage}/{name}" for stage in STAGES for name in ("loss", "ce"))]
+        means += [MAXNORM_RESCALED] if self.spec.max_norm is not None else []
+        metrics: dict[str, Metric] = {name: MeanMetric(nan_strategy="disable") for name in means}
+        metrics |= {f"{stage}/acc": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES}
         self.epoch_metrics = nn.ModuleDict(metrics)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -310,8 +290,7 @@ class RegularizedClassifier(pl.LightningModule):
         return [(name, layer) for name, layer in self.named_modules() if id(layer) in ids]
 
     def penalty(self) -> Tensor:
-        """``l1 * sum(|W|) + l2 * sum(W**2)`` over the regularized layers' weights, as Keras's
-        ``kernel_regularizer`` (no 1/2 factor, no biases)."""
+        """``l1 * sum(|W|) + l2 * sum(W**2)`` over the regularized weights, as Keras (no 1/2 factor, no biases)."""
         total = torch.zeros((), device=self.device)
         for layer in self.regularized:
             weight = cast(Tensor, layer.weight)
@@ -325,8 +304,7 @@ class RegularizedClassifier(pl.LightningModule):
     def apply_max_norm(self) -> Tensor:
         """Rescale each row of each regularized weight to L2 norm ``<= max_norm`` (Keras also scales shorter rows by
         ``norm / (norm + 1e-7)``, below 1e-7); returns the fraction of rows rescaled, on the device (no host sync)."""
-        rescaled, rows = torch.zeros((), device=self.device), 0
-        cap = self.spec.max_norm
+        rescaled, rows, cap = torch.zeros((), device=self.device), 0, self.spec.max_norm
         if cap is None:
             return rescaled
         for layer in self.regularized:
@@ -357,8 +335,7 @@ class RegularizedClassifier(pl.LightningModule):
             self._compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the generators' states (a resumed run draws the masks and crops the whole run would) and the
-        backbone's class path."""
+        """Save the generators' states (a resumed run draws the whole run's masks and crops) and the backbone class."""
         checkpoint[RNG_KEY] = rng_states()
         checkpoint[BACKBONE_KEY] = f"{type(self.backbone).__module__}.{type(self.backbone).__qualname__}"
 
@@ -378,12 +355,8 @@ class RegularizedClassifier(pl.LightningModule):
         set_rng_states(checkpoint[RNG_KEY])
         data = next((v for v in checkpoint.values() if isinstance(v, dict) and DATA_STATE_KEYS <= v.keys()), None)
         dm = self._datamodule()
-        if (
-            data is not None
-            and isinstance(dm, NormalizingData)
-            and DATA_STATE_KEYS <= dm.state_dict().keys()
-            and type(dm).__qualname__ not in checkpoint
-        ):
+        ours = isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
+        if data is not None and ours and type(dm).__qualname__ not in checkpoint:
             dm.load_state_dict(data)
 
     @classmethod
@@ -480,12 +453,15 @@ class RegularizedClassifier(pl.LightningModule):
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
         else:
+            lr, eps, fused = self.hparams["lr"], self.hparams["adam_eps"], True
             try:  # fused Adam unscales gradients itself: Lightning cannot clip them under mixed precision
-                trainer = self.trainer
-                fused = not (str(trainer.precision).endswith("-mixed") and trainer.gradient_clip_val)
-            except RuntimeError:
-                fused = True
-            optimizer = make_adam(self.parameters(), lr=self.hparams["lr"], eps=self.hparams["adam_eps"], fused=fused)
+                fused = not (str(self.trainer.precision).endswith("-mixed") and self.trainer.gradient_clip_val)
+            except RuntimeError:  # not attached to a Trainer
+                pass
+            try:
+                optimizer = torch.optim.Adam(self.parameters(), lr=lr, eps=eps, fused=fused)
+            except (RuntimeError, ValueError):  # no fused kernel for the parameters' device
+                optimizer = torch.optim.Adam(self.parameters(), lr=lr, eps=eps)
         decay = self.hparams["lr_decay"]
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -21,7 +21,7 @@ from torch import nn
 import lit_cifar.data
 from lit_cifar.data import CIFAR10DataModule
 from lit_cifar.models import NotebookCNN
-from lit_cifar.module import RegularizedClassifier, make_adam
+from lit_cifar.module import RegularizedClassifier
 from lit_cifar.spec import RegularizationSpec
 
 METRICS_FIT = ("train/loss", "train/ce", "train/penalty", "train/acc", "val/loss", "val/ce", "val/acc")
@@ -686,10 +686,12 @@ def test_a_data_module_with_only_the_protocol_members_trains_the_model() -> None
 
 # ------------------------------------------------------------------------------ optimizer and compile
 def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
-    params = [torch.nn.Parameter(torch.zeros(3))]
+    """Fused where the device has the kernel, never when Lightning must clip mixed-precision gradients."""
+    model = RegularizedClassifier(backbone=small_mlp())
     cpu_has_fused_adam = torch.__version__ >= (2, 4)  # pyproject allows torch >= 2.3, whose CPU Adam is not fused
-    assert bool(make_adam(params, lr=1e-3, eps=1e-7).defaults.get("fused")) is cpu_has_fused_adam
-    assert not make_adam(params, lr=1e-3, eps=1e-7, fused=False).defaults.get("fused")
+    assert bool(model.configure_optimizers()["optimizer"].defaults.get("fused")) is cpu_has_fused_adam
+    model.trainer = make_trainer(precision="bf16-mixed", gradient_clip_val=1.0)
+    assert not model.configure_optimizers()["optimizer"].defaults.get("fused")
     original = torch.optim.Adam
 
     def no_fused(*args, fused=None, **kwargs):
@@ -698,7 +700,7 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(torch.optim, "Adam", no_fused)
-    optimizer = make_adam(params, lr=1e-3, eps=1e-7)
+    optimizer = RegularizedClassifier(backbone=small_mlp()).configure_optimizers()["optimizer"]
     assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
 
 
