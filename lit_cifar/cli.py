@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, lazy_instance
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lit_cifar.data import CIFAR10DataModule, attached_datamodule
@@ -80,39 +81,30 @@ class PredictionWriter(pl.Callback):
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / "predictions.csv"
-        self.rows: list[list[Any]] = []
+        self.rows: list[list[Any]] = []  # index, best class number, outputs
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1:
-            self.path = self.folder / f"predictions-rank{trainer.global_rank}.csv"
         self.rows = []
 
     def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Tensor,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Tensor, batch: Any, *args: Any
     ) -> None:
         indices = batch[1].tolist() if isinstance(batch, (tuple, list)) else [""] * len(outputs)
-        for index, scores, best in zip(indices, outputs.float().cpu().tolist(), outputs.argmax(1).tolist()):
-            self.rows.append([index, self.classes(trainer, len(scores))[best], *scores])
-
-    @staticmethod
-    def classes(trainer: pl.Trainer, count: int) -> list[str]:
-        """The data module's class names, or the class numbers."""
-        return list(getattr(attached_datamodule(trainer), "classes", None) or map(str, range(count)))
+        scores = outputs.float().cpu().tolist()
+        self.rows += [[i, best, *row] for i, best, row in zip(indices, outputs.argmax(1).tolist(), scores)]
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        count = len(self.rows[0]) - 2 if self.rows else 0
+        classes = list(getattr(attached_datamodule(trainer), "classes", None) or map(str, range(count)))
+        path = self.folder / (
+            f"predictions-rank{trainer.global_rank}.csv" if trainer.world_size > 1 else "predictions.csv"
+        )
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
+        with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["index", "predicted", *self.classes(trainer, len(self.rows[0]) - 2 if self.rows else 0)])
-            writer.writerows(self.rows)
-        print(f"predictions of {len(self.rows)} images written to {self.path}")
+            writer.writerow(["index", "predicted", *classes])
+            writer.writerows([index, classes[best], *row] for index, best, *row in self.rows)
+        print(f"predictions of {len(self.rows)} images written to {path}")
 
 
 class LitCifarCLI(LightningCLI):
@@ -131,10 +123,7 @@ class LitCifarCLI(LightningCLI):
         parser.set_defaults(
             {
                 "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
-                "trainer.logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "logs", "name": "lit_cifar"},
-                },  # beside the sweeps
+                "trainer.logger": lazy_instance(TensorBoardLogger, save_dir="logs", name="lit_cifar"),  # by the sweeps
             }
         )
 
