@@ -31,8 +31,7 @@ DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size
 class NormalizingData(Protocol):
     """The data module members `lit_cifar.RegularizedClassifier` reads and writes (no subclassing needed):
     ``normalize`` as the model's spec's, and ``mean``/``std`` in 0-255 units fitted on the training split
-    (`fit_normalization`), or ``None`` until fitted. When a stage starts an unfitted model takes them and a fitted
-    one writes its own into them."""
+    (`fit_normalization`), or ``None`` until fitted; an unfitted model takes them, a fitted one writes its own."""
 
     normalize: Normalization
     mean: Optional[Tensor]
@@ -51,15 +50,9 @@ class DatasetError(ValueError):
 # What a dataset pickle may name: NumPy's array reconstruction (NumPy 1 and 2, protocols 2-5) and the byte-string
 # helper of Python 2 pickles. Nothing else is imported or called while reading one.
 PICKLE_GLOBALS = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
+    [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+    + [(f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")]
+    + [(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")]
 )
 
 
@@ -168,12 +161,9 @@ def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
-    """Indices of one rank's shard, with ``shuffle`` in a permutation that depends only on (seed, epoch) (Lightning
-    calls `set_epoch` every training epoch). Rank ``r`` takes every ``world_size``-th index from ``r``; shuffled
-    (training) shards are cut to equal length, unshuffled (evaluation) ones keep every image once.
-
-    A ``DistributedSampler``, so Lightning never wraps it in a second one (which would shard the shards).
-    """
+    """Indices of one rank's shard, with ``shuffle`` in a permutation that depends only on (seed, epoch). Rank ``r``
+    takes every ``world_size``-th index from ``r``; shuffled (training) shards are cut to equal length, unshuffled
+    (evaluation) ones keep every image once. A ``DistributedSampler``, so Lightning never shards it again."""
 
     def __init__(self, n: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         indices = cast("torch.utils.data.Dataset[int]", range(n))  # DistributedSampler needs only len(dataset)
@@ -208,8 +198,8 @@ def evaluation_sampler(trainer: Optional[pl.Trainer], n: int) -> EpochSampler:
 
 
 class TensorBatches:
-    """Batches of ``(images, labels)`` cut by index from tensors in the order of an `EpochSampler`, on `device`
-    (moved there once, on first use): no worker processes, no per-image Python."""
+    """Batches of ``(images, labels)`` cut by index in an `EpochSampler`'s order from tensors moved to `device` once:
+    no worker processes, no per-image Python."""
 
     def __init__(
         self, images: Tensor, labels: Tensor, batch_size: int, sampler: EpochSampler, device: Optional[torch.device]

@@ -32,10 +32,6 @@ class Token:
     def numeric(self) -> bool:
         return self.flag is None
 
-    def usage(self) -> str:
-        """How the token is written, as the valid-token message lists it."""
-        return f"{self.text}=<{self.number}>" if self.numeric else self.text
-
 
 def _non_negative(x: float) -> bool:
     return math.isfinite(x) and x >= 0
@@ -53,7 +49,7 @@ TOKENS: tuple[Token, ...] = (
     Token("augment", "augment", flag=True),
 )
 TOKENS_BY_TEXT: dict[str, Token] = {token.text: token for token in TOKENS}
-VALID_TOKENS: tuple[str, ...] = (BASELINE, *(token.usage() for token in TOKENS))
+VALID_TOKENS: tuple[str, ...] = (BASELINE, *(f"{t.text}=<{t.number}>" if t.numeric else t.text for t in TOKENS))
 NORMALIZATIONS: tuple[str, ...] = ("none", *(t.flag for t in TOKENS if t.field == "normalize"))
 
 
@@ -96,9 +92,7 @@ class RegularizationSpec:
         dropout: drop probability of the Dropout layer after the hidden dense layer; 0 is no Dropout layer.
         augment: random crop with 4-pixel zero padding plus horizontal flip, on training batches only.
 
-    Raises:
-        TypeError: a field of the wrong type (``batchnorm="no"``, ``l2="0.1"``), naming it.
-        ValueError: a value out of range (``dropout=1``, ``normalize="global"``), naming the field.
+    A field of the wrong type (``l2="0.1"``) is a TypeError, a value out of range (``dropout=1``) a ValueError.
     """
 
     normalize: Normalization = "none"
@@ -130,12 +124,8 @@ class RegularizationSpec:
 
     @classmethod
     def parse(cls, text: str) -> RegularizationSpec:
-        """Read a ``+``-joined spec such as ``pixel+bn+l2=0.01``; ``baseline`` alone is everything off.
-
-        Raises:
-            ValueError: naming the bad token and listing the valid ones, for an unknown token, a number that does
-                not parse or is out of range, two tokens for one field (``pixel+channel``, ``bn+bn``).
-        """
+        """Read a ``+``-joined spec such as ``pixel+bn+l2=0.01``; ``baseline`` alone is everything off. ValueError
+        naming the bad token for an unknown token, a bad number or two tokens for one field (``pixel+channel``)."""
         valid = f"valid tokens: {' '.join(VALID_TOKENS)}"
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"empty spec {text!r}; {valid}")
@@ -143,7 +133,7 @@ class RegularizationSpec:
         if tokens == [BASELINE]:
             return cls()
         values: dict[str, Any] = {}
-        set_by: dict[str, str] = {}
+        set_by: dict[str, str] = {}  # field: the token that set it
         for token in tokens:
             key, has_value, raw = token.partition("=")
             if key == BASELINE and not has_value:
