@@ -32,6 +32,10 @@ class Token:
     def numeric(self) -> bool:
         return self.flag is None
 
+    def usage(self) -> str:
+        """How the token is written, as the valid-token message lists it."""
+        return f"{self.text}=<{self.number}>" if self.numeric else self.text
+
 
 def _non_negative(x: float) -> bool:
     return math.isfinite(x) and x >= 0
@@ -49,7 +53,7 @@ TOKENS: tuple[Token, ...] = (
     Token("augment", "augment", flag=True),
 )
 TOKENS_BY_TEXT: dict[str, Token] = {token.text: token for token in TOKENS}
-VALID_TOKENS: tuple[str, ...] = (BASELINE, *(f"{t.text}=<{t.number}>" if t.numeric else t.text for t in TOKENS))
+VALID_TOKENS: tuple[str, ...] = (BASELINE, *(token.usage() for token in TOKENS))
 NORMALIZATIONS: tuple[str, ...] = ("none", *(t.flag for t in TOKENS if t.field == "normalize"))
 
 
