@@ -122,14 +122,12 @@ def build_backbone(
     if "num_classes" in parameters:
         kwargs.setdefault("num_classes", num_classes)
     try:
-        inspect.signature(cls).bind(**kwargs)
-    except TypeError as error:
-        allowed = ", ".join(n for n in parameters if n not in ("self", "spec", "num_classes"))
-        raise ValueError(f"model {class_path} init_args {init_args or {}}: {error}; it takes: {allowed}") from None
-    try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") from None
+        allowed = ", ".join(n for n in parameters if n not in ("spec", "num_classes"))
+        raise ValueError(
+            f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}; it takes: {allowed}"
+        ) from None
 
 
 ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"  # comma-separated class paths or module prefixes

@@ -361,25 +361,18 @@ class RegularizedClassifier(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: Union[str, Path],
-        map_location: Any = None,
-        hparams_file: Optional[Union[str, Path]] = None,
-        strict: Optional[bool] = None,
-        weights_only: Optional[bool] = True,
-        allowed_class_paths: Iterable[str] = (),
-        **kwargs: Any,
+        cls, checkpoint_path: Union[str, Path], *args: Any, allowed_class_paths: Iterable[str] = (), **kwargs: Any
     ) -> RegularizedClassifier:
         """A model from a checkpoint read with ``weights_only=True`` (runs no code). A saved backbone class path is
         imported only when `lit_cifar.models.check_allowed` allows it (with `allowed_class_paths` or a passed
-        ``backbone_class_path``); else pass ``backbone=``. Other keyword arguments override the hyperparameters."""
-        if weights_only is not True:
-            raise ValueError(f"weights_only={weights_only!r}: RegularizedClassifier checkpoints load with True only")
+        ``backbone_class_path``); else pass ``backbone=``. Lightning's other arguments and hyperparameters as given."""
+        if kwargs.setdefault("weights_only", True) is not True:
+            raise ValueError(
+                f"weights_only={kwargs['weights_only']!r}: RegularizedClassifier checkpoints load with True only"
+            )
         token = _LOADING.set(frozenset([*allowed_class_paths, *filter(None, [kwargs.get("backbone_class_path")])]))
         try:
-            return super().load_from_checkpoint(
-                checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
-            )
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         finally:
             _LOADING.reset(token)
 
