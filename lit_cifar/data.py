@@ -1,7 +1,5 @@
-"""CIFAR as in-memory uint8 tensors, and a `LightningDataModule` with normalization statistics fitted on the training
-split. Images stay uint8 (N, 3, 32, 32) from disk to the training device; batches are cut by index in a seeded
-per-epoch order; standardizing them is the model's job (`lit_cifar.module.InputNormalization`).
-"""
+"""CIFAR as uint8 (N, 3, 32, 32) tensors up to the training device, and a `LightningDataModule` that fits the
+normalization statistics on the training split and cuts batches by index in a seeded per-epoch order."""
 
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ from lit_cifar.spec import NORMALIZATIONS, Normalization, RegularizationSpec, ch
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32  # a binary-layout record: 1 label byte + 3072 pixel bytes
 AUGMENT_PADDING = 4  # pixels of zero padding around the image before the random 32x32 crop
-# The entries of a checkpoint's data state (`CIFAR10DataModule.state_dict`), whatever the data module's class name.
+# A checkpoint's data state (`CIFAR10DataModule.state_dict`), whatever the data module's class name.
 DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size", "limit_train"})
 
 
@@ -47,8 +45,7 @@ class DatasetError(ValueError):
     """CIFAR files are missing, truncated or corrupt; the message names the file or directory."""
 
 
-# What a dataset pickle may name: NumPy's array reconstruction (NumPy 1 and 2, protocols 2-5) and the byte-string
-# helper of Python 2 pickles. Nothing else is imported or called while reading one.
+# All a dataset pickle may name: NumPy's array reconstruction (NumPy 1 and 2) and Python 2's byte-string helper.
 PICKLE_GLOBALS = frozenset(
     [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
     + [(f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")]
@@ -66,8 +63,8 @@ class DataUnpickler(pickle.Unpickler):
 
 
 def load_data_pickle(path: Path) -> Any:
-    """A dataset pickle read with `DataUnpickler` (latin1: the official files are Python 2 pickles): dicts, lists,
-    strings, numbers and numeric arrays. Raises ``pickle.UnpicklingError`` for anything else."""
+    """A (Python 2, so latin1) dataset pickle of dicts, lists, strings, numbers and numeric arrays, read with
+    `DataUnpickler`; ``pickle.UnpicklingError`` for anything else."""
     with open(path, "rb") as f:
         content = DataUnpickler(f, encoding="latin1").load()
     pending = [content]
@@ -123,9 +120,8 @@ def read_split(layout_dir: Path, train: bool, fmt: CifarFormat = CIFAR10) -> tup
 
 
 def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 1024) -> tuple[Tensor, Tensor]:
-    """Mean and std (float32, 0-255 units) of `images` (N, C, H, W): per pixel (C, H, W) for ``"pixel"``, per channel
-    (C, 1, 1) for ``"channel"``, 0 and 1 for ``"none"``. The population std (``np.std``), as the notebook; summed
-    in float64 over chunks, so memory stays small. A constant pixel gets std 1."""
+    """Mean and population std (float32, 0-255 units; std 1 where constant) of `images` (N, C, H, W): per pixel
+    (C, H, W) for ``"pixel"``, per channel (C, 1, 1) for ``"channel"``, 0 and 1 for ``"none"``; float64 sums."""
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     if images.dim() != 4 or min(images.shape[1:]) < 1:
@@ -145,8 +141,7 @@ def fit_normalization(images: Tensor, normalize: Normalization, chunk: int = 102
 
 
 def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Random HxW crop of each image zero-padded by 4 pixels, then a horizontal flip with probability 1/2, on a
-    whole (B, C, H, W) batch at once on its device."""
+    """A random HxW crop of each image of a (B, C, H, W) batch zero-padded by 4 pixels, flipped with probability 1/2."""
     b, c, h, w = images.shape
     p = AUGMENT_PADDING
     padded = torch.nn.functional.pad(images, (p, p, p, p))
@@ -185,9 +180,8 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 
 
 def evaluation_sampler(trainer: Optional[pl.Trainer], n: int) -> EpochSampler:
-    """A sampler for an evaluation loader of `n` images that counts each image exactly once under DDP: this rank's
-    shard, in order, never padded (Lightning's ``DistributedSampler`` pads, evaluating some images twice). Use it in
-    a data module of your own::
+    """A sampler of this rank's shard of `n` evaluation images, in order and never padded, so that DDP counts each
+    image once (Lightning's ``DistributedSampler`` pads). In a data module of your own::
 
         def test_dataloader(self):
             sampler = evaluation_sampler(self.trainer, len(self.test_set))
@@ -222,26 +216,22 @@ class TensorBatches:
 class CIFAR10DataModule(pl.LightningDataModule):
     """CIFAR-10 with a held-out validation split and normalization statistics fitted on the training split only.
 
-    Batches are ``(uint8 images (B, 3, 32, 32), int64 labels (B,))`` (prediction: ``(images, index)``); on the
-    device `preprocess` augments training batches; the model standardizes them. Under DDP each rank takes a disjoint
-    shard of each split. Checkpoints hold `state_dict`: the statistics, the split and the training order's seed.
+    Batches are ``(uint8 images (B, 3, 32, 32), int64 labels (B,))`` (prediction: ``(images, index)``), augmented by
+    `preprocess` on the device; under DDP each rank takes a disjoint shard. `state_dict` (saved in checkpoints) holds
+    the statistics, the split and the training order's seed. A bad argument is a TypeError or ValueError naming it.
 
     Args:
-        data_dir: folder holding ``cifar-10-batches-py/`` (torchvision's pickles) or ``cifar-10-batches-bin/``
-            (the official binary version). ``None``: ``$LIT_CIFAR_DATA``, else ``./data``.
+        data_dir: folder holding ``cifar-10-batches-py/`` (pickles) or ``cifar-10-batches-bin/`` (binary version);
+            ``None``: ``$LIT_CIFAR_DATA``, else ``./data``.
         normalize: ``"none"`` (raw 0-255 pixels), ``"pixel"`` (per-pixel mean/std) or ``"channel"``.
-        val_size: training images held out for validation (the test set is never used for validation).
+        val_size: training images held out for validation (never the test set).
         split_seed: seed of the permutation that picks the validation images.
         batch_size: images per batch, for training and evaluation.
         limit_train: keep only the first N of the remaining training images (``None``: all of them).
         augment: random crop (4-pixel padding) and horizontal flip on training batches.
         download: let `prepare_data` download the official archive through torchvision (checksum-verified).
-        num_workers: 0 serves batches from tensors on the training device; > 0 uses a ``DataLoader`` with that
-            many worker processes (same order, slower).
-        seed: seed of the per-epoch training order; ``None`` takes ``torch.initial_seed()`` at `setup`, which
-            ``lightning.seed_everything(s)`` sets to ``s``.
-
-    A value of the wrong type is a TypeError, one out of range a ValueError, naming the argument.
+        num_workers: 0 serves batches from tensors on the device; > 0 a ``DataLoader`` with workers (same order).
+        seed: seed of the training order; ``None``: ``torch.initial_seed()`` at `setup` (``seed_everything`` sets it).
     """
 
     FORMAT: CifarFormat = CIFAR10  # which dataset, and how it lies on disk
@@ -364,8 +354,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
             self._read_test()
 
     def class_examples(self, per_class: int = 1) -> tuple[Tensor, list[str]]:
-        """The first `per_class` training images of every class (uint8, class by class) and their class names,
-        after `setup`; a class with fewer images gives what it has."""
+        """Up to `per_class` training images of every class (uint8, class by class) and their names, after `setup`."""
         if self.train_images is None or self.train_labels is None:
             raise RuntimeError("class_examples() needs the data: call setup() first")
         check_number("per_class", per_class, 1, integer=True)
@@ -437,8 +426,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._read_test()[1]
 
     def set_predict_images(self, images: Optional[Tensor]) -> None:
-        """Predict on `images` (uint8, shaped as the training images) instead of the test split; ``None`` goes
-        back to it."""
+        """Predict on `images` (uint8, shaped as the training images) instead of the test split (``None``)."""
         shape = tuple(self.train_images.shape[1:]) if self.train_images is not None else IMAGE_SHAPE
         if images is not None and (
             not isinstance(images, Tensor) or images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape
@@ -450,8 +438,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.predict_images = images
 
     def preprocess(self, images: Tensor, train: bool) -> Tensor:
-        """The batch transform on the model's device: uint8 images in, images in 0-255 units (uint8 or float) out.
-        Augments training batches when ``augment``; override it to plug in your own augmentation."""
+        """The batch transform on the device, uint8 in, 0-255 units out: augments training batches when ``augment``;
+        override it to plug in your own."""
         return random_crop_flip(images) if train and self.augment else images
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -460,8 +448,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """The statistics, the split and the training order's seed: a resumed run draws the batches the
-        uninterrupted one would."""
+        """The statistics, the split and the training order's seed: a resumed run draws the uninterrupted one's."""
         return {key: getattr(self, key) for key in sorted(DATA_STATE_KEYS | {"seed"})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -485,8 +472,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100 (100 fine classes) in its official Python layout, ``cifar-100-python/``; everything else as
-    `CIFAR10DataModule`. The class names come from its ``meta`` file when it is there."""
+    """CIFAR-100 (100 classes, named in its ``meta`` file) in ``cifar-100-python/``; else as `CIFAR10DataModule`."""
 
     FORMAT = CIFAR100
 
