@@ -14,29 +14,15 @@ from torch import Tensor, nn
 
 from lit_cifar.spec import RegularizationSpec
 
-# Keras BatchNormalization defaults: epsilon=1e-3 and momentum=0.99 for the moving averages, i.e. each update
-# keeps 99% of the old value. PyTorch's momentum is the weight of the new batch: 1 - 0.99.
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.01
-
-
-def keras_init_(module: nn.Module) -> None:
-    """Keras defaults on every conv and linear layer: Glorot-uniform kernels, zero biases."""
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(layer.weight)  # fans as Keras: in/out channels x kernel area
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-
 
 class NotebookCNN(nn.Module):
     """The notebook's CNN: ``Conv(3x3, 32, no padding)-ReLU-[BN]`` x3 -> Flatten (26*26*32) -> Linear(21,632, 1024)
     -> ReLU -> [Dropout(p)] -> Linear(1024, 10).
 
-    BatchNorm follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's BN cell also dropped the first
-    ReLU; we change one factor at a time); Dropout only when ``spec.dropout > 0``. Penalties and max-norm act on
-    `hidden`, the 1024-unit layer, as the notebook's ``kernel_regularizer`` and ``kernel_constraint``. The ReLUs
-    work in place: the same numbers, ~40 MB fewer activations kept at batch 128.
+    BatchNorm (Keras's eps and momentum) follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's
+    BN cell also dropped the first ReLU; we change one factor at a time); Dropout only when ``spec.dropout > 0``.
+    Penalties and max-norm act on `hidden`, as the notebook's ``kernel_regularizer`` and ``kernel_constraint``.
+    Keras's initialization: Glorot-uniform kernels, zero biases. In-place ReLUs keep ~40 MB fewer activations.
     """
 
     def __init__(
@@ -52,12 +38,10 @@ class NotebookCNN(nn.Module):
         spec = RegularizationSpec.coerce(spec)
         self.in_channels, self.width, self.hidden_units, self.image_size = in_channels, width, hidden_units, image_size
         layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(3):
+        for channels in (in_channels, width, width):
             layers += [nn.Conv2d(channels, width, kernel_size=3), nn.ReLU(inplace=True)]
-            if spec.batchnorm:
-                layers.append(nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM))
-            channels = width
+            if spec.batchnorm:  # Keras's momentum 0.99 keeps 99% of the old average: PyTorch's weighs the new 1%
+                layers.append(nn.BatchNorm2d(width, eps=1e-3, momentum=0.01))
         self.features = nn.Sequential(*layers, nn.Flatten())
         side = image_size - 3 * 2
         self.hidden = nn.Linear(width * side * side, hidden_units)
@@ -66,7 +50,11 @@ class NotebookCNN(nn.Module):
             *([nn.Dropout(spec.dropout)] if spec.dropout else []),
             nn.Linear(hidden_units, num_classes),
         )
-        keras_init_(self)
+        for layer in self.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(layer.weight)  # fans as Keras: in/out channels x kernel area
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
     def regularized_layers(self) -> list[nn.Module]:
         """The layers whose kernels penalties and max-norm act on: the hidden dense layer."""
@@ -115,12 +103,9 @@ def build_backbone(
             f"model {class_path} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, "
             "the backbone contract); training your own LightningModule is not supported"
         )
-    kwargs = dict(init_args or {})
     parameters = inspect.signature(cls).parameters
-    if "spec" in parameters:
-        kwargs.setdefault("spec", RegularizationSpec.coerce(spec))
-    if "num_classes" in parameters:
-        kwargs.setdefault("num_classes", num_classes)
+    defaults = {"spec": RegularizationSpec.coerce(spec), "num_classes": num_classes}
+    kwargs = {**{name: value for name, value in defaults.items() if name in parameters}, **(init_args or {})}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
@@ -157,22 +142,17 @@ def _plain(value: Any) -> bool:
 def recover_init_args(
     backbone: nn.Module, spec: RegularizationSpec | str = "baseline", num_classes: int = 10
 ) -> Optional[tuple[str, dict[str, Any]]]:
-    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None.
-
-    Each constructor argument but ``spec`` and ``num_classes`` is the instance's attribute of that name when it is
-    plain data, else its default. They count only when the class is importable by its path and the network built
-    from them (on the meta device: no memory) has the instance's parameter and buffer names and shapes.
-    """
+    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None: each constructor argument
+    but ``spec`` and ``num_classes`` is the instance's attribute of that name if plain data, else its default, and
+    the network they build (on the meta device: no memory) must have the instance's tensor names and shapes."""
     cls = type(backbone)
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return None
     class_path = f"{cls.__module__}.{cls.__qualname__}"
     init_args: dict[str, Any] = {}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     for parameter in inspect.signature(cls).parameters.values():
-        if parameter.name in ("spec", "num_classes") or parameter.kind in (
-            parameter.VAR_POSITIONAL,
-            parameter.VAR_KEYWORD,
-        ):
+        if parameter.name in ("spec", "num_classes") or parameter.kind in variadic:
             continue
         value = getattr(backbone, parameter.name, inspect.Parameter.empty)
         if not isinstance(value, nn.Module) and value is not inspect.Parameter.empty and _plain(value):
@@ -184,12 +164,11 @@ def recover_init_args(
             rebuilt = build_backbone(class_path, init_args, spec, num_classes)
     except Exception:  # noqa: BLE001 - whatever the constructor raises, the instance cannot be rebuilt from these
         return None
-    return (
-        (class_path, init_args) if state_shapes(rebuilt.state_dict()) == state_shapes(backbone.state_dict()) else None
-    )
+    same = state_shapes(rebuilt.state_dict()) == state_shapes(backbone.state_dict())
+    return (class_path, init_args) if same else None
 
 
 def state_shapes(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of a state dict whose name starts with `prefix`, by its name after the prefix: what
-    must agree for one network's weights to load into another."""
+    """The shapes of a state dict's tensors named `prefix`..., by the rest of their name: what must agree for one
+    network's weights to load into another."""
     return {name[len(prefix) :]: tuple(value.shape) for name, value in state.items() if name.startswith(prefix)}

@@ -355,9 +355,9 @@ class RegularizedClassifier(pl.LightningModule):
         set_rng_states(checkpoint[RNG_KEY])
         data = next((v for v in checkpoint.values() if isinstance(v, dict) and DATA_STATE_KEYS <= v.keys()), None)
         dm = self._datamodule()
-        ours = isinstance(dm, NormalizingData) and DATA_STATE_KEYS <= dm.state_dict().keys()
-        if data is not None and ours and type(dm).__qualname__ not in checkpoint:
-            dm.load_state_dict(data)
+        if data is not None and isinstance(dm, NormalizingData) and type(dm).__qualname__ not in checkpoint:
+            if DATA_STATE_KEYS <= dm.state_dict().keys():  # a data module of ours, under another class name
+                dm.load_state_dict(data)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
