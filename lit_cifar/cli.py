@@ -4,10 +4,7 @@
     python -m lit_cifar test --data.data_dir DIR --ckpt_path PATH
     python -m lit_cifar predict --data.data_dir DIR --ckpt_path PATH     # writes predictions.csv
 
-The data module's ``normalize`` and ``augment`` follow ``--model.spec``, so one spec describes the experiment; with
-``--ckpt_path`` the spec is the checkpoint's. Runs log to TensorBoard under ``logs/lit_cifar/version_N/``
-(config, checkpoints, events, predictions). Bad arguments exit with status 2 and a one-line message, before any
-run folder is made.
+Runs log to TensorBoard under ``logs/lit_cifar/version_N/`` (config, checkpoints, events, predictions).
 """
 
 from __future__ import annotations
@@ -75,9 +72,8 @@ def check_checkpoint(path: Optional[str]) -> None:
 
 
 class PredictionWriter(pl.Callback):
-    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` per rank
-    under DDP): per image its ``index`` (the batches' second element), ``predicted`` class name and one column per
-    class holding the model's output."""
+    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` per DDP rank):
+    per image its ``index`` (the batch's second element), ``predicted`` class name and the output per class."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -108,14 +104,11 @@ class PredictionWriter(pl.Callback):
 
 
 class LitCifarCLI(LightningCLI):
-    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule`, the data's normalization and augmentation
-    linked to the model's spec.
-
-    * ``validate``, ``test`` and ``predict`` need ``--ckpt_path``; with it the hyperparameters are the
-      checkpoint's, and a ``--model.spec`` that disagrees is an error.
-    * A bad ``--data.*`` or ``--model.*`` value, or missing data, exits 2 with one line before any run folder exists.
-    * ``predict`` writes ``predictions.csv`` (`PredictionWriter`) into the run's log folder.
-    """
+    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule` whose ``normalize`` and ``augment`` follow
+    ``--model.spec``, so one spec describes the experiment. ``validate``, ``test`` and ``predict`` need
+    ``--ckpt_path``, whose hyperparameters (spec included: one that disagrees is an error) they use; ``predict``
+    writes ``predictions.csv`` into the run's folder. Bad arguments or missing data exit 2 with one line, before
+    any run folder exists."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("model.spec", "data.normalize", compute_fn=lambda spec: as_spec(spec).normalize)

@@ -183,13 +183,9 @@ class InputNormalization(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         x = images.to(self.mean.dtype)
         if not self.fitted:  # Python's default filter shows the warning once
-            warnings.warn(
-                f"normalize={self.normalize!r} statistics are not fitted: images pass through unstandardized. Train "
-                "with a data module that fits them (lit_cifar.data.NormalizingData, e.g. CIFAR10DataModule) or call "
-                "set_input_statistics(mean, std).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            advice = "train with a NormalizingData data module (CIFAR10DataModule) or call set_input_statistics"
+            message = f"normalize={self.normalize!r} statistics are not fitted: images pass through as they are; "
+            warnings.warn(message + advice, RuntimeWarning, stacklevel=2)
             return x
         if self.mean.dim():  # "none" before any fit (0-dim) fits any image
             image = tuple(images.shape[1:])
@@ -207,10 +203,9 @@ class RegularizedClassifier(pl.LightningModule):
 
     * ``model(images)``: logits of (B, C, H, W) images in 0-255 units, standardized with the training split's
       statistics (`set_input_statistics`, or a `NormalizingData` data module's; saved in checkpoints).
-    * Loss: cross-entropy + `penalty()`, logged as ``*/loss`` (Keras's objective) beside ``*/ce`` and
-      ``train/penalty``, once per epoch, with ``*/acc`` (accumulated on the device).
-    * Optimizer: Adam(lr, eps=adam_eps), or `optimizer`, with Keras's decay: step ``t`` uses ``lr / (1 + lr_decay
-      * t)``. Max-norm after every step (`apply_max_norm`), its rescaled fraction logged as `MAXNORM_RESCALED`.
+    * Loss: cross-entropy + `penalty()`, logged per epoch as ``*/loss`` (Keras's objective), ``*/ce``, ``*/acc``
+      and ``train/penalty``. Max-norm after every step (`apply_max_norm`), its share logged as `MAXNORM_RESCALED`.
+    * Optimizer: Adam(lr, eps=adam_eps), or `optimizer`; step ``t`` uses ``lr / (1 + lr_decay * t)``, as Keras.
     * Predict: class probabilities (logits with ``predict_logits=True``) of images or ``(images, anything)``.
 
     Args:
@@ -222,12 +217,11 @@ class RegularizedClassifier(pl.LightningModule):
             `default_regularized_layers`; `check_backbone` refuses one that cannot honour the spec. Where
             `lit_cifar.models.recover_init_args` finds its init args, ``load_from_checkpoint(path)`` rebuilds it.
         num_classes: number of classes (logits); must match the data module's classes.
-        optimizer: a callable ``params -> Optimizer`` replacing Adam (``lr`` and ``adam_eps`` then go unused; the
-            ``lr_decay`` schedule still applies), e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``.
+        optimizer: a callable ``params -> Optimizer`` replacing Adam (``lr_decay`` still applies), e.g.
+            ``functools.partial(torch.optim.SGD, lr=0.1)``.
         compile: ``torch.compile`` the backbone in `configure_model`; checkpoints keep the plain parameter names.
         predict_logits: `predict_step` returns logits instead of probabilities.
-        backbone_class_path: with `backbone` None, build ``build_backbone(class_path, init_args, spec,
-            num_classes)``; saved in the hyperparameters, so a checkpoint rebuilds the same network.
+        backbone_class_path: with `backbone` None, build the network by `build_backbone` (a checkpoint rebuilds it).
         backbone_init_args: the keyword arguments of that class.
     """
 
@@ -383,9 +377,8 @@ class RegularizedClassifier(pl.LightningModule):
             return
         if dm.normalize != self.spec.normalize:
             raise ValueError(
-                f"the data module's normalize={dm.normalize!r} does not match the model's spec "
-                f"{self.spec.name!r} (normalize={self.spec.normalize!r}): build it with "
-                f"normalize={self.spec.normalize!r} (CIFAR10DataModule.from_spec(spec, ...) does)"
+                f"the data module's normalize={dm.normalize!r} does not match the model's spec {self.spec.name!r}: "
+                f"build it with normalize={self.spec.normalize!r} (CIFAR10DataModule.from_spec(spec, ...) does)"
             )
         norm = self.input_norm
         if not norm.fitted or norm.mean.dim() == 0:  # unfitted, or "none" for any image

@@ -1,11 +1,7 @@
-"""`tune_allocator`: process settings that make CPU training faster without changing a number; torch-free.
-
-Every training step frees and re-allocates the hidden layer's weight gradient (88 MB) and activations of similar
-size. glibc serves blocks that large with ``mmap`` and returns them on free, so each step the kernel zero-fills
-fresh pages again, a large share of a CPU step (``benchmarks/bench.py`` measures it; docs/performance.md).
-Keeping freed memory in the heap removes those page faults; the allocator decides where tensors live, not what
-is computed.
-"""
+"""`tune_allocator`: faster CPU training without changing a number; torch-free. Each step frees and re-allocates
+the hidden layer's 88 MB gradient and activations as large, which glibc serves with ``mmap``: the kernel zero-fills
+fresh pages every step (docs/performance.md). Kept in the heap, they are reused; where tensors live, not what is
+computed, changes."""
 
 from __future__ import annotations
 
@@ -32,7 +28,7 @@ def cpu_model() -> str:
 
 
 def preloaded_allocator() -> Optional[str]:
-    """The name of a malloc replacement mapped into this process (``LD_PRELOAD``), or None."""
+    """The malloc replacement mapped into this process (``LD_PRELOAD``), or None."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -58,12 +54,9 @@ def trim_heap() -> None:
 
 
 def tune_allocator() -> str:
-    """Keep large freed blocks in glibc's heap (no ``mmap`` for big blocks, trim only above 1 GiB); idempotent.
-
-    Call it once in a process that trains on the CPU (`LitCifarCLI` and every ``ablations`` trial do). Returns how
-    the allocator is set up; a no-op, said so, where the C library is not glibc, a malloc replacement is preloaded,
-    or ``LIT_CIFAR_MALLOC=default``.
-    """
+    """Keep large freed blocks in glibc's heap (no ``mmap`` for big blocks, trim above 1 GiB) once per process, as
+    `LitCifarCLI` and every ``ablations`` trial do. Returns how the allocator is set up: a no-op, said so, without
+    glibc, under a preloaded malloc or with ``LIT_CIFAR_MALLOC=default``."""
     if "allocator" not in _state:
         preloaded = preloaded_allocator()
         libc = None if preloaded else _glibc()

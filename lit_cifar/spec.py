@@ -1,9 +1,6 @@
-"""`RegularizationSpec`: which regularization techniques one training run uses.
-
-A spec is a frozen dataclass with one field per technique, and it has a canonical text form: tokens joined by
-``+`` in a fixed order, e.g. ``pixel+bn+l2=0.01+dropout=0.25``. ``baseline`` is the spec with everything off.
-The text form names run directories, TensorBoard runs and result rows, so ``parse(str(spec)) == spec`` always.
-"""
+"""`RegularizationSpec`: the regularization techniques of one training run, a frozen dataclass with a canonical
+text form (tokens joined by ``+`` in a fixed order, e.g. ``pixel+bn+l2=0.01``; ``baseline``: everything off) that
+names run folders and result rows, so ``parse(str(spec)) == spec`` always."""
 
 from __future__ import annotations
 
@@ -66,8 +63,8 @@ def number_text(value: float) -> str:
 def check_number(
     name: str, value: Any, low: float, *, above: bool = False, integer: bool = False, optional: bool = False
 ) -> None:
-    """The one check of a numeric argument: a finite number (an int if `integer`) >= `low` (> if `above`), or None
-    if `optional`. Raises TypeError for another type and ValueError out of range, both naming `name`."""
+    """Check a numeric argument: a finite number (an int if `integer`) >= `low` (> if `above`), or None if `optional`;
+    TypeError for another type, ValueError out of range, both naming `name`."""
     if optional and value is None:
         return
     kind = "an integer" if integer else "a finite number"
@@ -84,15 +81,13 @@ class RegularizationSpec:
     """The regularization techniques of one run; every field off is the notebook's baseline.
 
     Attributes:
-        normalize: input standardization fitted on the training split only: ``"none"`` feeds raw 0-255 pixels,
-            ``"pixel"`` subtracts the per-pixel mean and divides by the per-pixel std (a 3x32x32 mean and std,
-            as the notebook's ``np.mean(X_train, axis=0)``), ``"channel"`` uses one mean and std per color channel.
+        normalize: input standardization fitted on the training split: ``"none"`` (raw 0-255 pixels), ``"pixel"``
+            (per-pixel mean and std, as the notebook's ``np.mean(X_train, axis=0)``) or ``"channel"``.
         batchnorm: a BatchNorm layer after each convolution's ReLU.
         l1: adds ``l1 * sum(|W|)`` over the regularized layers' kernels to the loss (Keras ``l1``).
-        l2: adds ``l2 * sum(W**2)`` over the regularized layers' kernels to the loss (Keras ``l2``; no 1/2 factor,
-            not Adam weight decay).
-        max_norm: after every optimizer step, each unit's incoming weight vector is rescaled to L2 norm
-            ``<= max_norm`` (Keras ``MaxNorm``); ``None`` is off.
+        l2: adds ``l2 * sum(W**2)`` over those kernels to the loss (Keras ``l2``; not Adam weight decay).
+        max_norm: after every step, rescale each unit's incoming weights to L2 norm ``<= max_norm`` (Keras
+            ``MaxNorm``); ``None`` is off.
         dropout: drop probability of the Dropout layer after the hidden dense layer; 0 is no Dropout layer.
         augment: random crop with 4-pixel zero padding plus horizontal flip, on training batches only.
 
