@@ -290,7 +290,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
         spec = RegularizationSpec.coerce(spec)
         return cls(normalize=spec.normalize, augment=spec.augment, **kwargs)
 
-    # ----------------------------------------------------------------------------------------------- loading
     def _layout(self, download_error: Optional[BaseException] = None) -> Path:
         """The folder of the dataset's layout in `data_dir`; DatasetError saying what is missing and what to do."""
         layout = find_layout(self.data_dir, self.FORMAT)
@@ -371,7 +370,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
         test = len(read_split(layout, train=False, fmt=self.FORMAT)[1])
         return {"train": self._train_size(total, layout), "val": self.val_size, "test": test}
 
-    # -------------------------------------------------------------------------------------------- batches
     def _batches(self, images: Optional[Tensor], labels: Optional[Tensor], train: bool) -> Any:
         """Device-resident `TensorBatches` (``num_workers == 0``) or a worker `DataLoader` in the same order."""
         if images is None or labels is None:
@@ -446,7 +444,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
         images, labels = batch
         return self.preprocess(images, train=self.trainer is not None and self.trainer.training), labels
 
-    # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The statistics, the split and the training order's seed: a resumed run draws the uninterrupted one's."""
         return {key: getattr(self, key) for key in sorted(DATA_STATE_KEYS | {"seed"})}

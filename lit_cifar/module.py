@@ -46,13 +46,9 @@ _LOADING: ContextVar[Optional[frozenset[str]]] = ContextVar("lit_cifar_loading",
 def rng_states() -> dict[str, Any]:
     """The states of torch's (CPU, and CUDA once initialized), NumPy's and Python's generators, as tensors and plain
     values (``weights_only=True`` loads them)."""
-    kind, keys, position, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
-    version, python_state, gauss_next = random.getstate()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
-        "python": [version, list(python_state), gauss_next],
-    }
+    kind, keys, *numbers = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    states = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), *numbers]}
+    states["python"] = random.getstate()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -61,10 +57,9 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     """Put back what `rng_states` took (CUDA's only onto as many devices)."""
     torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    version, python_state, gauss_next = states["python"]
-    random.setstate((version, tuple(python_state), gauss_next))
+    kind, keys, *numbers = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *numbers))
+    random.setstate(states["python"])
     cuda = states.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -249,8 +244,6 @@ class RegularizedClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=RUNTIME_ARGUMENTS)
         self.optimizer_factory, self.compile_backbone, self.predict_logits = optimizer, compile, predict_logits
         self.input_norm = InputNormalization(self.spec.normalize)
-        if isinstance(backbone, pl.LightningModule):
-            check_backbone(self.spec, backbone, [])
         if backbone is None and backbone_class_path is not None:
             loading = _LOADING.get()
             if loading is not None:
@@ -309,7 +302,6 @@ class RegularizedClassifier(pl.LightningModule):
             weight.renorm_(p=2, dim=0, maxnorm=cap)
         return rescaled / max(rows, 1)
 
-    # -------------------------------------------------------------------------------------- data and set-up
     def _datamodule(self) -> Optional[pl.LightningDataModule]:
         try:
             return attached_datamodule(self.trainer)
@@ -394,7 +386,6 @@ class RegularizedClassifier(pl.LightningModule):
             check_augment(self.spec, dm)
         self.on_validation_start()
 
-    # ------------------------------------------------------------------------------------------------ steps
     def _log(self, key: str, batch_size: int, *args: Tensor) -> None:
         metric = cast(Metric, self.epoch_metrics[key])
         metric.update(*args)
@@ -434,7 +425,6 @@ class RegularizedClassifier(pl.LightningModule):
         logits = self(batch if isinstance(batch, Tensor) else batch[0])
         return logits if self.predict_logits else logits.softmax(dim=1)
 
-    # -------------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
