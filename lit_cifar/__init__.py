@@ -1,9 +1,5 @@
-"""lit_cifar: CIFAR-10 regularization studies with PyTorch Lightning.
-
-Public API: ``from lit_cifar import CIFAR10DataModule, CIFAR100DataModule, RegularizationSpec,
-RegularizedClassifier, NotebookCNN, LitCifarCLI, tune_allocator``. The names are imported on first use, so the
-torch-free modules (``lit_cifar.spec``, ``lit_cifar.layouts``) load without torch.
-"""
+"""lit_cifar: CIFAR-10 regularization studies with PyTorch Lightning. The public names (`_HOMES`) are imported on
+first use, so the torch-free modules (``lit_cifar.spec``, ``lit_cifar.layouts``) load without torch."""
 
 from __future__ import annotations
 

@@ -27,9 +27,8 @@ DATA_STATE_KEYS = frozenset({"normalize", "mean", "std", "split_seed", "val_size
 
 @runtime_checkable
 class NormalizingData(Protocol):
-    """The data module members `lit_cifar.RegularizedClassifier` reads and writes (no subclassing needed):
-    ``normalize`` as the model's spec's, and ``mean``/``std`` in 0-255 units fitted on the training split
-    (`fit_normalization`), or ``None`` until fitted; an unfitted model takes them, a fitted one writes its own."""
+    """What `lit_cifar.RegularizedClassifier` reads from a data module: ``normalize`` as its spec's, and the training
+    split's ``mean``/``std`` (`fit_normalization`; ``None`` until fitted), which a fitted model overwrites."""
 
     normalize: Normalization
     mean: Optional[Tensor]
@@ -156,9 +155,8 @@ def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
-    """Indices of one rank's shard, with ``shuffle`` in a permutation that depends only on (seed, epoch). Rank ``r``
-    takes every ``world_size``-th index from ``r``; shuffled (training) shards are cut to equal length, unshuffled
-    (evaluation) ones keep every image once. A ``DistributedSampler``, so Lightning never shards it again."""
+    """Every ``world_size``-th index from ``rank``, shuffled by (seed, epoch) and cut to equal shards, or in order with
+    every image once; a ``DistributedSampler``, so Lightning never shards it again."""
 
     def __init__(self, n: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         indices = cast("torch.utils.data.Dataset[int]", range(n))  # DistributedSampler needs only len(dataset)
@@ -180,12 +178,11 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 
 
 def evaluation_sampler(trainer: Optional[pl.Trainer], n: int) -> EpochSampler:
-    """A sampler of this rank's shard of `n` evaluation images, in order and never padded, so that DDP counts each
-    image once (Lightning's ``DistributedSampler`` pads). In a data module of your own::
+    """This rank's shard of `n` evaluation images, in order, never padded (as Lightning's are): DDP counts each once::
 
-        def test_dataloader(self):
-            sampler = evaluation_sampler(self.trainer, len(self.test_set))
-            return DataLoader(self.test_set, batch_size=64, sampler=sampler)
+    def test_dataloader(self):
+        sampler = evaluation_sampler(self.trainer, len(self.test_set))
+        return DataLoader(self.test_set, batch_size=64, sampler=sampler)
     """
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     return EpochSampler(n, shuffle=False, rank=rank, world_size=world)
@@ -221,14 +218,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
     the statistics, the split and the training order's seed. A bad argument is a TypeError or ValueError naming it.
 
     Args:
-        data_dir: folder holding ``cifar-10-batches-py/`` (pickles) or ``cifar-10-batches-bin/`` (binary version);
-            ``None``: ``$LIT_CIFAR_DATA``, else ``./data``.
+        data_dir: folder of ``cifar-10-batches-py/`` or ``-bin/`` (``None``: ``$LIT_CIFAR_DATA``, else ``./data``).
         normalize: ``"none"`` (raw 0-255 pixels), ``"pixel"`` (per-pixel mean/std) or ``"channel"``.
+        augment: random crop (4-pixel padding) and horizontal flip on training batches.
         val_size: training images held out for validation (never the test set).
         split_seed: seed of the permutation that picks the validation images.
         batch_size: images per batch, for training and evaluation.
         limit_train: keep only the first N of the remaining training images (``None``: all of them).
-        augment: random crop (4-pixel padding) and horizontal flip on training batches.
         download: let `prepare_data` download the official archive through torchvision (checksum-verified).
         num_workers: 0 serves batches from tensors on the device; > 0 a ``DataLoader`` with workers (same order).
         seed: seed of the training order; ``None``: ``torch.initial_seed()`` at `setup` (``seed_everything`` sets it).
@@ -362,9 +358,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self.train_images[index], [self.classes[int(c)] for c in self.train_labels[index]]
 
     def verify(self) -> dict[str, int]:
-        """Read every file once without keeping the images and check the split sizes: ``{"train": N, "val":
-        val_size, "test": N}``. DatasetError for no layout or a file missing, unreadable or corrupt (named);
-        ValueError for a `val_size` that leaves no training images or a `limit_train` larger than the split."""
+        """``{"train": N, "val": val_size, "test": N}`` after reading every file once: DatasetError naming a bad file,
+        ValueError for a split that does not fit."""
         layout = self._layout()
         total = len(read_split(layout, train=True, fmt=self.FORMAT)[1])
         test = len(read_split(layout, train=False, fmt=self.FORMAT)[1])

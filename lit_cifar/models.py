@@ -19,10 +19,8 @@ class NotebookCNN(nn.Module):
     """The notebook's CNN: ``Conv(3x3, 32, no padding)-ReLU-[BN]`` x3 -> Flatten (26*26*32) -> Linear(21,632, 1024)
     -> ReLU -> [Dropout(p)] -> Linear(1024, 10).
 
-    BatchNorm (Keras's eps and momentum) follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's
-    BN cell also dropped the first ReLU; we change one factor at a time); Dropout only when ``spec.dropout > 0``.
-    Penalties and max-norm act on `hidden`, as the notebook's ``kernel_regularizer`` and ``kernel_constraint``.
-    Keras's initialization: Glorot-uniform kernels, zero biases. In-place ReLUs keep ~40 MB fewer activations.
+    BatchNorm follows each convolution's ReLU (the notebook's BN cell also dropped the first ReLU: we change one
+    factor at a time). Penalties and max-norm act on `hidden`, as the notebook's. Keras's initialization.
     """
 
     def __init__(
@@ -71,8 +69,7 @@ class NotebookCNN(nn.Module):
 
 
 def resolve_class(class_path: str, what: str = "class") -> type:
-    """The class named by a dotted path (``package.module.Class``), as LightningCLI's ``class_path`` names it;
-    ValueError naming the path and why it does not resolve."""
+    """The class of a dotted path (``package.module.Class``); ValueError saying why it does not resolve."""
     if not isinstance(class_path, str) or "." not in class_path.strip("."):
         raise ValueError(f"{what} class_path {class_path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
     module_name, _, name = class_path.rpartition(".")
@@ -92,9 +89,8 @@ def build_backbone(
     spec: RegularizationSpec | str = "baseline",
     num_classes: int = 10,
 ) -> nn.Module:
-    """The backbone ``class_path(**init_args)``, also given ``spec`` and ``num_classes`` when its constructor takes
-    them and `init_args` does not set them (as `NotebookCNN`). ValueError for an unresolvable class path, a class
-    that is not a plain ``nn.Module``, or init args it refuses."""
+    """``class_path(**init_args)``, given `spec` and `num_classes` too where it takes them (as `NotebookCNN`);
+    ValueError for a class path that does not resolve to a plain ``nn.Module``, or init args it refuses."""
     cls = resolve_class(class_path, "model")
     if not issubclass(cls, nn.Module):
         raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
@@ -119,9 +115,8 @@ ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"  # comma-separated class paths or mo
 
 
 def check_allowed(class_path: str, allowed: Iterable[str] = ()) -> None:
-    """ValueError, saying how to allow it, for a backbone class path read from a checkpoint unless it is
-    lit_cifar's own or `allowed` or ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it: importing a
-    module runs its code."""
+    """ValueError, saying how to allow it, for a checkpoint's backbone class path (importing runs code) unless it is
+    lit_cifar's or `allowed` or ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it."""
     entries = [e.strip() for e in [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]]
     if any(e and (class_path == e or class_path.startswith(e + ".")) for e in entries):
         return

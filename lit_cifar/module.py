@@ -1,8 +1,5 @@
-"""`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would.
-
-It standardizes images in 0-255 units itself (`InputNormalization`) with the training split's statistics kept as
-buffers, so a checkpoint alone classifies raw images; it takes them from any `lit_cifar.data.NormalizingData`.
-"""
+"""`RegularizedClassifier`: a LightningModule that trains a backbone under a `RegularizationSpec`, as Keras would,
+standardizing raw images itself (`InputNormalization`), so that a checkpoint alone classifies them."""
 
 from __future__ import annotations
 
@@ -66,8 +63,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
-    """The layers penalties and max-norm act on: ``backbone.regularized_layers()``, or, without that method, every
-    ``nn.Linear`` but the last (the output layer)."""
+    """The layers penalties and max-norm act on: ``backbone.regularized_layers()``, else every Linear but the last."""
     named = getattr(backbone, "regularized_layers", None)
     if callable(named):
         return list(named())
@@ -76,10 +72,9 @@ def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
 
 
 def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
-    """Refuse a backbone that cannot honour `spec` or would train under another label (a LightningModule; l1, l2 or
-    max-norm without a regularized layer; BatchNorm or Dropout layers missing, extra or of another probability):
-    ValueError, or TypeError for a regularized layer without a ``weight`` parameter. Layers of a technique the
-    backbone's ``honoured_techniques()`` leaves out are a fixed part of its architecture."""
+    """ValueError (TypeError for a regularized layer without a weight) for a backbone that cannot honour `spec`: a
+    LightningModule, no regularized layer for l1/l2/max-norm, BatchNorm or Dropout layers missing, extra or of
+    another p, except for techniques its ``honoured_techniques()`` leaves out (a fixed part of it)."""
     name = type(backbone).__name__
     if isinstance(backbone, pl.LightningModule):
         raise ValueError(
@@ -126,8 +121,7 @@ def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: l
 
 
 def check_augment(spec: RegularizationSpec, datamodule: Any) -> None:
-    """ValueError unless the data module's ``augment`` attribute (True when it augments training batches; absent:
-    it does not) is what `spec` asks."""
+    """ValueError unless the data module's ``augment`` attribute (absent: False) is what `spec` asks."""
     augments = getattr(datamodule, "augment", None)
     if bool(augments) != spec.augment:
         advice = ": it cannot augment (give it an augment argument and attribute, True when it augments batches)"
@@ -208,12 +202,10 @@ class RegularizedClassifier(pl.LightningModule):
         lr: Adam learning rate at step 0 (finite, > 0).
         lr_decay: Keras ``decay`` (finite, >= 0).
         adam_eps: Adam epsilon (Keras's default 1e-7; finite, > 0).
-        backbone: the network (``None``: ``NotebookCNN(spec)``); penalties and max-norm act on its
-            `default_regularized_layers`; `check_backbone` refuses one that cannot honour the spec. Where
-            `lit_cifar.models.recover_init_args` finds its init args, ``load_from_checkpoint(path)`` rebuilds it.
+        backbone: the network (``None``: ``NotebookCNN(spec)``), checked by `check_backbone`; a checkpoint rebuilds
+            it where `lit_cifar.models.recover_init_args` finds its init args.
         num_classes: number of classes (logits); must match the data module's classes.
-        optimizer: a callable ``params -> Optimizer`` replacing Adam (``lr_decay`` still applies), e.g.
-            ``functools.partial(torch.optim.SGD, lr=0.1)``.
+        optimizer: ``params -> Optimizer`` replacing Adam, e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``.
         compile: ``torch.compile`` the backbone in `configure_model`; checkpoints keep the plain parameter names.
         predict_logits: `predict_step` returns logits instead of probabilities.
         backbone_class_path: with `backbone` None, build the network by `build_backbone` (a checkpoint rebuilds it).
@@ -326,8 +318,8 @@ class RegularizedClassifier(pl.LightningModule):
         checkpoint[BACKBONE_KEY] = f"{type(self.backbone).__module__}.{type(self.backbone).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a backbone that does not match the saved weights, restore the generators, and give the data state
-        to a data module of another class with the same state keys (Lightning restores only the same class)."""
+        """Refuse a backbone unlike the saved one, restore the generators, and give the data state to a data module
+        of another class with our state keys (Lightning restores only the same class)."""
         saved, built = state_shapes(checkpoint["state_dict"], "backbone."), state_shapes(self.backbone.state_dict())
         if saved != built:
             saved_class = checkpoint[BACKBONE_KEY]
@@ -349,9 +341,8 @@ class RegularizedClassifier(pl.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: Union[str, Path], *args: Any, allowed_class_paths: Iterable[str] = (), **kwargs: Any
     ) -> RegularizedClassifier:
-        """A model from a checkpoint read with ``weights_only=True`` (runs no code). A saved backbone class path is
-        imported only when `lit_cifar.models.check_allowed` allows it (with `allowed_class_paths` or a passed
-        ``backbone_class_path``); else pass ``backbone=``. Lightning's other arguments and hyperparameters as given."""
+        """A model from a checkpoint read with ``weights_only=True`` (runs no code), importing a saved backbone class
+        only where `lit_cifar.models.check_allowed` allows it (`allowed_class_paths`); else pass ``backbone=``."""
         if kwargs.setdefault("weights_only", True) is not True:
             raise ValueError(
                 f"weights_only={kwargs['weights_only']!r}: RegularizedClassifier checkpoints load with True only"

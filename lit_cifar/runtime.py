@@ -54,9 +54,8 @@ def trim_heap() -> None:
 
 
 def tune_allocator() -> str:
-    """Keep large freed blocks in glibc's heap (no ``mmap`` for big blocks, trim above 1 GiB) once per process, as
-    `LitCifarCLI` and every ``ablations`` trial do. Returns how the allocator is set up: a no-op, said so, without
-    glibc, under a preloaded malloc or with ``LIT_CIFAR_MALLOC=default``."""
+    """Keep large freed blocks in glibc's heap (no ``mmap``, trim above 1 GiB), once per process; returns how the
+    allocator is set up (a no-op without glibc, under a preloaded malloc or with ``LIT_CIFAR_MALLOC=default``)."""
     if "allocator" not in _state:
         preloaded = preloaded_allocator()
         libc = None if preloaded else _glibc()
