@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lit_cifar.layouts import BIN_LAYOUT, CIFAR10, CIFAR100, CIFAR100_LAYOUT, CLASSES, CifarFormat, default_data_dir
 from lit_cifar.layouts import find_layout
@@ -154,7 +155,7 @@ def random_crop_flip(images: Tensor, generator: Optional[torch.Generator] = None
     return padded[batch, channel, rows, cols]
 
 
-class EpochSampler(torch.utils.data.DistributedSampler):
+class EpochSampler(DistributedSampler):
     """Every ``world_size``-th index from ``rank``, shuffled by (seed, epoch) and cut to equal shards, or in order with
     every image once; a ``DistributedSampler``, so Lightning never shards it again."""
 
@@ -376,14 +377,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.num_workers == 0:
             device = trainer.strategy.root_device if trainer is not None else None
             return TensorBatches(images, labels, self.batch_size, sampler, device=device)
-        # Its own generator: seeding the workers must not draw from the global RNG dropout and augmentation use.
-        return torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(images, labels),
-            self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        dataset, workers = TensorDataset(images, labels), self.num_workers
+        generator = torch.Generator().manual_seed(seed)  # seeding workers must not draw from the global RNG
+        return DataLoader(dataset, self.batch_size, sampler=sampler, num_workers=workers, generator=generator)
 
     def train_dataloader(self) -> Any:
         """The training split's batches, reshuffled every epoch (seeded)."""
