@@ -72,11 +72,10 @@ def check_checkpoint(path: Optional[str]) -> None:
 
 
 class PredictionWriter(pl.Callback):
-    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` per DDP rank):
-    per image its ``index`` (the batch's second element), ``predicted`` class name and the output per class."""
+    """Writes ``trainer.predict``'s outputs to ``predictions.csv`` (``predictions-rank<r>.csv`` per DDP rank) in the
+    run's folder: per image its ``index`` (the batch's second element), ``predicted`` class and output per class."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+    def __init__(self) -> None:
         self.rows: list[list[Any]] = []  # index, best class number, outputs
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -92,10 +91,9 @@ class PredictionWriter(pl.Callback):
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         count = len(self.rows[0]) - 2 if self.rows else 0
         classes = list(getattr(attached_datamodule(trainer), "classes", None) or map(str, range(count)))
-        path = self.folder / (
-            f"predictions-rank{trainer.global_rank}.csv" if trainer.world_size > 1 else "predictions.csv"
-        )
-        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"predictions-rank{trainer.global_rank}.csv" if trainer.world_size > 1 else "predictions.csv"
+        path = Path(trainer.log_dir or ".") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "predicted", *classes])
@@ -160,12 +158,7 @@ class LitCifarCLI(LightningCLI):
         except ValueError as error:  # lit_cifar.data.DatasetError is one
             exit_with_error(str(error))
 
-    before_validate = before_test = before_fit
-
-    def before_predict(self) -> None:
-        self.before_fit()
-        callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set, not declared
-        callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
+    before_validate = before_test = before_predict = before_fit
 
 
 def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
@@ -176,6 +169,7 @@ def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
         CIFAR10DataModule,
         args=args,
         seed_everything_default=0,
+        trainer_defaults={"callbacks": [PredictionWriter()]},  # acts in predict runs only
         save_config_kwargs={"overwrite": True},
     )
 
