@@ -179,11 +179,12 @@ class EpochSampler(DistributedSampler):
 
 
 def evaluation_sampler(trainer: Optional[pl.Trainer], n: int) -> EpochSampler:
-    """This rank's shard of `n` evaluation images, in order, never padded (as Lightning's are): DDP counts each once::
+    """This rank's shard of `n` evaluation images, in order, never padded (as Lightning's are), so DDP counts each
+    image once. In a data module of your own::
 
-    def test_dataloader(self):
-        sampler = evaluation_sampler(self.trainer, len(self.test_set))
-        return DataLoader(self.test_set, batch_size=64, sampler=sampler)
+        def test_dataloader(self):
+            sampler = evaluation_sampler(self.trainer, len(self.test_set))
+            return DataLoader(self.test_set, batch_size=64, sampler=sampler)
     """
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     return EpochSampler(n, shuffle=False, rank=rank, world_size=world)

@@ -301,11 +301,9 @@ class RegularizedClassifier(pl.LightningModule):
             return None
 
     def setup(self, stage: str) -> None:
-        classes = getattr(self._datamodule(), "classes", None)
-        if classes is not None and len(classes) != self.hparams["num_classes"]:
-            raise ValueError(
-                f"num_classes={self.hparams['num_classes']} but the data module has {len(classes)} classes"
-            )
+        classes, wanted = getattr(self._datamodule(), "classes", None), self.hparams["num_classes"]
+        if classes is not None and len(classes) != wanted:
+            raise ValueError(f"num_classes={wanted} but the data module has {len(classes)} classes")
 
     def configure_model(self) -> None:
         if self.compile_backbone and not getattr(self, "_compiled", False):
@@ -344,9 +342,7 @@ class RegularizedClassifier(pl.LightningModule):
         """A model from a checkpoint read with ``weights_only=True`` (runs no code), importing a saved backbone class
         only where `lit_cifar.models.check_allowed` allows it (`allowed_class_paths`); else pass ``backbone=``."""
         if kwargs.setdefault("weights_only", True) is not True:
-            raise ValueError(
-                f"weights_only={kwargs['weights_only']!r}: RegularizedClassifier checkpoints load with True only"
-            )
+            raise ValueError(f"weights_only={kwargs['weights_only']!r}: our checkpoints load with True only")
         token = _LOADING.set(frozenset([*allowed_class_paths, *filter(None, [kwargs.get("backbone_class_path")])]))
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
