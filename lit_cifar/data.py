@@ -3,6 +3,7 @@ normalization statistics on the training split and cuts batches by index in a se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections.abc import Iterator
@@ -355,8 +356,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.train_images is None or self.train_labels is None:
             raise RuntimeError("class_examples() needs the data: call setup() first")
         check_number("per_class", per_class, 1, integer=True)
-        picks = [(self.train_labels == c).nonzero().flatten()[:per_class] for c in range(len(self.classes))]
-        index = torch.cat(picks)
+        index = torch.cat([(self.train_labels == c).nonzero()[:per_class, 0] for c in range(len(self.classes))])
         return self.train_images[index], [self.classes[int(c)] for c in self.train_labels[index]]
 
     def verify(self) -> dict[str, int]:
@@ -466,10 +466,8 @@ class CIFAR100DataModule(CIFAR10DataModule):
     FORMAT = CIFAR100
 
     def default_classes(self) -> tuple[str, ...]:
-        try:
+        with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
             names = load_data_pickle(self.data_dir / CIFAR100_LAYOUT / "meta")["fine_label_names"]
             if len(names) == CIFAR100.num_classes:
                 return tuple(str(n) for n in names)
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
-            pass
         return tuple(f"class_{i}" for i in range(CIFAR100.num_classes))
