@@ -103,23 +103,22 @@ class RegularizationSpec:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        for token in TOKENS:  # numbers are stored as floats: l2=1 and l2=1.0 are one spec with one name
-            value, off = getattr(self, token.field), _OFF[token.field]
-            if token.numeric and not (value is None and off is None):
+        for token in TOKENS:
+            name, value, off = token.field, getattr(self, token.field), _OFF[token.field]
+            if not token.numeric:  # a flag's field holds its default or a value a token sets
+                allowed = (off, *(t.flag for t in TOKENS if t.field == name))
+                if type(value) is not type(off):
+                    raise TypeError(
+                        f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}"
+                    )
+                if value not in allowed:
+                    raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+            elif not (value is None and off is None):  # stored as a float: l2=1 and l2=1.0 are one spec
                 if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                    raise TypeError(f"{token.field}={value!r} must be a number, {token.number}")
+                    raise TypeError(f"{name}={value!r} must be a number, {token.number}")
                 if float(value) != off and not token.accepts(float(value)):
-                    raise ValueError(f"{token.field}={float(value)} must be {token.number}")
-                object.__setattr__(self, token.field, float(value))
-        for name in ("normalize", "batchnorm", "augment"):  # a flag holds its default or a value a token sets
-            value, off = getattr(self, name), _OFF[name]
-            allowed = (off, *(t.flag for t in TOKENS if t.field == name))
-            if type(value) is not type(off):
-                raise TypeError(
-                    f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}"
-                )
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+                    raise ValueError(f"{name}={float(value)} must be {token.number}")
+                object.__setattr__(self, name, float(value))
 
     @classmethod
     def parse(cls, text: str) -> RegularizationSpec:
