@@ -87,14 +87,17 @@ def read_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[Tensor, Tensor]:
         if path.suffix == ".bin":
             records = np.fromfile(path, dtype=np.uint8)
             if not records.size or records.size % RECORD_BYTES:
-                raise ValueError(
-                    f"truncated: {records.size} bytes is not a whole number of {RECORD_BYTES}-byte records"
+                raise DatasetError(
+                    f"truncated or corrupt {fmt.name} file {path}: {records.size} bytes is not a whole number of "
+                    f"{RECORD_BYTES}-byte records"
                 )
             data, labels = records.reshape(-1, RECORD_BYTES)[:, 1:], records[::RECORD_BYTES].astype(np.int64)
         else:
             entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in load_data_pickle(path).items()}
             data, labels = entry["data"], np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
         images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, *IMAGE_SHAPE)
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise DatasetError(f"missing {fmt.name} file {path}") from None
     except OSError as error:
