@@ -4,10 +4,7 @@
     python -m lit_cifar test --data.data_dir DIR --ckpt_path PATH
     python -m lit_cifar predict --data.data_dir DIR --ckpt_path PATH     # writes predictions.csv
 
-The data module's ``normalize`` and ``augment`` follow ``--model.spec``, so one spec describes the experiment; with
-``--ckpt_path`` the spec is the checkpoint's. Runs log to TensorBoard under ``logs/lit_cifar/version_N/``
-(config, checkpoints, events, predictions). Bad arguments exit with status 2 and a one-line message, before any
-run folder is made.
+Runs log to TensorBoard under ``logs/lit_cifar/version_N/`` (config, checkpoints, events, predictions).
 """
 
 from __future__ import annotations
@@ -21,8 +18,9 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, lazy_instance
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lit_cifar.data import CIFAR10DataModule, attached_datamodule
@@ -35,20 +33,11 @@ EVALUATIONS = ("validate", "test", "predict")  # subcommands that need a trained
 
 
 def as_spec(value: Any) -> RegularizationSpec:
-    """The spec jsonargparse hands a link: text, a spec, or (from a checkpoint's hyperparameters, where the spec
-    is stored as a dict) a Namespace with ``init_args``."""
+    """The spec jsonargparse hands a link: text, a spec, or a checkpoint's dict as a Namespace."""
     if isinstance(value, Namespace):
         value = value.as_dict()
         value = value.get("init_args", value)
     return RegularizationSpec.coerce(value)
-
-
-def spec_normalize(spec: object) -> str:
-    return as_spec(spec).normalize
-
-
-def spec_augment(spec: object) -> bool:
-    return as_spec(spec).augment
 
 
 def exit_with_error(message: str) -> None:
@@ -58,8 +47,8 @@ def exit_with_error(message: str) -> None:
 
 
 def check_checkpoint(path: Optional[str]) -> None:
-    """Exit with status 2 and one line unless `path` (if given) is a file that holds a Lightning checkpoint
-    (a ``torch.save`` dict with a ``state_dict``); memory-mapped, so the check reads little of a large file."""
+    """Exit 2 with one line unless `path` (if given) holds a Lightning checkpoint whose backbone may be imported
+    (memory-mapped: the check reads little of a large file)."""
     if not path:
         return
     if not Path(path).is_file():
@@ -83,75 +72,54 @@ def check_checkpoint(path: Optional[str]) -> None:
 
 
 class PredictionWriter(pl.Callback):
-    """Writes ``trainer.predict``'s outputs to ``<folder>/predictions.csv`` (``predictions-rank<r>.csv`` on each
-    rank under DDP): one row per image with ``index`` (its position in the predicted images, from the batches'
-    second element), ``predicted`` (the class name) and one column per class holding the model's output."""
+    """Writes ``trainer.predict``'s outputs to ``predictions.csv`` (``predictions-rank<r>.csv`` per DDP rank) in the
+    run's folder: per image its ``index`` (the batch's second element), ``predicted`` class and output per class."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / "predictions.csv"
-        self.rows: list[list[Any]] = []
+    def __init__(self) -> None:
+        self.rows: list[list[Any]] = []  # index, best class number, outputs
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1:
-            self.path = self.folder / f"predictions-rank{trainer.global_rank}.csv"
         self.rows = []
 
     def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Tensor,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Tensor, batch: Any, *args: Any
     ) -> None:
         indices = batch[1].tolist() if isinstance(batch, (tuple, list)) else [""] * len(outputs)
-        for index, scores, best in zip(indices, outputs.float().cpu().tolist(), outputs.argmax(1).tolist()):
-            self.rows.append([index, self.classes(trainer, len(scores))[best], *scores])
-
-    @staticmethod
-    def classes(trainer: pl.Trainer, count: int) -> list[str]:
-        """The data module's class names, or the class numbers."""
-        return list(getattr(attached_datamodule(trainer), "classes", None) or map(str, range(count)))
+        scores = outputs.float().cpu().tolist()
+        self.rows += [[i, best, *row] for i, best, row in zip(indices, outputs.argmax(1).tolist(), scores)]
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
+        count = len(self.rows[0]) - 2 if self.rows else 0
+        classes = list(getattr(attached_datamodule(trainer), "classes", None) or map(str, range(count)))
+        name = f"predictions-rank{trainer.global_rank}.csv" if trainer.world_size > 1 else "predictions.csv"
+        path = Path(trainer.log_dir or ".") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["index", "predicted", *self.classes(trainer, len(self.rows[0]) - 2 if self.rows else 0)])
-            writer.writerows(self.rows)
-        print(f"predictions of {len(self.rows)} images written to {self.path}")
+            writer.writerow(["index", "predicted", *classes])
+            writer.writerows([index, classes[best], *row] for index, best, *row in self.rows)
+        print(f"predictions of {len(self.rows)} images written to {path}")
 
 
 class LitCifarCLI(LightningCLI):
-    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule`, with their data normalization and
-    augmentation linked to the model's spec, and arguments checked before anything runs.
-
-    * ``validate``, ``test`` and ``predict`` need ``--ckpt_path`` (a model that was never trained measures nothing).
-    * With ``--ckpt_path`` the model's hyperparameters are the checkpoint's: a ``--model.spec`` that disagrees is an
-      error, not silently replaced.
-    * A bad ``--data.*`` or ``--model.*`` value (one the classes reject, or data that is missing or too small for the
-      split) exits with status 2 and one line, before the logger makes a ``version_N`` folder.
-    * ``predict`` writes ``predictions.csv`` (see `PredictionWriter`) into the run's log folder.
-    """
+    """LightningCLI for `RegularizedClassifier` and `CIFAR10DataModule` whose ``normalize`` and ``augment`` follow
+    ``--model.spec``, so one spec describes the experiment. ``validate``, ``test`` and ``predict`` need
+    ``--ckpt_path``, whose hyperparameters (spec included: one that disagrees is an error) they use; ``predict``
+    writes ``predictions.csv`` into the run's folder. Bad arguments or missing data exit 2 with one line, before
+    any run folder exists."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments("model.spec", "data.normalize", compute_fn=spec_normalize)
-        parser.link_arguments("model.spec", "data.augment", compute_fn=spec_augment)
+        parser.link_arguments("model.spec", "data.normalize", compute_fn=lambda spec: as_spec(spec).normalize)
+        parser.link_arguments("model.spec", "data.augment", compute_fn=lambda spec: as_spec(spec).augment)
         parser.set_defaults(
             {
                 "trainer.use_distributed_sampler": False,  # the data module shards across ranks itself
-                "trainer.logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "logs", "name": "lit_cifar"},
-                },  # beside the sweeps
+                "trainer.logger": lazy_instance(TensorBoardLogger, save_dir="logs", name="lit_cifar"),  # by the sweeps
             }
         )
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parse, and remember a ``--model.spec`` given on the command line (or in a config file), before a
-        checkpoint's hyperparameters replace it."""
+        """Parse, and remember a ``--model.spec`` given before a checkpoint's hyperparameters replace it."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -169,8 +137,6 @@ class LitCifarCLI(LightningCLI):
         checkpoint = config.get("ckpt_path")
         if self.subcommand in EVALUATIONS and not checkpoint:
             exit_with_error(f"{self.subcommand} needs --ckpt_path: a model that was never trained measures nothing")
-        if checkpoint and not Path(checkpoint).is_file():
-            exit_with_error(f"--ckpt_path {checkpoint}: no such checkpoint file")
         saved = as_spec(config.model.spec)
         if checkpoint and self.requested_spec is not None and self.requested_spec != saved:
             exit_with_error(
@@ -184,45 +150,31 @@ class LitCifarCLI(LightningCLI):
         except (ValueError, TypeError) as error:
             exit_with_error(str(error))
 
-    def _check_data(self) -> None:
-        """Load the data now, so that a missing dataset or an impossible split exits 2 before any folder exists
-        (the Trainer's own prepare_data and setup then find it loaded)."""
+    def before_fit(self) -> None:
+        """Load the data now, so a missing dataset or an impossible split exits 2 before any folder exists."""
         try:
             self.datamodule.prepare_data()
             self.datamodule.setup("fit")
         except ValueError as error:  # lit_cifar.data.DatasetError is one
             exit_with_error(str(error))
 
-    def before_fit(self) -> None:
-        self._check_data()
-
-    def before_validate(self) -> None:
-        self._check_data()
-
-    def before_test(self) -> None:
-        self._check_data()
-
-    def before_predict(self) -> None:
-        self._check_data()
-        callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set, not declared
-        callbacks.append(PredictionWriter(Path(self.trainer.log_dir or ".")))
+    before_validate = before_test = before_predict = before_fit
 
 
 def run_cli(args: Optional[list[str]] = None) -> LitCifarCLI:
-    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI` (its trainer, model and
-    data module), for callers that look at the run afterwards."""
+    """Run the CLI on `args` (``None``: ``sys.argv``); returns the finished `LitCifarCLI`."""
     tune_allocator()
     return LitCifarCLI(
         RegularizedClassifier,
         CIFAR10DataModule,
         args=args,
         seed_everything_default=0,
+        trainer_defaults={"callbacks": [PredictionWriter()]},  # acts in predict runs only
         save_config_kwargs={"overwrite": True},
     )
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """The ``lit-cifar`` command and ``python -m lit_cifar``: run the CLI on `args` (``None``: ``sys.argv``) and
-    return the exit status, 0 when the run finished (bad arguments exit 2 before it starts)."""
+    """The ``lit-cifar`` command and ``python -m lit_cifar``: 0 when the run finished (bad arguments exit 2)."""
     run_cli(args)
     return 0

@@ -31,19 +31,10 @@ class CifarFormat:
     torchvision: str  # the torchvision.datasets class that downloads and checksum-verifies the archive
 
 
-CIFAR10 = CifarFormat(
-    "CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FILE, len(CLASSES), OFFICIAL_URL, "CIFAR10"
-)
+CIFAR10 = CifarFormat("CIFAR-10", (PY_LAYOUT, BIN_LAYOUT), TRAIN_FILES, TEST_FILE, 10, OFFICIAL_URL, "CIFAR10")
 CIFAR100_LAYOUT = "cifar-100-python"  # the official Python version: train, test and meta pickles, fine labels
-CIFAR100 = CifarFormat(
-    "CIFAR-100",
-    (CIFAR100_LAYOUT,),
-    ("train",),
-    "test",
-    100,
-    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    "CIFAR100",
-)
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100 = CifarFormat("CIFAR-100", (CIFAR100_LAYOUT,), ("train",), "test", 100, CIFAR100_URL, "CIFAR100")
 
 
 def default_data_dir() -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -12,30 +14,13 @@ from torch import Tensor, nn
 
 from lit_cifar.spec import RegularizationSpec
 
-# Keras BatchNormalization defaults: epsilon=1e-3 and momentum=0.99 for the moving averages, i.e. each update
-# keeps 99% of the old value. PyTorch's momentum is the weight of the new batch: 1 - 0.99.
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.01
-
-
-def keras_init_(module: nn.Module) -> None:
-    """Keras defaults on every conv and linear layer: Glorot-uniform kernels, zero biases."""
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(layer.weight)  # fans as Keras: in/out channels x kernel area
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-
 
 class NotebookCNN(nn.Module):
-    """The notebook's CNN: three 3x3 convolutions (32 channels, no padding), a 1024-unit dense layer, 10 logits.
+    """The notebook's CNN: ``Conv(3x3, 32, no padding)-ReLU-[BN]`` x3 -> Flatten (26*26*32) -> Linear(21,632, 1024)
+    -> ReLU -> [Dropout(p)] -> Linear(1024, 10).
 
-    ``Conv-ReLU-[BN]`` x3 -> Flatten (26*26*32 = 21,632) -> Linear(21,632, 1024) -> ReLU -> [Dropout(p)] ->
-    Linear(1024, 10). BatchNorm follows every convolution's ReLU when ``spec.batchnorm`` (the notebook's BN cell also
-    dropped the first ReLU; we change one factor at a time). Dropout is present only when ``spec.dropout > 0``.
-    Penalties and max-norm act on `hidden`, the 1024-unit layer, as the notebook's ``kernel_regularizer`` and
-    ``kernel_constraint`` do. The ReLUs work in place (no layer needs its input after them): the same numbers, and
-    ~40 MB fewer activations kept for the backward pass at batch 128.
+    BatchNorm follows each convolution's ReLU (the notebook's BN cell also dropped the first ReLU: we change one
+    factor at a time). Penalties and max-norm act on `hidden`, as the notebook's. Keras's initialization.
     """
 
     def __init__(
@@ -51,12 +36,10 @@ class NotebookCNN(nn.Module):
         spec = RegularizationSpec.coerce(spec)
         self.in_channels, self.width, self.hidden_units, self.image_size = in_channels, width, hidden_units, image_size
         layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(3):
+        for channels in (in_channels, width, width):
             layers += [nn.Conv2d(channels, width, kernel_size=3), nn.ReLU(inplace=True)]
-            if spec.batchnorm:
-                layers.append(nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM))
-            channels = width
+            if spec.batchnorm:  # Keras's momentum 0.99 keeps 99% of the old average: PyTorch's weighs the new 1%
+                layers.append(nn.BatchNorm2d(width, eps=1e-3, momentum=0.01))
         self.features = nn.Sequential(*layers, nn.Flatten())
         side = image_size - 3 * 2
         self.hidden = nn.Linear(width * side * side, hidden_units)
@@ -65,7 +48,11 @@ class NotebookCNN(nn.Module):
             *([nn.Dropout(spec.dropout)] if spec.dropout else []),
             nn.Linear(hidden_units, num_classes),
         )
-        keras_init_(self)
+        for layer in self.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(layer.weight)  # fans as Keras: in/out channels x kernel area
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
     def regularized_layers(self) -> list[nn.Module]:
         """The layers whose kernels penalties and max-norm act on: the hidden dense layer."""
@@ -82,13 +69,7 @@ class NotebookCNN(nn.Module):
 
 
 def resolve_class(class_path: str, what: str = "class") -> type:
-    """The class named by a dotted path (``package.module.Class``), as LightningCLI's ``class_path`` names it.
-
-    Raises:
-        ValueError: naming the path and why it does not resolve (no module, no such attribute, not a class).
-    """
-    import importlib
-
+    """The class of a dotted path (``package.module.Class``); ValueError saying why it does not resolve."""
     if not isinstance(class_path, str) or "." not in class_path.strip("."):
         raise ValueError(f"{what} class_path {class_path!r} must be a dotted path, e.g. mypkg.nets.ResNet18")
     module_name, _, name = class_path.rpartition(".")
@@ -108,14 +89,8 @@ def build_backbone(
     spec: RegularizationSpec | str = "baseline",
     num_classes: int = 10,
 ) -> nn.Module:
-    """The backbone ``class_path(**init_args)``; ``spec`` and ``num_classes`` are passed too when its constructor
-    takes arguments of those names and `init_args` does not set them (as `NotebookCNN` does).
-
-    Raises:
-        ValueError: an unresolvable class path, a class that is not an ``nn.Module``, or init args it refuses.
-    """
-    import inspect
-
+    """``class_path(**init_args)``, given `spec` and `num_classes` too where it takes them (as `NotebookCNN`);
+    ValueError for a class path that does not resolve to a plain ``nn.Module``, or init args it refuses."""
     cls = resolve_class(class_path, "model")
     if not issubclass(cls, nn.Module):
         raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
@@ -124,49 +99,31 @@ def build_backbone(
             f"model {class_path} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, "
             "the backbone contract); training your own LightningModule is not supported"
         )
-    kwargs = dict(init_args or {})
     parameters = inspect.signature(cls).parameters
-    if "spec" in parameters and "spec" not in kwargs:
-        kwargs["spec"] = RegularizationSpec.coerce(spec)
-    if "num_classes" in parameters and "num_classes" not in kwargs:
-        kwargs["num_classes"] = num_classes
-    try:
-        inspect.signature(cls).bind(**kwargs)
-    except TypeError as error:
-        allowed = ", ".join(n for n in parameters if n not in ("self", "spec", "num_classes"))
-        raise ValueError(f"model {class_path} init_args {init_args or {}}: {error}; it takes: {allowed}") from None
+    defaults = {"spec": RegularizationSpec.coerce(spec), "num_classes": num_classes}
+    kwargs = {**{name: value for name, value in defaults.items() if name in parameters}, **(init_args or {})}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}") from None
+        allowed = ", ".join(n for n in parameters if n not in ("spec", "num_classes"))
+        raise ValueError(
+            f"model {class_path} init_args {init_args or {}}: {type(error).__name__}: {error}; it takes: {allowed}"
+        ) from None
 
 
-# A checkpoint's backbone class path is imported only when it is lit_cifar's own or allowed here: class paths or module
-# prefixes, comma-separated (``mypkg.nets`` allows every class under it), besides those a call allows.
-ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"
+ALLOWED_ENV = "LIT_CIFAR_ALLOWED_BACKBONES"  # comma-separated class paths or module prefixes
 
 
 def check_allowed(class_path: str, allowed: Iterable[str] = ()) -> None:
-    """Refuse a backbone class path read from a checkpoint unless it is lit_cifar's own, or `allowed` or
-    ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it: importing a module runs its code.
-
-    Raises:
-        ValueError: naming the class path and how to allow it.
-    """
-    entries = [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]
-    if any(e.strip() and (class_path == e.strip() or class_path.startswith(e.strip() + ".")) for e in entries):
+    """ValueError, saying how to allow it, for a checkpoint's backbone class path (importing runs code) unless it is
+    lit_cifar's or `allowed` or ``$LIT_CIFAR_ALLOWED_BACKBONES`` names it or a module above it."""
+    entries = [e.strip() for e in [*allowed, *os.environ.get(ALLOWED_ENV, "").split(","), "lit_cifar"]]
+    if any(e and (class_path == e or class_path.startswith(e + ".")) for e in entries):
         return
     raise ValueError(
         f"the checkpoint's backbone class path {class_path!r} is not allowed: importing it runs its module's code. "
         f"Allow it with allowed_class_paths=[{class_path!r}] or ${ALLOWED_ENV}={class_path} if you trust it"
     )
-
-
-def importable_path(cls: type) -> Optional[str]:
-    """``module.QualName`` of a class another process can import by that path, else None (``__main__``, local)."""
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        return None
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _plain(value: Any) -> bool:
@@ -177,36 +134,20 @@ def _plain(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
-def _structure(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(value.shape) for name, value in module.state_dict().items()}
-
-
 def recover_init_args(
     backbone: nn.Module, spec: RegularizationSpec | str = "baseline", num_classes: int = 10
 ) -> Optional[tuple[str, dict[str, Any]]]:
-    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None where they cannot be
-    recovered.
-
-    Each constructor argument but ``spec`` and ``num_classes`` (which `build_backbone` passes) is the instance's
-    attribute of the same name when that is plain data (numbers, strings, lists, dicts), else its default. They
-    count as recovered only when the class is importable by its path and the network built from them has the
-    instance's parameter and buffer names and shapes (built on the meta device: no memory, no initialization).
-    """
-    import inspect
-
-    class_path = importable_path(type(backbone))
-    if class_path is None:
+    """``(class_path, init_args)`` that `build_backbone` rebuilds `backbone` from, or None: each constructor argument
+    but ``spec`` and ``num_classes`` is the instance's attribute of that name if plain data, else its default, and
+    the network they build (on the meta device: no memory) must have the instance's tensor names and shapes."""
+    cls = type(backbone)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return None
-    try:
-        parameters = inspect.signature(type(backbone)).parameters.values()
-    except (TypeError, ValueError):
-        return None
+    class_path = f"{cls.__module__}.{cls.__qualname__}"
     init_args: dict[str, Any] = {}
-    for parameter in parameters:
-        if parameter.name in ("spec", "num_classes") or parameter.kind in (
-            parameter.VAR_POSITIONAL,
-            parameter.VAR_KEYWORD,
-        ):
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for parameter in inspect.signature(cls).parameters.values():
+        if parameter.name in ("spec", "num_classes") or parameter.kind in variadic:
             continue
         value = getattr(backbone, parameter.name, inspect.Parameter.empty)
         if not isinstance(value, nn.Module) and value is not inspect.Parameter.empty and _plain(value):
@@ -218,4 +159,11 @@ def recover_init_args(
             rebuilt = build_backbone(class_path, init_args, spec, num_classes)
     except Exception:  # noqa: BLE001 - whatever the constructor raises, the instance cannot be rebuilt from these
         return None
-    return (class_path, init_args) if _structure(rebuilt) == _structure(backbone) else None
+    same = state_shapes(rebuilt.state_dict()) == state_shapes(backbone.state_dict())
+    return (class_path, init_args) if same else None
+
+
+def state_shapes(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """The shapes of a state dict's tensors named `prefix`..., by the rest of their name: what must agree for one
+    network's weights to load into another."""
+    return {name[len(prefix) :]: tuple(value.shape) for name, value in state.items() if name.startswith(prefix)}

@@ -1,14 +1,7 @@
-"""Process settings that make CPU training fast, set up by the project itself: `tune_allocator`.
-
-Why: every training step frees and re-allocates the hidden layer's weight gradient (21,632 x 1,024 floats, 88 MB)
-and activations of similar size. glibc's malloc serves blocks that large with ``mmap`` and hands them back with
-``munmap`` on free, so each step the kernel zero-fills ~0.2 GB of fresh pages again, a large share of a CPU step
-(``benchmarks/bench.py`` measures it: its allocator row; docs/performance.md). Keeping freed memory in the
-heap removes those page faults without a system library or an environment variable, and without changing a single
-number (the allocator decides where tensors live, not what is computed).
-
-Nothing here imports torch.
-"""
+"""`tune_allocator`: faster CPU training without changing a number; torch-free. Each step frees and re-allocates
+the hidden layer's 88 MB gradient and activations as large, which glibc serves with ``mmap``: the kernel zero-fills
+fresh pages every step (docs/performance.md). Kept in the heap, they are reused; where tensors live, not what is
+computed, changes."""
 
 from __future__ import annotations
 
@@ -20,9 +13,7 @@ from typing import Optional
 
 ENV = "LIT_CIFAR_MALLOC"  # "default": leave glibc's allocator as it is (to measure the difference)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
-# Freed memory at the top of the heap is handed back to the kernel only above this (glibc default 128 KiB, raised
-# by glibc itself up to 64 MiB as large blocks come and go: still under one 88 MB gradient).
-TRIM_THRESHOLD = 1 << 30  # bytes
+TRIM_THRESHOLD = 1 << 30  # bytes of free heap top kept before trimming: above one 88 MB gradient
 PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")  # allocators that replace glibc's malloc when preloaded
 _state: dict[str, str] = {}
 
@@ -30,17 +21,14 @@ _state: dict[str, str] = {}
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it (``lscpu``'s "Model name"), else what Python knows."""
     try:
-        return next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def preloaded_allocator() -> Optional[str]:
-    """The name of a malloc replacement mapped into this process (``LD_PRELOAD``), or None."""
+    """The malloc replacement mapped into this process (``LD_PRELOAD``), or None."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -66,36 +54,28 @@ def trim_heap() -> None:
 
 
 def tune_allocator() -> str:
-    """Keep large freed blocks in glibc's heap (no ``mmap`` for big blocks, trim only above 1 GiB); idempotent.
-
-    Call it once at the start of a process that trains on the CPU: `LitCifarCLI` and every ``ablations`` trial do.
-    It changes where memory comes from, never a computed value. Memory stays with the process between steps (the
-    peak is unchanged; ``malloc_trim(0)`` still hands it back, as the sweep does between trials).
-
-    Returns how the allocator is set up, for logs and benchmarks. Degrades to a no-op, said in the returned text,
-    where the C library is not glibc, where a malloc replacement is preloaded, or when ``LIT_CIFAR_MALLOC=default``.
-    """
-    if "allocator" in _state:
-        return _state["allocator"]
-    preloaded = preloaded_allocator()
-    libc = None if preloaded else _glibc()
-    if preloaded:
-        text = f"{preloaded} (preloaded), left as it is"
-    elif os.environ.get(ENV, "").lower() == "default":
-        text = f"glibc malloc, defaults ({ENV}=default)"
-    elif libc is None:
-        text = "the C library's malloc, unchanged (not glibc)"
-    elif libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-        version = libc.gnu_get_libc_version().decode()
-        text = f"glibc {version} malloc: no mmap for large blocks, trim threshold {TRIM_THRESHOLD >> 20} MiB"
-    else:
-        text = "glibc malloc, defaults (mallopt refused the settings)"
-    _state["allocator"] = text
-    return text
+    """Keep large freed blocks in glibc's heap (no ``mmap``, trim above 1 GiB), once per process; returns how the
+    allocator is set up (a no-op without glibc, under a preloaded malloc or with ``LIT_CIFAR_MALLOC=default``)."""
+    if "allocator" not in _state:
+        preloaded = preloaded_allocator()
+        libc = None if preloaded else _glibc()
+        if preloaded:
+            text = f"{preloaded} (preloaded), left as it is"
+        elif os.environ.get(ENV, "").lower() == "default":
+            text = f"glibc malloc, defaults ({ENV}=default)"
+        elif libc is None:
+            text = "the C library's malloc, unchanged (not glibc)"
+        elif libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+            version = libc.gnu_get_libc_version().decode()
+            text = f"glibc {version} malloc: no mmap for large blocks, trim threshold {TRIM_THRESHOLD >> 20} MiB"
+        else:
+            text = "glibc malloc, defaults (mallopt refused the settings)"
+        _state["allocator"] = text
+    return _state["allocator"]
 
 
 def allocator() -> str:
-    """How this process's allocator is set up: what `tune_allocator` did, or what is in place if it was not run."""
+    """How this process's allocator is set up: what `tune_allocator` did, or what is in place without it."""
     if "allocator" in _state:
         return _state["allocator"]
     preloaded = preloaded_allocator()

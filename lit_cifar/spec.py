@@ -1,9 +1,6 @@
-"""`RegularizationSpec`: which regularization techniques one training run uses.
-
-A spec is a frozen dataclass with one field per technique, and it has a canonical text form: tokens joined by
-``+`` in a fixed order, e.g. ``pixel+bn+l2=0.01+dropout=0.25``. ``baseline`` is the spec with everything off.
-The text form names run directories, TensorBoard runs and result rows, so ``parse(str(spec)) == spec`` always.
-"""
+"""`RegularizationSpec`: the regularization techniques of one training run, a frozen dataclass with a canonical
+text form (tokens joined by ``+`` in a fixed order, e.g. ``pixel+bn+l2=0.01``; ``baseline``: everything off) that
+names run folders and result rows, so ``parse(str(spec)) == spec`` always."""
 
 from __future__ import annotations
 
@@ -20,11 +17,8 @@ MAXNORM_RESCALED = "train/maxnorm_rescaled"  # the logged fraction of rows the m
 
 @dataclass(frozen=True)
 class Token:
-    """One spec token: its text and the field it sets.
-
-    A flag token (``pixel``, ``bn``, ...) sets `field` to `flag`. A numeric token (``l2=X``, ...) has no `flag`:
-    it sets `field` to the number X, which must satisfy `accepts`; `number` says so in words.
-    """
+    """One spec token: a flag (``pixel``, ``bn``) sets `field` to `flag`; a numeric token (``l2=X``) has no flag
+    and sets `field` to X, which must satisfy `accepts` (`number` says so in words)."""
 
     text: str
     field: str
@@ -40,19 +34,12 @@ class Token:
         """How the token is written, as the valid-token message lists it."""
         return f"{self.text}=<{self.number}>" if self.numeric else self.text
 
-    def render(self, value: Any, off: Any) -> str:
-        """The token's text for a field `value` ('' when the token is absent: its field is `off`)."""
-        if self.numeric:
-            return "" if value == off else f"{self.text}={number_text(value)}"
-        return self.text if value == self.flag else ""
-
 
 def _non_negative(x: float) -> bool:
     return math.isfinite(x) and x >= 0
 
 
-# Every token, in the canonical order `str(spec)` writes them: parsing, printing, the valid-token message and the
-# numbers' ranges all come from this table.
+# Every token, in the order `str(spec)` writes them: parsing, printing, messages and ranges come from this table.
 TOKENS: tuple[Token, ...] = (
     Token("pixel", "normalize", flag="pixel"),
     Token("channel", "normalize", flag="channel"),
@@ -69,40 +56,25 @@ NORMALIZATIONS: tuple[str, ...] = ("none", *(t.flag for t in TOKENS if t.field =
 
 
 def number_text(value: float) -> str:
-    """Shortest text that parses back to exactly `value`: 3.0 -> '3', 0.01 -> '0.01', 1e16 -> '1e16'.
-
-    The exponent's ``+`` is dropped because ``+`` joins tokens.
-    """
+    """Shortest text that parses back to exactly `value`: 3.0 -> '3', 1e16 -> '1e16' (no ``+``: it joins tokens)."""
     text = repr(value).replace("e+", "e")
     return text[:-2] if text.endswith(".0") else text
 
 
-def _valid_tokens() -> str:
-    return f"valid tokens: {' '.join(VALID_TOKENS)}"
-
-
-def _conflict(previous: str, token: str, text: str) -> str:
-    """The error message for two tokens of spec `text` that set one field."""
-    key = token.partition("=")[0]
-    if previous.partition("=")[0] == key:
-        return f"repeated token {key!r} in spec {text!r}"
-    return f"two normalizations ({previous!r} and {token!r}) in spec {text!r}; choose one"  # the one such field
-
-
-def _read_token(token: str, text: str) -> tuple[Token, Any]:
-    """The table entry of one token of spec `text` and the value it sets; ValueError naming it if it is bad."""
-    key, has_value, raw = token.partition("=")
-    if key == BASELINE and not has_value:
-        raise ValueError(f"'baseline' cannot be combined with other tokens in spec {text!r}")
-    known = TOKENS_BY_TEXT.get(key)
-    if known is None or bool(has_value) != known.numeric:
-        raise ValueError(f"unknown token {token!r} in spec {text!r}; {_valid_tokens()}")
-    if not known.numeric:
-        return known, known.flag
-    try:
-        return known, float(raw)
-    except ValueError:
-        raise ValueError(f"token {token!r} in spec {text!r}: {raw!r} is not a number; {_valid_tokens()}") from None
+def check_number(
+    name: str, value: Any, low: float, *, above: bool = False, integer: bool = False, optional: bool = False
+) -> None:
+    """Check a numeric argument: a finite number (an int if `integer`) >= `low` (> if `above`), or None if `optional`;
+    TypeError for another type, ValueError out of range, both naming `name`."""
+    if optional and value is None:
+        return
+    kind = "an integer" if integer else "a finite number"
+    wanted = f"{kind} {'>' if above else '>='} {low}{' or None' if optional else ''}"
+    if isinstance(value, bool) or not isinstance(value, int if integer else numbers.Real):
+        raise TypeError(f"{name}={value!r} must be {wanted}")
+    number = float(value)
+    if not (math.isfinite(number) and (number > low if above else number >= low)):
+        raise ValueError(f"{name}={value!r} must be {wanted}")
 
 
 @dataclass(frozen=True)
@@ -110,21 +82,17 @@ class RegularizationSpec:
     """The regularization techniques of one run; every field off is the notebook's baseline.
 
     Attributes:
-        normalize: input standardization fitted on the training split only: ``"none"`` feeds raw 0-255 pixels,
-            ``"pixel"`` subtracts the per-pixel mean and divides by the per-pixel std (a 3x32x32 mean and std,
-            as the notebook's ``np.mean(X_train, axis=0)``), ``"channel"`` uses one mean and std per color channel.
+        normalize: input standardization fitted on the training split: ``"none"`` (raw 0-255 pixels), ``"pixel"``
+            (per-pixel mean and std, as the notebook's ``np.mean(X_train, axis=0)``) or ``"channel"``.
         batchnorm: a BatchNorm layer after each convolution's ReLU.
         l1: adds ``l1 * sum(|W|)`` over the regularized layers' kernels to the loss (Keras ``l1``).
-        l2: adds ``l2 * sum(W**2)`` over the regularized layers' kernels to the loss (Keras ``l2``; no 1/2 factor,
-            not Adam weight decay).
-        max_norm: after every optimizer step, each unit's incoming weight vector is rescaled to L2 norm
-            ``<= max_norm`` (Keras ``MaxNorm``); ``None`` is off.
+        l2: adds ``l2 * sum(W**2)`` over those kernels to the loss (Keras ``l2``; not Adam weight decay).
+        max_norm: after every step, rescale each unit's incoming weights to L2 norm ``<= max_norm`` (Keras
+            ``MaxNorm``); ``None`` is off.
         dropout: drop probability of the Dropout layer after the hidden dense layer; 0 is no Dropout layer.
         augment: random crop with 4-pixel zero padding plus horizontal flip, on training batches only.
 
-    Raises:
-        TypeError: a field of the wrong type (``batchnorm="no"``, ``l2="0.1"``), naming it.
-        ValueError: a value out of range (``dropout=1``, ``normalize="global"``), naming the field.
+    A field of the wrong type (``l2="0.1"``) is a TypeError, a value out of range (``dropout=1``) a ValueError.
     """
 
     normalize: Normalization = "none"
@@ -137,52 +105,51 @@ class RegularizationSpec:
 
     def __post_init__(self) -> None:
         for token in TOKENS:
-            if token.numeric:
-                self._check_number(token)
-        for name in ("normalize", "batchnorm", "augment"):
-            self._check_flag(name)
-
-    def _check_number(self, token: Token) -> None:
-        """Store the number as a float (`l2=1` and `l2=1.0` are one spec with one name) after checking it."""
-        value = getattr(self, token.field)
-        if value is None and _OFF[token.field] is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{token.field}={value!r} must be a number, {token.number}")
-        value = float(value)
-        if value != _OFF[token.field] and not token.accepts(value):
-            raise ValueError(f"{token.field}={value} must be {token.number}")
-        object.__setattr__(self, token.field, value)
-
-    def _check_flag(self, name: str) -> None:
-        """A flag field holds its default or a value one of its tokens sets, of the same type."""
-        value, off = getattr(self, name), _OFF[name]
-        allowed = (off, *(t.flag for t in TOKENS if t.field == name))
-        if type(value) is not type(off):
-            raise TypeError(f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}")
-        if value not in allowed:
-            raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+            name, value, off = token.field, getattr(self, token.field), _OFF[token.field]
+            if not token.numeric:  # a flag's field holds its default or a value a token sets
+                allowed = (off, *(t.flag for t in TOKENS if t.field == name))
+                if type(value) is not type(off):
+                    raise TypeError(
+                        f"{name}={value!r} must be a {type(off).__name__}: one of {', '.join(map(repr, allowed))}"
+                    )
+                if value not in allowed:
+                    raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+            elif not (value is None and off is None):  # stored as a float: l2=1 and l2=1.0 are one spec
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise TypeError(f"{name}={value!r} must be a number, {token.number}")
+                if float(value) != off and not token.accepts(float(value)):
+                    raise ValueError(f"{name}={float(value)} must be {token.number}")
+                object.__setattr__(self, name, float(value))
 
     @classmethod
     def parse(cls, text: str) -> RegularizationSpec:
-        """Read a ``+``-joined spec such as ``pixel+bn+l2=0.01``; ``baseline`` alone is everything off.
-
-        Raises:
-            ValueError: naming the bad token and listing the valid ones, for an unknown token, a number that does
-                not parse or is out of range, two tokens for one field (``pixel+channel``, ``bn+bn``).
-        """
+        """Read a ``+``-joined spec such as ``pixel+bn+l2=0.01``; ``baseline`` alone is everything off. ValueError
+        naming the bad token for an unknown token, a bad number or two tokens for one field (``pixel+channel``)."""
+        valid = f"valid tokens: {' '.join(VALID_TOKENS)}"
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"empty spec {text!r}; {_valid_tokens()}")
+            raise ValueError(f"empty spec {text!r}; {valid}")
         tokens = [token.strip() for token in text.strip().split("+")]
         if tokens == [BASELINE]:
             return cls()
         values: dict[str, Any] = {}
-        set_by: dict[str, str] = {}
+        set_by: dict[str, str] = {}  # field: the token that set it
         for token in tokens:
-            known, value = _read_token(token, text)
+            key, has_value, raw = token.partition("=")
+            if key == BASELINE and not has_value:
+                raise ValueError(f"'baseline' cannot be combined with other tokens in spec {text!r}")
+            known = TOKENS_BY_TEXT.get(key)
+            if known is None or bool(has_value) != known.numeric:
+                raise ValueError(f"unknown token {token!r} in spec {text!r}; {valid}")
             if known.field in set_by:
-                raise ValueError(_conflict(set_by[known.field], token, text))
-            set_by[known.field], values[known.field] = token, value
+                previous = set_by[known.field]
+                if previous.partition("=")[0] == key:
+                    raise ValueError(f"repeated token {key!r} in spec {text!r}")
+                raise ValueError(f"two normalizations ({previous!r} and {token!r}) in spec {text!r}; choose one")
+            try:
+                values[known.field] = float(raw) if known.numeric else known.flag
+            except ValueError:
+                raise ValueError(f"token {token!r} in spec {text!r}: {raw!r} is not a number; {valid}") from None
+            set_by[known.field] = token
         try:
             return cls(**values)
         except ValueError as error:
@@ -203,8 +170,14 @@ class RegularizationSpec:
         raise TypeError(f"expected a RegularizationSpec, its text form or a dict, got {type(spec).__name__}")
 
     def __str__(self) -> str:
-        tokens = [token.render(getattr(self, token.field), _OFF[token.field]) for token in TOKENS]
-        return "+".join(filter(None, tokens)) or BASELINE
+        tokens = []
+        for token in TOKENS:
+            value = getattr(self, token.field)
+            if token.numeric and value != _OFF[token.field]:
+                tokens.append(f"{token.text}={number_text(value)}")
+            elif not token.numeric and value == token.flag:
+                tokens.append(token.text)
+        return "+".join(tokens) or BASELINE
 
     @property
     def name(self) -> str:

@@ -208,7 +208,7 @@ def test_evaluating_without_a_checkpoint_is_an_error(
 def test_a_spec_other_than_the_checkpoints_is_an_error(
     fitted: FitRun, cifar_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """It was once silently replaced by the checkpoint's."""
+    """Refused, not silently replaced by the checkpoint's."""
     (checkpoint,) = (fitted.run_dir / "checkpoints").glob("*.ckpt")
     expect_usage_error(
         cli_args("test", "pixel+bn", cifar_dir, "--ckpt_path", str(checkpoint)), capsys, "pixel+bn", "channel+augment"

@@ -7,6 +7,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,7 @@ from lit_cifar.data import (
     DatasetError,
     load_data_pickle,
     EpochSampler,
-    _read_binary_batch,
-    epoch_permutation,
+    read_batch,
     fit_normalization,
     random_crop_flip,
     read_split,
@@ -33,7 +33,7 @@ from lit_cifar.layouts import (
     TRAIN_FILES,
     find_layout,
 )
-from lit_cifar.module import InputNormalization
+from lit_cifar.module import InputNormalization, RegularizedClassifier
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
 
 N_TRAIN, N_TEST, VAL_SIZE = 630, 200, 100  # sizes of the `cifar_dir` fixture's splits
@@ -85,7 +85,7 @@ def test_binary_records_decode_label_then_rgb_planes(tmp_path: Path) -> None:
     path = tmp_path / "two.bin"
     path.write_bytes(first + second)
 
-    images, labels = _read_binary_batch(path)
+    images, labels = read_batch(path)
 
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.tolist() == [7, 2] and labels.dtype == torch.int64
@@ -446,12 +446,15 @@ def test_shuffled_shards_are_disjoint_and_equal_length(n: int) -> None:
     assert [list(s) for s in samplers] != shards
 
 
-def test_epoch_permutation_is_reproducible_and_changes_per_epoch() -> None:
-    first = epoch_permutation(100, seed=7, epoch=0)
-    assert sorted(first.tolist()) == list(range(100))
-    assert torch.equal(first, epoch_permutation(100, seed=7, epoch=0))
-    assert not torch.equal(first, epoch_permutation(100, seed=7, epoch=1))
-    assert not torch.equal(first, epoch_permutation(100, seed=8, epoch=0))
+def test_the_training_order_is_reproducible_and_changes_per_epoch_and_seed() -> None:
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = EpochSampler(100, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(7, 0)
+    assert sorted(first) == list(range(100)) and first == order(7, 0)
+    assert first != order(7, 1) and first != order(8, 0)
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
@@ -648,3 +651,42 @@ def test_statistics_are_shaped_by_the_images(normalize: str, shape: tuple) -> No
         expected_mean, expected_std = numpy_statistics(images, normalize)
         np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-5)
         np.testing.assert_allclose(std.numpy(), expected_std, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- tensors on the device vs workers
+FAST_PATH_SPEC = "pixel+bn+dropout=0.25+maxnorm=3+augment"  # every source of randomness and every hook
+
+
+def fit_metrics(data_dir: Path, num_workers: int) -> dict[str, float]:
+    pl.seed_everything(3, verbose=False)
+    dm = CIFAR10DataModule.from_spec(
+        FAST_PATH_SPEC,
+        data_dir=str(data_dir),
+        val_size=100,
+        batch_size=64,
+        limit_train=256,
+        num_workers=num_workers,
+        seed=3,
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+    model = RegularizedClassifier(FAST_PATH_SPEC)
+    trainer.fit(model, dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tested = trainer.test(model, dm, verbose=False)[0]
+    return {**metrics, **tested, "weight_sum": float(model.backbone.hidden.weight.detach().sum())}
+
+
+@pytest.mark.slow
+def test_fast_path_trains_exactly_like_the_plain_dataloader_path(cifar_dir):
+    fast, plain = fit_metrics(cifar_dir, num_workers=0), fit_metrics(cifar_dir, num_workers=1)
+    assert set(fast) >= {"train/loss", "val/acc", "test/acc", "weight_sum"}
+    assert fast == plain

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,7 +363,7 @@ SPEC = "pixel+l2=0.0001"
 @pytest.fixture(scope="module")
 def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """NotebookCNN fitted for 2 short epochs (14 steps) on the synthetic data, then tested; logs and checkpoint
-    in a temporary folder. Batches of 50 divide the val and test splits (see the short-last-batch bug above)."""
+    in a temporary folder. Batches of 50 divide the val and test splits (the short last batch is tested above)."""
     root = tmp_path_factory.mktemp("run")
     pl.seed_everything(0, verbose=False)
     module = RegularizedClassifier(SPEC)
@@ -591,7 +592,7 @@ class NamesNone(TwoHeads):
     ],
 )
 def test_a_spec_the_backbone_cannot_honour_is_an_error(spec: str, backbone: Any, message: str) -> None:
-    """Such specs were once silently ignored (``train/penalty`` 0, no BatchNorm, no Dropout)."""
+    """Refused, not silently ignored (``train/penalty`` 0, no BatchNorm, no Dropout)."""
     with pytest.raises(ValueError, match=message):
         RegularizedClassifier(spec, backbone=backbone())
 
@@ -681,3 +682,50 @@ def test_a_data_module_with_only_the_protocol_members_trains_the_model() -> None
     assert torch.equal(other.mean, model.input_norm.mean) and torch.equal(other.std, model.input_norm.std)
     with pytest.raises(ValueError, match="normalize='channel'"):
         make_trainer().test(model, StatisticsOnly("channel"), verbose=False)
+
+
+# ------------------------------------------------------------------------------ optimizer and compile
+def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
+    """Fused where the device has the kernel, never when Lightning must clip mixed-precision gradients."""
+    model = RegularizedClassifier(backbone=small_mlp())
+    cpu_has_fused_adam = torch.__version__ >= (2, 4)  # pyproject allows torch >= 2.3, whose CPU Adam is not fused
+    assert bool(model.configure_optimizers()["optimizer"].defaults.get("fused")) is cpu_has_fused_adam
+    model.trainer = make_trainer(precision="bf16-mixed", gradient_clip_val=1.0)
+    assert not model.configure_optimizers()["optimizer"].defaults.get("fused")
+    original = torch.optim.Adam
+
+    def no_fused(*args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    optimizer = RegularizedClassifier(backbone=small_mlp()).configure_optimizers()["optimizer"]
+    assert not optimizer.defaults.get("fused") and optimizer.defaults["eps"] == 1e-7
+
+
+@pytest.mark.slow
+def test_compiled_trial_runs_and_is_recorded(cifar_dir, tmp_path):
+    """`--compile` (torch.compile of the network) trains and tests like any trial."""
+    from ablations.run import main
+
+    args = [
+        "--data-dir",
+        str(cifar_dir),
+        "--logdir",
+        str(tmp_path),
+        "--only",
+        "pixel",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--val-size",
+        "100",
+        "--batch-size",
+        "64",
+        "--compile",
+    ]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "notebook/pixel/seed=0/result.json").read_text())
+    assert result["metrics"]["test/acc"] > 0.1 and result["test_images"] == 200

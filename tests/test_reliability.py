@@ -427,27 +427,3 @@ def test_resuming_with_dropout_and_augmentation_equals_the_uninterrupted_run(cif
     )
     checkpoint = torch.load(tmp_path / "a" / "epoch=0.ckpt", weights_only=True)  # still loads safely
     assert {"torch", "numpy", "python"} <= checkpoint["rng_states"].keys()
-
-
-# ------------------------------------------------------------- 7. the bit-identity test holds wherever it runs
-ZEN3 = (
-    "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
-    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 sha_ni\n"
-)
-
-
-def test_the_bit_identity_reference_is_keyed_on_what_decides_the_kernels(monkeypatch):
-    """A CPU of the same name (an AVX2-only AMD EPYC) but other kernels is not the reference machine."""
-    import torch
-
-    from tests.test_performance import REFERENCE_ENVIRONMENT, kernel_environment
-
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # what torch picks on a Zen 3
-    monkeypatch.setattr(torch, "get_num_threads", lambda: REFERENCE_ENVIRONMENT["threads"])
-    zen3 = kernel_environment(ZEN3)
-    assert zen3["vendor"] == REFERENCE_ENVIRONMENT["vendor"] and zen3["isa"] == ["avx2", "fma"]
-    assert zen3 != REFERENCE_ENVIRONMENT
-    reference_cpu = ZEN3.replace("avx2 fma", " ".join(REFERENCE_ENVIRONMENT["isa"]))
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: REFERENCE_ENVIRONMENT["capability"])
-    monkeypatch.setattr(torch, "__version__", REFERENCE_ENVIRONMENT["torch"] + "+cpu")
-    assert kernel_environment(reference_cpu) == REFERENCE_ENVIRONMENT

@@ -172,7 +172,7 @@ def test_spec_is_frozen_and_hashable() -> None:
     [{"batchnorm": "no"}, {"augment": 1}, {"l2": "0.1"}, {"dropout": True}, {"max_norm": "3"}, {"normalize": 1}],
 )
 def test_constructor_rejects_fields_of_the_wrong_type(fields: dict) -> None:
-    """``batchnorm="no"`` once turned BatchNorm on (a non-empty string is truthy)."""
+    """A non-empty string such as ``batchnorm="no"`` is truthy: only the field's own type is accepted."""
     with pytest.raises(TypeError, match=next(iter(fields))):
         Spec(**fields)
 
