@@ -1,6 +1,5 @@
-"""The tree's classes (docs/own-model.md): read by jsonargparse, built for a trial and checked before any trial
-trains (every distinct model and spec on the meta device, a data module of one's own on its first batch); and the
-fingerprints of the user's source and data that, beside the settings hash, say whether a result still holds.
+"""The tree's classes (docs/own-model.md): read by jsonargparse, built for a trial and checked before any trial trains;
+and the fingerprints of the user's source and data that, beside the settings hash, say whether a result still holds.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from ablations.suite import BUILTIN_DATA, TRAINER_OWNERS, ClassRef, RunOptions, 
 from lit_cifar.spec import RegularizationSpec
 
 SHOWN = 5  # failing cells named in one message; the rest are counted
-LIBRARY_PACKAGES = ("lit_cifar", "torch", "lightning", "pytorch_lightning", "torchvision")  # provenance, not identity
 FINGERPRINTS = ".data-fingerprints.json"  # the cache of data fingerprints, in the logdir (or beside the data)
 BASES = {  # the class each value of the tree must be
     "model": "torch.nn.Module",
@@ -299,7 +297,8 @@ def source_fingerprint(class_paths: list[str]) -> Optional[str]:
     import importlib.util
 
     folders, files = [], []
-    for package in sorted({path.partition(".")[0] for path in class_paths} - set(LIBRARY_PACKAGES)):
+    libraries = {"lit_cifar", "torch", "lightning", "pytorch_lightning", "torchvision"}  # provenance, not identity
+    for package in sorted({path.partition(".")[0] for path in class_paths} - libraries):
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.submodule_search_locations:
             folders += [Path(p) for p in spec.submodule_search_locations]
@@ -347,27 +346,12 @@ def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[st
     return files_fingerprint(folder, cache_dir) if folder is not None else None
 
 
-def _arrays_fingerprint(dm: Any) -> str:
-    """SHA-256 of the tensors and arrays a set-up data module holds."""
+def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
+    """The fingerprint of the trial's data files, else of the tensors and arrays its set-up data module holds; None
+    when the default folder has no data (a finished sweep reports without it)."""
     import numpy as np
     import torch
 
-    digest = hashlib.sha256()
-    for name, value in sorted(vars(dm).items()):
-        if name in ("mean", "std"):  # fitted to a spec's normalization: not the data
-            continue
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, torch.Tensor):
-                item = item.detach().cpu().numpy()
-            if isinstance(item, np.ndarray):
-                digest.update(name.encode() + str(item.dtype).encode() + str(item.shape).encode())
-                digest.update(np.ascontiguousarray(item).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
-    """The fingerprint of the trial's data files, else of its set-up data module's arrays; None when the default
-    folder has no data (a finished sweep reports without it)."""
     from lit_cifar.layouts import default_data_dir
 
     if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
@@ -379,7 +363,17 @@ def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
     if isinstance(folder, (str, Path)) and Path(folder).is_dir():
         return files_fingerprint(folder, options.logdir)
     dm.setup("fit")
-    return _arrays_fingerprint(dm)
+    digest = hashlib.sha256()
+    for name, value in sorted(vars(dm).items()):
+        if name in ("mean", "std"):  # fitted to a spec's normalization: not the data
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, torch.Tensor):
+                item = item.detach().cpu().numpy()
+            if isinstance(item, np.ndarray):
+                digest.update(name.encode() + str(item.dtype).encode() + str(item.shape).encode())
+                digest.update(np.ascontiguousarray(item).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def with_fingerprints(trials: list[Trial], options: RunOptions) -> list[Trial]:

@@ -1,7 +1,6 @@
-"""The plan of a sweep, from plain values: a `Request` (one field per flag of ``python -m ablations.run``; the parser
-is built from its fields) becomes a `Plan`, and `prepare` refuses, before any trial folder exists, what the paths, the
-tree's classes, the data or this machine cannot honour: a ValueError naming the flag or cell (exit status 2). torch
-is imported only once the suite and its settings are valid, so a mistyped flag fails in a fraction of a second.
+"""The plan of a sweep: a `Request` (one field per flag of ``python -m ablations.run``) becomes a `Plan`, and
+`prepare` refuses, before any trial folder exists, what the paths, the tree's classes, the data or this machine cannot
+honour (ValueError naming the flag or cell; exit status 2). torch is imported only once the suite is valid.
 
     plan = make_plan(Request(suite="notebook", only=["pixel"], seeds=[0, 1], epochs=1, accelerator="cpu"))
     [t.name for t in plan.trials]  # ['pixel/seed=0', 'pixel/seed=1']
@@ -23,11 +22,11 @@ from typing import Any, Optional, Union
 
 from ablations import custom
 from ablations.engines import ENGINES
-from ablations.rules import Rule, integer, margin_arg
+from ablations.rules import Rule, check, integer, margin_arg
 from ablations.suite import SETTING_RULES, ClassRef, RunOptions, Suite, TrainSettings, Trial, expand_trials
-from ablations.suite import SHARD_RANGE, load_suite, shard, tree_value
+from ablations.suite import load_suite, tree_value
 from ablations.status import check_precision, refuse_other_settings
-from lit_cifar.layouts import DATA_ENV
+from lit_cifar.layouts import DATA_ENV, default_data_dir
 from lit_cifar.spec import RegularizationSpec
 
 __all__ = ["Plan", "Request", "check_inputs", "check_paths", "count_trials", "make_plan", "prepare"]
@@ -63,7 +62,11 @@ def _pair(text: str) -> tuple[int, int]:
     return k, n
 
 
-SHARD = _typed(_pair, lambda kn: None if 1 <= kn[0] <= kn[1] else SHARD_RANGE, "of the form K/N, e.g. 1/4")
+def _shard_range(kn: tuple[int, int]) -> Optional[str]:
+    return None if 1 <= kn[0] <= kn[1] else "is out of range: K must be between 1 and N"
+
+
+SHARD = _typed(_pair, _shard_range, "of the form K/N, e.g. 1/4")
 SEEDS = _typed(
     lambda t: [int(s) for s in t.split(",") if s.strip()], SETTING_RULES["seeds"], "a comma-separated list, e.g. 0,1,2"
 )
@@ -162,9 +165,8 @@ def _tree(request: Request) -> tuple[Suite, TrainSettings, list[Trial]]:
     if flagged:
         flags = ", ".join("--" + n.replace("_", "-") for n in flagged)
         raise ValueError(f"{flags}: a factor of suite {suite.name!r}; drop the flag or remove the factor")
-    settings = suite.settings.override(
-        **{f.name: getattr(request, f.name) for f in fields(TrainSettings) if f.name != "optimizer"}
-    )
+    given = {f.name: getattr(request, f.name) for f in fields(TrainSettings) if f.name != "optimizer"}
+    settings = replace(suite.settings, **{k: v for k, v in given.items() if v is not None})
     for root in ("model", "data", "optimizer"):
         value = getattr(request, root)
         if isinstance(value, str) and value.lstrip().startswith("{"):
@@ -179,10 +181,17 @@ def _tree(request: Request) -> tuple[Suite, TrainSettings, list[Trial]]:
     return suite, settings, expand_trials(suite, settings, only=request.only)
 
 
+def _shard(trials: list[Trial], request: Request) -> list[Trial]:
+    """The ``--shard K/N`` of `trials`: the K-th of N disjoint parts (all of them without one)."""
+    if request.shard is None:
+        return trials
+    k, n = check("shard", request.shard, _shard_range)
+    return trials[k - 1 :: n]
+
+
 def count_trials(request: Request) -> int:
     """How many trials the request runs (after ``only`` and ``shard``), without importing torch."""
-    trials = _tree(request)[2]
-    return len(shard(trials, *request.shard) if request.shard else trials)
+    return len(_shard(_tree(request)[2], request))
 
 
 def make_plan(request: Request) -> Plan:
@@ -197,14 +206,7 @@ def make_plan(request: Request) -> Plan:
             raise ValueError(f"--logger {name} needs the {name} package (pip install {name}); csv needs nothing")
     same = {f.name: getattr(request, f.name) for f in fields(RunOptions) if hasattr(request, f.name)}
     options = RunOptions(**{**same, "devices": devices, "strategy": request.strategy or "auto", "loggers": loggers})
-    shown = shard(trials, *request.shard) if request.shard else trials
-    return Plan(suite, shown, options, parallel, gpus, len(trials), reference, request)
-
-
-def _gpu_count(accelerator: str) -> int:
-    import torch
-
-    return torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    return Plan(suite, _shard(trials, request), options, parallel, gpus, len(trials), reference, request)
 
 
 def _placement(request: Request) -> tuple[int, int, int]:
@@ -216,7 +218,9 @@ def _placement(request: Request) -> tuple[int, int, int]:
         raise ValueError(f"--num-nodes {request.num_nodes} needs --strategy ddp: it spreads one trial over nodes")
     if request.dry_run and (not strategy or isinstance(devices, int)):
         return (devices if strategy and isinstance(devices, int) else 1), 0, 1  # a dry run counts no GPUs
-    gpus = _gpu_count(request.accelerator)
+    import torch
+
+    gpus = torch.cuda.device_count() if request.accelerator in ("auto", "gpu", "cuda") else 0
     if strategy:
         return (devices if isinstance(devices, int) else max(1, gpus)), gpus, 1
     if isinstance(devices, int):
@@ -287,18 +291,11 @@ def check_paths(request: Request) -> None:
     except OSError as error:
         why = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
         raise ValueError(f"--logdir {request.logdir} is not writable: {why} ({folder})") from None
-    data_dir = request.data_dir
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(
-            f"--data-dir {data_dir} is not an existing folder: give the dataset's folder (or set {DATA_ENV})"
-        )
-    if data_dir is not None:
-        _refuse_unreadable(Path(data_dir))
-
-
-def _refuse_unreadable(folder: Path) -> None:
-    if not os.access(folder, os.R_OK | os.X_OK):
-        raise ValueError(f"--data-dir {folder} is not readable")
+    data = Path(request.data_dir) if request.data_dir is not None else default_data_dir()
+    if request.data_dir is not None and not data.is_dir():
+        raise ValueError(f"--data-dir {data} is not an existing folder: give the dataset's folder (or set {DATA_ENV})")
+    if data.exists() and not os.access(data, os.R_OK | os.X_OK):
+        raise ValueError(f"--data-dir {data} is not readable")
 
 
 def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
@@ -317,11 +314,7 @@ def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
     custom.check_plan(plan.trials, options, needs_data)
     if not needs_data or dry_run or not isinstance(plan.trials[0].data, str):
         return plan
-    from lit_cifar.layouts import default_data_dir
-
     folder = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
-    if folder.exists():
-        _refuse_unreadable(folder)
     dm = custom.make_datamodule(replace(plan.trials[0], spec=RegularizationSpec()), str(folder), options.download)
     try:
         dm.prepare_data()  # downloads once here, not in every worker

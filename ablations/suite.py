@@ -1,9 +1,7 @@
 """A suite's config tree, read from YAML (or a mapping) and expanded into cells and trials, without torch.
 
-A suite has ``name``, ``description``, ``settings``, ``model``, ``data``, ``optimizer``, ``trainer`` (as LightningCLI
-writes them) and ``specs``, ``factors`` or both. A factor is a spec factor, a setting (`SETTING_FACTORS`) or a dotted
-key into the tree (``model.init_args.depth``); a cell is a spec with a level of each other factor, a trial a cell and a
-seed. Defaults are left out of a trial's hash, so committed logs keep their hashes.
+A factor is a spec factor, a setting (`SETTING_FACTORS`) or a key into the tree (``model.init_args.depth``); a cell
+is a spec with a level of each other factor, a trial a cell and a seed. Defaults are left out of a trial's hash.
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ TRAINER_OWNERS = {  # Trainer arguments a suite may not set: the setting (or fla
     "enable_checkpointing": "--save-model",
     "default_root_dir": "--logdir",
 }
-SHARD_RANGE = "is out of range: K must be between 1 and N"  # a shard K/N that is not one
 TOP_KEYS = ("name", "description", "model", "data", "optimizer", "trainer", "settings", "specs", "factors", "design")
 
 
@@ -199,10 +196,6 @@ class TrainSettings:
             check(name, list(value) if isinstance(value, tuple) else value, rule)
         object.__setattr__(self, "seeds", tuple(self.seeds))
 
-    def override(self, **values: Any) -> TrainSettings:
-        """A copy with the values that are not None replaced."""
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
-
 
 @dataclass(frozen=True)
 class SuiteEntry:
@@ -264,9 +257,6 @@ class Trial:
     def paths(self, logdir: Path | str) -> TrialPaths:
         """Every file of this trial under `logdir` (in ``<logdir>/<suite>/<cell>/seed=<s>``)."""
         return TrialPaths.of(logdir, self.suite, self.cell, self.seed)
-
-    def run_dir(self, logdir: Path | str) -> Path:
-        return self.paths(logdir).folder
 
     def hashed_settings(self) -> dict[str, Any]:
         """What determines this trial's result; the tree's defaults are left out, so older hashes hold."""
@@ -573,10 +563,3 @@ def expand_trials(
                 )
             wanted |= matching
     return [replace(trial, seed=seed) for trial in trials if trial.cell in wanted for seed in settings.seeds]
-
-
-def shard(trials: list[Trial], k: int, n: int) -> list[Trial]:
-    """The k-th (1-based) of n disjoint parts of `trials`."""
-    if not (1 <= k <= n):
-        raise ValueError(f"shard {k}/{n} {SHARD_RANGE}")
-    return trials[k - 1 :: n]

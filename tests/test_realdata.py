@@ -39,6 +39,6 @@ def test_one_epoch_of_baseline_on_2000_real_images_beats_chance(tmp_path):
     )
     status = run_trial(trial, RunOptions(data_dir=str(DATA_DIR), logdir=str(tmp_path), download=False))
     assert status.state == "done", status
-    result = read_result(trial.run_dir(tmp_path))
+    result = read_result(trial.paths(tmp_path).folder)
     assert result["train_images"] == 2000 and result["val_images"] == 5000 and result["test_images"] == 10000
     assert result["metrics"]["test/acc"] > MIN_TEST_ACC

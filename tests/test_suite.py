@@ -4,6 +4,8 @@ their identity."""
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 import pytest
 
 from ablations.suite import SuiteError, expand_trials, load_suite
@@ -71,7 +73,7 @@ def test_every_committed_result_keeps_the_hash_its_suite_gives_it_now() -> None:
     from ablations.store import read_result
 
     full = load_suite("full")
-    trials = {t.name: t for t in expand_trials(full, full.settings.override(limit_train=10000, seeds=(0,)))}
+    trials = {t.name: t for t in expand_trials(full, replace(full.settings, limit_train=10000, seeds=(0,)))}
     folders = sorted((REPO / "logs" / "factorial" / "full").glob("*/seed=0"))
     assert len(folders) == len(trials) == 96
     for folder in folders:

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ TINY_SETTINGS = {"val_size": 100, "batch_size": 64, "limit_train": 64}
 # ------------------------------------------------------------------------------------------------ helpers
 def notebook_trials(*, only: list[str], seeds: tuple[int, ...] = (0,), **settings: Any) -> list[Trial]:
     suite = load_suite("notebook")
-    return expand_trials(suite, suite.settings.override(seeds=seeds, **{**TINY_SETTINGS, **settings}), only=only)
+    return expand_trials(suite, replace(suite.settings, seeds=seeds, **{**TINY_SETTINGS, **settings}), only=only)
 
 
 def finished(trial: Trial, logdir: Path, test_acc: float = 0.5, events: bool = True) -> Path:
