@@ -89,21 +89,25 @@ def class_count(dm: Any) -> Optional[int]:
     return len(classes) if classes is not None else None
 
 
-def make_model(trial: Trial, num_classes: int, compile: bool) -> Any:
-    """The trial's `RegularizedClassifier` (the backbone's class path in its hyperparameters) and optimizer."""
-    from lit_cifar import RegularizedClassifier
+def make_model(trial: Trial, dm: Any, compile: bool) -> Any:
+    """The trial's `RegularizedClassifier` for the set-up data module `dm`: its classes, and its ``mean``/``std`` for
+    a spec that standardizes when it is a data module of one's own (built-in ones give them themselves)."""
+    from lit_cifar import CIFAR10DataModule, RegularizedClassifier
 
     model, s = trial.model, trial.settings
-    return RegularizedClassifier(
+    classifier = RegularizedClassifier(
         trial.spec,
         lr=s.lr,
         lr_decay=s.lr_decay,
         compile=compile,
-        num_classes=num_classes,
+        num_classes=class_count(dm) or 10,
         optimizer=optimizer(s),
         backbone_class_path=model.class_path if model else None,
         backbone_init_args=model.init_args if model else None,
     )
+    if not isinstance(dm, CIFAR10DataModule) and trial.spec.normalize != "none":
+        classifier.set_input_statistics(*data_statistics(dm, trial.spec))
+    return classifier
 
 
 def data_statistics(dm: Any, spec: Any) -> tuple[Any, Any]:
@@ -117,14 +121,6 @@ def data_statistics(dm: Any, spec: Any) -> tuple[Any, Any]:
             "(lit_cifar.data.fit_normalization(train_images, normalize) computes them)"
         )
     return mean, std
-
-
-def give_statistics(model: Any, dm: Any) -> None:
-    """A data module of one's own gives its ``mean``/``std`` to a model that standardizes (built-in ones do)."""
-    from lit_cifar import CIFAR10DataModule
-
-    if not isinstance(dm, CIFAR10DataModule) and model.spec.normalize != "none":
-        model.set_input_statistics(*data_statistics(dm, model.spec))
 
 
 def loggers(trial: Trial, options: RunOptions) -> list[Any]:

@@ -95,9 +95,7 @@ class Request:
     shard: Optional[tuple[int, int]] = _flag(WHAT, "run the K-th of N disjoint parts", type=SHARD, metavar="K/N")
     dry_run: bool = _switch(WHAT, "check as a run does, then print each trial's state; train nothing")
     force: bool = _switch(WHAT, "rerun trials that already have a matching result")
-    reference: Optional[str] = _flag(
-        WHAT, "the report's reference spec (default: pixel, else the first)", metavar="SPEC"
-    )
+    reference: Optional[str] = _flag(WHAT, "report's reference spec (default: pixel, else the first)", metavar="SPEC")
     margin: Optional[float] = _flag(WHAT, "equivalence margin in test accuracy (default 0.01)", type=margin_arg)
     epochs: Optional[int] = _flag(SETTINGS, type=_setting("epochs"))
     batch_size: Optional[int] = _flag(SETTINGS, "images per step (per device under DDP)", type=_setting("batch_size"))
@@ -108,9 +106,7 @@ class Request:
         SETTINGS, "train on the first N images", type=_setting("limit_train"), metavar="N"
     )
     lr: Optional[float] = _flag(SETTINGS, "learning rate", type=_setting("lr", float))
-    lr_decay: Optional[float] = _flag(
-        SETTINGS, "Keras time decay: lr / (1 + decay*step)", type=_setting("lr_decay", float)
-    )
+    lr_decay: Optional[float] = _flag(SETTINGS, "Keras decay: lr / (1 + decay*step)", type=_setting("lr_decay", float))
     precision: Optional[str] = _flag(SETTINGS, "Lightning precision: 32-true (default), bf16-mixed, 16-mixed")
     data_dir: Optional[str] = _flag(
         WHERE,
@@ -134,9 +130,7 @@ class Request:
     data: ClassValue = _flag(TREE, "cifar10, cifar100 or a LightningDataModule", metavar="NAME|" + CLASS)
     optimizer: ClassValue = _flag(TREE, "optimizer instead of the built-in Adam (lr: --lr)", metavar=CLASS)
     save_model: bool = _switch(TREE, "keep each trial's final checkpoint as model.ckpt")
-    logger: Optional[Sequence[str]] = _flag(
-        TREE, "also log to this logger", action="append", choices=("csv", "mlflow", "wandb")
-    )
+    logger: Optional[Sequence[str]] = _flag(TREE, "also log here", action="append", choices=("csv", "mlflow", "wandb"))
 
 
 @dataclass(frozen=True)

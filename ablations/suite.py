@@ -160,41 +160,37 @@ def _seed_list(value: Any) -> Optional[str]:
     return f"must be a non-empty list of distinct integers from 0 to {SEED_MAX}"
 
 
-SETTING_RULES: dict[str, Rule] = {  # what every TrainSettings field allows; the command line checks flags with these
-    "epochs": integer(1),
-    "batch_size": integer(1),
-    "seeds": _seed_list,
-    "val_size": integer(1, ": every trial reports its accuracy on held-out training images"),
-    "split_seed": integer(0, ": numpy and Lightning seed with 32 bits", high=SEED_MAX),
-    "limit_train": optional(integer(1)),
-    "lr": finite(0),
-    "lr_decay": finite(0, inclusive=True),
-    "precision": one_of(PRECISIONS),
-    "optimizer": lambda v: None if v is None or isinstance(v, ClassRef) else "must be a class path or adam",
-}
+def _checked(default: Any, rule: Rule) -> Any:
+    """A `TrainSettings` field that `rule` checks (in the suite file, the flag of its name and a factor's levels)."""
+    return field(default=default, metadata={"rule": rule})
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed): the flags of
-    the same names (``python -m ablations.run --help``), checked by `SETTING_RULES`."""
+    the same names (``python -m ablations.run --help``)."""
 
-    epochs: int = 5
-    batch_size: int = 128
-    seeds: tuple[int, ...] = (0, 1, 2)
-    val_size: int = 5000
-    split_seed: int = 0
-    limit_train: Optional[int] = None
-    lr: float = 1e-3
-    lr_decay: float = 1e-6
-    precision: str = "32-true"
-    optimizer: Optional[ClassRef] = None
+    epochs: int = _checked(5, integer(1))
+    batch_size: int = _checked(128, integer(1))
+    seeds: tuple[int, ...] = _checked((0, 1, 2), _seed_list)
+    val_size: int = _checked(5000, integer(1, ": every trial reports its accuracy on held-out training images"))
+    split_seed: int = _checked(0, integer(0, ": numpy and Lightning seed with 32 bits", high=SEED_MAX))
+    limit_train: Optional[int] = _checked(None, optional(integer(1)))
+    lr: float = _checked(1e-3, finite(0))
+    lr_decay: float = _checked(1e-6, finite(0, inclusive=True))
+    precision: str = _checked("32-true", one_of(PRECISIONS))
+    optimizer: Optional[ClassRef] = _checked(
+        None, lambda v: None if v is None or isinstance(v, ClassRef) else "must be a class path or adam"
+    )
 
     def __post_init__(self) -> None:
         for name, rule in SETTING_RULES.items():
             value = getattr(self, name)
             check(name, list(value) if isinstance(value, tuple) else value, rule)
         object.__setattr__(self, "seeds", tuple(self.seeds))
+
+
+SETTING_RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(TrainSettings)}
 
 
 @dataclass(frozen=True)
@@ -363,9 +359,8 @@ def _suite(data: dict[str, Any]) -> Suite:
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {', '.join(TOP_KEYS)}")
     settings = data.get("settings") or {}
-    valid = [f.name for f in fields(TrainSettings)]
-    if not isinstance(settings, dict) or set(settings) - set(valid):
-        raise ValueError(f"bad settings {settings!r}; allowed keys: {', '.join(sorted(valid))}")
+    if not isinstance(settings, dict) or set(settings) - set(SETTING_RULES):
+        raise ValueError(f"bad settings {settings!r}; allowed keys: {', '.join(sorted(SETTING_RULES))}")
     if "optimizer" in data and "optimizer" in settings:
         raise ValueError("optimizer is given twice: keep the top-level one")
     name = str(data.get("name"))

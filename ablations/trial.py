@@ -100,8 +100,7 @@ def _train_and_test(trial: Trial, options: RunOptions, paths: TrialPaths) -> dic
     sizes: dict[str, Optional[int]] = {**dm.verify()} if isinstance(dm, CIFAR10DataModule) else {}
     dm.setup("fit")  # load before the model exists, so the memory reading freed is handed back first
     release_memory()
-    model = custom.make_model(trial, custom.class_count(dm) or 10, compile=options.compile)
-    custom.give_statistics(model, dm)
+    model = custom.make_model(trial, dm, compile=options.compile)
     logger = TrialLogger(paths.folder, trial)
     monitor = TrialMonitor(Path(options.logdir) / trial.suite)
     trainer = pl.Trainer(
