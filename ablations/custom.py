@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from ablations.store import TrialPaths, atomic_output, source_hash, write_text_atomic
 from ablations.suite import BUILTIN_DATA, TRAINER_OWNERS, ClassRef, RunOptions, TrainSettings, Trial
+from lit_cifar.layouts import CIFAR10, CIFAR100, default_data_dir, find_layout
 from lit_cifar.spec import RegularizationSpec
 
 SHOWN = 5  # failing cells named in one message; the rest are counted
@@ -165,17 +166,14 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
     `num_classes` logits (None: not checked) for `image_shape`, and build each optimizer; ValueError naming cells."""
     import torch
 
-    from lit_cifar.models import NotebookCNN, build_backbone
+    from lit_cifar.models import build_backbone
     from lit_cifar.module import check_backbone, default_regularized_layers
 
     def check(trial: Trial) -> None:
-        build: Callable[[], Any]
-        model = trial.model
-        if model is None:
-            build = functools.partial(NotebookCNN, trial.spec, num_classes=num_classes or 10)
-        else:
+        model = trial.model or ClassRef("lit_cifar.models.NotebookCNN")
+        if trial.model is not None:
             read_class(model, "model", tuple(n for n in ("spec", "num_classes") if n not in model.init_args))
-            build = functools.partial(build_backbone, model.class_path, model.init_args, trial.spec, num_classes or 10)
+        build = functools.partial(build_backbone, model.class_path, model.init_args, trial.spec, num_classes or 10)
         try:
             with torch.device("meta"):  # no memory and no initialization: only the layers are looked at
                 backbone = build()
@@ -336,8 +334,6 @@ def files_fingerprint(folder: Any, cache_dir: Any) -> str:
 
 def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[str]:
     """The fingerprint of a built-in dataset's files in `data_dir`, None where it has none."""
-    from lit_cifar.layouts import CIFAR10, CIFAR100, find_layout
-
     folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
     return files_fingerprint(folder, cache_dir) if folder is not None else None
 
@@ -347,8 +343,6 @@ def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
     when the default folder has no data (a finished sweep reports without it)."""
     import numpy as np
     import torch
-
-    from lit_cifar.layouts import default_data_dir
 
     if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
         root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()

@@ -25,7 +25,8 @@ from ablations.engines import ENGINES
 from ablations.rules import Rule, check, integer, margin_arg
 from ablations.suite import SETTING_RULES, ClassRef, RunOptions, Suite, TrainSettings, Trial, expand_trials
 from ablations.suite import load_suite, tree_value
-from ablations.status import check_precision, refuse_other_settings
+from ablations.signals import quiet_lightning
+from ablations.status import check_precision, is_finished, refuse_other_settings
 from lit_cifar.layouts import DATA_ENV, default_data_dir
 from lit_cifar.spec import RegularizationSpec
 
@@ -244,7 +245,6 @@ def prepare(request: Request) -> Plan:
     if not request.dry_run:  # one sweep Trainer: Lightning's own checks of the devices, then the precision's
         import lightning.pytorch as pl
 
-        from ablations.signals import quiet_lightning
         from ablations.trial import trainer_kwargs
 
         quiet_lightning()  # importing Lightning set its logger back to INFO: no banners before a refusal
@@ -296,8 +296,6 @@ def check_inputs(plan: Plan, dry_run: bool = False) -> Plan:
     """The plan with its trials' fingerprints, after the tree's classes and the data were checked; a finished result
     of other settings, model source or data stops the run unless --force. The data is checked only when some trial
     needs training; a `dry_run` downloads nothing and refuses no clash (it lists them)."""
-    from ablations.status import is_finished
-
     logdir = Path(plan.options.logdir)
     plan = replace(plan, trials=custom.with_fingerprints(plan.trials, plan.options))
     if not dry_run:

@@ -23,11 +23,9 @@ from ablations import adaptive, require_extra
 from ablations import plan as planning
 from ablations.engines import make_executor
 from ablations.plan import Plan, Request
-from ablations.signals import quiet_lightning
-from ablations.signals import Interrupted, die_with_parent, interrupts
-from ablations.status import TrialState, TrialStatus
+from ablations.signals import Interrupted, die_with_parent, interrupts, quiet_lightning
+from ablations.status import TrialState, TrialStatus, is_finished, read_trial, write_report_or_say_why
 from ablations.suite import RunOptions, available_suites
-from ablations.status import write_report_or_say_why
 
 if TYPE_CHECKING:  # torch and Lightning are imported only once the arguments are checked
     from ablations.trial import Ranks
@@ -125,8 +123,6 @@ def summarize(plan: Plan, states: Sequence[TrialStatus], seconds: float) -> int:
 
 def report_interrupted(plan: Plan, stop: Interrupted) -> int:
     """Say what a signal left behind (finished trials, read from disk) and return 130 / 143."""
-    from ablations.status import is_finished
-
     finished = [t.name for t in plan.trials if is_finished(t, plan.options.logdir, warn=False)]
     print(
         f"{stop}: {len(finished)} of {len(plan.trials)} trials finished"
@@ -140,8 +136,6 @@ def report_interrupted(plan: Plan, stop: Interrupted) -> int:
 
 def dry_run_lines(plan: Plan) -> list[str]:
     """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run`` or ``finished with other <what changed>``."""
-    from ablations.status import read_trial
-
     lines = []
     for trial in plan.trials:
         try:
