@@ -371,8 +371,7 @@ def with_fingerprints(trials: list[Trial], options: RunOptions) -> list[Trial]:
     found: dict[Any, Optional[str]] = {}
     marked = []
     for trial in trials:
-        refs = (trial.model, trial.data, trial.settings.optimizer)
-        paths = tuple(sorted(ref.class_path for ref in refs if isinstance(ref, ClassRef)))
+        paths = tuple(sorted(ref.class_path for ref in trial.classes.values() if isinstance(ref, ClassRef)))
         data = trial.data if isinstance(trial.data, str) else (trial.data, trial.seed)  # a module's data may be seeded
         if paths not in found:
             found[paths] = source_fingerprint(list(paths))

@@ -266,9 +266,8 @@ def check_paths(request: Request) -> None:
     (found, not imported), no symlinked trial folder, a ``--logdir`` that takes a real write of 1 MiB (or the nearest
     folder above it) and a readable ``--data-dir``."""
     trials = _tree(request)[2]
-    tree = {("model", t.model) for t in trials} | {("data", t.data) for t in trials}
-    tree |= {("optimizer", t.settings.optimizer) for t in trials}
-    for what, ref in sorted(((w, r) for w, r in tree if isinstance(r, ClassRef)), key=str):
+    tree = {(what, ref) for t in trials for what, ref in t.classes.items() if isinstance(ref, ClassRef)}
+    for what, ref in sorted(tree, key=str):
         package = ref.class_path.split(".")[0]
         if importlib.util.find_spec(package) is None:  # found without importing it
             raise ValueError(f"{what} class_path {ref.class_path!r}: cannot import {package!r} (it is not installed)")

@@ -247,6 +247,11 @@ class Trial:
         return dict(json.loads(self.trainer_json))
 
     @property
+    def classes(self) -> dict[str, Any]:
+        """The tree's ``model``, ``data`` and ``optimizer``: None (a default), a built-in dataset or a `ClassRef`."""
+        return {"model": self.model, "data": self.data, "optimizer": self.settings.optimizer}
+
+    @property
     def name(self) -> str:
         return f"{self.cell}/seed={self.seed}"
 
@@ -257,12 +262,8 @@ class Trial:
     def hashed_settings(self) -> dict[str, Any]:
         """What determines this trial's result; the tree's defaults are left out, so older hashes hold."""
         settings = {k: v for k, v in asdict(self.settings).items() if k not in ("seeds", "optimizer")}
-        tree = {
-            "optimizer": self.settings.optimizer and self.settings.optimizer.to_dict(),
-            "model": self.model and self.model.to_dict(),
-            "data": self.data.to_dict() if isinstance(self.data, ClassRef) else self.data,
-            "trainer": self.trainer or None,
-        }
+        tree = {k: v.to_dict() if isinstance(v, ClassRef) else v for k, v in self.classes.items()}
+        tree["trainer"] = self.trainer or None
         hashed = {"spec": str(self.spec), "seed": self.seed, "data_parallel": self.data_parallel, **settings}
         return {**hashed, **{k: v for k, v in tree.items() if v not in (None, DEFAULT_DATA)}}
 
