@@ -67,8 +67,7 @@ def request_of(args: argparse.Namespace) -> Request:
 
 
 def ddp_ranks(options: RunOptions) -> Ranks:
-    """Start and connect the ranks of a data-parallel sweep once for all its trials (Lightning's launcher re-runs
-    this command for the other local ranks): this process's `Ranks`."""
+    """This process's `Ranks` of a data-parallel sweep, started once for all trials (Lightning reruns this command)."""
     from lightning.fabric import Fabric
 
     from ablations.trial import Ranks

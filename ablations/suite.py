@@ -167,8 +167,7 @@ def _checked(default: Any, rule: Rule) -> Any:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything besides the spec, seed and tree that determines a trial's numbers (all of it hashed): the flags of
-    the same names (``python -m ablations.run --help``)."""
+    """What besides the spec, seed and tree determines a trial's numbers (all of it hashed): the flags of its names."""
 
     epochs: int = _checked(5, integer(1))
     batch_size: int = _checked(128, integer(1))
