@@ -272,18 +272,19 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
         return
     for text in {t.trainer_json for t in trials} - {"{}"}:
         read_class(ClassRef("lightning.pytorch.Trainer", text), "trainer", tuple(TRAINER_OWNERS))
-    custom_data = not isinstance(trials[0].data, str)
-    if trials[0].data == "cifar10" and all(t.model is None and t.settings.optimizer is None for t in trials):
+    if all(t.data == "cifar10" and t.model is None and t.settings.optimizer is None for t in trials):
         return  # the notebook's model and data: the library checks them
     from lit_cifar.data import IMAGE_SHAPE
 
-    num_classes = None if custom_data else (100 if trials[0].data == "cifar100" else 10)
-    image_shape: tuple[int, ...] = IMAGE_SHAPE
-    if custom_data and needs_data:
-        distinct = {(t.data, t.spec.normalize, t.spec.augment): t for t in reversed(trials)}  # each one's first
-        for trial in reversed(distinct.values()):
-            num_classes, image_shape = check_data(trial, options.data_dir, options.download)
-    check_models(trials, num_classes, image_shape)
+    for data in dict.fromkeys(t.data for t in trials):  # each data level with the models that train on it
+        group = [t for t in trials if t.data == data]
+        num_classes: Optional[int] = {"cifar10": 10, "cifar100": 100}.get(data) if isinstance(data, str) else None
+        image_shape: tuple[int, ...] = IMAGE_SHAPE
+        if not isinstance(data, str) and needs_data:
+            distinct = {(t.spec.normalize, t.spec.augment): t for t in reversed(group)}  # each one's first
+            for trial in reversed(distinct.values()):
+                num_classes, image_shape = check_data(trial, options.data_dir, options.download)
+        check_models(group, num_classes, image_shape)
 
 
 def source_fingerprint(class_paths: list[str]) -> Optional[str]:

@@ -366,6 +366,20 @@ def test_the_dry_run_checks_a_data_module_of_ones_own_for_every_level_of_its_ini
     assert status == 2 and out == "" and "has no mean and std" in err
 
 
+def test_the_dry_run_checks_a_data_module_of_ones_own_behind_a_builtin_level(capsys, tmp_path) -> None:
+    """A `data` class swap whose first level is CIFAR-10: the later level of one's own is still checked."""
+    mixed = suite_file(
+        tmp_path,
+        name="mixed",
+        specs=["pixel"],
+        factors={"data": ["cifar10", {"class_path": "tests.thirdparty.gray.NoStatistics"}]},
+    )
+    status, out, err = sweep(
+        capsys, "--suite", str(mixed), "--dry-run", "--logdir", str(tmp_path / "logs"), "--accelerator", "cpu"
+    )
+    assert status == 2 and out == "" and "has no mean and std" in err, err
+
+
 @pytest.mark.slow
 def test_an_optimizer_init_arg_is_a_factor_and_a_trainer_argument_is_checked_against_the_trainer(
     capsys, tmp_path, cifar_dir
