@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
 
 class Interrupted(BaseException):
     """SIGTERM or SIGINT arrived; a BaseException, so no ``except Exception`` records it as a trial's failure."""
@@ -107,23 +105,15 @@ def die_with_parent(parent: int) -> None:
     """Linux sends this process SIGTERM when its parent (`parent`) dies, even by SIGKILL."""
     if not sys.platform.startswith("linux"):
         return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, linux/prctl.h
     if os.getppid() != parent:  # it died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-# Lightning's per-Trainer banners ("GPU available", tips, "LOCAL_RANK ..."): its import resets only the first to INFO
-BANNER_LOGGERS = (
-    "lightning.pytorch",
-    "lightning.fabric",
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.pytorch.accelerators.cuda",
-)
-
-
 def quiet_lightning() -> None:
-    """Drop Lightning's per-Trainer banners and deprecation chatter."""
-    for name in BANNER_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Drop Lightning's per-Trainer banners ("GPU available", tips, "LOCAL_RANK ...") and deprecation chatter; its
+    import resets ``lightning.pytorch`` to INFO, so each process calls this after it."""
+    for package in ("pytorch", "fabric"):
+        for name in ("", ".utilities.rank_zero", ".accelerators.cuda"):
+            logging.getLogger(f"lightning.{package}{name}").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -134,23 +134,14 @@ def record_failure(
     trial: Trial,
     logdir: Path | str,
     error: str,
-    *,
-    traceback: Optional[str] = None,
-    signal: Optional[str] = None,
     record: Optional[Mapping[str, Any]] = None,
     held: bool = False,
     **extra: Any,
 ) -> TrialStatus:
-    """Write `trial`'s error.json (`record` or `Trial.record`, the reason, `traceback`, `signal`, `extra`) unless
-    another process holds the trial (not `held`) or it has a result; a failed write is added to the reason."""
+    """Write `trial`'s error.json (`record` or `Trial.record`, the reason, ``traceback`` and ``signal`` or None, and
+    `extra`) unless another process holds the trial (not `held`) or it has a result; a failed write is said too."""
     paths = trial.paths(logdir)
-    content = {
-        **(trial.record() if record is None else record),
-        "error": error,
-        "traceback": traceback,
-        "signal": signal,
-        **extra,
-    }
+    content = {**(record or trial.record()), "error": error, "traceback": None, "signal": None, **extra}
     try:
         if held:
             write_json_atomic(paths.error, content)

@@ -18,9 +18,9 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from ablations.engines.base import Executor, Progress
-from ablations.signals import quiet_lightning
 from ablations.rules import check, integer
 from ablations.signals import Interrupted, die_with_parent, ignoring_sigint, raise_if_interrupted, stop_on_sigterm
+from ablations.signals import quiet_lightning
 from ablations.status import TrialStatus, record_failure
 from ablations.suite import RunOptions, Trial
 
