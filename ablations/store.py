@@ -58,7 +58,6 @@ def is_trial_output(name: str) -> bool:
 
 
 def _in_folder(name: str) -> Any:
-    """A `TrialPaths` property: the file `name` in the trial's folder."""
     return property(lambda paths: paths.folder / name)
 
 
@@ -70,6 +69,7 @@ class TrialPaths:
 
     @classmethod
     def of(cls, logdir: Path | str, suite: str, spec: str, seed: int) -> TrialPaths:
+        """``<logdir>/<suite>/<spec>/seed=<seed>``."""
         return cls(Path(logdir) / suite / spec / f"seed={seed}")
 
     result = _in_folder(RESULT_FILE)
@@ -114,14 +114,11 @@ class TrialPaths:
 
 
 @contextmanager
-def atomic_output(path: Path, keep_suffix: bool = True) -> Iterator[Path]:
-    """A temporary path renamed to `path` once the block succeeds and it is synced, else removed: readers see the old
-    file or the whole new one. It keeps `path`'s suffix (``savefig`` reads it) unless not `keep_suffix`: then it ends
-    in ``.tmp``, which the readers of a folder skip."""
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path (``.<name>.<pid>.tmp``, which readers skip) renamed to `path` once the block succeeds and it
+    is synced, else removed: readers see the old file or the whole new one."""
     path = Path(path)
-    tmp = path.with_name(
-        f".{path.stem}.{os.getpid()}.tmp{path.suffix}" if keep_suffix else f".{path.name}.{os.getpid()}.tmp"
-    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -134,7 +131,7 @@ def atomic_output(path: Path, keep_suffix: bool = True) -> Iterator[Path]:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (`atomic_output`)."""
-    with atomic_output(path, keep_suffix=False) as tmp:
+    with atomic_output(path) as tmp:
         tmp.write_bytes(data)
 
 

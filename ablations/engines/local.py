@@ -18,7 +18,6 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from ablations.engines.base import Executor, Progress
-from ablations.rules import check, integer
 from ablations.signals import Interrupted, die_with_parent, ignoring_sigint, raise_if_interrupted, stop_on_sigterm
 from ablations.signals import quiet_lightning
 from ablations.status import TrialStatus, record_failure
@@ -42,7 +41,6 @@ class WorkerSlot:
 def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = None) -> list[WorkerSlot]:
     """Worker i sees GPU ``i % gpus`` (numbered as the parent sees them: `visible`, e.g. SLURM's) and gets
     ``cpus // parallel`` torch threads (at least 1)."""
-    check("parallel", parallel, integer(1))
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(g) for g in range(gpus)]
     ids = ids[:gpus]
     return [WorkerSlot(ids[i % len(ids)] if ids else None, max(1, cpus // parallel)) for i in range(parallel)]

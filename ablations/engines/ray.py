@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ablations.engines.base import Executor, Progress
-from ablations.rules import check, finite, integer
-from ablations.signals import deferred_interrupts, die_with_parent, raise_if_interrupted
+from ablations.signals import deferred_interrupts, die_with_parent, quiet_lightning, raise_if_interrupted
 from ablations.status import TrialState, TrialStatus, record_failure
 from ablations.store import proc_stat
 
@@ -47,18 +46,9 @@ class TrialResources:
     gpus: float = 0.0
     cpus: float = 1.0
 
-    def __post_init__(self) -> None:
-        hint = ": a trial trains on one device (or a fraction of one) under --engine ray; DDP is not supported"
-        check("gpus per trial", self.gpus, finite(0, inclusive=True, high=1), hint)
-        check("cpus per trial", self.cpus, finite(0))
-
     @classmethod
     def share(cls, gpus: int, parallel: int, cpus: int) -> TrialResources:
-        """The share of a machine the local engine gives each of `parallel` workers: a GPU or ``1/k`` of one each,
-        and ``cpus // parallel`` cores (at least one)."""
-        check("gpus", gpus, integer(0))
-        check("parallel", parallel, integer(1))
-        check("cpus", cpus, integer(1))
+        """Each of `parallel` local workers' share: a GPU or ``1/k`` of one, and ``cpus // parallel`` cores."""
         gpu_share = math.floor(RESOURCE_UNITS / math.ceil(parallel / gpus)) / RESOURCE_UNITS if gpus else 0.0
         return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
 
@@ -130,18 +120,14 @@ def _start_time(pid: int) -> Optional[int]:
 
 def descendants(pid: int) -> list[tuple[int, int]]:
     """(PID, start time) of every process below `pid`."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        fields = proc_stat(entry.name) if entry.name.isdigit() else []
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        start = _start_time(child)
-        if start is not None:
-            found.append((child, start))
-        todo += children.get(child, [])
+    stats = {int(entry.name): proc_stat(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
+    found, parents = [], [pid]
+    while parents:
+        parent = parents.pop()
+        for child, fields in stats.items():
+            if len(fields) > 19 and int(fields[1]) == parent:
+                found.append((child, int(fields[19])))
+                parents.append(child)
     return found
 
 
@@ -213,7 +199,6 @@ def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> Tr
     """A trial's Ray task: `run_trial`, with the task's CPU share as torch threads."""
     import torch
 
-    from ablations.signals import quiet_lightning
     from ablations.trial import run_trial
 
     quiet_lightning()
@@ -239,12 +224,12 @@ class _RaySweep:
         self.pending: deque[tuple[int, bool]] = deque()  # (trial index, wait for its lock)
         self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
 
-    def run(self, todo: list[int], cancel_on_exit: bool) -> None:
-        """Run the trials at indices `todo`, those busy in another sweep last. Stop signals raise between waits
+    def run(self, cancel_on_exit: bool) -> None:
+        """Run the trials, those busy in another sweep last. Stop signals raise between waits
         (inside ``ray.wait`` they would be a SystemError); then, on an error, or at the end if the caller's Ray
         outlives the sweep, running tasks are cancelled (not ``force``: it can crash the driver) and awaited."""
-        self.pending.extend((i, False) for i in todo)
-        if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
+        self.pending.extend((i, False) for i in range(len(self.trials)))
+        if self.trials and not any(self.resources.fits_on(node) for node in self._nodes()):
             self.progress.bar.write(
                 f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
                 f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
@@ -323,10 +308,9 @@ class RayExecutor(Executor):
     max_retries: int
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
-        """Raises ValueError, before anything runs, for per-trial DDP, a bad `max_retries` or a missing Ray."""
+        """Raises ValueError, before anything runs, for per-trial DDP or a missing Ray."""
         from lit_cifar.layouts import default_data_dir
 
-        check("max_retries", self.max_retries, integer(0))
         check_supported(trials, options)
         ray = import_ray()
         # the same on any worker: absolute paths, no per-trial bar, the CPU when the task has no GPU
@@ -341,7 +325,7 @@ class RayExecutor(Executor):
         sweep = _RaySweep(ray, trials, options, self.resources, self.max_retries)
         try:
             with _joined(ray, self.address) as joined:
-                sweep.run(list(range(len(trials))), cancel_on_exit=not joined)
+                sweep.run(cancel_on_exit=not joined)
         finally:
             sweep.progress.close()
         return sweep.progress.in_order()
