@@ -81,11 +81,10 @@ def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int,
 
 
 class TrialMonitor(pl.Callback):
-    """What a trial records while it trains: `history` (every epoch's ``train/*`` and ``val/*`` metrics; a NaN or
-    infinite loss raises `NonFiniteLossError`), the `images` and `seconds` of training for the throughput, the
-    regularized layers' weights every epoch, BatchNorm drift on each epoch's first validation batch (channel means of
-    ``|batch mean - running mean| / running std`` and ``batch std / running std``: near 0 and 1 the running
-    statistics fit the data), one image per class once per suite, and a stop at the next batch after a stop signal."""
+    """A trial's `history` (each epoch's ``train/*`` and ``val/*``; a non-finite loss raises `NonFiniteLossError`),
+    `images` and `seconds` trained, regularized weights, BatchNorm drift on each epoch's first validation batch (means
+    of ``|batch mean - running mean| / running std`` and ``batch std / running std``: near 0 and 1 the running
+    statistics fit), one image per class once per suite, and a stop at the next batch after a stop signal."""
 
     def __init__(self, suite_dir: Optional[Path] = None) -> None:
         self.history: list[dict[str, float]] = []

@@ -33,11 +33,8 @@ class TrialState(str, Enum):
     FAILED = "failed"  # error.json written (or nothing, when `claim` refused it); the sweep went on
     RUN = "run"  # the decision to train it here (`claim`), not a final state
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # format() and f-strings use it too
         return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 @dataclass(frozen=True)

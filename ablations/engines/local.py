@@ -39,8 +39,7 @@ class WorkerSlot:
 
 
 def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = None) -> list[WorkerSlot]:
-    """Worker i sees GPU ``i % gpus`` (numbered as the parent sees them: `visible`, e.g. SLURM's) and gets
-    ``cpus // parallel`` torch threads (at least 1)."""
+    """Worker i sees GPU ``i % gpus`` (of the parent's `visible`, e.g. SLURM's) and ``cpus // parallel`` threads."""
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(g) for g in range(gpus)]
     ids = ids[:gpus]
     return [WorkerSlot(ids[i % len(ids)] if ids else None, max(1, cpus // parallel)) for i in range(parallel)]
@@ -53,8 +52,7 @@ def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
 
 
 class LocalExecutor(Executor):
-    """`parallel` trials at a time, here or in worker processes over `gpus` GPUs; under DDP (`ranks`) one at a
-    time on every rank. `run` trains a trial (default `ablations.trial.run_trial`)."""
+    """`parallel` trials at a time over `gpus` GPUs, one at a time under DDP (`ranks`); `run` replaces `run_trial`."""
 
     def __init__(
         self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None, run: Optional[Runner] = None
@@ -83,8 +81,7 @@ class LocalExecutor(Executor):
 def run_local(
     trials: list[Trial], options: RunOptions, run: Runner, progress: Progress, slots: Optional[list[WorkerSlot]] = None
 ) -> list[TrialStatus]:
-    """Run `trials` with `run` (picklable if there are `slots`), here or in one worker per slot; statuses in trial
-    order. Trials another sweep runs (BUSY) are retried last, waiting for their lock."""
+    """Statuses of `trials` run by `run` here or in one worker per slot (BUSY ones retried last, waiting)."""
     queue = deque((index, False) for index in range(len(trials)))  # (trial, wait for its lock)
     if not slots:
         while queue:
@@ -165,8 +162,7 @@ def _stop(workers: list[_Worker], graceful: bool) -> None:
 
 
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
-    """A worker process: it runs the trials the main process sends until None; on SIGTERM it ends at once
-    (``os._exit``, no traceback, no waiting for a library's threads: results are atomic, locks the kernel's)."""
+    """A worker: runs the trials sent until None; on SIGTERM ``os._exit`` (results are atomic, locks the kernel's)."""
     die_with_parent(parent)
     stop_on_sigterm()
     try:

@@ -136,14 +136,12 @@ def reaper(processes: list[tuple[int, int]]) -> Optional[subprocess.Popen]:
     outlive a killed driver for minutes)."""
     if not processes:
         return None
-    listed = [f"{pid}:{start}" for pid, start in processes]
-    body = "import sys\nfrom ablations.engines.ray import _reap\n_reap(int(sys.argv[1]), sys.argv[2:])"
-    return subprocess.Popen([sys.executable, "-c", body, str(os.getpid()), *listed], stdin=subprocess.DEVNULL)
+    body = f"from ablations.engines.ray import _reap\n_reap({os.getpid()}, {processes!r})"
+    return subprocess.Popen([sys.executable, "-c", body], stdin=subprocess.DEVNULL)
 
 
-def _reap(parent: int, listed: list[str]) -> None:
+def _reap(parent: int, processes: list[tuple[int, int]]) -> None:
     """The reaper: on SIGTERM (its parent died, or the sweep ended), SIGKILL each listed process still alive."""
-    processes = [tuple(int(part) for part in item.split(":")) for item in listed]
 
     def kill_all(signum: int, frame: Any) -> None:
         for pid, start in processes:
