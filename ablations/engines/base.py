@@ -19,15 +19,10 @@ class Executor(ABC):
     def run(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         """The status of each of `trials`, in order: finished ones SKIPPED (none with ``--force``), the others run."""
         skip = self.skip_finished and not options.force
-        statuses = {
-            i: TrialStatus(t.name, TrialState.SKIPPED)
-            for i, t in enumerate(trials)
-            if skip and is_finished(t, options.logdir, warn=False)
-        }
-        todo = [i for i in range(len(trials)) if i not in statuses]
-        if todo:
-            statuses.update(zip(todo, self.execute([trials[i] for i in todo], options)))
-        return [statuses[i] for i in range(len(trials))]
+        done = [skip and is_finished(t, options.logdir, warn=False) for t in trials]
+        todo = [t for t, d in zip(trials, done) if not d]
+        ran = iter(self.execute(todo, options) if todo else [])
+        return [TrialStatus(t.name, TrialState.SKIPPED) if d else next(ran) for t, d in zip(trials, done)]
 
     @abstractmethod
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:

@@ -33,10 +33,7 @@ if TYPE_CHECKING:
 
 # Ray errors that mean the task's worker process or node is gone, not that the trial failed: these are retried.
 WORKER_LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its error texts
 RESOURCE_UNITS = 10_000  # Ray counts resources in steps of 1/10,000: requests are rounded down to one
-POLL_S = 0.5  # how often the driver looks for a stop signal while it waits for tasks
-CANCEL_WAIT_S = 20.0  # how long a stopped sweep waits for its cancelled tasks to end
 
 
 @dataclass(frozen=True)
@@ -240,7 +237,7 @@ class _RaySweep:
                 while self.pending or self.in_flight:
                     raise_if_interrupted()
                     self._fill()
-                    ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
+                    ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)  # then signals
                     for ref in ready:
                         self._collect(ref, *self.in_flight.pop(ref))
                 stopped = False
@@ -249,7 +246,7 @@ class _RaySweep:
             for ref in refs:
                 self.ray.cancel(ref)
             if refs:
-                self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+                self.ray.wait(refs, num_returns=len(refs), timeout=20.0)
 
     def _nodes(self) -> list[dict[str, float]]:
         return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
@@ -283,7 +280,7 @@ class _RaySweep:
                 f"attempts (1 + max_retries={self.max_retries})"
             )
         except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
-            text = ANSI_ESCAPE.sub("", str(error)).strip()
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # Ray colours the task names
             reason = f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}"
         else:
             if status.state is TrialState.BUSY:  # another sweep runs it: do the others first, then wait for it
