@@ -294,14 +294,10 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
     """Hold `folder`'s ``flock`` (the kernel releases it when its holder dies) in the block, naming us in it; if
     another process holds it, `wait` (naming the holder after `LOCK_NOTE_S`) or yield False."""
     folder = Path(folder)
-    refuse_symlinks(folder)
+    refuse_symlinks(folder, folder / LOCK_FILE)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError:
-        refuse_symlinks(folder / LOCK_FILE)
-        raise
-    try:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # O_NOFOLLOW: no race makes it a symlink
+    with open(os.open(folder / LOCK_FILE, flags, 0o644), "r+b", buffering=0) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -316,14 +312,12 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
             finally:
                 note.cancel()
         with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, it just names no one
-            os.ftruncate(handle, 0)
-            os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            handle.truncate(0)
+            os.pwrite(handle.fileno(), f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         try:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        os.close(handle)
 
 
 @functools.lru_cache(maxsize=None)
