@@ -1,7 +1,6 @@
-"""Stop signals, torch-free: SIGTERM and SIGINT become `Interrupted`, raised where stopping leaves no half-written
-file (a second one ends the process at once); a process started for a sweep dies with its parent. Where a handler's
-`Interrupted` cannot propagate (a ``__del__``), `raise_if_interrupted` at the next safe point stops the work. Also
-Lightning's log settings for sweeps (`quiet_lightning`).
+"""Stop signals, torch-free: SIGTERM and SIGINT raise `Interrupted` where stopping leaves no half-written file (a
+second one ends the process at once; where it cannot propagate, `raise_if_interrupted` at the next safe point); a
+process started for a sweep dies with its parent. Also Lightning's log settings for sweeps (`quiet_lightning`).
 """
 
 from __future__ import annotations

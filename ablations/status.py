@@ -1,7 +1,6 @@
-"""What became of a trial, torch-free: its `TrialState`, whether this process runs it (`claim`, under the trial's
-lock), the one failure record every engine writes (`record_failure`), and the checks that keep results trustworthy:
-a result of other settings is never replaced silently, no result records a precision that did not run, and a full
-disk or an unwritable report is one line, not a traceback.
+"""What became of a trial, torch-free: its `TrialState`, `claim` (whether this process runs it, under its lock), the
+one failure record (`record_failure`), and the checks that keep results trustworthy: no result of other settings
+replaced silently, no precision recorded that did not run, a full disk or unwritable report said in one line.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ class TrialState(str, Enum):
 
     DONE = "done"  # trained and tested here: result.json written
     SKIPPED = "skipped"  # already finished with exactly its settings, not rerun
-    BUSY = "busy"  # another process holds its lock; retried after the others, waiting for it
+    BUSY = "busy"  # another process holds its lock (or its Ray worker was lost): handed out again
     FAILED = "failed"  # error.json written (or nothing, when `claim` refused it); the sweep went on
     RUN = "run"  # the decision to train it here (`claim`), not a final state
 

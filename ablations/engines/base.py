@@ -46,13 +46,8 @@ class Progress:
         self.running.append(self.trials[index].name)
         self._show()
 
-    def stopped(self, index: int) -> None:
-        """A started trial to be handed out again (its worker was lost)."""
-        self.running.remove(self.trials[index].name)
-        self._show()
-
     def finished(self, index: int, status: TrialStatus) -> TrialStatus:
-        """Record a trial's status (BUSY is not final) and return it."""
+        """Record a trial's status (BUSY is not final: the trial is handed out again) and return it."""
         if self.trials[index].name in self.running:
             self.running.remove(self.trials[index].name)
         self._show(refresh=not status.final)

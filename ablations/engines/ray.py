@@ -1,7 +1,6 @@
-"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, so local, Ray and
-``--shard`` runs on one ``--logdir`` resume each other. A task whose worker or node dies is retried up to
-``max_retries`` times; a trial's exception is recorded, not retried. A local Ray's processes die with the command
-(`reaper`). Ray and torch are imported only when a sweep starts.
+"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, so any engines
+resume each other on one ``--logdir``. A lost worker or node is retried up to ``max_retries`` times, a trial's
+exception recorded; a local Ray dies with the command (`reaper`). Ray and torch are imported when a sweep starts.
 """
 
 from __future__ import annotations
@@ -272,7 +271,7 @@ class _RaySweep:
                     f"retry {self.attempts[i]} of {self.max_retries}",
                     file=sys.stderr,
                 )
-                self.progress.stopped(i)
+                self.progress.finished(i, TrialStatus(self.trials[i].name, TrialState.BUSY))  # not final
                 self.pending.appendleft((i, wait))
                 return
             reason = (
