@@ -242,13 +242,6 @@ def test_the_factory_picks_the_executor_the_plan_asks_for():
         make_executor("spark")
 
 
-def test_the_local_executor_runs_its_trials_in_worker_slots(tmp_path):
-    executor = LocalExecutor(parallel=2, gpus=0, run=fakes.finish)
-    statuses = executor.run(fake_trials(3), RunOptions(logdir=str(tmp_path)))
-    assert [s.state for s in statuses] == ["done"] * 3
-    assert len({p.read_text() for p in tmp_path.glob("fake/*/*/started-*")}) == 2  # two worker processes
-
-
 # ------------------------------------------------------------------------------------------- slots, Ray seam
 def test_each_local_worker_gets_its_own_gpu_slot_and_thread_share():
     assert [(s.cuda_visible_devices, s.threads) for s in worker_slots(4, gpus=4, cpus=16)] == [

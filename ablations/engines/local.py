@@ -52,20 +52,16 @@ def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
 
 
 class LocalExecutor(Executor):
-    """`parallel` trials at a time over `gpus` GPUs, one at a time under DDP (`ranks`); `run` replaces `run_trial`."""
+    """`parallel` trials at a time over `gpus` GPUs, here or in worker processes; one at a time under DDP (`ranks`)."""
 
-    def __init__(
-        self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None, run: Optional[Runner] = None
-    ) -> None:
-        self.parallel, self.gpus, self.ranks, self.runner = parallel, gpus, ranks, run
+    def __init__(self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None) -> None:
+        self.parallel, self.gpus, self.ranks = parallel, gpus, ranks
         self.skip_finished = ranks is None
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         from ablations.trial import run_trial
 
-        run: Callable[..., Any] = self.runner or run_trial
-        if self.ranks is not None:
-            run = functools.partial(run, ranks=self.ranks)
+        run: Runner = run_trial if self.ranks is None else functools.partial(run_trial, ranks=self.ranks)
         sweep_bar, trial_bar = bars(len(trials), self.parallel, self.ranks.rank if self.ranks else 0)
         slots = None
         if self.parallel > 1:

@@ -302,10 +302,9 @@ class RayExecutor(Executor):
     max_retries: int
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
-        """Raises ValueError, before anything runs, for per-trial DDP or a missing Ray."""
+        """Raises ValueError for a missing Ray (`ablations.plan.prepare` checked the trials fit the engine)."""
         from lit_cifar.layouts import default_data_dir
 
-        check_supported(trials, options)
         ray = import_ray()
         # the same on any worker: absolute paths, no per-trial bar, the CPU when the task has no GPU
         no_gpu = self.resources.gpus == 0 and options.accelerator == "auto"
