@@ -125,6 +125,7 @@ def record_failure(
     trial: Trial,
     logdir: Path | str,
     error: str,
+    *,
     record: Optional[Mapping[str, Any]] = None,
     held: bool = False,
     **extra: Any,

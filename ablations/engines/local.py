@@ -77,7 +77,8 @@ class LocalExecutor(Executor):
 def run_local(
     trials: list[Trial], options: RunOptions, run: Runner, progress: Progress, slots: Optional[list[WorkerSlot]] = None
 ) -> list[TrialStatus]:
-    """Statuses of `trials` run by `run` here or in one worker per slot (BUSY ones retried last, waiting)."""
+    """The statuses of `trials`, in order, run by `run` here or by one (picklable) in a worker per slot; BUSY ones
+    are retried last, waiting for their lock."""
     queue = deque((index, False) for index in range(len(trials)))  # (trial, wait for its lock)
     if not slots:
         while queue:

@@ -82,7 +82,7 @@ def check_supported(trials: list[Trial], options: RunOptions) -> None:
         )
 
 
-def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
+def check_address(address: Optional[str]) -> None:
     """Raise ValueError if nothing listens at `address` (``ray.init`` would retry for minutes)."""
     if address in (None, "auto", "local"):
         return
@@ -90,7 +90,7 @@ def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
     if not host or not port.isdigit():
         raise ValueError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, int(port)), timeout=10.0).close()
     except OSError as error:
         raise ValueError(
             f"cannot reach the Ray cluster at {address} (--ray-address or $RAY_ADDRESS): {error.strerror or error}"
