@@ -240,6 +240,9 @@ def test_the_factory_picks_the_executor_the_plan_asks_for():
     assert not make_executor("local", ranks=types.SimpleNamespace(rank=1)).skip_finished  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown engine 'spark'"):
         make_executor("spark")
+    for bad in ({"parallel": 0}, {"gpus": -1}, {"max_retries": -1}):  # checked once, for every engine
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=-?[0-9]+ must be >= "):
+            make_executor("ray", **bad)
 
 
 # ------------------------------------------------------------------------------------------- slots, Ray seam
