@@ -81,23 +81,22 @@ def log_weight_histogram(writer: Any, tag: str, weight: torch.Tensor, step: int,
 
 
 class TrialMonitor(pl.Callback):
-    """What a trial records while it trains: `history` (every epoch's ``train/*`` and ``val/*`` metrics; a NaN or
-    infinite loss raises `NonFiniteLossError`), the `images` and `seconds` of training for the throughput, the
-    regularized layers' weights every epoch, BatchNorm drift on each epoch's first validation batch (channel means of
-    ``|batch mean - running mean| / running std`` and ``batch std / running std``: near 0 and 1 the running
-    statistics fit the data), one image per class once per suite, and a stop at the next batch after a stop signal."""
+    """A trial's `history` (each epoch's ``train/*`` and ``val/*``; a non-finite loss raises `NonFiniteLossError`),
+    `images` and `seconds` trained, regularized weights, BatchNorm drift on each epoch's first validation batch (means
+    of ``|batch mean - running mean| / running std`` and ``batch std / running std``: near 0 and 1 the running
+    statistics fit), one image per class once per suite, and a stop at the next batch after a stop signal."""
 
-    def __init__(self, suite_dir: Optional[Path] = None) -> None:
+    def __init__(self, suite_dir: Path) -> None:
         self.history: list[dict[str, float]] = []
         self.images, self.seconds = 0, 0.0
-        self.samples = Path(suite_dir) / board.SAMPLES_RUN if suite_dir is not None else None
+        self.samples = Path(suite_dir) / board.SAMPLES_RUN
         self._epoch_start: Optional[float] = None
         self._batch: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list[Any] = []
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         dm: Any = attached_datamodule(trainer)
-        if self.samples is None or self.samples.exists() or not trainer.is_global_zero:
+        if self.samples.exists() or not trainer.is_global_zero:
             return
         if not hasattr(dm, "class_examples") or len(dm.classes) > 10:  # a data module of your own, or too many
             return

@@ -137,10 +137,7 @@ def dry_run_lines(plan: Plan) -> list[str]:
     """``<cell> seed=<s>  <state>`` per trial: ``finished``, ``to run`` or ``finished with other <what changed>``."""
     lines = []
     for trial in plan.trials:
-        try:
-            old = read_trial(trial, plan.options.logdir)
-        except ValueError:
-            old = None  # damaged: rerun
+        old = read_trial(trial, plan.options.logdir)  # None if damaged: rerun
         changes = trial.changes(old) if old is not None else []
         state = "to run" if old is None else ("finished with other " + ", ".join(changes) if changes else "finished")
         lines.append(f"{trial.cell} seed={trial.seed}  {state}")

@@ -1,7 +1,6 @@
-"""Stop signals, torch-free: SIGTERM and SIGINT become `Interrupted`, raised where stopping leaves no half-written
-file (a second one ends the process at once); a process started for a sweep dies with its parent. Where a handler's
-`Interrupted` cannot propagate (a ``__del__``), `raise_if_interrupted` at the next safe point stops the work. Also
-Lightning's log settings for sweeps (`quiet_lightning`).
+"""Stop signals, torch-free: SIGTERM and SIGINT raise `Interrupted` where stopping leaves no half-written file (a
+second one ends the process at once; where it cannot propagate, `raise_if_interrupted` at the next safe point); a
+process started for a sweep dies with its parent. Also Lightning's log settings for sweeps (`quiet_lightning`).
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Interrupted(BaseException):
@@ -107,23 +104,15 @@ def die_with_parent(parent: int) -> None:
     """Linux sends this process SIGTERM when its parent (`parent`) dies, even by SIGKILL."""
     if not sys.platform.startswith("linux"):
         return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, linux/prctl.h
     if os.getppid() != parent:  # it died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-# Lightning's per-Trainer banners ("GPU available", tips, "LOCAL_RANK ..."): its import resets only the first to INFO
-BANNER_LOGGERS = (
-    "lightning.pytorch",
-    "lightning.fabric",
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.pytorch.accelerators.cuda",
-)
-
-
 def quiet_lightning() -> None:
-    """Drop Lightning's per-Trainer banners and deprecation chatter."""
-    for name in BANNER_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Drop Lightning's per-Trainer banners ("GPU available", tips, "LOCAL_RANK ...") and deprecation chatter; its
+    import resets ``lightning.pytorch`` to INFO, so each process calls this after it."""
+    for package in ("pytorch", "fabric"):
+        for name in ("", ".utilities.rank_zero", ".accelerators.cuda"):
+            logging.getLogger(f"lightning.{package}{name}").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -1,7 +1,6 @@
-"""What became of a trial, torch-free: its `TrialState`, whether this process runs it (`claim`, under the trial's
-lock), the one failure record every engine writes (`record_failure`), and the checks that keep results trustworthy:
-a result of other settings is never replaced silently, no result records a precision that did not run, and a full
-disk or an unwritable report is one line, not a traceback.
+"""What became of a trial, torch-free: its `TrialState`, `claim` (whether this process runs it, under its lock), the
+one failure record (`record_failure`), and the checks that keep results trustworthy: no result of other settings
+replaced silently, no precision recorded that did not run, a full disk or unwritable report said in one line.
 """
 
 from __future__ import annotations
@@ -29,15 +28,12 @@ class TrialState(str, Enum):
 
     DONE = "done"  # trained and tested here: result.json written
     SKIPPED = "skipped"  # already finished with exactly its settings, not rerun
-    BUSY = "busy"  # another process holds its lock; retried after the others, waiting for it
+    BUSY = "busy"  # another process holds its lock (or its Ray worker was lost): handed out again
     FAILED = "failed"  # error.json written (or nothing, when `claim` refused it); the sweep went on
     RUN = "run"  # the decision to train it here (`claim`), not a final state
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # format() and f-strings use it too
         return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 @dataclass(frozen=True)
@@ -73,13 +69,14 @@ class OtherSettings(ValueError):
 _READ: dict[tuple[str, int, int, int], Union[dict[str, Any], ValueError, None]] = {}
 
 
-def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optional[dict[str, Any]]:
-    """`read_result` of the trial's folder, not read again unless `fresh` or changed (inode, mtime, size)."""
+def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False, warn: bool = False) -> Optional[dict[str, Any]]:
+    """The trial's trusted result (`read_result`), not read again unless `fresh` or changed (inode, mtime, size); None
+    if absent or untrusted (the trial is rerun, that file kept as result.json.damaged; `warn` says so)."""
     paths = trial.paths(logdir)
     try:
         stat = os.stat(paths.result, follow_symlinks=False)
     except OSError:
-        return read_result(paths.folder)
+        return None
     key = (str(paths.folder), stat.st_ino, stat.st_mtime_ns, stat.st_size)
     if fresh or key not in _READ:
         try:
@@ -87,19 +84,16 @@ def read_trial(trial: Trial, logdir: Path | str, fresh: bool = False) -> Optiona
         except ValueError as error:
             _READ[key] = error
     found = _READ[key]
-    if isinstance(found, ValueError):
-        raise found
-    return found
+    if not isinstance(found, ValueError):
+        return found
+    if warn:
+        print(f"warning: {found}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
+    return None
 
 
 def is_finished(trial: Trial, logdir: Path | str, warn: bool = True) -> bool:
-    """True if the trial has a trusted result of exactly its settings; ``warn`` of an untrusted one (rerun)."""
-    try:
-        result = read_trial(trial, logdir)
-    except ValueError as error:
-        if warn:
-            print(f"warning: {error}; rerunning {trial.name} (it is kept as result.json.damaged)", file=sys.stderr)
-        return False
+    """True if the trial has a trusted result of exactly its settings; `warn` of an untrusted one (rerun)."""
+    result = read_trial(trial, logdir, warn=warn)
     return result is not None and not trial.changes(result)
 
 
@@ -114,10 +108,7 @@ def claim(trial: Trial, options: RunOptions, wait: bool = False) -> Iterator[Tri
         if not locked:
             yield TrialState.BUSY
             return
-        try:
-            old = read_trial(trial, options.logdir, fresh=True)
-        except ValueError:
-            old = None  # make_ready keeps it as result.json.damaged, and the trial is rerun
+        old = read_trial(trial, options.logdir, fresh=True)
         if old is not None and not options.force:
             if not trial.changes(old):
                 yield TrialState.SKIPPED
@@ -135,22 +126,14 @@ def record_failure(
     logdir: Path | str,
     error: str,
     *,
-    traceback: Optional[str] = None,
-    signal: Optional[str] = None,
     record: Optional[Mapping[str, Any]] = None,
     held: bool = False,
     **extra: Any,
 ) -> TrialStatus:
-    """Write `trial`'s error.json (`record` or `Trial.record`, the reason, `traceback`, `signal`, `extra`) unless
-    another process holds the trial (not `held`) or it has a result; a failed write is added to the reason."""
+    """Write `trial`'s error.json (`record` or `Trial.record`, the reason, ``traceback`` and ``signal`` or None, and
+    `extra`) unless another process holds the trial (not `held`) or it has a result; a failed write is said too."""
     paths = trial.paths(logdir)
-    content = {
-        **(trial.record() if record is None else record),
-        "error": error,
-        "traceback": traceback,
-        "signal": signal,
-        **extra,
-    }
+    content = {**(record or trial.record()), "error": error, "traceback": None, "signal": None, **extra}
     try:
         if held:
             write_json_atomic(paths.error, content)
@@ -171,14 +154,8 @@ SHOWN = 5  # trials named in a message; the rest are counted
 def refuse_other_settings(trials: list[Trial], logdir: Path | str, force: bool) -> None:
     """Raise ValueError naming the trials and what differs if a folder holds a result of other settings and not
     `force` (each trial then moves it to ``superseded/``); `claim` checks again."""
-    clashes = []
-    for trial in trials:
-        try:
-            old = read_trial(trial, logdir)
-        except ValueError:  # cannot be trusted: rerun like a trial that never finished
-            continue
-        if old is not None and trial.changes(old):
-            clashes.append(clash_line(trial, old))
+    olds = [(trial, read_trial(trial, logdir)) for trial in trials]
+    clashes = [clash_line(trial, old) for trial, old in olds if old is not None and trial.changes(old)]
     if not clashes or force:
         return
     more = f"; and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""

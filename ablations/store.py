@@ -58,7 +58,6 @@ def is_trial_output(name: str) -> bool:
 
 
 def _in_folder(name: str) -> Any:
-    """A `TrialPaths` property: the file `name` in the trial's folder."""
     return property(lambda paths: paths.folder / name)
 
 
@@ -70,6 +69,7 @@ class TrialPaths:
 
     @classmethod
     def of(cls, logdir: Path | str, suite: str, spec: str, seed: int) -> TrialPaths:
+        """``<logdir>/<suite>/<spec>/seed=<seed>``."""
         return cls(Path(logdir) / suite / spec / f"seed={seed}")
 
     result = _in_folder(RESULT_FILE)
@@ -114,14 +114,11 @@ class TrialPaths:
 
 
 @contextmanager
-def atomic_output(path: Path, keep_suffix: bool = True) -> Iterator[Path]:
-    """A temporary path renamed to `path` once the block succeeds and it is synced, else removed: readers see the old
-    file or the whole new one. It keeps `path`'s suffix (``savefig`` reads it) unless not `keep_suffix`: then it ends
-    in ``.tmp``, which the readers of a folder skip."""
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path (``.<name>.<pid>.tmp``, which readers skip) renamed to `path` once the block succeeds and it
+    is synced, else removed: readers see the old file or the whole new one."""
     path = Path(path)
-    tmp = path.with_name(
-        f".{path.stem}.{os.getpid()}.tmp{path.suffix}" if keep_suffix else f".{path.name}.{os.getpid()}.tmp"
-    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -134,7 +131,7 @@ def atomic_output(path: Path, keep_suffix: bool = True) -> Iterator[Path]:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (`atomic_output`)."""
-    with atomic_output(path, keep_suffix=False) as tmp:
+    with atomic_output(path) as tmp:
         tmp.write_bytes(data)
 
 
@@ -297,14 +294,10 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
     """Hold `folder`'s ``flock`` (the kernel releases it when its holder dies) in the block, naming us in it; if
     another process holds it, `wait` (naming the holder after `LOCK_NOTE_S`) or yield False."""
     folder = Path(folder)
-    refuse_symlinks(folder)
+    refuse_symlinks(folder, folder / LOCK_FILE)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError:
-        refuse_symlinks(folder / LOCK_FILE)
-        raise
-    try:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # O_NOFOLLOW: no race makes it a symlink
+    with open(os.open(folder / LOCK_FILE, flags, 0o644), "r+b", buffering=0) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -319,14 +312,12 @@ def folder_lock(folder: Path, wait: bool = False) -> Iterator[bool]:
             finally:
                 note.cancel()
         with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, it just names no one
-            os.ftruncate(handle, 0)
-            os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            handle.truncate(0)
+            os.pwrite(handle.fileno(), f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         try:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        os.close(handle)
 
 
 @functools.lru_cache(maxsize=None)

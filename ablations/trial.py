@@ -21,19 +21,13 @@ import torchmetrics
 
 from ablations import custom
 from ablations.monitor import TrialLogger, TrialMonitor
-from ablations.signals import quiet_lightning
-from ablations.signals import raise_if_interrupted
-from ablations.status import OtherSettings, TrialState, TrialStatus, claim, record_failure
+from ablations.signals import quiet_lightning, raise_if_interrupted
+from ablations.status import OtherSettings, TrialState, TrialStatus, claim, quiet_full_disk_in_threads, record_failure
 from ablations.store import TrialPaths, UnsafePath, code_provenance, write_result
 from ablations.suite import RunOptions, TrainSettings, Trial
-from ablations.status import quiet_full_disk_in_threads
 from lit_cifar import CIFAR10DataModule, tune_allocator
 from lit_cifar.module import STAGES
 from lit_cifar.runtime import cpu_model, trim_heap
-
-
-def _unchanged(decision: Any) -> Any:
-    return decision
 
 
 @dataclass(frozen=True)
@@ -41,7 +35,7 @@ class Ranks:
     """This process's place among a trial's DDP processes; ``broadcast`` hands rank 0's decision to all."""
 
     rank: int = 0
-    broadcast: Callable[[Any], Any] = _unchanged
+    broadcast: Callable[[Any], Any] = lambda decision: decision
 
 
 def stop_if_interrupted(trainer: pl.Trainer) -> None:

@@ -240,13 +240,9 @@ def test_the_factory_picks_the_executor_the_plan_asks_for():
     assert not make_executor("local", ranks=types.SimpleNamespace(rank=1)).skip_finished  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown engine 'spark'"):
         make_executor("spark")
-
-
-def test_the_local_executor_runs_its_trials_in_worker_slots(tmp_path):
-    executor = LocalExecutor(parallel=2, gpus=0, run=fakes.finish)
-    statuses = executor.run(fake_trials(3), RunOptions(logdir=str(tmp_path)))
-    assert [s.state for s in statuses] == ["done"] * 3
-    assert len({p.read_text() for p in tmp_path.glob("fake/*/*/started-*")}) == 2  # two worker processes
+    for bad in ({"parallel": 0}, {"gpus": -1}, {"max_retries": -1}):  # checked once, for every engine
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=-?[0-9]+ must be >= "):
+            make_executor("ray", **bad)
 
 
 # ------------------------------------------------------------------------------------------- slots, Ray seam

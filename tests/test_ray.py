@@ -296,12 +296,6 @@ def test_task_options_and_capacity():
     assert TrialResources(gpus=0.0, cpus=2.5).threads == 2
 
 
-@pytest.mark.parametrize("gpus, cpus, message", [(2, 1, "DDP"), (-0.5, 1, ">= 0 and <= 1"), (0, 0, "> 0")])
-def test_bad_trial_resources_are_rejected(gpus, cpus, message):
-    with pytest.raises(ValueError, match=message):
-        TrialResources(gpus=gpus, cpus=cpus)
-
-
 @needs_ray
 def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_path, capsys):
     """--parallel 8 on a machine with 4 GPUs and 16 cores: each Ray task asks for half a GPU and 2 CPUs."""

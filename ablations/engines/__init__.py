@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ablations.engines.base import Executor, Progress
 from ablations.engines.local import LocalExecutor
+from ablations.rules import check, integer
 
 if TYPE_CHECKING:
     from ablations.trial import Ranks
@@ -28,6 +29,9 @@ def make_executor(
 ) -> Executor:
     """The `engine`'s executor: `parallel` trials at once over `gpus` GPUs (locally, or as each Ray task's share of
     a machine), `ranks` for a DDP sweep (local), `ray_address` and `max_retries` for Ray."""
+    check("parallel", parallel, integer(1))
+    check("gpus", gpus, integer(0))
+    check("max_retries", max_retries, integer(0))
     if engine == "ray":
         from ablations.engines.ray import RayExecutor, TrialResources, available_cpus
 

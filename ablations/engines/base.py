@@ -19,15 +19,10 @@ class Executor(ABC):
     def run(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         """The status of each of `trials`, in order: finished ones SKIPPED (none with ``--force``), the others run."""
         skip = self.skip_finished and not options.force
-        statuses = {
-            i: TrialStatus(t.name, TrialState.SKIPPED)
-            for i, t in enumerate(trials)
-            if skip and is_finished(t, options.logdir, warn=False)
-        }
-        todo = [i for i in range(len(trials)) if i not in statuses]
-        if todo:
-            statuses.update(zip(todo, self.execute([trials[i] for i in todo], options)))
-        return [statuses[i] for i in range(len(trials))]
+        done = [skip and is_finished(t, options.logdir, warn=False) for t in trials]
+        todo = [t for t, d in zip(trials, done) if not d]
+        ran = iter(self.execute(todo, options) if todo else [])
+        return [TrialStatus(t.name, TrialState.SKIPPED) if d else next(ran) for t, d in zip(trials, done)]
 
     @abstractmethod
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
@@ -51,13 +46,8 @@ class Progress:
         self.running.append(self.trials[index].name)
         self._show()
 
-    def stopped(self, index: int) -> None:
-        """A started trial to be handed out again (its worker was lost)."""
-        self.running.remove(self.trials[index].name)
-        self._show()
-
     def finished(self, index: int, status: TrialStatus) -> TrialStatus:
-        """Record a trial's status (BUSY is not final) and return it."""
+        """Record a trial's status (BUSY is not final: the trial is handed out again) and return it."""
         if self.trials[index].name in self.running:
             self.running.remove(self.trials[index].name)
         self._show(refresh=not status.final)

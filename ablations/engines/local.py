@@ -18,9 +18,8 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from ablations.engines.base import Executor, Progress
-from ablations.signals import quiet_lightning
-from ablations.rules import check, integer
 from ablations.signals import Interrupted, die_with_parent, ignoring_sigint, raise_if_interrupted, stop_on_sigterm
+from ablations.signals import quiet_lightning
 from ablations.status import TrialStatus, record_failure
 from ablations.suite import RunOptions, Trial
 
@@ -40,9 +39,7 @@ class WorkerSlot:
 
 
 def worker_slots(parallel: int, gpus: int, cpus: int, visible: Optional[str] = None) -> list[WorkerSlot]:
-    """Worker i sees GPU ``i % gpus`` (numbered as the parent sees them: `visible`, e.g. SLURM's) and gets
-    ``cpus // parallel`` torch threads (at least 1)."""
-    check("parallel", parallel, integer(1))
+    """Worker i sees GPU ``i % gpus`` (of the parent's `visible`, e.g. SLURM's) and ``cpus // parallel`` threads."""
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(g) for g in range(gpus)]
     ids = ids[:gpus]
     return [WorkerSlot(ids[i % len(ids)] if ids else None, max(1, cpus // parallel)) for i in range(parallel)]
@@ -55,21 +52,16 @@ def bars(trials: int, parallel: int, rank: int) -> tuple[bool, bool]:
 
 
 class LocalExecutor(Executor):
-    """`parallel` trials at a time, here or in worker processes over `gpus` GPUs; under DDP (`ranks`) one at a
-    time on every rank. `run` trains a trial (default `ablations.trial.run_trial`)."""
+    """`parallel` trials at a time over `gpus` GPUs, here or in worker processes; one at a time under DDP (`ranks`)."""
 
-    def __init__(
-        self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None, run: Optional[Runner] = None
-    ) -> None:
-        self.parallel, self.gpus, self.ranks, self.runner = parallel, gpus, ranks, run
+    def __init__(self, parallel: int = 1, gpus: int = 0, ranks: Optional[Ranks] = None) -> None:
+        self.parallel, self.gpus, self.ranks = parallel, gpus, ranks
         self.skip_finished = ranks is None
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
         from ablations.trial import run_trial
 
-        run: Callable[..., Any] = self.runner or run_trial
-        if self.ranks is not None:
-            run = functools.partial(run, ranks=self.ranks)
+        run: Runner = run_trial if self.ranks is None else functools.partial(run_trial, ranks=self.ranks)
         sweep_bar, trial_bar = bars(len(trials), self.parallel, self.ranks.rank if self.ranks else 0)
         slots = None
         if self.parallel > 1:
@@ -85,8 +77,8 @@ class LocalExecutor(Executor):
 def run_local(
     trials: list[Trial], options: RunOptions, run: Runner, progress: Progress, slots: Optional[list[WorkerSlot]] = None
 ) -> list[TrialStatus]:
-    """Run `trials` with `run` (picklable if there are `slots`), here or in one worker per slot; statuses in trial
-    order. Trials another sweep runs (BUSY) are retried last, waiting for their lock."""
+    """The statuses of `trials`, in order, run by `run` here or by one (picklable) in a worker per slot; BUSY ones
+    are retried last, waiting for their lock."""
     queue = deque((index, False) for index in range(len(trials)))  # (trial, wait for its lock)
     if not slots:
         while queue:
@@ -167,8 +159,7 @@ def _stop(workers: list[_Worker], graceful: bool) -> None:
 
 
 def _serve(slot: WorkerSlot, conn: Connection, parent: int, run: Runner) -> None:
-    """A worker process: it runs the trials the main process sends until None; on SIGTERM it ends at once
-    (``os._exit``, no traceback, no waiting for a library's threads: results are atomic, locks the kernel's)."""
+    """A worker: runs the trials sent until None; on SIGTERM ``os._exit`` (results are atomic, locks the kernel's)."""
     die_with_parent(parent)
     stop_on_sigterm()
     try:

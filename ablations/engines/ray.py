@@ -1,7 +1,6 @@
-"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, so local, Ray and
-``--shard`` runs on one ``--logdir`` resume each other. A task whose worker or node dies is retried up to
-``max_retries`` times; a trial's exception is recorded, not retried. A local Ray's processes die with the command
-(`reaper`). Ray and torch are imported only when a sweep starts.
+"""``--engine ray``: each trial one Ray task (`TrialResources`) running `ablations.trial.run_trial`, so any engines
+resume each other on one ``--logdir``. A lost worker or node is retried up to ``max_retries`` times, a trial's
+exception recorded; a local Ray dies with the command (`reaper`). Ray and torch are imported when a sweep starts.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ablations.engines.base import Executor, Progress
-from ablations.rules import check, finite, integer
-from ablations.signals import deferred_interrupts, die_with_parent, raise_if_interrupted
+from ablations.signals import deferred_interrupts, die_with_parent, quiet_lightning, raise_if_interrupted
 from ablations.status import TrialState, TrialStatus, record_failure
 from ablations.store import proc_stat
 
@@ -34,10 +32,7 @@ if TYPE_CHECKING:
 
 # Ray errors that mean the task's worker process or node is gone, not that the trial failed: these are retried.
 WORKER_LOST_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its error texts
 RESOURCE_UNITS = 10_000  # Ray counts resources in steps of 1/10,000: requests are rounded down to one
-POLL_S = 0.5  # how often the driver looks for a stop signal while it waits for tasks
-CANCEL_WAIT_S = 20.0  # how long a stopped sweep waits for its cancelled tasks to end
 
 
 @dataclass(frozen=True)
@@ -47,18 +42,9 @@ class TrialResources:
     gpus: float = 0.0
     cpus: float = 1.0
 
-    def __post_init__(self) -> None:
-        hint = ": a trial trains on one device (or a fraction of one) under --engine ray; DDP is not supported"
-        check("gpus per trial", self.gpus, finite(0, inclusive=True, high=1), hint)
-        check("cpus per trial", self.cpus, finite(0))
-
     @classmethod
     def share(cls, gpus: int, parallel: int, cpus: int) -> TrialResources:
-        """The share of a machine the local engine gives each of `parallel` workers: a GPU or ``1/k`` of one each,
-        and ``cpus // parallel`` cores (at least one)."""
-        check("gpus", gpus, integer(0))
-        check("parallel", parallel, integer(1))
-        check("cpus", cpus, integer(1))
+        """Each of `parallel` local workers' share: a GPU or ``1/k`` of one, and ``cpus // parallel`` cores."""
         gpu_share = math.floor(RESOURCE_UNITS / math.ceil(parallel / gpus)) / RESOURCE_UNITS if gpus else 0.0
         return cls(gpus=gpu_share, cpus=max(1, cpus // parallel))
 
@@ -96,7 +82,7 @@ def check_supported(trials: list[Trial], options: RunOptions) -> None:
         )
 
 
-def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
+def check_address(address: Optional[str]) -> None:
     """Raise ValueError if nothing listens at `address` (``ray.init`` would retry for minutes)."""
     if address in (None, "auto", "local"):
         return
@@ -104,7 +90,7 @@ def check_address(address: Optional[str], timeout_s: float = 10.0) -> None:
     if not host or not port.isdigit():
         raise ValueError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, int(port)), timeout=10.0).close()
     except OSError as error:
         raise ValueError(
             f"cannot reach the Ray cluster at {address} (--ray-address or $RAY_ADDRESS): {error.strerror or error}"
@@ -130,18 +116,14 @@ def _start_time(pid: int) -> Optional[int]:
 
 def descendants(pid: int) -> list[tuple[int, int]]:
     """(PID, start time) of every process below `pid`."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        fields = proc_stat(entry.name) if entry.name.isdigit() else []
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        start = _start_time(child)
-        if start is not None:
-            found.append((child, start))
-        todo += children.get(child, [])
+    stats = {int(entry.name): proc_stat(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
+    found, parents = [], [pid]
+    while parents:
+        parent = parents.pop()
+        for child, fields in stats.items():
+            if len(fields) > 19 and int(fields[1]) == parent:
+                found.append((child, int(fields[19])))
+                parents.append(child)
     return found
 
 
@@ -150,14 +132,12 @@ def reaper(processes: list[tuple[int, int]]) -> Optional[subprocess.Popen]:
     outlive a killed driver for minutes)."""
     if not processes:
         return None
-    listed = [f"{pid}:{start}" for pid, start in processes]
-    body = "import sys\nfrom ablations.engines.ray import _reap\n_reap(int(sys.argv[1]), sys.argv[2:])"
-    return subprocess.Popen([sys.executable, "-c", body, str(os.getpid()), *listed], stdin=subprocess.DEVNULL)
+    body = f"from ablations.engines.ray import _reap\n_reap({os.getpid()}, {processes!r})"
+    return subprocess.Popen([sys.executable, "-c", body], stdin=subprocess.DEVNULL)
 
 
-def _reap(parent: int, listed: list[str]) -> None:
+def _reap(parent: int, processes: list[tuple[int, int]]) -> None:
     """The reaper: on SIGTERM (its parent died, or the sweep ended), SIGKILL each listed process still alive."""
-    processes = [tuple(int(part) for part in item.split(":")) for item in listed]
 
     def kill_all(signum: int, frame: Any) -> None:
         for pid, start in processes:
@@ -213,7 +193,6 @@ def _run_task(trial: Trial, options: RunOptions, wait: bool, threads: int) -> Tr
     """A trial's Ray task: `run_trial`, with the task's CPU share as torch threads."""
     import torch
 
-    from ablations.signals import quiet_lightning
     from ablations.trial import run_trial
 
     quiet_lightning()
@@ -239,12 +218,12 @@ class _RaySweep:
         self.pending: deque[tuple[int, bool]] = deque()  # (trial index, wait for its lock)
         self.in_flight: dict[Any, tuple[int, bool]] = {}  # Ray object ref -> (trial index, wait)
 
-    def run(self, todo: list[int], cancel_on_exit: bool) -> None:
-        """Run the trials at indices `todo`, those busy in another sweep last. Stop signals raise between waits
+    def run(self, cancel_on_exit: bool) -> None:
+        """Run the trials, those busy in another sweep last. Stop signals raise between waits
         (inside ``ray.wait`` they would be a SystemError); then, on an error, or at the end if the caller's Ray
         outlives the sweep, running tasks are cancelled (not ``force``: it can crash the driver) and awaited."""
-        self.pending.extend((i, False) for i in todo)
-        if todo and not any(self.resources.fits_on(node) for node in self._nodes()):
+        self.pending.extend((i, False) for i in range(len(self.trials)))
+        if self.trials and not any(self.resources.fits_on(node) for node in self._nodes()):
             self.progress.bar.write(
                 f"warning: no node of the Ray cluster has the {self.resources.cpus} CPUs and "
                 f"{self.resources.gpus} GPUs one trial asks for; the trials wait until one joins "
@@ -257,7 +236,7 @@ class _RaySweep:
                 while self.pending or self.in_flight:
                     raise_if_interrupted()
                     self._fill()
-                    ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_S)
+                    ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)  # then signals
                     for ref in ready:
                         self._collect(ref, *self.in_flight.pop(ref))
                 stopped = False
@@ -266,7 +245,7 @@ class _RaySweep:
             for ref in refs:
                 self.ray.cancel(ref)
             if refs:
-                self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+                self.ray.wait(refs, num_returns=len(refs), timeout=20.0)
 
     def _nodes(self) -> list[dict[str, float]]:
         return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
@@ -292,7 +271,7 @@ class _RaySweep:
                     f"retry {self.attempts[i]} of {self.max_retries}",
                     file=sys.stderr,
                 )
-                self.progress.stopped(i)
+                self.progress.finished(i, TrialStatus(self.trials[i].name, TrialState.BUSY))  # not final
                 self.pending.appendleft((i, wait))
                 return
             reason = (
@@ -300,7 +279,7 @@ class _RaySweep:
                 f"attempts (1 + max_retries={self.max_retries})"
             )
         except self.ray.exceptions.RayError as error:  # e.g. the task could not import this package: no retry
-            text = ANSI_ESCAPE.sub("", str(error)).strip()
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # Ray colours the task names
             reason = f"Ray task failed: {text.splitlines()[-1] if text else type(error).__name__}"
         else:
             if status.state is TrialState.BUSY:  # another sweep runs it: do the others first, then wait for it
@@ -323,11 +302,9 @@ class RayExecutor(Executor):
     max_retries: int
 
     def execute(self, trials: list[Trial], options: RunOptions) -> list[TrialStatus]:
-        """Raises ValueError, before anything runs, for per-trial DDP, a bad `max_retries` or a missing Ray."""
+        """Raises ValueError for a missing Ray (`ablations.plan.prepare` checked the trials fit the engine)."""
         from lit_cifar.layouts import default_data_dir
 
-        check("max_retries", self.max_retries, integer(0))
-        check_supported(trials, options)
         ray = import_ray()
         # the same on any worker: absolute paths, no per-trial bar, the CPU when the task has no GPU
         no_gpu = self.resources.gpus == 0 and options.accelerator == "auto"
@@ -341,7 +318,7 @@ class RayExecutor(Executor):
         sweep = _RaySweep(ray, trials, options, self.resources, self.max_retries)
         try:
             with _joined(ray, self.address) as joined:
-                sweep.run(list(range(len(trials))), cancel_on_exit=not joined)
+                sweep.run(cancel_on_exit=not joined)
         finally:
             sweep.progress.close()
         return sweep.progress.in_order()
