@@ -1,9 +1,6 @@
 """A suite's report from its trial folders (``<spec>/seed=<s>/result.json``, one set of settings): results.md,
-results.csv and effects.csv (every comparison with its verdict and interval, `stats.compare_with_reference`),
-results.png, curves.png and effects.png, and the TensorBoard run ``<suite>/_report`` with the suite's HParams.
-
-A suite run ``--until-answered`` records its rule in ``seeds_rule.json``; every interval is then read as the rule
-read it (`SuiteReport.rule`). Torch-free.
+results.csv, effects.csv, results.png, curves.png, effects.png and the TensorBoard run ``<suite>/_report`` with the
+suite's HParams. A suite run ``--until-answered`` has its intervals read as its rule read them. Torch-free.
 """
 
 from __future__ import annotations
@@ -296,11 +293,12 @@ def build_report(
         row.identical_to = same_as.get(row.spec)
     design = factorial_frame(results)
     factorial = None if design is None else stats.factorial_effects(*design, "test_acc", margin=margin)
-    rule_file = suite_dir / SEEDS_RULE_FILE
+    rule_file, caption = suite_dir / SEEDS_RULE_FILE, suite_dir / CAPTION_FILE
     rule = json.loads(rule_file.read_text()) if rule_file.is_file() else {}
     notes += mixed_environment(results)
     report = SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems + excluded)
     report.margin, report.rule = margin, rule
+    report.caption = (caption.read_text().strip().splitlines() or [""])[0] if caption.is_file() else ""
     level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (stats.LEVEL, 1)
     groups = {r.spec: r.test_acc_values for r in rows}
     tests = {t.name: t for t in stats.compare_with_reference(groups, reference, level, margin, looks)}
@@ -528,19 +526,10 @@ def sections(report: SuiteReport) -> list[tuple[str, str]]:
     ]
 
 
-def _join(parts: list[tuple[str, str]]) -> str:
+def markdown(report: SuiteReport, only: Optional[tuple[int, ...]] = None) -> str:
+    """results.md: every section that has something to say (`only`: these of `sections`)."""
+    parts = [part for i, part in enumerate(sections(report)) if only is None or i in only]
     return "\n\n".join(f"{title}\n\n{body}" for title, body in parts if body) + "\n"
-
-
-def markdown(report: SuiteReport) -> str:
-    """results.md: every section that has something to say."""
-    return _join(sections(report))
-
-
-def verdicts_markdown(report: SuiteReport) -> str:
-    """The verdict sections of results.md (TensorBoard's answer): each spec against the reference, the effects."""
-    parts = sections(report)
-    return _join([parts[2], parts[5]]).strip() or "No comparison has a verdict (one spec only)."
 
 
 def csv_text(records: list[dict[str, Any]]) -> str:
@@ -678,8 +667,6 @@ def write_report(
     check_margin(margin)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
         report = build_report(suite_dir, reference, settings, margin)
-        caption = suite_dir / CAPTION_FILE
-        report.caption = (caption.read_text().strip().splitlines() or [""])[0] if caption.is_file() else ""
         text = markdown(report)
         write_text_atomic(suite_dir / "results.md", text)
         records = [
@@ -693,7 +680,8 @@ def write_report(
             print(f"warning: {problem}", file=sys.stderr)
         for name, png in charts(report, plots.PAGE).items():
             write_bytes_atomic(suite_dir / name, png)
-        answer = text_pb(board.ANSWER_TAG, verdicts_markdown(report))
+        verdicts = markdown(report, only=(2, 5)).strip() or "No comparison has a verdict (one spec only)."
+        answer = text_pb(board.ANSWER_TAG, verdicts)  # each spec against the reference, the effects
         images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
         board.write_run(suite_dir / board.REPORT_RUN, [answer, text_pb("report/results", text), *images], replace=True)
         board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session
