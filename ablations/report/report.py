@@ -180,9 +180,7 @@ def select_settings(
         settings = max(groups, key=lambda key: (len(groups[key]), key)) if groups else ""
     chosen = json.loads(settings) if settings else {}
     lines = []
-    for key, excluded in groups.items():
-        if key == settings:
-            continue
+    for key, excluded in {k: v for k, v in groups.items() if k != settings}.items():
         other = json.loads(key)
         changed = ", ".join(
             f"{k}={json.dumps(other.get(k))} (the table's: {json.dumps(chosen.get(k))})"
