@@ -209,16 +209,11 @@ def identical_specs(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]
         a, b = (next(r for r in ordered if r["spec"] == s).get("spec_fields", {}) for s in (earlier, later))
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         why = f"they differ only in {', '.join(differ)}, which changed no computation in these runs"
-        if differ == ["max_norm"]:
+        runs = [r for r in ordered if r["spec"] in (earlier, later)]
+        rescaled = [e[MAXNORM_RESCALED] for r in runs for e in r.get("history", []) if MAXNORM_RESCALED in e]
+        if differ == ["max_norm"] and rescaled and not any(rescaled):
             cap = a.get("max_norm") or b.get("max_norm")
-            runs = [r for r in ordered if r["spec"] in (earlier, later)]
-            rescaled = [e[MAXNORM_RESCALED] for r in runs for e in r.get("history", []) if MAXNORM_RESCALED in e]
-            why = (
-                f"the max-norm cap ({cap}) never rescaled a row ({MAXNORM_RESCALED} = 0 in every epoch)"
-                if rescaled and not any(rescaled)
-                else f"they differ only in the max-norm cap ({cap}), so it never acted: no unit's incoming weights "
-                "reached that norm in these runs"
-            )
+            why = f"the max-norm cap ({cap}) never rescaled a row ({MAXNORM_RESCALED} = 0 in every epoch)"
         found.append((later, earlier, why if differ else "their spec fields are the same"))
     return found
 
