@@ -33,12 +33,9 @@ def settings_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str
     """What differs between two suites' trials (``epochs=5 vs 1``) but `COMPARABLE` settings, or ""."""
     seen = []
     for results in (a, b):
-        values: dict[str, set[str]] = {}
-        for r in results:
-            for key, value in {**r.get("settings", {}), "train_images": r.get("train_images")}.items():
-                if key not in (*COMPARABLE, "spec", "seed"):  # a trial's own spec and seed are paired, not compared
-                    values.setdefault(key, set()).add(str(value))
-        seen.append(values)
+        settings = [{**r.get("settings", {}), "train_images": r.get("train_images")} for r in results]
+        keys = {k for s in settings for k in s} - {*COMPARABLE, "spec", "seed"}  # a trial's spec and seed are paired
+        seen.append({k: {str(s[k]) for s in settings if k in s} for k in keys})
     return ", ".join(
         f"{k}={'/'.join(sorted(seen[0].get(k, {'?'})))} vs {'/'.join(sorted(seen[1].get(k, {'?'})))}"
         for k in sorted(set(seen[0]) | set(seen[1]))
