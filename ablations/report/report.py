@@ -653,9 +653,8 @@ def report_text(report: SuiteReport) -> str:
 def write_report(
     suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
 ) -> str:
-    """Write the report of the suite in `suite_dir` (one set of settings, `select_settings`; verdicts at `margin`)
-    and return `report_text`; problems go to stderr and results.md. Raises `NothingToReport` (a ValueError) for a
-    folder without results of its suite, ValueError for a bad `reference` or `margin`, OSError from writing."""
+    """Write the report of `suite_dir` (`build_report`) and return `report_text`; problems go to stderr too. Raises
+    `NothingToReport` (a ValueError) without results, ValueError for a bad `reference` or `margin`, OSError."""
     suite_dir = Path(suite_dir)
     check_margin(margin)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report

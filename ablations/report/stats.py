@@ -134,9 +134,8 @@ def compare_with_reference(
     margin: float = MARGIN,
     looks: int = 1,
 ) -> list[Contrast]:
-    """Every group but `reference` against it (Welch), each interval at ``1 - (1 - level) / (comparisons x
-    looks)``. With ``looks > 1`` (`ablations.adaptive`) each is read at the look it stopped at: the first ``k``
-    values of both sides, ``k`` the fewer of the two."""
+    """Every group but `reference` against it (Welch), each at ``1 - (1 - level) / (comparisons x looks)``; with
+    ``looks > 1`` (`ablations.adaptive`) read at the look it stopped at, the first ``k`` values a side (the fewer)."""
     if reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(groups)}")
     check_margin(margin)
@@ -246,9 +245,8 @@ def _contrasts(
 def factorial_effects(
     frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL, margin: float = MARGIN
 ) -> FactorialFit:
-    """Main effects and, where the trials separate them with residual degrees of freedom left, two-factor
-    interactions of `factors` on `response` (a row of `frame` per trial); higher interactions are noise. A fraction
-    of the grid must run each level about equally often; what it cannot separate is `FactorialFit.aliased`."""
+    """Main effects and, where the trials separate them, two-factor interactions of `factors` on `response` (a row
+    of `frame` per trial; higher interactions are noise). A fraction of the grid must balance the levels."""
     names = [f.name for f in factors]
     combinations = math.prod(len(f.levels) for f in factors)
     combos = frame[names].drop_duplicates()
