@@ -264,7 +264,7 @@ def mixed_environment(results: list[dict[str, Any]]) -> list[str]:
 def build_report(
     suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
 ) -> SuiteReport:
-    """Read and analyse the suite's results of one set of settings (`select_settings`); verdicts at `margin`."""
+    """Analyse the suite's results of one set of settings (`select_settings`) at `margin`; problems go to stderr."""
     suite_dir = Path(suite_dir)
     results, problems = load_results(suite_dir)
     check_suite_folder(suite_dir, results, problems)
@@ -292,6 +292,8 @@ def build_report(
     report = SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems + excluded)
     report.margin, report.rule = margin, rule
     report.caption = (caption.read_text().strip().splitlines() or [""])[0] if caption.is_file() else ""
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (stats.LEVEL, 1)
     groups = {r.spec: r.test_acc_values for r in rows}
     tests = {t.name: t for t in stats.compare_with_reference(groups, reference, level, margin, looks)}
@@ -668,8 +670,6 @@ def write_report(
         effects = effect_records(report.factorial) if report.factorial is not None and report.factorial.effects else []
         if effects:
             write_text_atomic(suite_dir / "effects.csv", csv_text(effects))
-        for problem in report.problems:
-            print(f"warning: {problem}", file=sys.stderr)
         for name, png in charts(report, plots.PAGE).items():
             write_bytes_atomic(suite_dir / name, png)
         verdicts = markdown(report, only=(2, 5)).strip() or "No comparison has a verdict (one spec only)."
