@@ -294,18 +294,16 @@ def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
                 "drop it"
             )
         return None
-    if args.shard:
-        raise ValueError(
-            f"{flag} with --shard: the rounds depend on every shard's results; run one sweep per "
-            f"round without {flag}, or run {flag} from a single process (any --engine)"
-        )
-    if args.strategy:
-        raise ValueError(
-            f"{flag} with --strategy: run the rounds with one process per trial (--parallel, "
-            f"--engine ray); a {flag} sweep under DDP is not supported yet"
-        )
-    if args.seeds:
-        raise ValueError(f"{flag} chooses the seeds (0, 1, 2, ...): drop --seeds")
+    clashes = {  # the options a seeds rule cannot run with, and why
+        "shard": f"the rounds depend on every shard's results; run one sweep per round without {flag}, or run {flag} "
+        "from a single process (any --engine)",
+        "strategy": f"run the rounds with one process per trial (--parallel, --engine ray); a {flag} sweep under DDP "
+        "is not supported yet",
+        "seeds": "the rule chooses the seeds (0, 1, 2, ...): drop --seeds",
+    }
+    for option, why in clashes.items():
+        if getattr(args, option):
+            raise ValueError(f"{flag} with --{option}: {why}")
     bounds = {"min_seeds": args.min_seeds, "max_seeds": args.max_seeds, "margin": args.margin}
     chosen = {k: v for k, v in bounds.items() if v is not None}
     return Answer(**chosen) if args.until_answered else Target(args.target_ci, **chosen)
