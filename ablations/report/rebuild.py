@@ -50,12 +50,8 @@ def draw_samples(data_dir: Path, settings: Mapping[str, Any]) -> bytes:
     from ablations.report import plots
     from lit_cifar import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(
-        data_dir=str(data_dir),
-        val_size=settings.get("val_size", 5000),
-        split_seed=settings.get("split_seed", 0),
-        limit_train=settings.get("limit_train"),
-    )
+    split = {k: settings[k] for k in ("val_size", "split_seed", "limit_train") if k in settings}
+    dm = CIFAR10DataModule(data_dir=str(data_dir), **split)
     dm.prepare_data()
     dm.setup("fit")
     images, names = dm.class_examples()
