@@ -105,14 +105,11 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
 
 def _suite_dir(text: str) -> Path:
     path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a folder: give a suite's folder, e.g. logs/replication/notebook"
-        )
     if not any(path.glob(f"*/seed=*/{RESULT_FILE}")):
+        what = f"holds no <spec>/seed=<s>/{RESULT_FILE}" if path.is_dir() else "is not a folder"
         raise argparse.ArgumentTypeError(
-            f"{text} holds no <spec>/seed=<s>/{RESULT_FILE}: give a suite's folder (the logdir's subfolder named "
-            "after the suite), e.g. logs/replication/notebook"
+            f"{text} {what}: give a suite's folder (the logdir's subfolder named after the suite), e.g. "
+            "logs/replication/notebook"
         )
     return path
 
