@@ -1,14 +1,8 @@
 """The seeds rules: a suite runs in rounds and adds seeds only where a comparison with the reference needs them.
-
-- **Until answered** (`Answer`, ``--until-answered``): seeds ``0 .. min_seeds-1`` first, then one more seed per
-  round to every cell whose comparison is still ``open`` (and to the reference while any is), up to ``max_seeds``.
-  Each look reads Welch's interval at level ``1 - alpha / (comparisons x looks)`` (uniform alpha spending by
-  Bonferroni), so all intervals read at every look hold together with probability ``1 - alpha``. The rule records
-  itself in the suite's folder and the report reads every interval as the rule did.
-- **Target precision** (`Target`, ``--target-ci W``): seeds until Welch's 95% interval of each difference is at
-  most ``W`` wide, decided on each variance's upper `GUARD` bound over every cell's seeds but its newest.
-
-The rounds are a function of the finished results, so a rerun continues. Torch-free.
+`Answer` (``--until-answered``) adds a seed to each still ``open`` comparison, reading Welch's interval at
+``1 - alpha / (comparisons x looks)`` so every look holds together; `Target` (``--target-ci W``) adds seeds until
+each difference's 95% interval is at most ``W`` wide, judged on each variance's upper `GUARD` bound. The rounds are
+a function of the finished results, so a rerun continues. Torch-free.
 """
 
 from __future__ import annotations
@@ -230,8 +224,9 @@ def run_rounds(
     engine) and returns False to stop. A round that leaves the same seeds missing stops too."""
     before: Optional[dict[str, list[int]]] = None
     while True:
-        rounds = plan_rounds(specs, reference, read(), target)
-        missing = rounds.missing(read())
+        finished = read()
+        rounds = plan_rounds(specs, reference, finished, target)
+        missing = rounds.missing(finished)
         if rounds.done or not missing or missing == before or not run_round(missing):
             return plan_rounds(specs, reference, read(), target)
         before = missing
@@ -299,18 +294,16 @@ def target_of(args: argparse.Namespace) -> Optional[SeedsRule]:
                 "drop it"
             )
         return None
-    if args.shard:
-        raise ValueError(
-            f"{flag} with --shard: the rounds depend on every shard's results; run one sweep per "
-            f"round without {flag}, or run {flag} from a single process (any --engine)"
-        )
-    if args.strategy:
-        raise ValueError(
-            f"{flag} with --strategy: run the rounds with one process per trial (--parallel, "
-            f"--engine ray); a {flag} sweep under DDP is not supported yet"
-        )
-    if args.seeds:
-        raise ValueError(f"{flag} chooses the seeds (0, 1, 2, ...): drop --seeds")
+    clashes = {  # the options a seeds rule cannot run with, and why
+        "shard": f"the rounds depend on every shard's results; run one sweep per round without {flag}, or run {flag} "
+        "from a single process (any --engine)",
+        "strategy": f"run the rounds with one process per trial (--parallel, --engine ray); a {flag} sweep under DDP "
+        "is not supported yet",
+        "seeds": "the rule chooses the seeds (0, 1, 2, ...): drop --seeds",
+    }
+    for option, why in clashes.items():
+        if getattr(args, option):
+            raise ValueError(f"{flag} with --{option}: {why}")
     bounds = {"min_seeds": args.min_seeds, "max_seeds": args.max_seeds, "margin": args.margin}
     chosen = {k: v for k, v in bounds.items() if v is not None}
     return Answer(**chosen) if args.until_answered else Target(args.target_ci, **chosen)
@@ -342,8 +335,7 @@ def run_cli(
 
     full = plan_of(list(range(target.max_seeds)))
     cells = list(dict.fromkeys(t.cell for t in full.trials))
-    reference = full.reference if full.reference in cells else DEFAULT_REFERENCE
-    reference = reference if reference in cells else cells[0]
+    reference = next((r for r in (full.reference, DEFAULT_REFERENCE) if r in cells), cells[0])
     suite_dir = Path(full.options.logdir) / full.suite.name
     trials = {t.name: t for t in full.trials}
 

@@ -155,7 +155,7 @@ def test_an_unanswerable_comparison_stops_at_the_cap():
     "flags, message",
     [
         (["--until-answered", "--target-ci", "0.03"], "two seeds rules"),
-        (["--until-answered", "--seeds", "0,1"], "--until-answered chooses the seeds"),
+        (["--until-answered", "--seeds", "0,1"], "--until-answered with --seeds: the rule chooses the seeds"),
         (["--until-answered", "--margin", "-1"], "'-1': give a difference of accuracy in [0, 1)"),
         (["--until-answered", "--shard", "1/2"], "--until-answered with --shard"),
     ],

@@ -50,10 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if disk_full(error) or os.access(args.suite_dir, os.W_OK):
             print(f"error: {report_problem(error, args.suite_dir)}", file=sys.stderr)
             return 1
-        report = build_report(args.suite_dir, args.reference, margin=args.margin)  # read-only: shown, not written
-        for problem in report.problems:
-            print(f"warning: {problem}", file=sys.stderr)
-        print(report_text(report))
+        print(report_text(build_report(args.suite_dir, args.reference, margin=args.margin)))  # shown, not written
         print(f"note: {args.suite_dir} is not writable: the table is shown, nothing is rewritten", file=sys.stderr)
     return 0
 

@@ -214,9 +214,9 @@ def event_files(run_dir: Path) -> list[Path]:
 
 def holds(files: Sequence[Path], wanted: Sequence[Sequence[Step]]) -> bool:
     """True if `files` are exactly the event files `wanted` (in any order), wall times aside."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-    events = [[event_pb2.Event.FromString(raw) for raw in RawEventFileLoader(str(path)).Load()] for path in files]
+    events = [LegacyEventFileLoader(str(path)).Load() for path in files]
     found = [[(event.step, event.summary) for event in file if event.HasField("summary")] for file in events]
     wanted = [list(file) for file in wanted]
     return len(found) == len(wanted) and all(f in wanted for f in found) and all(w in found for w in wanted)

@@ -8,22 +8,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from scipy import stats as scipy_stats
 
 from ablations.report import board
 from ablations.report.report import load_results
 from ablations.report.stats import Interval, mean_ci, verdict
-from ablations.rules import MARGIN, check_margin
+from ablations.rules import MARGIN, margin_arg
 
 COMPARABLE = ("precision",)  # the settings two compared suites may differ in (what the comparison is about)
 
 
-@dataclass(frozen=True)
-class SpecPair:
+class SpecPair(NamedTuple):
     """One spec's results in A and in B, by seed."""
 
     spec: str
@@ -35,12 +33,9 @@ def settings_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str
     """What differs between two suites' trials (``epochs=5 vs 1``) but `COMPARABLE` settings, or ""."""
     seen = []
     for results in (a, b):
-        values: dict[str, set[str]] = {}
-        for r in results:
-            for key, value in {**r.get("settings", {}), "train_images": r.get("train_images")}.items():
-                if key not in (*COMPARABLE, "spec", "seed"):  # a trial's own spec and seed are paired, not compared
-                    values.setdefault(key, set()).add(str(value))
-        seen.append(values)
+        settings = [{**r.get("settings", {}), "train_images": r.get("train_images")} for r in results]
+        keys = {k for s in settings for k in s} - {*COMPARABLE, "spec", "seed"}  # a trial's spec and seed are paired
+        seen.append({k: {str(s[k]) for s in settings if k in s} for k in keys})
     return ", ".join(
         f"{k}={'/'.join(sorted(seen[0].get(k, {'?'})))} vs {'/'.join(sorted(seen[1].get(k, {'?'})))}"
         for k in sorted(set(seen[0]) | set(seen[1]))
@@ -103,12 +98,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("a", type=Path, help="a suite's folder, e.g. logs/precision/32-true/notebook")
     parser.add_argument("b", type=Path, help="the same suite run otherwise, e.g. logs/precision/bf16-mixed/notebook")
     parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="column names (default: the folders' parents)")
-    parser.add_argument("--margin", type=float, default=MARGIN, help=f"equivalence margin (default {MARGIN})")
+    parser.add_argument("--margin", type=margin_arg, default=MARGIN, help=f"equivalence margin (default {MARGIN})")
     args = parser.parse_args(argv)
-    try:
-        check_margin(args.margin)
-    except ValueError as error:
-        parser.error(f"--{error}")
     for folder in (args.a, args.b):
         if not folder.is_dir():
             parser.error(f"{folder} is not a folder: give a suite's folder under a logdir, e.g. logs/notebook")

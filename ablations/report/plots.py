@@ -161,7 +161,7 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
     beside = layout is PAGE  # the legend, else below in two columns
     figure = _figure(layout, 5.0 if beside else 3.0 + 0.19 * math.ceil(len(curves) / 2), title, subtitle)
     ax = figure.add_subplot()
-    for i, curve in enumerate(sorted(curves, key=lambda c: c.reference)):
+    for i, curve in enumerate(sorted(curves, key=lambda c: not c.reference)):  # the reference first, on top
         epochs = range(1, len(curve.values) + 1)
         duplicate, top = curve.same_as is not None, 10 if curve.reference else 2
         if len(curve.low) == len(curve.values) and not duplicate:
@@ -187,11 +187,9 @@ def curves_chart(curves: Sequence[Curve], title: str, subtitle: str, layout: Lay
     ax.set_ylabel("validation accuracy", fontsize=layout.font)
     ax.tick_params(labelsize=layout.font)
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda k: not labels[k].endswith("(reference)"))  # reference first
     place = {"loc": "outside right lower"} if beside else {"loc": "outside lower center", "ncol": 2}
     size = layout.font - (1 if beside else 1.5)
-    figure.legend([handles[k] for k in order], [labels[k] for k in order], frameon=False, fontsize=size, **place)
+    figure.legend(*ax.get_legend_handles_labels(), frameon=False, fontsize=size, **place)
     return _png(figure, layout)
 
 

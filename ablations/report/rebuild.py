@@ -50,12 +50,8 @@ def draw_samples(data_dir: Path, settings: Mapping[str, Any]) -> bytes:
     from ablations.report import plots
     from lit_cifar import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(
-        data_dir=str(data_dir),
-        val_size=settings.get("val_size", 5000),
-        split_seed=settings.get("split_seed", 0),
-        limit_train=settings.get("limit_train"),
-    )
+    split = {k: settings[k] for k in ("val_size", "split_seed", "limit_train") if k in settings}
+    dm = CIFAR10DataModule(data_dir=str(data_dir), **split)
     dm.prepare_data()
     dm.setup("fit")
     images, names = dm.class_examples()
@@ -109,14 +105,11 @@ def rebuild_suite(suite_dir: Path, data_dir: Optional[Path] = None) -> str:
 
 def _suite_dir(text: str) -> Path:
     path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a folder: give a suite's folder, e.g. logs/replication/notebook"
-        )
     if not any(path.glob(f"*/seed=*/{RESULT_FILE}")):
+        what = f"holds no <spec>/seed=<s>/{RESULT_FILE}" if path.is_dir() else "is not a folder"
         raise argparse.ArgumentTypeError(
-            f"{text} holds no <spec>/seed=<s>/{RESULT_FILE}: give a suite's folder (the logdir's subfolder named "
-            "after the suite), e.g. logs/replication/notebook"
+            f"{text} {what}: give a suite's folder (the logdir's subfolder named after the suite), e.g. "
+            "logs/replication/notebook"
         )
     return path
 

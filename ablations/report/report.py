@@ -1,9 +1,6 @@
 """A suite's report from its trial folders (``<spec>/seed=<s>/result.json``, one set of settings): results.md,
-results.csv and effects.csv (every comparison with its verdict and interval, `stats.compare_with_reference`),
-results.png, curves.png and effects.png, and the TensorBoard run ``<suite>/_report`` with the suite's HParams.
-
-A suite run ``--until-answered`` records its rule in ``seeds_rule.json``; every interval is then read as the rule
-read it (`SuiteReport.rule`). Torch-free.
+results.csv, effects.csv, results.png, curves.png, effects.png and the TensorBoard run ``<suite>/_report`` with the
+suite's HParams. A suite run ``--until-answered`` has its intervals read as its rule read them. Torch-free.
 """
 
 from __future__ import annotations
@@ -183,9 +180,7 @@ def select_settings(
         settings = max(groups, key=lambda key: (len(groups[key]), key)) if groups else ""
     chosen = json.loads(settings) if settings else {}
     lines = []
-    for key, excluded in groups.items():
-        if key == settings:
-            continue
+    for key, excluded in {k: v for k, v in groups.items() if k != settings}.items():
         other = json.loads(key)
         changed = ", ".join(
             f"{k}={json.dumps(other.get(k))} (the table's: {json.dumps(chosen.get(k))})"
@@ -214,16 +209,11 @@ def identical_specs(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]
         a, b = (next(r for r in ordered if r["spec"] == s).get("spec_fields", {}) for s in (earlier, later))
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         why = f"they differ only in {', '.join(differ)}, which changed no computation in these runs"
-        if differ == ["max_norm"]:
+        runs = [r for r in ordered if r["spec"] in (earlier, later)]
+        rescaled = [e[MAXNORM_RESCALED] for r in runs for e in r.get("history", []) if MAXNORM_RESCALED in e]
+        if differ == ["max_norm"] and rescaled and not any(rescaled):
             cap = a.get("max_norm") or b.get("max_norm")
-            runs = [r for r in ordered if r["spec"] in (earlier, later)]
-            rescaled = [e[MAXNORM_RESCALED] for r in runs for e in r.get("history", []) if MAXNORM_RESCALED in e]
-            why = (
-                f"the max-norm cap ({cap}) never rescaled a row ({MAXNORM_RESCALED} = 0 in every epoch)"
-                if rescaled and not any(rescaled)
-                else f"they differ only in the max-norm cap ({cap}), so it never acted: no unit's incoming weights "
-                "reached that norm in these runs"
-            )
+            why = f"the max-norm cap ({cap}) never rescaled a row ({MAXNORM_RESCALED} = 0 in every epoch)"
         found.append((later, earlier, why if differ else "their spec fields are the same"))
     return found
 
@@ -274,7 +264,7 @@ def mixed_environment(results: list[dict[str, Any]]) -> list[str]:
 def build_report(
     suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
 ) -> SuiteReport:
-    """Read and analyse the suite's results of one set of settings (`select_settings`); verdicts at `margin`."""
+    """Analyse the suite's results of one set of settings (`select_settings`) at `margin`; problems go to stderr."""
     suite_dir = Path(suite_dir)
     results, problems = load_results(suite_dir)
     check_suite_folder(suite_dir, results, problems)
@@ -296,11 +286,14 @@ def build_report(
         row.identical_to = same_as.get(row.spec)
     design = factorial_frame(results)
     factorial = None if design is None else stats.factorial_effects(*design, "test_acc", margin=margin)
-    rule_file = suite_dir / SEEDS_RULE_FILE
+    rule_file, caption = suite_dir / SEEDS_RULE_FILE, suite_dir / CAPTION_FILE
     rule = json.loads(rule_file.read_text()) if rule_file.is_file() else {}
     notes += mixed_environment(results)
     report = SuiteReport(suite_dir.name, results, rows, reference, identical, factorial, notes, problems + excluded)
     report.margin, report.rule = margin, rule
+    report.caption = (caption.read_text().strip().splitlines() or [""])[0] if caption.is_file() else ""
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     level, looks = (1 - rule["alpha"], rule["looks"]) if rule else (stats.LEVEL, 1)
     groups = {r.spec: r.test_acc_values for r in rows}
     tests = {t.name: t for t in stats.compare_with_reference(groups, reference, level, margin, looks)}
@@ -528,19 +521,10 @@ def sections(report: SuiteReport) -> list[tuple[str, str]]:
     ]
 
 
-def _join(parts: list[tuple[str, str]]) -> str:
+def markdown(report: SuiteReport, only: Optional[tuple[int, ...]] = None) -> str:
+    """results.md: every section that has something to say (`only`: these of `sections`)."""
+    parts = [part for i, part in enumerate(sections(report)) if only is None or i in only]
     return "\n\n".join(f"{title}\n\n{body}" for title, body in parts if body) + "\n"
-
-
-def markdown(report: SuiteReport) -> str:
-    """results.md: every section that has something to say."""
-    return _join(sections(report))
-
-
-def verdicts_markdown(report: SuiteReport) -> str:
-    """The verdict sections of results.md (TensorBoard's answer): each spec against the reference, the effects."""
-    parts = sections(report)
-    return _join([parts[2], parts[5]]).strip() or "No comparison has a verdict (one spec only)."
 
 
 def csv_text(records: list[dict[str, Any]]) -> str:
@@ -671,15 +655,12 @@ def report_text(report: SuiteReport) -> str:
 def write_report(
     suite_dir: Path, reference: Optional[str] = None, settings: Optional[str] = None, margin: float = MARGIN
 ) -> str:
-    """Write the report of the suite in `suite_dir` (one set of settings, `select_settings`; verdicts at `margin`)
-    and return `report_text`; problems go to stderr and results.md. Raises `NothingToReport` (a ValueError) for a
-    folder without results of its suite, ValueError for a bad `reference` or `margin`, OSError from writing."""
+    """Write the report of `suite_dir` (`build_report`) and return `report_text`; problems go to stderr too. Raises
+    `NothingToReport` (a ValueError) without results, ValueError for a bad `reference` or `margin`, OSError."""
     suite_dir = Path(suite_dir)
     check_margin(margin)
     with folder_lock(suite_dir, wait=True):  # two sweeps on one logdir take turns writing the report
         report = build_report(suite_dir, reference, settings, margin)
-        caption = suite_dir / CAPTION_FILE
-        report.caption = (caption.read_text().strip().splitlines() or [""])[0] if caption.is_file() else ""
         text = markdown(report)
         write_text_atomic(suite_dir / "results.md", text)
         records = [
@@ -689,11 +670,10 @@ def write_report(
         effects = effect_records(report.factorial) if report.factorial is not None and report.factorial.effects else []
         if effects:
             write_text_atomic(suite_dir / "effects.csv", csv_text(effects))
-        for problem in report.problems:
-            print(f"warning: {problem}", file=sys.stderr)
         for name, png in charts(report, plots.PAGE).items():
             write_bytes_atomic(suite_dir / name, png)
-        answer = text_pb(board.ANSWER_TAG, verdicts_markdown(report))
+        verdicts = markdown(report, only=(2, 5)).strip() or "No comparison has a verdict (one spec only)."
+        answer = text_pb(board.ANSWER_TAG, verdicts)  # each spec against the reference, the effects
         images = [board.image_summary(CHARTS[name], png) for name, png in charts(report, plots.CARD).items()]
         board.write_run(suite_dir / board.REPORT_RUN, [answer, text_pb("report/results", text), *images], replace=True)
         board.write_suite_runs(suite_dir, report.results)  # the HParams record and each trial's session

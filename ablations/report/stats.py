@@ -5,7 +5,6 @@ simultaneous (Bonferroni), so an interval means the same whether its comparison 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import statistics
@@ -135,9 +134,8 @@ def compare_with_reference(
     margin: float = MARGIN,
     looks: int = 1,
 ) -> list[Contrast]:
-    """Every group but `reference` against it (Welch), each interval at ``1 - (1 - level) / (comparisons x
-    looks)``. With ``looks > 1`` (`ablations.adaptive`) each is read at the look it stopped at: the first ``k``
-    values of both sides, ``k`` the fewer of the two."""
+    """Every group but `reference` against it (Welch), each at ``1 - (1 - level) / (comparisons x looks)``; with
+    ``looks > 1`` (`ablations.adaptive`) read at the look it stopped at, the first ``k`` values a side (the fewer)."""
     if reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of {', '.join(groups)}")
     check_margin(margin)
@@ -158,10 +156,6 @@ class Factor:
 
     name: str
     levels: tuple[str, ...]
-
-    @property
-    def reference(self) -> str:
-        return self.levels[0]
 
 
 @dataclass(frozen=True)
@@ -212,7 +206,7 @@ def _design(frame: pd.DataFrame, factors: Sequence[Factor], interactions: bool) 
 
 def _simple_name(level: str, other: Factor, other_level: str) -> str:
     """``bn with pixel`` / ``bn without pixel``; a factor of three levels or more names itself when off."""
-    if other_level != other.reference:
+    if other_level != other.levels[0]:
         return f"{level} with {other_level}"
     return f"{level} without {other.levels[1] if len(other.levels) == 2 else other.name}"
 
@@ -230,7 +224,7 @@ def _contrasts(
         return design[mask].mean(axis=0)
 
     effects = {
-        level: mean_row(**{f.name: level}) - mean_row(**{f.name: f.reference})
+        level: mean_row(**{f.name: level}) - mean_row(**{f.name: f.levels[0]})
         for f in factors
         for level in f.levels[1:]
     }
@@ -238,7 +232,7 @@ def _contrasts(
     groups: dict[str, list[str]] = {}
     for f, g in itertools.combinations(factors, 2) if interactions else ():
         for a, b in itertools.product(f.levels[1:], g.levels[1:]):
-            name, off_a, off_b = f"{a}{INTERACTION}{b}", f.reference, g.reference
+            name, off_a, off_b = f"{a}{INTERACTION}{b}", f.levels[0], g.levels[0]
             cell = {(x, y): mean_row(**{f.name: x, g.name: y}) for x in (off_a, a) for y in (off_b, b)}
             effects[name] = cell[a, b] - cell[a, off_b] - cell[off_a, b] + cell[off_a, off_b]
             groups[name] = [_simple_name(a, g, y) for y in (off_b, b)] + [_simple_name(b, f, x) for x in (off_a, a)]
@@ -248,36 +242,11 @@ def _contrasts(
     return effects, simple, groups
 
 
-def _fit(
-    frame: pd.DataFrame, factors: Sequence[Factor], response: str, interactions: bool, level: float, margin: float
-) -> FactorialFit:
-    """OLS, then every contrast of `_contrasts` with intervals simultaneous over all of them (Bonferroni)."""
-    fit = sm.OLS(frame[response].to_numpy(dtype=float), _design(frame, factors, interactions).to_numpy()).fit()
-    effects, simple, groups = _contrasts(factors, interactions)
-    contrasts = {**effects, **simple}
-    result = fit.t_test(np.vstack(list(contrasts.values())))
-    bounds = result.conf_int(alpha=1 - family_level(level, len(contrasts)))
-    estimates, p_values = np.atleast_1d(result.effect), np.atleast_1d(result.pvalue)
-    tests = {
-        name: Contrast(
-            name, Interval(float(e), float(lo), float(hi)), float(p), fit.df_resid, len(contrasts), level, margin
-        )
-        for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)
-    }
-    return FactorialFit(
-        [tests[name] for name in effects],
-        interactions,
-        int(fit.df_resid),
-        simple={name: [tests[s] for s in names] for name, names in groups.items()},
-    )
-
-
 def factorial_effects(
     frame: pd.DataFrame, factors: Sequence[Factor], response: str, level: float = LEVEL, margin: float = MARGIN
 ) -> FactorialFit:
-    """Main effects and, where the trials separate them with residual degrees of freedom left, two-factor
-    interactions of `factors` on `response` (a row of `frame` per trial); higher interactions are noise. A fraction
-    of the grid must run each level about equally often; what it cannot separate is `FactorialFit.aliased`."""
+    """Main effects and, where the trials separate them, two-factor interactions of `factors` on `response` (a row
+    of `frame` per trial; higher interactions are noise). A fraction of the grid must balance the levels."""
     names = [f.name for f in factors]
     combinations = math.prod(len(f.levels) for f in factors)
     combos = frame[names].drop_duplicates()
@@ -289,12 +258,27 @@ def factorial_effects(
     for interactions in (True, False):
         x = _design(frame, factors, interactions).to_numpy()
         if np.linalg.matrix_rank(x) == x.shape[1] and len(frame) > x.shape[1]:
-            fit = _fit(frame, factors, response, interactions, level, margin)
-            if len(combos) == combinations:
-                return fit
-            estimated = {t.name for t in fit.effects}
-            return dataclasses.replace(
-                fit, aliased=tuple(n for n in _contrasts(factors, True)[0] if n not in estimated)
+            ols = sm.OLS(frame[response].to_numpy(dtype=float), x).fit()
+            effects, simple, groups = _contrasts(factors, interactions)
+            contrasts = {**effects, **simple}  # every interval simultaneous over all of them (Bonferroni)
+            result = ols.t_test(np.vstack(list(contrasts.values())))
+            bounds = result.conf_int(alpha=1 - family_level(level, len(contrasts)))
+            estimates, p_values = np.atleast_1d(result.effect), np.atleast_1d(result.pvalue)
+            tests = {
+                name: Contrast(
+                    name, Interval(float(e), float(lo), float(hi)), float(p), ols.df_resid, len(bounds), level, margin
+                )
+                for name, e, (lo, hi), p in zip(contrasts, estimates, bounds, p_values)
+            }
+            aliased = (
+                [n for n in _contrasts(factors, True)[0] if n not in effects] if len(combos) < combinations else []
+            )
+            return FactorialFit(
+                [tests[name] for name in effects],
+                interactions,
+                int(ols.df_resid),
+                aliased=tuple(aliased),
+                simple={name: [tests[s] for s in names] for name, names in groups.items()},
             )
     if len(combos) < combinations:
         return FactorialFit([], False, 0, f"{cover}, too few to separate the main effects")
