@@ -300,7 +300,7 @@ def test_task_options_and_capacity():
 def test_flags_set_the_resources_each_task_asks_for(monkeypatch, cifar_dir, tmp_path, capsys):
     """--parallel 8 on a machine with 4 GPUs and 16 cores: each Ray task asks for half a GPU and 2 CPUs."""
     calls = []
-    monkeypatch.setattr(run_module, "_gpu_count", lambda accelerator: 4)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
     monkeypatch.setattr(ray_engine, "available_cpus", lambda: 16)
     monkeypatch.setattr(ray_engine, "check_address", lambda address: None)  # no cluster is contacted
 
