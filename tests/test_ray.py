@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations import plan as run_module
 from ablations.engines import ray as ray_engine
 from ablations.engines.ray import TrialResources, available_cpus
 from ablations.run import main
