@@ -309,7 +309,8 @@ def test_a_lab_runs_its_suite_trains_under_ddp_and_reloads_its_checkpoint_from_t
     shutil.copy(REPO / "tests" / "thirdparty" / "gray.py", work / "mylab.py")
     (work / "lab.py").write_text(LAB)
     env = {**outside_env(), "PYTHONPATH": str(work)}  # the lab's module, nothing from the repository
-    done = subprocess.run([python, "lab.py"], capture_output=True, text=True, env=env, cwd=work, timeout=600)
+    options: dict[str, Any] = {"capture_output": True, "text": True, "env": env, "cwd": work}
+    done = subprocess.run([python, "lab.py"], timeout=600, **options)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
     ablate = str(python.parent / "lit-cifar-ablate")
@@ -326,3 +327,20 @@ def test_a_lab_runs_its_suite_trains_under_ddp_and_reloads_its_checkpoint_from_t
         done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work)
         assert done.returncode == 2 and expected.format(module="mylab") in done.stderr, done.stderr[-3000:]
         assert len(done.stderr.strip().splitlines()) == 1 and not (logdir / "gray").exists()
+
+    # The lab's question: its backbone's depth x bn x optimizer, one suite, one table, one effects model.
+    factors = {"model.init_args.depth": [1, 2], "bn": ["baseline", "bn"], "optimizer": ["adam", "torch.optim.SGD"]}
+    suite = gray_suite(work, module="mylab", name="deep", specs=[], factors=factors)
+    deep = [ablate, "--suite", str(suite)]
+    done = subprocess.run(deep, capture_output=True, text=True, env=env, cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sizes = "load_results('logs/deep').groupby(['depth', 'bn', 'optimizer']).size().items()"
+    script = f"from ablations import load_results\nfor key, n in {sizes}:\n    print(*key, n)"
+    done = subprocess.run([python, "-c", script], **options)
+    cells = [f"{d} {b} {o} 1" for d in (1, 2) for b in ("baseline", "bn") for o in ("SGD", "adam")]
+    assert done.stdout.split("\n")[:-1] == cells, done.stdout + done.stderr[-2000:]
+    assert "depth" in (work / "logs" / "deep" / "effects.csv").read_text()
+    source = work / "mylab.py"  # the lab edits its forward: the rerun refuses until --force
+    source.write_text(source.read_text().replace("x + block(x)", "block(x) + x"))
+    done = subprocess.run(deep, capture_output=True, text=True, env=env, cwd=work)
+    assert done.returncode == 2 and "(model source changed)" in done.stderr and "--force" in done.stderr

@@ -66,17 +66,24 @@ class NoStatistics(GrayDigits):
 
 
 class ResidualNet(nn.Module):
-    """Stem, one residual block, global pooling, a hidden dense layer (the regularized one) and logits; BatchNorm
-    and Dropout as the spec asks."""
+    """Stem, `depth` residual blocks, global pooling, a hidden dense layer (the regularized one) and logits;
+    BatchNorm and Dropout as the spec asks."""
 
-    def __init__(self, spec: RegularizationSpec, num_classes: int = 10, in_channels: int = 1, width: int = 8) -> None:
+    def __init__(
+        self, spec: RegularizationSpec, num_classes: int = 10, in_channels: int = 1, width: int = 8, depth: int = 1
+    ) -> None:
         super().__init__()
         self.in_channels, self.width = in_channels, width
         norm = (lambda: nn.BatchNorm2d(width)) if spec.batchnorm else nn.Identity
+
+        def block() -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1), norm(), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), norm()
+            )
+
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, stride=2), nn.ReLU())
-        self.body = nn.Sequential(
-            nn.Conv2d(width, width, 3, padding=1), norm(), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), norm()
-        )
+        self.body = block()
+        self.more = nn.ModuleList(block() for _ in range(depth - 1))  # empty at depth 1: the same weights as before
         self.hidden = nn.Linear(width, 16)
         self.head = nn.Sequential(
             nn.ReLU(), *([nn.Dropout(spec.dropout)] if spec.dropout else []), nn.Linear(16, num_classes)
@@ -87,7 +94,10 @@ class ResidualNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
-        return self.head(self.hidden(torch.relu(x + self.body(x)).mean((2, 3))))
+        x = torch.relu(x + self.body(x))
+        for block in self.more:
+            x = torch.relu(x + block(x))
+        return self.head(self.hidden(x.mean((2, 3))))
 
 
 class AlwaysNormalized(nn.Module):
