@@ -19,6 +19,7 @@ from tests.processes import DEADLINE_S, alive, children, wait_until
 
 __all__ = [
     "DEADLINE_S",
+    "quiet_trainer",
     "REPO",
     "TINY",
     "alive",
@@ -112,3 +113,21 @@ def install_wheel(tmp_path: Path) -> Path:
         cwd=tmp_path,
     )
     return python
+
+
+def quiet_trainer(**kwargs: Any) -> Any:
+    """A quiet one-epoch CPU `Trainer` with no logger, checkpoints or sanity steps; `kwargs` override these."""
+    import lightning.pytorch as pl
+
+    options = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**{**options, **kwargs})

@@ -34,6 +34,7 @@ from lit_cifar.layouts import (
     find_layout,
 )
 from lit_cifar.module import InputNormalization, RegularizedClassifier
+from tests.helpers import quiet_trainer
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout
 
 N_TRAIN, N_TEST, VAL_SIZE = 630, 200, 100  # sizes of the `cifar_dir` fixture's splits
@@ -668,16 +669,7 @@ def fit_metrics(data_dir: Path, num_workers: int) -> dict[str, float]:
         num_workers=num_workers,
         seed=3,
     )
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
+    trainer = quiet_trainer(max_epochs=2)
     model = RegularizedClassifier(FAST_PATH_SPEC)
     trainer.fit(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -23,25 +23,10 @@ from lit_cifar.data import CIFAR10DataModule
 from lit_cifar.models import NotebookCNN
 from lit_cifar.module import RegularizedClassifier
 from lit_cifar.spec import RegularizationSpec
+from tests.helpers import quiet_trainer
 
 METRICS_FIT = ("train/loss", "train/ce", "train/penalty", "train/acc", "val/loss", "val/ce", "val/acc")
 METRICS_TEST = ("test/loss", "test/ce", "test/acc")
-
-
-def make_trainer(**kwargs: Any) -> pl.Trainer:
-    """A quiet one-epoch CPU trainer; `kwargs` override the defaults."""
-    options = dict(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(**{**options, **kwargs})
 
 
 def make_datamodule(data_dir: Path, spec: str = "baseline", **kwargs: Any) -> CIFAR10DataModule:
@@ -187,7 +172,7 @@ def test_learning_rate_decays_per_step_like_keras(cifar_dir: Path) -> None:
     steps, lr, decay = 5, 0.01, 0.1
     module = RegularizedClassifier("baseline", lr=lr, lr_decay=decay, backbone=small_mlp())
     recorder = LrRecorder()
-    trainer = make_trainer(limit_train_batches=steps, limit_val_batches=0, callbacks=[recorder])
+    trainer = quiet_trainer(limit_train_batches=steps, limit_val_batches=0, callbacks=[recorder])
     trainer.fit(module, make_datamodule(cifar_dir, batch_size=16))
     assert trainer.global_step == steps
     assert recorder.rates == pytest.approx([lr / (1 + decay * t) for t in range(steps)], rel=1e-6)
@@ -207,7 +192,7 @@ def test_max_norm_constrains_hidden_rows_after_each_step(cifar_dir: Path) -> Non
     assert (before[:512] > 3).all() and (before[512:] < 3).all()
     short_rows = hidden.weight[512:].detach().clone()
 
-    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0)
+    trainer = quiet_trainer(limit_train_batches=1, limit_val_batches=0)
     trainer.fit(module, make_datamodule(cifar_dir, "pixel+maxnorm=3", batch_size=8))
 
     assert trainer.global_step == 1
@@ -276,7 +261,7 @@ def test_val_metrics_cover_the_val_split_once_after_sanity_check(cifar_dir: Path
     torch.manual_seed(0)
     module = RegularizedClassifier("pixel+l2=0.01", backbone=small_mlp(), optimizer=frozen)
     datamodule = make_datamodule(cifar_dir, "pixel+l2=0.01", batch_size=25)
-    trainer = make_trainer(limit_train_batches=1, num_sanity_val_steps=2)
+    trainer = quiet_trainer(limit_train_batches=1, num_sanity_val_steps=2)
     trainer.fit(module, datamodule)
     loss, accuracy = evaluate_by_hand(module, datamodule, "val")
     assert trainer.callback_metrics["val/loss"].item() == pytest.approx(loss, rel=1e-5)
@@ -291,7 +276,7 @@ def test_logged_loss_is_the_mean_over_images_with_a_short_last_batch(cifar_dir: 
     datamodule = make_datamodule(cifar_dir, "pixel+l2=0.01", batch_size=32)
     datamodule.setup("fit")
     module.set_input_statistics(datamodule.mean, datamodule.std)
-    run = make_trainer().validate if split == "val" else make_trainer().test
+    run = quiet_trainer().validate if split == "val" else quiet_trainer().test
     (logged,) = run(module, datamodule, verbose=False)
     loss, accuracy = evaluate_by_hand(module, datamodule, split)
     assert logged[f"{split}/acc"] == pytest.approx(accuracy, abs=1e-6)
@@ -313,7 +298,7 @@ def record_training_order(cifar_dir: Path, seed: int) -> dict[int, torch.Tensor]
     pl.seed_everything(seed, verbose=False)
     recorder = BatchRecorder()
     module = RegularizedClassifier("baseline", backbone=small_mlp())
-    trainer = make_trainer(max_epochs=2, limit_val_batches=0, callbacks=[recorder])
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[recorder])
     trainer.fit(module, make_datamodule(cifar_dir, batch_size=128))
     return {epoch: torch.cat(batches) for epoch, batches in recorder.labels.items()}
 
@@ -336,7 +321,7 @@ def test_only_training_batches_are_augmented(cifar_dir: Path, monkeypatch: pytes
 
     monkeypatch.setattr(lit_cifar.data, "random_crop_flip", counting_crop_flip)
     module = RegularizedClassifier("augment", backbone=small_mlp())
-    trainer = make_trainer(limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=1)
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=1)
     datamodule = make_datamodule(cifar_dir, "augment", batch_size=16)
     trainer.fit(module, datamodule)
     assert calls == [(16, 3, 32, 32)] * 2
@@ -369,7 +354,7 @@ def trained(cifar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
     module = RegularizedClassifier(SPEC)
     datamodule = make_datamodule(cifar_dir, SPEC, batch_size=50, limit_train=320)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints")
-    trainer = make_trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
         logger=TensorBoardLogger(root, name="tb"),
         enable_checkpointing=True,
@@ -495,7 +480,7 @@ def test_trainer_predict_gives_test_probabilities(trained: TrainedRun, cifar_dir
     """``trainer.predict(model, dm)`` once raised "predict_dataloader must be implemented"."""
     dm = make_datamodule(cifar_dir, SPEC, batch_size=64)
     restored = RegularizedClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu")  # fixture untouched
-    batches = make_trainer().predict(restored, dm)
+    batches = quiet_trainer().predict(restored, dm)
     probabilities = torch.cat(batches)
     assert probabilities.shape == (200, 10)
     torch.testing.assert_close(probabilities.sum(1), torch.ones(200))
@@ -512,14 +497,14 @@ def test_a_subclassed_data_module_gets_the_checkpoint_state(trained: TrainedRun,
         SPEC, data_dir=str(cifar_dir), val_size=100, batch_size=50, limit_train=50, download=False
     )
     model = RegularizedClassifier(SPEC)
-    (tested,) = make_trainer().test(model, dm, ckpt_path=trained.checkpoint, verbose=False)
+    (tested,) = quiet_trainer().test(model, dm, ckpt_path=trained.checkpoint, verbose=False)
     assert torch.equal(dm.mean, trained.datamodule.mean) and dm.limit_train == 320
     assert tested["test/acc"] == pytest.approx(trained.test_metrics["test/acc"], abs=1e-6)
 
 
 def test_a_data_module_with_another_normalization_is_refused(trained: TrainedRun, cifar_dir: Path) -> None:
     with pytest.raises(ValueError, match="normalize"):
-        make_trainer().test(
+        quiet_trainer().test(
             RegularizedClassifier(SPEC),
             make_datamodule(cifar_dir, "channel"),
             ckpt_path=trained.checkpoint,
@@ -560,7 +545,7 @@ def test_constructor_rejects_bad_arguments(kwargs: dict, error: type) -> None:
 def test_num_classes_must_match_the_data(cifar_dir: Path) -> None:
     module = RegularizedClassifier("baseline", backbone=small_mlp(), num_classes=5)
     with pytest.raises(ValueError, match="num_classes=5"):
-        make_trainer(limit_train_batches=1).fit(module, make_datamodule(cifar_dir))
+        quiet_trainer(limit_train_batches=1).fit(module, make_datamodule(cifar_dir))
 
 
 # ----------------------------------------------------------------------------------------- custom backbones
@@ -631,7 +616,7 @@ def test_bf16_mixed_with_gradient_clipping_trains(cifar_dir: Path) -> None:
     """Fused Adam unscales gradients itself, which Lightning's mixed precision refuses to clip: the default Adam
     is not fused there."""
     module = RegularizedClassifier("pixel", backbone=small_mlp())
-    trainer = make_trainer(limit_train_batches=2, limit_val_batches=1, precision="bf16-mixed", gradient_clip_val=0.5)
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=1, precision="bf16-mixed", gradient_clip_val=0.5)
     trainer.fit(module, make_datamodule(cifar_dir, "pixel", batch_size=16))
     assert trainer.global_step == 2 and not trainer.optimizers[0].defaults.get("fused")
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -642,7 +627,7 @@ def test_compile_keeps_plain_parameter_names(cifar_dir: Path, tmp_path: Path) ->
     """A compiled model's checkpoint loads into an uncompiled one (no ``backbone._orig_mod.`` keys)."""
     torch.manual_seed(0)
     module = RegularizedClassifier("pixel", backbone=small_mlp(), compile=True)
-    trainer = make_trainer(limit_train_batches=2, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, make_datamodule(cifar_dir, "pixel", batch_size=16))
     trainer.save_checkpoint(tmp_path / "compiled.ckpt")
     plain = RegularizedClassifier.load_from_checkpoint(tmp_path / "compiled.ckpt", backbone=small_mlp())
@@ -673,15 +658,15 @@ def test_a_data_module_with_only_the_protocol_members_trains_the_model() -> None
     spec = RegularizationSpec.parse("pixel+bn")
     dm = StatisticsOnly("pixel")
     model = RegularizedClassifier(spec, backbone=TinyResNet(spec))
-    make_trainer(limit_val_batches=1).fit(model, dm)
+    quiet_trainer(limit_val_batches=1).fit(model, dm)
     assert model.input_norm.fitted and torch.equal(model.input_norm.mean, dm.mean)
     assert torch.equal(model.input_norm.std, dm.std) and dm.mean is not None and dm.mean.shape == (3, 32, 32)
     other = StatisticsOnly("pixel", seed=1)
-    (tested,) = make_trainer().test(model, other, verbose=False)
+    (tested,) = quiet_trainer().test(model, other, verbose=False)
     assert 0 <= tested["test/acc"] <= 1
     assert torch.equal(other.mean, model.input_norm.mean) and torch.equal(other.std, model.input_norm.std)
     with pytest.raises(ValueError, match="normalize='channel'"):
-        make_trainer().test(model, StatisticsOnly("channel"), verbose=False)
+        quiet_trainer().test(model, StatisticsOnly("channel"), verbose=False)
 
 
 # ------------------------------------------------------------------------------ optimizer and compile
@@ -690,7 +675,7 @@ def test_adam_is_fused_where_supported_and_falls_back_cleanly(monkeypatch):
     model = RegularizedClassifier(backbone=small_mlp())
     cpu_has_fused_adam = torch.__version__ >= (2, 4)  # pyproject allows torch >= 2.3, whose CPU Adam is not fused
     assert bool(model.configure_optimizers()["optimizer"].defaults.get("fused")) is cpu_has_fused_adam
-    model.trainer = make_trainer(precision="bf16-mixed", gradient_clip_val=1.0)
+    model.trainer = quiet_trainer(precision="bf16-mixed", gradient_clip_val=1.0)
     assert not model.configure_optimizers()["optimizer"].defaults.get("fused")
     original = torch.optim.Adam
 

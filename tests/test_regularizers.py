@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lit_cifar import CIFAR10DataModule, NotebookCNN, RegularizedClassifier
+from tests.helpers import quiet_trainer
 from tests.synthetic import write_synthetic_cifar
 
 PINS = Path(__file__).with_name("regularizer_pins.json")
@@ -45,17 +46,7 @@ def pinned_trial(data_dir: Path, spec: str) -> dict[str, float]:
         spec, data_dir=str(data_dir), val_size=100, batch_size=64, limit_train=256, download=False, seed=7
     )
     model = RegularizedClassifier(spec, lr=3e-3, backbone=NotebookCNN(spec, width=8, hidden_units=64))
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
+    trainer = quiet_trainer(max_epochs=2)
     trainer.fit(model, datamodule=dm)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     state = model.backbone.state_dict()
