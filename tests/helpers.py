@@ -8,13 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ablations.store import RESULT_FILE
-from ablations.suite import expand_trials, load_suite
+from ablations.store import RESULT_FILE, write_result
+from ablations.suite import Trial, expand_trials, load_suite
 from tests.processes import DEADLINE_S, alive, children, wait_until
 
 __all__ = [
@@ -36,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--val-size", "100", "--batch-size", "64"]  # a sweep on tests.synthetic's images
 NET = "tests.thirdparty.nets.TinyResNet"  # a backbone of one's own
 TINY_SETTINGS = {"epochs": 1, "batch_size": 32, "val_size": 64, "limit_train": 64, "seeds": [0]}
+SMALL = ["--val-size", "100", "--batch-size", "64", "--limit-train", "64"]  # a notebook sweep on 64 images
+SMALL_SETTINGS = {"val_size": 100, "batch_size": 64, "limit_train": 64}
 
 
 def suite_file(folder: Path, name: str = "mine", **content: Any) -> Path:
@@ -131,3 +134,48 @@ def quiet_trainer(**kwargs: Any) -> Any:
         num_sanity_val_steps=0,
     )
     return pl.Trainer(**{**options, **kwargs})
+
+
+def notebook_trials(*, only: list[str], seeds: tuple[int, ...] = (0,), **settings: Any) -> list[Trial]:
+    suite = load_suite("notebook")
+    return expand_trials(suite, replace(suite.settings, seeds=seeds, **{**SMALL_SETTINGS, **settings}), only=only)
+
+
+def finished(trial: Trial, logdir: Path, test_acc: float = 0.5, events: bool = True) -> Path:
+    """Write a finished result.json (as `ablations.trial` does, with its checksum) and an event file."""
+    paths = trial.paths(logdir)
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "train/acc": test_acc + 0.1,
+        "val/acc": test_acc,
+        "test/acc": test_acc,
+        "train/loss": 1.0,
+        "val/loss": 1.0,
+        "test/loss": 1.0,
+    }
+    write_result(
+        paths.result,
+        {
+            **trial.record(),
+            "metrics": metrics,
+            "history": [{"epoch": 0, "val/acc": test_acc}],
+            "wall_time_s": 1.0,
+            "train_images": 64,
+            "val_images": 100,
+            "test_images": 200,
+            "environment": {"cpu_threads": 1},
+        },
+    )
+    if events:
+        (paths.folder / "events.out.tfevents.1.host").write_bytes(b"events")
+    return paths.result
+
+
+def sweep_args(cifar_dir: Path, logdir: Path, *args: str) -> list[str]:
+    return ["--data-dir", str(cifar_dir), "--logdir", str(logdir), *SMALL, *args]
+
+
+def python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,6 +1,6 @@
 """The adversarial cases of docs/reliability.md ("Trust under attack"), one test (or more) per numbered case.
 
-Results are written by hand (`tests.test_trust.finished`) and training is replaced by a stand-in wherever it adds
+Results are written by hand (`tests.helpers.finished`) and training is replaced by a stand-in wherever it adds
 nothing to what is tested, so these run in seconds.
 """
 
@@ -30,7 +30,7 @@ from ablations.store import RESULT_FILE, UnsafePath, folder_lock, read_result, w
 from ablations.suite import RunOptions
 from tests.fakes import METRICS
 from tests.helpers import REPO, alive, sweep
-from tests.test_trust import finished, notebook_trials
+from tests.helpers import finished, notebook_trials
 
 TRAINED = {"metrics": {**METRICS, "test/acc": 0.7}, "history": []}
 

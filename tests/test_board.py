@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ablations.report import board, report
-from tests.test_trust import finished, notebook_trials
+from tests.helpers import finished, notebook_trials
 
 
 def accumulate(run_dir: Path) -> EventAccumulator:

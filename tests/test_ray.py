@@ -31,7 +31,7 @@ from ablations.status import TrialState, TrialStatus
 from ablations.store import ERROR_FILE, LOCK_FILE, RESULT_FILE, TrialPaths, folder_lock
 from ablations.suite import RunOptions
 from tests.helpers import REPO, numbers, results
-from tests.test_trust import sweep_args
+from tests.helpers import sweep_args
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
 

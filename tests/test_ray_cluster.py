@@ -11,7 +11,7 @@ from ablations.engines.ray import RayExecutor, TrialResources
 from ablations.store import read_result
 from ablations.suite import RunOptions
 from ablations.trial import run_trial
-from tests.test_trust import notebook_trials
+from tests.helpers import notebook_trials
 
 pytest.importorskip("ray")  # the `ray` extra
 

@@ -25,7 +25,7 @@ from ablations.trial import run_trial
 from lit_cifar import CIFAR10DataModule, RegularizationSpec, RegularizedClassifier
 from tests.helpers import REPO, TINY, numbers, results, wait_until
 from tests.synthetic import synthetic_parts, write_binary_layout, write_python_layout, write_synthetic_cifar
-from tests.test_trust import python
+from tests.helpers import python
 
 
 def sweep_command(data_dir: Path, logdir: Path, *args: str) -> list[str]:

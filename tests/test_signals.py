@@ -15,7 +15,7 @@ import pytest
 from ablations.store import RESULT_FILE
 from tests.helpers import DEADLINE_S, REPO, alive, children, results, wait_until
 from tests.test_reliability import sweep_command
-from tests.test_trust import sweep_args
+from tests.helpers import sweep_args
 
 
 @pytest.mark.slow

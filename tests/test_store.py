@@ -17,7 +17,7 @@ from ablations.report import report
 from ablations.status import is_finished
 from ablations.store import RESULT_FILE, atomic_output, folder_lock, read_result, write_json_atomic
 from tests.helpers import REPO
-from tests.test_trust import finished, notebook_trials
+from tests.helpers import finished, notebook_trials
 
 
 def test_an_edited_result_is_not_counted_and_its_trial_reruns(tmp_path, capsys):
