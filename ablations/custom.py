@@ -167,7 +167,7 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
     import torch
 
     from lit_cifar.models import build_backbone
-    from lit_cifar.module import check_backbone, default_regularized_layers
+    from lit_cifar.models import check_backbone, default_regularized_layers
 
     def check(trial: Trial) -> None:
         model = trial.model or ClassRef("lit_cifar.models.NotebookCNN")
@@ -274,7 +274,7 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
         read_class(ClassRef("lightning.pytorch.Trainer", text), "trainer", tuple(TRAINER_OWNERS))
     if all(t.data == "cifar10" and t.model is None and t.settings.optimizer is None for t in trials):
         return  # the notebook's model and data: the library checks them
-    from lit_cifar.data import IMAGE_SHAPE
+    from lit_cifar.layouts import IMAGE_SHAPE
 
     for data in dict.fromkeys(t.data for t in trials):  # each data level with the models that train on it
         group = [t for t in trials if t.data == data]
@@ -342,9 +342,6 @@ def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[st
 def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
     """The fingerprint of the trial's data files, else of the tensors and arrays its set-up data module holds; None
     when the default folder has no data (a finished sweep reports without it)."""
-    import numpy as np
-    import torch
-
     if isinstance(trial.data, str):  # a --data-dir without the dataset (CIFAR-100's for CIFAR-10) is other data
         root = Path(options.data_dir) if options.data_dir is not None else default_data_dir()
         found = builtin_fingerprint(trial.data, root, options.logdir)
@@ -353,6 +350,9 @@ def data_fingerprint(trial: Trial, options: RunOptions) -> Optional[str]:
     folder = getattr(dm, "data_dir", None)
     if isinstance(folder, (str, Path)) and Path(folder).is_dir():
         return files_fingerprint(folder, options.logdir)
+    import numpy as np
+    import torch
+
     dm.setup("fit")
     digest = hashlib.sha256()
     for name, value in sorted(vars(dm).items()):

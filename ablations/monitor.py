@@ -19,7 +19,7 @@ from ablations.report import board
 from ablations.signals import raise_if_interrupted
 from ablations.suite import Trial
 from lit_cifar.data import attached_datamodule
-from lit_cifar.module import BATCHNORMS
+from lit_cifar.models import BATCHNORMS
 
 if TYPE_CHECKING:
     from lit_cifar.module import RegularizedClassifier

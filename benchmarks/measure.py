@@ -69,7 +69,7 @@ def flops_per_image(spec: str = SPEC) -> float:
     import torch.nn.functional as F
     from lightning.fabric.utilities.throughput import measure_flops
 
-    from lit_cifar.data import IMAGE_SHAPE
+    from lit_cifar.layouts import IMAGE_SHAPE
     from lit_cifar.module import RegularizedClassifier
 
     model = RegularizedClassifier(spec)

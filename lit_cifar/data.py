@@ -17,10 +17,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lit_cifar.layouts import BIN_LAYOUT, CIFAR10, CIFAR100, CIFAR100_LAYOUT, CLASSES, CifarFormat, default_data_dir
-from lit_cifar.layouts import find_layout
+from lit_cifar.layouts import IMAGE_SHAPE, find_layout
 from lit_cifar.spec import NORMALIZATIONS, Normalization, RegularizationSpec, check_number
 
-IMAGE_SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32  # a binary-layout record: 1 label byte + 3072 pixel bytes
 AUGMENT_PADDING = 4  # pixels of zero padding around the image before the random 32x32 crop
 # A checkpoint's data state (`CIFAR10DataModule.state_dict`), whatever the data module's class name.

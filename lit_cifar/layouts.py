@@ -11,6 +11,7 @@ from typing import Optional
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DATA_ENV = "LIT_CIFAR_DATA"
+IMAGE_SHAPE = (3, 32, 32)
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"

@@ -1,18 +1,31 @@
-"""`NotebookCNN`: the notebook's network, built from a `RegularizationSpec`, with Keras's default initialization."""
+"""`NotebookCNN`: the notebook's network, built from a `RegularizationSpec`, with Keras's default initialization;
+backbones by class path and the contract a backbone keeps (`check_backbone`), all without importing Lightning."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from lit_cifar.spec import RegularizationSpec
+
+
+# The layer types that implement the spec's `bn` and `dropout` in any backbone.
+BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+DROPOUTS = (nn.modules.dropout._DropoutNd,)
+LAYER_TECHNIQUES = ("bn", "dropout")  # the spec's techniques a backbone implements with layers of its own
+
+
+def _is_lightning_module(cls: type) -> bool:
+    """Whether `cls` is a LightningModule; without importing Lightning, which such a class has imported already."""
+    pl = sys.modules.get("lightning.pytorch")
+    return pl is not None and issubclass(cls, pl.LightningModule)
 
 
 class NotebookCNN(nn.Module):
@@ -94,7 +107,7 @@ def build_backbone(
     cls = resolve_class(class_path, "model")
     if not issubclass(cls, nn.Module):
         raise ValueError(f"model class_path {class_path!r} is not a torch.nn.Module")
-    if issubclass(cls, pl.LightningModule):
+    if _is_lightning_module(cls):
         raise ValueError(
             f"model {class_path} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, "
             "the backbone contract); training your own LightningModule is not supported"
@@ -167,3 +180,61 @@ def state_shapes(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, tup
     """The shapes of a state dict's tensors named `prefix`..., by the rest of their name: what must agree for one
     network's weights to load into another."""
     return {name[len(prefix) :]: tuple(value.shape) for name, value in state.items() if name.startswith(prefix)}
+
+
+def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
+    """The layers penalties and max-norm act on: ``backbone.regularized_layers()``, else every Linear but the last."""
+    named = getattr(backbone, "regularized_layers", None)
+    if callable(named):
+        return list(named())
+    linears: list[nn.Module] = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    return linears[:-1]
+
+
+def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
+    """ValueError (TypeError for a regularized layer without a weight) for a backbone that cannot honour `spec`: a
+    LightningModule, no regularized layer for l1/l2/max-norm, BatchNorm or Dropout layers missing, extra or of
+    another p, except for techniques its ``honoured_techniques()`` leaves out (a fixed part of it)."""
+    name = type(backbone).__name__
+    if _is_lightning_module(type(backbone)):
+        raise ValueError(
+            f"{name} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, the backbone "
+            "contract); RegularizedClassifier trains it, your own training_step is not run"
+        )
+    if (spec.l1 or spec.l2 or spec.max_norm is not None) and not regularized:
+        raise ValueError(
+            f"spec {spec.name!r} asks for l1/l2/max-norm but backbone {name} has no regularized layer: "
+            "give it a regularized_layers() method that returns the layers to constrain"
+        )
+    for layer in regularized:
+        if not isinstance(getattr(layer, "weight", None), nn.Parameter):
+            raise TypeError(f"regularized layer {layer!r} of backbone {name} has no weight parameter")
+    declared = getattr(backbone, "honoured_techniques", None)  # techniques whose layers it builds from the spec
+    honoured = frozenset(declared() if callable(declared) else LAYER_TECHNIQUES)
+    if not honoured <= set(LAYER_TECHNIQUES):
+        raise ValueError(
+            f"backbone {name}.honoured_techniques() names {sorted(honoured - set(LAYER_TECHNIQUES))}: it may name "
+            f"only {', '.join(LAYER_TECHNIQUES)}"
+        )
+    rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS) and m.p > 0})
+    has_bn = any(isinstance(m, BATCHNORMS) for m in backbone.modules())
+    layers = {  # technique: (what the spec asks, what the backbone has, the spec's word, the backbone's layers)
+        "bn": (spec.batchnorm, has_bn, "bn", "BatchNorm layers" if has_bn else "no BatchNorm layer"),
+        "dropout": (
+            [spec.dropout] if spec.dropout else [],
+            rates,
+            f"dropout={spec.dropout}" if spec.dropout else "dropout",
+            f"Dropout layers with p in {rates}" if rates else "no Dropout layer",
+        ),
+    }
+    for technique, (asked, present, word, has) in layers.items():
+        if asked and technique not in honoured:
+            raise ValueError(
+                f"spec {spec.name!r} asks for {technique} but backbone {name} does not honour it "
+                f"(its honoured_techniques() are {sorted(honoured)})"
+            )
+        if technique in honoured and asked != present:
+            raise ValueError(
+                f"spec {spec.name!r} {'asks' if asked else 'does not ask'} for {word} but backbone {name} has "
+                f"{has}: build the backbone from the spec, or declare honoured_techniques() (docs/own-model.md)"
+            )

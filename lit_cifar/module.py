@@ -22,15 +22,19 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_cifar.data import DATA_STATE_KEYS, NormalizingData, attached_datamodule
-from lit_cifar.models import NotebookCNN, build_backbone, check_allowed, recover_init_args, state_shapes
+from lit_cifar.models import (
+    NotebookCNN,
+    build_backbone,
+    check_allowed,
+    check_backbone,
+    default_regularized_layers,
+    recover_init_args,
+    state_shapes,
+)
 from lit_cifar.spec import MAXNORM_RESCALED, Normalization, RegularizationSpec, check_number
 
 STAGES = ("train", "val", "test")
 PROGRESS_BAR = ("train/loss", "train/acc", "val/loss", "val/acc")
-# The layer types that implement the spec's `bn` and `dropout` in any backbone.
-BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
-DROPOUTS = (nn.modules.dropout._DropoutNd,)
-LAYER_TECHNIQUES = ("bn", "dropout")  # the spec's techniques a backbone implements with layers of its own
 # How a model runs, not what it is: left out of the hyperparameters, so a checkpoint loads without them.
 RUNTIME_ARGUMENTS = ["backbone", "optimizer", "compile", "predict_logits"]
 RNG_KEY = "rng_states"
@@ -59,64 +63,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     cuda = states.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def default_regularized_layers(backbone: nn.Module) -> list[nn.Module]:
-    """The layers penalties and max-norm act on: ``backbone.regularized_layers()``, else every Linear but the last."""
-    named = getattr(backbone, "regularized_layers", None)
-    if callable(named):
-        return list(named())
-    linears: list[nn.Module] = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
-    return linears[:-1]
-
-
-def check_backbone(spec: RegularizationSpec, backbone: nn.Module, regularized: list[nn.Module]) -> None:
-    """ValueError (TypeError for a regularized layer without a weight) for a backbone that cannot honour `spec`: a
-    LightningModule, no regularized layer for l1/l2/max-norm, BatchNorm or Dropout layers missing, extra or of
-    another p, except for techniques its ``honoured_techniques()`` leaves out (a fixed part of it)."""
-    name = type(backbone).__name__
-    if isinstance(backbone, pl.LightningModule):
-        raise ValueError(
-            f"{name} is a LightningModule: give a plain torch.nn.Module backbone (docs/own-model.md, the backbone "
-            "contract); RegularizedClassifier trains it, your own training_step is not run"
-        )
-    if (spec.l1 or spec.l2 or spec.max_norm is not None) and not regularized:
-        raise ValueError(
-            f"spec {spec.name!r} asks for l1/l2/max-norm but backbone {name} has no regularized layer: "
-            "give it a regularized_layers() method that returns the layers to constrain"
-        )
-    for layer in regularized:
-        if not isinstance(getattr(layer, "weight", None), nn.Parameter):
-            raise TypeError(f"regularized layer {layer!r} of backbone {name} has no weight parameter")
-    declared = getattr(backbone, "honoured_techniques", None)  # techniques whose layers it builds from the spec
-    honoured = frozenset(declared() if callable(declared) else LAYER_TECHNIQUES)
-    if not honoured <= set(LAYER_TECHNIQUES):
-        raise ValueError(
-            f"backbone {name}.honoured_techniques() names {sorted(honoured - set(LAYER_TECHNIQUES))}: it may name "
-            f"only {', '.join(LAYER_TECHNIQUES)}"
-        )
-    rates = sorted({m.p for m in backbone.modules() if isinstance(m, DROPOUTS) and m.p > 0})
-    has_bn = any(isinstance(m, BATCHNORMS) for m in backbone.modules())
-    layers = {  # technique: (what the spec asks, what the backbone has, the spec's word, the backbone's layers)
-        "bn": (spec.batchnorm, has_bn, "bn", "BatchNorm layers" if has_bn else "no BatchNorm layer"),
-        "dropout": (
-            [spec.dropout] if spec.dropout else [],
-            rates,
-            f"dropout={spec.dropout}" if spec.dropout else "dropout",
-            f"Dropout layers with p in {rates}" if rates else "no Dropout layer",
-        ),
-    }
-    for technique, (asked, present, word, has) in layers.items():
-        if asked and technique not in honoured:
-            raise ValueError(
-                f"spec {spec.name!r} asks for {technique} but backbone {name} does not honour it "
-                f"(its honoured_techniques() are {sorted(honoured)})"
-            )
-        if technique in honoured and asked != present:
-            raise ValueError(
-                f"spec {spec.name!r} {'asks' if asked else 'does not ask'} for {word} but backbone {name} has "
-                f"{has}: build the backbone from the spec, or declare honoured_techniques() (docs/own-model.md)"
-            )
 
 
 def check_augment(spec: RegularizationSpec, datamodule: Any) -> None:

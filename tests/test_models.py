@@ -161,7 +161,7 @@ def test_a_backbones_init_args_are_recovered_only_where_they_rebuild_it() -> Non
 
 
 def test_honoured_techniques_may_name_only_bn_and_dropout() -> None:
-    from lit_cifar.module import check_backbone
+    from lit_cifar.models import check_backbone
 
     class Declares(nn.Module):
         def honoured_techniques(self) -> set[str]:

@@ -456,3 +456,34 @@ def test_the_migration_adds_levels_and_the_data_fingerprint_once(tmp_path, cifar
     before = (folder / "result.json").read_text()
     assert migrate_logs.migrate(tmp_path / "logs", cifar_dir)[:2] == (0, 1)  # idempotent
     assert (folder / "result.json").read_text() == before
+
+
+PLAIN_NET = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, spec, num_classes=10, width=4):
+        super().__init__()
+        bn = [nn.BatchNorm2d(width)] if spec.batchnorm else []
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3), *bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.hidden, self.out = nn.Linear(width, 8), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.out(self.hidden(self.features(x)).relu())
+"""
+
+
+def test_the_dry_run_of_a_plain_torch_backbone_imports_no_lightning(tmp_path) -> None:
+    """A model of one's own is built and checked with torch alone: Lightning's import is left to what needs it."""
+    (tmp_path / "plainnet.py").write_text(PLAIN_NET)
+    path = suite_file(tmp_path, model={"class_path": "plainnet.Net"}, factors={"model.init_args.width": [4, 8]})
+    code = (
+        "import sys\nfrom ablations.run import main\nstatus = main(sys.argv[1:])\n"
+        "print('status', status, 'lightning' in sys.modules)"
+    )
+    args = ["--suite", str(path), "--dry-run", "--logdir", str(tmp_path / "logs"), "--accelerator", "cpu"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert "status 0 False" in done.stdout, done.stdout[-1000:] + done.stderr[-2000:]
+    assert done.stdout.count("to run") == 4

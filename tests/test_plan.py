@@ -93,3 +93,14 @@ def test_counting_trials_imports_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.split("\n")[0] == "192 []", done.stdout + done.stderr
+
+
+def test_a_dry_run_of_the_notebook_suite_on_its_data_imports_no_torch(cifar_dir, tmp_path):
+    """Planning, the checks and the data fingerprint of a built-in dataset read files only: no torch, no Lightning."""
+    code = (
+        "import sys\nfrom ablations.run import main\nstatus = main(sys.argv[1:])\n"
+        "print('status', status, 'heavy', sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    args = ["--dry-run", "--data-dir", str(cifar_dir), "--logdir", str(tmp_path), "--accelerator", "cpu"]
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "status 0 heavy []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]
