@@ -29,6 +29,8 @@ BASES = {  # the class each value of the tree must be
     "trainer": "lightning.pytorch.Trainer",
 }
 
+FORMATS = {"cifar10": CIFAR10, "cifar100": CIFAR100}  # the built-in datasets (`BUILTIN_DATA`) on disk
+
 
 @functools.lru_cache(maxsize=None)
 def read_class(ref: ClassRef, what: str, given: tuple[str, ...]) -> type:
@@ -166,8 +168,7 @@ def check_models(trials: list[Trial], num_classes: Optional[int], image_shape: t
     `num_classes` logits (None: not checked) for `image_shape`, and build each optimizer; ValueError naming cells."""
     import torch
 
-    from lit_cifar.models import build_backbone
-    from lit_cifar.models import check_backbone, default_regularized_layers
+    from lit_cifar.models import build_backbone, check_backbone, default_regularized_layers
 
     def check(trial: Trial) -> None:
         model = trial.model or ClassRef("lit_cifar.models.NotebookCNN")
@@ -278,7 +279,7 @@ def check_plan(trials: list[Trial], options: RunOptions, needs_data: bool) -> No
 
     for data in dict.fromkeys(t.data for t in trials):  # each data level with the models that train on it
         group = [t for t in trials if t.data == data]
-        num_classes: Optional[int] = {"cifar10": 10, "cifar100": 100}.get(data) if isinstance(data, str) else None
+        num_classes = FORMATS[data].num_classes if isinstance(data, str) else None
         image_shape: tuple[int, ...] = IMAGE_SHAPE
         if not isinstance(data, str) and needs_data:
             distinct = {(t.spec.normalize, t.spec.augment): t for t in reversed(group)}  # each one's first
@@ -335,7 +336,7 @@ def files_fingerprint(folder: Any, cache_dir: Any) -> str:
 
 def builtin_fingerprint(name: str, data_dir: Any, cache_dir: Any) -> Optional[str]:
     """The fingerprint of a built-in dataset's files in `data_dir`, None where it has none."""
-    folder = find_layout(Path(data_dir), CIFAR100 if name == "cifar100" else CIFAR10)
+    folder = find_layout(Path(data_dir), FORMATS[name])
     return files_fingerprint(folder, cache_dir) if folder is not None else None
 
 
